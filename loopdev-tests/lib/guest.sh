@@ -1,0 +1,120 @@
+# Guest-side helpers, sourced by /init before a scenario's guest_<phase> function runs.
+# Every check prints one line; the first failure ends the phase with a non-zero status.
+
+KS_PASS_FILE=/run/ks-test/passphrase
+
+ks_log() { echo "KS-LOG $*"; }
+ks_ok() { echo "KS-OK $*"; }
+ks_fail() { echo "KS-FAIL $*"; exit 1; }
+# ks_out KEY VALUE: hands a value back to the host (collected between phases).
+ks_out() { echo "KS-OUT $1=$2"; }
+
+# ks_expect_rc WANT DESCRIPTION -- COMMAND...: runs COMMAND, checks its exit status.
+ks_expect_rc() {
+    local want=$1 what=$2; shift 3
+    "$@" >/tmp/ks-cmd.out 2>&1
+    local got=$?
+    grep '^KS-TIME ' /tmp/ks-cmd.out
+    if [ "$got" -ne "$want" ]; then
+        sed 's/^/    | /' /tmp/ks-cmd.out
+        ks_fail "$what: exit $got, expected $want"
+    fi
+    ks_ok "$what (exit $got)"
+}
+
+ks_assert() {
+    local what=$1; shift
+    if "$@"; then ks_ok "$what"; else ks_fail "$what"; fi
+}
+
+ks_assert_eq() {
+    if [ "$2" = "$3" ]; then ks_ok "$1: $2"; else ks_fail "$1: got '$2', expected '$3'"; fi
+}
+
+# Values the host passed in (KEY=VALUE lines in /run/ks-test/in on the share disk).
+ks_in() { sed -n "s/^$1=//p" /run/ks-test/in 2>/dev/null | tail -n 1; }
+
+ks_random() { head -c 18 /dev/urandom | base64 | tr '+/' 'xy'; }
+
+# Milliseconds since boot, for timings.
+ks_now_ms() { awk '{printf "%d\n", $1 * 1000}' /proc/uptime; }
+
+# ks_timed NAME COMMAND...: runs COMMAND and reports its wall time as KS-TIME NAME ms.
+ks_timed() {
+    local name=$1 t0 t1 rc; shift
+    t0=$(ks_now_ms); "$@"; rc=$?; t1=$(ks_now_ms)
+    echo "KS-TIME $name $((t1 - t0))"
+    return $rc
+}
+
+ks_no_mapping() { [ -z "$(ls /sys/block | grep '^dm-' 2>/dev/null)" ]; }
+ks_no_loop_in_use() {
+    local l
+    for l in /sys/block/loop*; do
+        [ -e "$l/loop/backing_file" ] && return 1
+    done
+    return 0
+}
+ks_not_mounted() { ! grep -q " $1 " /proc/self/mountinfo; }
+
+# Unpack what the host put on the share disk (a tar stream on a raw disk).
+if [ -e /dev/disk/by-serial/share ]; then
+    mkdir -p /run/ks-test
+    tar -xf /dev/disk/by-serial/share -C /run/ks-test 2>/dev/null
+    chmod 0700 /run/ks-test
+fi
+
+# The cost every test volume uses: small, so that TCG stays quick. Never a default.
+KS_KDF="--pbkdf-memory 8192 --pbkdf-force-iterations 4"
+KS_IMAGE=/media/usb/keepsake.img
+KS_ROOT_MNT=/live/persistence/TailsData_unlocked
+KS_PERSISTENT=/home/amnesia/Persistent
+
+# ks_disk_fs NAME MOUNTPOINT [format]: mounts the guest disk NAME (by serial), making an
+# ext4 filesystem on it first with "format".
+ks_disk_fs() {
+    local dev=/dev/disk/by-serial/$1
+    [ -e "$dev" ] || ks_fail "no disk $1"
+    if [ "${3:-}" = format ]; then
+        mkfs.ext4 -q -F "$dev" || ks_fail "mkfs on $1"
+    fi
+    mkdir -p "$2"
+    mount -t ext4 "$dev" "$2" || ks_fail "mount $1 on $2"
+}
+
+# Writes the passphrase the host chose to a tmpfs file, without a newline.
+ks_pass_file() {
+    mkdir -p /run/ks-test
+    printf '%s' "$(ks_in passphrase)" > "$KS_PASS_FILE"
+    chmod 0600 "$KS_PASS_FILE"
+}
+
+ks_mode() { stat -c '%u:%g %a' "$1"; }
+
+ks_mount_opts() { awk -v p="$1" '$5 == p {print $6}' /proc/self/mountinfo | tail -n 1; }
+
+ks_has_opt() { ks_mount_opts "$1" | tr ',' '\n' | grep -qx "$2"; }
+
+# A description of a folder tree: names, owners, modes, sizes, link targets and content
+# hashes, one line each, sorted. Two trees with the same manifest hold the same data.
+ks_manifest() {
+    (cd "$1" && find . -mindepth 1 | sort | while read -r f; do
+        if [ -L "$f" ]; then
+            echo "$f link $(stat -c '%u:%g' "$f") -> $(readlink "$f")"
+        elif [ -d "$f" ]; then
+            echo "$f dir $(stat -c '%u:%g %a' "$f")"
+        else
+            echo "$f file $(stat -c '%u:%g %a %s' "$f") $(sha256sum < "$f" | cut -c1-64)"
+        fi
+    done)
+}
+
+ks_lock_is_clean() {
+    ks_assert "no dm mapping remains" ks_no_mapping
+    ks_assert "no loop device is attached" ks_no_loop_in_use
+    ks_assert "the volume is not mounted" ks_not_mounted "$KS_ROOT_MNT"
+    ks_assert "the Persistent folder is not mounted" ks_not_mounted "$KS_PERSISTENT"
+    ks_assert "no cryptsetup key in the kernel keyring" ks_no_volume_key_in_keyring
+}
+
+ks_no_volume_key_in_keyring() { ! grep -q 'cryptsetup' /proc/keys 2>/dev/null; }

@@ -1,0 +1,69 @@
+# Host-side helpers for scenarios: disks, phases (one VM boot each), values passed between
+# phases, and scans of disk images. Sourced by loopdev-tests/run.
+
+# ks_disk NAME SIZE: a sparse disk image in the scenario's folder; prints its path.
+ks_disk() {
+    local path="$KS_SCEN_DIR/$1.img"
+    [ -e "$path" ] || truncate -s "$2" "$path"
+    echo "$path"
+}
+
+# ks_set KEY VALUE: a value the guest reads with ks_in KEY in later phases.
+ks_set() { echo "$1=$2" >> "$KS_SCEN_DIR/in"; }
+
+# ks_get KEY: the last value a guest reported with ks_out KEY VALUE.
+ks_get() { sed -n "s/^$1=//p" "$KS_SCEN_DIR/out" 2>/dev/null | tail -n 1; }
+
+ks_host_ok() { echo "    ok    $*"; }
+ks_host_fail() { echo "    FAIL  $*"; KS_SCEN_FAILED=1; }
+
+# ks_phase NAME [SERIAL=FILE...]: boots the guest once to run guest_NAME. The disks
+# "usb" and "hostdisk" of the scenario are attached unless given otherwise; the values set
+# with ks_set travel on a "share" disk. Prints the guest's checks; returns its status.
+ks_phase() {
+    local phase=$1; shift
+    local disks=("$@") log="$KS_SCEN_DIR/$phase.log" rc t0 t1
+    if [ ${#disks[@]} -eq 0 ]; then
+        disks=("usb=$(ks_disk usb 256M)" "hostdisk=$(ks_disk hostdisk 64M)")
+    fi
+    touch "$KS_SCEN_DIR/in"
+    local share="$KS_SCEN_DIR/share.tar"
+    tar -C "$KS_SCEN_DIR" -cf "$share" in
+    truncate -s 1M "$share"
+    t0=$(date +%s%N)
+    ks_boot "$log" "ks.scenario=$KS_SCENARIO ks.phase=$phase" "${disks[@]}" "share=$share"
+    rc=$?
+    t1=$(date +%s%N)
+    tr -d '\r' < "$log" | sed -n 's/^KS-OUT //p' >> "$KS_SCEN_DIR/out"
+    tr -d '\r' < "$log" | sed -n 's/^KS-OK /    ok    /p; s/^KS-FAIL /    FAIL  /p; s/^KS-LOG /    ..    /p; s/^    | /    |     /p'
+    tr -d '\r' < "$log" | sed -n 's/^KS-TIME \([^ ]*\) \([0-9]*\)/\1 \2/p' | while read -r name ms; do
+        echo "$KS_SCENARIO $phase $name $ms" >> "$KS_WORK/timings"
+        echo "    time  $name: ${ms} ms"
+    done
+    echo "$KS_SCENARIO $phase vm-total $(( (t1 - t0) / 1000000 ))" >> "$KS_WORK/timings"
+    case $rc in
+        0) ;;
+        124) ks_host_fail "phase $phase: the guest timed out (log: $log)" ;;
+        125) ks_host_fail "phase $phase: the guest reported no result (log: $log)"; tail -n 20 "$log" | sed 's/^/    |     /' ;;
+        *) ks_host_fail "phase $phase: guest checks failed (log: $log)" ;;
+    esac
+    return $rc
+}
+
+# ks_count FILE STRING: how many times STRING occurs in FILE's raw bytes.
+ks_count() {
+    LC_ALL=C grep -a -o -F -e "$2" "$1" 2>/dev/null | wc -l
+}
+
+# ks_expect_count WHAT FILE STRING N: the raw image holds STRING exactly N times.
+ks_expect_count() {
+    local n
+    n=$(ks_count "$2" "$3")
+    if [ "$n" -eq "$4" ]; then
+        ks_host_ok "$1: $n hit(s) in $(basename "$2")"
+    else
+        ks_host_fail "$1: $n hit(s) in $(basename "$2"), expected $4"
+    fi
+}
+
+ks_random() { head -c 18 /dev/urandom | base64 | tr '+/' 'xy'; }

@@ -1,0 +1,433 @@
+//! Making features visible in the session, and taking them away again.
+//!
+//! Planning is a pure function from the resolved config and the mount table to a list of
+//! actions; executing runs one feature's steps and records each thing it changed in a
+//! journal, so that when step k fails, steps k-1..1 are undone and the feature leaves no
+//! trace. Features fail alone: the others still activate.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::config::Method;
+use crate::error::{Error, Result};
+use crate::features::ResolvedEntry;
+use crate::mounts::{self, Mount};
+use crate::safefs::{self, Dir, Owner};
+
+/// What to do for one feature line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Activate,
+    AlreadyActive,
+    Skip(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub resolved: ResolvedEntry,
+    pub action: Action,
+}
+
+/// Whether a bind feature is active: its destination carries a mount of its source folder
+/// of the volume.
+pub fn bind_is_active(table: &[Mount], volume_dev: (u32, u32), entry_source: &Path, dest: &Path) -> bool {
+    let root = Path::new("/").join(entry_source);
+    table
+        .iter()
+        .any(|m| m.dev == volume_dev && m.mount_point == dest && m.root == root)
+}
+
+/// Plans activation of `entries` (in config order) against the current mount table.
+pub fn plan_activation(
+    entries: &[ResolvedEntry],
+    mount_root: &Path,
+    volume_dev: (u32, u32),
+    table: &[Mount],
+) -> Vec<Planned> {
+    let mut planned = Vec::new();
+    for resolved in entries {
+        let e = &resolved.entry;
+        let action = if e.destination.starts_with(mount_root) || mount_root.starts_with(&e.destination) {
+            Action::Skip(format!(
+                "destination {} overlaps the volume's mount point {}",
+                e.destination.display(),
+                mount_root.display()
+            ))
+        } else if e.method == Method::Bind
+            && bind_is_active(table, volume_dev, &e.source, &e.destination)
+        {
+            Action::AlreadyActive
+        } else {
+            Action::Activate
+        };
+        planned.push(Planned {
+            resolved: resolved.clone(),
+            action,
+        });
+    }
+    planned
+}
+
+/// One thing activation changed, to be undone in reverse order.
+#[derive(Debug)]
+enum Done {
+    CreatedDirs(Vec<PathBuf>),
+    Mounted(PathBuf),
+    Linked(PathBuf),
+}
+
+/// The changes made for one feature so far.
+#[derive(Debug, Default)]
+pub struct Journal {
+    done: Vec<Done>,
+}
+
+impl Journal {
+    /// Undoes everything recorded, newest first. Best effort: an undo that fails is
+    /// reported, and the rest still run.
+    pub fn undo(self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for step in self.done.into_iter().rev() {
+            match step {
+                Done::CreatedDirs(dirs) => safefs::remove_created(&dirs),
+                Done::Mounted(path) => {
+                    if let Err(e) = mounts::unmount(&path) {
+                        problems.push(e.to_string());
+                    }
+                }
+                Done::Linked(path) => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        problems.push(format!("removing {}: {e}", path.display()));
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Activates one feature. On failure, whatever it changed is undone before returning.
+pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
+    let mut journal = Journal::default();
+    match activate_steps(volume, resolved, &mut journal) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let problems = journal.undo();
+            if problems.is_empty() {
+                Err(e)
+            } else {
+                Err(Error::Internal(format!(
+                    "{e}; and undoing it failed: {}",
+                    problems.join("; ")
+                )))
+            }
+        }
+    }
+}
+
+fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
+    let e = &resolved.entry;
+    let (source, created) = safefs::open_beneath(volume, &e.source, Some(resolved.owner))?;
+    journal.done.push(Done::CreatedDirs(created));
+    let (dest, created) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
+    journal.done.push(Done::CreatedDirs(created));
+    match e.method {
+        Method::Bind => {
+            mounts::bind(&source, &dest)?;
+            journal.done.push(Done::Mounted(e.destination.clone()));
+        }
+        Method::Link => link_tree(&source, &dest, journal)?,
+    }
+    Ok(())
+}
+
+/// Symlinks every file of `source` into `dest`, recreating its folders; a file already at
+/// the destination that is not our link is left alone and reported.
+fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
+    let listing = std::fs::read_dir(source.proc_path()).map_err(|e| Error::Io {
+        context: format!("listing {}", source.path.display()),
+        source: e,
+    })?;
+    let mut names: Vec<OsString> = listing.filter_map(|d| d.ok()).map(|d| d.file_name()).collect();
+    names.sort();
+    for name in names {
+        let src_path = source.path.join(&name);
+        let dst_path = dest.path.join(&name);
+        let meta = std::fs::symlink_metadata(&src_path).map_err(|e| Error::Io {
+            context: format!("reading {}", src_path.display()),
+            source: e,
+        })?;
+        if meta.is_dir() {
+            use std::os::unix::fs::MetadataExt;
+            let owner = Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mode: meta.mode() & 0o7777,
+            };
+            let (sub_src, _) = safefs::open_beneath(source, Path::new(&name), None)?;
+            let (sub_dst, created) = safefs::open_beneath(dest, Path::new(&name), Some(owner))?;
+            journal.done.push(Done::CreatedDirs(created));
+            link_tree(&sub_src, &sub_dst, journal)?;
+            continue;
+        }
+        match std::fs::read_link(&dst_path) {
+            Ok(target) if target == src_path => continue,
+            _ => {}
+        }
+        nix::unistd::symlinkat(&src_path, &dest.fd, name.as_os_str()).map_err(|e| match e {
+            nix::errno::Errno::EEXIST => Error::Busy(format!(
+                "{} already exists and is not a link into the volume",
+                dst_path.display()
+            )),
+            e => Error::Io {
+                context: format!("linking {}", dst_path.display()),
+                source: e.into(),
+            },
+        })?;
+        journal.done.push(Done::Linked(dst_path.clone()));
+        use std::os::unix::fs::MetadataExt;
+        nix::unistd::fchownat(
+            &dest.fd,
+            name.as_os_str(),
+            Some(nix::unistd::Uid::from_raw(meta.uid())),
+            Some(nix::unistd::Gid::from_raw(meta.gid())),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::Io {
+            context: format!("setting the owner of {}", dst_path.display()),
+            source: e.into(),
+        })?;
+    }
+    let _ = dest.fd.as_raw_fd();
+    Ok(())
+}
+
+/// What `lock` takes away, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Teardown {
+    /// Remove the links a link feature made under this destination.
+    Unlink { destination: PathBuf },
+    Unmount(PathBuf),
+}
+
+/// Plans deactivation: every mount of the volume and every mount stacked inside the
+/// volume's binds, newest first; then link features' links; then the volume itself last.
+pub fn plan_deactivation(
+    table: &[Mount],
+    volume_dev: (u32, u32),
+    mount_root: &Path,
+    link_destinations: &[PathBuf],
+) -> Vec<Teardown> {
+    let bind_points: Vec<&Path> = table
+        .iter()
+        .filter(|m| m.dev == volume_dev)
+        .map(|m| m.mount_point.as_path())
+        .collect();
+    let mut seen = HashSet::new();
+    let mut steps = Vec::new();
+    for m in table.iter().rev() {
+        let ours = m.dev == volume_dev
+            || bind_points
+                .iter()
+                .any(|p| m.mount_point.starts_with(p) && m.mount_point != *p);
+        if ours && m.mount_point != mount_root && seen.insert(m.mount_point.clone()) {
+            steps.push(Teardown::Unmount(m.mount_point.clone()));
+        }
+    }
+    for d in link_destinations.iter().rev() {
+        steps.push(Teardown::Unlink {
+            destination: d.clone(),
+        });
+    }
+    if table.iter().any(|m| m.mount_point == mount_root && m.dev == volume_dev) {
+        steps.push(Teardown::Unmount(mount_root.to_path_buf()));
+    }
+    steps
+}
+
+/// Removes the symlinks under `destination` that point into `mount_root` (and the folders
+/// left empty by that which the link feature had made). Other files are left alone.
+pub fn unlink_tree(destination: &Path, mount_root: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let listing = match std::fs::read_dir(destination) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => {
+            return Err(Error::Io {
+                context: format!("listing {}", destination.display()),
+                source: e,
+            });
+        }
+    };
+    for item in listing.filter_map(|d| d.ok()) {
+        let path = item.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.file_type().is_symlink() {
+            if std::fs::read_link(&path).is_ok_and(|t| t.starts_with(mount_root)) {
+                std::fs::remove_file(&path).map_err(|e| Error::Io {
+                    context: format!("removing {}", path.display()),
+                    source: e,
+                })?;
+                removed += 1;
+            }
+        } else if meta.is_dir() {
+            removed += unlink_tree(&path, mount_root)?;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Entry;
+    use crate::mounts::parse_mountinfo;
+
+    const VOL: (u32, u32) = (254, 0);
+
+    fn resolved(dest: &str, source: &str, method: Method) -> ResolvedEntry {
+        ResolvedEntry {
+            feature: source.to_string(),
+            entry: Entry {
+                destination: dest.into(),
+                source: source.into(),
+                method,
+            },
+            owner: Owner { uid: 1000, gid: 1000, mode: 0o700 },
+            service: None,
+        }
+    }
+
+    const TABLE: &str = "\
+22 1 0:21 / / rw - tmpfs tmpfs rw
+40 22 254:0 / /live/persistence/TailsData_unlocked rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
+41 22 254:0 /Persistent /home/amnesia/Persistent rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
+42 22 254:0 /gnupg /home/amnesia/.gnupg rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
+43 41 0:50 / /home/amnesia/Persistent/usb rw - vfat /dev/sdc1 rw
+44 22 0:51 / /media/other rw - vfat /dev/sdd1 rw
+";
+
+    #[test]
+    fn activation_skips_active_and_overlapping_features() {
+        let table = parse_mountinfo(TABLE);
+        let root = Path::new("/live/persistence/TailsData_unlocked");
+        let entries = vec![
+            resolved("/home/amnesia/Persistent", "Persistent", Method::Bind),
+            resolved("/home/amnesia/.ssh", "openssh-client", Method::Bind),
+            resolved("/live/persistence/TailsData_unlocked/x", "x", Method::Bind),
+            resolved("/live", "live", Method::Bind),
+            resolved("/home/amnesia", "dotfiles", Method::Link),
+        ];
+        let plan = plan_activation(&entries, root, VOL, &table);
+        let actions: Vec<_> = plan.iter().map(|p| p.action.clone()).collect();
+        assert_eq!(actions[0], Action::AlreadyActive);
+        assert_eq!(actions[1], Action::Activate);
+        assert!(matches!(&actions[2], Action::Skip(r) if r.contains("overlaps")));
+        assert!(matches!(&actions[3], Action::Skip(r) if r.contains("overlaps")));
+        assert_eq!(actions[4], Action::Activate);
+    }
+
+    #[test]
+    fn a_bind_of_another_source_at_the_destination_is_not_active() {
+        let table = parse_mountinfo(TABLE);
+        assert!(bind_is_active(&table, VOL, Path::new("gnupg"), Path::new("/home/amnesia/.gnupg")));
+        assert!(!bind_is_active(&table, VOL, Path::new("other"), Path::new("/home/amnesia/.gnupg")));
+        assert!(!bind_is_active(&table, (254, 1), Path::new("gnupg"), Path::new("/home/amnesia/.gnupg")));
+    }
+
+    #[test]
+    fn deactivation_unmounts_newest_first_and_the_volume_last() {
+        let table = parse_mountinfo(TABLE);
+        let root = Path::new("/live/persistence/TailsData_unlocked");
+        let steps = plan_deactivation(&table, VOL, root, &[PathBuf::from("/home/amnesia")]);
+        assert_eq!(
+            steps,
+            vec![
+                Teardown::Unmount("/home/amnesia/Persistent/usb".into()),
+                Teardown::Unmount("/home/amnesia/.gnupg".into()),
+                Teardown::Unmount("/home/amnesia/Persistent".into()),
+                Teardown::Unlink { destination: "/home/amnesia".into() },
+                Teardown::Unmount(root.into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn deactivation_of_an_unmounted_volume_is_empty() {
+        let table = parse_mountinfo("22 1 0:21 / / rw - tmpfs tmpfs rw\n");
+        assert!(plan_deactivation(&table, VOL, Path::new("/x"), &[]).is_empty());
+    }
+
+    #[test]
+    fn link_tree_links_files_and_undo_removes_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(vol.join("dotfiles/.config/app")).unwrap();
+        std::fs::write(vol.join("dotfiles/.bashrc"), "alias x=y\n").unwrap();
+        std::fs::write(vol.join("dotfiles/.config/app/rc"), "k=v\n").unwrap();
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join("keep-me"), "mine").unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let me = Owner {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode: 0o700,
+        };
+        let r = ResolvedEntry { owner: me, ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link) };
+        activate(&volume, &r).unwrap();
+        assert_eq!(std::fs::read_link(home.join(".bashrc")).unwrap(), vol.join("dotfiles/.bashrc"));
+        assert_eq!(std::fs::read_to_string(home.join(".config/app/rc")).unwrap(), "k=v\n");
+        // Running again is harmless: the links are already there.
+        activate(&volume, &r).unwrap();
+        assert_eq!(unlink_tree(&home, &vol).unwrap(), 2);
+        assert!(!home.join(".bashrc").exists());
+        assert_eq!(std::fs::read_to_string(home.join("keep-me")).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_failed_link_feature_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(vol.join("dotfiles")).unwrap();
+        std::fs::write(vol.join("dotfiles/.a"), "a").unwrap();
+        std::fs::write(vol.join("dotfiles/.b"), "b").unwrap();
+        std::fs::create_dir(&home).unwrap();
+        std::fs::write(home.join(".b"), "already here").unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let me = Owner {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode: 0o700,
+        };
+        let r = ResolvedEntry { owner: me, ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link) };
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains(".b already exists"), "{err}");
+        assert!(std::fs::symlink_metadata(home.join(".a")).is_err(), ".a was rolled back");
+        assert_eq!(std::fs::read_to_string(home.join(".b")).unwrap(), "already here");
+    }
+
+    #[test]
+    fn a_missing_source_is_created_and_removed_again_on_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        // The destination runs through a symlink: refused after the source was made.
+        std::os::unix::fs::symlink("/etc", tmp.path().join("evil")).unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let me = Owner {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode: 0o700,
+        };
+        let dest = tmp.path().join("evil/keepsake-test");
+        let r = ResolvedEntry { owner: me, ..resolved(dest.to_str().unwrap(), "src", Method::Bind) };
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(!vol.join("src").exists(), "created source rolled back");
+        assert!(!Path::new("/etc/keepsake-test").exists());
+    }
+}

@@ -1,0 +1,267 @@
+//! The command-line interface: every command and flag, documented once. `--help`, the man
+//! pages and the shell completions are all generated from this definition.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::EXIT_CODES_HELP;
+use crate::layout::LayoutProfile;
+
+const ABOUT: &str = "An encrypted, chosen memory for amnesic live systems";
+
+const LONG_ABOUT: &str = "\
+keepsake gives an amnesic live system (Tails, Debian live, any live USB) an encrypted memory \
+of its own choosing. It creates a LUKS2 volume on the boot stick or in a container file, \
+unlocks it with a passphrase, and binds only the folders you selected (\"features\") into the \
+otherwise forgetful session. `keepsake lock` unbinds, unmounts, closes the volume and drops \
+the page cache, so that nothing of it is left in the session.
+
+Passphrases are read from the terminal without echo, or from --passphrase-fd N or \
+--key-file PATH for scripts; never from the command line or the environment. Before reading \
+one, keepsake disables core dumps and ptrace, locks its memory, and refuses to run where a \
+secret could reach a disk (unencrypted swap, a core-dump handler writing to disk).
+
+The volume is compatible with Tails Persistent Storage (partition and filesystem TailsData, \
+persistence.conf at its root) and opens with the plain cryptsetup CLI.";
+
+const EXAMPLES: &str = "\
+Examples:
+  keepsake create --image /media/usb/keepsake.img --size 2G
+  keepsake unlock --image /media/usb/keepsake.img
+  keepsake status --json
+  keepsake lock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepsake",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = "Run `keepsake help COMMAND` for a command's options.",
+    after_long_help = format!("{EXAMPLES}\n\n{EXIT_CODES_HELP}"),
+    propagate_version = true,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Print one JSON object on standard output instead of text; errors too.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Layout profile: names and mount points of the volume.
+    #[arg(long, global = true, value_enum, default_value_t = LayoutProfile::Tails)]
+    pub layout: LayoutProfile,
+
+    /// Run even though unencrypted swap is active (secrets could be paged to disk).
+    #[arg(long, global = true, help_heading = "Host safety overrides")]
+    pub allow_unencrypted_swap: bool,
+
+    /// Run even though a core-dump handler may write dumps to a disk.
+    #[arg(long, global = true, help_heading = "Host safety overrides")]
+    pub allow_core_dump_handler: bool,
+
+    /// Run even though /tmp or /run/keepsake is not in RAM (tmpfs).
+    #[arg(long, global = true, help_heading = "Host safety overrides")]
+    pub allow_disk_backed_tmp: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new encrypted volume in a container file.
+    #[command(after_long_help = CREATE_HELP)]
+    Create(CreateArgs),
+    /// Open the volume, mount it and activate its enabled features.
+    #[command(after_long_help = UNLOCK_HELP)]
+    Unlock(UnlockArgs),
+    /// Deactivate the features, unmount and close the volume, and forget it.
+    #[command(after_long_help = LOCK_HELP)]
+    Lock(LockArgs),
+    /// Show the volume, its mapping and mount, and each feature's state.
+    #[command(after_long_help = STATUS_HELP)]
+    Status(StatusArgs),
+}
+
+const CREATE_HELP: &str = "\
+The volume is LUKS2 (aes-xts-plain64, 512-bit key, argon2id keyslot whose cost libcryptsetup \
+calibrates on this machine) with an ext4 filesystem labelled TailsData inside, and a \
+persistence.conf (root:root, 0600) that enables the Persistent folder feature.
+
+The container file is created sparse: its free space is not filled with random data, so the \
+amount of data ever written can be estimated from the file.
+
+Examples:
+  keepsake create --image /media/usb/keepsake.img --size 2G
+  keepsake create --image k.img --size 512M --passphrase-fd 3 3<passphrase.txt";
+
+const UNLOCK_HELP: &str = "\
+Unlocking runs these steps, and undoes them if one fails: read the passphrase; open the \
+volume as /dev/mapper/TailsData_unlocked; check the filesystem (e2fsck -p); mount it at the \
+mount root; activate each enabled feature (bind mounts are nosuid,nodev). A feature that \
+cannot be activated is reported and skipped; the others are still activated, and the exit \
+status is then 9.
+
+Examples:
+  keepsake unlock --image /media/usb/keepsake.img
+  keepsake unlock --image k.img --key-file /run/keyfile --json";
+
+const LOCK_HELP: &str = "\
+Locking deactivates the features in reverse order, unmounts the volume, closes the mapping \
+(dm-crypt wipes its copy of the key), releases the loop device of a container file and drops \
+the page cache; then it checks that no mapping, mount or loop device of the volume remains.
+
+When processes hold files of the volume open, lock names them and stops with exit status 5, \
+leaving everything mounted; --force ends them (SIGTERM, then SIGKILL) and locks.";
+
+const STATUS_HELP: &str = "\
+JSON output (--json) is one object:
+  {\"version\": 1, \"layout\": \"tails\", \"unlocked\": bool,
+   \"volume\": null | {\"mapping\", \"device\", \"backing\", \"image\", \"mount_root\"},
+   \"features\": [{\"name\", \"source\", \"destination\", \"method\", \"enabled\",
+                 \"active\", \"error\"}],
+   \"config_errors\": [{\"line\", \"reason\"}]}";
+
+/// Where a passphrase comes from, for scripts. Without either, it is asked on the terminal.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PassphraseArgs {
+    /// Read the passphrase from file descriptor N: one line, the newline is dropped.
+    #[arg(long, value_name = "N", conflicts_with = "key_file")]
+    pub passphrase_fd: Option<RawFd>,
+
+    /// Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Key-derivation cost. Lowering it makes guessing the passphrase cheaper: for tests only.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Key derivation (testing only: lowers security)")]
+pub struct KdfArgs {
+    /// Use exactly this argon2id memory, in KiB, instead of the calibrated cost.
+    #[arg(long, value_name = "KIB", requires = "pbkdf_force_iterations",
+          value_parser = clap::value_parser!(u32).range(32..=4_194_304))]
+    pub pbkdf_memory: Option<u32>,
+
+    /// Use exactly this many argon2id iterations, without benchmark.
+    #[arg(long, value_name = "N", requires = "pbkdf_memory",
+          value_parser = clap::value_parser!(u32).range(4..))]
+    pub pbkdf_force_iterations: Option<u32>,
+
+    /// argon2id threads with a fixed cost.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "pbkdf_memory",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub pbkdf_parallel: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The container file to create; it must not exist yet.
+    #[arg(long, value_name = "FILE")]
+    pub image: PathBuf,
+
+    /// Size of the container file: bytes, or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: u64,
+
+    /// The live session's user, owner of the home folder features [default: the user
+    /// with uid 1000].
+    #[arg(long, value_name = "USER")]
+    pub live_user: Option<String>,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// The container file holding the volume.
+    #[arg(long, value_name = "FILE")]
+    pub image: PathBuf,
+
+    /// Mount the volume here instead of the layout's mount point (for tests).
+    #[arg(long, value_name = "DIR")]
+    pub mount_root: Option<PathBuf>,
+
+    /// The live session's user [default: the user with uid 1000].
+    #[arg(long, value_name = "USER")]
+    pub live_user: Option<String>,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// End the processes that hold files of the volume open (SIGTERM, then SIGKILL).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {}
+
+/// Parses "512M", "2G", "1073741824" (binary multiples).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 512M, 2G)"))?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("{text:?} has an unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn passphrase_sources_conflict() {
+        let r = Cli::try_parse_from(["keepsake", "unlock", "--image", "x", "--passphrase-fd", "3", "--key-file", "k"]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn kdf_flags_come_together() {
+        assert!(Cli::try_parse_from(["keepsake", "create", "--image", "x", "--size", "64M", "--pbkdf-memory", "64"]).is_err());
+        assert!(Cli::try_parse_from(["keepsake", "create", "--image", "x", "--size", "64M", "--pbkdf-memory", "64", "--pbkdf-force-iterations", "4"]).is_ok());
+    }
+}

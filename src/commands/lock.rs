@@ -1,0 +1,196 @@
+//! `keepsake lock`: deactivate features → unmount → close → release the loop device →
+//! drop caches → verify that nothing of the volume remains.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::binder::{self, Teardown};
+use crate::cli::{GlobalArgs, LockArgs};
+use crate::config::Method;
+use crate::devices;
+use crate::error::{Error, Result};
+use crate::features::SystemAccounts;
+use crate::layout::Layout;
+use crate::mounts;
+use crate::output::Output;
+use crate::processes::{self, Holder};
+use crate::unlocked::{self, Unlocked};
+use crate::volume;
+
+#[derive(Debug, Serialize)]
+struct LockReport {
+    was_unlocked: bool,
+    backing: Option<PathBuf>,
+    unmounted: Vec<PathBuf>,
+    links_removed: usize,
+    ended_processes: Vec<Holder>,
+    caches_dropped: bool,
+    leftovers: Vec<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
+    super::require_root()?;
+    let layout = super::layout(global, None);
+    let Some(unlocked) = Unlocked::find(&layout)? else {
+        let leftovers = verify_gone(&layout, None);
+        let report = LockReport {
+            was_unlocked: false,
+            backing: None,
+            unmounted: vec![],
+            links_removed: 0,
+            ended_processes: vec![],
+            caches_dropped: false,
+            leftovers: leftovers.clone(),
+        };
+        out.result(&report, |_| "nothing is unlocked".to_string());
+        return leftovers_error(leftovers);
+    };
+    let record = unlocked::read_record(&layout);
+    let backing = record.as_ref().map(|r| r.backing.clone()).or_else(|| unlocked.backing());
+    let dev = unlocked.mapping.dev;
+
+    let mut ended = Vec::new();
+    let holders = processes::holders_of(dev);
+    if !holders.is_empty() {
+        if !args.force {
+            return Err(Error::Busy(format!(
+                "files of the volume are in use by {}; close them, or use --force to end these processes (nothing was changed)",
+                describe(&holders)
+            )));
+        }
+        out.progress(format!("ending {}", describe(&holders)));
+        let left = processes::end_holders(dev, Duration::from_secs(3));
+        if !left.is_empty() {
+            return Err(Error::Busy(format!("could not end {}", describe(&left))));
+        }
+        ended = holders;
+    }
+
+    let mount_root = unlocked.mount_root.clone().unwrap_or_else(|| layout.mount_root.clone());
+    let link_destinations = link_destinations(&unlocked);
+    let plan = binder::plan_deactivation(&unlocked.table, dev, &mount_root, &link_destinations);
+    let (unmounted, links_removed) = match teardown(&plan, &mount_root) {
+        Ok(done) => done,
+        Err(e) => {
+            restore(&layout, &unlocked);
+            return Err(e);
+        }
+    };
+    unlocked::sync_all();
+    volume::deactivate(layout.mapping)?;
+    if let Some(file) = &backing {
+        for lo in devices::loops_backed_by(file) {
+            devices::detach_loop(&lo).map_err(|e| Error::Io { context: format!("detaching /dev/{lo}"), source: e })?;
+        }
+    }
+    let caches_dropped = match unlocked::drop_caches() {
+        Ok(()) => true,
+        Err(e) => {
+            out.warn(e);
+            false
+        }
+    };
+    unlocked::remove_record(&layout);
+    let leftovers = verify_gone(&layout, backing.as_deref());
+    let report = LockReport {
+        was_unlocked: true,
+        backing,
+        unmounted,
+        links_removed,
+        ended_processes: ended,
+        caches_dropped,
+        leftovers: leftovers.clone(),
+    };
+    out.result(&report, |r| {
+        format!(
+            "locked{}: {} mount(s) removed, mapping closed{}",
+            r.backing.as_ref().map(|b| format!(" {}", b.display())).unwrap_or_default(),
+            r.unmounted.len(),
+            if r.caches_dropped { ", page cache dropped" } else { "" }
+        )
+    });
+    leftovers_error(leftovers)
+}
+
+fn describe(holders: &[Holder]) -> String {
+    holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn link_destinations(unlocked: &Unlocked) -> Vec<PathBuf> {
+    let Ok(dir) = unlocked.volume_dir() else { return vec![] };
+    match unlocked::read_config(&dir) {
+        Ok(Some(config)) => config
+            .entries()
+            .filter(|e| e.method == Method::Link)
+            .map(|e| e.destination.clone())
+            .collect(),
+        _ => vec![],
+    }
+}
+
+fn teardown(plan: &[Teardown], mount_root: &Path) -> Result<(Vec<PathBuf>, usize)> {
+    let mut unmounted = Vec::new();
+    let mut links = 0;
+    for step in plan {
+        match step {
+            Teardown::Unmount(path) => {
+                mounts::unmount(path).map_err(|e| match e.exit_code() {
+                    crate::error::ExitCode::Busy => Error::Busy(format!("{e}; the volume stays unlocked")),
+                    _ => e,
+                })?;
+                unmounted.push(path.clone());
+            }
+            Teardown::Unlink { destination } => links += binder::unlink_tree(destination, mount_root)?,
+        }
+    }
+    Ok((unmounted, links))
+}
+
+/// After a failed teardown, puts back what was taken away, so that the volume is either
+/// fully locked or fully unlocked.
+fn restore(layout: &Layout, before: &Unlocked) {
+    let Some(root) = &before.mount_root else { return };
+    let table = mounts::read_mountinfo().unwrap_or_default();
+    if !table.iter().any(|m| &m.mount_point == root && m.dev == before.mapping.dev) {
+        let _ = mounts::mount_ext4(&layout.mapper_path(), root);
+    }
+    let Ok((dir, _)) = crate::safefs::open_dir(root, None) else { return };
+    if let Ok(Some(config)) = unlocked::read_config(&dir) {
+        let accounts = SystemAccounts::new(None);
+        let (entries, _) = unlocked::resolve_entries(&config, &accounts);
+        let _ = unlocked::activate_entries(&dir, root, before.mapping.dev, &entries);
+    }
+}
+
+/// What of the volume is still there: a mapping, a mount, a loop device.
+fn verify_gone(layout: &Layout, backing: Option<&Path>) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Some(m) = devices::find_mapping(layout.mapping) {
+        left.push(format!("mapping {} ({})", m.name, m.kernel_name));
+    }
+    if volume::is_active(layout.mapping) {
+        left.push(format!("libcryptsetup still sees {} active", layout.mapping));
+    }
+    let table = mounts::read_mountinfo().unwrap_or_default();
+    for m in &table {
+        if m.source == layout.mapper_path().to_string_lossy() || m.mount_point == layout.mount_root {
+            left.push(format!("mount {}", m.mount_point.display()));
+        }
+    }
+    if let Some(file) = backing.filter(|b| b.is_file()) {
+        for lo in devices::loops_backed_by(file) {
+            left.push(format!("loop device /dev/{lo}"));
+        }
+    }
+    left
+}
+
+fn leftovers_error(leftovers: Vec<String>) -> Result<()> {
+    if leftovers.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!("lock could not remove: {}", leftovers.join(", "))))
+    }
+}

@@ -1,0 +1,98 @@
+//! `keepsake status`: the volume, its mapping and mount, and each feature's state.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, StatusArgs};
+use crate::error::Result;
+use crate::features::SystemAccounts;
+use crate::layout::LayoutProfile;
+use crate::output::Output;
+use crate::unlocked::{self, FeatureReport, Unlocked};
+
+use super::unlock::ConfigErrorReport;
+
+/// The JSON shape is part of the interface: see `keepsake help status`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub version: u32,
+    pub layout: LayoutProfile,
+    pub unlocked: bool,
+    pub volume: Option<VolumeReport>,
+    pub features: Vec<FeatureReport>,
+    pub config_errors: Vec<ConfigErrorReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VolumeReport {
+    pub mapping: String,
+    pub device: PathBuf,
+    pub backing: Option<PathBuf>,
+    pub image: Option<PathBuf>,
+    pub mount_root: Option<PathBuf>,
+}
+
+pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
+    super::require_root()?;
+    let layout = super::layout(global, None);
+    let mut report = StatusReport {
+        version: 1,
+        layout: global.layout,
+        unlocked: false,
+        volume: None,
+        features: vec![],
+        config_errors: vec![],
+    };
+    if let Some(u) = Unlocked::find(&layout)? {
+        let record = unlocked::read_record(&layout);
+        let backing_dev = u.mapping.slaves.first().map(|s| crate::devices::dev_path(s));
+        let image = u.mapping.slaves.first().and_then(|s| crate::devices::loop_backing_file(s));
+        report.unlocked = true;
+        report.volume = Some(VolumeReport {
+            mapping: u.mapping.name.clone(),
+            device: crate::devices::dev_path(&u.mapping.kernel_name),
+            backing: backing_dev,
+            image,
+            mount_root: u.mount_root.clone(),
+        });
+        if let (Some(root), Ok(dir)) = (&u.mount_root, u.volume_dir()) {
+            match unlocked::read_config(&dir) {
+                Ok(Some(config)) => {
+                    let accounts = SystemAccounts::new(None);
+                    let (entries, mut failed) = unlocked::resolve_entries(&config, &accounts);
+                    report.features = unlocked::feature_states(&entries, &u.table, u.mapping.dev, root, record.as_ref());
+                    report.features.append(&mut failed);
+                    report.config_errors = config.errors().map(ConfigErrorReport::from).collect();
+                }
+                Ok(None) => {}
+                Err(e) => out.warn(e),
+            }
+        }
+    }
+    out.result(&report, human);
+    Ok(())
+}
+
+fn human(r: &StatusReport) -> String {
+    let Some(v) = &r.volume else { return "locked: no volume is unlocked".to_string() };
+    let mut text = format!(
+        "unlocked: {} on {}{}\nmounted at {}\n",
+        v.mapping,
+        v.backing.as_ref().map(|b| b.display().to_string()).unwrap_or_else(|| "?".into()),
+        v.image.as_ref().map(|i| format!(" ({})", i.display())).unwrap_or_default(),
+        v.mount_root.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "(not mounted)".into()),
+    );
+    for f in &r.features {
+        let state = if f.active { "active" } else if f.error.is_some() { "FAILED" } else { "inactive" };
+        text.push_str(&format!("  {:<24} {:<8} {}", f.name, state, f.destination.display()));
+        if let Some(e) = &f.error {
+            text.push_str(&format!("  ({e})"));
+        }
+        text.push('\n');
+    }
+    for e in &r.config_errors {
+        text.push_str(&format!("  persistence.conf line {}: {}\n", e.line, e.reason));
+    }
+    text
+}

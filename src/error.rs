@@ -1,0 +1,162 @@
+//! The one error type of the library and its mapping to exit codes.
+//!
+//! Every failure a user can meet has a class, and each class has its own exit code so that
+//! scripts can tell "wrong passphrase" from "device busy" without parsing messages.
+
+use std::io;
+use std::path::Path;
+
+use libcryptsetup_rs::LibcryptErr;
+
+/// Exit codes, one per failure class. Documented in `--help` and the man page from
+/// [`EXIT_CODES_HELP`]; keep the two in step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    Success = 0,
+    Internal = 1,
+    Usage = 2,
+    BadPassphrase = 3,
+    NotFound = 4,
+    Busy = 5,
+    UnsafeHost = 6,
+    Corrupt = 7,
+    NotPermitted = 8,
+    Incomplete = 9,
+}
+
+impl ExitCode {
+    /// A stable, machine-readable name for the class, used in `--json` errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitCode::Success => "success",
+            ExitCode::Internal => "internal",
+            ExitCode::Usage => "usage",
+            ExitCode::BadPassphrase => "bad-passphrase",
+            ExitCode::NotFound => "not-found",
+            ExitCode::Busy => "busy",
+            ExitCode::UnsafeHost => "unsafe-host",
+            ExitCode::Corrupt => "corrupt",
+            ExitCode::NotPermitted => "not-permitted",
+            ExitCode::Incomplete => "incomplete",
+        }
+    }
+}
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit status:
+  0  success
+  1  internal error (unexpected system or library failure)
+  2  usage: bad arguments or input; nothing was changed
+  3  wrong passphrase or key; nothing was changed
+  4  not found: no such volume, device, file or feature
+  5  busy: already unlocked, or files are held open
+  6  unsafe host: a preflight check failed (see --help of the command)
+  7  corrupt: header, filesystem or persistence.conf unreadable or invalid
+  8  not permitted: not run as root, or permission denied
+  9  incomplete: unlocked, but some features could not be activated";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("the passphrase or key does not open any keyslot of {0}; nothing was changed")]
+    BadPassphrase(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    UnsafeHost(String),
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("{0}")]
+    Incomplete(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("{context}: {message}")]
+    Crypt {
+        context: String,
+        errno: Option<i32>,
+        message: String,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) => ExitCode::Usage,
+            Error::BadPassphrase(_) => ExitCode::BadPassphrase,
+            Error::NotFound(_) => ExitCode::NotFound,
+            Error::Busy(_) => ExitCode::Busy,
+            Error::UnsafeHost(_) => ExitCode::UnsafeHost,
+            Error::Corrupt(_) => ExitCode::Corrupt,
+            Error::NotPermitted(_) => ExitCode::NotPermitted,
+            Error::Incomplete(_) => ExitCode::Incomplete,
+            Error::Io { source, .. } => errno_class(source.raw_os_error()),
+            Error::Crypt { errno, .. } => errno_class(*errno),
+            Error::Internal(_) => ExitCode::Internal,
+        }
+    }
+
+    /// Wraps a libcryptsetup error, keeping its errno for classification and adding the
+    /// library's own last message when it has one.
+    pub fn crypt(context: impl Into<String>, err: LibcryptErr) -> Error {
+        let (errno, mut message) = match &err {
+            LibcryptErr::IOError(e) => (e.raw_os_error(), e.to_string()),
+            other => (None, other.to_string()),
+        };
+        if let Some(detail) = crate::volume::take_last_library_error() {
+            message = format!("{message} ({detail})");
+        }
+        Error::Crypt {
+            context: context.into(),
+            errno,
+            message,
+        }
+    }
+}
+
+fn errno_class(errno: Option<i32>) -> ExitCode {
+    match errno {
+        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => ExitCode::NotFound,
+        Some(libc::EBUSY) | Some(libc::EEXIST) => ExitCode::Busy,
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => ExitCode::NotPermitted,
+        _ => ExitCode::Internal,
+    }
+}
+
+/// Adds what was being done, and to which path, to an I/O error.
+pub trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: what(),
+            source,
+        })
+    }
+}
+
+impl<T> Context<T> for nix::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|errno| Error::Io {
+            context: what(),
+            source: io::Error::from(errno),
+        })
+    }
+}
+
+/// Shorthand for the common "verb PATH" context.
+pub fn at(verb: &str, path: &Path) -> impl FnOnce() -> String {
+    let s = format!("{verb} {}", path.display());
+    move || s
+}

@@ -1,0 +1,190 @@
+//! The mount table: parsing `/proc/self/mountinfo` (pure) and the few mount syscalls
+//! keepsake makes.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::error::{Context, Result};
+use crate::safefs::Dir;
+
+/// One line of mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub id: u32,
+    pub parent: u32,
+    /// major, minor of the mounted filesystem's device.
+    pub dev: (u32, u32),
+    /// The path inside the filesystem that is mounted here (`/` for a whole filesystem,
+    /// `/Persistent` for a bind of that folder).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub options: String,
+    pub fstype: String,
+    pub source: String,
+    /// The filesystem's own options (for an overlay: lowerdir, upperdir, ...).
+    pub super_options: String,
+}
+
+impl Mount {
+    pub fn has_option(&self, option: &str) -> bool {
+        self.options.split(',').any(|o| o == option)
+    }
+}
+
+/// Parses mountinfo text. Lines that do not parse are skipped: the kernel's format is
+/// stable, and a partial table is better than none for a tool that must still lock.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Mount> {
+    let (head, tail) = line.split_once(" - ")?;
+    let mut h = head.split(' ');
+    let id = h.next()?.parse().ok()?;
+    let parent = h.next()?.parse().ok()?;
+    let (major, minor) = h.next()?.split_once(':')?;
+    let dev = (major.parse().ok()?, minor.parse().ok()?);
+    let root = PathBuf::from(unescape(h.next()?));
+    let mount_point = PathBuf::from(unescape(h.next()?));
+    let options = h.next()?.to_string();
+    let mut t = tail.split(' ');
+    let fstype = t.next()?.to_string();
+    let source = unescape(t.next()?);
+    let super_options = t.next().unwrap_or("").to_string();
+    Some(Mount {
+        id,
+        parent,
+        dev,
+        root,
+        mount_point,
+        options,
+        fstype,
+        source,
+        super_options,
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let code = std::str::from_utf8(&bytes[i + 1..i + 4])
+                .ok()
+                .and_then(|oct| u8::from_str_radix(oct, 8).ok());
+            if let Some(v) = code {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn read_mountinfo() -> Result<Vec<Mount>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .context(|| "reading /proc/self/mountinfo".into())?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// The mounts of filesystems on `dev`, in the order they were mounted.
+pub fn mounts_of_device(table: &[Mount], dev: (u32, u32)) -> Vec<&Mount> {
+    table.iter().filter(|m| m.dev == dev).collect()
+}
+
+/// The mount whose mount point is exactly `path` (the topmost if several are stacked).
+pub fn mount_at<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+    table.iter().rev().find(|m| m.mount_point == path)
+}
+
+/// Mounts an ext4 filesystem with the options every keepsake mount carries.
+pub fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
+    nix::mount::mount(
+        Some(device),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .context(|| format!("mounting {} at {}", device.display(), target.display()))
+}
+
+/// Bind-mounts the directory `source` on `target`, then makes the bind `nosuid,nodev` (a
+/// bind mount only takes new flags on a remount). Both are open directories, so that no
+/// symlink swapped in meanwhile can redirect the mount.
+pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
+    let shown = || format!("binding {} on {}", source.path.display(), target.path.display());
+    nix::mount::mount(
+        Some(&source.proc_path()),
+        &target.proc_path(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context(shown)?;
+    let result = target.reopen().and_then(|mounted| {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        nix::mount::mount(None::<&str>, &mounted.proc_path(), None::<&str>, flags, None::<&str>)
+            .context(|| format!("making {} nosuid,nodev", target.path.display()))
+    });
+    if result.is_err() {
+        let _ = nix::mount::umount2(&target.path, MntFlags::UMOUNT_NOFOLLOW);
+    }
+    result
+}
+
+pub fn unmount(target: &Path) -> Result<()> {
+    nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW)
+        .context(|| format!("unmounting {}", target.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 0:21 / /run rw,nosuid,nodev shared:5 - tmpfs tmpfs rw,mode=755
+40 22 254:0 / /live/persistence/TailsData_unlocked rw,nosuid,nodev,noatime shared:20 - ext4 /dev/mapper/TailsData_unlocked rw
+41 30 254:0 /Persistent /home/amnesia/Persistent rw,nosuid,nodev,noatime shared:20 - ext4 /dev/mapper/TailsData_unlocked rw
+42 30 254:0 /gnupg /home/amnesia/My\\040Keys rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
+garbage line
+";
+
+    #[test]
+    fn parses_fields_and_escapes() {
+        let t = parse_mountinfo(SAMPLE);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[1].dev, (254, 0));
+        assert_eq!(t[1].mount_point, Path::new("/live/persistence/TailsData_unlocked"));
+        assert_eq!(t[2].root, Path::new("/Persistent"));
+        assert_eq!(t[3].mount_point, Path::new("/home/amnesia/My Keys"));
+        assert_eq!(t[0].fstype, "tmpfs");
+        assert_eq!(t[1].source, "/dev/mapper/TailsData_unlocked");
+        assert!(t[2].has_option("nodev"));
+        assert!(!t[0].has_option("noatime"));
+    }
+
+    #[test]
+    fn finds_mounts_by_device_and_point() {
+        let t = parse_mountinfo(SAMPLE);
+        assert_eq!(mounts_of_device(&t, (254, 0)).len(), 3);
+        assert_eq!(
+            mount_at(&t, Path::new("/home/amnesia/Persistent")).map(|m| m.id),
+            Some(41)
+        );
+        assert!(mount_at(&t, Path::new("/nowhere")).is_none());
+    }
+
+    #[test]
+    fn unescape_handles_edges() {
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("tail\\04"), "tail\\04");
+        assert_eq!(unescape("\\011tab"), "\ttab");
+    }
+}

@@ -1,0 +1,86 @@
+//! The helper programs keepsake runs (mkfs.ext4, e2fsck). None of them ever sees a secret:
+//! they get a minimal environment, no passphrase, and only the opened mapping's path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::error::{Error, Result};
+
+const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds a program on the standard system path.
+pub fn find(program: &str) -> Option<PathBuf> {
+    SEARCH_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Runs `program` with `args`, its output captured, its environment reduced to PATH and a
+/// C locale so its messages are predictable.
+pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
+    let path = find(program).ok_or_else(|| {
+        Error::NotFound(format!("{program} not found; install the {package} package"))
+    })?;
+    Command::new(&path)
+        .args(args)
+        .env_clear()
+        .env("PATH", SEARCH_PATH)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Io {
+            context: format!("running {}", path.display()),
+            source: e,
+        })
+}
+
+/// The first non-empty line a tool printed, for one-line error messages.
+pub fn first_line(output: &Output) -> String {
+    let text = [&output.stderr[..], &output.stdout[..]].concat();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message")
+        .to_string()
+}
+
+/// Makes an ext4 filesystem labelled `label` on `device`.
+pub fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
+    let dev = device.to_string_lossy();
+    let out = run("mkfs.ext4", &["-q", "-F", "-L", label, &dev], "e2fsprogs")?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "mkfs.ext4 on {dev} failed: {}",
+            first_line(&out)
+        )));
+    }
+    Ok(())
+}
+
+/// What a filesystem check found.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsckResult {
+    Clean,
+    Repaired,
+}
+
+/// Checks `device` with `e2fsck -p` (repairs only what is safe without a person), as a
+/// boot does. Errors it cannot fix alone are reported as corruption.
+pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
+    let dev = device.to_string_lossy();
+    let out = run("e2fsck", &["-p", &dev], "e2fsprogs")?;
+    // e2fsck exit status: 0 clean, 1 errors corrected, 2 corrected and reboot advised,
+    // 4 and above: uncorrected errors or operational failure.
+    match out.status.code() {
+        Some(0) => Ok(FsckResult::Clean),
+        Some(1) | Some(2) => Ok(FsckResult::Repaired),
+        code => Err(Error::Corrupt(format!(
+            "the filesystem on {dev} has errors e2fsck -p cannot fix (status {}): {}",
+            code.map_or("signal".to_string(), |c| c.to_string()),
+            first_line(&out)
+        ))),
+    }
+}

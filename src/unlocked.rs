@@ -1,0 +1,254 @@
+//! The unlocked volume as the running system shows it: its mapping, its mount, its config,
+//! its features. `unlock` builds it; `status`, `lock` and `feature` find it again from the
+//! kernel's own tables, so no stale state file can mislead them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::binder::{self, Action};
+use crate::config::{ConfigFile, LineError, Method};
+use crate::devices::{self, Mapping};
+use crate::error::{Context, Error, Result};
+use crate::features::{self, Accounts, ResolvedEntry};
+use crate::layout::{CONFIG_FILE, Layout, RUNTIME_DIR};
+use crate::mounts::{self, Mount};
+use crate::safefs::{self, Dir, Owner};
+
+/// The largest persistence.conf accepted.
+const MAX_CONFIG: u64 = 64 * 1024;
+
+/// Facts recorded at unlock time that the kernel does not keep (never secrets).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// The container file or partition that was unlocked.
+    pub backing: PathBuf,
+    /// Features that failed to activate, with why.
+    #[serde(default)]
+    pub failed: Vec<FailedFeature>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailedFeature {
+    pub source: PathBuf,
+    pub error: String,
+}
+
+pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
+    let (dir, _) = safefs::open_dir(Path::new(RUNTIME_DIR), Some(Owner { uid: 0, gid: 0, mode: 0o700 }))?;
+    let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
+    let name = layout.runtime_record();
+    let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("record.json");
+    safefs::write_file_atomically(&dir, name, &text, Owner { uid: 0, gid: 0, mode: 0o600 })
+}
+
+pub fn read_record(layout: &Layout) -> Option<Record> {
+    let text = std::fs::read_to_string(layout.runtime_record()).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+pub fn remove_record(layout: &Layout) {
+    let _ = std::fs::remove_file(layout.runtime_record());
+}
+
+/// An open mapping of this layout, and where its filesystem is mounted, if it is.
+#[derive(Clone, Debug)]
+pub struct Unlocked {
+    pub mapping: Mapping,
+    pub mount_root: Option<PathBuf>,
+    pub table: Vec<Mount>,
+}
+
+impl Unlocked {
+    pub fn find(layout: &Layout) -> Result<Option<Unlocked>> {
+        let Some(mapping) = devices::find_mapping(layout.mapping) else { return Ok(None) };
+        let table = mounts::read_mountinfo()?;
+        let mount_root = table
+            .iter()
+            .find(|m| m.dev == mapping.dev && m.root == Path::new("/"))
+            .map(|m| m.mount_point.clone());
+        Ok(Some(Unlocked { mapping, mount_root, table }))
+    }
+
+    /// The file or device under the mapping: the loop device's backing file for a container.
+    pub fn backing(&self) -> Option<PathBuf> {
+        let slave = self.mapping.slaves.first()?;
+        Some(devices::loop_backing_file(slave).unwrap_or_else(|| devices::dev_path(slave)))
+    }
+
+    pub fn volume_dir(&self) -> Result<Dir> {
+        let root = self
+            .mount_root
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(format!("the mapping {} is open but not mounted", self.mapping.name)))?;
+        Ok(safefs::open_dir(root, None)?.0)
+    }
+}
+
+/// Reads persistence.conf from the volume. Any owner but root, or any mode but 0600,
+/// refuses the whole file: then any line of it may have been written by someone else.
+pub fn read_config(volume: &Dir) -> Result<Option<ConfigFile>> {
+    let file = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+        Ok(f) => f,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.owner.uid != 0 || file.owner.mode != 0o600 {
+        return Err(Error::Corrupt(format!(
+            "{} must be owned by root with mode 0600 (it is uid {}, mode {:04o}); no feature was activated",
+            volume.path.join(CONFIG_FILE).display(),
+            file.owner.uid,
+            file.owner.mode
+        )));
+    }
+    Ok(Some(ConfigFile::parse(&file.contents)))
+}
+
+pub fn write_config(volume: &Dir, config: &ConfigFile) -> Result<()> {
+    safefs::write_file_atomically(volume, CONFIG_FILE, config.render().as_bytes(), Owner { uid: 0, gid: 0, mode: 0o600 })
+}
+
+/// The state of one feature line after activation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureState {
+    Active,
+    Inactive,
+    Failed,
+    Skipped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeatureReport {
+    pub name: String,
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub method: Method,
+    pub enabled: bool,
+    pub active: bool,
+    pub state: FeatureState,
+    pub error: Option<String>,
+}
+
+impl FeatureReport {
+    fn new(r: &ResolvedEntry, state: FeatureState, error: Option<String>) -> FeatureReport {
+        FeatureReport {
+            name: r.feature.clone(),
+            source: r.entry.source.clone(),
+            destination: r.entry.destination.clone(),
+            method: r.entry.method,
+            enabled: true,
+            active: state == FeatureState::Active,
+            state,
+            error,
+        }
+    }
+}
+
+/// Resolves the config's entries; one whose owner cannot be resolved fails alone.
+pub fn resolve_entries(config: &ConfigFile, accounts: &dyn Accounts) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
+    let mut resolved = Vec::new();
+    let mut failed = Vec::new();
+    for entry in config.entries() {
+        match features::resolve(entry, accounts) {
+            Ok(r) => resolved.push(r),
+            Err(e) => failed.push(FeatureReport {
+                name: entry.source.display().to_string(),
+                source: entry.source.clone(),
+                destination: entry.destination.clone(),
+                method: entry.method,
+                enabled: true,
+                active: false,
+                state: FeatureState::Failed,
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    (resolved, failed)
+}
+
+/// Activates every entry that is not active yet; each failure is reported and undone,
+/// and does not stop the others.
+pub fn activate_entries(
+    volume: &Dir,
+    mount_root: &Path,
+    volume_dev: (u32, u32),
+    entries: &[ResolvedEntry],
+) -> Result<Vec<FeatureReport>> {
+    let table = mounts::read_mountinfo()?;
+    let plan = binder::plan_activation(entries, mount_root, volume_dev, &table);
+    let mut reports = Vec::new();
+    for planned in plan {
+        let r = &planned.resolved;
+        let report = match planned.action {
+            Action::AlreadyActive => FeatureReport::new(r, FeatureState::Active, None),
+            Action::Skip(why) => FeatureReport::new(r, FeatureState::Skipped, Some(why)),
+            Action::Activate => match binder::activate(volume, r) {
+                Ok(()) => FeatureReport::new(r, FeatureState::Active, None),
+                Err(e) => FeatureReport::new(r, FeatureState::Failed, Some(e.to_string())),
+            },
+        };
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// The current state of each entry, from the mount table (bind) or the links (link).
+pub fn feature_states(
+    entries: &[ResolvedEntry],
+    table: &[Mount],
+    volume_dev: (u32, u32),
+    mount_root: &Path,
+    record: Option<&Record>,
+) -> Vec<FeatureReport> {
+    entries
+        .iter()
+        .map(|r| {
+            let e = &r.entry;
+            let active = match e.method {
+                Method::Bind => binder::bind_is_active(table, volume_dev, &e.source, &e.destination),
+                Method::Link => links_into(&e.destination, &mount_root.join(&e.source)),
+            };
+            let failure = record
+                .and_then(|rec| rec.failed.iter().find(|f| f.source == e.source))
+                .map(|f| f.error.clone());
+            let state = match (active, &failure) {
+                (true, _) => FeatureState::Active,
+                (false, Some(_)) => FeatureState::Failed,
+                (false, None) => FeatureState::Inactive,
+            };
+            FeatureReport::new(r, state, if active { None } else { failure })
+        })
+        .collect()
+}
+
+/// Whether any entry of `dest` is a symlink into `source` (a link feature is active).
+fn links_into(dest: &Path, source: &Path) -> bool {
+    std::fs::read_dir(dest).is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok()).any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(source))
+        })
+    })
+}
+
+pub fn config_errors(config: &ConfigFile) -> Vec<LineError> {
+    config.errors().cloned().collect()
+}
+
+/// The mount root as a path to create: parents root-owned 0755, the root itself 0755 (the
+/// volume's own root folder, once mounted over it, carries its own mode).
+pub fn ensure_mount_point(path: &Path) -> Result<Vec<PathBuf>> {
+    let (_, created) = safefs::open_dir(path, Some(Owner::ROOT_0755))?;
+    Ok(created)
+}
+
+pub fn sync_all() {
+    nix::unistd::sync();
+}
+
+/// Asks the kernel to drop clean page-cache pages, dentries and inodes, so that plaintext
+/// read from the volume does not linger in RAM after lock.
+pub fn drop_caches() -> Result<()> {
+    sync_all();
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n").context(|| "dropping the page cache".into())
+}
