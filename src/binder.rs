@@ -32,7 +32,12 @@ pub struct Planned {
 
 /// Whether a bind feature is active: its destination carries a mount of its source folder
 /// of the volume.
-pub fn bind_is_active(table: &[Mount], volume_dev: (u32, u32), entry_source: &Path, dest: &Path) -> bool {
+pub fn bind_is_active(
+    table: &[Mount],
+    volume_dev: (u32, u32),
+    entry_source: &Path,
+    dest: &Path,
+) -> bool {
     let root = Path::new("/").join(entry_source);
     table
         .iter()
@@ -49,19 +54,20 @@ pub fn plan_activation(
     let mut planned = Vec::new();
     for resolved in entries {
         let e = &resolved.entry;
-        let action = if e.destination.starts_with(mount_root) || mount_root.starts_with(&e.destination) {
-            Action::Skip(format!(
-                "destination {} overlaps the volume's mount point {}",
-                e.destination.display(),
-                mount_root.display()
-            ))
-        } else if e.method == Method::Bind
-            && bind_is_active(table, volume_dev, &e.source, &e.destination)
-        {
-            Action::AlreadyActive
-        } else {
-            Action::Activate
-        };
+        let action =
+            if e.destination.starts_with(mount_root) || mount_root.starts_with(&e.destination) {
+                Action::Skip(format!(
+                    "destination {} overlaps the volume's mount point {}",
+                    e.destination.display(),
+                    mount_root.display()
+                ))
+            } else if e.method == Method::Bind
+                && bind_is_active(table, volume_dev, &e.source, &e.destination)
+            {
+                Action::AlreadyActive
+            } else {
+                Action::Activate
+            };
         planned.push(Planned {
             resolved: resolved.clone(),
             action,
@@ -150,7 +156,10 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
         context: format!("listing {}", source.path.display()),
         source: e,
     })?;
-    let mut names: Vec<OsString> = listing.filter_map(|d| d.ok()).map(|d| d.file_name()).collect();
+    let mut names: Vec<OsString> = listing
+        .filter_map(|d| d.ok())
+        .map(|d| d.file_name())
+        .collect();
     names.sort();
     for name in names {
         let src_path = source.path.join(&name);
@@ -208,7 +217,9 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Teardown {
     /// Remove the links a link feature made under this destination.
-    Unlink { destination: PathBuf },
+    Unlink {
+        destination: PathBuf,
+    },
     Unmount(PathBuf),
 }
 
@@ -241,7 +252,10 @@ pub fn plan_deactivation(
             destination: d.clone(),
         });
     }
-    if table.iter().any(|m| m.mount_point == mount_root && m.dev == volume_dev) {
+    if table
+        .iter()
+        .any(|m| m.mount_point == mount_root && m.dev == volume_dev)
+    {
         steps.push(Teardown::Unmount(mount_root.to_path_buf()));
     }
     steps
@@ -263,7 +277,9 @@ pub fn unlink_tree(destination: &Path, mount_root: &Path) -> Result<usize> {
     };
     for item in listing.filter_map(|d| d.ok()) {
         let path = item.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         if meta.file_type().is_symlink() {
             if std::fs::read_link(&path).is_ok_and(|t| t.starts_with(mount_root)) {
                 std::fs::remove_file(&path).map_err(|e| Error::Io {
@@ -295,7 +311,11 @@ mod tests {
                 source: source.into(),
                 method,
             },
-            owner: Owner { uid: 1000, gid: 1000, mode: 0o700 },
+            owner: Owner {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o700,
+            },
             service: None,
         }
     }
@@ -332,9 +352,24 @@ mod tests {
     #[test]
     fn a_bind_of_another_source_at_the_destination_is_not_active() {
         let table = parse_mountinfo(TABLE);
-        assert!(bind_is_active(&table, VOL, Path::new("gnupg"), Path::new("/home/amnesia/.gnupg")));
-        assert!(!bind_is_active(&table, VOL, Path::new("other"), Path::new("/home/amnesia/.gnupg")));
-        assert!(!bind_is_active(&table, (254, 1), Path::new("gnupg"), Path::new("/home/amnesia/.gnupg")));
+        assert!(bind_is_active(
+            &table,
+            VOL,
+            Path::new("gnupg"),
+            Path::new("/home/amnesia/.gnupg")
+        ));
+        assert!(!bind_is_active(
+            &table,
+            VOL,
+            Path::new("other"),
+            Path::new("/home/amnesia/.gnupg")
+        ));
+        assert!(!bind_is_active(
+            &table,
+            (254, 1),
+            Path::new("gnupg"),
+            Path::new("/home/amnesia/.gnupg")
+        ));
     }
 
     #[test]
@@ -348,7 +383,9 @@ mod tests {
                 Teardown::Unmount("/home/amnesia/Persistent/usb".into()),
                 Teardown::Unmount("/home/amnesia/.gnupg".into()),
                 Teardown::Unmount("/home/amnesia/Persistent".into()),
-                Teardown::Unlink { destination: "/home/amnesia".into() },
+                Teardown::Unlink {
+                    destination: "/home/amnesia".into()
+                },
                 Teardown::Unmount(root.into()),
             ]
         );
@@ -376,15 +413,27 @@ mod tests {
             gid: nix::unistd::getgid().as_raw(),
             mode: 0o700,
         };
-        let r = ResolvedEntry { owner: me, ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link) };
+        let r = ResolvedEntry {
+            owner: me,
+            ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link)
+        };
         activate(&volume, &r).unwrap();
-        assert_eq!(std::fs::read_link(home.join(".bashrc")).unwrap(), vol.join("dotfiles/.bashrc"));
-        assert_eq!(std::fs::read_to_string(home.join(".config/app/rc")).unwrap(), "k=v\n");
+        assert_eq!(
+            std::fs::read_link(home.join(".bashrc")).unwrap(),
+            vol.join("dotfiles/.bashrc")
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join(".config/app/rc")).unwrap(),
+            "k=v\n"
+        );
         // Running again is harmless: the links are already there.
         activate(&volume, &r).unwrap();
         assert_eq!(unlink_tree(&home, &vol).unwrap(), 2);
         assert!(!home.join(".bashrc").exists());
-        assert_eq!(std::fs::read_to_string(home.join("keep-me")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(home.join("keep-me")).unwrap(),
+            "mine"
+        );
     }
 
     #[test]
@@ -403,11 +452,20 @@ mod tests {
             gid: nix::unistd::getgid().as_raw(),
             mode: 0o700,
         };
-        let r = ResolvedEntry { owner: me, ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link) };
+        let r = ResolvedEntry {
+            owner: me,
+            ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link)
+        };
         let err = activate(&volume, &r).unwrap_err();
         assert!(err.to_string().contains(".b already exists"), "{err}");
-        assert!(std::fs::symlink_metadata(home.join(".a")).is_err(), ".a was rolled back");
-        assert_eq!(std::fs::read_to_string(home.join(".b")).unwrap(), "already here");
+        assert!(
+            std::fs::symlink_metadata(home.join(".a")).is_err(),
+            ".a was rolled back"
+        );
+        assert_eq!(
+            std::fs::read_to_string(home.join(".b")).unwrap(),
+            "already here"
+        );
     }
 
     #[test]
@@ -424,7 +482,10 @@ mod tests {
             mode: 0o700,
         };
         let dest = tmp.path().join("evil/keepsake-test");
-        let r = ResolvedEntry { owner: me, ..resolved(dest.to_str().unwrap(), "src", Method::Bind) };
+        let r = ResolvedEntry {
+            owner: me,
+            ..resolved(dest.to_str().unwrap(), "src", Method::Bind)
+        };
         let err = activate(&volume, &r).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
         assert!(!vol.join("src").exists(), "created source rolled back");

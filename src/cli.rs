@@ -39,7 +39,8 @@ Examples:
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = "Run `keepsake help COMMAND` for a command's options.",
+    after_help = "Run `keepsake COMMAND --help` for a command's options and `--help` for more.",
+    disable_help_subcommand = true,
     after_long_help = format!("{EXAMPLES}\n\n{EXIT_CODES_HELP}"),
     propagate_version = true,
 )]
@@ -52,6 +53,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Print one JSON object on standard output instead of text; errors too.
     #[arg(long, global = true)]
@@ -255,13 +257,48 @@ mod tests {
 
     #[test]
     fn passphrase_sources_conflict() {
-        let r = Cli::try_parse_from(["keepsake", "unlock", "--image", "x", "--passphrase-fd", "3", "--key-file", "k"]);
+        let r = Cli::try_parse_from([
+            "keepsake",
+            "unlock",
+            "--image",
+            "x",
+            "--passphrase-fd",
+            "3",
+            "--key-file",
+            "k",
+        ]);
         assert!(r.is_err());
     }
 
     #[test]
     fn kdf_flags_come_together() {
-        assert!(Cli::try_parse_from(["keepsake", "create", "--image", "x", "--size", "64M", "--pbkdf-memory", "64"]).is_err());
-        assert!(Cli::try_parse_from(["keepsake", "create", "--image", "x", "--size", "64M", "--pbkdf-memory", "64", "--pbkdf-force-iterations", "4"]).is_ok());
+        assert!(
+            Cli::try_parse_from([
+                "keepsake",
+                "create",
+                "--image",
+                "x",
+                "--size",
+                "64M",
+                "--pbkdf-memory",
+                "64"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "keepsake",
+                "create",
+                "--image",
+                "x",
+                "--size",
+                "64M",
+                "--pbkdf-memory",
+                "64",
+                "--pbkdf-force-iterations",
+                "4"
+            ])
+            .is_ok()
+        );
     }
 }

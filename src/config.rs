@@ -97,14 +97,14 @@ impl ConfigFile {
                 if seen_source.contains(&entry.source) {
                     return Err(format!("source {} appears twice", entry.source.display()));
                 }
-                if entry.method == Method::Bind {
-                    if let Some(outer) = binds.iter().find(|b| nested(b, &entry.destination)) {
-                        return Err(format!(
-                            "destination {} overlaps the bind mount at {}",
-                            entry.destination.display(),
-                            outer.display()
-                        ));
-                    }
+                if entry.method == Method::Bind
+                    && let Some(outer) = binds.iter().find(|b| nested(b, &entry.destination))
+                {
+                    return Err(format!(
+                        "destination {} overlaps the bind mount at {}",
+                        entry.destination.display(),
+                        outer.display()
+                    ));
                 }
                 Ok(entry)
             });
@@ -193,7 +193,10 @@ fn parse_entry(line: &str) -> Result<Entry, String> {
     let dest = fields.next().unwrap_or_default();
     let options = fields.next();
     if fields.next().is_some() {
-        return Err("more than two fields (destination, options); paths with spaces are not supported".into());
+        return Err(
+            "more than two fields (destination, options); paths with spaces are not supported"
+                .into(),
+        );
     }
     let destination = check_destination(dest)?;
     let mut source = None;
@@ -213,7 +216,11 @@ fn parse_entry(line: &str) -> Result<Entry, String> {
             ("source", None) => return Err("option source needs a value (source=SUBDIR)".into()),
             ("link" | "bind", Some(_)) => return Err(format!("option {name} takes no value")),
             ("link" | "bind", None) => {
-                let m = if name == "link" { Method::Link } else { Method::Bind };
+                let m = if name == "link" {
+                    Method::Link
+                } else {
+                    Method::Bind
+                };
                 if method.is_some() {
                     return Err("options bind and link are exclusive and given once".into());
                 }
@@ -263,7 +270,9 @@ fn check_destination(dest: &str) -> Result<PathBuf, String> {
     const NEVER_AT: &[&str] = &[
         "/run", "/boot", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/var",
     ];
-    if NEVER_UNDER.iter().any(|f| path.starts_with(f)) || NEVER_AT.iter().any(|f| path == Path::new(f)) {
+    if NEVER_UNDER.iter().any(|f| path.starts_with(f))
+        || NEVER_AT.iter().any(|f| path == Path::new(f))
+    {
         return Err(format!("destination {dest} is a system directory"));
     }
     Ok(path.to_path_buf())
@@ -409,7 +418,11 @@ mod tests {
         let errors: Vec<_> = cfg.errors().map(|e| (e.line, e.reason.clone())).collect();
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert_eq!(errors[0].0, 2);
-        assert!(errors[0].1.contains("destination /home/amnesia/Persistent appears twice"));
+        assert!(
+            errors[0]
+                .1
+                .contains("destination /home/amnesia/Persistent appears twice")
+        );
         assert_eq!(errors[1].0, 3);
         assert!(errors[1].1.contains("source Persistent appears twice"));
         assert_eq!(errors[2].0, 4);

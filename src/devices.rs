@@ -57,7 +57,9 @@ pub fn find_mapping(name: &str) -> Option<Mapping> {
 
 /// The file behind a loop device (`loop0`), if it is attached.
 pub fn loop_backing_file(kernel_name: &str) -> Option<PathBuf> {
-    let path = Path::new("/sys/block").join(kernel_name).join("loop/backing_file");
+    let path = Path::new("/sys/block")
+        .join(kernel_name)
+        .join("loop/backing_file");
     read_trimmed(&path).map(PathBuf::from)
 }
 

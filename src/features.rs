@@ -62,26 +62,14 @@ const fn home(source: &'static str, path: &'static str) -> Binding {
     }
 }
 
-const fn system(source: &'static str, path: &'static str, owner: Who, mode: u32) -> Binding {
-    Binding {
-        source,
-        destination: Dest::Absolute(path),
-        method: Method::Bind,
-        owner,
-        mode,
-    }
-}
-
 /// The built-in features, in the order they are activated.
-pub static CATALOGUE: &[Feature] = &[
-    Feature {
-        name: "persistent",
-        title: "Persistent folder",
-        bindings: &[home("Persistent", "Persistent")],
-        service: None,
-        default: true,
-    },
-];
+pub static CATALOGUE: &[Feature] = &[Feature {
+    name: "persistent",
+    title: "Persistent folder",
+    bindings: &[home("Persistent", "Persistent")],
+    service: None,
+    default: true,
+}];
 
 impl Feature {
     pub fn by_name(name: &str) -> Option<&'static Feature> {
@@ -154,7 +142,9 @@ impl SystemAccounts {
 
 impl Accounts for SystemAccounts {
     fn live_user(&self) -> Result<&LiveUser> {
-        self.live_user.as_ref().map_err(|e| Error::NotFound(e.clone()))
+        self.live_user
+            .as_ref()
+            .map_err(|e| Error::NotFound(e.clone()))
     }
 
     fn system_account(&self, name: &str) -> Result<(u32, u32)> {
@@ -280,7 +270,14 @@ pub mod tests {
         assert_eq!(e.render(), "/home/amnesia/Persistent\tsource=Persistent");
         let r = resolve(&e, &FakeAccounts).unwrap();
         assert_eq!(r.feature, "persistent");
-        assert_eq!(r.owner, Owner { uid: 1000, gid: 1000, mode: 0o700 });
+        assert_eq!(
+            r.owner,
+            Owner {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o700
+            }
+        );
     }
 
     #[test]
@@ -298,6 +295,9 @@ pub mod tests {
             source: "tools".into(),
             method: Method::Bind,
         };
-        assert_eq!(resolve(&sys, &FakeAccounts).unwrap().owner, Owner::ROOT_0755);
+        assert_eq!(
+            resolve(&sys, &FakeAccounts).unwrap().owner,
+            Owner::ROOT_0755
+        );
     }
 }

@@ -2,7 +2,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = keepsake::cli::Cli::parse();
-    let out = keepsake::output::Output { json: cli.global.json };
+    let out = keepsake::output::Output {
+        json: cli.global.json,
+    };
     match keepsake::commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

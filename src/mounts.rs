@@ -119,7 +119,13 @@ pub fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
 /// bind mount only takes new flags on a remount). Both are open directories, so that no
 /// symlink swapped in meanwhile can redirect the mount.
 pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
-    let shown = || format!("binding {} on {}", source.path.display(), target.path.display());
+    let shown = || {
+        format!(
+            "binding {} on {}",
+            source.path.display(),
+            target.path.display()
+        )
+    };
     nix::mount::mount(
         Some(&source.proc_path()),
         &target.proc_path(),
@@ -130,8 +136,14 @@ pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
     .context(shown)?;
     let result = target.reopen().and_then(|mounted| {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        nix::mount::mount(None::<&str>, &mounted.proc_path(), None::<&str>, flags, None::<&str>)
-            .context(|| format!("making {} nosuid,nodev", target.path.display()))
+        nix::mount::mount(
+            None::<&str>,
+            &mounted.proc_path(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .context(|| format!("making {} nosuid,nodev", target.path.display()))
     });
     if result.is_err() {
         let _ = nix::mount::umount2(&target.path, MntFlags::UMOUNT_NOFOLLOW);
@@ -161,7 +173,10 @@ garbage line
         let t = parse_mountinfo(SAMPLE);
         assert_eq!(t.len(), 4);
         assert_eq!(t[1].dev, (254, 0));
-        assert_eq!(t[1].mount_point, Path::new("/live/persistence/TailsData_unlocked"));
+        assert_eq!(
+            t[1].mount_point,
+            Path::new("/live/persistence/TailsData_unlocked")
+        );
         assert_eq!(t[2].root, Path::new("/Persistent"));
         assert_eq!(t[3].mount_point, Path::new("/home/amnesia/My Keys"));
         assert_eq!(t[0].fstype, "tmpfs");

@@ -28,7 +28,8 @@ impl Output {
     pub fn result<T: Serialize>(&self, report: &T, human: impl FnOnce(&T) -> String) {
         let mut out = std::io::stdout().lock();
         let text = if self.json {
-            serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            serde_json::to_string_pretty(report)
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
         } else {
             human(report)
         };

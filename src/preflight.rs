@@ -84,11 +84,20 @@ pub fn check_swap(areas: &[SwapArea], overrides: &Overrides) -> Finding {
         } else {
             format!("{} swap area(s), all encrypted or in RAM", areas.len())
         };
-        return Finding { check: "swap", verdict: Verdict::Ok, message, override_flag: None };
+        return Finding {
+            check: "swap",
+            verdict: Verdict::Ok,
+            message,
+            override_flag: None,
+        };
     }
     Finding {
         check: "swap",
-        verdict: if overrides.unencrypted_swap { Verdict::Overridden } else { Verdict::Unsafe },
+        verdict: if overrides.unencrypted_swap {
+            Verdict::Overridden
+        } else {
+            Verdict::Unsafe
+        },
         message: format!(
             "unencrypted swap is active: {}; secrets could be written to disk (swapoff it, or use encrypted swap)",
             unsafe_areas.join(", ")
@@ -110,19 +119,30 @@ pub fn check_core_pattern(
     let on_ram = |p: &Path| dump_dir_fs(p).is_some_and(|fs| is_ram_fs(&fs));
     let problem = if let Some(handler) = pattern.strip_prefix('|') {
         let program = handler.split_whitespace().next().unwrap_or("");
-        let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let name = Path::new(program)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
         match name {
             "systemd-coredump" if on_ram(Path::new("/var/lib/systemd/coredump")) => None,
-            "systemd-coredump" => Some("systemd-coredump stores dumps in /var/lib/systemd/coredump, which is not in RAM".to_string()),
+            "systemd-coredump" => Some(
+                "systemd-coredump stores dumps in /var/lib/systemd/coredump, which is not in RAM"
+                    .to_string(),
+            ),
             "false" | "true" => None,
-            _ => Some(format!("core dumps are piped to {program}, which may write them to disk")),
+            _ => Some(format!(
+                "core dumps are piped to {program}, which may write them to disk"
+            )),
         }
     } else if pattern.starts_with('/') {
         let dir = Path::new(pattern).parent().unwrap_or(Path::new("/"));
         if on_ram(dir) {
             None
         } else {
-            Some(format!("core dumps are written to {}, which is not in RAM", dir.display()))
+            Some(format!(
+                "core dumps are written to {}, which is not in RAM",
+                dir.display()
+            ))
         }
     } else {
         // Relative: into the crashing process's working folder, and only when its own
@@ -138,8 +158,14 @@ pub fn check_core_pattern(
         },
         Some(why) => Finding {
             check: "core-dumps",
-            verdict: if overrides.core_dump_handler { Verdict::Overridden } else { Verdict::Unsafe },
-            message: format!("{why}; dumps of programs using the persisted data could reach a disk"),
+            verdict: if overrides.core_dump_handler {
+                Verdict::Overridden
+            } else {
+                Verdict::Unsafe
+            },
+            message: format!(
+                "{why}; dumps of programs using the persisted data could reach a disk"
+            ),
             override_flag: Some("--allow-core-dump-handler"),
         },
     }
@@ -160,12 +186,17 @@ pub fn mount_holding<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
 /// Whether what is written under `path` stays in RAM: a tmpfs or ramfs, or an overlay
 /// (the root of a live system) whose writable layer is on one.
 pub fn stays_in_ram(table: &[Mount], path: &Path) -> bool {
-    let Some(m) = mount_holding(table, path) else { return false };
+    let Some(m) = mount_holding(table, path) else {
+        return false;
+    };
     if is_ram_fs(&m.fstype) {
         return true;
     }
     if m.fstype == "overlay" {
-        let upper = m.super_options.split(',').find_map(|o| o.strip_prefix("upperdir="));
+        let upper = m
+            .super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix("upperdir="));
         if let Some(upper) = upper {
             return mount_holding(table, Path::new(upper)).is_some_and(|u| is_ram_fs(&u.fstype));
         }
@@ -189,7 +220,11 @@ pub fn check_ram_folders(table: &[Mount], folders: &[&Path], overrides: &Overrid
     }
     Finding {
         check: "amnesic-folders",
-        verdict: if overrides.disk_backed_tmp { Verdict::Overridden } else { Verdict::Unsafe },
+        verdict: if overrides.disk_backed_tmp {
+            Verdict::Overridden
+        } else {
+            Verdict::Unsafe
+        },
         message: format!(
             "{} not in RAM (tmpfs); this does not look like an amnesic live system",
             on_disk.join(", ")
@@ -201,7 +236,9 @@ pub fn check_ram_folders(table: &[Mount], folders: &[&Path], overrides: &Overrid
 /// Disk filesystems mounted read-write: not refused (the user may mean it), but said. The
 /// filesystem holding the volume's container file (the stick) is expected and not listed.
 pub fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Finding {
-    let disk_fs = ["ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "ntfs", "ntfs3", "f2fs", "fuseblk"];
+    let disk_fs = [
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "ntfs", "ntfs3", "f2fs", "fuseblk",
+    ];
     let rw: Vec<String> = table
         .iter()
         .filter(|m| disk_fs.contains(&m.fstype.as_str()) && m.source.starts_with("/dev/"))
@@ -210,12 +247,20 @@ pub fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Fin
         .map(|m| format!("{} on {}", m.source, m.mount_point.display()))
         .collect();
     if rw.is_empty() {
-        Finding { check: "host-disks", verdict: Verdict::Ok, message: "no disk filesystem is mounted read-write".into(), override_flag: None }
+        Finding {
+            check: "host-disks",
+            verdict: Verdict::Ok,
+            message: "no disk filesystem is mounted read-write".into(),
+            override_flag: None,
+        }
     } else {
         Finding {
             check: "host-disks",
             verdict: Verdict::Warn,
-            message: format!("disk filesystems are mounted read-write: {}; keepsake writes nothing there, but other programs may", rw.join(", ")),
+            message: format!(
+                "disk filesystems are mounted read-write: {}; keepsake writes nothing there, but other programs may",
+                rw.join(", ")
+            ),
             override_flag: None,
         }
     }
@@ -228,7 +273,10 @@ pub fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Find
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
     let areas: Vec<SwapArea> = parse_swaps(&swaps)
         .into_iter()
-        .map(|path| SwapArea { backing: swap_backing(&path), path })
+        .map(|path| SwapArea {
+            backing: swap_backing(&path),
+            path,
+        })
         .collect();
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     let fs_of = |p: &Path| mount_holding(&table, p).map(|m| m.fstype.clone());
@@ -250,10 +298,19 @@ pub fn enforce(findings: &[Finding]) -> Result<Vec<String>> {
     let refusals: Vec<String> = findings
         .iter()
         .filter(|f| f.verdict == Verdict::Unsafe)
-        .map(|f| format!("{} (override: {})", f.message, f.override_flag.unwrap_or("none")))
+        .map(|f| {
+            format!(
+                "{} (override: {})",
+                f.message,
+                f.override_flag.unwrap_or("none")
+            )
+        })
         .collect();
     if !refusals.is_empty() {
-        return Err(Error::UnsafeHost(format!("refusing to handle secrets on this host: {}", refusals.join("; "))));
+        return Err(Error::UnsafeHost(format!(
+            "refusing to handle secrets on this host: {}",
+            refusals.join("; ")
+        )));
     }
     Ok(findings
         .iter()
@@ -265,11 +322,21 @@ pub fn enforce(findings: &[Finding]) -> Result<Vec<String>> {
 /// Classifies the device behind a swap area from sysfs.
 fn swap_backing(path: &Path) -> SwapBacking {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let Ok(meta) = std::fs::metadata(path) else { return SwapBacking::Plain };
-    let dev = if meta.file_type().is_block_device() { meta.rdev() } else { meta.dev() };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return SwapBacking::Plain;
+    };
+    let dev = if meta.file_type().is_block_device() {
+        meta.rdev()
+    } else {
+        meta.dev()
+    };
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-    let read = |rel: &str| std::fs::read_to_string(sys.join(rel)).map(|s| s.trim().to_string()).ok();
+    let read = |rel: &str| {
+        std::fs::read_to_string(sys.join(rel))
+            .map(|s| s.trim().to_string())
+            .ok()
+    };
     if read("dm/uuid").is_some_and(|u| u.starts_with("CRYPT-")) {
         return SwapBacking::DmCrypt;
     }
@@ -288,44 +355,100 @@ mod tests {
     use super::*;
     use crate::mounts::parse_mountinfo;
 
-    const NONE: Overrides = Overrides { unencrypted_swap: false, core_dump_handler: false, disk_backed_tmp: false };
+    const NONE: Overrides = Overrides {
+        unencrypted_swap: false,
+        core_dump_handler: false,
+        disk_backed_tmp: false,
+    };
 
     #[test]
     fn parses_proc_swaps() {
         let text = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/sda2                               partition\t1048572\t\t0\t\t-2\n/swap\\040file file 1 0 -3\n";
-        assert_eq!(parse_swaps(text), vec![PathBuf::from("/dev/sda2"), PathBuf::from("/swap file")]);
+        assert_eq!(
+            parse_swaps(text),
+            vec![PathBuf::from("/dev/sda2"), PathBuf::from("/swap file")]
+        );
         assert!(parse_swaps("Filename Type Size Used Priority\n").is_empty());
     }
 
     #[test]
     fn swap_verdicts() {
-        let area = |p: &str, b| SwapArea { path: p.into(), backing: b };
+        let area = |p: &str, b| SwapArea {
+            path: p.into(),
+            backing: b,
+        };
         assert_eq!(check_swap(&[], &NONE).verdict, Verdict::Ok);
-        assert_eq!(check_swap(&[area("/dev/dm-1", SwapBacking::DmCrypt), area("/dev/zram0", SwapBacking::ZramInRam)], &NONE).verdict, Verdict::Ok);
+        assert_eq!(
+            check_swap(
+                &[
+                    area("/dev/dm-1", SwapBacking::DmCrypt),
+                    area("/dev/zram0", SwapBacking::ZramInRam)
+                ],
+                &NONE
+            )
+            .verdict,
+            Verdict::Ok
+        );
         let f = check_swap(&[area("/dev/sda2", SwapBacking::Plain)], &NONE);
         assert_eq!(f.verdict, Verdict::Unsafe);
         assert!(f.message.contains("/dev/sda2 (not encrypted)"));
-        let f = check_swap(&[area("/dev/zram0", SwapBacking::ZramWriteback("/dev/sda3".into()))], &NONE);
+        let f = check_swap(
+            &[area(
+                "/dev/zram0",
+                SwapBacking::ZramWriteback("/dev/sda3".into()),
+            )],
+            &NONE,
+        );
         assert_eq!(f.verdict, Verdict::Unsafe);
-        let allowed = Overrides { unencrypted_swap: true, ..NONE };
-        assert_eq!(check_swap(&[area("/dev/sda2", SwapBacking::Plain)], &allowed).verdict, Verdict::Overridden);
+        let allowed = Overrides {
+            unencrypted_swap: true,
+            ..NONE
+        };
+        assert_eq!(
+            check_swap(&[area("/dev/sda2", SwapBacking::Plain)], &allowed).verdict,
+            Verdict::Overridden
+        );
     }
 
     #[test]
     fn core_pattern_verdicts() {
         let disk = |_: &Path| Some("ext4".to_string());
         let ram = |_: &Path| Some("tmpfs".to_string());
-        assert_eq!(check_core_pattern("core\n", &disk, &NONE).verdict, Verdict::Ok);
-        assert_eq!(check_core_pattern("|/bin/false", &disk, &NONE).verdict, Verdict::Ok);
-        assert_eq!(check_core_pattern("|/lib/systemd/systemd-coredump %P %u", &ram, &NONE).verdict, Verdict::Ok);
+        assert_eq!(
+            check_core_pattern("core\n", &disk, &NONE).verdict,
+            Verdict::Ok
+        );
+        assert_eq!(
+            check_core_pattern("|/bin/false", &disk, &NONE).verdict,
+            Verdict::Ok
+        );
+        assert_eq!(
+            check_core_pattern("|/lib/systemd/systemd-coredump %P %u", &ram, &NONE).verdict,
+            Verdict::Ok
+        );
         let f = check_core_pattern("|/lib/systemd/systemd-coredump %P %u", &disk, &NONE);
         assert_eq!(f.verdict, Verdict::Unsafe);
         assert_eq!(f.override_flag, Some("--allow-core-dump-handler"));
-        assert_eq!(check_core_pattern("|/usr/share/apport/apport %p", &ram, &NONE).verdict, Verdict::Unsafe);
-        assert_eq!(check_core_pattern("/var/crash/core.%p", &disk, &NONE).verdict, Verdict::Unsafe);
-        assert_eq!(check_core_pattern("/tmp/core.%p", &ram, &NONE).verdict, Verdict::Ok);
-        let allowed = Overrides { core_dump_handler: true, ..NONE };
-        assert_eq!(check_core_pattern("/var/crash/core", &disk, &allowed).verdict, Verdict::Overridden);
+        assert_eq!(
+            check_core_pattern("|/usr/share/apport/apport %p", &ram, &NONE).verdict,
+            Verdict::Unsafe
+        );
+        assert_eq!(
+            check_core_pattern("/var/crash/core.%p", &disk, &NONE).verdict,
+            Verdict::Unsafe
+        );
+        assert_eq!(
+            check_core_pattern("/tmp/core.%p", &ram, &NONE).verdict,
+            Verdict::Ok
+        );
+        let allowed = Overrides {
+            core_dump_handler: true,
+            ..NONE
+        };
+        assert_eq!(
+            check_core_pattern("/var/crash/core", &disk, &allowed).verdict,
+            Verdict::Overridden
+        );
     }
 
     const LIVE: &str = "\
@@ -343,14 +466,20 @@ mod tests {
         assert!(stays_in_ram(&t, Path::new("/live/persistence")));
         assert!(stays_in_ram(&t, Path::new("/tmp/x")));
         assert!(!stays_in_ram(&t, Path::new("/media/disk/x")));
-        let f = check_ram_folders(&t, &[Path::new("/tmp"), Path::new("/media/disk/tmp")], &NONE);
+        let f = check_ram_folders(
+            &t,
+            &[Path::new("/tmp"), Path::new("/media/disk/tmp")],
+            &NONE,
+        );
         assert_eq!(f.verdict, Verdict::Unsafe);
         assert!(f.message.contains("/media/disk/tmp"));
     }
 
     #[test]
     fn overlay_with_disk_upper_does_not() {
-        let t = parse_mountinfo("20 1 8:1 / /mnt rw - ext4 /dev/sda1 rw\n21 1 0:20 / / rw - overlay overlay rw,upperdir=/mnt/upper,workdir=/mnt/work\n");
+        let t = parse_mountinfo(
+            "20 1 8:1 / /mnt rw - ext4 /dev/sda1 rw\n21 1 0:20 / / rw - overlay overlay rw,upperdir=/mnt/upper,workdir=/mnt/work\n",
+        );
         assert!(!stays_in_ram(&t, Path::new("/live")));
     }
 
@@ -367,8 +496,14 @@ mod tests {
     fn enforce_refuses_unsafe_and_passes_warnings() {
         let t = parse_mountinfo(LIVE);
         let warn = check_host_disks(&t, None);
-        assert_eq!(enforce(&[warn.clone()]).unwrap().len(), 1);
-        let bad = check_swap(&[SwapArea { path: "/dev/sda2".into(), backing: SwapBacking::Plain }], &NONE);
+        assert_eq!(enforce(std::slice::from_ref(&warn)).unwrap().len(), 1);
+        let bad = check_swap(
+            &[SwapArea {
+                path: "/dev/sda2".into(),
+                backing: SwapBacking::Plain,
+            }],
+            &NONE,
+        );
         let err = enforce(&[warn, bad]).unwrap_err();
         assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
         assert!(err.to_string().contains("--allow-unencrypted-swap"));

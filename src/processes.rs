@@ -19,7 +19,13 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (pid {}: {})", self.name, self.pid, self.uses.join(", "))
+        write!(
+            f,
+            "{} (pid {}: {})",
+            self.name,
+            self.pid,
+            self.uses.join(", ")
+        )
     }
 }
 
@@ -31,7 +37,10 @@ fn on_device(path: &Path, dev: (u32, u32)) -> bool {
 fn maps_line_dev(line: &str) -> Option<(u32, u32)> {
     let dev = line.split_whitespace().nth(3)?;
     let (a, b) = dev.split_once(':')?;
-    Some((u32::from_str_radix(a, 16).ok()?, u32::from_str_radix(b, 16).ok()?))
+    Some((
+        u32::from_str_radix(a, 16).ok()?,
+        u32::from_str_radix(b, 16).ok()?,
+    ))
 }
 
 /// Every process (but this one) with an open file, working folder, root, executable or
@@ -39,9 +48,17 @@ fn maps_line_dev(line: &str) -> Option<(u32, u32)> {
 pub fn holders_of(dev: (u32, u32)) -> Vec<Holder> {
     let me = std::process::id() as i32;
     let mut holders = Vec::new();
-    let Ok(proc_dir) = std::fs::read_dir("/proc") else { return holders };
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return holders;
+    };
     for entry in proc_dir.filter_map(|e| e.ok()) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
         if pid == me {
             continue;
         }
@@ -59,10 +76,10 @@ pub fn holders_of(dev: (u32, u32)) -> Vec<Holder> {
                 }
             }
         }
-        if let Ok(maps) = std::fs::read_to_string(base.join("maps")) {
-            if maps.lines().any(|l| maps_line_dev(l) == Some(dev)) {
-                uses.push("mmap".into());
-            }
+        if let Ok(maps) = std::fs::read_to_string(base.join("maps"))
+            && maps.lines().any(|l| maps_line_dev(l) == Some(dev))
+        {
+            uses.push("mmap".into());
         }
         if !uses.is_empty() {
             let name = std::fs::read_to_string(base.join("comm"))

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{Mode, fchmodat, FchmodatFlags, fstat, mkdirat};
+use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, fchownat};
 
 use crate::error::{Context, Error, Result};
@@ -27,7 +27,11 @@ pub struct Owner {
 }
 
 impl Owner {
-    pub const ROOT_0755: Owner = Owner { uid: 0, gid: 0, mode: 0o755 };
+    pub const ROOT_0755: Owner = Owner {
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+    };
 }
 
 /// An open directory and the path it was reached by (for messages only).
@@ -43,14 +47,22 @@ impl Dir {
     /// Looks the directory up again by name in its parent: after a mount on it, this is
     /// the root of the new mount (the old descriptor still names what is underneath).
     pub fn reopen(&self) -> Result<Dir> {
-        let (parent, name) = self
-            .parent
-            .as_ref()
-            .ok_or_else(|| Error::Internal(format!("{} has no parent to reopen it from", self.path.display())))?;
+        let (parent, name) = self.parent.as_ref().ok_or_else(|| {
+            Error::Internal(format!(
+                "{} has no parent to reopen it from",
+                self.path.display()
+            ))
+        })?;
         let fd = openat(parent, name.as_os_str(), path_flags(), Mode::empty())
             .context(|| format!("opening {}", self.path.display()))?;
-        let parent = parent.try_clone().context(|| "duplicating a descriptor".into())?;
-        Ok(Dir { fd, path: self.path.clone(), parent: Some((parent, name.clone())) })
+        let parent = parent
+            .try_clone()
+            .context(|| "duplicating a descriptor".into())?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+            parent: Some((parent, name.clone())),
+        })
     }
 
     /// `/proc/self/fd/N`: a path that names exactly this directory, for mount(2).
@@ -75,10 +87,14 @@ fn symlink_refusal(path: &Path) -> Error {
 /// first) so that a rollback can remove them.
 pub fn open_dir(path: &Path, create: Option<Owner>) -> Result<(Dir, Vec<PathBuf>)> {
     if !path.is_absolute() {
-        return Err(Error::Internal(format!("{} is not absolute", path.display())));
+        return Err(Error::Internal(format!(
+            "{} is not absolute",
+            path.display()
+        )));
     }
     let root = Dir {
-        fd: openat(nix::fcntl::AT_FDCWD, "/", path_flags(), Mode::empty()).context(|| "opening /".into())?,
+        fd: openat(nix::fcntl::AT_FDCWD, "/", path_flags(), Mode::empty())
+            .context(|| "opening /".into())?,
         path: PathBuf::from("/"),
         parent: None,
     };
@@ -88,7 +104,10 @@ pub fn open_dir(path: &Path, create: Option<Owner>) -> Result<(Dir, Vec<PathBuf>
 /// Opens `rel` below `base`, refusing symlinks and `..`; see [`open_dir`].
 pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Dir, Vec<PathBuf>)> {
     let mut current = Dir {
-        fd: base.fd.try_clone().context(|| format!("opening {}", base.path.display()))?,
+        fd: base
+            .fd
+            .try_clone()
+            .context(|| format!("opening {}", base.path.display()))?,
         path: base.path.clone(),
         parent: None,
     };
@@ -116,12 +135,19 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
                     .context(|| format!("opening {}", next_path.display()))?
             }
             Err(Errno::ENOENT) => {
-                return Err(Error::NotFound(format!("{} does not exist", next_path.display())));
+                return Err(Error::NotFound(format!(
+                    "{} does not exist",
+                    next_path.display()
+                )));
             }
             Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => return Err(symlink_refusal(&next_path)),
             Err(e) => return Err(e).context(|| format!("opening {}", next_path.display())),
         };
-        current = Dir { fd, path: next_path, parent: Some((current.fd, name.to_os_string())) };
+        current = Dir {
+            fd,
+            path: next_path,
+            parent: Some((current.fd, name.to_os_string())),
+        };
     }
     Ok((current, created))
 }
@@ -183,14 +209,23 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     .map_err(|e| match e {
         Errno::ENOENT => Error::NotFound(format!("{} does not exist", shown.display())),
         Errno::ELOOP => Error::Corrupt(format!("{} is a symlink", shown.display())),
-        e => Error::Io { context: format!("opening {}", shown.display()), source: e.into() },
+        e => Error::Io {
+            context: format!("opening {}", shown.display()),
+            source: e.into(),
+        },
     })?;
     let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Corrupt(format!("{} is not a regular file", shown.display())));
+        return Err(Error::Corrupt(format!(
+            "{} is not a regular file",
+            shown.display()
+        )));
     }
     if st.st_size as u64 > max {
-        return Err(Error::Corrupt(format!("{} is larger than {max} bytes", shown.display())));
+        return Err(Error::Corrupt(format!(
+            "{} is larger than {max} bytes",
+            shown.display()
+        )));
     }
     let mut contents = String::new();
     File::from(fd)
@@ -200,11 +235,18 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
             std::io::ErrorKind::InvalidData => {
                 Error::Corrupt(format!("{} is not valid UTF-8", shown.display()))
             }
-            _ => Error::Io { context: format!("reading {}", shown.display()), source: e },
+            _ => Error::Io {
+                context: format!("reading {}", shown.display()),
+                source: e,
+            },
         })?;
     Ok(CheckedFile {
         contents,
-        owner: Owner { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 },
+        owner: Owner {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+        },
     })
 }
 
@@ -221,7 +263,11 @@ pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owne
     )
     .context(|| format!("opening {}", dir.path.display()))?;
     let tmp_name = format!(".{name}.keepsake-new");
-    let _ = nix::unistd::unlinkat(&dirfd, tmp_name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    let _ = nix::unistd::unlinkat(
+        &dirfd,
+        tmp_name.as_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
     let fd = openat(
         &dirfd,
         tmp_name.as_str(),
@@ -230,19 +276,32 @@ pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owne
     )
     .context(|| format!("creating a new {}", shown.display()))?;
     let result = (|| {
-        nix::unistd::fchown(&fd, Some(Uid::from_raw(owner.uid)), Some(Gid::from_raw(owner.gid)))
-            .context(|| format!("setting the owner of {}", shown.display()))?;
+        nix::unistd::fchown(
+            &fd,
+            Some(Uid::from_raw(owner.uid)),
+            Some(Gid::from_raw(owner.gid)),
+        )
+        .context(|| format!("setting the owner of {}", shown.display()))?;
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(owner.mode))
             .context(|| format!("setting the mode of {}", shown.display()))?;
-        let mut file = File::from(fd.try_clone().context(|| "duplicating a descriptor".into())?);
-        file.write_all(contents).context(|| format!("writing {}", shown.display()))?;
-        file.sync_all().context(|| format!("syncing {}", shown.display()))?;
+        let mut file = File::from(
+            fd.try_clone()
+                .context(|| "duplicating a descriptor".into())?,
+        );
+        file.write_all(contents)
+            .context(|| format!("writing {}", shown.display()))?;
+        file.sync_all()
+            .context(|| format!("syncing {}", shown.display()))?;
         renameat(&dirfd, tmp_name.as_str(), &dirfd, name)
             .context(|| format!("replacing {}", shown.display()))?;
         nix::unistd::fsync(&dirfd).context(|| format!("syncing {}", dir.path.display()))
     })();
     if result.is_err() {
-        let _ = nix::unistd::unlinkat(&dirfd, tmp_name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let _ = nix::unistd::unlinkat(
+            &dirfd,
+            tmp_name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     result
 }
@@ -264,7 +323,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("a/b/c");
         let (dir, created) = open_dir(&target, Some(me())).unwrap();
-        assert_eq!(created, vec![tmp.path().join("a"), tmp.path().join("a/b"), target.clone()]);
+        assert_eq!(
+            created,
+            vec![tmp.path().join("a"), tmp.path().join("a/b"), target.clone()]
+        );
         assert_eq!(owner_of(&dir).unwrap().mode, 0o750);
         remove_created(&created);
         assert!(!tmp.path().join("a").exists());
@@ -277,7 +339,10 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path().join("real"), tmp.path().join("link")).unwrap();
         let err = open_dir(&tmp.path().join("link/sub"), Some(me())).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
-        assert!(!tmp.path().join("real/sub").exists(), "nothing created behind the link");
+        assert!(
+            !tmp.path().join("real/sub").exists(),
+            "nothing created behind the link"
+        );
     }
 
     #[test]
@@ -299,7 +364,10 @@ mod tests {
     fn atomic_write_replaces_and_reads_back() {
         let tmp = tempfile::tempdir().unwrap();
         let (dir, _) = open_dir(tmp.path(), None).unwrap();
-        let owner = Owner { mode: 0o600, ..me() };
+        let owner = Owner {
+            mode: 0o600,
+            ..me()
+        };
         write_file_atomically(&dir, "f.conf", b"one\n", owner).unwrap();
         write_file_atomically(&dir, "f.conf", b"two\n", owner).unwrap();
         let read = read_file_in(&dir, "f.conf", 1024).unwrap();
@@ -315,7 +383,13 @@ mod tests {
         std::fs::write(tmp.path().join("big"), vec![b'x'; 100]).unwrap();
         std::os::unix::fs::symlink("big", tmp.path().join("ln")).unwrap();
         let (dir, _) = open_dir(tmp.path(), None).unwrap();
-        assert!(matches!(read_file_in(&dir, "ln", 1024), Err(Error::Corrupt(_))));
-        assert!(matches!(read_file_in(&dir, "big", 10), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            read_file_in(&dir, "ln", 1024),
+            Err(Error::Corrupt(_))
+        ));
+        assert!(matches!(
+            read_file_in(&dir, "big", 10),
+            Err(Error::Corrupt(_))
+        ));
     }
 }

@@ -99,7 +99,10 @@ pub fn read_secret(source: &SecretSource, prompt: &str, confirm: bool) -> Result
         SecretSource::KeyFile(path) => read_key_file(path)?,
     };
     if secret.is_empty() {
-        return Err(Error::Usage(format!("empty {} given", prompt.to_lowercase())));
+        return Err(Error::Usage(format!(
+            "empty {} given",
+            prompt.to_lowercase()
+        )));
     }
     Ok(secret)
 }
@@ -124,7 +127,9 @@ fn read_from_terminal(prompt: &str) -> Result<Secret> {
 /// line is consumed, into a buffer allocated once at the maximum size.
 fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
     if fd < 0 {
-        return Err(Error::Usage(format!("--passphrase-fd {fd} is not a file descriptor")));
+        return Err(Error::Usage(format!(
+            "--passphrase-fd {fd} is not a file descriptor"
+        )));
     }
     // SAFETY: the descriptor was handed to us by the caller for this purpose; ManuallyDrop
     // keeps it open afterwards, as the caller may still own it.
@@ -158,7 +163,9 @@ fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
 
 fn read_key_file(path: &Path) -> Result<Secret> {
     let mut file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound(format!("key file {} not found", path.display())),
+        io::ErrorKind::NotFound => {
+            Error::NotFound(format!("key file {} not found", path.display()))
+        }
         _ => Error::Io {
             context: format!("opening key file {}", path.display()),
             source: e,

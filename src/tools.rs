@@ -20,7 +20,9 @@ pub fn find(program: &str) -> Option<PathBuf> {
 /// C locale so its messages are predictable.
 pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
     let path = find(program).ok_or_else(|| {
-        Error::NotFound(format!("{program} not found; install the {package} package"))
+        Error::NotFound(format!(
+            "{program} not found; install the {package} package"
+        ))
     })?;
     Command::new(&path)
         .args(args)

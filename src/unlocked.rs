@@ -35,11 +35,30 @@ pub struct FailedFeature {
 }
 
 pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
-    let (dir, _) = safefs::open_dir(Path::new(RUNTIME_DIR), Some(Owner { uid: 0, gid: 0, mode: 0o700 }))?;
+    let (dir, _) = safefs::open_dir(
+        Path::new(RUNTIME_DIR),
+        Some(Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o700,
+        }),
+    )?;
     let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
     let name = layout.runtime_record();
-    let name = name.file_name().and_then(|n| n.to_str()).unwrap_or("record.json");
-    safefs::write_file_atomically(&dir, name, &text, Owner { uid: 0, gid: 0, mode: 0o600 })
+    let name = name
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("record.json");
+    safefs::write_file_atomically(
+        &dir,
+        name,
+        &text,
+        Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o600,
+        },
+    )
 }
 
 pub fn read_record(layout: &Layout) -> Option<Record> {
@@ -61,13 +80,19 @@ pub struct Unlocked {
 
 impl Unlocked {
     pub fn find(layout: &Layout) -> Result<Option<Unlocked>> {
-        let Some(mapping) = devices::find_mapping(layout.mapping) else { return Ok(None) };
+        let Some(mapping) = devices::find_mapping(layout.mapping) else {
+            return Ok(None);
+        };
         let table = mounts::read_mountinfo()?;
         let mount_root = table
             .iter()
             .find(|m| m.dev == mapping.dev && m.root == Path::new("/"))
             .map(|m| m.mount_point.clone());
-        Ok(Some(Unlocked { mapping, mount_root, table }))
+        Ok(Some(Unlocked {
+            mapping,
+            mount_root,
+            table,
+        }))
     }
 
     /// The file or device under the mapping: the loop device's backing file for a container.
@@ -77,10 +102,12 @@ impl Unlocked {
     }
 
     pub fn volume_dir(&self) -> Result<Dir> {
-        let root = self
-            .mount_root
-            .as_ref()
-            .ok_or_else(|| Error::NotFound(format!("the mapping {} is open but not mounted", self.mapping.name)))?;
+        let root = self.mount_root.as_ref().ok_or_else(|| {
+            Error::NotFound(format!(
+                "the mapping {} is open but not mounted",
+                self.mapping.name
+            ))
+        })?;
         Ok(safefs::open_dir(root, None)?.0)
     }
 }
@@ -105,7 +132,16 @@ pub fn read_config(volume: &Dir) -> Result<Option<ConfigFile>> {
 }
 
 pub fn write_config(volume: &Dir, config: &ConfigFile) -> Result<()> {
-    safefs::write_file_atomically(volume, CONFIG_FILE, config.render().as_bytes(), Owner { uid: 0, gid: 0, mode: 0o600 })
+    safefs::write_file_atomically(
+        volume,
+        CONFIG_FILE,
+        config.render().as_bytes(),
+        Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o600,
+        },
+    )
 }
 
 /// The state of one feature line after activation.
@@ -146,7 +182,10 @@ impl FeatureReport {
 }
 
 /// Resolves the config's entries; one whose owner cannot be resolved fails alone.
-pub fn resolve_entries(config: &ConfigFile, accounts: &dyn Accounts) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
+pub fn resolve_entries(
+    config: &ConfigFile,
+    accounts: &dyn Accounts,
+) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
     let mut resolved = Vec::new();
     let mut failed = Vec::new();
     for entry in config.entries() {
@@ -206,7 +245,9 @@ pub fn feature_states(
         .map(|r| {
             let e = &r.entry;
             let active = match e.method {
-                Method::Bind => binder::bind_is_active(table, volume_dev, &e.source, &e.destination),
+                Method::Bind => {
+                    binder::bind_is_active(table, volume_dev, &e.source, &e.destination)
+                }
                 Method::Link => links_into(&e.destination, &mount_root.join(&e.source)),
             };
             let failure = record
@@ -225,9 +266,8 @@ pub fn feature_states(
 /// Whether any entry of `dest` is a symlink into `source` (a link feature is active).
 fn links_into(dest: &Path, source: &Path) -> bool {
     std::fs::read_dir(dest).is_ok_and(|rd| {
-        rd.filter_map(|e| e.ok()).any(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(source))
-        })
+        rd.filter_map(|e| e.ok())
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(source)))
     })
 }
 

@@ -30,7 +30,10 @@ extern "C" fn capture_log(level: c_int, msg: *const c_char, _usrptr: *mut c_void
         return;
     }
     // SAFETY: libcryptsetup passes a NUL-terminated string valid for this call.
-    let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().trim().to_string();
+    let text = unsafe { CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
     if let Ok(mut last) = LAST_LIBRARY_ERROR.lock() {
         *last = Some(text);
     }
@@ -129,8 +132,9 @@ pub fn format(path: &Path, label: &str, secret: &Secret, kdf: KdfChoice) -> Resu
         subsystem: None,
     };
     let context = || format!("formatting {} as LUKS2", path.display());
-    let mut params_ref: CryptParamsLuks2Ref<'_> =
-        (&params).try_into().map_err(|e| Error::crypt(context(), e))?;
+    let mut params_ref: CryptParamsLuks2Ref<'_> = (&params)
+        .try_into()
+        .map_err(|e| Error::crypt(context(), e))?;
     device
         .context_handle()
         .format(
@@ -169,18 +173,32 @@ fn keyslot_info(device: &mut CryptDevice, keyslot: u32) -> Result<KeyslotInfo> {
     })
 }
 
+/// The magic at the start of a LUKS1 or LUKS2 primary header.
+const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
+
+/// Whether `path` starts with a LUKS header magic (libcryptsetup's own errors for a
+/// non-LUKS device vary between versions, so keepsake looks itself).
+fn has_luks_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 6];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == LUKS_MAGIC)
+}
+
 /// Loads the LUKS header of `path`, telling "not LUKS" apart from I/O trouble.
 fn load(path: &Path) -> Result<CryptDevice> {
     let mut device = init(path)?;
     device
         .context_handle()
         .load::<()>(None, None)
-        .map_err(|e| match &e {
-            libcryptsetup_rs::LibcryptErr::IOError(io) if io.raw_os_error() == Some(libc::EINVAL) => {
+        .map_err(|e| {
+            if has_luks_magic(path) {
+                Error::crypt(format!("reading the LUKS header of {}", path.display()), e)
+            } else {
                 take_last_library_error();
                 Error::Corrupt(format!("{} has no LUKS header", path.display()))
             }
-            _ => Error::crypt(format!("reading the LUKS header of {}", path.display()), e),
         })?;
     Ok(device)
 }
@@ -189,6 +207,58 @@ fn load(path: &Path) -> Result<CryptDevice> {
 /// nothing and is reported as [`Error::BadPassphrase`].
 pub fn activate(path: &Path, mapping: &str, secret: &Secret) -> Result<u32> {
     let mut device = load(path)?;
+    let uuid = device
+        .status_handle()
+        .get_uuid()
+        .map(|u| u.to_string())
+        .ok();
+    let keyslot = activate_loaded(&mut device, path, mapping, secret);
+    // libcryptsetup hands dm-crypt the volume key through a logon key in this thread's
+    // keyring and leaves it there; dm-crypt has its own copy by now. Invalidate ours, so
+    // that no volume key outlives this process in /proc/keys.
+    if let Some(uuid) = uuid {
+        forget_keyring_keys(&uuid);
+    }
+    keyslot
+}
+
+/// The logon keys libcryptsetup names `cryptsetup:<uuid>-d<N>` for this volume.
+fn keyring_key_ids(uuid: &str) -> Vec<i32> {
+    let prefix = format!("cryptsetup:{uuid}-");
+    std::fs::read_to_string("/proc/keys")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == Some("logon"))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(8)
+                .is_some_and(|d| d.starts_with(&prefix))
+        })
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|id| i32::from_str_radix(id, 16).ok())
+        })
+        .collect()
+}
+
+/// Invalidates (removes at once, not at the next garbage collection) the volume's keys
+/// in the kernel keyring that this process can reach. Returns how many remain visible.
+pub fn forget_keyring_keys(uuid: &str) -> usize {
+    const KEYCTL_INVALIDATE: libc::c_long = 21;
+    for id in keyring_key_ids(uuid) {
+        // SAFETY: keyctl(KEYCTL_INVALIDATE, id) takes a key serial and no pointers.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id as libc::c_long) };
+    }
+    keyring_key_ids(uuid).len()
+}
+
+fn activate_loaded(
+    device: &mut CryptDevice,
+    path: &Path,
+    mapping: &str,
+    secret: &Secret,
+) -> Result<u32> {
     device
         .activate_handle()
         .activate_by_passphrase(Some(mapping), None, secret.as_bytes(), CryptActivate::empty())
@@ -217,7 +287,9 @@ pub fn check_passphrase(path: &Path, secret: &Secret) -> Result<u32> {
         .activate_handle()
         .activate_by_passphrase(None, None, secret.as_bytes(), CryptActivate::empty())
         .map_err(|e| match &e {
-            libcryptsetup_rs::LibcryptErr::IOError(io) if io.raw_os_error() == Some(libc::EPERM) => {
+            libcryptsetup_rs::LibcryptErr::IOError(io)
+                if io.raw_os_error() == Some(libc::EPERM) =>
+            {
                 take_last_library_error();
                 Error::BadPassphrase(path.display().to_string())
             }
@@ -274,7 +346,8 @@ pub fn header_info(path: &Path) -> Result<HeaderInfo> {
         device.status_handle().get_cipher().unwrap_or_default(),
         device.status_handle().get_cipher_mode().unwrap_or_default()
     );
-    let max = libcryptsetup_rs::CryptKeyslotHandle::max_keyslots(EncryptionFormat::Luks2).unwrap_or(32);
+    let max =
+        libcryptsetup_rs::CryptKeyslotHandle::max_keyslots(EncryptionFormat::Luks2).unwrap_or(32);
     let mut keyslots = Vec::new();
     for slot in 0..max {
         use libcryptsetup_rs::consts::vals::KeyslotInfo as Ks;

@@ -39,7 +39,10 @@ pub fn kdf_choice(kdf: &KdfArgs) -> KdfChoice {
             parallel: kdf.pbkdf_parallel,
         }),
         // cryptsetup's LUKS2 defaults: about 2 s of argon2id, at most 1 GiB.
-        _ => KdfChoice::Benchmark { time_ms: 2000, max_memory_kib: 1 << 20 },
+        _ => KdfChoice::Benchmark {
+            time_ms: 2000,
+            max_memory_kib: 1 << 20,
+        },
     }
 }
 
@@ -49,11 +52,21 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     check_image_target(&args.image, args.size)?;
     let accounts = SystemAccounts::new(args.live_user.as_deref());
     let default_config = default_config(&accounts)?;
-    let secret = super::read_secret_safely(global, &args.passphrase, out, "New passphrase", true, Some(&args.image))?;
+    let secret = super::read_secret_safely(
+        global,
+        &args.passphrase,
+        out,
+        "New passphrase",
+        true,
+        Some(&args.image),
+    )?;
 
     create_sparse_file(&args.image, args.size)?;
     let created_file = CreatedFile(args.image.clone());
-    out.progress(format!("formatting {} as LUKS2 (argon2id)", args.image.display()));
+    out.progress(format!(
+        "formatting {} as LUKS2 (argon2id)",
+        args.image.display()
+    ));
     let keyslot = volume::format(&args.image, layout.fs_label, &secret, kdf_choice(&args.kdf))?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
@@ -77,7 +90,10 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
         cipher: format!("{}-{}", volume::CIPHER, volume::CIPHER_MODE),
         keyslot,
         filesystem_label: layout.fs_label.to_string(),
-        features: default_config.entries().map(|e| e.source.display().to_string()).collect(),
+        features: default_config
+            .entries()
+            .map(|e| e.source.display().to_string())
+            .collect(),
     };
     out.result(&report, |r| {
         format!(
@@ -106,9 +122,15 @@ fn check_image_target(image: &Path, size: u64) -> Result<()> {
             image.display()
         )));
     }
-    let parent = image.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = image
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(Error::NotFound(format!("folder {} does not exist", parent.display())));
+        return Err(Error::NotFound(format!(
+            "folder {} does not exist",
+            parent.display()
+        )));
     }
     Ok(())
 }
@@ -143,7 +165,9 @@ fn default_config(accounts: &SystemAccounts) -> Result<ConfigFile> {
     let mut config = ConfigFile::parse("");
     for feature in CATALOGUE.iter().filter(|f| f.default) {
         for binding in feature.bindings {
-            config.add(binding.entry(accounts)?).map_err(Error::Internal)?;
+            config
+                .add(binding.entry(accounts)?)
+                .map_err(Error::Internal)?;
         }
     }
     Ok(config)
@@ -152,17 +176,30 @@ fn default_config(accounts: &SystemAccounts) -> Result<ConfigFile> {
 /// Makes the filesystem and writes the config, on the freshly opened mapping.
 fn populate(layout: &Layout, mapping: &str, config: &ConfigFile, out: Output) -> Result<()> {
     let device = Path::new("/dev/mapper").join(mapping);
-    out.progress(format!("making an ext4 filesystem labelled {}", layout.fs_label));
+    out.progress(format!(
+        "making an ext4 filesystem labelled {}",
+        layout.fs_label
+    ));
     tools::mkfs_ext4(&device, layout.fs_label)?;
-    let (runtime, _) = safefs::open_dir(Path::new(RUNTIME_DIR), Some(Owner { uid: 0, gid: 0, mode: 0o700 }))?;
+    let (runtime, _) = safefs::open_dir(
+        Path::new(RUNTIME_DIR),
+        Some(Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o700,
+        }),
+    )?;
     let mount_point = runtime.path.join(mapping);
     std::fs::create_dir(&mount_point).context(at("creating", &mount_point))?;
     let result = (|| {
         mounts::mount_ext4(&device, &mount_point)?;
         let written = (|| {
             // Tails' mount root: root:root 0770; features' folders carry their own owners.
-            std::fs::set_permissions(&mount_point, std::os::unix::fs::PermissionsExt::from_mode(0o770))
-                .context(at("setting the mode of", &mount_point))?;
+            std::fs::set_permissions(
+                &mount_point,
+                std::os::unix::fs::PermissionsExt::from_mode(0o770),
+            )
+            .context(at("setting the mode of", &mount_point))?;
             let (dir, _) = safefs::open_dir(&mount_point, None)?;
             unlocked::write_config(&dir, config)
         })();

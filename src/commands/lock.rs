@@ -48,7 +48,10 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
         return leftovers_error(leftovers);
     };
     let record = unlocked::read_record(&layout);
-    let backing = record.as_ref().map(|r| r.backing.clone()).or_else(|| unlocked.backing());
+    let backing = record
+        .as_ref()
+        .map(|r| r.backing.clone())
+        .or_else(|| unlocked.backing());
     let dev = unlocked.mapping.dev;
 
     let mut ended = Vec::new();
@@ -68,7 +71,10 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
         ended = holders;
     }
 
-    let mount_root = unlocked.mount_root.clone().unwrap_or_else(|| layout.mount_root.clone());
+    let mount_root = unlocked
+        .mount_root
+        .clone()
+        .unwrap_or_else(|| layout.mount_root.clone());
     let link_destinations = link_destinations(&unlocked);
     let plan = binder::plan_deactivation(&unlocked.table, dev, &mount_root, &link_destinations);
     let (unmounted, links_removed) = match teardown(&plan, &mount_root) {
@@ -82,7 +88,10 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
     volume::deactivate(layout.mapping)?;
     if let Some(file) = &backing {
         for lo in devices::loops_backed_by(file) {
-            devices::detach_loop(&lo).map_err(|e| Error::Io { context: format!("detaching /dev/{lo}"), source: e })?;
+            devices::detach_loop(&lo).map_err(|e| Error::Io {
+                context: format!("detaching /dev/{lo}"),
+                source: e,
+            })?;
         }
     }
     let caches_dropped = match unlocked::drop_caches() {
@@ -106,20 +115,33 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
     out.result(&report, |r| {
         format!(
             "locked{}: {} mount(s) removed, mapping closed{}",
-            r.backing.as_ref().map(|b| format!(" {}", b.display())).unwrap_or_default(),
+            r.backing
+                .as_ref()
+                .map(|b| format!(" {}", b.display()))
+                .unwrap_or_default(),
             r.unmounted.len(),
-            if r.caches_dropped { ", page cache dropped" } else { "" }
+            if r.caches_dropped {
+                ", page cache dropped"
+            } else {
+                ""
+            }
         )
     });
     leftovers_error(leftovers)
 }
 
 fn describe(holders: &[Holder]) -> String {
-    holders.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ")
+    holders
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn link_destinations(unlocked: &Unlocked) -> Vec<PathBuf> {
-    let Ok(dir) = unlocked.volume_dir() else { return vec![] };
+    let Ok(dir) = unlocked.volume_dir() else {
+        return vec![];
+    };
     match unlocked::read_config(&dir) {
         Ok(Some(config)) => config
             .entries()
@@ -137,12 +159,16 @@ fn teardown(plan: &[Teardown], mount_root: &Path) -> Result<(Vec<PathBuf>, usize
         match step {
             Teardown::Unmount(path) => {
                 mounts::unmount(path).map_err(|e| match e.exit_code() {
-                    crate::error::ExitCode::Busy => Error::Busy(format!("{e}; the volume stays unlocked")),
+                    crate::error::ExitCode::Busy => {
+                        Error::Busy(format!("{e}; the volume stays unlocked"))
+                    }
                     _ => e,
                 })?;
                 unmounted.push(path.clone());
             }
-            Teardown::Unlink { destination } => links += binder::unlink_tree(destination, mount_root)?,
+            Teardown::Unlink { destination } => {
+                links += binder::unlink_tree(destination, mount_root)?
+            }
         }
     }
     Ok((unmounted, links))
@@ -151,12 +177,19 @@ fn teardown(plan: &[Teardown], mount_root: &Path) -> Result<(Vec<PathBuf>, usize
 /// After a failed teardown, puts back what was taken away, so that the volume is either
 /// fully locked or fully unlocked.
 fn restore(layout: &Layout, before: &Unlocked) {
-    let Some(root) = &before.mount_root else { return };
+    let Some(root) = &before.mount_root else {
+        return;
+    };
     let table = mounts::read_mountinfo().unwrap_or_default();
-    if !table.iter().any(|m| &m.mount_point == root && m.dev == before.mapping.dev) {
+    if !table
+        .iter()
+        .any(|m| &m.mount_point == root && m.dev == before.mapping.dev)
+    {
         let _ = mounts::mount_ext4(&layout.mapper_path(), root);
     }
-    let Ok((dir, _)) = crate::safefs::open_dir(root, None) else { return };
+    let Ok((dir, _)) = crate::safefs::open_dir(root, None) else {
+        return;
+    };
     if let Ok(Some(config)) = unlocked::read_config(&dir) {
         let accounts = SystemAccounts::new(None);
         let (entries, _) = unlocked::resolve_entries(&config, &accounts);
@@ -171,11 +204,15 @@ fn verify_gone(layout: &Layout, backing: Option<&Path>) -> Vec<String> {
         left.push(format!("mapping {} ({})", m.name, m.kernel_name));
     }
     if volume::is_active(layout.mapping) {
-        left.push(format!("libcryptsetup still sees {} active", layout.mapping));
+        left.push(format!(
+            "libcryptsetup still sees {} active",
+            layout.mapping
+        ));
     }
     let table = mounts::read_mountinfo().unwrap_or_default();
     for m in &table {
-        if m.source == layout.mapper_path().to_string_lossy() || m.mount_point == layout.mount_root {
+        if m.source == layout.mapper_path().to_string_lossy() || m.mount_point == layout.mount_root
+        {
             left.push(format!("mount {}", m.mount_point.display()));
         }
     }
@@ -191,6 +228,9 @@ fn leftovers_error(leftovers: Vec<String>) -> Result<()> {
     if leftovers.is_empty() {
         Ok(())
     } else {
-        Err(Error::Internal(format!("lock could not remove: {}", leftovers.join(", "))))
+        Err(Error::Internal(format!(
+            "lock could not remove: {}",
+            leftovers.join(", ")
+        )))
     }
 }

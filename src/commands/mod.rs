@@ -16,7 +16,9 @@ use crate::preflight::{self, Overrides};
 use crate::secrets::{self, Secret, SecretSource};
 
 pub fn run(cli: Cli) -> Result<()> {
-    let out = Output { json: cli.global.json };
+    let out = Output {
+        json: cli.global.json,
+    };
     match cli.command {
         Command::Create(args) => create::run(&cli.global, args, out),
         Command::Unlock(args) => unlock::run(&cli.global, args, out),

@@ -46,8 +46,16 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
     };
     if let Some(u) = Unlocked::find(&layout)? {
         let record = unlocked::read_record(&layout);
-        let backing_dev = u.mapping.slaves.first().map(|s| crate::devices::dev_path(s));
-        let image = u.mapping.slaves.first().and_then(|s| crate::devices::loop_backing_file(s));
+        let backing_dev = u
+            .mapping
+            .slaves
+            .first()
+            .map(|s| crate::devices::dev_path(s));
+        let image = u
+            .mapping
+            .slaves
+            .first()
+            .and_then(|s| crate::devices::loop_backing_file(s));
         report.unlocked = true;
         report.volume = Some(VolumeReport {
             mapping: u.mapping.name.clone(),
@@ -61,7 +69,13 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
                 Ok(Some(config)) => {
                     let accounts = SystemAccounts::new(None);
                     let (entries, mut failed) = unlocked::resolve_entries(&config, &accounts);
-                    report.features = unlocked::feature_states(&entries, &u.table, u.mapping.dev, root, record.as_ref());
+                    report.features = unlocked::feature_states(
+                        &entries,
+                        &u.table,
+                        u.mapping.dev,
+                        root,
+                        record.as_ref(),
+                    );
                     report.features.append(&mut failed);
                     report.config_errors = config.errors().map(ConfigErrorReport::from).collect();
                 }
@@ -75,24 +89,49 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
 }
 
 fn human(r: &StatusReport) -> String {
-    let Some(v) = &r.volume else { return "locked: no volume is unlocked".to_string() };
+    let Some(v) = &r.volume else {
+        return "locked: no volume is unlocked".to_string();
+    };
     let mut text = format!(
         "unlocked: {} on {}{}\nmounted at {}\n",
         v.mapping,
-        v.backing.as_ref().map(|b| b.display().to_string()).unwrap_or_else(|| "?".into()),
-        v.image.as_ref().map(|i| format!(" ({})", i.display())).unwrap_or_default(),
-        v.mount_root.as_ref().map(|m| m.display().to_string()).unwrap_or_else(|| "(not mounted)".into()),
+        v.backing
+            .as_ref()
+            .map(|b| b.display().to_string())
+            .unwrap_or_else(|| "?".into()),
+        v.image
+            .as_ref()
+            .map(|i| format!(" ({})", i.display()))
+            .unwrap_or_default(),
+        v.mount_root
+            .as_ref()
+            .map(|m| m.display().to_string())
+            .unwrap_or_else(|| "(not mounted)".into()),
     );
     for f in &r.features {
-        let state = if f.active { "active" } else if f.error.is_some() { "FAILED" } else { "inactive" };
-        text.push_str(&format!("  {:<24} {:<8} {}", f.name, state, f.destination.display()));
+        let state = if f.active {
+            "active"
+        } else if f.error.is_some() {
+            "FAILED"
+        } else {
+            "inactive"
+        };
+        text.push_str(&format!(
+            "  {:<24} {:<8} {}",
+            f.name,
+            state,
+            f.destination.display()
+        ));
         if let Some(e) = &f.error {
             text.push_str(&format!("  ({e})"));
         }
         text.push('\n');
     }
     for e in &r.config_errors {
-        text.push_str(&format!("  persistence.conf line {}: {}\n", e.line, e.reason));
+        text.push_str(&format!(
+            "  persistence.conf line {}: {}\n",
+            e.line, e.reason
+        ));
     }
     text
 }

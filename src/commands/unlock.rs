@@ -37,7 +37,10 @@ pub struct ConfigErrorReport {
 
 impl From<&LineError> for ConfigErrorReport {
     fn from(e: &LineError) -> Self {
-        ConfigErrorReport { line: e.line, reason: e.reason.clone() }
+        ConfigErrorReport {
+            line: e.line,
+            reason: e.reason.clone(),
+        }
     }
 }
 
@@ -53,7 +56,14 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     let backing = check_backing(&args.image)?;
     // A file that is not LUKS is refused before anyone types a passphrase for it.
     volume::header_info(&backing)?;
-    let secret = super::read_secret_safely(global, &args.passphrase, out, "Passphrase", false, Some(&backing))?;
+    let secret = super::read_secret_safely(
+        global,
+        &args.passphrase,
+        out,
+        "Passphrase",
+        false,
+        Some(&backing),
+    )?;
     out.progress(format!("unlocking {}", backing.display()));
     let keyslot = volume::activate(&backing, layout.mapping, &secret)?;
     drop(secret);
@@ -71,13 +81,24 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
 fn check_backing(image: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(image).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(format!("{} does not exist", image.display())),
-        _ => Error::Io { context: format!("reading {}", image.display()), source: e },
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound(format!("{} does not exist", image.display()))
+        }
+        _ => Error::Io {
+            context: format!("reading {}", image.display()),
+            source: e,
+        },
     })?;
     if !(meta.is_file() || meta.file_type().is_block_device()) {
-        return Err(Error::Usage(format!("{} is neither a file nor a block device", image.display())));
+        return Err(Error::Usage(format!(
+            "{} is neither a file nor a block device",
+            image.display()
+        )));
     }
-    std::fs::canonicalize(image).map_err(|e| Error::Io { context: format!("resolving {}", image.display()), source: e })
+    std::fs::canonicalize(image).map_err(|e| Error::Io {
+        context: format!("resolving {}", image.display()),
+        source: e,
+    })
 }
 
 fn mount_and_activate(
@@ -105,10 +126,13 @@ fn mount_and_activate(
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
             let accounts = SystemAccounts::new(live_user);
             let (entries, mut failed) = unlocked::resolve_entries(&config, &accounts);
-            features = unlocked::activate_entries(&volume_dir, &layout.mount_root, mapping.dev, &entries)?;
+            features =
+                unlocked::activate_entries(&volume_dir, &layout.mount_root, mapping.dev, &entries)?;
             features.append(&mut failed);
         }
-        Ok(None) => warnings.push("the volume has no persistence.conf: no feature is enabled".to_string()),
+        Ok(None) => {
+            warnings.push("the volume has no persistence.conf: no feature is enabled".to_string())
+        }
         Err(e @ Error::Corrupt(_)) => warnings.push(e.to_string()),
         Err(e) => return Err(e),
     }
@@ -117,7 +141,10 @@ fn mount_and_activate(
         failed: features
             .iter()
             .filter(|f| f.state == FeatureState::Failed)
-            .map(|f| FailedFeature { source: f.source.clone(), error: f.error.clone().unwrap_or_default() })
+            .map(|f| FailedFeature {
+                source: f.source.clone(),
+                error: f.error.clone().unwrap_or_default(),
+            })
             .collect(),
     };
     unlocked::write_record(layout, &record)?;
@@ -138,15 +165,27 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
         out.warn(w);
     }
     for e in &report.config_errors {
-        out.warn(format!("persistence.conf line {}: {}; that feature is skipped", e.line, e.reason));
+        out.warn(format!(
+            "persistence.conf line {}: {}; that feature is skipped",
+            e.line, e.reason
+        ));
     }
     let problems: Vec<String> = report
         .features
         .iter()
         .filter(|f| matches!(f.state, FeatureState::Failed | FeatureState::Skipped))
-        .map(|f| format!("{}: {}", f.name, f.error.as_deref().unwrap_or("not activated")))
+        .map(|f| {
+            format!(
+                "{}: {}",
+                f.name,
+                f.error.as_deref().unwrap_or("not activated")
+            )
+        })
         .collect();
-    let config_refused = report.warnings.iter().any(|w| w.contains("no feature was activated"));
+    let config_refused = report
+        .warnings
+        .iter()
+        .any(|w| w.contains("no feature was activated"));
     out.result(&report, |r| {
         let mut text = format!(
             "unlocked {} at {} (keyslot {})\n",
@@ -161,14 +200,22 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
                 FeatureState::Skipped => "skipped",
                 FeatureState::Inactive => "inactive",
             };
-            text.push_str(&format!("  {:<24} {:<8} {}\n", f.name, state, f.destination.display()));
+            text.push_str(&format!(
+                "  {:<24} {:<8} {}\n",
+                f.name,
+                state,
+                f.destination.display()
+            ));
         }
         text
     });
     if !problems.is_empty() || !report.config_errors.is_empty() || config_refused {
         let mut parts = problems;
         if !report.config_errors.is_empty() {
-            parts.push(format!("{} bad line(s) in persistence.conf", report.config_errors.len()));
+            parts.push(format!(
+                "{} bad line(s) in persistence.conf",
+                report.config_errors.len()
+            ));
         }
         if config_refused {
             parts.push("persistence.conf was refused".into());
