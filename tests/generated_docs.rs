@@ -1,0 +1,80 @@
+//! man/ and completions/ are generated from the clap definition and committed. This test
+//! regenerates them in memory and fails when the committed files are stale.
+//!
+//! To update them after changing the CLI: `KEEPSAKE_BLESS=1 cargo test --test generated_docs`.
+
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use keepsake::cli::Cli;
+
+/// Every generated file: its path relative to the repository and its content.
+fn generate() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .date("")
+        .render(&mut page)
+        .expect("render keepsake.8");
+    files.push((PathBuf::from("man/keepsake.8"), page));
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("keepsake-{}", sub.get_name());
+        let sub = sub
+            .clone()
+            .name(&*Box::leak(name.clone().into_boxed_str()))
+            .bin_name(format!("keepsake {}", sub.get_name()));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub)
+            .section("8")
+            .date("")
+            .render(&mut page)
+            .expect("render a subcommand page");
+        files.push((PathBuf::from(format!("man/{name}.8")), page));
+    }
+    for (shell, file) in [
+        (Shell::Bash, "keepsake.bash"),
+        (Shell::Zsh, "_keepsake"),
+        (Shell::Fish, "keepsake.fish"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "keepsake", &mut out);
+        files.push((PathBuf::from("completions").join(file), out));
+    }
+    files
+}
+
+#[test]
+fn man_pages_and_completions_are_fresh() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bless = std::env::var_os("KEEPSAKE_BLESS").is_some();
+    let mut stale = Vec::new();
+    for (rel, content) in generate() {
+        let path = root.join(&rel);
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &content).unwrap();
+        } else if std::fs::read(&path).ok().as_deref() != Some(&content[..]) {
+            stale.push(rel.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "stale generated files: {}; run KEEPSAKE_BLESS=1 cargo test --test generated_docs",
+        stale.join(", ")
+    );
+}
+
+#[test]
+fn man_page_documents_every_exit_code() {
+    let (_, page) = generate().into_iter().next().unwrap();
+    let page = String::from_utf8(page).unwrap();
+    for code in 0..=9 {
+        assert!(
+            page.contains(&format!("  {code}  ")),
+            "exit code {code} missing from keepsake.8"
+        );
+    }
+}
