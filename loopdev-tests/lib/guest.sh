@@ -9,11 +9,14 @@ ks_fail() { echo "KS-FAIL $*"; exit 1; }
 # ks_out KEY VALUE: hands a value back to the host (collected between phases).
 ks_out() { echo "KS-OUT $1=$2"; }
 
-# ks_expect_rc WANT DESCRIPTION -- COMMAND...: runs COMMAND, checks its exit status.
+# ks_expect_rc WANT DESCRIPTION -- COMMAND...: runs COMMAND, checks its exit status. In
+# verbose mode (the demo), the command and everything it printed are shown as well.
 ks_expect_rc() {
     local want=$1 what=$2; shift 3
+    [ "${KS_VERBOSE:-0}" = 1 ] && echo "KS-STEP $(echo "$@" | sed 's/^ks_timed [^ ]* //')"
     "$@" >/tmp/ks-cmd.out 2>&1
     local got=$?
+    [ "${KS_VERBOSE:-0}" = 1 ] && grep -v '^KS-TIME ' /tmp/ks-cmd.out | sed 's/^/KS-SAY /'
     grep '^KS-TIME ' /tmp/ks-cmd.out
     if [ "$got" -ne "$want" ]; then
         sed 's/^/    | /' /tmp/ks-cmd.out

@@ -31,11 +31,12 @@ ks_phase() {
     tar -C "$KS_SCEN_DIR" -cf "$share" in
     truncate -s 1M "$share"
     t0=$(date +%s%N)
-    ks_boot "$log" "ks.scenario=$KS_SCENARIO ks.phase=$phase" "${disks[@]}" "share=$share"
+    ks_boot "$log" "ks.scenario=$KS_SCENARIO ks.phase=$phase ks.verbose=${KS_VERBOSE:-0}" "${disks[@]}" "share=$share"
     rc=$?
     t1=$(date +%s%N)
     tr -d '\r' < "$log" | sed -n 's/^KS-OUT //p' >> "$KS_SCEN_DIR/out"
-    tr -d '\r' < "$log" | sed -n 's/^KS-OK /    ok    /p; s/^KS-FAIL /    FAIL  /p; s/^KS-LOG /    ..    /p; s/^    | /    |     /p'
+    [ "${KS_VERBOSE:-0}" = 1 ] && echo "  -- boot $phase: $(( (t1 - t0) / 1000000 )) ms in the VM"
+    tr -d '\r' < "$log" | sed -n 's/^KS-OK /    ok    /p; s/^KS-FAIL /    FAIL  /p; s/^KS-LOG /    ..    /p; s/^    | /    |     /p; s/^KS-STEP /  # /p; s/^KS-SAY /    /p'
     tr -d '\r' < "$log" | sed -n 's/^KS-TIME \([^ ]*\) \([0-9]*\)/\1 \2/p' | while read -r name ms; do
         echo "$KS_SCENARIO $phase $name $ms" >> "$KS_WORK/timings"
         echo "    time  $name: ${ms} ms"
@@ -67,3 +68,18 @@ ks_expect_count() {
 }
 
 ks_random() { head -c 18 /dev/urandom | base64 | tr '+/' 'xy'; }
+
+# ks_scan FILE NEEDLE: occurrences of NEEDLE (hex:... or text:...) in FILE's raw bytes.
+ks_scan() { python3 "$KS_TESTS_DIR/lib/scan.py" "$1" "$2"; }
+
+# ks_expect_hits WHAT FILE NEEDLE OP N: e.g. ks_expect_hits "passphrase" usb.img text:x -eq 0
+ks_expect_hits() {
+    local n
+    n=$(ks_scan "$2" "$3")
+    if [ "$n" "$4" "$5" ]; then
+        ks_host_ok "$1: $n hit(s) in $(basename "$2")"
+    else
+        ks_host_fail "$1: $n hit(s) in $(basename "$2"), expected $4 $5"
+    fi
+    echo "$KS_SCENARIO $1 $(basename "$2") $n" >> "$KS_WORK/hits"
+}

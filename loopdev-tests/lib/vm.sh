@@ -13,7 +13,7 @@ KS_VM_TIMEOUT=${KS_VM_TIMEOUT:-600}
 
 # Programs copied into the guest with their shared libraries. tor is optional here: the
 # Tor-state scenarios check for it themselves.
-KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /sbin/sgdisk /usr/sbin/tor"
+KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /sbin/sgdisk /usr/sbin/tor /usr/bin/setpriv"
 KS_GUEST_MODULES="loop dm-mod dm-crypt ecb xts virtio_pci virtio_blk af_alg algif_skcipher zram"
 
 ks_kernel_version() {
@@ -61,6 +61,7 @@ ks_build_initramfs() {
     local bin=$1 out=$2 kver root m
     kver=$(ks_kernel_version) || return 1
     root=$(mktemp -d "$KS_WORK/initramfs.XXXXXX")
+    chmod 0755 "$root"
     mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,run,tmp,lib/modules,usr/bin,usr/sbin,var/lib,home,root}
     cp /bin/busybox "$root/bin/busybox"
     for m in $(ks_module_order "$kver" $KS_GUEST_MODULES); do

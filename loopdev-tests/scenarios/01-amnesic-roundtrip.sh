@@ -25,6 +25,7 @@ guest_first_boot() {
     ks_assert "Persistent folder is bind-mounted nosuid" ks_has_opt "$KS_PERSISTENT" nosuid
     ks_assert "Persistent folder is bind-mounted nodev" ks_has_opt "$KS_PERSISTENT" nodev
     ks_assert_eq "Persistent folder owner and mode" "$(ks_mode $KS_PERSISTENT)" "1000:1000 700"
+    ks_expect_rc 0 "status" -- keepsake status
     keepsake status --json > /tmp/status.json
     ks_assert "status --json says unlocked" grep -q '"unlocked": true' /tmp/status.json
     ks_assert "status --json shows the feature active" grep -q '"active": true' /tmp/status.json
@@ -37,6 +38,7 @@ guest_first_boot() {
     ln -s note.txt $p/link
     touch $p/empty && chmod 0640 $p/empty
     chown -hR 1000:1000 $p/note.txt $p/script.sh $p/sub $p/link $p/empty
+    ks_expect_rc 0 "the live user sees the files" -- ls -la $p
     ks_manifest $p | sed 's/^/KS-LOG manifest: /'
     ks_out manifest "$(ks_manifest $p | sha256sum | cut -c1-64)"
 
@@ -50,6 +52,7 @@ guest_second_boot() {
     ks_disk_fs usb /media/usb
     ks_pass_file
     ks_expect_rc 0 "unlock after the reboot" -- ks_timed unlock2 keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
+    ks_expect_rc 0 "the files are back" -- ls -la $KS_PERSISTENT
     ks_manifest $KS_PERSISTENT | sed 's/^/KS-LOG manifest: /'
     ks_out manifest_after_reboot "$(ks_manifest $KS_PERSISTENT | sha256sum | cut -c1-64)"
     ks_assert_eq "note content" "$(cat $KS_PERSISTENT/note.txt)" "a private note"
