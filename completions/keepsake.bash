@@ -19,6 +19,9 @@ _keepsake() {
             keepsake,create)
                 cmd="keepsake__subcmd__create"
                 ;;
+            keepsake,feature)
+                cmd="keepsake__subcmd__feature"
+                ;;
             keepsake,lock)
                 cmd="keepsake__subcmd__lock"
                 ;;
@@ -28,6 +31,21 @@ _keepsake() {
             keepsake,unlock)
                 cmd="keepsake__subcmd__unlock"
                 ;;
+            keepsake__subcmd__feature,add)
+                cmd="keepsake__subcmd__feature__subcmd__add"
+                ;;
+            keepsake__subcmd__feature,disable)
+                cmd="keepsake__subcmd__feature__subcmd__disable"
+                ;;
+            keepsake__subcmd__feature,enable)
+                cmd="keepsake__subcmd__feature__subcmd__enable"
+                ;;
+            keepsake__subcmd__feature,list)
+                cmd="keepsake__subcmd__feature__subcmd__list"
+                ;;
+            keepsake__subcmd__feature,remove)
+                cmd="keepsake__subcmd__feature__subcmd__remove"
+                ;;
             *)
                 ;;
         esac
@@ -35,7 +53,7 @@ _keepsake() {
 
     case "${cmd}" in
         keepsake)
-            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version create unlock lock status"
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version create unlock lock status feature"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -53,12 +71,16 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__create)
-            opts="-h -V --image --size --live-user --passphrase-fd --key-file --pbkdf-memory --pbkdf-force-iterations --pbkdf-parallel --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-y -h -V --device --image --size --yes --live-user --passphrase-fd --key-file --pbkdf-memory --pbkdf-force-iterations --pbkdf-parallel --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --image)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -91,6 +113,118 @@ _keepsake() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__feature)
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version list enable disable add remove"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__feature__subcmd__add)
+            opts="-h -V --dest --link --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --dest)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__feature__subcmd__disable)
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__feature__subcmd__enable)
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__feature__subcmd__list)
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__feature__subcmd__remove)
+            opts="-y -h -V --delete-data --yes --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --layout)
                     COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
                     return 0
@@ -139,12 +273,16 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__unlock)
-            opts="-h -V --image --mount-root --live-user --passphrase-fd --key-file --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --device --image --mount-root --live-user --passphrase-fd --key-file --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --image)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -32,11 +32,13 @@ complete -c keepsake -n "__fish_keepsake_needs_command" -l allow-core-dump-handl
 complete -c keepsake -n "__fish_keepsake_needs_command" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_needs_command" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "create" -d 'Create a new encrypted volume in a container file'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "create" -d 'Create a new encrypted volume on the live stick or in a container file'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "unlock" -d 'Open the volume, mount it and activate its enabled features'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "lock" -d 'Deactivate the features, unmount and close the volume, and forget it'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "status" -d 'Show the volume, its mapping and mount, and each feature\'s state'
-complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l image -d 'The container file to create; it must not exist yet' -r -F
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "feature" -d 'List, enable, disable, add and remove features (the folders that persist)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l device -d 'The whole disk of the live stick (e.g. /dev/sdb): a TailsData partition is added' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l image -d 'A container file to create instead; it must not exist yet' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l size -d 'Size of the container file: bytes, or with a K, M, G or T suffix (powers of 1024)' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l live-user -d 'The live session\'s user, owner of the home folder features [default: the user with uid 1000]' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
@@ -46,13 +48,15 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-force
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand create" -s y -l yes -d 'Do not ask for confirmation before partitioning'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l image -d 'The container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l mount-root -d 'Mount the volume here instead of the layout\'s mount point (for tests)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l live-user -d 'The live session\'s user [default: the user with uid 1000]' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
@@ -82,3 +86,60 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "list" -d 'List the built-in and custom features, and whether each is enabled and active'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "enable" -d 'Enable features: add them to persistence.conf and activate them now'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "disable" -d 'Disable features: deactivate them now and remove them from persistence.conf. Their data stays in the volume'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "add" -d 'Add a custom feature: the folder DEST persists, in the volume folder NAME'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "remove" -d 'Remove a custom feature (disabling it first)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l dest -d 'The folder in the session that persists (an absolute path)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l link -d 'Symlink each file into DEST instead of binding the whole folder'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l delete-data -d 'Also delete its folder from the volume (asks for confirmation without --yes)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s y -l yes -d 'Do not ask for confirmation'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'

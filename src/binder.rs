@@ -136,7 +136,23 @@ pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
 fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
     let e = &resolved.entry;
     let (source, created) = safefs::open_beneath(volume, &e.source, Some(resolved.owner))?;
+    let existed = created.is_empty();
     journal.done.push(Done::CreatedDirs(created));
+    if resolved.strict && existed {
+        let found = safefs::owner_of(&source)?;
+        if found != resolved.owner {
+            return Err(Error::Corrupt(format!(
+                "{} must be owned by uid {} gid {} with mode {:04o} (it is uid {} gid {} mode {:04o}); not activated",
+                source.path.display(),
+                resolved.owner.uid,
+                resolved.owner.gid,
+                resolved.owner.mode,
+                found.uid,
+                found.gid,
+                found.mode
+            )));
+        }
+    }
     let (dest, created) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
     journal.done.push(Done::CreatedDirs(created));
     match e.method {
@@ -261,9 +277,10 @@ pub fn plan_deactivation(
     steps
 }
 
-/// Removes the symlinks under `destination` that point into `mount_root` (and the folders
-/// left empty by that which the link feature had made). Other files are left alone.
-pub fn unlink_tree(destination: &Path, mount_root: &Path) -> Result<usize> {
+/// Removes the symlinks under `destination` that point under `target_prefix` (the volume,
+/// or one feature's folder of it). Other files, and the folders the links were in, stay:
+/// they may hold what the user made there during the session.
+pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
     let mut removed = 0;
     let listing = match std::fs::read_dir(destination) {
         Ok(l) => l,
@@ -281,7 +298,7 @@ pub fn unlink_tree(destination: &Path, mount_root: &Path) -> Result<usize> {
             continue;
         };
         if meta.file_type().is_symlink() {
-            if std::fs::read_link(&path).is_ok_and(|t| t.starts_with(mount_root)) {
+            if std::fs::read_link(&path).is_ok_and(|t| t.starts_with(target_prefix)) {
                 std::fs::remove_file(&path).map_err(|e| Error::Io {
                     context: format!("removing {}", path.display()),
                     source: e,
@@ -289,7 +306,7 @@ pub fn unlink_tree(destination: &Path, mount_root: &Path) -> Result<usize> {
                 removed += 1;
             }
         } else if meta.is_dir() {
-            removed += unlink_tree(&path, mount_root)?;
+            removed += unlink_tree(&path, target_prefix)?;
         }
     }
     Ok(removed)
@@ -316,6 +333,7 @@ mod tests {
                 gid: 1000,
                 mode: 0o700,
             },
+            strict: false,
             service: None,
         }
     }
@@ -466,6 +484,34 @@ mod tests {
             std::fs::read_to_string(home.join(".b")).unwrap(),
             "already here"
         );
+    }
+
+    #[test]
+    fn a_strict_source_with_the_wrong_mode_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(vol.join("tor")).unwrap();
+        std::fs::set_permissions(
+            vol.join("tor"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let me = Owner {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode: 0o700,
+        };
+        let dest = tmp.path().join("dest");
+        let r = ResolvedEntry {
+            owner: me,
+            strict: true,
+            ..resolved(dest.to_str().unwrap(), "tor", Method::Bind)
+        };
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("mode 0700 (it is"), "{err}");
+        assert!(err.to_string().contains("mode 0755"), "{err}");
+        assert!(!dest.exists(), "nothing made at the destination");
     }
 
     #[test]

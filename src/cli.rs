@@ -28,10 +28,12 @@ persistence.conf at its root) and opens with the plain cryptsetup CLI.";
 
 const EXAMPLES: &str = "\
 Examples:
-  keepsake create --image /media/usb/keepsake.img --size 2G
-  keepsake unlock --image /media/usb/keepsake.img
+  keepsake create --device /dev/sdb          # a TailsData partition on the live stick
+  keepsake unlock                            # finds it on the boot stick
+  keepsake feature enable gnupg ssh-client   # bound at once
   keepsake status --json
-  keepsake lock";
+  keepsake lock
+  keepsake create --image /media/usb/keepsake.img --size 2G   # or a container file";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,7 +80,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a new encrypted volume in a container file.
+    /// Create a new encrypted volume on the live stick or in a container file.
     #[command(after_long_help = CREATE_HELP)]
     Create(CreateArgs),
     /// Open the volume, mount it and activate its enabled features.
@@ -90,9 +92,75 @@ pub enum Command {
     /// Show the volume, its mapping and mount, and each feature's state.
     #[command(after_long_help = STATUS_HELP)]
     Status(StatusArgs),
+    /// List, enable, disable, add and remove features (the folders that persist).
+    #[command(subcommand, after_long_help = FEATURE_HELP)]
+    Feature(FeatureCommand),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum FeatureCommand {
+    /// List the built-in and custom features, and whether each is enabled and active.
+    List,
+    /// Enable features: add them to persistence.conf and activate them now.
+    Enable {
+        /// Feature names, as `keepsake feature list` shows them.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Disable features: deactivate them now and remove them from persistence.conf.
+    /// Their data stays in the volume.
+    Disable {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Add a custom feature: the folder DEST persists, in the volume folder NAME.
+    Add {
+        /// Name of the feature and of its folder in the volume: letters, digits, '.', '_', '-'.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The folder in the session that persists (an absolute path).
+        #[arg(long, value_name = "PATH")]
+        dest: PathBuf,
+        /// Symlink each file into DEST instead of binding the whole folder.
+        #[arg(long)]
+        link: bool,
+    },
+    /// Remove a custom feature (disabling it first).
+    Remove {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Also delete its folder from the volume (asks for confirmation without --yes).
+        #[arg(long)]
+        delete_data: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+const FEATURE_HELP: &str = "\
+Features are the folders that persist. Each is one line of persistence.conf at the root of the \
+volume (Tails' syntax and source names). The volume must be unlocked: enabling a feature binds \
+its folder at once, disabling one unbinds it (processes using it must close it first). \
+Disabling never deletes data; `feature remove NAME --delete-data` does, for custom features.
+
+Built-in features: persistent, dotfiles, gnupg, ssh-client, network-connections, bookmarks, \
+thunderbird, electrum, pidgin, additional-software, printers, greeter-settings, tor-bridges.
+
+Examples:
+  keepsake feature list
+  keepsake feature enable dotfiles gnupg
+  keepsake feature add projects --dest /home/amnesia/Projects
+  keepsake feature disable gnupg";
+
 const CREATE_HELP: &str = "\
+With --device DISK, a new GPT partition named TailsData (Tails' partition type) is made in the \
+largest free region after the live system's partitions; keepsake refuses, writing nothing, when \
+DISK is a partition, has no GPT or no partitions, already has a persistence partition, has too \
+little free space, is mounted (other than the live system read-only), or holds the running \
+system. It asks for confirmation unless --yes is given. With --image FILE, a container file of \
+--size bytes is made instead.
+
 The volume is LUKS2 (aes-xts-plain64, 512-bit key, argon2id keyslot whose cost libcryptsetup \
 calibrates on this machine) with an ext4 filesystem labelled TailsData inside, and a \
 persistence.conf (root:root, 0600) that enables the Persistent folder feature.
@@ -101,10 +169,15 @@ The container file is created sparse: its free space is not filled with random d
 amount of data ever written can be estimated from the file.
 
 Examples:
-  keepsake create --image /media/usb/keepsake.img --size 2G
-  keepsake create --image k.img --size 512M --passphrase-fd 3 3<passphrase.txt";
+  keepsake create --device /dev/sdb
+  keepsake create --device /dev/sdb --yes --passphrase-fd 3 3<passphrase.txt
+  keepsake create --image /media/usb/keepsake.img --size 2G";
 
 const UNLOCK_HELP: &str = "\
+Without --device or --image, keepsake looks for the persistence partition (GPT partition name \
+TailsData, or a LUKS2 header labelled so) and prefers the one on the stick the live system \
+booted from.
+
 Unlocking runs these steps, and undoes them if one fails: read the passphrase; open the \
 volume as /dev/mapper/TailsData_unlocked; check the filesystem (e2fsck -p); mount it at the \
 mount root; activate each enabled feature (bind mounts are nosuid,nodev). A feature that \
@@ -112,8 +185,9 @@ cannot be activated is reported and skipped; the others are still activated, and
 status is then 9.
 
 Examples:
-  keepsake unlock --image /media/usb/keepsake.img
-  keepsake unlock --image k.img --key-file /run/keyfile --json";
+  keepsake unlock
+  keepsake unlock --device /dev/sdb2 --key-file /run/keyfile --json
+  keepsake unlock --image /media/usb/keepsake.img";
 
 const LOCK_HELP: &str = "\
 Locking deactivates the features in reverse order, unmounts the volume, closes the mapping \
@@ -164,14 +238,23 @@ pub struct KdfArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["image", "device"])))]
 pub struct CreateArgs {
-    /// The container file to create; it must not exist yet.
-    #[arg(long, value_name = "FILE")]
-    pub image: PathBuf,
+    /// The whole disk of the live stick (e.g. /dev/sdb): a TailsData partition is added.
+    #[arg(long, value_name = "DISK")]
+    pub device: Option<PathBuf>,
+
+    /// A container file to create instead; it must not exist yet.
+    #[arg(long, value_name = "FILE", requires = "size")]
+    pub image: Option<PathBuf>,
 
     /// Size of the container file: bytes, or with a K, M, G or T suffix (powers of 1024).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub size: u64,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "image", conflicts_with = "device")]
+    pub size: Option<u64>,
+
+    /// Do not ask for confirmation before partitioning.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 
     /// The live session's user, owner of the home folder features [default: the user
     /// with uid 1000].
@@ -187,9 +270,13 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct UnlockArgs {
-    /// The container file holding the volume.
+    /// The persistence partition (or the disk holding it) [default: found by name].
+    #[arg(long, value_name = "DEV", conflicts_with = "image")]
+    pub device: Option<PathBuf>,
+
+    /// A container file holding the volume.
     #[arg(long, value_name = "FILE")]
-    pub image: PathBuf,
+    pub image: Option<PathBuf>,
 
     /// Mount the volume here instead of the layout's mount point (for tests).
     #[arg(long, value_name = "DIR")]
@@ -268,6 +355,22 @@ mod tests {
             "k",
         ]);
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn create_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["keepsake", "create"]).is_err());
+        assert!(Cli::try_parse_from(["keepsake", "create", "--device", "/dev/sdb"]).is_ok());
+        assert!(Cli::try_parse_from(["keepsake", "create", "--image", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "keepsake", "create", "--device", "d", "--image", "x", "--size", "1G"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["keepsake", "create", "--device", "d", "--size", "1G"]).is_err()
+        );
     }
 
     #[test]

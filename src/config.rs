@@ -299,7 +299,10 @@ fn check_source(src: &str) -> Result<PathBuf, String> {
     if src.contains("//") || src.ends_with('/') || src.starts_with("./") {
         return Err(format!("source {src:?} is not in normal form"));
     }
-    if path == Path::new(crate::layout::CONFIG_FILE) || path.starts_with("lost+found") {
+    if path == Path::new(crate::layout::CONFIG_FILE)
+        || path == Path::new(crate::layout::CUSTOM_FEATURES_FILE)
+        || path.starts_with("lost+found")
+    {
         return Err(format!("source {src} is reserved"));
     }
     Ok(path.to_path_buf())

@@ -16,6 +16,10 @@ pub enum Who {
     Root,
     /// A system account, resolved by name on the running system (never a hard-coded id).
     System(&'static str),
+    /// Whoever owns the destination on this live system, with its mode (as Tails does for
+    /// system folders such as /etc/cups, root:lp); root with the binding's mode if the
+    /// destination does not exist yet.
+    AsDestination,
 }
 
 /// Where a binding appears in the session.
@@ -34,6 +38,9 @@ pub struct Binding {
     pub method: Method,
     pub owner: Who,
     pub mode: u32,
+    /// The source must have exactly this owner and mode, or the feature is refused (for
+    /// programs that refuse to start otherwise, such as tor).
+    pub strict: bool,
 }
 
 /// A service that must be stopped while the feature's folders are bound or unbound.
@@ -59,17 +66,117 @@ const fn home(source: &'static str, path: &'static str) -> Binding {
         method: Method::Bind,
         owner: Who::LiveUser,
         mode: 0o700,
+        strict: false,
     }
 }
 
-/// The built-in features, in the order they are activated.
-pub static CATALOGUE: &[Feature] = &[Feature {
-    name: "persistent",
-    title: "Persistent folder",
-    bindings: &[home("Persistent", "Persistent")],
-    service: None,
-    default: true,
-}];
+const fn system(source: &'static str, path: &'static str, mode: u32) -> Binding {
+    Binding {
+        source,
+        destination: Dest::Absolute(path),
+        method: Method::Bind,
+        owner: Who::AsDestination,
+        mode,
+        strict: false,
+    }
+}
+
+const fn feature(name: &'static str, title: &'static str, bindings: &'static [Binding]) -> Feature {
+    Feature {
+        name,
+        title,
+        bindings,
+        service: None,
+        default: false,
+    }
+}
+
+/// The built-in features, in the order they are activated. Source names and destinations
+/// are Tails' own (its `persistence.conf`), so an existing Tails volume works unchanged.
+pub static CATALOGUE: &[Feature] = &[
+    Feature {
+        default: true,
+        ..feature(
+            "persistent",
+            "Persistent folder",
+            &[home("Persistent", "Persistent")],
+        )
+    },
+    feature(
+        "dotfiles",
+        "Dotfiles: each file symlinked into the home folder",
+        &[Binding {
+            method: Method::Link,
+            ..home("dotfiles", "")
+        }],
+    ),
+    feature(
+        "gnupg",
+        "GnuPG keys and settings",
+        &[home("gnupg", ".gnupg")],
+    ),
+    feature(
+        "ssh-client",
+        "SSH client keys and settings",
+        &[home("openssh-client", ".ssh")],
+    ),
+    feature(
+        "network-connections",
+        "Network connections (Wi-Fi passwords, VPNs)",
+        &[system(
+            "nm-system-connections",
+            "/etc/NetworkManager/system-connections",
+            0o700,
+        )],
+    ),
+    feature(
+        "bookmarks",
+        "Tor Browser bookmarks",
+        &[home("bookmarks", ".mozilla/firefox/bookmarks")],
+    ),
+    feature(
+        "thunderbird",
+        "Thunderbird email",
+        &[home("thunderbird", ".thunderbird")],
+    ),
+    feature(
+        "electrum",
+        "Electrum Bitcoin wallet",
+        &[home("electrum", ".electrum")],
+    ),
+    feature(
+        "pidgin",
+        "Pidgin instant messaging",
+        &[home("pidgin", ".purple")],
+    ),
+    feature(
+        "additional-software",
+        "Additional software (APT lists and packages)",
+        &[
+            system("apt/cache", "/var/cache/apt/archives", 0o755),
+            system("apt/lists", "/var/lib/apt/lists", 0o755),
+        ],
+    ),
+    feature(
+        "printers",
+        "Printers (CUPS)",
+        &[system("cups-configuration", "/etc/cups", 0o755)],
+    ),
+    feature(
+        "greeter-settings",
+        "Welcome Screen settings",
+        &[system(
+            "greeter-settings",
+            "/var/lib/gdm3/settings/persistent",
+            0o700,
+        )],
+    ),
+    feature(
+        "tor-bridges",
+        "Tor bridges (Tor Connection Assistant)",
+        &[system("tca", "/var/lib/tca", 0o700)],
+    ),
+];
 
 impl Feature {
     pub fn by_name(name: &str) -> Option<&'static Feature> {
@@ -121,26 +228,28 @@ impl LiveUser {
     }
 }
 
-/// Resolves who owns what on this system.
-pub trait Accounts {
+/// What keepsake needs to know of the running system to decide who owns what.
+pub trait Host {
     fn live_user(&self) -> Result<&LiveUser>;
     fn system_account(&self, name: &str) -> Result<(u32, u32)>;
+    /// Owner and mode of an existing folder (not following a symlink at its end).
+    fn owner_of(&self, path: &Path) -> Option<Owner>;
 }
 
-/// Accounts from the running system's user database.
-pub struct SystemAccounts {
+/// The running system: its user database and its folders.
+pub struct SystemHost {
     pub live_user: Result<LiveUser, String>,
 }
 
-impl SystemAccounts {
-    pub fn new(live_user_name: Option<&str>) -> SystemAccounts {
-        SystemAccounts {
+impl SystemHost {
+    pub fn new(live_user_name: Option<&str>) -> SystemHost {
+        SystemHost {
             live_user: LiveUser::find(live_user_name).map_err(|e| e.to_string()),
         }
     }
 }
 
-impl Accounts for SystemAccounts {
+impl Host for SystemHost {
     fn live_user(&self) -> Result<&LiveUser> {
         self.live_user
             .as_ref()
@@ -154,17 +263,37 @@ impl Accounts for SystemAccounts {
             .ok_or_else(|| Error::NotFound(format!("no system account named {name}")))?;
         Ok((user.uid.as_raw(), user.gid.as_raw()))
     }
+
+    fn owner_of(&self, path: &Path) -> Option<Owner> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_dir())?;
+        Some(Owner {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+        })
+    }
 }
 
 impl Binding {
-    pub fn owner(&self, accounts: &dyn Accounts) -> Result<Owner> {
+    pub fn owner(&self, host: &dyn Host) -> Result<Owner> {
         let (uid, gid) = match self.owner {
             Who::Root => (0, 0),
             Who::LiveUser => {
-                let u = accounts.live_user()?;
+                let u = host.live_user()?;
                 (u.uid, u.gid)
             }
-            Who::System(name) => accounts.system_account(name)?,
+            Who::System(name) => host.system_account(name)?,
+            Who::AsDestination => {
+                let dest = self.entry(host)?.destination;
+                return Ok(host.owner_of(&dest).unwrap_or(Owner {
+                    uid: 0,
+                    gid: 0,
+                    mode: self.mode,
+                }));
+            }
         };
         Ok(Owner {
             uid,
@@ -173,11 +302,11 @@ impl Binding {
         })
     }
 
-    pub fn entry(&self, accounts: &dyn Accounts) -> Result<Entry> {
+    pub fn entry(&self, host: &dyn Host) -> Result<Entry> {
         let destination = match self.destination {
             Dest::Absolute(p) => PathBuf::from(p),
-            Dest::Home("") => accounts.live_user()?.home.clone(),
-            Dest::Home(rel) => accounts.live_user()?.home.join(rel),
+            Dest::Home("") => host.live_user()?.home.clone(),
+            Dest::Home(rel) => host.live_user()?.home.join(rel),
         };
         Ok(Entry {
             destination,
@@ -194,22 +323,27 @@ pub struct ResolvedEntry {
     pub feature: String,
     pub entry: Entry,
     pub owner: Owner,
+    /// The source must already have exactly `owner` (see [`Binding::strict`]).
+    pub strict: bool,
     pub service: Option<Service>,
 }
 
 /// Resolves each config entry: catalogue features get their declared owner; custom ones the
-/// live user's when under their home, root's otherwise.
-pub fn resolve(entry: &Entry, accounts: &dyn Accounts) -> Result<ResolvedEntry> {
+/// destination's current owner and mode, or else the live user's under their home and
+/// root's elsewhere.
+pub fn resolve(entry: &Entry, host: &dyn Host) -> Result<ResolvedEntry> {
     if let Some((feature, binding)) = Feature::by_source(&entry.source) {
         return Ok(ResolvedEntry {
             feature: feature.name.to_string(),
             entry: entry.clone(),
-            owner: binding.owner(accounts)?,
+            owner: binding.owner(host)?,
+            strict: binding.strict,
             service: feature.service,
         });
     }
-    let owner = match accounts.live_user() {
-        Ok(u) if entry.destination.starts_with(&u.home) => Owner {
+    let owner = match (host.owner_of(&entry.destination), host.live_user()) {
+        (Some(existing), _) => existing,
+        (None, Ok(u)) if entry.destination.starts_with(&u.home) => Owner {
             uid: u.uid,
             gid: u.gid,
             mode: 0o700,
@@ -220,6 +354,7 @@ pub fn resolve(entry: &Entry, accounts: &dyn Accounts) -> Result<ResolvedEntry> 
         feature: entry.source.display().to_string(),
         entry: entry.clone(),
         owner,
+        strict: false,
         service: None,
     })
 }
@@ -228,10 +363,10 @@ pub fn resolve(entry: &Entry, accounts: &dyn Accounts) -> Result<ResolvedEntry> 
 pub mod tests {
     use super::*;
 
-    /// Fixed accounts for tests that must not depend on the machine's user database.
-    pub struct FakeAccounts;
+    /// A fixed host for tests that must not depend on the machine they run on.
+    pub struct FakeHost;
 
-    impl Accounts for FakeAccounts {
+    impl Host for FakeHost {
         fn live_user(&self) -> Result<&LiveUser> {
             static USER: std::sync::OnceLock<LiveUser> = std::sync::OnceLock::new();
             Ok(USER.get_or_init(|| LiveUser {
@@ -247,6 +382,14 @@ pub mod tests {
                 "debian-tor" => Ok((101, 102)),
                 _ => Err(Error::NotFound(name.into())),
             }
+        }
+
+        fn owner_of(&self, path: &Path) -> Option<Owner> {
+            (path == Path::new("/etc/cups")).then_some(Owner {
+                uid: 0,
+                gid: 7,
+                mode: 0o755,
+            })
         }
     }
 
@@ -265,10 +408,10 @@ pub mod tests {
     #[test]
     fn persistent_folder_resolves_to_the_live_users_home() {
         let f = Feature::by_name("persistent").unwrap();
-        let e = f.bindings[0].entry(&FakeAccounts).unwrap();
+        let e = f.bindings[0].entry(&FakeHost).unwrap();
         assert_eq!(e.destination, Path::new("/home/amnesia/Persistent"));
         assert_eq!(e.render(), "/home/amnesia/Persistent\tsource=Persistent");
-        let r = resolve(&e, &FakeAccounts).unwrap();
+        let r = resolve(&e, &FakeHost).unwrap();
         assert_eq!(r.feature, "persistent");
         assert_eq!(
             r.owner,
@@ -287,7 +430,7 @@ pub mod tests {
             source: "projects".into(),
             method: Method::Bind,
         };
-        let r = resolve(&home, &FakeAccounts).unwrap();
+        let r = resolve(&home, &FakeHost).unwrap();
         assert_eq!(r.feature, "projects");
         assert_eq!(r.owner.uid, 1000);
         let sys = Entry {
@@ -295,9 +438,6 @@ pub mod tests {
             source: "tools".into(),
             method: Method::Bind,
         };
-        assert_eq!(
-            resolve(&sys, &FakeAccounts).unwrap().owner,
-            Owner::ROOT_0755
-        );
+        assert_eq!(resolve(&sys, &FakeHost).unwrap().owner, Owner::ROOT_0755);
     }
 }

@@ -30,6 +30,8 @@ pub struct Layout {
 
 /// The configuration file at the root of the volume.
 pub const CONFIG_FILE: &str = "persistence.conf";
+/// Definitions of custom features, enabled or not, in the same syntax (keepsake's own).
+pub const CUSTOM_FEATURES_FILE: &str = "keepsake-features.conf";
 /// Tails' GPT partition type for TailsData partitions.
 pub const TAILS_PARTITION_TYPE: &str = "8DA63339-0007-60C0-C436-083AC8230908";
 /// Where keepsake keeps runtime records (never secrets). Must be on tmpfs.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod devices;
+pub mod disks;
 pub mod error;
 pub mod features;
 pub mod layout;

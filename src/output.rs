@@ -38,6 +38,32 @@ impl Output {
         }
     }
 
+    /// Asks a yes/no question on the terminal; only "yes" is yes. Without a terminal, the
+    /// answer is an error telling scripts to pass --yes.
+    pub fn confirm(&self, question: &str) -> Result<bool, Error> {
+        use std::io::{BufRead, BufReader};
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/tty")
+            .map_err(|_| {
+                Error::Usage("confirmation needed but there is no terminal; pass --yes".into())
+            })?;
+        let mut writer = &tty;
+        write!(writer, "{question}: ").map_err(|e| Error::Io {
+            context: "asking for confirmation".into(),
+            source: e,
+        })?;
+        let mut answer = String::new();
+        BufReader::new(&tty)
+            .read_line(&mut answer)
+            .map_err(|e| Error::Io {
+                context: "reading the confirmation".into(),
+                source: e,
+            })?;
+        Ok(answer.trim() == "yes")
+    }
+
     pub fn error(&self, err: &Error) {
         let code = err.exit_code();
         eprintln!("keepsake: error: {err}");

@@ -37,6 +37,39 @@ pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
         })
 }
 
+/// Like [`run`], with `input` on the program's standard input (never a secret).
+pub fn run_with_input(program: &str, args: &[&str], input: &str, package: &str) -> Result<Output> {
+    use std::io::Write;
+    let path = find(program).ok_or_else(|| {
+        Error::NotFound(format!(
+            "{program} not found; install the {package} package"
+        ))
+    })?;
+    let mut child = Command::new(&path)
+        .args(args)
+        .env_clear()
+        .env("PATH", SEARCH_PATH)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Io {
+            context: format!("running {}", path.display()),
+            source: e,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(|e| Error::Io {
+            context: format!("writing to {}", path.display()),
+            source: e,
+        })?;
+    }
+    child.wait_with_output().map_err(|e| Error::Io {
+        context: format!("running {}", path.display()),
+        source: e,
+    })
+}
+
 /// The first non-empty line a tool printed, for one-line error messages.
 pub fn first_line(output: &Output) -> String {
     let text = [&output.stderr[..], &output.stdout[..]].concat();

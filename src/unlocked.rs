@@ -10,7 +10,7 @@ use crate::binder::{self, Action};
 use crate::config::{ConfigFile, LineError, Method};
 use crate::devices::{self, Mapping};
 use crate::error::{Context, Error, Result};
-use crate::features::{self, Accounts, ResolvedEntry};
+use crate::features::{self, Host, ResolvedEntry};
 use crate::layout::{CONFIG_FILE, Layout, RUNTIME_DIR};
 use crate::mounts::{self, Mount};
 use crate::safefs::{self, Dir, Owner};
@@ -115,7 +115,12 @@ impl Unlocked {
 /// Reads persistence.conf from the volume. Any owner but root, or any mode but 0600,
 /// refuses the whole file: then any line of it may have been written by someone else.
 pub fn read_config(volume: &Dir) -> Result<Option<ConfigFile>> {
-    let file = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+    read_config_file(volume, CONFIG_FILE)
+}
+
+/// Reads a file of the volume in persistence.conf syntax, with the same checks.
+pub fn read_config_file(volume: &Dir, name: &str) -> Result<Option<ConfigFile>> {
+    let file = match safefs::read_file_in(volume, name, MAX_CONFIG) {
         Ok(f) => f,
         Err(Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
@@ -123,7 +128,7 @@ pub fn read_config(volume: &Dir) -> Result<Option<ConfigFile>> {
     if file.owner.uid != 0 || file.owner.mode != 0o600 {
         return Err(Error::Corrupt(format!(
             "{} must be owned by root with mode 0600 (it is uid {}, mode {:04o}); no feature was activated",
-            volume.path.join(CONFIG_FILE).display(),
+            volume.path.join(name).display(),
             file.owner.uid,
             file.owner.mode
         )));
@@ -132,9 +137,13 @@ pub fn read_config(volume: &Dir) -> Result<Option<ConfigFile>> {
 }
 
 pub fn write_config(volume: &Dir, config: &ConfigFile) -> Result<()> {
+    write_config_file(volume, CONFIG_FILE, config)
+}
+
+pub fn write_config_file(volume: &Dir, name: &str, config: &ConfigFile) -> Result<()> {
     safefs::write_file_atomically(
         volume,
-        CONFIG_FILE,
+        name,
         config.render().as_bytes(),
         Owner {
             uid: 0,
@@ -184,12 +193,12 @@ impl FeatureReport {
 /// Resolves the config's entries; one whose owner cannot be resolved fails alone.
 pub fn resolve_entries(
     config: &ConfigFile,
-    accounts: &dyn Accounts,
+    host: &dyn Host,
 ) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
     let mut resolved = Vec::new();
     let mut failed = Vec::new();
     for entry in config.entries() {
-        match features::resolve(entry, accounts) {
+        match features::resolve(entry, host) {
             Ok(r) => resolved.push(r),
             Err(e) => failed.push(FeatureReport {
                 name: entry.source.display().to_string(),
@@ -230,6 +239,51 @@ pub fn activate_entries(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Deactivates entries (in reverse order): unmounts binds, removes links. When one cannot
+/// be deactivated (a process holds it open), those already deactivated are activated again
+/// and the error is returned: all or nothing.
+pub fn deactivate_entries(
+    volume: &Dir,
+    mount_root: &Path,
+    volume_dev: (u32, u32),
+    entries: &[ResolvedEntry],
+) -> Result<()> {
+    let table = mounts::read_mountinfo()?;
+    let mut done: Vec<ResolvedEntry> = Vec::new();
+    for r in entries.iter().rev() {
+        let e = &r.entry;
+        let result = match e.method {
+            Method::Bind
+                if binder::bind_is_active(&table, volume_dev, &e.source, &e.destination) =>
+            {
+                mounts::unmount(&e.destination).map_err(|err| match err.exit_code() {
+                    crate::error::ExitCode::Busy => Error::Busy(format!(
+                        "{} is in use ({}); close what uses it and try again",
+                        e.destination.display(),
+                        crate::processes::holders_of(volume_dev)
+                            .iter()
+                            .map(|h| h.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    _ => err,
+                })
+            }
+            Method::Bind => Ok(()),
+            Method::Link => {
+                binder::unlink_tree(&e.destination, &mount_root.join(&e.source)).map(|_| ())
+            }
+        };
+        if let Err(err) = result {
+            done.reverse();
+            let _ = activate_entries(volume, mount_root, volume_dev, &done);
+            return Err(err);
+        }
+        done.push(r.clone());
+    }
+    Ok(())
 }
 
 /// The current state of each entry, from the mount table (bind) or the links (link).

@@ -186,6 +186,22 @@ fn has_luks_magic(path: &Path) -> bool {
         .is_ok_and(|()| &magic == LUKS_MAGIC)
 }
 
+/// The label in a LUKS2 binary header (bytes 24..72), read without libcryptsetup so that
+/// scanning many partitions stays quiet and cheap. None for LUKS1 or non-LUKS devices.
+pub fn luks2_label(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 72];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if &head[..6] != LUKS_MAGIC || head[6..8] != [0, 2] {
+        return None;
+    }
+    let label = &head[24..72];
+    let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
+    String::from_utf8(label[..end].to_vec())
+        .ok()
+        .filter(|l| !l.is_empty())
+}
+
 /// Loads the LUKS header of `path`, telling "not LUKS" apart from I/O trouble.
 fn load(path: &Path) -> Result<CryptDevice> {
     let mut device = init(path)?;

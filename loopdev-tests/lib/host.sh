@@ -83,3 +83,21 @@ ks_expect_hits() {
     fi
     echo "$KS_SCENARIO $1 $(basename "$2") $n" >> "$KS_WORK/hits"
 }
+
+# ks_live_stick NAME SIZE: a disk image laid out as a live USB stick: GPT, a 64 MiB "Tails"
+# system partition (EFI type), the rest free. Prints its path.
+ks_live_stick() {
+    local path
+    path=$(ks_disk "$1" "$2")
+    printf 'label: gpt\nstart=2048, size=64MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="Tails"\n' \
+        | sfdisk -q "$path" >/dev/null || { echo "sfdisk failed on $path" >&2; return 1; }
+    echo "$path"
+}
+
+# ks_gpt_disk NAME SIZE: a disk image with GPT and one Linux partition filling it.
+ks_gpt_disk() {
+    local path
+    path=$(ks_disk "$1" "$2")
+    printf 'label: gpt\nstart=2048, type=L, name="data"\n' | sfdisk -q "$path" >/dev/null || return 1
+    echo "$path"
+}

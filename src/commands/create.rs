@@ -1,4 +1,5 @@
-//! `keepsake create`: a new volume in a container file.
+//! `keepsake create`: a new volume on the live stick (a new GPT partition) or in a
+//! container file. Whatever it made is removed again if a later step fails.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,12 +9,14 @@ use serde::Serialize;
 
 use crate::cli::{CreateArgs, GlobalArgs, KdfArgs};
 use crate::config::ConfigFile;
+use crate::disks::{self, Region};
 use crate::error::{Context, Error, Result, at};
-use crate::features::{CATALOGUE, SystemAccounts};
-use crate::layout::{Layout, RUNTIME_DIR};
+use crate::features::{CATALOGUE, SystemHost};
+use crate::layout::{Layout, RUNTIME_DIR, TAILS_PARTITION_TYPE};
 use crate::mounts;
 use crate::output::Output;
 use crate::safefs::{self, Owner};
+use crate::secrets::Secret;
 use crate::tools;
 use crate::unlocked;
 use crate::volume::{self, KdfChoice, KdfCost, KeyslotInfo};
@@ -23,7 +26,9 @@ pub const MIN_SIZE: u64 = 32 << 20;
 
 #[derive(Debug, Serialize)]
 struct CreateReport {
-    image: PathBuf,
+    /// The partition or container file holding the volume.
+    volume: PathBuf,
+    kind: &'static str,
     size: u64,
     cipher: String,
     keyslot: KeyslotInfo,
@@ -46,28 +51,138 @@ pub fn kdf_choice(kdf: &KdfArgs) -> KdfChoice {
     }
 }
 
+/// Undoes what create made unless told to keep it.
+enum Made {
+    File(PathBuf),
+    Partition { disk: PathBuf, number: u32 },
+}
+
+struct Rollback(Option<Made>);
+
+impl Rollback {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(Made::File(path)) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Some(Made::Partition { disk, number }) => {
+                let _ = disks::delete_partition(&disk, number);
+            }
+            None => {}
+        }
+    }
+}
+
 pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     super::require_root()?;
+    let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
-    check_image_target(&args.image, args.size)?;
-    let accounts = SystemAccounts::new(args.live_user.as_deref());
-    let default_config = default_config(&accounts)?;
-    let secret = super::read_secret_safely(
-        global,
-        &args.passphrase,
-        out,
-        "New passphrase",
-        true,
-        Some(&args.image),
-    )?;
+    let host = SystemHost::new(args.live_user.as_deref());
+    let config = default_config(&host)?;
+    let (volume_path, size, rollback, kind) = match (&args.device, &args.image, args.size) {
+        (Some(disk), _, _) => {
+            let (region, sector) = check_device_target(disk, &layout)?;
+            confirm_partitioning(disk, region, sector, args.yes, out)?;
+            let secret = super::read_secret_safely(
+                global,
+                &args.passphrase,
+                out,
+                "New passphrase",
+                true,
+                None,
+            )?;
+            out.progress(format!(
+                "adding a {} partition to {}",
+                layout.partition_name,
+                disk.display()
+            ));
+            let number =
+                disks::add_partition(disk, region, TAILS_PARTITION_TYPE, layout.partition_name)?;
+            let rollback = Rollback(Some(Made::Partition {
+                disk: disk.clone(),
+                number,
+            }));
+            let part = disks::partition_path(disk, number);
+            disks::wait_for_device(&part)?;
+            let keyslot = format_and_populate(&part, &layout, &secret, &args.kdf, &config, out)?;
+            (
+                part,
+                region.sectors * sector,
+                rollback,
+                ("partition", keyslot),
+            )
+        }
+        (None, Some(image), Some(size)) => {
+            check_image_target(image, size)?;
+            let secret = super::read_secret_safely(
+                global,
+                &args.passphrase,
+                out,
+                "New passphrase",
+                true,
+                Some(image),
+            )?;
+            create_sparse_file(image, size)?;
+            let rollback = Rollback(Some(Made::File(image.clone())));
+            let keyslot = format_and_populate(image, &layout, &secret, &args.kdf, &config, out)?;
+            (image.clone(), size, rollback, ("container file", keyslot))
+        }
+        _ => {
+            return Err(Error::Usage(
+                "give --device DISK, or --image FILE with --size SIZE".into(),
+            ));
+        }
+    };
+    rollback.keep();
+    let (kind, keyslot) = kind;
+    let report = CreateReport {
+        volume: volume_path,
+        kind,
+        size,
+        cipher: format!("{}-{}", volume::CIPHER, volume::CIPHER_MODE),
+        keyslot,
+        filesystem_label: layout.fs_label.to_string(),
+        features: config
+            .entries()
+            .map(|e| e.source.display().to_string())
+            .collect(),
+    };
+    out.result(&report, |r| {
+        let next = if r.kind == "partition" {
+            "keepsake unlock".to_string()
+        } else {
+            format!("keepsake unlock --image {}", r.volume.display())
+        };
+        format!(
+            "created {} {} ({} MiB, LUKS2 {}, keyslot {})\nenabled: {}\nnext: {next}",
+            r.kind,
+            r.volume.display(),
+            r.size >> 20,
+            r.cipher,
+            r.keyslot.keyslot,
+            r.features.join(", "),
+        )
+    });
+    Ok(())
+}
 
-    create_sparse_file(&args.image, args.size)?;
-    let created_file = CreatedFile(args.image.clone());
-    out.progress(format!(
-        "formatting {} as LUKS2 (argon2id)",
-        args.image.display()
-    ));
-    let keyslot = volume::format(&args.image, layout.fs_label, &secret, kdf_choice(&args.kdf))?;
+/// LUKS2 format, ext4, default config: the same for a partition and a container file.
+fn format_and_populate(
+    path: &Path,
+    layout: &Layout,
+    secret: &Secret,
+    kdf: &KdfArgs,
+    config: &ConfigFile,
+    out: Output,
+) -> Result<KeyslotInfo> {
+    out.progress(format!("formatting {} as LUKS2 (argon2id)", path.display()));
+    let keyslot = volume::format(path, layout.fs_label, secret, kdf_choice(kdf))?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
         keyslot.keyslot,
@@ -76,37 +191,84 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
         keyslot.cost.parallel
     ));
     let mapping = format!("keepsake-new-{}", std::process::id());
-    volume::activate(&args.image, &mapping, &secret)?;
-    drop(secret);
-    let result = populate(&layout, &mapping, &default_config, out);
+    volume::activate(path, &mapping, secret)?;
+    let result = populate(layout, &mapping, config, out);
     let closed = volume::deactivate(&mapping);
-    result?;
-    closed?;
-    created_file.keep();
+    result.and(closed)?;
+    Ok(keyslot)
+}
 
-    let report = CreateReport {
-        image: args.image.clone(),
-        size: args.size,
-        cipher: format!("{}-{}", volume::CIPHER, volume::CIPHER_MODE),
-        keyslot,
-        filesystem_label: layout.fs_label.to_string(),
-        features: default_config
-            .entries()
-            .map(|e| e.source.display().to_string())
-            .collect(),
-    };
-    out.result(&report, |r| {
-        format!(
-            "created {} ({} MiB, LUKS2 {}, keyslot {})\nenabled: {}\nnext: keepsake unlock --image {}",
-            r.image.display(),
-            r.size >> 20,
-            r.cipher,
-            r.keyslot.keyslot,
-            r.features.join(", "),
-            r.image.display()
-        )
-    });
-    Ok(())
+/// Checks a stick before anything is written to it; returns where the partition goes.
+fn check_device_target(disk: &Path, layout: &Layout) -> Result<(Region, u64)> {
+    let dev = disks::block_device(disk)?;
+    if let Some(parent) = &dev.parent {
+        return Err(Error::Usage(format!(
+            "{} is a partition; give the whole disk (/dev/{parent})",
+            disk.display()
+        )));
+    }
+    let table = disks::read_table(disk)?;
+    if table.label != "gpt" {
+        return Err(Error::Usage(format!(
+            "{} has a {} partition table; keepsake adds to GPT sticks (as Tails makes them)",
+            disk.display(),
+            table.label
+        )));
+    }
+    if table.partitions.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} has no partitions: it does not hold a live system",
+            disk.display()
+        )));
+    }
+    if let Some(p) = table.partitions.iter().find(|p| {
+        p.name.as_deref() == Some(layout.partition_name)
+            || p.type_guid.eq_ignore_ascii_case(TAILS_PARTITION_TYPE)
+    }) {
+        return Err(Error::Usage(format!(
+            "{} already has a persistence partition ({}); nothing was changed",
+            disk.display(),
+            p.node.display()
+        )));
+    }
+    let mount_table = mounts::read_mountinfo()?;
+    let partitions = disks::all_partitions();
+    disks::check_disk_not_in_use(
+        disk,
+        &disks::mounts_on_disk(&mount_table, &dev.name, &partitions, dev.dev),
+    )?;
+    let free = disks::plan_new_partition(&table);
+    match free {
+        Some(r) if r.sectors * table.sectorsize >= MIN_SIZE => Ok((r, table.sectorsize)),
+        _ => Err(Error::Usage(format!(
+            "{} has {} MiB free after its partitions; a volume needs at least {} MiB",
+            disk.display(),
+            free.map_or(0, |r| (r.sectors * table.sectorsize) >> 20),
+            MIN_SIZE >> 20
+        ))),
+    }
+}
+
+fn confirm_partitioning(
+    disk: &Path,
+    region: Region,
+    sector: u64,
+    yes: bool,
+    out: Output,
+) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let question = format!(
+        "Add an encrypted {} MiB partition to {}? The live system on it is kept. Type yes to go on",
+        (region.sectors * sector) >> 20,
+        disk.display()
+    );
+    if out.confirm(&question)? {
+        Ok(())
+    } else {
+        Err(Error::Usage("not confirmed; nothing was changed".into()))
+    }
 }
 
 fn check_image_target(image: &Path, size: u64) -> Result<()> {
@@ -135,21 +297,6 @@ fn check_image_target(image: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// The container file, removed again unless creation got through.
-struct CreatedFile(PathBuf);
-
-impl CreatedFile {
-    fn keep(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for CreatedFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn create_sparse_file(image: &Path, size: u64) -> Result<()> {
     let file = OpenOptions::new()
         .write(true)
@@ -161,13 +308,11 @@ fn create_sparse_file(image: &Path, size: u64) -> Result<()> {
     file.sync_all().context(at("syncing", image))
 }
 
-fn default_config(accounts: &SystemAccounts) -> Result<ConfigFile> {
+fn default_config(host: &SystemHost) -> Result<ConfigFile> {
     let mut config = ConfigFile::parse("");
     for feature in CATALOGUE.iter().filter(|f| f.default) {
         for binding in feature.bindings {
-            config
-                .add(binding.entry(accounts)?)
-                .map_err(Error::Internal)?;
+            config.add(binding.entry(host)?).map_err(Error::Internal)?;
         }
     }
     Ok(config)

@@ -11,7 +11,7 @@ use crate::cli::{GlobalArgs, LockArgs};
 use crate::config::Method;
 use crate::devices;
 use crate::error::{Error, Result};
-use crate::features::SystemAccounts;
+use crate::features::SystemHost;
 use crate::layout::Layout;
 use crate::mounts;
 use crate::output::Output;
@@ -191,8 +191,8 @@ fn restore(layout: &Layout, before: &Unlocked) {
         return;
     };
     if let Ok(Some(config)) = unlocked::read_config(&dir) {
-        let accounts = SystemAccounts::new(None);
-        let (entries, _) = unlocked::resolve_entries(&config, &accounts);
+        let host = SystemHost::new(None);
+        let (entries, _) = unlocked::resolve_entries(&config, &host);
         let _ = unlocked::activate_entries(&dir, root, before.mapping.dev, &entries);
     }
 }

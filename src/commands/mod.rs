@@ -2,6 +2,7 @@
 //! modules, and returns a report for [`crate::output::Output`].
 
 mod create;
+mod feature;
 mod lock;
 mod status;
 mod unlock;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unlock(args) => unlock::run(&cli.global, args, out),
         Command::Lock(args) => lock::run(&cli.global, args, out),
         Command::Status(args) => status::run(&cli.global, args, out),
+        Command::Feature(command) => feature::run(&cli.global, command, out),
     }
 }
 
@@ -65,6 +67,42 @@ pub fn read_secret_safely(
     }
     let source = SecretSource::from_options(args.passphrase_fd, args.key_file.as_deref());
     secrets::read_secret(&source, prompt, confirm)
+}
+
+/// One keepsake command at a time changes volumes: held for the life of the command.
+pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (dir, _) = crate::safefs::open_dir(
+        Path::new(crate::layout::RUNTIME_DIR),
+        Some(crate::safefs::Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o700,
+        }),
+    )?;
+    let path = dir.path.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::Io {
+            context: format!("opening {}", path.display()),
+            source: e,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => {
+                Error::Busy("another keepsake command is running; try again when it is done".into())
+            }
+            e => Error::Io {
+                context: format!("locking {}", path.display()),
+                source: e.into(),
+            },
+        },
+    )
 }
 
 pub fn layout(global: &GlobalArgs, mount_root: Option<&Path>) -> Layout {

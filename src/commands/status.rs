@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::error::Result;
-use crate::features::SystemAccounts;
+use crate::features::SystemHost;
 use crate::layout::LayoutProfile;
 use crate::output::Output;
 use crate::unlocked::{self, FeatureReport, Unlocked};
@@ -67,8 +67,8 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
         if let (Some(root), Ok(dir)) = (&u.mount_root, u.volume_dir()) {
             match unlocked::read_config(&dir) {
                 Ok(Some(config)) => {
-                    let accounts = SystemAccounts::new(None);
-                    let (entries, mut failed) = unlocked::resolve_entries(&config, &accounts);
+                    let host = SystemHost::new(None);
+                    let (entries, mut failed) = unlocked::resolve_entries(&config, &host);
                     report.features = unlocked::feature_states(
                         &entries,
                         &u.table,

@@ -7,8 +7,9 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, UnlockArgs};
 use crate::config::LineError;
 use crate::devices;
+use crate::disks;
 use crate::error::{Error, Result};
-use crate::features::SystemAccounts;
+use crate::features::SystemHost;
 use crate::layout::Layout;
 use crate::mounts;
 use crate::output::Output;
@@ -53,7 +54,8 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
             m.name, m.kernel_name
         )));
     }
-    let backing = check_backing(&args.image)?;
+    let _lock = super::exclusive()?;
+    let backing = find_volume(&args, &layout)?;
     // A file that is not LUKS is refused before anyone types a passphrase for it.
     volume::header_info(&backing)?;
     let secret = super::read_secret_safely(
@@ -75,6 +77,51 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
             let _ = volume::deactivate(layout.mapping);
             Err(e)
         }
+    }
+}
+
+/// The volume to unlock: the container file or partition given, the persistence partition
+/// on a given disk, or else the one found by name (preferring the live system's stick).
+fn find_volume(args: &UnlockArgs, layout: &Layout) -> Result<PathBuf> {
+    if let Some(image) = &args.image {
+        return check_backing(image);
+    }
+    let on_disk = match &args.device {
+        Some(dev) => {
+            let bd = disks::block_device(dev)?;
+            if bd.is_partition() {
+                return check_backing(dev);
+            }
+            Some(bd.name)
+        }
+        None => None,
+    };
+    let mut found =
+        disks::find_persistence(layout.partition_name, layout.fs_label, on_disk.as_deref());
+    if found.len() > 1 {
+        let table = mounts::read_mountinfo()?;
+        if let Some(live) = disks::live_medium_disk(&table) {
+            let on_live: Vec<_> = found.iter().filter(|p| p.disk == live).cloned().collect();
+            if !on_live.is_empty() {
+                found = on_live;
+            }
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.path()),
+        [] => Err(Error::NotFound(format!(
+            "no persistence partition (GPT name {} or LUKS label {}) found{}; give --device or --image",
+            layout.partition_name,
+            layout.fs_label,
+            on_disk.map(|d| format!(" on /dev/{d}")).unwrap_or_default()
+        ))),
+        many => Err(Error::Usage(format!(
+            "several persistence partitions: {}; choose one with --device",
+            many.iter()
+                .map(|p| p.path().display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }
 
@@ -124,8 +171,8 @@ fn mount_and_activate(
     match unlocked::read_config(&volume_dir) {
         Ok(Some(config)) => {
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
-            let accounts = SystemAccounts::new(live_user);
-            let (entries, mut failed) = unlocked::resolve_entries(&config, &accounts);
+            let host = SystemHost::new(live_user);
+            let (entries, mut failed) = unlocked::resolve_entries(&config, &host);
             features =
                 unlocked::activate_entries(&volume_dir, &layout.mount_root, mapping.dev, &entries)?;
             features.append(&mut failed);

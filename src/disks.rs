@@ -1,0 +1,536 @@
+//! Disks and their GPT partitions: finding the live stick, planning where a persistence
+//! partition goes (pure), and creating or deleting it with util-linux's sfdisk.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::mounts::Mount;
+use crate::tools;
+
+/// Partitions start and end on 1 MiB boundaries, as every partitioning tool does now.
+pub const ALIGN_BYTES: u64 = 1 << 20;
+
+/// A partition table as `sfdisk --json` prints it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PartitionTable {
+    pub label: String,
+    pub device: PathBuf,
+    #[serde(default)]
+    pub firstlba: u64,
+    #[serde(default)]
+    pub lastlba: u64,
+    #[serde(default = "default_sector")]
+    pub sectorsize: u64,
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+}
+
+fn default_sector() -> u64 {
+    512
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Partition {
+    pub node: PathBuf,
+    pub start: u64,
+    pub size: u64,
+    #[serde(rename = "type", default)]
+    pub type_guid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Partition {
+    pub fn end(&self) -> u64 {
+        self.start + self.size - 1
+    }
+}
+
+#[derive(Deserialize)]
+struct SfdiskJson {
+    partitiontable: PartitionTable,
+}
+
+pub fn parse_sfdisk_json(text: &str) -> Result<PartitionTable> {
+    serde_json::from_str::<SfdiskJson>(text)
+        .map(|j| j.partitiontable)
+        .map_err(|e| Error::Corrupt(format!("cannot read the partition table: {e}")))
+}
+
+/// A free stretch of sectors, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub sectors: u64,
+}
+
+/// Where a new partition goes: the largest free region after the first partition (the
+/// live system), aligned to 1 MiB. None when nothing aligned is left.
+pub fn plan_new_partition(table: &PartitionTable) -> Option<Region> {
+    let align = (ALIGN_BYTES / table.sectorsize).max(1);
+    let mut parts: Vec<&Partition> = table.partitions.iter().collect();
+    parts.sort_by_key(|p| p.start);
+    let after = parts.first().map_or(table.firstlba, |p| p.start);
+    let mut regions = Vec::new();
+    let mut cursor = table.firstlba;
+    for p in &parts {
+        if p.start > cursor {
+            regions.push((cursor, p.start - 1));
+        }
+        cursor = cursor.max(p.end() + 1);
+    }
+    if cursor <= table.lastlba {
+        regions.push((cursor, table.lastlba));
+    }
+    regions
+        .into_iter()
+        .filter(|(start, _)| *start >= after)
+        .filter_map(|(start, end)| {
+            let aligned = start.div_ceil(align) * align;
+            let sectors = (end + 1).checked_sub(aligned)? / align * align;
+            (sectors > 0).then_some(Region {
+                start: aligned,
+                sectors,
+            })
+        })
+        .max_by_key(|r| r.sectors)
+}
+
+/// The partition table of a disk, read with sfdisk.
+pub fn read_table(disk: &Path) -> Result<PartitionTable> {
+    let shown = disk.display().to_string();
+    let out = tools::run("sfdisk", &["--json", &shown], "fdisk")?;
+    if !out.status.success() {
+        let msg = tools::first_line(&out);
+        if msg.contains("does not contain a recognized partition table") {
+            return Err(Error::Usage(format!(
+                "{shown} has no partition table: not a live stick"
+            )));
+        }
+        return Err(Error::Internal(format!(
+            "sfdisk --json {shown} failed: {msg}"
+        )));
+    }
+    parse_sfdisk_json(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Adds a GPT partition and returns its number. `--no-reread` lets sfdisk write to a disk
+/// whose live partition is mounted; partx then tells the kernel about the new partition
+/// alone (BLKPG), which works while the disk is in use, where a re-read would not.
+pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -> Result<u32> {
+    let before = read_table(disk)?;
+    let script = format!(
+        "start={}, size={}, type={type_guid}, name=\"{name}\"\n",
+        region.start, region.sectors
+    );
+    let shown = disk.display().to_string();
+    let out = tools::run_with_input(
+        "sfdisk",
+        &["--append", "--no-reread", "--quiet", &shown],
+        &script,
+        "fdisk",
+    )?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "sfdisk --append {shown} failed: {}",
+            tools::first_line(&out)
+        )));
+    }
+    let after = read_table(disk)?;
+    let new = after
+        .partitions
+        .iter()
+        .find(|p| p.start == region.start && !before.partitions.iter().any(|b| b.node == p.node))
+        .ok_or_else(|| Error::Internal(format!("the new partition does not show on {shown}")))?;
+    let number = partition_number(&new.node).ok_or_else(|| {
+        Error::Internal(format!("cannot tell the number of {}", new.node.display()))
+    })?;
+    partx(&["--add", "--nr", &number.to_string(), &shown])?;
+    Ok(number)
+}
+
+/// Removes partition `number` from the kernel's view and from the table.
+pub fn delete_partition(disk: &Path, number: u32) -> Result<()> {
+    let shown = disk.display().to_string();
+    let nr = number.to_string();
+    // The kernel first (it refuses while the partition is in use), then the table.
+    if partition_path(disk, number).exists() {
+        partx(&["--delete", "--nr", &nr, &shown])?;
+    }
+    let out = tools::run("sfdisk", &["--delete", "--no-reread", &shown, &nr], "fdisk")?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "sfdisk --delete {shown} {number} failed: {}",
+            tools::first_line(&out)
+        )));
+    }
+    Ok(())
+}
+
+fn partx(args: &[&str]) -> Result<()> {
+    let out = tools::run("partx", args, "util-linux")?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "partx {} failed: {}",
+            args.join(" "),
+            tools::first_line(&out)
+        )));
+    }
+    Ok(())
+}
+
+/// Waits (up to 5 s) for the kernel to show a partition's device node.
+pub fn wait_for_device(path: &Path) -> Result<()> {
+    for _ in 0..100 {
+        if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(Error::Internal(format!(
+        "{} did not appear after partitioning",
+        path.display()
+    )))
+}
+
+/// The number at the end of a partition's device name: sdb2 → 2, nvme0n1p3 → 3.
+pub fn partition_number(node: &Path) -> Option<u32> {
+    let name = node.file_name()?.to_str()?;
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.chars().rev().collect::<String>().parse().ok()
+}
+
+/// A partition's device path: /dev/sdb + 2 → /dev/sdb2; /dev/nvme0n1 + 2 → /dev/nvme0n1p2.
+pub fn partition_path(disk: &Path, number: u32) -> PathBuf {
+    let name = disk.to_string_lossy();
+    if name.ends_with(|c: char| c.is_ascii_digit()) {
+        PathBuf::from(format!("{name}p{number}"))
+    } else {
+        PathBuf::from(format!("{name}{number}"))
+    }
+}
+
+/// What sysfs says about a block device given by path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockDevice {
+    /// Kernel name: sdb, sdb2.
+    pub name: String,
+    pub dev: (u32, u32),
+    /// For a partition: its disk's kernel name.
+    pub parent: Option<String>,
+}
+
+impl BlockDevice {
+    pub fn is_partition(&self) -> bool {
+        self.parent.is_some()
+    }
+
+    pub fn disk_name(&self) -> &str {
+        self.parent.as_deref().unwrap_or(&self.name)
+    }
+}
+
+pub fn block_device(path: &Path) -> Result<BlockDevice> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound(format!("{} does not exist", path.display()))
+        }
+        _ => Error::Io {
+            context: format!("reading {}", path.display()),
+            source: e,
+        },
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(Error::Usage(format!(
+            "{} is not a block device",
+            path.display()
+        )));
+    }
+    let dev = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    let sys =
+        std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev.0, dev.1)).map_err(|e| {
+            Error::Io {
+                context: format!("finding {} in sysfs", path.display()),
+                source: e,
+            }
+        })?;
+    let name = sys
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = sys
+        .join("partition")
+        .exists()
+        .then(|| {
+            sys.parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .flatten();
+    Ok(BlockDevice { name, dev, parent })
+}
+
+/// A partition as sysfs shows it (the kernel's view, no tool needed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SysPartition {
+    pub name: String,
+    pub disk: String,
+    pub dev: (u32, u32),
+    /// The GPT partition name, if any.
+    pub partname: Option<String>,
+}
+
+impl SysPartition {
+    pub fn path(&self) -> PathBuf {
+        Path::new("/dev").join(&self.name)
+    }
+}
+
+/// Every partition the kernel knows, disk by disk.
+pub fn all_partitions() -> Vec<SysPartition> {
+    let mut found = Vec::new();
+    let Ok(disks) = std::fs::read_dir("/sys/block") else {
+        return found;
+    };
+    for disk in disks.filter_map(|d| d.ok()) {
+        let disk_name = disk.file_name().to_string_lossy().into_owned();
+        let Ok(children) = std::fs::read_dir(disk.path()) else {
+            continue;
+        };
+        for child in children.filter_map(|c| c.ok()) {
+            let path = child.path();
+            if !path.join("partition").exists() {
+                continue;
+            }
+            let uevent = std::fs::read_to_string(path.join("uevent")).unwrap_or_default();
+            let field = |key: &str| {
+                uevent
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(str::to_string))
+            };
+            let dev = std::fs::read_to_string(path.join("dev"))
+                .ok()
+                .and_then(|d| {
+                    let (a, b) = d.trim().split_once(':')?;
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                });
+            let Some(dev) = dev else { continue };
+            found.push(SysPartition {
+                name: child.file_name().to_string_lossy().into_owned(),
+                disk: disk_name.clone(),
+                dev,
+                partname: field("PARTNAME="),
+            });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+/// The mounts of filesystems on `disk` or any of its partitions.
+pub fn mounts_on_disk<'a>(
+    table: &'a [Mount],
+    disk: &str,
+    partitions: &[SysPartition],
+    disk_dev: (u32, u32),
+) -> Vec<&'a Mount> {
+    let devs: Vec<(u32, u32)> = partitions
+        .iter()
+        .filter(|p| p.disk == disk)
+        .map(|p| p.dev)
+        .chain(std::iter::once(disk_dev))
+        .collect();
+    table.iter().filter(|m| devs.contains(&m.dev)).collect()
+}
+
+/// The persistence partitions of a layout: those with its GPT partition name, or else
+/// those whose LUKS2 header carries its label. Optionally only on one disk.
+pub fn find_persistence(
+    partition_name: &str,
+    label: &str,
+    on_disk: Option<&str>,
+) -> Vec<SysPartition> {
+    let partitions: Vec<SysPartition> = all_partitions()
+        .into_iter()
+        .filter(|p| on_disk.is_none_or(|d| p.disk == d))
+        .collect();
+    let by_name: Vec<SysPartition> = partitions
+        .iter()
+        .filter(|p| p.partname.as_deref() == Some(partition_name))
+        .cloned()
+        .collect();
+    if !by_name.is_empty() {
+        return by_name;
+    }
+    partitions
+        .into_iter()
+        .filter(|p| crate::volume::luks2_label(&p.path()).as_deref() == Some(label))
+        .collect()
+}
+
+/// The kernel name of the disk the live system booted from, if a live medium is mounted.
+pub fn live_medium_disk(table: &[Mount]) -> Option<String> {
+    let medium = table.iter().find(|m| {
+        LIVE_MEDIUM_MOUNTS
+            .iter()
+            .any(|l| m.mount_point == Path::new(l))
+    })?;
+    all_partitions()
+        .into_iter()
+        .find(|p| p.dev == medium.dev)
+        .map(|p| p.disk)
+}
+
+/// Where live systems mount their boot medium.
+pub const LIVE_MEDIUM_MOUNTS: &[&str] =
+    &["/run/live/medium", "/lib/live/mount/medium", "/live/image"];
+
+/// Judges whether partitions of a disk may be written: a read-only mount of the live
+/// medium is expected on the stick; anything else mounted, or a mount at a system path
+/// (the host's own installed disk), is refused with the reason.
+pub fn check_disk_not_in_use(disk: &Path, mounts: &[&Mount]) -> Result<()> {
+    for m in mounts {
+        let point = m.mount_point.to_string_lossy();
+        let live_medium = LIVE_MEDIUM_MOUNTS
+            .iter()
+            .any(|l| m.mount_point == Path::new(l));
+        if live_medium && m.has_option("ro") {
+            continue;
+        }
+        let system = ["/", "/boot", "/boot/efi", "/usr", "/var", "/home"].contains(&point.as_ref());
+        let why = if system {
+            format!(
+                "{} holds {point} of the running system: it is the host's disk, not a live stick",
+                m.source
+            )
+        } else {
+            format!("{} is mounted at {point}", m.source)
+        };
+        return Err(Error::Busy(format!(
+            "{} is in use: {why}; nothing was changed",
+            disk.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mounts::parse_mountinfo;
+
+    const TAILS_STICK: &str = r#"{
+   "partitiontable": {
+      "label": "gpt", "id": "X", "device": "/dev/sdb", "unit": "sectors",
+      "firstlba": 34, "lastlba": 31266782, "sectorsize": 512,
+      "partitions": [
+         {"node": "/dev/sdb1", "start": 2048, "size": 16777216,
+          "type": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "uuid": "U", "name": "Tails"}
+      ]
+   }
+}"#;
+
+    #[test]
+    fn parses_sfdisk_json() {
+        let t = parse_sfdisk_json(TAILS_STICK).unwrap();
+        assert_eq!(t.label, "gpt");
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(t.partitions[0].name.as_deref(), Some("Tails"));
+        assert_eq!(t.partitions[0].end(), 2048 + 16777216 - 1);
+        assert!(parse_sfdisk_json("{}").is_err());
+    }
+
+    #[test]
+    fn new_partition_fills_the_rest_of_the_stick_aligned() {
+        let t = parse_sfdisk_json(TAILS_STICK).unwrap();
+        let r = plan_new_partition(&t).unwrap();
+        assert_eq!(r.start, 2048 + 16777216);
+        assert_eq!(r.start % 2048, 0);
+        assert_eq!(r.sectors % 2048, 0);
+        assert!(r.start + r.sectors - 1 <= t.lastlba);
+        assert!(t.lastlba - (r.start + r.sectors - 1) < 2048);
+    }
+
+    #[test]
+    fn picks_the_largest_gap_after_the_live_partition() {
+        let mut t = parse_sfdisk_json(TAILS_STICK).unwrap();
+        t.lastlba = 100 * 2048 - 1;
+        t.partitions = vec![
+            Partition {
+                node: "/dev/sdb1".into(),
+                start: 2048,
+                size: 10 * 2048,
+                type_guid: String::new(),
+                name: None,
+            },
+            // a 5 MiB gap, then a partition, then 80 MiB of free space
+            Partition {
+                node: "/dev/sdb3".into(),
+                start: 16 * 2048,
+                size: 4 * 2048,
+                type_guid: String::new(),
+                name: None,
+            },
+        ];
+        let r = plan_new_partition(&t).unwrap();
+        assert_eq!(r.start, 20 * 2048);
+        assert_eq!(r.sectors, 80 * 2048);
+    }
+
+    #[test]
+    fn a_full_disk_has_no_room() {
+        let mut t = parse_sfdisk_json(TAILS_STICK).unwrap();
+        t.partitions[0].size = t.lastlba - 2048 + 1;
+        assert_eq!(plan_new_partition(&t), None);
+        // Less than one aligned MiB left is no room either.
+        t.partitions[0].size -= 1000;
+        assert_eq!(plan_new_partition(&t), None);
+    }
+
+    #[test]
+    fn free_space_before_the_live_partition_is_not_used() {
+        let mut t = parse_sfdisk_json(TAILS_STICK).unwrap();
+        t.partitions[0].start = 200 * 2048;
+        t.partitions[0].size = t.lastlba - 200 * 2048 + 1;
+        assert_eq!(plan_new_partition(&t), None);
+    }
+
+    #[test]
+    fn partition_names() {
+        assert_eq!(partition_number(Path::new("/dev/sdb2")), Some(2));
+        assert_eq!(partition_number(Path::new("/dev/nvme0n1p13")), Some(13));
+        assert_eq!(partition_number(Path::new("/dev/sdb")), None);
+        assert_eq!(
+            partition_path(Path::new("/dev/sdb"), 2),
+            Path::new("/dev/sdb2")
+        );
+        assert_eq!(
+            partition_path(Path::new("/dev/mmcblk0"), 2),
+            Path::new("/dev/mmcblk0p2")
+        );
+    }
+
+    #[test]
+    fn in_use_rules() {
+        let t = parse_mountinfo(
+            "30 1 8:17 / /run/live/medium ro - vfat /dev/sdb1 ro\n\
+             31 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             32 1 8:18 / /media/stick rw - ext4 /dev/sdb2 rw\n",
+        );
+        let live: Vec<&Mount> = vec![&t[0]];
+        assert!(check_disk_not_in_use(Path::new("/dev/sdb"), &live).is_ok());
+        let host: Vec<&Mount> = vec![&t[1]];
+        let err = check_disk_not_in_use(Path::new("/dev/sda"), &host).unwrap_err();
+        assert!(err.to_string().contains("host's disk"), "{err}");
+        let busy: Vec<&Mount> = vec![&t[0], &t[2]];
+        let err = check_disk_not_in_use(Path::new("/dev/sdb"), &busy).unwrap_err();
+        assert!(err.to_string().contains("mounted at /media/stick"), "{err}");
+    }
+}
