@@ -145,7 +145,9 @@ its folder at once, disabling one unbinds it (processes using it must close it f
 Disabling never deletes data; `feature remove NAME --delete-data` does, for custom features.
 
 Built-in features: persistent, dotfiles, gnupg, ssh-client, network-connections, bookmarks, \
-thunderbird, electrum, pidgin, additional-software, printers, greeter-settings, tor-bridges.
+thunderbird, electrum, pidgin, additional-software, printers, greeter-settings, tor-bridges, \
+and tor-state (tor's DataDirectory /var/lib/tor: entry guards, consensus cache, onion service \
+keys; tor is stopped while it is bound or unbound, and started again).
 
 Examples:
   keepsake feature list
@@ -202,8 +204,9 @@ JSON output (--json) is one object:
   {\"version\": 1, \"layout\": \"tails\", \"unlocked\": bool,
    \"volume\": null | {\"mapping\", \"device\", \"backing\", \"image\", \"mount_root\"},
    \"features\": [{\"name\", \"source\", \"destination\", \"method\", \"enabled\",
-                 \"active\", \"error\"}],
-   \"config_errors\": [{\"line\", \"reason\"}]}";
+                 \"active\", \"state\", \"error\"}],
+   \"config_errors\": [{\"line\", \"reason\"}],
+   \"tor\": {\"running\": bool, \"pids\": [int], \"state\": \"persistent\" | \"amnesic\"}}";
 
 /// Where a passphrase comes from, for scripts. Without either, it is asked on the terminal.
 #[derive(Debug, Args, Clone, Default)]

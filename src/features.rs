@@ -176,6 +176,23 @@ pub static CATALOGUE: &[Feature] = &[
         "Tor bridges (Tor Connection Assistant)",
         &[system("tca", "/var/lib/tca", 0o700)],
     ),
+    // Not in Tails: tor's whole DataDirectory. Persisting guards resists guard-rotation
+    // attacks but links sessions to each other; the documentation says so.
+    Feature {
+        service: Some(Service::Tor),
+        ..feature(
+            "tor-state",
+            "Tor state: entry guards, consensus cache, onion service keys",
+            &[Binding {
+                source: "tor-state",
+                destination: Dest::Absolute("/var/lib/tor"),
+                method: Method::Bind,
+                owner: Who::System("debian-tor"),
+                mode: 0o700,
+                strict: true,
+            }],
+        )
+    },
 ];
 
 impl Feature {
@@ -418,6 +435,50 @@ pub mod tests {
             Owner {
                 uid: 1000,
                 gid: 1000,
+                mode: 0o700
+            }
+        );
+    }
+
+    #[test]
+    fn tor_state_belongs_to_the_tor_account_strictly() {
+        let f = Feature::by_name("tor-state").unwrap();
+        assert_eq!(f.service, Some(Service::Tor));
+        let e = f.bindings[0].entry(&FakeHost).unwrap();
+        let r = resolve(&e, &FakeHost).unwrap();
+        assert_eq!(r.entry.destination, Path::new("/var/lib/tor"));
+        assert_eq!(
+            r.owner,
+            Owner {
+                uid: 101,
+                gid: 102,
+                mode: 0o700
+            }
+        );
+        assert!(r.strict);
+        assert_eq!(r.service, Some(Service::Tor));
+    }
+
+    #[test]
+    fn system_features_copy_the_destination_owner() {
+        let f = Feature::by_name("printers").unwrap();
+        let r = resolve(&f.bindings[0].entry(&FakeHost).unwrap(), &FakeHost).unwrap();
+        assert_eq!(
+            r.owner,
+            Owner {
+                uid: 0,
+                gid: 7,
+                mode: 0o755
+            }
+        );
+        // Absent destinations fall back to root with the declared mode.
+        let f = Feature::by_name("tor-bridges").unwrap();
+        let r = resolve(&f.bindings[0].entry(&FakeHost).unwrap(), &FakeHost).unwrap();
+        assert_eq!(
+            r.owner,
+            Owner {
+                uid: 0,
+                gid: 0,
                 mode: 0o700
             }
         );

@@ -20,5 +20,6 @@ pub mod processes;
 pub mod safefs;
 pub mod secrets;
 pub mod tools;
+pub mod tor;
 pub mod unlocked;
 pub mod volume;

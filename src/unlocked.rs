@@ -10,10 +10,11 @@ use crate::binder::{self, Action};
 use crate::config::{ConfigFile, LineError, Method};
 use crate::devices::{self, Mapping};
 use crate::error::{Context, Error, Result};
-use crate::features::{self, Host, ResolvedEntry};
+use crate::features::{self, Host, ResolvedEntry, Service};
 use crate::layout::{CONFIG_FILE, Layout, RUNTIME_DIR};
 use crate::mounts::{self, Mount};
 use crate::safefs::{self, Dir, Owner};
+use crate::tor;
 
 /// The largest persistence.conf accepted.
 const MAX_CONFIG: u64 = 64 * 1024;
@@ -225,20 +226,83 @@ pub fn activate_entries(
 ) -> Result<Vec<FeatureReport>> {
     let table = mounts::read_mountinfo()?;
     let plan = binder::plan_activation(entries, mount_root, volume_dev, &table);
-    let mut reports = Vec::new();
-    for planned in plan {
-        let r = &planned.resolved;
-        let report = match planned.action {
-            Action::AlreadyActive => FeatureReport::new(r, FeatureState::Active, None),
-            Action::Skip(why) => FeatureReport::new(r, FeatureState::Skipped, Some(why)),
-            Action::Activate => match binder::activate(volume, r) {
-                Ok(()) => FeatureReport::new(r, FeatureState::Active, None),
-                Err(e) => FeatureReport::new(r, FeatureState::Failed, Some(e.to_string())),
-            },
-        };
-        reports.push(report);
+    let tor_involved = plan
+        .iter()
+        .any(|p| p.action == Action::Activate && p.resolved.service == Some(Service::Tor));
+    let (mut reports, restarted) = with_tor_stopped(tor_involved, || {
+        let reports: Vec<FeatureReport> = plan
+            .into_iter()
+            .map(|planned| {
+                let r = &planned.resolved;
+                match planned.action {
+                    Action::AlreadyActive => FeatureReport::new(r, FeatureState::Active, None),
+                    Action::Skip(why) => FeatureReport::new(r, FeatureState::Skipped, Some(why)),
+                    Action::Activate => match binder::activate(volume, r) {
+                        Ok(()) => FeatureReport::new(r, FeatureState::Active, None),
+                        Err(e) => FeatureReport::new(r, FeatureState::Failed, Some(e.to_string())),
+                    },
+                }
+            })
+            .collect();
+        // tor starts again only on the state it was stopped for: if that failed to bind,
+        // it stays stopped rather than run on the amnesic folder.
+        let tor_ok = reports
+            .iter()
+            .zip(entries)
+            .all(|(rep, e)| e.service != Some(Service::Tor) || rep.active);
+        (reports, tor_ok)
+    })?;
+    for (report, entry) in reports.iter_mut().zip(entries) {
+        if entry.service != Some(Service::Tor) {
+            continue;
+        }
+        match &restarted {
+            TorRestart::Failed(e) => {
+                report.state = FeatureState::Failed;
+                report.error = Some(e.clone());
+            }
+            TorRestart::LeftStopped if report.state == FeatureState::Failed => {
+                let why = report.error.take().unwrap_or_default();
+                report.error = Some(format!("{why}; tor is left stopped"));
+            }
+            _ => {}
+        }
     }
     Ok(reports)
+}
+
+/// What happened to tor around a change of its state folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TorRestart {
+    /// tor was not running, or was not involved.
+    NotRunning,
+    Restarted,
+    /// tor was running and is left stopped on purpose (its state could not be bound).
+    LeftStopped,
+    /// tor was started again and refused its state, or did not start.
+    Failed(String),
+}
+
+/// Runs `change` with the system tor stopped, when `involved` and tor runs, and starts it
+/// again afterwards if `change` says so (its second value).
+pub fn with_tor_stopped<T>(
+    involved: bool,
+    change: impl FnOnce() -> (T, bool),
+) -> Result<(T, TorRestart)> {
+    let running = if involved { tor::find()? } else { None };
+    let Some(tor) = running else {
+        return Ok((change().0, TorRestart::NotRunning));
+    };
+    tor::stop(&tor)?;
+    let (value, restart) = change();
+    if !restart {
+        return Ok((value, TorRestart::LeftStopped));
+    }
+    let outcome = match tor::start(&tor, Path::new(tor::DATA_DIR)) {
+        Ok(()) => TorRestart::Restarted,
+        Err(e) => TorRestart::Failed(e.to_string()),
+    };
+    Ok((value, outcome))
 }
 
 /// Deactivates entries (in reverse order): unmounts binds, removes links. When one cannot
@@ -249,14 +313,36 @@ pub fn deactivate_entries(
     mount_root: &Path,
     volume_dev: (u32, u32),
     entries: &[ResolvedEntry],
-) -> Result<()> {
+) -> Result<TorRestart> {
     let table = mounts::read_mountinfo()?;
+    let tor_involved = entries.iter().any(|r| {
+        r.service == Some(Service::Tor)
+            && binder::bind_is_active(&table, volume_dev, &r.entry.source, &r.entry.destination)
+    });
+    // tor is started again whether or not the change went through: on the amnesic folder
+    // after a disable, or on the persistent one after a rollback.
+    let (result, restart) = with_tor_stopped(tor_involved, || {
+        (
+            deactivate_all_or_none(volume, mount_root, volume_dev, entries, &table),
+            true,
+        )
+    })?;
+    result.map(|()| restart)
+}
+
+fn deactivate_all_or_none(
+    volume: &Dir,
+    mount_root: &Path,
+    volume_dev: (u32, u32),
+    entries: &[ResolvedEntry],
+    table: &[Mount],
+) -> Result<()> {
     let mut done: Vec<ResolvedEntry> = Vec::new();
     for r in entries.iter().rev() {
         let e = &r.entry;
         let result = match e.method {
             Method::Bind
-                if binder::bind_is_active(&table, volume_dev, &e.source, &e.destination) =>
+                if binder::bind_is_active(table, volume_dev, &e.source, &e.destination) =>
             {
                 mounts::unmount(&e.destination).map_err(|err| match err.exit_code() {
                     crate::error::ExitCode::Busy => Error::Busy(format!(
@@ -278,7 +364,9 @@ pub fn deactivate_entries(
         };
         if let Err(err) = result {
             done.reverse();
-            let _ = activate_entries(volume, mount_root, volume_dev, &done);
+            for r in &done {
+                let _ = binder::activate(volume, r);
+            }
             return Err(err);
         }
         done.push(r.clone());

@@ -29,11 +29,15 @@ fn status_json_shape_or_not_root() {
                 "config_errors",
                 "features",
                 "layout",
+                "tor",
                 "unlocked",
                 "version",
                 "volume"
             ]
         );
+        let mut tor_keys: Vec<_> = v["tor"].as_object().unwrap().keys().cloned().collect();
+        tor_keys.sort();
+        assert_eq!(tor_keys, ["pids", "running", "state"]);
         assert_eq!(v["version"], 1);
         assert_eq!(v["layout"], "tails");
         assert_eq!(

@@ -121,3 +121,49 @@ ks_lock_is_clean() {
 }
 
 ks_no_volume_key_in_keyring() { ! grep -q 'cryptsetup' /proc/keys 2>/dev/null; }
+
+# Tor, as a live system runs it: as root, dropping to debian-tor, DataDirectory
+# /var/lib/tor, no network, one onion service.
+KS_ONION=/var/lib/tor/onion-web
+ks_tor_setup() {
+    mkdir -p /etc/tor /var/lib/tor /var/log/tor
+    chown 101:101 /var/lib/tor /var/log/tor
+    chmod 2700 /var/lib/tor
+    cat > /etc/tor/torrc <<'TORRC'
+DataDirectory /var/lib/tor
+User debian-tor
+DisableNetwork 1
+SocksPort 0
+RunAsDaemon 0
+Log notice file /var/log/tor/notices.log
+HiddenServiceDir /var/lib/tor/onion-web
+HiddenServicePort 80 127.0.0.1:8080
+TORRC
+}
+
+ks_tor_pid() { pidof tor | tr ' ' '\n' | head -n 1; }
+
+# Starts tor in the background and waits for its onion address.
+ks_tor_start() {
+    rm -f /tmp/tor-started
+    setsid tor -f /etc/tor/torrc >/dev/null 2>&1 &
+    ks_tor_wait_address
+}
+
+ks_tor_wait_address() {
+    local i
+    for i in $(seq 1 600); do
+        [ -s "$KS_ONION/hostname" ] && [ -n "$(ks_tor_pid)" ] && return 0
+        [ "$i" -gt 50 ] && [ -z "$(ks_tor_pid)" ] && break
+        sleep 0.1
+    done
+    tail -n 5 /var/log/tor/notices.log 2>/dev/null | sed 's/^/KS-LOG tor: /'
+    return 1
+}
+
+ks_onion_address() { cat "$KS_ONION/hostname" 2>/dev/null; }
+
+# The 64 secret bytes of the onion service key, in hex.
+ks_onion_secret_hex() { od -An -v -tx1 -j 32 "$KS_ONION/hs_ed25519_secret_key" | tr -d ' \n'; }
+
+ks_tor_bound() { grep -q " /var/lib/tor " /proc/self/mountinfo; }

@@ -288,7 +288,7 @@ fn disable_names(open: &mut Open, names: &[String]) -> Result<bool> {
         return Ok(false);
     }
     let resolved = open.resolve(&removed)?;
-    unlocked::deactivate_entries(&open.dir, &open.root, open.dev(), &resolved)?;
+    let tor = unlocked::deactivate_entries(&open.dir, &open.root, open.dev(), &resolved)?;
     // A custom feature keeps its definition, so that it can be enabled again.
     let mut custom_changed = false;
     for e in removed
@@ -315,6 +315,11 @@ fn disable_names(open: &mut Open, names: &[String]) -> Result<bool> {
         return Err(e);
     }
     open.config = config;
+    if let unlocked::TorRestart::Failed(e) = tor {
+        return Err(Error::Incomplete(format!(
+            "disabled, but tor did not start again: {e}"
+        )));
+    }
     Ok(true)
 }
 

@@ -16,6 +16,7 @@ use crate::layout::Layout;
 use crate::mounts;
 use crate::output::Output;
 use crate::processes::{self, Holder};
+use crate::tor;
 use crate::unlocked::{self, Unlocked};
 use crate::volume;
 
@@ -28,10 +29,13 @@ struct LockReport {
     ended_processes: Vec<Holder>,
     caches_dropped: bool,
     leftovers: Vec<String>,
+    /// What became of tor, when its state was part of the volume.
+    tor: Option<String>,
 }
 
 pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
     super::require_root()?;
+    let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
     let Some(unlocked) = Unlocked::find(&layout)? else {
         let leftovers = verify_gone(&layout, None);
@@ -43,11 +47,72 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
             ended_processes: vec![],
             caches_dropped: false,
             leftovers: leftovers.clone(),
+            tor: None,
         };
         out.result(&report, |_| "nothing is unlocked".to_string());
         return leftovers_error(leftovers);
     };
-    let record = unlocked::read_record(&layout);
+    // tor must not run while its state folder is taken away: stop it first (it would
+    // also count as a process holding the volume), start it again afterwards.
+    let tor_bound = unlocked
+        .table
+        .iter()
+        .any(|m| m.dev == unlocked.mapping.dev && m.mount_point == Path::new(tor::DATA_DIR));
+    let tor = if tor_bound { tor::find()? } else { None };
+    if let Some(t) = &tor {
+        out.progress("stopping tor");
+        tor::stop(t)?;
+    }
+    let result = lock_volume(&layout, &unlocked, &args, out);
+    let mut report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            // Still unlocked (and restored): tor goes back to its persistent state.
+            if let Some(t) = &tor {
+                let _ = tor::start(t, Path::new(tor::DATA_DIR));
+            }
+            return Err(e);
+        }
+    };
+    if let Some(t) = &tor {
+        out.progress("starting tor again, on the amnesic state");
+        report.tor = Some(match tor::start(t, Path::new(tor::DATA_DIR)) {
+            Ok(()) => "restarted on the amnesic state".to_string(),
+            Err(e) => {
+                out.warn(format!("tor did not start again: {e}"));
+                format!("left stopped: {e}")
+            }
+        });
+    }
+    out.result(&report, |r| {
+        format!(
+            "locked{}: {} mount(s) removed, mapping closed{}{}",
+            r.backing
+                .as_ref()
+                .map(|b| format!(" {}", b.display()))
+                .unwrap_or_default(),
+            r.unmounted.len(),
+            if r.caches_dropped {
+                ", page cache dropped"
+            } else {
+                ""
+            },
+            r.tor
+                .as_ref()
+                .map(|t| format!("; tor {t}"))
+                .unwrap_or_default()
+        )
+    });
+    leftovers_error(report.leftovers)
+}
+
+fn lock_volume(
+    layout: &Layout,
+    unlocked: &Unlocked,
+    args: &LockArgs,
+    out: Output,
+) -> Result<LockReport> {
+    let record = unlocked::read_record(layout);
     let backing = record
         .as_ref()
         .map(|r| r.backing.clone())
@@ -75,12 +140,12 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
         .mount_root
         .clone()
         .unwrap_or_else(|| layout.mount_root.clone());
-    let link_destinations = link_destinations(&unlocked);
+    let link_destinations = link_destinations(unlocked);
     let plan = binder::plan_deactivation(&unlocked.table, dev, &mount_root, &link_destinations);
     let (unmounted, links_removed) = match teardown(&plan, &mount_root) {
         Ok(done) => done,
         Err(e) => {
-            restore(&layout, &unlocked);
+            restore(layout, unlocked);
             return Err(e);
         }
     };
@@ -101,33 +166,18 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
             false
         }
     };
-    unlocked::remove_record(&layout);
-    let leftovers = verify_gone(&layout, backing.as_deref());
-    let report = LockReport {
+    unlocked::remove_record(layout);
+    let leftovers = verify_gone(layout, backing.as_deref());
+    Ok(LockReport {
         was_unlocked: true,
         backing,
         unmounted,
         links_removed,
         ended_processes: ended,
         caches_dropped,
-        leftovers: leftovers.clone(),
-    };
-    out.result(&report, |r| {
-        format!(
-            "locked{}: {} mount(s) removed, mapping closed{}",
-            r.backing
-                .as_ref()
-                .map(|b| format!(" {}", b.display()))
-                .unwrap_or_default(),
-            r.unmounted.len(),
-            if r.caches_dropped {
-                ", page cache dropped"
-            } else {
-                ""
-            }
-        )
-    });
-    leftovers_error(leftovers)
+        leftovers,
+        tor: None,
+    })
 }
 
 fn describe(holders: &[Holder]) -> String {

@@ -22,6 +22,16 @@ pub struct StatusReport {
     pub volume: Option<VolumeReport>,
     pub features: Vec<FeatureReport>,
     pub config_errors: Vec<ConfigErrorReport>,
+    pub tor: TorReport,
+}
+
+/// Whether tor runs, and on which state.
+#[derive(Debug, Serialize)]
+pub struct TorReport {
+    pub running: bool,
+    pub pids: Vec<i32>,
+    /// "persistent" when its DataDirectory is bound from the volume, else "amnesic".
+    pub state: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,8 +53,21 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
         volume: None,
         features: vec![],
         config_errors: vec![],
+        tor: TorReport {
+            running: false,
+            pids: vec![],
+            state: "amnesic",
+        },
     };
+    let pids = crate::tor::tor_pids_using(std::path::Path::new(crate::tor::DATA_DIR));
+    report.tor.running = !pids.is_empty();
+    report.tor.pids = pids;
     if let Some(u) = Unlocked::find(&layout)? {
+        if u.table.iter().any(|m| {
+            m.dev == u.mapping.dev && m.mount_point == std::path::Path::new(crate::tor::DATA_DIR)
+        }) {
+            report.tor.state = "persistent";
+        }
         let record = unlocked::read_record(&layout);
         let backing_dev = u
             .mapping
@@ -89,24 +112,27 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
 }
 
 fn human(r: &StatusReport) -> String {
+    let tor = match (r.tor.running, r.tor.state) {
+        (true, state) => format!("tor: running on the {state} state\n"),
+        (false, "persistent") => "tor: stopped (its persistent state is bound)\n".to_string(),
+        (false, _) => String::new(),
+    };
     let Some(v) = &r.volume else {
-        return "locked: no volume is unlocked".to_string();
+        return format!("locked: no volume is unlocked\n{tor}");
     };
     let mut text = format!(
         "unlocked: {} on {}{}\nmounted at {}\n",
         v.mapping,
         v.backing
             .as_ref()
-            .map(|b| b.display().to_string())
-            .unwrap_or_else(|| "?".into()),
+            .map_or_else(|| "?".into(), |b| b.display().to_string()),
         v.image
             .as_ref()
             .map(|i| format!(" ({})", i.display()))
             .unwrap_or_default(),
         v.mount_root
             .as_ref()
-            .map(|m| m.display().to_string())
-            .unwrap_or_else(|| "(not mounted)".into()),
+            .map_or_else(|| "(not mounted)".into(), |m| m.display().to_string()),
     );
     for f in &r.features {
         let state = if f.active {
@@ -133,5 +159,6 @@ fn human(r: &StatusReport) -> String {
             e.line, e.reason
         ));
     }
+    text.push_str(&tor);
     text
 }
