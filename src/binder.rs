@@ -80,8 +80,15 @@ pub fn plan_activation(
 #[derive(Debug)]
 enum Done {
     CreatedDirs(Vec<PathBuf>),
+    /// A new source folder filled with a copy of the destination's contents.
+    Populated(PathBuf),
     Mounted(PathBuf),
     Linked(PathBuf),
+    /// A file that was in a link's way, renamed to `backup` until the feature is active.
+    Displaced {
+        original: PathBuf,
+        backup: PathBuf,
+    },
 }
 
 /// The changes made for one feature so far.
@@ -98,6 +105,16 @@ impl Journal {
         for step in self.done.into_iter().rev() {
             match step {
                 Done::CreatedDirs(dirs) => safefs::remove_created(&dirs),
+                Done::Populated(dir) => {
+                    if let Err(e) = safefs::empty_dir(&dir) {
+                        problems.push(format!("emptying {}: {e}", dir.display()));
+                    }
+                }
+                Done::Displaced { original, backup } => {
+                    if let Err(e) = std::fs::rename(&backup, &original) {
+                        problems.push(format!("putting back {}: {e}", original.display()));
+                    }
+                }
                 Done::Mounted(path) => {
                     if let Err(e) = mounts::unmount(&path) {
                         problems.push(e.to_string());
@@ -112,13 +129,25 @@ impl Journal {
         }
         problems
     }
+
+    /// The feature is active: files displaced by its links are dropped, as Tails does.
+    fn commit(self) {
+        for step in self.done {
+            if let Done::Displaced { backup, .. } = step {
+                let _ = std::fs::remove_file(backup);
+            }
+        }
+    }
 }
 
 /// Activates one feature. On failure, whatever it changed is undone before returning.
 pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
     let mut journal = Journal::default();
     match activate_steps(volume, resolved, &mut journal) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            journal.commit();
+            Ok(())
+        }
         Err(e) => {
             let problems = journal.undo();
             if problems.is_empty() {
@@ -135,10 +164,13 @@ pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
 
 fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
     let e = &resolved.entry;
-    let (source, created) = safefs::open_beneath(volume, &e.source, Some(resolved.owner))?;
-    let existed = created.is_empty();
+    let (dest, created) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
+    let dest_existed = created.is_empty();
     journal.done.push(Done::CreatedDirs(created));
-    if resolved.strict && existed {
+    let (source, created) = safefs::open_beneath(volume, &e.source, Some(resolved.owner))?;
+    let source_existed = created.is_empty();
+    journal.done.push(Done::CreatedDirs(created));
+    if resolved.strict && source_existed {
         let found = safefs::owner_of(&source)?;
         if found != resolved.owner {
             return Err(Error::Corrupt(format!(
@@ -153,10 +185,15 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             )));
         }
     }
-    let (dest, created) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
-    journal.done.push(Done::CreatedDirs(created));
     match e.method {
         Method::Bind => {
+            // A new folder starts as a copy of what the session has there (as Tails and
+            // live-boot do with `cp -a`): enabling a feature keeps the data of the moment,
+            // and system folders such as /etc/cups keep their default files.
+            if !source_existed && dest_existed {
+                journal.done.push(Done::Populated(source.path.clone()));
+                safefs::copy_contents(&dest, &source)?;
+            }
             mounts::bind(&source, &dest)?;
             journal.done.push(Done::Mounted(e.destination.clone()));
         }
@@ -165,8 +202,37 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     Ok(())
 }
 
-/// Symlinks every file of `source` into `dest`, recreating its folders; a file already at
-/// the destination that is not our link is left alone and reported.
+/// Moves a file that stands where a link must go out of the way (kept until the feature
+/// is active, so that a rollback can put it back). A folder in the way is an error.
+fn displace(dest: &Dir, name: &std::ffi::OsStr, shown: &Path, journal: &mut Journal) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(shown) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        return Err(Error::Busy(format!(
+            "{} is a folder where the volume has a file; move it away first",
+            shown.display()
+        )));
+    }
+    let mut backup_name = std::ffi::OsString::from(".");
+    backup_name.push(name);
+    backup_name.push(".keepsake-displaced");
+    nix::fcntl::renameat(&dest.fd, name, &dest.fd, backup_name.as_os_str()).map_err(|e| {
+        Error::Io {
+            context: format!("moving {} out of the way", shown.display()),
+            source: e.into(),
+        }
+    })?;
+    journal.done.push(Done::Displaced {
+        original: shown.to_path_buf(),
+        backup: dest.path.join(&backup_name),
+    });
+    Ok(())
+}
+
+/// Symlinks every file of `source` into `dest`, recreating its folders. A file already at
+/// the destination is replaced by the link, as Tails does (and put back if the feature
+/// cannot be activated).
 fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
     let listing = std::fs::read_dir(source.proc_path()).map_err(|e| Error::Io {
         context: format!("listing {}", source.path.display()),
@@ -201,15 +267,10 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
             Ok(target) if target == src_path => continue,
             _ => {}
         }
-        nix::unistd::symlinkat(&src_path, &dest.fd, name.as_os_str()).map_err(|e| match e {
-            nix::errno::Errno::EEXIST => Error::Busy(format!(
-                "{} already exists and is not a link into the volume",
-                dst_path.display()
-            )),
-            e => Error::Io {
-                context: format!("linking {}", dst_path.display()),
-                source: e.into(),
-            },
+        displace(dest, &name, &dst_path, journal)?;
+        nix::unistd::symlinkat(&src_path, &dest.fd, name.as_os_str()).map_err(|e| Error::Io {
+            context: format!("linking {}", dst_path.display()),
+            source: e.into(),
         })?;
         journal.done.push(Done::Linked(dst_path.clone()));
         use std::os::unix::fs::MetadataExt;
@@ -454,35 +515,91 @@ mod tests {
         );
     }
 
+    fn me(mode: u32) -> Owner {
+        Owner {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode,
+        }
+    }
+
     #[test]
-    fn a_failed_link_feature_leaves_nothing_behind() {
+    fn a_failed_link_feature_leaves_nothing_behind_and_puts_files_back() {
         let tmp = tempfile::tempdir().unwrap();
         let vol = tmp.path().join("vol");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(vol.join("dotfiles")).unwrap();
         std::fs::write(vol.join("dotfiles/.a"), "a").unwrap();
         std::fs::write(vol.join("dotfiles/.b"), "b").unwrap();
+        std::fs::write(vol.join("dotfiles/.c"), "c").unwrap();
         std::fs::create_dir(&home).unwrap();
-        std::fs::write(home.join(".b"), "already here").unwrap();
+        std::fs::write(home.join(".b"), "the session's own").unwrap();
+        std::fs::create_dir(home.join(".c")).unwrap();
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-        let me = Owner {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            mode: 0o700,
-        };
         let r = ResolvedEntry {
-            owner: me,
+            owner: me(0o700),
             ..resolved(home.to_str().unwrap(), "dotfiles", Method::Link)
         };
         let err = activate(&volume, &r).unwrap_err();
-        assert!(err.to_string().contains(".b already exists"), "{err}");
+        assert!(err.to_string().contains(".c is a folder"), "{err}");
         assert!(
             std::fs::symlink_metadata(home.join(".a")).is_err(),
             ".a was rolled back"
         );
         assert_eq!(
             std::fs::read_to_string(home.join(".b")).unwrap(),
-            "already here"
+            "the session's own"
+        );
+        assert!(
+            !home.join(".b.keepsake-displaced").exists()
+                && !home.join("..b.keepsake-displaced").exists()
+        );
+        // Without the folder in the way, the file is replaced by the link.
+        std::fs::remove_dir(home.join(".c")).unwrap();
+        activate(&volume, &r).unwrap();
+        assert_eq!(
+            std::fs::read_link(home.join(".b")).unwrap(),
+            vol.join("dotfiles/.b")
+        );
+        assert_eq!(
+            std::fs::read_dir(&home).unwrap().count(),
+            3,
+            "no displaced copy left"
+        );
+    }
+
+    #[test]
+    fn a_new_bind_source_starts_as_a_copy_and_is_emptied_on_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let dest = tmp.path().join("etc-cups");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("cupsd.conf"), "Listen localhost:631\n").unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let r = ResolvedEntry {
+            owner: me(0o755),
+            ..resolved(dest.to_str().unwrap(), "cups-configuration", Method::Bind)
+        };
+        // Not root in unit tests: the bind fails after the copy, which must be undone.
+        if nix::unistd::geteuid().is_root() {
+            // As root the bind succeeds; the copy is checked through the mount.
+            activate(&volume, &r).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(vol.join("cups-configuration/cupsd.conf")).unwrap(),
+                "Listen localhost:631\n"
+            );
+            mounts::unmount(&dest).unwrap();
+        } else {
+            activate(&volume, &r).unwrap_err();
+            assert!(
+                !vol.join("cups-configuration").exists(),
+                "the copied source was removed"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(dest.join("cupsd.conf")).unwrap(),
+            "Listen localhost:631\n"
         );
     }
 

@@ -306,6 +306,121 @@ pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owne
     result
 }
 
+/// Copies what is in `from` into the empty folder `to`, as `cp -a` does: folders, regular
+/// files and symlinks, with their owners, modes and times. Nothing is followed: every
+/// entry is opened with `O_NOFOLLOW` relative to its open parent, so the owner of `from`
+/// cannot swap in a symlink and have another file copied. Other file types (sockets,
+/// devices, fifos) are skipped. Returns how many entries were copied.
+pub fn copy_contents(from: &Dir, to: &Dir) -> Result<u64> {
+    use nix::sys::stat::{SFlag, fstatat};
+    let listing = std::fs::read_dir(from.proc_path())
+        .context(|| format!("listing {}", from.path.display()))?;
+    let mut names: Vec<std::ffi::OsString> = listing
+        .filter_map(|d| d.ok())
+        .map(|d| d.file_name())
+        .collect();
+    names.sort();
+    let mut copied = 0;
+    for name in names {
+        let shown = from.path.join(&name);
+        let st = fstatat(&from.fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .context(|| format!("reading {}", shown.display()))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT);
+        let owner = Owner {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+        };
+        if kind == SFlag::S_IFDIR {
+            make_dir(to, &name, owner, &to.path.join(&name))?;
+            let (sub_from, _) = open_beneath(from, Path::new(&name), None)?;
+            let (sub_to, _) = open_beneath(to, Path::new(&name), None)?;
+            copied += copy_contents(&sub_from, &sub_to)?;
+        } else if kind == SFlag::S_IFREG {
+            copy_file(from, to, &name, &st)?;
+        } else if kind == SFlag::S_IFLNK {
+            let target = nix::fcntl::readlinkat(&from.fd, name.as_os_str())
+                .context(|| format!("reading the link {}", shown.display()))?;
+            nix::unistd::symlinkat(target.as_os_str(), &to.fd, name.as_os_str())
+                .context(|| format!("copying the link {}", shown.display()))?;
+            fchownat(
+                &to.fd,
+                name.as_os_str(),
+                Some(Uid::from_raw(owner.uid)),
+                Some(Gid::from_raw(owner.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .context(|| format!("setting the owner of {}", to.path.join(&name).display()))?;
+        } else {
+            continue;
+        }
+        set_times(to, &name, &st)?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+fn copy_file(from: &Dir, to: &Dir, name: &OsStr, st: &nix::sys::stat::FileStat) -> Result<()> {
+    let shown = from.path.join(name);
+    let src = openat(
+        &from.fd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("opening {}", shown.display()))?;
+    // The entry may have changed since it was looked at: only copy a regular file.
+    if fstat(&src).map(|s| s.st_mode & libc::S_IFMT) != Ok(libc::S_IFREG) {
+        return Ok(());
+    }
+    let dst = openat(
+        &to.fd,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .context(|| format!("creating {}", to.path.join(name).display()))?;
+    let mut reader = File::from(src);
+    let mut writer = File::from(dst);
+    std::io::copy(&mut reader, &mut writer).context(|| format!("copying {}", shown.display()))?;
+    nix::unistd::fchown(
+        &writer,
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+    )
+    .context(|| format!("setting the owner of {}", to.path.join(name).display()))?;
+    nix::sys::stat::fchmod(&writer, Mode::from_bits_truncate(st.st_mode & 0o7777))
+        .context(|| format!("setting the mode of {}", to.path.join(name).display()))
+}
+
+fn set_times(dir: &Dir, name: &OsStr, st: &nix::sys::stat::FileStat) -> Result<()> {
+    use nix::sys::time::TimeSpec;
+    let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+    let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    nix::sys::stat::utimensat(
+        &dir.fd,
+        name,
+        &atime,
+        &mtime,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .context(|| format!("setting the times of {}", dir.path.join(name).display()))
+}
+
+/// Removes everything inside the folder `dir` (not the folder itself), without following
+/// symlinks: the undo of [`copy_contents`].
+pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +473,47 @@ mod tests {
         let (base, _) = open_dir(tmp.path(), None).unwrap();
         let err = open_beneath(&base, Path::new("../etc"), None).unwrap_err();
         assert!(err.to_string().contains("leaves"), "{err}");
+    }
+
+    #[test]
+    fn copy_contents_keeps_modes_links_and_times_and_follows_nothing() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        std::fs::write(from.join("a.conf"), "a=1\n").unwrap();
+        std::fs::set_permissions(from.join("a.conf"), PermissionsExt::from_mode(0o640)).unwrap();
+        std::fs::write(from.join("sub/b"), "b").unwrap();
+        std::fs::set_permissions(from.join("sub"), PermissionsExt::from_mode(0o711)).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", from.join("link")).unwrap();
+        std::fs::create_dir(tmp.path().join("to")).unwrap();
+        let (f, _) = open_dir(&from, None).unwrap();
+        let (t, _) = open_dir(&tmp.path().join("to"), None).unwrap();
+        assert_eq!(copy_contents(&f, &t).unwrap(), 4);
+        let to = tmp.path().join("to");
+        assert_eq!(std::fs::read_to_string(to.join("a.conf")).unwrap(), "a=1\n");
+        assert_eq!(
+            std::fs::metadata(to.join("a.conf")).unwrap().mode() & 0o7777,
+            0o640
+        );
+        assert_eq!(
+            std::fs::metadata(to.join("sub")).unwrap().mode() & 0o7777,
+            0o711
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("link")).unwrap(),
+            Path::new("/etc/hostname")
+        );
+        assert_eq!(
+            std::fs::metadata(to.join("a.conf")).unwrap().mtime(),
+            std::fs::metadata(from.join("a.conf")).unwrap().mtime()
+        );
+        empty_dir(&to).unwrap();
+        assert_eq!(std::fs::read_dir(&to).unwrap().count(), 0);
+        assert!(
+            from.join("a.conf").exists(),
+            "emptying the copy leaves the original"
+        );
     }
 
     #[test]
