@@ -148,7 +148,10 @@ pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -
     let number = partition_number(&new.node).ok_or_else(|| {
         Error::Internal(format!("cannot tell the number of {}", new.node.display()))
     })?;
-    partx(&["--add", "--nr", &number.to_string(), &shown])?;
+    // sfdisk re-reads the table itself when no partition of the disk is in use.
+    if !partition_path(disk, number).exists() {
+        partx(&["--add", "--nr", &number.to_string(), &shown])?;
+    }
     Ok(number)
 }
 
@@ -350,8 +353,10 @@ pub fn mounts_on_disk<'a>(
     table.iter().filter(|m| devs.contains(&m.dev)).collect()
 }
 
-/// The persistence partitions of a layout: those with its GPT partition name, or else
-/// those whose LUKS2 header carries its label. Optionally only on one disk.
+/// The persistence partitions of a layout: those whose GPT entry has its partition name
+/// (or Tails' partition type, for the Tails layout), read from the partition tables
+/// themselves since the kernel only knows names it read at boot; or else those whose LUKS2
+/// header carries its label. Optionally only on one disk.
 pub fn find_persistence(
     partition_name: &str,
     label: &str,
@@ -361,17 +366,34 @@ pub fn find_persistence(
         .into_iter()
         .filter(|p| on_disk.is_none_or(|d| p.disk == d))
         .collect();
-    let by_name: Vec<SysPartition> = partitions
-        .iter()
-        .filter(|p| p.partname.as_deref() == Some(partition_name))
-        .cloned()
-        .collect();
-    if !by_name.is_empty() {
-        return by_name;
+    let mut disks: Vec<&str> = partitions.iter().map(|p| p.disk.as_str()).collect();
+    disks.dedup();
+    let tails = partition_name == "TailsData";
+    let mut by_table = Vec::new();
+    for disk in disks {
+        let Ok(table) = read_table(&Path::new("/dev").join(disk)) else {
+            continue;
+        };
+        for entry in &table.partitions {
+            let named = entry.name.as_deref() == Some(partition_name)
+                || (tails
+                    && entry
+                        .type_guid
+                        .eq_ignore_ascii_case(crate::layout::TAILS_PARTITION_TYPE));
+            if let Some(p) = partitions.iter().find(|p| named && p.path() == entry.node) {
+                by_table.push(p.clone());
+            }
+        }
+    }
+    if !by_table.is_empty() {
+        return by_table;
     }
     partitions
         .into_iter()
-        .filter(|p| crate::volume::luks2_label(&p.path()).as_deref() == Some(label))
+        .filter(|p| {
+            p.partname.as_deref() == Some(partition_name)
+                || crate::volume::luks2_label(&p.path()).as_deref() == Some(label)
+        })
         .collect()
 }
 

@@ -22,10 +22,14 @@ pub struct Layout {
     pub partition_name: &'static str,
     /// ext4 filesystem label (also the LUKS2 header label).
     pub fs_label: &'static str,
-    /// dm-crypt mapping name while unlocked.
-    pub mapping: &'static str,
+    /// dm-crypt mapping name while unlocked. Tails' is fixed; live-boot names the mapping
+    /// after the device (sdb2), so it is known once the volume is (see [`Layout::for_volume`]
+    /// and the runtime record).
+    pub mapping: String,
     /// Where the volume's filesystem is mounted while unlocked.
     pub mount_root: PathBuf,
+    /// The mount root was given on the command line.
+    mount_root_given: bool,
 }
 
 /// The configuration file at the root of the volume.
@@ -36,6 +40,8 @@ pub const CUSTOM_FEATURES_FILE: &str = "keepsake-features.conf";
 pub const TAILS_PARTITION_TYPE: &str = "8DA63339-0007-60C0-C436-083AC8230908";
 /// Where keepsake keeps runtime records (never secrets). Must be on tmpfs.
 pub const RUNTIME_DIR: &str = "/run/keepsake";
+/// Where live-boot mounts persistence volumes, one folder per device.
+pub const LIVE_BOOT_PERSISTENCE: &str = "/run/live/persistence";
 
 impl Layout {
     pub fn new(profile: LayoutProfile, mount_root: Option<&Path>) -> Layout {
@@ -46,33 +52,50 @@ impl Layout {
                 "TailsData_unlocked",
                 "/live/persistence/TailsData_unlocked",
             ),
-            LayoutProfile::LiveBoot => (
-                "persistence",
-                "persistence",
-                "persistence_unlocked",
-                "/run/live/persistence/persistence_unlocked",
-            ),
+            LayoutProfile::LiveBoot => ("persistence", "persistence", "", LIVE_BOOT_PERSISTENCE),
         };
         Layout {
             profile,
             partition_name,
             fs_label,
-            mapping,
+            mapping: mapping.to_string(),
             mount_root: mount_root.map_or_else(|| PathBuf::from(default_root), Path::to_path_buf),
+            mount_root_given: mount_root.is_some(),
         }
     }
 
+    /// The layout of one volume: live-boot maps and mounts it under the device's (or
+    /// container file's) name, as /dev/mapper/sdb2 on /run/live/persistence/sdb2.
+    pub fn for_volume(&self, volume: &Path) -> Layout {
+        let mut layout = self.clone();
+        if self.profile == LayoutProfile::LiveBoot {
+            let name = volume.file_name().map_or_else(
+                || "persistence".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            if !self.mount_root_given {
+                layout.mount_root = Path::new(LIVE_BOOT_PERSISTENCE).join(&name);
+            }
+            layout.mapping = name;
+        }
+        layout
+    }
+
     pub fn mapper_path(&self) -> PathBuf {
-        Path::new("/dev/mapper").join(self.mapping)
+        Path::new("/dev/mapper").join(&self.mapping)
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.mount_root.join(CONFIG_FILE)
     }
 
-    /// The runtime record of this layout's unlocked volume.
+    /// The runtime record of this profile's unlocked volume.
     pub fn runtime_record(&self) -> PathBuf {
-        Path::new(RUNTIME_DIR).join(format!("{}.json", self.mapping))
+        let name = match self.profile {
+            LayoutProfile::Tails => "tails.json",
+            LayoutProfile::LiveBoot => "live-boot.json",
+        };
+        Path::new(RUNTIME_DIR).join(name)
     }
 }
 
@@ -94,7 +117,20 @@ mod tests {
     #[test]
     fn mount_root_can_be_overridden() {
         let l = Layout::new(LayoutProfile::LiveBoot, Some(Path::new("/tmp/x")));
-        assert_eq!(l.mount_root, Path::new("/tmp/x"));
+        assert_eq!(
+            l.for_volume(Path::new("/dev/sdb2")).mount_root,
+            Path::new("/tmp/x")
+        );
         assert_eq!(l.fs_label, "persistence");
+    }
+
+    #[test]
+    fn live_boot_names_the_volume_after_its_device() {
+        let l = Layout::new(LayoutProfile::LiveBoot, None).for_volume(Path::new("/dev/sdb2"));
+        assert_eq!(l.mapping, "sdb2");
+        assert_eq!(l.mapper_path(), Path::new("/dev/mapper/sdb2"));
+        assert_eq!(l.mount_root, Path::new("/run/live/persistence/sdb2"));
+        let t = Layout::new(LayoutProfile::Tails, None).for_volume(Path::new("/dev/sdb2"));
+        assert_eq!(t.mapping, "TailsData_unlocked");
     }
 }

@@ -24,6 +24,9 @@ const MAX_CONFIG: u64 = 64 * 1024;
 pub struct Record {
     /// The container file or partition that was unlocked.
     pub backing: PathBuf,
+    /// Its dm-crypt mapping name.
+    #[serde(default)]
+    pub mapping: String,
     /// Features that failed to activate, with why.
     #[serde(default)]
     pub failed: Vec<FailedFeature>,
@@ -81,7 +84,16 @@ pub struct Unlocked {
 
 impl Unlocked {
     pub fn find(layout: &Layout) -> Result<Option<Unlocked>> {
-        let Some(mapping) = devices::find_mapping(layout.mapping) else {
+        // live-boot's mapping name is the device's: recorded by unlock.
+        let name = if layout.mapping.is_empty() {
+            match read_record(layout) {
+                Some(r) if !r.mapping.is_empty() => r.mapping,
+                _ => return Ok(None),
+            }
+        } else {
+            layout.mapping.clone()
+        };
+        let Some(mapping) = devices::find_mapping(&name) else {
             return Ok(None);
         };
         let table = mounts::read_mountinfo()?;
@@ -126,9 +138,9 @@ pub fn read_config_file(volume: &Dir, name: &str) -> Result<Option<ConfigFile>> 
         Err(Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if file.owner.uid != 0 || file.owner.mode != 0o600 {
+    if !trusted_config_owner(file.owner) || file.owner.mode != 0o600 {
         return Err(Error::Corrupt(format!(
-            "{} must be owned by root with mode 0600 (it is uid {}, mode {:04o}); no feature was activated",
+            "{} must be owned by root (or Tails' tails-persistent-storage) with mode 0600 (it is uid {}, mode {:04o}); no feature was activated",
             volume.path.join(name).display(),
             file.owner.uid,
             file.owner.mode
@@ -137,18 +149,44 @@ pub fn read_config_file(volume: &Dir, name: &str) -> Result<Option<ConfigFile>> 
     Ok(Some(ConfigFile::parse(&file.contents)))
 }
 
+/// Tails' own account for persistence.conf, and the ids Tails gives it on every system.
+const TAILS_CONFIG_ACCOUNT: &str = "tails-persistent-storage";
+const TAILS_CONFIG_IDS: (u32, u32) = (115, 122);
+
+/// Who may own persistence.conf: root, or Tails' tails-persistent-storage account (by
+/// name where it exists, by Tails' fixed ids elsewhere), so that a Tails volume works as is.
+pub fn trusted_config_owner(owner: Owner) -> bool {
+    if owner.uid == 0 {
+        return true;
+    }
+    match nix::unistd::User::from_name(TAILS_CONFIG_ACCOUNT)
+        .ok()
+        .flatten()
+    {
+        Some(user) => owner.uid == user.uid.as_raw() && owner.gid == user.gid.as_raw(),
+        None => (owner.uid, owner.gid) == TAILS_CONFIG_IDS,
+    }
+}
+
 pub fn write_config(volume: &Dir, config: &ConfigFile) -> Result<()> {
     write_config_file(volume, CONFIG_FILE, config)
 }
 
+/// Rewrites a config file atomically, mode 0600, keeping a trusted owner it already has
+/// (Tails' account stays Tails').
 pub fn write_config_file(volume: &Dir, name: &str, config: &ConfigFile) -> Result<()> {
+    let existing = safefs::read_file_in(volume, name, MAX_CONFIG)
+        .ok()
+        .map(|f| f.owner)
+        .filter(|o| trusted_config_owner(*o));
+    let (uid, gid) = existing.map_or((0, 0), |o| (o.uid, o.gid));
     safefs::write_file_atomically(
         volume,
         name,
         config.render().as_bytes(),
         Owner {
-            uid: 0,
-            gid: 0,
+            uid,
+            gid,
             mode: 0o600,
         },
     )

@@ -36,7 +36,7 @@ struct LockReport {
 pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
     super::require_root()?;
     let _lock = super::exclusive()?;
-    let layout = super::layout(global, None);
+    let mut layout = super::layout(global, None);
     let Some(unlocked) = Unlocked::find(&layout)? else {
         let leftovers = verify_gone(&layout, None);
         let report = LockReport {
@@ -52,6 +52,10 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
         out.result(&report, |_| "nothing is unlocked".to_string());
         return leftovers_error(leftovers);
     };
+    layout.mapping = unlocked.mapping.name.clone();
+    if let Some(root) = &unlocked.mount_root {
+        layout.mount_root = root.clone();
+    }
     // tor must not run while its state folder is taken away: stop it first (it would
     // also count as a process holding the volume), start it again afterwards.
     let tor_bound = unlocked
@@ -150,7 +154,7 @@ fn lock_volume(
         }
     };
     unlocked::sync_all();
-    volume::deactivate(layout.mapping)?;
+    volume::deactivate(&layout.mapping)?;
     if let Some(file) = &backing {
         for lo in devices::loops_backed_by(file) {
             devices::detach_loop(&lo).map_err(|e| Error::Io {
@@ -250,10 +254,10 @@ fn restore(layout: &Layout, before: &Unlocked) {
 /// What of the volume is still there: a mapping, a mount, a loop device.
 fn verify_gone(layout: &Layout, backing: Option<&Path>) -> Vec<String> {
     let mut left = Vec::new();
-    if let Some(m) = devices::find_mapping(layout.mapping) {
+    if let Some(m) = devices::find_mapping(&layout.mapping) {
         left.push(format!("mapping {} ({})", m.name, m.kernel_name));
     }
-    if volume::is_active(layout.mapping) {
+    if !layout.mapping.is_empty() && volume::is_active(&layout.mapping) {
         left.push(format!(
             "libcryptsetup still sees {} active",
             layout.mapping

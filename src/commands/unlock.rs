@@ -47,15 +47,22 @@ impl From<&LineError> for ConfigErrorReport {
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     super::require_root()?;
-    let layout = super::layout(global, args.mount_root.as_deref());
-    if let Some(m) = devices::find_mapping(layout.mapping) {
+    let profile = super::layout(global, args.mount_root.as_deref());
+    if let Some(u) = crate::unlocked::Unlocked::find(&profile)? {
         return Err(Error::Busy(format!(
             "already unlocked as /dev/mapper/{} ({}); run keepsake lock first",
-            m.name, m.kernel_name
+            u.mapping.name, u.mapping.kernel_name
         )));
     }
     let _lock = super::exclusive()?;
-    let backing = find_volume(&args, &layout)?;
+    let backing = find_volume(&args, &profile)?;
+    let layout = profile.for_volume(&backing);
+    if let Some(m) = devices::find_mapping(&layout.mapping) {
+        return Err(Error::Busy(format!(
+            "a mapping named {} ({}) exists already; nothing was changed",
+            m.name, m.kernel_name
+        )));
+    }
     // A file that is not LUKS is refused before anyone types a passphrase for it.
     volume::header_info(&backing)?;
     let secret = super::read_secret_safely(
@@ -67,14 +74,14 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         Some(&backing),
     )?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = volume::activate(&backing, layout.mapping, &secret)?;
+    let keyslot = volume::activate(&backing, &layout.mapping, &secret)?;
     drop(secret);
     match mount_and_activate(&layout, &backing, args.live_user.as_deref(), keyslot, out) {
         Ok(report) => finish(report, out),
         Err(e) => {
             // Nothing half-open is left behind: unmount if mounted, close the mapping.
             let _ = mounts::unmount(&layout.mount_root);
-            let _ = volume::deactivate(layout.mapping);
+            let _ = volume::deactivate(&layout.mapping);
             Err(e)
         }
     }
@@ -162,7 +169,7 @@ fn mount_and_activate(
     }
     unlocked::ensure_mount_point(&layout.mount_root)?;
     mounts::mount_ext4(&device, &layout.mount_root)?;
-    let mapping = devices::find_mapping(layout.mapping)
+    let mapping = devices::find_mapping(&layout.mapping)
         .ok_or_else(|| Error::Internal(format!("{} vanished after opening", layout.mapping)))?;
     let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
     let mut warnings = Vec::new();
@@ -185,6 +192,7 @@ fn mount_and_activate(
     }
     let record = Record {
         backing: backing.to_path_buf(),
+        mapping: layout.mapping.clone(),
         failed: features
             .iter()
             .filter(|f| f.state == FeatureState::Failed)
@@ -197,7 +205,7 @@ fn mount_and_activate(
     unlocked::write_record(layout, &record)?;
     Ok(UnlockReport {
         backing: backing.to_path_buf(),
-        mapping: layout.mapping.to_string(),
+        mapping: layout.mapping.clone(),
         mount_root: layout.mount_root.clone(),
         keyslot,
         fsck,
