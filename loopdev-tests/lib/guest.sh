@@ -85,11 +85,11 @@ ks_disk_fs() {
     mount -t ext4 "$dev" "$2" || ks_fail "mount $1 on $2"
 }
 
-# Writes the passphrase the host chose to a tmpfs file, without a newline.
+# Writes the passphrase the host chose to a tmpfs file, without a newline. It goes from
+# file to file through a pipe, never through the shell's memory (scenario 10 dumps RAM).
 ks_pass_file() {
     mkdir -p /run/ks-test
-    printf '%s' "$(ks_in passphrase)" > "$KS_PASS_FILE"
-    chmod 0600 "$KS_PASS_FILE"
+    (umask 077; sed -n 's/^passphrase=//p' /run/ks-test/in | tail -n 1 | tr -d '\n' > "$KS_PASS_FILE")
 }
 
 ks_mode() { stat -c '%u:%g %a' "$1"; }
@@ -167,3 +167,47 @@ ks_onion_address() { cat "$KS_ONION/hostname" 2>/dev/null; }
 ks_onion_secret_hex() { od -An -v -tx1 -j 32 "$KS_ONION/hs_ed25519_secret_key" | tr -d ' \n'; }
 
 ks_tor_bound() { grep -q " /var/lib/tor " /proc/self/mountinfo; }
+
+# Ends the phase successfully and asks the host to dump this guest's RAM (the phase's
+# last step: the host quits the VM after the dump). Clean caches are dropped first, as
+# `keepsake lock` does, unless "keep-caches" is given.
+ks_dump_ram_and_halt() {
+    sync
+    [ "${1:-}" = keep-caches ] || echo 3 > /proc/sys/vm/drop_caches
+    echo "KS-PHASE-RC 0"
+    echo "KS-DUMP-NOW"
+    while true; do sleep 60; done
+}
+
+# Every built-in feature but persistent (enabled by default) and tor-state (scenario 08).
+KS_ALL_FEATURES="dotfiles gnupg ssh-client network-connections bookmarks thunderbird electrum pidgin additional-software printers greeter-settings tor-bridges"
+
+# Each bind feature's destination, owner:group and mode, as the catalogue declares them.
+KS_EXPECT="
+/home/amnesia/Persistent 1000:1000 700
+/home/amnesia/.gnupg 1000:1000 700
+/home/amnesia/.ssh 1000:1000 700
+/etc/NetworkManager/system-connections 0:0 700
+/home/amnesia/.mozilla/firefox/bookmarks 1000:1000 700
+/home/amnesia/.thunderbird 1000:1000 700
+/home/amnesia/.electrum 1000:1000 700
+/home/amnesia/.purple 1000:1000 700
+/var/cache/apt/archives 0:0 755
+/var/lib/apt/lists 0:0 755
+/etc/cups 0:7 755
+/var/lib/gdm3/settings/persistent 0:0 700
+/var/lib/tca 0:0 700"
+
+# A live system's view: the stick's system partition mounted read-only, system folders
+# present with their owners (/etc/cups is root:lp).
+ks_live_session() {
+    mkdir -p /run/live/medium
+    mount -o ro /dev/vda1 /run/live/medium
+    ks_system_folders
+}
+
+ks_system_folders() {
+    mkdir -p /etc/cups /var/cache/apt/archives /var/lib/apt/lists /etc/NetworkManager
+    chown 0:7 /etc/cups && chmod 0755 /etc/cups
+    echo "# the live system's default" > /etc/cups/.keep-cups
+}

@@ -14,6 +14,9 @@ ks_set() { echo "$1=$2" >> "$KS_SCEN_DIR/in"; }
 # ks_get KEY: the last value a guest reported with ks_out KEY VALUE.
 ks_get() { sed -n "s/^$1=//p" "$KS_SCEN_DIR/out" 2>/dev/null | tail -n 1; }
 
+# ks_get_in KEY: the last value set with ks_set KEY.
+ks_get_in() { sed -n "s/^$1=//p" "$KS_SCEN_DIR/in" 2>/dev/null | tail -n 1; }
+
 ks_host_ok() { echo "    ok    $*"; }
 ks_host_fail() { echo "    FAIL  $*"; KS_SCEN_FAILED=1; }
 
@@ -100,4 +103,28 @@ ks_gpt_disk() {
     path=$(ks_disk "$1" "$2")
     printf 'label: gpt\nstart=2048, type=L, name="data"\n' | sfdisk -q "$path" >/dev/null || return 1
     echo "$path"
+}
+
+# ks_swap_disk NAME SIZE: GPT, a 32 MiB data partition, then a swap partition.
+ks_swap_disk() {
+    local path
+    path=$(ks_disk "$1" "$2")
+    printf 'label: gpt\nstart=2048, size=32MiB, type=L, name="data"\ntype=S, name="swap"\n' \
+        | sfdisk -q "$path" >/dev/null || return 1
+    echo "$path"
+}
+
+# ks_volume_key IMAGE PARTITION: the volume key (hex) of the LUKS volume in partition
+# number PARTITION of the disk image, read on the host from a copy of its header area with
+# the cryptsetup CLI, so that the guest never holds it outside keepsake. The passphrase is
+# the scenario's (ks_set passphrase).
+ks_volume_key() {
+    local start hdr="$KS_SCEN_DIR/header.$$" pass="$KS_SCEN_DIR/pass.$$"
+    start=$(sfdisk -d "$1" | sed -n "s|^$1$2 : start= *\([0-9]*\),.*|\1|p")
+    [ -n "$start" ] || { echo "no partition $2 on $1" >&2; return 1; }
+    dd if="$1" of="$hdr" bs=512 skip="$start" count=32768 status=none || return 1
+    sed -n 's/^passphrase=//p' "$KS_SCEN_DIR/in" | tail -n 1 | tr -d '\n' > "$pass"
+    cryptsetup luksDump --dump-volume-key -q --key-file "$pass" "$hdr" 2>/dev/null \
+        | sed -n '/MK dump:/,$p' | sed 's/MK dump://' | tr -d ' \t\n:'
+    rm -f "$hdr" "$pass"
 }

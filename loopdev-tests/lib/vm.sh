@@ -9,12 +9,12 @@ KS_TESTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KS_ROOT=$(cd "$KS_TESTS_DIR/.." && pwd)
 KS_WORK=${KS_WORK:-$KS_ROOT/target/loopdev}
 KS_VM_MEM=${KS_VM_MEM:-768}
-KS_VM_TIMEOUT=${KS_VM_TIMEOUT:-600}
+KS_VM_TIMEOUT=${KS_VM_TIMEOUT:-300}
 
 # Programs copied into the guest with their shared libraries. tor is optional here: the
 # Tor-state scenarios check for it themselves.
 KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/tor /usr/bin/setpriv /sbin/sfdisk /usr/bin/partx"
-KS_GUEST_MODULES="loop dm-mod dm-crypt ecb xts virtio_pci virtio_blk af_alg algif_skcipher zram"
+KS_GUEST_MODULES="loop dm-mod dm-crypt ecb xts virtio_pci virtio_blk af_alg algif_skcipher lzo-rle zram"
 
 ks_kernel_version() {
     local k
@@ -103,26 +103,55 @@ GR
     rm -rf "$root"
 }
 
-# ks_boot OUTPUT_LOG CMDLINE_EXTRA DISK... 
+# ks_boot OUTPUT_LOG CMDLINE_EXTRA DISK...
 # Each DISK is serial=path; boots the guest, which runs /tests/<scenario> <phase> and powers
 # off. Returns the exit status the guest reported, or 124 on timeout, 125 if it reported none.
+#
+# While the guest runs, the host watches its console for two requests:
+#   KS-DUMP-NOW   dump the guest's physical memory to $KS_RAM_DUMP (qemu pmemsave), then quit
+#   KS-WRITING    if KS_KILL_AFTER_MS is set, kill qemu that many ms later (a power cut)
 ks_boot() {
     local log=$1 extra=$2; shift 2
-    local kver drives=() d serial file rc
+    local kver drives=() d serial file rc qpid sock killed=0 dumped=0 waited=0
     kver=$(ks_kernel_version) || return 1
     for d in "$@"; do
         serial=${d%%=*}; file=${d#*=}
         drives+=(-drive "file=$file,format=raw,if=none,id=d$serial,cache=unsafe"
                  -device "virtio-blk-pci,drive=d$serial,serial=$serial")
     done
-    timeout --foreground -k 5 "$KS_VM_TIMEOUT" qemu-system-x86_64 \
+    sock="$(dirname "$log")/monitor.sock"
+    rm -f "$sock"
+    qemu-system-x86_64 \
         -accel tcg -cpu max -m "$KS_VM_MEM" -smp 1 \
         -nographic -no-reboot -nodefaults -serial stdio \
+        -monitor "unix:$sock,server,nowait" \
         -kernel "/boot/vmlinuz-$kver" -initrd "$KS_INITRAMFS" \
         -append "console=ttyS0 panic=-1 init_on_free=1 quiet loglevel=3 $extra" \
-        ${KS_QEMU_EXTRA:-} "${drives[@]}" </dev/null >"$log" 2>&1
-    rc=$?
-    [ $rc -eq 124 ] && { echo "guest timed out after ${KS_VM_TIMEOUT}s" >>"$log"; return 124; }
+        ${KS_QEMU_EXTRA:-} "${drives[@]}" </dev/null >"$log" 2>&1 &
+    qpid=$!
+    while kill -0 "$qpid" 2>/dev/null; do
+        if [ "$dumped" = 0 ] && [ -n "${KS_RAM_DUMP:-}" ] && grep -q '^KS-DUMP-NOW' "$log"; then
+            dumped=1
+            python3 "$KS_TESTS_DIR/lib/monitor.py" "$sock" \
+                "pmemsave 0 $((KS_VM_MEM * 1024 * 1024)) $KS_RAM_DUMP" quit >/dev/null
+        fi
+        if [ "$killed" = 0 ] && [ -n "${KS_KILL_AFTER_MS:-}" ] && grep -q '^KS-WRITING' "$log"; then
+            killed=1
+            sleep "$(printf '%d.%03d' $((KS_KILL_AFTER_MS / 1000)) $((KS_KILL_AFTER_MS % 1000)))"
+            kill -9 "$qpid" 2>/dev/null
+            echo "KS-POWER-CUT after ${KS_KILL_AFTER_MS} ms" >>"$log"
+        fi
+        sleep 0.2
+        waited=$((waited + 1))
+        if [ $((waited / 5)) -ge "$KS_VM_TIMEOUT" ]; then
+            kill -9 "$qpid" 2>/dev/null
+            echo "guest timed out after ${KS_VM_TIMEOUT}s" >>"$log"
+            wait "$qpid" 2>/dev/null
+            return 124
+        fi
+    done
+    wait "$qpid" 2>/dev/null
+    [ "$killed" = 1 ] && return 0
     rc=$(sed -n 's/^KS-PHASE-RC \([0-9]*\).*/\1/p' "$log" | tr -d '\r' | tail -n 1)
     [ -n "$rc" ] || return 125
     return "$rc"

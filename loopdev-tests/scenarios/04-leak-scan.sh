@@ -1,5 +1,5 @@
-# Nothing keepsake handles reaches a disk in plaintext. Canaries in the Persistent folder,
-# the passphrase and the volume key are searched for in the raw images afterwards: the
+# Nothing keepsake handles reaches a disk in plaintext. Canaries in every bound feature's
+# folder, the passphrase and the volume key are searched for in the raw images afterwards: the
 # "host internal disk" (mounted read-write, and keepsake's working folder and TMPDIR) must
 # hold none of them, the USB stick no plaintext. Negative controls, written on purpose to
 # each disk, show that the scan finds what is there.
@@ -7,9 +7,10 @@
 host_main() {
     local pass="leak-pass-$(ks_random)"
     local note="KSCANARY-note-$(ks_random)" big="KSCANARY-big-$(ks_random)" sub="KSCANARY-sub-$(ks_random)"
+    local feat="KSCANARY-feature-$(ks_random)"
     local gone="KSCANARY-deleted-$(ks_random)" ctl_host="KSCONTROL-host-$(ks_random)" ctl_usb="KSCONTROL-usb-$(ks_random)"
     ks_set passphrase "$pass"
-    ks_set note "$note"; ks_set big "$big"; ks_set sub "$sub"; ks_set gone "$gone"
+    ks_set note "$note"; ks_set big "$big"; ks_set sub "$sub"; ks_set gone "$gone"; ks_set feature "$feat"
     ks_set control_host "$ctl_host"; ks_set control_usb "$ctl_usb"
     ks_phase write || return 1
     ks_phase reread || return 1
@@ -22,6 +23,7 @@ host_main() {
         ks_expect_hits "big-file canary" "$img" "text:$big" -eq 0
         ks_expect_hits "subfolder canary" "$img" "text:$sub" -eq 0
         ks_expect_hits "deleted-file canary" "$img" "text:$gone" -eq 0
+        ks_expect_hits "canaries in all 13 bind features" "$img" "text:$feat" -eq 0
         ks_expect_hits "volume key" "$img" "hex:$vk" -eq 0
         ks_expect_hits "volume key, first half" "$img" "hex:${vk:0:64}" -eq 0
         ks_expect_hits "volume key, second half" "$img" "hex:${vk:64:64}" -eq 0
@@ -39,6 +41,14 @@ guest_write() {
     export TMPDIR=/media/hostdisk/tmp
     ks_expect_rc 0 "create" -- keepsake create --image "$KS_IMAGE" --size 64M --key-file "$KS_PASS_FILE" $KS_KDF
     ks_expect_rc 0 "unlock" -- keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
+    ks_system_folders
+    ks_expect_rc 0 "enable every built-in feature" -- keepsake feature enable $KS_ALL_FEATURES
+    local n=0
+    echo "$KS_EXPECT" | while read -r dest owner mode; do
+        [ -n "$dest" ] || continue
+        n=$((n + 1))
+        echo "$(ks_in feature)-$n" > "$dest/canary"
+    done
     local p=$KS_PERSISTENT
     ks_in note > $p/note.txt
     { head -c 300000 /dev/urandom; ks_in big; head -c 300000 /dev/urandom; } > $p/big.bin
@@ -61,9 +71,11 @@ guest_reread() {
     ks_pass_file
     cd /media/hostdisk
     export TMPDIR=/media/hostdisk/tmp
+    ks_system_folders
     ks_expect_rc 0 "unlock again" -- keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
     ks_assert_eq "note canary readable through the volume" "$(cat $KS_PERSISTENT/note.txt)" "$(ks_in note)"
     ks_assert "big-file canary readable" grep -q "$(ks_in big)" $KS_PERSISTENT/big.bin
+    ks_assert_eq "a canary in each bind feature" "$(cat $(echo "$KS_EXPECT" | awk 'NF {print $1 "/canary"}') | grep -c "$(ks_in feature)")" 13
     ks_expect_rc 0 "lock" -- keepsake lock
     ks_assert "nothing was written into TMPDIR on the host disk" test -z "$(ls -A /media/hostdisk/tmp)"
     cd / && umount /media/hostdisk /media/usb

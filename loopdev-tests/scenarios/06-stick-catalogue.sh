@@ -4,8 +4,6 @@
 # into it across an amnesic reboot, and can be enabled and disabled at runtime. A feature
 # that fails half way leaves nothing behind.
 
-KS_ALL_FEATURES="dotfiles gnupg ssh-client network-connections bookmarks thunderbird electrum pidgin additional-software printers greeter-settings tor-bridges"
-
 host_main() {
     ks_set passphrase "stick $(ks_random)"
     local usb host full
@@ -21,32 +19,7 @@ host_main() {
         || ks_host_fail "partition type is not Tails'"
 }
 
-# A live system's view: the system partition mounted read-only, system folders present.
-ks_live_session() {
-    mkdir -p /run/live/medium
-    mount -o ro /dev/disk/by-serial/usb1 /run/live/medium 2>/dev/null \
-        || mount -o ro "$(ls /dev/vd?1 | head -n 1)" /run/live/medium
-    mkdir -p /etc/cups /var/cache/apt/archives /var/lib/apt/lists /etc/NetworkManager
-    chown 0:7 /etc/cups && chmod 0755 /etc/cups
-}
-
 ks_expect_owner() { ks_assert_eq "$1 owner and mode" "$(ks_mode "$1")" "$2"; }
-
-# feature destination, owner:group mode, as the catalogue declares them
-KS_EXPECT="
-/home/amnesia/Persistent 1000:1000 700
-/home/amnesia/.gnupg 1000:1000 700
-/home/amnesia/.ssh 1000:1000 700
-/etc/NetworkManager/system-connections 0:0 700
-/home/amnesia/.mozilla/firefox/bookmarks 1000:1000 700
-/home/amnesia/.thunderbird 1000:1000 700
-/home/amnesia/.electrum 1000:1000 700
-/home/amnesia/.purple 1000:1000 700
-/var/cache/apt/archives 0:0 755
-/var/lib/apt/lists 0:0 755
-/etc/cups 0:7 755
-/var/lib/gdm3/settings/persistent 0:0 700
-/var/lib/tca 0:0 700"
 
 guest_first_boot() {
     local usb=/dev/vda
