@@ -38,8 +38,16 @@ def main():
     for command in commands:
         sock.sendall(command.encode() + b"\n")
         if command == "quit":
+            # qemu closes the connection when it exits.
+            sock.settimeout(30)
+            while sock.recv(65536):
+                pass
             return
-        read_prompt(sock, 600)
+        reply = read_prompt(sock, 600).decode(errors="replace")
+        # The reply echoes the command; anything after the echo is an error message.
+        tail = reply.rsplit("\r\n(qemu) ", 1)[0].split("\r\n")[1:]
+        if any(line.strip() for line in tail):
+            sys.exit(f"monitor: {command}: {' '.join(tail).strip()}")
 
 
 if __name__ == "__main__":

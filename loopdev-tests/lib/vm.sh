@@ -133,7 +133,8 @@ ks_boot() {
         if [ "$dumped" = 0 ] && [ -n "${KS_RAM_DUMP:-}" ] && grep -q '^KS-DUMP-NOW' "$log"; then
             dumped=1
             python3 "$KS_TESTS_DIR/lib/monitor.py" "$sock" \
-                "pmemsave 0 $((KS_VM_MEM * 1024 * 1024)) $KS_RAM_DUMP" quit >/dev/null
+                "pmemsave 0 $((KS_VM_MEM * 1024 * 1024)) \"$KS_RAM_DUMP\"" quit >>"$log" 2>&1 \
+                || { echo "KS-FAIL the host could not dump the guest's RAM" >>"$log"; kill -9 "$qpid"; }
         fi
         if [ "$killed" = 0 ] && [ -n "${KS_KILL_AFTER_MS:-}" ] && grep -q '^KS-WRITING' "$log"; then
             killed=1
