@@ -37,6 +37,12 @@ complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "unlock" -d 'Open 
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "lock" -d 'Deactivate the features, unmount and close the volume, and forget it'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "status" -d 'Show the volume, its mapping and mount, and each feature\'s state'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "feature" -d 'List, enable, disable, add and remove features (the folders that persist)'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "passphrase" -d 'Change the passphrase; the volume key and the data stay as they are'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "recovery-key" -d 'Add or remove the recovery key, for when the passphrase is lost'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "upgrade" -d 'Upgrade an older volume: LUKS1 to LUKS2, PBKDF2 keyslots to argon2id'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "check" -d 'Check the header, keyslots, filesystem and persistence.conf; changes nothing'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "repair" -d 'Repair the filesystem (e2fsck -y) and persistence.conf; never deletes user data'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "delete" -d 'Destroy the volume for good: keyslots, header, then its partition or file'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l device -d 'The whole disk of the live stick (e.g. /dev/sdb): a TailsData partition is added' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l image -d 'A container file to create instead; it must not exist yet' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l size -d 'Size of the container file: bytes, or with a K, M, G or T suffix (powers of 1024)' -r
@@ -45,6 +51,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l passphrase-
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-memory -d 'Use exactly this argon2id memory, in KiB, instead of the calibrated cost' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
@@ -63,6 +70,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l passphrase-
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l recovery-key -d 'Read the recovery key instead of the passphrase (same sources)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
@@ -143,3 +151,120 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -f -a "change" -d 'Replace the passphrase by a new one (asked twice on a terminal). Done in one header update: the old passphrase works until the new one does, and not afterwards'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l new-passphrase-fd -d 'Read the new passphrase from file descriptor N (one line)' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l new-key-file -d 'Read the new key from FILE, whole and byte for byte' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-memory -d 'Use exactly this argon2id memory, in KiB, instead of the calibrated cost' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -f -a "add" -d 'Generate a recovery key, add it in its own keyslot and show it once'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -f -a "remove" -d 'Destroy the recovery key\'s keyslot (the passphrase is asked, and must still work)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-memory -d 'Use exactly this argon2id memory, in KiB, instead of the calibrated cost' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-memory -d 'Use exactly this argon2id memory, in KiB, instead of the calibrated cost' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l dry-run -d 'Only report what would change'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l image -d 'A container file holding the volume' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -s y -l yes -d 'Do not ask for the typed confirmation'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -s V -l version -d 'Print version'

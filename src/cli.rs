@@ -93,9 +93,184 @@ pub enum Command {
     #[command(after_long_help = STATUS_HELP)]
     Status(StatusArgs),
     /// List, enable, disable, add and remove features (the folders that persist).
-    #[command(subcommand, after_long_help = FEATURE_HELP)]
+    #[command(subcommand, after_long_help = FEATURE_HELP, disable_help_subcommand = true)]
     Feature(FeatureCommand),
+    /// Change the passphrase; the volume key and the data stay as they are.
+    #[command(subcommand, disable_help_subcommand = true)]
+    Passphrase(PassphraseCommand),
+    /// Add or remove the recovery key, for when the passphrase is lost.
+    #[command(subcommand, after_long_help = RECOVERY_HELP, disable_help_subcommand = true)]
+    RecoveryKey(RecoveryKeyCommand),
+    /// Upgrade an older volume: LUKS1 to LUKS2, PBKDF2 keyslots to argon2id.
+    #[command(after_long_help = UPGRADE_HELP)]
+    Upgrade(UpgradeArgs),
+    /// Check the header, keyslots, filesystem and persistence.conf; changes nothing.
+    #[command(after_long_help = CHECK_HELP)]
+    Check(CheckArgs),
+    /// Repair the filesystem (e2fsck -y) and persistence.conf; never deletes user data.
+    #[command(after_long_help = REPAIR_HELP)]
+    Repair(CheckArgs),
+    /// Destroy the volume for good: keyslots, header, then its partition or file.
+    #[command(after_long_help = DELETE_HELP)]
+    Delete(DeleteArgs),
 }
+
+#[derive(Debug, Subcommand)]
+pub enum PassphraseCommand {
+    /// Replace the passphrase by a new one (asked twice on a terminal). Done in one header
+    /// update: the old passphrase works until the new one does, and not afterwards.
+    #[command(after_long_help = PASSPHRASE_CHANGE_HELP)]
+    Change(PassphraseChangeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecoveryKeyCommand {
+    /// Generate a recovery key, add it in its own keyslot and show it once.
+    Add(RecoveryAddArgs),
+    /// Destroy the recovery key's keyslot (the passphrase is asked, and must still work).
+    Remove(RecoveryRemoveArgs),
+}
+
+/// Which volume: found by name on the boot stick unless one of these is given.
+#[derive(Debug, Args, Clone, Default)]
+pub struct VolumeArgs {
+    /// The persistence partition (or the disk holding it) [default: found by name].
+    #[arg(long, value_name = "DEV", conflicts_with = "image")]
+    pub device: Option<PathBuf>,
+
+    /// A container file holding the volume.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+}
+
+/// Where a new passphrase comes from, for scripts.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NewPassphraseArgs {
+    /// Read the new passphrase from file descriptor N (one line).
+    #[arg(long, value_name = "N", conflicts_with = "new_key_file")]
+    pub new_passphrase_fd: Option<RawFd>,
+
+    /// Read the new key from FILE, whole and byte for byte.
+    #[arg(long, value_name = "FILE")]
+    pub new_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseChangeArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    #[command(flatten)]
+    pub new: NewPassphraseArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoveryAddArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoveryRemoveArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Only report what would change.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// Do not ask for the typed confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+const PASSPHRASE_CHANGE_HELP: &str = "\
+The current passphrase is read first (terminal, --passphrase-fd or --key-file), then the new \
+one (terminal, asked twice, or --new-passphrase-fd / --new-key-file). libcryptsetup writes the \
+new keyslot into free keyslot space and switches the header over in one metadata update, so \
+that a power cut leaves a volume that opens with one of the two. The new keyslot's argon2id \
+cost is calibrated on this machine, as for create. Works locked or unlocked.
+
+Examples:
+  keepsake passphrase change
+  keepsake passphrase change --key-file old.key --new-key-file new.key";
+
+const RECOVERY_HELP: &str = "\
+The recovery key is 40 random characters (200 bits) in eight groups of five, shown once on \
+standard output (in the JSON object under --json) and never written anywhere by keepsake: \
+write it on paper and keep it apart from the stick. It opens the volume with \
+`keepsake unlock --recovery-key`, typed with or without the dashes, in either case. Its \
+keyslot is marked with a keepsake-role token in the LUKS2 header, so that `status` can tell \
+it from the passphrase's.
+
+Examples:
+  keepsake recovery-key add
+  keepsake unlock --recovery-key
+  keepsake recovery-key remove";
+
+const UPGRADE_HELP: &str = "\
+Volumes made by older Tails (before 5.13) or by hand may be LUKS1, or have PBKDF2 keyslots, \
+which make guessing the passphrase cheap on GPUs. upgrade converts the header to LUKS2 (the \
+volume must be locked for that) and re-derives the keyslot the passphrase opens with \
+argon2id, as Tails did in 2023. A copy of the header is kept in /run/keepsake (RAM) first \
+and written back if any step fails; it is wiped afterwards. --dry-run reports the plan and \
+changes nothing. Other PBKDF2 keyslots are reported: each needs its own passphrase.
+
+Examples:
+  keepsake upgrade --dry-run
+  keepsake upgrade --device /dev/sdb2";
+
+const CHECK_HELP: &str = "\
+check reads the LUKS header and each keyslot's parameters, opens the volume read-only with \
+the passphrase, runs e2fsck -n on it, and validates persistence.conf (owner, mode, every \
+line). It changes nothing, and needs the volume locked (a mounted filesystem cannot be \
+checked). Exit status 0 when all is well, 7 when something is wrong.";
+
+const REPAIR_HELP: &str = "\
+repair opens the volume, runs e2fsck -y, and makes persistence.conf sane: owner root and \
+mode 0600, lines that are not valid moved to persistence.conf.invalid-<time> next to it. \
+It deletes no user data. The volume must be locked.";
+
+const DELETE_HELP: &str = "\
+delete destroys every keyslot and overwrites the whole header area (both LUKS2 headers and \
+the keyslots) with random data, so that no passphrase or recovery key can open the volume \
+again, then removes the TailsData partition or the container file. There is no undo. It asks \
+you to type DELETE unless --yes is given. The volume must be locked.
+
+Examples:
+  keepsake delete --device /dev/sdb2
+  keepsake delete --image /media/usb/keepsake.img --yes";
 
 #[derive(Debug, Subcommand)]
 pub enum FeatureCommand {
@@ -202,11 +377,16 @@ leaving everything mounted; --force ends them (SIGTERM, then SIGKILL) and locks.
 const STATUS_HELP: &str = "\
 JSON output (--json) is one object:
   {\"version\": 1, \"layout\": \"tails\", \"unlocked\": bool,
-   \"volume\": null | {\"mapping\", \"device\", \"backing\", \"image\", \"mount_root\"},
+   \"volume\": null | {\"mapping\", \"device\", \"backing\", \"image\", \"mount_root\",
+                     \"keyslots\": [{\"keyslot\", \"role\", \"kdf\",
+                                   \"cost\": {\"memory_kib\", \"iterations\", \"parallel\"}}]},
    \"features\": [{\"name\", \"source\", \"destination\", \"method\", \"enabled\",
                  \"active\", \"state\", \"error\"}],
    \"config_errors\": [{\"line\", \"reason\"}],
-   \"tor\": {\"running\": bool, \"pids\": [int], \"state\": \"persistent\" | \"amnesic\"}}";
+   \"tor\": {\"running\": bool, \"pids\": [int], \"state\": \"persistent\" | \"amnesic\"},
+   \"kdf\": {\"mem_available_kib\", \"default_max_memory_kib\"}}
+A keyslot's role is \"passphrase\" or \"recovery\". default_max_memory_kib is the argon2id
+memory ceiling a new keyslot gets here: half the available RAM, at most 1 GiB.";
 
 /// Where a passphrase comes from, for scripts. Without either, it is asked on the terminal.
 #[derive(Debug, Args, Clone, Default)]
@@ -233,6 +413,13 @@ pub struct KdfArgs {
     #[arg(long, value_name = "N", requires = "pbkdf_memory",
           value_parser = clap::value_parser!(u32).range(4..))]
     pub pbkdf_force_iterations: Option<u32>,
+
+    /// The most memory a calibrated argon2id keyslot may take, in KiB [default: half of
+    /// the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine:
+    /// every machine that unlocks the volume needs that much free RAM.
+    #[arg(long, value_name = "KIB", conflicts_with = "pbkdf_memory", help_heading = "Key derivation",
+          value_parser = clap::value_parser!(u32).range(32_768..=4_194_304))]
+    pub pbkdf_max_memory: Option<u32>,
 
     /// argon2id threads with a fixed cost.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "pbkdf_memory",
@@ -273,13 +460,12 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct UnlockArgs {
-    /// The persistence partition (or the disk holding it) [default: found by name].
-    #[arg(long, value_name = "DEV", conflicts_with = "image")]
-    pub device: Option<PathBuf>,
+    #[command(flatten)]
+    pub volume: VolumeArgs,
 
-    /// A container file holding the volume.
-    #[arg(long, value_name = "FILE")]
-    pub image: Option<PathBuf>,
+    /// Read the recovery key instead of the passphrase (same sources).
+    #[arg(long)]
+    pub recovery_key: bool,
 
     /// Mount the volume here instead of the layout's mount point (for tests).
     #[arg(long, value_name = "DIR")]

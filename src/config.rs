@@ -171,6 +171,20 @@ impl ConfigFile {
         before != self.lines.len()
     }
 
+    /// The same file without its invalid lines, and those lines' text (for `repair`,
+    /// which sets them aside instead of deleting them).
+    pub fn without_invalid(&self) -> (ConfigFile, Vec<String>) {
+        let mut kept = ConfigFile::default();
+        let mut invalid = Vec::new();
+        for line in &self.lines {
+            match line {
+                Line::Invalid { text, .. } => invalid.push(text.clone()),
+                other => kept.lines.push(other.clone()),
+            }
+        }
+        (kept, invalid)
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         for line in &self.lines {
@@ -351,6 +365,21 @@ mod tests {
         let cfg = ConfigFile::parse(text);
         assert_eq!(cfg.render(), text);
         assert_eq!(cfg.entries().count(), 1);
+    }
+
+    #[test]
+    fn invalid_lines_are_set_aside_and_the_rest_kept_verbatim() {
+        let text = "# mine\n/home/amnesia/Persistent\tsource=Persistent\nrelative/path source=x\n/etc/cups source=../up\n/home/amnesia source=dotfiles,link\n";
+        let (kept, invalid) = ConfigFile::parse(text).without_invalid();
+        assert_eq!(
+            kept.render(),
+            "# mine\n/home/amnesia/Persistent\tsource=Persistent\n/home/amnesia source=dotfiles,link\n"
+        );
+        assert_eq!(
+            invalid,
+            ["relative/path source=x", "/etc/cups source=../up"]
+        );
+        assert_eq!(ConfigFile::parse(&kept.render()).errors().count(), 0);
     }
 
     #[test]

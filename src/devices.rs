@@ -93,6 +93,24 @@ pub fn detach_loop(kernel_name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The mapping (or other device) that holds the block device or container file at `path`
+/// open, by name: `TailsData_unlocked` when the volume is unlocked.
+pub fn holder_of(path: &Path) -> Option<String> {
+    let meta = fs::metadata(path).ok()?;
+    let kernel_names = if meta.is_file() {
+        loops_backed_by(path)
+    } else {
+        let real = fs::canonicalize(path).ok()?;
+        vec![real.file_name()?.to_string_lossy().into_owned()]
+    };
+    kernel_names.iter().find_map(|k| {
+        let holder = list_dir(&Path::new("/sys/class/block").join(k).join("holders"))
+            .into_iter()
+            .next()?;
+        Some(read_trimmed(&Path::new("/sys/block").join(&holder).join("dm/name")).unwrap_or(holder))
+    })
+}
+
 /// `/dev/<kernel name>` for a device under a mapping.
 pub fn dev_path(kernel_name: &str) -> PathBuf {
     Path::new("/dev").join(kernel_name)

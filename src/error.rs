@@ -74,6 +74,9 @@ pub enum Error {
     NotPermitted(String),
     #[error("{0}")]
     Incomplete(String),
+    /// `check` found problems; its report, already printed, lists them.
+    #[error("{0}")]
+    CheckFailed(String),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
     #[error("{context}: {message}")]
@@ -99,10 +102,17 @@ impl Error {
             Error::Corrupt(_) => ExitCode::Corrupt,
             Error::NotPermitted(_) => ExitCode::NotPermitted,
             Error::Incomplete(_) => ExitCode::Incomplete,
+            Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io { source, .. } => errno_class(source.raw_os_error()),
             Error::Crypt { errno, .. } => errno_class(*errno),
             Error::Internal(_) => ExitCode::Internal,
         }
+    }
+
+    /// Whether the command printed its report before failing (stdout then already holds
+    /// the one JSON object).
+    pub fn report_printed(&self) -> bool {
+        matches!(self, Error::Incomplete(_) | Error::CheckFailed(_))
     }
 
     /// Wraps a libcryptsetup error, keeping its errno for classification and adding the

@@ -17,6 +17,7 @@ pub mod mounts;
 pub mod output;
 pub mod preflight;
 pub mod processes;
+pub mod recovery;
 pub mod safefs;
 pub mod secrets;
 pub mod tools;

@@ -115,6 +115,24 @@ pub fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
     .context(|| format!("mounting {} at {}", device.display(), target.display()))
 }
 
+/// Mounts an ext4 filesystem read-only, without replaying its journal, for inspection.
+pub fn mount_ext4_read_only(device: &Path, target: &Path) -> Result<()> {
+    nix::mount::mount(
+        Some(device),
+        target,
+        Some("ext4"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("noload"),
+    )
+    .context(|| {
+        format!(
+            "mounting {} read-only at {}",
+            device.display(),
+            target.display()
+        )
+    })
+}
+
 /// Bind-mounts the directory `source` on `target`, then makes the bind `nosuid,nodev` (a
 /// bind mount only takes new flags on a remount). Both are open directories, so that no
 /// symlink swapped in meanwhile can redirect the mount.

@@ -41,6 +41,10 @@ impl Output {
     /// Asks a yes/no question on the terminal; only "yes" is yes. Without a terminal, the
     /// answer is an error telling scripts to pass --yes.
     pub fn confirm(&self, question: &str) -> Result<bool, Error> {
+        Ok(self.ask(question)?.trim() == "yes")
+    }
+
+    fn ask(&self, question: &str) -> Result<String, Error> {
         use std::io::{BufRead, BufReader};
         let tty = std::fs::OpenOptions::new()
             .read(true)
@@ -61,15 +65,46 @@ impl Output {
                 context: "reading the confirmation".into(),
                 source: e,
             })?;
-        Ok(answer.trim() == "yes")
+        Ok(answer)
+    }
+
+    /// Asks for a word to be typed (e.g. DELETE) before something that cannot be undone.
+    /// Without a terminal, the answer is an error telling scripts to pass --yes.
+    pub fn confirm_typed(&self, question: &str, word: &str) -> Result<bool, Error> {
+        let answer = self.ask(&format!("{question}\nType {word} to go on"))?;
+        Ok(answer.trim() == word)
+    }
+
+    /// Prints a report with one secret (e.g. a new recovery key) that is shown once. The
+    /// secret's bytes go straight from their zeroizing buffer to standard output, never
+    /// through a String: in JSON as the string member `name`, in text on a line of its own
+    /// after `intro`.
+    pub fn reveal<T: Serialize>(&self, report: &T, name: &str, intro: &str, secret: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let mut put = |bytes: &[u8]| {
+            let _ = out.write_all(bytes);
+        };
+        if self.json {
+            let head = serde_json::to_string_pretty(report).unwrap_or_else(|_| "{}".into());
+            let head = head.trim_end().trim_end_matches('}').trim_end();
+            let sep = if head.ends_with('{') { "" } else { "," };
+            put(format!("{head}{sep}\n  \"{name}\": \"").as_bytes());
+            put(secret);
+            put(b"\"\n}\n");
+        } else {
+            put(format!("{intro}\n\n    ").as_bytes());
+            put(secret);
+            put(b"\n\n");
+        }
+        let _ = out.flush();
     }
 
     pub fn error(&self, err: &Error) {
         let code = err.exit_code();
         eprintln!("keepsake: error: {err}");
-        // An incomplete unlock has already printed its report, which carries the details:
-        // stdout stays one JSON object.
-        if self.json && code != crate::error::ExitCode::Incomplete {
+        // An incomplete unlock or a failed check has already printed its report, which
+        // carries the details: stdout stays one JSON object.
+        if self.json && !err.report_printed() {
             let value = serde_json::json!({
                 "error": { "code": code as u8, "kind": code.name(), "message": err.to_string() }
             });

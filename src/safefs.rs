@@ -409,6 +409,31 @@ fn set_times(dir: &Dir, name: &OsStr, st: &nix::sys::stat::FileStat) -> Result<(
 
 /// Removes everything inside the folder `dir` (not the folder itself), without following
 /// symlinks: the undo of [`copy_contents`].
+/// Overwrites a regular file with zeros, syncs it and removes it; best effort (for the
+/// header backup, which lives in RAM, so that no copy lingers in the page cache either).
+pub fn wipe_and_remove(path: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let zeros = vec![0u8; 1 << 16];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            if f.write_all(&zeros[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+        let _ = f.sync_all();
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

@@ -119,3 +119,35 @@ pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
         ))),
     }
 }
+
+/// What a full e2fsck run (`-f`) found: its exit status and its last lines.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FsckReport {
+    pub status: i32,
+    pub clean: bool,
+    pub summary: String,
+}
+
+/// `e2fsck -fn` (only look) or `e2fsck -fy` (repair everything it can).
+pub fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
+    let dev = device.to_string_lossy();
+    let out = run(
+        "e2fsck",
+        &["-f", if repair { "-y" } else { "-n" }, &dev],
+        "e2fsprogs",
+    )?;
+    let status = out.status.code().unwrap_or(8);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok(FsckReport {
+        status,
+        // -n: 0 clean, 4 errors left. -y: 0 clean, 1 or 2 repaired, 4 and above not.
+        clean: if repair { status < 4 } else { status == 0 },
+        summary,
+    })
+}

@@ -65,6 +65,29 @@ pub struct KdfCost {
     pub parallel: u32,
 }
 
+/// The default ceiling for argon2id memory: half of the RAM available now, at most 1 GiB
+/// (cryptsetup's own ceiling), at least 32 MiB. A live system runs from RAM: a key
+/// derivation that needs more than the machine can spare would make the volume fail to
+/// unlock on the next, smaller, machine.
+pub fn default_max_memory_kib(mem_available_kib: Option<u64>) -> u32 {
+    const CEILING: u64 = 1 << 20;
+    const FLOOR: u64 = 32 * 1024;
+    mem_available_kib.map_or(CEILING, |kib| (kib / 2).clamp(FLOOR, CEILING)) as u32
+}
+
+/// MemAvailable from /proc/meminfo, in KiB.
+pub fn mem_available_kib() -> Option<u64> {
+    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// How the cost of a new keyslot is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KdfChoice {
@@ -107,6 +130,7 @@ impl KdfChoice {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyslotInfo {
     pub keyslot: u32,
+    pub role: Role,
     pub kdf: String,
     pub cost: KdfCost,
 }
@@ -159,6 +183,7 @@ fn keyslot_info(device: &mut CryptDevice, keyslot: u32) -> Result<KeyslotInfo> {
         .map_err(|e| Error::crypt(format!("reading keyslot {keyslot}"), e))?;
     Ok(KeyslotInfo {
         keyslot,
+        role: Role::Passphrase,
         kdf: match pbkdf.type_ {
             CryptKdf::Pbkdf2 => "pbkdf2",
             CryptKdf::Argon2I => "argon2i",
@@ -178,7 +203,7 @@ const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
 
 /// Whether `path` starts with a LUKS header magic (libcryptsetup's own errors for a
 /// non-LUKS device vary between versions, so keepsake looks itself).
-fn has_luks_magic(path: &Path) -> bool {
+pub fn has_luks_magic(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 6];
     std::fs::File::open(path)
@@ -362,15 +387,12 @@ pub fn header_info(path: &Path) -> Result<HeaderInfo> {
         device.status_handle().get_cipher().unwrap_or_default(),
         device.status_handle().get_cipher_mode().unwrap_or_default()
     );
-    let max =
-        libcryptsetup_rs::CryptKeyslotHandle::max_keyslots(EncryptionFormat::Luks2).unwrap_or(32);
+    let tokens = role_tokens(&mut device);
     let mut keyslots = Vec::new();
-    for slot in 0..max {
-        use libcryptsetup_rs::consts::vals::KeyslotInfo as Ks;
-        match device.keyslot_handle().status(slot) {
-            Ok(Ks::Active) | Ok(Ks::ActiveLast) => keyslots.push(keyslot_info(&mut device, slot)?),
-            _ => {}
-        }
+    for slot in active_keyslots(&mut device) {
+        let mut info = keyslot_info(&mut device, slot)?;
+        info.role = role_of(&tokens, slot);
+        keyslots.push(info);
     }
     Ok(HeaderInfo {
         path: path.to_path_buf(),
@@ -379,4 +401,370 @@ pub fn header_info(path: &Path) -> Result<HeaderInfo> {
         cipher,
         keyslots,
     })
+}
+
+/// The token type keepsake records keyslot roles under, in the LUKS2 header itself (so
+/// that the roles travel with the volume and other tools ignore them).
+const ROLE_TOKEN: &str = "keepsake-role";
+
+/// What a keyslot is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Opened by the passphrase the user types (every keyslot without a role token).
+    Passphrase,
+    /// Opened by the generated recovery key.
+    Recovery,
+}
+
+/// The role tokens of the header: (token number, role, keyslots).
+fn role_tokens(device: &mut CryptDevice) -> Vec<(u32, Role, Vec<u32>)> {
+    let mut found = Vec::new();
+    let max = 32;
+    for token in 0..max {
+        let Ok(json) = device.token_handle().json_get(token) else {
+            continue;
+        };
+        if json.get("type").and_then(|t| t.as_str()) != Some(ROLE_TOKEN) {
+            continue;
+        }
+        let role = match json.get("role").and_then(|r| r.as_str()) {
+            Some("recovery") => Role::Recovery,
+            _ => Role::Passphrase,
+        };
+        let slots = json
+            .get("keyslots")
+            .and_then(|k| k.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().and_then(|s| s.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.push((token, role, slots));
+    }
+    found
+}
+
+fn role_of(tokens: &[(u32, Role, Vec<u32>)], keyslot: u32) -> Role {
+    tokens
+        .iter()
+        .find(|(_, _, slots)| slots.contains(&keyslot))
+        .map_or(Role::Passphrase, |(_, role, _)| *role)
+}
+
+/// The active keyslots of a loaded header.
+fn active_keyslots(device: &mut CryptDevice) -> Vec<u32> {
+    use libcryptsetup_rs::consts::vals::KeyslotInfo as Ks;
+    let max =
+        libcryptsetup_rs::CryptKeyslotHandle::max_keyslots(EncryptionFormat::Luks2).unwrap_or(32);
+    (0..max)
+        .filter(|&slot| {
+            matches!(
+                device.keyslot_handle().status(slot),
+                Ok(Ks::Active) | Ok(Ks::ActiveLast)
+            )
+        })
+        .collect()
+}
+
+fn bad_passphrase_or(path: &Path, what: &str, e: libcryptsetup_rs::LibcryptErr) -> Error {
+    match &e {
+        libcryptsetup_rs::LibcryptErr::IOError(io) if io.raw_os_error() == Some(libc::EPERM) => {
+            take_last_library_error();
+            Error::BadPassphrase(path.display().to_string())
+        }
+        _ => Error::crypt(format!("{what} on {}", path.display()), e),
+    }
+}
+
+/// Which keyslot `secret` opens, without activating anything.
+fn keyslot_of(device: &mut CryptDevice, path: &Path, secret: &Secret) -> Result<u32> {
+    device
+        .activate_handle()
+        .activate_by_passphrase(None, None, secret.as_bytes(), CryptActivate::empty())
+        .map_err(|e| bad_passphrase_or(path, "checking the passphrase", e))
+}
+
+/// Replaces the passphrase of the keyslot `old` opens by `new`. libcryptsetup writes the
+/// new keyslot to a free area first and switches the header over in one metadata update,
+/// so that at every moment one of the two passphrases opens the volume.
+pub fn change_passphrase(
+    path: &Path,
+    old: &Secret,
+    new: &Secret,
+    kdf: KdfChoice,
+) -> Result<KeyslotInfo> {
+    let mut device = load(path)?;
+    let slot = keyslot_of(&mut device, path, old)?;
+    let tokens = role_tokens(&mut device);
+    if role_of(&tokens, slot) == Role::Recovery {
+        return Err(Error::Usage(
+            "that is the recovery key; give the passphrase to change it (the recovery key is replaced with `recovery-key remove` and `add`)"
+                .into(),
+        ));
+    }
+    set_kdf(&mut device, kdf, path)?;
+    let new_slot = device
+        .keyslot_handle()
+        .change_by_passphrase(Some(slot), None, old.as_bytes(), new.as_bytes())
+        .map_err(|e| bad_passphrase_or(path, "changing the passphrase", e))?;
+    keyslot_info(&mut device, new_slot)
+}
+
+fn set_kdf(device: &mut CryptDevice, kdf: KdfChoice, path: &Path) -> Result<()> {
+    device
+        .settings_handle()
+        .set_pbkdf_type(&kdf.pbkdf_type())
+        .map_err(|e| {
+            Error::crypt(
+                format!("setting the key derivation of {}", path.display()),
+                e,
+            )
+        })
+}
+
+/// Adds a keyslot for `new` (the volume key is unlocked with `existing`), with a role.
+pub fn add_keyslot(
+    path: &Path,
+    existing: &Secret,
+    new: &Secret,
+    role: Role,
+    kdf: KdfChoice,
+) -> Result<KeyslotInfo> {
+    let mut device = load(path)?;
+    if role == Role::Recovery
+        && role_tokens(&mut device)
+            .iter()
+            .any(|t| t.1 == Role::Recovery)
+    {
+        return Err(Error::Busy(
+            "the volume has a recovery key already; remove it first (keepsake recovery-key remove)"
+                .into(),
+        ));
+    }
+    let slot = keyslot_of(&mut device, path, existing)?;
+    if role_of(&role_tokens(&mut device), slot) == Role::Recovery {
+        return Err(Error::Usage(
+            "give the passphrase, not the recovery key".into(),
+        ));
+    }
+    set_kdf(&mut device, kdf, path)?;
+    let new_slot = device
+        .keyslot_handle()
+        .add_by_passphrase(None, existing.as_bytes(), new.as_bytes())
+        .map_err(|e| bad_passphrase_or(path, "adding a keyslot", e))?;
+    if role != Role::Passphrase {
+        let token = serde_json::json!({
+            "type": ROLE_TOKEN,
+            "keyslots": [new_slot.to_string()],
+            "role": "recovery",
+        });
+        if let Err(e) = device
+            .token_handle()
+            .json_set(libcryptsetup_rs::TokenInput::AddToken(&token))
+        {
+            // Without its role the slot would pass for a passphrase: take it out again.
+            let _ = device.keyslot_handle().destroy(new_slot);
+            return Err(Error::crypt(
+                format!("recording the keyslot role on {}", path.display()),
+                e,
+            ));
+        }
+    }
+    keyslot_info(&mut device, new_slot)
+}
+
+/// Destroys the keyslots with `role` and their role tokens, after checking that
+/// `authority` opens a keyslot that stays. Returns the destroyed keyslots.
+pub fn remove_role(path: &Path, authority: &Secret, role: Role) -> Result<Vec<u32>> {
+    let mut device = load(path)?;
+    let tokens = role_tokens(&mut device);
+    let slot = keyslot_of(&mut device, path, authority)?;
+    if role_of(&tokens, slot) == role {
+        return Err(Error::Usage(format!(
+            "give the passphrase, not the {} key: the volume must still open afterwards",
+            match role {
+                Role::Recovery => "recovery",
+                Role::Passphrase => "passphrase",
+            }
+        )));
+    }
+    let mut removed = Vec::new();
+    for (token, r, slots) in tokens.into_iter().filter(|t| t.1 == role) {
+        for s in slots {
+            if active_keyslots(&mut device).contains(&s) {
+                device
+                    .keyslot_handle()
+                    .destroy(s)
+                    .map_err(|e| Error::crypt(format!("destroying keyslot {s}"), e))?;
+                removed.push(s);
+            }
+        }
+        debug_assert_eq!(r, role);
+        device
+            .token_handle()
+            .json_set(libcryptsetup_rs::TokenInput::RemoveToken(token))
+            .map_err(|e| Error::crypt(format!("removing token {token}"), e))?;
+    }
+    if removed.is_empty() {
+        return Err(Error::NotFound("the volume has no recovery key".into()));
+    }
+    Ok(removed)
+}
+
+/// The roles of the active keyslots.
+pub fn keyslot_roles(path: &Path) -> Result<Vec<(u32, Role)>> {
+    let mut device = load(path)?;
+    let tokens = role_tokens(&mut device);
+    Ok(active_keyslots(&mut device)
+        .into_iter()
+        .map(|s| (s, role_of(&tokens, s)))
+        .collect())
+}
+
+/// Opens the volume read-only as `mapping` (for check), or read-write (for repair).
+pub fn activate_with(path: &Path, mapping: &str, secret: &Secret, read_only: bool) -> Result<u32> {
+    let mut device = load(path)?;
+    let uuid = device
+        .status_handle()
+        .get_uuid()
+        .map(|u| u.to_string())
+        .ok();
+    let flags = if read_only {
+        CryptActivate::READONLY
+    } else {
+        CryptActivate::empty()
+    };
+    let result = device
+        .activate_handle()
+        .activate_by_passphrase(Some(mapping), None, secret.as_bytes(), flags)
+        .map_err(|e| bad_passphrase_or(path, "opening", e));
+    if let Some(uuid) = uuid {
+        forget_keyring_keys(&uuid);
+    }
+    result
+}
+
+/// What `upgrade` would change, or changed.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct UpgradePlan {
+    /// The header is LUKS1 and becomes LUKS2.
+    pub convert_to_luks2: bool,
+    /// Keyslots whose key derivation becomes argon2id.
+    pub keyslots_to_argon2id: Vec<u32>,
+}
+
+impl UpgradePlan {
+    pub fn is_empty(&self) -> bool {
+        !self.convert_to_luks2 && self.keyslots_to_argon2id.is_empty()
+    }
+}
+
+/// Reads what an upgrade would change.
+pub fn upgrade_plan(path: &Path) -> Result<UpgradePlan> {
+    let info = header_info(path)?;
+    Ok(UpgradePlan {
+        convert_to_luks2: info.format == "luks1",
+        keyslots_to_argon2id: info
+            .keyslots
+            .iter()
+            .filter(|k| k.kdf != "argon2id")
+            .map(|k| k.keyslot)
+            .collect(),
+    })
+}
+
+/// Converts a LUKS1 header to LUKS2 (the volume must be closed). The caller keeps a header
+/// backup and restores it on failure.
+pub fn convert_to_luks2(path: &Path) -> Result<()> {
+    let mut device = load(path)?;
+    device
+        .context_handle()
+        .convert::<CryptParamsLuks2Ref<'_>>(EncryptionFormat::Luks2, None)
+        .map_err(|e| Error::crypt(format!("converting {} to LUKS2", path.display()), e))
+}
+
+/// Re-derives the keyslot `secret` opens with argon2id (in place, as `cryptsetup
+/// luksConvertKey` does). Returns the keyslot's new cost.
+pub fn convert_keyslot(path: &Path, secret: &Secret, kdf: KdfChoice) -> Result<KeyslotInfo> {
+    let mut device = load(path)?;
+    let slot = keyslot_of(&mut device, path, secret)?;
+    set_kdf(&mut device, kdf, path)?;
+    let slot = device
+        .keyslot_handle()
+        .change_by_passphrase(Some(slot), Some(slot), secret.as_bytes(), secret.as_bytes())
+        .map_err(|e| bad_passphrase_or(path, "converting the keyslot", e))?;
+    keyslot_info(&mut device, slot)
+}
+
+/// Writes a copy of the header (and keyslots) of `path` to `backup`.
+pub fn header_backup(path: &Path, backup: &Path) -> Result<()> {
+    let mut device = load(path)?;
+    device
+        .backup_handle()
+        .header_backup(None, backup)
+        .map_err(|e| Error::crypt(format!("backing up the header of {}", path.display()), e))
+}
+
+/// Puts a header backup back onto `path`.
+pub fn header_restore(path: &Path, backup: &Path) -> Result<()> {
+    let mut device = init(path)?;
+    device
+        .backup_handle()
+        .header_restore(None, backup)
+        .map_err(|e| Error::crypt(format!("restoring the header of {}", path.display()), e))
+}
+
+/// The size of the header area (both LUKS2 header copies and the keyslots area, or the
+/// LUKS1 header and key material): everything before the encrypted data.
+pub fn header_area_bytes(path: &Path) -> Result<u64> {
+    let mut device = load(path)?;
+    Ok(device.status_handle().get_data_offset() * 512)
+}
+
+/// Destroys every keyslot (libcryptsetup overwrites each one's key material). Returns
+/// how many there were.
+pub fn destroy_keyslots(path: &Path) -> Result<usize> {
+    let mut device = load(path)?;
+    let slots = active_keyslots(&mut device);
+    for &s in &slots {
+        device.keyslot_handle().destroy(s).map_err(|e| {
+            Error::crypt(format!("destroying keyslot {s} of {}", path.display()), e)
+        })?;
+    }
+    Ok(slots.len())
+}
+
+/// Whether `path` holds a LUKS header that libcryptsetup can read.
+pub fn is_luks(path: &Path) -> bool {
+    load(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kdf_memory_ceiling_is_half_the_available_ram_within_bounds() {
+        assert_eq!(default_max_memory_kib(Some(600 * 1024)), 300 * 1024);
+        assert_eq!(
+            default_max_memory_kib(Some(16 << 20)),
+            1 << 20,
+            "at most 1 GiB"
+        );
+        assert_eq!(
+            default_max_memory_kib(Some(20 * 1024)),
+            32 * 1024,
+            "at least 32 MiB"
+        );
+        assert_eq!(default_max_memory_kib(None), 1 << 20);
+    }
+
+    #[test]
+    fn reads_mem_available() {
+        let text = "MemTotal:        8000000 kB\nMemFree:  100 kB\nMemAvailable:    5120000 kB\n";
+        assert_eq!(parse_mem_available(text), Some(5_120_000));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
 }

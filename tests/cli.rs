@@ -28,6 +28,7 @@ fn status_json_shape_or_not_root() {
             [
                 "config_errors",
                 "features",
+                "kdf",
                 "layout",
                 "tor",
                 "unlocked",
@@ -38,6 +39,14 @@ fn status_json_shape_or_not_root() {
         let mut tor_keys: Vec<_> = v["tor"].as_object().unwrap().keys().cloned().collect();
         tor_keys.sort();
         assert_eq!(tor_keys, ["pids", "running", "state"]);
+        let ceiling = v["kdf"]["default_max_memory_kib"].as_u64().unwrap();
+        assert!((32 * 1024..=1 << 20).contains(&ceiling), "{ceiling}");
+        if let Some(available) = v["kdf"]["mem_available_kib"].as_u64() {
+            assert!(
+                ceiling <= (available / 2).max(32 * 1024),
+                "{ceiling} > half of {available}"
+            );
+        }
         assert_eq!(v["version"], 1);
         assert_eq!(v["layout"], "tails");
         assert_eq!(

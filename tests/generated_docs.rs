@@ -20,20 +20,7 @@ fn generate() -> Vec<(PathBuf, Vec<u8>)> {
         .render(&mut page)
         .expect("render keepsake.8");
     files.push((PathBuf::from("man/keepsake.8"), page));
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
-        let name = format!("keepsake-{}", sub.get_name());
-        let sub = sub
-            .clone()
-            .name(&*Box::leak(name.clone().into_boxed_str()))
-            .bin_name(format!("keepsake {}", sub.get_name()));
-        let mut page = Vec::new();
-        clap_mangen::Man::new(sub)
-            .section("8")
-            .date("")
-            .render(&mut page)
-            .expect("render a subcommand page");
-        files.push((PathBuf::from(format!("man/{name}.8")), page));
-    }
+    add_pages(&cmd, "keepsake", "keepsake", &mut files);
     for (shell, file) in [
         (Shell::Bash, "keepsake.bash"),
         (Shell::Zsh, "_keepsake"),
@@ -44,6 +31,26 @@ fn generate() -> Vec<(PathBuf, Vec<u8>)> {
         files.push((PathBuf::from("completions").join(file), out));
     }
     files
+}
+
+/// One page per subcommand, nested ones included (keepsake-recovery-key-add.8).
+fn add_pages(cmd: &clap::Command, prefix: &str, bin: &str, files: &mut Vec<(PathBuf, Vec<u8>)>) {
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{prefix}-{}", sub.get_name());
+        let bin_name = format!("{bin} {}", sub.get_name());
+        let page_cmd = sub
+            .clone()
+            .name(&*Box::leak(name.clone().into_boxed_str()))
+            .bin_name(bin_name.clone());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(page_cmd)
+            .section("8")
+            .date("")
+            .render(&mut page)
+            .expect("render a subcommand page");
+        files.push((PathBuf::from(format!("man/{name}.8")), page));
+        add_pages(sub, &name, &bin_name, files);
+    }
 }
 
 #[test]

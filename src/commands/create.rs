@@ -19,7 +19,7 @@ use crate::safefs::{self, Owner};
 use crate::secrets::Secret;
 use crate::tools;
 use crate::unlocked;
-use crate::volume::{self, KdfChoice, KdfCost, KeyslotInfo};
+use crate::volume::{self, KeyslotInfo};
 
 /// The smallest volume: the LUKS2 header takes 16 MiB, ext4 needs a few more.
 pub const MIN_SIZE: u64 = 32 << 20;
@@ -34,21 +34,6 @@ struct CreateReport {
     keyslot: KeyslotInfo,
     filesystem_label: String,
     features: Vec<String>,
-}
-
-pub fn kdf_choice(kdf: &KdfArgs) -> KdfChoice {
-    match (kdf.pbkdf_memory, kdf.pbkdf_force_iterations) {
-        (Some(memory_kib), Some(iterations)) => KdfChoice::Fixed(KdfCost {
-            memory_kib,
-            iterations,
-            parallel: kdf.pbkdf_parallel,
-        }),
-        // cryptsetup's LUKS2 defaults: about 2 s of argon2id, at most 1 GiB.
-        _ => KdfChoice::Benchmark {
-            time_ms: 2000,
-            max_memory_kib: 1 << 20,
-        },
-    }
 }
 
 /// Undoes what create made unless told to keep it.
@@ -182,7 +167,7 @@ fn format_and_populate(
     out: Output,
 ) -> Result<KeyslotInfo> {
     out.progress(format!("formatting {} as LUKS2 (argon2id)", path.display()));
-    let keyslot = volume::format(path, layout.fs_label, secret, kdf_choice(kdf))?;
+    let keyslot = volume::format(path, layout.fs_label, secret, super::kdf_choice(kdf))?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
         keyslot.keyslot,
@@ -308,7 +293,7 @@ fn create_sparse_file(image: &Path, size: u64) -> Result<()> {
     file.sync_all().context(at("syncing", image))
 }
 
-fn default_config(host: &SystemHost) -> Result<ConfigFile> {
+pub(super) fn default_config(host: &SystemHost) -> Result<ConfigFile> {
     let mut config = ConfigFile::parse("");
     for feature in CATALOGUE.iter().filter(|f| f.default) {
         for binding in feature.bindings {

@@ -1,20 +1,27 @@
 //! One function per command: each checks its inputs, does its work through the library
 //! modules, and returns a report for [`crate::output::Output`].
 
+mod check;
 mod create;
+mod delete;
 mod feature;
+mod keys;
 mod lock;
 mod status;
 mod unlock;
+mod upgrade;
 
 use std::path::Path;
 
-use crate::cli::{Cli, Command, GlobalArgs, PassphraseArgs};
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command, GlobalArgs, KdfArgs, PassphraseArgs, VolumeArgs};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::output::Output;
 use crate::preflight::{self, Overrides};
 use crate::secrets::{self, Secret, SecretSource};
+use crate::{disks, mounts};
 
 pub fn run(cli: Cli) -> Result<()> {
     let out = Output {
@@ -26,6 +33,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Lock(args) => lock::run(&cli.global, args, out),
         Command::Status(args) => status::run(&cli.global, args, out),
         Command::Feature(command) => feature::run(&cli.global, command, out),
+        Command::Passphrase(command) => keys::passphrase(&cli.global, command, out),
+        Command::RecoveryKey(command) => keys::recovery_key(&cli.global, command, out),
+        Command::Upgrade(args) => upgrade::run(&cli.global, args, out),
+        Command::Check(args) => check::check(&cli.global, args, out),
+        Command::Repair(args) => check::repair(&cli.global, args, out),
+        Command::Delete(args) => delete::run(&cli.global, args, out),
     }
 }
 
@@ -105,6 +118,106 @@ pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
     )
 }
 
+/// The cost of a new keyslot: the fixed test cost when given, else calibrated by
+/// libcryptsetup for about 2 s under a memory ceiling that this machine can afford.
+pub fn kdf_choice(kdf: &KdfArgs) -> crate::volume::KdfChoice {
+    use crate::volume::{KdfChoice, KdfCost};
+    match (kdf.pbkdf_memory, kdf.pbkdf_force_iterations) {
+        (Some(memory_kib), Some(iterations)) => KdfChoice::Fixed(KdfCost {
+            memory_kib,
+            iterations,
+            parallel: kdf.pbkdf_parallel,
+        }),
+        _ => KdfChoice::Benchmark {
+            time_ms: 2000,
+            max_memory_kib: kdf.pbkdf_max_memory.unwrap_or_else(|| {
+                crate::volume::default_max_memory_kib(crate::volume::mem_available_kib())
+            }),
+        },
+    }
+}
+
+/// Refuses when the volume at `backing` is open: its partition, or a loop device of its
+/// container file, has a holder (the dm-crypt mapping).
+pub fn require_locked(backing: &Path, why: &str) -> Result<()> {
+    if let Some(mapping) = crate::devices::holder_of(backing) {
+        return Err(Error::Busy(format!(
+            "{} is unlocked (as {mapping}); {why}: run keepsake lock first; nothing was changed",
+            backing.display()
+        )));
+    }
+    Ok(())
+}
+
 pub fn layout(global: &GlobalArgs, mount_root: Option<&Path>) -> Layout {
     Layout::new(global.layout, mount_root)
+}
+
+/// The volume a command is about: the container file or partition given, the persistence partition
+/// on a given disk, or else the one found by name (preferring the live system's stick).
+pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
+    if let Some(image) = &args.image {
+        return check_backing(image);
+    }
+    let on_disk = match &args.device {
+        Some(dev) => {
+            let bd = disks::block_device(dev)?;
+            // A partition, or a whole disk that is itself a LUKS volume.
+            if bd.is_partition() || crate::volume::has_luks_magic(dev) {
+                return check_backing(dev);
+            }
+            Some(bd.name)
+        }
+        None => None,
+    };
+    let mut found =
+        disks::find_persistence(layout.partition_name, layout.fs_label, on_disk.as_deref());
+    if found.len() > 1 {
+        let table = mounts::read_mountinfo()?;
+        if let Some(live) = disks::live_medium_disk(&table) {
+            let on_live: Vec<_> = found.iter().filter(|p| p.disk == live).cloned().collect();
+            if !on_live.is_empty() {
+                found = on_live;
+            }
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(one.path()),
+        [] => Err(Error::NotFound(format!(
+            "no persistence partition (GPT name {} or LUKS label {}) found{}; give --device or --image",
+            layout.partition_name,
+            layout.fs_label,
+            on_disk.map(|d| format!(" on /dev/{d}")).unwrap_or_default()
+        ))),
+        many => Err(Error::Usage(format!(
+            "several persistence partitions: {}; choose one with --device",
+            many.iter()
+                .map(|p| p.path().display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn check_backing(image: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(image).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::NotFound(format!("{} does not exist", image.display()))
+        }
+        _ => Error::Io {
+            context: format!("reading {}", image.display()),
+            source: e,
+        },
+    })?;
+    if !(meta.is_file() || meta.file_type().is_block_device()) {
+        return Err(Error::Usage(format!(
+            "{} is neither a file nor a block device",
+            image.display()
+        )));
+    }
+    std::fs::canonicalize(image).map_err(|e| Error::Io {
+        context: format!("resolving {}", image.display()),
+        source: e,
+    })
 }

@@ -23,6 +23,14 @@ pub struct StatusReport {
     pub features: Vec<FeatureReport>,
     pub config_errors: Vec<ConfigErrorReport>,
     pub tor: TorReport,
+    pub kdf: KdfReport,
+}
+
+/// The argon2id memory ceiling new keyslots get on this machine now.
+#[derive(Debug, Serialize)]
+pub struct KdfReport {
+    pub mem_available_kib: Option<u64>,
+    pub default_max_memory_kib: u32,
 }
 
 /// Whether tor runs, and on which state.
@@ -41,6 +49,8 @@ pub struct VolumeReport {
     pub backing: Option<PathBuf>,
     pub image: Option<PathBuf>,
     pub mount_root: Option<PathBuf>,
+    /// The volume's keyslots: number, role ("passphrase" or "recovery"), KDF and cost.
+    pub keyslots: Vec<crate::volume::KeyslotInfo>,
 }
 
 pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
@@ -57,6 +67,13 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
             running: false,
             pids: vec![],
             state: "amnesic",
+        },
+        kdf: {
+            let available = crate::volume::mem_available_kib();
+            KdfReport {
+                mem_available_kib: available,
+                default_max_memory_kib: crate::volume::default_max_memory_kib(available),
+            }
         },
     };
     let pids = crate::tor::tor_pids_using(std::path::Path::new(crate::tor::DATA_DIR));
@@ -80,7 +97,14 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
             .first()
             .and_then(|s| crate::devices::loop_backing_file(s));
         report.unlocked = true;
+        let keyslots = record
+            .as_ref()
+            .map(|r| r.backing.clone())
+            .and_then(|b| crate::volume::header_info(&b).ok())
+            .map(|h| h.keyslots)
+            .unwrap_or_default();
         report.volume = Some(VolumeReport {
+            keyslots,
             mapping: u.mapping.name.clone(),
             device: crate::devices::dev_path(&u.mapping.kernel_name),
             backing: backing_dev,
@@ -134,6 +158,18 @@ fn human(r: &StatusReport) -> String {
             .as_ref()
             .map_or_else(|| "(not mounted)".into(), |m| m.display().to_string()),
     );
+    for k in &v.keyslots {
+        text.push_str(&format!(
+            "  keyslot {}: {}, {} ({} MiB)\n",
+            k.keyslot,
+            match k.role {
+                crate::volume::Role::Passphrase => "passphrase",
+                crate::volume::Role::Recovery => "recovery key",
+            },
+            k.kdf,
+            k.cost.memory_kib / 1024
+        ));
+    }
     for f in &r.features {
         let state = if f.active {
             "active"

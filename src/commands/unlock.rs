@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, UnlockArgs};
 use crate::config::LineError;
 use crate::devices;
-use crate::disks;
 use crate::error::{Error, Result};
 use crate::features::SystemHost;
 use crate::layout::Layout;
@@ -55,7 +54,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         )));
     }
     let _lock = super::exclusive()?;
-    let backing = find_volume(&args, &profile)?;
+    let backing = super::find_volume(&args.volume, &profile)?;
     let layout = profile.for_volume(&backing);
     if let Some(m) = devices::find_mapping(&layout.mapping) {
         return Err(Error::Busy(format!(
@@ -65,14 +64,26 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     }
     // A file that is not LUKS is refused before anyone types a passphrase for it.
     volume::header_info(&backing)?;
-    let secret = super::read_secret_safely(
-        global,
-        &args.passphrase,
-        out,
-        "Passphrase",
-        false,
-        Some(&backing),
-    )?;
+    let secret = if args.recovery_key {
+        let typed = super::read_secret_safely(
+            global,
+            &args.passphrase,
+            out,
+            "Recovery key",
+            false,
+            Some(&backing),
+        )?;
+        crate::recovery::normalize(&typed)?
+    } else {
+        super::read_secret_safely(
+            global,
+            &args.passphrase,
+            out,
+            "Passphrase",
+            false,
+            Some(&backing),
+        )?
+    };
     out.progress(format!("unlocking {}", backing.display()));
     let keyslot = volume::activate(&backing, &layout.mapping, &secret)?;
     drop(secret);
@@ -85,74 +96,6 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
             Err(e)
         }
     }
-}
-
-/// The volume to unlock: the container file or partition given, the persistence partition
-/// on a given disk, or else the one found by name (preferring the live system's stick).
-fn find_volume(args: &UnlockArgs, layout: &Layout) -> Result<PathBuf> {
-    if let Some(image) = &args.image {
-        return check_backing(image);
-    }
-    let on_disk = match &args.device {
-        Some(dev) => {
-            let bd = disks::block_device(dev)?;
-            if bd.is_partition() {
-                return check_backing(dev);
-            }
-            Some(bd.name)
-        }
-        None => None,
-    };
-    let mut found =
-        disks::find_persistence(layout.partition_name, layout.fs_label, on_disk.as_deref());
-    if found.len() > 1 {
-        let table = mounts::read_mountinfo()?;
-        if let Some(live) = disks::live_medium_disk(&table) {
-            let on_live: Vec<_> = found.iter().filter(|p| p.disk == live).cloned().collect();
-            if !on_live.is_empty() {
-                found = on_live;
-            }
-        }
-    }
-    match found.as_slice() {
-        [one] => Ok(one.path()),
-        [] => Err(Error::NotFound(format!(
-            "no persistence partition (GPT name {} or LUKS label {}) found{}; give --device or --image",
-            layout.partition_name,
-            layout.fs_label,
-            on_disk.map(|d| format!(" on /dev/{d}")).unwrap_or_default()
-        ))),
-        many => Err(Error::Usage(format!(
-            "several persistence partitions: {}; choose one with --device",
-            many.iter()
-                .map(|p| p.path().display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
-fn check_backing(image: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(image).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound(format!("{} does not exist", image.display()))
-        }
-        _ => Error::Io {
-            context: format!("reading {}", image.display()),
-            source: e,
-        },
-    })?;
-    if !(meta.is_file() || meta.file_type().is_block_device()) {
-        return Err(Error::Usage(format!(
-            "{} is neither a file nor a block device",
-            image.display()
-        )));
-    }
-    std::fs::canonicalize(image).map_err(|e| Error::Io {
-        context: format!("resolving {}", image.display()),
-        source: e,
-    })
 }
 
 fn mount_and_activate(

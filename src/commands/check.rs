@@ -1,0 +1,363 @@
+//! `keepsake check` (look, change nothing) and `keepsake repair` (e2fsck -y and a sane
+//! persistence.conf, never deleting user data). Both open the locked volume under a
+//! mapping of their own and close it again on every path.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::{CheckArgs, GlobalArgs};
+use crate::config::ConfigFile;
+use crate::error::{Error, Result};
+use crate::layout::{CONFIG_FILE, RUNTIME_DIR};
+use crate::output::Output;
+use crate::safefs::{self, Owner};
+use crate::tools::{self, FsckReport};
+use crate::unlocked;
+use crate::volume::{self, HeaderInfo};
+
+const MAPPING: &str = "keepsake-inspect";
+const MAX_CONFIG: u64 = 1 << 20;
+
+#[derive(Debug, Serialize)]
+struct ConfigReport {
+    present: bool,
+    owner_uid: Option<u32>,
+    mode: Option<String>,
+    features: usize,
+    errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    volume: PathBuf,
+    ok: bool,
+    header: HeaderInfo,
+    filesystem: Option<FsckReport>,
+    config: Option<ConfigReport>,
+    problems: Vec<String>,
+    /// What repair changed.
+    repaired: Vec<String>,
+}
+
+/// The volume opened for inspection; closed (and its cached pages dropped) when dropped.
+struct Inspection {
+    device: PathBuf,
+    mount_point: Option<PathBuf>,
+}
+
+impl Inspection {
+    fn open(
+        backing: &Path,
+        secret: &crate::secrets::Secret,
+        read_only: bool,
+    ) -> Result<Inspection> {
+        if let Some(m) = crate::devices::find_mapping(MAPPING) {
+            return Err(Error::Busy(format!(
+                "a mapping named {} ({}) exists already; nothing was changed",
+                m.name, m.kernel_name
+            )));
+        }
+        volume::activate_with(backing, MAPPING, secret, read_only)?;
+        Ok(Inspection {
+            device: Path::new("/dev/mapper").join(MAPPING),
+            mount_point: None,
+        })
+    }
+
+    fn mount(&mut self, read_only: bool) -> Result<safefs::Dir> {
+        let root = Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o700,
+        };
+        let (runtime, _) = safefs::open_dir(Path::new(RUNTIME_DIR), Some(root))?;
+        let (point, _) = safefs::open_beneath(&runtime, Path::new("inspect"), Some(root))?;
+        if read_only {
+            crate::mounts::mount_ext4_read_only(&self.device, &point.path)?;
+        } else {
+            crate::mounts::mount_ext4(&self.device, &point.path)?;
+        }
+        self.mount_point = Some(point.path.clone());
+        safefs::open_dir(&point.path, None).map(|(d, _)| d)
+    }
+}
+
+impl Drop for Inspection {
+    fn drop(&mut self) {
+        unlocked::sync_all();
+        if let Some(point) = self.mount_point.take()
+            && crate::mounts::unmount(&point).is_err()
+        {
+            // Something still holds it: detach it now, the kernel finishes when it lets go.
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = volume::deactivate(MAPPING);
+        let _ = unlocked::drop_caches();
+    }
+}
+
+fn prepare(
+    global: &GlobalArgs,
+    args: &CheckArgs,
+    out: Output,
+    why: &str,
+) -> Result<(PathBuf, HeaderInfo, crate::secrets::Secret)> {
+    super::require_root()?;
+    let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
+    let header = volume::header_info(&backing)?;
+    super::require_locked(&backing, why)?;
+    let secret = super::read_secret_safely(
+        global,
+        &args.passphrase,
+        out,
+        "Passphrase",
+        false,
+        Some(&backing),
+    )?;
+    Ok((backing, header, secret))
+}
+
+fn config_report(volume: &safefs::Dir) -> (ConfigReport, Vec<String>) {
+    let mut problems = Vec::new();
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(match e {
+                Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
+                e => e.to_string(),
+            });
+            let report = ConfigReport {
+                present: false,
+                owner_uid: None,
+                mode: None,
+                features: 0,
+                errors: vec![],
+            };
+            return (report, problems);
+        }
+    };
+    if !unlocked::trusted_config_owner(raw.owner) || raw.owner.mode != 0o600 {
+        problems.push(format!(
+            "{CONFIG_FILE} must be owned by root with mode 0600 (it is uid {}, mode {:04o})",
+            raw.owner.uid, raw.owner.mode
+        ));
+    }
+    let config = ConfigFile::parse(&raw.contents);
+    let errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
+    problems.extend(errors.iter().cloned());
+    let report = ConfigReport {
+        present: true,
+        owner_uid: Some(raw.owner.uid),
+        mode: Some(format!("{:04o}", raw.owner.mode)),
+        features: config.entries().count(),
+        errors,
+    };
+    (report, problems)
+}
+
+pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
+    let _lock = super::exclusive()?;
+    let (backing, header, secret) =
+        prepare(global, &args, out, "a mounted filesystem cannot be checked")?;
+    let mut problems = Vec::new();
+    let mut inspection = Inspection::open(&backing, &secret, true)?;
+    drop(secret);
+    out.progress("checking the filesystem (e2fsck -fn)");
+    let fsck = tools::fsck_full(&inspection.device, false)?;
+    if !fsck.clean {
+        problems.push(format!(
+            "the filesystem has errors (e2fsck -fn: {})",
+            fsck.summary
+        ));
+    }
+    let config = match inspection.mount(true) {
+        Ok(dir) => {
+            let (report, found) = config_report(&dir);
+            problems.extend(found);
+            Some(report)
+        }
+        Err(e) => {
+            problems.push(format!("the filesystem cannot be mounted: {e}"));
+            None
+        }
+    };
+    drop(inspection);
+    finish(backing, header, Some(fsck), config, problems, vec![], out)
+}
+
+pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
+    let _lock = super::exclusive()?;
+    let (backing, header, secret) = prepare(
+        global,
+        &args,
+        out,
+        "a mounted filesystem cannot be repaired",
+    )?;
+    let mut repaired = Vec::new();
+    let mut inspection = Inspection::open(&backing, &secret, false)?;
+    drop(secret);
+    out.progress("repairing the filesystem (e2fsck -fy)");
+    let fsck = tools::fsck_full(&inspection.device, true)?;
+    if fsck.status != 0 {
+        repaired.push(format!("filesystem: {}", fsck.summary));
+    }
+    let mut problems = Vec::new();
+    if !fsck.clean {
+        problems.push(format!(
+            "e2fsck -fy could not repair everything: {}",
+            fsck.summary
+        ));
+    }
+    let config = {
+        // The folder's descriptor must be closed before the unmount in the drop below.
+        let dir = inspection.mount(false)?;
+        repaired.extend(repair_config(&dir)?);
+        let (config, left) = config_report(&dir);
+        problems.extend(left);
+        config
+    };
+    drop(inspection);
+    finish(
+        backing,
+        header,
+        Some(fsck),
+        Some(config),
+        problems,
+        repaired,
+        out,
+    )
+}
+
+/// Makes persistence.conf sane: present, trusted owner and mode 0600, no invalid line
+/// (those are moved to a file beside it). Returns what it changed.
+fn repair_config(volume: &safefs::Dir) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+        Ok(f) => Some(f),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let Some(raw) = raw else {
+        let host = crate::features::SystemHost::new(None);
+        unlocked::write_config(volume, &super::create::default_config(&host)?)?;
+        changed.push(format!(
+            "{CONFIG_FILE} was missing: written with the default features"
+        ));
+        return Ok(changed);
+    };
+    let config = ConfigFile::parse(&raw.contents);
+    let (kept, invalid) = config.without_invalid();
+    if !invalid.is_empty() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = format!("{CONFIG_FILE}.invalid-{stamp}");
+        let mut text = invalid.join("\n");
+        text.push('\n');
+        safefs::write_file_atomically(
+            volume,
+            &aside,
+            text.as_bytes(),
+            Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o600,
+            },
+        )?;
+        changed.push(format!(
+            "{} invalid line(s) moved to {aside}",
+            invalid.len()
+        ));
+    }
+    let bad_owner = !unlocked::trusted_config_owner(raw.owner) || raw.owner.mode != 0o600;
+    if bad_owner {
+        changed.push(format!(
+            "{CONFIG_FILE} owner and mode set to root, 0600 (were uid {}, mode {:04o})",
+            raw.owner.uid, raw.owner.mode
+        ));
+    }
+    if bad_owner || !invalid.is_empty() {
+        unlocked::write_config(volume, &kept)?;
+    }
+    Ok(changed)
+}
+
+fn finish(
+    volume: PathBuf,
+    header: HeaderInfo,
+    filesystem: Option<FsckReport>,
+    config: Option<ConfigReport>,
+    problems: Vec<String>,
+    repaired: Vec<String>,
+    out: Output,
+) -> Result<()> {
+    let report = CheckReport {
+        volume,
+        ok: problems.is_empty(),
+        header,
+        filesystem,
+        config,
+        problems,
+        repaired,
+    };
+    out.result(&report, human);
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::CheckFailed(format!(
+            "{} problem(s) found in {}{}",
+            report.problems.len(),
+            report.volume.display(),
+            if report.repaired.is_empty() {
+                "; keepsake repair fixes the filesystem and persistence.conf"
+            } else {
+                ""
+            }
+        )))
+    }
+}
+
+fn human(r: &CheckReport) -> String {
+    let mut text = format!(
+        "{}: {} {}, {} keyslot(s)\n",
+        r.volume.display(),
+        r.header.format,
+        r.header.cipher,
+        r.header.keyslots.len()
+    );
+    for k in &r.header.keyslots {
+        text.push_str(&format!(
+            "  keyslot {} ({:?}): {}, {} MiB, {} iterations\n",
+            k.keyslot,
+            k.role,
+            k.kdf,
+            k.cost.memory_kib / 1024,
+            k.cost.iterations
+        ));
+    }
+    if let Some(f) = &r.filesystem {
+        text.push_str(&format!(
+            "filesystem: {} ({})\n",
+            if f.clean { "clean" } else { "ERRORS" },
+            f.summary
+        ));
+    }
+    if let Some(c) = &r.config {
+        text.push_str(&format!(
+            "persistence.conf: {} feature line(s), {} invalid\n",
+            c.features,
+            c.errors.len()
+        ));
+    }
+    for change in &r.repaired {
+        text.push_str(&format!("repaired: {change}\n"));
+    }
+    for p in &r.problems {
+        text.push_str(&format!("problem: {p}\n"));
+    }
+    if r.ok {
+        text.push_str("all checks passed\n");
+    }
+    text
+}

@@ -1,0 +1,185 @@
+//! `keepsake upgrade`: LUKS1 → LUKS2 and PBKDF2 keyslots → argon2id, with a header backup
+//! in RAM that is written back when a step fails.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, UpgradeArgs};
+use crate::error::{Error, Result};
+use crate::output::Output;
+use crate::volume::{self, KeyslotInfo, UpgradePlan};
+
+#[derive(Debug, Serialize)]
+struct UpgradeReport {
+    volume: PathBuf,
+    dry_run: bool,
+    plan: UpgradePlan,
+    changed: bool,
+    format: String,
+    keyslots: Vec<KeyslotInfo>,
+    /// PBKDF2 keyslots left as they were: the passphrase given opens another one.
+    untouched: Vec<u32>,
+}
+
+pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
+    super::require_root()?;
+    let _lock = super::exclusive()?;
+    let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
+    let plan = volume::upgrade_plan(&backing)?;
+    if args.dry_run || plan.is_empty() {
+        let info = volume::header_info(&backing)?;
+        let report = UpgradeReport {
+            volume: backing,
+            dry_run: args.dry_run,
+            untouched: vec![],
+            changed: false,
+            format: info.format,
+            keyslots: info.keyslots,
+            plan,
+        };
+        out.result(&report, human);
+        return Ok(());
+    }
+    if plan.convert_to_luks2 {
+        super::require_locked(
+            &backing,
+            "converting LUKS1 to LUKS2 needs the volume closed",
+        )?;
+    }
+    let secret = super::read_secret_safely(
+        global,
+        &args.passphrase,
+        out,
+        "Passphrase",
+        false,
+        Some(&backing),
+    )?;
+    // A wrong passphrase stops here, before anything is written.
+    volume::check_passphrase(&backing, &secret)?;
+    let backup = Backup::take(&backing)?;
+    let result = (|| -> Result<()> {
+        if plan.convert_to_luks2 {
+            out.progress("converting the header to LUKS2");
+            volume::convert_to_luks2(&backing)?;
+        }
+        let slot = volume::check_passphrase(&backing, &secret)?;
+        let kdf = volume::header_info(&backing)?
+            .keyslots
+            .into_iter()
+            .find(|k| k.keyslot == slot)
+            .map(|k| k.kdf);
+        if kdf.as_deref() != Some("argon2id") {
+            out.progress("re-deriving the keyslot with argon2id");
+            volume::convert_keyslot(&backing, &secret, super::kdf_choice(&args.kdf))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        return Err(match backup.restore(&backing) {
+            Ok(()) => Error::Internal(format!(
+                "{e}; the header was put back as it was, and the volume opens as before"
+            )),
+            Err(r) => Error::Corrupt(format!(
+                "{e}; putting the header back failed too ({r}): do not write to the volume, and keep the stick for recovery"
+            )),
+        });
+    }
+    drop(backup);
+    let info = volume::header_info(&backing)?;
+    let untouched = info
+        .keyslots
+        .iter()
+        .filter(|k| k.kdf != "argon2id")
+        .map(|k| k.keyslot)
+        .collect();
+    let report = UpgradeReport {
+        volume: backing,
+        dry_run: false,
+        plan,
+        changed: true,
+        format: info.format,
+        keyslots: info.keyslots,
+        untouched,
+    };
+    out.result(&report, human);
+    Ok(())
+}
+
+fn human(r: &UpgradeReport) -> String {
+    let mut steps = Vec::new();
+    if r.plan.convert_to_luks2 {
+        steps.push("convert the header from LUKS1 to LUKS2".to_string());
+    }
+    if !r.plan.keyslots_to_argon2id.is_empty() {
+        steps.push(format!(
+            "re-derive keyslot(s) {:?} with argon2id (each with its own passphrase)",
+            r.plan.keyslots_to_argon2id
+        ));
+    }
+    let mut text = if r.plan.is_empty() {
+        format!(
+            "{} is up to date: {} with argon2id keyslots",
+            r.volume.display(),
+            r.format
+        )
+    } else if r.dry_run {
+        format!(
+            "upgrade would {} on {}",
+            steps.join(" and "),
+            r.volume.display()
+        )
+    } else {
+        format!("upgraded {}: now {}", r.volume.display(), r.format)
+    };
+    for k in &r.keyslots {
+        text.push_str(&format!(
+            "\n  keyslot {}: {} ({} MiB, {} iterations)",
+            k.keyslot,
+            k.kdf,
+            k.cost.memory_kib / 1024,
+            k.cost.iterations
+        ));
+    }
+    if !r.untouched.is_empty() {
+        text.push_str(&format!(
+            "\n  keyslot(s) {:?} still use PBKDF2: run upgrade again with their passphrase",
+            r.untouched
+        ));
+    }
+    text
+}
+
+/// A copy of the header in /run/keepsake (checked to be in RAM by the preflight), wiped
+/// and removed when dropped.
+struct Backup(PathBuf);
+
+impl Backup {
+    fn take(backing: &Path) -> Result<Backup> {
+        let (dir, _) = crate::safefs::open_dir(
+            Path::new(crate::layout::RUNTIME_DIR),
+            Some(crate::safefs::Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o700,
+            }),
+        )?;
+        let path = dir
+            .path
+            .join(format!("header-backup.{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let backup = Backup(path);
+        volume::header_backup(backing, &backup.0)?;
+        Ok(backup)
+    }
+
+    fn restore(&self, backing: &Path) -> Result<()> {
+        volume::header_restore(backing, &self.0)
+    }
+}
+
+impl Drop for Backup {
+    fn drop(&mut self) {
+        crate::safefs::wipe_and_remove(&self.0);
+    }
+}
