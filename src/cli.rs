@@ -190,6 +190,11 @@ pub struct UpgradeArgs {
     /// Only report what would change.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also save a copy of the header to FILE (on other media) before changing anything;
+    /// it must not exist. It restores the volume with `cryptsetup luksHeaderRestore` if
+    /// power fails during the conversion. Delete it afterwards: it holds the old keyslot.
+    #[arg(long, value_name = "FILE")]
+    pub header_backup: Option<PathBuf>,
     #[command(flatten)]
     pub volume: VolumeArgs,
     #[command(flatten)]
@@ -247,9 +252,15 @@ argon2id, as Tails did in 2023. A copy of the header is kept in /run/keepsake (R
 and written back if any step fails; it is wiped afterwards. --dry-run reports the plan and \
 changes nothing. Other PBKDF2 keyslots are reported: each needs its own passphrase.
 
+A keyslot is never rewritten in place: the argon2id keyslot is added first and the PBKDF2 one \
+destroyed afterwards, so a power cut leaves a volume that opens. The LUKS1 to LUKS2 \
+conversion itself (libcryptsetup moves the keyslots and rewrites the header in place, a few \
+milliseconds) has no such guarantee and the RAM copy does not survive a power cut: keep \
+--header-backup FILE on other media until the upgrade is done.
+
 Examples:
   keepsake upgrade --dry-run
-  keepsake upgrade --device /dev/sdb2";
+  keepsake upgrade --device /dev/sdb2 --header-backup /media/other/header.img";
 
 const CHECK_HELP: &str = "\
 check reads the LUKS header and each keyslot's parameters, opens the volume read-only with \

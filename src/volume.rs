@@ -486,9 +486,34 @@ fn keyslot_of(device: &mut CryptDevice, path: &Path, secret: &Secret) -> Result<
         .map_err(|e| bad_passphrase_or(path, "checking the passphrase", e))
 }
 
-/// Replaces the passphrase of the keyslot `old` opens by `new`. libcryptsetup writes the
-/// new keyslot to a free area first and switches the header over in one metadata update,
-/// so that at every moment one of the two passphrases opens the volume.
+/// Replaces the keyslot `slot` (opened by `old`) by a new keyslot for `new`, never in
+/// place: the new keyslot is written into free keyslot space and recorded first, and only
+/// then is the old one destroyed. A power cut at any moment leaves a header that one of the
+/// two passphrases opens. (libcryptsetup's change_by_passphrase falls back to overwriting
+/// the keyslot in place when it finds no free space; a cut then leaves neither: found by
+/// scenario 13.) Without free keyslot space this fails and changes nothing.
+fn replace_keyslot(
+    device: &mut CryptDevice,
+    path: &Path,
+    slot: u32,
+    old: &Secret,
+    new: &Secret,
+    what: &str,
+) -> Result<u32> {
+    let new_slot = device
+        .keyslot_handle()
+        .add_by_passphrase(None, old.as_bytes(), new.as_bytes())
+        .map_err(|e| bad_passphrase_or(path, what, e))?;
+    device
+        .keyslot_handle()
+        .destroy(slot)
+        .map_err(|e| Error::crypt(format!("{what}: destroying the old keyslot {slot}"), e))?;
+    Ok(new_slot)
+}
+
+/// Replaces the passphrase of the keyslot `old` opens by `new`, in two header updates
+/// (add the new keyslot, destroy the old), so that at every moment one of the two
+/// passphrases opens the volume.
 pub fn change_passphrase(
     path: &Path,
     old: &Secret,
@@ -505,10 +530,7 @@ pub fn change_passphrase(
         ));
     }
     set_kdf(&mut device, kdf, path)?;
-    let new_slot = device
-        .keyslot_handle()
-        .change_by_passphrase(Some(slot), None, old.as_bytes(), new.as_bytes())
-        .map_err(|e| bad_passphrase_or(path, "changing the passphrase", e))?;
+    let new_slot = replace_keyslot(&mut device, path, slot, old, new, "changing the passphrase")?;
     keyslot_info(&mut device, new_slot)
 }
 
@@ -685,16 +707,21 @@ pub fn convert_to_luks2(path: &Path) -> Result<()> {
         .map_err(|e| Error::crypt(format!("converting {} to LUKS2", path.display()), e))
 }
 
-/// Re-derives the keyslot `secret` opens with argon2id (in place, as `cryptsetup
-/// luksConvertKey` does). Returns the keyslot's new cost.
+/// Re-derives the keyslot `secret` opens with argon2id: a new keyslot for the same
+/// passphrase, then the old one destroyed (not in place as `cryptsetup luksConvertKey`
+/// does, so that a power cut cannot leave a half-written keyslot). Returns its new cost.
 pub fn convert_keyslot(path: &Path, secret: &Secret, kdf: KdfChoice) -> Result<KeyslotInfo> {
     let mut device = load(path)?;
     let slot = keyslot_of(&mut device, path, secret)?;
     set_kdf(&mut device, kdf, path)?;
-    let slot = device
-        .keyslot_handle()
-        .change_by_passphrase(Some(slot), Some(slot), secret.as_bytes(), secret.as_bytes())
-        .map_err(|e| bad_passphrase_or(path, "converting the keyslot", e))?;
+    let slot = replace_keyslot(
+        &mut device,
+        path,
+        slot,
+        secret,
+        secret,
+        "converting the keyslot",
+    )?;
     keyslot_info(&mut device, slot)
 }
 

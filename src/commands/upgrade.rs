@@ -57,6 +57,25 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
     )?;
     // A wrong passphrase stops here, before anything is written.
     volume::check_passphrase(&backing, &secret)?;
+    if let Some(file) = &args.header_backup {
+        if file.exists() {
+            return Err(Error::Usage(format!(
+                "{} exists already; choose a new file for the header backup; nothing was changed",
+                file.display()
+            )));
+        }
+        volume::header_backup(&backing, file)?;
+        std::fs::File::open(file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::Io {
+                context: format!("syncing {}", file.display()),
+                source: e,
+            })?;
+        out.warn(format!(
+            "header backup written to {}; delete it once the upgrade is done (it holds the old keyslot)",
+            file.display()
+        ));
+    }
     let backup = Backup::take(&backing)?;
     let result = (|| -> Result<()> {
         if plan.convert_to_luks2 {
