@@ -468,7 +468,8 @@ pub fn sync_all() {
 
 /// Asks the kernel to drop clean page-cache pages, dentries and inodes, so that plaintext
 /// read from the volume does not linger in RAM after lock.
+/// Drops clean cached pages, dentries and inodes. The volume's own are gone already with
+/// its unmount and close; this is the belt to those braces.
 pub fn drop_caches() -> Result<()> {
-    sync_all();
     std::fs::write("/proc/sys/vm/drop_caches", b"3\n").context(|| "dropping the page cache".into())
 }

@@ -227,6 +227,16 @@ pub fn luks2_label(path: &Path) -> Option<String> {
         .filter(|l| !l.is_empty())
 }
 
+/// Refuses a file or device without a LUKS header, cheaply (no libcryptsetup load): for
+/// checks before a passphrase is asked.
+pub fn require_luks(path: &Path) -> Result<()> {
+    if has_luks_magic(path) {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!("{} has no LUKS header", path.display())))
+    }
+}
+
 /// Loads the LUKS header of `path`, telling "not LUKS" apart from I/O trouble.
 fn load(path: &Path) -> Result<CryptDevice> {
     let mut device = init(path)?;

@@ -123,21 +123,20 @@ fn lock_volume(
         .or_else(|| unlocked.backing());
     let dev = unlocked.mapping.dev;
 
+    // Scanning every process for open files is the slowest part of a lock, so it is done
+    // only when it matters: with --force, to end them first; otherwise only when an
+    // unmount reports the volume busy, to name them.
     let mut ended = Vec::new();
-    let holders = processes::holders_of(dev);
-    if !holders.is_empty() {
-        if !args.force {
-            return Err(Error::Busy(format!(
-                "files of the volume are in use by {}; close them, or use --force to end these processes (nothing was changed)",
-                describe(&holders)
-            )));
+    if args.force {
+        let holders = processes::holders_of(dev);
+        if !holders.is_empty() {
+            out.progress(format!("ending {}", describe(&holders)));
+            let left = processes::end_holders(dev, Duration::from_secs(3));
+            if !left.is_empty() {
+                return Err(Error::Busy(format!("could not end {}", describe(&left))));
+            }
+            ended = holders;
         }
-        out.progress(format!("ending {}", describe(&holders)));
-        let left = processes::end_holders(dev, Duration::from_secs(3));
-        if !left.is_empty() {
-            return Err(Error::Busy(format!("could not end {}", describe(&left))));
-        }
-        ended = holders;
     }
 
     let mount_root = unlocked
@@ -150,10 +149,19 @@ fn lock_volume(
         Ok(done) => done,
         Err(e) => {
             restore(layout, unlocked);
+            let holders = processes::holders_of(dev);
+            if e.exit_code() == crate::error::ExitCode::Busy && !holders.is_empty() {
+                return Err(Error::Busy(format!(
+                    "files of the volume are in use by {}; close them, or use --force to end these processes (nothing was changed)",
+                    describe(&holders)
+                )));
+            }
             return Err(e);
         }
     };
-    unlocked::sync_all();
+    // No global sync() here: unmounting wrote the filesystem back and waited for it, and
+    // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
+    // the host would only make lock slower.
     volume::deactivate(&layout.mapping)?;
     if let Some(file) = &backing {
         for lo in devices::loops_backed_by(file) {

@@ -63,7 +63,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         )));
     }
     // A file that is not LUKS is refused before anyone types a passphrase for it.
-    volume::header_info(&backing)?;
+    volume::require_luks(&backing)?;
     let secret = if args.recovery_key {
         let typed = super::read_secret_safely(
             global,
