@@ -1,8 +1,8 @@
 # Nothing keepsake handles reaches a disk in plaintext. Canaries in every bound feature's
-# folder, the passphrase and the volume key are searched for in the raw images afterwards: the
-# "host internal disk" (mounted read-write, and keepsake's working folder and TMPDIR) must
-# hold none of them, the USB stick no plaintext. Negative controls, written on purpose to
-# each disk, show that the scan finds what is there.
+# folder, the passphrase, the recovery key and the volume key are searched for in the raw
+# images afterwards: the "host internal disk" (mounted read-write, and keepsake's working
+# folder and TMPDIR) must hold none of them, the USB stick no plaintext. Negative controls,
+# written on purpose to each disk, show that the scan finds what is there.
 
 host_main() {
     local pass="leak-pass-$(ks_random)"
@@ -17,6 +17,9 @@ host_main() {
     local usb="$KS_SCEN_DIR/usb.img" host="$KS_SCEN_DIR/hostdisk.img" vk
     vk=$(ks_get volume_key)
     [ ${#vk} -eq 128 ] && ks_host_ok "volume key captured (512 bits)" || ks_host_fail "no volume key captured ($vk)"
+    local rk rk_bare
+    rk=$(ks_get recovery_key); rk_bare=$(echo "$rk" | tr -d -)
+    [ ${#rk} -eq 47 ] && ks_host_ok "recovery key captured" || ks_host_fail "no recovery key captured ($rk)"
     for img in "$host" "$usb"; do
         ks_expect_hits "passphrase" "$img" "text:$pass" -eq 0
         ks_expect_hits "note canary" "$img" "text:$note" -eq 0
@@ -24,6 +27,8 @@ host_main() {
         ks_expect_hits "subfolder canary" "$img" "text:$sub" -eq 0
         ks_expect_hits "deleted-file canary" "$img" "text:$gone" -eq 0
         ks_expect_hits "canaries in all 13 bind features" "$img" "text:$feat" -eq 0
+        ks_expect_hits "recovery key" "$img" "text:$rk" -eq 0
+        ks_expect_hits "recovery key without dashes" "$img" "text:$rk_bare" -eq 0
         ks_expect_hits "volume key" "$img" "hex:$vk" -eq 0
         ks_expect_hits "volume key, first half" "$img" "hex:${vk:0:64}" -eq 0
         ks_expect_hits "volume key, second half" "$img" "hex:${vk:64:64}" -eq 0
@@ -40,6 +45,9 @@ guest_write() {
     mkdir -p /media/hostdisk/tmp && cd /media/hostdisk
     export TMPDIR=/media/hostdisk/tmp
     ks_expect_rc 0 "create" -- keepsake create --image "$KS_IMAGE" --size 64M --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "add a recovery key" -- keepsake --json recovery-key add --image "$KS_IMAGE" --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_out recovery_key "$(sed -n 's/.*"recovery_key": "\([^"]*\)".*/\1/p' /tmp/ks-cmd.out)"
+    rm /tmp/ks-cmd.out
     ks_expect_rc 0 "unlock" -- keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
     ks_system_folders
     ks_expect_rc 0 "enable every built-in feature" -- keepsake feature enable $KS_ALL_FEATURES
