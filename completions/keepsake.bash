@@ -16,6 +16,9 @@ _keepsake() {
             ",$1")
                 cmd="keepsake"
                 ;;
+            keepsake,backup)
+                cmd="keepsake__subcmd__backup"
+                ;;
             keepsake,check)
                 cmd="keepsake__subcmd__check"
                 ;;
@@ -40,6 +43,9 @@ _keepsake() {
             keepsake,repair)
                 cmd="keepsake__subcmd__repair"
                 ;;
+            keepsake,restore)
+                cmd="keepsake__subcmd__restore"
+                ;;
             keepsake,status)
                 cmd="keepsake__subcmd__status"
                 ;;
@@ -48,6 +54,9 @@ _keepsake() {
                 ;;
             keepsake,upgrade)
                 cmd="keepsake__subcmd__upgrade"
+                ;;
+            keepsake__subcmd__backup,verify)
+                cmd="keepsake__subcmd__backup__subcmd__verify"
                 ;;
             keepsake__subcmd__feature,add)
                 cmd="keepsake__subcmd__feature__subcmd__add"
@@ -80,12 +89,76 @@ _keepsake() {
 
     case "${cmd}" in
         keepsake)
-            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version create unlock lock status feature passphrase recovery-key upgrade check repair delete"
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version create unlock lock status feature passphrase recovery-key upgrade check repair delete backup restore"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__backup)
+            opts="-h -V --feature --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --feature)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --passphrase-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --archive-kdf-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --archive-kdf-iterations)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__backup__subcmd__verify)
+            opts="-h -V --passphrase-fd --key-file --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --passphrase-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --layout)
                     COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
                     return 0
@@ -557,6 +630,36 @@ _keepsake() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        keepsake__subcmd__restore)
+            opts="-h -V --feature --dry-run --overwrite --passphrase-fd --key-file --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --feature)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --passphrase-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         keepsake__subcmd__status)
             opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -618,12 +721,16 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__upgrade)
-            opts="-h -V --dry-run --device --image --passphrase-fd --key-file --pbkdf-memory --pbkdf-force-iterations --pbkdf-max-memory --pbkdf-parallel --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --dry-run --header-backup --device --image --passphrase-fd --key-file --pbkdf-memory --pbkdf-force-iterations --pbkdf-max-memory --pbkdf-parallel --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --header-backup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --device)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

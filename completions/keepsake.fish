@@ -43,6 +43,8 @@ complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "upgrade" -d 'Upgr
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "check" -d 'Check the header, keyslots, filesystem and persistence.conf; changes nothing'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "repair" -d 'Repair the filesystem (e2fsck -y) and persistence.conf; never deletes user data'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "delete" -d 'Destroy the volume for good: keyslots, header, then its partition or file'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "backup" -d 'Write an encrypted, authenticated backup of the unlocked volume (or of features)'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "restore" -d 'Restore a backup into the unlocked volume, once all of it has authenticated'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l device -d 'The whole disk of the live stick (e.g. /dev/sdb): a TailsData partition is added' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l image -d 'A container file to create instead; it must not exist yet' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l size -d 'Size of the container file: bytes, or with a K, M, G or T suffix (powers of 1024)' -r
@@ -216,6 +218,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fi
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l header-backup -d 'Also save a copy of the header to FILE (on other media) before changing anything; it must not exist. It restores the volume with `cryptsetup luksHeaderRestore` if power fails during the conversion. Delete it afterwards: it holds the old keyslot' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
@@ -268,3 +271,40 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l feature -d 'Back up only this feature (repeat for more) [default: the whole volume]' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l archive-kdf-memory -d 'argon2id memory for the archive key, in KiB' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l archive-kdf-iterations -d 'argon2id passes for the archive key' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -a "verify" -d 'Authenticate a whole archive and list what it holds, writing nothing'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l feature -d 'Restore only this feature (repeat for more) [default: everything in the archive]' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l dry-run -d 'Authenticate the archive and list what would be restored; write nothing'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l overwrite -d 'Replace the contents of features that already hold data'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -s V -l version -d 'Print version'

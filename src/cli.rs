@@ -113,7 +113,124 @@ pub enum Command {
     /// Destroy the volume for good: keyslots, header, then its partition or file.
     #[command(after_long_help = DELETE_HELP)]
     Delete(DeleteArgs),
+    /// Write an encrypted, authenticated backup of the unlocked volume (or of features).
+    #[command(
+        after_long_help = BACKUP_HELP,
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        disable_help_subcommand = true
+    )]
+    Backup(BackupArgs),
+    /// Restore a backup into the unlocked volume, once all of it has authenticated.
+    #[command(after_long_help = RESTORE_HELP)]
+    Restore(RestoreArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+
+    /// The archive to write: a new file, or - for standard output.
+    #[arg(value_name = "FILE", required = true)]
+    pub file: Option<PathBuf>,
+
+    /// Back up only this feature (repeat for more) [default: the whole volume].
+    #[arg(long = "feature", value_name = "NAME")]
+    pub features: Vec<String>,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+
+    #[command(flatten)]
+    pub kdf: ArchiveKdfArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Authenticate a whole archive and list what it holds, writing nothing.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The archive: a file, or - for standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The archive: a file, or - for standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Restore only this feature (repeat for more) [default: everything in the archive].
+    #[arg(long = "feature", value_name = "NAME")]
+    pub features: Vec<String>,
+
+    /// Authenticate the archive and list what would be restored; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Replace the contents of features that already hold data.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+/// The cost of deriving an archive's key from its passphrase.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Archive key derivation")]
+pub struct ArchiveKdfArgs {
+    /// argon2id memory for the archive key, in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
+    pub archive_kdf_memory: u32,
+
+    /// argon2id passes for the archive key.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub archive_kdf_iterations: u32,
+}
+
+const BACKUP_HELP: &str = "\
+The archive holds the volume's folders (every feature's data, persistence.conf and \
+keepsake-features.conf), or with --feature only those features' folders. Owners, modes, \
+modification times, symlinks, empty folders and the holes of sparse files are kept; hard \
+links become separate files; sockets, FIFOs and device nodes are left out and reported.
+
+It is encrypted and authenticated with ChaCha20-Poly1305 in the STREAM construction, 64 KiB \
+chunks, under a key derived with argon2id from a backup passphrase (asked twice on a \
+terminal; --passphrase-fd or --key-file in scripts; it need not be the volume's). Truncation, \
+reordering, appended data and any changed bit are detected. The format is documented in \
+docs/backup-format.md. A FILE is written as FILE.partial and renamed when complete.
+
+`keepsake backup verify FILE` authenticates a whole archive without writing anything.
+
+Examples:
+  keepsake backup /media/other-stick/keepsake-2026-11.ksb
+  keepsake backup --feature gnupg --feature ssh-client - | ssh host 'cat > keys.ksb'
+  keepsake backup verify /media/other-stick/keepsake-2026-11.ksb";
+
+const RESTORE_HELP: &str = "\
+Nothing is changed before the whole archive has authenticated: it is extracted into a \
+staging folder inside the (encrypted) volume, and only then are its folders moved into \
+place; on a wrong passphrase or any tampering the staging folder is removed and the volume \
+is as it was. A feature folder that already holds data is only replaced with --overwrite. \
+A full restore also brings back persistence.conf and keepsake-features.conf (the current \
+ones are kept beside them as *.before-restore); lock and unlock to activate the restored \
+features. Active features see their restored data at once.
+
+Examples:
+  keepsake restore --dry-run /media/other-stick/keepsake-2026-11.ksb
+  keepsake restore /media/other-stick/keepsake-2026-11.ksb
+  keepsake restore --feature gnupg --overwrite keys.ksb";
 
 #[derive(Debug, Subcommand)]
 pub enum PassphraseCommand {

@@ -62,6 +62,9 @@ pub enum Error {
     Usage(String),
     #[error("the passphrase or key does not open any keyslot of {0}; nothing was changed")]
     BadPassphrase(String),
+    /// A passphrase or key that does not fit something other than a keyslot (an archive).
+    #[error("{0}")]
+    WrongKey(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -95,7 +98,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
-            Error::BadPassphrase(_) => ExitCode::BadPassphrase,
+            Error::BadPassphrase(_) | Error::WrongKey(_) => ExitCode::BadPassphrase,
             Error::NotFound(_) => ExitCode::NotFound,
             Error::Busy(_) => ExitCode::Busy,
             Error::UnsafeHost(_) => ExitCode::UnsafeHost,

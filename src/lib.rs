@@ -4,6 +4,7 @@
 //! everything else is library code, tested without root where it is pure logic and in the
 //! loop-device VM (loopdev-tests/) where it needs dm-crypt.
 
+pub mod archive;
 pub mod binder;
 pub mod cli;
 pub mod commands;

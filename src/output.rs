@@ -112,3 +112,101 @@ impl Output {
         }
     }
 }
+
+/// A progress line for long work (bytes, rate, ETA), redrawn on standard error at most a
+/// few times a second, and only on a terminal and without --json.
+pub struct Progress {
+    shown: bool,
+    what: &'static str,
+    total: Option<u64>,
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    pub fn new(out: Output, what: &'static str, total: Option<u64>) -> Progress {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        Progress {
+            shown: !out.json && std::io::stderr().is_terminal(),
+            what,
+            total,
+            start: now,
+            last: now,
+        }
+    }
+
+    pub fn update(&mut self, done: u64) {
+        if !self.shown || self.last.elapsed() < std::time::Duration::from_millis(250) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        eprint!(
+            "\r\x1b[K{}",
+            progress_line(self.what, done, self.total, self.start.elapsed())
+        );
+    }
+
+    pub fn finish(&self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// "backup: 120.0 MiB of 1.0 GiB, 40.0 MiB/s, 22 s left".
+pub fn progress_line(
+    what: &str,
+    done: u64,
+    total: Option<u64>,
+    elapsed: std::time::Duration,
+) -> String {
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+    let mut line = format!("{what}: {}", bytes(done));
+    if let Some(total) = total {
+        line.push_str(&format!(" of {}", bytes(total)));
+    }
+    line.push_str(&format!(", {}/s", bytes(rate as u64)));
+    if let Some(total) = total.filter(|&t| t > done && rate > 0.0) {
+        line.push_str(&format!(", {:.0} s left", (total - done) as f64 / rate));
+    }
+    line
+}
+
+/// Bytes in binary units with one decimal: "1.5 GiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+        let line = progress_line(
+            "backup",
+            100 << 20,
+            Some(300 << 20),
+            std::time::Duration::from_secs(2),
+        );
+        assert_eq!(line, "backup: 100.0 MiB of 300.0 MiB, 50.0 MiB/s, 4 s left");
+        assert_eq!(
+            progress_line("restore", 1 << 20, None, std::time::Duration::from_secs(1)),
+            "restore: 1.0 MiB, 1.0 MiB/s"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! One function per command: each checks its inputs, does its work through the library
 //! modules, and returns a report for [`crate::output::Output`].
 
+mod backup;
 mod check;
 mod create;
 mod delete;
@@ -39,6 +40,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::check(&cli.global, args, out),
         Command::Repair(args) => check::repair(&cli.global, args, out),
         Command::Delete(args) => delete::run(&cli.global, args, out),
+        Command::Backup(args) => backup::backup(&cli.global, args, out),
+        Command::Restore(args) => backup::restore(&cli.global, args, out),
     }
 }
 

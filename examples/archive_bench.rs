@@ -1,0 +1,51 @@
+//! Runs keepsake's backup archive code on a plain folder, for loopdev-tests/bench/backup:
+//! the archive's throughput without a volume around it (the volume's own cost is the
+//! subject of loopdev-tests/bench/run).
+//!
+//!   archive_bench backup KEY_FILE FOLDER ARCHIVE     every entry of FOLDER
+//!   archive_bench restore KEY_FILE ARCHIVE FOLDER    into an empty FOLDER
+//!
+//! The archive key is derived with a small argon2id cost (8 MiB, 1 pass) so that the
+//! figures are the stream's; the command prints the seconds spent deriving it.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use keepsake::archive::{self, KdfParams};
+use keepsake::secrets::{self, SecretSource};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, mode, key, from, to] = args.as_slice() else {
+        return Err("usage: archive_bench backup|restore KEY_FILE FROM TO".into());
+    };
+    let secret = secrets::read_secret(&SecretSource::KeyFile(PathBuf::from(key)), "key", false)?;
+    let params = KdfParams { memory_kib: 8192, iterations: 1, parallel: 1 };
+    let t0 = Instant::now();
+    match mode.as_str() {
+        "backup" => {
+            let root = Path::new(from);
+            let mut tops: Vec<PathBuf> = std::fs::read_dir(root)?
+                .map(|e| e.map(|e| PathBuf::from(e.file_name())))
+                .collect::<Result<_, _>>()?;
+            tops.sort();
+            let out = BufWriter::with_capacity(1 << 20, std::fs::File::create(to)?);
+            let mut writer = archive::Writer::new(out, &secret, params, 64 * 1024)?;
+            let kdf = t0.elapsed();
+            archive::write_tree(root, &tops, &mut writer, &mut |_| {})?;
+            let mut out = writer.finish()?;
+            out.flush()?;
+            eprintln!("kdf {:.3} s", kdf.as_secs_f64());
+        }
+        "restore" => {
+            let input = BufReader::with_capacity(1 << 20, std::fs::File::open(from)?);
+            let mut reader = archive::Reader::new(input, &secret)?;
+            let kdf = t0.elapsed();
+            archive::read_tree(&mut reader, Some(Path::new(to)), &mut |_| {})?;
+            eprintln!("kdf {:.3} s", kdf.as_secs_f64());
+        }
+        other => return Err(format!("unknown mode {other}").into()),
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+# Encrypted backups: a volume's features are backed up from one stick into an archive on the
+# "host disk" (on purpose: only ciphertext may land there), verified, and restored onto a
+# fresh stick, where every file type, owner, mode, time, symlink, empty folder and hole is
+# back. Tampered and truncated archives and a wrong passphrase are refused with nothing
+# changed. The host-disk image is then scanned for the canaries.
+
+host_main() {
+    local a b host canary ctl
+    canary="KSBACKUP-canary-$(ks_random)"; ctl="KSBACKUP-control-$(ks_random)"
+    ks_set passphrase "stick-$(ks_random)"
+    ks_set backup_passphrase "archive-$(ks_random)"
+    ks_set canary "$canary"; ks_set control "$ctl"
+    a=$(ks_live_stick usb 320M) || return 1
+    b=$(ks_live_stick usb2 320M) || return 1
+    host=$(ks_disk hostdisk 128M)
+    ks_phase source "usb=$a" "hostdisk=$host" || return 1
+    ks_set facts_hash "$(ks_get facts)"
+    ks_phase target "usb=$b" "hostdisk=$host" || return 1
+    ks_expect_hits "file canaries on the host disk that holds the archive" "$host" "text:$canary" -eq 0
+    ks_expect_hits "the backup passphrase on the host disk" "$host" "text:$(ks_get_in backup_passphrase)" -eq 0
+    ks_expect_hits "the archive itself (its magic) is on the host disk" "$host" "text:KSBACKUP" -ge 1
+    ks_expect_hits "negative control: a canary written to the host disk on purpose" "$host" "text:$ctl" -ge 1
+}
+
+ks_backup_pass() {
+    (umask 077; sed -n 's/^backup_passphrase=//p' /run/ks-test/in | tail -n 1 | tr -d '\n' > /run/ks-test/bpass)
+}
+
+KS_ARCHIVE_KDF="--archive-kdf-memory 8192 --archive-kdf-iterations 1"
+
+# What must survive: names, owners, modes, sizes, contents, link targets (ks_manifest),
+# modification times, and the holes of the sparse file.
+ks_tree_facts() {
+    { ks_manifest "$1"
+      (cd "$1" && find . -mindepth 1 ! -type l | sort | while read -r f; do echo "$f mtime $(stat -c %Y "$f")"; done)
+    } | grep -v '^\./lost+found'
+}
+
+guest_source() {
+    ks_live_session
+    ks_pass_file
+    ks_backup_pass
+    ks_expect_rc 0 "create stick A" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
+    ks_expect_rc 0 "enable gnupg and dotfiles" -- keepsake feature enable gnupg dotfiles
+    local p=$KS_PERSISTENT
+    mkdir -p $p/docs/deep $p/empty
+    ks_in canary > $p/docs/note.txt
+    { head -c 200000 /dev/urandom; ks_in canary; } > $p/docs/deep/big.bin
+    : > $p/docs/empty-file
+    printf '#!/bin/sh\necho hi\n' > $p/docs/script.sh && chmod 0755 $p/docs/script.sh
+    chmod 0600 $p/docs/note.txt && chmod 0640 $p/docs/empty-file
+    ln -s note.txt $p/docs/link && ln -s /etc/hostname $p/docs/abs-link
+    dd if=/dev/urandom of=$p/sparse.img bs=4096 count=2 seek=5000 2>/dev/null
+    truncate -s 64M $p/sparse.img
+    chown -R 1000:1000 $p
+    chown 0:7 $p/docs/empty-file
+    touch -d "2021-06-01 12:00:00" $p/docs/note.txt $p/empty
+    ks_in canary > /home/amnesia/.gnupg/pubring.kbx
+    echo "set -o vi" > /live/persistence/TailsData_unlocked/dotfiles/.bashrc
+    ks_tree_facts $KS_ROOT_MNT > /tmp/facts
+    ks_out facts "$(sha256sum < /tmp/facts | cut -c1-64)"
+    ks_log "the tree: $(wc -l < /tmp/facts) facts; sparse file uses $(stat -c %b $p/sparse.img) blocks for 64 MiB"
+
+    ks_disk_fs hostdisk /media/hostdisk format
+    ks_expect_rc 0 "backup to the host disk" -- ks_timed backup keepsake --json backup /media/hostdisk/k.ksb --key-file /run/ks-test/bpass $KS_ARCHIVE_KDF
+    ks_assert "the report lists the features" grep -q '"gnupg"' /tmp/ks-cmd.out
+    ks_expect_rc 2 "backup over an existing file" -- keepsake backup /media/hostdisk/k.ksb --key-file /run/ks-test/bpass $KS_ARCHIVE_KDF
+    ks_expect_rc 0 "backup verify" -- ks_timed verify keepsake backup verify /media/hostdisk/k.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 0 "backup of one feature to stdout" -- sh -c "keepsake backup --feature gnupg - --key-file /run/ks-test/bpass $KS_ARCHIVE_KDF > /media/hostdisk/gnupg.ksb"
+    ks_expect_rc 0 "it verifies from stdin" -- sh -c "keepsake backup verify - --key-file /run/ks-test/bpass < /media/hostdisk/gnupg.ksb"
+    ks_assert "it holds only gnupg" sh -c "grep -q '^/media/hostdisk/gnupg.ksb\|gnupg' /tmp/ks-cmd.out && ! grep -q Persistent /tmp/ks-cmd.out"
+    # Damaged copies: one flipped byte in the middle, the last chunk cut off.
+    cp /media/hostdisk/k.ksb /media/hostdisk/flipped.ksb
+    local size; size=$(stat -c %s /media/hostdisk/k.ksb)
+    printf '\377' | dd of=/media/hostdisk/flipped.ksb bs=1 seek=$((size / 2)) conv=notrunc 2>/dev/null
+    head -c $((size - 100)) /media/hostdisk/k.ksb > /media/hostdisk/truncated.ksb
+    ks_expect_rc 7 "verify a flipped byte" -- keepsake backup verify /media/hostdisk/flipped.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 7 "verify a truncated archive" -- keepsake backup verify /media/hostdisk/truncated.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 3 "verify with a wrong passphrase" -- keepsake backup verify /media/hostdisk/k.ksb --key-file "$KS_PASS_FILE"
+    ks_expect_rc 0 "lock" -- keepsake lock
+    ks_in control > /media/hostdisk/control.txt
+    sync && umount /media/hostdisk
+}
+
+guest_target() {
+    ks_live_session
+    ks_pass_file
+    ks_backup_pass
+    ks_disk_fs hostdisk /media/hostdisk
+    ks_expect_rc 0 "create a fresh stick B" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
+    ks_manifest $KS_ROOT_MNT > /tmp/before
+    ks_expect_rc 7 "restore a tampered archive" -- keepsake restore /media/hostdisk/flipped.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 7 "restore a truncated archive" -- keepsake restore /media/hostdisk/truncated.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 3 "restore with a wrong passphrase" -- keepsake restore /media/hostdisk/k.ksb --key-file "$KS_PASS_FILE"
+    ks_manifest $KS_ROOT_MNT > /tmp/after
+    ks_assert "the volume is exactly as before all three" cmp -s /tmp/before /tmp/after
+    ks_expect_rc 0 "restore --dry-run" -- keepsake restore --dry-run /media/hostdisk/k.ksb --key-file /run/ks-test/bpass
+    ks_assert "the dry run names the folders" grep -q "would restore .*Persistent" /tmp/ks-cmd.out
+    ks_manifest $KS_ROOT_MNT > /tmp/after
+    ks_assert "and changed nothing" cmp -s /tmp/before /tmp/after
+    ks_expect_rc 0 "restore" -- ks_timed restore keepsake restore /media/hostdisk/k.ksb --key-file /run/ks-test/bpass
+    ks_assert "nothing of the staging is left" sh -c "! ls -a $KS_ROOT_MNT | grep -q '^\.keepsake-'"
+    rm -f $KS_ROOT_MNT/persistence.conf.before-restore
+    ks_tree_facts $KS_ROOT_MNT > /tmp/facts
+    ks_assert_eq "every name, owner, mode, size, content, link and time is back" \
+        "$(sha256sum < /tmp/facts | cut -c1-64)" "$(ks_in facts_hash)"
+    ks_assert "the sparse file is still sparse" test "$(stat -c %b $KS_PERSISTENT/sparse.img)" -lt 1000
+    ks_assert "the active Persistent feature shows the restored files" grep -q KSBACKUP-canary $KS_PERSISTENT/docs/note.txt
+    ks_expect_rc 5 "restore again without --overwrite" -- keepsake restore /media/hostdisk/k.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 0 "restore one feature with --overwrite" -- keepsake restore --feature persistent --overwrite /media/hostdisk/k.ksb --key-file /run/ks-test/bpass
+    ks_expect_rc 0 "lock" -- keepsake lock
+    ks_expect_rc 0 "unlock: the restored persistence.conf activates gnupg and dotfiles" -- keepsake unlock --key-file "$KS_PASS_FILE"
+    ks_assert "gnupg is bound" grep -q KSBACKUP-canary /home/amnesia/.gnupg/pubring.kbx
+    ks_assert "the dotfile is linked" test -L /home/amnesia/.bashrc
+    ks_expect_rc 0 "lock" -- keepsake lock
+    umount /media/hostdisk
+}

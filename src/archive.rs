@@ -1,0 +1,2619 @@
+//! The encrypted backup archive, format version 1; docs/backup-format.md is its
+//! specification and this module its reference implementation.
+//!
+//! Two layers, usable apart. [`Writer`] and [`Reader`] turn any byte stream into an archive
+//! and back: a 64-byte plaintext header, then ChaCha20-Poly1305 in the STREAM construction
+//! under a key derived with argon2id. A reader hands out a chunk's plaintext only after its
+//! tag checked out, so truncation, reordering, appended data and any changed bit are caught
+//! before anything unauthenticated is acted on. [`write_tree`] and [`read_tree`] turn a
+//! folder tree into that byte stream and back: folders, regular files (sparse ones stay
+//! sparse) and symlinks, with modes, owners and modification times. Neither side follows a
+//! symlink, and no archive can place anything outside the folder it is extracted into.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
+
+use argon2::{Algorithm, Argon2, Version};
+use chacha20poly1305::aead::generic_array::GenericArray;
+use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, fstat, fstatat, futimens, mkdirat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, Whence, fchown, fchownat, lseek, symlinkat};
+use zeroize::Zeroizing;
+
+use crate::error::{Context, Error, Result, at};
+use crate::secrets::Secret;
+
+/// The first eight bytes of every archive.
+pub const MAGIC: &[u8; 8] = b"KSBACKUP";
+/// The format version this module writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Length of the plaintext header, which is also every chunk's associated data.
+pub const HEADER_LEN: usize = 64;
+/// Plaintext bytes per chunk unless told otherwise.
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+/// Ceilings on the key-derivation cost a reader accepts, so that a hostile header cannot
+/// make it allocate or compute without bound.
+pub const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+pub const MAX_KDF_PARALLEL: u32 = 16;
+/// The most extents a file entry may list. A reader refuses more; a writer stores a file
+/// more fragmented than that as one extent (its holes then become zeros in the archive).
+pub const MAX_EXTENTS: u32 = 1 << 20;
+
+const KDF_ARGON2ID: u8 = 1;
+const SALT_LEN: usize = 16;
+const NONCE_PREFIX_LEN: usize = 7;
+const TAG_LEN: usize = 16;
+const KEY_LEN: usize = 32;
+/// File data is copied through a buffer of this size.
+const COPY_BUFFER: usize = 64 * 1024;
+
+const ENTRY_END: u8 = 0;
+const ENTRY_DIR: u8 = 1;
+const ENTRY_FILE: u8 = 2;
+const ENTRY_SYMLINK: u8 = 3;
+
+/// argon2id cost of the archive key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory (t_cost).
+    pub iterations: u32,
+    /// Lanes (p_cost).
+    pub parallel: u32,
+}
+
+impl Default for KdfParams {
+    /// 256 MiB, 3 passes, 1 lane: affordable on any machine a live system boots on.
+    fn default() -> KdfParams {
+        KdfParams {
+            memory_kib: 256 * 1024,
+            iterations: 3,
+            parallel: 1,
+        }
+    }
+}
+
+impl KdfParams {
+    /// Why these parameters are out of bounds, if they are.
+    fn problem(&self) -> Option<String> {
+        let KdfParams {
+            memory_kib,
+            iterations,
+            parallel,
+        } = *self;
+        if !(1..=MAX_KDF_PARALLEL).contains(&parallel) {
+            Some(format!(
+                "parallelism {parallel} is not between 1 and {MAX_KDF_PARALLEL}"
+            ))
+        } else if !(1..=MAX_KDF_ITERATIONS).contains(&iterations) {
+            Some(format!(
+                "{iterations} iterations is not between 1 and {MAX_KDF_ITERATIONS}"
+            ))
+        } else if memory_kib > MAX_KDF_MEMORY_KIB {
+            Some(format!("{memory_kib} KiB of memory is more than 4 GiB"))
+        } else if memory_kib < 8 * parallel {
+            Some(format!(
+                "{memory_kib} KiB of memory is less than 8 KiB per lane"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+fn chunk_size_problem(chunk_size: u32) -> Option<String> {
+    (!(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)).then(|| {
+        format!(
+            "chunk size {chunk_size} is not between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes"
+        )
+    })
+}
+
+/// The fields of the plaintext header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Header {
+    params: KdfParams,
+    salt: [u8; SALT_LEN],
+    chunk_size: u32,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut bytes = [0u8; HEADER_LEN];
+        bytes[0..8].copy_from_slice(MAGIC);
+        bytes[8] = FORMAT_VERSION;
+        bytes[9] = KDF_ARGON2ID;
+        bytes[12..16].copy_from_slice(&self.params.memory_kib.to_le_bytes());
+        bytes[16..20].copy_from_slice(&self.params.iterations.to_le_bytes());
+        bytes[20..24].copy_from_slice(&self.params.parallel.to_le_bytes());
+        bytes[24..40].copy_from_slice(&self.salt);
+        bytes[40..44].copy_from_slice(&self.chunk_size.to_le_bytes());
+        bytes[44..51].copy_from_slice(&self.nonce_prefix);
+        bytes
+    }
+
+    /// Parses and bounds-checks a header; nothing in it is trusted yet (it is authenticated
+    /// only when the first chunk is).
+    fn parse(bytes: &[u8; HEADER_LEN]) -> Result<Header> {
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        if &bytes[0..8] != MAGIC {
+            return Err(Error::Corrupt(
+                "not a keepsake backup archive (it does not start with KSBACKUP)".into(),
+            ));
+        }
+        if bytes[8] != FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "backup archive format version {} is not supported; this keepsake reads version {FORMAT_VERSION}",
+                bytes[8]
+            )));
+        }
+        if bytes[9] != KDF_ARGON2ID {
+            return Err(Error::Corrupt(format!(
+                "the backup archive uses an unknown key derivation (id {})",
+                bytes[9]
+            )));
+        }
+        if bytes[10..12].iter().chain(&bytes[51..64]).any(|&b| b != 0) {
+            return Err(Error::Corrupt(
+                "the backup archive header has reserved bytes set; it is damaged or from a newer keepsake"
+                    .into(),
+            ));
+        }
+        let params = KdfParams {
+            memory_kib: u32_at(12),
+            iterations: u32_at(16),
+            parallel: u32_at(20),
+        };
+        if let Some(problem) = params.problem() {
+            return Err(Error::Corrupt(format!(
+                "the backup archive asks for an unreasonable key derivation cost: {problem}"
+            )));
+        }
+        let chunk_size = u32_at(40);
+        if let Some(problem) = chunk_size_problem(chunk_size) {
+            return Err(Error::Corrupt(format!("the backup archive's {problem}")));
+        }
+        let mut salt = [0u8; SALT_LEN];
+        salt.copy_from_slice(&bytes[24..40]);
+        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+        nonce_prefix.copy_from_slice(&bytes[44..51]);
+        Ok(Header {
+            params,
+            salt,
+            chunk_size,
+            nonce_prefix,
+        })
+    }
+}
+
+fn derive_key(secret: &[u8], header: &Header) -> Result<Zeroizing<[u8; KEY_LEN]>> {
+    let KdfParams {
+        memory_kib,
+        iterations,
+        parallel,
+    } = header.params;
+    let params = argon2::Params::new(memory_kib, iterations, parallel, Some(KEY_LEN))
+        .map_err(|e| Error::Internal(format!("argon2id parameters: {e}")))?;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(secret, &header.salt, &mut key[..])
+        .map_err(|e| Error::Internal(format!("deriving the archive key: {e}")))?;
+    Ok(key)
+}
+
+fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
+    ChaCha20Poly1305::new(GenericArray::from_slice(key))
+}
+
+/// Encrypts a byte stream into an archive. Everything written is buffered into chunks;
+/// [`Writer::finish`] seals the last one. An archive whose writer is dropped unfinished has
+/// no last chunk, and every reader refuses it as truncated.
+pub struct Writer<W: Write> {
+    inner: W,
+    header: [u8; HEADER_LEN],
+    chunk_size: usize,
+    /// `None` once a write failed: what reached `inner` is then unknown.
+    encryptor: Option<EncryptorBE32<ChaCha20Poly1305>>,
+    /// Plaintext of the chunk being filled, allocated once with room for the tag so that
+    /// sealing in place never leaves a copy behind.
+    buffer: Zeroizing<Vec<u8>>,
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes the header (fresh random salt and nonce prefix) and derives the key.
+    pub fn new(inner: W, secret: &Secret, params: KdfParams, chunk_size: u32) -> Result<Writer<W>> {
+        if let Some(problem) = params.problem() {
+            return Err(Error::Usage(format!(
+                "backup key derivation cost: {problem}"
+            )));
+        }
+        if let Some(problem) = chunk_size_problem(chunk_size) {
+            return Err(Error::Usage(format!("backup {problem}")));
+        }
+        let mut salt = [0u8; SALT_LEN];
+        crate::recovery::fill_random(&mut salt)?;
+        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+        crate::recovery::fill_random(&mut nonce_prefix)?;
+        Writer::with_header(
+            inner,
+            secret,
+            Header {
+                params,
+                salt,
+                chunk_size,
+                nonce_prefix,
+            },
+        )
+    }
+
+    /// The deterministic part of [`Writer::new`], for test vectors.
+    fn with_header(inner: W, secret: &Secret, header: Header) -> Result<Writer<W>> {
+        let key = derive_key(secret.as_bytes(), &header)?;
+        Writer::with_key(inner, &header, &key)
+    }
+
+    fn with_key(mut inner: W, header: &Header, key: &[u8; KEY_LEN]) -> Result<Writer<W>> {
+        let header_bytes = header.encode();
+        inner
+            .write_all(&header_bytes)
+            .context(|| "writing the archive header".into())?;
+        let chunk_size = header.chunk_size as usize;
+        Ok(Writer {
+            inner,
+            header: header_bytes,
+            chunk_size,
+            encryptor: Some(EncryptorBE32::from_aead(
+                cipher(key),
+                GenericArray::from_slice(&header.nonce_prefix),
+            )),
+            buffer: Zeroizing::new(Vec::with_capacity(chunk_size + TAG_LEN)),
+        })
+    }
+
+    /// Seals the last chunk (possibly empty) and returns the inner writer, flushed.
+    pub fn finish(mut self) -> Result<W> {
+        let encryptor = self.encryptor.take().ok_or_else(failed_earlier)?;
+        encryptor
+            .encrypt_last_in_place(&self.header, &mut *self.buffer)
+            .map_err(|_| Error::Internal("sealing the last chunk of the archive".into()))?;
+        self.inner
+            .write_all(&self.buffer)
+            .and_then(|()| self.inner.flush())
+            .context(|| "writing the archive".into())?;
+        Ok(self.inner)
+    }
+
+    /// Seals the full buffer as a chunk that is not the last.
+    fn seal_chunk(&mut self) -> io::Result<()> {
+        let encryptor = self
+            .encryptor
+            .as_mut()
+            .ok_or_else(|| io::Error::other(failed_earlier()))?;
+        let sealed = encryptor
+            .encrypt_next_in_place(&self.header, &mut *self.buffer)
+            .map_err(|_| {
+                io::Error::other("the archive has too many chunks; use a larger chunk size")
+            })
+            .and_then(|()| self.inner.write_all(&self.buffer));
+        self.buffer.clear();
+        if sealed.is_err() {
+            self.encryptor = None;
+        }
+        sealed
+    }
+}
+
+fn failed_earlier() -> Error {
+    Error::Internal("the archive writer failed earlier; the archive is incomplete".into())
+}
+
+impl<W: Write> Write for Writer<W> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        if self.encryptor.is_none() {
+            return Err(io::Error::other(failed_earlier()));
+        }
+        let total = data.len();
+        while !data.is_empty() {
+            // A full chunk is sealed only once more data comes: until `finish` it may be
+            // the last.
+            if self.buffer.len() == self.chunk_size {
+                self.seal_chunk()?;
+            }
+            let take = (self.chunk_size - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        Ok(total)
+    }
+
+    /// Flushes the inner writer only: chunks have a fixed size, so a partial one cannot be
+    /// written out early.
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Why a chunk was refused, carried inside the `io::Error` a [`Reader`] returns.
+#[derive(Debug, thiserror::Error)]
+#[error("the archive was changed or truncated at chunk {chunk}")]
+struct Damaged {
+    chunk: u64,
+}
+
+enum ReaderState {
+    Reading,
+    Finished,
+    /// A chunk was refused: every later read fails the same way.
+    Refused(u64),
+    /// Reading the inner stream failed.
+    Broken,
+}
+
+enum ChunkError {
+    Io(io::Error),
+    Refused(u64),
+}
+
+/// Decrypts an archive. Reading yields only plaintext whose chunk authenticated, and ends
+/// (returns 0) only after the last chunk authenticated as the last; a refused chunk is an
+/// `io::Error` of kind `InvalidData` naming it.
+pub struct Reader<R: Read> {
+    inner: R,
+    header: [u8; HEADER_LEN],
+    params: KdfParams,
+    chunk_size: usize,
+    decryptor: Option<DecryptorBE32<ChaCha20Poly1305>>,
+    /// Ciphertext being read, then the plaintext of the current chunk; allocated once.
+    buffer: Zeroizing<Vec<u8>>,
+    /// How much of `buffer` was handed out.
+    taken: usize,
+    /// One byte read past a full chunk to learn whether it is the last.
+    lookahead: Option<u8>,
+    next_chunk: u64,
+    state: ReaderState,
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads and checks the header, derives the key and authenticates the first chunk, so
+    /// that a wrong passphrase or key is reported here, as [`Error::WrongKey`].
+    pub fn new(mut inner: R, secret: &Secret) -> Result<Reader<R>> {
+        let mut header_bytes = [0u8; HEADER_LEN];
+        inner
+            .read_exact(&mut header_bytes)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => Error::Corrupt(
+                    "not a keepsake backup archive (shorter than its 64-byte header)".into(),
+                ),
+                _ => Error::Io {
+                    context: "reading the archive header".into(),
+                    source: e,
+                },
+            })?;
+        let header = Header::parse(&header_bytes)?;
+        let key = derive_key(secret.as_bytes(), &header)?;
+        Reader::with_key(inner, &header, &key)
+    }
+
+    /// The rest of [`Reader::new`], once the header was read and the key derived.
+    fn with_key(inner: R, header: &Header, key: &[u8; KEY_LEN]) -> Result<Reader<R>> {
+        let chunk_size = header.chunk_size as usize;
+        let mut reader = Reader {
+            inner,
+            header: header.encode(),
+            params: header.params,
+            chunk_size,
+            decryptor: Some(DecryptorBE32::from_aead(
+                cipher(key),
+                GenericArray::from_slice(&header.nonce_prefix),
+            )),
+            buffer: Zeroizing::new(Vec::with_capacity(chunk_size + TAG_LEN)),
+            taken: 0,
+            lookahead: None,
+            next_chunk: 0,
+            state: ReaderState::Reading,
+        };
+        match reader.read_chunk() {
+            Ok(()) => Ok(reader),
+            Err(ChunkError::Io(e)) => Err(Error::Io {
+                context: "reading the archive".into(),
+                source: e,
+            }),
+            Err(ChunkError::Refused(_)) => Err(Error::WrongKey(
+                "the passphrase or key does not decrypt this archive (or its beginning is damaged); nothing was changed"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The key-derivation cost the archive was written with.
+    pub fn kdf_params(&self) -> KdfParams {
+        self.params
+    }
+
+    /// Reads, authenticates and decrypts the next chunk into `buffer`.
+    fn read_chunk(&mut self) -> std::result::Result<(), ChunkError> {
+        let chunk = self.next_chunk;
+        let full = self.chunk_size + TAG_LEN;
+        self.buffer.clear();
+        self.taken = 0;
+        let mut len = 0;
+        if let Some(byte) = self.lookahead.take() {
+            self.buffer.push(byte);
+            len = 1;
+        }
+        self.buffer.resize(full, 0);
+        let got = read_full(&mut self.inner, &mut self.buffer[len..]);
+        let got = got.map_err(|e| self.broken(e))?;
+        len += got;
+        self.buffer.truncate(len);
+        let last = if len < full {
+            true
+        } else {
+            let mut one = [0u8; 1];
+            let more = read_full(&mut self.inner, &mut one).map_err(|e| self.broken(e))?;
+            self.lookahead = (more == 1).then_some(one[0]);
+            more == 0
+        };
+        let opened = if len < TAG_LEN {
+            Err(chacha20poly1305::aead::Error)
+        } else if last {
+            match self.decryptor.take() {
+                Some(decryptor) => decryptor.decrypt_last_in_place(&self.header, &mut *self.buffer),
+                None => Err(chacha20poly1305::aead::Error),
+            }
+        } else {
+            match self.decryptor.as_mut() {
+                Some(decryptor) => decryptor.decrypt_next_in_place(&self.header, &mut *self.buffer),
+                None => Err(chacha20poly1305::aead::Error),
+            }
+        };
+        if opened.is_err() {
+            self.buffer.clear();
+            self.decryptor = None;
+            self.state = ReaderState::Refused(chunk);
+            return Err(ChunkError::Refused(chunk));
+        }
+        self.next_chunk += 1;
+        if last {
+            self.state = ReaderState::Finished;
+        }
+        Ok(())
+    }
+
+    fn broken(&mut self, e: io::Error) -> ChunkError {
+        self.buffer.clear();
+        self.decryptor = None;
+        self.state = ReaderState::Broken;
+        ChunkError::Io(e)
+    }
+}
+
+impl<R: Read> Read for Reader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let ready = &self.buffer[self.taken..];
+            if !ready.is_empty() || out.is_empty() {
+                let n = ready.len().min(out.len());
+                out[..n].copy_from_slice(&ready[..n]);
+                self.taken += n;
+                return Ok(n);
+            }
+            match self.state {
+                ReaderState::Finished => return Ok(0),
+                ReaderState::Refused(chunk) => return Err(refused(chunk)),
+                ReaderState::Broken => {
+                    return Err(io::Error::other(
+                        "reading the archive failed earlier; its end was not checked",
+                    ));
+                }
+                ReaderState::Reading => match self.read_chunk() {
+                    Ok(()) => {}
+                    Err(ChunkError::Io(e)) => return Err(e),
+                    Err(ChunkError::Refused(chunk)) => return Err(refused(chunk)),
+                },
+            }
+        }
+    }
+}
+
+fn refused(chunk: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Damaged { chunk })
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+/// What a tree was made of, as written or read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TreeStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Bytes of file data stored (holes are not counted).
+    pub bytes: u64,
+    /// Sockets, FIFOs and device nodes the writer left out, by path.
+    pub skipped: Vec<String>,
+    /// Entries that changed while the writer read them, by path and what happened.
+    pub warnings: Vec<String>,
+    /// The top-level names in the archive, in order.
+    pub entries: Vec<String>,
+}
+
+/// Ownership, permissions and modification time of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta {
+    /// Permission bits, with setuid, setgid and sticky (st_mode & 0o7777).
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+}
+
+impl Meta {
+    fn of(st: &nix::sys::stat::FileStat) -> Meta {
+        Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+        }
+    }
+
+    fn mtime(&self) -> TimeSpec {
+        TimeSpec::new(self.mtime, i64::from(self.mtime_nsec))
+    }
+}
+
+/// The fields every entry starts with: type, path, metadata.
+fn entry_start(kind: u8, path: &[u8], meta: &Meta) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(3 + path.len() + 24);
+    out.push(kind);
+    push_bytes16(&mut out, path, "path")?;
+    out.extend_from_slice(&meta.mode.to_le_bytes());
+    out.extend_from_slice(&meta.uid.to_le_bytes());
+    out.extend_from_slice(&meta.gid.to_le_bytes());
+    out.extend_from_slice(&meta.mtime.to_le_bytes());
+    out.extend_from_slice(&meta.mtime_nsec.to_le_bytes());
+    Ok(out)
+}
+
+/// The fields of a file entry between its metadata and its data.
+fn file_layout(size: u64, extents: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + 16 * extents.len());
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&(extents.len() as u32).to_le_bytes());
+    for (offset, length) in extents {
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&length.to_le_bytes());
+    }
+    out
+}
+
+fn push_bytes16(out: &mut Vec<u8>, bytes: &[u8], what: &str) -> Result<()> {
+    let len = u16::try_from(bytes.len()).map_err(|_| {
+        Error::Usage(format!(
+            "cannot archive the {what} {}: longer than 65535 bytes",
+            shown(bytes)
+        ))
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+fn shown(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// Writes the plaintext of an archive to `out`: each of `tops` (names directly inside
+/// `root`, such as `Persistent` or `persistence.conf`) with everything below it, then the
+/// end marker. Nothing is followed: every entry is opened relative to its open parent with
+/// `O_NOFOLLOW`, so a symlink swapped in meanwhile is never read through. Sockets, FIFOs and
+/// device nodes are skipped and listed in the stats; entries that vanish or change type
+/// while being read are listed as warnings. `progress` gets the file data bytes written so
+/// far. `root` itself is not stored.
+pub fn write_tree(
+    root: &Path,
+    tops: &[PathBuf],
+    out: &mut impl Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<TreeStats> {
+    let root_fd = openat(
+        nix::fcntl::AT_FDCWD,
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(at("opening", root))?;
+    let mut names: Vec<&OsStr> = Vec::with_capacity(tops.len());
+    for top in tops {
+        let mut components = top.components();
+        let name = match (components.next(), components.next()) {
+            (Some(Component::Normal(name)), None) => name,
+            _ => {
+                return Err(Error::Usage(format!(
+                    "{} is not a name directly inside {}",
+                    top.display(),
+                    root.display()
+                )));
+            }
+        };
+        if names.contains(&name) {
+            return Err(Error::Usage(format!("{} is given twice", top.display())));
+        }
+        if let Err(e) = fstatat(&root_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            return Err(match e {
+                Errno::ENOENT => {
+                    Error::NotFound(format!("{} does not exist", root.join(name).display()))
+                }
+                e => Error::Io {
+                    context: format!("reading {}", root.join(name).display()),
+                    source: e.into(),
+                },
+            });
+        }
+        names.push(name);
+    }
+    let mut walk = TreeWriter {
+        root,
+        out,
+        progress,
+        stats: TreeStats::default(),
+        buffer: Zeroizing::new(vec![0u8; COPY_BUFFER]),
+    };
+    for name in names {
+        walk.stats.entries.push(name.to_string_lossy().into_owned());
+        walk.entry(&root_fd, name, name.as_bytes())?;
+    }
+    walk.emit(&[ENTRY_END])?;
+    Ok(walk.stats)
+}
+
+struct TreeWriter<'a> {
+    root: &'a Path,
+    out: &'a mut dyn Write,
+    progress: &'a mut dyn FnMut(u64),
+    stats: TreeStats,
+    buffer: Zeroizing<Vec<u8>>,
+}
+
+impl TreeWriter<'_> {
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .context(|| "writing the archive".into())
+    }
+
+    fn shown(&self, path: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(path))
+    }
+
+    fn changed(&mut self, path: &[u8], what: &str) {
+        self.stats.warnings.push(format!("{}: {what}", shown(path)));
+    }
+
+    fn entry(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
+        let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                self.changed(path, "vanished while being backed up; left out");
+                return Ok(());
+            }
+            Err(e) => return Err(e).context(at("reading", &self.shown(path))),
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => self.directory(parent, name, path),
+            libc::S_IFREG => self.file(parent, name, path),
+            libc::S_IFLNK => self.symlink(parent, name, path, &st),
+            _ => {
+                self.stats.skipped.push(shown(path));
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens `name` in `parent` without following a symlink; `None` (and a warning) if it
+    /// is no longer what it was a moment ago.
+    fn open(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        flags: OFlag,
+    ) -> Result<Option<OwnedFd>> {
+        match openat(
+            parent,
+            name,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR) => {
+                self.changed(path, "changed while being backed up; left out");
+                Ok(None)
+            }
+            Err(e) => Err(e).context(at("opening", &self.shown(path))),
+        }
+    }
+
+    fn directory(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
+        let Some(fd) = self.open(parent, name, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)? else {
+            return Ok(());
+        };
+        let st = fstat(&fd).context(at("reading", &self.shown(path)))?;
+        self.emit(&entry_start(ENTRY_DIR, path, &Meta::of(&st))?)?;
+        self.stats.dirs += 1;
+        for child in list_dir(&fd, &self.shown(path))? {
+            let mut child_path = Vec::with_capacity(path.len() + 1 + child.len());
+            child_path.extend_from_slice(path);
+            child_path.push(b'/');
+            child_path.extend_from_slice(child.as_bytes());
+            self.entry(&fd, &child, &child_path)?;
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
+        // O_NONBLOCK: should a FIFO have been swapped in, opening it must not hang.
+        let Some(fd) = self.open(parent, name, path, OFlag::O_RDONLY | OFlag::O_NONBLOCK)? else {
+            return Ok(());
+        };
+        let shown_path = self.shown(path);
+        let st = fstat(&fd).context(at("reading", &shown_path))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            self.changed(path, "changed while being backed up; left out");
+            return Ok(());
+        }
+        let size = st.st_size as u64;
+        let extents = data_extents(&fd, size);
+        let mut head = entry_start(ENTRY_FILE, path, &Meta::of(&st))?;
+        head.extend_from_slice(&file_layout(size, &extents));
+        self.emit(&head)?;
+        let file = File::from(fd);
+        let mut shrank = false;
+        for (offset, length) in extents {
+            let mut done = 0;
+            while done < length {
+                let n = (length - done).min(self.buffer.len() as u64) as usize;
+                let got = read_full_at(&file, &mut self.buffer[..n], offset + done)
+                    .context(at("reading", &shown_path))?;
+                if got < n {
+                    self.buffer[got..n].fill(0);
+                    shrank = true;
+                }
+                self.out
+                    .write_all(&self.buffer[..n])
+                    .context(|| "writing the archive".into())?;
+                done += n as u64;
+                self.stats.bytes += n as u64;
+                (self.progress)(self.stats.bytes);
+            }
+        }
+        if shrank {
+            self.changed(
+                path,
+                "shrank while being backed up; its missing end is stored as zeros",
+            );
+        }
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        st: &nix::sys::stat::FileStat,
+    ) -> Result<()> {
+        let target = match nix::fcntl::readlinkat(parent, name) {
+            Ok(target) => target,
+            Err(Errno::ENOENT | Errno::EINVAL) => {
+                self.changed(path, "changed while being backed up; left out");
+                return Ok(());
+            }
+            Err(e) => return Err(e).context(at("reading the link", &self.shown(path))),
+        };
+        let mut entry = entry_start(ENTRY_SYMLINK, path, &Meta::of(st))?;
+        push_bytes16(&mut entry, target.as_bytes(), "symlink target of")?;
+        self.emit(&entry)?;
+        self.stats.symlinks += 1;
+        Ok(())
+    }
+}
+
+/// The names in an open directory, sorted bytewise so that archives are reproducible.
+fn list_dir(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
+    // No readdir on a descriptor in std; /proc/self/fd/N names exactly this directory.
+    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .context(at("listing", shown))?;
+    let mut names = listing
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()
+        .context(at("listing", shown))?;
+    names.sort();
+    Ok(names)
+}
+
+/// The ranges of a file that hold data, from SEEK_DATA/SEEK_HOLE; the whole file as one
+/// extent where the filesystem cannot tell, or where there would be too many.
+fn data_extents(fd: &OwnedFd, size: u64) -> Vec<(u64, u64)> {
+    let whole = if size == 0 { vec![] } else { vec![(0, size)] };
+    let mut extents = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match lseek(fd, pos as libc::off_t, Whence::SeekData) {
+            Ok(start) => start as u64,
+            // No data after `pos`: the rest is a hole.
+            Err(Errno::ENXIO) => break,
+            Err(_) => return whole,
+        };
+        if start >= size {
+            break;
+        }
+        let end = match lseek(fd, start as libc::off_t, Whence::SeekHole) {
+            Ok(end) => (end as u64).min(size),
+            Err(_) => return whole,
+        };
+        if end <= start || extents.len() >= MAX_EXTENTS as usize {
+            return whole;
+        }
+        extents.push((start, end - start));
+        pos = end;
+    }
+    extents
+}
+
+/// Reads at `offset` until `buf` is full or the file ends; returns how much was read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], offset + len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+/// Reads the plaintext of an archive from `input` (usually a [`Reader`]) and checks all of
+/// it: every path, the order of entries, every extent list, and that the end marker is
+/// followed by nothing. With `Some(dest)`, an existing empty folder, the tree is recreated
+/// there: owners only when running as root, modes, modification times, holes of sparse
+/// files; folders get their mode and time after their contents are written. Nothing outside
+/// `dest` is touched: an entry's parent must be a folder the archive created earlier, and
+/// each is opened with `O_NOFOLLOW`. On an error the extraction stops where it was, so
+/// `dest` should be thrown away then. `progress` gets the file data bytes read so far.
+pub fn read_tree(
+    input: &mut impl Read,
+    dest: Option<&Path>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<TreeStats> {
+    let mut extractor = dest.map(Extractor::new).transpose()?;
+    let mut stats = TreeStats::default();
+    // Every path seen and its entry type: duplicates and parents are checked against it.
+    let mut seen: HashMap<Vec<u8>, u8> = HashMap::new();
+    let mut buffer = Zeroizing::new(vec![0u8; COPY_BUFFER]);
+    loop {
+        let kind = read_u8(input)?;
+        if kind == ENTRY_END {
+            break;
+        }
+        if !matches!(kind, ENTRY_DIR | ENTRY_FILE | ENTRY_SYMLINK) {
+            return Err(Error::Corrupt(format!(
+                "the archive holds an entry of unknown type {kind}"
+            )));
+        }
+        let path = read_bytes16(input)?;
+        check_path(&path)?;
+        let meta = read_meta(input, &path)?;
+        let (parent, _) = split_path(&path);
+        if parent.is_empty() {
+            stats.entries.push(shown(&path));
+        } else {
+            match seen.get(parent) {
+                Some(&ENTRY_DIR) => {}
+                Some(_) => {
+                    return Err(Error::Corrupt(format!(
+                        "the archive holds {} inside {}, which is not a folder; refusing to follow it",
+                        shown(&path),
+                        shown(parent)
+                    )));
+                }
+                None => {
+                    return Err(Error::Corrupt(format!(
+                        "the archive holds {} before its folder {}",
+                        shown(&path),
+                        shown(parent)
+                    )));
+                }
+            }
+        }
+        if seen.contains_key(&path) {
+            return Err(Error::Corrupt(format!(
+                "the archive holds {} twice",
+                shown(&path)
+            )));
+        }
+        match kind {
+            ENTRY_DIR => {
+                if let Some(extractor) = &mut extractor {
+                    extractor.directory(&path, meta)?;
+                }
+                stats.dirs += 1;
+            }
+            ENTRY_SYMLINK => {
+                let target = read_bytes16(input)?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(Error::Corrupt(format!(
+                        "the archive holds a symlink {} with an empty target or one with a NUL byte",
+                        shown(&path)
+                    )));
+                }
+                if let Some(extractor) = &mut extractor {
+                    extractor.symlink(&path, &target, &meta)?;
+                }
+                stats.symlinks += 1;
+            }
+            _ => {
+                let (size, extents) = read_file_layout(input, &path)?;
+                let file = match &mut extractor {
+                    Some(extractor) => Some(extractor.file(&path, size)?),
+                    None => None,
+                };
+                for (offset, length) in extents {
+                    let mut done = 0;
+                    while done < length {
+                        let n = (length - done).min(buffer.len() as u64) as usize;
+                        read_exact(input, &mut buffer[..n])?;
+                        if let (Some(file), Some(extractor)) = (&file, &extractor) {
+                            file.write_all_at(&buffer[..n], offset + done)
+                                .context(at("writing", &extractor.shown(&path)))?;
+                        }
+                        done += n as u64;
+                        stats.bytes += n as u64;
+                        progress(stats.bytes);
+                    }
+                }
+                if let (Some(file), Some(extractor)) = (&file, &extractor) {
+                    extractor.finish_file(file, &path, &meta)?;
+                }
+                stats.files += 1;
+            }
+        }
+        seen.insert(path, kind);
+    }
+    // Reading to the end also makes a Reader authenticate the last chunk as the last.
+    let mut one = [0u8; 1];
+    if read_full(input, &mut one).map_err(input_error)? != 0 {
+        return Err(Error::Corrupt(
+            "the archive holds data after its end marker".into(),
+        ));
+    }
+    if let Some(extractor) = extractor {
+        extractor.finish()?;
+    }
+    Ok(stats)
+}
+
+/// Why a path from an archive is refused, if it is: only plain relative paths are allowed.
+fn check_path(path: &[u8]) -> Result<()> {
+    let problem = if path.is_empty() {
+        Some("it is empty")
+    } else if path[0] == b'/' {
+        Some("it is absolute")
+    } else if path.contains(&0) {
+        Some("it holds a NUL byte")
+    } else if path.split(|&b| b == b'/').any(|c| c.is_empty()) {
+        Some("it has an empty component")
+    } else if path.split(|&b| b == b'/').any(|c| c == b"." || c == b"..") {
+        Some("it has a . or .. component")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::Corrupt(format!(
+            "the archive holds the path {:?}, which is refused: {problem}",
+            shown(path)
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The parent (empty at the top) and the last component of a checked path.
+fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(slash) => (&path[..slash], &path[slash + 1..]),
+        None => (&[], path),
+    }
+}
+
+fn input_error(e: io::Error) -> Error {
+    if let Some(damaged) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Damaged>())
+    {
+        return Error::Corrupt(damaged.to_string());
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => {
+            Error::Corrupt("the archive's contents end in the middle of an entry".into())
+        }
+        _ => Error::Io {
+            context: "reading the archive".into(),
+            source: e,
+        },
+    }
+}
+
+fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<()> {
+    input.read_exact(buf).map_err(input_error)
+}
+
+fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    read_exact(input, &mut bytes)?;
+    Ok(bytes)
+}
+
+fn read_u8(input: &mut impl Read) -> Result<u8> {
+    Ok(read_array::<1>(input)?[0])
+}
+
+fn read_u32(input: &mut impl Read) -> Result<u32> {
+    Ok(u32::from_le_bytes(read_array(input)?))
+}
+
+fn read_u64(input: &mut impl Read) -> Result<u64> {
+    Ok(u64::from_le_bytes(read_array(input)?))
+}
+
+/// A u16 length and that many bytes (so at most 64 KiB is ever allocated for it).
+fn read_bytes16(input: &mut impl Read) -> Result<Vec<u8>> {
+    let len = u16::from_le_bytes(read_array(input)?);
+    let mut bytes = vec![0u8; usize::from(len)];
+    read_exact(input, &mut bytes)?;
+    Ok(bytes)
+}
+
+fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
+    let meta = Meta {
+        mode: read_u32(input)?,
+        uid: read_u32(input)?,
+        gid: read_u32(input)?,
+        mtime: i64::from_le_bytes(read_array(input)?),
+        mtime_nsec: read_u32(input)?,
+    };
+    if meta.mode & !0o7777 != 0 || meta.mtime_nsec >= 1_000_000_000 {
+        return Err(Error::Corrupt(format!(
+            "the archive holds {} with an invalid mode or time",
+            shown(path)
+        )));
+    }
+    Ok(meta)
+}
+
+/// The size and extent list of a file entry, checked: at most [`MAX_EXTENTS`], each
+/// non-empty, in order, not overlapping, inside the size.
+fn read_file_layout(input: &mut impl Read, path: &[u8]) -> Result<(u64, Vec<(u64, u64)>)> {
+    let size = read_u64(input)?;
+    let count = read_u32(input)?;
+    let invalid = || {
+        Error::Corrupt(format!(
+            "the archive holds the file {} with an invalid extent list",
+            shown(path)
+        ))
+    };
+    if count > MAX_EXTENTS {
+        return Err(invalid());
+    }
+    // Grown as extents are read, so the space taken follows what the archive really holds.
+    let mut extents = Vec::with_capacity(count.min(1024) as usize);
+    let mut end = 0u64;
+    for _ in 0..count {
+        let offset = read_u64(input)?;
+        let length = read_u64(input)?;
+        match offset.checked_add(length) {
+            Some(extent_end) if length > 0 && offset >= end && extent_end <= size => {
+                end = extent_end;
+            }
+            _ => return Err(invalid()),
+        }
+        extents.push((offset, length));
+    }
+    Ok((size, extents))
+}
+
+/// Recreates entries below an empty folder.
+struct Extractor {
+    root: OwnedFd,
+    dest: PathBuf,
+    /// The folders last walked down to, outermost first, by name: consecutive entries
+    /// mostly share their parent, so each folder is opened about once.
+    open: Vec<(Vec<u8>, OwnedFd)>,
+    /// Folders created, in archive order, with the metadata to give them at the end.
+    dirs: Vec<(Vec<u8>, Meta)>,
+    as_root: bool,
+}
+
+impl Extractor {
+    fn new(dest: &Path) -> Result<Extractor> {
+        let root = openat(
+            nix::fcntl::AT_FDCWD,
+            dest,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(at("opening", dest))?;
+        if !list_dir(&root, dest)?.is_empty() {
+            return Err(Error::Usage(format!(
+                "{} is not empty; restore into an empty folder",
+                dest.display()
+            )));
+        }
+        Ok(Extractor {
+            root,
+            dest: dest.to_path_buf(),
+            open: Vec::new(),
+            dirs: Vec::new(),
+            as_root: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    fn shown(&self, path: &[u8]) -> PathBuf {
+        self.dest.join(OsStr::from_bytes(path))
+    }
+
+    /// The open folder `parent` (a checked path, empty for `dest`), walked down to one
+    /// component at a time without following symlinks.
+    fn parent(&mut self, parent: &[u8]) -> Result<&OwnedFd> {
+        let components: Vec<&[u8]> = if parent.is_empty() {
+            Vec::new()
+        } else {
+            parent.split(|&b| b == b'/').collect()
+        };
+        let keep = self
+            .open
+            .iter()
+            .zip(&components)
+            .take_while(|((open, _), wanted)| open.as_slice() == **wanted)
+            .count();
+        self.open.truncate(keep);
+        for (depth, name) in components.iter().enumerate().skip(keep) {
+            let base = self.open.last().map_or(&self.root, |(_, fd)| fd);
+            let fd = openat(
+                base,
+                OsStr::from_bytes(name),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| {
+                let walked = self.shown(&components[..=depth].join(&b'/'));
+                match e {
+                    Errno::ELOOP | Errno::ENOTDIR => Error::Corrupt(format!(
+                        "{} is not a folder this restore created; refusing to follow it",
+                        walked.display()
+                    )),
+                    e => Error::Io {
+                        context: format!("opening {}", walked.display()),
+                        source: e.into(),
+                    },
+                }
+            })?;
+            self.open.push((name.to_vec(), fd));
+        }
+        Ok(self.open.last().map_or(&self.root, |(_, fd)| fd))
+    }
+
+    fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        let shown_path = self.shown(path);
+        let (parent, name) = split_path(path);
+        let name = OsStr::from_bytes(name);
+        let parent = self.parent(parent)?;
+        mkdirat(parent, name, Mode::from_bits_truncate(0o700))
+            .context(at("creating", &shown_path))?;
+        // Whatever the umask, the folder stays writable until its own mode is set last.
+        let fd = openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(at("opening", &shown_path))?;
+        fchmod(&fd, Mode::from_bits_truncate(0o700))
+            .context(at("setting the mode of", &shown_path))?;
+        self.dirs.push((path.to_vec(), meta));
+        Ok(())
+    }
+
+    fn file(&mut self, path: &[u8], size: u64) -> Result<File> {
+        let shown_path = self.shown(path);
+        let (parent, name) = split_path(path);
+        let parent = self.parent(parent)?;
+        let fd = openat(
+            parent,
+            OsStr::from_bytes(name),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .context(at("creating", &shown_path))?;
+        let file = File::from(fd);
+        // The holes are what set_len leaves unwritten.
+        file.set_len(size).context(at("sizing", &shown_path))?;
+        Ok(file)
+    }
+
+    fn finish_file(&self, file: &File, path: &[u8], meta: &Meta) -> Result<()> {
+        apply_meta(file, meta, self.as_root, &self.shown(path))
+    }
+
+    fn symlink(&mut self, path: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        let shown_path = self.shown(path);
+        let as_root = self.as_root;
+        let (parent, name) = split_path(path);
+        let name = OsStr::from_bytes(name);
+        let parent = self.parent(parent)?;
+        symlinkat(OsStr::from_bytes(target), parent, name).context(at("creating", &shown_path))?;
+        if as_root {
+            fchownat(
+                parent,
+                name,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .context(at("setting the owner of", &shown_path))?;
+        }
+        utimensat(
+            parent,
+            name,
+            &TimeSpec::UTIME_OMIT,
+            &meta.mtime(),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .context(at("setting the time of", &shown_path))
+    }
+
+    /// Gives folders their owner, mode and time, innermost first: a folder's own mode may
+    /// forbid writing into it, and writing into it would change its time.
+    fn finish(mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
+            let shown_path = self.shown(path);
+            let as_root = self.as_root;
+            let (parent, name) = split_path(path);
+            let parent = self.parent(parent)?;
+            let fd = openat(
+                parent,
+                OsStr::from_bytes(name),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .context(at("opening", &shown_path))?;
+            apply_meta(&fd, meta, as_root, &shown_path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Owner (as root only: others cannot give files away), then mode (chown clears setuid
+/// and setgid), then time (last, as anything else would change it).
+fn apply_meta(fd: impl AsFd, meta: &Meta, as_root: bool, shown: &Path) -> Result<()> {
+    if as_root {
+        fchown(
+            &fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .context(at("setting the owner of", shown))?;
+    }
+    fchmod(&fd, Mode::from_bits_truncate(meta.mode)).context(at("setting the mode of", shown))?;
+    futimens(&fd, &TimeSpec::UTIME_OMIT, &meta.mtime()).context(at("setting the time of", shown))
+}
+
+/// The passphrase [`check_untrusted`] tries on archives.
+#[doc(hidden)]
+pub const FUZZ_PASSPHRASE: &[u8] = b"keepsake fuzz";
+const FUZZ_KEY: [u8; KEY_LEN] = [0x42; KEY_LEN];
+
+/// The fuzz harness (fuzz/fuzz_targets/archive_reader.rs, and a unit test): runs untrusted
+/// bytes through every reading path, which must refuse them without panicking or
+/// allocating without bound. The bytes are read as an archive (with [`FUZZ_PASSPHRASE`],
+/// when the header's key derivation is cheap enough to run on every input), as a plaintext
+/// stream, and as a plaintext stream sealed in a valid archive, so that the tree parser is
+/// also reached through the authenticated path.
+#[doc(hidden)]
+pub fn check_untrusted(data: &[u8]) {
+    if let Some(header) = data.first_chunk::<HEADER_LEN>()
+        && let Ok(parsed) = Header::parse(header)
+        && parsed.params.memory_kib <= 64
+        && parsed.params.iterations <= 2
+    {
+        let secret = Secret::from_zeroizing(Zeroizing::new(FUZZ_PASSPHRASE.to_vec()));
+        if let Ok(mut reader) = Reader::new(data, &secret) {
+            let _ = read_tree(&mut reader, None, &mut |_| {});
+        }
+    }
+    let _ = read_tree(&mut &data[..], None, &mut |_| {});
+    let header = Header {
+        params: KdfParams {
+            memory_kib: 8,
+            iterations: 1,
+            parallel: 1,
+        },
+        salt: [0; SALT_LEN],
+        chunk_size: MIN_CHUNK_SIZE,
+        nonce_prefix: [0; NONCE_PREFIX_LEN],
+    };
+    let sealed = Writer::with_key(Vec::new(), &header, &FUZZ_KEY).and_then(|mut writer| {
+        writer
+            .write_all(data)
+            .context(|| "sealing the fuzz input".into())?;
+        writer.finish()
+    });
+    if let Ok(sealed) = sealed
+        && let Ok(mut reader) = Reader::with_key(&sealed[HEADER_LEN..], &header, &FUZZ_KEY)
+    {
+        let _ = read_tree(&mut reader, None, &mut |_| {});
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Cheap enough to run thousands of times.
+    const CHEAP_KDF: KdfParams = KdfParams {
+        memory_kib: 8,
+        iterations: 1,
+        parallel: 1,
+    };
+    /// A realistic shape at a test-friendly cost.
+    const TEST_KDF: KdfParams = KdfParams {
+        memory_kib: 8 * 1024,
+        iterations: 1,
+        parallel: 1,
+    };
+    const CHUNK: usize = MIN_CHUNK_SIZE as usize;
+    const META: Meta = Meta {
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        mtime: 1_700_000_000,
+        mtime_nsec: 5,
+    };
+
+    fn secret(bytes: &[u8]) -> Secret {
+        Secret::from_zeroizing(Zeroizing::new(bytes.to_vec()))
+    }
+
+    fn test_header(params: KdfParams, chunk_size: u32) -> Header {
+        Header {
+            params,
+            salt: [7; SALT_LEN],
+            chunk_size,
+            nonce_prefix: [9; NONCE_PREFIX_LEN],
+        }
+    }
+
+    /// An archive of `plaintext`, sealed with a key given rather than derived.
+    fn seal(plaintext: &[u8], header: &Header, key: &[u8; KEY_LEN]) -> Vec<u8> {
+        let mut writer = Writer::with_key(Vec::new(), header, key).unwrap();
+        writer.write_all(plaintext).unwrap();
+        writer.finish().unwrap()
+    }
+
+    /// Opens an archive with a key given rather than derived: what was released, and how
+    /// reading ended.
+    fn open(archive: &[u8], key: &[u8; KEY_LEN]) -> (Vec<u8>, Result<()>) {
+        let mut released = Vec::new();
+        let Some(header) = archive.first_chunk::<HEADER_LEN>() else {
+            return (released, Err(Error::Corrupt("short".into())));
+        };
+        let outcome = Header::parse(header)
+            .and_then(|header| Reader::with_key(&archive[HEADER_LEN..], &header, key))
+            .and_then(|mut reader| reader.read_to_end(&mut released).map_err(input_error));
+        (released, outcome.map(|_| ()))
+    }
+
+    /// Deterministic bytes that do not compress or repeat within a chunk.
+    fn pseudo_random(len: usize, mut state: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state = xorshift(state);
+                state as u8
+            })
+            .collect()
+    }
+
+    fn xorshift(mut x: u64) -> u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+
+    /// Plaintext streams built entry by entry, with the production encoders.
+    #[derive(Default)]
+    struct Stream(Vec<u8>);
+
+    impl Stream {
+        fn dir(mut self, path: &str) -> Stream {
+            let meta = Meta {
+                mode: 0o700,
+                ..META
+            };
+            self.0
+                .extend(entry_start(ENTRY_DIR, path.as_bytes(), &meta).unwrap());
+            self
+        }
+
+        fn file(self, path: &str, content: &[u8]) -> Stream {
+            let extents: &[(u64, u64)] = if content.is_empty() {
+                &[]
+            } else {
+                &[(0, content.len() as u64)]
+            };
+            self.raw_file(path.as_bytes(), content.len() as u64, extents, content)
+        }
+
+        fn raw_file(
+            mut self,
+            path: &[u8],
+            size: u64,
+            extents: &[(u64, u64)],
+            data: &[u8],
+        ) -> Stream {
+            self.0.extend(entry_start(ENTRY_FILE, path, &META).unwrap());
+            self.0.extend(file_layout(size, extents));
+            self.0.extend_from_slice(data);
+            self
+        }
+
+        fn symlink(mut self, path: &str, target: &str) -> Stream {
+            self.0
+                .extend(entry_start(ENTRY_SYMLINK, path.as_bytes(), &META).unwrap());
+            push_bytes16(&mut self.0, target.as_bytes(), "target").unwrap();
+            self
+        }
+
+        fn raw(mut self, bytes: &[u8]) -> Stream {
+            self.0.extend_from_slice(bytes);
+            self
+        }
+
+        fn end(mut self) -> Vec<u8> {
+            self.0.push(ENTRY_END);
+            self.0
+        }
+    }
+
+    fn verify(plaintext: &[u8]) -> Result<TreeStats> {
+        read_tree(&mut &plaintext[..], None, &mut |_| {})
+    }
+
+    fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &TimeSpec::UTIME_OMIT,
+            &TimeSpec::new(sec, nsec),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Everything below `root` that an archive can hold, described for comparison.
+    fn snapshot(root: &Path) -> BTreeMap<String, String> {
+        fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
+            let mut names: Vec<_> = std::fs::read_dir(root.join(rel))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            for name in names {
+                let rel = rel.join(&name);
+                let path = root.join(&rel);
+                let m = std::fs::symlink_metadata(&path).unwrap();
+                let common = format!(
+                    "mode {:o} owner {}:{} mtime {}.{:09}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                );
+                let kind = if m.is_dir() {
+                    walk(root, &rel, out);
+                    "dir".to_string()
+                } else if m.is_file() {
+                    let content = std::fs::read(&path).unwrap();
+                    let hash = content.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+                    });
+                    format!("file size {} fnv {hash:x}", content.len())
+                } else if m.file_type().is_symlink() {
+                    format!(
+                        "symlink to {}",
+                        std::fs::read_link(&path).unwrap().display()
+                    )
+                } else {
+                    continue;
+                };
+                out.insert(rel.display().to_string(), format!("{kind} {common}"));
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(root, Path::new(""), &mut out);
+        out
+    }
+
+    /// A source tree with every kind of entry; returns the tops to back up.
+    fn make_tree(src: &Path) -> Vec<PathBuf> {
+        let p = src.join("Persistent");
+        std::fs::create_dir_all(p.join("docs/deeper")).unwrap();
+        std::fs::create_dir(p.join("empty")).unwrap();
+        std::fs::create_dir(p.join("readonly")).unwrap();
+        std::fs::create_dir(p.join("sticky")).unwrap();
+        std::fs::create_dir(p.join("setgid")).unwrap();
+        std::fs::write(p.join("docs/small.txt"), b"a small file\n").unwrap();
+        std::fs::write(p.join("docs/empty.txt"), b"").unwrap();
+        std::fs::write(
+            p.join("docs/deeper/big.bin"),
+            pseudo_random(5 * CHUNK + 123, 1),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("readonly/inside"),
+            b"written before the folder was made read-only",
+        )
+        .unwrap();
+        std::fs::write(p.join("setuid"), b"#!/bin/sh\n").unwrap();
+        let sparse = File::create(p.join("sparse.img")).unwrap();
+        sparse.set_len(10 << 20).unwrap();
+        sparse
+            .write_all_at(&pseudo_random(4096, 2), 1 << 20)
+            .unwrap();
+        sparse
+            .write_all_at(&pseudo_random(3000, 3), (10 << 20) - 3000)
+            .unwrap();
+        drop(sparse);
+        std::os::unix::fs::symlink("docs/small.txt", p.join("relative-link")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", p.join("absolute-link")).unwrap();
+        nix::unistd::mkfifo(&p.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(p.join("socket")).unwrap();
+        std::fs::write(
+            src.join("persistence.conf"),
+            b"/home/amnesia/.gnupg source=gnupg\n",
+        )
+        .unwrap();
+        std::fs::write(src.join("not-backed-up"), b"left out").unwrap();
+        for (rel, mode) in [
+            ("Persistent/docs/small.txt", 0o644),
+            ("Persistent/docs/empty.txt", 0o600),
+            ("Persistent/docs/deeper/big.bin", 0o640),
+            ("Persistent/setuid", 0o4755),
+            ("Persistent/docs", 0o755),
+            ("Persistent/empty", 0o700),
+            ("Persistent/sticky", 0o1777),
+            ("Persistent/setgid", 0o2750),
+            ("persistence.conf", 0o600),
+            ("Persistent/readonly/inside", 0o444),
+            ("Persistent/readonly", 0o555),
+        ] {
+            chmod(&src.join(rel), mode);
+        }
+        if nix::unistd::geteuid().is_root() {
+            for rel in [
+                "Persistent/docs/small.txt",
+                "Persistent/relative-link",
+                "Persistent/empty",
+            ] {
+                std::os::unix::fs::lchown(src.join(rel), Some(1234), Some(5678)).unwrap();
+            }
+        }
+        // Distinct past times, innermost first so that setting one does not move another.
+        let mut paths: Vec<PathBuf> = snapshot(src).keys().map(|k| src.join(k)).collect();
+        paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for (i, path) in paths.iter().enumerate() {
+            set_mtime(
+                path,
+                1_500_000_000 + i as i64 * 1000,
+                123_456_789 + i as i64,
+            );
+        }
+        vec![
+            PathBuf::from("Persistent"),
+            PathBuf::from("persistence.conf"),
+        ]
+    }
+
+    fn make_writable(root: &Path) {
+        for rel in ["Persistent/readonly"] {
+            if root.join(rel).exists() {
+                chmod(&root.join(rel), 0o755);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_kind_mode_owner_time_and_hole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        let tops = make_tree(&src);
+        let pass = secret(b"correct horse battery staple");
+
+        let mut progressed = 0;
+        let mut writer = Writer::new(Vec::new(), &pass, TEST_KDF, MIN_CHUNK_SIZE).unwrap();
+        let written = write_tree(&src, &tops, &mut writer, &mut |n| progressed = n).unwrap();
+        let archive = writer.finish().unwrap();
+        assert_eq!(progressed, written.bytes);
+        assert_eq!(written.entries, ["Persistent", "persistence.conf"]);
+        assert_eq!(written.skipped, ["Persistent/fifo", "Persistent/socket"]);
+        assert!(written.warnings.is_empty(), "{:?}", written.warnings);
+        assert_eq!((written.files, written.dirs, written.symlinks), (7, 7, 2));
+        // The sparse file's 10 MiB of holes are not stored.
+        assert!(
+            archive.len() < 64 * 1024,
+            "archive of {} bytes",
+            archive.len()
+        );
+
+        let mut reader = Reader::new(&archive[..], &pass).unwrap();
+        assert_eq!(reader.kdf_params(), TEST_KDF);
+        let read = read_tree(&mut reader, Some(&dest), &mut |_| {}).unwrap();
+        assert_eq!(
+            TreeStats {
+                skipped: vec![],
+                ..written.clone()
+            },
+            read
+        );
+
+        let mut expected = snapshot(&src);
+        expected.remove("not-backed-up");
+        let extracted = snapshot(&dest);
+        assert_eq!(expected, extracted);
+        assert!(extracted.contains_key("Persistent/empty"));
+        assert!(!dest.join("Persistent/fifo").exists() && !dest.join("Persistent/socket").exists());
+        if !nix::unistd::geteuid().is_root() {
+            let me = nix::unistd::geteuid().as_raw();
+            assert_eq!(
+                std::fs::metadata(dest.join("Persistent/docs/small.txt"))
+                    .unwrap()
+                    .uid(),
+                me
+            );
+        } else {
+            let small = std::fs::metadata(dest.join("Persistent/docs/small.txt")).unwrap();
+            assert_eq!((small.uid(), small.gid()), (1234, 5678));
+        }
+        let sparse = std::fs::metadata(dest.join("Persistent/sparse.img")).unwrap();
+        assert_eq!(sparse.len(), 10 << 20);
+        assert!(
+            sparse.blocks() * 512 <= 64 * 1024,
+            "{} blocks: holes were filled",
+            sparse.blocks()
+        );
+
+        // Verifying without extracting sees the same.
+        let mut reader = Reader::new(&archive[..], &pass).unwrap();
+        assert_eq!(read_tree(&mut reader, None, &mut |_| {}).unwrap(), read);
+        make_writable(&src);
+        make_writable(&dest);
+    }
+
+    #[test]
+    fn stream_round_trips_at_every_length_around_chunk_boundaries() {
+        let key = [1u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        for len in [
+            0,
+            1,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            2 * CHUNK,
+            2 * CHUNK + 1,
+            3 * CHUNK + 5,
+        ] {
+            let plaintext = pseudo_random(len, len as u64 + 1);
+            let mut writer = Writer::with_key(Vec::new(), &header, &key).unwrap();
+            for piece in plaintext.chunks(1000) {
+                writer.write_all(piece).unwrap();
+            }
+            let archive = writer.finish().unwrap();
+            // A full last chunk is allowed, so only non-empty plaintext adds chunks.
+            let chunks = len.div_ceil(CHUNK).max(1);
+            assert_eq!(
+                archive.len(),
+                HEADER_LEN + len + chunks * TAG_LEN,
+                "length {len}"
+            );
+            let (released, outcome) = open(&archive, &key);
+            outcome.unwrap();
+            assert_eq!(released, plaintext, "length {len}");
+        }
+    }
+
+    #[test]
+    fn reader_accepts_an_empty_last_chunk_after_a_full_one() {
+        // The other encoding of a plaintext that fills its chunks exactly.
+        let key = [1u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let plaintext = pseudo_random(CHUNK, 5);
+        let mut encryptor =
+            EncryptorBE32::from_aead(cipher(&key), GenericArray::from_slice(&header.nonce_prefix));
+        let aad = header.encode();
+        let mut archive = aad.to_vec();
+        archive.extend(
+            encryptor
+                .encrypt_next(chacha20poly1305::aead::Payload {
+                    msg: &plaintext,
+                    aad: &aad,
+                })
+                .unwrap(),
+        );
+        archive.extend(
+            encryptor
+                .encrypt_last(chacha20poly1305::aead::Payload {
+                    msg: &[],
+                    aad: &aad,
+                })
+                .unwrap(),
+        );
+        let (released, outcome) = open(&archive, &key);
+        outcome.unwrap();
+        assert_eq!(released, plaintext);
+    }
+
+    /// A small tree spanning two chunks: chunk 0 full, chunk 1 short.
+    fn two_chunk_plaintext() -> Vec<u8> {
+        Stream::default()
+            .dir("d")
+            .file("d/f", &pseudo_random(4100, 11))
+            .symlink("l", "d/f")
+            .end()
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_refused_before_its_plaintext_is_released() {
+        let key = [3u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let plaintext = two_chunk_plaintext();
+        let archive = seal(&plaintext, &header, &key);
+        assert_eq!(archive.len(), HEADER_LEN + plaintext.len() + 2 * TAG_LEN);
+        let bits = archive.len() * 8;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::thread::scope(|scope| {
+            for worker in 0..workers {
+                let archive = &archive;
+                scope.spawn(move || {
+                    let mut damaged = archive.clone();
+                    for bit in (worker..bits).step_by(workers) {
+                        damaged[bit / 8] ^= 1 << (bit % 8);
+                        let (released, outcome) = open(&damaged, &key);
+                        assert!(outcome.is_err(), "flipping bit {bit} went unnoticed");
+                        let chunk = (bit / 8).saturating_sub(HEADER_LEN) / (CHUNK + TAG_LEN);
+                        let allowed = if bit / 8 < HEADER_LEN {
+                            0
+                        } else {
+                            chunk * CHUNK
+                        };
+                        assert!(
+                            released.len() <= allowed,
+                            "flipping bit {bit} released {} bytes",
+                            released.len()
+                        );
+                        damaged[bit / 8] ^= 1 << (bit % 8);
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn header_bit_flips_are_refused_through_the_passphrase() {
+        // The same through key derivation, for every header bit that cannot raise the
+        // cost (the cost fields are covered above, with the key given).
+        let pass = secret(b"passphrase");
+        let plaintext = two_chunk_plaintext();
+        let mut writer =
+            Writer::with_header(Vec::new(), &pass, test_header(CHEAP_KDF, MIN_CHUNK_SIZE)).unwrap();
+        writer.write_all(&plaintext).unwrap();
+        let archive = writer.finish().unwrap();
+        let mut reader = Reader::new(&archive[..], &pass).unwrap();
+        assert_eq!(read_tree(&mut reader, None, &mut |_| {}).unwrap().files, 1);
+        for byte in (0..12).chain(24..HEADER_LEN) {
+            for bit in 0..8 {
+                let mut damaged = archive.clone();
+                damaged[byte] ^= 1 << bit;
+                let err = Reader::new(&damaged[..], &pass).err();
+                assert!(
+                    matches!(err, Some(Error::Corrupt(_) | Error::WrongKey(_))),
+                    "byte {byte} bit {bit}: {err:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_anywhere_is_refused() {
+        let key = [4u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        // Three chunks, the last one short.
+        let plaintext = Stream::default()
+            .file("f", &pseudo_random(2 * CHUNK + 100, 6))
+            .end();
+        let archive = seal(&plaintext, &header, &key);
+        // Every length within 80 bytes of the start of the archive or of a chunk boundary
+        // (header, tags, the boundaries themselves), and every 37th elsewhere.
+        let boundaries: Vec<usize> = (0..4).map(|i| HEADER_LEN + i * (CHUNK + TAG_LEN)).collect();
+        let lengths = (0..archive.len()).filter(|&len| {
+            len % 37 == 0 || len < 80 || boundaries.iter().any(|&b| len.abs_diff(b) <= 80)
+        });
+        for len in lengths {
+            let (released, outcome) = open(&archive[..len], &key);
+            assert!(outcome.is_err(), "truncated to {len} bytes went unnoticed");
+            assert!(released.len() < plaintext.len());
+        }
+        // Exactly at the chunk boundaries: a full chunk followed by nothing does not
+        // authenticate as the last one. The first chunk is read when the reader is made.
+        let header = Header::parse(archive.first_chunk().unwrap()).unwrap();
+        let after_chunk = |n: usize| &archive[HEADER_LEN..HEADER_LEN + n * (CHUNK + TAG_LEN)];
+        let err = Reader::with_key(after_chunk(1), &header, &key)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::WrongKey(_)), "{err}");
+        let mut reader = Reader::with_key(after_chunk(2), &header, &key).unwrap();
+        let err = read_tree(&mut reader, None, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        assert!(
+            err.to_string().contains("changed or truncated at chunk 1"),
+            "{err}"
+        );
+        // Through the passphrase: inside the header, right after it, inside chunk 0.
+        let pass = secret(b"pass");
+        let mut writer =
+            Writer::with_header(Vec::new(), &pass, test_header(CHEAP_KDF, MIN_CHUNK_SIZE)).unwrap();
+        writer.write_all(&plaintext).unwrap();
+        let archive = writer.finish().unwrap();
+        for len in [0, 8, 63] {
+            let err = Reader::new(&archive[..len], &pass).err().unwrap();
+            assert!(matches!(err, Error::Corrupt(_)), "{len}: {err}");
+        }
+        for len in [64, 65, 64 + 15, 64 + 16, 64 + 100] {
+            assert!(Reader::new(&archive[..len], &pass).is_err(), "{len}");
+        }
+    }
+
+    #[test]
+    fn appended_dropped_and_swapped_chunks_are_refused() {
+        let key = [5u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let plaintext = Stream::default()
+            .file("f", &pseudo_random(3 * CHUNK + 100, 7))
+            .end();
+        let archive = seal(&plaintext, &header, &key);
+        let chunk = |i: usize| {
+            let start = HEADER_LEN + i * (CHUNK + TAG_LEN);
+            &archive[start..(start + CHUNK + TAG_LEN).min(archive.len())]
+        };
+        let mut tampered: Vec<(&str, Vec<u8>)> = Vec::new();
+        for extra in [&[0u8][..], &[0; 16], &[0; 4200], chunk(3)] {
+            tampered.push(("appended", [&archive[..], extra].concat()));
+        }
+        tampered.push((
+            "appended a copy",
+            [&archive[..], &archive[HEADER_LEN..]].concat(),
+        ));
+        tampered.push((
+            "dropped chunk 1",
+            [&archive[..HEADER_LEN], chunk(0), chunk(2), chunk(3)].concat(),
+        ));
+        tampered.push((
+            "swapped 0 and 1",
+            [
+                &archive[..HEADER_LEN],
+                chunk(1),
+                chunk(0),
+                chunk(2),
+                chunk(3),
+            ]
+            .concat(),
+        ));
+        tampered.push((
+            "swapped 1 and 2",
+            [
+                &archive[..HEADER_LEN],
+                chunk(0),
+                chunk(2),
+                chunk(1),
+                chunk(3),
+            ]
+            .concat(),
+        ));
+        tampered.push((
+            "swapped 2 and 3",
+            [
+                &archive[..HEADER_LEN],
+                chunk(0),
+                chunk(1),
+                chunk(3),
+                chunk(2),
+            ]
+            .concat(),
+        ));
+        tampered.push((
+            "repeated 0",
+            [
+                &archive[..HEADER_LEN],
+                chunk(0),
+                chunk(0),
+                chunk(2),
+                chunk(3),
+            ]
+            .concat(),
+        ));
+        for (what, damaged) in tampered {
+            let (_, outcome) = open(&damaged, &key);
+            assert!(outcome.is_err(), "{what} went unnoticed");
+        }
+        let (released, outcome) = open(&archive, &key);
+        outcome.unwrap();
+        assert_eq!(released, plaintext);
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_an_archive_every_reader_refuses() {
+        let key = [6u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let mut archive = Vec::new();
+        let mut writer = Writer::with_key(&mut archive, &header, &key).unwrap();
+        writer.write_all(&pseudo_random(3 * CHUNK, 8)).unwrap();
+        drop(writer);
+        assert_eq!(archive.len(), HEADER_LEN + 2 * (CHUNK + TAG_LEN));
+        assert!(open(&archive, &key).1.is_err());
+    }
+
+    #[test]
+    fn a_wrong_passphrase_is_a_bad_passphrase() {
+        let mut writer =
+            Writer::new(Vec::new(), &secret(b"right"), TEST_KDF, DEFAULT_CHUNK_SIZE).unwrap();
+        writer.write_all(&Stream::default().end()).unwrap();
+        let archive = writer.finish().unwrap();
+        let err = Reader::new(&archive[..], &secret(b"wrong")).err().unwrap();
+        assert!(matches!(err, Error::WrongKey(_)), "{err}");
+        assert_eq!(err.exit_code(), crate::error::ExitCode::BadPassphrase);
+        assert!(err.to_string().contains("damaged"), "{err}");
+        let mut reader = Reader::new(&archive[..], &secret(b"right")).unwrap();
+        assert_eq!(
+            read_tree(&mut reader, None, &mut |_| {}).unwrap(),
+            TreeStats::default()
+        );
+    }
+
+    #[test]
+    fn two_archives_of_the_same_data_share_no_salt_or_nonce() {
+        let pass = secret(b"pass");
+        let archives: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                Writer::new(Vec::new(), &pass, CHEAP_KDF, MIN_CHUNK_SIZE)
+                    .unwrap()
+                    .finish()
+                    .unwrap()
+            })
+            .collect();
+        assert_ne!(archives[0][24..40], archives[1][24..40]);
+        assert_ne!(archives[0][44..51], archives[1][44..51]);
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_before_any_key_derivation() {
+        let good = test_header(CHEAP_KDF, MIN_CHUNK_SIZE).encode();
+        let patch = |at: usize, bytes: &[u8]| {
+            let mut header = good;
+            header[at..at + bytes.len()].copy_from_slice(bytes);
+            header
+        };
+        let cases = [
+            (patch(0, b"KSBACKUQ"), "KSBACKUP"),
+            (patch(8, &[2]), "version 2"),
+            (patch(9, &[2]), "unknown key derivation"),
+            (patch(10, &[1]), "reserved"),
+            (patch(63, &[1]), "reserved"),
+            // Deriving with these would try to allocate 4 TiB, or run 2^32 passes.
+            (patch(12, &u32::MAX.to_le_bytes()), "more than 4 GiB"),
+            (
+                patch(12, &(MAX_KDF_MEMORY_KIB + 1).to_le_bytes()),
+                "more than 4 GiB",
+            ),
+            (patch(16, &u32::MAX.to_le_bytes()), "iterations"),
+            (patch(16, &0u32.to_le_bytes()), "iterations"),
+            (patch(20, &0u32.to_le_bytes()), "parallelism"),
+            (patch(20, &17u32.to_le_bytes()), "parallelism"),
+            (patch(20, &2u32.to_le_bytes()), "8 KiB per lane"),
+            (patch(40, &4095u32.to_le_bytes()), "chunk size"),
+            (patch(40, &(MAX_CHUNK_SIZE + 1).to_le_bytes()), "chunk size"),
+        ];
+        for (header, expected) in cases {
+            let archive = [&header[..], &[0; 100]].concat();
+            let err = Reader::new(&archive[..], &secret(b"pass")).err().unwrap();
+            assert!(matches!(err, Error::Corrupt(_)), "{err}");
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+        }
+        let err = Reader::new(&good[..40], &secret(b"pass")).err().unwrap();
+        assert!(
+            err.to_string().contains("shorter than its 64-byte header"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn writer_refuses_out_of_bounds_parameters() {
+        let pass = secret(b"pass");
+        for (params, chunk) in [
+            (
+                KdfParams {
+                    memory_kib: 4,
+                    ..CHEAP_KDF
+                },
+                MIN_CHUNK_SIZE,
+            ),
+            (
+                KdfParams {
+                    iterations: 0,
+                    ..CHEAP_KDF
+                },
+                MIN_CHUNK_SIZE,
+            ),
+            (
+                KdfParams {
+                    parallel: 0,
+                    ..CHEAP_KDF
+                },
+                MIN_CHUNK_SIZE,
+            ),
+            (CHEAP_KDF, MIN_CHUNK_SIZE - 1),
+            (CHEAP_KDF, MAX_CHUNK_SIZE + 1),
+        ] {
+            let err = Writer::new(Vec::new(), &pass, params, chunk).err().unwrap();
+            assert!(matches!(err, Error::Usage(_)), "{err}");
+        }
+        assert_eq!(
+            KdfParams::default(),
+            KdfParams {
+                memory_kib: 262144,
+                iterations: 3,
+                parallel: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_the_archive_cannot_lead_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let target = outside.to_str().unwrap();
+        for stream in [
+            Stream::default()
+                .symlink("a", target)
+                .file("a/passwd", b"root::0:0::/:/bin/sh\n")
+                .end(),
+            Stream::default().symlink("a", target).dir("a/sub").end(),
+            Stream::default()
+                .symlink("a", target)
+                .symlink("a/b", "/")
+                .end(),
+            Stream::default()
+                .symlink("a", target)
+                .dir("a")
+                .file("a/passwd", b"x")
+                .end(),
+            Stream::default()
+                .file("a", b"x")
+                .file("a/passwd", b"x")
+                .end(),
+        ] {
+            let err = verify(&stream).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{err}");
+            let err = read_tree(&mut &stream[..], Some(&dest), &mut |_| {}).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{err}");
+            assert_eq!(
+                std::fs::read_dir(&outside).unwrap().count(),
+                0,
+                "wrote outside"
+            );
+            crate::safefs::empty_dir(&dest).unwrap();
+        }
+    }
+
+    #[test]
+    fn extraction_never_follows_a_symlink_it_finds() {
+        // Should a symlink appear in the destination anyway (put there by someone else),
+        // walking to a parent refuses it.
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let mut extractor = Extractor::new(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a")).unwrap();
+        let err = extractor.file(b"a/passwd", 1).err().unwrap();
+        assert!(err.to_string().contains("refusing to follow"), "{err}");
+        assert!(extractor.directory(b"a/sub", META).is_err());
+        assert!(extractor.symlink(b"a/link", b"/", &META).is_err());
+        assert!(
+            extractor.file(b"a", 1).is_err(),
+            "O_EXCL: the symlink is not written through"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn unsafe_paths_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        for path in [
+            &b""[..],
+            b"/etc/passwd",
+            b"..",
+            b".",
+            b"../x",
+            b"a/../../x",
+            b"./a",
+            b"a/.",
+            b"a//b",
+            b"a/",
+            b"a\0b",
+        ] {
+            let stream = Stream::default()
+                .dir("a")
+                .raw_file(path, 1, &[(0, 1)], b"x")
+                .end();
+            let err = verify(&stream).unwrap_err();
+            assert!(err.to_string().contains("refused"), "{path:?}: {err}");
+            let err = read_tree(&mut &stream[..], Some(&dest), &mut |_| {}).unwrap_err();
+            assert!(err.to_string().contains("refused"), "{path:?}: {err}");
+            crate::safefs::empty_dir(&dest).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn malformed_streams_are_refused() {
+        let entry =
+            |kind: u8, path: &str, meta: Meta| entry_start(kind, path.as_bytes(), &meta).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty stream", vec![]),
+            ("no end marker", Stream::default().dir("a").0),
+            ("unknown type", Stream::default().raw(&[4]).end()),
+            (
+                "data after the end",
+                [Stream::default().end(), vec![0]].concat(),
+            ),
+            ("parent missing", Stream::default().file("a/b", b"x").end()),
+            (
+                "parent after child",
+                Stream::default().file("a/b", b"x").dir("a").end(),
+            ),
+            ("twice", Stream::default().dir("a").dir("a").end()),
+            (
+                "file then dir",
+                Stream::default().file("a", b"x").dir("a").end(),
+            ),
+            (
+                "cut in a path",
+                Stream::default().raw(&[ENTRY_DIR, 10, 0, b'a']).0,
+            ),
+            (
+                "cut in data",
+                Stream::default().raw_file(b"f", 10, &[(0, 10)], b"short").0,
+            ),
+            (
+                "mode bits beyond 0o7777",
+                Stream::default()
+                    .raw(&entry(
+                        ENTRY_DIR,
+                        "a",
+                        Meta {
+                            mode: 0o10000,
+                            ..META
+                        },
+                    ))
+                    .end(),
+            ),
+            (
+                "nanoseconds beyond a second",
+                Stream::default()
+                    .raw(&entry(
+                        ENTRY_DIR,
+                        "a",
+                        Meta {
+                            mtime_nsec: 1_000_000_000,
+                            ..META
+                        },
+                    ))
+                    .end(),
+            ),
+            (
+                "empty symlink target",
+                Stream::default().symlink("l", "").end(),
+            ),
+            (
+                "symlink target with NUL",
+                Stream::default().symlink("l", "a\0b").end(),
+            ),
+            (
+                "empty extent",
+                Stream::default().raw_file(b"f", 10, &[(0, 0)], b"").end(),
+            ),
+            (
+                "extent past size",
+                Stream::default()
+                    .raw_file(b"f", 10, &[(5, 6)], b"xxxxxx")
+                    .end(),
+            ),
+            (
+                "overlapping",
+                Stream::default()
+                    .raw_file(b"f", 10, &[(0, 4), (3, 2)], b"xxxxxx")
+                    .end(),
+            ),
+            (
+                "unsorted",
+                Stream::default()
+                    .raw_file(b"f", 10, &[(5, 2), (0, 2)], b"xxxx")
+                    .end(),
+            ),
+            (
+                "extent end overflows",
+                Stream::default()
+                    .raw_file(b"f", u64::MAX, &[(u64::MAX - 1, 2)], b"xx")
+                    .end(),
+            ),
+        ];
+        for (what, stream) in cases {
+            let err = verify(&stream).err();
+            assert!(matches!(err, Some(Error::Corrupt(_))), "{what}: {err:?}");
+        }
+        // A huge extent count is refused before anything is allocated for it, and a
+        // plausible one fails at the first missing byte.
+        for count in [u32::MAX, MAX_EXTENTS + 1, MAX_EXTENTS] {
+            let mut stream = entry(ENTRY_FILE, "f", META);
+            stream.extend_from_slice(&u64::MAX.to_le_bytes());
+            stream.extend_from_slice(&count.to_le_bytes());
+            let err = verify(&stream).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{count}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_valid_stream_with_a_sparse_file_is_accepted() {
+        let stream = Stream::default()
+            .dir("a")
+            .raw_file(
+                b"a/disk",
+                1 << 40,
+                &[(0, 3), (1 << 30, 2), ((1 << 40) - 1, 1)],
+                b"abcdef",
+            )
+            .file("a/empty", b"")
+            .symlink("a/link", "/etc/passwd")
+            .end();
+        let stats = verify(&stream).unwrap();
+        assert_eq!(
+            (stats.dirs, stats.files, stats.symlinks, stats.bytes),
+            (1, 2, 1, 6)
+        );
+        assert_eq!(stats.entries, ["a"]);
+    }
+
+    #[test]
+    fn extraction_needs_an_empty_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("there"), b"").unwrap();
+        let stream = Stream::default().end();
+        let err = read_tree(&mut &stream[..], Some(tmp.path()), &mut |_| {}).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err}");
+    }
+
+    #[test]
+    fn write_tree_takes_only_names_directly_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("a")).unwrap();
+        for tops in [
+            vec![PathBuf::from("a/b")],
+            vec![PathBuf::from("../a")],
+            vec![PathBuf::from("/a")],
+            vec![PathBuf::from("a"), PathBuf::from("a")],
+        ] {
+            let err = write_tree(tmp.path(), &tops, &mut Vec::new(), &mut |_| {}).unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{tops:?}: {err}");
+        }
+        let err = write_tree(
+            tmp.path(),
+            &[PathBuf::from("missing")],
+            &mut Vec::new(),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_top_is_stored_as_a_symlink_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("secret")).unwrap();
+        std::fs::write(tmp.path().join("secret/shadow"), b"x").unwrap();
+        std::os::unix::fs::symlink("secret", tmp.path().join("Persistent")).unwrap();
+        let mut plaintext = Vec::new();
+        let stats = write_tree(
+            tmp.path(),
+            &[PathBuf::from("Persistent")],
+            &mut plaintext,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((stats.symlinks, stats.files, stats.dirs), (1, 0, 0));
+        assert_eq!(
+            verify(&plaintext).unwrap(),
+            TreeStats {
+                skipped: vec![],
+                ..stats
+            }
+        );
+    }
+
+    #[test]
+    fn the_fuzz_harness_survives_mutated_inputs() {
+        let plaintext = Stream::default()
+            .dir("d")
+            .raw_file(
+                b"d/f",
+                5000,
+                &[(0, 100), (4000, 1000)],
+                &pseudo_random(1100, 9),
+            )
+            .symlink("d/l", "f")
+            .file("top", b"hello")
+            .end();
+        let mut writer = Writer::with_header(
+            Vec::new(),
+            &secret(FUZZ_PASSPHRASE),
+            Header {
+                params: CHEAP_KDF,
+                ..test_header(CHEAP_KDF, MIN_CHUNK_SIZE)
+            },
+        )
+        .unwrap();
+        writer.write_all(&plaintext).unwrap();
+        let archive = writer.finish().unwrap();
+        let mut reader = Reader::new(&archive[..], &secret(FUZZ_PASSPHRASE)).unwrap();
+        assert_eq!(read_tree(&mut reader, None, &mut |_| {}).unwrap().files, 2);
+
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut next = |bound: usize| {
+            state = xorshift(state);
+            (state % bound.max(1) as u64) as usize
+        };
+        for round in 0..3000 {
+            let mut input = if round % 2 == 0 {
+                archive.clone()
+            } else {
+                plaintext.clone()
+            };
+            for _ in 0..=next(3) {
+                let at = next(input.len());
+                match next(6) {
+                    0 => input[at] ^= 1 << next(8),
+                    1 => input[at] = next(256) as u8,
+                    2 => input.truncate(at),
+                    3 => input
+                        .splice(at..at, (0..next(16)).map(|_| next(256) as u8))
+                        .for_each(drop),
+                    4 => {
+                        let end = (at + next(64)).min(input.len());
+                        let copy = input[at..end].to_vec();
+                        let to = next(input.len());
+                        input.splice(to..to, copy).for_each(drop);
+                    }
+                    _ => {
+                        let end = (at + 8).min(input.len());
+                        input[at..end].fill(0xff);
+                    }
+                }
+                if input.is_empty() {
+                    break;
+                }
+            }
+            check_untrusted(&input);
+        }
+        check_untrusted(&[]);
+        check_untrusted(&archive);
+        check_untrusted(&pseudo_random(100_000, 10));
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// The inputs of the committed test vectors.
+    fn vector_inputs() -> Vec<(&'static str, &'static str, Header, Vec<u8>)> {
+        let small = Stream::default()
+            .dir("notes")
+            .file("notes/hello.txt", b"hello, keepsake\n")
+            .symlink("latest", "notes/hello.txt")
+            .end();
+        let data: Vec<u8> = (0..4500u32).map(|i| (i * 7 % 251) as u8).collect();
+        let two_chunks = Stream::default()
+            .raw_file(
+                b"disk.img",
+                1 << 20,
+                &[(0, 3000), ((1 << 20) - 1500, 1500)],
+                &data,
+            )
+            .file("empty", b"")
+            .end();
+        let range = |start: u8| -> [u8; SALT_LEN] { std::array::from_fn(|i| start + i as u8) };
+        vec![
+            (
+                "one-chunk",
+                "correct horse battery staple",
+                Header {
+                    params: CHEAP_KDF,
+                    salt: range(0),
+                    chunk_size: MIN_CHUNK_SIZE,
+                    nonce_prefix: std::array::from_fn(|i| 0xa0 + i as u8),
+                },
+                small,
+            ),
+            (
+                "two-chunks-sparse-file",
+                "tr0ub4dor&3",
+                Header {
+                    params: KdfParams {
+                        memory_kib: 16,
+                        iterations: 2,
+                        parallel: 2,
+                    },
+                    salt: range(0x10),
+                    chunk_size: MIN_CHUNK_SIZE,
+                    nonce_prefix: std::array::from_fn(|i| 0xb0 + i as u8),
+                },
+                two_chunks,
+            ),
+        ]
+    }
+
+    #[test]
+    fn test_vectors_match_and_follow_the_documented_construction() {
+        use chacha20poly1305::aead::{Aead, Payload};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/backup-v1.json");
+        let mut vectors = Vec::new();
+        for (name, passphrase, header, plaintext) in vector_inputs() {
+            let key = derive_key(passphrase.as_bytes(), &header).unwrap();
+            let mut writer =
+                Writer::with_header(Vec::new(), &secret(passphrase.as_bytes()), header.clone())
+                    .unwrap();
+            writer.write_all(&plaintext).unwrap();
+            let archive = writer.finish().unwrap();
+            vectors.push(serde_json::json!({
+                "name": name,
+                "passphrase": passphrase,
+                "kdf": {
+                    "algorithm": "argon2id",
+                    "version": 0x13,
+                    "memory_kib": header.params.memory_kib,
+                    "iterations": header.params.iterations,
+                    "parallel": header.params.parallel,
+                },
+                "salt": hex(&header.salt),
+                "nonce_prefix": hex(&header.nonce_prefix),
+                "chunk_size": header.chunk_size,
+                "key": hex(&key[..]),
+                "plaintext": hex(&plaintext),
+                "archive": hex(&archive),
+            }));
+        }
+        let generated = serde_json::json!({
+            "format": "keepsake backup archive, version 1 (docs/backup-format.md)",
+            "vectors": vectors,
+        });
+        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&generated).unwrap() + "\n",
+            )
+            .unwrap();
+        }
+        let committed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            committed, generated,
+            "regenerate with KEEPSAKE_BLESS=1 if the change is intended"
+        );
+
+        for vector in committed["vectors"].as_array().unwrap() {
+            let field = |name: &str| unhex(vector[name].as_str().unwrap());
+            let (archive, plaintext, key) = (field("archive"), field("plaintext"), field("key"));
+            let pass = secret(vector["passphrase"].as_str().unwrap().as_bytes());
+            let mut released = Vec::new();
+            Reader::new(&archive[..], &pass)
+                .unwrap()
+                .read_to_end(&mut released)
+                .unwrap();
+            assert_eq!(released, plaintext);
+            verify(&plaintext).unwrap();
+            // Decrypted again, chunk by chunk, straight from the specification.
+            let aad = &archive[..HEADER_LEN];
+            let aead = ChaCha20Poly1305::new(GenericArray::from_slice(&key));
+            let sealed: Vec<&[u8]> = archive[HEADER_LEN..].chunks(CHUNK + TAG_LEN).collect();
+            let mut opened = Vec::new();
+            for (i, chunk) in sealed.iter().enumerate() {
+                let mut nonce = [0u8; 12];
+                nonce[..7].copy_from_slice(&field("nonce_prefix"));
+                nonce[7..11].copy_from_slice(&(i as u32).to_be_bytes());
+                nonce[11] = u8::from(i == sealed.len() - 1);
+                let msg = aead
+                    .decrypt(
+                        GenericArray::from_slice(&nonce),
+                        Payload { msg: chunk, aad },
+                    )
+                    .unwrap();
+                opened.extend(msg);
+            }
+            assert_eq!(opened, plaintext);
+        }
+    }
+}
