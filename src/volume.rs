@@ -233,7 +233,10 @@ pub fn require_luks(path: &Path) -> Result<()> {
     if has_luks_magic(path) {
         Ok(())
     } else {
-        Err(Error::Corrupt(format!("{} has no LUKS header", path.display())))
+        Err(Error::Corrupt(format!(
+            "{} has no LUKS header",
+            path.display()
+        )))
     }
 }
 
@@ -258,6 +261,7 @@ fn load(path: &Path) -> Result<CryptDevice> {
 /// nothing and is reported as [`Error::BadPassphrase`].
 pub fn activate(path: &Path, mapping: &str, secret: &Secret) -> Result<u32> {
     let mut device = load(path)?;
+    require_affordable(&mut device, path, mem_available_kib())?;
     let uuid = device
         .status_handle()
         .get_uuid()
@@ -271,6 +275,36 @@ pub fn activate(path: &Path, mapping: &str, secret: &Secret) -> Result<u32> {
         forget_keyring_keys(&uuid);
     }
     keyslot
+}
+
+/// Refuses, before any key derivation, a volume whose every keyslot needs more argon2id
+/// memory than this machine has available: trying would only get the process killed by the
+/// kernel's OOM killer (on a live system, RAM is also the session's disk).
+fn require_affordable(
+    device: &mut CryptDevice,
+    path: &Path,
+    available_kib: Option<u64>,
+) -> Result<()> {
+    let Some(available) = available_kib else {
+        return Ok(());
+    };
+    let needs: Vec<u64> = active_keyslots(device)
+        .into_iter()
+        .filter_map(|slot| device.keyslot_handle().get_pbkdf(slot).ok())
+        .map(|p| match p.type_ {
+            CryptKdf::Pbkdf2 => 0,
+            _ => u64::from(p.max_memory_kb),
+        })
+        .collect();
+    match needs.iter().min() {
+        Some(&least) if least > available => Err(Error::UnsafeHost(format!(
+            "unlocking {} needs {} MiB of memory for its key derivation and this machine has {} MiB available; free some memory or unlock it on a bigger machine (nothing was changed)",
+            path.display(),
+            least / 1024,
+            available / 1024
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The logon keys libcryptsetup names `cryptsetup:<uuid>-d<N>` for this volume.

@@ -9,6 +9,15 @@ host_main() {
     usb=$(ks_live_stick usb 320M) || return 1
     host=$(ks_disk hostdisk 64M)
     ks_phase lifecycle "usb=$usb" "hostdisk=$host" || return 1
+    # A volume whose KDF needs 1 GiB, made on the host (the VM has 768 MiB): refused before
+    # the KDF runs, instead of the OOM killer ending keepsake half way.
+    local big pass
+    big=$(ks_disk big 32M); pass="$KS_SCEN_DIR/pass"
+    ks_get_in passphrase | tr -d '\n' > "$pass"
+    cryptsetup luksFormat -q --type luks2 --pbkdf argon2id --pbkdf-memory 1048576 \
+        --pbkdf-force-iterations 4 --pbkdf-parallel 1 --key-file "$pass" "$big" || return 1
+    rm -f "$pass"
+    ks_phase afford "big=$big" || return 1
     # After delete, from the host: the partition is gone from the table, and the region
     # that held the header holds no LUKS magic (primary LUKS\xba\xbe, secondary SKUL\xba\xbe).
     local start
@@ -140,4 +149,12 @@ guest_lifecycle() {
     ks_expect_rc 4 "unlock finds nothing any more" -- keepsake unlock --key-file $b
     # The control for the host's magic scan: the copy of the container volume's header.
     dd if=/tmp/control-header of=/dev/disk/by-serial/hostdisk bs=1M conv=fsync 2>/dev/null
+}
+
+guest_afford() {
+    ks_pass_file
+    ks_expect_rc 6 "unlock a volume whose KDF needs more memory than is available" -- \
+        keepsake unlock --device /dev/disk/by-serial/big --key-file "$KS_PASS_FILE"
+    ks_assert "the error says how much it needs" grep -q "needs 1024 MiB of memory" /tmp/ks-cmd.out
+    ks_assert "no mapping was made" ks_no_mapping
 }
