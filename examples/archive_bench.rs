@@ -21,7 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: archive_bench backup|restore KEY_FILE FROM TO".into());
     };
     let secret = secrets::read_secret(&SecretSource::KeyFile(PathBuf::from(key)), "key", false)?;
-    let params = KdfParams { memory_kib: 8192, iterations: 1, parallel: 1 };
+    let params = KdfParams {
+        memory_kib: 8192,
+        iterations: 1,
+        parallel: 1,
+    };
     let t0 = Instant::now();
     match mode.as_str() {
         "backup" => {

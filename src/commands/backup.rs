@@ -43,17 +43,10 @@ struct RestoreReport {
     contents: TreeStats,
 }
 
-/// The unlocked volume's mount root, or why there is none.
+/// The unlocked volume's mount root (root only).
 fn volume_root(global: &GlobalArgs) -> Result<(Unlocked, PathBuf)> {
     super::require_root()?;
-    let layout = super::layout(global, None);
-    let unlocked = Unlocked::find(&layout)?.ok_or_else(|| {
-        Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
-    })?;
-    let root = unlocked.mount_root.clone().ok_or_else(|| {
-        Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
-    })?;
-    Ok((unlocked, root))
+    super::unlocked_volume(global)
 }
 
 /// The volume folders that hold the named features: a built-in feature's sources, or a
@@ -300,19 +293,24 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len))
 }
 
-fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
-    let (input, len) = open_archive(&args.file)?;
-    let secret = super::read_secret_safely(
-        global,
-        &args.passphrase,
-        out,
-        "Backup passphrase",
-        false,
-        None,
-    )?;
+type ArchiveReader = archive::Reader<Box<dyn Read>>;
+
+/// The archive opened for reading: its passphrase read the safe way, its key derived and
+/// its first chunk authenticated. Also its length, when it is a file.
+fn open_reader(
+    global: &GlobalArgs,
+    args: &crate::cli::PassphraseArgs,
+    out: Output,
+    file: &Path,
+) -> Result<(ArchiveReader, Option<u64>)> {
+    let (input, len) = open_archive(file)?;
+    let secret = super::read_secret_safely(global, args, out, "Backup passphrase", false, None)?;
     out.progress("deriving the archive key (argon2id)");
-    let mut reader = archive::Reader::new(input, &secret)?;
-    drop(secret);
+    Ok((archive::Reader::new(input, &secret)?, len))
+}
+
+fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
+    let (mut reader, len) = open_reader(global, &args.passphrase, out, &args.file)?;
     let mut progress = Progress::new(out, "verify", len);
     let stats = archive::read_tree(&mut reader, None, &mut |b| progress.update(b))?;
     progress.finish();
@@ -377,19 +375,8 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
     } else {
         Some(feature_folders(&volume, &args.features)?)
     };
-    let (input, len) = open_archive(&args.file)?;
-    let secret = super::read_secret_safely(
-        global,
-        &args.passphrase,
-        out,
-        "Backup passphrase",
-        false,
-        None,
-    )?;
     let _lock = super::exclusive()?;
-    out.progress("deriving the archive key (argon2id)");
-    let mut reader = archive::Reader::new(input, &secret)?;
-    drop(secret);
+    let (mut reader, len) = open_reader(global, &args.passphrase, out, &args.file)?;
     let mut progress = Progress::new(out, "restore", len);
     let staging = if args.dry_run {
         None

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::config::ConfigFile;
 use crate::error::{Error, Result};
-use crate::layout::{CONFIG_FILE, RUNTIME_DIR};
+use crate::layout::CONFIG_FILE;
 use crate::output::Output;
 use crate::safefs::{self, Owner};
 use crate::tools::{self, FsckReport};
@@ -66,13 +66,9 @@ impl Inspection {
     }
 
     fn mount(&mut self, read_only: bool) -> Result<safefs::Dir> {
-        let root = Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o700,
-        };
-        let (runtime, _) = safefs::open_dir(Path::new(RUNTIME_DIR), Some(root))?;
-        let (point, _) = safefs::open_beneath(&runtime, Path::new("inspect"), Some(root))?;
+        let runtime = super::runtime_dir()?;
+        let (point, _) =
+            safefs::open_beneath(&runtime, Path::new("inspect"), Some(super::ROOT_ONLY))?;
         if read_only {
             crate::mounts::mount_ext4_read_only(&self.device, &point.path)?;
         } else {
@@ -107,14 +103,7 @@ fn prepare(
     let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
     let header = volume::header_info(&backing)?;
     super::require_locked(&backing, why)?;
-    let secret = super::read_secret_safely(
-        global,
-        &args.passphrase,
-        out,
-        "Passphrase",
-        false,
-        Some(&backing),
-    )?;
+    let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
     Ok((backing, header, secret))
 }
 

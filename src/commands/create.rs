@@ -12,10 +12,10 @@ use crate::config::ConfigFile;
 use crate::disks::{self, Region};
 use crate::error::{Context, Error, Result, at};
 use crate::features::{CATALOGUE, SystemHost};
-use crate::layout::{Layout, RUNTIME_DIR, TAILS_PARTITION_TYPE};
+use crate::layout::{Layout, TAILS_PARTITION_TYPE};
 use crate::mounts;
 use crate::output::Output;
-use crate::safefs::{self, Owner};
+use crate::safefs;
 use crate::secrets::Secret;
 use crate::tools;
 use crate::unlocked;
@@ -311,14 +311,7 @@ fn populate(layout: &Layout, mapping: &str, config: &ConfigFile, out: Output) ->
         layout.fs_label
     ));
     tools::mkfs_ext4(&device, layout.fs_label)?;
-    let (runtime, _) = safefs::open_dir(
-        Path::new(RUNTIME_DIR),
-        Some(Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o700,
-        }),
-    )?;
+    let runtime = super::runtime_dir()?;
     let mount_point = runtime.path.join(mapping);
     std::fs::create_dir(&mount_point).context(at("creating", &mount_point))?;
     let result = (|| {

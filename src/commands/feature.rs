@@ -44,13 +44,7 @@ struct Open {
 
 impl Open {
     fn new(global: &GlobalArgs) -> Result<Open> {
-        let layout = super::layout(global, None);
-        let unlocked = Unlocked::find(&layout)?.ok_or_else(|| {
-            Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
-        })?;
-        let root = unlocked.mount_root.clone().ok_or_else(|| {
-            Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
-        })?;
+        let (unlocked, root) = super::unlocked_volume(global)?;
         let dir = unlocked.volume_dir()?;
         let config = unlocked::read_config(&dir)?.unwrap_or_default();
         let custom = unlocked::read_config_file(&dir, CUSTOM_FEATURES_FILE)?.unwrap_or_default();

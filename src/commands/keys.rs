@@ -80,14 +80,7 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
                         .into(),
                 ));
             }
-            let passphrase = super::read_secret_safely(
-                global,
-                &args.passphrase,
-                out,
-                "Passphrase",
-                false,
-                Some(&backing),
-            )?;
+            let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
             volume::check_passphrase(&backing, &passphrase)?;
             let key = crate::recovery::generate()?;
             out.progress("adding the recovery key's keyslot");
@@ -122,14 +115,7 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
             {
                 return Err(Error::NotFound("the volume has no recovery key".into()));
             }
-            let passphrase = super::read_secret_safely(
-                global,
-                &args.passphrase,
-                out,
-                "Passphrase",
-                false,
-                Some(&backing),
-            )?;
+            let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
             let removed = volume::remove_role(&backing, &passphrase, Role::Recovery)?;
             let report = RemovedReport {
                 volume: backing,

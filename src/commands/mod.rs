@@ -85,17 +85,32 @@ pub fn read_secret_safely(
     secrets::read_secret(&source, prompt, confirm)
 }
 
+/// The passphrase (or key) of the volume at `backing`, read the safe way.
+pub fn read_passphrase(
+    global: &GlobalArgs,
+    args: &PassphraseArgs,
+    out: Output,
+    backing: &Path,
+) -> Result<Secret> {
+    read_secret_safely(global, args, out, "Passphrase", false, Some(backing))
+}
+
+/// Owner and mode of keepsake's own folders: root only.
+pub const ROOT_ONLY: crate::safefs::Owner = crate::safefs::Owner {
+    uid: 0,
+    gid: 0,
+    mode: 0o700,
+};
+
+/// /run/keepsake (in RAM, as the preflight checks), created root-only if missing.
+pub fn runtime_dir() -> Result<crate::safefs::Dir> {
+    crate::safefs::open_dir(Path::new(crate::layout::RUNTIME_DIR), Some(ROOT_ONLY)).map(|(d, _)| d)
+}
+
 /// One keepsake command at a time changes volumes: held for the life of the command.
 pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let (dir, _) = crate::safefs::open_dir(
-        Path::new(crate::layout::RUNTIME_DIR),
-        Some(crate::safefs::Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o700,
-        }),
-    )?;
+    let dir = runtime_dir()?;
     let path = dir.path.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -150,6 +165,17 @@ pub fn require_locked(backing: &Path, why: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The unlocked volume and where it is mounted, or why there is none.
+pub fn unlocked_volume(global: &GlobalArgs) -> Result<(crate::unlocked::Unlocked, PathBuf)> {
+    let unlocked = crate::unlocked::Unlocked::find(&layout(global, None))?.ok_or_else(|| {
+        Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
+    })?;
+    let root = unlocked.mount_root.clone().ok_or_else(|| {
+        Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
+    })?;
+    Ok((unlocked, root))
 }
 
 pub fn layout(global: &GlobalArgs, mount_root: Option<&Path>) -> Layout {

@@ -75,14 +75,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         )?;
         crate::recovery::normalize(&typed)?
     } else {
-        super::read_secret_safely(
-            global,
-            &args.passphrase,
-            out,
-            "Passphrase",
-            false,
-            Some(&backing),
-        )?
+        super::read_passphrase(global, &args.passphrase, out, &backing)?
     };
     out.progress(format!("unlocking {}", backing.display()));
     let keyslot = volume::activate(&backing, &layout.mapping, &secret)?;

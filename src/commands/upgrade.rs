@@ -47,14 +47,7 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
             "converting LUKS1 to LUKS2 needs the volume closed",
         )?;
     }
-    let secret = super::read_secret_safely(
-        global,
-        &args.passphrase,
-        out,
-        "Passphrase",
-        false,
-        Some(&backing),
-    )?;
+    let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
     // A wrong passphrase stops here, before anything is written.
     volume::check_passphrase(&backing, &secret)?;
     if let Some(file) = &args.header_backup {
@@ -175,15 +168,7 @@ struct Backup(PathBuf);
 
 impl Backup {
     fn take(backing: &Path) -> Result<Backup> {
-        let (dir, _) = crate::safefs::open_dir(
-            Path::new(crate::layout::RUNTIME_DIR),
-            Some(crate::safefs::Owner {
-                uid: 0,
-                gid: 0,
-                mode: 0o700,
-            }),
-        )?;
-        let path = dir
+        let path = super::runtime_dir()?
             .path
             .join(format!("header-backup.{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
