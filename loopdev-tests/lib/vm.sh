@@ -13,7 +13,7 @@ KS_VM_TIMEOUT=${KS_VM_TIMEOUT:-300}
 
 # Programs copied into the guest with their shared libraries. tor is optional here: the
 # Tor-state scenarios check for it themselves.
-KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/tor /usr/bin/setpriv /sbin/sfdisk /usr/bin/partx /sbin/debugfs"
+KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/tor /usr/bin/setpriv /sbin/sfdisk /usr/bin/partx /sbin/debugfs /usr/bin/date"
 KS_GUEST_MODULES="loop dm-mod dm-crypt ecb xts virtio_pci virtio_blk af_alg algif_skcipher lzo-rle zram"
 
 ks_kernel_version() {
@@ -96,7 +96,7 @@ GR
     cp "$KS_TESTS_DIR/lib/init" "$root/init"
     mkdir -p "$root/tests"
     cp "$KS_TESTS_DIR/lib/guest.sh" "$root/tests/"
-    cp "$KS_TESTS_DIR"/scenarios/*.sh "$root/tests/"
+    cp "$KS_TESTS_DIR"/scenarios/*.sh "$KS_TESTS_DIR"/bench/*.sh "$root/tests/"
     chmod 0755 "$root/init"
     (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$out.tmp"
     mv "$out.tmp" "$out"

@@ -1,0 +1,83 @@
+# Guest side of loopdev-tests/bench/run: keepsake against the bare tools, side by side, in
+# one boot. Each measurement is printed as KS-OUT <name>=<ms> and the host takes medians.
+#
+#   unlock/lock with N features vs `cryptsetup open` + `mount` + N `mount --bind`, and
+#   the N `umount`s + `umount` + `cryptsetup close` (same volume, same keyslot, same KDF);
+#   the KDF alone (`cryptsetup open --test-passphrase`); `status --json` with 100 features;
+#   create on 1 GiB and 8 GiB sparse images vs `luksFormat` + `open` + `mkfs.ext4` + `close`.
+
+# A small KDF cost, the same for both sides, so that what is compared is everything else;
+# at a real cost (seconds of argon2id) the ratios only come closer to 1.
+KS_BENCH_KDF="--pbkdf-memory 8192 --pbkdf-force-iterations 4"
+
+ks_ns() { /usr/bin/date +%s%N; }
+
+# bench NAME COMMAND...: runs COMMAND, prints its wall time in ms; the phase fails if it fails.
+bench() {
+    local name=$1 t0 t1; shift
+    t0=$(ks_ns)
+    "$@" >/tmp/bench.out 2>&1 || { sed 's/^/    | /' /tmp/bench.out; ks_fail "$name: $*"; }
+    t1=$(ks_ns)
+    echo "KS-OUT $name=$(( (t1 - t0) / 1000 ))"
+}
+
+bare_open() {
+    local n=$1 k
+    cryptsetup open --key-file "$KS_PASS_FILE" "/bench/vol-$n.img" bare || return 1
+    mount -o nosuid,nodev,noatime /dev/mapper/bare /mnt/bare || return 1
+    for k in $(seq 1 "$n"); do mount --bind "/mnt/bare/f$k" "/srv/b/f$k" || return 1; done
+}
+
+bare_close() {
+    local n=$1 k
+    for k in $(seq "$n" -1 1); do umount "/srv/b/f$k" || return 1; done
+    umount /mnt/bare && cryptsetup close bare
+}
+
+bare_create() {
+    truncate -s "$2" "$1" || return 1
+    cryptsetup luksFormat -q --type luks2 --pbkdf argon2id --pbkdf-memory 8192 \
+        --pbkdf-force-iterations 4 --pbkdf-parallel 1 --key-file "$KS_PASS_FILE" "$1" || return 1
+    cryptsetup open --key-file "$KS_PASS_FILE" "$1" barec || return 1
+    mkfs.ext4 -q -L TailsData /dev/mapper/barec || return 1
+    cryptsetup close barec
+}
+
+guest_all() {
+    ks_pass_file
+    local runs i n k
+    runs=$(ks_in runs)
+    mkfs.ext4 -q -F /dev/disk/by-serial/bench && mkdir -p /bench && mount /dev/disk/by-serial/bench /bench
+    mkdir -p /mnt/bare /home/amnesia && chown 1000:1000 /home/amnesia
+    echo "KS-OUT machine=$(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
+    for n in $(ks_in sizes); do
+        ks_expect_rc 0 "create the N=$n volume" -- keepsake create --image "/bench/vol-$n.img" --size 128M --key-file "$KS_PASS_FILE" $KS_BENCH_KDF
+        ks_expect_rc 0 "unlock it" -- keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
+        ks_expect_rc 0 "disable the default feature" -- keepsake feature disable persistent
+        for k in $(seq 1 "$n"); do
+            mkdir -p "/srv/b/f$k"
+            keepsake feature add "f$k" --dest "/srv/b/f$k" >/dev/null || ks_fail "feature add f$k"
+        done
+        ks_expect_rc 0 "lock" -- keepsake lock
+        for i in $(seq 1 "$runs"); do
+            bench "kdf.$n" cryptsetup open --test-passphrase --key-file "$KS_PASS_FILE" "/bench/vol-$n.img"
+            bench "keepsake_unlock.$n" keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
+            [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "keepsake bound $n folders"
+            [ "$n" = 100 ] && bench "status_json.$n" keepsake --json status
+            bench "keepsake_lock.$n" keepsake lock
+            bench "bare_unlock.$n" bare_open "$n"
+            [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "the bare script bound $n folders"
+            bench "bare_lock.$n" bare_close "$n"
+        done
+        ks_ok "N=$n: $runs runs each"
+    done
+    for size in 1G 8G; do
+        for i in $(seq 1 "$runs"); do
+            bench "keepsake_create.$size" keepsake create --image "/bench/c.img" --size "$size" --key-file "$KS_PASS_FILE" $KS_BENCH_KDF
+            rm -f /bench/c.img
+            bench "bare_create.$size" bare_create /bench/c.img "$size"
+            rm -f /bench/c.img
+        done
+        ks_ok "create $size: $runs runs each"
+    done
+}
