@@ -86,8 +86,19 @@ pub fn tor_pids_using(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Whether the process still runs: it exists and is neither a zombie nor dead. (Its
+/// `exe` link goes away early in its exit, before it has closed its files: not enough.)
 fn alive(pid: i32) -> bool {
-    is_tor(pid)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| process_state(&stat))
+        .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
+/// The state letter of a /proc/PID/stat line: the field after the parenthesised name
+/// (which may itself hold spaces and parentheses).
+fn process_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 fn systemd_runs() -> bool {
@@ -387,6 +398,14 @@ fn parse_lock_holders(locks: &str, major: u32, minor: u32, inode: u64) -> Vec<i3
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reads_the_process_state_after_an_odd_name() {
+        assert_eq!(process_state("42 (tor) S 1 42 42 0"), Some('S'));
+        assert_eq!(process_state("43 (a) b) Z 1 2"), Some('Z'));
+        assert_eq!(process_state("garbage"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -83,6 +83,13 @@ ks_volume_file_hash() {
     umount /mnt/peek; cryptsetup close peek
 }
 
+# A process that exists and is not a zombie.
+ks_alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
 ks_tor_log_clean() {
     ! grep -iE "permissions on directory|not owned by|too permissive|couldn't (open|create)|Failed to parse/validate" /var/log/tor/notices.log
 }
@@ -104,9 +111,14 @@ guest_second_boot() {
     ks_assert "tor logged no complaint about its folders" ks_tor_log_clean
 
     # Runtime toggles, here where the amnesic and persistent addresses differ. No tor
-    # process ever sees both states: sample (pid, bound?) while toggling.
+    # process ever sees both states: sample (pid, bound?) while toggling. A sample counts
+    # only if its tor is still alive (not exited, not a zombie) after the mount was read:
+    # keepsake changes the mount only once the old tor has exited.
     ( while [ ! -e /tmp/stop-watch ]; do
-        for p in $(pidof tor); do if ks_tor_bound; then echo "$p 1"; else echo "$p 0"; fi; done
+        for p in $(pidof tor); do
+            if ks_tor_bound; then b=1; else b=0; fi
+            ks_alive "$p" && echo "$p $b"
+        done
         sleep 0.02
       done > /tmp/watch ) &
     local watcher=$!
