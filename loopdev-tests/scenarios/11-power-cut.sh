@@ -14,7 +14,7 @@ host_main() {
     ks_phase create "usb=$usb" || return 1
     for c in $(seq 1 "$cuts"); do
         ms=$((RANDOM % max))
-        KS_KILL_AFTER_MS=$ms ks_phase "cycle.$c" "usb=$usb" >"$KS_SCEN_DIR/cycle.out" || {
+        KS_KILL_AFTER_MS=$ms ks_phase "cycle.$c" "usb=$usb" >"$KS_SCEN_DIR/cycle.out" 2>>"$KS_SCEN_DIR/qemu-killed.log" || {
             cat "$KS_SCEN_DIR/cycle.out"; return 1; }
         if ! grep -q '^KS-POWER-CUT' "$KS_SCEN_DIR/cycle.$c.log"; then
             cat "$KS_SCEN_DIR/cycle.out"

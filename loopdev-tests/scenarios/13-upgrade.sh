@@ -16,7 +16,7 @@ host_main() {
     ks_phase upgrade "old=$old" || return 1
     for c in $(seq 1 "$cuts"); do
         ms=$((RANDOM % 1200))
-        KS_KILL_AFTER_MS=$ms ks_phase "cut.$c" "old=$old" "backup=$backup" >/dev/null
+        KS_KILL_AFTER_MS=$ms ks_phase "cut.$c" "old=$old" "backup=$backup" >/dev/null 2>>"$KS_SCEN_DIR/qemu-killed.log"
         ks_phase "after.$c" "old=$old" "backup=$backup" >"$KS_SCEN_DIR/after.out" || { cat "$KS_SCEN_DIR/after.out"; return 1; }
         state=$(tr -d '\r' < "$KS_SCEN_DIR/after.$c.log" | sed -n 's/^KS-LOG state: //p')
         ks_host_ok "upgrade cut at ${ms} ms: $state"
