@@ -29,6 +29,15 @@ guest_checks() {
     ks_assert "nothing was created" test ! -e /media/usb/new.img
     ks_expect_rc 6 "unlock refused with unencrypted swap" -- keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
     ks_assert "nothing was opened" ks_no_mapping
+    # Every other command that reads a secret refuses the same way, the header untouched.
+    local h k="--key-file $KS_PASS_FILE" i="--image $KS_IMAGE"
+    h=$(head -c 16777216 "$KS_IMAGE" | sha256sum)
+    ks_expect_rc 6 "passphrase change refused" -- keepsake passphrase change $i $k --new-key-file /etc/passwd $KS_KDF
+    ks_expect_rc 6 "recovery-key add refused" -- keepsake recovery-key add $i $k $KS_KDF
+    ks_expect_rc 6 "check refused" -- keepsake check $i $k
+    ks_expect_rc 6 "repair refused" -- keepsake repair $i $k
+    ks_expect_rc 6 "backup verify refused" -- keepsake backup verify /etc/passwd $k
+    ks_assert_eq "the header is unchanged" "$(head -c 16777216 "$KS_IMAGE" | sha256sum)" "$h"
     ks_expect_rc 0 "--allow-unencrypted-swap overrides it" -- ks_unlock_lock --allow-unencrypted-swap
     ks_assert "with a warning" grep -q "warning: unencrypted swap" /tmp/ks-cmd.out
     swapoff /dev/vdb2
