@@ -555,17 +555,17 @@ fn replace_keyslot(
     Ok(new_slot)
 }
 
-/// Replaces the passphrase of the keyslot `old` opens by `new`, in two header updates
-/// (add the new keyslot, destroy the old), so that at every moment one of the two
-/// passphrases opens the volume.
+/// Replaces the passphrase of keyslot `slot` (the one `old` opens, as
+/// [`check_passphrase`] found) by `new`, in two header updates (add the new keyslot,
+/// destroy the old), so that at every moment one of the two passphrases opens the volume.
 pub fn change_passphrase(
     path: &Path,
+    slot: u32,
     old: &Secret,
     new: &Secret,
     kdf: KdfChoice,
 ) -> Result<KeyslotInfo> {
     let mut device = load(path)?;
-    let slot = keyslot_of(&mut device, path, old)?;
     let tokens = role_tokens(&mut device);
     if role_of(&tokens, slot) == Role::Recovery {
         return Err(Error::Usage(
@@ -751,12 +751,17 @@ pub fn convert_to_luks2(path: &Path) -> Result<()> {
         .map_err(|e| Error::crypt(format!("converting {} to LUKS2", path.display()), e))
 }
 
-/// Re-derives the keyslot `secret` opens with argon2id: a new keyslot for the same
-/// passphrase, then the old one destroyed (not in place as `cryptsetup luksConvertKey`
-/// does, so that a power cut cannot leave a half-written keyslot). Returns its new cost.
-pub fn convert_keyslot(path: &Path, secret: &Secret, kdf: KdfChoice) -> Result<KeyslotInfo> {
+/// Re-derives keyslot `slot` (the one `secret` opens) with argon2id: a new keyslot for the
+/// same passphrase, then the old one destroyed (not in place as `cryptsetup
+/// luksConvertKey` does, so that a power cut cannot leave a half-written keyslot). Returns
+/// its new cost.
+pub fn convert_keyslot(
+    path: &Path,
+    slot: u32,
+    secret: &Secret,
+    kdf: KdfChoice,
+) -> Result<KeyslotInfo> {
     let mut device = load(path)?;
-    let slot = keyslot_of(&mut device, path, secret)?;
     set_kdf(&mut device, kdf, path)?;
     let slot = replace_keyslot(
         &mut device,

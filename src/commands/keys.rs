@@ -37,7 +37,7 @@ pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) 
         Some(&backing),
     )?;
     // A wrong passphrase is reported before a new one is asked for.
-    volume::check_passphrase(&backing, &old)?;
+    let slot = volume::check_passphrase(&backing, &old)?;
     let source =
         SecretSource::from_options(args.new.new_passphrase_fd, args.new.new_key_file.as_deref());
     let new = secrets::read_secret(&source, "New passphrase", true)?;
@@ -47,7 +47,8 @@ pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) 
         ));
     }
     out.progress("writing the new keyslot (its key derivation takes a few seconds)");
-    let keyslot = volume::change_passphrase(&backing, &old, &new, super::kdf_choice(&args.kdf))?;
+    let keyslot =
+        volume::change_passphrase(&backing, slot, &old, &new, super::kdf_choice(&args.kdf))?;
     drop((old, new));
     let report = KeyslotReport {
         volume: backing,
@@ -81,7 +82,6 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
                 ));
             }
             let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
-            volume::check_passphrase(&backing, &passphrase)?;
             let key = crate::recovery::generate()?;
             out.progress("adding the recovery key's keyslot");
             let keyslot = volume::add_keyslot(

@@ -49,7 +49,7 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
     }
     let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
     // A wrong passphrase stops here, before anything is written.
-    volume::check_passphrase(&backing, &secret)?;
+    let slot = volume::check_passphrase(&backing, &secret)?;
     if let Some(file) = &args.header_backup {
         if file.exists() {
             return Err(Error::Usage(format!(
@@ -75,7 +75,7 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
             out.progress("converting the header to LUKS2");
             volume::convert_to_luks2(&backing)?;
         }
-        let slot = volume::check_passphrase(&backing, &secret)?;
+        // The conversion keeps keyslot numbers: the passphrase still opens `slot`.
         let kdf = volume::header_info(&backing)?
             .keyslots
             .into_iter()
@@ -83,7 +83,7 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
             .map(|k| k.kdf);
         if kdf.as_deref() != Some("argon2id") {
             out.progress("re-deriving the keyslot with argon2id");
-            volume::convert_keyslot(&backing, &secret, super::kdf_choice(&args.kdf))?;
+            volume::convert_keyslot(&backing, slot, &secret, super::kdf_choice(&args.kdf))?;
         }
         Ok(())
     })();
