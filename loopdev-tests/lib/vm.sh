@@ -140,7 +140,8 @@ ks_boot() {
             killed=1
             sleep "$(printf '%d.%03d' $((KS_KILL_AFTER_MS / 1000)) $((KS_KILL_AFTER_MS % 1000)))"
             kill -9 "$qpid" 2>/dev/null
-            echo "KS-POWER-CUT after ${KS_KILL_AFTER_MS} ms" >>"$log"
+            # On a line of its own: the guest may have been cut in the middle of one.
+            printf '\nKS-POWER-CUT after %s ms\n' "$KS_KILL_AFTER_MS" >>"$log"
         fi
         sleep 0.2
         waited=$((waited + 1))

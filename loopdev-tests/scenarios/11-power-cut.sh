@@ -21,7 +21,10 @@ host_main() {
             ks_host_fail "cycle $c: the writer never started, no power cut"
             return 1
         fi
-        synced=$(tr -d '\r' < "$KS_SCEN_DIR/cycle.$c.log" | sed -n 's/^KS-SYNCED //p')
+        # Only whole reports count: the cut may fall in the middle of the last one (its
+        # fsync had returned, but a truncated name or hash cannot be checked).
+        synced=$(tr -d '\r' < "$KS_SCEN_DIR/cycle.$c.log" \
+            | sed -n 's/^KS-SYNCED \(f-[0-9a-f]*-[0-9]* [0-9a-f]\{64\}\)$/\1/p')
         [ -n "$synced" ] && echo "$synced" | sed 's/^/synced=/' >> "$KS_SCEN_DIR/in"
         total=$((total + $(echo -n "$synced" | grep -c '^')))
         ks_host_ok "cut $c at ${ms} ms: unlocked, $(sed -n 's/^KS-OK verified \([0-9]*\).*/\1/p' \
