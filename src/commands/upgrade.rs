@@ -75,13 +75,9 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
             out.progress("converting the header to LUKS2");
             volume::convert_to_luks2(&backing)?;
         }
-        // The conversion keeps keyslot numbers: the passphrase still opens `slot`.
-        let kdf = volume::header_info(&backing)?
-            .keyslots
-            .into_iter()
-            .find(|k| k.keyslot == slot)
-            .map(|k| k.kdf);
-        if kdf.as_deref() != Some("argon2id") {
+        // The conversion keeps keyslot numbers: the passphrase still opens `slot`, and the
+        // plan already says whether its key derivation is argon2id.
+        if plan.keyslots_to_argon2id.contains(&slot) {
             out.progress("re-deriving the keyslot with argon2id");
             volume::convert_keyslot(&backing, slot, &secret, super::kdf_choice(&args.kdf))?;
         }
