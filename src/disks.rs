@@ -241,15 +241,7 @@ impl BlockDevice {
 }
 
 pub fn block_device(path: &Path) -> Result<BlockDevice> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound(format!("{} does not exist", path.display()))
-        }
-        _ => Error::Io {
-            context: format!("reading {}", path.display()),
-            source: e,
-        },
-    })?;
+    let meta = std::fs::metadata(path).map_err(crate::error::io_at("reading", path))?;
     if !meta.file_type().is_block_device() {
         return Err(Error::Usage(format!(
             "{} is not a block device",

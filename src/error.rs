@@ -168,6 +168,17 @@ impl<T> Context<T> for nix::Result<T> {
     }
 }
 
+/// Maps an I/O error on `path`: a missing path is [`Error::NotFound`] ("PATH does not
+/// exist"), anything else an I/O error with "VERB PATH" as its context.
+pub fn io_at(verb: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let shown = path.display().to_string();
+    let context = format!("{verb} {shown}");
+    move |source| match source.kind() {
+        io::ErrorKind::NotFound => Error::NotFound(format!("{shown} does not exist")),
+        _ => Error::Io { context, source },
+    }
+}
+
 /// Shorthand for the common "verb PATH" context.
 pub fn at(verb: &str, path: &Path) -> impl FnOnce() -> String {
     let s = format!("{verb} {}", path.display());

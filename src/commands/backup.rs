@@ -280,15 +280,7 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     if file == Path::new("-") {
         return Ok((Box::new(std::io::stdin().lock()), None));
     }
-    let f = File::open(file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound(format!("{} does not exist", file.display()))
-        }
-        _ => Error::Io {
-            context: format!("opening {}", file.display()),
-            source: e,
-        },
-    })?;
+    let f = File::open(file).map_err(crate::error::io_at("opening", file))?;
     let len = f.metadata().ok().map(|m| m.len());
     Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len))
 }

@@ -230,15 +230,7 @@ pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
 
 fn check_backing(image: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(image).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::NotFound(format!("{} does not exist", image.display()))
-        }
-        _ => Error::Io {
-            context: format!("reading {}", image.display()),
-            source: e,
-        },
-    })?;
+    let meta = std::fs::metadata(image).map_err(crate::error::io_at("reading", image))?;
     if !(meta.is_file() || meta.file_type().is_block_device()) {
         return Err(Error::Usage(format!(
             "{} is neither a file nor a block device",
