@@ -6,14 +6,27 @@ use std::process::{Command, Output, Stdio};
 
 use crate::error::{Error, Result};
 
-const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The only folders helpers are run from. `/usr/local/*` is left out on purpose: on a
+/// live system a feature may be bound there, and a helper run as root must not come from
+/// a folder the live user could fill.
+const TRUSTED_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+const SEARCH_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Finds a program on the standard system path.
+/// Finds a program in the trusted system folders: a regular file that only root can
+/// change, in a folder that only root can change.
 pub fn find(program: &str) -> Option<PathBuf> {
-    SEARCH_PATH
-        .split(':')
+    TRUSTED_DIRS
+        .iter()
         .map(|d| Path::new(d).join(program))
-        .find(|p| p.is_file())
+        .find(|p| only_root_can_change(p) && p.parent().is_some_and(only_root_can_change))
+}
+
+/// Owned by root and writable by nobody else (symlinks followed: `/sbin` is a link to
+/// `usr/sbin` on merged-/usr systems, and both are root's).
+fn only_root_can_change(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0 && (m.is_file() || m.is_dir()))
 }
 
 /// Runs `program` with `args`, its output captured, its environment reduced to PATH and a

@@ -1,104 +1,245 @@
-//! Stopping and starting tor around changes to its DataDirectory.
+//! Stopping and starting the system's tor around changes to its DataDirectory.
 //!
 //! Tor must never run while its state folder is being bound or unbound: a tor that starts
 //! on the amnesic folder and is then covered by the persistent one (or the other way
 //! round) would mix two identities. So keepsake stops tor, changes the mounts, and starts
-//! it again the way it was started: as a systemd unit where systemd runs it, or else by
-//! running the same command line, as the same user, with the same environment.
+//! it again: as its systemd unit where systemd runs it, or else by running the system's
+//! tor binary with the system torrc.
+//!
+//! The live user can start processes too, named `tor`, in namespaces of its own where
+//! `/var/lib/tor` is whatever it mounted there. So keepsake takes nothing from a process
+//! it finds — no executable, argument, environment or uid — and counts a process as the
+//! system's tor only when it runs as root or the tor account, its executable is the very
+//! file (device, inode) of the system's tor binary, and it shares keepsake's mount and
+//! user namespaces. Signals go through a pidfd opened before that check, so a recycled
+//! pid can never receive them.
 //!
 //! "Started" means tor has accepted its DataDirectory: it holds the lock on
 //! `<DataDirectory>/lock` (tor takes it once the folder's owner and mode pass its checks)
 //! and is still running a moment later.
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::error::{Error, Result};
 
 /// Debian's tor DataDirectory, which the tor-state feature binds.
 pub const DATA_DIR: &str = "/var/lib/tor";
+/// The system torrc: the only configuration keepsake starts tor with.
+const TORRC: &str = "/etc/tor/torrc";
+/// The account Debian's tor drops to (`User debian-tor`).
+const TOR_ACCOUNT: &str = "debian-tor";
 const UNITS: &[&str] = &["tor@default.service", "tor.service"];
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const SETTLE: Duration = Duration::from_secs(2);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How the running tor was started, so that it can be started again the same way.
+/// A file's identity: device and inode.
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// What makes a process the system's tor, as root sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The system's tor binary, found by root in the trusted folders.
+    binary: PathBuf,
+    binary_id: FileId,
+    /// uids a tor may run as: root, and the tor account if there is one.
+    uids: Vec<u32>,
+    /// keepsake's own mount and user namespaces.
+    namespaces: [FileId; 2],
+}
+
+/// What a process is, read from /proc (the facts the identity is checked against).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProcessFacts {
+    /// Real, effective, saved and filesystem uids.
+    uids: Vec<u32>,
+    exe: Option<FileId>,
+    namespaces: [Option<FileId>; 2],
+}
+
+impl ProcessFacts {
+    fn read(pid: i32) -> Option<ProcessFacts> {
+        let base = PathBuf::from(format!("/proc/{pid}"));
+        let status = std::fs::read_to_string(base.join("status")).ok()?;
+        Some(ProcessFacts {
+            uids: status_uids(&status),
+            exe: file_id(&base.join("exe")),
+            namespaces: [
+                file_id(&base.join("ns/mnt")),
+                file_id(&base.join("ns/user")),
+            ],
+        })
+    }
+}
+
+/// The four uids of a /proc/PID/status text (empty if the line is missing).
+fn status_uids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|u| u.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Identity {
+    /// The system's tor, if its binary is installed where root keeps programs.
+    pub fn of_system() -> Option<Identity> {
+        let binary = crate::tools::find("tor")?;
+        let binary_id = file_id(&binary)?;
+        let mut uids = vec![0];
+        if let Ok(Some(user)) = nix::unistd::User::from_name(TOR_ACCOUNT) {
+            uids.push(user.uid.as_raw());
+        }
+        Some(Identity {
+            binary,
+            binary_id,
+            uids,
+            namespaces: [
+                file_id(Path::new("/proc/self/ns/mnt"))?,
+                file_id(Path::new("/proc/self/ns/user"))?,
+            ],
+        })
+    }
+
+    /// Whether a process with these facts is the system's tor. Every fact must match: a
+    /// process that merely calls itself tor, runs the binary as another user, or lives in
+    /// a namespace of its own (where its folders are not ours) is not it.
+    fn matches(&self, facts: &ProcessFacts) -> bool {
+        facts.uids.len() == 4
+            && facts.uids.iter().all(|u| self.uids.contains(u))
+            && facts.exe == Some(self.binary_id)
+            && facts.namespaces == self.namespaces.map(Some)
+    }
+
+    /// The running instances of the system's tor, each held by a pidfd that was opened
+    /// before the process was checked (so the checked process is the one signalled).
+    fn instances(&self) -> Vec<Instance> {
+        let mut found: Vec<Instance> = std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    .filter_map(|pid| {
+                        let pidfd = pidfd_open(pid)?;
+                        let facts = ProcessFacts::read(pid)?;
+                        self.matches(&facts).then_some(Instance { pid, pidfd })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort_by_key(|i| i.pid);
+        found
+    }
+
+    /// The instances using `dir`: an open file or the working folder in it.
+    fn instances_using(&self, dir: &Path) -> Vec<Instance> {
+        self.instances()
+            .into_iter()
+            .filter(|i| uses(i.pid, dir))
+            .collect()
+    }
+}
+
+/// Whether process `pid` has its working folder or an open file under `dir`. (Only asked
+/// of processes already known to share our mount namespace, where the paths mean ours.)
+fn uses(pid: i32, dir: &Path) -> bool {
+    let inside = |link: PathBuf| std::fs::read_link(link).is_ok_and(|t| t.starts_with(dir));
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    inside(base.join("cwd"))
+        || std::fs::read_dir(base.join("fd"))
+            .is_ok_and(|fds| fds.filter_map(|f| f.ok()).any(|f| inside(f.path())))
+}
+
+/// The pids of the system's tor using its DataDirectory, for `status`.
+pub fn pids_using_data_dir() -> Vec<i32> {
+    Identity::of_system()
+        .map(|id| {
+            id.instances_using(Path::new(DATA_DIR))
+                .iter()
+                .map(|i| i.pid)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One process of the system's tor, held by a pidfd.
+#[derive(Debug)]
+struct Instance {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl Instance {
+    /// Whether it still runs: a pidfd becomes readable once the process has exited (after
+    /// it has closed its files), and stays so however its pid is reused.
+    fn alive(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
+    }
+
+    fn signal(&self, signal: Signal) {
+        // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a descriptor that is ours alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// How the system's tor is started again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Launch {
     Systemd {
         unit: String,
     },
-    Process {
-        argv: Vec<OsString>,
-        env: Vec<(OsString, OsString)>,
-        uid: u32,
-        gid: u32,
-        cwd: PathBuf,
-    },
+    /// The system binary with the system torrc, as root (tor drops to its `User` itself).
+    Binary,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The system's tor as found running, and how to start it again.
+#[derive(Debug)]
 pub struct RunningTor {
-    pub pids: Vec<i32>,
+    instances: Vec<Instance>,
     pub launch: Launch,
+    identity: Identity,
 }
 
-/// Whether a process is tor: its executable is a file named `tor`.
-fn is_tor(pid: i32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "tor"))
-}
-
-/// The pids of running tor processes (any DataDirectory).
-pub fn tor_pids() -> Vec<i32> {
-    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .filter(|&pid| is_tor(pid))
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort_unstable();
-    pids
-}
-
-/// The tor processes using `dir`: an open file or the working folder in it. Other tors
-/// (the one inside a Tor Browser bundle, say) are left alone.
-pub fn tor_pids_using(dir: &Path) -> Vec<i32> {
-    let inside = |link: PathBuf| std::fs::read_link(link).is_ok_and(|t| t.starts_with(dir));
-    tor_pids()
-        .into_iter()
-        .filter(|pid| {
-            let base = PathBuf::from(format!("/proc/{pid}"));
-            inside(base.join("cwd"))
-                || std::fs::read_dir(base.join("fd"))
-                    .is_ok_and(|fds| fds.filter_map(|f| f.ok()).any(|f| inside(f.path())))
-        })
-        .collect()
-}
-
-/// Whether the process still runs: it exists and is neither a zombie nor dead. (Its
-/// `exe` link goes away early in its exit, before it has closed its files: not enough.)
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| process_state(&stat))
-        .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
-}
-
-/// The state letter of a /proc/PID/stat line: the field after the parenthesised name
-/// (which may itself hold spaces and parentheses).
-fn process_state(stat: &str) -> Option<char> {
-    stat.rsplit_once(") ")?.1.chars().next()
+impl RunningTor {
+    pub fn pids(&self) -> Vec<i32> {
+        self.instances.iter().map(|i| i.pid).collect()
+    }
 }
 
 fn systemd_runs() -> bool {
@@ -119,121 +260,49 @@ fn active_unit() -> Option<String> {
         .map(|u| u.to_string())
 }
 
-fn nul_separated(bytes: Vec<u8>) -> Vec<OsString> {
-    bytes
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| OsString::from_vec(s.to_vec()))
-        .collect()
-}
-
-/// Reads how process `pid` was started: argv, environment, real uid and gid, folder.
-fn process_launch(pid: i32) -> Result<Launch> {
-    let base = PathBuf::from(format!("/proc/{pid}"));
-    let read = |name: &str| {
-        std::fs::read(base.join(name)).map_err(|e| Error::Io {
-            context: format!("reading how tor (pid {pid}) was started"),
-            source: e,
-        })
+/// The system torrc, if keepsake may start tor with it: a regular file only root can
+/// change, in a folder only root can change. Checked before tor is stopped, so that a
+/// torrc keepsake will not use never leaves tor stopped.
+fn trusted_torrc() -> Result<&'static Path> {
+    let torrc = Path::new(TORRC);
+    let only_root = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0 && !m.file_type().is_symlink())
     };
-    let argv = nul_separated(read("cmdline")?);
-    let env = nul_separated(read("environ")?)
-        .into_iter()
-        .filter_map(|kv| {
-            let bytes = kv.into_vec();
-            let eq = bytes.iter().position(|&b| b == b'=')?;
-            Some((
-                OsString::from_vec(bytes[..eq].to_vec()),
-                OsString::from_vec(bytes[eq + 1..].to_vec()),
-            ))
-        })
-        .collect();
-    let status = String::from_utf8_lossy(&read("status")?).into_owned();
-    let id = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    // A tor whose configuration names a User was started as root and dropped to that
-    // user itself (it needs root to do so); otherwise it runs as whoever started it.
-    let meta = std::fs::metadata(&base).ok();
-    let (uid, gid) = if config_sets_user(&argv) {
-        (0, 0)
+    if only_root(torrc) && torrc.parent().is_some_and(only_root) {
+        Ok(torrc)
     } else {
-        match (id("Uid:"), id("Gid:")) {
-            (Some(u), Some(g)) => (u, g),
-            _ => meta.map_or((0, 0), |m| (m.uid(), m.gid())),
-        }
-    };
-    let cwd = std::fs::read_link(base.join("cwd")).unwrap_or_else(|_| PathBuf::from("/"));
-    if argv.is_empty() {
-        return Err(Error::Internal(format!(
-            "tor (pid {pid}) has no command line"
-        )));
+        Err(Error::UnsafeHost(format!(
+            "{TORRC} is missing, a symlink, or writable by someone other than root; keepsake starts tor only with a torrc that only root can change"
+        )))
     }
-    Ok(Launch::Process {
-        argv,
-        env,
-        uid,
-        gid,
-        cwd,
-    })
 }
 
-/// Whether tor's command line or configuration files set the `User` option.
-fn config_sets_user(argv: &[OsString]) -> bool {
-    let args: Vec<String> = argv
-        .iter()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let value_of = |flags: &[&str]| {
-        args.windows(2)
-            .find(|w| flags.contains(&w[0].as_str()))
-            .map(|w| w[1].clone())
-    };
-    if args
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case("--user") || a.eq_ignore_ascii_case("user"))
-    {
-        return true;
-    }
-    let torrc = value_of(&["-f", "--torrc-file"]).unwrap_or_else(|| "/etc/tor/torrc".into());
-    let defaults =
-        value_of(&["--defaults-torrc"]).unwrap_or_else(|| "/etc/tor/torrc-defaults".into());
-    [torrc, defaults]
-        .iter()
-        .any(|file| std::fs::read_to_string(file).is_ok_and(|text| torrc_sets_user(&text)))
-}
-
-fn torrc_sets_user(text: &str) -> bool {
-    text.lines().any(|l| {
-        l.split_whitespace()
-            .next()
-            .is_some_and(|keyword| keyword.eq_ignore_ascii_case("User"))
-    })
-}
-
-/// The running tor and how to start it again, if tor runs.
+/// The system's tor using its DataDirectory, and how to start it again, if it runs.
 pub fn find() -> Result<Option<RunningTor>> {
-    let pids = tor_pids_using(Path::new(DATA_DIR));
-    if let Some(unit) = active_unit() {
-        return Ok(Some(RunningTor {
-            pids,
-            launch: Launch::Systemd { unit },
-        }));
-    }
-    // The oldest tor process is the one that was started; with RunAsDaemon its parent
-    // may be gone, and its command line is what starts it again.
-    let Some(&first) = pids.first() else {
+    let Some(identity) = Identity::of_system() else {
         return Ok(None);
     };
-    let launch = process_launch(first)?;
-    Ok(Some(RunningTor { pids, launch }))
+    let instances = identity.instances_using(Path::new(DATA_DIR));
+    if let Some(unit) = active_unit() {
+        return Ok(Some(RunningTor {
+            instances,
+            launch: Launch::Systemd { unit },
+            identity,
+        }));
+    }
+    if instances.is_empty() {
+        return Ok(None);
+    }
+    trusted_torrc()?;
+    Ok(Some(RunningTor {
+        instances,
+        launch: Launch::Binary,
+        identity,
+    }))
 }
 
-/// Stops tor and waits until no tor process is left.
+/// Stops tor and waits until none of its processes is left.
 pub fn stop(tor: &RunningTor) -> Result<()> {
     if let Launch::Systemd { unit } = &tor.launch {
         let out = systemctl(&["stop", unit])?;
@@ -244,43 +313,39 @@ pub fn stop(tor: &RunningTor) -> Result<()> {
             )));
         }
     }
-    stop_processes(&tor.pids)
+    stop_instances(&tor.instances)
 }
 
 /// Ends these tor processes: SIGINT is tor's clean shutdown (what systemd sends it);
 /// then SIGTERM, then SIGKILL for any that linger.
-fn stop_processes(pids: &[i32]) -> Result<()> {
-    let left = || {
-        pids.iter()
-            .copied()
-            .filter(|&p| alive(p))
-            .collect::<Vec<_>>()
-    };
+fn stop_instances(instances: &[Instance]) -> Result<()> {
+    let left = || instances.iter().filter(|i| i.alive()).collect::<Vec<_>>();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
         let now = left();
         if now.is_empty() {
             return Ok(());
         }
-        for pid in &now {
-            let _ = kill(Pid::from_raw(*pid), signal);
+        for instance in now {
+            instance.signal(signal);
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline && !left().is_empty() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    if left().is_empty() {
+    let pids: Vec<i32> = left().iter().map(|i| i.pid).collect();
+    if pids.is_empty() {
         Ok(())
     } else {
-        Err(Error::Busy(format!("tor (pid {:?}) did not stop", left())))
+        Err(Error::Busy(format!("tor (pid {pids:?}) did not stop")))
     }
 }
 
-/// Starts tor as it was started before, and waits until it has accepted `data_dir`.
-/// If it exits instead, or does not take its folder in time, it is stopped and the
-/// error says so: tor is left stopped, never running on the wrong state.
+/// Starts tor again, and waits until it has accepted `data_dir`. If it exits instead, or
+/// does not take its folder in time, it is stopped and the error says so: tor is left
+/// stopped, never running on the wrong state.
 pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
-    let before = tor_pids();
+    let before: Vec<i32> = tor.identity.instances().iter().map(|i| i.pid).collect();
     match &tor.launch {
         Launch::Systemd { unit } => {
             let out = systemctl(&["start", unit])?;
@@ -292,48 +357,44 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
                 )));
             }
         }
-        Launch::Process {
-            argv,
-            env,
-            uid,
-            gid,
-            cwd,
-        } => {
-            Command::new(&argv[0])
-                .args(&argv[1..])
+        Launch::Binary => {
+            let torrc = trusted_torrc()?;
+            Command::new(&tor.identity.binary)
+                .arg("-f")
+                .arg(torrc)
                 .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .current_dir(cwd)
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .current_dir("/")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .uid(*uid)
-                .gid(*gid)
                 .process_group(0)
                 .spawn()
                 .map_err(|e| Error::Io {
-                    context: format!("starting {}", argv[0].to_string_lossy()),
+                    context: format!("starting {}", tor.identity.binary.display()),
                     source: e,
                 })?;
         }
     }
-    let settled = wait_until_settled(data_dir, &before);
+    let settled = wait_until_settled(&tor.identity, data_dir, &before);
     if settled.is_err() {
-        let started: Vec<i32> = tor_pids()
+        let started: Vec<Instance> = tor
+            .identity
+            .instances()
             .into_iter()
-            .filter(|p| !before.contains(p))
+            .filter(|i| !before.contains(&i.pid))
             .collect();
-        let _ = stop(&RunningTor {
-            pids: started,
-            launch: tor.launch.clone(),
-        });
+        if let Launch::Systemd { unit } = &tor.launch {
+            let _ = systemctl(&["stop", unit]);
+        }
+        let _ = stop_instances(&started);
     }
     settled
 }
 
 /// Waits until a tor started after `before` holds the lock of `data_dir`, and still runs
 /// a moment later.
-fn wait_until_settled(data_dir: &Path, before: &[i32]) -> Result<()> {
+fn wait_until_settled(identity: &Identity, data_dir: &Path, before: &[i32]) -> Result<()> {
     let started = Instant::now();
     let mut seen = false;
     let refused = || {
@@ -342,15 +403,20 @@ fn wait_until_settled(data_dir: &Path, before: &[i32]) -> Result<()> {
             data_dir.display()
         ))
     };
-    while started.elapsed() < START_TIMEOUT {
-        let pids: Vec<i32> = tor_pids()
-            .into_iter()
+    let new_pids = || -> Vec<i32> {
+        identity
+            .instances()
+            .iter()
+            .map(|i| i.pid)
             .filter(|p| !before.contains(p))
-            .collect();
+            .collect()
+    };
+    while started.elapsed() < START_TIMEOUT {
+        let pids = new_pids();
         seen |= !pids.is_empty();
         if let Some(pid) = holder_of_lock(&data_dir.join("lock"), &pids) {
             std::thread::sleep(SETTLE);
-            return if tor_pids().contains(&pid) {
+            return if new_pids().contains(&pid) {
                 Ok(())
             } else {
                 Err(refused())
@@ -398,15 +464,127 @@ fn parse_lock_holders(locks: &str, major: u32, minor: u32, inode: u64) -> Vec<i3
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
-    #[test]
-    fn reads_the_process_state_after_an_odd_name() {
-        assert_eq!(process_state("42 (tor) S 1 42 42 0"), Some('S'));
-        assert_eq!(process_state("43 (a) b) Z 1 2"), Some('Z'));
-        assert_eq!(process_state("garbage"), None);
+    fn system() -> Identity {
+        Identity {
+            binary: "/usr/bin/tor".into(),
+            binary_id: (8, 100),
+            uids: vec![0, 101],
+            namespaces: [(4, 1), (4, 2)],
+        }
     }
 
-    use super::*;
+    fn real_tor() -> ProcessFacts {
+        ProcessFacts {
+            uids: vec![101, 101, 101, 101],
+            exe: Some((8, 100)),
+            namespaces: [Some((4, 1)), Some((4, 2))],
+        }
+    }
+
+    #[test]
+    fn the_system_tor_matches_its_identity() {
+        assert!(system().matches(&real_tor()));
+        let root = ProcessFacts {
+            uids: vec![0; 4],
+            ..real_tor()
+        };
+        assert!(system().matches(&root), "a tor not yet dropped to its User");
+    }
+
+    #[test]
+    fn an_impostor_fails_on_any_one_fact() {
+        let id = system();
+        let cases = [
+            (
+                "another executable named tor",
+                ProcessFacts {
+                    exe: Some((8, 999)),
+                    ..real_tor()
+                },
+            ),
+            (
+                "the system binary run by the live user",
+                ProcessFacts {
+                    uids: vec![1000; 4],
+                    ..real_tor()
+                },
+            ),
+            (
+                "a saved uid of the live user",
+                ProcessFacts {
+                    uids: vec![101, 101, 1000, 101],
+                    ..real_tor()
+                },
+            ),
+            (
+                "its own mount namespace",
+                ProcessFacts {
+                    namespaces: [Some((4, 77)), Some((4, 2))],
+                    ..real_tor()
+                },
+            ),
+            (
+                "its own user namespace",
+                ProcessFacts {
+                    namespaces: [Some((4, 1)), Some((4, 78))],
+                    ..real_tor()
+                },
+            ),
+            (
+                "an exited process",
+                ProcessFacts {
+                    exe: None,
+                    ..real_tor()
+                },
+            ),
+            (
+                "no uid line",
+                ProcessFacts {
+                    uids: vec![],
+                    ..real_tor()
+                },
+            ),
+        ];
+        for (what, facts) in cases {
+            assert!(!id.matches(&facts), "{what} was taken for the system tor");
+        }
+    }
+
+    #[test]
+    fn reads_the_uids_of_a_status_text() {
+        let status =
+            "Name:\ttor\nUmask:\t0022\nUid:\t101\t101\t101\t101\nGid:\t102\t102\t102\t102\n";
+        assert_eq!(status_uids(status), vec![101, 101, 101, 101]);
+        assert!(status_uids("Name:\ttor\n").is_empty());
+    }
+
+    #[test]
+    fn this_process_matches_an_identity_made_of_its_own_facts() {
+        // The /proc reading half: our own process, checked against an identity built from
+        // our own executable, uid and namespaces, matches; with another binary it does not.
+        let me = std::process::id() as i32;
+        let facts = ProcessFacts::read(me).unwrap();
+        let uid = nix::unistd::getuid().as_raw();
+        let own = Identity {
+            binary: std::env::current_exe().unwrap(),
+            binary_id: file_id(&std::env::current_exe().unwrap()).unwrap(),
+            uids: vec![uid],
+            namespaces: [
+                file_id(Path::new("/proc/self/ns/mnt")).unwrap(),
+                file_id(Path::new("/proc/self/ns/user")).unwrap(),
+            ],
+        };
+        assert!(own.matches(&facts), "{facts:?}");
+        let other = Identity {
+            binary_id: file_id(Path::new("/proc/self/ns/mnt")).unwrap(),
+            ..own.clone()
+        };
+        assert!(!other.matches(&facts));
+        let instances = own.instances();
+        assert!(instances.iter().any(|i| i.pid == me && i.alive()));
+    }
 
     #[test]
     fn parses_proc_locks() {
@@ -416,45 +594,6 @@ mod tests {
         assert_eq!(parse_lock_holders(text, 254, 1, 56789), vec![1234, 555]);
         assert_eq!(parse_lock_holders(text, 8, 2, 12), vec![99]);
         assert!(parse_lock_holders(text, 8, 2, 13).is_empty());
-    }
-
-    #[test]
-    fn finds_the_user_option() {
-        assert!(torrc_sets_user(
-            "# c\nDataDirectory /var/lib/tor\nUser debian-tor\n"
-        ));
-        assert!(torrc_sets_user("  user debian-tor"));
-        assert!(!torrc_sets_user(
-            "# User debian-tor\nUserspaceIOCPBuffers 1\n"
-        ));
-        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        assert!(config_sets_user(&argv(&[
-            "tor",
-            "--User",
-            "debian-tor",
-            "-f",
-            "/nonexistent"
-        ])));
-        assert!(!config_sets_user(&argv(&[
-            "tor",
-            "-f",
-            "/nonexistent",
-            "--defaults-torrc",
-            "/nonexistent"
-        ])));
-    }
-
-    #[test]
-    fn nul_separated_fields() {
-        let v = nul_separated(b"tor\0-f\0/etc/tor/torrc\0".to_vec());
-        assert_eq!(
-            v,
-            vec![
-                OsString::from("tor"),
-                OsString::from("-f"),
-                OsString::from("/etc/tor/torrc")
-            ]
-        );
     }
 
     #[test]

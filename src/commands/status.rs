@@ -76,7 +76,7 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
             }
         },
     };
-    let pids = crate::tor::tor_pids_using(std::path::Path::new(crate::tor::DATA_DIR));
+    let pids = crate::tor::pids_using_data_dir();
     report.tor.running = !pids.is_empty();
     report.tor.pids = pids;
     if let Some(u) = Unlocked::find(&layout)? {
