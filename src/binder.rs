@@ -6,15 +6,13 @@
 //! trace. Features fail alone: the others still activate.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::config::Method;
 use crate::error::{Error, Result};
 use crate::features::ResolvedEntry;
 use crate::mounts::{self, Mount};
-use crate::safefs::{self, Dir, Owner};
+use crate::safefs::{self, Dir, Displaced, Made};
 
 /// What to do for one feature line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,19 +74,17 @@ pub fn plan_activation(
     planned
 }
 
-/// One thing activation changed, to be undone in reverse order.
+/// One thing activation changed, to be undone in reverse order. Each is held by the
+/// descriptor of its folder and its identity, never by a path (see `safefs`).
 #[derive(Debug)]
 enum Done {
-    CreatedDirs(Vec<PathBuf>),
+    Made(Vec<Made>),
     /// A new source folder filled with a copy of the destination's contents.
-    Populated(PathBuf),
+    Populated(Dir),
     Mounted(PathBuf),
-    Linked(PathBuf),
-    /// A file that was in a link's way, renamed to `backup` until the feature is active.
-    Displaced {
-        original: PathBuf,
-        backup: PathBuf,
-    },
+    Linked(Made),
+    /// A file that was in a link's way, moved aside until the feature is active.
+    Displaced(Displaced),
 }
 
 /// The changes made for one feature so far.
@@ -103,28 +99,18 @@ impl Journal {
     pub fn undo(self) -> Vec<String> {
         let mut problems = Vec::new();
         for step in self.done.into_iter().rev() {
-            match step {
-                Done::CreatedDirs(dirs) => safefs::remove_created(&dirs),
-                Done::Populated(dir) => {
-                    if let Err(e) = safefs::empty_dir(&dir) {
-                        problems.push(format!("emptying {}: {e}", dir.display()));
-                    }
+            let result = match step {
+                Done::Made(made) => {
+                    safefs::remove_made(&made);
+                    Ok(())
                 }
-                Done::Displaced { original, backup } => {
-                    if let Err(e) = std::fs::rename(&backup, &original) {
-                        problems.push(format!("putting back {}: {e}", original.display()));
-                    }
-                }
-                Done::Mounted(path) => {
-                    if let Err(e) = mounts::unmount(&path) {
-                        problems.push(e.to_string());
-                    }
-                }
-                Done::Linked(path) => {
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        problems.push(format!("removing {}: {e}", path.display()));
-                    }
-                }
+                Done::Populated(dir) => safefs::remove_contents(&dir),
+                Done::Displaced(file) => file.put_back(),
+                Done::Mounted(path) => mounts::unmount(&path),
+                Done::Linked(link) => link.remove(),
+            };
+            if let Err(e) = result {
+                problems.push(e.to_string());
             }
         }
         problems
@@ -133,8 +119,8 @@ impl Journal {
     /// The feature is active: files displaced by its links are dropped, as Tails does.
     fn commit(self) {
         for step in self.done {
-            if let Done::Displaced { backup, .. } = step {
-                let _ = std::fs::remove_file(backup);
+            if let Done::Displaced(file) = step {
+                let _ = file.drop_it();
             }
         }
     }
@@ -164,12 +150,12 @@ pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
 
 fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
     let e = &resolved.entry;
-    let (dest, created) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
-    let dest_existed = created.is_empty();
-    journal.done.push(Done::CreatedDirs(created));
-    let (source, created) = safefs::open_beneath(volume, &e.source, Some(resolved.owner))?;
-    let source_existed = created.is_empty();
-    journal.done.push(Done::CreatedDirs(created));
+    let (dest, made) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
+    let dest_existed = made.is_empty();
+    journal.done.push(Done::Made(made));
+    let (source, made) = safefs::open_beneath(volume, &e.source, Some(resolved.owner))?;
+    let source_existed = made.is_empty();
+    journal.done.push(Done::Made(made));
     if resolved.strict && source_existed {
         let found = safefs::owner_of(&source)?;
         if found != resolved.owner {
@@ -191,7 +177,8 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             // live-boot do with `cp -a`): enabling a feature keeps the data of the moment,
             // and system folders such as /etc/cups keep their default files.
             if !source_existed && dest_existed {
-                journal.done.push(Done::Populated(source.path.clone()));
+                let (copy, _) = safefs::open_beneath(volume, &e.source, None)?;
+                journal.done.push(Done::Populated(copy));
                 safefs::copy_contents(&dest, &source)?;
             }
             mounts::bind(&source, &dest)?;
@@ -202,92 +189,49 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     Ok(())
 }
 
-/// Moves a file that stands where a link must go out of the way (kept until the feature
-/// is active, so that a rollback can put it back). A folder in the way is an error.
-fn displace(dest: &Dir, name: &std::ffi::OsStr, shown: &Path, journal: &mut Journal) -> Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(shown) else {
-        return Ok(());
-    };
-    if meta.is_dir() {
-        return Err(Error::Busy(format!(
-            "{} is a folder where the volume has a file; move it away first",
-            shown.display()
-        )));
-    }
-    let mut backup_name = std::ffi::OsString::from(".");
-    backup_name.push(name);
-    backup_name.push(".keepsake-displaced");
-    nix::fcntl::renameat(&dest.fd, name, &dest.fd, backup_name.as_os_str()).map_err(|e| {
-        Error::Io {
-            context: format!("moving {} out of the way", shown.display()),
-            source: e.into(),
-        }
-    })?;
-    journal.done.push(Done::Displaced {
-        original: shown.to_path_buf(),
-        backup: dest.path.join(&backup_name),
-    });
-    Ok(())
-}
-
-/// Symlinks every file of `source` into `dest`, recreating its folders. A file already at
-/// the destination is replaced by the link, as Tails does (and put back if the feature
-/// cannot be activated).
+/// Symlinks every file of `source` into `dest`, recreating its folders (with the owner
+/// and mode they have in `source`). A file already at the destination is replaced by the
+/// link, as Tails does (and put back if the feature cannot be activated); a folder where
+/// a file must go is an error.
 fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
-    let listing = std::fs::read_dir(source.proc_path()).map_err(|e| Error::Io {
-        context: format!("listing {}", source.path.display()),
-        source: e,
-    })?;
-    let mut names: Vec<OsString> = listing
-        .filter_map(|d| d.ok())
-        .map(|d| d.file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let src_path = source.path.join(&name);
-        let dst_path = dest.path.join(&name);
-        let meta = std::fs::symlink_metadata(&src_path).map_err(|e| Error::Io {
-            context: format!("reading {}", src_path.display()),
-            source: e,
+    let mut dest_cursor = safefs::Cursor::new(dest);
+    safefs::walk(source, |src, rel, entries| {
+        let dst = dest_cursor.open(rel).ok_or_else(|| {
+            Error::Busy(format!(
+                "{} was changed by someone else meanwhile; not activated",
+                dest.path.join(rel).display()
+            ))
         })?;
-        if meta.is_dir() {
-            use std::os::unix::fs::MetadataExt;
-            let owner = Owner {
-                uid: meta.uid(),
-                gid: meta.gid(),
-                mode: meta.mode() & 0o7777,
-            };
-            let (sub_src, _) = safefs::open_beneath(source, Path::new(&name), None)?;
-            let (sub_dst, created) = safefs::open_beneath(dest, Path::new(&name), Some(owner))?;
-            journal.done.push(Done::CreatedDirs(created));
-            link_tree(&sub_src, &sub_dst, journal)?;
-            continue;
+        let present = safefs::list(dst)?;
+        for entry in entries {
+            let name = entry.name.as_os_str();
+            if entry.is_dir() {
+                // Made now, so that the walk finds it when it enters the folder.
+                let (_, made) = safefs::open_beneath(dst, Path::new(name), Some(entry.owner()))?;
+                journal.done.push(Done::Made(made));
+                continue;
+            }
+            let link_target = src.path.join(name);
+            if let Some(there) = present.iter().find(|p| p.name == entry.name) {
+                if safefs::link_target(dst, name).as_deref() == Some(link_target.as_path()) {
+                    continue;
+                }
+                if there.is_dir() {
+                    return Err(Error::Busy(format!(
+                        "{} is a folder where the volume has a file; move it away first",
+                        dst.path.join(name).display()
+                    )));
+                }
+                journal
+                    .done
+                    .push(Done::Displaced(Displaced::move_aside(dst, there)?));
+            }
+            let link =
+                safefs::symlink_in(dst, name, &link_target, entry.st.st_uid, entry.st.st_gid)?;
+            journal.done.push(Done::Linked(link));
         }
-        match std::fs::read_link(&dst_path) {
-            Ok(target) if target == src_path => continue,
-            _ => {}
-        }
-        displace(dest, &name, &dst_path, journal)?;
-        nix::unistd::symlinkat(&src_path, &dest.fd, name.as_os_str()).map_err(|e| Error::Io {
-            context: format!("linking {}", dst_path.display()),
-            source: e.into(),
-        })?;
-        journal.done.push(Done::Linked(dst_path.clone()));
-        use std::os::unix::fs::MetadataExt;
-        nix::unistd::fchownat(
-            &dest.fd,
-            name.as_os_str(),
-            Some(nix::unistd::Uid::from_raw(meta.uid())),
-            Some(nix::unistd::Gid::from_raw(meta.gid())),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| Error::Io {
-            context: format!("setting the owner of {}", dst_path.display()),
-            source: e.into(),
-        })?;
-    }
-    let _ = dest.fd.as_raw_fd();
-    Ok(())
+        Ok(())
+    })
 }
 
 /// What `lock` takes away, in order.
@@ -340,36 +284,26 @@ pub fn plan_deactivation(
 
 /// Removes the symlinks under `destination` that point under `target_prefix` (the volume,
 /// or one feature's folder of it). Other files, and the folders the links were in, stay:
-/// they may hold what the user made there during the session.
+/// they may hold what the user made there during the session. Walks by descriptors with a
+/// bounded number of them open ([`safefs::walk`]), and removes each link through its
+/// folder's descriptor, only while it is the link that was read.
 pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
-    let mut removed = 0;
-    let listing = match std::fs::read_dir(destination) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => {
-            return Err(Error::Io {
-                context: format!("listing {}", destination.display()),
-                source: e,
-            });
-        }
+    let root = match safefs::open_dir(destination, None) {
+        Ok((root, _)) => root,
+        Err(Error::NotFound(_)) => return Ok(0),
+        Err(e) => return Err(e),
     };
-    for item in listing.filter_map(|d| d.ok()) {
-        let path = item.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            if std::fs::read_link(&path).is_ok_and(|t| t.starts_with(target_prefix)) {
-                std::fs::remove_file(&path).map_err(|e| Error::Io {
-                    context: format!("removing {}", path.display()),
-                    source: e,
-                })?;
+    let mut removed = 0;
+    safefs::walk(&root, |dir, _, entries| {
+        for entry in entries.iter().filter(|e| e.is_symlink()) {
+            let ours =
+                safefs::link_target(dir, &entry.name).is_some_and(|t| t.starts_with(target_prefix));
+            if ours && safefs::remove_entry(dir, entry).is_ok() {
                 removed += 1;
             }
-        } else if meta.is_dir() {
-            removed += unlink_tree(&path, target_prefix)?;
         }
-    }
+        Ok(())
+    })?;
     Ok(removed)
 }
 
@@ -378,6 +312,7 @@ mod tests {
     use super::*;
     use crate::config::Entry;
     use crate::mounts::parse_mountinfo;
+    use crate::safefs::Owner;
 
     const VOL: (u32, u32) = (254, 0);
 

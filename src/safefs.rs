@@ -1,20 +1,30 @@
-//! Filesystem access that never follows a symlink it did not expect.
+//! Root's work in folders another user can write: by handle, never by path.
 //!
-//! Destinations live in folders the live user owns (`/home/amnesia/.gnupg`): if keepsake
-//! resolved such a path by name, the user could swap a folder for a symlink and have the
-//! volume mounted over `/etc`. So every path is walked one component at a time with
-//! `O_NOFOLLOW`, and mounts are made on the resulting descriptors (`/proc/self/fd/N`).
+//! Destinations live in folders the live user owns (`/home/amnesia/.gnupg`), and the
+//! volume's user folders are the user's too. The user can race root there (inotify,
+//! renames, symlink swaps): if keepsake resolved such a path by name twice, the second
+//! look could land in `/etc`. So every path is walked one component at a time with
+//! `O_NOFOLLOW`; modes and owners are set on the opened descriptor; a new folder is made
+//! and finished under a temporary name and then renamed into place; anything keepsake
+//! made is recorded by its parent's descriptor and its identity (device, inode) and
+//! removed with `unlinkat` only while it is still that entry; and trees are walked with
+//! a bounded number of open descriptors, so that no shape of tree can make root's work
+//! fail half way. Mounts are made on descriptors (`/proc/self/fd/N`).
+//!
+//! Nothing else in the crate creates, changes or removes entries in such folders.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{FchmodatFlags, Mode, fchmodat, fstat, mkdirat};
-use nix::unistd::{Gid, Uid, fchownat};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
+use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
 use crate::error::{Context, Error, Result};
 
@@ -41,6 +51,32 @@ pub struct Dir {
     pub path: PathBuf,
     /// The folder it was opened from and its name there, to look it up again.
     parent: Option<(OwnedFd, std::ffi::OsString)>,
+    /// The directory it was reached from (shared by everything opened beneath it) and
+    /// the way down from there: what [`Made`] records instead of holding a descriptor of
+    /// its own, so that a journal of thousands of entries holds one.
+    origin: Arc<Origin>,
+    rel: PathBuf,
+}
+
+#[derive(Debug)]
+struct Origin {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Origin {
+    fn dir(self: &Arc<Self>) -> Result<Dir> {
+        Ok(Dir {
+            fd: self
+                .fd
+                .try_clone()
+                .context(|| "duplicating a descriptor".into())?,
+            path: self.path.clone(),
+            parent: None,
+            origin: self.clone(),
+            rel: PathBuf::new(),
+        })
+    }
 }
 
 impl Dir {
@@ -62,6 +98,8 @@ impl Dir {
             fd,
             path: self.path.clone(),
             parent: Some((parent, name.clone())),
+            origin: self.origin.clone(),
+            rel: self.rel.clone(),
         })
     }
 
@@ -83,26 +121,26 @@ fn symlink_refusal(path: &Path) -> Error {
 }
 
 /// Opens an absolute directory path, refusing any symlink along it. With `create`, missing
-/// components are made with that owner and mode, and their paths are returned (outermost
-/// first) so that a rollback can remove them.
-pub fn open_dir(path: &Path, create: Option<Owner>) -> Result<(Dir, Vec<PathBuf>)> {
+/// components are made with that owner and mode (see [`make_dir`]), and returned outermost
+/// first so that a rollback can remove them ([`remove_made`]).
+pub fn open_dir(path: &Path, create: Option<Owner>) -> Result<(Dir, Vec<Made>)> {
     if !path.is_absolute() {
         return Err(Error::Internal(format!(
             "{} is not absolute",
             path.display()
         )));
     }
-    let root = Dir {
+    let root = Arc::new(Origin {
         fd: openat(nix::fcntl::AT_FDCWD, "/", path_flags(), Mode::empty())
             .context(|| "opening /".into())?,
         path: PathBuf::from("/"),
-        parent: None,
-    };
+    })
+    .dir()?;
     open_beneath(&root, path.strip_prefix("/").unwrap_or(path), create)
 }
 
 /// Opens `rel` below `base`, refusing symlinks and `..`; see [`open_dir`].
-pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Dir, Vec<PathBuf>)> {
+pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Dir, Vec<Made>)> {
     let mut current = Dir {
         fd: base
             .fd
@@ -110,6 +148,8 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
             .context(|| format!("opening {}", base.path.display()))?,
         path: base.path.clone(),
         parent: None,
+        origin: base.origin.clone(),
+        rel: base.rel.clone(),
     };
     let mut created = Vec::new();
     for component in rel.components() {
@@ -129,10 +169,9 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
             Ok(fd) => fd,
             Err(Errno::ENOENT) if create.is_some() => {
                 let owner = create.unwrap_or(Owner::ROOT_0755);
-                make_dir(&current, name, owner, &next_path)?;
-                created.push(next_path.clone());
-                openat(&current.fd, name, path_flags(), Mode::empty())
-                    .context(|| format!("opening {}", next_path.display()))?
+                let (fd, made) = make_dir(&current, name, owner, &next_path)?;
+                created.push(made);
+                fd
             }
             Err(Errno::ENOENT) => {
                 return Err(Error::NotFound(format!(
@@ -147,38 +186,200 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
             fd,
             path: next_path,
             parent: Some((current.fd, name.to_os_string())),
+            origin: current.origin,
+            rel: current.rel.join(name),
         };
     }
     Ok((current, created))
 }
 
-fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<()> {
-    mkdirat(&parent.fd, name, Mode::from_bits_truncate(0o700))
-        .context(|| format!("creating {}", shown.display()))?;
-    fchownat(
-        &parent.fd,
-        name,
-        Some(Uid::from_raw(owner.uid)),
-        Some(Gid::from_raw(owner.gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .context(|| format!("setting the owner of {}", shown.display()))?;
-    // The mode is set after the owner so the folder is never open to others meanwhile;
-    // chmod is not subject to the umask.
-    fchmodat(
-        &parent.fd,
-        name,
-        Mode::from_bits_truncate(owner.mode),
-        FchmodatFlags::FollowSymlink,
-    )
-    .context(|| format!("setting the mode of {}", shown.display()))
+/// A file's identity: device, inode and file type. (An inode number can be reused once
+/// its file is gone; the type keeps a new file of the user's from passing for the
+/// symlink or folder keepsake made. A reused inode of the same type can only be in the
+/// folder held open, which is the user's own.)
+pub type FileId = (u64, u64, u32);
+
+fn id_of(st: &nix::sys::stat::FileStat) -> FileId {
+    (st.st_dev, st.st_ino, st.st_mode & libc::S_IFMT)
 }
 
-/// Removes directories made by [`open_dir`], innermost first, only while they are empty.
-pub fn remove_created(created: &[PathBuf]) {
-    for dir in created.iter().rev() {
-        let _ = std::fs::remove_dir(dir);
+fn is_dir(st: &nix::sys::stat::FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Something keepsake made in a folder, recorded by the way down to that folder from the
+/// directory it was reached from (walked again without following any symlink), its name
+/// there and its identity, so that undoing it removes exactly that and nothing else,
+/// whatever was renamed or swapped around it since. It holds no descriptor of its own
+/// (only a share of its origin's), however many there are.
+#[derive(Debug)]
+pub struct Made {
+    origin: Arc<Origin>,
+    parent_rel: PathBuf,
+    name: OsString,
+    id: FileId,
+    pub path: PathBuf,
+}
+
+impl Made {
+    fn new(parent: &Dir, name: &OsStr, id: FileId, path: PathBuf) -> Made {
+        Made {
+            origin: parent.origin.clone(),
+            parent_rel: parent.rel.clone(),
+            name: name.to_os_string(),
+            id,
+            path,
+        }
     }
+
+    /// Its folder, opened again from the origin. A folder on the way that has become a
+    /// symlink is refused: what was made is then no longer where it was made.
+    fn parent(&self) -> Result<Dir> {
+        open_beneath(&self.origin.dir()?, &self.parent_rel, None).map(|(d, _)| d)
+    }
+
+    /// Removes the entry while it is still the one made (a folder only while empty).
+    /// Anything else now under that name is left alone.
+    pub fn remove(&self) -> Result<()> {
+        let parent = match self.parent() {
+            Ok(p) => p,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(_) => return Err(moved(&self.path)),
+        };
+        let st = match fstatat(
+            &parent.fd,
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).context(|| format!("reading {}", self.path.display())),
+        };
+        if id_of(&st) != self.id {
+            return Err(moved(&self.path));
+        }
+        let flag = if is_dir(&st) {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        unlinkat(&parent.fd, self.name.as_os_str(), flag)
+            .context(|| format!("removing {}", self.path.display()))
+    }
+}
+
+fn moved(path: &Path) -> Error {
+    Error::Busy(format!(
+        "{} was moved or replaced by someone else; left as it is",
+        path.display()
+    ))
+}
+
+/// Removes the non-folder `entry` of `dir` (as listed), only while it is still that entry.
+pub fn remove_entry(dir: &Dir, entry: &Entry) -> Result<()> {
+    let made = Made::new(
+        dir,
+        &entry.name,
+        id_of(&entry.st),
+        dir.path.join(&entry.name),
+    );
+    if entry.is_dir() {
+        return Err(Error::Internal(format!(
+            "{} is a folder",
+            made.path.display()
+        )));
+    }
+    made.remove()
+}
+
+/// Removes what [`open_dir`] made, innermost first, each only while it is empty and still
+/// the folder that was made.
+pub fn remove_made(made: &[Made]) {
+    for m in made.iter().rev() {
+        let _ = m.remove();
+    }
+}
+
+static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A name for something being made in a folder: hidden, and not one anybody chose.
+fn temp_name(name: &OsStr) -> OsString {
+    let n = TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".keepsake-{}-{n}", std::process::id()));
+    tmp
+}
+
+/// Makes the folder `name` in `parent` with `owner`: it is made under a temporary name,
+/// opened, checked to be the empty folder just made, given its owner and mode through
+/// that descriptor, and only then renamed into place (never over anything). A swap at
+/// any moment can make this fail, never redirect it. Returns the new folder's descriptor.
+fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(OwnedFd, Made)> {
+    let tmp = temp_name(name);
+    mkdirat(&parent.fd, tmp.as_os_str(), Mode::from_bits_truncate(0o700))
+        .context(|| format!("creating {}", shown.display()))?;
+    #[cfg(test)]
+    race::after_mkdir(&parent.path.join(&tmp));
+    let fd = match openat(
+        &parent.fd,
+        tmp.as_os_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(_) => return Err(swapped(shown)),
+    };
+    let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
+    let made_tmp = Made::new(parent, &tmp, id_of(&st), shown.to_path_buf());
+    let finish = || -> Result<()> {
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_nlink != 2 || !is_dir(&st) {
+            return Err(swapped(shown));
+        }
+        nix::unistd::fchown(
+            &fd,
+            Some(Uid::from_raw(owner.uid)),
+            Some(Gid::from_raw(owner.gid)),
+        )
+        .context(|| format!("setting the owner of {}", shown.display()))?;
+        // The mode is set after the owner so the folder is never open to others
+        // meanwhile; fchmod is not subject to the umask.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(owner.mode))
+            .context(|| format!("setting the mode of {}", shown.display()))?;
+        renameat2(
+            &parent.fd,
+            tmp.as_os_str(),
+            &parent.fd,
+            name,
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(|e| match e {
+            Errno::EEXIST => Error::Busy(format!(
+                "{} appeared while keepsake was making it; left as it is",
+                shown.display()
+            )),
+            e => Error::Io {
+                context: format!("creating {}", shown.display()),
+                source: e.into(),
+            },
+        })
+    };
+    let finished = finish();
+    #[cfg(test)]
+    race::after_mkdir(shown);
+    if let Err(e) = finished {
+        let _ = made_tmp.remove();
+        return Err(e);
+    }
+    let made = Made::new(parent, name, made_tmp.id, shown.to_path_buf());
+    Ok((fd, made))
+}
+
+fn swapped(shown: &Path) -> Error {
+    Error::Busy(format!(
+        "{} was changed by someone else while keepsake was making it; nothing was done to it",
+        shown.display()
+    ))
 }
 
 /// Owner and mode of an open directory.
@@ -306,57 +507,379 @@ pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owne
     result
 }
 
+/// One entry of a folder as it was when listed (a symlink is not followed).
+#[derive(Debug)]
+pub struct Entry {
+    pub name: OsString,
+    pub st: nix::sys::stat::FileStat,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        is_dir(&self.st)
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.st.st_mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.st.st_mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    pub fn owner(&self) -> Owner {
+        Owner {
+            uid: self.st.st_uid,
+            gid: self.st.st_gid,
+            mode: self.st.st_mode & 0o7777,
+        }
+    }
+}
+
+/// The entries of an open folder, sorted by name. An entry gone between the listing and
+/// its stat is left out.
+pub fn list(dir: &Dir) -> Result<Vec<Entry>> {
+    let fd = openat(
+        &dir.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("opening {}", dir.path.display()))?;
+    let mut listing =
+        nix::dir::Dir::from_fd(fd).context(|| format!("listing {}", dir.path.display()))?;
+    let mut names = Vec::new();
+    for item in listing.iter() {
+        let item = item.context(|| format!("listing {}", dir.path.display()))?;
+        let name = OsStr::from_bytes(item.file_name().to_bytes());
+        if name != "." && name != ".." {
+            names.push(name.to_os_string());
+        }
+    }
+    names.sort();
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        match fstatat(&dir.fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => entries.push(Entry { name, st }),
+            Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(e).context(|| format!("reading {}", dir.path.join(&name).display()));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// How many folders of the current branch a [`Cursor`] keeps open (one descriptor each).
+const WALK_WINDOW: usize = 8;
+
+/// Opens folders below a root one after another, in the order a depth-first walk meets
+/// them, with a bounded number of descriptors: it keeps the last [`WALK_WINDOW`] folders
+/// of the current branch open and opens the next one from the nearest of them (down by
+/// name with `O_NOFOLLOW`, or up by `..` checked against the identity the folder had when
+/// it was first entered), and from the root one component at a time only when neither
+/// applies. A chain of folders thousands deep costs one open per level, going down and
+/// coming back up.
+pub struct Cursor<'a> {
+    root: &'a Dir,
+    window: std::collections::VecDeque<(PathBuf, Dir)>,
+    ids: std::collections::HashMap<PathBuf, FileId>,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(root: &'a Dir) -> Cursor<'a> {
+        Cursor {
+            root,
+            window: Default::default(),
+            ids: Default::default(),
+        }
+    }
+
+    /// The folder `rel` below the root; `None` if it is gone, is not a folder (a symlink
+    /// swapped in, say), or is no longer the folder first found there.
+    pub fn open(&mut self, rel: &Path) -> Option<&Dir> {
+        if rel.as_os_str().is_empty() {
+            return Some(self.root);
+        }
+        if let Some(i) = self.window.iter().position(|(r, _)| r == rel) {
+            self.window.truncate(i + 1);
+            return self.window.back().map(|(_, d)| d);
+        }
+        let up = self
+            .window
+            .back()
+            .filter(|(r, _)| r.parent() == Some(rel))
+            .and_then(|(_, child)| self.climb(child, rel));
+        let dir = match up {
+            Some(dir) => dir,
+            None => {
+                let base = self
+                    .window
+                    .iter()
+                    .rev()
+                    .find(|(r, _)| rel.starts_with(r))
+                    .map(|(r, d)| (r.as_path(), d))
+                    .unwrap_or((Path::new(""), self.root));
+                let rest = rel.strip_prefix(base.0).unwrap_or(rel);
+                let (mut dir, _) = open_beneath(base.1, rest, None).ok()?;
+                dir.parent = None;
+                let id = id_of(&fstat(&dir.fd).ok()?);
+                if *self.ids.entry(rel.to_path_buf()).or_insert(id) != id {
+                    return None;
+                }
+                dir
+            }
+        };
+        self.window.retain(|(r, _)| rel.starts_with(r));
+        self.window.push_back((rel.to_path_buf(), dir));
+        if self.window.len() > WALK_WINDOW {
+            self.window.pop_front();
+        }
+        self.window.back().map(|(_, d)| d)
+    }
+
+    /// `child/..`, if it is still the folder entered as `rel`.
+    fn climb(&self, child: &Dir, rel: &Path) -> Option<Dir> {
+        let expected = self.ids.get(rel)?;
+        let fd = openat(&child.fd, "..", path_flags(), Mode::empty()).ok()?;
+        if id_of(&fstat(&fd).ok()?) != *expected {
+            return None;
+        }
+        Some(Dir {
+            fd,
+            path: self.root.path.join(rel),
+            parent: None,
+            origin: self.root.origin.clone(),
+            rel: self.root.rel.join(rel),
+        })
+    }
+}
+
+/// Visits `root` and every folder under it depth first, never following a symlink or
+/// leaving `root`: `enter` is called with a folder and its entries before anything under
+/// it, `leave` with the folder once everything under it was visited. Descriptors are
+/// bounded by a [`Cursor`]; no shape of tree can exhaust them. A folder that is gone, has
+/// become a symlink, or cannot be entered when its turn comes is no longer part of the
+/// tree, and is skipped with what is under it.
+pub fn walk_both(
+    root: &Dir,
+    mut enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<()>,
+    mut leave: impl FnMut(&Dir, &Path) -> Result<()>,
+) -> Result<()> {
+    enum Step {
+        Enter(PathBuf),
+        Leave(PathBuf),
+    }
+    let mut cursor = Cursor::new(root);
+    let mut pending = vec![Step::Enter(PathBuf::new())];
+    while let Some(step) = pending.pop() {
+        match step {
+            Step::Enter(rel) => {
+                let Some(dir) = cursor.open(&rel) else {
+                    continue;
+                };
+                let Ok(entries) = list(dir) else {
+                    continue;
+                };
+                enter(dir, &rel, &entries)?;
+                pending.push(Step::Leave(rel.clone()));
+                pending.extend(subfolders(&rel, &entries).into_iter().map(Step::Enter));
+            }
+            Step::Leave(rel) => {
+                if let Some(dir) = cursor.open(&rel) {
+                    leave(dir, &rel)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`walk_both`] with nothing to do on the way back up.
+pub fn walk(root: &Dir, enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<()>) -> Result<()> {
+    walk_both(root, enter, |_, _| Ok(()))
+}
+
+/// The relative paths of the folders among `entries`, last name first (so that a stack
+/// pops them in name order).
+fn subfolders(rel: &Path, entries: &[Entry]) -> Vec<PathBuf> {
+    entries
+        .iter()
+        .rev()
+        .filter(|e| e.is_dir())
+        .map(|e| rel.join(&e.name))
+        .collect()
+}
+
+/// Makes a symlink `name` -> `target` in `dir`, owned by `uid`:`gid` (set on the link's
+/// own descriptor, so a swap cannot hand the owner to another file). Fails if the name
+/// is taken.
+pub fn symlink_in(dir: &Dir, name: &OsStr, target: &Path, uid: u32, gid: u32) -> Result<Made> {
+    let shown = dir.path.join(name);
+    nix::unistd::symlinkat(target, &dir.fd, name)
+        .context(|| format!("linking {}", shown.display()))?;
+    let link = openat(
+        &dir.fd,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("opening {}", shown.display()))?;
+    let st = fstat(&link).context(|| format!("reading {}", shown.display()))?;
+    let made = Made::new(dir, name, id_of(&st), shown.clone());
+    if st.st_mode & libc::S_IFMT != libc::S_IFLNK || st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(swapped(&shown));
+    }
+    fchownat(
+        &link,
+        "",
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_EMPTY_PATH,
+    )
+    .context(|| format!("setting the owner of {}", shown.display()))?;
+    Ok(made)
+}
+
+/// The target of the symlink `name` in `dir`, if it is one.
+pub fn link_target(dir: &Dir, name: &OsStr) -> Option<PathBuf> {
+    nix::fcntl::readlinkat(&dir.fd, name)
+        .ok()
+        .map(PathBuf::from)
+}
+
+/// A file moved aside in its own folder (to `.NAME.keepsake-displaced`), to be put back
+/// or dropped; both by the folder's descriptor and only while it is the file moved.
+#[derive(Debug)]
+pub struct Displaced {
+    original: OsString,
+    aside: Made,
+}
+
+impl Displaced {
+    /// Moves the non-folder `entry` of `dir` aside.
+    pub fn move_aside(dir: &Dir, entry: &Entry) -> Result<Displaced> {
+        let shown = dir.path.join(&entry.name);
+        let mut aside = OsString::from(".");
+        aside.push(&entry.name);
+        aside.push(".keepsake-displaced");
+        renameat2(
+            &dir.fd,
+            entry.name.as_os_str(),
+            &dir.fd,
+            aside.as_os_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .context(|| format!("moving {} out of the way", shown.display()))?;
+        let st = fstatat(&dir.fd, aside.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .context(|| format!("reading {}", shown.display()))?;
+        let moved = Made::new(dir, &aside, id_of(&st), dir.path.join(&aside));
+        if id_of(&st) != id_of(&entry.st) || is_dir(&st) {
+            // Not what was looked at: put it back as it is, and do nothing more.
+            let _ = renameat2(
+                &dir.fd,
+                aside.as_os_str(),
+                &dir.fd,
+                entry.name.as_os_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            );
+            return Err(swapped(&shown));
+        }
+        Ok(Displaced {
+            original: entry.name.clone(),
+            aside: moved,
+        })
+    }
+
+    /// Puts the file back under its name (never over something new there).
+    pub fn put_back(self) -> Result<()> {
+        let a = &self.aside;
+        let parent = a.parent().map_err(|_| moved(&a.path))?;
+        let st = fstatat(&parent.fd, a.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .context(|| format!("reading {}", a.path.display()))?;
+        if id_of(&st) != a.id {
+            return Err(moved(&a.path));
+        }
+        renameat2(
+            &parent.fd,
+            a.name.as_os_str(),
+            &parent.fd,
+            self.original.as_os_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        )
+        .context(|| format!("putting back {}", a.path.display()))
+    }
+
+    /// Drops the moved file for good.
+    pub fn drop_it(self) -> Result<()> {
+        self.aside.remove()
+    }
+}
+
 /// Copies what is in `from` into the empty folder `to`, as `cp -a` does: folders, regular
 /// files and symlinks, with their owners, modes and times. Nothing is followed: every
 /// entry is opened with `O_NOFOLLOW` relative to its open parent, so the owner of `from`
 /// cannot swap in a symlink and have another file copied. Other file types (sockets,
-/// devices, fifos) are skipped. Returns how many entries were copied.
+/// devices, fifos) are skipped. Walks with [`walk`]'s bounded descriptors. Returns how
+/// many entries were copied.
 pub fn copy_contents(from: &Dir, to: &Dir) -> Result<u64> {
-    use nix::sys::stat::{SFlag, fstatat};
-    let listing = std::fs::read_dir(from.proc_path())
-        .context(|| format!("listing {}", from.path.display()))?;
-    let mut names: Vec<std::ffi::OsString> = listing
-        .filter_map(|d| d.ok())
-        .map(|d| d.file_name())
-        .collect();
-    names.sort();
     let mut copied = 0;
-    for name in names {
-        let shown = from.path.join(&name);
-        let st = fstatat(&from.fd, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .context(|| format!("reading {}", shown.display()))?;
-        let kind = SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT);
-        let owner = Owner {
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mode: st.st_mode & 0o7777,
-        };
-        if kind == SFlag::S_IFDIR {
-            make_dir(to, &name, owner, &to.path.join(&name))?;
-            let (sub_from, _) = open_beneath(from, Path::new(&name), None)?;
-            let (sub_to, _) = open_beneath(to, Path::new(&name), None)?;
-            copied += copy_contents(&sub_from, &sub_to)?;
-        } else if kind == SFlag::S_IFREG {
-            copy_file(from, to, &name, &st)?;
-        } else if kind == SFlag::S_IFLNK {
-            let target = nix::fcntl::readlinkat(&from.fd, name.as_os_str())
-                .context(|| format!("reading the link {}", shown.display()))?;
-            nix::unistd::symlinkat(target.as_os_str(), &to.fd, name.as_os_str())
-                .context(|| format!("copying the link {}", shown.display()))?;
-            fchownat(
-                &to.fd,
-                name.as_os_str(),
-                Some(Uid::from_raw(owner.uid)),
-                Some(Gid::from_raw(owner.gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .context(|| format!("setting the owner of {}", to.path.join(&name).display()))?;
-        } else {
-            continue;
-        }
-        set_times(to, &name, &st)?;
-        copied += 1;
-    }
+    let target = std::cell::RefCell::new(Cursor::new(to));
+    let counterpart = |rel: &Path| -> Result<Dir> {
+        let mut cursor = target.borrow_mut();
+        let dir = cursor
+            .open(rel)
+            .ok_or_else(|| swapped(&to.path.join(rel)))?;
+        Ok(Dir {
+            fd: dir
+                .fd
+                .try_clone()
+                .context(|| "duplicating a descriptor".into())?,
+            path: dir.path.clone(),
+            parent: None,
+            origin: dir.origin.clone(),
+            rel: dir.rel.clone(),
+        })
+    };
+    walk_both(
+        from,
+        |src, rel, entries| {
+            let dst = counterpart(rel)?;
+            for entry in entries {
+                let name = entry.name.as_os_str();
+                let shown = src.path.join(name);
+                if entry.is_dir() {
+                    make_dir(&dst, name, entry.owner(), &dst.path.join(name))?;
+                } else if entry.is_file() {
+                    copy_file(src, &dst, name, &entry.st)?;
+                    set_times(&dst, name, &entry.st)?;
+                } else if entry.is_symlink() {
+                    let target = nix::fcntl::readlinkat(&src.fd, name)
+                        .context(|| format!("reading the link {}", shown.display()))?;
+                    symlink_in(
+                        &dst,
+                        name,
+                        Path::new(&target),
+                        entry.st.st_uid,
+                        entry.st.st_gid,
+                    )?;
+                    set_times(&dst, name, &entry.st)?;
+                } else {
+                    continue;
+                }
+                copied += 1;
+            }
+            Ok(())
+        },
+        // A folder's times are set once everything in it was made (which changes them).
+        |src, rel| {
+            let dst = counterpart(rel)?;
+            for entry in list(src)?.iter().filter(|e| e.is_dir()) {
+                set_times(&dst, &entry.name, &entry.st)?;
+            }
+            Ok(())
+        },
+    )?;
     Ok(copied)
 }
 
@@ -407,10 +930,9 @@ fn set_times(dir: &Dir, name: &OsStr, st: &nix::sys::stat::FileStat) -> Result<(
     .context(|| format!("setting the times of {}", dir.path.join(name).display()))
 }
 
-/// Removes everything inside the folder `dir` (not the folder itself), without following
-/// symlinks: the undo of [`copy_contents`].
 /// Overwrites a regular file with zeros, syncs it and removes it; best effort (for the
-/// header backup, which lives in RAM, so that no copy lingers in the page cache either).
+/// header backup, which lives in RAM in root's own folder, so that no copy lingers in the
+/// page cache either).
 pub fn wipe_and_remove(path: &Path) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -434,16 +956,62 @@ pub fn wipe_and_remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-pub fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
+/// Removes everything inside the open folder `dir` (not the folder itself), through
+/// descriptors and without following symlinks: the undo of [`copy_contents`]. Files go
+/// as [`walk_both`] enters their folder, folders once it leaves their parent.
+pub fn remove_contents(dir: &Dir) -> Result<()> {
+    walk_both(
+        dir,
+        |d, _, entries| {
+            for entry in entries.iter().filter(|e| !e.is_dir()) {
+                unlinkat(&d.fd, entry.name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                    .context(|| format!("removing {}", d.path.join(&entry.name).display()))?;
+            }
+            Ok(())
+        },
+        |d, _| {
+            for entry in list(d)?.iter().filter(|e| e.is_dir()) {
+                unlinkat(&d.fd, entry.name.as_os_str(), UnlinkatFlags::RemoveDir)
+                    .context(|| format!("removing {}", d.path.join(&entry.name).display()))?;
+            }
+            Ok(())
+        },
+    )
+}
+
+/// A hook for tests to play the other user at the worst moments of [`make_dir`]: after
+/// the folder is made, and after it is renamed into place.
+#[cfg(test)]
+pub mod race {
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    type Attack = Box<dyn FnMut(&Path)>;
+    thread_local! {
+        static ATTACK: RefCell<Option<Attack>> = RefCell::new(None);
     }
-    Ok(())
+
+    pub fn set(attack: impl FnMut(&Path) + 'static) {
+        ATTACK.with(|a| *a.borrow_mut() = Some(Box::new(attack)));
+    }
+
+    pub fn clear() {
+        ATTACK.with(|a| *a.borrow_mut() = None);
+    }
+
+    pub(super) fn after_mkdir(path: &Path) {
+        ATTACK.with(|a| {
+            if let Some(attack) = a.borrow_mut().as_mut() {
+                attack(path)
+            }
+        });
+    }
+}
+
+/// [`remove_contents`] by path, for tests that set up trees by path.
+#[cfg(test)]
+pub fn empty_dir(dir: &Path) -> Result<()> {
+    remove_contents(&open_dir(dir, None)?.0)
 }
 
 #[cfg(test)]
@@ -464,11 +1032,13 @@ mod tests {
         let target = tmp.path().join("a/b/c");
         let (dir, created) = open_dir(&target, Some(me())).unwrap();
         assert_eq!(
-            created,
+            created.iter().map(|m| m.path.clone()).collect::<Vec<_>>(),
             vec![tmp.path().join("a"), tmp.path().join("a/b"), target.clone()]
         );
         assert_eq!(owner_of(&dir).unwrap().mode, 0o750);
-        remove_created(&created);
+        let leftovers = std::fs::read_dir(tmp.path().join("a/b")).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary name left beside the new folder");
+        remove_made(&created);
         assert!(!tmp.path().join("a").exists());
     }
 
@@ -572,5 +1142,144 @@ mod tests {
             read_file_in(&dir, "big", 10),
             Err(Error::Corrupt(_))
         ));
+    }
+
+    /// Plays the live user: whatever folder root just made is swapped for a symlink to
+    /// `victim` (the mkdir/chmod race of issue 11, made deterministic).
+    fn swap_for_symlink_to(victim: PathBuf) -> impl FnMut(&Path) + 'static {
+        move |made: &Path| {
+            let aside = made.with_extension("moved-away");
+            if std::fs::rename(made, &aside).is_ok() {
+                std::os::unix::fs::symlink(&victim, made).unwrap();
+            }
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_while_made_never_passes_its_mode_on() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::set_permissions(&victim, PermissionsExt::from_mode(0o600)).unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        race::set(swap_for_symlink_to(victim.clone()));
+        let result = open_dir(
+            &home.join(".gnupg"),
+            Some(Owner {
+                mode: 0o755,
+                ..me()
+            }),
+        );
+        race::clear();
+        assert!(matches!(result, Err(Error::Busy(_))), "{:?}", result.err());
+        assert_eq!(mode_of(&victim), 0o600, "the victim kept its mode");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
+        // Swapped only after it was renamed into place: the descriptor is still ours.
+        let mut armed = false;
+        race::set(move |p: &Path| {
+            if armed {
+                return;
+            }
+            if p.file_name().is_some_and(|n| n == ".ssh") {
+                armed = true;
+                swap_for_symlink_to(tmp_victim())(p);
+            }
+        });
+        fn tmp_victim() -> PathBuf {
+            PathBuf::from("/nonexistent-victim")
+        }
+        let (dir, _) = open_dir(
+            &home.join(".ssh"),
+            Some(Owner {
+                mode: 0o755,
+                ..me()
+            }),
+        )
+        .unwrap();
+        race::clear();
+        assert_eq!(owner_of(&dir).unwrap().mode, 0o755);
+    }
+
+    #[test]
+    fn negative_control_the_same_swap_wins_against_mkdir_then_chmod_by_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "secret").unwrap();
+        std::fs::set_permissions(&victim, PermissionsExt::from_mode(0o600)).unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        // The naive way: make the folder, then set its mode by name.
+        let target = home.join(".gnupg");
+        std::fs::create_dir(&target).unwrap();
+        swap_for_symlink_to(victim.clone())(&target);
+        std::fs::set_permissions(&target, PermissionsExt::from_mode(0o755)).unwrap();
+        assert_eq!(mode_of(&victim), 0o755, "the attack wins against a path");
+    }
+
+    #[test]
+    fn removal_by_handle_stays_in_its_folder_when_a_parent_is_swapped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let etc = tmp.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("victim.conf"), "root's").unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("sub")).unwrap();
+        let (sub, _) = open_dir(&home.join("sub"), None).unwrap();
+        let link = symlink_in(&sub, OsStr::new("victim.conf"), Path::new("/vol/x"), 0, 0);
+        let link = link.unwrap();
+        // The user swaps the parent for a symlink to a folder of root's.
+        std::fs::rename(home.join("sub"), home.join("sub-moved")).unwrap();
+        std::os::unix::fs::symlink(&etc, home.join("sub")).unwrap();
+        assert!(matches!(link.remove(), Err(Error::Busy(_))));
+        assert_eq!(
+            std::fs::read_to_string(etc.join("victim.conf")).unwrap(),
+            "root's"
+        );
+        // Negative control: the same removal by path deletes root's file.
+        std::fs::remove_file(home.join("sub/victim.conf")).unwrap();
+        assert!(!etc.join("victim.conf").exists());
+    }
+
+    #[test]
+    fn an_entry_replaced_since_it_was_made_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, _) = open_dir(tmp.path(), None).unwrap();
+        let link = symlink_in(&dir, OsStr::new("l"), Path::new("/a"), 0, 0).unwrap();
+        std::fs::remove_file(tmp.path().join("l")).unwrap();
+        std::fs::write(tmp.path().join("l"), "the user's new file").unwrap();
+        assert!(matches!(link.remove(), Err(Error::Busy(_))));
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("l")).unwrap(),
+            "the user's new file"
+        );
+    }
+
+    #[test]
+    fn a_displaced_file_goes_back_only_where_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".bashrc"), "mine").unwrap();
+        let (dir, _) = open_dir(tmp.path(), None).unwrap();
+        let entry = list(&dir)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == ".bashrc")
+            .unwrap();
+        let aside = Displaced::move_aside(&dir, &entry).unwrap();
+        assert!(!tmp.path().join(".bashrc").exists());
+        // Something new took the name meanwhile: it is not overwritten.
+        std::fs::write(tmp.path().join(".bashrc"), "new").unwrap();
+        assert!(aside.put_back().is_err());
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(".bashrc")).unwrap(),
+            "new"
+        );
     }
 }

@@ -457,7 +457,7 @@ pub fn config_errors(config: &ConfigFile) -> Vec<LineError> {
 
 /// The mount root as a path to create: parents root-owned 0755, the root itself 0755 (the
 /// volume's own root folder, once mounted over it, carries its own mode).
-pub fn ensure_mount_point(path: &Path) -> Result<Vec<PathBuf>> {
+pub fn ensure_mount_point(path: &Path) -> Result<Vec<safefs::Made>> {
     let (_, created) = safefs::open_dir(path, Some(Owner::ROOT_0755))?;
     Ok(created)
 }
