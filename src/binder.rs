@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Method;
 use crate::error::{Error, Result};
-use crate::features::ResolvedEntry;
+use crate::features::{ResolvedEntry, SourceGuard};
 use crate::mounts::{self, Mount};
 use crate::safefs::{self, Dir, Displaced, Made};
 
@@ -150,6 +150,9 @@ pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
 
 fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
     let e = &resolved.entry;
+    if let Some(guard) = &resolved.guard {
+        refuse_a_source_owned_by_the_live_user(resolved, guard, resolved.owner)?;
+    }
     let (dest, made) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
     let dest_existed = made.is_empty();
     journal.done.push(Done::Made(made));
@@ -171,6 +174,10 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             )));
         }
     }
+    if let Some(guard) = &resolved.guard {
+        refuse_a_source_owned_by_the_live_user(resolved, guard, safefs::owner_of(&source)?)?;
+        refuse_a_source_the_live_user_can_change(volume, resolved, guard)?;
+    }
     match e.method {
         Method::Bind => {
             // A new folder starts as a copy of what the session has there (as Tails and
@@ -187,6 +194,49 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
         Method::Link => link_tree(&source, &dest, journal)?,
     }
     Ok(())
+}
+
+/// A source bound outside the live user's home must belong to root or to the account
+/// keepsake gives it: else the live user's files would appear over a system path.
+fn refuse_a_source_owned_by_the_live_user(
+    resolved: &ResolvedEntry,
+    guard: &SourceGuard,
+    owner: safefs::Owner,
+) -> Result<()> {
+    if guard.owners.contains(&owner.uid) && owner.uid != guard.live_uid {
+        return Ok(());
+    }
+    Err(Error::UntrustedSource(format!(
+        "{} would put a folder owned by uid {} over {}, outside the live user's home; only root's (or the feature's system account's) folders may go there; not activated",
+        resolved.entry.source.display(),
+        owner.uid,
+        resolved.entry.destination.display()
+    )))
+}
+
+/// ... nor may any folder from the volume's root down to that source be writable by the
+/// live user, who could otherwise rename or fill it while it is bound.
+fn refuse_a_source_the_live_user_can_change(
+    volume: &Dir,
+    resolved: &ResolvedEntry,
+    guard: &SourceGuard,
+) -> Result<()> {
+    let folders = safefs::folders_on_path(volume, &resolved.entry.source)?;
+    match folders
+        .iter()
+        .find(|(_, owner)| guard.writable_by_live_user(*owner))
+    {
+        None => Ok(()),
+        Some((path, owner)) => Err(Error::UntrustedSource(format!(
+            "{} is writable by the live user (uid {} gid {} mode {:04o}), so {} may not be bound over {}, outside their home; not activated",
+            path.display(),
+            owner.uid,
+            owner.gid,
+            owner.mode,
+            resolved.entry.source.display(),
+            resolved.entry.destination.display()
+        ))),
+    }
 }
 
 /// Symlinks every file of `source` into `dest`, recreating its folders (with the owner
@@ -331,6 +381,7 @@ mod tests {
             },
             strict: false,
             service: None,
+            guard: None,
         }
     }
 
@@ -588,5 +639,73 @@ mod tests {
         assert!(err.to_string().contains("symlink"), "{err}");
         assert!(!vol.join("src").exists(), "created source rolled back");
         assert!(!Path::new("/etc/keepsake-test").exists());
+    }
+
+    /// A guard for a live user with uid/gid 4242 (a uid the test's files never have).
+    fn guard() -> SourceGuard {
+        SourceGuard {
+            owners: vec![0],
+            live_uid: 4242,
+            live_gids: vec![4242],
+        }
+    }
+
+    fn chown(path: &Path, uid: u32, gid: u32, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(path, PermissionsExt::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_source_the_live_user_can_change_is_never_bound_over_a_system_path() {
+        // As root (how the suite runs): the files can be given to the "live user".
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(vol.join("Persistent/sbin")).unwrap();
+        std::fs::write(vol.join("Persistent/sbin/ls"), "#!/bin/sh\necho owned\n").unwrap();
+        chown(&vol, 0, 0, 0o770);
+        chown(&vol.join("Persistent"), 4242, 4242, 0o700);
+        chown(&vol.join("Persistent/sbin"), 0, 0, 0o755);
+        let sbin = tmp.path().join("usr-local-sbin");
+        std::fs::create_dir(&sbin).unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            guard: Some(guard()),
+            ..resolved(sbin.to_str().unwrap(), "Persistent/sbin", Method::Bind)
+        };
+        // sbin itself is root's, but Persistent above it is the user's: refused.
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(matches!(err, Error::UntrustedSource(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("Persistent is writable by the live user"),
+            "{err}"
+        );
+        assert!(!sbin.join("ls").exists(), "nothing was bound");
+        // A source owned by the live user, in a root-owned path: refused too.
+        std::fs::create_dir(vol.join("tools")).unwrap();
+        chown(&vol.join("tools"), 4242, 4242, 0o500);
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            guard: Some(guard()),
+            ..resolved(sbin.to_str().unwrap(), "tools", Method::Bind)
+        };
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("owned by uid 4242"), "{err}");
+        // Group-writable by one of the user's groups, or writable by all: refused.
+        for (gid, mode) in [(4242, 0o775), (0, 0o777)] {
+            chown(&vol.join("tools"), 0, gid, mode);
+            let err = activate(&volume, &r).unwrap_err();
+            assert!(
+                err.to_string().contains("is writable by the live user"),
+                "{err}"
+            );
+        }
+        // Root's all the way down: bound (the negative control: the guard lets it pass).
+        chown(&vol.join("tools"), 0, 0, 0o755);
+        activate(&volume, &r).unwrap();
+        mounts::unmount(&sbin).unwrap();
     }
 }

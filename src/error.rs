@@ -75,6 +75,10 @@ pub enum Error {
     Corrupt(String),
     #[error("{0}")]
     NotPermitted(String),
+    /// A feature whose source the live user could change would be bound over a system
+    /// path: refused by policy (see `features::SourceGuard`).
+    #[error("{0}")]
+    UntrustedSource(String),
     #[error("{0}")]
     Incomplete(String),
     /// `check` found problems; its report, already printed, lists them.
@@ -103,7 +107,7 @@ impl Error {
             Error::Busy(_) => ExitCode::Busy,
             Error::UnsafeHost(_) => ExitCode::UnsafeHost,
             Error::Corrupt(_) => ExitCode::Corrupt,
-            Error::NotPermitted(_) => ExitCode::NotPermitted,
+            Error::NotPermitted(_) | Error::UntrustedSource(_) => ExitCode::NotPermitted,
             Error::Incomplete(_) => ExitCode::Incomplete,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io { source, .. } => errno_class(source.raw_os_error()),

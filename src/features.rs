@@ -251,6 +251,8 @@ pub trait Host {
     fn system_account(&self, name: &str) -> Result<(u32, u32)>;
     /// Owner and mode of an existing folder (not following a symlink at its end).
     fn owner_of(&self, path: &Path) -> Option<Owner>;
+    /// The groups a user is in (its own group included).
+    fn groups_of(&self, user: &LiveUser) -> Vec<u32>;
 }
 
 /// The running system: its user database and its folders.
@@ -279,6 +281,13 @@ impl Host for SystemHost {
             .flatten()
             .ok_or_else(|| Error::NotFound(format!("no system account named {name}")))?;
         Ok((user.uid.as_raw(), user.gid.as_raw()))
+    }
+
+    fn groups_of(&self, user: &LiveUser) -> Vec<u32> {
+        let name = std::ffi::CString::new(user.name.as_bytes()).unwrap_or_default();
+        nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
+            .map(|gs| gs.iter().map(|g| g.as_raw()).collect())
+            .unwrap_or_else(|_| vec![user.gid])
     }
 
     fn owner_of(&self, path: &Path) -> Option<Owner> {
@@ -343,6 +352,54 @@ pub struct ResolvedEntry {
     /// The source must already have exactly `owner` (see [`Binding::strict`]).
     pub strict: bool,
     pub service: Option<Service>,
+    /// Set for a destination outside the live user's home: what the source must satisfy.
+    pub guard: Option<SourceGuard>,
+}
+
+/// What a source bound outside the live user's home must satisfy, so that a folder the
+/// live user can write never appears over a system path (`/usr/local/sbin`,
+/// `/etc/profile.d`): it is owned by root or by the account keepsake gives it (never the
+/// live user), and no folder from the volume's root down to it is writable by the live
+/// user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceGuard {
+    pub owners: Vec<u32>,
+    pub live_uid: u32,
+    pub live_gids: Vec<u32>,
+}
+
+impl SourceGuard {
+    /// The guard for `entry`, whose source gets `owner`; `None` inside the live user's
+    /// home (where the user could place the same files anyway).
+    pub fn for_entry(entry: &Entry, owner: Owner, host: &dyn Host) -> Result<Option<SourceGuard>> {
+        let Ok(user) = host.live_user() else {
+            // No live user known: nobody's folders but root's pass as safe.
+            return Ok(Some(SourceGuard {
+                owners: vec![0, owner.uid],
+                live_uid: u32::MAX,
+                live_gids: vec![],
+            }));
+        };
+        if entry.destination.starts_with(&user.home) {
+            return Ok(None);
+        }
+        let mut owners = vec![0];
+        if owner.uid != user.uid {
+            owners.push(owner.uid);
+        }
+        Ok(Some(SourceGuard {
+            owners,
+            live_uid: user.uid,
+            live_gids: host.groups_of(user),
+        }))
+    }
+
+    /// Whether the live user may write a folder with this owner and mode.
+    pub fn writable_by_live_user(&self, folder: Owner) -> bool {
+        folder.mode & 0o002 != 0
+            || (folder.uid == self.live_uid && folder.mode & 0o200 != 0)
+            || (self.live_gids.contains(&folder.gid) && folder.mode & 0o020 != 0)
+    }
 }
 
 /// Resolves each config entry: catalogue features get their declared owner; custom ones the
@@ -350,12 +407,14 @@ pub struct ResolvedEntry {
 /// root's elsewhere.
 pub fn resolve(entry: &Entry, host: &dyn Host) -> Result<ResolvedEntry> {
     if let Some((feature, binding)) = Feature::by_source(&entry.source) {
+        let owner = binding.owner(host)?;
         return Ok(ResolvedEntry {
             feature: feature.name.to_string(),
             entry: entry.clone(),
-            owner: binding.owner(host)?,
+            owner,
             strict: binding.strict,
             service: feature.service,
+            guard: SourceGuard::for_entry(entry, owner, host)?,
         });
     }
     let owner = match (host.owner_of(&entry.destination), host.live_user()) {
@@ -373,6 +432,7 @@ pub fn resolve(entry: &Entry, host: &dyn Host) -> Result<ResolvedEntry> {
         owner,
         strict: false,
         service: None,
+        guard: SourceGuard::for_entry(entry, owner, host)?,
     })
 }
 
@@ -399,6 +459,10 @@ pub mod tests {
                 "debian-tor" => Ok((101, 102)),
                 _ => Err(Error::NotFound(name.into())),
             }
+        }
+
+        fn groups_of(&self, user: &LiveUser) -> Vec<u32> {
+            vec![user.gid, 27]
         }
 
         fn owner_of(&self, path: &Path) -> Option<Owner> {

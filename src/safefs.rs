@@ -193,6 +193,19 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
     Ok((current, created))
 }
 
+/// `base` and each folder from it down to `rel`, with their owners and modes (a symlink
+/// on the way is refused as by [`open_beneath`]).
+pub fn folders_on_path(base: &Dir, rel: &Path) -> Result<Vec<(PathBuf, Owner)>> {
+    let mut found = vec![(base.path.clone(), owner_of(base)?)];
+    let mut current = PathBuf::new();
+    for component in rel.components() {
+        current.push(component);
+        let (dir, _) = open_beneath(base, &current, None)?;
+        found.push((dir.path.clone(), owner_of(&dir)?));
+    }
+    Ok(found)
+}
+
 /// A file's identity: device, inode and file type. (An inode number can be reused once
 /// its file is gone; the type keeps a new file of the user's from passing for the
 /// symlink or folder keepsake made. A reused inode of the same type can only be in the
@@ -977,6 +990,20 @@ pub fn remove_contents(dir: &Dir) -> Result<()> {
             Ok(())
         },
     )
+}
+
+/// Removes the folder `rel` below `base` and everything in it, through descriptors: the
+/// way down is walked without following symlinks, so no folder swapped on the way can
+/// send the removal elsewhere.
+pub fn remove_tree(base: &Dir, rel: &Path) -> Result<()> {
+    let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(Error::Internal(format!("{} has no name", rel.display())));
+    };
+    let (parent, _) = open_beneath(base, parent_rel, None)?;
+    let (dir, _) = open_beneath(&parent, Path::new(name), None)?;
+    remove_contents(&dir)?;
+    unlinkat(&parent.fd, name, UnlinkatFlags::RemoveDir)
+        .context(|| format!("removing {}", dir.path.display()))
 }
 
 /// A hook for tests to play the other user at the worst moments of [`make_dir`]: after

@@ -229,15 +229,26 @@ impl FeatureReport {
     }
 }
 
-/// Resolves the config's entries; one whose owner cannot be resolved fails alone.
+/// Resolves the config's entries; one whose owner cannot be resolved, or whose source is
+/// nested in another's, fails alone.
 pub fn resolve_entries(
     config: &ConfigFile,
     host: &dyn Host,
 ) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
     let mut resolved = Vec::new();
     let mut failed = Vec::new();
-    for entry in config.entries() {
-        match features::resolve(entry, host) {
+    let entries: Vec<&crate::config::Entry> = config.entries().collect();
+    for (i, entry) in entries.iter().enumerate() {
+        let outcome = match nested_in(&entries, i) {
+            Some(outer) => Err(Error::UntrustedSource(format!(
+                "its source {} is inside {}, the source of {}: a feature's folder may not hold another's (the owner of the outer one could change the inner one, and live-boot stops the boot on it); not activated",
+                entry.source.display(),
+                outer.source.display(),
+                outer.destination.display()
+            ))),
+            None => features::resolve(entry, host),
+        };
+        match outcome {
             Ok(r) => resolved.push(r),
             Err(e) => failed.push(FeatureReport {
                 name: entry.source.display().to_string(),
@@ -252,6 +263,23 @@ pub fn resolve_entries(
         }
     }
     (resolved, failed)
+}
+
+/// The entry whose source holds the source of `entries[i]`: one that contains it, or an
+/// earlier one with the same source.
+fn nested_in<'a>(
+    entries: &[&'a crate::config::Entry],
+    i: usize,
+) -> Option<&'a crate::config::Entry> {
+    let inner = &entries[i].source;
+    entries.iter().enumerate().find_map(|(j, outer)| {
+        let holds = if outer.source == *inner {
+            j < i
+        } else {
+            inner.starts_with(&outer.source)
+        };
+        (j != i && holds).then_some(*outer)
+    })
 }
 
 /// Activates every entry that is not active yet; each failure is reported and undone,
@@ -472,4 +500,48 @@ pub fn sync_all() {
 /// its unmount and close; this is the belt to those braces.
 pub fn drop_caches() -> Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", b"3\n").context(|| "dropping the page cache".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::tests::FakeHost;
+
+    #[test]
+    fn a_source_nested_in_another_fails_alone() {
+        let config = ConfigFile::parse(
+            "/home/amnesia/Persistent\tsource=Persistent\n\
+             /usr/local/sbin\tsource=Persistent/sbin\n\
+             /home/amnesia/.gnupg\tsource=gnupg\n\
+             /home/amnesia/other\tsource=gnupg\n",
+        );
+        let (resolved, failed) = resolve_entries(&config, &FakeHost);
+        let ok: Vec<_> = resolved.iter().map(|r| r.entry.source.clone()).collect();
+        assert_eq!(
+            ok,
+            vec![PathBuf::from("Persistent"), PathBuf::from("gnupg")]
+        );
+        // The same source twice is the parser's error already; nesting is caught here.
+        assert_eq!(failed.len(), 1);
+        assert!(
+            failed[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("is inside Persistent")
+        );
+        assert_eq!(config.errors().count(), 1, "the repeated source");
+    }
+
+    #[test]
+    fn features_outside_the_home_are_guarded_inside_it_not() {
+        let config = ConfigFile::parse(
+            "/home/amnesia/Persistent\tsource=Persistent\n/var/lib/tor\tsource=tor-state\n",
+        );
+        let (resolved, _) = resolve_entries(&config, &FakeHost);
+        assert_eq!(resolved[0].guard, None);
+        let guard = resolved[1].guard.as_ref().unwrap();
+        assert_eq!(guard.owners, vec![0, 101], "root or debian-tor");
+        assert_eq!(guard.live_uid, 1000);
+    }
 }

@@ -95,6 +95,7 @@ fn a_tree_deeper_than_the_descriptor_limit_is_linked_unlinked_copied_and_removed
         owner: me,
         strict: false,
         service: None,
+        guard: None,
     };
     let before = open_fds();
     let t = std::time::Instant::now();

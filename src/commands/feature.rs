@@ -400,16 +400,11 @@ fn remove(open: &mut Open, name: &str, delete_data: bool, yes: bool, out: Output
     unlocked::write_config_file(&open.dir, CUSTOM_FEATURES_FILE, &open.custom)?;
     let mut deleted = false;
     if delete_data {
-        let path = open.root.join(&source);
-        match std::fs::remove_dir_all(&path) {
+        // The folders on the way are the user's: reached and removed by handle.
+        match crate::safefs::remove_tree(&open.dir, &source) {
             Ok(()) => deleted = true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Io {
-                    context: format!("deleting {}", path.display()),
-                    source: e,
-                });
-            }
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     out.result(

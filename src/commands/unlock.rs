@@ -26,6 +26,9 @@ struct UnlockReport {
     fsck: FsckResult,
     features: Vec<FeatureReport>,
     config_errors: Vec<ConfigErrorReport>,
+    /// Why persistence.conf was refused as a whole (owner, mode, size, encoding, type).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_refused: Option<String>,
     warnings: Vec<String>,
 }
 
@@ -111,6 +114,7 @@ fn mount_and_activate(
     let mut warnings = Vec::new();
     let mut features = Vec::new();
     let mut config_errors = Vec::new();
+    let mut config_refused = None;
     match unlocked::read_config(&volume_dir) {
         Ok(Some(config)) => {
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
@@ -123,7 +127,7 @@ fn mount_and_activate(
         Ok(None) => {
             warnings.push("the volume has no persistence.conf: no feature is enabled".to_string())
         }
-        Err(e @ Error::Corrupt(_)) => warnings.push(e.to_string()),
+        Err(e @ Error::Corrupt(_)) => config_refused = Some(e.to_string()),
         Err(e) => return Err(e),
     }
     let record = Record {
@@ -147,12 +151,13 @@ fn mount_and_activate(
         fsck,
         features,
         config_errors,
+        config_refused,
         warnings,
     })
 }
 
 fn finish(report: UnlockReport, out: Output) -> Result<()> {
-    for w in &report.warnings {
+    for w in report.warnings.iter().chain(&report.config_refused) {
         out.warn(w);
     }
     for e in &report.config_errors {
@@ -173,10 +178,7 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
             )
         })
         .collect();
-    let config_refused = report
-        .warnings
-        .iter()
-        .any(|w| w.contains("no feature was activated"));
+    let config_refused = report.config_refused.is_some();
     out.result(&report, |r| {
         let mut text = format!(
             "unlocked {} at {} (keyslot {})\n",
