@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
-use argon2::{Algorithm, Argon2, Version};
+use argon2::{Algorithm, Argon2, Block, Version};
 use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
@@ -248,11 +248,29 @@ fn derive_key(secret: &[u8], header: &Header) -> Result<Zeroizing<[u8; KEY_LEN]>
     } = header.params;
     let params = argon2::Params::new(memory_kib, iterations, parallel, Some(KEY_LEN))
         .map_err(|e| Error::Internal(format!("argon2id parameters: {e}")))?;
+    let mut blocks = kdf_memory(params.block_count())?;
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(secret, &header.salt, &mut key[..])
+        .hash_password_into_with_memory(secret, &header.salt, &mut key[..], &mut *blocks)
         .map_err(|e| Error::Internal(format!("deriving the archive key: {e}")))?;
     Ok(key)
+}
+
+/// argon2's working memory, allocated here rather than by argon2's `hash_password_into`,
+/// which aborts the whole process when the allocation fails (a memory limit that
+/// MemAvailable does not show: RLIMIT_AS, a cgroup) and frees the blocks unwiped, though
+/// they are derived from the passphrase: one hash of a guess would check it against them.
+/// A failed allocation is the "cannot afford" refusal; the blocks are wiped when dropped.
+fn kdf_memory(blocks: usize) -> Result<Zeroizing<Vec<Block>>> {
+    let mut memory = Zeroizing::new(Vec::new());
+    memory.try_reserve_exact(blocks).map_err(|_| {
+        Error::UnsafeHost(format!(
+            "the archive's key derivation needs {} MiB of memory and this process cannot get it; free some memory or use a bigger machine (nothing was changed)",
+            blocks.div_ceil(1024)
+        ))
+    })?;
+    memory.resize(blocks, Block::default());
+    Ok(memory)
 }
 
 fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
@@ -2295,6 +2313,15 @@ mod tests {
         let err = big.check_for_writing(Some(512 * 1024)).unwrap_err();
         assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
         assert!(big.check_for_writing(Some(2 * GIB_KIB)).is_ok());
+    }
+
+    #[test]
+    fn key_derivation_memory_that_cannot_be_had_is_a_refusal() {
+        // More blocks than an address space holds: refused without allocating.
+        let err = kdf_memory(usize::MAX / 2).err().unwrap();
+        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert!(err.to_string().contains("cannot get it"), "{err}");
+        assert_eq!(kdf_memory(8).unwrap().len(), 8);
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! A backup archive's header is judged before anything it asks for is allocated. A tracking
-//! allocator records the largest block asked for while a forged header is refused; an
-//! affordable header that is then unlocked shows that the allocator does see argon2's memory.
+//! An archive's KDF memory: judged from the header first, then allocated fallibly and wiped.
+//!
+//! A tracking allocator records the largest block asked for while a forged header is
+//! refused, and whether a large block was freed still holding data; the controls show that
+//! it does see argon2's memory, and argon2's own allocation left unwiped.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -12,6 +16,10 @@ use keepsake::secrets::Secret;
 
 static WATCHING: AtomicBool = AtomicBool::new(false);
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
+/// Whether a block of at least [`LARGE`] was freed with a byte that is not zero.
+static FREED_UNWIPED: AtomicBool = AtomicBool::new(false);
+/// Blocks this large are argon2's working memory (the tests' own are far smaller).
+const LARGE: usize = 1 << 20;
 /// The tests share the allocator's record: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -33,6 +41,13 @@ unsafe impl GlobalAlloc for Tracking {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if WATCHING.load(Ordering::SeqCst) && layout.size() >= LARGE {
+            // SAFETY: the block is still ours until System.dealloc below.
+            let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
+            if block.iter().any(|&b| b != 0) {
+                FREED_UNWIPED.store(true, Ordering::SeqCst);
+            }
+        }
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -47,6 +62,15 @@ fn largest_allocation_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let result = f();
     WATCHING.store(false, Ordering::SeqCst);
     (result, LARGEST.load(Ordering::SeqCst))
+}
+
+/// Runs `f`; returns whether a large block was freed meanwhile still holding data.
+fn freed_unwiped_during(f: impl FnOnce()) -> bool {
+    FREED_UNWIPED.store(false, Ordering::SeqCst);
+    WATCHING.store(true, Ordering::SeqCst);
+    f();
+    WATCHING.store(false, Ordering::SeqCst);
+    FREED_UNWIPED.load(Ordering::SeqCst)
 }
 
 /// A version-1 header as docs/backup-format.md lays it out, then 200 bytes that are not a
@@ -73,7 +97,9 @@ const SMALL: usize = 4096;
 
 #[test]
 fn a_forged_header_beyond_the_caps_is_refused_before_any_allocation() {
-    let _one = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let forged = archive(MAX_KDF_MEMORY_KIB, MAX_KDF_ITERATIONS);
     assert_eq!(forged.len(), 264);
     let (result, largest) =
@@ -86,7 +112,9 @@ fn a_forged_header_beyond_the_caps_is_refused_before_any_allocation() {
 
 #[test]
 fn a_header_this_machine_cannot_afford_is_refused_before_any_allocation() {
-    let _one = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let heavy = archive(MAX_KDF_MEMORY_KIB, 4);
     let (result, largest) =
         largest_allocation_during(|| KeylessReader::new(&heavy[..], Some(GIB_KIB * 3 / 2)).err());
@@ -102,7 +130,9 @@ fn a_header_this_machine_cannot_afford_is_refused_before_any_allocation() {
 /// bytes, so the first chunk is then refused.)
 #[test]
 fn the_check_sees_the_key_derivation_allocate() {
-    let _one = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let cheap = archive(8 * 1024, 1);
     let secret = Secret::from_zeroizing(zeroize::Zeroizing::new(b"pass".to_vec()));
     let (result, largest) = largest_allocation_during(|| {
@@ -112,4 +142,78 @@ fn the_check_sees_the_key_derivation_allocate() {
     });
     assert!(matches!(result, Some(Error::WrongKey(_))), "{result:?}");
     assert!(largest >= 8 << 20, "only {largest} bytes seen");
+}
+
+/// argon2's memory is derived from the passphrase (one hash of a guess checks it against
+/// the first blocks): it is wiped before it is freed.
+#[test]
+fn the_key_derivation_memory_is_wiped_before_it_is_freed() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cheap = archive(8 * 1024, 1);
+    let secret = Secret::from_zeroizing(zeroize::Zeroizing::new(b"pass".to_vec()));
+    let unwiped = freed_unwiped_during(|| {
+        let result = KeylessReader::new(&cheap[..], Some(GIB_KIB))
+            .and_then(|keyless| keyless.unlock(&secret))
+            .err();
+        assert!(matches!(result, Some(Error::WrongKey(_))), "{result:?}");
+    });
+    assert!(!unwiped, "argon2's blocks were freed holding data");
+}
+
+/// The control: argon2's own allocation, as keepsake used it before, frees its blocks
+/// unwiped, and the allocator sees it.
+#[test]
+fn the_check_finds_argon2s_own_memory_unwiped() {
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let params = argon2::Params::new(8 * 1024, 1, 1, Some(32)).unwrap();
+    let unwiped = freed_unwiped_during(|| {
+        let mut key = [0u8; 32];
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(b"pass", &[7; 16], &mut key)
+            .unwrap();
+    });
+    assert!(unwiped, "argon2's own blocks were wiped after all");
+}
+
+/// A memory limit that MemAvailable does not show (here RLIMIT_AS; a cgroup is another):
+/// the allocation for the key derivation fails, and keepsake says so (exit status 6)
+/// instead of aborting (134, as argon2's own allocation did).
+#[test]
+fn a_key_derivation_that_cannot_get_its_memory_is_an_error_not_an_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.ksb");
+    let key = dir.path().join("key");
+    // 1 GiB: below MemAvailable on any machine that runs this suite, above the limit.
+    std::fs::write(&file, archive(1 << 20, 1)).unwrap();
+    std::fs::write(&key, b"pass").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keepsake"));
+    cmd.args([
+        "--allow-unencrypted-swap",
+        "--allow-core-dump-handler",
+        "--allow-disk-backed-tmp",
+        "backup",
+        "verify",
+    ])
+    .arg(&file)
+    .arg("--key-file")
+    .arg(&key);
+    let limit = 512 << 20;
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, limit, limit)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        stderr.contains("needs 1024 MiB of memory"),
+        "the refusal names the cost: {stderr}"
+    );
 }
