@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
-use argon2::{Algorithm, Argon2, Version};
+use argon2::{Algorithm, Argon2, Block, Version};
 use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
@@ -43,11 +43,25 @@ pub const HEADER_LEN: usize = 64;
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
-/// Ceilings on the key-derivation cost a reader accepts, so that a hostile header cannot
-/// make it allocate or compute without bound.
+/// Hard caps on the key-derivation cost a reader accepts and a writer writes, so that a
+/// hostile header cannot make a reader allocate or compute without bound: a header beyond
+/// them is corrupt (exit status 7) whatever the machine. Memory is capped as cryptsetup
+/// caps argon2 for LUKS2 (4 GiB), lanes at 16, passes at 64, and the work, memory times
+/// passes, at [`MAX_KDF_WORK`]. The work is the time: this argon2 computes lanes one after
+/// the other, so lanes neither multiply the memory (which is for all lanes) nor divide the
+/// time. Below the caps a reader still refuses, before asking for the passphrase, a memory
+/// cost above what this machine has available now ([`KdfParams::require_affordable`], exit
+/// status 6).
 pub const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 pub const MAX_KDF_ITERATIONS: u32 = 64;
 pub const MAX_KDF_PARALLEL: u32 = 16;
+/// The most work (memory in KiB times passes) a key derivation may take: 16 GiB-passes,
+/// about 30 s on one core of the AMD EPYC that docs/backup-benchmarks.md was measured on
+/// (4 GiB x 4 passes took 28 s, 1 GiB x 4 took 7.5 s, 256 MiB x 3 took 0.8 s).
+/// keepsake writes 256 MiB x 3 (0.75) by default, and RFC 9106's strongest recommendation
+/// is 2 GiB x 1; a forged header asking 4 GiB x 64 (256, many minutes of one core) is
+/// refused.
+pub const MAX_KDF_WORK: u64 = 16 * 1024 * 1024;
 /// The most extents a file entry may list. A reader refuses more; a writer stores a file
 /// more fragmented than that as one extent (its holes then become zeros in the archive).
 pub const MAX_EXTENTS: u32 = 1 << 20;
@@ -88,7 +102,24 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
-    /// Why these parameters are out of bounds, if they are.
+    /// Refuses a cost for a new archive, before its passphrase is read: beyond the hard caps
+    /// ([`Error::Usage`]), or more memory than `available_kib` ([`Error::UnsafeHost`]).
+    pub fn check_for_writing(&self, available_kib: Option<u64>) -> Result<()> {
+        if let Some(problem) = self.problem() {
+            return Err(Error::Usage(format!(
+                "backup key derivation cost: {problem}; nothing was written"
+            )));
+        }
+        self.require_affordable("writing the backup archive", available_kib)
+    }
+
+    /// Refuses a memory cost above `available_kib` (MemAvailable), as a volume's keyslots
+    /// are refused: [`crate::preflight::require_kdf_memory`], [`Error::UnsafeHost`].
+    pub fn require_affordable(&self, doing: &str, available_kib: Option<u64>) -> Result<()> {
+        crate::preflight::require_kdf_memory(doing, u64::from(self.memory_kib), available_kib)
+    }
+
+    /// Why these parameters are beyond the hard caps, if they are.
     fn problem(&self) -> Option<String> {
         let KdfParams {
             memory_kib,
@@ -105,6 +136,12 @@ impl KdfParams {
             ))
         } else if memory_kib > MAX_KDF_MEMORY_KIB {
             Some(format!("{memory_kib} KiB of memory is more than 4 GiB"))
+        } else if u64::from(memory_kib) * u64::from(iterations) > MAX_KDF_WORK {
+            let work_gib = (u64::from(memory_kib) * u64::from(iterations)).div_ceil(1 << 20);
+            Some(format!(
+                "{memory_kib} KiB of memory times {iterations} passes is {work_gib} GiB-passes of work, more than the {} GiB-passes a reader accepts",
+                MAX_KDF_WORK >> 20
+            ))
         } else if memory_kib < 8 * parallel {
             Some(format!(
                 "{memory_kib} KiB of memory is less than 8 KiB per lane"
@@ -211,11 +248,29 @@ fn derive_key(secret: &[u8], header: &Header) -> Result<Zeroizing<[u8; KEY_LEN]>
     } = header.params;
     let params = argon2::Params::new(memory_kib, iterations, parallel, Some(KEY_LEN))
         .map_err(|e| Error::Internal(format!("argon2id parameters: {e}")))?;
+    let mut blocks = kdf_memory(params.block_count())?;
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(secret, &header.salt, &mut key[..])
+        .hash_password_into_with_memory(secret, &header.salt, &mut key[..], &mut *blocks)
         .map_err(|e| Error::Internal(format!("deriving the archive key: {e}")))?;
     Ok(key)
+}
+
+/// argon2's working memory, allocated here rather than by argon2's `hash_password_into`,
+/// which aborts the whole process when the allocation fails (a memory limit that
+/// MemAvailable does not show: RLIMIT_AS, a cgroup) and frees the blocks unwiped, though
+/// they are derived from the passphrase: one hash of a guess would check it against them.
+/// A failed allocation is the "cannot afford" refusal; the blocks are wiped when dropped.
+fn kdf_memory(blocks: usize) -> Result<Zeroizing<Vec<Block>>> {
+    let mut memory = Zeroizing::new(Vec::new());
+    memory.try_reserve_exact(blocks).map_err(|_| {
+        Error::UnsafeHost(format!(
+            "the archive's key derivation needs {} MiB of memory and this process cannot get it; free some memory or use a bigger machine (nothing was changed)",
+            blocks.div_ceil(1024)
+        ))
+    })?;
+    memory.resize(blocks, Block::default());
+    Ok(memory)
 }
 
 fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
@@ -390,10 +445,18 @@ pub struct Reader<R: Read> {
     state: ReaderState,
 }
 
-impl<R: Read> Reader<R> {
-    /// Reads and checks the header, derives the key and authenticates the first chunk, so
-    /// that a wrong passphrase or key is reported here, as [`Error::WrongKey`].
-    pub fn new(mut inner: R, secret: &Secret) -> Result<Reader<R>> {
+/// An archive whose header was read and checked, before any passphrase is asked for or any
+/// key derived: a forged header is refused here at the cost of reading 64 bytes.
+pub struct KeylessReader<R: Read> {
+    inner: R,
+    header: Header,
+}
+
+impl<R: Read> KeylessReader<R> {
+    /// Reads the header (onto the stack: nothing is allocated) and refuses it, as
+    /// [`check_header`] does, when it is out of bounds or its key derivation needs more
+    /// than `available_kib` of memory (MemAvailable; see [`crate::volume::mem_available_kib`]).
+    pub fn new(mut inner: R, available_kib: Option<u64>) -> Result<KeylessReader<R>> {
         let mut header_bytes = [0u8; HEADER_LEN];
         inner
             .read_exact(&mut header_bytes)
@@ -406,9 +469,40 @@ impl<R: Read> Reader<R> {
                     source: e,
                 },
             })?;
-        let header = Header::parse(&header_bytes)?;
-        let key = derive_key(secret.as_bytes(), &header)?;
-        Reader::with_key(inner, &header, &key)
+        let header = check_header(&header_bytes, available_kib)?;
+        Ok(KeylessReader { inner, header })
+    }
+
+    /// The key-derivation cost the header asks for (checked).
+    pub fn kdf_params(&self) -> KdfParams {
+        self.header.params
+    }
+
+    /// Derives the key and authenticates the first chunk, so that a wrong passphrase or key
+    /// is reported here, as [`Error::WrongKey`].
+    pub fn unlock(self, secret: &Secret) -> Result<Reader<R>> {
+        let key = derive_key(secret.as_bytes(), &self.header)?;
+        Reader::with_key(self.inner, &self.header, &key)
+    }
+}
+
+/// Whether the key of an archive with this header may be derived here: the header in bounds
+/// (else [`Error::Corrupt`]), and its memory cost within `available_kib` (else
+/// [`Error::UnsafeHost`]). A pure function of the two, so that any machine can be played.
+fn check_header(bytes: &[u8; HEADER_LEN], available_kib: Option<u64>) -> Result<Header> {
+    let header = Header::parse(bytes)?;
+    header
+        .params
+        .require_affordable("opening the backup archive", available_kib)?;
+    Ok(header)
+}
+
+impl<R: Read> Reader<R> {
+    /// Reads and checks the header against the memory this machine has available now,
+    /// derives the key and authenticates the first chunk: [`KeylessReader::new`] then
+    /// [`KeylessReader::unlock`]. A command reads the passphrase between the two.
+    pub fn new(inner: R, secret: &Secret) -> Result<Reader<R>> {
+        KeylessReader::new(inner, crate::volume::mem_available_kib())?.unlock(secret)
     }
 
     /// The rest of [`Reader::new`], once the header was read and the key derived.
@@ -2068,6 +2162,19 @@ mod tests {
                 patch(12, &(MAX_KDF_MEMORY_KIB + 1).to_le_bytes()),
                 "more than 4 GiB",
             ),
+            // 4 GiB and 64 passes are each allowed, together 256 GiB-passes: minutes.
+            (
+                test_header(
+                    KdfParams {
+                        memory_kib: MAX_KDF_MEMORY_KIB,
+                        iterations: MAX_KDF_ITERATIONS,
+                        parallel: 1,
+                    },
+                    MIN_CHUNK_SIZE,
+                )
+                .encode(),
+                "16 GiB-passes",
+            ),
             (patch(16, &u32::MAX.to_le_bytes()), "iterations"),
             (patch(16, &0u32.to_le_bytes()), "iterations"),
             (patch(20, &0u32.to_le_bytes()), "parallelism"),
@@ -2076,9 +2183,14 @@ mod tests {
             (patch(40, &4095u32.to_le_bytes()), "chunk size"),
             (patch(40, &(MAX_CHUNK_SIZE + 1).to_le_bytes()), "chunk size"),
         ];
+        // A keyless reader never derives a key: a bound that stopped holding fails this test
+        // instead of running the derivation it should have refused. All the memory in the
+        // world is available, so only the header's own bounds refuse.
         for (header, expected) in cases {
             let archive = [&header[..], &[0; 100]].concat();
-            let err = Reader::new(&archive[..], &secret(b"pass")).err().unwrap();
+            let err = KeylessReader::new(&archive[..], Some(u64::MAX))
+                .err()
+                .unwrap();
             assert!(matches!(err, Error::Corrupt(_)), "{err}");
             assert!(err.to_string().contains(expected), "{err} lacks {expected}");
         }
@@ -2087,6 +2199,129 @@ mod tests {
             err.to_string().contains("shorter than its 64-byte header"),
             "{err}"
         );
+    }
+
+    const GIB_KIB: u64 = 1 << 20;
+
+    /// The forged header of issue 11: 4 GiB of memory, 64 passes, behind 200 bytes of junk
+    /// (264 bytes in all). It used to abort `backup verify` (a failed 4 GiB allocation) on a
+    /// 1.5 GiB machine, and to run for minutes on a big one.
+    fn forged_archive(memory_kib: u32, iterations: u32) -> Vec<u8> {
+        let header = test_header(
+            KdfParams {
+                memory_kib,
+                iterations,
+                parallel: 1,
+            },
+            DEFAULT_CHUNK_SIZE,
+        );
+        [&header.encode()[..], &[0x5a; 200]].concat()
+    }
+
+    #[test]
+    fn a_forged_kdf_cost_is_refused_from_the_header_alone() {
+        let forged = forged_archive(MAX_KDF_MEMORY_KIB, MAX_KDF_ITERATIONS);
+        assert_eq!(forged.len(), 264);
+        let header: &[u8; HEADER_LEN] = forged.first_chunk().unwrap();
+        // Beyond the hard cap: corrupt, however much memory the machine has.
+        for available in [Some(GIB_KIB * 3 / 2), Some(u64::MAX), None] {
+            let err = check_header(header, available).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{err}");
+            assert_eq!(err.exit_code(), crate::error::ExitCode::Corrupt);
+            assert!(err.to_string().contains("16 GiB-passes"), "{err}");
+        }
+        // Within the caps (4 GiB x 4 passes) but more memory than a 1.5 GiB machine has:
+        // the class unlock uses for a keyslot this machine cannot afford.
+        let heavy = forged_archive(MAX_KDF_MEMORY_KIB, 4);
+        let header: &[u8; HEADER_LEN] = heavy.first_chunk().unwrap();
+        let err = check_header(header, Some(GIB_KIB * 3 / 2)).unwrap_err();
+        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
+        assert_eq!(
+            err.to_string(),
+            "opening the backup archive needs 4096 MiB of memory for its key derivation and this machine has 1536 MiB available; free some memory or use a bigger machine (nothing was changed)"
+        );
+        assert!(check_header(header, Some(8 * GIB_KIB)).is_ok());
+        // The reader says the same from the stream, having read the header only: it has no
+        // passphrase to derive with yet.
+        let err = KeylessReader::new(&heavy[..], Some(GIB_KIB * 3 / 2))
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        let err = KeylessReader::new(&forged[..], Some(u64::MAX))
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn ordinary_kdf_costs_pass_the_header_check() {
+        let checked = |params: KdfParams, available_kib: u64| {
+            check_header(
+                &test_header(params, DEFAULT_CHUNK_SIZE).encode(),
+                Some(available_kib),
+            )
+            .map(|h| h.params)
+        };
+        // keepsake's default, on the smallest machine a live system boots on.
+        assert_eq!(
+            checked(KdfParams::default(), GIB_KIB).unwrap(),
+            KdfParams::default()
+        );
+        // The corners of what the caps allow, on a machine that has the memory.
+        for (memory_kib, iterations, parallel) in [
+            (MAX_KDF_MEMORY_KIB, 4, 1),
+            (1 << 20, 16, 1),
+            (256 * 1024, MAX_KDF_ITERATIONS, 1),
+            (2 << 20, 1, MAX_KDF_PARALLEL),
+            (8, 1, 1),
+        ] {
+            let params = KdfParams {
+                memory_kib,
+                iterations,
+                parallel,
+            };
+            assert!(checked(params, 8 * GIB_KIB).is_ok(), "{params:?}");
+            assert!(params.check_for_writing(Some(8 * GIB_KIB)).is_ok());
+        }
+        // One KiB of memory more, or one pass more, than the work cap allows.
+        for (memory_kib, iterations) in [(MAX_KDF_MEMORY_KIB, 5), ((1 << 20) + 1, 16)] {
+            let params = KdfParams {
+                memory_kib,
+                iterations,
+                parallel: 1,
+            };
+            let err = checked(params, u64::MAX).unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_writer_refuses_what_no_reader_accepts_or_this_machine_cannot_afford() {
+        let forged = KdfParams {
+            memory_kib: MAX_KDF_MEMORY_KIB,
+            iterations: MAX_KDF_ITERATIONS,
+            parallel: 1,
+        };
+        let err = forged.check_for_writing(Some(u64::MAX)).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)), "{err}");
+        assert!(err.to_string().contains("16 GiB-passes"), "{err}");
+        let big = KdfParams {
+            memory_kib: 1 << 20,
+            ..KdfParams::default()
+        };
+        let err = big.check_for_writing(Some(512 * 1024)).unwrap_err();
+        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert!(big.check_for_writing(Some(2 * GIB_KIB)).is_ok());
+    }
+
+    #[test]
+    fn key_derivation_memory_that_cannot_be_had_is_a_refusal() {
+        // More blocks than an address space holds: refused without allocating.
+        let err = kdf_memory(usize::MAX / 2).err().unwrap();
+        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert!(err.to_string().contains("cannot get it"), "{err}");
+        assert_eq!(kdf_memory(8).unwrap().len(), 8);
     }
 
     #[test]

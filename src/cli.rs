@@ -184,16 +184,19 @@ pub struct RestoreArgs {
     pub passphrase: PassphraseArgs,
 }
 
-/// The cost of deriving an archive's key from its passphrase.
+/// The cost of deriving an archive's key from its passphrase. The ranges and the cap on
+/// memory times passes are the reader's hard caps (crate::archive::MAX_KDF_WORK): no
+/// archive is written that a reader would refuse as corrupt.
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Archive key derivation")]
 pub struct ArchiveKdfArgs {
-    /// argon2id memory for the archive key, in KiB.
+    /// argon2id memory for the archive key, in KiB (at most 4 GiB; every machine that reads
+    /// the archive needs that much available).
     #[arg(long, value_name = "KIB", default_value_t = 262_144,
           value_parser = clap::value_parser!(u32).range(8..=4_194_304))]
     pub archive_kdf_memory: u32,
 
-    /// argon2id passes for the archive key.
+    /// argon2id passes for the archive key (memory times passes at most 16 GiB).
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub archive_kdf_iterations: u32,
@@ -212,6 +215,12 @@ reordering, appended data and any changed bit are detected. The format is docume
 docs/backup-format.md. A FILE is written as FILE.partial and renamed when complete.
 
 `keepsake backup verify FILE` authenticates a whole archive without writing anything.
+
+The archive key's argon2id cost is at most 4 GiB of memory, 64 passes and 16 GiB-passes of \
+work (memory times passes; the default, 256 MiB x 3, is 0.75). Before asking for the \
+passphrase, verify and restore refuse an archive whose header asks for more as corrupt \
+(exit status 7), and one whose memory is more than this machine has available now as an \
+unsafe host (exit status 6, as unlock does for a keyslot).
 
 Examples:
   keepsake backup /media/other-stick/keepsake-2026-11.ksb

@@ -266,6 +266,24 @@ pub fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Fin
     }
 }
 
+/// Refuses a key derivation that needs more memory than this machine has available now
+/// (MemAvailable, in KiB): argon2 would abort on a failed allocation or be killed by the OOM
+/// killer half way, and on a live system RAM is also the session's disk. Every key
+/// derivation keepsake runs (a volume's keyslots, a backup archive's key) asks here first,
+/// before any passphrase is read. `doing` starts the message ("unlocking /dev/sdb2"). An
+/// unknown availability lets the derivation through: each format's own hard caps still
+/// bound it.
+pub fn require_kdf_memory(doing: &str, need_kib: u64, available_kib: Option<u64>) -> Result<()> {
+    match available_kib {
+        Some(available) if need_kib > available => Err(Error::UnsafeHost(format!(
+            "{doing} needs {} MiB of memory for its key derivation and this machine has {} MiB available; free some memory or use a bigger machine (nothing was changed)",
+            need_kib.div_ceil(1024),
+            available / 1024
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs every check against the running system. `volume_file` is the container file about
 /// to be used, if any.
 pub fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Finding>> {
@@ -490,6 +508,28 @@ mod tests {
         assert_eq!(f.verdict, Verdict::Warn);
         assert!(f.message.contains("/dev/sda1 on /media/disk"));
         assert!(!f.message.contains("sda2"));
+    }
+
+    #[test]
+    fn kdf_memory_is_refused_only_beyond_what_is_available() {
+        const GIB: u64 = 1 << 20;
+        assert!(require_kdf_memory("unlocking v", GIB, Some(GIB)).is_ok());
+        assert!(require_kdf_memory("unlocking v", 256 * 1024, Some(GIB + GIB / 2)).is_ok());
+        assert!(
+            require_kdf_memory("unlocking v", 4 * GIB, None).is_ok(),
+            "unknown availability: left to the format's hard caps"
+        );
+        let err = require_kdf_memory("unlocking v", GIB, Some(700 * 1024)).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
+        assert_eq!(
+            err.to_string(),
+            "unlocking v needs 1024 MiB of memory for its key derivation and this machine has 700 MiB available; free some memory or use a bigger machine (nothing was changed)"
+        );
+        let err = require_kdf_memory("x", GIB + 1, Some(GIB)).unwrap_err();
+        assert!(
+            err.to_string().contains("needs 1025 MiB"),
+            "a need is rounded up: {err}"
+        );
     }
 
     #[test]

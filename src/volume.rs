@@ -258,10 +258,10 @@ fn load(path: &Path) -> Result<CryptDevice> {
 }
 
 /// Opens the volume at `path` as `/dev/mapper/<mapping>`. A wrong passphrase changes
-/// nothing and is reported as [`Error::BadPassphrase`].
+/// nothing and is reported as [`Error::BadPassphrase`]. The caller has checked
+/// [`require_affordable`] before reading the passphrase.
 pub fn activate(path: &Path, mapping: &str, secret: &Secret) -> Result<u32> {
     let mut device = load(path)?;
-    require_affordable(&mut device, path, mem_available_kib())?;
     let uuid = device
         .status_handle()
         .get_uuid()
@@ -277,18 +277,15 @@ pub fn activate(path: &Path, mapping: &str, secret: &Secret) -> Result<u32> {
     keyslot
 }
 
-/// Refuses, before any key derivation, a volume whose every keyslot needs more argon2id
-/// memory than this machine has available: trying would only get the process killed by the
-/// kernel's OOM killer (on a live system, RAM is also the session's disk).
-fn require_affordable(
-    device: &mut CryptDevice,
-    path: &Path,
-    available_kib: Option<u64>,
-) -> Result<()> {
-    let Some(available) = available_kib else {
-        return Ok(());
-    };
-    let needs: Vec<u64> = active_keyslots(device)
+/// Refuses a volume whose every keyslot needs more argon2id memory than this machine has
+/// available: trying would only get the process killed by the kernel's OOM killer (on a
+/// live system, RAM is also the session's disk). Every command that runs a keyslot's key
+/// derivation (unlock, check, repair, passphrase change, recovery-key add and remove,
+/// upgrade) calls this before it reads a passphrase; `doing` starts the message
+/// ("unlocking").
+pub fn require_affordable(path: &Path, doing: &str) -> Result<()> {
+    let mut device = load(path)?;
+    let costs: Vec<u64> = active_keyslots(&mut device)
         .into_iter()
         .filter_map(|slot| device.keyslot_handle().get_pbkdf(slot).ok())
         .map(|p| match p.type_ {
@@ -296,14 +293,26 @@ fn require_affordable(
             _ => u64::from(p.max_memory_kb),
         })
         .collect();
-    match needs.iter().min() {
-        Some(&least) if least > available => Err(Error::UnsafeHost(format!(
-            "unlocking {} needs {} MiB of memory for its key derivation and this machine has {} MiB available; free some memory or unlock it on a bigger machine (nothing was changed)",
-            path.display(),
-            least / 1024,
-            available / 1024
-        ))),
-        _ => Ok(()),
+    require_affordable_keyslots(
+        &format!("{doing} {}", path.display()),
+        &costs,
+        mem_available_kib(),
+    )
+}
+
+/// The decision of [`require_affordable`], from each keyslot's KDF memory in KiB (0 for
+/// PBKDF2): the passphrase may open any keyslot, so one that fits is enough, and the
+/// cheapest is what the refusal names. No keyslot at all is left to libcryptsetup to
+/// report. (libcryptsetup still tries keyslots in their order, so a passphrase whose
+/// keyslot fits but comes after one that does not can still fail inside it.)
+fn require_affordable_keyslots(
+    doing: &str,
+    costs_kib: &[u64],
+    available_kib: Option<u64>,
+) -> Result<()> {
+    match costs_kib.iter().min() {
+        Some(&cheapest) => crate::preflight::require_kdf_memory(doing, cheapest, available_kib),
+        None => Ok(()),
     }
 }
 
@@ -835,6 +844,35 @@ mod tests {
             "at least 32 MiB"
         );
         assert_eq!(default_max_memory_kib(None), 1 << 20);
+    }
+
+    #[test]
+    fn a_volume_is_affordable_when_its_cheapest_keyslot_fits() {
+        const MIB: u64 = 1024;
+        let available = Some(768 * MIB);
+        let judge = |costs: &[u64]| require_affordable_keyslots("unlocking v", costs, available);
+        assert!(judge(&[]).is_ok(), "no keyslot: libcryptsetup says so");
+        assert!(judge(&[256 * MIB]).is_ok());
+        assert!(judge(&[768 * MIB]).is_ok(), "exactly what is available");
+        assert!(
+            judge(&[1024 * MIB, 64 * MIB]).is_ok(),
+            "the recovery keyslot fits"
+        );
+        assert!(
+            judge(&[4096 * MIB, 0]).is_ok(),
+            "a PBKDF2 keyslot always fits"
+        );
+        let err = judge(&[1024 * MIB, 4096 * MIB]).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
+        assert!(
+            err.to_string()
+                .starts_with("unlocking v needs 1024 MiB of memory for its key derivation and this machine has 768 MiB available"),
+            "{err}"
+        );
+        assert!(
+            require_affordable_keyslots("unlocking v", &[4096 * MIB], None).is_ok(),
+            "MemAvailable unknown"
+        );
     }
 
     #[test]

@@ -121,6 +121,14 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         .file
         .clone()
         .expect("clap requires FILE without a subcommand");
+    let params = KdfParams {
+        memory_kib: args.kdf.archive_kdf_memory,
+        iterations: args.kdf.archive_kdf_iterations,
+        parallel: 1,
+    };
+    // A cost no reader accepts, or that this machine cannot afford, is refused before
+    // anything else happens.
+    params.check_for_writing(crate::volume::mem_available_kib())?;
     let (_unlocked, root) = volume_root(global)?;
     // No lock or feature change while the archive is written.
     let _lock = super::exclusive()?;
@@ -161,11 +169,6 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         true,
         None,
     )?;
-    let params = KdfParams {
-        memory_kib: args.kdf.archive_kdf_memory,
-        iterations: args.kdf.archive_kdf_iterations,
-        parallel: 1,
-    };
     let started = std::time::Instant::now();
     let total: u64 = tops.iter().map(|t| tree_bytes(&root.join(t))).sum();
     let sink: Box<dyn Write> = if to_stdout {
@@ -287,8 +290,9 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
 
 type ArchiveReader = archive::Reader<Box<dyn Read>>;
 
-/// The archive opened for reading: its passphrase read the safe way, its key derived and
-/// its first chunk authenticated. Also its length, when it is a file.
+/// The archive opened for reading: its header checked (in bounds, and affordable on this
+/// machine now) before its passphrase is read the safe way, then its key derived and its
+/// first chunk authenticated. Also its length, when it is a file.
 fn open_reader(
     global: &GlobalArgs,
     args: &crate::cli::PassphraseArgs,
@@ -296,9 +300,10 @@ fn open_reader(
     file: &Path,
 ) -> Result<(ArchiveReader, Option<u64>)> {
     let (input, len) = open_archive(file)?;
+    let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())?;
     let secret = super::read_secret_safely(global, args, out, "Backup passphrase", false, None)?;
     out.progress("deriving the archive key (argon2id)");
-    Ok((archive::Reader::new(input, &secret)?, len))
+    Ok((keyless.unlock(&secret)?, len))
 }
 
 fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {

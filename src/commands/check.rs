@@ -93,16 +93,20 @@ impl Drop for Inspection {
     }
 }
 
+/// The volume, its header, and its passphrase, read only once the volume is known to be
+/// closed and affordable (`doing` names the command in a refusal: "checking").
 fn prepare(
     global: &GlobalArgs,
     args: &CheckArgs,
     out: Output,
+    doing: &str,
     why: &str,
 ) -> Result<(PathBuf, HeaderInfo, crate::secrets::Secret)> {
     super::require_root()?;
     let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
     let header = volume::header_info(&backing)?;
     super::require_locked(&backing, why)?;
+    volume::require_affordable(&backing, doing)?;
     let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
     Ok((backing, header, secret))
 }
@@ -147,8 +151,13 @@ fn config_report(volume: &safefs::Dir) -> (ConfigReport, Vec<String>) {
 
 pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     let _lock = super::exclusive()?;
-    let (backing, header, secret) =
-        prepare(global, &args, out, "a mounted filesystem cannot be checked")?;
+    let (backing, header, secret) = prepare(
+        global,
+        &args,
+        out,
+        "checking",
+        "a mounted filesystem cannot be checked",
+    )?;
     let mut problems = Vec::new();
     let mut inspection = Inspection::open(&backing, &secret, true)?;
     drop(secret);
@@ -181,6 +190,7 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         global,
         &args,
         out,
+        "repairing",
         "a mounted filesystem cannot be repaired",
     )?;
     let mut repaired = Vec::new();

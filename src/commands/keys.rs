@@ -28,6 +28,7 @@ pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) 
     let _lock = super::exclusive()?;
     let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
     volume::header_info(&backing)?;
+    volume::require_affordable(&backing, "changing the passphrase of")?;
     let old = super::read_secret_safely(
         global,
         &args.passphrase,
@@ -81,6 +82,7 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
                         .into(),
                 ));
             }
+            volume::require_affordable(&backing, "adding a recovery key to")?;
             let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
             let key = crate::recovery::generate()?;
             out.progress("adding the recovery key's keyslot");
@@ -115,6 +117,7 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
             {
                 return Err(Error::NotFound("the volume has no recovery key".into()));
             }
+            volume::require_affordable(&backing, "removing the recovery key from")?;
             let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
             let removed = volume::remove_role(&backing, &passphrase, Role::Recovery)?;
             let report = RemovedReport {

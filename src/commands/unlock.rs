@@ -65,8 +65,10 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
             m.name, m.kernel_name
         )));
     }
-    // A file that is not LUKS is refused before anyone types a passphrase for it.
+    // A file that is not LUKS, or whose keyslots need more memory than this machine has, is
+    // refused before anyone types a passphrase for it.
     volume::require_luks(&backing)?;
+    volume::require_affordable(&backing, "unlocking")?;
     let secret = if args.recovery_key {
         let typed = super::read_secret_safely(
             global,

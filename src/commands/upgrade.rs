@@ -47,6 +47,7 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
             "converting LUKS1 to LUKS2 needs the volume closed",
         )?;
     }
+    volume::require_affordable(&backing, "upgrading")?;
     let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
     // A wrong passphrase stops here, before anything is written.
     let slot = volume::check_passphrase(&backing, &secret)?;
