@@ -1,22 +1,27 @@
 //! Secrets: how passphrases enter the process, where they live, and how the process is
 //! hardened before the first one is read.
 //!
-//! A passphrase lives only in a [`Secret`], a zeroizing buffer allocated once at its final
-//! size so that no reallocation leaves a stray copy behind. It never comes from argv or the
-//! environment: only from the terminal (no echo), a file descriptor, or a key file.
+//! A passphrase lives only in a [`Secret`], a zeroizing buffer allocated once, at its final
+//! size or at the largest accepted, so that no reallocation leaves a stray copy behind; bytes
+//! are read straight into it. It never comes from argv or the environment: only from the
+//! terminal (echo off, through our own prompt rather than a library that grows a `String`), a
+//! file descriptor, or a key file.
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, IsTerminal, Read};
-use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use zeroize::Zeroizing;
+use nix::errno::Errno;
+use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Context, Error, Result, at};
 
-/// The longest passphrase read from a terminal or file descriptor, in bytes (cryptsetup's
+/// The longest passphrase read from a terminal or file descriptor, in bytes: one limit for
+/// both, so that a passphrase set one way can always be given the other (cryptsetup's
 /// interactive limit is 512 characters; this leaves room for multi-byte characters).
 pub const MAX_PASSPHRASE: usize = 4096;
 /// The largest key file accepted, as cryptsetup's default `--keyfile-size` limit.
@@ -84,16 +89,8 @@ impl SecretSource {
 pub fn read_secret(source: &SecretSource, prompt: &str, confirm: bool) -> Result<Secret> {
     let secret = match source {
         SecretSource::Terminal => {
-            let first = read_from_terminal(prompt)?;
-            if confirm {
-                let again = read_from_terminal(&format!("{prompt} (again)"))?;
-                if first != again {
-                    return Err(Error::Usage(
-                        "the two passphrases differ; nothing was changed".into(),
-                    ));
-                }
-            }
-            first
+            let tty = open_terminal()?;
+            ask_on_terminal(tty.as_fd(), prompt, confirm)?
         }
         SecretSource::Fd(fd) => read_line_from_fd(*fd)?,
         SecretSource::KeyFile(path) => read_key_file(path)?,
@@ -107,20 +104,314 @@ pub fn read_secret(source: &SecretSource, prompt: &str, confirm: bool) -> Result
     Ok(secret)
 }
 
-fn read_from_terminal(prompt: &str) -> Result<Secret> {
-    if !io::stdin().is_terminal() && File::open("/dev/tty").is_err() {
-        return Err(Error::Usage(
-            "no terminal to ask for the passphrase on; use --passphrase-fd N or --key-file PATH"
-                .into(),
-        ));
+/// Opens the controlling terminal itself, as `cryptsetup` and `getpass` do: stdin may be a
+/// pipe from a script while the person sits at the terminal.
+fn open_terminal() -> Result<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/tty")
+        .map(OwnedFd::from)
+        .map_err(|_| {
+            Error::Usage(
+                "no terminal to ask for the passphrase on; use --passphrase-fd N or --key-file PATH"
+                    .into(),
+            )
+        })
+}
+
+/// Asks for a passphrase on the terminal `tty` (the controlling terminal in production, a
+/// pty in tests) with echo off; with `confirm`, twice, and the two must match. Each answer
+/// goes straight from the terminal into its own buffer of [`MAX_PASSPHRASE`] + 1 bytes,
+/// allocated once and never grown; the second is wiped as soon as it has been compared.
+pub fn ask_on_terminal(tty: BorrowedFd<'_>, prompt: &str, confirm: bool) -> Result<Secret> {
+    let first = read_hidden_line(tty, prompt, &format!("{prompt}: "))?;
+    if confirm {
+        let again = read_hidden_line(tty, prompt, &format!("{prompt} (again): "))?;
+        if first != again {
+            return Err(Error::Usage(
+                "the two passphrases differ; nothing was changed".into(),
+            ));
+        }
     }
-    let typed = Zeroizing::new(
-        rpassword::prompt_password(format!("{prompt}: "))
-            .context(|| "reading the passphrase from the terminal".into())?,
-    );
-    let mut bytes = Zeroizing::new(Vec::with_capacity(typed.len()));
-    bytes.extend_from_slice(typed.as_bytes());
-    Ok(Secret(bytes))
+    Ok(first)
+}
+
+/// How a line typed at a hidden prompt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LineEnd {
+    /// Enter: the first `len` bytes of the buffer are the answer.
+    Entered(usize),
+    /// Enter after more than the buffer holds; what was typed is already wiped.
+    TooLong,
+    /// The terminal's interrupt or quit key (Ctrl-C, Ctrl-\).
+    Cancelled,
+    /// The end-of-file key (Ctrl-D) on an empty line, or the terminal went away.
+    EndOfInput,
+}
+
+fn read_hidden_line(tty: BorrowedFd<'_>, what: &str, shown: &str) -> Result<Secret> {
+    let hidden = HiddenInput::begin(tty)?;
+    write_to_terminal(tty, shown.as_bytes())?;
+    let mut buf = Zeroizing::new(vec![0u8; MAX_PASSPHRASE + 1]);
+    let mut line = LineEditor::new(hidden.keys);
+    let end = loop {
+        let at = line.len;
+        match nix::unistd::read(tty, &mut buf[at..at + 1]) {
+            Ok(0) | Err(Errno::EIO) => break LineEnd::EndOfInput,
+            Ok(_) => {
+                if let Some(end) = line.take(&mut buf) {
+                    break end;
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(e).context(|| "reading the passphrase from the terminal".into());
+            }
+        }
+    };
+    // Echo was off, so the Enter did not move the cursor; the next output needs its own line.
+    let newline = write_to_terminal(tty, b"\n");
+    hidden.restore()?;
+    newline?;
+    let what = what.to_lowercase();
+    match end {
+        LineEnd::Entered(len) => {
+            buf.truncate(len);
+            Ok(Secret(buf))
+        }
+        LineEnd::TooLong => Err(Error::Usage(format!(
+            "the {what} typed is longer than {MAX_PASSPHRASE} bytes"
+        ))),
+        LineEnd::Cancelled => Err(Error::Usage(format!(
+            "no {what} given: cancelled at the prompt"
+        ))),
+        LineEnd::EndOfInput => Err(Error::Usage(format!(
+            "no {what} given: the terminal's input ended"
+        ))),
+    }
+}
+
+fn write_to_terminal(tty: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(tty, bytes) {
+            Ok(0) => {
+                return Err(io::Error::from(io::ErrorKind::WriteZero))
+                    .context(|| "writing the prompt to the terminal".into());
+            }
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).context(|| "writing the prompt to the terminal".into()),
+        }
+    }
+    Ok(())
+}
+
+/// The terminal's own editing keys (as `stty -a` shows them), so that erase, kill and the
+/// rest do at the hidden prompt what they do in the shell and in `cryptsetup`'s prompt. A key
+/// set to 0 is disabled, as the kernel has it.
+#[derive(Clone, Copy, Debug)]
+struct EditingKeys {
+    erase: u8,
+    word_erase: u8,
+    kill: u8,
+    end_of_file: u8,
+    interrupt: u8,
+    quit: u8,
+    suspend: u8,
+    literal_next: u8,
+    /// Erase removes a whole UTF-8 character, not its last byte.
+    utf8: bool,
+}
+
+impl EditingKeys {
+    fn of(settings: &Termios) -> EditingKeys {
+        use SpecialCharacterIndices as Key;
+        let key = |index: Key| settings.control_chars[index as usize];
+        EditingKeys {
+            erase: key(Key::VERASE),
+            word_erase: key(Key::VWERASE),
+            kill: key(Key::VKILL),
+            end_of_file: key(Key::VEOF),
+            interrupt: key(Key::VINTR),
+            quit: key(Key::VQUIT),
+            suspend: key(Key::VSUSP),
+            literal_next: key(Key::VLNEXT),
+            utf8: settings.input_flags.contains(InputFlags::IUTF8),
+        }
+    }
+}
+
+/// One line edited as the kernel's canonical mode would edit it, but by us: canonical mode
+/// cuts a line at 4095 bytes without telling anyone, where a line longer than
+/// [`MAX_PASSPHRASE`] is refused here with an error, as on a file descriptor.
+struct LineEditor {
+    keys: EditingKeys,
+    /// Bytes of the answer so far, at the start of the buffer; the next byte is read into
+    /// `buf[len]`, so the buffer needs one byte more than the longest answer.
+    len: usize,
+    literal_next: bool,
+    too_long: bool,
+}
+
+impl LineEditor {
+    fn new(keys: EditingKeys) -> LineEditor {
+        LineEditor {
+            keys,
+            len: 0,
+            literal_next: false,
+            too_long: false,
+        }
+    }
+
+    /// Takes the byte just read into `buf[self.len]`: keeps it as part of the answer, or
+    /// wipes it and acts on it. Returns how the line ended, once it has.
+    fn take(&mut self, buf: &mut [u8]) -> Option<LineEnd> {
+        let byte = std::mem::take(&mut buf[self.len]);
+        let is = |key: u8| key != 0 && key == byte;
+        if std::mem::take(&mut self.literal_next) {
+            self.keep(buf, byte);
+        } else if byte == b'\n' || byte == b'\r' {
+            return Some(if self.too_long {
+                LineEnd::TooLong
+            } else {
+                LineEnd::Entered(self.len)
+            });
+        } else if is(self.keys.interrupt) || is(self.keys.quit) {
+            return Some(LineEnd::Cancelled);
+        } else if is(self.keys.end_of_file) {
+            if self.len == 0 && !self.too_long {
+                return Some(LineEnd::EndOfInput);
+            }
+        } else if is(self.keys.erase) {
+            self.erase(buf, false);
+        } else if is(self.keys.word_erase) {
+            self.erase(buf, true);
+        } else if is(self.keys.kill) {
+            buf[..self.len].zeroize();
+            self.len = 0;
+        } else if is(self.keys.literal_next) {
+            self.literal_next = true;
+        } else if !is(self.keys.suspend) {
+            // Suspending with echo off would leave the shell a silent terminal: ignored.
+            self.keep(buf, byte);
+        }
+        None
+    }
+
+    fn keep(&mut self, buf: &mut [u8], byte: u8) {
+        if self.too_long {
+            return;
+        }
+        if self.len + 1 == buf.len() {
+            // Read on to the Enter rather than stop here: the rest of an over-long paste
+            // would otherwise reach the shell once echo is back on.
+            buf.zeroize();
+            self.len = 0;
+            self.too_long = true;
+            return;
+        }
+        buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    /// Erases the last character or, for `word`, back over the last word and what follows
+    /// it, with the kernel's rule (a word is letters, digits and `_`).
+    fn erase(&mut self, buf: &mut [u8], word: bool) {
+        let mut seen_word = false;
+        while self.len > 0 {
+            let last = buf[self.len - 1];
+            if word {
+                if last.is_ascii_alphanumeric() || last == b'_' {
+                    seen_word = true;
+                } else if seen_word {
+                    break;
+                }
+            }
+            loop {
+                self.len -= 1;
+                let erased = std::mem::take(&mut buf[self.len]);
+                let continuation = self.keys.utf8 && erased & 0xC0 == 0x80;
+                if !continuation || self.len == 0 {
+                    break;
+                }
+            }
+            if !word {
+                break;
+            }
+        }
+    }
+}
+
+/// The terminal with echo, line editing and signal keys off. It is put back as it was by
+/// [`HiddenInput::restore`] on the normal path and by `Drop` on every early return.
+struct HiddenInput<'fd> {
+    tty: BorrowedFd<'fd>,
+    saved: Termios,
+    keys: EditingKeys,
+    restored: bool,
+}
+
+impl<'fd> HiddenInput<'fd> {
+    fn begin(tty: BorrowedFd<'fd>) -> Result<HiddenInput<'fd>> {
+        let saved = termios::tcgetattr(tty).context(|| "reading the terminal's settings".into())?;
+        let mut hidden = saved.clone();
+        // ICANON and IEXTEN off: the line is edited by LineEditor, which has our limit rather
+        // than the kernel's. ISIG off: Ctrl-C arrives as a byte and ends the prompt through
+        // the normal return path, which wipes the buffers and puts the terminal back; a
+        // SIGINT would end the process with the caller's secrets (a current passphrase)
+        // still unwiped.
+        hidden.local_flags.remove(
+            LocalFlags::ECHO
+                | LocalFlags::ECHOE
+                | LocalFlags::ECHOK
+                | LocalFlags::ECHONL
+                | LocalFlags::ICANON
+                | LocalFlags::ISIG
+                | LocalFlags::IEXTEN,
+        );
+        hidden.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
+        hidden.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;
+        let input = HiddenInput {
+            tty,
+            keys: EditingKeys::of(&saved),
+            saved,
+            restored: false,
+        };
+        // TCSAFLUSH: what was typed before the prompt, while echo was on, is not an answer.
+        termios::tcsetattr(tty, SetArg::TCSAFLUSH, &hidden)
+            .context(|| "turning the terminal's echo off".into())?;
+        let now = termios::tcgetattr(tty).context(|| "reading the terminal's settings".into())?;
+        if now.local_flags.contains(LocalFlags::ECHO) {
+            return Err(Error::Internal(
+                "the terminal kept its echo on; not asking for a passphrase it would show".into(),
+            ));
+        }
+        Ok(input)
+    }
+
+    /// Puts the terminal back, reporting a failure (the early-return path cannot).
+    fn restore(mut self) -> Result<()> {
+        self.restored = true;
+        self.put_back()
+            .context(|| "restoring the terminal's settings".into())
+    }
+
+    /// TCSAFLUSH again: input left unread (typed ahead after Enter) is dropped rather than
+    /// handed to the shell, where it would be echoed.
+    fn put_back(&self) -> nix::Result<()> {
+        termios::tcsetattr(self.tty, SetArg::TCSAFLUSH, &self.saved)
+    }
+}
+
+impl Drop for HiddenInput<'_> {
+    fn drop(&mut self) {
+        if !self.restored {
+            // Already on an error path: that error is the one to report.
+            let _ = self.put_back();
+        }
+    }
 }
 
 /// Reads up to the first newline from `fd`, one byte at a time so that nothing after the
@@ -305,6 +596,100 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, Error::NotFound(_)), "{err}");
+    }
+
+    /// The keys `stty sane` sets on Linux, and a UTF-8 terminal.
+    fn sane_keys() -> EditingKeys {
+        EditingKeys {
+            erase: 0x7f,
+            word_erase: 0x17,
+            kill: 0x15,
+            end_of_file: 0x04,
+            interrupt: 0x03,
+            quit: 0x1c,
+            suspend: 0x1a,
+            literal_next: 0x16,
+            utf8: true,
+        }
+    }
+
+    /// Feeds `typed` to a line editor whose answer may be `max` bytes long, as the reader
+    /// does; returns how the line ended and the answer.
+    fn edit(typed: &[u8], max: usize) -> (LineEnd, Vec<u8>) {
+        let mut buf = vec![0u8; max + 1];
+        let mut line = LineEditor::new(sane_keys());
+        for &byte in typed {
+            buf[line.len] = byte;
+            if let Some(end) = line.take(&mut buf) {
+                let answer = match end {
+                    LineEnd::Entered(len) => buf[..len].to_vec(),
+                    _ => Vec::new(),
+                };
+                assert!(
+                    buf[line.len..].iter().all(|b| *b == 0),
+                    "keys and erased bytes are wiped from the buffer: {buf:?}"
+                );
+                return (end, answer);
+            }
+        }
+        panic!("the line did not end: {typed:?}");
+    }
+
+    #[test]
+    fn a_line_ends_at_enter_as_newline_or_carriage_return() {
+        assert_eq!(edit(b"abc\n", 8), (LineEnd::Entered(3), b"abc".to_vec()));
+        assert_eq!(edit(b"abc\r", 8), (LineEnd::Entered(3), b"abc".to_vec()));
+        assert_eq!(edit(b"\r", 8), (LineEnd::Entered(0), Vec::new()));
+    }
+
+    #[test]
+    fn erase_keys_edit_the_line_as_the_terminal_would() {
+        assert_eq!(edit(b"abd\x7fc\n", 8).1, b"abc");
+        assert_eq!(edit(b"\x7f\x7fab\n", 8).1, b"ab", "erase on an empty line");
+        assert_eq!(
+            edit("a\u{e9}\x7f\n".as_bytes(), 8).1,
+            b"a",
+            "one UTF-8 character"
+        );
+        assert_eq!(edit(b"wrong\x15right\n", 8).1, b"right", "kill");
+        assert_eq!(edit(b"one two  \x17\n", 12).1, b"one ", "word erase");
+        assert_eq!(
+            edit(b"a-b_c\x17\n", 8).1,
+            b"a-",
+            "word erase stops at punctuation"
+        );
+    }
+
+    #[test]
+    fn literal_next_keeps_a_key_and_other_control_bytes_are_kept() {
+        assert_eq!(edit(b"a\x16\x03b\n", 8).1, b"a\x03b");
+        assert_eq!(
+            edit(b"a\tb\x1b[A\n", 8).1,
+            b"a\tb\x1b[A",
+            "as cryptsetup keeps them"
+        );
+        assert_eq!(edit(b"a\x1ab\n", 8).1, b"ab", "suspend is ignored");
+    }
+
+    #[test]
+    fn interrupt_quit_and_end_of_file_end_the_prompt() {
+        assert_eq!(edit(b"secr\x03", 8).0, LineEnd::Cancelled);
+        assert_eq!(edit(b"secr\x1c", 8).0, LineEnd::Cancelled);
+        assert_eq!(edit(b"\x04", 8).0, LineEnd::EndOfInput);
+        assert_eq!(
+            edit(b"ab\x04c\n", 8).1,
+            b"abc",
+            "end of file after text is ignored"
+        );
+    }
+
+    #[test]
+    fn the_longest_answer_fits_and_one_byte_more_is_refused_at_enter() {
+        assert_eq!(edit(b"abcd\n", 4), (LineEnd::Entered(4), b"abcd".to_vec()));
+        assert_eq!(edit(b"abcd\x7fe\n", 4).1, b"abce");
+        // Refused only at Enter, so nothing after the overflow is left for the shell.
+        assert_eq!(edit(b"abcdefgh\x7f\x7f\x7f\x7f\n", 4).0, LineEnd::TooLong);
+        assert_eq!(edit(b"abcdef\x03", 4).0, LineEnd::Cancelled);
     }
 
     #[test]
