@@ -13,6 +13,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
 use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
@@ -145,7 +146,7 @@ enum LineEnd {
     Entered(usize),
     /// Enter after more than the buffer holds; what was typed is already wiped.
     TooLong,
-    /// The terminal's interrupt or quit key (Ctrl-C, Ctrl-\).
+    /// The terminal's interrupt or quit key (Ctrl-C, Ctrl-\), or a signal we survived.
     Cancelled,
     /// The end-of-file key (Ctrl-D) on an empty line, or the terminal went away.
     EndOfInput,
@@ -165,6 +166,7 @@ fn read_hidden_line(tty: BorrowedFd<'_>, what: &str, shown: &str) -> Result<Secr
                     break end;
                 }
             }
+            Err(Errno::EINTR) if restore_on_signal::interrupted() => break LineEnd::Cancelled,
             Err(Errno::EINTR) => continue,
             Err(e) => {
                 return Err(e).context(|| "reading the passphrase from the terminal".into());
@@ -344,17 +346,23 @@ impl LineEditor {
     }
 }
 
+/// The signal handlers can put back one terminal: one prompt at a time.
+static ONE_PROMPT: Mutex<()> = Mutex::new(());
+
 /// The terminal with echo, line editing and signal keys off. It is put back as it was by
-/// [`HiddenInput::restore`] on the normal path and by `Drop` on every early return.
+/// [`HiddenInput::restore`] on the normal path, by `Drop` on every early return, and by
+/// [`restore_on_signal`] if a signal ends the process meanwhile.
 struct HiddenInput<'fd> {
     tty: BorrowedFd<'fd>,
     saved: Termios,
     keys: EditingKeys,
     restored: bool,
+    _one_prompt: MutexGuard<'static, ()>,
 }
 
 impl<'fd> HiddenInput<'fd> {
     fn begin(tty: BorrowedFd<'fd>) -> Result<HiddenInput<'fd>> {
+        let one_prompt = ONE_PROMPT.lock().unwrap_or_else(PoisonError::into_inner);
         let saved = termios::tcgetattr(tty).context(|| "reading the terminal's settings".into())?;
         let mut hidden = saved.clone();
         // ICANON and IEXTEN off: the line is edited by LineEditor, which has our limit rather
@@ -378,7 +386,10 @@ impl<'fd> HiddenInput<'fd> {
             keys: EditingKeys::of(&saved),
             saved,
             restored: false,
+            _one_prompt: one_prompt,
         };
+        restore_on_signal::arm(tty, &input.saved, &hidden)
+            .context(|| "installing the signal handlers that put the terminal back".into())?;
         // TCSAFLUSH: what was typed before the prompt, while echo was on, is not an answer.
         termios::tcsetattr(tty, SetArg::TCSAFLUSH, &hidden)
             .context(|| "turning the terminal's echo off".into())?;
@@ -401,7 +412,10 @@ impl<'fd> HiddenInput<'fd> {
     /// TCSAFLUSH again: input left unread (typed ahead after Enter) is dropped rather than
     /// handed to the shell, where it would be echoed.
     fn put_back(&self) -> nix::Result<()> {
-        termios::tcsetattr(self.tty, SetArg::TCSAFLUSH, &self.saved)
+        restore_on_signal::stand_down();
+        let result = termios::tcsetattr(self.tty, SetArg::TCSAFLUSH, &self.saved);
+        restore_on_signal::disarm();
+        result
     }
 }
 
@@ -410,6 +424,184 @@ impl Drop for HiddenInput<'_> {
         if !self.restored {
             // Already on an error path: that error is the one to report.
             let _ = self.put_back();
+        }
+    }
+}
+
+/// Puts the terminal back if a signal ends the process while echo is off.
+///
+/// The keyboard's signal keys are plain bytes at the prompt (ISIG is off), so this covers a
+/// `kill`, a hang-up, or `sudo` relaying either. After putting the terminal back, the
+/// handler raises the signal again under its previous disposition, so the process ends as
+/// it would have. SIGKILL cannot be caught; interactive bash puts back its own settings
+/// when a foreground job dies by a signal (and `stty sane` does by hand). bash does the
+/// same when a job stops (SIGTSTP, SIGSTOP), so echo may be on again when it is continued:
+/// on SIGCONT the hidden settings are applied again before the next key is read.
+mod restore_on_signal {
+    use std::cell::UnsafeCell;
+    use std::io;
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::ptr;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+
+    use nix::sys::termios::Termios;
+
+    /// The signals whose default action ends the process, then SIGCONT.
+    const HANDLED: [libc::c_int; 5] = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGCONT,
+    ];
+
+    /// What the handlers read: written by [`arm`] only before its handlers are installed,
+    /// under the one-prompt lock, so a handler never sees it half written.
+    struct Shared {
+        saved: UnsafeCell<libc::termios>,
+        hidden: UnsafeCell<libc::termios>,
+        previous: UnsafeCell<[libc::sigaction; HANDLED.len()]>,
+    }
+
+    // SAFETY: see `Shared`: one writer, before any reader can run.
+    unsafe impl Sync for Shared {}
+
+    // SAFETY: all-zero bytes are a valid termios and a valid sigaction (integers, a signal
+    // set, and a null restorer).
+    static SHARED: Shared = unsafe {
+        Shared {
+            saved: UnsafeCell::new(MaybeUninit::zeroed().assume_init()),
+            hidden: UnsafeCell::new(MaybeUninit::zeroed().assume_init()),
+            previous: UnsafeCell::new(MaybeUninit::zeroed().assume_init()),
+        }
+    };
+    /// The terminal to put back, or -1.
+    static TTY: AtomicI32 = AtomicI32::new(-1);
+    /// Whether SIGCONT should hide input again (false once the prompt is being put back).
+    static HIDDEN: AtomicBool = AtomicBool::new(false);
+    /// A handled signal arrived and the process lived on (a previous handler caught it).
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn arm(tty: BorrowedFd<'_>, saved: &Termios, hidden: &Termios) -> io::Result<()> {
+        INTERRUPTED.store(false, SeqCst);
+        // SAFETY: none of our handlers is installed (disarm ran, or arm never did), so nothing
+        // reads SHARED meanwhile; the sigaction calls only query.
+        unsafe {
+            *SHARED.saved.get() = raw(saved);
+            *SHARED.hidden.get() = raw(hidden);
+            let previous = &mut *SHARED.previous.get();
+            for (signal, previous) in HANDLED.iter().zip(previous.iter_mut()) {
+                check(libc::sigaction(*signal, ptr::null(), previous))?;
+            }
+        }
+        TTY.store(tty.as_raw_fd(), SeqCst);
+        HIDDEN.store(true, SeqCst);
+        for (index, signal) in HANDLED.iter().enumerate() {
+            // SAFETY: SHARED.previous is no longer written.
+            let previous = unsafe { &(*SHARED.previous.get())[index] };
+            let ending = *signal != libc::SIGCONT;
+            if ending && previous.sa_sigaction == libc::SIG_IGN {
+                // The caller chose to ignore it (nohup): it cannot end the process.
+                continue;
+            }
+            let handler = if ending {
+                on_ending_signal as extern "C" fn(libc::c_int)
+            } else {
+                on_continue as extern "C" fn(libc::c_int)
+            };
+            // SAFETY: an all-zero sigaction is valid; the handler is async-signal-safe.
+            let result = unsafe {
+                let mut action: libc::sigaction = MaybeUninit::zeroed().assume_init();
+                action.sa_sigaction = handler as libc::sighandler_t;
+                // No handler of ours interrupts another; and no SA_RESTART, so a read
+                // interrupted by a signal the process survives returns and ends the prompt.
+                libc::sigemptyset(&mut action.sa_mask);
+                for other in HANDLED {
+                    libc::sigaddset(&mut action.sa_mask, other);
+                }
+                check(libc::sigaction(*signal, &action, ptr::null_mut()))
+            };
+            if let Err(e) = result {
+                disarm();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Called before the terminal is put back, so that a SIGCONT from then on does not
+    /// hide input again.
+    pub(super) fn stand_down() {
+        HIDDEN.store(false, SeqCst);
+    }
+
+    /// Reinstates the previous dispositions; called after the terminal is put back.
+    pub(super) fn disarm() {
+        HIDDEN.store(false, SeqCst);
+        // SAFETY: SHARED.previous holds what arm found; sigaction with valid signals only
+        // fails for SIGKILL and SIGSTOP, which are not among them.
+        unsafe {
+            for (signal, previous) in HANDLED.iter().zip((*SHARED.previous.get()).iter()) {
+                libc::sigaction(*signal, previous, ptr::null_mut());
+            }
+        }
+        TTY.store(-1, SeqCst);
+    }
+
+    /// The settings as the C library takes them. nix's own conversion returns a copy that
+    /// does not see changes made through the public fields, so those are copied over.
+    fn raw(settings: &Termios) -> libc::termios {
+        let mut raw: libc::termios = settings.clone().into();
+        raw.c_iflag = settings.input_flags.bits();
+        raw.c_oflag = settings.output_flags.bits();
+        raw.c_cflag = settings.control_flags.bits();
+        raw.c_lflag = settings.local_flags.bits();
+        raw.c_cc = settings.control_chars;
+        raw.c_line = settings.line_discipline;
+        raw
+    }
+
+    pub(super) fn interrupted() -> bool {
+        INTERRUPTED.load(SeqCst)
+    }
+
+    fn check(result: libc::c_int) -> io::Result<()> {
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Only async-signal-safe calls: tcflush, tcsetattr, sigaction, raise.
+    extern "C" fn on_ending_signal(signal: libc::c_int) {
+        HIDDEN.store(false, SeqCst);
+        INTERRUPTED.store(true, SeqCst);
+        let tty = TTY.load(SeqCst);
+        // SAFETY: SHARED was written before this handler was installed.
+        unsafe {
+            if tty >= 0 {
+                // Half a passphrase still queued must not be read by the shell.
+                libc::tcflush(tty, libc::TCIFLUSH);
+                libc::tcsetattr(tty, libc::TCSANOW, SHARED.saved.get());
+            }
+            if let Some(index) = HANDLED.iter().position(|s| *s == signal) {
+                libc::sigaction(signal, &(*SHARED.previous.get())[index], ptr::null_mut());
+            }
+            // Blocked until this handler returns, then delivered under the previous
+            // disposition: by default, the process ends as it would have without us.
+            libc::raise(signal);
+        }
+    }
+
+    extern "C" fn on_continue(_signal: libc::c_int) {
+        let tty = TTY.load(SeqCst);
+        if tty >= 0 && HIDDEN.load(SeqCst) {
+            // SAFETY: as above.
+            unsafe {
+                libc::tcsetattr(tty, libc::TCSANOW, SHARED.hidden.get());
+            }
         }
     }
 }
@@ -690,6 +882,93 @@ mod tests {
         // Refused only at Enter, so nothing after the overflow is left for the shell.
         assert_eq!(edit(b"abcdefgh\x7f\x7f\x7f\x7f\n", 4).0, LineEnd::TooLong);
         assert_eq!(edit(b"abcdef\x03", 4).0, LineEnd::Cancelled);
+    }
+
+    /// Set in the child process of the signal test: the pty it asks on.
+    const CHILD_TTY: &str = "KEEPSAKE_TEST_SIGNAL_TTY";
+
+    fn echo_on(tty: &std::os::fd::OwnedFd) -> bool {
+        termios::tcgetattr(tty)
+            .unwrap()
+            .local_flags
+            .contains(LocalFlags::ECHO)
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the child if the test fails before it is reaped.
+    struct KillOnDrop(Option<std::process::Child>);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.0.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn a_signal_at_the_prompt_puts_the_terminal_back() {
+        use nix::sys::signal::{Signal, kill};
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        if let Some(path) = std::env::var_os(CHILD_TTY) {
+            // The child: ask, and be stopped, continued and killed while asking.
+            let tty = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            let _ = ask_on_terminal(tty.as_fd(), "Passphrase", false);
+            std::process::exit(0);
+        }
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let before = termios::tcgetattr(&pty.slave).unwrap();
+        assert!(echo_on(&pty.slave));
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "secrets::tests::a_signal_at_the_prompt_puts_the_terminal_back",
+                "--test-threads=1",
+            ])
+            .env(CHILD_TTY, nix::unistd::ttyname(&pty.slave).unwrap())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut child = KillOnDrop(Some(child));
+        wait_until("the child turns echo off", || !echo_on(&pty.slave));
+
+        // While the job is stopped a shell puts its own settings back; on continue the
+        // prompt must hide input again before reading on.
+        kill(pid, Signal::SIGSTOP).unwrap();
+        assert_eq!(
+            waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap(),
+            WaitStatus::Stopped(pid, Signal::SIGSTOP)
+        );
+        termios::tcsetattr(&pty.slave, SetArg::TCSANOW, &before).unwrap();
+        kill(pid, Signal::SIGCONT).unwrap();
+        wait_until("echo is off again after SIGCONT", || !echo_on(&pty.slave));
+
+        kill(pid, Signal::SIGTERM).unwrap();
+        let status = child.0.take().unwrap().wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM),
+            "the process still ends by the signal: {status}"
+        );
+        assert_eq!(
+            termios::tcgetattr(&pty.slave).unwrap(),
+            before,
+            "the terminal's settings are back"
+        );
     }
 
     #[test]
