@@ -11,10 +11,10 @@
 //! symlink, and no archive can place anything outside the folder it is extracted into.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Context, Error, Result, at};
 use crate::secrets::Secret;
+use crate::treewalk::{self, DirStack, list_dir, open_dir_at};
 
 /// The first eight bytes of every archive.
 pub const MAGIC: &[u8; 8] = b"KSBACKUP";
@@ -785,10 +786,14 @@ pub fn write_tree(
         stats: TreeStats::default(),
         buffer: Zeroizing::new(vec![0u8; COPY_BUFFER]),
     };
-    for name in names {
-        walk.stats.entries.push(name.to_string_lossy().into_owned());
-        walk.entry(&root_fd, name, name.as_bytes())?;
-    }
+    walk.stats.entries = names
+        .iter()
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    // Iterative, with a bounded number of folders open: see crate::treewalk.
+    treewalk::walk(root_fd, root, &names, &mut |parent, name, path| {
+        walk.entry(parent, name, path)
+    })?;
     walk.emit(&[ENTRY_END])?;
     Ok(walk.stats)
 }
@@ -816,22 +821,24 @@ impl TreeWriter<'_> {
         self.stats.warnings.push(format!("{}: {what}", shown(path)));
     }
 
-    fn entry(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
+    /// Writes the entry `name` in `parent`; for a folder, returns it open so that the walk
+    /// writes what it holds next.
+    fn entry(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<Option<OwnedFd>> {
         let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => {
                 self.changed(path, "vanished while being backed up; left out");
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e).context(at("reading", &self.shown(path))),
         };
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => self.directory(parent, name, path),
-            libc::S_IFREG => self.file(parent, name, path),
-            libc::S_IFLNK => self.symlink(parent, name, path, &st),
+            libc::S_IFREG => self.file(parent, name, path).map(|()| None),
+            libc::S_IFLNK => self.symlink(parent, name, path, &st).map(|()| None),
             _ => {
                 self.stats.skipped.push(shown(path));
-                Ok(())
+                Ok(None)
             }
         }
     }
@@ -860,21 +867,19 @@ impl TreeWriter<'_> {
         }
     }
 
-    fn directory(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
+    fn directory(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+    ) -> Result<Option<OwnedFd>> {
         let Some(fd) = self.open(parent, name, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)? else {
-            return Ok(());
+            return Ok(None);
         };
         let st = fstat(&fd).context(at("reading", &self.shown(path)))?;
         self.emit(&entry_start(ENTRY_DIR, path, &Meta::of(&st))?)?;
         self.stats.dirs += 1;
-        for child in list_dir(&fd, &self.shown(path))? {
-            let mut child_path = Vec::with_capacity(path.len() + 1 + child.len());
-            child_path.extend_from_slice(path);
-            child_path.push(b'/');
-            child_path.extend_from_slice(child.as_bytes());
-            self.entry(&fd, &child, &child_path)?;
-        }
-        Ok(())
+        Ok(Some(fd))
     }
 
     fn file(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
@@ -944,19 +949,6 @@ impl TreeWriter<'_> {
         self.stats.symlinks += 1;
         Ok(())
     }
-}
-
-/// The names in an open directory, sorted bytewise so that archives are reproducible.
-fn list_dir(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
-    // No readdir on a descriptor in std; /proc/self/fd/N names exactly this directory.
-    let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .context(at("listing", shown))?;
-    let mut names = listing
-        .map(|entry| entry.map(|e| e.file_name()))
-        .collect::<io::Result<Vec<_>>>()
-        .context(at("listing", shown))?;
-    names.sort();
-    Ok(names)
 }
 
 /// The ranges of a file that hold data, from SEEK_DATA/SEEK_HOLE; the whole file as one
@@ -1252,11 +1244,11 @@ fn read_file_layout(input: &mut impl Read, path: &[u8]) -> Result<(u64, Vec<(u64
 
 /// Recreates entries below an empty folder.
 struct Extractor {
-    root: OwnedFd,
     dest: PathBuf,
-    /// The folders last walked down to, outermost first, by name: consecutive entries
-    /// mostly share their parent, so each folder is opened about once.
-    open: Vec<(Vec<u8>, OwnedFd)>,
+    /// The folders last walked down to, by name, with descriptors open for the innermost
+    /// few only (see crate::treewalk): consecutive entries mostly share their parent, so
+    /// each folder is opened about once, and a deep tree does not run out of descriptors.
+    open: DirStack,
     /// Folders created, in archive order, with the metadata to give them at the end.
     dirs: Vec<(Vec<u8>, Meta)>,
     as_root: bool,
@@ -1278,9 +1270,8 @@ impl Extractor {
             )));
         }
         Ok(Extractor {
-            root,
             dest: dest.to_path_buf(),
-            open: Vec::new(),
+            open: DirStack::new(root, dest),
             dirs: Vec::new(),
             as_root: nix::unistd::geteuid().is_root(),
         })
@@ -1300,20 +1291,13 @@ impl Extractor {
         };
         let keep = self
             .open
-            .iter()
+            .names()
             .zip(&components)
-            .take_while(|((open, _), wanted)| open.as_slice() == **wanted)
+            .take_while(|(open, wanted)| open.as_bytes() == **wanted)
             .count();
-        self.open.truncate(keep);
+        self.open.truncate(keep)?;
         for (depth, name) in components.iter().enumerate().skip(keep) {
-            let base = self.open.last().map_or(&self.root, |(_, fd)| fd);
-            let fd = openat(
-                base,
-                OsStr::from_bytes(name),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| {
+            let fd = open_dir_at(self.open.top()?, OsStr::from_bytes(name)).map_err(|e| {
                 let walked = self.shown(&components[..=depth].join(&b'/'));
                 match e {
                     Errno::ELOOP | Errno::ENOTDIR => Error::Corrupt(format!(
@@ -1326,9 +1310,9 @@ impl Extractor {
                     },
                 }
             })?;
-            self.open.push((name.to_vec(), fd));
+            self.open.push(OsStr::from_bytes(name), fd)?;
         }
-        Ok(self.open.last().map_or(&self.root, |(_, fd)| fd))
+        self.open.top()
     }
 
     fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {
@@ -1487,7 +1471,7 @@ pub fn check_untrusted(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// Cheap enough to run thousands of times.
@@ -1633,51 +1617,6 @@ mod tests {
 
     fn chmod(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    /// Everything below `root` that an archive can hold, described for comparison.
-    fn snapshot(root: &Path) -> BTreeMap<String, String> {
-        fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
-            let mut names: Vec<_> = std::fs::read_dir(root.join(rel))
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            names.sort();
-            for name in names {
-                let rel = rel.join(&name);
-                let path = root.join(&rel);
-                let m = std::fs::symlink_metadata(&path).unwrap();
-                let common = format!(
-                    "mode {:o} owner {}:{} mtime {}.{:09}",
-                    m.mode() & 0o7777,
-                    m.uid(),
-                    m.gid(),
-                    m.mtime(),
-                    m.mtime_nsec()
-                );
-                let kind = if m.is_dir() {
-                    walk(root, &rel, out);
-                    "dir".to_string()
-                } else if m.is_file() {
-                    let content = std::fs::read(&path).unwrap();
-                    let hash = content.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-                        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-                    });
-                    format!("file size {} fnv {hash:x}", content.len())
-                } else if m.file_type().is_symlink() {
-                    format!(
-                        "symlink to {}",
-                        std::fs::read_link(&path).unwrap().display()
-                    )
-                } else {
-                    continue;
-                };
-                out.insert(rel.display().to_string(), format!("{kind} {common}"));
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(root, Path::new(""), &mut out);
-        out
     }
 
     /// A source tree with every kind of entry; returns the tops to back up.
@@ -1835,6 +1774,90 @@ mod tests {
         assert_eq!(read_tree(&mut reader, None, &mut |_| {}).unwrap(), read);
         make_writable(&src);
         make_writable(&dest);
+    }
+
+    #[test]
+    fn trees_1100_and_3000_deep_round_trip_with_64_descriptors() {
+        with_descriptor_limit(
+            "archive::tests::trees_1100_and_3000_deep_round_trip_with_64_descriptors",
+            64,
+            || {
+                let tmp = tempfile::tempdir().unwrap();
+                let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+                std::fs::create_dir_all(src.join("Persistent")).unwrap();
+                std::fs::create_dir(&dest).unwrap();
+                let files = deep_chain(&src.join("Persistent"), "d", 3000)
+                    + deep_chain(&src.join("Persistent"), "e", 1100);
+                std::fs::write(src.join("Persistent/top.txt"), b"after the deep ones").unwrap();
+                // Plaintext: the walk is what is tested here, and the cipher is slow unoptimised.
+                let mut plaintext = Vec::new();
+                let tops = [PathBuf::from("Persistent")];
+                let written = write_tree(&src, &tops, &mut plaintext, &mut |_| {}).unwrap();
+                assert_eq!(
+                    (written.dirs, written.files),
+                    (1 + 3000 + 1100, files as u64 + 1)
+                );
+                let read = read_tree(&mut &plaintext[..], Some(&dest), &mut |_| {}).unwrap();
+                assert_eq!(read, written);
+                assert_eq!(snapshot(&src), snapshot(&dest));
+            },
+        );
+    }
+
+    #[test]
+    fn write_tree_writes_parents_first_and_names_in_bytewise_order() {
+        // The order the recursive writer had, which the iterative one must keep.
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("Persistent");
+        std::fs::create_dir_all(p.join("a/y")).unwrap();
+        for file in ["B", "a/x", "a/y/z", "b"] {
+            std::fs::write(p.join(file), file).unwrap();
+        }
+        std::os::unix::fs::symlink("x", p.join("a/l")).unwrap();
+        let mut expected = Vec::new();
+        for rel in [
+            "Persistent",
+            "Persistent/B",
+            "Persistent/a",
+            "Persistent/a/l",
+            "Persistent/a/x",
+            "Persistent/a/y",
+            "Persistent/a/y/z",
+            "Persistent/b",
+        ] {
+            let st = fstatat(
+                nix::fcntl::AT_FDCWD,
+                &tmp.path().join(rel),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
+            let meta = Meta::of(&st);
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    expected.extend(entry_start(ENTRY_DIR, rel.as_bytes(), &meta).unwrap())
+                }
+                libc::S_IFLNK => {
+                    expected.extend(entry_start(ENTRY_SYMLINK, rel.as_bytes(), &meta).unwrap());
+                    push_bytes16(&mut expected, b"x", "target").unwrap();
+                }
+                _ => {
+                    let data = std::fs::read(tmp.path().join(rel)).unwrap();
+                    expected.extend(entry_start(ENTRY_FILE, rel.as_bytes(), &meta).unwrap());
+                    expected.extend(file_layout(data.len() as u64, &[(0, data.len() as u64)]));
+                    expected.extend(data);
+                }
+            }
+        }
+        expected.push(ENTRY_END);
+        let mut plaintext = Vec::new();
+        write_tree(
+            tmp.path(),
+            &[PathBuf::from("Persistent")],
+            &mut plaintext,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(plaintext, expected);
     }
 
     #[test]

@@ -231,7 +231,10 @@ const RESTORE_HELP: &str = "\
 Nothing is changed before the whole archive has authenticated: it is extracted into a \
 staging folder inside the (encrypted) volume, and only then are its folders moved into \
 place; on a wrong passphrase or any tampering the staging folder is removed and the volume \
-is as it was. A feature folder that already holds data is only replaced with --overwrite. \
+is as it was. A feature folder that already holds data is only replaced with --overwrite: \
+its old contents are moved aside and deleted only once the whole archive is in place, and \
+should anything fail on the way (a mount point inside the folder, say: exit status 5), \
+everything moved is put back and the folder is as it was. \
 A full restore also brings back persistence.conf and keepsake-features.conf (the current \
 ones are kept beside them as *.before-restore); lock and unlock to activate the restored \
 features. Active features see their restored data at once.

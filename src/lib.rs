@@ -23,5 +23,6 @@ pub mod safefs;
 pub mod secrets;
 pub mod tools;
 pub mod tor;
+pub mod treewalk;
 pub mod unlocked;
 pub mod volume;
