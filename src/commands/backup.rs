@@ -1038,6 +1038,7 @@ fn with_note(error: Error, note: &str) -> Error {
         Error::UnsafeHost(m) => Error::UnsafeHost(add(m)),
         Error::Corrupt(m) => Error::Corrupt(add(m)),
         Error::NotPermitted(m) => Error::NotPermitted(add(m)),
+        Error::UntrustedSource(m) => Error::UntrustedSource(add(m)),
         Error::Incomplete(m) => Error::Incomplete(add(m)),
         Error::CheckFailed(m) => Error::CheckFailed(add(m)),
         Error::Internal(m) => Error::Internal(add(m)),
