@@ -174,10 +174,7 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             )));
         }
     }
-    if let Some(guard) = &resolved.guard {
-        refuse_a_source_owned_by_the_live_user(resolved, guard, safefs::owner_of(&source)?)?;
-        refuse_a_source_the_live_user_can_change(volume, resolved, guard)?;
-    }
+    refuse_an_untrusted_source(volume, resolved)?;
     match e.method {
         Method::Bind => {
             // A new folder starts as a copy of what the session has there (as Tails and
@@ -192,6 +189,34 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             journal.done.push(Done::Mounted(e.destination.clone()));
         }
         Method::Link => link_tree(&source, &dest, journal)?,
+    }
+    Ok(())
+}
+
+/// Refuses a feature whose source the live user could turn against the system (see
+/// [`SourceGuard`]): checked at every activation, and on a restored persistence.conf. A
+/// source not made yet is judged by the owner it would get and the folders above it.
+pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
+    let Some(guard) = &resolved.guard else {
+        return Ok(());
+    };
+    refuse_a_source_owned_by_the_live_user(resolved, guard, resolved.owner)?;
+    let source = &resolved.entry.source;
+    for existing in source.ancestors() {
+        match safefs::open_beneath(volume, existing, None) {
+            Ok((dir, _)) => {
+                if existing == source {
+                    refuse_a_source_owned_by_the_live_user(
+                        resolved,
+                        guard,
+                        safefs::owner_of(&dir)?,
+                    )?;
+                }
+                return refuse_a_source_the_live_user_can_change(volume, existing, resolved, guard);
+            }
+            Err(Error::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -218,10 +243,11 @@ fn refuse_a_source_owned_by_the_live_user(
 /// live user, who could otherwise rename or fill it while it is bound.
 fn refuse_a_source_the_live_user_can_change(
     volume: &Dir,
+    down_to: &Path,
     resolved: &ResolvedEntry,
     guard: &SourceGuard,
 ) -> Result<()> {
-    let folders = safefs::folders_on_path(volume, &resolved.entry.source)?;
+    let folders = safefs::folders_on_path(volume, down_to)?;
     match folders
         .iter()
         .find(|(_, owner)| guard.writable_by_live_user(*owner))

@@ -265,6 +265,41 @@ pub fn resolve_entries(
     (resolved, failed)
 }
 
+/// Removes from the volume's persistence.conf every line that activation would refuse as
+/// one the live user could turn against the system: a source nested in another's, or a
+/// source outside the home that the live user can change ([`binder::refuse_an_untrusted_source`]).
+/// Returns the lines dropped, each with why. (For a config that came from elsewhere: a
+/// restored archive.)
+pub fn drop_untrusted_lines(volume: &Dir, host: &dyn Host) -> Result<Vec<String>> {
+    let Some(mut config) = read_config(volume)? else {
+        return Ok(vec![]);
+    };
+    let entries: Vec<&crate::config::Entry> = config.entries().collect();
+    let mut dropped = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let why = match nested_in(&entries, i) {
+            Some(outer) => Some(format!("its source is inside {}", outer.source.display())),
+            None => features::resolve(entry, host)
+                .ok()
+                .and_then(|r| binder::refuse_an_untrusted_source(volume, &r).err())
+                .map(|e| e.to_string()),
+        };
+        if let Some(why) = why {
+            dropped.push(((*entry).clone(), why));
+        }
+    }
+    for (entry, _) in &dropped {
+        config.remove_source(&entry.source);
+    }
+    if !dropped.is_empty() {
+        write_config(volume, &config)?;
+    }
+    Ok(dropped
+        .into_iter()
+        .map(|(entry, why)| format!("'{}' ({why})", entry.render()))
+        .collect())
+}
+
 /// The entry whose source holds the source of `entries[i]`: one that contains it, or an
 /// earlier one with the same source.
 fn nested_in<'a>(
@@ -543,5 +578,38 @@ mod tests {
         let guard = resolved[1].guard.as_ref().unwrap();
         assert_eq!(guard.owners, vec![0, 101], "root or debian-tor");
         assert_eq!(guard.live_uid, 1000);
+    }
+
+    #[test]
+    fn a_restored_config_keeps_only_the_lines_activation_would_trust() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path();
+        for d in ["Persistent/sbin", "tools", "ok"] {
+            std::fs::create_dir_all(vol.join(d)).unwrap();
+        }
+        // FakeHost's live user is uid 1000.
+        std::os::unix::fs::chown(vol.join("Persistent"), Some(1000), Some(1000)).unwrap();
+        std::os::unix::fs::chown(vol.join("tools"), Some(1000), Some(1000)).unwrap();
+        let (volume, _) = safefs::open_dir(vol, None).unwrap();
+        let config = ConfigFile::parse(
+            "/home/amnesia/Persistent\tsource=Persistent\n\
+             /usr/local/sbin\tsource=Persistent/sbin\n\
+             /opt/tools\tsource=tools\n\
+             /opt/ok\tsource=ok\n",
+        );
+        write_config(&volume, &config).unwrap();
+        let dropped = drop_untrusted_lines(&volume, &FakeHost).unwrap();
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert!(dropped[0].contains("Persistent/sbin") && dropped[0].contains("inside Persistent"));
+        assert!(dropped[1].contains("owned by uid 1000"), "{dropped:?}");
+        let kept = read_config(&volume).unwrap().unwrap();
+        let sources: Vec<_> = kept.entries().map(|e| e.source.clone()).collect();
+        assert_eq!(
+            sources,
+            vec![PathBuf::from("Persistent"), PathBuf::from("ok")]
+        );
+        // Nothing more to drop the second time.
+        assert!(drop_untrusted_lines(&volume, &FakeHost).unwrap().is_empty());
     }
 }

@@ -50,6 +50,11 @@ struct RestoreReport {
     restored: Vec<String>,
     replaced: Vec<String>,
     config_replaced: bool,
+    /// Lines of the restored persistence.conf left out: each would let the live user turn
+    /// a feature against the system (a source nested in another's, or one the live user
+    /// can change bound over a system path).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    config_dropped: Vec<String>,
     contents: TreeStats,
 }
 
@@ -333,6 +338,7 @@ fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
         restored: vec![],
         replaced: vec![],
         config_replaced: false,
+        config_dropped: vec![],
         contents: stats,
     };
     out.result(&report, |r| {
@@ -526,12 +532,22 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         restored: folders.iter().chain(&configs).cloned().collect(),
         replaced: occupied,
         config_replaced: !configs.is_empty(),
+        config_dropped: vec![],
         contents: stats,
     };
     if let Some(staging) = &staging {
         refuse_mounts_inside(&volume, &folders)?;
         for leftover in apply(&volume, staging, &folders, &configs)? {
             out.warn(leftover);
+        }
+        if !configs.is_empty() {
+            // The archive's config is not trusted as it is: only lines that pass the rules
+            // of every activation stay.
+            let host = crate::features::SystemHost::new(None);
+            report.config_dropped = unlocked::drop_untrusted_lines(&volume, &host)?;
+            for line in &report.config_dropped {
+                out.warn(format!("persistence.conf: dropped {line}"));
+            }
         }
         unlocked::sync_all();
     } else {
