@@ -21,6 +21,8 @@ guest_checks() {
     mkfs.ext4 -q /dev/vdb1 && mkdir -p /media/hostdisk && mount /dev/vdb1 /media/hostdisk
     ks_pass_file
     ks_expect_rc 0 "create on a safe host" -- keepsake create --image "$KS_IMAGE" --size 48M --key-file "$KS_PASS_FILE" $KS_KDF
+    # A real archive, so that verify gets past its header (judged before any secret is read).
+    ks_expect_rc 0 "a backup on a safe host" -- sh -c "keepsake unlock --image $KS_IMAGE --key-file $KS_PASS_FILE && keepsake backup /tmp/safe.ksb --key-file $KS_PASS_FILE --archive-kdf-memory 8192 --archive-kdf-iterations 1 && keepsake lock"
 
     # Unencrypted swap on the host disk.
     mkswap /dev/vdb2 >/dev/null && swapon /dev/vdb2 || ks_fail "swapon"
@@ -36,7 +38,7 @@ guest_checks() {
     ks_expect_rc 6 "recovery-key add refused" -- keepsake recovery-key add $i $k $KS_KDF
     ks_expect_rc 6 "check refused" -- keepsake check $i $k
     ks_expect_rc 6 "repair refused" -- keepsake repair $i $k
-    ks_expect_rc 6 "backup verify refused" -- keepsake backup verify /etc/passwd $k
+    ks_expect_rc 6 "backup verify refused" -- keepsake backup verify /tmp/safe.ksb $k
     ks_assert_eq "the header is unchanged" "$(head -c 16777216 "$KS_IMAGE" | sha256sum)" "$h"
     ks_expect_rc 0 "--allow-unencrypted-swap overrides it" -- ks_unlock_lock --allow-unencrypted-swap
     ks_assert "with a warning" grep -q "warning: unencrypted swap" /tmp/ks-cmd.out
