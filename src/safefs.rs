@@ -349,16 +349,7 @@ fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(O
         if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_nlink != 2 || !is_dir(&st) {
             return Err(swapped(shown));
         }
-        nix::unistd::fchown(
-            &fd,
-            Some(Uid::from_raw(owner.uid)),
-            Some(Gid::from_raw(owner.gid)),
-        )
-        .context(|| format!("setting the owner of {}", shown.display()))?;
-        // The mode is set after the owner so the folder is never open to others
-        // meanwhile; fchmod is not subject to the umask.
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(owner.mode))
-            .context(|| format!("setting the mode of {}", shown.display()))?;
+        give(&fd, owner, shown)?;
         renameat2(
             &parent.fd,
             tmp.as_os_str(),
@@ -386,6 +377,20 @@ fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(O
     }
     let made = Made::new(parent, name, made_tmp.id, shown.to_path_buf());
     Ok((fd, made))
+}
+
+/// Gives an open file its owner, then its mode (in that order, so that it is never open to
+/// others meanwhile; fchmod is not subject to the umask). Through the descriptor: no
+/// name is looked up again.
+fn give(fd: &OwnedFd, owner: Owner, shown: &Path) -> Result<()> {
+    nix::unistd::fchown(
+        fd,
+        Some(Uid::from_raw(owner.uid)),
+        Some(Gid::from_raw(owner.gid)),
+    )
+    .context(|| format!("setting the owner of {}", shown.display()))?;
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(owner.mode))
+        .context(|| format!("setting the mode of {}", shown.display()))
 }
 
 fn swapped(shown: &Path) -> Error {
@@ -490,14 +495,7 @@ pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owne
     )
     .context(|| format!("creating a new {}", shown.display()))?;
     let result = (|| {
-        nix::unistd::fchown(
-            &fd,
-            Some(Uid::from_raw(owner.uid)),
-            Some(Gid::from_raw(owner.gid)),
-        )
-        .context(|| format!("setting the owner of {}", shown.display()))?;
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(owner.mode))
-            .context(|| format!("setting the mode of {}", shown.display()))?;
+        give(&fd, owner, &shown)?;
         let mut file = File::from(
             fd.try_clone()
                 .context(|| "duplicating a descriptor".into())?,
