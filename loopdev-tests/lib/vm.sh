@@ -56,6 +56,21 @@ ks_copy_with_libs() {
     done
 }
 
+# The hostile-user scenario's attack programs (hostile/*.c), built static so that they need
+# nothing from the guest. Without gcc they are left out, and that scenario says so.
+ks_build_hostile() {
+    local out=$1 src
+    mkdir -p "$out"
+    if ! command -v gcc >/dev/null; then
+        echo "gcc not found: the hostile-user programs are not built (scripts/install-deps)" >&2
+        return 0
+    fi
+    for src in "$KS_TESTS_DIR"/hostile/*.c; do
+        gcc -static -O2 -Wall -Wextra -o "$out/$(basename "$src" .c)" "$src" \
+            || { echo "could not build $src" >&2; return 1; }
+    done
+}
+
 # ks_build_initramfs KEEPSAKE_BINARY OUTPUT
 ks_build_initramfs() {
     local bin=$1 out=$2 kver root m
@@ -70,6 +85,7 @@ ks_build_initramfs() {
         echo "$m" >> "$root/etc/modules.order"
     done
     for p in $KS_GUEST_PROGRAMS; do ks_copy_with_libs "$root" "$p"; done
+    ks_build_hostile "$root/hostile" || return 1
     ks_copy_with_libs "$root" "$bin"
     [ "$bin" = "$root/usr/sbin/keepsake" ] || mv "$root$bin" "$root/usr/sbin/keepsake"
     ln -s e2fsck "$root/sbin/fsck.ext4"

@@ -1,0 +1,760 @@
+# The live user (uid 1000) against root (issue 11): eight classes of attack, each run as
+# uid 1000 against real keepsake commands, and each with a negative control that runs the
+# same attack against a deliberately naive root operation built for the test, to show the
+# harness can see the attack win. The checks look at what the attack was after (a root
+# file's owner, mode, content and existence; a marker only a root process can write; the
+# volume's data; the mount table), not only at exit codes. The attack programs are
+# loopdev-tests/hostile/*.c, built static by lib/vm.sh and found in the guest in /hostile.
+#
+# One boot: classes 5, 8, 6, 4, 2, 3, 7 on one volume, then class 1 with a real tor
+# running (H_PHASES=files or H_PHASES=tor runs one part, from a blank stick). Checks here
+# are soft: a failed one is counted and the phase goes on, so that one run reports every
+# class. The races run H_ROUNDS rounds each, bounded in time; the controls fewer.
+#
+# What this scenario assumes of keepsake once issue 11 is fixed (the lead's list):
+#  1. tor: a process is "the tor using /var/lib/tor" only if it runs as root or debian-tor,
+#     its /proc/PID/exe is /usr/bin/tor (dev+inode) and it shares keepsake's mount and user
+#     namespaces; tor is restarted only through systemd or as /usr/bin/tor -f /etc/tor/torrc.
+#     With a real root tor running and the user's fake armed: `feature enable tor-state`,
+#     `lock` and `unlock` (tor-state enabled) each exit 0, and the fake never runs as root.
+#  2. Folders keepsake creates are never chmod-ed or chown-ed by name: `feature enable gnupg`
+#     (no ~/.gnupg) and `feature enable dotfiles` (a sub-folder of mode 0777 in the volume's
+#     dotfiles) leave a root file alone however the user swaps the new folder; any exit but
+#     1 or a signal is accepted (the race decides between 0 and a refusal).
+#  3. The dotfiles rollback (a folder where the volume has a file makes `feature enable
+#     dotfiles` fail) removes only its own links, through the parent's descriptor: a parent
+#     swapped for a symlink to /etc costs /etc nothing. Any exit but 1 or a signal.
+#  4. `restore --feature persistent --overwrite` with a mount inside Persistent: exit 5 and
+#     the old content intact (a transaction).
+#  5. A forged archive (the 64-byte v1 header asking 4194304 KiB x 64 passes, 1 lane, then
+#     200 random bytes: 264 bytes): `backup verify` and `restore` exit 6 or 7 within 10 s
+#     and read no passphrase (it is offered with --passphrase-fd 0 and must stay in the pipe).
+#  6. A bind source inside a user-writable feature (source=Persistent/sbin over
+#     /usr/local/sbin, Persistent/profile.d over /etc/profile.d) is refused: `unlock` and
+#     `feature enable Persistent/sbin` (a line of keepsake-features.conf) exit 9 and nothing
+#     is bound there; an archive whose persistence.conf carries the lines does not get them
+#     bound either (restore refuses it, or the next unlock refuses the lines with exit 9).
+#  7. `lock` (default RLIMIT_NOFILE 1024) with a folder 1100 levels deep in the home
+#     (dotfiles active) or in Persistent: exit 0, nothing left, the tree kept.
+#  8. `unlock` with a persistence.conf over 64 KiB, or not UTF-8: exit 9.
+# Stand-ins, said where they are used: root plants the configs of classes 6 and 8 (the user
+# cannot write persistence.conf; they stand for a damaged or restored one) and root mounts
+# a tmpfs for the user's FUSE mount of class 4 (no FUSE in the guest).
+
+H_ROUNDS=${H_ROUNDS:-20}
+H_CONTROL_ROUNDS=6
+
+host_main() {
+    ks_set passphrase "hostile $(ks_random)"
+    ks_set backup_passphrase "archive $(ks_random)"
+    local usb
+    usb=$(ks_live_stick usb 320M) || return 1
+    # H_PHASES picks phases when working on one class; each phase can start from a blank stick.
+    local phase
+    for phase in ${H_PHASES:-all}; do ks_phase $phase "usb=$usb"; done
+    h_host_summary
+}
+
+# One line per class: how often the attack won against keepsake, and the control.
+h_host_summary() {
+    local c v titles
+    titles="1:root runs the user's fake tor
+2:root chmod through a mkdir race
+3:root unlink through a swapped parent (dotfiles rollback)
+4:restore --overwrite with a mount inside the feature
+5:forged archive header (argon2id 4 GiB x 64)
+6:config binds a user-writable source over system paths
+7:a deep tree blocks lock (EMFILE)
+8:unlock exits 0 with persistence.conf refused"
+    echo "  # per class: attack won against keepsake / negative control won against the naive op"
+    for c in 1 2 3 4 5 6 7 8; do
+        v=$(ks_get "class$c")
+        if [ -z "$v" ]; then
+            ks_host_fail "class $c ($(echo "$titles" | sed -n "s/^$c://p")): no result (the phase ended before it)"
+        else
+            echo "    ..    class $c ($(echo "$titles" | sed -n "s/^$c://p")): $v"
+        fi
+    done
+}
+
+# ---------------------------------------------------------------- guest: soft checks
+
+H_FAILED=0
+h_ok() { echo "KS-OK $*"; }
+h_fail() { echo "KS-FAIL $*"; H_FAILED=$((H_FAILED + 1)); }
+h_check() {
+    local what=$1; shift
+    if "$@"; then h_ok "$what"; else h_fail "$what"; fi
+}
+h_result() {
+    [ "$H_FAILED" -eq 0 ] || ks_log "$H_FAILED check(s) failed in this phase"
+    [ "$H_FAILED" -eq 0 ]
+}
+
+# A class: its attack checks (H_AW of H_AT won) and its negative control (H_CW of H_CT).
+h_class_begin() {
+    H_CLASS=$1; H_AW=0; H_AT=0; H_CW=0; H_CT=0
+    echo "KS-STEP class $1: $2"
+}
+h_class_end() { ks_out "class$H_CLASS" "attack won $H_AW/$H_AT; control won $H_CW/$H_CT"; }
+
+# h_attack WHAT PREDICATE...: the attack is held off when PREDICATE holds.
+h_attack() {
+    local what=$1; shift
+    H_AT=$((H_AT + 1))
+    if "$@"; then h_ok "[$H_CLASS] $what"; else H_AW=$((H_AW + 1)); h_fail "[$H_CLASS] ATTACK WON: $what"; fi
+}
+
+# h_control WHAT PREDICATE...: the same predicate must fail against the naive operation.
+h_control() {
+    local what=$1; shift
+    H_CT=$((H_CT + 1))
+    if "$@"; then h_fail "[$H_CLASS] control: the naive operation held off the attack: $what"
+    else H_CW=$((H_CW + 1)); h_ok "[$H_CLASS] control: the attack beat the naive operation: $what"; fi
+}
+
+# For raced controls: the attack must have won at least once over the rounds.
+h_control_rounds() {
+    H_CT=$((H_CT + $1))
+    H_CW=$((H_CW + $2))
+    if [ "$2" -ge 1 ]; then
+        h_ok "[$H_CLASS] control: the attack beat the naive operation in $2 of $1 rounds ($3)"
+    else
+        h_fail "[$H_CLASS] control: the attack never beat the naive operation in $1 rounds ($3): the harness cannot see this attack"
+    fi
+}
+
+# h_run SECONDS COMMAND...: runs a root command, bounded in time. H_RC is its exit status,
+# H_MS its wall time; its output is in /tmp/h-cmd.out.
+h_run() {
+    local secs=$1 t0; shift
+    h_now; t0=$H_NOW
+    timeout -s KILL "$secs" "$@" > /tmp/h-cmd.out 2>&1
+    H_RC=$?
+    h_now; H_MS=$((H_NOW - t0))
+}
+# H_NOW: milliseconds since boot, without a fork (rounds are many, and forks cost under TCG).
+h_now() {
+    local up
+    read -r up _ < /proc/uptime
+    H_NOW=$(( ${up%.*} * 1000 + 1${up#*.} * 10 - 1000 ))
+}
+h_rc_is() { [ "$H_RC" -eq "$1" ]; }
+# A refusal or a success, but not an internal error (1), a signal or a timeout.
+h_not_internal() { [ "$H_RC" -ne 1 ] && [ "$H_RC" -lt 124 ]; }
+h_said() { head -c 300 /tmp/h-cmd.out | tr '\n' ' ' | sed 's/ *$//'; }
+h_expect_rc() {
+    local want=$1 what=$2
+    if [ "$H_RC" -eq "$want" ]; then h_ok "[$H_CLASS] $what (exit $H_RC)"
+    else h_fail "[$H_CLASS] $what: exit $H_RC, expected $want: $(h_said)"; fi
+}
+
+H_AS_USER="/usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups --reset-env"
+h_as_user() { $H_AS_USER "$@"; }
+h_is_mount() { awk -v p="$1" '$5 == p {f = 1} END {exit !f}' /proc/self/mountinfo; }
+h_unlocked() { [ -n "$(ls /sys/block | grep '^dm-')" ]; }
+h_unlock() { h_run 120 keepsake unlock --key-file "$KS_PASS_FILE"; }
+h_lock() { h_run 120 keepsake lock; }
+# Setup steps between attacks: they must work, or what follows means nothing.
+h_setup() {
+    local what=$1; shift
+    h_run 120 "$@"
+    [ "$H_RC" -eq 0 ] || h_fail "[$H_CLASS] setup: $what: exit $H_RC: $(h_said)"
+}
+
+# Owner, mode and content hash of a regular file (empty if it is not one).
+h_file_id() { [ -f "$1" ] && [ ! -L "$1" ] && echo "$(stat -c '%u:%g %a' "$1") $(sha256sum < "$1" | cut -c1-16)"; }
+
+# The user's race-swap in the background, its inotify watch in place.
+h_watch() {
+    rm -f /tmp/h-ready /tmp/h-watch.out
+    # Not through a function: $! must be the watcher itself.
+    $H_AS_USER /hostile/race-swap "$@" /tmp/h-ready 15000 > /tmp/h-watch.out 2>&1 &
+    H_WATCHER=$!
+    local i=0
+    while [ ! -e /tmp/h-ready ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+}
+# Ends the watcher; true if it swapped something.
+h_watch_end() {
+    local said=
+    kill "$H_WATCHER" 2>/dev/null
+    wait "$H_WATCHER" 2>/dev/null
+    read -r said < /tmp/h-watch.out
+    case $said in *swapped*) return 0 ;; esac
+    return 1
+}
+
+# h_clear PREFIX...: removes every path that starts with PREFIX (a folder and the
+# watcher's leftovers beside it), unmounting first whatever is mounted there: never
+# deleting through a mount.
+h_clear() {
+    local p m all=
+    for p in "$@"; do
+        # The shell's own read: no fork per round (forks are slow under TCG).
+        while read -r _ _ _ _ m _; do
+            case $m in "$p"*) umount -l "$m" ;; esac
+        done < /proc/self/mountinfo
+        all="$all $p $p*"
+    done
+    rm -rf $all
+}
+
+# h_round_fail N LINE: a round the attack won. The first three say how; the summary after
+# the rounds gives the count.
+h_round_fail() {
+    if [ "$1" -le 3 ]; then h_fail "$2"; else H_FAILED=$((H_FAILED + 1)); fi
+}
+
+h_tally() { echo $1 | tr ' ' '\n' | sort | uniq -c | awk '{printf "%s%dx exit %s", sep, $1, $2; sep = ", "}'; }
+
+# ---------------------------------------------------------------- guest: phase "files"
+
+H_VICTIM=/etc/hostile-victim-chmod
+H_CONF=/etc/hostile-victim.conf
+
+guest_all() { h_files; h_tor; h_result; }
+guest_files() { h_files; h_result; }
+guest_tor() { h_tor; h_result; }
+
+h_files() {
+    [ -x /hostile/race-swap ] || { h_fail "the attack programs are not in the guest (gcc missing on the host?)"; return 1; }
+    H_DOT=$KS_ROOT_MNT/dotfiles
+    mkfs.ext4 -q -L Tails /dev/vda1 && ks_live_session
+    ks_pass_file
+    (umask 077; sed -n 's/^backup_passphrase=//p' /run/ks-test/in | tail -n 1 | tr -d '\n' > /run/ks-test/bpass)
+    ks_expect_rc 0 "create" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
+    cp $KS_ROOT_MNT/persistence.conf /tmp/h-conf.good
+    local t0; t0=$(ks_now_ms)
+    h_class5; h_time 5 $t0; t0=$(ks_now_ms)
+    h_class8; h_time 8 $t0; t0=$(ks_now_ms)
+    h_class6; h_time 6 $t0; t0=$(ks_now_ms)
+    h_class4; h_time 4 $t0; t0=$(ks_now_ms)
+    h_class2; h_time 2 $t0; t0=$(ks_now_ms)
+    h_class3; h_time 3 $t0; t0=$(ks_now_ms)
+    h_class7; h_time 7 $t0
+    h_unlocked || h_unlock
+    h_plant_conf good
+    h_lock
+}
+
+h_time() { echo "KS-TIME class$1 $(( $(ks_now_ms) - $2 ))"; }
+
+# --- 5. A forged archive header that asks argon2id for 4 GiB x 64 passes.
+
+# Writes a 264-byte archive: a well-formed version-1 header (docs/backup-format.md) at the
+# format's ceilings, then 200 random bytes standing for a first chunk.
+h_forge_archive() {
+    { printf 'KSBACKUP\001\001\000\000'   # magic, version 1, KDF argon2id, reserved
+      printf '\000\000\100\000'           # memory 0x00400000 KiB = 4 GiB
+      printf '\100\000\000\000'           # 64 iterations
+      printf '\001\000\000\000'           # 1 lane
+      head -c 16 /dev/urandom             # salt
+      printf '\000\000\001\000'           # chunk size 65536
+      head -c 7 /dev/urandom              # nonce prefix
+      head -c 13 /dev/zero                # reserved
+      head -c 200 /dev/urandom
+    } > "$1"
+}
+
+# Runs keepsake with a passphrase offered on standard input; what it left in the pipe
+# goes to /tmp/h-left.
+h_run_offering() {
+    h_run 60 sh -c 'printf "offered-passphrase\nrest\n" | { "$@"; rc=$?; cat > /tmp/h-left; exit $rc; }' sh "$@"
+}
+h_refused_up_front() {
+    { [ "$H_RC" -eq 6 ] || [ "$H_RC" -eq 7 ]; } && [ "$H_MS" -lt 10000 ] && grep -qx offered-passphrase /tmp/h-left
+}
+h_passphrase_read() { grep -qx offered-passphrase /tmp/h-left && echo "not read" || echo "read"; }
+
+h_class5() {
+    h_class_begin 5 "a forged archive header asking argon2id for 4 GiB x 64 passes"
+    h_forge_archive /tmp/h-forged.ksb
+    h_check "[5] the forged archive is $(stat -c %s /tmp/h-forged.ksb) bytes, made by printf" test "$(stat -c %s /tmp/h-forged.ksb)" -eq 264
+    h_run_offering keepsake backup verify /tmp/h-forged.ksb --passphrase-fd 0
+    h_attack "backup verify of the forged archive is refused up front: exit $H_RC (want 6 or 7), ${H_MS} ms, passphrase $(h_passphrase_read)" h_refused_up_front
+    ks_manifest $KS_ROOT_MNT > /tmp/h-before
+    h_run_offering keepsake restore /tmp/h-forged.ksb --passphrase-fd 0
+    h_attack "restore of the forged archive is refused up front: exit $H_RC (want 6 or 7), ${H_MS} ms, passphrase $(h_passphrase_read)" h_refused_up_front
+    ks_manifest $KS_ROOT_MNT > /tmp/h-after
+    h_attack "the volume is as it was" cmp -s /tmp/h-before /tmp/h-after
+    h_run_offering /hostile/naive-kdf /tmp/h-forged.ksb
+    h_control "a reader that trusts the header's cost ends with exit $H_RC" h_refused_up_front
+    h_class_end
+}
+
+# --- 8. persistence.conf refused for its size or encoding: unlock must not exit 0.
+
+# h_plant_conf good|oversize|bad-utf8|system-paths: root writes persistence.conf (the
+# stand-in for a damaged or restored one), with the owner and mode keepsake trusts.
+h_plant_conf() {
+    local c=$KS_ROOT_MNT/persistence.conf
+    case $1 in
+        good) cat /tmp/h-conf.good ;;
+        oversize) cat /tmp/h-conf.good; head -c 70000 /dev/zero | tr '\0' '#'; echo ;;
+        bad-utf8) cat /tmp/h-conf.good; printf '# caf\351: Latin-1, not UTF-8\n' ;;
+        system-paths) cat /tmp/h-conf.good
+            printf '/usr/local/sbin\tsource=Persistent/sbin\n/etc/profile.d\tsource=Persistent/profile.d\n' ;;
+    esac > $c.h-new
+    chown 0:0 $c.h-new && chmod 0600 $c.h-new && mv $c.h-new $c
+}
+
+h_persistent_state() { h_is_mount /home/amnesia/Persistent && echo "Persistent active" || echo "no feature active"; }
+
+h_class8() {
+    h_class_begin 8 "persistence.conf refused for its size or encoding: unlock must say so"
+    local fault state size
+    for fault in oversize bad-utf8; do
+        h_plant_conf $fault
+        size=$(stat -c %s $KS_ROOT_MNT/persistence.conf)
+        h_setup "lock" keepsake lock
+        h_unlock
+        state=$(h_persistent_state)
+        h_attack "unlock with a $fault persistence.conf ($size bytes) exits 9: exit $H_RC, $state" h_rc_is 9
+    done
+    # The same lines without the fault do activate: the faults alone made the difference.
+    h_plant_conf good
+    h_setup "lock" keepsake lock
+    h_unlock
+    h_check "[8] positive control: without the fault, unlock exits 0 with Persistent active (exit $H_RC)" h_unlocked_with_persistent
+    # The naive reader: a config it cannot take is skipped without a word.
+    h_plant_conf oversize
+    h_naive_unlock $KS_ROOT_MNT/persistence.conf
+    h_control "a naive unlock skips the oversized config and exits $H_RC" h_rc_is 9
+    h_plant_conf good
+    h_class_end
+}
+
+h_unlocked_with_persistent() { [ "$H_RC" -eq 0 ] && h_is_mount /home/amnesia/Persistent; }
+
+h_naive_unlock() {
+    H_RC=0
+    [ "$(stat -c %s "$1")" -le 65536 ] || return 0
+}
+
+# --- 6. Config binding a source inside a user-writable feature over system paths.
+
+h_untouched() {  # SYSTEM_FOLDER USER_FILE: the system's folder shows, not the user's
+    ! h_is_mount "$1" && [ -e "$1/.hostile-system-file" ] && [ ! -e "$1/$2" ]
+}
+h_system_paths_untouched() {
+    h_untouched /usr/local/sbin ks-hostile-probe && h_untouched /etc/profile.d hostile.sh
+}
+h_bound_where() {
+    local p out=
+    for p in /usr/local/sbin /etc/profile.d; do h_is_mount $p && out="$out $p"; done
+    echo "${out:- nothing}"
+}
+
+h_class6() {
+    h_class_begin 6 "a bind source inside a user-writable feature over /usr/local/sbin, /etc/profile.d"
+    mkdir -p /usr/local/sbin /etc/profile.d
+    echo "the system's" > /usr/local/sbin/.hostile-system-file
+    echo "the system's" > /etc/profile.d/.hostile-system-file
+    # The user's part: a program root would run from its PATH, a script every login shell sources.
+    h_as_user sh -c 'cd ~/Persistent && mkdir -p sbin profile.d &&
+        printf "#!/bin/sh\nid -u > /tmp/hostile-probe-ran\n" > sbin/ks-hostile-probe && chmod 0755 sbin/ks-hostile-probe &&
+        echo "id -u > /tmp/hostile-profile-ran" > profile.d/hostile.sh' \
+        || h_fail "[6] setup: the user could not write in Persistent"
+
+    # a. A custom feature definition (keepsake-features.conf, planted by root) enabled by name.
+    printf '/usr/local/sbin\tsource=Persistent/sbin\n' > $KS_ROOT_MNT/keepsake-features.conf
+    chmod 0600 $KS_ROOT_MNT/keepsake-features.conf
+    h_run 60 keepsake feature enable Persistent/sbin
+    h_expect_rc 9 "feature enable of Persistent/sbin over /usr/local/sbin is refused"
+    h_attack "after feature enable Persistent/sbin, bound over system paths:$(h_bound_where)" h_system_paths_untouched
+    [ "$H_RC" -eq 0 ] && h_run 60 keepsake feature disable Persistent/sbin
+    h_clear_system_binds
+    rm -f $KS_ROOT_MNT/keepsake-features.conf
+
+    # b. persistence.conf with the two lines.
+    h_plant_conf system-paths
+    h_setup "lock" keepsake lock
+    h_unlock
+    h_expect_rc 9 "unlock with Persistent/sbin and Persistent/profile.d lines is incomplete"
+    h_attack "after unlock, bound over system paths:$(h_bound_where)" h_system_paths_untouched
+
+    # c. An archive whose persistence.conf has those lines, restored over a clean config.
+    h_setup "backup with the planted config" keepsake backup /tmp/h-system-paths.ksb \
+        --key-file /run/ks-test/bpass --archive-kdf-memory 8192 --archive-kdf-iterations 1
+    h_clear_system_binds
+    h_plant_conf good
+    h_run 120 keepsake restore --overwrite /tmp/h-system-paths.ksb --key-file /run/ks-test/bpass
+    local restore_rc=$H_RC
+    h_check "[6] restore of that archive: not an internal error (exit $H_RC)" h_not_internal
+    h_setup "lock" keepsake lock
+    h_unlock
+    h_check "[6] the restored lines are refused: restore exit $restore_rc, then unlock exit $H_RC (restore refuses, or unlock exits 9)" \
+        h_restored_lines_refused $restore_rc
+    h_attack "after restore and unlock, bound over system paths:$(h_bound_where)" h_system_paths_untouched
+    h_clear_system_binds
+
+    # Negative control: a naive activation binds whatever a line says.
+    printf '/usr/local/sbin\tsource=Persistent/sbin\n/etc/profile.d\tsource=Persistent/profile.d\n' > /tmp/h-lines
+    while read -r dest opts; do mount --bind "$KS_ROOT_MNT/${opts#source=}" "$dest"; done < /tmp/h-lines
+    h_control "a naive activation bound:$(h_bound_where); root's PATH finds $(PATH=/usr/local/sbin command -v ks-hostile-probe)" h_system_paths_untouched
+    h_clear_system_binds
+    h_plant_conf good
+    rm -f $KS_ROOT_MNT/persistence.conf.before-restore
+    h_class_end
+}
+
+h_restored_lines_refused() { { [ "$1" -ne 0 ] && [ "$H_RC" -eq 0 ]; } || [ "$H_RC" -eq 9 ]; }
+
+h_clear_system_binds() {
+    local p
+    for p in /usr/local/sbin /etc/profile.d; do while h_is_mount $p; do umount $p || break; done; done
+}
+
+# --- 4. restore --overwrite with a mount inside the feature folder.
+
+h_class4() {
+    h_class_begin 4 "restore --overwrite with a mount inside Persistent"
+    local p=/home/amnesia/Persistent vp=$KS_ROOT_MNT/Persistent
+    h_as_user sh -c 'cd ~/Persistent && rm -rf ./* && for i in $(seq -w 1 40); do echo "new $i" > new-$i; done' \
+        || h_fail "[4] setup: the user could not write in Persistent"
+    rm -rf /tmp/h-new-tree && cp -a $vp /tmp/h-new-tree
+    h_setup "backup of Persistent" keepsake backup --feature persistent /tmp/h-new.ksb \
+        --key-file /run/ks-test/bpass --archive-kdf-memory 8192 --archive-kdf-iterations 1
+    h_persistent_old
+    ks_manifest $vp > /tmp/h-old
+    h_run 120 keepsake restore --feature persistent --overwrite /tmp/h-new.ksb --key-file /run/ks-test/bpass
+    ks_manifest $vp > /tmp/h-after
+    h_expect_rc 5 "restore --overwrite with a mount inside Persistent is refused"
+    h_attack "the old Persistent is intact: $(wc -l < /tmp/h-old) entries before, $(grep -c . /tmp/h-after) after, $(grep -c '^./new-' /tmp/h-after) of them new" \
+        cmp -s /tmp/h-old /tmp/h-after
+    h_attack "the file on the user's mount is intact" grep -qx mine $p/mnt/on-the-mount
+    h_clear_persistent_mount
+
+    # Negative control: a naive restore, rm -rf then copy, stopped by its first error.
+    h_persistent_old
+    rm -rf $vp/* && cp -a /tmp/h-new-tree/. $vp/
+    ks_manifest $vp > /tmp/h-after
+    h_control "after a naive rm -rf + cp restore: $(grep -c . /tmp/h-after) entries left of $(wc -l < /tmp/h-old)" \
+        cmp -s /tmp/h-old /tmp/h-after
+    h_clear_persistent_mount
+    h_class_end
+}
+
+# Persistent holds the user's "old" files and a folder with the user's mount on it.
+h_persistent_old() {
+    h_clear_persistent_mount
+    rm -rf $KS_ROOT_MNT/Persistent/*
+    h_as_user sh -c 'cd ~/Persistent && for i in $(seq -w 1 40); do echo "old $i" > old-$i; done && mkdir mnt' \
+        || h_fail "[4] setup: the user could not write in Persistent"
+    # Stand-in for the user's FUSE mount (no FUSE in the guest): root mounts a tmpfs there.
+    mount -t tmpfs -o mode=0777 hostile-fuse /home/amnesia/Persistent/mnt
+    h_as_user sh -c 'echo mine > ~/Persistent/mnt/on-the-mount'
+}
+h_clear_persistent_mount() {
+    while h_is_mount /home/amnesia/Persistent/mnt; do umount /home/amnesia/Persistent/mnt || break; done
+}
+
+# --- 2. Root chmod of any file through a mkdir race.
+
+# h_same FILE OWNER_MODE REFERENCE: FILE is a regular file with that owner and mode and
+# the reference's bytes. (Few forks: it runs twice a round.)
+h_same() { [ -f "$1" ] && [ ! -L "$1" ] && [ "$(stat -c '%u:%g %a' "$1")" = "$2" ] && cmp -s "$1" "$3"; }
+
+# The victim is made once and put back only after a round changed it.
+h_victim_reset() {
+    h_victim_intact && return
+    head -c 64 /dev/urandom > /tmp/h-victim.ref
+    cp /tmp/h-victim.ref $H_VICTIM && chown 0:0 $H_VICTIM && chmod 0600 $H_VICTIM
+}
+h_victim_intact() { h_same $H_VICTIM "0:0 600" /tmp/h-victim.ref; }
+h_victim_now() { h_file_id $H_VICTIM | cut -d' ' -f1-2; }
+
+# h_mkdir_rounds FEATURE DEST: `feature enable FEATURE` makes DEST while the user swaps
+# every new folder of the home for a symlink to the victim.
+h_mkdir_rounds() {
+    local feature=$1 dest=$2 rounds=$3 r swaps=0 won=0 rcs= t0 ms=0
+    h_now; t0=$H_NOW
+    for r in $(seq 1 $rounds); do
+        h_victim_reset
+        h_clear "$dest" /home/amnesia/.hostile-aside-
+        h_watch new-dir /home/amnesia '*' $H_VICTIM
+        h_run 60 keepsake feature enable $feature
+        ms=$((ms + H_MS))
+        h_watch_end && swaps=$((swaps + 1))
+        rcs="$rcs $H_RC"
+        if ! h_victim_intact; then
+            won=$((won + 1))
+            h_round_fail $won "[2] ATTACK WON: enable $feature, round $r: root changed $H_VICTIM to $(h_victim_now) (was 0:0 600); keepsake exit $H_RC"
+        fi
+        h_not_internal || h_fail "[2] enable $feature, round $r: exit $H_RC (internal error or signal): $(h_said)"
+        [ "$H_RC" -eq 0 ] && h_setup "disable $feature" keepsake feature disable $feature
+        h_now; [ $((H_NOW - t0)) -gt 40000 ] && { ks_log "[2] $feature: time bound reached after $r rounds"; break; }
+    done
+    h_clear "$dest" /home/amnesia/.hostile-aside-
+    H_AT=$((H_AT + 1))
+    if [ $won -eq 0 ]; then
+        h_ok "[2] enable $feature: $H_VICTIM unchanged over $r rounds (the user swapped a new folder in $swaps; $(h_tally "$rcs"); keepsake took $((ms / r)) ms a round)"
+    else
+        H_AW=$((H_AW + 1))
+        h_fail "[2] ATTACK WON: enable $feature: root chmod-ed $H_VICTIM in $won of $r rounds (the user swapped a new folder in $swaps; $(h_tally "$rcs"); keepsake took $((ms / r)) ms a round)"
+    fi
+}
+
+h_class2() {
+    h_class_begin 2 "root chmod of a root file through a mkdir race (new folder swapped for a symlink)"
+    h_victim_reset
+    h_run 60 keepsake feature disable gnupg dotfiles
+    h_mkdir_rounds gnupg /home/amnesia/.gnupg $H_ROUNDS
+    # A dotfiles sub-folder gets the mode of its folder in the volume, which the user
+    # chooses: 0777. (Root sets up the volume's dotfiles as the user would through the
+    # Tails ACL; the folder is the user's.)
+    rm -rf $H_DOT && mkdir -p $H_DOT/.hostile-cfg && echo "k=v" > $H_DOT/.hostile-cfg/rc
+    chown -R 1000:1000 $H_DOT && chmod 0700 $H_DOT && chmod 0777 $H_DOT/.hostile-cfg
+    h_mkdir_rounds dotfiles /home/amnesia/.hostile-cfg $((H_ROUNDS * 2 / 5))
+
+    local r won=0 became=
+    for r in $(seq 1 $H_CONTROL_ROUNDS); do
+        h_victim_reset
+        h_clear /home/amnesia/.gnupg /home/amnesia/.hostile-aside-
+        h_watch new-dir /home/amnesia '*' $H_VICTIM
+        /hostile/naive-mkdir-chmod /home/amnesia/.gnupg 1000 1000 700 >/dev/null 2>&1
+        h_watch_end
+        h_victim_intact || { won=$((won + 1)); became=$(h_victim_now); }
+    done
+    h_clear /home/amnesia/.gnupg /home/amnesia/.hostile-aside-
+    h_control_rounds $r $won "mkdir, lchown, chmod by name; the victim became ${became:-nothing else}"
+    h_victim_reset
+    h_class_end
+}
+
+# --- 3. Root unlinks a file in a folder the user chooses (dotfiles rollback).
+
+h_conf_reset() {
+    h_conf_intact && return
+    echo "root's own configuration $(ks_random)" > /tmp/h-conf.ref
+    cp /tmp/h-conf.ref $H_CONF && chown 0:0 $H_CONF && chmod 0644 $H_CONF
+}
+h_conf_intact() { h_same $H_CONF "0:0 644" /tmp/h-conf.ref; }
+h_conf_now() { [ -e $H_CONF ] && h_file_id $H_CONF || echo "deleted"; }
+
+# The home's hostile-sub: the user's folder, with a folder where the volume has a file.
+h_sub_reset() {
+    h_clear /home/amnesia/hostile-sub /home/amnesia/hostile-sub.hostile-aside
+    h_as_user mkdir -p /home/amnesia/hostile-sub/zz-blocker
+}
+
+h_class3() {
+    h_class_begin 3 "root unlink through a parent folder swapped during the dotfiles rollback"
+    h_run 60 keepsake feature disable dotfiles
+    h_clear /home/amnesia/.hostile-cfg
+    # The volume's dotfiles: hostile-sub/hostile-victim.conf is linked first, then
+    # hostile-sub/zz-blocker fails (a folder stands there), and the rollback removes the link.
+    rm -rf $H_DOT && mkdir -p $H_DOT/hostile-sub
+    echo "the user's" > $H_DOT/hostile-sub/hostile-victim.conf
+    echo "the user's" > $H_DOT/hostile-sub/zz-blocker
+    chown -R 1000:1000 $H_DOT && chmod 0700 $H_DOT
+    local r won=0 swaps=0 rcs= t0 ms=0
+    h_now; t0=$H_NOW
+    for r in $(seq 1 $H_ROUNDS); do
+        h_conf_reset
+        h_sub_reset
+        h_watch parent /home/amnesia/hostile-sub hostile-victim.conf /etc
+        h_run 60 keepsake feature enable dotfiles
+        ms=$((ms + H_MS))
+        h_watch_end && swaps=$((swaps + 1))
+        rcs="$rcs $H_RC"
+        if ! h_conf_intact; then
+            won=$((won + 1))
+            h_round_fail $won "[3] ATTACK WON: enable dotfiles, round $r: $H_CONF is now: $(h_conf_now); keepsake exit $H_RC"
+        fi
+        h_not_internal || h_fail "[3] enable dotfiles, round $r: exit $H_RC (internal error or signal): $(h_said)"
+        [ "$H_RC" -eq 0 ] && h_setup "disable dotfiles" keepsake feature disable dotfiles
+        h_now; [ $((H_NOW - t0)) -gt 40000 ] && { ks_log "[3] time bound reached after $r rounds"; break; }
+    done
+    H_AT=$((H_AT + 1))
+    if [ $won -eq 0 ]; then
+        h_ok "[3] $H_CONF kept over $r rounds of a failing enable dotfiles (the user swapped the parent in $swaps; $(h_tally "$rcs"); keepsake took $((ms / r)) ms a round)"
+    else
+        H_AW=$((H_AW + 1))
+        h_fail "[3] ATTACK WON: the dotfiles rollback deleted $H_CONF in $won of $r rounds (the user swapped the parent in $swaps; $(h_tally "$rcs"); keepsake took $((ms / r)) ms a round)"
+    fi
+
+    won=0
+    for r in $(seq 1 $H_CONTROL_ROUNDS); do
+        h_conf_reset
+        h_sub_reset
+        h_watch parent /home/amnesia/hostile-sub hostile-victim.conf /etc
+        /hostile/naive-link-rollback /home/amnesia/hostile-sub hostile-victim.conf $H_DOT/hostile-sub/hostile-victim.conf >/dev/null 2>&1
+        h_watch_end
+        h_conf_intact || won=$((won + 1))
+    done
+    h_control_rounds $r $won "symlink, then unlink by path: $H_CONF deleted"
+    h_conf_reset
+    h_clear /home/amnesia/hostile-sub /home/amnesia/hostile-sub.hostile-aside
+    rm -rf $H_DOT/hostile-sub
+    h_class_end
+}
+
+# --- 7. A deep tree blocks lock.
+
+h_lock_bounded() { h_run 180 sh -c 'ulimit -n 1024 && exec keepsake lock'; }
+h_locked_clean() { [ "$H_RC" -eq 0 ] && ks_no_mapping && ks_not_mounted "$KS_ROOT_MNT"; }
+h_lock_state() { h_unlocked && echo "the volume stays unlocked" || echo "locked"; }
+
+# h_deep_lock WHERE: lock with a 1100-deep folder at WHERE (made by the user); when lock
+# worked, unlock and count the folder again.
+h_deep_lock() {
+    local where=$1 depth
+    h_as_user sh -c "mkdir -p $where && /hostile/deep-tree make $where 1100 >/dev/null" \
+        || h_fail "[7] setup: the user could not make the deep folder in $where"
+    h_lock_bounded
+    h_attack "lock with a folder 1100 deep in $where: exit $H_RC, $(h_lock_state): ...$(tail -c 100 /tmp/h-cmd.out | tr '\n' ' ')" h_locked_clean
+    if h_unlocked; then
+        /hostile/deep-tree remove $where >/dev/null
+        h_setup "lock once the deep folder is gone" keepsake lock
+        h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+        return
+    fi
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+    depth=$(/hostile/deep-tree depth $where 2>/dev/null)
+    h_check "[7] the folder in $where is whole after lock and unlock (depth ${depth:-none})" test "${depth:-0}" -eq 1100
+}
+
+h_class7() {
+    h_class_begin 7 "a folder 1100 levels deep blocks lock (EMFILE)"
+    rm -rf $H_DOT && mkdir -p $H_DOT && echo "set -o vi" > $H_DOT/.hostile-rc
+    chown -R 1000:1000 $H_DOT && chmod 0700 $H_DOT
+    h_setup "enable dotfiles" keepsake feature enable dotfiles
+    h_deep_lock /home/amnesia/deep
+    /hostile/deep-tree remove /home/amnesia/deep >/dev/null; rmdir /home/amnesia/deep
+    h_deep_lock /home/amnesia/Persistent/deep
+    /hostile/deep-tree remove /home/amnesia/Persistent/deep >/dev/null; rmdir /home/amnesia/Persistent/deep
+    # Negative control: a walk that holds a descriptor per level, under the same limit.
+    mkdir -p /tmp/h-deep && /hostile/deep-tree make /tmp/h-deep 1100 >/dev/null
+    (ulimit -n 1024 && /hostile/naive-walk /tmp/h-deep) > /tmp/h-walk.out 2>&1
+    H_RC=$?
+    h_control "$(cat /tmp/h-walk.out) (exit $H_RC)" h_rc_is 0
+    /hostile/deep-tree remove /tmp/h-deep >/dev/null; rmdir /tmp/h-deep
+    h_run 60 keepsake feature disable dotfiles
+    h_class_end
+}
+
+# ---------------------------------------------------------------- guest: phase "tor"
+
+H_MARKER=/run/hostile-tor-ran-as-root
+
+# A real tor (Debian's /usr/bin/tor) of this namespace, if one runs.
+h_real_tor_pid() {
+    local p
+    for p in $(pidof tor); do
+        [ "$(readlink /proc/$p/exe)" = /usr/bin/tor ] && { echo $p; return; }
+    done
+}
+# Starts a real tor unless one runs, and waits until it holds its DataDirectory's lock.
+h_real_tor() {
+    local i p
+    [ -n "$(h_real_tor_pid)" ] || (cd / && setsid tor -f /etc/tor/torrc >/dev/null 2>&1 &)
+    for i in $(seq 1 300); do
+        p=$(h_real_tor_pid)
+        [ -n "$p" ] && ls -l /proc/$p/fd 2>/dev/null | grep -q '/var/lib/tor/lock$' && return 0
+        sleep 0.1
+    done
+    h_fail "[1] setup: the real tor did not start"
+    return 1
+}
+
+# The user's baits start early, so that their pids are lower than any real tor's; each
+# waits for its go file before it moves into a namespace of its own on /var/lib/tor.
+h_spawn_bait() {
+    $H_AS_USER env HOSTILE_GO=/tmp/h-go-$1 HOSTILE_READY=/tmp/h-bait-ready-$1 \
+        /home/amnesia/bin/tor -f /etc/tor/torrc </dev/null >/tmp/h-bait-$1.out 2>&1 &
+    echo $! > /tmp/h-bait-$1.pid
+}
+h_arm_bait() {
+    local pid i real
+    pid=$(cat /tmp/h-bait-$1.pid)
+    touch /tmp/h-go-$1
+    for i in $(seq 1 100); do [ -e /tmp/h-bait-ready-$1 ] && break; sleep 0.05; done
+    real=$(h_real_tor_pid)
+    h_check "[1] the user's fake tor $1 (pid $pid, uid $(awk '/^Uid:/ {print $2}' /proc/$pid/status 2>/dev/null)) reads to root as tor in $(readlink /proc/$pid/cwd 2>/dev/null), below the real tor's pid ${real:-(none runs)} $(cat /tmp/h-bait-$1.out)" \
+        h_looks_like_tor $pid "$real"
+}
+# h_looks_like_tor PID [REAL_TOR_PID]: named tor, working in /var/lib/tor, the lowest pid.
+h_looks_like_tor() {
+    [ "$(readlink /proc/$1/cwd)" = /var/lib/tor ] && [ "$(basename "$(readlink /proc/$1/exe)")" = tor ] \
+        && [ "$1" -lt "${2:-999999}" ]
+}
+# KS-TIME of one step of class 1 (since the previous one).
+h_time1() { h_now; echo "KS-TIME class1_$1 $((H_NOW - H_T0))"; H_T0=$H_NOW; }
+h_disarm_bait() { kill "$(cat /tmp/h-bait-$1.pid)" 2>/dev/null; }
+h_no_marker() { [ ! -e $H_MARKER ]; }
+h_marker() { [ -e $H_MARKER ] && head -n 1 $H_MARKER || echo "no marker"; }
+
+# h_tor_trigger WHAT: after a keepsake command, did root run the user's program?
+h_tor_trigger() {
+    h_attack "$1 with the user's fake tor armed: $(h_marker); keepsake exit $H_RC" h_no_marker
+    h_expect_rc 0 "$1 exits 0"
+    rm -f $H_MARKER
+}
+
+# The naive restart: the process named tor with its folder in /var/lib/tor is stopped and
+# its command line run again as root, in that folder.
+h_naive_tor_restart() {
+    local p argv
+    for p in $(ls /proc | grep -E '^[0-9]+$' | sort -n); do
+        [ "$(basename "$(readlink /proc/$p/exe)")" = tor ] || continue
+        [ "$(readlink /proc/$p/cwd)" = /var/lib/tor ] || continue
+        argv=$(tr '\0' ' ' < /proc/$p/cmdline)
+        kill $p
+        (cd /var/lib/tor && exec $argv) >/dev/null 2>&1
+        return
+    done
+}
+
+h_tor() {
+    [ -x /hostile/fake-tor ] || { h_fail "the attack programs are not in the guest (gcc missing on the host?)"; return 1; }
+    H_CLASS=1
+    grep -q ' /run/live/medium ' /proc/self/mountinfo || ks_live_session
+    ks_pass_file
+    ks_tor_setup
+    h_class_begin 1 "root runs the user's fake tor (the tor restart)"
+    mkdir -p /home/amnesia/bin && cp /hostile/fake-tor /home/amnesia/bin/tor
+    chown -R 1000:1000 /home/amnesia/bin
+    local n p
+    h_now; H_T0=$H_NOW; H_TSTART=$H_NOW
+    for n in 1 2 3 4; do h_spawn_bait $n; done
+    h_real_tor; h_time1 tor_started
+    h_unlock
+    if [ "$H_RC" -eq 4 ]; then  # a blank stick (H_PHASES=tor)
+        h_setup "create" keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
+        h_unlock
+    fi
+    [ "$H_RC" -eq 0 ] || h_fail "[1] setup: unlock (tor-state not enabled yet): exit $H_RC: $(h_said)"
+    h_time1 unlocked
+
+    h_arm_bait 1
+    h_run 180 keepsake feature enable tor-state
+    h_tor_trigger "feature enable tor-state, a real tor running"
+    h_disarm_bait 1; h_time1 enable_trigger
+
+    # lock stops tor only when tor-state is bound.
+    h_real_tor; h_time1 tor_started
+    h_setup "enable tor-state (no bait armed)" keepsake feature enable tor-state; h_time1 enabled
+    h_arm_bait 2
+    h_run 180 keepsake lock
+    h_tor_trigger "lock with tor-state bound"
+    h_disarm_bait 2; h_time1 lock_trigger
+
+    h_real_tor; h_time1 tor_started
+    h_arm_bait 3
+    h_unlock
+    h_tor_trigger "unlock with tor-state enabled"
+    h_disarm_bait 3; h_time1 unlock_trigger
+
+    h_arm_bait 4
+    h_naive_tor_restart
+    h_control "a naive restart of 'the tor in /var/lib/tor': $(h_marker)" h_no_marker
+    rm -f $H_MARKER
+    h_disarm_bait 4
+    h_lock
+    p=$(h_real_tor_pid); [ -n "$p" ] && kill $p
+    h_time1 control_and_lock
+    h_now; echo "KS-TIME class1 $((H_NOW - H_TSTART))"
+    h_class_end
+}
