@@ -237,15 +237,10 @@ pub fn resolve_entries(
 ) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
     let mut resolved = Vec::new();
     let mut failed = Vec::new();
-    let entries: Vec<&crate::config::Entry> = config.entries().collect();
-    for (i, entry) in entries.iter().enumerate() {
-        let outcome = match nested_in(&entries, i) {
-            Some(outer) => Err(Error::UntrustedSource(format!(
-                "its source {} is inside {}, the source of {}: a feature's folder may not hold another's (the owner of the outer one could change the inner one, and live-boot stops the boot on it); not activated",
-                entry.source.display(),
-                outer.source.display(),
-                outer.destination.display()
-            ))),
+    let nested = nesting_problems(config);
+    for entry in config.entries() {
+        let outcome = match nested.iter().find(|(e, _)| e == entry) {
+            Some((_, why)) => Err(Error::UntrustedSource(why.clone())),
             None => features::resolve(entry, host),
         };
         match outcome {
@@ -298,6 +293,25 @@ pub fn drop_untrusted_lines(volume: &Dir, host: &dyn Host) -> Result<Vec<String>
         .into_iter()
         .map(|(entry, why)| format!("'{}' ({why})", entry.render()))
         .collect())
+}
+
+/// Each entry whose source lies in another entry's source, with why it is refused.
+pub fn nesting_problems(config: &ConfigFile) -> Vec<(crate::config::Entry, String)> {
+    let entries: Vec<&crate::config::Entry> = config.entries().collect();
+    (0..entries.len())
+        .filter_map(|i| {
+            let outer = nested_in(&entries, i)?;
+            Some((
+                entries[i].clone(),
+                format!(
+                    "its source {} is inside {}, the source of {}: a feature's folder may not hold another's (the owner of the outer one could change the inner one, and live-boot stops the boot on it); not activated",
+                    entries[i].source.display(),
+                    outer.source.display(),
+                    outer.destination.display()
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// The entry whose source holds the source of `entries[i]`: one that contains it, or an

@@ -226,6 +226,18 @@ fn enable_names(open: &mut Open, names: &[String]) -> Result<Vec<unlocked::Featu
     if added.is_empty() {
         return Ok(Vec::new());
     }
+    // A source nested in another feature's is refused before anything changes (live-boot
+    // stops the boot on it, and the outer folder's owner could change the inner one).
+    if let Some(why) = unlocked::nesting_problems(&open.config)
+        .into_iter()
+        .find(|(entry, _)| added.contains(entry))
+        .map(|(entry, why)| format!("{}: {why}", entry.destination.display()))
+    {
+        open.config = before;
+        return Err(Error::Incomplete(format!(
+            "not enabled, nothing changed: {why}"
+        )));
+    }
     let resolved = open.resolve(&added)?;
     unlocked::write_config(&open.dir, &open.config)?;
     let reports = unlocked::activate_entries(&open.dir, &open.root, open.dev(), &resolved)?;
