@@ -43,10 +43,55 @@ fn maps_line_dev(line: &str) -> Option<(u32, u32)> {
     ))
 }
 
+/// A mount namespace's identity (device and inode of its nsfs file).
+fn mount_namespace(pid: &str) -> Option<(u64, u64)> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Which mount namespaces other than ours have a filesystem of `dev` mounted, by asking
+/// one process of each: the memo maps a namespace to the answer.
+fn in_other_namespace(
+    pid: i32,
+    dev: (u32, u32),
+    ours: Option<(u64, u64)>,
+    memo: &mut std::collections::HashMap<(u64, u64), bool>,
+) -> bool {
+    let Some(ns) = mount_namespace(&pid.to_string()) else {
+        return false;
+    };
+    if Some(ns) == ours {
+        return false;
+    }
+    *memo.entry(ns).or_insert_with(|| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|text| {
+            crate::mounts::parse_mountinfo(&text)
+                .iter()
+                .any(|m| m.dev == dev)
+        })
+    })
+}
+
+/// The processes whose own mount namespace (a user's `unshare -m`, made while the volume
+/// was mounted) still has the volume's filesystem mounted: unmounting it here leaves it
+/// mounted there, and the mapping cannot close. Cheap: one look per process, one
+/// mountinfo per namespace.
+pub fn namespace_holders(dev: (u32, u32)) -> Vec<Holder> {
+    holders_of_kind(dev, false)
+}
+
 /// Every process (but this one) with an open file, working folder, root, executable or
-/// memory mapping on the filesystem of device `dev`.
+/// memory mapping on the filesystem of device `dev`, or that keeps it mounted in a mount
+/// namespace of its own.
 pub fn holders_of(dev: (u32, u32)) -> Vec<Holder> {
+    holders_of_kind(dev, true)
+}
+
+fn holders_of_kind(dev: (u32, u32), files_too: bool) -> Vec<Holder> {
     let me = std::process::id() as i32;
+    let ours = mount_namespace("self");
+    let mut memo = std::collections::HashMap::new();
     let mut holders = Vec::new();
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return holders;
@@ -64,6 +109,19 @@ pub fn holders_of(dev: (u32, u32)) -> Vec<Holder> {
         }
         let base = entry.path();
         let mut uses = Vec::new();
+        if in_other_namespace(pid, dev, ours, &mut memo) {
+            uses.push("mounted in its own mount namespace".to_string());
+        }
+        if !files_too {
+            if !uses.is_empty() {
+                holders.push(Holder {
+                    pid,
+                    name: comm(&base),
+                    uses,
+                });
+            }
+            continue;
+        }
         for what in ["cwd", "root", "exe"] {
             if on_device(&base.join(what), dev) {
                 uses.push(what.to_string());
@@ -82,14 +140,21 @@ pub fn holders_of(dev: (u32, u32)) -> Vec<Holder> {
             uses.push("mmap".into());
         }
         if !uses.is_empty() {
-            let name = std::fs::read_to_string(base.join("comm"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "?".into());
-            holders.push(Holder { pid, name, uses });
+            holders.push(Holder {
+                pid,
+                name: comm(&base),
+                uses,
+            });
         }
     }
     holders.sort_by_key(|h| h.pid);
     holders
+}
+
+fn comm(base: &Path) -> String {
+    std::fs::read_to_string(base.join("comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// Asks the holders to end (SIGTERM), waits up to `grace`, then kills those left
@@ -146,5 +211,57 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(holders_of(dev).iter().all(|h| h.pid != pid));
+    }
+
+    #[test]
+    fn a_mount_namespace_that_still_has_the_filesystem_is_a_holder() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        // A process that copies the mount table into a namespace of its own, from / (so
+        // that nothing but its namespace holds the tmpfs).
+        let mut child = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "30"])
+            .current_dir("/")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let found = namespace_holders(dev);
+            if found.iter().any(|h| h.pid == pid) || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        nix::mount::umount(dir.path()).unwrap();
+        let after_umount = namespace_holders(dev);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let h = found
+            .iter()
+            .find(|h| h.pid == pid)
+            .expect("the namespace's process");
+        assert_eq!(
+            h.uses,
+            vec!["mounted in its own mount namespace".to_string()]
+        );
+        assert!(
+            after_umount.iter().any(|h| h.pid == pid),
+            "unmounted here, still mounted there"
+        );
+        assert!(namespace_holders(dev).iter().all(|h| h.pid != pid));
+        // Our own namespace never counts.
+        assert!(found.iter().all(|h| h.pid != std::process::id() as i32));
     }
 }

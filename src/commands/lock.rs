@@ -139,6 +139,17 @@ fn lock_volume(
         }
     }
 
+    // A mount namespace of its own (a user's `unshare -m` made while unlocked) keeps the
+    // filesystem mounted however much is unmounted here; the mapping would then refuse to
+    // close half way. Found before anything changes: all or nothing.
+    let pinned = processes::namespace_holders(dev);
+    if !pinned.is_empty() {
+        return Err(Error::Busy(format!(
+            "the volume is still mounted in the mount namespace of {}; end them, or use --force to end these processes (nothing was changed)",
+            describe(&pinned)
+        )));
+    }
+
     let mount_root = unlocked
         .mount_root
         .clone()
@@ -162,7 +173,11 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    volume::deactivate(&layout.mapping)?;
+    if let Err(e) = volume::deactivate(&layout.mapping) {
+        // Still open: put the volume back as it was rather than leave it half locked.
+        restore(layout, unlocked);
+        return Err(e);
+    }
     if let Some(file) = &backing {
         for lo in devices::loops_backed_by(file) {
             devices::detach_loop(&lo).map_err(|e| Error::Io {
