@@ -968,26 +968,18 @@ pub fn wipe_and_remove(path: &Path) {
 }
 
 /// Removes everything inside the open folder `dir` (not the folder itself), through
-/// descriptors and without following symlinks: the undo of [`copy_contents`]. Files go
-/// as [`walk_both`] enters their folder, folders once it leaves their parent.
+/// descriptors, without following symlinks or entering another filesystem, with a bounded
+/// number of descriptors ([`crate::treewalk::remove_tree`]): the undo of [`copy_contents`].
 pub fn remove_contents(dir: &Dir) -> Result<()> {
-    walk_both(
-        dir,
-        |d, _, entries| {
-            for entry in entries.iter().filter(|e| !e.is_dir()) {
-                unlinkat(&d.fd, entry.name.as_os_str(), UnlinkatFlags::NoRemoveDir)
-                    .context(|| format!("removing {}", d.path.join(&entry.name).display()))?;
-            }
-            Ok(())
-        },
-        |d, _| {
-            for entry in list(d)?.iter().filter(|e| e.is_dir()) {
-                unlinkat(&d.fd, entry.name.as_os_str(), UnlinkatFlags::RemoveDir)
-                    .context(|| format!("removing {}", d.path.join(&entry.name).display()))?;
-            }
-            Ok(())
-        },
-    )
+    let mut first_problem = None;
+    for entry in list(dir)? {
+        let shown = dir.path.join(&entry.name);
+        let expect = crate::treewalk::id_of(&entry.st);
+        if let Err(e) = crate::treewalk::remove_tree(&dir.fd, &entry.name, &shown, Some(expect)) {
+            first_problem.get_or_insert(e);
+        }
+    }
+    first_problem.map_or(Ok(()), Err)
 }
 
 /// Removes the folder `rel` below `base` and everything in it, through descriptors: the
