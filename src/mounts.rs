@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::safefs::Dir;
 
 /// One line of mountinfo.
@@ -164,14 +164,32 @@ pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
         .context(|| format!("making {} nosuid,nodev", target.path.display()))
     });
     if result.is_err() {
-        let _ = nix::mount::umount2(&target.path, MntFlags::UMOUNT_NOFOLLOW);
+        let _ = target.unmount_here();
     }
     result
 }
 
+/// Unmounts the mount on `target`. umount2 has no *at form, and `UMOUNT_NOFOLLOW` guards
+/// only the last component: a path in the live user's folders could be redirected by a
+/// symlink swapped in on the way (and unmount `/proc`). So the folder holding the mount
+/// point is opened with [`safefs::open_dir`] (no symlink anywhere), and the unmount names
+/// it through that descriptor: `/proc/self/fd/N/NAME`. (Not the mount point's own
+/// descriptor: holding it would keep the mount busy.)
 pub fn unmount(target: &Path) -> Result<()> {
-    nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW)
-        .context(|| format!("unmounting {}", target.display()))
+    let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {
+        return Err(Error::Internal(format!(
+            "{} is not a mount point keepsake unmounts",
+            target.display()
+        )));
+    };
+    let (parent, _) = crate::safefs::open_dir(parent, None).map_err(|e| match e {
+        Error::Usage(why) => Error::Busy(format!(
+            "{}: {why}; it was changed by someone else, so it is not unmounted",
+            target.display()
+        )),
+        e => e,
+    })?;
+    parent.unmount_child(target)
 }
 
 #[cfg(test)]
@@ -219,5 +237,55 @@ garbage line
         assert_eq!(unescape("a\\134b"), "a\\b");
         assert_eq!(unescape("tail\\04"), "tail\\04");
         assert_eq!(unescape("\\011tab"), "\ttab");
+    }
+
+    fn is_mount_point(path: &Path) -> bool {
+        read_mountinfo()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_point == path)
+    }
+
+    #[test]
+    fn unmount_cannot_be_sent_elsewhere_by_a_swapped_folder() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tmp.path().canonicalize().unwrap();
+        let tmpfs = |p: &Path| {
+            std::fs::create_dir_all(p).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+        };
+        // The system's mount, and the user's, at the same name.
+        tmpfs(&tmp.join("system/proc"));
+        tmpfs(&tmp.join("home/a/proc"));
+        // The user moves its folder away and puts a symlink to the system's in its place.
+        std::fs::rename(tmp.join("home/a"), tmp.join("home/a-moved")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("system"), tmp.join("home/a")).unwrap();
+        let err = unmount(&tmp.join("home/a/proc")).unwrap_err();
+        assert!(matches!(err, Error::Busy(_)), "{err}");
+        assert!(
+            is_mount_point(&tmp.join("system/proc")),
+            "the system's mount stays"
+        );
+        // Negative control: umount2 by path with UMOUNT_NOFOLLOW follows the swapped folder.
+        nix::mount::umount2(
+            &tmp.join("home/a/proc"),
+            nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        )
+        .unwrap();
+        assert!(
+            !is_mount_point(&tmp.join("system/proc")),
+            "the naive unmount was redirected"
+        );
+        // The real one, where it is now, unmounts through its folder.
+        unmount(&tmp.join("home/a-moved/proc")).unwrap();
+        assert!(!is_mount_point(&tmp.join("home/a-moved/proc")));
     }
 }

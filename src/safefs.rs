@@ -107,6 +107,29 @@ impl Dir {
     pub fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
+
+    /// Unmounts the mount on the entry `target`'s name in this folder, naming it through
+    /// this descriptor (see [`crate::mounts::unmount`]).
+    pub fn unmount_child(&self, target: &Path) -> Result<()> {
+        let name = target.file_name().unwrap_or_default();
+        let mut through = self.proc_path();
+        through.push(name);
+        nix::mount::umount2(&through, nix::mount::MntFlags::UMOUNT_NOFOLLOW)
+            .context(|| format!("unmounting {}", target.display()))
+    }
+
+    /// Unmounts what is mounted on this folder, through the folder it was opened from.
+    pub fn unmount_here(&self) -> Result<()> {
+        let (parent, name) = self.parent.as_ref().ok_or_else(|| {
+            Error::Internal(format!(
+                "{} has no parent to unmount it from",
+                self.path.display()
+            ))
+        })?;
+        let through = PathBuf::from(format!("/proc/self/fd/{}", parent.as_raw_fd())).join(name);
+        nix::mount::umount2(&through, nix::mount::MntFlags::UMOUNT_NOFOLLOW)
+            .context(|| format!("unmounting {}", self.path.display()))
+    }
 }
 
 fn path_flags() -> OFlag {
