@@ -1,6 +1,7 @@
 //! Processes that hold files of the volume open, found through /proc, and ending them
 //! for `lock --force`.
 
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -50,27 +51,38 @@ fn mount_namespace(pid: &str) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// Which mount namespaces other than ours have a filesystem of `dev` mounted, by asking
-/// one process of each: the memo maps a namespace to the answer.
-fn in_other_namespace(
-    pid: i32,
-    dev: (u32, u32),
-    ours: Option<(u64, u64)>,
-    memo: &mut std::collections::HashMap<(u64, u64), bool>,
-) -> bool {
-    let Some(ns) = mount_namespace(&pid.to_string()) else {
-        return false;
-    };
-    if Some(ns) == ours {
-        return false;
-    }
-    *memo.entry(ns).or_insert_with(|| {
-        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|text| {
+/// The mount namespaces other than ours in which some process sees a filesystem of `dev`
+/// mounted. Every process of a foreign namespace is asked (one of them chrooted sees only
+/// part of the namespace; another may see it all).
+fn namespaces_holding(dev: (u32, u32), ours: Option<(u64, u64)>) -> HashSet<(u64, u64)> {
+    let mut holding = HashSet::new();
+    for pid in pids() {
+        let Some(ns) = mount_namespace(&pid.to_string()) else {
+            continue;
+        };
+        if Some(ns) == ours || holding.contains(&ns) {
+            continue;
+        }
+        let sees = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|text| {
             crate::mounts::parse_mountinfo(&text)
                 .iter()
                 .any(|m| m.dev == dev)
+        });
+        if sees {
+            holding.insert(ns);
+        }
+    }
+    holding
+}
+
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
         })
-    })
+        .unwrap_or_default()
 }
 
 /// The processes whose own mount namespace (a user's `unshare -m`, made while the volume
@@ -91,7 +103,8 @@ pub fn holders_of(dev: (u32, u32)) -> Vec<Holder> {
 fn holders_of_kind(dev: (u32, u32), files_too: bool) -> Vec<Holder> {
     let me = std::process::id() as i32;
     let ours = mount_namespace("self");
-    let mut memo = std::collections::HashMap::new();
+    // Every process of such a namespace holds it: ending them all frees the namespace.
+    let holding = namespaces_holding(dev, ours);
     let mut holders = Vec::new();
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return holders;
@@ -109,7 +122,7 @@ fn holders_of_kind(dev: (u32, u32), files_too: bool) -> Vec<Holder> {
         }
         let base = entry.path();
         let mut uses = Vec::new();
-        if in_other_namespace(pid, dev, ours, &mut memo) {
+        if mount_namespace(&pid.to_string()).is_some_and(|ns| holding.contains(&ns)) {
             uses.push("mounted in its own mount namespace".to_string());
         }
         if !files_too {

@@ -399,6 +399,12 @@ fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(O
         return Err(e);
     }
     let made = Made::new(parent, name, made_tmp.id, shown.to_path_buf());
+    // The temporary folder could have been swapped for the user's own between the checks
+    // and the rename: the name must now hold the folder this descriptor is.
+    let now = fstatat(&parent.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).map(|st| id_of(&st));
+    if now != Ok(made.id) {
+        return Err(swapped(shown));
+    }
     Ok((fd, made))
 }
 

@@ -176,7 +176,12 @@ fn lock_volume(
     if let Err(e) = volume::deactivate(&layout.mapping) {
         // Still open: put the volume back as it was rather than leave it half locked.
         restore(layout, unlocked);
-        return Err(e);
+        return Err(match e.exit_code() {
+            crate::error::ExitCode::Busy => Error::Busy(format!(
+                "{e}; something keepsake cannot see still uses it (a mount namespace whose processes all live in a chroot?); the volume was put back as it was"
+            )),
+            _ => e,
+        });
     }
     if let Some(file) = &backing {
         for lo in devices::loops_backed_by(file) {
