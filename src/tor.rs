@@ -120,10 +120,32 @@ impl Identity {
     /// process that merely calls itself tor, runs the binary as another user, or lives in
     /// a namespace of its own (where its folders are not ours) is not it.
     fn matches(&self, facts: &ProcessFacts) -> bool {
+        self.runs_the_binary(facts) && facts.namespaces == self.namespaces.map(Some)
+    }
+
+    /// The facts but the namespaces: the system binary, run as root or the tor account.
+    fn runs_the_binary(&self, facts: &ProcessFacts) -> bool {
         facts.uids.len() == 4
             && facts.uids.iter().all(|u| self.uids.contains(u))
             && facts.exe == Some(self.binary_id)
-            && facts.namespaces == self.namespaces.map(Some)
+    }
+
+    /// The main process of a systemd unit, if it runs the system binary as root or the tor
+    /// account. systemd gives Debian's tor unit a mount namespace of its own
+    /// (`PrivateTmp`, `ProtectSystem`), so that fact is not asked of it; which process it
+    /// is comes from systemd (root's), not from anything the process says.
+    fn unit_instances(&self, unit: &str) -> Vec<Instance> {
+        let Some(pid) = unit_main_pid(unit) else {
+            return vec![];
+        };
+        pidfd_open(pid)
+            .and_then(|pidfd| {
+                let facts = ProcessFacts::read(pid)?;
+                self.runs_the_binary(&facts)
+                    .then_some(Instance { pid, pidfd })
+            })
+            .into_iter()
+            .collect()
     }
 
     /// The running instances of the system's tor, each held by a pidfd that was opened
@@ -166,14 +188,14 @@ fn uses(pid: i32, dir: &Path) -> bool {
 
 /// The pids of the system's tor using its DataDirectory, for `status`.
 pub fn pids_using_data_dir() -> Vec<i32> {
-    Identity::of_system()
-        .map(|id| {
-            id.instances_using(Path::new(DATA_DIR))
-                .iter()
-                .map(|i| i.pid)
-                .collect()
-        })
-        .unwrap_or_default()
+    let Some(id) = Identity::of_system() else {
+        return vec![];
+    };
+    let instances = match active_unit() {
+        Some(unit) => id.unit_instances(&unit),
+        None => id.instances_using(Path::new(DATA_DIR)),
+    };
+    instances.iter().map(|i| i.pid).collect()
 }
 
 /// One process of the system's tor, held by a pidfd.
@@ -240,6 +262,14 @@ impl RunningTor {
     pub fn pids(&self) -> Vec<i32> {
         self.instances.iter().map(|i| i.pid).collect()
     }
+
+    /// The processes of the system's tor running now, found the way it was launched.
+    fn running_now(&self) -> Vec<Instance> {
+        match &self.launch {
+            Launch::Systemd { unit } => self.identity.unit_instances(unit),
+            Launch::Binary => self.identity.instances(),
+        }
+    }
 }
 
 fn systemd_runs() -> bool {
@@ -248,6 +278,16 @@ fn systemd_runs() -> bool {
 
 fn systemctl(args: &[&str]) -> Result<std::process::Output> {
     crate::tools::run("systemctl", args, "systemd")
+}
+
+/// The main pid systemd records for `unit` (0, or nothing, when it does not run).
+fn unit_main_pid(unit: &str) -> Option<i32> {
+    let out = systemctl(&["show", "--property=MainPID", "--value", unit]).ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
 }
 
 fn active_unit() -> Option<String> {
@@ -283,14 +323,14 @@ pub fn find() -> Result<Option<RunningTor>> {
     let Some(identity) = Identity::of_system() else {
         return Ok(None);
     };
-    let instances = identity.instances_using(Path::new(DATA_DIR));
     if let Some(unit) = active_unit() {
         return Ok(Some(RunningTor {
-            instances,
+            instances: identity.unit_instances(&unit),
             launch: Launch::Systemd { unit },
             identity,
         }));
     }
+    let instances = identity.instances_using(Path::new(DATA_DIR));
     if instances.is_empty() {
         return Ok(None);
     }
@@ -345,7 +385,7 @@ fn stop_instances(instances: &[Instance]) -> Result<()> {
 /// does not take its folder in time, it is stopped and the error says so: tor is left
 /// stopped, never running on the wrong state.
 pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
-    let before: Vec<i32> = tor.identity.instances().iter().map(|i| i.pid).collect();
+    let before: Vec<i32> = tor.running_now().iter().map(|i| i.pid).collect();
     match &tor.launch {
         Launch::Systemd { unit } => {
             let out = systemctl(&["start", unit])?;
@@ -376,11 +416,10 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
                 })?;
         }
     }
-    let settled = wait_until_settled(&tor.identity, data_dir, &before);
+    let settled = wait_until_settled(tor, data_dir, &before);
     if settled.is_err() {
         let started: Vec<Instance> = tor
-            .identity
-            .instances()
+            .running_now()
             .into_iter()
             .filter(|i| !before.contains(&i.pid))
             .collect();
@@ -394,7 +433,7 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
 
 /// Waits until a tor started after `before` holds the lock of `data_dir`, and still runs
 /// a moment later.
-fn wait_until_settled(identity: &Identity, data_dir: &Path, before: &[i32]) -> Result<()> {
+fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Result<()> {
     let started = Instant::now();
     let mut seen = false;
     let refused = || {
@@ -404,8 +443,7 @@ fn wait_until_settled(identity: &Identity, data_dir: &Path, before: &[i32]) -> R
         ))
     };
     let new_pids = || -> Vec<i32> {
-        identity
-            .instances()
+        tor.running_now()
             .iter()
             .map(|i| i.pid)
             .filter(|p| !before.contains(p))
@@ -550,6 +588,28 @@ mod tests {
         for (what, facts) in cases {
             assert!(!id.matches(&facts), "{what} was taken for the system tor");
         }
+    }
+
+    #[test]
+    fn a_units_tor_in_its_own_namespace_is_judged_without_the_namespace() {
+        // systemd runs Debian's tor with PrivateTmp and ProtectSystem: a namespace of its
+        // own. Found through the unit, the binary and the uid still have to match.
+        let in_unit = ProcessFacts {
+            namespaces: [Some((4, 90)), Some((4, 2))],
+            ..real_tor()
+        };
+        assert!(!system().matches(&in_unit));
+        assert!(system().runs_the_binary(&in_unit));
+        let user_binary = ProcessFacts {
+            exe: Some((8, 999)),
+            ..in_unit.clone()
+        };
+        assert!(!system().runs_the_binary(&user_binary));
+        let as_user = ProcessFacts {
+            uids: vec![1000; 4],
+            ..in_unit
+        };
+        assert!(!system().runs_the_binary(&as_user));
     }
 
     #[test]
