@@ -139,10 +139,9 @@ pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
             if problems.is_empty() {
                 Err(e)
             } else {
-                Err(Error::Internal(format!(
-                    "{e}; and undoing it failed: {}",
-                    problems.join("; ")
-                )))
+                // Of the class of what went wrong first: an undo the live user foiled
+                // (a folder moved meanwhile) is no internal error.
+                Err(e.with_note(&format!("and undoing it failed: {}", problems.join("; "))))
             }
         }
     }

@@ -117,6 +117,39 @@ impl Error {
         }
     }
 
+    /// This error with `note` added, of the same class (so of the same exit code).
+    pub fn with_note(self, note: &str) -> Error {
+        let add = |m: String| format!("{m}; {note}");
+        match self {
+            Error::Io { context, source } => Error::Io {
+                context: format!("{context} ({note})"),
+                source,
+            },
+            Error::Crypt {
+                context,
+                errno,
+                message,
+            } => Error::Crypt {
+                context: format!("{context} ({note})"),
+                errno,
+                message,
+            },
+            Error::Usage(m) => Error::Usage(add(m)),
+            Error::WrongKey(m) => Error::WrongKey(add(m)),
+            Error::NotFound(m) => Error::NotFound(add(m)),
+            Error::Busy(m) => Error::Busy(add(m)),
+            Error::UnsafeHost(m) => Error::UnsafeHost(add(m)),
+            Error::Corrupt(m) => Error::Corrupt(add(m)),
+            Error::NotPermitted(m) => Error::NotPermitted(add(m)),
+            Error::UntrustedSource(m) => Error::UntrustedSource(add(m)),
+            Error::Incomplete(m) => Error::Incomplete(add(m)),
+            Error::CheckFailed(m) => Error::CheckFailed(add(m)),
+            Error::Internal(m) => Error::Internal(add(m)),
+            // Its message names a volume, not what happened; no restore step returns it.
+            e @ Error::BadPassphrase(_) => e,
+        }
+    }
+
     /// Whether the command printed its report before failing (stdout then already holds
     /// the one JSON object).
     pub fn report_printed(&self) -> bool {

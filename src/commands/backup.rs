@@ -907,16 +907,13 @@ impl<'a> Transaction<'a> {
         let trash = self.trash.path().to_path_buf();
         self.remove_trash(&mut failures);
         if failures.is_empty() {
-            return with_note(error, "nothing was changed: every entry moved was put back");
+            return error.with_note("nothing was changed: every entry moved was put back");
         }
-        with_note(
-            error,
-            &format!(
-                "not everything could be put back ({}); nothing was deleted, and what is not back is in {}",
-                failures.join("; "),
-                trash.display()
-            ),
-        )
+        error.with_note(&format!(
+            "not everything could be put back ({}); nothing was deleted, and what is not back is in {}",
+            failures.join("; "),
+            trash.display()
+        ))
     }
 
     /// Removes the trash's folders and the trash itself, each only if empty. A failure is
@@ -1027,39 +1024,6 @@ fn move_failed(e: Errno, from: &Path, to: &Path) -> Error {
             context: format!("moving {} to {}", from.display(), to.display()),
             source: e.into(),
         },
-    }
-}
-
-/// `error` with `note` added, of the same class (so of the same exit code).
-fn with_note(error: Error, note: &str) -> Error {
-    let add = |m: String| format!("{m}; {note}");
-    match error {
-        Error::Io { context, source } => Error::Io {
-            context: format!("{context} ({note})"),
-            source,
-        },
-        Error::Crypt {
-            context,
-            errno,
-            message,
-        } => Error::Crypt {
-            context: format!("{context} ({note})"),
-            errno,
-            message,
-        },
-        Error::Usage(m) => Error::Usage(add(m)),
-        Error::WrongKey(m) => Error::WrongKey(add(m)),
-        Error::NotFound(m) => Error::NotFound(add(m)),
-        Error::Busy(m) => Error::Busy(add(m)),
-        Error::UnsafeHost(m) => Error::UnsafeHost(add(m)),
-        Error::Corrupt(m) => Error::Corrupt(add(m)),
-        Error::NotPermitted(m) => Error::NotPermitted(add(m)),
-        Error::UntrustedSource(m) => Error::UntrustedSource(add(m)),
-        Error::Incomplete(m) => Error::Incomplete(add(m)),
-        Error::CheckFailed(m) => Error::CheckFailed(add(m)),
-        Error::Internal(m) => Error::Internal(add(m)),
-        // Its message names a volume, not what happened; no restore step returns it.
-        e @ Error::BadPassphrase(_) => e,
     }
 }
 
