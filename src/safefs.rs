@@ -1241,16 +1241,18 @@ mod tests {
         fn tmp_victim() -> PathBuf {
             PathBuf::from("/nonexistent-victim")
         }
-        let (dir, _) = open_dir(
+        let result = open_dir(
             &home.join(".ssh"),
             Some(Owner {
                 mode: 0o755,
                 ..me()
             }),
-        )
-        .unwrap();
+        );
         race::clear();
-        assert_eq!(owner_of(&dir).unwrap().mode, 0o755);
+        // Refused: the name no longer holds the folder made (which the user moved away,
+        // finished, with its mode).
+        assert!(matches!(result, Err(Error::Busy(_))), "{:?}", result.err());
+        assert_eq!(mode_of(&home.join(".ssh.moved-away")), 0o755);
     }
 
     #[test]
