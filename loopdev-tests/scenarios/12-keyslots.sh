@@ -138,6 +138,11 @@ guest_lifecycle() {
     head -c 16777216 /tmp/cal.img > /tmp/control-header
     ks_expect_rc 2 "delete without --yes and without a terminal" -- setsid keepsake delete --image /tmp/cal.img </dev/null
     ks_assert "nothing changed" cmp -s /tmp/cal.img /tmp/cal-copy.img
+    # A symlink standing for the container (one the live user could swap in) is refused.
+    ln -s /tmp/cal-copy.img /tmp/cal-link.img
+    ks_expect_rc 2 "delete through a symlink is refused" -- keepsake delete --image /tmp/cal-link.img --yes
+    ks_assert "the file behind it is untouched" cmp -s /tmp/cal.img /tmp/cal-copy.img
+    rm -f /tmp/cal-link.img
     ks_expect_rc 0 "delete a container volume" -- keepsake delete --image /tmp/cal.img --yes
     ks_assert "the file is gone" test ! -e /tmp/cal.img
     ks_out header_start "$(sfdisk -d /dev/vda | sed -n 's|^/dev/vda2 : start= *\([0-9]*\),.*|\1|p')"

@@ -30,13 +30,18 @@ enum Container {
 pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
     super::require_root()?;
     let _lock = super::exclusive()?;
-    let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
+    let named = super::find_volume(&args.volume, &super::layout(global, None))?;
+    // A container file may sit in a folder the live user can write: it is opened once,
+    // without following a symlink anywhere on its path, and everything after works on
+    // that very file (`/proc/self/fd/N`), so that no file swapped in meanwhile (a link to
+    // a disk) is destroyed instead.
+    let pinned = PinnedFile::open(&named)?;
+    let backing = pinned
+        .as_ref()
+        .map_or_else(|| named.clone(), PinnedFile::proc_path);
     let header = volume::header_info(&backing)?;
-    super::require_locked(&backing, "an open volume cannot be deleted")?;
-    let container = if std::fs::metadata(&backing)
-        .context(at("reading", &backing))?
-        .is_file()
-    {
+    super::require_locked(&named, "an open volume cannot be deleted")?;
+    let container = if pinned.is_some() {
         Container::File
     } else {
         let bd = disks::block_device(&backing)?;
@@ -76,21 +81,22 @@ pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
     if volume::is_luks(&backing) {
         return Err(Error::Internal(format!(
             "{} still reads as LUKS after the overwrite; its partition or file was left in place",
-            backing.display()
+            named.display()
         )));
     }
-    let removed = match container {
-        Container::File => {
-            std::fs::remove_file(&backing).context(at("removing", &backing))?;
+    let removed = match (container, &pinned) {
+        (Container::File, Some(file)) => {
+            file.remove()?;
             "file"
         }
-        Container::Partition { disk, number } => {
+        (Container::File, None) => unreachable_file(&named)?,
+        (Container::Partition { disk, number }, _) => {
             disks::delete_partition(&disk, number)?;
             "partition"
         }
     };
     let report = DeleteReport {
-        volume: backing,
+        volume: named,
         keyslots_destroyed: keyslots,
         header_bytes_overwritten: header_bytes,
         removed,
@@ -123,4 +129,97 @@ fn overwrite_random(path: &Path, len: u64) -> Result<()> {
         left -= n as u64;
     }
     f.sync_all().context(at("syncing", path))
+}
+
+fn unreachable_file(path: &Path) -> Result<&'static str> {
+    Err(Error::Internal(format!(
+        "{} was taken for a file but not opened as one",
+        path.display()
+    )))
+}
+
+/// A container file held open from the moment it was found: its folder opened without
+/// following symlinks, the file itself with `O_NOFOLLOW`, and its identity kept so that it
+/// is removed only while its name still holds it.
+struct PinnedFile {
+    folder: crate::safefs::Dir,
+    name: std::ffi::OsString,
+    file: std::fs::File,
+    id: (u64, u64),
+    path: PathBuf,
+}
+
+impl PinnedFile {
+    /// `None` when `path` is not a regular file (a block device: a partition).
+    fn open(path: &Path) -> Result<Option<PinnedFile>> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let meta = std::fs::symlink_metadata(path).context(at("reading", path))?;
+        if meta.file_type().is_symlink() {
+            return Err(Error::Usage(format!(
+                "{} is a symlink; give the volume's own path",
+                path.display()
+            )));
+        }
+        if !meta.is_file() {
+            return Ok(None);
+        }
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(Error::Usage(format!(
+                "{} is not a file path",
+                path.display()
+            )));
+        };
+        let parent = std::path::absolute(parent).context(at("reading", parent))?;
+        let (folder, _) = crate::safefs::open_dir(&parent, None)?;
+        let through = folder.proc_path().join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&through)
+            .context(at("opening", path))?;
+        let st = file.metadata().context(at("reading", path))?;
+        if !st.is_file() {
+            return Err(Error::Busy(format!(
+                "{} changed while keepsake looked at it; nothing was done",
+                path.display()
+            )));
+        }
+        Ok(Some(PinnedFile {
+            folder,
+            name: name.to_os_string(),
+            id: (st.dev(), st.ino()),
+            file,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    /// `/proc/self/fd/N`: a path naming exactly this file, for libcryptsetup.
+    fn proc_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// Removes the file's name, only while it still names this file.
+    fn remove(&self) -> Result<()> {
+        use nix::fcntl::AtFlags;
+        let st = nix::sys::stat::fstatat(
+            &self.folder.fd,
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .context(|| format!("reading {}", self.path.display()))?;
+        if (st.st_dev, st.st_ino) != self.id {
+            return Err(Error::Busy(format!(
+                "{} now names another file; its volume was destroyed, the name left as it is",
+                self.path.display()
+            )));
+        }
+        nix::unistd::unlinkat(
+            &self.folder.fd,
+            self.name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .context(|| format!("removing {}", self.path.display()))
+    }
 }
