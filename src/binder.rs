@@ -249,10 +249,10 @@ fn refuse_a_source_the_live_user_can_change(
     let folders = safefs::folders_on_path(volume, down_to)?;
     match folders
         .iter()
-        .find(|(_, owner)| guard.writable_by_live_user(*owner))
+        .find(|(_, owner, acl)| guard.writable_by_live_user(*owner, acl))
     {
         None => Ok(()),
-        Some((path, owner)) => Err(Error::UntrustedSource(format!(
+        Some((path, owner, _)) => Err(Error::UntrustedSource(format!(
             "{} is writable by the live user (uid {} gid {} mode {:04o}), so {} may not be bound over {}, outside their home; not activated",
             path.display(),
             owner.uid,
@@ -675,6 +675,34 @@ mod tests {
         }
     }
 
+    /// Sets an access ACL giving `uid` the permissions `perm` (and the mask rwx).
+    fn set_acl(path: &Path, uid: u32, perm: u16) {
+        let mut acl = vec![2u8, 0, 0, 0];
+        for (tag, perm, id) in [
+            (0x01u16, 7u16, u32::MAX),
+            (0x02, perm, uid),
+            (0x04, 5, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 5, u32::MAX),
+        ] {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated path and name, and a buffer of the length given.
+        let rc = unsafe {
+            libc::setxattr(
+                path.as_ptr(),
+                c"system.posix_acl_access".as_ptr(),
+                acl.as_ptr().cast(),
+                acl.len(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "setting an ACL: {}", std::io::Error::last_os_error());
+    }
+
     fn chown(path: &Path, uid: u32, gid: u32, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
@@ -728,8 +756,17 @@ mod tests {
                 "{err}"
             );
         }
-        // Root's all the way down: bound (the negative control: the guard lets it pass).
+        // Root's by owner and mode, but an ACL lets the user write: refused. Tails' own
+        // ACL on the mount root (user:amnesia:x) lets nothing be written, and passes.
         chown(&vol.join("tools"), 0, 0, 0o755);
+        set_acl(&vol.join("tools"), 4242, 0o7);
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(
+            err.to_string().contains("is writable by the live user"),
+            "{err}"
+        );
+        set_acl(&vol.join("tools"), 4242, 0o1);
+        // Root's all the way down: bound (the negative control: the guard lets it pass).
         activate(&volume, &r).unwrap();
         mounts::unmount(&sbin).unwrap();
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Entry, Method};
 use crate::error::{Error, Result};
-use crate::safefs::Owner;
+use crate::safefs::{AclEntry, Owner};
 
 /// Who owns a feature's folders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,9 +394,21 @@ impl SourceGuard {
         }))
     }
 
-    /// Whether the live user may write a folder with this owner and mode.
-    pub fn writable_by_live_user(&self, folder: Owner) -> bool {
-        folder.mode & 0o002 != 0
+    /// Whether the live user may write a folder with this owner, mode and access ACL (an
+    /// ACL entry naming the live user or one of its groups with write permission, as far
+    /// as the ACL's mask lets it through).
+    pub fn writable_by_live_user(&self, folder: Owner, acl: &[AclEntry]) -> bool {
+        let mask = acl
+            .iter()
+            .find(|e| e.tag == AclEntry::MASK)
+            .map_or(0o7, |e| e.perm);
+        let acl_grants = acl.iter().any(|e| {
+            let named = (e.tag == AclEntry::USER && e.id == self.live_uid)
+                || (e.tag == AclEntry::GROUP && self.live_gids.contains(&e.id));
+            named && e.perm & mask & 0o2 != 0
+        });
+        acl_grants
+            || folder.mode & 0o002 != 0
             || (folder.uid == self.live_uid && folder.mode & 0o200 != 0)
             || (self.live_gids.contains(&folder.gid) && folder.mode & 0o020 != 0)
     }

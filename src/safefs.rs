@@ -17,7 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -218,15 +218,66 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
 
 /// `base` and each folder from it down to `rel`, with their owners and modes (a symlink
 /// on the way is refused as by [`open_beneath`]).
-pub fn folders_on_path(base: &Dir, rel: &Path) -> Result<Vec<(PathBuf, Owner)>> {
-    let mut found = vec![(base.path.clone(), owner_of(base)?)];
+pub fn folders_on_path(base: &Dir, rel: &Path) -> Result<Vec<(PathBuf, Owner, Vec<AclEntry>)>> {
+    let mut found = vec![(base.path.clone(), owner_of(base)?, acl_of(base))];
     let mut current = PathBuf::new();
     for component in rel.components() {
         current.push(component);
         let (dir, _) = open_beneath(base, &current, None)?;
-        found.push((dir.path.clone(), owner_of(&dir)?));
+        found.push((dir.path.clone(), owner_of(&dir)?, acl_of(&dir)));
     }
     Ok(found)
+}
+
+/// One entry of a POSIX access ACL: its tag, permission bits (4 r, 2 w, 1 x) and id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclEntry {
+    pub tag: u16,
+    pub perm: u16,
+    pub id: u32,
+}
+
+impl AclEntry {
+    pub const USER: u16 = 0x02;
+    pub const GROUP: u16 = 0x08;
+    pub const MASK: u16 = 0x10;
+}
+
+/// The access ACL of an open folder (`system.posix_acl_access`), empty if it has none.
+pub fn acl_of(dir: &Dir) -> Vec<AclEntry> {
+    let Ok(path) = std::ffi::CString::new(dir.proc_path().into_os_string().into_vec()) else {
+        return vec![];
+    };
+    let mut buf = [0u8; 4096];
+    // SAFETY: a NUL-terminated path and name, and a buffer of the length given.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return vec![];
+    }
+    parse_acl(&buf[..n as usize])
+}
+
+/// The entries of an ACL in the kernel's xattr form: a 4-byte version (2), then 8-byte
+/// entries of tag (u16), permissions (u16) and id (u32), little-endian.
+pub fn parse_acl(bytes: &[u8]) -> Vec<AclEntry> {
+    if bytes.len() < 4 || bytes[..4] != [2, 0, 0, 0] {
+        return vec![];
+    }
+    bytes[4..]
+        .chunks_exact(8)
+        .map(|e| AclEntry {
+            tag: u16::from_le_bytes([e[0], e[1]]),
+            perm: u16::from_le_bytes([e[2], e[3]]),
+            id: u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+        })
+        .collect()
 }
 
 /// A file's identity: device, inode and file type. (An inode number can be reused once
