@@ -204,20 +204,54 @@ pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Res
     for existing in source.ancestors() {
         match safefs::open_beneath(volume, existing, None) {
             Ok((dir, _)) => {
+                refuse_a_source_the_live_user_can_change(volume, existing, resolved, guard)?;
                 if existing == source {
                     refuse_a_source_owned_by_the_live_user(
                         resolved,
                         guard,
                         safefs::owner_of(&dir)?,
                     )?;
+                    refuse_contents_of_the_live_user(&dir, resolved, guard)?;
                 }
-                return refuse_a_source_the_live_user_can_change(volume, existing, resolved, guard);
+                return Ok(());
             }
             Err(Error::NotFound(_)) => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// ... nor may anything in it belong to the live user or be writable by them (a restored
+/// archive keeps owners: a file of the user's in `/etc/profile.d` would be theirs to
+/// change). Symlinks are judged by the folders that hold them.
+fn refuse_contents_of_the_live_user(
+    source: &Dir,
+    resolved: &ResolvedEntry,
+    guard: &SourceGuard,
+) -> Result<()> {
+    let mut found = None;
+    safefs::walk(source, |dir, _, entries| {
+        if found.is_none()
+            && let Some(e) = entries.iter().find(|e| {
+                !e.is_symlink()
+                    && (e.owner().uid == guard.live_uid
+                        || guard.writable_by_live_user(e.owner(), &[]))
+            })
+        {
+            found = Some(dir.path.join(&e.name));
+        }
+        Ok(())
+    })?;
+    match found {
+        None => Ok(()),
+        Some(path) => Err(Error::UntrustedSource(format!(
+            "{} belongs to or is writable by the live user, so {} may not be bound over {}, outside their home; not activated",
+            path.display(),
+            resolved.entry.source.display(),
+            resolved.entry.destination.display()
+        ))),
+    }
 }
 
 /// A source bound outside the live user's home must belong to root or to the account
@@ -766,6 +800,12 @@ mod tests {
             "{err}"
         );
         set_acl(&vol.join("tools"), 4242, 0o1);
+        // A file of the user's inside (a restored archive keeps owners): refused.
+        std::fs::write(vol.join("tools/profile.sh"), "echo hi\n").unwrap();
+        chown(&vol.join("tools/profile.sh"), 4242, 4242, 0o644);
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("profile.sh belongs to"), "{err}");
+        chown(&vol.join("tools/profile.sh"), 0, 0, 0o644);
         // Root's all the way down: bound (the negative control: the guard lets it pass).
         activate(&volume, &r).unwrap();
         mounts::unmount(&sbin).unwrap();
