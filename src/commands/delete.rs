@@ -30,12 +30,27 @@ enum Container {
 pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
     super::require_root()?;
     let _lock = super::exclusive()?;
-    let named = super::find_volume(&args.volume, &super::layout(global, None))?;
     // A container file may sit in a folder the live user can write: it is opened once,
-    // without following a symlink anywhere on its path, and everything after works on
-    // that very file (`/proc/self/fd/N`), so that no file swapped in meanwhile (a link to
-    // a disk) is destroyed instead.
-    let pinned = PinnedFile::open(&named)?;
+    // from the path given, without following a symlink anywhere on it (no canonical path
+    // is resolved first: that would follow one), and everything after works on that very
+    // file (`/proc/self/fd/N`), so that no file swapped in (a link to a disk) is
+    // destroyed instead.
+    let (named, pinned) = match &args.volume.image {
+        Some(image) => {
+            let pinned = PinnedFile::open(image)?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "{} is not a regular file; give a container file, or --device for a partition",
+                    image.display()
+                ))
+            })?;
+            let named = std::fs::canonicalize(pinned.proc_path()).context(at("reading", image))?;
+            (named, Some(pinned))
+        }
+        None => (
+            super::find_volume(&args.volume, &super::layout(global, None))?,
+            None,
+        ),
+    };
     let backing = pinned
         .as_ref()
         .map_or_else(|| named.clone(), PinnedFile::proc_path);
