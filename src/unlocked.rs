@@ -616,7 +616,10 @@ mod tests {
         let dropped = drop_untrusted_lines(&volume, &FakeHost).unwrap();
         assert_eq!(dropped.len(), 2, "{dropped:?}");
         assert!(dropped[0].contains("Persistent/sbin") && dropped[0].contains("inside Persistent"));
-        assert!(dropped[1].contains("owned by uid 1000"), "{dropped:?}");
+        assert!(
+            dropped[1].contains("tools is writable by the live user"),
+            "{dropped:?}"
+        );
         let kept = read_config(&volume).unwrap().unwrap();
         let sources: Vec<_> = kept.entries().map(|e| e.source.clone()).collect();
         assert_eq!(
