@@ -80,6 +80,21 @@ impl Origin {
 }
 
 impl Dir {
+    /// A second handle on the same directory (a duplicated descriptor; not reopened by
+    /// name, so it is this directory whatever was renamed since).
+    pub fn try_clone(&self) -> Result<Dir> {
+        Ok(Dir {
+            fd: self
+                .fd
+                .try_clone()
+                .context(|| format!("opening {}", self.path.display()))?,
+            path: self.path.clone(),
+            parent: None,
+            origin: self.origin.clone(),
+            rel: self.rel.clone(),
+        })
+    }
+
     /// Looks the directory up again by name in its parent: after a mount on it, this is
     /// the root of the new mount (the old descriptor still names what is underneath).
     pub fn reopen(&self) -> Result<Dir> {
@@ -164,16 +179,7 @@ pub fn open_dir(path: &Path, create: Option<Owner>) -> Result<(Dir, Vec<Made>)> 
 
 /// Opens `rel` below `base`, refusing symlinks and `..`; see [`open_dir`].
 pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Dir, Vec<Made>)> {
-    let mut current = Dir {
-        fd: base
-            .fd
-            .try_clone()
-            .context(|| format!("opening {}", base.path.display()))?,
-        path: base.path.clone(),
-        parent: None,
-        origin: base.origin.clone(),
-        rel: base.rel.clone(),
-    };
+    let mut current = base.try_clone()?;
     let mut created = Vec::new();
     for component in rel.components() {
         let name = match component {
@@ -918,19 +924,10 @@ pub fn copy_contents(from: &Dir, to: &Dir) -> Result<u64> {
     let target = std::cell::RefCell::new(Cursor::new(to));
     let counterpart = |rel: &Path| -> Result<Dir> {
         let mut cursor = target.borrow_mut();
-        let dir = cursor
+        cursor
             .open(rel)
-            .ok_or_else(|| swapped(&to.path.join(rel)))?;
-        Ok(Dir {
-            fd: dir
-                .fd
-                .try_clone()
-                .context(|| "duplicating a descriptor".into())?,
-            path: dir.path.clone(),
-            parent: None,
-            origin: dir.origin.clone(),
-            rel: dir.rel.clone(),
-        })
+            .ok_or_else(|| swapped(&to.path.join(rel)))?
+            .try_clone()
     };
     walk_both(
         from,
