@@ -149,9 +149,9 @@ pub fn activate(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
 
 fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
     let e = &resolved.entry;
-    if let Some(guard) = &resolved.guard {
-        refuse_a_source_owned_by_the_live_user(resolved, guard, resolved.owner)?;
-    }
+    // Judged before anything is made: the folders it looks at are ones the live user
+    // cannot change (that is what it checks), so they stay as judged.
+    refuse_an_untrusted_source(volume, resolved)?;
     let (dest, made) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
     let dest_existed = made.is_empty();
     journal.done.push(Done::Made(made));
@@ -173,15 +173,13 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             )));
         }
     }
-    refuse_an_untrusted_source(volume, resolved)?;
     match e.method {
         Method::Bind => {
             // A new folder starts as a copy of what the session has there (as Tails and
             // live-boot do with `cp -a`): enabling a feature keeps the data of the moment,
             // and system folders such as /etc/cups keep their default files.
             if !source_existed && dest_existed {
-                let (copy, _) = safefs::open_beneath(volume, &e.source, None)?;
-                journal.done.push(Done::Populated(copy));
+                journal.done.push(Done::Populated(source.try_clone()?));
                 safefs::copy_contents(&dest, &source)?;
             }
             mounts::bind(&source, &dest)?;

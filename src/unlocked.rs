@@ -269,18 +269,18 @@ pub fn drop_untrusted_lines(volume: &Dir, host: &dyn Host) -> Result<Vec<String>
     let Some(mut config) = read_config(volume)? else {
         return Ok(vec![]);
     };
-    let entries: Vec<&crate::config::Entry> = config.entries().collect();
+    let nested = nesting_problems(&config);
     let mut dropped = Vec::new();
-    for (i, entry) in entries.iter().enumerate() {
-        let why = match nested_in(&entries, i) {
-            Some(outer) => Some(format!("its source is inside {}", outer.source.display())),
+    for entry in config.entries() {
+        let why = match nested.iter().find(|(e, _)| e == entry) {
+            Some((_, why)) => Some(why.clone()),
             None => features::resolve(entry, host)
                 .ok()
                 .and_then(|r| binder::refuse_an_untrusted_source(volume, &r).err())
                 .map(|e| e.to_string()),
         };
         if let Some(why) = why {
-            dropped.push(((*entry).clone(), why));
+            dropped.push((entry.clone(), why));
         }
     }
     for (entry, _) in &dropped {
