@@ -1249,13 +1249,8 @@ mod tests {
         }
     }
 
-    fn mode_of(path: &Path) -> u32 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).unwrap().mode() & 0o7777
-    }
-
-    #[test]
-    fn a_folder_swapped_for_a_symlink_while_made_never_passes_its_mode_on() {
+    /// A root file of mode 0600 ("secret") and an empty home beside it.
+    fn victim_and_home() -> (tempfile::TempDir, PathBuf, PathBuf) {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let victim = tmp.path().join("victim");
@@ -1263,6 +1258,17 @@ mod tests {
         std::fs::set_permissions(&victim, PermissionsExt::from_mode(0o600)).unwrap();
         let home = tmp.path().join("home");
         std::fs::create_dir(&home).unwrap();
+        (tmp, victim, home)
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_while_made_never_passes_its_mode_on() {
+        let (_tmp, victim, home) = victim_and_home();
         race::set(swap_for_symlink_to(victim.clone()));
         let result = open_dir(
             &home.join(".gnupg"),
@@ -1306,12 +1312,7 @@ mod tests {
     #[test]
     fn negative_control_the_same_swap_wins_against_mkdir_then_chmod_by_name() {
         use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let victim = tmp.path().join("victim");
-        std::fs::write(&victim, "secret").unwrap();
-        std::fs::set_permissions(&victim, PermissionsExt::from_mode(0o600)).unwrap();
-        let home = tmp.path().join("home");
-        std::fs::create_dir(&home).unwrap();
+        let (_tmp, victim, home) = victim_and_home();
         // The naive way: make the folder, then set its mode by name.
         let target = home.join(".gnupg");
         std::fs::create_dir(&target).unwrap();
