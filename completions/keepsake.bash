@@ -307,7 +307,7 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__feature__subcmd__add)
-            opts="-h -V --dest --link --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --dest --link --file --union --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

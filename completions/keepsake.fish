@@ -137,6 +137,8 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l link -d 'Symlink each file into DEST instead of binding the whole folder'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l file -d 'DEST is one file, bind-mounted from the file NAME of the volume (Tails layout)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l union -d 'Overlay DEST: its files show through, changes persist in NAME/rw (live-boot layout)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'

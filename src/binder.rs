@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::config::Method;
-use crate::error::{Error, Result};
+use crate::config::{Entry, Method};
+use crate::error::{Context, Error, Result};
 use crate::features::{ResolvedEntry, SourceGuard};
 use crate::mounts::{self, Mount};
 use crate::safefs::{self, Dir, Displaced, Made};
@@ -36,7 +36,11 @@ pub fn bind_is_active(
     entry_source: &Path,
     dest: &Path,
 ) -> bool {
-    let root = Path::new("/").join(entry_source);
+    let root = if entry_source == Path::new(crate::config::VOLUME_ROOT) {
+        PathBuf::from("/")
+    } else {
+        Path::new("/").join(entry_source)
+    };
     table
         .iter()
         .any(|m| m.dev == volume_dev && m.mount_point == dest && m.root == root)
@@ -59,9 +63,7 @@ pub fn plan_activation(
                     e.destination.display(),
                     mount_root.display()
                 ))
-            } else if e.method == Method::Bind
-                && bind_is_active(table, volume_dev, &e.source, &e.destination)
-            {
+            } else if e.method.mounts() && is_active(table, volume_dev, mount_root, e) {
                 Action::AlreadyActive
             } else {
                 Action::Activate
@@ -152,6 +154,11 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     // Judged before anything is made: the folders it looks at are ones the live user
     // cannot change (that is what it checks), so they stay as judged.
     refuse_an_untrusted_source(volume, resolved)?;
+    match e.method {
+        Method::File => return activate_file(volume, resolved, journal),
+        Method::Union => return activate_union(volume, resolved, journal),
+        Method::Bind | Method::Link => {}
+    }
     let (dest, made) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
     let dest_existed = made.is_empty();
     journal.done.push(Done::Made(made));
@@ -173,21 +180,145 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
             )));
         }
     }
-    match e.method {
-        Method::Bind => {
-            // A new folder starts as a copy of what the session has there (as Tails and
-            // live-boot do with `cp -a`): enabling a feature keeps the data of the moment,
-            // and system folders such as /etc/cups keep their default files.
-            if !source_existed && dest_existed {
-                journal.done.push(Done::Populated(source.try_clone()?));
-                safefs::copy_contents(&dest, &source)?;
-            }
-            mounts::bind(&source, &dest)?;
-            journal.done.push(Done::Mounted(e.destination.clone()));
+    if e.method == Method::Link {
+        return link_tree(&source, &dest, journal);
+    }
+    // A new folder starts as a copy of what the session has there (as Tails and live-boot
+    // do with `cp -a`): enabling a feature keeps the data of the moment, and system
+    // folders such as /etc/cups keep their default files.
+    if !source_existed && dest_existed {
+        journal.done.push(Done::Populated(source.try_clone()?));
+        safefs::copy_contents(&dest, &source)?;
+    }
+    mounts::bind(&source, &dest)?;
+    journal.done.push(Done::Mounted(e.destination.clone()));
+    Ok(())
+}
+
+/// Tails' `file`: one file of the volume bind-mounted over one file of the session. A
+/// missing source starts as a copy of the session's file (as Tails does with `cp -a`); a
+/// missing destination is made empty, mode 0600.
+fn activate_file(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
+    let e = &resolved.entry;
+    let split = |p: &Path| match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent.to_path_buf(), name.to_os_string())),
+        _ => Err(Error::Usage(format!(
+            "{} is not a file's path",
+            p.display()
+        ))),
+    };
+    let (dest_parent, dest_name) = split(&e.destination)?;
+    let (source_parent, source_name) = split(&e.source)?;
+    let (dest_dir, made) = safefs::open_dir(&dest_parent, Some(resolved.owner))?;
+    journal.done.push(Done::Made(made));
+    let (source_dir, made) = safefs::open_beneath(volume, &source_parent, Some(resolved.owner))?;
+    journal.done.push(Done::Made(made));
+    let file_owner = safefs::Owner {
+        mode: 0o600,
+        ..resolved.owner
+    };
+    let (dest, made) = safefs::open_file_in(&dest_dir, &dest_name, Some((file_owner, None)))?;
+    let dest_existed = made.is_none();
+    if let Some(m) = made {
+        journal.done.push(Done::Made(vec![m]));
+    }
+    let template = dest_existed.then_some(&dest);
+    let (source, made) =
+        safefs::open_file_in(&source_dir, &source_name, Some((file_owner, template)))?;
+    if let Some(m) = made {
+        journal.done.push(Done::Made(vec![m]));
+    }
+    mounts::bind_file(&source, &dest, &dest_dir, &dest_name)?;
+    journal.done.push(Done::Mounted(e.destination.clone()));
+    Ok(())
+}
+
+/// live-boot's `union`: an overlay on the destination, with the changes in `SOURCE/rw`
+/// (the overlay's root takes that folder's owner and mode: the destination's, when it is
+/// made) and overlayfs' work folder in `SOURCE/work`. overlayfs takes those two by path,
+/// so the source folder is made root's 0755 and every folder on the way must be root's
+/// and writable by nobody else: then nobody can swap a symlink into the path.
+fn activate_union(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) -> Result<()> {
+    let e = &resolved.entry;
+    let (dest, made) = safefs::open_dir(&e.destination, Some(resolved.owner))?;
+    journal.done.push(Done::Made(made));
+    let dest_owner = safefs::owner_of(&dest)?;
+    let (source, made) = safefs::open_beneath(volume, &e.source, Some(safefs::Owner::ROOT_0755))?;
+    journal.done.push(Done::Made(made));
+    // live-boot makes the source the destination's (chown_ref): the layers below carry
+    // that owner, the source itself becomes root's.
+    safefs::set_owner(&source, safefs::Owner::ROOT_0755)?;
+    let (_, made) = safefs::open_beneath(&source, Path::new("rw"), Some(dest_owner))?;
+    journal.done.push(Done::Made(made));
+    let work_owner = safefs::Owner {
+        mode: 0o700,
+        ..safefs::Owner::ROOT_0755
+    };
+    let (_, made) = safefs::open_beneath(&source, Path::new("work"), Some(work_owner))?;
+    journal.done.push(Done::Made(made));
+    refuse_a_path_others_can_change(volume, &e.source)?;
+    let root = volume.path.join(&e.source);
+    mounts::overlay(&dest, &root.join("rw"), &root.join("work"))?;
+    journal.done.push(Done::Mounted(e.destination.clone()));
+    Ok(())
+}
+
+/// Refuses when any folder from `/` down to `rel` in the volume could be changed by
+/// someone other than root: owned by another user, or writable by a group other than
+/// root's or by others, or through an ACL.
+fn refuse_a_path_others_can_change(volume: &Dir, rel: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |path: &Path, uid: u32, mode: u32| {
+        Err(Error::UntrustedSource(format!(
+            "{} (uid {uid}, mode {:04o}) could be changed by someone other than root, and overlayfs takes its folders by path; not activated",
+            path.display(),
+            mode & 0o7777
+        )))
+    };
+    for above in volume.path.ancestors().skip(1) {
+        let m =
+            std::fs::symlink_metadata(above).context(|| format!("reading {}", above.display()))?;
+        if m.uid() != 0 || m.mode() & 0o002 != 0 || (m.mode() & 0o020 != 0 && m.gid() != 0) {
+            return refuse(above, m.uid(), m.mode());
         }
-        Method::Link => link_tree(&source, &dest, journal)?,
+    }
+    for (path, owner, acl) in safefs::folders_on_path(volume, rel)? {
+        let acl_writes = acl.iter().any(|a| {
+            (a.tag == safefs::AclEntry::USER || a.tag == safefs::AclEntry::GROUP)
+                && a.perm & 0o2 != 0
+        });
+        if owner.uid != 0
+            || owner.mode & 0o002 != 0
+            || (owner.mode & 0o020 != 0 && owner.gid != 0)
+            || acl_writes
+        {
+            return refuse(&path, owner.uid, owner.mode);
+        }
     }
     Ok(())
+}
+
+/// Whether a feature line is active now: a bind or file mount of its source at its
+/// destination, the overlay with its upper layer in the source, or (link) any link into
+/// the source.
+pub fn is_active(table: &[Mount], volume_dev: (u32, u32), mount_root: &Path, e: &Entry) -> bool {
+    match e.method {
+        Method::Bind | Method::File => bind_is_active(table, volume_dev, &e.source, &e.destination),
+        Method::Union => mounts::overlay_with_upper(
+            table,
+            &e.destination,
+            &mount_root.join(&e.source).join("rw"),
+        ),
+        Method::Link => links_into(&e.destination, &mount_root.join(&e.source)),
+    }
+}
+
+/// Whether any entry of `dest` is a symlink into `source` (a link feature is active).
+fn links_into(dest: &Path, source: &Path) -> bool {
+    std::fs::read_dir(dest).is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok())
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(source)))
+    })
 }
 
 /// Refuses a feature whose source the live user could turn against the system (see
@@ -198,12 +329,37 @@ pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Res
         return Ok(());
     };
     refuse_a_source_owned_by_the_live_user(resolved, guard, resolved.owner)?;
-    let source = &resolved.entry.source;
+    let mut source = resolved.entry.source.as_path();
+    if resolved.entry.method == Method::File {
+        // One file: judged by its owner and mode, and by the folders down to it.
+        let (folder, name) = (source.parent().unwrap_or(Path::new("")), source.file_name());
+        if let (Ok((dir, _)), Some(name)) = (safefs::open_beneath(volume, folder, None), name)
+            && let Ok((fd, _)) = safefs::open_file_in(&dir, name, None)
+        {
+            let st =
+                nix::sys::stat::fstat(&fd).context(|| format!("reading {}", source.display()))?;
+            let owner = safefs::Owner {
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mode: st.st_mode & 0o7777,
+            };
+            refuse_a_source_owned_by_the_live_user(resolved, guard, owner)?;
+            if guard.writable_by_live_user(owner, &[]) {
+                return Err(Error::UntrustedSource(format!(
+                    "{} is writable by the live user, so it may not be bound over {}, outside their home; not activated",
+                    source.display(),
+                    resolved.entry.destination.display()
+                )));
+            }
+        }
+        source = folder;
+    }
     for existing in source.ancestors() {
         match safefs::open_beneath(volume, existing, None) {
             Ok((dir, _)) => {
                 refuse_a_source_the_live_user_can_change(volume, existing, resolved, guard)?;
-                if existing == source {
+                // (A file's folder holds other features' data: only the way to it counts.)
+                if existing == source && resolved.entry.method != Method::File {
                     refuse_a_source_owned_by_the_live_user(
                         resolved,
                         guard,

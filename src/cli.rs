@@ -437,8 +437,15 @@ pub enum FeatureCommand {
         #[arg(long, value_name = "PATH")]
         dest: PathBuf,
         /// Symlink each file into DEST instead of binding the whole folder.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["file", "union"])]
         link: bool,
+        /// DEST is one file, bind-mounted from the file NAME of the volume (Tails layout).
+        #[arg(long, conflicts_with = "union")]
+        file: bool,
+        /// Overlay DEST: its files show through, changes persist in NAME/rw (live-boot
+        /// layout).
+        #[arg(long)]
+        union: bool,
     },
     /// Remove a custom feature (disabling it first).
     Remove {

@@ -56,7 +56,18 @@ pub struct Feature {
     pub bindings: &'static [Binding],
     pub service: Option<Service>,
     /// Enabled in the `persistence.conf` of a new volume.
-    pub default: bool,
+    pub default: OnNewVolume,
+    /// Tails does not know it: in the Tails layout its line goes to keepsake.conf.
+    pub keepsake_only: bool,
+}
+
+/// Whether a feature is enabled on a new volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnNewVolume {
+    No,
+    Always,
+    /// In the Tails layout only, as Tails does (Additional Software).
+    InTails,
 }
 
 const fn home(source: &'static str, path: &'static str) -> Binding {
@@ -87,15 +98,18 @@ const fn feature(name: &'static str, title: &'static str, bindings: &'static [Bi
         title,
         bindings,
         service: None,
-        default: false,
+        default: OnNewVolume::No,
+        keepsake_only: false,
     }
 }
 
-/// The built-in features, in the order they are activated. Source names and destinations
-/// are Tails' own (its `persistence.conf`), so an existing Tails volume works unchanged.
+/// The built-in features, in the order they are activated: Tails' own order (its
+/// `features.py`), Dotfiles last so that its links land in the folders bound before it.
+/// Source names and destinations are Tails' own, so an existing Tails volume works
+/// unchanged; custom features come after all of these.
 pub static CATALOGUE: &[Feature] = &[
     Feature {
-        default: true,
+        default: OnNewVolume::Always,
         ..feature(
             "persistent",
             "Persistent folder",
@@ -103,22 +117,18 @@ pub static CATALOGUE: &[Feature] = &[
         )
     },
     feature(
-        "dotfiles",
-        "Dotfiles: each file symlinked into the home folder",
-        &[Binding {
-            method: Method::Link,
-            ..home("dotfiles", "")
-        }],
+        "bookmarks",
+        "Tor Browser bookmarks",
+        &[home("bookmarks", ".mozilla/firefox/bookmarks")],
     ),
     feature(
-        "gnupg",
-        "GnuPG keys and settings",
-        &[home("gnupg", ".gnupg")],
-    ),
-    feature(
-        "ssh-client",
-        "SSH client keys and settings",
-        &[home("openssh-client", ".ssh")],
+        "greeter-settings",
+        "Welcome Screen settings",
+        &[system(
+            "greeter-settings",
+            "/var/lib/gdm3/settings/persistent",
+            0o700,
+        )],
     ),
     feature(
         "network-connections",
@@ -130,14 +140,35 @@ pub static CATALOGUE: &[Feature] = &[
         )],
     ),
     feature(
-        "bookmarks",
-        "Tor Browser bookmarks",
-        &[home("bookmarks", ".mozilla/firefox/bookmarks")],
+        "tor-bridges",
+        "Tor bridges (Tor Connection Assistant)",
+        &[system("tca", "/var/lib/tca", 0o700)],
+    ),
+    Feature {
+        default: OnNewVolume::InTails,
+        ..feature(
+            "additional-software",
+            "Additional software (APT lists and packages)",
+            &[
+                system("apt/cache", "/var/cache/apt/archives", 0o755),
+                system("apt/lists", "/var/lib/apt/lists", 0o755),
+            ],
+        )
+    },
+    feature(
+        "printers",
+        "Printers (CUPS)",
+        &[system("cups-configuration", "/etc/cups", 0o755)],
     ),
     feature(
         "thunderbird",
         "Thunderbird email",
         &[home("thunderbird", ".thunderbird")],
+    ),
+    feature(
+        "gnupg",
+        "GnuPG keys and settings",
+        &[home("gnupg", ".gnupg")],
     ),
     feature(
         "electrum",
@@ -150,36 +181,17 @@ pub static CATALOGUE: &[Feature] = &[
         &[home("pidgin", ".purple")],
     ),
     feature(
-        "additional-software",
-        "Additional software (APT lists and packages)",
-        &[
-            system("apt/cache", "/var/cache/apt/archives", 0o755),
-            system("apt/lists", "/var/lib/apt/lists", 0o755),
-        ],
-    ),
-    feature(
-        "printers",
-        "Printers (CUPS)",
-        &[system("cups-configuration", "/etc/cups", 0o755)],
-    ),
-    feature(
-        "greeter-settings",
-        "Welcome Screen settings",
-        &[system(
-            "greeter-settings",
-            "/var/lib/gdm3/settings/persistent",
-            0o700,
-        )],
-    ),
-    feature(
-        "tor-bridges",
-        "Tor bridges (Tor Connection Assistant)",
-        &[system("tca", "/var/lib/tca", 0o700)],
+        "ssh-client",
+        "SSH client keys and settings",
+        &[home("openssh-client", ".ssh")],
     ),
     // Not in Tails: tor's whole DataDirectory. Persisting guards resists guard-rotation
-    // attacks but links sessions to each other; the documentation says so.
+    // attacks but links sessions to each other; the documentation says so. In the Tails
+    // layout its line lives in keepsake.conf, never in Tails' persistence.conf: Tails
+    // would bind it at boot as a custom feature and run its tor on persistent state.
     Feature {
         service: Some(Service::Tor),
+        keepsake_only: true,
         ..feature(
             "tor-state",
             "Tor state: entry guards, consensus cache, onion service keys",
@@ -193,11 +205,37 @@ pub static CATALOGUE: &[Feature] = &[
             }],
         )
     },
+    feature(
+        "dotfiles",
+        "Dotfiles: each file symlinked into the home folder",
+        &[Binding {
+            method: Method::Link,
+            ..home("dotfiles", "")
+        }],
+    ),
 ];
 
 impl Feature {
     pub fn by_name(name: &str) -> Option<&'static Feature> {
         CATALOGUE.iter().find(|f| f.name == name)
+    }
+
+    /// Whether a new volume of this layout has it enabled.
+    pub fn enabled_on_new(&self, profile: crate::layout::LayoutProfile) -> bool {
+        match self.default {
+            OnNewVolume::No => false,
+            OnNewVolume::Always => true,
+            OnNewVolume::InTails => profile == crate::layout::LayoutProfile::Tails,
+        }
+    }
+
+    /// Where a feature's line goes in activation order: built-ins in catalogue order, then
+    /// custom features (in the order of their lines).
+    pub fn rank(source: &Path) -> usize {
+        CATALOGUE
+            .iter()
+            .position(|f| f.bindings.iter().any(|b| Path::new(b.source) == source))
+            .unwrap_or(CATALOGUE.len())
     }
 
     pub fn by_source(source: &Path) -> Option<(&'static Feature, &'static Binding)> {
@@ -503,7 +541,10 @@ pub mod tests {
         let f = Feature::by_name("persistent").unwrap();
         let e = f.bindings[0].entry(&FakeHost).unwrap();
         assert_eq!(e.destination, Path::new("/home/amnesia/Persistent"));
-        assert_eq!(e.render(), "/home/amnesia/Persistent\tsource=Persistent");
+        assert_eq!(
+            e.render(crate::config::Dialect::Tails),
+            "/home/amnesia/Persistent\tsource=Persistent"
+        );
         let r = resolve(&e, &FakeHost).unwrap();
         assert_eq!(r.feature, "persistent");
         assert_eq!(

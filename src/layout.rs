@@ -36,6 +36,10 @@ pub struct Layout {
 pub const CONFIG_FILE: &str = "persistence.conf";
 /// Definitions of custom features, enabled or not, in the same syntax (keepsake's own).
 pub const CUSTOM_FEATURES_FILE: &str = "keepsake-features.conf";
+/// In the Tails layout, the features only keepsake knows (tor-state), enabled: Tails would
+/// treat their lines in persistence.conf as custom features and bind them at boot. Same
+/// syntax, read by keepsake only.
+pub const KEEPSAKE_CONFIG_FILE: &str = "keepsake.conf";
 /// Tails' GPT partition type for TailsData partitions.
 pub const TAILS_PARTITION_TYPE: &str = "8DA63339-0007-60C0-C436-083AC8230908";
 /// Where keepsake keeps runtime records (never secrets). Must be on tmpfs.

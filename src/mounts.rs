@@ -1,6 +1,7 @@
 //! The mount table: parsing `/proc/self/mountinfo` (pure) and the few mount syscalls
 //! keepsake makes.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -105,12 +106,13 @@ pub fn mount_at<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
 
 /// Mounts an ext4 filesystem with the options every keepsake mount carries.
 pub fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
+    // With POSIX ACLs, as Tails mounts it: the mount root's ACL lets the live user through.
     nix::mount::mount(
         Some(device),
         target,
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
-        None::<&str>,
+        Some("acl"),
     )
     .context(|| format!("mounting {} at {}", device.display(), target.display()))
 }
@@ -167,6 +169,89 @@ pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
         let _ = target.unmount_here();
     }
     result
+}
+
+/// Bind-mounts one file of the volume over a file of the session (Tails' `file` option),
+/// both named by descriptors, then makes it nosuid,nodev. `target_dir`/`target_name` find
+/// the mounted file again for that remount.
+pub fn bind_file(
+    source: &OwnedFd,
+    target: &OwnedFd,
+    target_dir: &Dir,
+    target_name: &std::ffi::OsStr,
+) -> Result<()> {
+    let shown = target_dir.path.join(target_name);
+    nix::mount::mount(
+        Some(Path::new(&format!("/proc/self/fd/{}", source.as_raw_fd()))),
+        Path::new(&format!("/proc/self/fd/{}", target.as_raw_fd())),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context(|| format!("binding a file of the volume on {}", shown.display()))?;
+    let result = nix::fcntl::openat(
+        &target_dir.fd,
+        target_name,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .context(|| format!("opening {}", shown.display()))
+    .and_then(|mounted| {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        nix::mount::mount(
+            None::<&str>,
+            Path::new(&format!("/proc/self/fd/{}", mounted.as_raw_fd())),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .context(|| format!("making {} nosuid,nodev", shown.display()))
+    });
+    if result.is_err() {
+        let _ = target_dir.unmount_child(&shown);
+    }
+    result
+}
+
+/// Mounts an overlay on `target` (live-boot's `union`): the folder as it is now is the
+/// lower layer, `upper` and `work` (folders of the volume, by path: overlayfs takes no
+/// descriptors on this kernel, so the caller makes sure nobody but root can change any
+/// folder on those paths) hold the changes.
+pub fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
+    for p in [upper, work] {
+        let text = p.to_string_lossy();
+        if text.contains([',', ':', '\\']) || text.chars().any(char::is_whitespace) {
+            return Err(Error::Usage(format!(
+                "{} holds a comma, colon, backslash or blank, which overlayfs options cannot carry",
+                p.display()
+            )));
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        target.proc_path().display(),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &target.proc_path(),
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+        Some(options.as_str()),
+    )
+    .context(|| format!("mounting an overlay on {}", target.path.display()))
+}
+
+/// Whether the overlay on `dest` has its upper layer at `upper` (a union is active).
+pub fn overlay_with_upper(table: &[Mount], dest: &Path, upper: &Path) -> bool {
+    table.iter().any(|m| {
+        m.fstype == "overlay"
+            && m.mount_point == dest
+            && m.super_options
+                .split(',')
+                .any(|o| o.strip_prefix("upperdir=").map(Path::new) == Some(upper))
+    })
 }
 
 /// Unmounts the mount on `target`. umount2 has no *at form, and `UMOUNT_NOFOLLOW` guards

@@ -244,9 +244,91 @@ pub struct AclEntry {
 }
 
 impl AclEntry {
+    pub const USER_OBJ: u16 = 0x01;
     pub const USER: u16 = 0x02;
+    pub const GROUP_OBJ: u16 = 0x04;
     pub const GROUP: u16 = 0x08;
     pub const MASK: u16 = 0x10;
+    pub const OTHER: u16 = 0x20;
+}
+
+/// Sets a volume's mount root as Tails does at every unlock: owned by root:root, mode
+/// 0770, every ACL removed, then `user:LIVE:x` added (so that the live user can reach its
+/// own features' folders, and the dotfiles' links resolve for it, but list nothing).
+/// Without a live user, no ACL at all.
+pub fn set_mount_root_access(dir: &Dir, live_uid: Option<u32>) -> Result<()> {
+    let shown = || format!("setting the owner and mode of {}", dir.path.display());
+    let fd = openat(
+        &dir.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(shown)?;
+    nix::unistd::fchown(&fd, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).context(shown)?;
+    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o770)).context(shown)?;
+    let acl_shown = || format!("setting the ACL of {}", dir.path.display());
+    for name in [c"system.posix_acl_default", c"system.posix_acl_access"] {
+        // SAFETY: an open descriptor and a NUL-terminated name.
+        let r = unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) };
+        match Errno::result(r) {
+            Ok(_) | Err(Errno::ENODATA) => {}
+            Err(e) => return Err(e).context(acl_shown),
+        }
+    }
+    let Some(uid) = live_uid.filter(|u| *u != 0) else {
+        return Ok(());
+    };
+    let xattr = acl_xattr(&[
+        AclEntry {
+            tag: AclEntry::USER_OBJ,
+            perm: 0o7,
+            id: u32::MAX,
+        },
+        AclEntry {
+            tag: AclEntry::USER,
+            perm: 0o1,
+            id: uid,
+        },
+        AclEntry {
+            tag: AclEntry::GROUP_OBJ,
+            perm: 0o7,
+            id: u32::MAX,
+        },
+        AclEntry {
+            tag: AclEntry::MASK,
+            perm: 0o7,
+            id: u32::MAX,
+        },
+        AclEntry {
+            tag: AclEntry::OTHER,
+            perm: 0,
+            id: u32::MAX,
+        },
+    ]);
+    // SAFETY: an open descriptor, a NUL-terminated name, a buffer of the length given.
+    let r = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            c"system.posix_acl_access".as_ptr(),
+            xattr.as_ptr().cast(),
+            xattr.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop).context(acl_shown)
+}
+
+/// The kernel's `system.posix_acl_*` encoding of ACL entries (version 2, little-endian
+/// tag, permissions, id), the inverse of [`parse_acl`].
+pub fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
+    let mut out = vec![2, 0, 0, 0];
+    for e in entries {
+        out.extend_from_slice(&e.tag.to_le_bytes());
+        out.extend_from_slice(&e.perm.to_le_bytes());
+        out.extend_from_slice(&e.id.to_le_bytes());
+    }
+    out
 }
 
 /// The access ACL of an open folder (`system.posix_acl_access`), empty if it has none.
@@ -479,6 +561,18 @@ fn give(fd: &OwnedFd, owner: Owner, shown: &Path) -> Result<()> {
         .context(|| format!("setting the mode of {}", shown.display()))
 }
 
+/// Sets the owner and mode of an open folder, through its descriptor.
+pub fn set_owner(dir: &Dir, owner: Owner) -> Result<()> {
+    let fd = openat(
+        &dir.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("opening {}", dir.path.display()))?;
+    give(&fd, owner, &dir.path)
+}
+
 fn swapped(shown: &Path) -> Error {
     Error::Busy(format!(
         "{} was changed by someone else while keepsake was making it; nothing was done to it",
@@ -500,6 +594,8 @@ pub fn owner_of(dir: &Dir) -> Result<Owner> {
 pub struct CheckedFile {
     pub contents: String,
     pub owner: Owner,
+    /// The file carries an access ACL beyond its mode bits.
+    pub has_acl: bool,
 }
 
 /// Reads the file `name` in `dir` (not a symlink, at most `max` bytes).
@@ -532,6 +628,18 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
             shown.display()
         )));
     }
+    let has_acl = nix::errno::Errno::result(
+        // SAFETY: an open descriptor, a NUL-terminated name; size 0 only asks the length.
+        unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                c"system.posix_acl_access".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )
+        },
+    )
+    .is_ok_and(|n| n > 0);
     let mut contents = String::new();
     File::from(fd)
         .take(max)
@@ -547,12 +655,112 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
         })?;
     Ok(CheckedFile {
         contents,
+        has_acl,
         owner: Owner {
             uid: st.st_uid,
             gid: st.st_gid,
             mode: st.st_mode & 0o7777,
         },
     })
+}
+
+/// A regular file of `dir`, by an `O_PATH` descriptor, never through a symlink. When it
+/// is missing and `create` says how, it is made: as a copy of `template` (contents,
+/// owner, mode) if one is given, else empty with the owner and mode given; what was made
+/// is returned to be undone.
+pub fn open_file_in(
+    dir: &Dir,
+    name: &OsStr,
+    create: Option<(Owner, Option<&OwnedFd>)>,
+) -> Result<(OwnedFd, Option<Made>)> {
+    let shown = dir.path.join(name);
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let opened = match openat(&dir.fd, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) if create.is_some() => {
+            let (owner, template) = create.unwrap_or((Owner::ROOT_0755, None));
+            let made = make_file(dir, name, owner, template, &shown)?;
+            let fd = openat(&dir.fd, name, flags, Mode::empty())
+                .context(|| format!("opening {}", shown.display()))?;
+            let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
+            if id_of(&st) != made.id {
+                return Err(swapped(&shown));
+            }
+            return Ok((fd, Some(made)));
+        }
+        Err(Errno::ENOENT) => {
+            return Err(Error::NotFound(format!(
+                "{} does not exist",
+                shown.display()
+            )));
+        }
+        Err(e) => return Err(e).context(|| format!("opening {}", shown.display())),
+    };
+    let st = fstat(&opened).context(|| format!("reading {}", shown.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::Usage(format!(
+            "{} is not a regular file (a symlink, folder or device); refusing it",
+            shown.display()
+        )));
+    }
+    Ok((opened, None))
+}
+
+fn make_file(
+    dir: &Dir,
+    name: &OsStr,
+    owner: Owner,
+    template: Option<&OwnedFd>,
+    shown: &Path,
+) -> Result<Made> {
+    let fd = openat(
+        &dir.fd,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| format!("creating {}", shown.display()))?;
+    let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
+    let made = Made::new(dir, name, id_of(&st), shown.to_path_buf());
+    let filled = (|| {
+        let owner = match template {
+            Some(t) => {
+                let from = File::open(format!("/proc/self/fd/{}", t.as_raw_fd()))
+                    .context(|| format!("reading the file to copy to {}", shown.display()))?;
+                let tst = fstat(&from)
+                    .context(|| format!("reading the file to copy to {}", shown.display()))?;
+                let mut to = File::from(
+                    fd.try_clone()
+                        .context(|| "duplicating a descriptor".into())?,
+                );
+                std::io::copy(&mut (&from).take(u64::MAX), &mut to)
+                    .context(|| format!("copying into {}", shown.display()))?;
+                Owner {
+                    uid: tst.st_uid,
+                    gid: tst.st_gid,
+                    mode: tst.st_mode & 0o777,
+                }
+            }
+            None => owner,
+        };
+        give(&fd, owner, shown)?;
+        nix::unistd::fsync(&fd).context(|| format!("syncing {}", shown.display()))
+    })();
+    if let Err(e) = filled {
+        let _ = made.remove();
+        return Err(e);
+    }
+    Ok(made)
+}
+
+/// Removes the file `name` of `dir` (not a folder; a symlink itself, not its target).
+/// Returns whether there was one.
+pub fn remove_file_in(dir: &Dir, name: &str) -> Result<bool> {
+    match unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e).context(|| format!("removing {}", dir.path.join(name).display())),
+    }
 }
 
 /// Replaces the file `name` in `dir` atomically: write a temporary file beside it, fsync,

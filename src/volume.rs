@@ -75,15 +75,39 @@ pub fn default_max_memory_kib(mem_available_kib: Option<u64>) -> u32 {
     mem_available_kib.map_or(CEILING, |kib| (kib / 2).clamp(FLOOR, CEILING)) as u32
 }
 
-/// MemAvailable from /proc/meminfo, in KiB.
-pub fn mem_available_kib() -> Option<u64> {
-    parse_mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+/// The argon2id cost of a keyslot in the Tails layout. Tails converts at boot every volume
+/// without a keyslot of at least min(MemTotal / 2, 1 GiB) (its `is_upgraded`), and makes
+/// its own with 4 passes: so keepsake gives exactly that memory, with 4 passes and 4
+/// lanes, unless this machine cannot afford it now (MemAvailable less 200 MiB, Tails' own
+/// margin), when it gives what it can (and Tails will convert it once).
+pub fn tails_kdf_cost(mem_total_kib: Option<u64>, mem_available_kib: Option<u64>) -> KdfCost {
+    const GIB: u64 = 1 << 20;
+    let wanted = mem_total_kib.map_or(GIB, |t| (t / 2).min(GIB));
+    let affordable = mem_available_kib.map_or(GIB, |a| a.saturating_sub(200 * 1024));
+    KdfCost {
+        memory_kib: wanted.min(affordable).max(32 * 1024) as u32,
+        iterations: 4,
+        parallel: 4,
+    }
 }
 
-fn parse_mem_available(meminfo: &str) -> Option<u64> {
+/// MemAvailable from /proc/meminfo, in KiB.
+pub fn mem_available_kib() -> Option<u64> {
+    meminfo_field(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )
+}
+
+/// MemTotal from /proc/meminfo, in KiB.
+pub fn mem_total_kib() -> Option<u64> {
+    meminfo_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
+}
+
+fn meminfo_field(meminfo: &str, field: &str) -> Option<u64> {
     meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|n| n.trim().parse().ok())
 }
@@ -831,6 +855,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tails_keyslots_meet_the_cost_tails_counts_as_upgraded() {
+        const GIB: u64 = 1 << 20;
+        // 8 GiB machine: 1 GiB, 4 passes, as Tails makes them.
+        let c = tails_kdf_cost(Some(8 * GIB), Some(6 * GIB));
+        assert_eq!((c.memory_kib, c.iterations, c.parallel), (1 << 20, 4, 4));
+        // 2 GiB machine: Tails wants min(MemTotal/2, 1 GiB) = 1 GiB... of 2 GiB total.
+        let c = tails_kdf_cost(Some(2 * GIB), Some(1536 << 10));
+        assert_eq!(u64::from(c.memory_kib), GIB);
+        // 768 MiB machine: half of MemTotal.
+        let c = tails_kdf_cost(Some(768 << 10), Some(600 << 10));
+        assert_eq!(c.memory_kib, 384 << 10);
+        // Not affordable now: what is, less Tails' 200 MiB margin.
+        let c = tails_kdf_cost(Some(768 << 10), Some(500 << 10));
+        assert_eq!(c.memory_kib, 300 << 10);
+    }
+
+    #[test]
     fn kdf_memory_ceiling_is_half_the_available_ram_within_bounds() {
         assert_eq!(default_max_memory_kib(Some(600 * 1024)), 300 * 1024);
         assert_eq!(
@@ -878,7 +919,8 @@ mod tests {
     #[test]
     fn reads_mem_available() {
         let text = "MemTotal:        8000000 kB\nMemFree:  100 kB\nMemAvailable:    5120000 kB\n";
-        assert_eq!(parse_mem_available(text), Some(5_120_000));
-        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+        assert_eq!(meminfo_field(text, "MemAvailable:"), Some(5_120_000));
+        assert_eq!(meminfo_field(text, "MemTotal:"), Some(8_000_000));
+        assert_eq!(meminfo_field("MemTotal: 1 kB\n", "MemAvailable:"), None);
     }
 }

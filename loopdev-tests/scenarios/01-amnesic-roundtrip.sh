@@ -19,8 +19,9 @@ guest_first_boot() {
     ks_expect_rc 0 "unlock" -- ks_timed unlock keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
     ks_assert "mapping /dev/mapper/TailsData_unlocked exists" test -b /dev/mapper/TailsData_unlocked
     ks_assert_eq "filesystem label" "$(dd if=/dev/mapper/TailsData_unlocked bs=1 skip=1144 count=16 2>/dev/null | tr -d '\0')" TailsData
-    ks_assert_eq "persistence.conf owner and mode" "$(ks_mode $KS_ROOT_MNT/persistence.conf)" "0:0 600"
-    ks_assert_eq "persistence.conf content" "$(cat $KS_ROOT_MNT/persistence.conf)" "$(printf '/home/amnesia/Persistent\tsource=Persistent')"
+    # As Tails writes it, with the features Tails enables on a new volume.
+    ks_assert_eq "persistence.conf owner and mode (Tails' account)" "$(ks_mode $KS_ROOT_MNT/persistence.conf)" "115:122 600"
+    ks_assert_eq "persistence.conf content" "$(cat $KS_ROOT_MNT/persistence.conf)" "$(printf '/home/amnesia/Persistent\tsource=Persistent\n/var/cache/apt/archives\tsource=apt/cache\n/var/lib/apt/lists\tsource=apt/lists')"
     ks_assert_eq "mount root owner and mode" "$(ks_mode $KS_ROOT_MNT)" "0:0 770"
     ks_assert "Persistent folder is bind-mounted nosuid" ks_has_opt "$KS_PERSISTENT" nosuid
     ks_assert "Persistent folder is bind-mounted nodev" ks_has_opt "$KS_PERSISTENT" nodev

@@ -92,7 +92,7 @@ guest_second_boot() {
     ks_assert "its data is kept in the volume" test -f $KS_ROOT_MNT/gnupg/keepsake-marker
     ks_expect_rc 0 "enable gnupg at runtime" -- keepsake feature enable gnupg
     ks_assert_eq "its data is back" "$(cat /home/amnesia/.gnupg/keepsake-marker)" "data of /home/amnesia/.gnupg"
-    ks_assert_eq "persistence.conf stays root 0600" "$(ks_mode $KS_ROOT_MNT/persistence.conf)" "0:0 600"
+    ks_assert_eq "persistence.conf stays Tails' 0600" "$(ks_mode $KS_ROOT_MNT/persistence.conf)" "115:122 600"
 
     # A busy feature cannot be disabled; nothing changes.
     /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups sh -c "cd /home/amnesia/.ssh && exec sleep 600" &

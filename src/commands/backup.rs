@@ -19,9 +19,10 @@ use serde::Serialize;
 
 use crate::archive::{self, KdfParams, TreeStats};
 use crate::cli::{BackupArgs, BackupCommand, GlobalArgs, RestoreArgs, VerifyArgs};
+use crate::config::Dialect;
 use crate::error::{Context, Error, Result, at};
 use crate::features::Feature;
-use crate::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE};
+use crate::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE};
 use crate::mounts::{self, Mount};
 use crate::output::{Output, Progress};
 use crate::safefs;
@@ -33,7 +34,7 @@ const CHUNK_SIZE: u32 = 64 * 1024;
 /// Folders of the volume that are never backed up or restored.
 const NOT_DATA: &[&str] = &["lost+found"];
 /// Top-level files restored beside the features (the current ones are kept aside).
-const CONFIG_FILES: &[&str] = &[CONFIG_FILE, CUSTOM_FEATURES_FILE];
+const CONFIG_FILES: &[&str] = &[CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE];
 
 #[derive(Debug, Serialize)]
 struct BackupReport {
@@ -67,9 +68,13 @@ fn volume_root(global: &GlobalArgs) -> Result<(Unlocked, PathBuf)> {
 /// The volume folders that hold the named features: a built-in feature's sources, or a
 /// custom feature's folder (its name). The first path component, so that nested sources
 /// (apt/cache) travel with their parent.
-fn feature_folders(volume: &safefs::Dir, names: &[String]) -> Result<Vec<String>> {
-    let config = unlocked::read_config(volume)?.unwrap_or_default();
-    let custom = unlocked::read_config_file(volume, CUSTOM_FEATURES_FILE)?.unwrap_or_default();
+fn feature_folders(
+    volume: &safefs::Dir,
+    dialect: Dialect,
+    names: &[String],
+) -> Result<Vec<String>> {
+    let config = unlocked::read_config(volume, dialect)?.unwrap_or_default();
+    let custom = unlocked::read_custom(volume, dialect)?;
     let mut folders: Vec<String> = Vec::new();
     for name in names {
         let sources: Vec<PathBuf> = match Feature::by_name(name) {
@@ -157,7 +162,7 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     let tops = if args.features.is_empty() {
         all_tops(&root)?
     } else {
-        feature_folders(&volume, &args.features)?
+        feature_folders(&volume, global.layout.into(), &args.features)?
             .into_iter()
             .filter(|t| root.join(t).exists())
             .collect()
@@ -481,7 +486,11 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
     let wanted = if args.features.is_empty() {
         None
     } else {
-        Some(feature_folders(&volume, &args.features)?)
+        Some(feature_folders(
+            &volume,
+            global.layout.into(),
+            &args.features,
+        )?)
     };
     let _lock = super::exclusive()?;
     let (mut reader, len) = open_reader(global, &args.passphrase, out, &args.file)?;
@@ -544,7 +553,8 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
             // The archive's config is not trusted as it is: only lines that pass the rules
             // of every activation stay.
             let host = crate::features::SystemHost::new(None);
-            report.config_dropped = unlocked::drop_untrusted_lines(&volume, &host)?;
+            report.config_dropped =
+                unlocked::drop_untrusted_lines(&volume, global.layout.into(), &host)?;
             for line in &report.config_dropped {
                 out.warn(format!("persistence.conf: dropped {line}"));
             }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, GlobalArgs};
-use crate::config::ConfigFile;
+use crate::config::{ConfigFile, Dialect};
 use crate::error::{Error, Result};
-use crate::layout::CONFIG_FILE;
+use crate::layout::{CONFIG_FILE, KEEPSAKE_CONFIG_FILE, LayoutProfile};
 use crate::output::Output;
 use crate::safefs::{self, Owner};
 use crate::tools::{self, FsckReport};
@@ -17,7 +17,6 @@ use crate::unlocked;
 use crate::volume::{self, HeaderInfo};
 
 const MAPPING: &str = "keepsake-inspect";
-const MAX_CONFIG: u64 = 1 << 20;
 
 #[derive(Debug, Serialize)]
 struct ConfigReport {
@@ -111,9 +110,10 @@ fn prepare(
     Ok((backing, header, secret))
 }
 
-fn config_report(volume: &safefs::Dir) -> (ConfigReport, Vec<String>) {
+/// What is wrong with the volume's config, as its layout's reader and keepsake see it.
+fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<String>) {
     let mut problems = Vec::new();
-    let raw = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, unlocked::MAX_CONFIG) {
         Ok(f) => f,
         Err(e) => {
             problems.push(match e {
@@ -130,20 +130,36 @@ fn config_report(volume: &safefs::Dir) -> (ConfigReport, Vec<String>) {
             return (report, problems);
         }
     };
-    if !unlocked::trusted_config_owner(raw.owner) || raw.owner.mode != 0o600 {
-        problems.push(format!(
-            "{CONFIG_FILE} must be owned by root with mode 0600 (it is uid {}, mode {:04o})",
-            raw.owner.uid, raw.owner.mode
-        ));
+    if let Some(why) = unlocked::untrusted_config(&raw) {
+        problems.push(format!("{CONFIG_FILE} {why}"));
     }
-    let config = ConfigFile::parse(&raw.contents);
-    let errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
+    if dialect == Dialect::Tails
+        && let Some(why) = unlocked::tails_refuses(&raw)
+    {
+        problems.push(why);
+    }
+    let (features, errors) = match unlocked::read_config(volume, dialect) {
+        Ok(config) => {
+            let config = config.unwrap_or_else(|| ConfigFile::new(dialect));
+            let mut errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
+            errors.extend(
+                config
+                    .nested_sources()
+                    .into_iter()
+                    .map(|(e, why)| format!("{CONFIG_FILE}: {}: {why}", e.destination.display())),
+            );
+            (config.entries().count(), errors)
+        }
+        // An untrusted file: said above; its lines are not looked at.
+        Err(Error::Corrupt(why)) if why.contains(KEEPSAKE_CONFIG_FILE) => (0, vec![why]),
+        Err(_) => (0, vec![]),
+    };
     problems.extend(errors.iter().cloned());
     let report = ConfigReport {
         present: true,
         owner_uid: Some(raw.owner.uid),
         mode: Some(format!("{:04o}", raw.owner.mode)),
-        features: config.entries().count(),
+        features,
         errors,
     };
     (report, problems)
@@ -171,7 +187,7 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     }
     let config = match inspection.mount(true) {
         Ok(dir) => {
-            let (report, found) = config_report(&dir);
+            let (report, found) = config_report(&dir, global.layout.into());
             problems.extend(found);
             Some(report)
         }
@@ -211,8 +227,8 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     let config = {
         // The folder's descriptor must be closed before the unmount in the drop below.
         let dir = inspection.mount(false)?;
-        repaired.extend(repair_config(&dir)?);
-        let (config, left) = config_report(&dir);
+        repaired.extend(repair_config(&dir, global.layout)?);
+        let (config, left) = config_report(&dir, global.layout.into());
         problems.extend(left);
         config
     };
@@ -228,25 +244,48 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     )
 }
 
-/// Makes persistence.conf sane: present, trusted owner and mode 0600, no invalid line
-/// (those are moved to a file beside it). Returns what it changed.
-fn repair_config(volume: &safefs::Dir) -> Result<Vec<String>> {
+/// Makes persistence.conf sane: present, trusted (and in the Tails layout, as Tails
+/// accepts it), without lines its reader would skip (those are moved to a file beside
+/// it). A line the reader accepts is never moved, except in the live-boot layout one
+/// whose source is in another's: live-boot stops the boot on the whole file then.
+/// Returns what it changed.
+fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<String>> {
+    let dialect = Dialect::from(profile);
     let mut changed = Vec::new();
-    let raw = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, unlocked::MAX_CONFIG) {
         Ok(f) => Some(f),
         Err(Error::NotFound(_)) => None,
         Err(e) => return Err(e),
     };
     let Some(raw) = raw else {
         let host = crate::features::SystemHost::new(None);
-        unlocked::write_config(volume, &super::create::default_config(&host)?)?;
+        unlocked::write_config(volume, &super::create::default_config(&host, profile)?)?;
         changed.push(format!(
             "{CONFIG_FILE} was missing: written with the default features"
         ));
         return Ok(changed);
     };
-    let config = ConfigFile::parse(&raw.contents);
-    let (kept, invalid) = config.without_invalid();
+    let untrusted = unlocked::untrusted_config(&raw);
+    let tails_refuses = (dialect == Dialect::Tails)
+        .then(|| unlocked::tails_refuses(&raw))
+        .flatten();
+    // Its own file is read as it is (the owner is judged above); keepsake.conf with the
+    // usual checks.
+    let mut config = ConfigFile::parse(&raw.contents, dialect);
+    if dialect == Dialect::Tails
+        && let Some(own) =
+            unlocked::read_config_file(volume, crate::layout::KEEPSAKE_CONFIG_FILE, dialect)?
+    {
+        config.lines.extend(own.lines);
+        config = ConfigFile::parse(&config.render(), dialect);
+    }
+    let (mut kept, mut invalid) = config.without_invalid();
+    if dialect == Dialect::LiveBoot {
+        for (entry, _) in kept.nested_sources() {
+            kept.remove_entry(&entry);
+            invalid.push(entry.render(dialect));
+        }
+    }
     if !invalid.is_empty() {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -265,18 +304,16 @@ fn repair_config(volume: &safefs::Dir) -> Result<Vec<String>> {
             },
         )?;
         changed.push(format!(
-            "{} invalid line(s) moved to {aside}",
+            "{} line(s) its reader would not accept moved to {aside}",
             invalid.len()
         ));
     }
-    let bad_owner = !unlocked::trusted_config_owner(raw.owner) || raw.owner.mode != 0o600;
-    if bad_owner {
+    if let Some(why) = untrusted.as_ref().or(tails_refuses.as_ref()) {
         changed.push(format!(
-            "{CONFIG_FILE} owner and mode set to root, 0600 (were uid {}, mode {:04o})",
-            raw.owner.uid, raw.owner.mode
+            "{CONFIG_FILE} rewritten with the owner and mode its reader accepts ({why})"
         ));
     }
-    if bad_owner || !invalid.is_empty() {
+    if untrusted.is_some() || tails_refuses.is_some() || !invalid.is_empty() {
         unlocked::write_config(volume, &kept)?;
     }
     Ok(changed)

@@ -12,7 +12,7 @@ use crate::config::ConfigFile;
 use crate::disks::{self, Region};
 use crate::error::{Context, Error, Result, at};
 use crate::features::{CATALOGUE, SystemHost};
-use crate::layout::{Layout, TAILS_PARTITION_TYPE};
+use crate::layout::{Layout, LayoutProfile, TAILS_PARTITION_TYPE};
 use crate::mounts;
 use crate::output::Output;
 use crate::safefs;
@@ -69,7 +69,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
     let host = SystemHost::new(args.live_user.as_deref());
-    let config = default_config(&host)?;
+    let config = default_config(&host, global.layout)?;
     let (volume_path, size, rollback, kind) = match (&args.device, &args.image, args.size) {
         (Some(disk), _, _) => {
             let (region, sector) = check_device_target(disk, &layout)?;
@@ -167,7 +167,12 @@ fn format_and_populate(
     out: Output,
 ) -> Result<KeyslotInfo> {
     out.progress(format!("formatting {} as LUKS2 (argon2id)", path.display()));
-    let keyslot = volume::format(path, layout.fs_label, secret, super::kdf_choice(kdf))?;
+    let keyslot = volume::format(
+        path,
+        layout.fs_label,
+        secret,
+        super::kdf_choice(kdf, layout.profile),
+    )?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
         keyslot.keyslot,
@@ -293,9 +298,11 @@ fn create_sparse_file(image: &Path, size: u64) -> Result<()> {
     file.sync_all().context(at("syncing", image))
 }
 
-pub(super) fn default_config(host: &SystemHost) -> Result<ConfigFile> {
-    let mut config = ConfigFile::parse("");
-    for feature in CATALOGUE.iter().filter(|f| f.default) {
+/// The features a new volume of this layout has enabled: Tails enables its Persistent
+/// folder and Additional Software.
+pub(super) fn default_config(host: &SystemHost, profile: LayoutProfile) -> Result<ConfigFile> {
+    let mut config = ConfigFile::new(profile.into());
+    for feature in CATALOGUE.iter().filter(|f| f.enabled_on_new(profile)) {
         for binding in feature.bindings {
             config.add(binding.entry(host)?).map_err(Error::Internal)?;
         }
@@ -317,13 +324,10 @@ fn populate(layout: &Layout, mapping: &str, config: &ConfigFile, out: Output) ->
     let result = (|| {
         mounts::mount_ext4(&device, &mount_point)?;
         let written = (|| {
-            // Tails' mount root: root:root 0770; features' folders carry their own owners.
-            std::fs::set_permissions(
-                &mount_point,
-                std::os::unix::fs::PermissionsExt::from_mode(0o770),
-            )
-            .context(at("setting the mode of", &mount_point))?;
+            // Tails' mount root: root:root 0770 (unlock adds the live user's ACL);
+            // features' folders carry their own owners.
             let (dir, _) = safefs::open_dir(&mount_point, None)?;
+            safefs::set_mount_root_access(&dir, None)?;
             unlocked::write_config(&dir, config)
         })();
         unlocked::sync_all();

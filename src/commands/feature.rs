@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{FeatureCommand, GlobalArgs};
-use crate::config::{ConfigFile, Entry, Method};
+use crate::config::{ConfigFile, Dialect, Entry, Method};
 use crate::error::{Error, Result};
 use crate::features::{CATALOGUE, Feature, SystemHost};
-use crate::layout::CUSTOM_FEATURES_FILE;
 use crate::output::Output;
 use crate::safefs::Dir;
 use crate::unlocked::{self, Unlocked};
@@ -46,8 +45,10 @@ impl Open {
     fn new(global: &GlobalArgs) -> Result<Open> {
         let (unlocked, root) = super::unlocked_volume(global)?;
         let dir = unlocked.volume_dir()?;
-        let config = unlocked::read_config(&dir)?.unwrap_or_default();
-        let custom = unlocked::read_config_file(&dir, CUSTOM_FEATURES_FILE)?.unwrap_or_default();
+        let dialect = Dialect::from(global.layout);
+        let config =
+            unlocked::read_config(&dir, dialect)?.unwrap_or_else(|| ConfigFile::new(dialect));
+        let custom = unlocked::read_custom(&dir, dialect)?;
         Ok(Open {
             unlocked,
             root,
@@ -106,9 +107,21 @@ pub fn run(global: &GlobalArgs, command: FeatureCommand, out: Output) -> Result<
             let _lock = super::exclusive()?;
             disable(&mut Open::new(global)?, &names, out)
         }
-        FeatureCommand::Add { name, dest, link } => {
+        FeatureCommand::Add {
+            name,
+            dest,
+            link,
+            file,
+            union,
+        } => {
             let _lock = super::exclusive()?;
-            add(&mut Open::new(global)?, &name, dest, link, out)
+            let method = match (link, file, union) {
+                (true, _, _) => Method::Link,
+                (_, true, _) => Method::File,
+                (_, _, true) => Method::Union,
+                _ => Method::Bind,
+            };
+            add(&mut Open::new(global)?, &name, dest, method, out)
         }
         FeatureCommand::Remove {
             name,
@@ -228,7 +241,9 @@ fn enable_names(open: &mut Open, names: &[String]) -> Result<Vec<unlocked::Featu
     }
     // A source nested in another feature's is refused before anything changes (live-boot
     // stops the boot on it, and the outer folder's owner could change the inner one).
-    if let Some(why) = unlocked::nesting_problems(&open.config)
+    if let Some(why) = open
+        .config
+        .nested_sources()
         .into_iter()
         .find(|(entry, _)| added.contains(entry))
         .map(|(entry, why)| format!("{}: {why}", entry.destination.display()))
@@ -312,7 +327,7 @@ fn disable_names(open: &mut Open, names: &[String]) -> Result<bool> {
     }
     let written = (|| {
         if custom_changed {
-            unlocked::write_config_file(&open.dir, CUSTOM_FEATURES_FILE, &open.custom)?;
+            unlocked::write_custom(&open.dir, &open.custom)?;
         }
         unlocked::write_config(&open.dir, &config)
     })();
@@ -352,7 +367,7 @@ fn check_custom_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn add(open: &mut Open, name: &str, dest: PathBuf, link: bool, out: Output) -> Result<()> {
+fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method, out: Output) -> Result<()> {
     check_custom_name(name)?;
     let source = PathBuf::from(name);
     if open.custom.find_source(&source).is_some() || open.config.find_source(&source).is_some() {
@@ -363,7 +378,7 @@ fn add(open: &mut Open, name: &str, dest: PathBuf, link: bool, out: Output) -> R
     let entry = Entry {
         destination: dest,
         source,
-        method: if link { Method::Link } else { Method::Bind },
+        method,
     };
     // Validated as persistence.conf would validate it, against both files.
     let mut probe = open.config.clone();
@@ -374,11 +389,11 @@ fn add(open: &mut Open, name: &str, dest: PathBuf, link: bool, out: Output) -> R
     open.custom
         .add(entry)
         .map_err(|why| Error::Usage(format!("cannot add {name}: {why}")))?;
-    unlocked::write_config_file(&open.dir, CUSTOM_FEATURES_FILE, &open.custom)?;
+    unlocked::write_custom(&open.dir, &open.custom)?;
     if let Err(e) = enable_names(open, &[name.to_string()]) {
         // Not added at all when it cannot be activated.
         open.custom = before;
-        unlocked::write_config_file(&open.dir, CUSTOM_FEATURES_FILE, &open.custom)?;
+        unlocked::write_custom(&open.dir, &open.custom)?;
         return Err(e);
     }
     out.result(&serde_json::json!({"added": name, "enabled": true}), |_| {
@@ -409,7 +424,7 @@ fn remove(open: &mut Open, name: &str, delete_data: bool, yes: bool, out: Output
     }
     let source = PathBuf::from(name);
     open.custom.remove_source(&source);
-    unlocked::write_config_file(&open.dir, CUSTOM_FEATURES_FILE, &open.custom)?;
+    unlocked::write_custom(&open.dir, &open.custom)?;
     let mut deleted = false;
     if delete_data {
         // The folders on the way are the user's: reached and removed by handle.

@@ -48,8 +48,13 @@ pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) 
         ));
     }
     out.progress("writing the new keyslot (its key derivation takes a few seconds)");
-    let keyslot =
-        volume::change_passphrase(&backing, slot, &old, &new, super::kdf_choice(&args.kdf))?;
+    let keyslot = volume::change_passphrase(
+        &backing,
+        slot,
+        &old,
+        &new,
+        super::kdf_choice(&args.kdf, global.layout),
+    )?;
     drop((old, new));
     let report = KeyslotReport {
         volume: backing,
@@ -91,7 +96,7 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
                 &passphrase,
                 &key,
                 Role::Recovery,
-                super::kdf_choice(&args.kdf),
+                super::kdf_choice(&args.kdf, global.layout),
             )?;
             let report = KeyslotReport {
                 volume: backing,

@@ -154,7 +154,7 @@ fn lock_volume(
         .mount_root
         .clone()
         .unwrap_or_else(|| layout.mount_root.clone());
-    let link_destinations = link_destinations(unlocked);
+    let link_destinations = link_destinations(unlocked, layout.profile.into());
     let plan = binder::plan_deactivation(&unlocked.table, dev, &mount_root, &link_destinations);
     let (unmounted, links_removed) = match teardown(&plan, &mount_root) {
         Ok(done) => done,
@@ -221,11 +221,11 @@ fn describe(holders: &[Holder]) -> String {
         .join(", ")
 }
 
-fn link_destinations(unlocked: &Unlocked) -> Vec<PathBuf> {
+fn link_destinations(unlocked: &Unlocked, dialect: crate::config::Dialect) -> Vec<PathBuf> {
     let Ok(dir) = unlocked.volume_dir() else {
         return vec![];
     };
-    match unlocked::read_config(&dir) {
+    match unlocked::read_config(&dir, dialect) {
         Ok(Some(config)) => config
             .entries()
             .filter(|e| e.method == Method::Link)
@@ -273,7 +273,7 @@ fn restore(layout: &Layout, before: &Unlocked) {
     let Ok((dir, _)) = crate::safefs::open_dir(root, None) else {
         return;
     };
-    if let Ok(Some(config)) = unlocked::read_config(&dir) {
+    if let Ok(Some(config)) = unlocked::read_config(&dir, layout.profile.into()) {
         let host = SystemHost::new(None);
         let (entries, _) = unlocked::resolve_entries(&config, &host);
         let _ = unlocked::activate_entries(&dir, root, before.mapping.dev, &entries);

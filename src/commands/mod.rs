@@ -136,9 +136,14 @@ pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
     )
 }
 
-/// The cost of a new keyslot: the fixed test cost when given, else calibrated by
-/// libcryptsetup for about 2 s under a memory ceiling that this machine can afford.
-pub fn kdf_choice(kdf: &KdfArgs) -> crate::volume::KdfChoice {
+/// The cost of a new keyslot: the fixed cost when given; in the Tails layout, the cost
+/// Tails itself counts as up to date ([`crate::volume::tails_kdf_cost`]), so that Tails does
+/// not convert the keyslot again at its next boot; else calibrated by libcryptsetup for
+/// about 2 s under a memory ceiling that this machine can afford.
+pub fn kdf_choice(
+    kdf: &KdfArgs,
+    profile: crate::layout::LayoutProfile,
+) -> crate::volume::KdfChoice {
     use crate::volume::{KdfChoice, KdfCost};
     match (kdf.pbkdf_memory, kdf.pbkdf_force_iterations) {
         (Some(memory_kib), Some(iterations)) => KdfChoice::Fixed(KdfCost {
@@ -146,6 +151,12 @@ pub fn kdf_choice(kdf: &KdfArgs) -> crate::volume::KdfChoice {
             iterations,
             parallel: kdf.pbkdf_parallel,
         }),
+        _ if profile == crate::layout::LayoutProfile::Tails && kdf.pbkdf_max_memory.is_none() => {
+            KdfChoice::Fixed(crate::volume::tails_kdf_cost(
+                crate::volume::mem_total_kib(),
+                crate::volume::mem_available_kib(),
+            ))
+        }
         _ => KdfChoice::Benchmark {
             time_ms: 2000,
             max_memory_kib: kdf.pbkdf_max_memory.unwrap_or_else(|| {

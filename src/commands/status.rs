@@ -112,7 +112,7 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
             mount_root: u.mount_root.clone(),
         });
         if let (Some(root), Ok(dir)) = (&u.mount_root, u.volume_dir()) {
-            match unlocked::read_config(&dir) {
+            match unlocked::read_config(&dir, global.layout.into()) {
                 Ok(Some(config)) => {
                     let host = SystemHost::new(None);
                     let (entries, mut failed) = unlocked::resolve_entries(&config, &host);

@@ -113,14 +113,17 @@ fn mount_and_activate(
     let mapping = devices::find_mapping(&layout.mapping)
         .ok_or_else(|| Error::Internal(format!("{} vanished after opening", layout.mapping)))?;
     let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
+    let host = SystemHost::new(live_user);
+    // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
+    // live user reaches its features' folders (and the dotfiles' links) and lists nothing.
+    safefs::set_mount_root_access(&volume_dir, host.live_user.as_ref().ok().map(|u| u.uid))?;
     let mut warnings = Vec::new();
     let mut features = Vec::new();
     let mut config_errors = Vec::new();
     let mut config_refused = None;
-    match unlocked::read_config(&volume_dir) {
+    match unlocked::read_config(&volume_dir, layout.profile.into()) {
         Ok(Some(config)) => {
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
-            let host = SystemHost::new(live_user);
             let (entries, mut failed) = unlocked::resolve_entries(&config, &host);
             features =
                 unlocked::activate_entries(&volume_dir, &layout.mount_root, mapping.dev, &entries)?;

@@ -80,7 +80,12 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
         // plan already says whether its key derivation is argon2id.
         if plan.keyslots_to_argon2id.contains(&slot) {
             out.progress("re-deriving the keyslot with argon2id");
-            volume::convert_keyslot(&backing, slot, &secret, super::kdf_choice(&args.kdf))?;
+            volume::convert_keyslot(
+                &backing,
+                slot,
+                &secret,
+                super::kdf_choice(&args.kdf, global.layout),
+            )?;
         }
         Ok(())
     })();
