@@ -802,6 +802,147 @@ mod tests {
         );
     }
 
+    /// Unmounts a test's filesystem when the test ends, passed or not.
+    struct Unmount(PathBuf);
+
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// A folder under /run (root's 0755 all the way up), as a volume's mount root is.
+    fn root_only_tempdir() -> tempfile::TempDir {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        tempfile::Builder::new()
+            .prefix("keepsake-test-")
+            .tempdir_in("/run")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_file_feature_binds_one_file_and_starts_as_a_copy() {
+        let tmp = root_only_tempdir();
+        let vol = tmp.path().join("vol");
+        let etc = tmp.path().join("etc");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        // A filesystem of its own, as the volume is: the bind's root is then /hosts.
+        nix::mount::mount(
+            Some("tmpfs"),
+            &vol,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let _unmount = Unmount(vol.clone());
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let dest = etc.join("hosts");
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            ..resolved(dest.to_str().unwrap(), "hosts", Method::File)
+        };
+        activate(&volume, &r).unwrap();
+        let table = mounts::read_mountinfo().unwrap();
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&vol).unwrap());
+        let dev = (
+            nix::sys::stat::major(dev) as u32,
+            nix::sys::stat::minor(dev) as u32,
+        );
+        assert!(
+            is_active(&table, dev, &vol, &r.entry),
+            "a bind of /hosts at {dest:?}"
+        );
+        // The new source is a copy; writes through the destination land in the volume.
+        std::fs::write(&dest, "10.0.0.1 kept\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vol.join("hosts")).unwrap(),
+            "10.0.0.1 kept\n"
+        );
+        mounts::unmount(&dest).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            "127.0.0.1 localhost\n",
+            "the session's own file is back"
+        );
+        // A symlink in place of the source is refused, nothing is mounted.
+        std::fs::remove_file(vol.join("hosts")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", vol.join("hosts")).unwrap();
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+    }
+
+    #[test]
+    fn a_union_feature_overlays_the_destination_with_changes_in_the_volume() {
+        let tmp = root_only_tempdir();
+        let vol = tmp.path().join("vol");
+        let srv = tmp.path().join("srv");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&srv).unwrap();
+        std::fs::write(srv.join("from-the-image"), "lower\n").unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            ..resolved(srv.to_str().unwrap(), "srv", Method::Union)
+        };
+        activate(&volume, &r).unwrap();
+        let table = mounts::read_mountinfo().unwrap();
+        assert!(
+            is_active(&table, (0, 0), &vol, &r.entry),
+            "an overlay with upper vol/srv/rw"
+        );
+        assert_eq!(
+            std::fs::read_to_string(srv.join("from-the-image")).unwrap(),
+            "lower\n"
+        );
+        std::fs::write(srv.join("new"), "upper\n").unwrap();
+        mounts::unmount(&srv).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vol.join("srv/rw/new")).unwrap(),
+            "upper\n"
+        );
+        assert!(
+            !srv.join("new").exists(),
+            "the change lives in the volume only"
+        );
+        let (uid, mode) = {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(vol.join("srv")).unwrap();
+            (m.uid(), m.mode() & 0o7777)
+        };
+        assert_eq!((uid, mode), (0, 0o755), "the union's folder is root's");
+    }
+
+    #[test]
+    fn a_union_under_a_folder_others_can_write_is_refused() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        // /tmp is world-writable: a symlink could be swapped into the overlay's paths.
+        let tmp = tempfile::tempdir_in("/tmp").unwrap();
+        let vol = tmp.path().join("vol");
+        let srv = tmp.path().join("srv");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(&srv).unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            ..resolved(srv.to_str().unwrap(), "srv", Method::Union)
+        };
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("/tmp (uid 0, mode 1777)"), "{err}");
+        let table = mounts::read_mountinfo().unwrap();
+        assert!(
+            !table.iter().any(|m| m.mount_point == srv),
+            "nothing mounted"
+        );
+        assert!(!vol.join("srv").exists(), "and what was made is gone");
+    }
+
     #[test]
     fn a_strict_source_with_the_wrong_mode_is_refused() {
         let tmp = tempfile::tempdir().unwrap();

@@ -1329,6 +1329,96 @@ mod tests {
     }
 
     #[test]
+    fn the_mount_root_gets_tails_owner_mode_and_exactly_one_acl_entry() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir_in("/run").unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::chown(&root, Some(1000), Some(1000)).unwrap();
+        // Leftovers Tails removes: a default ACL and another user's entry.
+        let stale = acl_xattr(&[
+            AclEntry {
+                tag: AclEntry::USER_OBJ,
+                perm: 7,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: AclEntry::USER,
+                perm: 7,
+                id: 4242,
+            },
+            AclEntry {
+                tag: AclEntry::GROUP_OBJ,
+                perm: 5,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: AclEntry::MASK,
+                perm: 7,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: AclEntry::OTHER,
+                perm: 5,
+                id: u32::MAX,
+            },
+        ]);
+        let path = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
+        for name in [c"system.posix_acl_access", c"system.posix_acl_default"] {
+            // SAFETY: NUL-terminated path and name, a buffer of the length given.
+            let r = unsafe {
+                libc::setxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    stale.as_ptr().cast(),
+                    stale.len(),
+                    0,
+                )
+            };
+            assert_eq!(r, 0, "{name:?}: {}", std::io::Error::last_os_error());
+        }
+        let (dir, _) = open_dir(&root, None).unwrap();
+        set_mount_root_access(&dir, Some(1000)).unwrap();
+        assert_eq!(
+            owner_of(&dir).unwrap(),
+            Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o770
+            }
+        );
+        let named: Vec<_> = acl_of(&dir)
+            .into_iter()
+            .filter(|e| e.tag == AclEntry::USER || e.tag == AclEntry::GROUP)
+            .collect();
+        assert_eq!(
+            named,
+            vec![AclEntry {
+                tag: AclEntry::USER,
+                perm: 1,
+                id: 1000
+            }]
+        );
+        // SAFETY: NUL-terminated path and name; size 0 only asks the length.
+        let default = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                c"system.posix_acl_default".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(default, -1, "no default ACL is left");
+        // The live user can pass, not list.
+        let listed = std::process::Command::new("setpriv")
+            .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "ls"])
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(!listed.success(), "uid 1000 may not list the mount root");
+    }
+
+    #[test]
     fn creates_missing_components_with_owner_and_mode() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("a/b/c");

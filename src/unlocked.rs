@@ -297,6 +297,8 @@ pub enum FeatureState {
     Inactive,
     Failed,
     Skipped,
+    /// Its reader applies it at boot; keepsake does not in a running session (`/ union`).
+    AtBoot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -349,7 +351,7 @@ pub fn resolve_entries(
             error: Some(why),
         };
         if let Some(why) = config::boot_only(entry) {
-            refused.push(refusal(FeatureState::Skipped, why));
+            refused.push(refusal(FeatureState::AtBoot, why));
             continue;
         }
         let outcome = match nested.iter().find(|(e, _)| e == entry) {

@@ -117,6 +117,25 @@ fn mount_and_activate(
     // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
     // live user reaches its features' folders (and the dotfiles' links) and lists nothing.
     safefs::set_mount_root_access(&volume_dir, host.live_user.as_ref().ok().map(|u| u.uid))?;
+    if layout.profile == crate::layout::LayoutProfile::Tails
+        && let Ok(user) = &host.live_user
+    {
+        // And, as Tails does, the live user's top-level folders lose any group and other
+        // access (the mount root's ACL lets that user through, and only that user).
+        for entry in safefs::list(&volume_dir)? {
+            let o = entry.owner();
+            if entry.is_dir() && (o.uid, o.gid) == (user.uid, user.gid) && o.mode & 0o077 != 0 {
+                let (dir, _) = safefs::open_beneath(&volume_dir, Path::new(&entry.name), None)?;
+                safefs::set_owner(
+                    &dir,
+                    safefs::Owner {
+                        mode: o.mode & !0o077,
+                        ..o
+                    },
+                )?;
+            }
+        }
+    }
     let mut warnings = Vec::new();
     let mut features = Vec::new();
     let mut config_errors = Vec::new();
@@ -197,6 +216,7 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
                 FeatureState::Failed => "FAILED",
                 FeatureState::Skipped => "skipped",
                 FeatureState::Inactive => "inactive",
+                FeatureState::AtBoot => "at boot",
             };
             text.push_str(&format!(
                 "  {:<24} {:<8} {}\n",
