@@ -55,6 +55,11 @@ guest_first_boot() {
     ks_expect_rc 0 "enable tor-state while tor runs" -- ks_timed enable_tor_state keepsake feature enable tor-state
     ks_assert "/var/lib/tor is bound from the volume" ks_tor_bound
     ks_assert_eq "the state folder's owner and mode" "$(ks_mode $KS_ROOT_MNT/tor-state)" "101:101 700"
+    # Tails would bind a tor-state line in its persistence.conf at boot (a custom feature to
+    # it) and run its tor on persistent state: the line lives in keepsake.conf only.
+    ks_assert "Tails' persistence.conf has no tor-state line" sh -c "! grep -q tor-state $KS_ROOT_MNT/persistence.conf"
+    ks_assert "keepsake.conf has it" grep -q "$(printf '^/var/lib/tor\tsource=tor-state$')" $KS_ROOT_MNT/keepsake.conf
+    ks_assert_eq "keepsake.conf is root's 0600" "$(ks_mode $KS_ROOT_MNT/keepsake.conf)" "0:0 600"
     ks_assert "tor was restarted" test "$(ks_tor_pid)" != "$pid"
     ks_assert "tor runs on the persistent state" ks_tor_wait_address
     local persistent; persistent=$(ks_onion_address)

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::features::SystemHost;
 use crate::layout::LayoutProfile;
 use crate::output::Output;
-use crate::unlocked::{self, FeatureReport, Unlocked};
+use crate::unlocked::{self, FeatureReport, FeatureState, Unlocked};
 
 use super::unlock::ConfigErrorReport;
 
@@ -171,12 +171,13 @@ fn human(r: &StatusReport) -> String {
         ));
     }
     for f in &r.features {
-        let state = if f.active {
-            "active"
-        } else if f.error.is_some() {
-            "FAILED"
-        } else {
-            "inactive"
+        let state = match f.state {
+            FeatureState::Active => "active",
+            FeatureState::AtBoot => "at boot",
+            FeatureState::Skipped => "skipped",
+            FeatureState::Failed => "FAILED",
+            FeatureState::Inactive if f.error.is_some() => "FAILED",
+            FeatureState::Inactive => "inactive",
         };
         text.push_str(&format!(
             "  {:<24} {:<8} {}",
