@@ -13,6 +13,21 @@ pub struct Mapping {
     pub dev: (u32, u32),
     /// Kernel names of the devices under it, e.g. `loop0` or `sdb2`.
     pub slaves: Vec<String>,
+    /// The device-mapper uuid: `CRYPT-LUKS2-<uuid>-<name>` for a LUKS mapping.
+    pub uuid: String,
+}
+
+impl Mapping {
+    /// Whether dm-crypt opened it from a LUKS header (the uuid libcryptsetup and the
+    /// cryptsetup tool give a LUKS mapping): a name alone proves nothing.
+    pub fn is_luks(&self) -> bool {
+        is_luks_uuid(&self.uuid)
+    }
+}
+
+/// A device-mapper uuid that libcryptsetup gives a LUKS1 or LUKS2 mapping.
+pub fn is_luks_uuid(uuid: &str) -> bool {
+    uuid.starts_with("CRYPT-LUKS2-") || uuid.starts_with("CRYPT-LUKS1-")
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -38,21 +53,25 @@ fn list_dir(path: &Path) -> Vec<String> {
 
 /// Finds the mapping called `name`, if the kernel has one.
 pub fn find_mapping(name: &str) -> Option<Mapping> {
+    all_mappings().into_iter().find(|m| m.name == name)
+}
+
+/// Every device-mapper mapping the kernel has, by kernel name.
+pub fn all_mappings() -> Vec<Mapping> {
     list_dir(Path::new("/sys/block"))
         .into_iter()
         .filter(|k| k.starts_with("dm-"))
-        .find_map(|kernel_name| {
+        .filter_map(|kernel_name| {
             let base = Path::new("/sys/block").join(&kernel_name);
-            if read_trimmed(&base.join("dm/name"))? != name {
-                return None;
-            }
             Some(Mapping {
-                name: name.to_string(),
+                name: read_trimmed(&base.join("dm/name"))?,
+                uuid: read_trimmed(&base.join("dm/uuid")).unwrap_or_default(),
                 dev: parse_dev(&read_trimmed(&base.join("dev"))?)?,
                 slaves: list_dir(&base.join("slaves")),
                 kernel_name,
             })
         })
+        .collect()
 }
 
 /// The file behind a loop device (`loop0`), if it is attached.
@@ -124,6 +143,15 @@ mod tests {
     fn parses_major_minor() {
         assert_eq!(parse_dev("254:3\n"), Some((254, 3)));
         assert_eq!(parse_dev("nonsense"), None);
+    }
+
+    #[test]
+    fn only_luks_uuids_count_as_luks() {
+        assert!(is_luks_uuid("CRYPT-LUKS2-0123abcd-sdb2"));
+        assert!(is_luks_uuid("CRYPT-LUKS1-0123abcd-TailsData_unlocked"));
+        assert!(!is_luks_uuid("CRYPT-PLAIN-sdb2"));
+        assert!(!is_luks_uuid("LVM-abc"));
+        assert!(!is_luks_uuid(""));
     }
 
     #[test]
