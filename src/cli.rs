@@ -624,6 +624,11 @@ pub struct LockArgs {
     /// End the processes that hold files of the volume open (SIGTERM, then SIGKILL).
     #[arg(long)]
     pub force: bool,
+
+    /// Lock only this volume: its partition, container file, loop device or
+    /// /dev/mapper name [default: every unlocked volume of the layout].
+    #[arg(long, value_name = "DEV")]
+    pub device: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -32,7 +32,7 @@ struct UnlockReport {
     warnings: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ConfigErrorReport {
     pub line: usize,
     pub reason: String,
