@@ -32,7 +32,7 @@ impl Mount {
     }
 
     /// One of the filesystem's own options (`upperdir` of an overlay), unescaped. The
-    /// kernel escapes `,`, `=`, whitespace and `\\` in these values as `\ooo`, so splitting
+    /// kernel escapes commas, `=`, whitespace and backslashes in these values as octal, so splitting
     /// on the raw commas is safe.
     pub fn super_option(&self, key: &str) -> Option<String> {
         self.super_options.split(',').find_map(|o| {
