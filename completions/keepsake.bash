@@ -401,12 +401,16 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__lock)
-            opts="-h -V --force --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --force --device --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --layout)
                     COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
                     return 0

@@ -24,7 +24,7 @@ function __fish_keepsake_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c keepsake -n "__fish_keepsake_needs_command" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_needs_command" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_needs_command" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_needs_command" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -55,7 +55,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-memor
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
-complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -s y -l yes -d 'Do not ask for confirmation before partitioning'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l json -d 'Print one JSON object on standard output instead of text; errors too'
@@ -70,7 +70,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l mount-root 
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l live-user -d 'The live session\'s user [default: the user with uid 1000]' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l recovery-key -d 'Read the recovery key instead of the passphrase (same sources)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l json -d 'Print one JSON object on standard output instead of text; errors too'
@@ -79,7 +79,8 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l device -d 'Lock only this volume: its partition, container file, loop device or /dev/mapper name [default: every unlocked volume of the layout]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l force -d 'End the processes that hold files of the volume open (SIGTERM, then SIGKILL)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l json -d 'Print one JSON object on standard output instead of text; errors too'
@@ -88,7 +89,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l allow-core-du
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -96,7 +97,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -109,7 +110,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fis
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "disable" -d 'Disable features: deactivate them now and remove them from persistence.conf. Their data stays in the volume'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "add" -d 'Add a custom feature: the folder DEST persists, in the volume folder NAME'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -f -a "remove" -d 'Remove a custom feature (disabling it first)'
-complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -117,7 +118,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -125,7 +126,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from enable" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -134,7 +135,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from disable" -s V -l version -d 'Print version'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l dest -d 'The folder in the session that persists (an absolute path)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l link -d 'Symlink each file into DEST instead of binding the whole folder'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l file -d 'DEST is one file, bind-mounted from the file NAME of the volume (Tails layout)'
@@ -145,7 +146,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l delete-data -d 'Also delete its folder from the volume (asks for confirmation without --yes)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s y -l yes -d 'Do not ask for confirmation'
@@ -155,7 +156,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_se
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -174,7 +175,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
-complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -182,7 +183,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -200,7 +201,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fi
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
-complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -212,7 +213,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fi
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -229,7 +230,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-memo
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-force-iterations -d 'Use exactly this many argon2id iterations, without benchmark' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-max-memory -d 'The most memory a calibrated argon2id keyslot may take, in KiB [default: half of the available RAM, at most 1 GiB]. Raise it for a stronger key on a big machine: every machine that unlocks the volume needs that much free RAM' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l pbkdf-parallel -d 'argon2id threads with a fixed cost' -r
-complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l dry-run -d 'Only report what would change'
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l json -d 'Print one JSON object on standard output instead of text; errors too'
@@ -242,7 +243,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l device -d 'T
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -254,7 +255,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l device -d '
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -264,7 +265,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -s h -l help -
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -s V -l version -d 'Print version'
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l image -d 'A container file holding the volume' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -s y -l yes -d 'Do not ask for the typed confirmation'
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l json -d 'Print one JSON object on standard output instead of text; errors too'
@@ -278,7 +279,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l archive-kdf-memory -d 'argon2id memory for the archive key, in KiB (at most 4 GiB; every machine that reads the archive needs that much available)' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l archive-kdf-iterations -d 'argon2id passes for the archive key (memory times passes at most 16 GiB)' -r
-complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -289,7 +290,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and not __fish_seen_subcommand_from verify" -a "verify" -d 'Authenticate a whole archive and list what it holds, writing nothing'
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_seen_subcommand_from verify" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
@@ -300,7 +301,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand backup; and __fish_see
 complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l feature -d 'Restore only this feature (repeat for more) [default: everything in the archive]' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l layout -d 'Layout profile: names and mount points of the volume' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l dry-run -d 'Authenticate the archive and list what would be restored; write nothing'
 complete -c keepsake -n "__fish_keepsake_using_subcommand restore" -l overwrite -d 'Replace the contents of features that already hold data'

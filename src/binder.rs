@@ -304,11 +304,7 @@ fn refuse_a_path_others_can_change(volume: &Dir, rel: &Path) -> Result<()> {
 pub fn is_active(table: &[Mount], volume_dev: (u32, u32), mount_root: &Path, e: &Entry) -> bool {
     match e.method {
         Method::Bind | Method::File => bind_is_active(table, volume_dev, &e.source, &e.destination),
-        Method::Union => mounts::overlay_with_upper(
-            table,
-            &e.destination,
-            &mount_root.join(&e.source).join("rw"),
-        ),
+        Method::Union => mounts::union_is_active(table, mount_root, &e.source, &e.destination),
         Method::Link => links_into(&e.destination, &mount_root.join(&e.source)),
     }
 }

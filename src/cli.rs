@@ -23,8 +23,28 @@ Passphrases are read from the terminal without echo, or from --passphrase-fd N o
 one, keepsake disables core dumps and ptrace, locks its memory, and refuses to run where a \
 secret could reach a disk (unencrypted swap, a core-dump handler writing to disk).
 
-The volume is compatible with Tails Persistent Storage (partition and filesystem TailsData, \
-persistence.conf at its root) and opens with the plain cryptsetup CLI.";
+The volume is compatible with Tails Persistent Storage and with Debian's live-boot, and opens \
+with the plain cryptsetup CLI. Two layouts (--layout):
+
+  tails (default): GPT partition named TailsData of Tails' type \
+(8DA63339-0007-60C0-C436-083AC8230908), ext4 labelled TailsData, mapped as \
+/dev/mapper/TailsData_unlocked and mounted at /live/persistence/TailsData_unlocked. Tails \
+finds it by its partition on the boot stick and unlocks it in the Welcome Screen.
+
+  live-boot: GPT partition named persistence of the Linux filesystem type \
+(0FC63DAF-8483-4772-8E79-3D69D8477DE4), or any LUKS partition whose ext4 is labelled \
+persistence (an MBR stick made as the Debian Live manual shows), or a container file named \
+persistence at the root of a partition; mapped under the device's name (/dev/mapper/sdb2; \
+/dev/mapper/loopN for a container file on /dev/loopN) and mounted at \
+/run/live/persistence/<that name>. live-boot looks for it only when the system boots with \
+the kernel parameters `persistence persistence-encryption=luks` (its defaults are \
+persistence-encryption=none, persistence-storage=filesystem,file): add them to the boot \
+entry to use a keepsake volume.
+
+A volume the system unlocked at boot (Tails' Welcome Screen, live-boot) is found from the \
+kernel's tables (a LUKS mapping named TailsData_unlocked; a LUKS mapping mounted at \
+/run/live/persistence/<its name>): status shows it, feature enable/disable change it, lock \
+takes it away.";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -61,7 +81,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Layout profile: names and mount points of the volume.
+    /// Layout profile: names, mapping and mount point of the volume (see --help).
     #[arg(long, global = true, value_enum, default_value_t = LayoutProfile::Tails)]
     pub layout: LayoutProfile,
 
@@ -478,16 +498,21 @@ Examples:
   keepsake feature disable gnupg";
 
 const CREATE_HELP: &str = "\
-With --device DISK, a new GPT partition named TailsData (Tails' partition type) is made in the \
+With --device DISK, a new GPT partition is made in the \
 largest free region after the live system's partitions; keepsake refuses, writing nothing, when \
 DISK is a partition, has no GPT or no partitions, already has a persistence partition, has too \
 little free space, is mounted (other than the live system read-only), or holds the running \
-system. It asks for confirmation unless --yes is given. With --image FILE, a container file of \
---size bytes is made instead.
+system. It is named TailsData with Tails' partition type (8DA63339-0007-60C0-C436-083AC8230908), \
+or with --layout live-boot named persistence with the Linux filesystem type \
+(0FC63DAF-8483-4772-8E79-3D69D8477DE4). It asks for confirmation unless --yes is given. With \
+--image FILE, a container file of --size bytes is made instead (for live-boot to find it at \
+boot, name it persistence, at the root of a partition).
 
 The volume is LUKS2 (aes-xts-plain64, 512-bit key, argon2id keyslot whose cost libcryptsetup \
 calibrates on this machine) with an ext4 filesystem labelled TailsData inside, and a \
-persistence.conf (root:root, 0600) that enables the Persistent folder feature.
+persistence.conf (root:root, 0600) that enables the Persistent folder feature. With --layout \
+live-boot the label is persistence; a live-boot system uses the volume only when booted with \
+`persistence persistence-encryption=luks`.
 
 The container file is created sparse: its free space is not filled with random data, so the \
 amount of data ever written can be estimated from the file.
@@ -499,11 +524,18 @@ Examples:
 
 const UNLOCK_HELP: &str = "\
 Without --device or --image, keepsake looks for the persistence partition (GPT partition name \
-TailsData, or a LUKS2 header labelled so) and prefers the one on the stick the live system \
-booted from.
+TailsData, or persistence with --layout live-boot, or a LUKS2 header labelled so) and prefers \
+the one on the stick the live system booted from. With --layout live-boot, when none is \
+found, it looks further as live-boot does: a container file named persistence at the root of \
+a mounted partition (other than the live medium); else it reads the passphrase once and \
+tries it on every LUKS partition or disk that is not open, opening each under its device \
+name and keeping the one whose ext4 filesystem is labelled persistence; the others are \
+closed again, and every device tried is reported with what came of it.
 
 Unlocking runs these steps, and undoes them if one fails: read the passphrase; open the \
-volume as /dev/mapper/TailsData_unlocked; check the filesystem (e2fsck -p); mount it at the \
+volume (as /dev/mapper/TailsData_unlocked; with --layout live-boot as /dev/mapper/<device \
+name>, a container file on a loop device as /dev/mapper/loopN, as live-boot names it); \
+check the filesystem (e2fsck -p); mount it at the \
 mount root; activate each enabled feature (bind mounts are nosuid,nodev). A feature that \
 cannot be activated is reported and skipped; the others are still activated, and the exit \
 status is then 9.
@@ -516,22 +548,38 @@ Examples:
 const LOCK_HELP: &str = "\
 Locking deactivates the features in reverse order, unmounts the volume, closes the mapping \
 (dm-crypt wipes its copy of the key), releases the loop device of a container file and drops \
-the page cache; then it checks that no mapping, mount or loop device of the volume remains.
+the page cache; then it checks that no mapping, mount or loop device of the volume remains. \
+Overlay (union) mounts whose upper folder is in the volume are unmounted with the binds.
+
+It locks volumes the system unlocked at boot as well as its own. Without --device it locks \
+every unlocked volume of the layout (live-boot opens every persistence volume it finds, and \
+the session's persistence is all of them), each with the same checks; --device DEV locks \
+only that one, whatever its layout. When only a volume of the other layout is unlocked, lock \
+names it and exits 4, changing nothing. When the running system's root is a union on the \
+volume (live-boot's `/ union`, full persistence), lock refuses before changing anything, \
+with exit status 10: shut down instead.
 
 When processes hold files of the volume open, lock names them and stops with exit status 5, \
 leaving everything mounted; --force ends them (SIGTERM, then SIGKILL) and locks.";
 
 const STATUS_HELP: &str = "\
+Status shows every open persistence volume, of either layout, whether keepsake or the system \
+(Tails' Welcome Screen, live-boot at boot) opened it.
+
 JSON output (--json) is one object:
   {\"version\": 1, \"layout\": \"tails\", \"unlocked\": bool,
-   \"volume\": null | {\"mapping\", \"device\", \"backing\", \"image\", \"mount_root\",
+   \"volume\": null | {\"layout\", \"opened_at_boot\", \"mapping\", \"device\", \"backing\",
+                     \"image\", \"mount_root\",
                      \"keyslots\": [{\"keyslot\", \"role\", \"kdf\",
                                    \"cost\": {\"memory_kib\", \"iterations\", \"parallel\"}}]},
    \"features\": [{\"name\", \"source\", \"destination\", \"method\", \"enabled\",
                  \"active\", \"state\", \"error\"}],
    \"config_errors\": [{\"line\", \"reason\"}],
    \"tor\": {\"running\": bool, \"pids\": [int], \"state\": \"persistent\" | \"amnesic\"},
-   \"kdf\": {\"mem_available_kib\", \"default_max_memory_kib\"}}
+   \"kdf\": {\"mem_available_kib\", \"default_max_memory_kib\"},
+   \"volumes\": [{...as volume, \"features\": [...], \"config_errors\": [...]}]}
+\"volume\", \"features\" and \"config_errors\" describe the open volume of the layout (else \
+the first open one); \"volumes\" lists every open volume, with the layout it was found under.
 A keyslot's role is \"passphrase\" or \"recovery\". default_max_memory_kib is the argon2id
 memory ceiling a new keyslot gets here: half the available RAM, at most 1 GiB.";
 
@@ -631,6 +679,11 @@ pub struct LockArgs {
     /// End the processes that hold files of the volume open (SIGTERM, then SIGKILL).
     #[arg(long)]
     pub force: bool,
+
+    /// Lock only this volume: its partition, container file, loop device or
+    /// /dev/mapper name [default: every unlocked volume of the layout].
+    #[arg(long, value_name = "DEV")]
+    pub device: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

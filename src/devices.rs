@@ -13,6 +13,21 @@ pub struct Mapping {
     pub dev: (u32, u32),
     /// Kernel names of the devices under it, e.g. `loop0` or `sdb2`.
     pub slaves: Vec<String>,
+    /// The device-mapper uuid: `CRYPT-LUKS2-<uuid>-<name>` for a LUKS mapping.
+    pub uuid: String,
+}
+
+impl Mapping {
+    /// Whether dm-crypt opened it from a LUKS header (the uuid libcryptsetup and the
+    /// cryptsetup tool give a LUKS mapping): a name alone proves nothing.
+    pub fn is_luks(&self) -> bool {
+        is_luks_uuid(&self.uuid)
+    }
+}
+
+/// A device-mapper uuid that libcryptsetup gives a LUKS1 or LUKS2 mapping.
+pub fn is_luks_uuid(uuid: &str) -> bool {
+    uuid.starts_with("CRYPT-LUKS2-") || uuid.starts_with("CRYPT-LUKS1-")
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -38,21 +53,25 @@ fn list_dir(path: &Path) -> Vec<String> {
 
 /// Finds the mapping called `name`, if the kernel has one.
 pub fn find_mapping(name: &str) -> Option<Mapping> {
+    all_mappings().into_iter().find(|m| m.name == name)
+}
+
+/// Every device-mapper mapping the kernel has, by kernel name.
+pub fn all_mappings() -> Vec<Mapping> {
     list_dir(Path::new("/sys/block"))
         .into_iter()
         .filter(|k| k.starts_with("dm-"))
-        .find_map(|kernel_name| {
+        .filter_map(|kernel_name| {
             let base = Path::new("/sys/block").join(&kernel_name);
-            if read_trimmed(&base.join("dm/name"))? != name {
-                return None;
-            }
             Some(Mapping {
-                name: name.to_string(),
+                name: read_trimmed(&base.join("dm/name"))?,
+                uuid: read_trimmed(&base.join("dm/uuid")).unwrap_or_default(),
                 dev: parse_dev(&read_trimmed(&base.join("dev"))?)?,
                 slaves: list_dir(&base.join("slaves")),
                 kernel_name,
             })
         })
+        .collect()
 }
 
 /// The file behind a loop device (`loop0`), if it is attached.
@@ -93,6 +112,114 @@ pub fn detach_loop(kernel_name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A loop device this process attached, kept open: with autoclear set, the kernel
+/// detaches it when the last user (this handle, then a mapping over it) lets go.
+#[derive(Debug)]
+pub struct AttachedLoop {
+    /// `loop3`.
+    pub name: String,
+    _device: fs::File,
+}
+
+impl AttachedLoop {
+    pub fn path(&self) -> PathBuf {
+        dev_path(&self.name)
+    }
+}
+
+/// `struct loop_info64` of <linux/loop.h>.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `struct loop_config` of <linux/loop.h> (LOOP_CONFIGURE, Linux 5.8).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attaches `file` to a free loop device with autoclear, as `losetup -f` would, so that
+/// its name (`loopN`) is known before anything is built on it (live-boot names the
+/// mapping of a container file after its loop device).
+pub fn attach_loop(file: &Path) -> std::io::Result<AttachedLoop> {
+    use std::os::fd::AsRawFd;
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    let backing = fs::OpenOptions::new().read(true).write(true).open(file)?;
+    let control = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // Another process may take the free device between the two calls: then try again.
+    let mut last = std::io::Error::from_raw_os_error(libc::EBUSY);
+    for _ in 0..8 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument; the descriptor is loop-control.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let name = format!("loop{n}");
+        let device = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev_path(&name))?;
+        let mut file_name = [0u8; 64];
+        let shown = file.as_os_str().as_encoded_bytes();
+        let len = shown.len().min(63);
+        file_name[..len].copy_from_slice(&shown[..len]);
+        let config = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                device: 0,
+                inode: 0,
+                rdevice: 0,
+                offset: 0,
+                sizelimit: 0,
+                number: 0,
+                encrypt_type: 0,
+                encrypt_key_size: 0,
+                flags: LO_FLAGS_AUTOCLEAR,
+                file_name,
+                crypt_name: [0; 64],
+                encrypt_key: [0; 32],
+                init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one loop_config, which lives across the call.
+        let rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) };
+        if rc == 0 {
+            return Ok(AttachedLoop {
+                name,
+                _device: device,
+            });
+        }
+        last = std::io::Error::last_os_error();
+        if last.raw_os_error() != Some(libc::EBUSY) {
+            return Err(last);
+        }
+    }
+    Err(last)
+}
+
 /// The mapping (or other device) that holds the block device or container file at `path`
 /// open, by name: `TailsData_unlocked` when the volume is unlocked.
 pub fn holder_of(path: &Path) -> Option<String> {
@@ -124,6 +251,44 @@ mod tests {
     fn parses_major_minor() {
         assert_eq!(parse_dev("254:3\n"), Some((254, 3)));
         assert_eq!(parse_dev("nonsense"), None);
+    }
+
+    #[test]
+    fn only_luks_uuids_count_as_luks() {
+        assert!(is_luks_uuid("CRYPT-LUKS2-0123abcd-sdb2"));
+        assert!(is_luks_uuid("CRYPT-LUKS1-0123abcd-TailsData_unlocked"));
+        assert!(!is_luks_uuid("CRYPT-PLAIN-sdb2"));
+        assert!(!is_luks_uuid("LVM-abc"));
+        assert!(!is_luks_uuid(""));
+    }
+
+    #[test]
+    fn loop_structs_have_the_kernels_sizes() {
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
+
+    #[test]
+    fn an_attached_loop_is_named_and_goes_away_with_its_last_user() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().canonicalize().unwrap().join("persistence");
+        fs::write(&file, vec![0u8; 1 << 20]).unwrap();
+        let lo = attach_loop(&file).unwrap();
+        assert!(lo.name.starts_with("loop"), "{}", lo.name);
+        assert_eq!(loop_backing_file(&lo.name), Some(file.clone()));
+        assert_eq!(loops_backed_by(&file), vec![lo.name.clone()]);
+        let autoclear = Path::new("/sys/block")
+            .join(&lo.name)
+            .join("loop/autoclear");
+        assert_eq!(read_trimmed(&autoclear).as_deref(), Some("1"));
+        drop(lo);
+        // The kernel detaches it once released (asynchronously on some kernels).
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            loops_backed_by(&file).is_empty()
+        });
+        assert!(gone, "autoclear detached it");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub enum ExitCode {
     Corrupt = 7,
     NotPermitted = 8,
     Incomplete = 9,
+    RootOnVolume = 10,
 }
 
 impl ExitCode {
@@ -39,6 +40,7 @@ impl ExitCode {
             ExitCode::Corrupt => "corrupt",
             ExitCode::NotPermitted => "not-permitted",
             ExitCode::Incomplete => "incomplete",
+            ExitCode::RootOnVolume => "root-on-volume",
         }
     }
 }
@@ -55,7 +57,9 @@ Exit status:
      derivation needs more memory than this machine has available
   7  corrupt: header, filesystem or persistence.conf unreadable or invalid
   8  not permitted: not run as root, or permission denied
-  9  incomplete: unlocked, but some features could not be activated";
+  9  incomplete: unlocked, but some features could not be activated
+ 10  root on the volume: the running system's root is a union on the volume (live-boot's
+     full persistence, `/ union`); it cannot be locked while it runs; nothing was changed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -82,6 +86,10 @@ pub enum Error {
     UntrustedSource(String),
     #[error("{0}")]
     Incomplete(String),
+    /// The running system's root filesystem writes into the volume (live-boot's `/ union`):
+    /// locking it would pull the system out from under itself.
+    #[error("{0}")]
+    RootOnVolume(String),
     /// `check` found problems; its report, already printed, lists them.
     #[error("{0}")]
     CheckFailed(String),
@@ -110,6 +118,7 @@ impl Error {
             Error::Corrupt(_) => ExitCode::Corrupt,
             Error::NotPermitted(_) | Error::UntrustedSource(_) => ExitCode::NotPermitted,
             Error::Incomplete(_) => ExitCode::Incomplete,
+            Error::RootOnVolume(_) => ExitCode::RootOnVolume,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io { source, .. } => errno_class(source.raw_os_error()),
             Error::Crypt { errno, .. } => errno_class(*errno),
@@ -143,6 +152,7 @@ impl Error {
             Error::NotPermitted(m) => Error::NotPermitted(add(m)),
             Error::UntrustedSource(m) => Error::UntrustedSource(add(m)),
             Error::Incomplete(m) => Error::Incomplete(add(m)),
+            Error::RootOnVolume(m) => Error::RootOnVolume(add(m)),
             Error::CheckFailed(m) => Error::CheckFailed(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),
             // Its message names a volume, not what happened; no restore step returns it.

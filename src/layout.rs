@@ -22,6 +22,9 @@ pub struct Layout {
     pub partition_name: &'static str,
     /// ext4 filesystem label (also the LUKS2 header label).
     pub fs_label: &'static str,
+    /// GPT partition type GUID of a new volume on a stick: Tails' own type, or the Linux
+    /// filesystem type that Debian's partitioners give a live-boot persistence partition.
+    pub partition_type: &'static str,
     /// dm-crypt mapping name while unlocked. Tails' is fixed; live-boot names the mapping
     /// after the device (sdb2), so it is known once the volume is (see [`Layout::for_volume`]
     /// and the runtime record).
@@ -42,6 +45,8 @@ pub const CUSTOM_FEATURES_FILE: &str = "keepsake-features.conf";
 pub const KEEPSAKE_CONFIG_FILE: &str = "keepsake.conf";
 /// Tails' GPT partition type for TailsData partitions.
 pub const TAILS_PARTITION_TYPE: &str = "8DA63339-0007-60C0-C436-083AC8230908";
+/// The Linux filesystem data GPT partition type (live-boot looks at names and labels only).
+pub const LINUX_FILESYSTEM_PARTITION_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 /// Where keepsake keeps runtime records (never secrets). Must be on tmpfs.
 pub const RUNTIME_DIR: &str = "/run/keepsake";
 /// Where live-boot mounts persistence volumes, one folder per device.
@@ -49,19 +54,27 @@ pub const LIVE_BOOT_PERSISTENCE: &str = "/run/live/persistence";
 
 impl Layout {
     pub fn new(profile: LayoutProfile, mount_root: Option<&Path>) -> Layout {
-        let (partition_name, fs_label, mapping, default_root) = match profile {
+        let (partition_name, fs_label, partition_type, mapping, default_root) = match profile {
             LayoutProfile::Tails => (
                 "TailsData",
                 "TailsData",
+                TAILS_PARTITION_TYPE,
                 "TailsData_unlocked",
                 "/live/persistence/TailsData_unlocked",
             ),
-            LayoutProfile::LiveBoot => ("persistence", "persistence", "", LIVE_BOOT_PERSISTENCE),
+            LayoutProfile::LiveBoot => (
+                "persistence",
+                "persistence",
+                LINUX_FILESYSTEM_PARTITION_TYPE,
+                "",
+                LIVE_BOOT_PERSISTENCE,
+            ),
         };
         Layout {
             profile,
             partition_name,
             fs_label,
+            partition_type,
             mapping: mapping.to_string(),
             mount_root: mount_root.map_or_else(|| PathBuf::from(default_root), Path::to_path_buf),
             mount_root_given: mount_root.is_some(),
@@ -136,5 +149,20 @@ mod tests {
         assert_eq!(l.mount_root, Path::new("/run/live/persistence/sdb2"));
         let t = Layout::new(LayoutProfile::Tails, None).for_volume(Path::new("/dev/sdb2"));
         assert_eq!(t.mapping, "TailsData_unlocked");
+    }
+
+    #[test]
+    fn each_layout_has_its_partition_type() {
+        let t = Layout::new(LayoutProfile::Tails, None);
+        assert_eq!(t.partition_type, "8DA63339-0007-60C0-C436-083AC8230908");
+        let l = Layout::new(LayoutProfile::LiveBoot, None);
+        assert_eq!(l.partition_type, "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+    }
+
+    #[test]
+    fn a_container_on_a_loop_device_is_named_after_it() {
+        let l = Layout::new(LayoutProfile::LiveBoot, None).for_volume(Path::new("/dev/loop3"));
+        assert_eq!(l.mapper_path(), Path::new("/dev/mapper/loop3"));
+        assert_eq!(l.mount_root, Path::new("/run/live/persistence/loop3"));
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod devices;
+pub mod discovery;
 pub mod disks;
 pub mod error;
 pub mod features;

@@ -31,6 +31,57 @@ impl Mount {
     pub fn has_option(&self, option: &str) -> bool {
         self.options.split(',').any(|o| o == option)
     }
+
+    /// One of the filesystem's own options (`upperdir` of an overlay), unescaped. The
+    /// kernel escapes commas, `=`, whitespace and backslashes in these values as octal, so splitting
+    /// on the raw commas is safe.
+    pub fn super_option(&self, key: &str) -> Option<String> {
+        self.super_options.split(',').find_map(|o| {
+            let (k, v) = o.split_once('=')?;
+            (k == key).then(|| unescape(v))
+        })
+    }
+
+    /// The upper folder of an overlay mount, as a clean path (`//` and `/./` folded, as
+    /// live-boot's paths may carry them).
+    pub fn overlay_upperdir(&self) -> Option<PathBuf> {
+        if self.fstype != "overlay" {
+            return None;
+        }
+        self.super_option("upperdir").map(|u| clean(Path::new(&u)))
+    }
+}
+
+fn clean(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+/// Whether the union (overlay) feature `source` of the volume mounted at `mount_root` is
+/// active on `dest`: an overlay mounted there whose upper folder is `SOURCE/rw` in the
+/// volume, as live-boot and keepsake make it.
+pub fn union_is_active(table: &[Mount], mount_root: &Path, source: &Path, dest: &Path) -> bool {
+    let upper = clean(&mount_root.join(source).join("rw"));
+    table
+        .iter()
+        .any(|m| m.mount_point == dest && m.overlay_upperdir().as_ref() == Some(&upper))
+}
+
+/// The overlay mounts whose upper folder lies in the volume mounted at `mount_root`: they
+/// hold the volume, so they go before its mount does.
+pub fn unions_of<'a>(table: &'a [Mount], mount_root: &Path) -> Vec<&'a Mount> {
+    let root = clean(mount_root);
+    table
+        .iter()
+        .filter(|m| m.overlay_upperdir().is_some_and(|u| u.starts_with(&root)))
+        .collect()
+}
+
+/// The system's root, when it is an overlay whose upper folder lies in the volume mounted
+/// at `mount_root` (live-boot's `/ union`, full persistence): the running system writes
+/// there, so the volume cannot be taken away while it runs.
+pub fn root_union<'a>(table: &'a [Mount], mount_root: &Path) -> Option<&'a Mount> {
+    mount_at(table, Path::new("/"))
+        .filter(|m| unions_of(std::slice::from_ref(*m), mount_root).len() == 1)
 }
 
 /// Parses mountinfo text. Lines that do not parse are skipped: the kernel's format is
@@ -243,17 +294,6 @@ pub fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
     .context(|| format!("mounting an overlay on {}", target.path.display()))
 }
 
-/// Whether the overlay on `dest` has its upper layer at `upper` (a union is active).
-pub fn overlay_with_upper(table: &[Mount], dest: &Path, upper: &Path) -> bool {
-    table.iter().any(|m| {
-        m.fstype == "overlay"
-            && m.mount_point == dest
-            && m.super_options
-                .split(',')
-                .any(|o| o.strip_prefix("upperdir=").map(Path::new) == Some(upper))
-    })
-}
-
 /// Unmounts the mount on `target`. umount2 has no *at form, and `UMOUNT_NOFOLLOW` guards
 /// only the last component: a path in the live user's folders could be redirected by a
 /// symlink swapped in on the way (and unmount `/proc`). So the folder holding the mount
@@ -315,6 +355,60 @@ garbage line
             Some(41)
         );
         assert!(mount_at(&t, Path::new("/nowhere")).is_none());
+    }
+
+    /// live-boot's unions as the kernel shows them: `/ union` (full persistence) and
+    /// `/home/user/Music union`, with a `//` as live-boot's paths may have.
+    const UNIONS: &str = "\
+1 0 0:30 / / rw,noatime - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/persistence/sdb2//rw,workdir=/run/live/persistence/sdb2//work
+30 1 254:0 / /run/live/persistence/sdb2 rw,noatime - ext4 /dev/mapper/sdb2 rw
+31 1 0:31 / /home/user/Music rw,noatime - overlay overlay rw,lowerdir=/home/user/Music,upperdir=/run/live/persistence/sdb2/Music/rw,workdir=/run/live/persistence/sdb2/Music/work,redirect_dir=on
+32 1 0:32 / /srv/odd\\040dir rw - overlay overlay rw,lowerdir=/srv/odd\\040dir,upperdir=/run/live/persistence/sdb3/a\\054b/rw,workdir=/run/live/persistence/sdb3/a\\054b/work
+";
+
+    #[test]
+    fn recognises_unions_by_their_upper_folder() {
+        let t = parse_mountinfo(UNIONS);
+        let vol = Path::new("/run/live/persistence/sdb2");
+        let music = Path::new("/home/user/Music");
+        assert!(union_is_active(&t, vol, Path::new("Music"), music));
+        assert!(!union_is_active(&t, vol, Path::new("Video"), music));
+        assert!(!union_is_active(
+            &t,
+            Path::new("/run/live/persistence/sdb3"),
+            Path::new("Music"),
+            music
+        ));
+        // A bind is not a union, even at the same place.
+        let bind = parse_mountinfo(
+            "40 1 254:0 /Music/rw /home/user/Music rw - ext4 /dev/mapper/sdb2 rw\n",
+        );
+        assert!(!union_is_active(&bind, vol, Path::new("Music"), music));
+        // source=. is the volume root; escaped commas in a source are unescaped.
+        assert!(union_is_active(&t, vol, Path::new("."), Path::new("/")));
+        assert!(union_is_active(
+            &t,
+            Path::new("/run/live/persistence/sdb3"),
+            Path::new("a,b"),
+            Path::new("/srv/odd dir")
+        ));
+        let points: Vec<_> = unions_of(&t, vol).iter().map(|m| m.id).collect();
+        assert_eq!(points, vec![1, 31]);
+    }
+
+    #[test]
+    fn a_root_overlay_on_the_volume_is_full_persistence() {
+        let t = parse_mountinfo(UNIONS);
+        assert_eq!(
+            root_union(&t, Path::new("/run/live/persistence/sdb2")).map(|m| m.id),
+            Some(1)
+        );
+        // Another volume, or a root overlay on the RAM (the usual live system), is not.
+        assert!(root_union(&t, Path::new("/run/live/persistence/sdb20")).is_none());
+        let amnesic = parse_mountinfo(
+            "1 0 0:30 / / rw - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/overlay/rw,workdir=/run/live/overlay/work\n",
+        );
+        assert!(root_union(&amnesic, Path::new("/run/live/persistence/sdb2")).is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::config::{self, ConfigFile, Dialect, Line, Method};
 use crate::devices::{self, Mapping};
 use crate::error::{Context, Error, Result};
 use crate::features::{self, Host, ResolvedEntry, Service};
-use crate::layout::{CONFIG_FILE, KEEPSAKE_CONFIG_FILE, Layout, RUNTIME_DIR};
+use crate::layout::{CONFIG_FILE, KEEPSAKE_CONFIG_FILE, Layout, LayoutProfile, RUNTIME_DIR};
 use crate::mounts::{self, Mount};
 use crate::safefs::{self, Dir, Owner};
 use crate::tor;
@@ -74,38 +74,73 @@ pub fn remove_record(layout: &Layout) {
     let _ = std::fs::remove_file(layout.runtime_record());
 }
 
-/// An open mapping of this layout, and where its filesystem is mounted, if it is.
+/// An open persistence volume, and where its filesystem is mounted, if it is.
 #[derive(Clone, Debug)]
 pub struct Unlocked {
+    /// The layout it was found under.
+    pub profile: LayoutProfile,
     pub mapping: Mapping,
     pub mount_root: Option<PathBuf>,
     pub table: Vec<Mount>,
 }
 
 impl Unlocked {
+    /// The open volume of this layout, whoever opened it: keepsake, or the system at boot
+    /// (Tails' Welcome Screen, live-boot). Several open live-boot volumes (live-boot opens
+    /// every one it finds) are a usage error here, naming them.
     pub fn find(layout: &Layout) -> Result<Option<Unlocked>> {
-        // live-boot's mapping name is the device's: recorded by unlock.
-        let name = if layout.mapping.is_empty() {
-            match read_record(layout) {
-                Some(r) if !r.mapping.is_empty() => r.mapping,
-                _ => return Ok(None),
-            }
-        } else {
-            layout.mapping.clone()
-        };
-        let Some(mapping) = devices::find_mapping(&name) else {
-            return Ok(None);
-        };
+        let mut found: Vec<Unlocked> = Unlocked::find_all()?
+            .into_iter()
+            .filter(|u| u.profile == layout.profile)
+            .collect();
+        if found.len() > 1 {
+            return Err(Error::Usage(format!(
+                "several volumes are unlocked: {}; lock the others first (keepsake lock --device DEV)",
+                describe_all(&found)
+            )));
+        }
+        Ok(found.pop())
+    }
+
+    /// Every open persistence volume of either layout, from the kernel's tables
+    /// ([`crate::discovery::open_volumes`]), keepsake's runtime records vouching only for
+    /// the live-boot mappings keepsake opened itself.
+    pub fn find_all() -> Result<Vec<Unlocked>> {
         let table = mounts::read_mountinfo()?;
-        let mount_root = table
-            .iter()
-            .find(|m| m.dev == mapping.dev && m.root == Path::new("/"))
-            .map(|m| m.mount_point.clone());
-        Ok(Some(Unlocked {
-            mapping,
-            mount_root,
-            table,
-        }))
+        let recorded: Vec<(LayoutProfile, String)> =
+            [LayoutProfile::Tails, LayoutProfile::LiveBoot]
+                .into_iter()
+                .filter_map(|p| {
+                    let r = read_record(&Layout::new(p, None))?;
+                    (!r.mapping.is_empty()).then_some((p, r.mapping))
+                })
+                .collect();
+        Ok(
+            crate::discovery::open_volumes(&devices::all_mappings(), &table, &recorded)
+                .into_iter()
+                .map(|v| Unlocked {
+                    profile: v.profile,
+                    mapping: v.mapping,
+                    mount_root: v.mount_root,
+                    table: table.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// `/dev/mapper/NAME (layout)`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "/dev/mapper/{} ({} layout{})",
+            self.mapping.name,
+            match self.profile {
+                LayoutProfile::Tails => "Tails",
+                LayoutProfile::LiveBoot => "live-boot",
+            },
+            self.backing()
+                .map(|b| format!(", on {}", b.display()))
+                .unwrap_or_default()
+        )
     }
 
     /// The file or device under the mapping: the loop device's backing file for a container.
@@ -125,6 +160,15 @@ impl Unlocked {
     }
 }
 
+/// The volumes, for messages.
+pub fn describe_all(volumes: &[Unlocked]) -> String {
+    volumes
+        .iter()
+        .map(Unlocked::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Reads the volume's enabled features: persistence.conf, read with its layout's reader's
 /// rules ([`Dialect`]), and in the Tails layout also keepsake.conf (the features Tails
 /// does not know; their lines follow). A file someone other than root (or Tails' own
@@ -135,11 +179,22 @@ pub fn read_config(volume: &Dir, dialect: Dialect) -> Result<Option<ConfigFile>>
     if dialect != Dialect::Tails {
         return Ok(shared);
     }
+    let own = with_keepsake_lines(volume, shared.unwrap_or_else(|| ConfigFile::new(dialect)))?;
+    Ok((!own.lines.is_empty()).then_some(own))
+}
+
+/// In the Tails layout, `config` (persistence.conf) followed by the lines of keepsake.conf
+/// (checked as persistence.conf is); a line in both files (a rewrite cut short) counts
+/// once. In the live-boot layout, `config` as it is.
+pub fn with_keepsake_lines(volume: &Dir, config: ConfigFile) -> Result<ConfigFile> {
+    let dialect = config.dialect;
+    if dialect != Dialect::Tails {
+        return Ok(config);
+    }
     let Some(own) = read_config_file(volume, KEEPSAKE_CONFIG_FILE, dialect)? else {
-        return Ok(shared);
+        return Ok(config);
     };
-    let mut config = shared.unwrap_or_else(|| ConfigFile::new(dialect));
-    // A line in both files (a rewrite cut short) counts once.
+    let mut config = config;
     let own_lines: Vec<Line> = own
         .lines
         .into_iter()
@@ -150,7 +205,7 @@ pub fn read_config(volume: &Dir, dialect: Dialect) -> Result<Option<ConfigFile>>
         })
         .collect();
     config.lines.extend(own_lines);
-    Ok(Some(ConfigFile::parse(&config.render(), dialect)))
+    Ok(ConfigFile::parse(&config.render(), dialect))
 }
 
 /// Reads one file of the volume in persistence.conf syntax, with the same checks.

@@ -33,7 +33,8 @@ fn status_json_shape_or_not_root() {
                 "tor",
                 "unlocked",
                 "version",
-                "volume"
+                "volume",
+                "volumes"
             ]
         );
         let mut tor_keys: Vec<_> = v["tor"].as_object().unwrap().keys().cloned().collect();
@@ -54,6 +55,7 @@ fn status_json_shape_or_not_root() {
             "this test expects nothing unlocked on the test machine"
         );
         assert!(v["volume"].is_null());
+        assert_eq!(v["volumes"], serde_json::json!([]));
     } else {
         assert_eq!(out.status.code(), Some(8));
         let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::config::{ConfigFile, Dialect};
 use crate::error::{Error, Result};
-use crate::layout::{CONFIG_FILE, KEEPSAKE_CONFIG_FILE, LayoutProfile};
+use crate::layout::{CONFIG_FILE, LayoutProfile};
 use crate::output::Output;
 use crate::safefs::{self, Owner};
 use crate::tools::{self, FsckReport};
@@ -138,22 +138,23 @@ fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<S
     {
         problems.push(why);
     }
-    let (features, errors) = match unlocked::read_config(volume, dialect) {
-        Ok(config) => {
-            let config = config.unwrap_or_else(|| ConfigFile::new(dialect));
-            let mut errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
-            errors.extend(
-                config
-                    .nested_sources()
-                    .into_iter()
-                    .map(|(e, why)| format!("{CONFIG_FILE}: {}: {why}", e.destination.display())),
-            );
-            (config.entries().count(), errors)
+    // Its lines are judged even when the file is not trusted: check only looks.
+    let config = ConfigFile::parse(&raw.contents, dialect);
+    let config = match unlocked::with_keepsake_lines(volume, config.clone()) {
+        Ok(merged) => merged,
+        Err(e) => {
+            problems.push(e.to_string());
+            config
         }
-        // An untrusted file: said above; its lines are not looked at.
-        Err(Error::Corrupt(why)) if why.contains(KEEPSAKE_CONFIG_FILE) => (0, vec![why]),
-        Err(_) => (0, vec![]),
     };
+    let mut errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
+    errors.extend(
+        config
+            .nested_sources()
+            .into_iter()
+            .map(|(e, why)| format!("{CONFIG_FILE}: {}: {why}", e.destination.display())),
+    );
+    let features = config.entries().count();
     problems.extend(errors.iter().cloned());
     let report = ConfigReport {
         present: true,
@@ -271,14 +272,7 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
         .flatten();
     // Its own file is read as it is (the owner is judged above); keepsake.conf with the
     // usual checks.
-    let mut config = ConfigFile::parse(&raw.contents, dialect);
-    if dialect == Dialect::Tails
-        && let Some(own) =
-            unlocked::read_config_file(volume, crate::layout::KEEPSAKE_CONFIG_FILE, dialect)?
-    {
-        config.lines.extend(own.lines);
-        config = ConfigFile::parse(&config.render(), dialect);
-    }
+    let config = unlocked::with_keepsake_lines(volume, ConfigFile::parse(&raw.contents, dialect))?;
     let (mut kept, mut invalid) = config.without_invalid();
     if dialect == Dialect::LiveBoot {
         for (entry, _) in kept.nested_sources() {

@@ -88,7 +88,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
                 disk.display()
             ));
             let number =
-                disks::add_partition(disk, region, TAILS_PARTITION_TYPE, layout.partition_name)?;
+                disks::add_partition(disk, region, layout.partition_type, layout.partition_name)?;
             let rollback = Rollback(Some(Made::Partition {
                 disk: disk.clone(),
                 number,

@@ -12,7 +12,7 @@ use crate::config::Method;
 use crate::devices;
 use crate::error::{Error, Result};
 use crate::features::SystemHost;
-use crate::layout::Layout;
+use crate::layout::{Layout, LayoutProfile};
 use crate::mounts;
 use crate::output::Output;
 use crate::processes::{self, Holder};
@@ -20,9 +20,11 @@ use crate::tor;
 use crate::unlocked::{self, Unlocked};
 use crate::volume;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct LockReport {
     was_unlocked: bool,
+    /// Each volume locked, with the layout it was found under.
+    volumes: Vec<LockedVolume>,
     backing: Option<PathBuf>,
     unmounted: Vec<PathBuf>,
     links_removed: usize,
@@ -33,28 +35,181 @@ struct LockReport {
     tor: Option<String>,
 }
 
+#[derive(Debug, Serialize)]
+struct LockedVolume {
+    mapping: String,
+    layout: LayoutProfile,
+    backing: Option<PathBuf>,
+    /// Opened by the system at boot (Tails' Welcome Screen, live-boot), not by keepsake.
+    opened_at_boot: bool,
+}
+
+impl LockReport {
+    fn add(&mut self, other: LockReport) {
+        self.was_unlocked |= other.was_unlocked;
+        self.volumes.extend(other.volumes);
+        if self.backing.is_none() {
+            self.backing = other.backing;
+        }
+        self.unmounted.extend(other.unmounted);
+        self.links_removed += other.links_removed;
+        self.ended_processes.extend(other.ended_processes);
+        self.caches_dropped |= other.caches_dropped;
+        self.leftovers.extend(other.leftovers);
+        self.tor = self.tor.take().or(other.tor);
+    }
+}
+
+/// The volumes `lock` is about: the one given with --device (of either layout: the device
+/// names it), else every open volume of the layout (live-boot opens every volume it
+/// finds, and a session's persistence is all of them). Open volumes of the other layout
+/// only are an error that names them, not a silent "nothing is unlocked".
+fn choose(
+    all: Vec<Unlocked>,
+    profile: LayoutProfile,
+    device: Option<&Path>,
+) -> Result<Vec<Unlocked>> {
+    if let Some(device) = device {
+        let wanted = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
+        let (chosen, others): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|u| names_device(u, &wanted));
+        if chosen.is_empty() {
+            return Err(Error::NotFound(format!(
+                "{} is not an unlocked volume{}; nothing was changed",
+                device.display(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (unlocked: {})", unlocked::describe_all(&others))
+                }
+            )));
+        }
+        return Ok(chosen);
+    }
+    let (chosen, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|u| u.profile == profile);
+    if chosen.is_empty() && !others.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no volume of the {} layout is unlocked, but {} is; lock it with --layout {} (or --device); nothing was changed",
+            profile_name(profile),
+            unlocked::describe_all(&others),
+            match others[0].profile {
+                LayoutProfile::Tails => "tails",
+                LayoutProfile::LiveBoot => "live-boot",
+            }
+        )));
+    }
+    Ok(chosen)
+}
+
+fn profile_name(profile: LayoutProfile) -> &'static str {
+    match profile {
+        LayoutProfile::Tails => "Tails",
+        LayoutProfile::LiveBoot => "live-boot",
+    }
+}
+
+/// Whether `wanted` (canonical) names this volume: its mapping, its mapping's device, the
+/// partition or loop device under it, or a loop device's container file.
+fn names_device(u: &Unlocked, wanted: &Path) -> bool {
+    let mapper = Path::new("/dev/mapper").join(&u.mapping.name);
+    let mapper = std::fs::canonicalize(&mapper).unwrap_or(mapper);
+    wanted == mapper
+        || wanted == devices::dev_path(&u.mapping.kernel_name)
+        || u.mapping.slaves.iter().any(|s| {
+            wanted == devices::dev_path(s)
+                || devices::loop_backing_file(s).is_some_and(|f| f == wanted)
+        })
+}
+
 pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
     super::require_root()?;
     let _lock = super::exclusive()?;
-    let mut layout = super::layout(global, None);
-    let Some(unlocked) = Unlocked::find(&layout)? else {
-        let leftovers = verify_gone(&layout, None);
+    let chosen = choose(Unlocked::find_all()?, global.layout, args.device.as_deref())?;
+    if chosen.is_empty() {
+        let layout = super::layout(global, None);
+        let leftovers = verify_gone(&layout, None, &[]);
         let report = LockReport {
-            was_unlocked: false,
-            backing: None,
-            unmounted: vec![],
-            links_removed: 0,
-            ended_processes: vec![],
-            caches_dropped: false,
             leftovers: leftovers.clone(),
-            tor: None,
+            ..LockReport::default()
         };
         out.result(&report, |_| "nothing is unlocked".to_string());
         return leftovers_error(leftovers);
-    };
+    }
+    // What makes a lock impossible is found before anything changes, for every volume.
+    refuse_a_root_on_the_volume(&chosen)?;
+    let mut report = LockReport::default();
+    // Mounted last, locked first.
+    for u in chosen.iter().rev() {
+        match lock_one(u, &args, out) {
+            Ok(one) => report.add(one),
+            Err(e) if report.was_unlocked => {
+                return Err(e.with_note(&format!(
+                    "already locked: {}",
+                    report
+                        .volumes
+                        .iter()
+                        .map(|v| format!("/dev/mapper/{}", v.mapping))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    out.result(&report, |r| {
+        format!(
+            "locked {}: {} mount(s) removed, mapping closed{}{}",
+            r.volumes
+                .iter()
+                .map(|v| match &v.backing {
+                    Some(b) => format!("{} (/dev/mapper/{})", b.display(), v.mapping),
+                    None => format!("/dev/mapper/{}", v.mapping),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.unmounted.len(),
+            if r.caches_dropped {
+                ", page cache dropped"
+            } else {
+                ""
+            },
+            r.tor
+                .as_ref()
+                .map(|t| format!("; tor {t}"))
+                .unwrap_or_default()
+        )
+    });
+    leftovers_error(report.leftovers)
+}
+
+/// live-boot's `/ union` makes the running system's root an overlay writing into the
+/// volume: nothing can take the volume away while the system runs from it.
+fn refuse_a_root_on_the_volume(volumes: &[Unlocked]) -> Result<()> {
+    for u in volumes {
+        let Some(root) = u
+            .mount_root
+            .as_deref()
+            .and_then(|r| mounts::root_union(&u.table, r))
+        else {
+            continue;
+        };
+        return Err(Error::RootOnVolume(format!(
+            "the running system's root is a union on {} (upper folder {}: live-boot's full persistence, `/ union`); it cannot be locked while the system runs from it: shut down instead; nothing was changed",
+            u.describe(),
+            root.overlay_upperdir().unwrap_or_default().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Locks one volume: tor stopped around it when its state is bound from it.
+fn lock_one(unlocked: &Unlocked, args: &LockArgs, out: Output) -> Result<LockReport> {
+    let mut layout = Layout::new(unlocked.profile, None);
     layout.mapping = unlocked.mapping.name.clone();
     if let Some(root) = &unlocked.mount_root {
         layout.mount_root = root.clone();
+    } else if unlocked.profile == LayoutProfile::LiveBoot {
+        layout = layout.for_volume(Path::new(&unlocked.mapping.name));
     }
     // tor must not run while its state folder is taken away: stop it first (it would
     // also count as a process holding the volume), start it again afterwards.
@@ -67,7 +222,7 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
         out.progress("stopping tor");
         tor::stop(t)?;
     }
-    let result = lock_volume(&layout, &unlocked, &args, out);
+    let result = lock_volume(&layout, unlocked, args, out);
     let mut report = match result {
         Ok(report) => report,
         Err(e) => {
@@ -88,26 +243,7 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
             }
         });
     }
-    out.result(&report, |r| {
-        format!(
-            "locked{}: {} mount(s) removed, mapping closed{}{}",
-            r.backing
-                .as_ref()
-                .map(|b| format!(" {}", b.display()))
-                .unwrap_or_default(),
-            r.unmounted.len(),
-            if r.caches_dropped {
-                ", page cache dropped"
-            } else {
-                ""
-            },
-            r.tor
-                .as_ref()
-                .map(|t| format!("; tor {t}"))
-                .unwrap_or_default()
-        )
-    });
-    leftovers_error(report.leftovers)
+    Ok(report)
 }
 
 fn lock_volume(
@@ -116,7 +252,10 @@ fn lock_volume(
     args: &LockArgs,
     out: Output,
 ) -> Result<LockReport> {
-    let record = unlocked::read_record(layout);
+    // keepsake's record, if keepsake opened this very mapping; the system's own unlock at
+    // boot leaves none.
+    let record = unlocked::read_record(layout).filter(|r| r.mapping == unlocked.mapping.name);
+    let opened_at_boot = record.is_none();
     let backing = record
         .as_ref()
         .map(|r| r.backing.clone())
@@ -155,7 +294,7 @@ fn lock_volume(
         .clone()
         .unwrap_or_else(|| layout.mount_root.clone());
     let link_destinations = link_destinations(unlocked, layout.profile.into());
-    let plan = binder::plan_deactivation(&unlocked.table, dev, &mount_root, &link_destinations);
+    let plan = plan_teardown(&unlocked.table, dev, &mount_root, &link_destinations);
     let (unmounted, links_removed) = match teardown(&plan, &mount_root) {
         Ok(done) => done,
         Err(e) => {
@@ -185,11 +324,12 @@ fn lock_volume(
     }
     // The mapping is closed: the key is gone. A loop device that will not detach is
     // reported (and found again by the check below), but the rest of lock still runs.
-    if let Some(file) = &backing {
-        for lo in devices::loops_backed_by(file) {
-            if let Err(e) = devices::detach_loop(&lo) {
-                out.warn(format!("detaching /dev/{lo}: {e}"));
-            }
+    // live-boot attaches a container file without autoclear: its loop device (the one
+    // under the mapping) is released here too.
+    let loops = loops_of(unlocked, backing.as_deref());
+    for lo in &loops {
+        if let Err(e) = devices::detach_loop(lo) {
+            out.warn(format!("detaching /dev/{lo}: {e}"));
         }
     }
     let caches_dropped = match unlocked::drop_caches() {
@@ -199,10 +339,18 @@ fn lock_volume(
             false
         }
     };
-    unlocked::remove_record(layout);
-    let leftovers = verify_gone(layout, backing.as_deref());
+    if !opened_at_boot {
+        unlocked::remove_record(layout);
+    }
+    let leftovers = verify_gone(layout, backing.as_deref(), &loops);
     Ok(LockReport {
         was_unlocked: true,
+        volumes: vec![LockedVolume {
+            mapping: unlocked.mapping.name.clone(),
+            layout: unlocked.profile,
+            backing: backing.clone(),
+            opened_at_boot,
+        }],
         backing,
         unmounted,
         links_removed,
@@ -211,6 +359,66 @@ fn lock_volume(
         leftovers,
         tor: None,
     })
+}
+
+/// The loop devices of a volume: those under its mapping, and those of its container file.
+fn loops_of(unlocked: &Unlocked, backing: Option<&Path>) -> Vec<String> {
+    let mut loops: Vec<String> = unlocked
+        .mapping
+        .slaves
+        .iter()
+        .filter(|s| devices::loop_backing_file(s).is_some())
+        .cloned()
+        .collect();
+    if let Some(file) = backing.filter(|b| b.is_file()) {
+        loops.extend(devices::loops_backed_by(file));
+    }
+    loops.sort();
+    loops.dedup();
+    loops
+}
+
+/// What to take away, in order: binder's plan (binds and what is mounted on them, links,
+/// the volume last), with the overlay ("union") mounts whose upper folder lies in the
+/// volume, and whatever is mounted on them, unmounted among the binds in reverse mount
+/// order: they hold the volume, so they go before its mount does.
+fn plan_teardown(
+    table: &[mounts::Mount],
+    dev: (u32, u32),
+    mount_root: &Path,
+    link_destinations: &[PathBuf],
+) -> Vec<Teardown> {
+    let base = binder::plan_deactivation(table, dev, mount_root, link_destinations);
+    let unions: Vec<&Path> = mounts::unions_of(table, mount_root)
+        .into_iter()
+        .map(|m| m.mount_point.as_path())
+        .filter(|p| *p != Path::new("/"))
+        .collect();
+    if unions.is_empty() {
+        return base;
+    }
+    let mut points: Vec<PathBuf> = base
+        .iter()
+        .filter_map(|s| match s {
+            Teardown::Unmount(p) if p != mount_root => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    for m in table {
+        if unions.iter().any(|u| m.mount_point.starts_with(u)) {
+            points.push(m.mount_point.clone());
+        }
+    }
+    // Last mounted, first unmounted: by each point's last place in the table.
+    let last_index = |p: &PathBuf| table.iter().rposition(|m| &m.mount_point == p);
+    points.sort_by_key(|p| std::cmp::Reverse(last_index(p)));
+    points.dedup();
+    let mut steps: Vec<Teardown> = points.into_iter().map(Teardown::Unmount).collect();
+    steps.extend(base.into_iter().filter(|s| match s {
+        Teardown::Unlink { .. } => true,
+        Teardown::Unmount(p) => p == mount_root,
+    }));
+    steps
 }
 
 fn describe(holders: &[Holder]) -> String {
@@ -281,7 +489,7 @@ fn restore(layout: &Layout, before: &Unlocked) {
 }
 
 /// What of the volume is still there: a mapping, a mount, a loop device.
-fn verify_gone(layout: &Layout, backing: Option<&Path>) -> Vec<String> {
+fn verify_gone(layout: &Layout, backing: Option<&Path>, loops: &[String]) -> Vec<String> {
     let mut left = Vec::new();
     if let Some(m) = devices::find_mapping(&layout.mapping) {
         left.push(format!("mapping {} ({})", m.name, m.kernel_name));
@@ -299,10 +507,18 @@ fn verify_gone(layout: &Layout, backing: Option<&Path>) -> Vec<String> {
             left.push(format!("mount {}", m.mount_point.display()));
         }
     }
+    let mut attached: Vec<String> = loops
+        .iter()
+        .filter(|lo| devices::loop_backing_file(lo).is_some())
+        .cloned()
+        .collect();
     if let Some(file) = backing.filter(|b| b.is_file()) {
-        for lo in devices::loops_backed_by(file) {
-            left.push(format!("loop device /dev/{lo}"));
-        }
+        attached.extend(devices::loops_backed_by(file));
+    }
+    attached.sort();
+    attached.dedup();
+    for lo in attached {
+        left.push(format!("loop device /dev/{lo}"));
     }
     left
 }
@@ -315,5 +531,147 @@ fn leftovers_error(leftovers: Vec<String>) -> Result<()> {
             "lock could not remove: {}",
             leftovers.join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mounts::parse_mountinfo;
+
+    /// live-boot's session: the volume, a bind, a union with a user's mount on it, links.
+    const LIVE_BOOT: &str = "\
+30 1 254:0 / /run/live/persistence/sdb2 rw - ext4 /dev/mapper/sdb2 rw
+31 1 254:0 /gnupg /home/user/.gnupg rw - ext4 /dev/mapper/sdb2 rw
+32 1 0:40 / /home/user/Music rw - overlay overlay rw,lowerdir=/home/user/Music,upperdir=/run/live/persistence/sdb2/Music/rw,workdir=/run/live/persistence/sdb2/Music/work
+33 32 0:41 / /home/user/Music/tmp rw - tmpfs tmpfs rw
+34 1 0:42 / /srv rw - overlay overlay rw,lowerdir=/srv,upperdir=/run/live/overlay/srv/rw,workdir=/run/live/overlay/srv/work
+";
+
+    fn unmounts(plan: &[Teardown]) -> Vec<String> {
+        plan.iter()
+            .map(|s| match s {
+                Teardown::Unmount(p) => format!("umount {}", p.display()),
+                Teardown::Unlink { destination } => format!("unlink {}", destination.display()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unions_on_the_volume_go_before_the_volume() {
+        let table = parse_mountinfo(LIVE_BOOT);
+        let plan = plan_teardown(
+            &table,
+            (254, 0),
+            Path::new("/run/live/persistence/sdb2"),
+            &[PathBuf::from("/home/user")],
+        );
+        assert_eq!(
+            unmounts(&plan),
+            vec![
+                "umount /home/user/Music/tmp",
+                "umount /home/user/Music",
+                "umount /home/user/.gnupg",
+                "unlink /home/user",
+                "umount /run/live/persistence/sdb2",
+            ],
+            "the amnesic overlay on /srv is not the volume's"
+        );
+    }
+
+    #[test]
+    fn without_unions_the_plan_is_the_binders() {
+        let table = parse_mountinfo(
+            &LIVE_BOOT
+                .lines()
+                .filter(|l| !l.contains("overlay") && !l.contains("tmpfs"))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        );
+        let root = Path::new("/run/live/persistence/sdb2");
+        assert_eq!(
+            unmounts(&plan_teardown(&table, (254, 0), root, &[])),
+            unmounts(&binder::plan_deactivation(&table, (254, 0), root, &[]))
+        );
+    }
+
+    fn volume(name: &str, profile: LayoutProfile) -> Unlocked {
+        Unlocked {
+            profile,
+            mapping: devices::Mapping {
+                name: name.into(),
+                kernel_name: format!("dm-{}", name.len()),
+                dev: (254, name.len() as u32),
+                slaves: vec![format!("keepsake-test-no-such-{name}")],
+                uuid: format!("CRYPT-LUKS2-00-{name}"),
+            },
+            mount_root: None,
+            table: vec![],
+        }
+    }
+
+    #[test]
+    fn a_root_union_on_the_volume_is_refused_before_anything() {
+        let root = "1 0 0:30 / / rw - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/persistence/sdb2/rw,workdir=/run/live/persistence/sdb2/work\n";
+        let mut sdb2 = volume("sdb2", LayoutProfile::LiveBoot);
+        sdb2.mount_root = Some(PathBuf::from("/run/live/persistence/sdb2"));
+        sdb2.table = parse_mountinfo(&format!("{root}{LIVE_BOOT}"));
+        let mut other = volume("sdc1", LayoutProfile::LiveBoot);
+        other.mount_root = Some(PathBuf::from("/run/live/persistence/sdc1"));
+        other.table = sdb2.table.clone();
+        let err = refuse_a_root_on_the_volume(&[other.clone(), sdb2.clone()]).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::ExitCode::RootOnVolume);
+        assert_eq!(err.exit_code() as u8, 10);
+        assert!(err.to_string().contains("/dev/mapper/sdb2"), "{err}");
+        // The other volume alone, or the same session with an amnesic root, is lockable.
+        assert!(refuse_a_root_on_the_volume(&[other]).is_ok());
+        sdb2.table = parse_mountinfo(LIVE_BOOT);
+        assert!(refuse_a_root_on_the_volume(&[sdb2]).is_ok());
+    }
+
+    #[test]
+    fn lock_takes_every_volume_of_its_layout_and_names_the_others() {
+        let all = || {
+            vec![
+                volume("TailsData_unlocked", LayoutProfile::Tails),
+                volume("sdb2", LayoutProfile::LiveBoot),
+                volume("loop0", LayoutProfile::LiveBoot),
+            ]
+        };
+        let names = |v: Vec<Unlocked>| v.into_iter().map(|u| u.mapping.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(choose(all(), LayoutProfile::LiveBoot, None).unwrap()),
+            vec!["sdb2", "loop0"]
+        );
+        assert_eq!(
+            names(choose(all(), LayoutProfile::Tails, None).unwrap()),
+            vec!["TailsData_unlocked"]
+        );
+        // Only the other layout's volume is open: an error naming it, not "nothing".
+        let err = choose(all()[1..].to_vec(), LayoutProfile::Tails, None).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::ExitCode::NotFound);
+        assert!(
+            err.to_string()
+                .contains("/dev/mapper/sdb2 (live-boot layout"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--layout live-boot"), "{err}");
+        assert!(
+            choose(vec![], LayoutProfile::Tails, None)
+                .unwrap()
+                .is_empty()
+        );
+        // --device picks one by its mapping's device, whatever the layout.
+        assert_eq!(
+            names(choose(all(), LayoutProfile::Tails, Some(Path::new("/dev/dm-4"))).unwrap()),
+            vec!["sdb2"]
+        );
+        let err = choose(
+            all(),
+            LayoutProfile::Tails,
+            Some(Path::new("/dev/nonesuch")),
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::ExitCode::NotFound);
     }
 }

@@ -19,9 +19,12 @@ pub struct StatusReport {
     pub version: u32,
     pub layout: LayoutProfile,
     pub unlocked: bool,
+    /// The open volume of the layout (else the first open one), with its features.
     pub volume: Option<VolumeReport>,
     pub features: Vec<FeatureReport>,
     pub config_errors: Vec<ConfigErrorReport>,
+    /// Every open persistence volume, of either layout, however it was opened.
+    pub volumes: Vec<VolumeStatus>,
     pub tor: TorReport,
     pub kdf: KdfReport,
 }
@@ -42,8 +45,20 @@ pub struct TorReport {
     pub state: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeStatus {
+    #[serde(flatten)]
+    pub volume: VolumeReport,
+    pub features: Vec<FeatureReport>,
+    pub config_errors: Vec<ConfigErrorReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct VolumeReport {
+    /// The layout it was found under.
+    pub layout: LayoutProfile,
+    /// Opened by the system at boot (Tails' Welcome Screen, live-boot), not by keepsake.
+    pub opened_at_boot: bool,
     pub mapping: String,
     pub device: PathBuf,
     pub backing: Option<PathBuf>,
@@ -63,6 +78,7 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
         volume: None,
         features: vec![],
         config_errors: vec![],
+        volumes: vec![],
         tor: TorReport {
             running: false,
             pids: vec![],
@@ -79,73 +95,91 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
     let pids = crate::tor::pids_using_data_dir();
     report.tor.running = !pids.is_empty();
     report.tor.pids = pids;
-    if let Some(u) = Unlocked::find(&layout)? {
+    let mut volumes = Vec::new();
+    for u in Unlocked::find_all()? {
         if u.table.iter().any(|m| {
             m.dev == u.mapping.dev && m.mount_point == std::path::Path::new(crate::tor::DATA_DIR)
         }) {
             report.tor.state = "persistent";
         }
-        let record = unlocked::read_record(&layout);
-        let backing_dev = u
-            .mapping
-            .slaves
-            .first()
-            .map(|s| crate::devices::dev_path(s));
-        let image = u
-            .mapping
-            .slaves
-            .first()
-            .and_then(|s| crate::devices::loop_backing_file(s));
-        report.unlocked = true;
-        let keyslots = record
-            .as_ref()
-            .map(|r| r.backing.clone())
-            .and_then(|b| crate::volume::header_info(&b).ok())
-            .map(|h| h.keyslots)
-            .unwrap_or_default();
-        report.volume = Some(VolumeReport {
+        volumes.push(volume_status(&u, out));
+    }
+    report.unlocked = !volumes.is_empty();
+    let main = volumes
+        .iter()
+        .position(|v| v.volume.layout == layout.profile)
+        .unwrap_or(0);
+    if let Some(v) = volumes.get(main) {
+        report.volume = Some(v.volume.clone());
+        report.features = v.features.clone();
+        report.config_errors = v.config_errors.clone();
+    }
+    report.volumes = volumes;
+    out.result(&report, human);
+    Ok(())
+}
+
+/// One open volume: its devices, keyslots, and each feature's state.
+fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
+    let layout = crate::layout::Layout::new(u.profile, None);
+    let record = unlocked::read_record(&layout).filter(|r| r.mapping == u.mapping.name);
+    let backing_dev = u
+        .mapping
+        .slaves
+        .first()
+        .map(|s| crate::devices::dev_path(s));
+    let image = u
+        .mapping
+        .slaves
+        .first()
+        .and_then(|s| crate::devices::loop_backing_file(s));
+    let keyslots = record
+        .as_ref()
+        .map(|r| r.backing.clone())
+        .or_else(|| u.backing())
+        .and_then(|b| crate::volume::header_info(&b).ok())
+        .map(|h| h.keyslots)
+        .unwrap_or_default();
+    let mut status = VolumeStatus {
+        volume: VolumeReport {
+            layout: u.profile,
+            opened_at_boot: record.is_none(),
             keyslots,
             mapping: u.mapping.name.clone(),
             device: crate::devices::dev_path(&u.mapping.kernel_name),
             backing: backing_dev,
             image,
             mount_root: u.mount_root.clone(),
-        });
-        if let (Some(root), Ok(dir)) = (&u.mount_root, u.volume_dir()) {
-            match unlocked::read_config(&dir, global.layout.into()) {
-                Ok(Some(config)) => {
-                    let host = SystemHost::new(None);
-                    let (entries, mut failed) = unlocked::resolve_entries(&config, &host);
-                    report.features = unlocked::feature_states(
-                        &entries,
-                        &u.table,
-                        u.mapping.dev,
-                        root,
-                        record.as_ref(),
-                    );
-                    report.features.append(&mut failed);
-                    report.config_errors = config.errors().map(ConfigErrorReport::from).collect();
-                }
-                Ok(None) => {}
-                Err(e) => out.warn(e),
+        },
+        features: vec![],
+        config_errors: vec![],
+    };
+    if let (Some(root), Ok(dir)) = (&u.mount_root, u.volume_dir()) {
+        match unlocked::read_config(&dir, u.profile.into()) {
+            Ok(Some(config)) => {
+                let host = SystemHost::new(None);
+                let (entries, mut failed) = unlocked::resolve_entries(&config, &host);
+                status.features = unlocked::feature_states(
+                    &entries,
+                    &u.table,
+                    u.mapping.dev,
+                    root,
+                    record.as_ref(),
+                );
+                status.features.append(&mut failed);
+                status.config_errors = config.errors().map(ConfigErrorReport::from).collect();
             }
+            Ok(None) => {}
+            Err(e) => out.warn(e),
         }
     }
-    out.result(&report, human);
-    Ok(())
+    status
 }
 
-fn human(r: &StatusReport) -> String {
-    let tor = match (r.tor.running, r.tor.state) {
-        (true, state) => format!("tor: running on the {state} state\n"),
-        (false, "persistent") => "tor: stopped (its persistent state is bound)\n".to_string(),
-        (false, _) => String::new(),
-    };
-    let Some(v) = &r.volume else {
-        return format!("locked: no volume is unlocked\n{tor}");
-    };
-    let mut text = format!(
-        "unlocked: {} on {}{}\nmounted at {}\n",
+fn volume_text(text: &mut String, vs: &VolumeStatus) {
+    let v = &vs.volume;
+    text.push_str(&format!(
+        "unlocked: {} on {}{} ({} layout{})\nmounted at {}\n",
         v.mapping,
         v.backing
             .as_ref()
@@ -154,10 +188,19 @@ fn human(r: &StatusReport) -> String {
             .as_ref()
             .map(|i| format!(" ({})", i.display()))
             .unwrap_or_default(),
+        match v.layout {
+            LayoutProfile::Tails => "Tails",
+            LayoutProfile::LiveBoot => "live-boot",
+        },
+        if v.opened_at_boot {
+            ", opened at boot"
+        } else {
+            ""
+        },
         v.mount_root
             .as_ref()
             .map_or_else(|| "(not mounted)".into(), |m| m.display().to_string()),
-    );
+    ));
     for k in &v.keyslots {
         text.push_str(&format!(
             "  keyslot {}: {}, {} ({} MiB)\n",
@@ -170,7 +213,7 @@ fn human(r: &StatusReport) -> String {
             k.cost.memory_kib / 1024
         ));
     }
-    for f in &r.features {
+    for f in &vs.features {
         let state = match f.state {
             FeatureState::Active => "active",
             FeatureState::AtBoot => "at boot",
@@ -190,11 +233,26 @@ fn human(r: &StatusReport) -> String {
         }
         text.push('\n');
     }
-    for e in &r.config_errors {
+    for e in &vs.config_errors {
         text.push_str(&format!(
             "  persistence.conf line {}: {}\n",
             e.line, e.reason
         ));
+    }
+}
+
+fn human(r: &StatusReport) -> String {
+    let tor = match (r.tor.running, r.tor.state) {
+        (true, state) => format!("tor: running on the {state} state\n"),
+        (false, "persistent") => "tor: stopped (its persistent state is bound)\n".to_string(),
+        (false, _) => String::new(),
+    };
+    if r.volumes.is_empty() {
+        return format!("locked: no volume is unlocked\n{tor}");
+    }
+    let mut text = String::new();
+    for vs in &r.volumes {
+        volume_text(&mut text, vs);
     }
     text.push_str(&tor);
     text

@@ -7,9 +7,10 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, UnlockArgs};
 use crate::config::LineError;
 use crate::devices;
+use crate::discovery;
 use crate::error::{Error, Result};
 use crate::features::SystemHost;
-use crate::layout::Layout;
+use crate::layout::{Layout, LayoutProfile};
 use crate::mounts;
 use crate::output::Output;
 use crate::safefs;
@@ -30,9 +31,12 @@ struct UnlockReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     config_refused: Option<String>,
     warnings: Vec<String>,
+    /// The devices tried when the volume was looked for as live-boot looks for it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tried: Vec<TriedDevice>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ConfigErrorReport {
     pub line: usize,
     pub reason: String,
@@ -50,50 +54,318 @@ impl From<&LineError> for ConfigErrorReport {
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     super::require_root()?;
     let profile = super::layout(global, args.mount_root.as_deref());
-    if let Some(u) = crate::unlocked::Unlocked::find(&profile)? {
+    let open: Vec<_> = crate::unlocked::Unlocked::find_all()?
+        .into_iter()
+        .filter(|u| u.profile == profile.profile)
+        .collect();
+    if !open.is_empty() {
         return Err(Error::Busy(format!(
-            "already unlocked as /dev/mapper/{} ({}); run keepsake lock first",
-            u.mapping.name, u.mapping.kernel_name
+            "already unlocked: {}; run keepsake lock first",
+            crate::unlocked::describe_all(&open)
         )));
     }
     let _lock = super::exclusive()?;
-    let backing = super::find_volume(&args.volume, &profile)?;
-    let layout = profile.for_volume(&backing);
-    if let Some(m) = devices::find_mapping(&layout.mapping) {
-        return Err(Error::Busy(format!(
-            "a mapping named {} ({}) exists already; nothing was changed",
-            m.name, m.kernel_name
-        )));
+    let searched = args.volume.device.is_none() && args.volume.image.is_none();
+    let opened = match super::find_volume(&args.volume, &profile) {
+        Ok(backing) => open_volume(global, &args, &profile, backing, out)?,
+        Err(Error::NotFound(why)) if searched && profile.profile == LayoutProfile::LiveBoot => {
+            find_as_live_boot(global, &args, &profile, &why, out)?
+        }
+        Err(e) => return Err(e),
+    };
+    let layout = &opened.layout;
+    match mount_and_activate(
+        layout,
+        &opened.backing,
+        args.live_user.as_deref(),
+        opened.keyslot,
+        out,
+    ) {
+        Ok(mut report) => {
+            report.tried = opened.tried;
+            finish(report, out)
+        }
+        Err(e) => {
+            // Nothing half-open is left behind: unmount if mounted, close the mapping (a
+            // loop device keepsake attached goes with it: autoclear).
+            let _ = mounts::unmount(&layout.mount_root);
+            let _ = volume::deactivate(&layout.mapping);
+            Err(e)
+        }
     }
-    // A file that is not LUKS, or whose keyslots need more memory than this machine has, is
-    // refused before anyone types a passphrase for it.
-    volume::require_luks(&backing)?;
-    volume::require_affordable(&backing, "unlocking")?;
-    let secret = if args.recovery_key {
+}
+
+/// An opened volume, and how it was found.
+struct Opened {
+    backing: PathBuf,
+    layout: Layout,
+    keyslot: u32,
+    tried: Vec<TriedDevice>,
+    /// The loop device attached for a container file, held until the mapping holds it.
+    _attached: Option<devices::AttachedLoop>,
+}
+
+/// A device tried in live-boot's search, and what came of it.
+#[derive(Debug, Serialize)]
+pub struct TriedDevice {
+    pub device: PathBuf,
+    pub outcome: String,
+}
+
+/// The passphrase, or the recovery key typed in any form, read the safe way.
+fn read_unlock_secret(
+    global: &GlobalArgs,
+    args: &UnlockArgs,
+    out: Output,
+    backing: &Path,
+) -> Result<crate::secrets::Secret> {
+    if args.recovery_key {
         let typed = super::read_secret_safely(
             global,
             &args.passphrase,
             out,
             "Recovery key",
             false,
-            Some(&backing),
+            Some(backing),
         )?;
-        crate::recovery::normalize(&typed)?
+        crate::recovery::normalize(&typed)
     } else {
-        super::read_passphrase(global, &args.passphrase, out, &backing)?
+        super::read_passphrase(global, &args.passphrase, out, backing)
+    }
+}
+
+/// Opens the volume at `backing` under the layout's mapping name. In the live-boot layout
+/// a container file goes on a loop device first, as live-boot attaches it, so that the
+/// mapping and mount root carry the loop device's name (/dev/mapper/loopN at
+/// /run/live/persistence/loopN).
+fn open_volume(
+    global: &GlobalArgs,
+    args: &UnlockArgs,
+    profile: &Layout,
+    backing: PathBuf,
+    out: Output,
+) -> Result<Opened> {
+    // A file that is not LUKS, or whose keyslots need more memory than this machine has, is
+    // refused before anyone types a passphrase for it.
+    volume::require_luks(&backing)?;
+    let attached = if profile.profile == LayoutProfile::LiveBoot && backing.is_file() {
+        Some(
+            devices::attach_loop(&backing)
+                .map_err(crate::error::io_at("attaching a loop device to", &backing))?,
+        )
+    } else {
+        None
     };
+    let device = attached
+        .as_ref()
+        .map_or_else(|| backing.clone(), devices::AttachedLoop::path);
+    let layout = profile.for_volume(&device);
+    if let Some(m) = devices::find_mapping(&layout.mapping) {
+        return Err(Error::Busy(format!(
+            "a mapping named {} ({}) exists already; nothing was changed",
+            m.name, m.kernel_name
+        )));
+    }
+    volume::require_affordable(&backing, "unlocking")?;
+    let secret = read_unlock_secret(global, args, out, &backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = volume::activate(&backing, &layout.mapping, &secret)?;
-    drop(secret);
-    match mount_and_activate(&layout, &backing, args.live_user.as_deref(), keyslot, out) {
-        Ok(report) => finish(report, out),
-        Err(e) => {
-            // Nothing half-open is left behind: unmount if mounted, close the mapping.
-            let _ = mounts::unmount(&layout.mount_root);
-            let _ = volume::deactivate(&layout.mapping);
-            Err(e)
+    let keyslot = volume::activate(&device, &layout.mapping, &secret)?;
+    Ok(Opened {
+        backing,
+        layout,
+        keyslot,
+        tried: vec![],
+        _attached: attached,
+    })
+}
+
+/// No GPT partition name or LUKS2 label matched: look as live-boot looks. First a
+/// container file named `persistence` at the root of a mounted partition (found by its
+/// name), else every LUKS device that is not open yet, opened with the one passphrase
+/// under live-boot's name for it, keeping the one whose ext4 label is `persistence` and
+/// closing the others.
+fn find_as_live_boot(
+    global: &GlobalArgs,
+    args: &UnlockArgs,
+    profile: &Layout,
+    not_found: &str,
+    out: Output,
+) -> Result<Opened> {
+    let table = mounts::read_mountinfo()?;
+    let files: Vec<PathBuf> = discovery::container_file_places(&table)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .filter(|p| volume::has_luks_magic(p))
+        .collect();
+    match files.as_slice() {
+        [one] => {
+            out.progress(format!(
+                "found the container file {} (live-boot's name for one)",
+                one.display()
+            ));
+            return open_volume(global, args, profile, one.clone(), out);
+        }
+        [] => {}
+        many => {
+            return Err(Error::Usage(format!(
+                "several container files named persistence: {}; choose one with --image",
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
         }
     }
+    let candidates = discovery::luks_candidates(&block_candidates(), &table);
+    if candidates.is_empty() {
+        return Err(Error::NotFound(format!(
+            "{not_found}; no container file named persistence, and no LUKS device that is not open already"
+        )));
+    }
+    let mut tried = Vec::new();
+    let affordable: Vec<PathBuf> = candidates
+        .into_iter()
+        .filter(|c| match volume::require_affordable(c, "unlocking") {
+            Ok(()) => true,
+            Err(e) => {
+                tried.push(TriedDevice {
+                    device: c.clone(),
+                    outcome: e.to_string(),
+                });
+                false
+            }
+        })
+        .collect();
+    let Some(first) = affordable.first() else {
+        return Err(Error::UnsafeHost(describe_tried(&tried)));
+    };
+    out.progress(format!(
+        "no partition named {}: trying the passphrase on each LUKS device ({}), keeping the one whose ext4 label is {}",
+        profile.partition_name,
+        affordable
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        profile.fs_label
+    ));
+    let secret = read_unlock_secret(global, args, out, first)?;
+    let mut kept: Option<(PathBuf, Layout, u32)> = None;
+    let mut wrong = 0;
+    for candidate in &affordable {
+        let layout = profile.for_volume(candidate);
+        let outcome = if devices::find_mapping(&layout.mapping).is_some() {
+            format!("not tried: a mapping named {} exists", layout.mapping)
+        } else {
+            match volume::activate(candidate, &layout.mapping, &secret) {
+                Err(Error::BadPassphrase(_)) => {
+                    wrong += 1;
+                    "the passphrase does not open it".to_string()
+                }
+                Err(e) => format!("not opened: {e}"),
+                Ok(keyslot) => {
+                    let label = discovery::read_ext4_label(&layout.mapper_path());
+                    if kept.is_none() && label.as_deref() == Some(profile.fs_label) {
+                        let outcome = format!(
+                            "opened as /dev/mapper/{}: ext4 labelled {}",
+                            layout.mapping, profile.fs_label
+                        );
+                        kept = Some((candidate.clone(), layout, keyslot));
+                        outcome
+                    } else {
+                        let closed = volume::deactivate(&layout.mapping);
+                        format!(
+                            "opened, but {}; closed again{}",
+                            match label {
+                                Some(l) if l == profile.fs_label =>
+                                    format!("a second volume labelled {l}: unlock it with --device"),
+                                Some(l) => format!("its ext4 label is {l}"),
+                                None => "it holds no labelled ext4".to_string(),
+                            },
+                            closed
+                                .err()
+                                .map(|e| format!(" (failed: {e})"))
+                                .unwrap_or_default()
+                        )
+                    }
+                }
+            }
+        };
+        out.progress(format!("{}: {outcome}", candidate.display()));
+        tried.push(TriedDevice {
+            device: candidate.clone(),
+            outcome,
+        });
+    }
+    drop(secret);
+    match kept {
+        Some((backing, layout, keyslot)) => Ok(Opened {
+            backing,
+            layout,
+            keyslot,
+            tried,
+            _attached: None,
+        }),
+        None if wrong == affordable.len() => Err(Error::BadPassphrase(
+            affordable
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
+        None => Err(Error::NotFound(format!(
+            "{not_found}; tried: {}",
+            describe_tried(&tried)
+        ))),
+    }
+}
+
+fn describe_tried(tried: &[TriedDevice]) -> String {
+    tried
+        .iter()
+        .map(|t| format!("{} ({})", t.device.display(), t.outcome))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Every partition, and every whole disk, the kernel has (not loop, RAM or mapped devices:
+/// live-boot leaves those out too), with whether it is LUKS and whether something holds it.
+fn block_candidates() -> Vec<discovery::BlockCandidate> {
+    let held = |name: &str| {
+        std::fs::read_dir(Path::new("/sys/class/block").join(name).join("holders"))
+            .is_ok_and(|mut d| d.next().is_some())
+    };
+    let mut found: Vec<discovery::BlockCandidate> = crate::disks::all_partitions()
+        .into_iter()
+        .map(|p| discovery::BlockCandidate {
+            luks: volume::has_luks_magic(&p.path()),
+            held: held(&p.name),
+            path: p.path(),
+            dev: p.dev,
+        })
+        .collect();
+    let disks = std::fs::read_dir("/sys/block")
+        .map(|rd| rd.filter_map(|e| e.ok()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for disk in disks {
+        let name = disk.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "zram", "dm-", "sr", "fd", "nbd"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let Ok(bd) = crate::disks::block_device(&devices::dev_path(&name)) else {
+            continue;
+        };
+        found.push(discovery::BlockCandidate {
+            luks: volume::has_luks_magic(&devices::dev_path(&name)),
+            held: held(&name),
+            path: devices::dev_path(&name),
+            dev: bd.dev,
+        });
+    }
+    found
 }
 
 fn mount_and_activate(
@@ -177,6 +449,7 @@ fn mount_and_activate(
         config_errors,
         config_refused,
         warnings,
+        tried: vec![],
     })
 }
 
@@ -210,6 +483,9 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
             r.mount_root.display(),
             r.keyslot
         );
+        for t in &r.tried {
+            text.push_str(&format!("  tried {}: {}\n", t.device.display(), t.outcome));
+        }
         for f in &r.features {
             let state = match f.state {
                 FeatureState::Active => "active",
