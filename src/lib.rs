@@ -13,6 +13,7 @@ pub mod devices;
 pub mod disks;
 pub mod error;
 pub mod features;
+pub mod kernel;
 pub mod layout;
 pub mod mounts;
 pub mod output;

@@ -49,6 +49,7 @@ impl From<&LineError> for ConfigErrorReport {
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     super::require_root()?;
+    crate::kernel::require_dm_crypt("unlocking a volume")?;
     let profile = super::layout(global, args.mount_root.as_deref());
     if let Some(u) = crate::unlocked::Unlocked::find(&profile)? {
         return Err(Error::Busy(format!(
