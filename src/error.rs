@@ -53,8 +53,9 @@ Exit status:
   3  wrong passphrase or key; nothing was changed
   4  not found: no such volume, device, file or feature
   5  busy: already unlocked, or files are held open
-  6  unsafe host: a preflight check failed (see --help of the command), or a key
-     derivation needs more memory than this machine has available
+  6  unsafe host: a preflight check failed (see --help of the command), a key
+     derivation needs more memory than this machine has available, or the kernel
+     has no device-mapper or dm-crypt
   7  corrupt: header, filesystem or persistence.conf unreadable or invalid
   8  not permitted: not run as root, or permission denied
   9  incomplete: unlocked, but some features could not be activated

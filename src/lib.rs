@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod disks;
 pub mod error;
 pub mod features;
+pub mod kernel;
 pub mod layout;
 pub mod mounts;
 pub mod output;

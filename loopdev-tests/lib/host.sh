@@ -22,7 +22,8 @@ ks_host_fail() { echo "    FAIL  $*"; KS_SCEN_FAILED=1; }
 
 # ks_phase NAME [SERIAL=FILE...]: boots the guest once to run guest_NAME. The disks
 # "usb" and "hostdisk" of the scenario are attached unless given otherwise; the values set
-# with ks_set travel on a "share" disk. Prints the guest's checks; returns its status.
+# with ks_set travel on a "share" disk. KS_BOOT_ARGS adds to the kernel command line
+# (ks.nomod=dm-crypt: see lib/init). Prints the guest's checks; returns its status.
 ks_phase() {
     local phase=$1; shift
     local disks=("$@") log="$KS_SCEN_DIR/$phase.log" rc t0 t1
@@ -34,7 +35,7 @@ ks_phase() {
     tar -C "$KS_SCEN_DIR" -cf "$share" in
     truncate -s 1M "$share"
     t0=$(date +%s%N)
-    ks_boot "$log" "ks.scenario=$KS_SCENARIO ks.phase=$phase ks.verbose=${KS_VERBOSE:-0}" "${disks[@]}" "share=$share"
+    ks_boot "$log" "ks.scenario=$KS_SCENARIO ks.phase=$phase ks.verbose=${KS_VERBOSE:-0} ${KS_BOOT_ARGS:-}" "${disks[@]}" "share=$share"
     rc=$?
     t1=$(date +%s%N)
     tr -d '\r' < "$log" | sed -n 's/^KS-OUT //p' >> "$KS_SCEN_DIR/out"

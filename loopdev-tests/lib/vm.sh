@@ -87,7 +87,7 @@ ks_build_initramfs() {
     for p in $KS_GUEST_PROGRAMS; do ks_copy_with_libs "$root" "$p"; done
     ks_build_hostile "$root/hostile" || return 1
     ks_copy_with_libs "$root" "$bin"
-    [ "$bin" = "$root/usr/sbin/keepsake" ] || mv "$root$bin" "$root/usr/sbin/keepsake"
+    [ "$bin" = /usr/sbin/keepsake ] || mv "$root$bin" "$root/usr/sbin/keepsake"
     ln -s e2fsck "$root/sbin/fsck.ext4"
     ln -s mke2fs "$root/sbin/mkfs.ext4"
     [ -r /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"

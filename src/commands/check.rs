@@ -102,6 +102,7 @@ fn prepare(
     why: &str,
 ) -> Result<(PathBuf, HeaderInfo, crate::secrets::Secret)> {
     super::require_root()?;
+    crate::kernel::require_dm_crypt(&format!("{doing} a volume"))?;
     let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
     let header = volume::header_info(&backing)?;
     super::require_locked(&backing, why)?;

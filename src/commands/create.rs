@@ -66,6 +66,7 @@ impl Drop for Rollback {
 
 pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     super::require_root()?;
+    crate::kernel::require_dm_crypt("creating a volume")?;
     let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
     let host = SystemHost::new(args.live_user.as_deref());

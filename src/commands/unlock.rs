@@ -53,6 +53,7 @@ impl From<&LineError> for ConfigErrorReport {
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     super::require_root()?;
+    crate::kernel::require_dm_crypt("unlocking a volume")?;
     let profile = super::layout(global, args.mount_root.as_deref());
     let open: Vec<_> = crate::unlocked::Unlocked::find_all()?
         .into_iter()
