@@ -155,14 +155,15 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     // A cost no reader accepts, or that this machine cannot afford, is refused before
     // anything else happens.
     params.check_for_writing(crate::volume::mem_available_kib())?;
-    let (_unlocked, root) = volume_root(global)?;
+    let (unlocked, root) = volume_root(global)?;
+    let dialect = Dialect::from(unlocked.profile);
     // No lock or feature change while the archive is written.
     let _lock = super::exclusive()?;
     let (volume, _) = safefs::open_dir(&root, None)?;
     let tops = if args.features.is_empty() {
         all_tops(&root)?
     } else {
-        feature_folders(&volume, global.layout.into(), &args.features)?
+        feature_folders(&volume, dialect, &args.features)?
             .into_iter()
             .filter(|t| root.join(t).exists())
             .collect()
@@ -481,16 +482,13 @@ fn holds_data(volume: &safefs::Dir, name: &str) -> Result<bool> {
 }
 
 pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()> {
-    let (_unlocked, root) = volume_root(global)?;
+    let (unlocked, root) = volume_root(global)?;
+    let dialect = Dialect::from(unlocked.profile);
     let (volume, _) = safefs::open_dir(&root, None)?;
     let wanted = if args.features.is_empty() {
         None
     } else {
-        Some(feature_folders(
-            &volume,
-            global.layout.into(),
-            &args.features,
-        )?)
+        Some(feature_folders(&volume, dialect, &args.features)?)
     };
     let _lock = super::exclusive()?;
     let (mut reader, len) = open_reader(global, &args.passphrase, out, &args.file)?;
@@ -554,7 +552,7 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
             // of every activation stay.
             let host = crate::features::SystemHost::new(None);
             report.config_dropped =
-                unlocked::drop_untrusted_lines(&volume, global.layout.into(), &host)?;
+                unlocked::drop_untrusted_lines(&volume, dialect, &host)?;
             for line in &report.config_dropped {
                 out.warn(format!("persistence.conf: dropped {line}"));
             }

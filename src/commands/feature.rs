@@ -45,7 +45,7 @@ impl Open {
     fn new(global: &GlobalArgs) -> Result<Open> {
         let (unlocked, root) = super::unlocked_volume(global)?;
         let dir = unlocked.volume_dir()?;
-        let dialect = Dialect::from(global.layout);
+        let dialect = Dialect::from(unlocked.profile);
         let config =
             unlocked::read_config(&dir, dialect)?.unwrap_or_else(|| ConfigFile::new(dialect));
         let custom = unlocked::read_custom(&dir, dialect)?;
