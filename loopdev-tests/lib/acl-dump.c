@@ -1,7 +1,9 @@
 /* acl-dump: prints a path's POSIX access ACL (the system.posix_acl_access xattr) one entry a
  * line, as getfacl -n does without comments ("user:1000:--x"), for guests without getfattr.
  * Prints nothing when the path has no ACL. Exit 1 on any other error.
- * acl-dump -x PATH removes the ACL (the deliberate-break checks of the scenarios). */
+ * acl-dump -x PATH removes the ACL (the deliberate-break checks of the scenarios);
+ * acl-dump -t PATH sets the ACL Tails gives its mount root (a control of scenario 18):
+ * user::rwx user:1000:--x group::rwx mask::rwx other::---. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,6 +26,21 @@ int main(int argc, char **argv)
     ssize_t n, i;
     if (argc == 3 && strcmp(argv[1], "-x") == 0) {
         if (lremovexattr(argv[2], "system.posix_acl_access") < 0 && errno != ENODATA) {
+            perror(argv[2]);
+            return 1;
+        }
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "-t") == 0) {
+        static const uint16_t e[5][2] = {{0x01, 7}, {0x02, 1}, {0x04, 7}, {0x10, 7}, {0x20, 0}};
+        unsigned char a[4 + 5 * 8] = {2, 0, 0, 0};
+        for (int k = 0; k < 5; k++) {
+            unsigned char *q = a + 4 + 8 * k;
+            uint32_t id = e[k][0] == 0x02 ? 1000 : 0xffffffffu;
+            q[0] = e[k][0]; q[1] = 0; q[2] = e[k][1]; q[3] = 0;
+            q[4] = id & 0xff; q[5] = id >> 8 & 0xff; q[6] = id >> 16 & 0xff; q[7] = id >> 24;
+        }
+        if (lsetxattr(argv[2], "system.posix_acl_access", a, sizeof a, 0) < 0) {
             perror(argv[2]);
             return 1;
         }

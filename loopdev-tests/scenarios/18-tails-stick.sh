@@ -23,16 +23,15 @@ host_main() {
 # tails_check_conf WHAT NAME FEATURES: Tails' acceptance rules, on the host with Tails' parser,
 # on the config the guest handed back as NAME (text, stat, ACL).
 tails_check_conf() {
-    local file="$KS_SCEN_DIR/$2.conf" features=() line
+    local file="$KS_SCEN_DIR/$2.conf" line
     if [ -z "$(ks_get "conf_$2")" ]; then
         ks_host_fail "$1: the guest handed back no persistence.conf"
         return
     fi
     ks_get "conf_$2" | base64 -d > "$file"
-    [ -n "$3" ] && features=(--features "$3")
     echo "  Tails' rules, $1:"
     python3 "$KS_TESTS_DIR/lib/tails_rules.py" "$file" --stat "$(ks_get "stat_$2")" \
-        --acl "$(ks_get "acl_$2")" "${features[@]}" > "$file.rules"
+        --acl "$(ks_get "acl_$2")" ${3:+--features} ${3:+"$3"} > "$file.rules"
     local rc=$?
     while IFS= read -r line; do
         case "$line" in ok*) ks_host_ok "${line#ok    }" ;; *) ks_host_fail "${line#FAIL  }" ;; esac
@@ -70,8 +69,9 @@ tails_hand_back() {
 # Exactly Tails' mount root: root:root 0770, and one ACL entry, user:amnesia:--x.
 TAILS_ROOT_ACL="user::rwx,user:1000:--x,group::rwx,mask::rwx,other::---"
 tails_root_is_tails() {
-    ks_check_eq "$1: mount root owner and mode" "$(ks_mode $KS_ROOT_MNT)" "0:0 770"
-    ks_check_eq "$1: mount root ACL" "$(acl-dump $KS_ROOT_MNT | tr '\n' ',' | sed 's/,$//')" "$TAILS_ROOT_ACL"
+    local root=${2:-$KS_ROOT_MNT}
+    ks_check_eq "$1: mount root owner and mode" "$(ks_mode $root)" "0:0 770"
+    ks_check_eq "$1: mount root ACL" "$(acl-dump $root | tr '\n' ',' | sed 's/,$//')" "$TAILS_ROOT_ACL"
 }
 
 guest_tails_stick() {
@@ -89,6 +89,10 @@ guest_tails_stick() {
     cryptsetup open --key-file "$KS_PASS_FILE" /dev/vda2 TailsData_unlocked && mkfs.ext4 -q -F -L TailsData /dev/mapper/TailsData_unlocked || ks_fail "mkfs"
     local t=/mnt/t
     mkdir -p $t && mount -o acl /dev/mapper/TailsData_unlocked $t || ks_fail "mount"
+    # Control: the mount root as Tails leaves it (chmod 0770, setfacl -m user:amnesia:x) passes.
+    chmod 0770 $t && acl-dump -t $t || ks_fail "set Tails' ACL"
+    tails_root_is_tails "control, as Tails sets it" $t
+    acl-dump -x $t && chmod 0755 $t
     # Tails writes sorted(set(lines)), each "shlex.quote(dest)<TAB>options".
     {
         printf '/home/amnesia/Persistent\tsource=Persistent\n'
@@ -125,7 +129,7 @@ guest_tails_stick() {
     ks_check_eq "Dotfiles last: its link inside the bound .ssh" "$(readlink /home/amnesia/.ssh/config)" "$v/dotfiles/.ssh/config"
     tails_root_is_tails "at unlock"
     ks_check_eq "the live user reads a dotfile through its link" \
-        "$(setpriv --reuid 1000 --regid 1000 --clear-groups cat /home/amnesia/.bashrc 2>&1)" "alias tails=yes"
+        "$(/usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups cat /home/amnesia/.bashrc 2>&1)" "alias tails=yes"
     ks_check_eq "persistence.conf keeps Tails' owner and mode" "$(ks_mode $v/persistence.conf)" "115:122 600"
 
     # The ACL is set at every unlock, whatever was there before.
