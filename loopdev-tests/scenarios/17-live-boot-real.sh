@@ -46,7 +46,7 @@ lb_teardown() {
     for m in $(awk '$5 ~ "^/(srv|opt|home|var|run/live/persistence|mnt)/" {print $5}' /proc/self/mountinfo | sort -r); do
         umount "$m" 2>/dev/null
     done
-    for m in $(ls /dev/mapper | grep -v '^control$'); do cryptsetup close "$m" 2>/dev/null; done
+    for m in /dev/mapper/*; do [ "$m" = /dev/mapper/control ] || cryptsetup close "${m##*/}" 2>/dev/null; done
     losetup -a 2>/dev/null | cut -d: -f1 | while read -r m; do losetup -d "$m"; done
     rm -f /home/amnesia/.bashrc /opt/tool/run /home/user/.profile
 }
