@@ -211,3 +211,42 @@ ks_system_folders() {
     chown 0:7 /etc/cups && chmod 0755 /etc/cups
     echo "# the live system's default" > /etc/cups/.keep-cups
 }
+
+# Checks that do not end the phase (scenarios 17 and 18, which report every rule a client
+# breaks, not only the first): each failure prints KS-FAIL, and ks_checks_done fails the
+# phase at its end. Use ks_fail/ks_assert for the steps later checks depend on.
+KS_SOFT_FAILED=0
+ks_check() {
+    local what=$1; shift
+    if "$@"; then ks_ok "$what"; else echo "KS-FAIL $what"; KS_SOFT_FAILED=1; fi
+}
+ks_check_eq() {
+    if [ "$2" = "$3" ]; then ks_ok "$1: $2"; else echo "KS-FAIL $1: got '$2', expected '$3'"; KS_SOFT_FAILED=1; fi
+}
+# ks_check_rc WANT DESCRIPTION -- COMMAND...: as ks_expect_rc; the output stays in /tmp/ks-cmd.out.
+ks_check_rc() {
+    local want=$1 what=$2 got; shift 3
+    "$@" >/tmp/ks-cmd.out 2>&1
+    got=$?
+    if [ "$got" -ne "$want" ]; then
+        sed 's/^/    | /' /tmp/ks-cmd.out
+        echo "KS-FAIL $what: exit $got, expected $want"; KS_SOFT_FAILED=1
+        return 1
+    fi
+    ks_ok "$what (exit $got)"
+}
+ks_checks_done() { [ "$KS_SOFT_FAILED" = 0 ]; }
+# The device and inode of a path: a bind mount shows its source's.
+ks_inode() { stat -L -c '%d:%i' "$1" 2>/dev/null; }
+# The file system type and superblock options of the topmost mount on a path.
+ks_fstype() { awk -v p="$1" '$5 == p {for (i = 7; i <= NF; i++) if ($i == "-") t = $(i + 1)} END {print t}' /proc/self/mountinfo; }
+ks_super_opts() { awk -v p="$1" '$5 == p {for (i = 7; i <= NF; i++) if ($i == "-") t = $(i + 3)} END {print t}' /proc/self/mountinfo; }
+# ks_check_refused DESCRIPTION -- COMMAND...: COMMAND must fail (any non-zero exit).
+ks_check_refused() {
+    local what=$1 got; shift 2
+    "$@" >/tmp/ks-cmd.out 2>&1
+    got=$?
+    sed 's/^/    | /' /tmp/ks-cmd.out
+    if [ "$got" -eq 0 ]; then echo "KS-FAIL $what: exit 0, expected a refusal"; KS_SOFT_FAILED=1; return 1; fi
+    ks_ok "$what (exit $got)"
+}

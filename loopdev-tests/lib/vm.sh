@@ -113,6 +113,7 @@ GR
     mkdir -p "$root/tests"
     cp "$KS_TESTS_DIR/lib/guest.sh" "$root/tests/"
     cp "$KS_TESTS_DIR"/scenarios/*.sh "$KS_TESTS_DIR"/bench/*.sh "$root/tests/"
+    ks_guest_extras "$root" || return 1
     chmod 0755 "$root/init"
     (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$out.tmp"
     mv "$out.tmp" "$out"
@@ -173,4 +174,28 @@ ks_boot() {
     rc=$(sed -n 's/^KS-PHASE-RC \([0-9]*\).*/\1/p' "$log" | tr -d '\r' | tail -n 1)
     [ -n "$rc" ] || return 125
     return "$rc"
+}
+
+# The real clients' code and the tools to check against it (scenarios 17 and 18):
+# util-linux blkid (live-boot asks it for LABEL and PART_ENTRY_NAME, which busybox's cannot
+# give), the overlay module (live-boot's union), live-boot's /lib/live/boot scripts from the
+# package scripts/install-deps unpacks under target/ (never installed on the host), the
+# guest-side live-boot shim, and a static reader of POSIX ACLs (no getfattr in the guest).
+KS_GUEST_PROGRAMS="$KS_GUEST_PROGRAMS /sbin/blkid"
+KS_GUEST_MODULES="$KS_GUEST_MODULES overlay"
+KS_LIVE_BOOT=${KS_LIVE_BOOT:-$KS_ROOT/target/live-boot/extract}
+
+ks_guest_extras() {
+    local root=$1
+    cp "$KS_TESTS_DIR/lib/liveboot.sh" "$root/tests/"
+    if [ -r "$KS_LIVE_BOOT/lib/live/boot/9990-misc-helpers.sh" ]; then
+        mkdir -p "$root/lib/live"
+        cp -a "$KS_LIVE_BOOT/lib/live/boot" "$root/lib/live/"
+    else
+        echo "live-boot is not unpacked at $KS_LIVE_BOOT: scenario 17 will fail (scripts/install-deps)" >&2
+    fi
+    if command -v gcc >/dev/null; then
+        gcc -static -O2 -Wall -Wextra -o "$root/usr/bin/acl-dump" "$KS_TESTS_DIR/lib/acl-dump.c" \
+            || { echo "could not build lib/acl-dump.c" >&2; return 1; }
+    fi
 }

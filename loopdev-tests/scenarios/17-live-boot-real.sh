@@ -1,0 +1,302 @@
+# live-boot, with live-boot's own code (Debian 12's live-boot 1:20230131, lib/liveboot.sh):
+# its find_persistence_media, get_custom_mounts and activate_custom_mounts open, mount and
+# activate volumes keepsake made (a GPT partition, a container file named `persistence`),
+# and keepsake then adopts and locks what live-boot unlocked; keepsake opens volumes laid out
+# by hand as the Debian Live manual shows (MBR and whole-disk LUKS2, ext4 label
+# `persistence`, a 0644 persistence.conf with union, links, nested destinations and `/ union`)
+# with live-boot's meaning, and leaves them as live-boot accepts them; a config live-boot
+# would panic on is refused by keepsake and reported when read, and the panic is real.
+
+host_main() {
+    ks_set passphrase "live-boot $(ks_random)"
+    local usb data mbr whole
+    usb=$(ks_live_stick usb 320M) || return 1
+    data=$(ks_gpt_disk data 160M) || return 1
+    ks_phase keepsake_made "usb=$usb" "data=$data"
+    # The manual's stick: an MBR partition table, one partition.
+    mbr=$(ks_disk mbr 160M)
+    printf 'label: dos\nstart=2048, type=83\n' | sfdisk -q "$mbr" >/dev/null || return 1
+    ks_phase hand_made "usb=$(ks_live_stick usb2 96M)" "mbr=$mbr"
+    # Full persistence, `/ union`, on a disk without a partition table.
+    whole=$(ks_disk whole 96M)
+    ks_phase full_union "usb=$(ks_live_stick usb3 96M)" "whole=$whole"
+}
+
+LB_KS="keepsake --layout live-boot"
+LB_KDF="--pbkdf argon2id --pbkdf-memory 8192 --pbkdf-force-iterations 4"
+
+# How `feature add` asks for an overlay, once the CLI offers one.
+lb_union_flag() {
+    local help
+    help=$(keepsake feature add --help 2>&1)
+    case "$help" in
+        *--union*) echo "--union" ;;
+        *--method*) echo "--method union" ;;
+        *) return 1 ;;
+    esac
+}
+
+lb_conf_log() { sed "s/^/KS-LOG $2: /" "$1"; }
+lb_hash() { sha256sum < "$1" | cut -c1-16; }
+
+# Everything that live-boot or keepsake may have left, taken away by hand (so that a failed
+# lock does not hide the checks after it).
+lb_teardown() {
+    local m
+    for m in $(awk '$5 ~ "^/(srv|opt|home|var|run/live/persistence|mnt)/" {print $5}' /proc/self/mountinfo | sort -r); do
+        umount "$m" 2>/dev/null
+    done
+    for m in /dev/mapper/*; do [ "$m" = /dev/mapper/control ] || cryptsetup close "${m##*/}" 2>/dev/null; done
+    losetup -a 2>/dev/null | cut -d: -f1 | while read -r m; do losetup -d "$m"; done
+    rm -f /home/amnesia/.bashrc /opt/tool/run /home/user/.profile
+}
+
+# The checks after keepsake has locked a volume live-boot unlocked: nothing of it is left.
+lb_adopted_lock_is_clean() {
+    local vol=$1; shift
+    ks_check "no dm mapping remains" ks_no_mapping
+    ks_check "no loop device is attached" ks_no_loop_in_use
+    ks_check "$vol is not mounted" ks_not_mounted "$vol"
+    local d
+    for d in "$@"; do ks_check "$d is not mounted" ks_not_mounted "$d"; done
+}
+
+guest_keepsake_made() {
+    . /tests/liveboot.sh
+    mkfs.ext4 -q /dev/vda1 || ks_fail "mkfs system partition"
+    ks_live_session
+    ks_pass_file
+    lb_setup
+    lb_image_dir /srv/data from-image "in the image"
+    lb_image_dir /srv/www
+    lb_image_dir /opt
+    local vol=/run/live/persistence/vda2 union
+
+    # a. A GPT volume made and filled by keepsake.
+    ks_expect_rc 0 "create --layout live-boot on the stick" -- ks_timed create $LB_KS create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "unlock it" -- $LB_KS unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    ks_assert "mounted at $vol" grep -q " $vol " /proc/self/mountinfo
+    ks_expect_rc 0 "feature enable persistent" -- $LB_KS feature enable persistent
+    ks_expect_rc 0 "feature enable dotfiles (link)" -- $LB_KS feature enable dotfiles
+    ks_expect_rc 0 "feature add www (bind)" -- $LB_KS feature add www --dest /srv/www
+    ks_check_rc 0 "feature add uploads, a nested destination" -- $LB_KS feature add uploads --dest /srv/www/uploads
+    ks_expect_rc 0 "feature add tool --link" -- $LB_KS feature add tool --dest /opt/tool --link
+    if union=$(lb_union_flag); then
+        ks_check_rc 0 "feature add srvdata $union" -- $LB_KS feature add srvdata --dest /srv/data $union
+    else
+        ks_check "feature add offers a union method (--union or --method in its --help)" false
+    fi
+    echo "web page" > /srv/www/index.html
+    mkdir -p $vol/uploads && echo "an upload" > $vol/uploads/u.txt
+    echo "persistent note" > /home/amnesia/Persistent/p.txt
+    echo "alias ll='ls -l'" > $vol/dotfiles/.bashrc && chown 1000:1000 $vol/dotfiles/.bashrc
+    echo "#!/bin/sh" > $vol/tool/run
+    [ "$(ks_fstype /srv/data)" = overlay ] && echo "kept in the upper layer" > /srv/data/kept
+    lb_conf_log $vol/persistence.conf "keepsake's persistence.conf"
+    ks_expect_rc 0 "lock" -- $LB_KS lock
+    ks_assert "no mapping after lock" ks_no_mapping
+
+    ks_log "live-boot boots with: persistence persistence-encryption=luks persistence-storage=filesystem,file"
+    lb_boot luks filesystem,file
+    ks_check "live-boot did not panic" lb_no_panic
+    ks_check "live-boot skipped nothing and warned of nothing" lb_no_warning
+    ks_assert_eq "live-boot found the volume by its GPT name" "$(lb_found)" "/dev/mapper/vda2"
+    ks_check_eq "bind: /srv/www is the volume's www" "$(ks_inode /srv/www/index.html)" "$(ks_inode $vol/www/index.html)"
+    ks_check_eq "nested bind: /srv/www/uploads is the volume's uploads" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"
+    ks_check_eq "bind: the Persistent folder" "$(ks_inode /home/amnesia/Persistent/p.txt)" "$(ks_inode $vol/Persistent/p.txt)"
+    ks_check_eq "link: the dotfile" "$(readlink /home/amnesia/.bashrc)" "$vol/dotfiles/.bashrc"
+    ks_check_eq "link: the tool" "$(readlink /opt/tool/run)" "$vol/tool/run"
+    if [ -n "$union" ]; then
+        ks_check_eq "union: /srv/data is an overlay" "$(ks_fstype /srv/data)" overlay
+        ks_check "union: upperdir=$vol/srvdata/rw" sh -c "awk '\$5 == \"/srv/data\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/srvdata/rw[,]'"
+        ks_check_eq "union: what keepsake's union kept" "$(cat /srv/data/kept 2>&1)" "kept in the upper layer"
+        ks_check_eq "union: the image's file shows through" "$(cat /srv/data/from-image 2>&1)" "in the image"
+    fi
+
+    # keepsake adopts what live-boot unlocked, and locks all of it.
+    ks_check_rc 0 "status --json" -- $LB_KS --json status
+    ks_check "status sees the volume live-boot unlocked" grep -q '"unlocked": *true' /tmp/ks-cmd.out
+    ks_check_rc 0 "lock the volume live-boot unlocked" -- $LB_KS lock
+    lb_adopted_lock_is_clean $vol /srv/www/uploads /srv/www /home/amnesia/Persistent /srv/data
+    ks_check "no dotfile link is left" test ! -L /home/amnesia/.bashrc
+    ks_check "no tool link is left" test ! -L /opt/tool/run
+    lb_teardown
+
+    # a. A container file named `persistence` on an ext4 partition.
+    mkfs.ext4 -q /dev/vdb1 && mkdir -p /media/data && mount /dev/vdb1 /media/data || ks_fail "data partition"
+    ks_expect_rc 0 "create a container file named persistence" -- $LB_KS create --image /media/data/persistence --size 48M --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "unlock it" -- $LB_KS unlock --image /media/data/persistence --key-file "$KS_PASS_FILE"
+    ks_expect_rc 0 "feature add notes" -- $LB_KS feature add notes --dest /srv/notes
+    echo "a note in a file" > /srv/notes/n.txt
+    ks_expect_rc 0 "lock" -- $LB_KS lock
+    umount /media/data
+    ks_log "live-boot boots with: persistence persistence-encryption=none,luks persistence-storage=file"
+    lb_boot none,luks file
+    ks_check "live-boot did not panic" lb_no_panic
+    ks_check "live-boot skipped nothing and warned of nothing" lb_no_warning
+    local found fvol
+    found=$(lb_found)
+    ks_log "live-boot mapped the container file as $found"
+    case "$found" in /dev/mapper/loop[0-9]*) ks_ok "found the container file as /dev/mapper/loopN" ;; *) ks_fail "live-boot did not find the container file: '$found'" ;; esac
+    fvol=/run/live/persistence/${found##*/}
+    ks_check_eq "bind: /srv/notes is the container's notes" "$(ks_inode /srv/notes/n.txt)" "$(ks_inode $fvol/notes/n.txt)"
+    ks_check_rc 0 "status --json" -- $LB_KS --json status
+    ks_check "status sees the container live-boot unlocked" grep -q '"unlocked": *true' /tmp/ks-cmd.out
+    ks_check_rc 0 "lock the container live-boot unlocked" -- $LB_KS lock
+    lb_adopted_lock_is_clean "$fvol" /srv/notes
+    lb_teardown
+
+    # c. Nested sources: keepsake refuses to write them; live-boot panics on them.
+    ks_expect_rc 0 "unlock the GPT volume again" -- $LB_KS unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    ks_expect_rc 0 "feature enable additional-software (apt/cache, apt/lists)" -- $LB_KS feature enable additional-software
+    local before
+    before=$(lb_hash $vol/persistence.conf)
+    ks_check_refused "feature add apt (a source holding apt/cache) is refused" -- $LB_KS feature add apt --dest /opt/apt
+    ks_check_eq "and persistence.conf is unchanged" "$(lb_hash $vol/persistence.conf)" "$before"
+    ks_expect_rc 0 "lock" -- $LB_KS lock
+    lb_teardown
+    cryptsetup open --key-file "$KS_PASS_FILE" /dev/vda2 vda2 || ks_fail "open by hand"
+    mkdir -p /mnt/v && mount /dev/mapper/vda2 /mnt/v || ks_fail "mount by hand"
+    printf '/var/cache/apt/archives source=apt/cache\n/opt/apt source=apt\n' > /mnt/v/persistence.conf
+    lb_conf_log /mnt/v/persistence.conf "hand-made nested config"
+    umount /mnt/v
+    lb_custom_mounts /dev/mapper/vda2
+    ks_check "live-boot's get_custom_mounts panics on nested sources (the panic is real)" grep -q "nested sources" "$LB_PANICS"
+    lb_teardown
+    ks_check_refused "keepsake check reports the nested sources" -- $LB_KS check --device /dev/vda --key-file "$KS_PASS_FILE"
+    ks_check "naming them" grep -qi "nest" /tmp/ks-cmd.out
+    ks_checks_done
+}
+
+HAND_CONF='/srv/data union
+/home/user source=dotfiles,link
+/opt/tool source=tool link
+/srv/www source=www
+/srv/www/uploads source=uploads
+/var/lib/notes'
+
+# b. A volume made as the Debian Live manual shows, on an MBR stick.
+guest_hand_made() {
+    . /tests/liveboot.sh
+    mkfs.ext4 -q /dev/vda1 || ks_fail "mkfs system partition"
+    ks_live_session
+    ks_pass_file
+    lb_setup
+    lb_image_dir /srv/data from-image "in the image"
+    lb_image_dir /opt
+    lb_image_dir /var/lib
+    cryptsetup luksFormat -q --type luks2 $LB_KDF --key-file "$KS_PASS_FILE" /dev/vdb1 || ks_fail "luksFormat"
+    cryptsetup open --key-file "$KS_PASS_FILE" /dev/vdb1 hand && mkfs.ext4 -q -L persistence /dev/mapper/hand || ks_fail "mkfs"
+    mkdir -p /mnt/p && mount /dev/mapper/hand /mnt/p || ks_fail "mount"
+    (umask 022; cd /mnt/p && echo "$HAND_CONF" | while read -r line; do echo "$line" >> persistence.conf; done)
+    mkdir -p /mnt/p/srv/data/rw /mnt/p/dotfiles /mnt/p/tool /mnt/p/www /mnt/p/uploads /mnt/p/var/lib/notes
+    echo "kept" > /mnt/p/srv/data/rw/kept
+    echo "export EDITOR=vi" > /mnt/p/dotfiles/.profile && chown -R 1000:1000 /mnt/p/dotfiles
+    echo "#!/bin/sh" > /mnt/p/tool/run
+    echo "web" > /mnt/p/www/index.html
+    echo "upload" > /mnt/p/uploads/u.txt
+    echo "notes" > /mnt/p/var/lib/notes/n.txt
+    ks_assert_eq "the manual's persistence.conf is root's, 0644" "$(ks_mode /mnt/p/persistence.conf)" "0:0 644"
+    umount /mnt/p && cryptsetup close hand
+    local vol=/run/live/persistence/vdb1 conf=/run/live/persistence/vdb1/persistence.conf dev="" before
+
+    # Control: live-boot itself on the manual's volume, before keepsake touches it.
+    lb_boot luks filesystem,file
+    ks_assert "control: live-boot did not panic" lb_no_panic
+    ks_assert "control: live-boot warned of nothing" lb_no_warning
+    ks_assert_eq "control: live-boot's union on /srv/data" "$(ks_fstype /srv/data)" overlay
+    ks_assert "control: upperdir=$vol/srv/data/rw" sh -c "awk '\$5 == \"/srv/data\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/srv/data/rw[,]'"
+    ks_assert_eq "control: live-boot's nested bind" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"
+    ks_assert_eq "control: live-boot's link with a space" "$(readlink /opt/tool/run)" "$vol/tool/run"
+    ks_assert_eq "control: live-boot's default source" "$(ks_inode /var/lib/notes/n.txt)" "$(ks_inode $vol/var/lib/notes/n.txt)"
+    lb_teardown
+
+    ks_check_rc 0 "keepsake unlock finds it without --device (ext4 label inside LUKS)" -- $LB_KS unlock --key-file "$KS_PASS_FILE"
+    if [ ! -b /dev/mapper/vdb1 ]; then
+        dev="--device /dev/vdb1"
+        ks_check_rc 0 "unlock with $dev, for the checks that follow" -- $LB_KS unlock $dev --key-file "$KS_PASS_FILE"
+        ks_assert "unlocked as /dev/mapper/vdb1" test -b /dev/mapper/vdb1
+    fi
+    before=$(lb_hash $conf)
+    ks_check "mapped as /dev/mapper/vdb1" test -b /dev/mapper/vdb1
+    ks_check "mounted at $vol" grep -q " $vol " /proc/self/mountinfo
+    ks_check_eq "union: /srv/data is an overlay" "$(ks_fstype /srv/data)" overlay
+    ks_check "union: upperdir=$vol/srv/data/rw, as live-boot" sh -c "awk '\$5 == \"/srv/data\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/srv/data/rw[,]'"
+    ks_check_eq "union: the volume's upper file" "$(cat /srv/data/kept 2>&1)" "kept"
+    ks_check_eq "union: the image's file shows through" "$(cat /srv/data/from-image 2>&1)" "in the image"
+    ks_check_eq "link with a comma: the dotfile" "$(readlink /home/user/.profile)" "$vol/dotfiles/.profile"
+    ks_check_eq "link with a space: the tool" "$(readlink /opt/tool/run)" "$vol/tool/run"
+    ks_check_eq "bind: /srv/www" "$(ks_inode /srv/www/index.html)" "$(ks_inode $vol/www/index.html)"
+    ks_check_eq "nested destination: /srv/www/uploads, mounted after /srv/www" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"
+    ks_check_eq "default source: /var/lib/notes" "$(ks_inode /var/lib/notes/n.txt)" "$(ks_inode $vol/var/lib/notes/n.txt)"
+    ks_check_eq "persistence.conf is unchanged" "$(lb_hash $conf)" "$before"
+    ks_check_eq "and still root's 0644" "$(ks_mode $conf)" "0:0 644"
+    ks_check_rc 0 "lock" -- $LB_KS lock
+    lb_teardown
+    ks_check_rc 0 "keepsake check: every line is valid for live-boot" -- $LB_KS check $dev --key-file "$KS_PASS_FILE"
+    ks_check_rc 0 "keepsake repair" -- $LB_KS repair $dev --key-file "$KS_PASS_FILE"
+    lb_teardown
+
+    # What keepsake leaves behind, booted by live-boot.
+    lb_boot luks filesystem,file
+    ks_check "live-boot did not panic" lb_no_panic
+    ks_check "live-boot skipped nothing and warned of nothing" lb_no_warning
+    ks_assert_eq "live-boot found the volume by its label" "$(lb_found)" "/dev/mapper/vdb1"
+    lb_conf_log $conf "after keepsake"
+    ks_check_eq "repair kept persistence.conf byte for byte" "$(lb_hash $conf)" "$before"
+    ks_check "nothing was moved aside" sh -c "! ls $vol | grep -q invalid"
+    ks_check_eq "live-boot's union on /srv/data" "$(ks_fstype /srv/data)" overlay
+    ks_check_eq "live-boot's nested bind" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"
+    ks_check_eq "live-boot's link" "$(readlink /opt/tool/run)" "$vol/tool/run"
+    ks_checks_done
+}
+
+# b. Full persistence: `/ union`, the manual's line, alone on a whole-disk LUKS2 volume.
+guest_full_union() {
+    . /tests/liveboot.sh
+    mkfs.ext4 -q /dev/vda1 || ks_fail "mkfs system partition"
+    ks_live_session
+    ks_pass_file
+    lb_setup
+    cryptsetup luksFormat -q --type luks2 $LB_KDF --key-file "$KS_PASS_FILE" /dev/vdb || ks_fail "luksFormat"
+    cryptsetup open --key-file "$KS_PASS_FILE" /dev/vdb whole && mkfs.ext4 -q -L persistence /dev/mapper/whole || ks_fail "mkfs"
+    mkdir -p /mnt/p && mount /dev/mapper/whole /mnt/p || ks_fail "mount"
+    (umask 022; cd /mnt/p && echo "/ union" > persistence.conf)
+    umount /mnt/p && cryptsetup close whole
+    local vol=/run/live/persistence/vdb before dev=""
+    # Control: live-boot itself, with its own root (rootmnt): `/ union` puts the volume over
+    # the whole root.
+    mkdir -p /mnt/root && mount -t tmpfs tmpfs /mnt/root
+    lb_boot luks filesystem,file /mnt/root
+    ks_assert "control: live-boot did not panic" lb_no_panic
+    ks_assert "control: live-boot warned of nothing" lb_no_warning
+    ks_assert_eq "control: live-boot's root is the union" "$(ks_fstype /mnt/root)" overlay
+    ks_assert "control: upperdir=$vol/rw" sh -c "awk '\$5 == \"/mnt/root\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/rw[,]'"
+    lb_teardown
+
+    ks_check_rc 0 "keepsake unlock finds the whole-disk volume without --device" -- $LB_KS unlock --key-file "$KS_PASS_FILE"
+    if [ ! -b /dev/mapper/vdb ]; then
+        dev="--device /dev/vdb"
+        ks_check_rc 0 "unlock with $dev, for the checks that follow" -- $LB_KS unlock $dev --key-file "$KS_PASS_FILE"
+        ks_assert "unlocked as /dev/mapper/vdb" test -b /dev/mapper/vdb
+    fi
+    ks_check "it says / union takes effect at boot" grep -qiE "(at|next|on) boot|boot time|when .*boot" /tmp/ks-cmd.out
+    sed 's/^/KS-LOG keepsake: /' /tmp/ks-cmd.out
+    ks_check "nothing is mounted over / at runtime" test "$(ks_fstype /)" != overlay
+    before=$(lb_hash $vol/persistence.conf)
+    ks_check_eq "persistence.conf is still '/ union'" "$(cat $vol/persistence.conf)" "/ union"
+    ks_check_rc 0 "lock" -- $LB_KS lock
+    lb_teardown
+    ks_check_rc 0 "keepsake repair" -- $LB_KS repair $dev --key-file "$KS_PASS_FILE"
+    lb_teardown
+
+    # What keepsake leaves behind, booted by live-boot.
+    mkdir -p /mnt/root && mount -t tmpfs tmpfs /mnt/root
+    lb_boot luks filesystem,file /mnt/root
+    ks_check "live-boot did not panic" lb_no_panic
+    ks_check "live-boot skipped nothing and warned of nothing" lb_no_warning
+    ks_check_eq "repair kept '/ union'" "$(cat $vol/persistence.conf)" "/ union"
+    ks_check_eq "live-boot's root is the union" "$(ks_fstype /mnt/root)" overlay
+    ks_check "with its upper layer on the volume" sh -c "awk '\$5 == \"/mnt/root\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/rw[,]'"
+    ks_checks_done
+}
