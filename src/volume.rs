@@ -78,12 +78,13 @@ pub fn default_max_memory_kib(mem_available_kib: Option<u64>) -> u32 {
 /// The argon2id cost of a keyslot in the Tails layout. Tails converts at boot every volume
 /// without a keyslot of at least min(MemTotal / 2, 1 GiB) (its `is_upgraded`), and makes
 /// its own with 4 passes: so keepsake gives exactly that memory, with 4 passes and 4
-/// lanes, unless this machine cannot afford it now (MemAvailable less 200 MiB, Tails' own
-/// margin), when it gives what it can (and Tails will convert it once).
+/// lanes, unless this machine cannot afford it now (MemAvailable less a margin for the
+/// session: a quarter of it, at most Tails' own 200 MiB), when it gives what it can (and
+/// Tails will convert it once).
 pub fn tails_kdf_cost(mem_total_kib: Option<u64>, mem_available_kib: Option<u64>) -> KdfCost {
     const GIB: u64 = 1 << 20;
     let wanted = mem_total_kib.map_or(GIB, |t| (t / 2).min(GIB));
-    let affordable = mem_available_kib.map_or(GIB, |a| a.saturating_sub(200 * 1024));
+    let affordable = mem_available_kib.map_or(GIB, |a| a - (a / 4).min(200 * 1024));
     KdfCost {
         memory_kib: wanted.min(affordable).max(32 * 1024) as u32,
         iterations: 4,
@@ -866,9 +867,11 @@ mod tests {
         // 768 MiB machine: half of MemTotal.
         let c = tails_kdf_cost(Some(768 << 10), Some(600 << 10));
         assert_eq!(c.memory_kib, 384 << 10);
-        // Not affordable now: what is, less Tails' 200 MiB margin.
-        let c = tails_kdf_cost(Some(768 << 10), Some(500 << 10));
+        // Not affordable now: what is, less a quarter for the session (at most 200 MiB).
+        let c = tails_kdf_cost(Some(768 << 10), Some(400 << 10));
         assert_eq!(c.memory_kib, 300 << 10);
+        let c = tails_kdf_cost(Some(8 * GIB), Some(1 << 20));
+        assert_eq!(c.memory_kib, 824 << 10);
     }
 
     #[test]

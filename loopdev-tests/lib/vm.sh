@@ -182,7 +182,6 @@ ks_boot() {
 # package scripts/install-deps unpacks under target/ (never installed on the host), the
 # guest-side live-boot shim, and a static reader of POSIX ACLs (no getfattr in the guest).
 KS_GUEST_PROGRAMS="$KS_GUEST_PROGRAMS /sbin/blkid"
-KS_GUEST_MODULES="$KS_GUEST_MODULES overlay"
 KS_LIVE_BOOT=${KS_LIVE_BOOT:-$KS_ROOT/target/live-boot/extract}
 
 ks_guest_extras() {
