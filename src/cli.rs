@@ -39,7 +39,8 @@ persistence at the root of a partition; mapped under the device's name (/dev/map
 /run/live/persistence/<that name>. live-boot looks for it only when the system boots with \
 the kernel parameters `persistence persistence-encryption=luks` (its defaults are \
 persistence-encryption=none, persistence-storage=filesystem,file): add them to the boot \
-entry to use a keepsake volume.
+entry to use a keepsake volume (for a container file, `persistence-encryption=none,luks`: \
+live-boot must look inside the unencrypted partition that holds it).
 
 A volume the system unlocked at boot (Tails' Welcome Screen, live-boot) is found from the \
 kernel's tables (a LUKS mapping named TailsData_unlocked; a LUKS mapping mounted at \
@@ -482,19 +483,26 @@ pub enum FeatureCommand {
 
 const FEATURE_HELP: &str = "\
 Features are the folders that persist. Each is one line of persistence.conf at the root of the \
-volume (Tails' syntax and source names). The volume must be unlocked: enabling a feature binds \
-its folder at once, disabling one unbinds it (processes using it must close it first). \
-Disabling never deletes data; `feature remove NAME --delete-data` does, for custom features.
+volume, written as the layout's reader at boot reads it: Tails (quoted paths; options source=, \
+link, file) or live-boot (options source=, bind, link, union, separated by commas or blanks). \
+The volume must be unlocked: enabling a feature binds its folder at once, disabling one \
+unbinds it (processes using it must close it first). Disabling never deletes data; \
+`feature remove NAME --delete-data` does, for custom features. Two features whose folders are \
+the same or one inside the other are refused (live-boot stops the boot on them).
 
-Built-in features: persistent, dotfiles, gnupg, ssh-client, network-connections, bookmarks, \
-thunderbird, electrum, pidgin, additional-software, printers, greeter-settings, tor-bridges, \
-and tor-state (tor's DataDirectory /var/lib/tor: entry guards, consensus cache, onion service \
-keys; tor is stopped while it is bound or unbound, and started again).
+Built-in features, in the order they are activated (Tails' order): persistent, bookmarks, \
+greeter-settings, network-connections, tor-bridges, additional-software, printers, \
+thunderbird, gnupg, electrum, pidgin, ssh-client, tor-state (tor's DataDirectory \
+/var/lib/tor: entry guards, consensus cache, onion service keys; tor is stopped while it is \
+bound or unbound, and started again; in the Tails layout its line is kept in keepsake.conf, \
+which Tails does not read) and dotfiles last. Custom features come after them.
 
 Examples:
   keepsake feature list
   keepsake feature enable dotfiles gnupg
   keepsake feature add projects --dest /home/amnesia/Projects
+  keepsake feature add hosts --dest /etc/hosts --file
+  keepsake --layout live-boot feature add srv --dest /srv --union
   keepsake feature disable gnupg";
 
 const CREATE_HELP: &str = "\
@@ -508,10 +516,14 @@ or with --layout live-boot named persistence with the Linux filesystem type \
 --image FILE, a container file of --size bytes is made instead (for live-boot to find it at \
 boot, name it persistence, at the root of a partition).
 
-The volume is LUKS2 (aes-xts-plain64, 512-bit key, argon2id keyslot whose cost libcryptsetup \
-calibrates on this machine) with an ext4 filesystem labelled TailsData inside, and a \
-persistence.conf (root:root, 0600) that enables the Persistent folder feature. With --layout \
-live-boot the label is persistence; a live-boot system uses the volume only when booted with \
+The volume is LUKS2 (aes-xts-plain64, 512-bit key) with an ext4 filesystem labelled \
+TailsData inside, and a persistence.conf as Tails writes it (owned by Tails' \
+tails-persistent-storage account, 115:122, 0600) that enables the Persistent folder and \
+Additional Software, as Tails does. Its argon2id keyslot has the cost Tails counts as up to \
+date: min(RAM/2, 1 GiB) with 4 passes, or less when this machine cannot afford that now. \
+With --layout live-boot the label is persistence, persistence.conf is root's (0600) and \
+enables the Persistent folder, and the keyslot's cost is calibrated by libcryptsetup on this \
+machine; a live-boot system uses the volume only when booted with \
 `persistence persistence-encryption=luks`.
 
 The container file is created sparse: its free space is not filled with random data, so the \

@@ -296,13 +296,21 @@ pub fn write_config(volume: &Dir, config: &ConfigFile) -> Result<()> {
     };
     let mut shared = ConfigFile::new(config.dialect);
     let mut own = ConfigFile::new(config.dialect);
+    let mut entries = Vec::new();
     for line in &config.lines {
         if keepsake_only(line) {
             own.lines.push(line.clone());
+        } else if let Line::Entry { text, .. } = line {
+            entries.push((text.clone(), line.clone()));
         } else {
             shared.lines.push(line.clone());
         }
     }
+    // Its lines sorted and each once, as Tails' own save() writes them (comments and lines
+    // Tails would skip, which it drops at its next save, are kept first).
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|a, b| a.0 == b.0);
+    shared.lines.extend(entries.into_iter().map(|(_, l)| l));
     // keepsake.conf first: cut short, a line is in both files, and read once.
     if own.lines.is_empty() {
         safefs::remove_file_in(volume, KEEPSAKE_CONFIG_FILE)?;
@@ -707,6 +715,37 @@ mod tests {
         assert!(errors.iter().any(|e| e.contains("is inside Persistent")));
         assert!(errors.iter().any(|e| e.contains("the same as gnupg")));
         assert_eq!(config.errors().count(), 0);
+    }
+
+    #[test]
+    fn a_tails_config_is_written_as_tails_writes_it_and_tor_state_apart() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir().unwrap();
+        let (volume, _) = safefs::open_dir(tmp.path(), None).unwrap();
+        let config = ConfigFile::parse(
+            "# mine\n/home/amnesia/.ssh\tsource=openssh-client\n/var/lib/tor\tsource=tor-state\n\
+             '/home/amnesia/My Docs'\tsource=docs\n/home/amnesia\tsource=dotfiles,link\n",
+            Dialect::Tails,
+        );
+        write_config(&volume, &config).unwrap();
+        let shared = std::fs::read_to_string(tmp.path().join(CONFIG_FILE)).unwrap();
+        assert_eq!(
+            shared,
+            "# mine\n'/home/amnesia/My Docs'\tsource=docs\n/home/amnesia\tsource=dotfiles,link\n/home/amnesia/.ssh\tsource=openssh-client\n"
+        );
+        let m = std::fs::metadata(tmp.path().join(CONFIG_FILE)).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (115, 122, 0o600));
+        let own = std::fs::read_to_string(tmp.path().join(KEEPSAKE_CONFIG_FILE)).unwrap();
+        assert_eq!(own, "/var/lib/tor\tsource=tor-state\n");
+        let m = std::fs::metadata(tmp.path().join(KEEPSAKE_CONFIG_FILE)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o600));
+        // Read back: one config, tor-state included; disabling it removes keepsake.conf.
+        let mut back = read_config(&volume, Dialect::Tails).unwrap().unwrap();
+        assert_eq!(back.entries().count(), 4);
+        assert!(back.remove_source(Path::new("tor-state")));
+        write_config(&volume, &back).unwrap();
+        assert!(!tmp.path().join(KEEPSAKE_CONFIG_FILE).exists());
     }
 
     #[test]

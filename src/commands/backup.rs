@@ -551,8 +551,7 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
             // The archive's config is not trusted as it is: only lines that pass the rules
             // of every activation stay.
             let host = crate::features::SystemHost::new(None);
-            report.config_dropped =
-                unlocked::drop_untrusted_lines(&volume, dialect, &host)?;
+            report.config_dropped = unlocked::drop_untrusted_lines(&volume, dialect, &host)?;
             for line in &report.config_dropped {
                 out.warn(format!("persistence.conf: dropped {line}"));
             }
