@@ -345,7 +345,7 @@ impl ConfigFile {
                 found.push((
                     (*inner).clone(),
                     format!(
-                        "its source {} is {} {}, the source of {}: live-boot stops the boot on such a file, and the owner of one folder could change the other; not activated",
+                        "same or nested sources: its source {} is {} {}, the source of {}: live-boot stops the boot on such a file, and the owner of one folder could change the other; not activated",
                         inner.source.display(),
                         if outer.source == inner.source {
                             "the same as"

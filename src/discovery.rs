@@ -100,6 +100,62 @@ pub struct BlockCandidate {
     pub held: bool,
 }
 
+/// Every partition, and every whole disk, the kernel has (not loop, RAM or mapped devices:
+/// live-boot leaves those out too), with whether it is LUKS and whether something holds it.
+pub fn block_candidates() -> Vec<BlockCandidate> {
+    let held = |name: &str| {
+        std::fs::read_dir(Path::new("/sys/class/block").join(name).join("holders"))
+            .is_ok_and(|mut d| d.next().is_some())
+    };
+    let mut found: Vec<BlockCandidate> = crate::disks::all_partitions()
+        .into_iter()
+        .map(|p| BlockCandidate {
+            luks: crate::volume::has_luks_magic(&p.path()),
+            held: held(&p.name),
+            path: p.path(),
+            dev: p.dev,
+        })
+        .collect();
+    let disks = std::fs::read_dir("/sys/block")
+        .map(|rd| rd.filter_map(|e| e.ok()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for disk in disks {
+        let name = disk.file_name().to_string_lossy().into_owned();
+        if ["loop", "ram", "zram", "dm-", "sr", "fd", "nbd"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let Ok(bd) = crate::disks::block_device(&crate::devices::dev_path(&name)) else {
+            continue;
+        };
+        found.push(BlockCandidate {
+            luks: crate::volume::has_luks_magic(&crate::devices::dev_path(&name)),
+            held: held(&name),
+            path: crate::devices::dev_path(&name),
+            dev: bd.dev,
+        });
+    }
+    found
+}
+
+/// The volumes live-boot's search could find without opening them: container files named
+/// `persistence` that are LUKS, else the LUKS devices not open yet. (`unlock` goes on to
+/// open each with the passphrase and keep the one labelled `persistence`; commands that
+/// open a volume their own way take the only one, or ask which.)
+pub fn unopened_candidates(table: &[Mount]) -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = container_file_places(table)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .filter(|p| crate::volume::has_luks_magic(p))
+        .collect();
+    if !files.is_empty() {
+        return files;
+    }
+    luks_candidates(&block_candidates(), table)
+}
+
 /// The LUKS devices live-boot would open to look for the label inside: LUKS, not open
 /// already, not mounted (the live medium and the system's own disks are).
 pub fn luks_candidates(devices: &[BlockCandidate], table: &[Mount]) -> Vec<PathBuf> {

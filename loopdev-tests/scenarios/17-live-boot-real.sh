@@ -48,7 +48,7 @@ lb_teardown() {
     done
     for m in /dev/mapper/*; do [ "$m" = /dev/mapper/control ] || cryptsetup close "${m##*/}" 2>/dev/null; done
     losetup -a 2>/dev/null | cut -d: -f1 | while read -r m; do losetup -d "$m"; done
-    rm -f /home/amnesia/.bashrc /opt/tool/run /home/user/.profile
+    rm -f /home/amnesia/.bashrc /opt/tool/run /home/amnesia/.profile
 }
 
 # The checks after keepsake has locked a volume live-boot unlocked: nothing of it is left.
@@ -169,7 +169,7 @@ guest_keepsake_made() {
 }
 
 HAND_CONF='/srv/data union
-/home/user source=dotfiles,link
+/home/amnesia source=dotfiles,link
 /opt/tool source=tool link
 /srv/www source=www
 /srv/www/uploads source=uploads
@@ -224,7 +224,7 @@ guest_hand_made() {
     ks_check "union: upperdir=$vol/srv/data/rw, as live-boot" sh -c "awk '\$5 == \"/srv/data\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/srv/data/rw[,]'"
     ks_check_eq "union: the volume's upper file" "$(cat /srv/data/kept 2>&1)" "kept"
     ks_check_eq "union: the image's file shows through" "$(cat /srv/data/from-image 2>&1)" "in the image"
-    ks_check_eq "link with a comma: the dotfile" "$(readlink /home/user/.profile)" "$vol/dotfiles/.profile"
+    ks_check_eq "link with a comma: the dotfile" "$(readlink /home/amnesia/.profile)" "$vol/dotfiles/.profile"
     ks_check_eq "link with a space: the tool" "$(readlink /opt/tool/run)" "$vol/tool/run"
     ks_check_eq "bind: /srv/www" "$(ks_inode /srv/www/index.html)" "$(ks_inode $vol/www/index.html)"
     ks_check_eq "nested destination: /srv/www/uploads, mounted after /srv/www" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"

@@ -103,7 +103,30 @@ fn prepare(
 ) -> Result<(PathBuf, HeaderInfo, crate::secrets::Secret)> {
     super::require_root()?;
     crate::kernel::require_dm_crypt(&format!("{doing} a volume"))?;
-    let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
+    let layout = super::layout(global, None);
+    let searched = args.volume.device.is_none() && args.volume.image.is_none();
+    let backing = match super::find_volume(&args.volume, &layout) {
+        // As live-boot finds one: without a name, the only container file named
+        // persistence or LUKS device not open yet (unlock tries several; check and repair
+        // open the volume their own way, so they ask which).
+        Err(Error::NotFound(why)) if searched && layout.profile == LayoutProfile::LiveBoot => {
+            let table = crate::mounts::read_mountinfo()?;
+            match crate::discovery::unopened_candidates(&table).as_slice() {
+                [one] => one.clone(),
+                [] => return Err(Error::NotFound(why)),
+                many => {
+                    return Err(Error::Usage(format!(
+                        "no partition named persistence, and several LUKS volumes it could be: {}; choose one with --device or --image",
+                        many.iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        found => found?,
+    };
     let header = volume::header_info(&backing)?;
     super::require_locked(&backing, why)?;
     volume::require_affordable(&backing, doing)?;

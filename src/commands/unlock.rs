@@ -217,7 +217,7 @@ fn find_as_live_boot(
             )));
         }
     }
-    let candidates = discovery::luks_candidates(&block_candidates(), &table);
+    let candidates = discovery::luks_candidates(&discovery::block_candidates(), &table);
     if candidates.is_empty() {
         return Err(Error::NotFound(format!(
             "{not_found}; no container file named persistence, and no LUKS device that is not open already"
@@ -327,46 +327,6 @@ fn describe_tried(tried: &[TriedDevice]) -> String {
         .map(|t| format!("{} ({})", t.device.display(), t.outcome))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// Every partition, and every whole disk, the kernel has (not loop, RAM or mapped devices:
-/// live-boot leaves those out too), with whether it is LUKS and whether something holds it.
-fn block_candidates() -> Vec<discovery::BlockCandidate> {
-    let held = |name: &str| {
-        std::fs::read_dir(Path::new("/sys/class/block").join(name).join("holders"))
-            .is_ok_and(|mut d| d.next().is_some())
-    };
-    let mut found: Vec<discovery::BlockCandidate> = crate::disks::all_partitions()
-        .into_iter()
-        .map(|p| discovery::BlockCandidate {
-            luks: volume::has_luks_magic(&p.path()),
-            held: held(&p.name),
-            path: p.path(),
-            dev: p.dev,
-        })
-        .collect();
-    let disks = std::fs::read_dir("/sys/block")
-        .map(|rd| rd.filter_map(|e| e.ok()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    for disk in disks {
-        let name = disk.file_name().to_string_lossy().into_owned();
-        if ["loop", "ram", "zram", "dm-", "sr", "fd", "nbd"]
-            .iter()
-            .any(|p| name.starts_with(p))
-        {
-            continue;
-        }
-        let Ok(bd) = crate::disks::block_device(&devices::dev_path(&name)) else {
-            continue;
-        };
-        found.push(discovery::BlockCandidate {
-            luks: volume::has_luks_magic(&devices::dev_path(&name)),
-            held: held(&name),
-            path: devices::dev_path(&name),
-            dev: bd.dev,
-        });
-    }
-    found
 }
 
 fn mount_and_activate(
