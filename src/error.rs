@@ -161,12 +161,6 @@ impl Error {
         }
     }
 
-    /// Whether the command printed its report before failing (stdout then already holds
-    /// the one JSON object).
-    pub fn report_printed(&self) -> bool {
-        matches!(self, Error::Incomplete(_) | Error::CheckFailed(_))
-    }
-
     /// Wraps a libcryptsetup error, keeping its errno for classification and adding the
     /// library's own last message when it has one.
     pub fn crypt(context: impl Into<String>, err: LibcryptErr) -> Error {

@@ -26,6 +26,7 @@ impl Output {
 
     /// Prints the command's result: `report` as JSON, or the text `human` renders.
     pub fn result<T: Serialize>(&self, report: &T, human: impl FnOnce(&T) -> String) {
+        REPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut out = std::io::stdout().lock();
         let text = if self.json {
             serde_json::to_string_pretty(report)
@@ -102,9 +103,10 @@ impl Output {
     pub fn error(&self, err: &Error) {
         let code = err.exit_code();
         eprintln!("keepsake: error: {err}");
-        // An incomplete unlock or a failed check has already printed its report, which
-        // carries the details: stdout stays one JSON object.
-        if self.json && !err.report_printed() {
+        // A command that printed its report before failing (an incomplete unlock, a failed
+        // check) said everything there; any other prints the error as its one object:
+        // stdout is always exactly one JSON object.
+        if self.json && !REPORTED.load(std::sync::atomic::Ordering::Relaxed) {
             let value = serde_json::json!({
                 "error": { "code": code as u8, "kind": code.name(), "message": err.to_string() }
             });
@@ -112,6 +114,9 @@ impl Output {
         }
     }
 }
+
+/// Whether this run has printed its report on standard output.
+static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A progress line for long work (bytes, rate, ETA), redrawn on standard error at most a
 /// few times a second, and only on a terminal and without --json.

@@ -129,6 +129,9 @@ guest_second_boot() {
     ks_assert "its source folder was rolled back" test ! -e $KS_ROOT_MNT/broken
     ks_assert "persistence.conf unchanged" cmp -s /tmp/conf.before $KS_ROOT_MNT/persistence.conf
     ks_assert "no custom definition left" sh -c "! grep -q broken $KS_ROOT_MNT/keepsake-features.conf"
+    # For scripts: a failed --json feature command still prints one JSON object, the error.
+    keepsake --json feature add broken --dest /opt/ro/sub > /tmp/broken.json 2>/dev/null
+    ks_assert "--json: one object with the error's kind" sh -c "[ \$(grep -c '^{' /tmp/broken.json) -eq 1 ] && grep -q '\"kind\":\"incomplete\"' /tmp/broken.json"
 
     ks_expect_rc 0 "lock" -- keepsake lock
     ks_lock_is_clean
