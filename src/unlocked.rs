@@ -749,6 +749,39 @@ mod tests {
     }
 
     #[test]
+    fn features_activate_in_their_readers_order() {
+        let dests = |text: &str, dialect| {
+            let config = ConfigFile::parse(text, dialect);
+            activation_order(&config)
+                .into_iter()
+                .map(|e| e.destination.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        // Tails: its catalogue's order, whatever the file's; Dotfiles last of the built-ins
+        // (so its links land in .ssh after .ssh is bound), custom features after.
+        assert_eq!(
+            dests(
+                "/home/amnesia\tsource=dotfiles,link\n/opt/x\tsource=x\n/home/amnesia/.ssh\tsource=openssh-client\n/home/amnesia/Persistent\tsource=Persistent\n",
+                Dialect::Tails
+            ),
+            [
+                "/home/amnesia/Persistent",
+                "/home/amnesia/.ssh",
+                "/home/amnesia",
+                "/opt/x"
+            ]
+        );
+        // live-boot: mounts sorted by destination (sort -k3), then links in file order.
+        assert_eq!(
+            dests(
+                "/home/u source=d link\n/srv/www/uploads source=up\n/srv/data union\n/srv/www source=www\n",
+                Dialect::LiveBoot
+            ),
+            ["/srv/data", "/srv/www", "/srv/www/uploads", "/home/u"]
+        );
+    }
+
+    #[test]
     fn features_outside_the_home_are_guarded_inside_it_not() {
         let config = ConfigFile::parse(
             "/home/amnesia/Persistent\tsource=Persistent\n/var/lib/tor\tsource=tor-state\n",
