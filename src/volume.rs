@@ -83,13 +83,18 @@ pub fn default_max_memory_kib(mem_available_kib: Option<u64>) -> u32 {
 /// Tails will convert it once).
 pub fn tails_kdf_cost(mem_total_kib: Option<u64>, mem_available_kib: Option<u64>) -> KdfCost {
     const GIB: u64 = 1 << 20;
-    let wanted = mem_total_kib.map_or(GIB, |t| (t / 2).min(GIB));
+    let wanted = tails_kdf_floor_kib(mem_total_kib).unwrap_or(GIB);
     let affordable = mem_available_kib.map_or(GIB, |a| a - (a / 4).min(200 * 1024));
     KdfCost {
         memory_kib: wanted.min(affordable).max(32 * 1024) as u32,
         iterations: 4,
         parallel: 4,
     }
+}
+
+/// The argon2id memory below which Tails converts a keyslot at boot: min(RAM/2, 1 GiB).
+pub fn tails_kdf_floor_kib(mem_total_kib: Option<u64>) -> Option<u64> {
+    mem_total_kib.map(|t| (t / 2).min(1 << 20))
 }
 
 /// MemAvailable from /proc/meminfo, in KiB.

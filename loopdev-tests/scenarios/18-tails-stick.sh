@@ -17,8 +17,9 @@ host_main() {
     tails_check_conf "after feature enable and disable" after_features ""
     tails_check_conf "a new volume from keepsake create" created "PersistentDirectory,AdditionalSoftware"
     # A guest that can afford Tails' floor (half its RAM, with a quarter of the available
-    # memory left to the session), and no bigger: the key derivation runs at that cost.
-    KS_VM_MEM=640 ks_phase keyslot "usb=$(ks_live_stick keyslot 320M)"
+    # memory left to the session; the guest's tmpfs root takes a good part of its RAM):
+    # the key derivation runs at that cost.
+    KS_VM_MEM=1024 ks_phase keyslot "usb=$(ks_live_stick keyslot 320M)"
 }
 
 # tails_check_conf WHAT NAME FEATURES: Tails' acceptance rules, on the host with Tails' parser,
@@ -174,5 +175,6 @@ guest_keyslot() {
     memory=$(cryptsetup luksDump --dump-json-metadata /dev/vda2 | tr -d ' \n' | grep -o '"memory":[0-9]*' | head -n 1 | cut -d: -f2)
     ks_log "RAM $total KiB, $avail KiB available; keyslot argon2id memory $memory KiB; Tails' floor $floor KiB"
     ks_check "the keyslot is one Tails counts as upgraded (memory $memory >= $floor KiB)" test "${memory:-0}" -ge "$floor"
+    ks_check "and create did not warn that Tails would convert it" sh -c "! grep -q 'Tails will convert' /tmp/ks-cmd.out"
     ks_checks_done
 }

@@ -181,6 +181,15 @@ fn format_and_populate(
         keyslot.cost.iterations,
         keyslot.cost.parallel
     ));
+    if layout.profile == LayoutProfile::Tails
+        && let Some(floor) = volume::tails_kdf_floor_kib(volume::mem_total_kib())
+        && u64::from(keyslot.cost.memory_kib) < floor
+    {
+        out.warn(format!(
+            "this machine cannot afford the key derivation Tails counts as up to date ({} MiB): Tails will convert the keyslot at its next boot",
+            floor / 1024
+        ));
+    }
     let mapping = format!("keepsake-new-{}", std::process::id());
     volume::activate(path, &mapping, secret)?;
     let result = populate(layout, &mapping, config, out);
