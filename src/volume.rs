@@ -78,13 +78,14 @@ pub fn default_max_memory_kib(mem_available_kib: Option<u64>) -> u32 {
 /// The argon2id cost of a keyslot in the Tails layout. Tails converts at boot every volume
 /// without a keyslot of at least min(MemTotal / 2, 1 GiB) (its `is_upgraded`), and makes
 /// its own with 4 passes: so keepsake gives exactly that memory, with 4 passes and 4
-/// lanes, unless this machine cannot afford it now (MemAvailable less a margin for the
-/// session: a quarter of it, at most Tails' own 200 MiB), when it gives what it can (and
-/// Tails will convert it once).
+/// lanes, unless this machine cannot afford it now, when it gives what it can (and Tails
+/// will convert it once). Affordable is half of MemAvailable: Debian's libcryptsetup
+/// (Debian bug 1028250) caps argon2id there on a machine without swap, which a live system
+/// is, whatever cost it is asked for.
 pub fn tails_kdf_cost(mem_total_kib: Option<u64>, mem_available_kib: Option<u64>) -> KdfCost {
     const GIB: u64 = 1 << 20;
     let wanted = tails_kdf_floor_kib(mem_total_kib).unwrap_or(GIB);
-    let affordable = mem_available_kib.map_or(GIB, |a| a - (a / 4).min(200 * 1024));
+    let affordable = mem_available_kib.map_or(GIB, |a| a / 2);
     KdfCost {
         memory_kib: wanted.min(affordable).max(32 * 1024) as u32,
         iterations: 4,
@@ -866,17 +867,15 @@ mod tests {
         // 8 GiB machine: 1 GiB, 4 passes, as Tails makes them.
         let c = tails_kdf_cost(Some(8 * GIB), Some(6 * GIB));
         assert_eq!((c.memory_kib, c.iterations, c.parallel), (1 << 20, 4, 4));
-        // 2 GiB machine: Tails wants min(MemTotal/2, 1 GiB) = 1 GiB... of 2 GiB total.
-        let c = tails_kdf_cost(Some(2 * GIB), Some(1536 << 10));
+        // 3 GiB machine with 2.5 GiB free: min(MemTotal/2, 1 GiB) = 1 GiB, affordable.
+        let c = tails_kdf_cost(Some(3 * GIB), Some(5 * GIB / 2));
         assert_eq!(u64::from(c.memory_kib), GIB);
-        // 768 MiB machine: half of MemTotal.
+        // 2 GiB machine: Tails wants 1 GiB, half of what is available is all there is.
+        let c = tails_kdf_cost(Some(2 * GIB), Some(1536 << 10));
+        assert_eq!(c.memory_kib, 768 << 10);
+        // 768 MiB machine: half of MemTotal wanted, half of MemAvailable affordable.
         let c = tails_kdf_cost(Some(768 << 10), Some(600 << 10));
-        assert_eq!(c.memory_kib, 384 << 10);
-        // Not affordable now: what is, less a quarter for the session (at most 200 MiB).
-        let c = tails_kdf_cost(Some(768 << 10), Some(400 << 10));
         assert_eq!(c.memory_kib, 300 << 10);
-        let c = tails_kdf_cost(Some(8 * GIB), Some(1 << 20));
-        assert_eq!(c.memory_kib, 824 << 10);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cli::{CreateArgs, GlobalArgs, KdfArgs};
+use crate::cli::{CreateArgs, GlobalArgs};
 use crate::config::ConfigFile;
 use crate::disks::{self, Region};
 use crate::error::{Context, Error, Result, at};
@@ -71,6 +71,9 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     let layout = super::layout(global, None);
     let host = SystemHost::new(args.live_user.as_deref());
     let config = default_config(&host, global.layout)?;
+    // Chosen before anything else takes memory: in the Tails layout the cost follows what
+    // this machine has available now.
+    let kdf = super::kdf_choice(&args.kdf, layout.profile);
     let (volume_path, size, rollback, kind) = match (&args.device, &args.image, args.size) {
         (Some(disk), _, _) => {
             let (region, sector) = check_device_target(disk, &layout)?;
@@ -96,7 +99,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
             }));
             let part = disks::partition_path(disk, number);
             disks::wait_for_device(&part)?;
-            let keyslot = format_and_populate(&part, &layout, &secret, &args.kdf, &config, out)?;
+            let keyslot = format_and_populate(&part, &layout, &secret, kdf, &config, out)?;
             (
                 part,
                 region.sectors * sector,
@@ -116,7 +119,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
             )?;
             create_sparse_file(image, size)?;
             let rollback = Rollback(Some(Made::File(image.clone())));
-            let keyslot = format_and_populate(image, &layout, &secret, &args.kdf, &config, out)?;
+            let keyslot = format_and_populate(image, &layout, &secret, kdf, &config, out)?;
             (image.clone(), size, rollback, ("container file", keyslot))
         }
         _ => {
@@ -163,7 +166,7 @@ fn format_and_populate(
     path: &Path,
     layout: &Layout,
     secret: &Secret,
-    kdf: &KdfArgs,
+    kdf: volume::KdfChoice,
     config: &ConfigFile,
     out: Output,
 ) -> Result<KeyslotInfo> {
@@ -172,7 +175,7 @@ fn format_and_populate(
         path,
         layout.fs_label,
         secret,
-        super::kdf_choice(kdf, layout.profile),
+        kdf,
     )?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
