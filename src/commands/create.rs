@@ -171,12 +171,7 @@ fn format_and_populate(
     out: Output,
 ) -> Result<KeyslotInfo> {
     out.progress(format!("formatting {} as LUKS2 (argon2id)", path.display()));
-    let keyslot = volume::format(
-        path,
-        layout.fs_label,
-        secret,
-        kdf,
-    )?;
+    let keyslot = volume::format(path, layout.fs_label, secret, kdf)?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
         keyslot.keyslot,
