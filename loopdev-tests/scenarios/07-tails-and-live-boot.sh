@@ -55,7 +55,8 @@ guest_checks() {
     ks_assert "no displaced copy is left" test -z "$(ls -a /home/amnesia | grep displaced)"
     ks_assert "cups' default files were copied into the new folder" test -f $KS_ROOT_MNT/cups-configuration/.keep-cups
     keepsake --json status > /tmp/status.json
-    ks_assert_eq "every line of Tails' config is active" "$(grep -c '"active": true' /tmp/status.json)" 10
+    # Each feature is in "features" (the layout's volume) and in "volumes"[0]: twice.
+    ks_assert_eq "every line of Tails' config is active" "$(grep -c '"active": true' /tmp/status.json)" 20
     ks_expect_rc 0 "enable a feature" -- keepsake feature enable electrum
     ks_assert_eq "persistence.conf keeps Tails' owner" "$(ks_mode $KS_ROOT_MNT/persistence.conf)" "115:122 600"
     ks_assert "and Tails' tab-separated syntax" grep -q "$(printf '^/home/amnesia/.electrum\tsource=electrum$')" $KS_ROOT_MNT/persistence.conf
