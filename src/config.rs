@@ -266,17 +266,26 @@ impl ConfigFile {
                 ));
             }
         }
-        // The new line may be the inner or the outer one.
-        let before = self.nested_sources();
-        if let Some((_, why)) = reparsed
-            .nested_sources()
-            .into_iter()
-            .find(|found| !before.contains(found))
-        {
+        if let Some(why) = self.nesting_with(&entry) {
             return Err(why);
         }
         *self = reparsed;
         Ok(())
+    }
+
+    /// Why adding `entry` would give two features the same or nested sources, if it would
+    /// (the new line may be the inner or the outer one).
+    pub fn nesting_with(&self, entry: &Entry) -> Option<String> {
+        let mut candidate = self.clone();
+        candidate
+            .lines
+            .push(Line::Other(entry.render(self.dialect)));
+        let before = self.nested_sources();
+        ConfigFile::parse(&candidate.render(), self.dialect)
+            .nested_sources()
+            .into_iter()
+            .find(|found| !before.contains(found))
+            .map(|(_, why)| why)
     }
 
     /// Removes the entry with this source; returns whether there was one.

@@ -466,16 +466,22 @@ fn scratch(volume: &safefs::Dir, name: &str, kind: PlaceKind) -> Result<Scratch>
     })
 }
 
-/// Whether the volume holds something non-empty at `name` (a folder with entries, or
-/// anything that is not a folder).
+/// Whether the volume holds data at `name`: anything that is not a folder, at any depth.
+/// Folders with nothing but empty folders in them (what enabling a feature makes on a new
+/// volume: apt/cache and apt/lists) hold none, and are replaced without --overwrite.
 fn holds_data(volume: &safefs::Dir, name: &str) -> Result<bool> {
     let shown = volume.path.join(name);
     match fstatat(&volume.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(e).context(at("reading", &shown)),
         Ok(st) if is_dir(&st) => {
-            let fd = open_dir_at(&volume.fd, OsStr::new(name)).context(at("opening", &shown))?;
-            Ok(!list_dir(&fd, &shown)?.is_empty())
+            let (dir, _) = safefs::open_beneath(volume, Path::new(name), None)?;
+            let mut found = false;
+            safefs::walk(&dir, |_, _, entries| {
+                found |= entries.iter().any(|e| !e.is_dir());
+                Ok(())
+            })?;
+            Ok(found)
         }
         Ok(_) => Ok(true),
     }
@@ -1037,6 +1043,27 @@ fn move_failed(e: Errno, from: &Path, to: &Path) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_of_empty_folders_hold_no_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("apt/cache/partial")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("apt/lists")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("gnupg/deep/er")).unwrap();
+        std::fs::write(tmp.path().join("gnupg/deep/er/key"), "k").unwrap();
+        std::fs::write(tmp.path().join("file"), "").unwrap();
+        let (volume, _) = safefs::open_dir(tmp.path(), None).unwrap();
+        assert!(!holds_data(&volume, "apt").unwrap(), "only empty folders");
+        assert!(
+            holds_data(&volume, "gnupg").unwrap(),
+            "a file three folders down"
+        );
+        assert!(
+            holds_data(&volume, "file").unwrap(),
+            "an empty file is data"
+        );
+        assert!(!holds_data(&volume, "missing").unwrap());
+    }
     use crate::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
     use std::cell::Cell;
     use std::collections::BTreeMap;

@@ -229,6 +229,16 @@ fn enable_names(open: &mut Open, names: &[String]) -> Result<Vec<unlocked::Featu
     for name in names {
         for e in open.entries_of(name)? {
             if open.config.find_source(&e.source).is_none() {
+                // A source nested in another feature's is refused before anything changes
+                // (live-boot stops the boot on it, and the outer folder's owner could
+                // change the inner one).
+                if let Some(why) = open.config.nesting_with(&e) {
+                    open.config = before;
+                    return Err(Error::Incomplete(format!(
+                        "not enabled, nothing changed: {}: {why}",
+                        e.destination.display()
+                    )));
+                }
                 open.config
                     .add(e.clone())
                     .map_err(|why| Error::Usage(format!("cannot enable {name}: {why}")))?;
@@ -238,20 +248,6 @@ fn enable_names(open: &mut Open, names: &[String]) -> Result<Vec<unlocked::Featu
     }
     if added.is_empty() {
         return Ok(Vec::new());
-    }
-    // A source nested in another feature's is refused before anything changes (live-boot
-    // stops the boot on it, and the outer folder's owner could change the inner one).
-    if let Some(why) = open
-        .config
-        .nested_sources()
-        .into_iter()
-        .find(|(entry, _)| added.contains(entry))
-        .map(|(entry, why)| format!("{}: {why}", entry.destination.display()))
-    {
-        open.config = before;
-        return Err(Error::Incomplete(format!(
-            "not enabled, nothing changed: {why}"
-        )));
     }
     let resolved = open.resolve(&added)?;
     unlocked::write_config(&open.dir, &open.config)?;
@@ -381,6 +377,11 @@ fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method, out: Output) 
         method,
     };
     // Validated as persistence.conf would validate it, against both files.
+    if let Some(why) = open.config.nesting_with(&entry) {
+        return Err(Error::Incomplete(format!(
+            "not added, nothing changed: {why}"
+        )));
+    }
     let mut probe = open.config.clone();
     probe
         .add(entry.clone())
