@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Block, Version};
 use chacha20poly1305::aead::generic_array::GenericArray;
-use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
+use chacha20poly1305::aead::stream::{NewStream, StreamBE32};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -33,6 +33,13 @@ use zeroize::Zeroizing;
 use crate::error::{Context, Error, Result, at};
 use crate::secrets::Secret;
 use crate::treewalk::{self, DirStack, list_dir, open_dir_at};
+
+#[cfg(test)]
+mod oracle;
+mod stream;
+
+use stream::{Batch, Direction, Engine};
+pub use stream::{MAX_THREADS, default_threads, memory_bound};
 
 /// The first eight bytes of every archive.
 pub const MAGIC: &[u8; 8] = b"KSBACKUP";
@@ -278,18 +285,17 @@ fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
     ChaCha20Poly1305::new(GenericArray::from_slice(key))
 }
 
-/// Encrypts a byte stream into an archive. Everything written is buffered into chunks;
-/// [`Writer::finish`] seals the last one. An archive whose writer is dropped unfinished has
-/// no last chunk, and every reader refuses it as truncated.
+/// Encrypts a byte stream into an archive. Everything written is gathered into chunks, in
+/// batches of about 1 MiB that worker threads seal while the next one fills (see
+/// [`stream`]); [`Writer::finish`] seals the last chunk. An archive whose writer is dropped
+/// unfinished has no last chunk, and every reader refuses it as truncated.
 pub struct Writer<W: Write> {
     inner: W,
-    header: [u8; HEADER_LEN],
-    chunk_size: usize,
     /// `None` once a write failed: what reached `inner` is then unknown.
-    encryptor: Option<EncryptorBE32<ChaCha20Poly1305>>,
-    /// Plaintext of the chunk being filled, allocated once with room for the tag so that
-    /// sealing in place never leaves a copy behind.
-    buffer: Zeroizing<Vec<u8>>,
+    engine: Option<Engine>,
+    /// The batch being filled with plaintext, and how much it holds.
+    filling: Option<Batch>,
+    filled: usize,
 }
 
 impl<W: Write> Writer<W> {
@@ -330,50 +336,124 @@ impl<W: Write> Writer<W> {
         inner
             .write_all(&header_bytes)
             .context(|| "writing the archive header".into())?;
-        let chunk_size = header.chunk_size as usize;
         Ok(Writer {
             inner,
-            header: header_bytes,
-            chunk_size,
-            encryptor: Some(EncryptorBE32::from_aead(
-                cipher(key),
-                GenericArray::from_slice(&header.nonce_prefix),
-            )),
-            buffer: Zeroizing::new(Vec::with_capacity(chunk_size + TAG_LEN)),
+            engine: Some(engine(header, key, Direction::Seal)),
+            filling: None,
+            filled: 0,
         })
+    }
+
+    /// Seals with `threads` worker threads (1: on the caller's thread) instead of one per
+    /// CPU; at most [`MAX_THREADS`]. The archive's bytes do not depend on it.
+    pub fn with_threads(mut self, threads: usize) -> Writer<W> {
+        if let Some(engine) = &mut self.engine {
+            engine.set_threads(threads);
+        }
+        self
     }
 
     /// Seals the last chunk (possibly empty) and returns the inner writer, flushed.
     pub fn finish(mut self) -> Result<W> {
-        let encryptor = self.encryptor.take().ok_or_else(failed_earlier)?;
-        encryptor
-            .encrypt_last_in_place(&self.header, &mut *self.buffer)
-            .map_err(|_| Error::Internal("sealing the last chunk of the archive".into()))?;
-        self.inner
-            .write_all(&self.buffer)
-            .and_then(|()| self.inner.flush())
+        let mut engine = self.engine.take().ok_or_else(failed_earlier)?;
+        let chunk_size = engine.chunk_size();
+        let mut batch = match self.filling.take() {
+            Some(batch) => batch,
+            None => spare_batch(&mut engine, &mut self.inner)
+                .context(|| "writing the archive".into())?,
+        };
+        batch.chunks = self.filled.div_ceil(chunk_size).max(1);
+        batch.final_len = self.filled - (batch.chunks - 1) * chunk_size;
+        batch.reach(batch.chunks * (chunk_size + TAG_LEN));
+        batch.ends_stream = true;
+        engine
+            .submit(batch)
+            .and_then(|()| {
+                while let Some(batch) = engine.next()? {
+                    write_sealed(&mut self.inner, &batch, chunk_size)?;
+                }
+                self.inner.flush()
+            })
             .context(|| "writing the archive".into())?;
+        drop(engine);
         Ok(self.inner)
     }
 
-    /// Seals the full buffer as a chunk that is not the last.
-    fn seal_chunk(&mut self) -> io::Result<()> {
-        let encryptor = self
-            .encryptor
+    /// Room for plaintext in the chunk being filled, at least one byte: when the batch is
+    /// full, it is sealed first (more data has come, so its final chunk is not the last).
+    fn room(&mut self) -> io::Result<&mut [u8]> {
+        let engine = self
+            .engine
             .as_mut()
             .ok_or_else(|| io::Error::other(failed_earlier()))?;
-        let sealed = encryptor
-            .encrypt_next_in_place(&self.header, &mut *self.buffer)
-            .map_err(|_| {
-                io::Error::other("the archive has too many chunks; use a larger chunk size")
-            })
-            .and_then(|()| self.inner.write_all(&self.buffer));
-        self.buffer.clear();
-        if sealed.is_err() {
-            self.encryptor = None;
+        let chunk_size = engine.chunk_size();
+        let capacity = engine.batch_chunks() * chunk_size;
+        if self.filling.is_none() || self.filled == capacity {
+            let made = (|| {
+                if let Some(mut full) = self.filling.take() {
+                    full.chunks = engine.batch_chunks();
+                    full.final_len = chunk_size;
+                    full.ends_stream = false;
+                    engine.submit(full)?;
+                }
+                spare_batch(engine, &mut self.inner)
+            })();
+            match made {
+                Ok(batch) => {
+                    self.filling = Some(batch);
+                    self.filled = 0;
+                }
+                Err(e) => {
+                    self.engine = None;
+                    return Err(e);
+                }
+            }
         }
-        sealed
+        let batch = self
+            .filling
+            .as_mut()
+            .ok_or_else(|| io::Error::other(failed_earlier()))?;
+        let stride = chunk_size + TAG_LEN;
+        let (chunk, within) = (self.filled / chunk_size, self.filled % chunk_size);
+        batch.reach((chunk + 1) * stride);
+        Ok(&mut batch.data[chunk * stride + within..chunk * stride + chunk_size])
     }
+}
+
+/// An empty batch: from the pool, or else the oldest one in flight once it is sealed and
+/// written out.
+fn spare_batch(engine: &mut Engine, inner: &mut impl Write) -> io::Result<Batch> {
+    while let Some(batch) = engine.next_ready() {
+        write_sealed(inner, &batch, engine.chunk_size())?;
+        engine.recycle(batch);
+    }
+    if let Some(batch) = engine.spare() {
+        return Ok(batch);
+    }
+    let batch = engine.next()?.ok_or_else(|| {
+        io::Error::other("the archive writer has no batch to fill; this is a bug")
+    })?;
+    write_sealed(inner, &batch, engine.chunk_size())?;
+    Ok(batch)
+}
+
+fn write_sealed(inner: &mut impl Write, batch: &Batch, chunk_size: usize) -> io::Result<()> {
+    if batch.refused.is_some() {
+        return Err(io::Error::other(
+            "sealing a chunk of the archive failed; this is a bug",
+        ));
+    }
+    inner.write_all(batch.sealed(chunk_size))
+}
+
+fn engine(header: &Header, key: &[u8; KEY_LEN], direction: Direction) -> Engine {
+    Engine::new(
+        StreamBE32::from_aead(cipher(key), GenericArray::from_slice(&header.nonce_prefix)),
+        header.encode(),
+        header.chunk_size as usize,
+        direction,
+        default_threads(),
+    )
 }
 
 fn failed_earlier() -> Error {
@@ -381,28 +461,74 @@ fn failed_earlier() -> Error {
 }
 
 impl<W: Write> Write for Writer<W> {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        if self.encryptor.is_none() {
-            return Err(io::Error::other(failed_earlier()));
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
         }
-        let total = data.len();
-        while !data.is_empty() {
-            // A full chunk is sealed only once more data comes: until `finish` it may be
-            // the last.
-            if self.buffer.len() == self.chunk_size {
-                self.seal_chunk()?;
-            }
-            let take = (self.chunk_size - self.buffer.len()).min(data.len());
-            self.buffer.extend_from_slice(&data[..take]);
-            data = &data[take..];
-        }
-        Ok(total)
+        let room = self.room()?;
+        let n = room.len().min(data.len());
+        room[..n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        Ok(n)
     }
 
     /// Flushes the inner writer only: chunks have a fixed size, so a partial one cannot be
     /// written out early.
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Where [`write_tree`] puts the plaintext stream: a [`Writer`], whose chunk buffer file
+/// data is read straight into, or a `Vec` (tests, the fuzz harness).
+pub trait PlainSink {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// Lends room for between 1 and `want` (at least 1) bytes, which `fill` must fill
+    /// completely; returns how many bytes that was. Nothing is added when `fill` fails.
+    fn put_with(
+        &mut self,
+        want: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<usize>;
+}
+
+impl<W: Write> PlainSink for Writer<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    fn put_with(
+        &mut self,
+        want: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let room = self.room()?;
+        let n = room.len().min(want);
+        fill(&mut room[..n])?;
+        self.filled += n;
+        Ok(n)
+    }
+}
+
+impl PlainSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn put_with(
+        &mut self,
+        want: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let start = self.len();
+        self.resize(start + want, 0);
+        let filled = fill(&mut self[start..]);
+        if filled.is_err() {
+            self.truncate(start);
+        }
+        filled.map(|()| want)
     }
 }
 
@@ -415,34 +541,32 @@ struct Damaged {
 
 enum ReaderState {
     Reading,
-    Finished,
+    /// The batch ending the stream was handed out: once it is used up, the stream ends.
+    Ending,
     /// A chunk was refused: every later read fails the same way.
     Refused(u64),
     /// Reading the inner stream failed.
     Broken,
 }
 
-enum ChunkError {
-    Io(io::Error),
-    Refused(u64),
-}
-
-/// Decrypts an archive. Reading yields only plaintext whose chunk authenticated, and ends
-/// (returns 0) only after the last chunk authenticated as the last; a refused chunk is an
-/// `io::Error` of kind `InvalidData` naming it.
+/// Decrypts an archive. Worker threads open batches of chunks ahead of the caller (see
+/// [`stream`]); reading yields only plaintext of batches whose every chunk authenticated,
+/// and ends (returns 0) only after the last chunk authenticated as the last. A refused chunk
+/// is an `io::Error` of kind `InvalidData` naming it; nothing of its batch is released.
 pub struct Reader<R: Read> {
     inner: R,
-    header: [u8; HEADER_LEN],
     params: KdfParams,
-    chunk_size: usize,
-    decryptor: Option<DecryptorBE32<ChaCha20Poly1305>>,
-    /// Ciphertext being read, then the plaintext of the current chunk; allocated once.
-    buffer: Zeroizing<Vec<u8>>,
-    /// How much of `buffer` was handed out.
-    taken: usize,
-    /// One byte read past a full chunk to learn whether it is the last.
+    engine: Engine,
+    /// One byte read past the batch before, to learn whether its final chunk is the last.
     lookahead: Option<u8>,
-    next_chunk: u64,
+    /// Set once the final chunk was read, or reading failed: nothing more to read.
+    read_all: bool,
+    /// Why reading stopped early, reported after every batch read before it.
+    read_error: Option<io::Error>,
+    /// The opened batch being handed out, its chunk, and how much of that was taken.
+    current: Option<Batch>,
+    chunk: usize,
+    taken: usize,
     state: ReaderState,
 }
 
@@ -451,6 +575,7 @@ pub struct Reader<R: Read> {
 pub struct KeylessReader<R: Read> {
     inner: R,
     header: Header,
+    threads: usize,
 }
 
 impl<R: Read> KeylessReader<R> {
@@ -471,7 +596,11 @@ impl<R: Read> KeylessReader<R> {
                 },
             })?;
         let header = check_header(&header_bytes, available_kib)?;
-        Ok(KeylessReader { inner, header })
+        Ok(KeylessReader {
+            inner,
+            header,
+            threads: default_threads(),
+        })
     }
 
     /// The key-derivation cost the header asks for (checked).
@@ -479,11 +608,18 @@ impl<R: Read> KeylessReader<R> {
         self.header.params
     }
 
+    /// Opens chunks with `threads` worker threads (1: on the caller's thread) instead of
+    /// one per CPU; at most [`MAX_THREADS`].
+    pub fn with_threads(mut self, threads: usize) -> KeylessReader<R> {
+        self.threads = threads;
+        self
+    }
+
     /// Derives the key and authenticates the first chunk, so that a wrong passphrase or key
     /// is reported here, as [`Error::WrongKey`].
     pub fn unlock(self, secret: &Secret) -> Result<Reader<R>> {
         let key = derive_key(secret.as_bytes(), &self.header)?;
-        Reader::with_key(self.inner, &self.header, &key)
+        Reader::with_key_on(self.inner, &self.header, &key, self.threads)
     }
 }
 
@@ -506,34 +642,48 @@ impl<R: Read> Reader<R> {
         KeylessReader::new(inner, crate::volume::mem_available_kib())?.unlock(secret)
     }
 
-    /// The rest of [`Reader::new`], once the header was read and the key derived.
+    /// The rest of [`Reader::new`], once the header was read and the key derived: reads
+    /// and opens the first batch, so that a wrong key is reported before anything is
+    /// released.
     fn with_key(inner: R, header: &Header, key: &[u8; KEY_LEN]) -> Result<Reader<R>> {
-        let chunk_size = header.chunk_size as usize;
+        Reader::with_key_on(inner, header, key, default_threads())
+    }
+
+    /// [`Reader::with_key`] with `threads` worker threads.
+    fn with_key_on(
+        inner: R,
+        header: &Header,
+        key: &[u8; KEY_LEN],
+        threads: usize,
+    ) -> Result<Reader<R>> {
+        let mut engine = engine(header, key, Direction::Open);
+        engine.set_threads(threads);
         let mut reader = Reader {
             inner,
-            header: header.encode(),
             params: header.params,
-            chunk_size,
-            decryptor: Some(DecryptorBE32::from_aead(
-                cipher(key),
-                GenericArray::from_slice(&header.nonce_prefix),
-            )),
-            buffer: Zeroizing::new(Vec::with_capacity(chunk_size + TAG_LEN)),
-            taken: 0,
+            engine,
             lookahead: None,
-            next_chunk: 0,
+            read_all: false,
+            read_error: None,
+            current: None,
+            chunk: 0,
+            taken: 0,
             state: ReaderState::Reading,
         };
-        match reader.read_chunk() {
+        match reader.next_batch() {
             Ok(()) => Ok(reader),
-            Err(ChunkError::Io(e)) => Err(Error::Io {
-                context: "reading the archive".into(),
-                source: e,
-            }),
-            Err(ChunkError::Refused(_)) => Err(Error::WrongKey(
-                "the passphrase or key does not decrypt this archive (or its beginning is damaged); nothing was changed"
-                    .into(),
-            )),
+            Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<Damaged>()) {
+                Some(Damaged { chunk: 0 }) => Err(Error::WrongKey(
+                    "the passphrase or key does not decrypt this archive (or its beginning is damaged); nothing was changed"
+                        .into(),
+                )),
+                // A later chunk of the first batch: refused when it is reached, as always.
+                Some(_) => Ok(reader),
+                None => Err(Error::Io {
+                    context: "reading the archive".into(),
+                    source: e,
+                }),
+            },
         }
     }
 
@@ -542,89 +692,150 @@ impl<R: Read> Reader<R> {
         self.params
     }
 
-    /// Reads, authenticates and decrypts the next chunk into `buffer`.
-    fn read_chunk(&mut self) -> std::result::Result<(), ChunkError> {
-        let chunk = self.next_chunk;
-        let full = self.chunk_size + TAG_LEN;
-        self.buffer.clear();
-        self.taken = 0;
-        let mut len = 0;
-        if let Some(byte) = self.lookahead.take() {
-            self.buffer.push(byte);
-            len = 1;
+    /// Keeps the workers busy: reads batches of stored chunks into every spare batch and
+    /// submits them, until the final chunk was read.
+    fn read_ahead(&mut self) {
+        let stride = self.engine.chunk_size() + TAG_LEN;
+        let span = self.engine.batch_chunks() * stride;
+        while !self.read_all {
+            let Some(mut batch) = self.engine.spare() else {
+                return;
+            };
+            let mut len = 0;
+            if let Some(byte) = self.lookahead.take() {
+                batch.reach(1);
+                batch.data[0] = byte;
+                len = 1;
+            }
+            // A chunk at a time, so that only what the archive fills is ever zeroed; one
+            // byte past the batch tells whether its final chunk is the last.
+            while len < span + 1 {
+                batch.reach(((len / stride + 1) * stride + 1).min(span + 1));
+                let end = batch.data.len();
+                match read_full(&mut self.inner, &mut batch.data[len..end]) {
+                    Ok(got) => len += got,
+                    Err(e) => {
+                        self.read_error = Some(e);
+                        self.read_all = true;
+                        self.engine.recycle(batch);
+                        return;
+                    }
+                }
+                if len < end {
+                    break;
+                }
+            }
+            if len == span + 1 {
+                self.lookahead = Some(batch.data[span]);
+                len = span;
+            } else {
+                self.read_all = true;
+            }
+            batch.chunks = len.div_ceil(stride).max(1);
+            batch.final_len = len - (batch.chunks - 1) * stride;
+            batch.ends_stream = self.read_all;
+            if let Err(e) = self.engine.submit(batch) {
+                self.read_error = Some(e);
+                self.read_all = true;
+                return;
+            }
         }
-        self.buffer.resize(full, 0);
-        let got = read_full(&mut self.inner, &mut self.buffer[len..]);
-        let got = got.map_err(|e| self.broken(e))?;
-        len += got;
-        self.buffer.truncate(len);
-        let last = if len < full {
-            true
-        } else {
-            let mut one = [0u8; 1];
-            let more = read_full(&mut self.inner, &mut one).map_err(|e| self.broken(e))?;
-            self.lookahead = (more == 1).then_some(one[0]);
-            more == 0
-        };
-        let opened = if len < TAG_LEN {
-            Err(chacha20poly1305::aead::Error)
-        } else if last {
-            match self.decryptor.take() {
-                Some(decryptor) => decryptor.decrypt_last_in_place(&self.header, &mut *self.buffer),
-                None => Err(chacha20poly1305::aead::Error),
+    }
+
+    /// Makes the next opened batch current, or records why there is none.
+    fn next_batch(&mut self) -> io::Result<()> {
+        if let Some(used) = self.current.take() {
+            self.engine.recycle(used);
+        }
+        self.read_ahead();
+        let next = self.engine.next();
+        let batch = match next {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                self.state = ReaderState::Broken;
+                return Err(self.read_error.take().unwrap_or_else(|| {
+                    io::Error::other("the archive reader has nothing to read; this is a bug")
+                }));
             }
-        } else {
-            match self.decryptor.as_mut() {
-                Some(decryptor) => decryptor.decrypt_next_in_place(&self.header, &mut *self.buffer),
-                None => Err(chacha20poly1305::aead::Error),
+            Err(e) => {
+                self.state = ReaderState::Broken;
+                return Err(e);
             }
         };
-        if opened.is_err() {
-            self.buffer.clear();
-            self.decryptor = None;
+        if let Some(chunk) = batch.refused {
+            // Already wiped; the batches after it are dropped (and wiped) with the reader.
             self.state = ReaderState::Refused(chunk);
-            return Err(ChunkError::Refused(chunk));
+            self.engine.recycle(batch);
+            return Err(refused(chunk));
         }
-        self.next_chunk += 1;
-        if last {
-            self.state = ReaderState::Finished;
+        if batch.ends_stream {
+            self.state = ReaderState::Ending;
         }
+        self.current = Some(batch);
+        self.chunk = 0;
+        self.taken = 0;
         Ok(())
     }
 
-    fn broken(&mut self, e: io::Error) -> ChunkError {
-        self.buffer.clear();
-        self.decryptor = None;
-        self.state = ReaderState::Broken;
-        ChunkError::Io(e)
+    /// Where the plaintext not yet taken is: chunk, start and end in the current batch.
+    fn ready(&self) -> Option<(usize, usize)> {
+        let batch = self.current.as_ref()?;
+        let chunk_size = self.engine.chunk_size();
+        let mut chunk = self.chunk;
+        let mut taken = self.taken;
+        while chunk < batch.chunks {
+            let len = batch.opened_chunk(chunk, chunk_size).len();
+            if taken < len {
+                return Some((chunk, taken));
+            }
+            chunk += 1;
+            taken = 0;
+        }
+        None
     }
 }
 
-impl<R: Read> Read for Reader<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl<R: Read> BufRead for Reader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         loop {
-            let ready = &self.buffer[self.taken..];
-            if !ready.is_empty() || out.is_empty() {
-                let n = ready.len().min(out.len());
-                out[..n].copy_from_slice(&ready[..n]);
-                self.taken += n;
-                return Ok(n);
+            if let Some((chunk, taken)) = self.ready() {
+                self.chunk = chunk;
+                self.taken = taken;
+                break;
             }
             match self.state {
-                ReaderState::Finished => return Ok(0),
+                ReaderState::Reading => self.next_batch()?,
+                ReaderState::Ending => return Ok(&[]),
                 ReaderState::Refused(chunk) => return Err(refused(chunk)),
                 ReaderState::Broken => {
                     return Err(io::Error::other(
                         "reading the archive failed earlier; its end was not checked",
                     ));
                 }
-                ReaderState::Reading => match self.read_chunk() {
-                    Ok(()) => {}
-                    Err(ChunkError::Io(e)) => return Err(e),
-                    Err(ChunkError::Refused(chunk)) => return Err(refused(chunk)),
-                },
             }
         }
+        let chunk_size = self.engine.chunk_size();
+        Ok(match &self.current {
+            Some(batch) => &batch.opened_chunk(self.chunk, chunk_size)[self.taken..],
+            None => &[],
+        })
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.taken += amount;
+    }
+}
+
+impl<R: Read> Read for Reader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let ready = self.fill_buf()?;
+        let n = ready.len().min(out.len());
+        out[..n].copy_from_slice(&ready[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 
@@ -740,7 +951,7 @@ fn shown(path: &[u8]) -> String {
 pub fn write_tree(
     root: &Path,
     tops: &[PathBuf],
-    out: &mut impl Write,
+    out: &mut impl PlainSink,
     progress: &mut dyn FnMut(u64),
 ) -> Result<TreeStats> {
     let root_fd = openat(
@@ -784,7 +995,6 @@ pub fn write_tree(
         out,
         progress,
         stats: TreeStats::default(),
-        buffer: Zeroizing::new(vec![0u8; COPY_BUFFER]),
     };
     walk.stats.entries = names
         .iter()
@@ -800,17 +1010,14 @@ pub fn write_tree(
 
 struct TreeWriter<'a> {
     root: &'a Path,
-    out: &'a mut dyn Write,
+    out: &'a mut dyn PlainSink,
     progress: &'a mut dyn FnMut(u64),
     stats: TreeStats,
-    buffer: Zeroizing<Vec<u8>>,
 }
 
 impl TreeWriter<'_> {
     fn emit(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out
-            .write_all(bytes)
-            .context(|| "writing the archive".into())
+        self.out.put(bytes).context(|| "writing the archive".into())
     }
 
     fn shown(&self, path: &[u8]) -> PathBuf {
@@ -903,16 +1110,31 @@ impl TreeWriter<'_> {
         for (offset, length) in extents {
             let mut done = 0;
             while done < length {
-                let n = (length - done).min(self.buffer.len() as u64) as usize;
-                let got = read_full_at(&file, &mut self.buffer[..n], offset + done)
-                    .context(at("reading", &shown_path))?;
-                if got < n {
-                    self.buffer[got..n].fill(0);
-                    shrank = true;
+                // Read straight into the archive's chunk buffer.
+                let want = (length - done).min(COPY_BUFFER as u64) as usize;
+                let mut read_error = None;
+                let put = self.out.put_with(want, &mut |room| match read_full_at(
+                    &file,
+                    room,
+                    offset + done,
+                ) {
+                    Ok(got) => {
+                        if got < room.len() {
+                            room[got..].fill(0);
+                            shrank = true;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let failed = io::Error::new(e.kind(), "reading a file");
+                        read_error = Some(e);
+                        Err(failed)
+                    }
+                });
+                if let Some(e) = read_error {
+                    return Err(e).context(at("reading", &shown_path));
                 }
-                self.out
-                    .write_all(&self.buffer[..n])
-                    .context(|| "writing the archive".into())?;
+                let n = put.context(|| "writing the archive".into())?;
                 done += n as u64;
                 self.stats.bytes += n as u64;
                 (self.progress)(self.stats.bytes);
@@ -1003,7 +1225,7 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// each is opened with `O_NOFOLLOW`. On an error the extraction stops where it was, so
 /// `dest` should be thrown away then. `progress` gets the file data bytes read so far.
 pub fn read_tree(
-    input: &mut impl Read,
+    input: &mut impl BufRead,
     dest: Option<&Path>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<TreeStats> {
@@ -1011,7 +1233,6 @@ pub fn read_tree(
     let mut stats = TreeStats::default();
     // Every path seen and its entry type: duplicates and parents are checked against it.
     let mut seen: HashMap<Vec<u8>, u8> = HashMap::new();
-    let mut buffer = Zeroizing::new(vec![0u8; COPY_BUFFER]);
     loop {
         let kind = read_u8(input)?;
         if kind == ENTRY_END {
@@ -1082,12 +1303,19 @@ pub fn read_tree(
                 for (offset, length) in extents {
                     let mut done = 0;
                     while done < length {
-                        let n = (length - done).min(buffer.len() as u64) as usize;
-                        read_exact(input, &mut buffer[..n])?;
+                        // Written straight from the reader's opened chunk.
+                        let ready = input.fill_buf().map_err(input_error)?;
+                        if ready.is_empty() {
+                            return Err(input_error(io::ErrorKind::UnexpectedEof.into()));
+                        }
+                        let n = ready
+                            .len()
+                            .min((length - done).min(usize::MAX as u64) as usize);
                         if let (Some(file), Some(extractor)) = (&file, &extractor) {
-                            file.write_all_at(&buffer[..n], offset + done)
+                            file.write_all_at(&ready[..n], offset + done)
                                 .context(at("writing", &extractor.shown(&path)))?;
                         }
+                        input.consume(n);
                         done += n as u64;
                         stats.bytes += n as u64;
                         progress(stats.bytes);
@@ -1472,6 +1700,7 @@ pub fn check_untrusted(data: &[u8]) {
 mod tests {
     use super::*;
     use crate::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
+    use chacha20poly1305::aead::stream::EncryptorBE32;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// Cheap enough to run thousands of times.
@@ -2126,11 +2355,19 @@ mod tests {
         let key = [6u8; KEY_LEN];
         let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
         let mut archive = Vec::new();
-        let mut writer = Writer::with_key(&mut archive, &header, &key).unwrap();
-        writer.write_all(&pseudo_random(3 * CHUNK, 8)).unwrap();
+        // Enough for batches to be written out before the writer is dropped.
+        let written = 8 * BATCH_CHUNKS * CHUNK + 100;
+        let mut writer = Writer::with_key(&mut archive, &header, &key)
+            .unwrap()
+            .with_threads(2);
+        writer.write_all(&pseudo_random(written, 8)).unwrap();
         drop(writer);
-        assert_eq!(archive.len(), HEADER_LEN + 2 * (CHUNK + TAG_LEN));
+        // Whole chunks, none of them the last.
+        let body = archive.len() - HEADER_LEN;
+        assert!(body > 0 && body < written, "{body}");
+        assert_eq!(body % (CHUNK + TAG_LEN), 0);
         assert!(open(&archive, &key).1.is_err());
+        assert!(old_open(&archive, &key).1.is_err());
     }
 
     #[test]
@@ -2872,6 +3109,265 @@ mod tests {
                 opened.extend(msg);
             }
             assert_eq!(opened, plaintext);
+        }
+    }
+
+    /// Chunks of MIN_CHUNK_SIZE in one batch.
+    const BATCH_CHUNKS: usize = (1 << 20) / CHUNK;
+
+    /// What the single-threaded reader this replaced releases from `archive`, and how it
+    /// ends.
+    fn old_open(archive: &[u8], key: &[u8; KEY_LEN]) -> (Vec<u8>, Result<()>) {
+        let mut released = Vec::new();
+        let header = Header::parse(archive.first_chunk().unwrap()).unwrap();
+        let outcome = oracle::OldReader::with_key(&archive[HEADER_LEN..], &header, key)
+            .and_then(|mut reader| reader.read_to_end(&mut released).map_err(input_error));
+        (released, outcome.map(|_| ()))
+    }
+
+    /// [`open`] with `threads` workers, reading through `fill_buf` as read_tree does.
+    fn open_on(archive: &[u8], key: &[u8; KEY_LEN], threads: usize) -> (Vec<u8>, Result<()>) {
+        let mut released = Vec::new();
+        let header = Header::parse(archive.first_chunk().unwrap()).unwrap();
+        let outcome = Reader::with_key_on(&archive[HEADER_LEN..], &header, key, threads).and_then(
+            |mut reader| loop {
+                let ready = reader.fill_buf().map_err(input_error)?;
+                if ready.is_empty() {
+                    return Ok(());
+                }
+                let n = ready.len();
+                released.extend_from_slice(ready);
+                reader.consume(n);
+            },
+        );
+        (released, outcome)
+    }
+
+    fn seal_on(
+        plaintext: &[u8],
+        header: &Header,
+        key: &[u8; KEY_LEN],
+        threads: usize,
+        piece: usize,
+    ) -> Vec<u8> {
+        let mut writer = Writer::with_key(Vec::new(), header, key)
+            .unwrap()
+            .with_threads(threads);
+        for piece in plaintext.chunks(piece) {
+            writer.write_all(piece).unwrap();
+        }
+        writer.finish().unwrap()
+    }
+
+    #[test]
+    fn threaded_writer_and_reader_match_the_single_threaded_ones_byte_for_byte() {
+        let key = [11u8; KEY_LEN];
+        for chunk_size in [MIN_CHUNK_SIZE, DEFAULT_CHUNK_SIZE] {
+            let header = test_header(CHEAP_KDF, chunk_size);
+            let c = chunk_size as usize;
+            let batch = (1 << 20) / c * c;
+            let lengths: &[usize] = if c == CHUNK {
+                &[
+                    0,
+                    1,
+                    c - 1,
+                    c,
+                    c + 1,
+                    batch - 1,
+                    batch,
+                    batch + 1,
+                    3 * batch + c - 1,
+                ]
+            } else {
+                &[0, c, batch, batch + 1, 2 * batch + 5]
+            };
+            for &len in lengths {
+                let plaintext = pseudo_random(len, len as u64 + 1);
+                let mut old = oracle::OldWriter::with_key(Vec::new(), &header, &key).unwrap();
+                old.write_all(&plaintext).unwrap();
+                let old = old.finish().unwrap();
+                for threads in [1, 2, 3] {
+                    for piece in [1000, 3 << 20] {
+                        let new = seal_on(&plaintext, &header, &key, threads, piece);
+                        assert!(new == old, "chunk {c}, length {len}, {threads} threads");
+                    }
+                    let (released, outcome) = open_on(&old, &key, threads);
+                    outcome.unwrap();
+                    assert!(
+                        released == plaintext,
+                        "chunk {c}, length {len}, {threads} threads"
+                    );
+                }
+                let (released, outcome) = old_open(&old, &key);
+                outcome.unwrap();
+                assert!(released == plaintext);
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_last_chunk_right_after_a_full_batch_is_accepted() {
+        let key = [12u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let aad = header.encode();
+        let plaintext = pseudo_random(BATCH_CHUNKS * CHUNK, 12);
+        let mut encryptor =
+            EncryptorBE32::from_aead(cipher(&key), GenericArray::from_slice(&header.nonce_prefix));
+        let mut archive = aad.to_vec();
+        for chunk in plaintext.chunks(CHUNK) {
+            let payload = chacha20poly1305::aead::Payload {
+                msg: chunk,
+                aad: &aad,
+            };
+            archive.extend(encryptor.encrypt_next(payload).unwrap());
+        }
+        let payload = chacha20poly1305::aead::Payload {
+            msg: &[],
+            aad: &aad,
+        };
+        archive.extend(encryptor.encrypt_last(payload).unwrap());
+        for threads in [1, 2, 5] {
+            let (released, outcome) = open_on(&archive, &key, threads);
+            outcome.unwrap();
+            assert!(released == plaintext, "{threads} threads");
+        }
+        // Without its empty last chunk, the full batch ends in a chunk sealed as not last.
+        let cut = &archive[..archive.len() - TAG_LEN];
+        for threads in [1, 2, 5] {
+            let (_, outcome) = open_on(cut, &key, threads);
+            let err = outcome.unwrap_err().to_string();
+            let last = BATCH_CHUNKS - 1;
+            assert!(err.contains(&format!("at chunk {last}")), "{err}");
+        }
+    }
+
+    /// A chunk in the middle of the third batch, tampered with.
+    fn tampered_in_third_batch() -> (Vec<u8>, Vec<u8>, [u8; KEY_LEN], usize) {
+        let key = [13u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let plaintext = pseudo_random(4 * BATCH_CHUNKS * CHUNK + 10, 13);
+        let mut archive = seal(&plaintext, &header, &key);
+        let bad = 2 * BATCH_CHUNKS + 17;
+        archive[HEADER_LEN + bad * (CHUNK + TAG_LEN) + 5] ^= 0x20;
+        (archive, plaintext, key, bad)
+    }
+
+    #[test]
+    fn a_tampered_chunk_releases_nothing_of_its_batch_and_what_came_before_as_it_did() {
+        let (archive, plaintext, key, bad) = tampered_in_third_batch();
+        // The single-threaded reader released every chunk before the bad one.
+        let (old_released, old_outcome) = old_open(&archive, &key);
+        assert_eq!(old_released.len(), bad * CHUNK);
+        let old_err = old_outcome.unwrap_err().to_string();
+        for threads in [1, 2, 4] {
+            let (released, outcome) = open_on(&archive, &key, threads);
+            // The two batches before it, authenticated, and nothing of its own batch.
+            assert_eq!(
+                released.len(),
+                2 * BATCH_CHUNKS * CHUNK,
+                "{threads} threads"
+            );
+            assert!(released[..] == plaintext[..released.len()]);
+            let err = outcome.unwrap_err();
+            assert!(matches!(err, Error::Corrupt(_)), "{err}");
+            assert_eq!(err.to_string(), old_err);
+            assert!(
+                err.to_string().contains(&format!("at chunk {bad}")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_is_wiped_before_it_comes_back() {
+        let (archive, _, key, bad) = tampered_in_third_batch();
+        let header = Header::parse(archive.first_chunk().unwrap()).unwrap();
+        let mut engine = engine(&header, &key, Direction::Open);
+        engine.set_threads(2);
+        let stride = CHUNK + TAG_LEN;
+        let body = &archive[HEADER_LEN..];
+        for batch_index in 0..3 {
+            let mut batch = engine.spare().unwrap();
+            let from = batch_index * BATCH_CHUNKS * stride;
+            batch.reach(BATCH_CHUNKS * stride);
+            batch.data[..BATCH_CHUNKS * stride]
+                .copy_from_slice(&body[from..from + BATCH_CHUNKS * stride]);
+            batch.chunks = BATCH_CHUNKS;
+            batch.final_len = stride;
+            engine.submit(batch).unwrap();
+        }
+        for batch_index in 0..3 {
+            let batch = engine.next().unwrap().unwrap();
+            if batch_index < 2 {
+                assert_eq!(batch.refused, None);
+                continue;
+            }
+            assert_eq!(batch.refused, Some(bad as u64));
+            assert!(
+                batch.data.iter().all(|&b| b == 0),
+                "a refused batch kept bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrong_key_is_found_before_anything_is_released_or_written() {
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let stream = Stream::default()
+            .dir("d")
+            .file("d/f", &pseudo_random(3 * BATCH_CHUNKS * CHUNK, 14))
+            .end();
+        let archive = seal(&stream, &header, &[14u8; KEY_LEN]);
+        for threads in [1, 2, 4] {
+            let (released, outcome) = open_on(&archive, &[15u8; KEY_LEN], threads);
+            assert!(released.is_empty());
+            let err = outcome.unwrap_err();
+            assert!(matches!(err, Error::WrongKey(_)), "{err}");
+        }
+        // A bad chunk in the first batch after chunk 0: the reader opens, and releases
+        // nothing; extraction writes nothing.
+        let mut damaged = archive.clone();
+        damaged[HEADER_LEN + 3 * (CHUNK + TAG_LEN) + 1] ^= 1;
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        for threads in [1, 3] {
+            let mut reader =
+                Reader::with_key_on(&damaged[HEADER_LEN..], &header, &[14u8; KEY_LEN], threads)
+                    .unwrap();
+            let err = read_tree(&mut reader, Some(&dest), &mut |_| {}).unwrap_err();
+            assert!(err.to_string().contains("at chunk 3"), "{err}");
+            assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn counters_go_on_across_batches_and_only_the_final_chunk_is_last() {
+        // Each chunk opened by hand, with the counter and last flag the format says.
+        let key = [16u8; KEY_LEN];
+        let header = test_header(CHEAP_KDF, MIN_CHUNK_SIZE);
+        let plaintext = pseudo_random(2 * BATCH_CHUNKS * CHUNK + CHUNK, 16);
+        let archive = seal_on(&plaintext, &header, &key, 3, 100_000);
+        let aead = cipher(&key);
+        let aad = header.encode();
+        let stored: Vec<&[u8]> = archive[HEADER_LEN..].chunks(CHUNK + TAG_LEN).collect();
+        assert_eq!(stored.len(), 2 * BATCH_CHUNKS + 1);
+        for (i, chunk) in stored.iter().enumerate() {
+            let mut nonce = [0u8; 12];
+            nonce[..7].copy_from_slice(&header.nonce_prefix);
+            nonce[7..11].copy_from_slice(&(i as u32).to_be_bytes());
+            nonce[11] = u8::from(i + 1 == stored.len());
+            let payload = chacha20poly1305::aead::Payload {
+                msg: chunk,
+                aad: &aad,
+            };
+            let opened = chacha20poly1305::aead::Aead::decrypt(
+                &aead,
+                GenericArray::from_slice(&nonce),
+                payload,
+            )
+            .unwrap_or_else(|_| panic!("chunk {i}"));
+            assert!(opened[..] == plaintext[i * CHUNK..(i * CHUNK + CHUNK).min(plaintext.len())]);
         }
     }
 }

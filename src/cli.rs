@@ -165,6 +165,9 @@ pub struct BackupArgs {
 
     #[command(flatten)]
     pub kdf: ArchiveKdfArgs,
+
+    #[command(flatten)]
+    pub stream: ArchiveStreamArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +184,9 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
+
+    #[command(flatten)]
+    pub stream: ArchiveStreamArgs,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +209,8 @@ pub struct RestoreArgs {
 
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
+    #[command(flatten)]
+    pub stream: ArchiveStreamArgs,
 }
 
 /// The cost of deriving an archive's key from its passphrase. The ranges and the cap on
@@ -221,6 +229,25 @@ pub struct ArchiveKdfArgs {
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub archive_kdf_iterations: u32,
+}
+
+/// How an archive's chunks are sealed or opened: crate::archive::Writer and Reader.
+#[derive(Debug, Args, Clone)]
+pub struct ArchiveStreamArgs {
+    /// Threads that encrypt or decrypt the archive, each 1 MiB of it at a time [default: one
+    /// per CPU available]. The archive is the same whatever the number; the memory it takes
+    /// is at most (2 x N + 2) MiB (1 MiB with one thread).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: Option<u16>,
+}
+
+impl ArchiveStreamArgs {
+    /// The number of worker threads asked for, or one per CPU available.
+    pub fn threads(&self) -> usize {
+        self.threads
+            .map_or_else(crate::archive::default_threads, usize::from)
+    }
 }
 
 const BACKUP_HELP: &str = "\

@@ -216,7 +216,8 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
             inner: std::io::BufWriter::with_capacity(1 << 20, sink),
             bytes: 0,
         };
-        let mut writer = archive::Writer::new(counted, &secret, params, CHUNK_SIZE)?;
+        let mut writer = archive::Writer::new(counted, &secret, params, CHUNK_SIZE)?
+            .with_threads(args.stream.threads());
         let mut progress = Progress::new(out, "backup", Some(total));
         let tops: Vec<PathBuf> = tops.iter().map(PathBuf::from).collect();
         let stats = archive::write_tree(&root, &tops, &mut writer, &mut |b| progress.update(b))?;
@@ -306,13 +307,14 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
+/// The archive, unbuffered: its reader reads it 1 MiB at a time.
 fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     if file == Path::new("-") {
         return Ok((Box::new(std::io::stdin().lock()), None));
     }
     let f = File::open(file).map_err(crate::error::io_at("opening", file))?;
     let len = f.metadata().ok().map(|m| m.len());
-    Ok((Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len))
+    Ok((Box::new(f), len))
 }
 
 type ArchiveReader = archive::Reader<Box<dyn Read>>;
@@ -323,18 +325,20 @@ type ArchiveReader = archive::Reader<Box<dyn Read>>;
 fn open_reader(
     global: &GlobalArgs,
     args: &crate::cli::PassphraseArgs,
+    stream: &crate::cli::ArchiveStreamArgs,
     out: Output,
     file: &Path,
 ) -> Result<(ArchiveReader, Option<u64>)> {
     let (input, len) = open_archive(file)?;
-    let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())?;
+    let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())?
+        .with_threads(stream.threads());
     let secret = super::read_secret_safely(global, args, out, "Backup passphrase", false, None)?;
     out.progress("deriving the archive key (argon2id)");
     Ok((keyless.unlock(&secret)?, len))
 }
 
 fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
-    let (mut reader, len) = open_reader(global, &args.passphrase, out, &args.file)?;
+    let (mut reader, len) = open_reader(global, &args.passphrase, &args.stream, out, &args.file)?;
     let mut progress = Progress::new(out, "verify", len);
     let stats = archive::read_tree(&mut reader, None, &mut |b| progress.update(b))?;
     progress.finish();
@@ -497,7 +501,7 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         Some(feature_folders(&volume, dialect, &args.features)?)
     };
     let _lock = super::exclusive()?;
-    let (mut reader, len) = open_reader(global, &args.passphrase, out, &args.file)?;
+    let (mut reader, len) = open_reader(global, &args.passphrase, &args.stream, out, &args.file)?;
     let mut progress = Progress::new(out, "restore", len);
     let staging = if args.dry_run {
         None
