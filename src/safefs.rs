@@ -118,6 +118,18 @@ impl Dir {
         })
     }
 
+    /// The folder opened again for reading (its own descriptor is `O_PATH`): for fsync,
+    /// fchown/fchmod, xattrs and listing, through this very folder, never by name.
+    pub fn open_readable(&self) -> Result<OwnedFd> {
+        openat(
+            &self.fd,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(|| format!("opening {}", self.path.display()))
+    }
+
     /// `/proc/self/fd/N`: a path that names exactly this directory, for mount(2).
     pub fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
@@ -258,13 +270,7 @@ impl AclEntry {
 /// Without a live user, no ACL at all.
 pub fn set_mount_root_access(dir: &Dir, live_uid: Option<u32>) -> Result<()> {
     let shown = || format!("setting the owner and mode of {}", dir.path.display());
-    let fd = openat(
-        &dir.fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context(shown)?;
+    let fd = dir.open_readable()?;
     nix::unistd::fchown(&fd, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).context(shown)?;
     nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o770)).context(shown)?;
     let acl_shown = || format!("setting the ACL of {}", dir.path.display());
@@ -563,13 +569,7 @@ fn give(fd: &OwnedFd, owner: Owner, shown: &Path) -> Result<()> {
 
 /// Sets the owner and mode of an open folder, through its descriptor.
 pub fn set_owner(dir: &Dir, owner: Owner) -> Result<()> {
-    let fd = openat(
-        &dir.fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context(|| format!("opening {}", dir.path.display()))?;
+    let fd = dir.open_readable()?;
     give(&fd, owner, &dir.path)
 }
 
@@ -768,13 +768,7 @@ pub fn remove_file_in(dir: &Dir, name: &str) -> Result<bool> {
 pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owner) -> Result<()> {
     let shown = dir.path.join(name);
     // The directory was opened O_PATH; reopen it for the fsync and the *at calls.
-    let dirfd = openat(
-        &dir.fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context(|| format!("opening {}", dir.path.display()))?;
+    let dirfd = dir.open_readable()?;
     let tmp_name = format!(".{name}.keepsake-new");
     let _ = nix::unistd::unlinkat(
         &dirfd,
@@ -844,13 +838,7 @@ impl Entry {
 /// The entries of an open folder, sorted by name. An entry gone between the listing and
 /// its stat is left out.
 pub fn list(dir: &Dir) -> Result<Vec<Entry>> {
-    let fd = openat(
-        &dir.fd,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context(|| format!("opening {}", dir.path.display()))?;
+    let fd = dir.open_readable()?;
     let mut listing =
         nix::dir::Dir::from_fd(fd).context(|| format!("listing {}", dir.path.display()))?;
     let mut names = Vec::new();
