@@ -363,9 +363,13 @@ fn lock_volume(
 
 /// The loop devices of a volume: those under its mapping, and those of its container file.
 fn loops_of(unlocked: &Unlocked, backing: Option<&Path>) -> Vec<String> {
-    let mut loops: Vec<String> = unlocked
-        .mapping
-        .slaves
+    attached_loops(&unlocked.mapping.slaves, backing)
+}
+
+/// Of `candidates`, the loop devices still attached, and those attached to the container
+/// file `backing`; sorted, each once.
+fn attached_loops(candidates: &[String], backing: Option<&Path>) -> Vec<String> {
+    let mut loops: Vec<String> = candidates
         .iter()
         .filter(|s| devices::loop_backing_file(s).is_some())
         .cloned()
@@ -507,17 +511,7 @@ fn verify_gone(layout: &Layout, backing: Option<&Path>, loops: &[String]) -> Vec
             left.push(format!("mount {}", m.mount_point.display()));
         }
     }
-    let mut attached: Vec<String> = loops
-        .iter()
-        .filter(|lo| devices::loop_backing_file(lo).is_some())
-        .cloned()
-        .collect();
-    if let Some(file) = backing.filter(|b| b.is_file()) {
-        attached.extend(devices::loops_backed_by(file));
-    }
-    attached.sort();
-    attached.dedup();
-    for lo in attached {
+    for lo in attached_loops(loops, backing) {
         left.push(format!("loop device /dev/{lo}"));
     }
     left
