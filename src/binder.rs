@@ -1002,18 +1002,14 @@ mod tests {
 
     /// Sets an access ACL giving `uid` the permissions `perm` (and the mask rwx).
     fn set_acl(path: &Path, uid: u32, perm: u16) {
-        let mut acl = vec![2u8, 0, 0, 0];
-        for (tag, perm, id) in [
-            (0x01u16, 7u16, u32::MAX),
-            (0x02, perm, uid),
-            (0x04, 5, u32::MAX),
-            (0x10, 7, u32::MAX),
-            (0x20, 5, u32::MAX),
-        ] {
-            acl.extend_from_slice(&tag.to_le_bytes());
-            acl.extend_from_slice(&perm.to_le_bytes());
-            acl.extend_from_slice(&id.to_le_bytes());
-        }
+        let entry = |tag, perm, id| safefs::AclEntry { tag, perm, id };
+        let acl = safefs::acl_xattr(&[
+            entry(safefs::AclEntry::USER_OBJ, 7, u32::MAX),
+            entry(safefs::AclEntry::USER, perm, uid),
+            entry(safefs::AclEntry::GROUP_OBJ, 5, u32::MAX),
+            entry(safefs::AclEntry::MASK, 7, u32::MAX),
+            entry(safefs::AclEntry::OTHER, 5, u32::MAX),
+        ]);
         let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: NUL-terminated path and name, and a buffer of the length given.
         let rc = unsafe {
