@@ -175,12 +175,14 @@ pub fn describe_all(volumes: &[Unlocked]) -> String {
 /// account) could have written is refused whole: then any line of it may be an
 /// attacker's.
 pub fn read_config(volume: &Dir, dialect: Dialect) -> Result<Option<ConfigFile>> {
-    let shared = read_config_file(volume, CONFIG_FILE, dialect)?;
-    if dialect != Dialect::Tails {
-        return Ok(shared);
+    match read_config_file(volume, CONFIG_FILE, dialect)? {
+        Some(shared) => with_keepsake_lines(volume, shared).map(Some),
+        // No persistence.conf: keepsake.conf's lines, if it has any, are the config.
+        None => {
+            let own = with_keepsake_lines(volume, ConfigFile::new(dialect))?;
+            Ok((!own.lines.is_empty()).then_some(own))
+        }
     }
-    let own = with_keepsake_lines(volume, shared.unwrap_or_else(|| ConfigFile::new(dialect)))?;
-    Ok((!own.lines.is_empty()).then_some(own))
 }
 
 /// In the Tails layout, `config` (persistence.conf) followed by the lines of keepsake.conf
@@ -746,6 +748,26 @@ mod tests {
         assert!(back.remove_source(Path::new("tor-state")));
         write_config(&volume, &back).unwrap();
         assert!(!tmp.path().join(KEEPSAKE_CONFIG_FILE).exists());
+    }
+
+    #[test]
+    fn an_empty_persistence_conf_is_a_config_with_no_feature_not_a_missing_one() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let tmp = tempfile::tempdir().unwrap();
+        let (volume, _) = safefs::open_dir(tmp.path(), None).unwrap();
+        for dialect in [Dialect::Tails, Dialect::LiveBoot] {
+            assert_eq!(read_config(&volume, dialect).unwrap(), None);
+        }
+        std::fs::write(tmp.path().join(CONFIG_FILE), "").unwrap();
+        std::fs::set_permissions(
+            tmp.path().join(CONFIG_FILE),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        for dialect in [Dialect::Tails, Dialect::LiveBoot] {
+            let config = read_config(&volume, dialect).unwrap().expect("present");
+            assert_eq!(config.entries().count(), 0);
+        }
     }
 
     #[test]
