@@ -252,10 +252,7 @@ impl ConfigFile {
                 entry.method.option().unwrap_or("bind")
             ));
         }
-        let mut candidate = self.clone();
-        let text = entry.render(self.dialect);
-        candidate.lines.push(Line::Other(text));
-        let reparsed = ConfigFile::parse(&candidate.render(), self.dialect);
+        let reparsed = self.with_line(&entry);
         match reparsed.lines.last() {
             Some(Line::Invalid { error, .. }) => return Err(error.reason.clone()),
             Some(Line::Entry { entry: back, .. }) if *back == entry => {}
@@ -266,7 +263,7 @@ impl ConfigFile {
                 ));
             }
         }
-        if let Some(why) = self.nesting_with(&entry) {
+        if let Some(why) = self.nesting_added(&reparsed) {
             return Err(why);
         }
         *self = reparsed;
@@ -276,12 +273,23 @@ impl ConfigFile {
     /// Why adding `entry` would give two features the same or nested sources, if it would
     /// (the new line may be the inner or the outer one).
     pub fn nesting_with(&self, entry: &Entry) -> Option<String> {
+        self.nesting_added(&self.with_line(entry))
+    }
+
+    /// This file with `entry`'s line appended, read back as its reader reads it.
+    fn with_line(&self, entry: &Entry) -> ConfigFile {
         let mut candidate = self.clone();
         candidate
             .lines
             .push(Line::Other(entry.render(self.dialect)));
-        let before = self.nested_sources();
         ConfigFile::parse(&candidate.render(), self.dialect)
+    }
+
+    /// Why `after` (this file with lines added) has same or nested sources this one has
+    /// not, if it has.
+    fn nesting_added(&self, after: &ConfigFile) -> Option<String> {
+        let before = self.nested_sources();
+        after
             .nested_sources()
             .into_iter()
             .find(|found| !before.contains(found))
