@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::EXIT_CODES_HELP;
-use crate::layout::LayoutProfile;
+use crate::persistence::layout::LayoutProfile;
 
 const ABOUT: &str = "An encrypted, chosen memory for amnesic live systems";
 

@@ -6,10 +6,10 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use keepsake::binder;
-use keepsake::config::{Entry, Method};
-use keepsake::features::ResolvedEntry;
+use keepsake::persistence::config::{Entry, Method};
+use keepsake::persistence::features::ResolvedEntry;
 use keepsake::safefs::{self, Owner};
+use keepsake::session::binder;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, mkdirat};
 

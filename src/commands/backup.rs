@@ -19,15 +19,15 @@ use serde::Serialize;
 
 use crate::archive::{self, KdfParams, TreeStats};
 use crate::cli::{BackupArgs, BackupCommand, GlobalArgs, RestoreArgs, VerifyArgs};
-use crate::config::Dialect;
 use crate::error::{Context, Error, Result, at};
-use crate::features::Feature;
-use crate::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE};
-use crate::mounts::{self, Mount};
+use crate::host::mounts::{self, Mount};
 use crate::output::{Output, Progress};
+use crate::persistence::config::Dialect;
+use crate::persistence::features::Feature;
+use crate::persistence::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE};
 use crate::safefs;
-use crate::treewalk::{self, Id, id_of, is_dir, list_dir, open_dir_at};
-use crate::unlocked::{self, Unlocked};
+use crate::safefs::treewalk::{self, Id, id_of, is_dir, list_dir, open_dir_at};
+use crate::session::unlocked::{self, Unlocked};
 
 /// Plaintext bytes per archive chunk.
 const CHUNK_SIZE: u32 = 64 * 1024;
@@ -560,7 +560,7 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         if !configs.is_empty() {
             // The archive's config is not trusted as it is: only lines that pass the rules
             // of every activation stay.
-            let host = crate::features::SystemHost::new(None);
+            let host = crate::persistence::features::SystemHost::new(None);
             report.config_dropped = unlocked::drop_untrusted_lines(&volume, dialect, &host)?;
             for line in &report.config_dropped {
                 out.warn(format!("persistence.conf: dropped {line}"));
@@ -1068,7 +1068,7 @@ mod tests {
         );
         assert!(!holds_data(&volume, "missing").unwrap());
     }
-    use crate::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
+    use crate::safefs::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
     use std::cell::Cell;
     use std::collections::BTreeMap;
     use std::os::unix::fs::{PermissionsExt, symlink};

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, GlobalArgs};
-use crate::config::{ConfigFile, Dialect};
 use crate::error::{Error, Result};
-use crate::layout::{CONFIG_FILE, LayoutProfile};
+use crate::host::tools::{self, FsckReport};
 use crate::output::Output;
+use crate::persistence::config::{ConfigFile, Dialect};
+use crate::persistence::layout::{CONFIG_FILE, LayoutProfile};
 use crate::safefs::{self, Owner};
-use crate::tools::{self, FsckReport};
-use crate::unlocked;
+use crate::session::unlocked;
 use crate::volume::{self, HeaderInfo};
 
 const MAPPING: &str = "keepsake-inspect";
@@ -51,7 +51,7 @@ impl Inspection {
         secret: &crate::secrets::Secret,
         read_only: bool,
     ) -> Result<Inspection> {
-        if let Some(m) = crate::devices::find_mapping(MAPPING) {
+        if let Some(m) = crate::host::devices::find_mapping(MAPPING) {
             return Err(Error::Busy(format!(
                 "a mapping named {} ({}) exists already; nothing was changed",
                 m.name, m.kernel_name
@@ -69,9 +69,9 @@ impl Inspection {
         let (point, _) =
             safefs::open_beneath(&runtime, Path::new("inspect"), Some(super::ROOT_ONLY))?;
         if read_only {
-            crate::mounts::mount_ext4_read_only(&self.device, &point.path)?;
+            crate::host::mounts::mount_ext4_read_only(&self.device, &point.path)?;
         } else {
-            crate::mounts::mount_ext4(&self.device, &point.path)?;
+            crate::host::mounts::mount_ext4(&self.device, &point.path)?;
         }
         self.mount_point = Some(point.path.clone());
         safefs::open_dir(&point.path, None).map(|(d, _)| d)
@@ -82,7 +82,7 @@ impl Drop for Inspection {
     fn drop(&mut self) {
         unlocked::sync_all();
         if let Some(point) = self.mount_point.take()
-            && crate::mounts::unmount(&point).is_err()
+            && crate::host::mounts::unmount(&point).is_err()
         {
             // Something still holds it: detach it now, the kernel finishes when it lets go.
             let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
@@ -102,7 +102,7 @@ fn prepare(
     why: &str,
 ) -> Result<(PathBuf, HeaderInfo, crate::secrets::Secret)> {
     super::require_root()?;
-    crate::kernel::require_dm_crypt(&format!("{doing} a volume"))?;
+    crate::host::kernel::require_dm_crypt(&format!("{doing} a volume"))?;
     let layout = super::layout(global, None);
     let searched = args.volume.device.is_none() && args.volume.image.is_none();
     let backing = match super::find_volume(&args.volume, &layout) {
@@ -110,8 +110,8 @@ fn prepare(
         // persistence or LUKS device not open yet (unlock tries several; check and repair
         // open the volume their own way, so they ask which).
         Err(Error::NotFound(why)) if searched && layout.profile == LayoutProfile::LiveBoot => {
-            let table = crate::mounts::read_mountinfo()?;
-            match crate::discovery::unopened_candidates(&table).as_slice() {
+            let table = crate::host::mounts::read_mountinfo()?;
+            match crate::volume::discovery::unopened_candidates(&table).as_slice() {
                 [one] => one.clone(),
                 [] => return Err(Error::NotFound(why)),
                 many => {
@@ -283,7 +283,7 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
         Err(e) => return Err(e),
     };
     let Some(raw) = raw else {
-        let host = crate::features::SystemHost::new(None);
+        let host = crate::persistence::features::SystemHost::new(None);
         unlocked::write_config(volume, &super::create::default_config(&host, profile)?)?;
         changed.push(format!(
             "{CONFIG_FILE} was missing: written with the default features"

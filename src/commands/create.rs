@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{CreateArgs, GlobalArgs};
-use crate::config::ConfigFile;
-use crate::disks::{self, Region};
 use crate::error::{Context, Error, Result, at};
-use crate::features::{CATALOGUE, SystemHost};
-use crate::layout::{Layout, LayoutProfile, TAILS_PARTITION_TYPE};
-use crate::mounts;
+use crate::host::disks::{self, Region};
+use crate::host::mounts;
+use crate::host::tools;
 use crate::output::Output;
+use crate::persistence::config::ConfigFile;
+use crate::persistence::features::{CATALOGUE, SystemHost};
+use crate::persistence::layout::{Layout, LayoutProfile, TAILS_PARTITION_TYPE};
 use crate::safefs;
 use crate::secrets::Secret;
-use crate::tools;
-use crate::unlocked;
+use crate::session::unlocked;
 use crate::volume::{self, KeyslotInfo};
 
 /// The smallest volume: the LUKS2 header takes 16 MiB, ext4 needs a few more.
@@ -66,7 +66,7 @@ impl Drop for Rollback {
 
 pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     super::require_root()?;
-    crate::kernel::require_dm_crypt("creating a volume")?;
+    crate::host::kernel::require_dm_crypt("creating a volume")?;
     let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
     let host = SystemHost::new(args.live_user.as_deref());

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{DeleteArgs, GlobalArgs};
-use crate::disks;
 use crate::error::{Context, Error, Result, at};
+use crate::host::disks;
 use crate::output::Output;
 use crate::volume;
 
@@ -139,7 +139,7 @@ fn overwrite_random(path: &Path, len: u64) -> Result<()> {
     let mut left = len;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;
-        crate::recovery::fill_random(&mut chunk[..n])?;
+        crate::volume::recovery::fill_random(&mut chunk[..n])?;
         f.write_all(&chunk[..n]).context(at("overwriting", path))?;
         left -= n as u64;
     }

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{FeatureCommand, GlobalArgs};
-use crate::config::{ConfigFile, Dialect, Entry, Method};
 use crate::error::{Error, Result};
-use crate::features::{CATALOGUE, Feature, SystemHost};
 use crate::output::Output;
+use crate::persistence::config::{ConfigFile, Dialect, Entry, Method};
+use crate::persistence::features::{CATALOGUE, Feature, SystemHost};
 use crate::safefs::Dir;
-use crate::unlocked::{self, Unlocked};
+use crate::session::unlocked::{self, Unlocked};
 
 #[derive(Debug, Serialize)]
 pub struct FeatureListing {
@@ -83,10 +83,13 @@ impl Open {
             .all(|e| self.config.find_source(&e.source).is_some())
     }
 
-    fn resolve(&self, entries: &[Entry]) -> Result<Vec<crate::features::ResolvedEntry>> {
+    fn resolve(
+        &self,
+        entries: &[Entry],
+    ) -> Result<Vec<crate::persistence::features::ResolvedEntry>> {
         entries
             .iter()
-            .map(|e| crate::features::resolve(e, &self.host))
+            .map(|e| crate::persistence::features::resolve(e, &self.host))
             .collect()
     }
 

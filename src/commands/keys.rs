@@ -89,7 +89,7 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
             }
             volume::require_affordable(&backing, "adding a recovery key to")?;
             let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
-            let key = crate::recovery::generate()?;
+            let key = crate::volume::recovery::generate()?;
             out.progress("adding the recovery key's keyslot");
             let keyslot = volume::add_keyslot(
                 &backing,

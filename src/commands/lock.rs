@@ -6,18 +6,18 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::binder::{self, Teardown};
 use crate::cli::{GlobalArgs, LockArgs};
-use crate::config::Method;
-use crate::devices;
 use crate::error::{Error, Result};
-use crate::features::SystemHost;
-use crate::layout::{Layout, LayoutProfile};
-use crate::mounts;
+use crate::host::devices;
+use crate::host::mounts;
+use crate::host::processes::{self, Holder};
 use crate::output::Output;
-use crate::processes::{self, Holder};
-use crate::tor;
-use crate::unlocked::{self, Unlocked};
+use crate::persistence::config::Method;
+use crate::persistence::features::SystemHost;
+use crate::persistence::layout::{Layout, LayoutProfile};
+use crate::session::binder::{self, Teardown};
+use crate::session::tor;
+use crate::session::unlocked::{self, Unlocked};
 use crate::volume;
 
 #[derive(Debug, Default, Serialize)]
@@ -433,7 +433,10 @@ fn describe(holders: &[Holder]) -> String {
         .join(", ")
 }
 
-fn link_destinations(unlocked: &Unlocked, dialect: crate::config::Dialect) -> Vec<PathBuf> {
+fn link_destinations(
+    unlocked: &Unlocked,
+    dialect: crate::persistence::config::Dialect,
+) -> Vec<PathBuf> {
     let Ok(dir) = unlocked.volume_dir() else {
         return vec![];
     };
@@ -531,7 +534,7 @@ fn leftovers_error(leftovers: Vec<String>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mounts::parse_mountinfo;
+    use crate::host::mounts::parse_mountinfo;
 
     /// live-boot's session: the volume, a bind, a union with a user's mount on it, links.
     const LIVE_BOOT: &str = "\

@@ -18,11 +18,11 @@ use std::path::PathBuf;
 
 use crate::cli::{Cli, Command, GlobalArgs, KdfArgs, PassphraseArgs, VolumeArgs};
 use crate::error::{Error, Result};
-use crate::layout::Layout;
+use crate::host::preflight::{self, Overrides};
+use crate::host::{disks, mounts};
 use crate::output::Output;
-use crate::preflight::{self, Overrides};
+use crate::persistence::layout::Layout;
 use crate::secrets::{self, Secret, SecretSource};
-use crate::{disks, mounts};
 
 pub fn run(cli: Cli) -> Result<()> {
     let out = Output {
@@ -104,7 +104,11 @@ pub const ROOT_ONLY: crate::safefs::Owner = crate::safefs::Owner {
 
 /// /run/keepsake (in RAM, as the preflight checks), created root-only if missing.
 pub fn runtime_dir() -> Result<crate::safefs::Dir> {
-    crate::safefs::open_dir(Path::new(crate::layout::RUNTIME_DIR), Some(ROOT_ONLY)).map(|(d, _)| d)
+    crate::safefs::open_dir(
+        Path::new(crate::persistence::layout::RUNTIME_DIR),
+        Some(ROOT_ONLY),
+    )
+    .map(|(d, _)| d)
 }
 
 /// One keepsake command at a time changes volumes: held for the life of the command.
@@ -142,7 +146,7 @@ pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
 /// about 2 s under a memory ceiling that this machine can afford.
 pub fn kdf_choice(
     kdf: &KdfArgs,
-    profile: crate::layout::LayoutProfile,
+    profile: crate::persistence::layout::LayoutProfile,
 ) -> crate::volume::KdfChoice {
     use crate::volume::{KdfChoice, KdfCost};
     match (kdf.pbkdf_memory, kdf.pbkdf_force_iterations) {
@@ -151,7 +155,9 @@ pub fn kdf_choice(
             iterations,
             parallel: kdf.pbkdf_parallel,
         }),
-        _ if profile == crate::layout::LayoutProfile::Tails && kdf.pbkdf_max_memory.is_none() => {
+        _ if profile == crate::persistence::layout::LayoutProfile::Tails
+            && kdf.pbkdf_max_memory.is_none() =>
+        {
             KdfChoice::Fixed(crate::volume::tails_kdf_cost(
                 crate::volume::mem_total_kib(),
                 crate::volume::mem_available_kib(),
@@ -169,7 +175,7 @@ pub fn kdf_choice(
 /// Refuses when the volume at `backing` is open: its partition, or a loop device of its
 /// container file, has a holder (the dm-crypt mapping).
 pub fn require_locked(backing: &Path, why: &str) -> Result<()> {
-    if let Some(mapping) = crate::devices::holder_of(backing) {
+    if let Some(mapping) = crate::host::devices::holder_of(backing) {
         return Err(Error::Busy(format!(
             "{} is unlocked (as {mapping}); {why}: run keepsake lock first; nothing was changed",
             backing.display()
@@ -179,10 +185,13 @@ pub fn require_locked(backing: &Path, why: &str) -> Result<()> {
 }
 
 /// The unlocked volume and where it is mounted, or why there is none.
-pub fn unlocked_volume(global: &GlobalArgs) -> Result<(crate::unlocked::Unlocked, PathBuf)> {
-    let unlocked = crate::unlocked::Unlocked::find(&layout(global, None))?.ok_or_else(|| {
-        Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
-    })?;
+pub fn unlocked_volume(
+    global: &GlobalArgs,
+) -> Result<(crate::session::unlocked::Unlocked, PathBuf)> {
+    let unlocked =
+        crate::session::unlocked::Unlocked::find(&layout(global, None))?.ok_or_else(|| {
+            Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
+        })?;
     let root = unlocked.mount_root.clone().ok_or_else(|| {
         Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
     })?;

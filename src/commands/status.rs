@@ -6,10 +6,10 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, StatusArgs};
 use crate::error::Result;
-use crate::features::SystemHost;
-use crate::layout::LayoutProfile;
 use crate::output::Output;
-use crate::unlocked::{self, FeatureReport, FeatureState, Unlocked};
+use crate::persistence::features::SystemHost;
+use crate::persistence::layout::LayoutProfile;
+use crate::session::unlocked::{self, FeatureReport, FeatureState, Unlocked};
 
 use super::unlock::ConfigErrorReport;
 
@@ -92,13 +92,14 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
             }
         },
     };
-    let pids = crate::tor::pids_using_data_dir();
+    let pids = crate::session::tor::pids_using_data_dir();
     report.tor.running = !pids.is_empty();
     report.tor.pids = pids;
     let mut volumes = Vec::new();
     for u in Unlocked::find_all()? {
         if u.table.iter().any(|m| {
-            m.dev == u.mapping.dev && m.mount_point == std::path::Path::new(crate::tor::DATA_DIR)
+            m.dev == u.mapping.dev
+                && m.mount_point == std::path::Path::new(crate::session::tor::DATA_DIR)
         }) {
             report.tor.state = "persistent";
         }
@@ -121,18 +122,18 @@ pub fn run(global: &GlobalArgs, _args: StatusArgs, out: Output) -> Result<()> {
 
 /// One open volume: its devices, keyslots, and each feature's state.
 fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
-    let layout = crate::layout::Layout::new(u.profile, None);
+    let layout = crate::persistence::layout::Layout::new(u.profile, None);
     let record = unlocked::read_record(&layout).filter(|r| r.mapping == u.mapping.name);
     let backing_dev = u
         .mapping
         .slaves
         .first()
-        .map(|s| crate::devices::dev_path(s));
+        .map(|s| crate::host::devices::dev_path(s));
     let image = u
         .mapping
         .slaves
         .first()
-        .and_then(|s| crate::devices::loop_backing_file(s));
+        .and_then(|s| crate::host::devices::loop_backing_file(s));
     let keyslots = record
         .as_ref()
         .map(|r| r.backing.clone())
@@ -146,7 +147,7 @@ fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
             opened_at_boot: record.is_none(),
             keyslots,
             mapping: u.mapping.name.clone(),
-            device: crate::devices::dev_path(&u.mapping.kernel_name),
+            device: crate::host::devices::dev_path(&u.mapping.kernel_name),
             backing: backing_dev,
             image,
             mount_root: u.mount_root.clone(),

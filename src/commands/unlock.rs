@@ -5,18 +5,18 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, UnlockArgs};
-use crate::config::LineError;
-use crate::devices;
-use crate::discovery;
 use crate::error::{Error, Result};
-use crate::features::SystemHost;
-use crate::layout::{Layout, LayoutProfile};
-use crate::mounts;
+use crate::host::devices;
+use crate::host::mounts;
+use crate::host::tools::{self, FsckResult};
 use crate::output::Output;
+use crate::persistence::config::LineError;
+use crate::persistence::features::SystemHost;
+use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::safefs;
-use crate::tools::{self, FsckResult};
-use crate::unlocked::{self, FailedFeature, FeatureReport, FeatureState, Record};
+use crate::session::unlocked::{self, FailedFeature, FeatureReport, FeatureState, Record};
 use crate::volume;
+use crate::volume::discovery;
 
 #[derive(Debug, Serialize)]
 struct UnlockReport {
@@ -53,16 +53,16 @@ impl From<&LineError> for ConfigErrorReport {
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     super::require_root()?;
-    crate::kernel::require_dm_crypt("unlocking a volume")?;
+    crate::host::kernel::require_dm_crypt("unlocking a volume")?;
     let profile = super::layout(global, args.mount_root.as_deref());
-    let open: Vec<_> = crate::unlocked::Unlocked::find_all()?
+    let open: Vec<_> = crate::session::unlocked::Unlocked::find_all()?
         .into_iter()
         .filter(|u| u.profile == profile.profile)
         .collect();
     if !open.is_empty() {
         return Err(Error::Busy(format!(
             "already unlocked: {}; run keepsake lock first",
-            crate::unlocked::describe_all(&open)
+            crate::session::unlocked::describe_all(&open)
         )));
     }
     let _lock = super::exclusive()?;
@@ -129,7 +129,7 @@ fn read_unlock_secret(
             false,
             Some(backing),
         )?;
-        crate::recovery::normalize(&typed)
+        crate::volume::recovery::normalize(&typed)
     } else {
         super::read_passphrase(global, &args.passphrase, out, backing)
     }
@@ -350,7 +350,7 @@ fn mount_and_activate(
     // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
     // live user reaches its features' folders (and the dotfiles' links) and lists nothing.
     safefs::set_mount_root_access(&volume_dir, host.live_user.as_ref().ok().map(|u| u.uid))?;
-    if layout.profile == crate::layout::LayoutProfile::Tails
+    if layout.profile == crate::persistence::layout::LayoutProfile::Tails
         && let Ok(user) = &host.live_user
     {
         // And, as Tails does, the live user's top-level folders lose any group and other

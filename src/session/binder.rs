@@ -8,10 +8,10 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Entry, Method};
 use crate::error::{Context, Error, Result};
-use crate::features::{ResolvedEntry, SourceGuard};
-use crate::mounts::{self, Mount};
+use crate::host::mounts::{self, Mount};
+use crate::persistence::config::{Entry, Method};
+use crate::persistence::features::{ResolvedEntry, SourceGuard};
 use crate::safefs::{self, Dir, Displaced, Made};
 
 /// What to do for one feature line.
@@ -36,7 +36,7 @@ pub fn bind_is_active(
     entry_source: &Path,
     dest: &Path,
 ) -> bool {
-    let root = if entry_source == Path::new(crate::config::VOLUME_ROOT) {
+    let root = if entry_source == Path::new(crate::persistence::config::VOLUME_ROOT) {
         PathBuf::from("/")
     } else {
         Path::new("/").join(entry_source)
@@ -569,8 +569,8 @@ pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Entry;
-    use crate::mounts::parse_mountinfo;
+    use crate::host::mounts::parse_mountinfo;
+    use crate::persistence::config::Entry;
     use crate::safefs::Owner;
 
     const VOL: (u32, u32) = (254, 0);

@@ -31,8 +31,8 @@ use nix::unistd::{Gid, Uid, Whence, fchown, fchownat, lseek, symlinkat};
 use zeroize::Zeroizing;
 
 use crate::error::{Context, Error, Result, at};
+use crate::safefs::treewalk::{self, DirStack, list_dir, open_dir_at};
 use crate::secrets::Secret;
-use crate::treewalk::{self, DirStack, list_dir, open_dir_at};
 
 #[cfg(test)]
 mod oracle;
@@ -122,9 +122,9 @@ impl KdfParams {
     }
 
     /// Refuses a memory cost above `available_kib` (MemAvailable), as a volume's keyslots
-    /// are refused: [`crate::preflight::require_kdf_memory`], [`Error::UnsafeHost`].
+    /// are refused: [`crate::host::preflight::require_kdf_memory`], [`Error::UnsafeHost`].
     pub fn require_affordable(&self, doing: &str, available_kib: Option<u64>) -> Result<()> {
-        crate::preflight::require_kdf_memory(doing, u64::from(self.memory_kib), available_kib)
+        crate::host::preflight::require_kdf_memory(doing, u64::from(self.memory_kib), available_kib)
     }
 
     /// Why these parameters are beyond the hard caps, if they are.
@@ -310,9 +310,9 @@ impl<W: Write> Writer<W> {
             return Err(Error::Usage(format!("backup {problem}")));
         }
         let mut salt = [0u8; SALT_LEN];
-        crate::recovery::fill_random(&mut salt)?;
+        crate::volume::recovery::fill_random(&mut salt)?;
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        crate::recovery::fill_random(&mut nonce_prefix)?;
+        crate::volume::recovery::fill_random(&mut nonce_prefix)?;
         Writer::with_header(
             inner,
             secret,
@@ -1000,7 +1000,7 @@ pub fn write_tree(
         .iter()
         .map(|name| name.to_string_lossy().into_owned())
         .collect();
-    // Iterative, with a bounded number of folders open: see crate::treewalk.
+    // Iterative, with a bounded number of folders open: see crate::safefs::treewalk.
     treewalk::walk(root_fd, root, &names, &mut |parent, name, path| {
         walk.entry(parent, name, path)
     })?;
@@ -1474,7 +1474,7 @@ fn read_file_layout(input: &mut impl Read, path: &[u8]) -> Result<(u64, Vec<(u64
 struct Extractor {
     dest: PathBuf,
     /// The folders last walked down to, by name, with descriptors open for the innermost
-    /// few only (see crate::treewalk): consecutive entries mostly share their parent, so
+    /// few only (see crate::safefs::treewalk): consecutive entries mostly share their parent, so
     /// each folder is opened about once, and a deep tree does not run out of descriptors.
     open: DirStack,
     /// Folders created, in archive order, with the metadata to give them at the end.
@@ -1699,7 +1699,7 @@ pub fn check_untrusted(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
+    use crate::safefs::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
     use chacha20poly1305::aead::stream::EncryptorBE32;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 

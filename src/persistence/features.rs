@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Entry, Method};
 use crate::error::{Error, Result};
+use crate::persistence::config::{Entry, Method};
 use crate::safefs::{AclEntry, Owner};
 
 /// Who owns a feature's folders.
@@ -221,11 +221,11 @@ impl Feature {
     }
 
     /// Whether a new volume of this layout has it enabled.
-    pub fn enabled_on_new(&self, profile: crate::layout::LayoutProfile) -> bool {
+    pub fn enabled_on_new(&self, profile: crate::persistence::layout::LayoutProfile) -> bool {
         match self.default {
             OnNewVolume::No => false,
             OnNewVolume::Always => true,
-            OnNewVolume::InTails => profile == crate::layout::LayoutProfile::Tails,
+            OnNewVolume::InTails => profile == crate::persistence::layout::LayoutProfile::Tails,
         }
     }
 
@@ -542,7 +542,7 @@ pub mod tests {
         let e = f.bindings[0].entry(&FakeHost).unwrap();
         assert_eq!(e.destination, Path::new("/home/amnesia/Persistent"));
         assert_eq!(
-            e.render(crate::config::Dialect::Tails),
+            e.render(crate::persistence::config::Dialect::Tails),
             "/home/amnesia/Persistent\tsource=Persistent"
         );
         let r = resolve(&e, &FakeHost).unwrap();

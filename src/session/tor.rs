@@ -99,7 +99,7 @@ fn status_uids(status: &str) -> Vec<u32> {
 impl Identity {
     /// The system's tor, if its binary is installed where root keeps programs.
     pub fn of_system() -> Option<Identity> {
-        let binary = crate::tools::find("tor")?;
+        let binary = crate::host::tools::find("tor")?;
         let binary_id = file_id(&binary)?;
         let mut uids = vec![0];
         if let Ok(Some(user)) = nix::unistd::User::from_name(TOR_ACCOUNT) {
@@ -277,7 +277,7 @@ fn systemd_runs() -> bool {
 }
 
 fn systemctl(args: &[&str]) -> Result<std::process::Output> {
-    crate::tools::run("systemctl", args, "systemd")
+    crate::host::tools::run("systemctl", args, "systemd")
 }
 
 /// The main pid systemd records for `unit` (0, or nothing, when it does not run).
@@ -349,7 +349,7 @@ pub fn stop(tor: &RunningTor) -> Result<()> {
         if !out.status.success() {
             return Err(Error::Internal(format!(
                 "systemctl stop {unit} failed: {}",
-                crate::tools::first_line(&out)
+                crate::host::tools::first_line(&out)
             )));
         }
     }
@@ -393,7 +393,7 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
                 let _ = stop(tor);
                 return Err(Error::Corrupt(format!(
                     "tor did not start ({unit}: {}); it is left stopped",
-                    crate::tools::first_line(&out)
+                    crate::host::tools::first_line(&out)
                 )));
             }
         }

@@ -4,6 +4,9 @@
 //! temporary file ever sees them. libcryptsetup's own messages are captured, never printed
 //! as they come, so that a failure reaches the user as one line.
 
+pub mod discovery;
+pub mod recovery;
+
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -342,7 +345,9 @@ fn require_affordable_keyslots(
     available_kib: Option<u64>,
 ) -> Result<()> {
     match costs_kib.iter().min() {
-        Some(&cheapest) => crate::preflight::require_kdf_memory(doing, cheapest, available_kib),
+        Some(&cheapest) => {
+            crate::host::preflight::require_kdf_memory(doing, cheapest, available_kib)
+        }
         None => Ok(()),
     }
 }

@@ -6,15 +6,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::binder::{self, Action};
-use crate::config::{self, ConfigFile, Dialect, Line, Method};
-use crate::devices::{self, Mapping};
 use crate::error::{Context, Error, Result};
-use crate::features::{self, Host, ResolvedEntry, Service};
-use crate::layout::{CONFIG_FILE, KEEPSAKE_CONFIG_FILE, Layout, LayoutProfile, RUNTIME_DIR};
-use crate::mounts::{self, Mount};
+use crate::host::devices::{self, Mapping};
+use crate::host::mounts::{self, Mount};
+use crate::persistence::config::{self, ConfigFile, Dialect, Line, Method};
+use crate::persistence::features::{self, Host, ResolvedEntry, Service};
+use crate::persistence::layout::{
+    CONFIG_FILE, KEEPSAKE_CONFIG_FILE, Layout, LayoutProfile, RUNTIME_DIR,
+};
 use crate::safefs::{self, Dir, Owner};
-use crate::tor;
+use crate::session::binder::{self, Action};
+use crate::session::tor;
 
 /// The largest persistence.conf accepted.
 pub const MAX_CONFIG: u64 = 64 * 1024;
@@ -103,7 +105,7 @@ impl Unlocked {
     }
 
     /// Every open persistence volume of either layout, from the kernel's tables
-    /// ([`crate::discovery::open_volumes`]), keepsake's runtime records vouching only for
+    /// ([`crate::volume::discovery::open_volumes`]), keepsake's runtime records vouching only for
     /// the live-boot mappings keepsake opened itself.
     pub fn find_all() -> Result<Vec<Unlocked>> {
         let table = mounts::read_mountinfo()?;
@@ -116,7 +118,7 @@ impl Unlocked {
                 })
                 .collect();
         Ok(
-            crate::discovery::open_volumes(&devices::all_mappings(), &table, &recorded)
+            crate::volume::discovery::open_volumes(&devices::all_mappings(), &table, &recorded)
                 .into_iter()
                 .map(|v| Unlocked {
                     profile: v.profile,
@@ -324,15 +326,22 @@ pub fn write_config(volume: &Dir, config: &ConfigFile) -> Result<()> {
 
 /// Writes the definitions of custom features (keepsake-features.conf): root's, 0600.
 pub fn write_custom(volume: &Dir, custom: &ConfigFile) -> Result<()> {
-    write_config_file(volume, crate::layout::CUSTOM_FEATURES_FILE, custom, (0, 0))
+    write_config_file(
+        volume,
+        crate::persistence::layout::CUSTOM_FEATURES_FILE,
+        custom,
+        (0, 0),
+    )
 }
 
 /// Reads the definitions of custom features, with persistence.conf's checks.
 pub fn read_custom(volume: &Dir, dialect: Dialect) -> Result<ConfigFile> {
-    Ok(
-        read_config_file(volume, crate::layout::CUSTOM_FEATURES_FILE, dialect)?
-            .unwrap_or_else(|| ConfigFile::new(dialect)),
-    )
+    Ok(read_config_file(
+        volume,
+        crate::persistence::layout::CUSTOM_FEATURES_FILE,
+        dialect,
+    )?
+    .unwrap_or_else(|| ConfigFile::new(dialect)))
 }
 
 /// Replaces one config file atomically, mode 0600, owned by `owner`.
@@ -623,7 +632,7 @@ fn deactivate_all_or_none(
                 crate::error::ExitCode::Busy => Error::Busy(format!(
                     "{} is in use ({}); close what uses it and try again",
                     e.destination.display(),
-                    crate::processes::holders_of(volume_dev)
+                    crate::host::processes::holders_of(volume_dev)
                         .iter()
                         .map(|h| h.to_string())
                         .collect::<Vec<_>>()
@@ -694,7 +703,7 @@ pub fn drop_caches() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::tests::FakeHost;
+    use crate::persistence::features::tests::FakeHost;
 
     #[test]
     fn a_source_nested_in_another_fails_alone() {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::mounts::Mount;
-use crate::tools;
+use crate::host::mounts::Mount;
+use crate::host::tools;
 
 /// Partitions start and end on 1 MiB boundaries, as every partitioning tool does now.
 pub const ALIGN_BYTES: u64 = 1 << 20;
@@ -371,7 +371,7 @@ pub fn find_persistence(
                 || (tails
                     && entry
                         .type_guid
-                        .eq_ignore_ascii_case(crate::layout::TAILS_PARTITION_TYPE));
+                        .eq_ignore_ascii_case(crate::persistence::layout::TAILS_PARTITION_TYPE));
             if let Some(p) = partitions.iter().find(|p| named && p.path() == entry.node) {
                 by_table.push(p.clone());
             }
@@ -438,7 +438,7 @@ pub fn check_disk_not_in_use(disk: &Path, mounts: &[&Mount]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mounts::parse_mountinfo;
+    use crate::host::mounts::parse_mountinfo;
 
     const TAILS_STICK: &str = r#"{
    "partitiontable": {

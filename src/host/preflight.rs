@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::mounts::{self, Mount};
+use crate::host::mounts::{self, Mount};
 
 /// Which failed checks the user has explicitly accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -298,7 +298,10 @@ pub fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Find
         .collect();
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     let fs_of = |p: &Path| mount_holding(&table, p).map(|m| m.fstype.clone());
-    let folders = [Path::new("/tmp"), Path::new(crate::layout::RUNTIME_DIR)];
+    let folders = [
+        Path::new("/tmp"),
+        Path::new(crate::persistence::layout::RUNTIME_DIR),
+    ];
     let stick = volume_file
         .and_then(|f| f.parent())
         .and_then(|dir| mount_holding(&table, dir))
@@ -371,7 +374,7 @@ fn swap_backing(path: &Path) -> SwapBacking {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mounts::parse_mountinfo;
+    use crate::host::mounts::parse_mountinfo;
 
     const NONE: Overrides = Overrides {
         unencrypted_swap: false,

@@ -542,7 +542,7 @@ mod tests {
     #[test]
     fn deep_walks_and_removals_hold_few_descriptors() {
         with_descriptor_limit(
-            "treewalk::tests::deep_walks_and_removals_hold_few_descriptors",
+            "safefs::treewalk::tests::deep_walks_and_removals_hold_few_descriptors",
             64,
             || {
                 let tmp = tempfile::tempdir().unwrap();

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::devices::Mapping;
-use crate::layout::{LIVE_BOOT_PERSISTENCE, Layout, LayoutProfile};
-use crate::mounts::Mount;
+use crate::host::devices::Mapping;
+use crate::host::mounts::Mount;
+use crate::persistence::layout::{LIVE_BOOT_PERSISTENCE, Layout, LayoutProfile};
 
 /// A persistence volume the kernel has open, and the layout it was found under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +107,7 @@ pub fn block_candidates() -> Vec<BlockCandidate> {
         std::fs::read_dir(Path::new("/sys/class/block").join(name).join("holders"))
             .is_ok_and(|mut d| d.next().is_some())
     };
-    let mut found: Vec<BlockCandidate> = crate::disks::all_partitions()
+    let mut found: Vec<BlockCandidate> = crate::host::disks::all_partitions()
         .into_iter()
         .map(|p| BlockCandidate {
             luks: crate::volume::has_luks_magic(&p.path()),
@@ -127,13 +127,14 @@ pub fn block_candidates() -> Vec<BlockCandidate> {
         {
             continue;
         }
-        let Ok(bd) = crate::disks::block_device(&crate::devices::dev_path(&name)) else {
+        let Ok(bd) = crate::host::disks::block_device(&crate::host::devices::dev_path(&name))
+        else {
             continue;
         };
         found.push(BlockCandidate {
-            luks: crate::volume::has_luks_magic(&crate::devices::dev_path(&name)),
+            luks: crate::volume::has_luks_magic(&crate::host::devices::dev_path(&name)),
             held: held(&name),
-            path: crate::devices::dev_path(&name),
+            path: crate::host::devices::dev_path(&name),
             dev: bd.dev,
         });
     }
@@ -173,7 +174,7 @@ pub fn container_file_places(table: &[Mount]) -> Vec<PathBuf> {
     let excluded: Vec<(u32, u32)> = table
         .iter()
         .filter(|m| {
-            crate::disks::LIVE_MEDIUM_MOUNTS
+            crate::host::disks::LIVE_MEDIUM_MOUNTS
                 .iter()
                 .any(|l| m.mount_point == Path::new(l))
                 || m.mount_point.starts_with("/run/live/rootfs")
@@ -199,7 +200,7 @@ pub const CONTAINER_FILE: &str = "persistence";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mounts::parse_mountinfo;
+    use crate::host::mounts::parse_mountinfo;
 
     fn mapping(name: &str, uuid: &str, minor: u32) -> Mapping {
         Mapping {

@@ -13,6 +13,8 @@
 //!
 //! Nothing else in the crate creates, changes or removes entries in such folders.
 
+pub mod treewalk;
+
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -136,7 +138,7 @@ impl Dir {
     }
 
     /// Unmounts the mount on the entry `target`'s name in this folder, naming it through
-    /// this descriptor (see [`crate::mounts::unmount`]).
+    /// this descriptor (see [`crate::host::mounts::unmount`]).
     pub fn unmount_child(&self, target: &Path) -> Result<()> {
         let name = target.file_name().unwrap_or_default();
         let mut through = self.proc_path();
@@ -1242,13 +1244,15 @@ pub fn wipe_and_remove(path: &Path) {
 
 /// Removes everything inside the open folder `dir` (not the folder itself), through
 /// descriptors, without following symlinks or entering another filesystem, with a bounded
-/// number of descriptors ([`crate::treewalk::remove_tree`]): the undo of [`copy_contents`].
+/// number of descriptors ([`crate::safefs::treewalk::remove_tree`]): the undo of [`copy_contents`].
 pub fn remove_contents(dir: &Dir) -> Result<()> {
     let mut first_problem = None;
     for entry in list(dir)? {
         let shown = dir.path.join(&entry.name);
-        let expect = crate::treewalk::id_of(&entry.st);
-        if let Err(e) = crate::treewalk::remove_tree(&dir.fd, &entry.name, &shown, Some(expect)) {
+        let expect = crate::safefs::treewalk::id_of(&entry.st);
+        if let Err(e) =
+            crate::safefs::treewalk::remove_tree(&dir.fd, &entry.name, &shown, Some(expect))
+        {
             first_problem.get_or_insert(e);
         }
     }

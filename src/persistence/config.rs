@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::layout::LayoutProfile;
+use crate::persistence::layout::LayoutProfile;
 
 /// Whose rules a `persistence.conf` follows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -403,9 +403,9 @@ pub fn boot_only(entry: &Entry) -> Option<String> {
         ));
     }
     let reserved = [
-        crate::layout::CONFIG_FILE,
-        crate::layout::CUSTOM_FEATURES_FILE,
-        crate::layout::KEEPSAKE_CONFIG_FILE,
+        crate::persistence::layout::CONFIG_FILE,
+        crate::persistence::layout::CUSTOM_FEATURES_FILE,
+        crate::persistence::layout::KEEPSAKE_CONFIG_FILE,
         "lost+found",
     ];
     if reserved

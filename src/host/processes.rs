@@ -64,7 +64,7 @@ fn namespaces_holding(dev: (u32, u32), ours: Option<(u64, u64)>) -> HashSet<(u64
             continue;
         }
         let sees = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).is_ok_and(|text| {
-            crate::mounts::parse_mountinfo(&text)
+            crate::host::mounts::parse_mountinfo(&text)
                 .iter()
                 .any(|m| m.dev == dev)
         });
