@@ -8,6 +8,8 @@ use std::path::Path;
 
 use libcryptsetup_rs::LibcryptErr;
 
+pub use crate::context::{IoError, at};
+
 /// Exit codes, one per failure class. Documented in `--help` and the man page from
 /// [`EXIT_CODES_HELP`]; keep the two in step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,8 +96,8 @@ pub enum Error {
     /// `check` found problems; its report, already printed, lists them.
     #[error("{0}")]
     CheckFailed(String),
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{context}: {message}")]
     Crypt {
         context: String,
@@ -121,7 +123,7 @@ impl Error {
             Error::Incomplete(_) => ExitCode::Incomplete,
             Error::RootOnVolume(_) => ExitCode::RootOnVolume,
             Error::CheckFailed(_) => ExitCode::Corrupt,
-            Error::Io { source, .. } => errno_class(source.raw_os_error()),
+            Error::Io(e) => errno_class(e.errno()),
             Error::Crypt { errno, .. } => errno_class(*errno),
             Error::Internal(_) => ExitCode::Internal,
         }
@@ -131,10 +133,7 @@ impl Error {
     pub fn with_note(self, note: &str) -> Error {
         let add = |m: String| format!("{m}; {note}");
         match self {
-            Error::Io { context, source } => Error::Io {
-                context: format!("{context} ({note})"),
-                source,
-            },
+            Error::Io(e) => Error::Io(e.with_note(note)),
             Error::Crypt {
                 context,
                 errno,
@@ -188,42 +187,21 @@ fn errno_class(errno: Option<i32>) -> ExitCode {
     }
 }
 
-/// Adds what was being done, and to which path, to an I/O error.
+/// Adds what was being done, and to which path, to an I/O error, as a top-level
+/// [`Error`]; the layers below use [`crate::context::Context`], which makes an
+/// [`IoError`] their own error types convert from.
 pub trait Context<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;
 }
 
-impl<T> Context<T> for io::Result<T> {
+impl<T, C: crate::context::Context<T>> Context<T> for C {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            context: what(),
-            source,
-        })
+        Ok(crate::context::Context::context(self, what)?)
     }
 }
 
-impl<T> Context<T> for nix::Result<T> {
-    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|errno| Error::Io {
-            context: what(),
-            source: io::Error::from(errno),
-        })
-    }
-}
-
-/// Maps an I/O error on `path`: a missing path is [`Error::NotFound`] ("PATH does not
-/// exist"), anything else an I/O error with "VERB PATH" as its context.
+/// Maps an I/O error on `path` (see [`crate::context::io_at`]) to a top-level [`Error`].
 pub fn io_at(verb: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
-    let shown = path.display().to_string();
-    let context = format!("{verb} {shown}");
-    move |source| match source.kind() {
-        io::ErrorKind::NotFound => Error::NotFound(format!("{shown} does not exist")),
-        _ => Error::Io { context, source },
-    }
-}
-
-/// Shorthand for the common "verb PATH" context.
-pub fn at(verb: &str, path: &Path) -> impl FnOnce() -> String {
-    let s = format!("{verb} {}", path.display());
-    move || s
+    let map = crate::context::io_at(verb, path);
+    move |source| Error::Io(map(source))
 }

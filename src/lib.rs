@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod cli;
 pub mod commands;
+pub mod context;
 pub mod error;
 pub mod host;
 pub mod output;

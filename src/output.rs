@@ -6,6 +6,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::error::IoError;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Output {
@@ -55,17 +56,12 @@ impl Output {
                 Error::Usage("confirmation needed but there is no terminal; pass --yes".into())
             })?;
         let mut writer = &tty;
-        write!(writer, "{question}: ").map_err(|e| Error::Io {
-            context: "asking for confirmation".into(),
-            source: e,
-        })?;
+        write!(writer, "{question}: ")
+            .map_err(|e| Error::Io(IoError::new("asking for confirmation", e)))?;
         let mut answer = String::new();
         BufReader::new(&tty)
             .read_line(&mut answer)
-            .map_err(|e| Error::Io {
-                context: "reading the confirmation".into(),
-                source: e,
-            })?;
+            .map_err(|e| Error::Io(IoError::new("reading the confirmation", e)))?;
         Ok(answer)
     }
 

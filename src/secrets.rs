@@ -19,6 +19,7 @@ use nix::errno::Errno;
 use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::error::IoError;
 use crate::error::{Context, Error, Result, at};
 
 /// The longest passphrase read from a terminal or file descriptor, in bytes: one limit for
@@ -649,10 +650,10 @@ fn read_key_file(path: &Path) -> Result<Secret> {
         io::ErrorKind::NotFound => {
             Error::NotFound(format!("key file {} not found", path.display()))
         }
-        _ => Error::Io {
-            context: format!("opening key file {}", path.display()),
-            source: e,
-        },
+        _ => Error::Io(IoError::new(
+            format!("opening key file {}", path.display()),
+            e,
+        )),
     })?;
     let meta = file.metadata().context(at("reading", path))?;
     if !meta.is_file() {

@@ -30,6 +30,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, Whence, fchown, fchownat, lseek, symlinkat};
 use zeroize::Zeroizing;
 
+use crate::error::IoError;
 use crate::error::{Context, Error, Result, at};
 use crate::safefs::treewalk::{self, DirStack, list_dir, open_dir_at};
 use crate::secrets::Secret;
@@ -590,10 +591,7 @@ impl<R: Read> KeylessReader<R> {
                 io::ErrorKind::UnexpectedEof => Error::Corrupt(
                     "not a keepsake backup archive (shorter than its 64-byte header)".into(),
                 ),
-                _ => Error::Io {
-                    context: "reading the archive header".into(),
-                    source: e,
-                },
+                _ => Error::Io(IoError::new("reading the archive header", e)),
             })?;
         let header = check_header(&header_bytes, available_kib)?;
         Ok(KeylessReader {
@@ -679,10 +677,7 @@ impl<R: Read> Reader<R> {
                 )),
                 // A later chunk of the first batch: refused when it is reached, as always.
                 Some(_) => Ok(reader),
-                None => Err(Error::Io {
-                    context: "reading the archive".into(),
-                    source: e,
-                }),
+                None => Err(Error::Io(IoError::new("reading the archive", e))),
             },
         }
     }
@@ -982,10 +977,10 @@ pub fn write_tree(
                 Errno::ENOENT => {
                     Error::NotFound(format!("{} does not exist", root.join(name).display()))
                 }
-                e => Error::Io {
-                    context: format!("reading {}", root.join(name).display()),
-                    source: e.into(),
-                },
+                e => Error::Io(IoError::new(
+                    format!("reading {}", root.join(name).display()),
+                    e.into(),
+                )),
             });
         }
         names.push(name);
@@ -1385,10 +1380,7 @@ fn input_error(e: io::Error) -> Error {
         io::ErrorKind::UnexpectedEof => {
             Error::Corrupt("the archive's contents end in the middle of an entry".into())
         }
-        _ => Error::Io {
-            context: "reading the archive".into(),
-            source: e,
-        },
+        _ => Error::Io(IoError::new("reading the archive", e)),
     }
 }
 
@@ -1532,10 +1524,10 @@ impl Extractor {
                         "{} is not a folder this restore created; refusing to follow it",
                         walked.display()
                     )),
-                    e => Error::Io {
-                        context: format!("opening {}", walked.display()),
-                        source: e.into(),
-                    },
+                    e => Error::Io(IoError::new(
+                        format!("opening {}", walked.display()),
+                        e.into(),
+                    )),
                 }
             })?;
             self.open.push(OsStr::from_bytes(name), fd)?;

@@ -10,6 +10,7 @@ use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use zeroize::Zeroizing;
 
 use super::{HEADER_LEN, Header, KEY_LEN, TAG_LEN, cipher, read_full, refused};
+use crate::error::IoError;
 use crate::error::{Context, Error, Result};
 
 /// Encrypts a byte stream into an archive. Everything written is buffered into chunks;
@@ -164,10 +165,7 @@ impl<R: Read> OldReader<R> {
         };
         match reader.read_chunk() {
             Ok(()) => Ok(reader),
-            Err(ChunkError::Io(e)) => Err(Error::Io {
-                context: "reading the archive".into(),
-                source: e,
-            }),
+            Err(ChunkError::Io(e)) => Err(Error::Io(IoError::new("reading the archive", e))),
             Err(ChunkError::Refused(_)) => Err(Error::WrongKey(
                 "the passphrase or key does not decrypt this archive (or its beginning is damaged); nothing was changed"
                     .into(),

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::archive::{self, KdfParams, TreeStats};
 use crate::cli::{BackupArgs, BackupCommand, GlobalArgs, RestoreArgs, VerifyArgs};
+use crate::error::IoError;
 use crate::error::{Context, Error, Result, at};
 use crate::host::mounts::{self, Mount};
 use crate::output::{Output, Progress};
@@ -862,10 +863,10 @@ impl<'a> Transaction<'a> {
         self.changes += 1;
         #[cfg(test)]
         if tests::FAIL_AT_CHANGE.with(|n| n.get()) == Some(self.changes) {
-            return Err(Error::Io {
-                context: format!("change {} of the restore", self.changes),
-                source: std::io::Error::other("made to fail by a test"),
-            });
+            return Err(Error::Io(IoError::new(
+                format!("change {} of the restore", self.changes),
+                std::io::Error::other("made to fail by a test"),
+            )));
         }
         Ok(())
     }
@@ -1037,10 +1038,10 @@ fn move_failed(e: Errno, from: &Path, to: &Path) -> Error {
             to.display(),
             from.display()
         )),
-        e => Error::Io {
-            context: format!("moving {} to {}", from.display(), to.display()),
-            source: e.into(),
-        },
+        e => Error::Io(IoError::new(
+            format!("moving {} to {}", from.display(), to.display()),
+            e.into(),
+        )),
     }
 }
 

@@ -17,6 +17,7 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use crate::cli::{Cli, Command, GlobalArgs, KdfArgs, PassphraseArgs, VolumeArgs};
+use crate::error::IoError;
 use crate::error::{Error, Result};
 use crate::host::preflight::{self, Overrides};
 use crate::host::{disks, mounts};
@@ -123,19 +124,16 @@ pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(|e| Error::Io {
-            context: format!("opening {}", path.display()),
-            source: e,
-        })?;
+        .map_err(|e| Error::Io(IoError::new(format!("opening {}", path.display()), e)))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
         |(_, errno)| match errno {
             nix::errno::Errno::EWOULDBLOCK => {
                 Error::Busy("another keepsake command is running; try again when it is done".into())
             }
-            e => Error::Io {
-                context: format!("locking {}", path.display()),
-                source: e.into(),
-            },
+            e => Error::Io(IoError::new(
+                format!("locking {}", path.display()),
+                e.into(),
+            )),
         },
     )
 }
@@ -257,8 +255,6 @@ fn check_backing(image: &Path) -> Result<PathBuf> {
             image.display()
         )));
     }
-    std::fs::canonicalize(image).map_err(|e| Error::Io {
-        context: format!("resolving {}", image.display()),
-        source: e,
-    })
+    std::fs::canonicalize(image)
+        .map_err(|e| Error::Io(IoError::new(format!("resolving {}", image.display()), e)))
 }

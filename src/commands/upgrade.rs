@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, UpgradeArgs};
+use crate::error::IoError;
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::volume::{self, KeyslotInfo, UpgradePlan};
@@ -61,10 +62,7 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
         volume::header_backup(&backing, file)?;
         std::fs::File::open(file)
             .and_then(|f| f.sync_all())
-            .map_err(|e| Error::Io {
-                context: format!("syncing {}", file.display()),
-                source: e,
-            })?;
+            .map_err(|e| Error::Io(IoError::new(format!("syncing {}", file.display()), e)))?;
         out.warn(format!(
             "header backup written to {}; delete it once the upgrade is done (it holds the old keyslot)",
             file.display()

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::IoError;
 use crate::error::{Error, Result};
 use crate::host::mounts::Mount;
 use crate::host::tools;
@@ -251,10 +252,10 @@ pub fn block_device(path: &Path) -> Result<BlockDevice> {
     let dev = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
     let sys =
         std::fs::canonicalize(format!("/sys/dev/block/{}:{}", dev.0, dev.1)).map_err(|e| {
-            Error::Io {
-                context: format!("finding {} in sysfs", path.display()),
-                source: e,
-            }
+            Error::Io(IoError::new(
+                format!("finding {} in sysfs", path.display()),
+                e,
+            ))
         })?;
     let name = sys
         .file_name()

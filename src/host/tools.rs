@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::error::IoError;
 use crate::error::{Error, Result};
 
 /// The only folders helpers are run from. `/usr/local/*` is left out on purpose: on a
@@ -44,10 +45,7 @@ pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| Error::Io {
-            context: format!("running {}", path.display()),
-            source: e,
-        })
+        .map_err(|e| Error::Io(IoError::new(format!("running {}", path.display()), e)))
 }
 
 /// Like [`run`], with `input` on the program's standard input (never a secret).
@@ -67,20 +65,15 @@ pub fn run_with_input(program: &str, args: &[&str], input: &str, package: &str) 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Io {
-            context: format!("running {}", path.display()),
-            source: e,
-        })?;
+        .map_err(|e| Error::Io(IoError::new(format!("running {}", path.display()), e)))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes()).map_err(|e| Error::Io {
-            context: format!("writing to {}", path.display()),
-            source: e,
-        })?;
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| Error::Io(IoError::new(format!("writing to {}", path.display()), e)))?;
     }
-    child.wait_with_output().map_err(|e| Error::Io {
-        context: format!("running {}", path.display()),
-        source: e,
-    })
+    child
+        .wait_with_output()
+        .map_err(|e| Error::Io(IoError::new(format!("running {}", path.display()), e)))
 }
 
 /// The first non-empty line a tool printed, for one-line error messages.

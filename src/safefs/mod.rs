@@ -28,6 +28,7 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
+use crate::error::IoError;
 use crate::error::{Context, Error, Result};
 
 /// Who owns a folder keepsake creates, and its mode.
@@ -532,10 +533,10 @@ fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(O
                 "{} appeared while keepsake was making it; left as it is",
                 shown.display()
             )),
-            e => Error::Io {
-                context: format!("creating {}", shown.display()),
-                source: e.into(),
-            },
+            e => Error::Io(IoError::new(
+                format!("creating {}", shown.display()),
+                e.into(),
+            )),
         })
     };
     let finished = finish();
@@ -612,10 +613,10 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     .map_err(|e| match e {
         Errno::ENOENT => Error::NotFound(format!("{} does not exist", shown.display())),
         Errno::ELOOP => Error::Corrupt(format!("{} is a symlink", shown.display())),
-        e => Error::Io {
-            context: format!("opening {}", shown.display()),
-            source: e.into(),
-        },
+        e => Error::Io(IoError::new(
+            format!("opening {}", shown.display()),
+            e.into(),
+        )),
     })?;
     let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -650,10 +651,7 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
             std::io::ErrorKind::InvalidData => {
                 Error::Corrupt(format!("{} is not valid UTF-8", shown.display()))
             }
-            _ => Error::Io {
-                context: format!("reading {}", shown.display()),
-                source: e,
-            },
+            _ => Error::Io(IoError::new(format!("reading {}", shown.display()), e)),
         })?;
     Ok(CheckedFile {
         contents,

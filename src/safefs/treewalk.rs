@@ -25,6 +25,7 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+use crate::error::IoError;
 use crate::error::{Context, Error, Result, at};
 
 /// Folder descriptors a walk keeps open at most, whatever the depth of the tree.
@@ -324,10 +325,10 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
             Ok(st) => st,
             Err(Errno::ENOENT) => continue,
             Err(e) => {
-                problems.push(Error::Io {
-                    context: format!("reading {}", shown_entry.display()),
-                    source: e.into(),
-                });
+                problems.push(Error::Io(IoError::new(
+                    format!("reading {}", shown_entry.display()),
+                    e.into(),
+                )));
                 continue;
             }
         };
@@ -359,10 +360,10 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
                 shown_entry.display()
             ))),
             Err(Errno::ENOENT) => {}
-            Err(e) => problems.push(Error::Io {
-                context: format!("opening {}", shown_entry.display()),
-                source: e.into(),
-            }),
+            Err(e) => problems.push(Error::Io(IoError::new(
+                format!("opening {}", shown_entry.display()),
+                e.into(),
+            ))),
         }
     }
     match problems.into_iter().next() {
@@ -383,10 +384,10 @@ fn removal_problem(e: Errno, shown: &Path) -> Error {
         // A folder that is a mount point somewhere (a FUSE mount made through a bind of
         // the volume, say) cannot be removed.
         Errno::EBUSY => mounted(shown),
-        e => Error::Io {
-            context: format!("removing {}", shown.display()),
-            source: e.into(),
-        },
+        e => Error::Io(IoError::new(
+            format!("removing {}", shown.display()),
+            e.into(),
+        )),
     }
 }
 

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::error::IoError;
 use crate::error::{Error, Result};
 
 /// Debian's tor DataDirectory, which the tor-state feature binds.
@@ -410,9 +411,11 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
-                .map_err(|e| Error::Io {
-                    context: format!("starting {}", tor.identity.binary.display()),
-                    source: e,
+                .map_err(|e| {
+                    Error::Io(IoError::new(
+                        format!("starting {}", tor.identity.binary.display()),
+                        e,
+                    ))
                 })?;
         }
     }

@@ -4,6 +4,7 @@
 
 use zeroize::Zeroizing;
 
+use crate::error::IoError;
 use crate::error::{Error, Result};
 use crate::secrets::Secret;
 
@@ -34,10 +35,7 @@ pub fn fill_random(buf: &mut [u8]) -> Result<()> {
             if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Err(Error::Io {
-                context: "reading random bytes".into(),
-                source: e,
-            });
+            return Err(Error::Io(IoError::new("reading random bytes", e)));
         }
         filled += n as usize;
     }
