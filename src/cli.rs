@@ -748,6 +748,32 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Whether a command line that clap could not parse asked for --json: the flag is global, so
+/// it may stand anywhere before a `--`.
+pub fn asks_for_json(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// The message of a parse error on one line, without clap's "error: " and its usage block
+/// (its first paragraph, e.g. "the following required arguments were not provided:
+/// --size <SIZE>").
+pub fn first_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let paragraph: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let message = paragraph.join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,5 +857,21 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_bad_command_line_asks_for_json_anywhere_before_the_separator() {
+        let args =
+            |list: &[&str]| -> Vec<std::ffi::OsString> { list.iter().map(|a| a.into()).collect() };
+        assert!(asks_for_json(args(&[
+            "keepsake", "lock", "--json", "--bogus"
+        ])));
+        assert!(asks_for_json(args(&["keepsake", "--json", "lock"])));
+        // The first argument is the program's own name, never an option.
+        assert!(!asks_for_json(args(&["--json", "lock"])));
+        assert!(!asks_for_json(args(&[
+            "keepsake", "restore", "--", "--json"
+        ])));
+        assert!(!asks_for_json(args(&["keepsake", "lock", "--jsonx"])));
     }
 }

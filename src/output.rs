@@ -5,8 +5,8 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::error::Error;
 use crate::error::IoError;
+use crate::error::{Error, ExitCode};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Output {
@@ -103,12 +103,24 @@ impl Output {
         // check) said everything there; any other prints the error as its one object:
         // stdout is always exactly one JSON object.
         if self.json && !REPORTED.load(std::sync::atomic::Ordering::Relaxed) {
-            let value = serde_json::json!({
-                "error": { "code": code as u8, "kind": code.name(), "message": err.to_string() }
-            });
-            println!("{value}");
+            print_error_object(code, &err.to_string());
         }
     }
+
+    /// A command line that did not parse: clap has the message (and prints it on stderr);
+    /// under --json, stdout still gets its one object.
+    pub fn usage_error(&self, message: &str) {
+        if self.json {
+            print_error_object(ExitCode::Usage, message);
+        }
+    }
+}
+
+fn print_error_object(code: ExitCode, message: &str) {
+    let value = serde_json::json!({
+        "error": { "code": code as u8, "kind": code.name(), "message": message }
+    });
+    println!("{value}");
 }
 
 /// Whether this run has printed its report on standard output.
