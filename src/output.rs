@@ -126,64 +126,41 @@ fn print_error_object(code: ExitCode, message: &str) {
 /// Whether this run has printed its report on standard output.
 static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// A progress line for long work (bytes, rate, ETA), redrawn on standard error at most a
-/// few times a second, and only on a terminal and without --json.
+/// A progress line for long work (bytes, rate, time left), drawn by indicatif on standard
+/// error, and only on a terminal and without --json: scripts and logs see nothing of it.
 pub struct Progress {
-    shown: bool,
-    what: &'static str,
-    total: Option<u64>,
-    start: std::time::Instant,
-    last: std::time::Instant,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     pub fn new(out: Output, what: &'static str, total: Option<u64>) -> Progress {
         use std::io::IsTerminal;
-        let now = std::time::Instant::now();
-        Progress {
-            shown: !out.json && std::io::stderr().is_terminal(),
-            what,
-            total,
-            start: now,
-            last: now,
-        }
+        let target = if !out.json && std::io::stderr().is_terminal() {
+            indicatif::ProgressDrawTarget::stderr_with_hz(4)
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let template = if total.is_some() {
+            "{msg}: {binary_bytes} of {binary_total_bytes}, {binary_bytes_per_sec}, {eta} left"
+        } else {
+            "{msg}: {binary_bytes}, {binary_bytes_per_sec}"
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(total, target)
+            .with_message(what)
+            .with_style(
+                indicatif::ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+        Progress { bar }
     }
 
     pub fn update(&mut self, done: u64) {
-        if !self.shown || self.last.elapsed() < std::time::Duration::from_millis(250) {
-            return;
-        }
-        self.last = std::time::Instant::now();
-        eprint!(
-            "\r\x1b[K{}",
-            progress_line(self.what, done, self.total, self.start.elapsed())
-        );
+        self.bar.set_position(done);
     }
 
     pub fn finish(&self) {
-        if self.shown {
-            eprint!("\r\x1b[K");
-        }
+        self.bar.finish_and_clear();
     }
-}
-
-/// "backup: 120.0 MiB of 1.0 GiB, 40.0 MiB/s, 22 s left".
-pub fn progress_line(
-    what: &str,
-    done: u64,
-    total: Option<u64>,
-    elapsed: std::time::Duration,
-) -> String {
-    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-    let mut line = format!("{what}: {}", bytes(done));
-    if let Some(total) = total {
-        line.push_str(&format!(" of {}", bytes(total)));
-    }
-    line.push_str(&format!(", {}/s", bytes(rate as u64)));
-    if let Some(total) = total.filter(|&t| t > done && rate > 0.0) {
-        line.push_str(&format!(", {:.0} s left", (total - done) as f64 / rate));
-    }
-    line
 }
 
 /// Bytes in binary units with one decimal: "1.5 GiB".
@@ -207,19 +184,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_lines_read_well() {
+    fn sizes_read_well() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 29), "1.5 GiB");
-        let line = progress_line(
-            "backup",
-            100 << 20,
-            Some(300 << 20),
-            std::time::Duration::from_secs(2),
-        );
-        assert_eq!(line, "backup: 100.0 MiB of 300.0 MiB, 50.0 MiB/s, 4 s left");
-        assert_eq!(
-            progress_line("restore", 1 << 20, None, std::time::Duration::from_secs(1)),
-            "restore: 1.0 MiB, 1.0 MiB/s"
-        );
+        assert_eq!(bytes(100 << 20), "100.0 MiB");
     }
 }
