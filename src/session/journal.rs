@@ -369,39 +369,108 @@ mod tests {
         );
     }
 
+    /// A tmpfs at `path` (a filesystem of its own, as the volume is), unmounted when the
+    /// guard is dropped. With `unbindable`, no folder of it can be bind-mounted (the kernel
+    /// says EINVAL): a bind that fails after everything before it was done.
+    fn tmpfs(path: &Path, unbindable: bool) -> Unmount {
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let guard = Unmount(path.to_path_buf());
+        if unbindable {
+            set_propagation(path, nix::mount::MsFlags::MS_UNBINDABLE);
+        }
+        guard
+    }
+
+    fn set_propagation(path: &Path, flag: nix::mount::MsFlags) {
+        nix::mount::mount(None::<&str>, path, None::<&str>, flag, None::<&str>).unwrap();
+    }
+
+    fn mounted_at(path: &Path) -> bool {
+        mounts::read_mountinfo()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_point == path)
+    }
+
     #[test]
     fn a_new_bind_source_starts_as_a_copy_and_is_emptied_on_failure() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = root_only_tempdir();
         let vol = tmp.path().join("vol");
         std::fs::create_dir(&vol).unwrap();
         let dest = tmp.path().join("etc-cups");
         std::fs::create_dir(&dest).unwrap();
         std::fs::write(dest.join("cupsd.conf"), "Listen localhost:631\n").unwrap();
+        std::fs::create_dir(dest.join("ppd")).unwrap();
+        std::fs::write(dest.join("ppd/printer.ppd"), "*PPD-Adobe\n").unwrap();
+        let _unmount = tmpfs(&vol, true);
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
         let r = ResolvedEntry {
-            owner: me(0o755),
+            owner: Owner::ROOT_0755,
             ..resolved(dest.to_str().unwrap(), "cups-configuration", Method::Bind)
         };
-        // Not root in unit tests: the bind fails after the copy, which must be undone.
-        if nix::unistd::geteuid().is_root() {
-            // As root the bind succeeds; the copy is checked through the mount.
-            activate(&volume, &r).unwrap();
-            assert_eq!(
-                std::fs::read_to_string(vol.join("cups-configuration/cupsd.conf")).unwrap(),
-                "Listen localhost:631\n"
-            );
-            mounts::unmount(&dest).unwrap();
-        } else {
-            activate(&volume, &r).unwrap_err();
-            assert!(
-                !vol.join("cups-configuration").exists(),
-                "the copied source was removed"
-            );
-        }
+        // The source is new, so it is filled with a copy of the destination; then the
+        // bind fails (the volume is unbindable): the copy must go, and the folder with it.
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("binding"), "{err}");
+        assert!(
+            !vol.join("cups-configuration").exists(),
+            "the copied source was emptied and removed"
+        );
+        assert!(!mounted_at(&dest), "nothing mounted");
+        // The negative control: bindable, the same activation goes through, with the copy.
+        set_propagation(&vol, nix::mount::MsFlags::MS_PRIVATE);
+        activate(&volume, &r).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vol.join("cups-configuration/ppd/printer.ppd")).unwrap(),
+            "*PPD-Adobe\n"
+        );
+        mounts::unmount(&dest).unwrap();
         assert_eq!(
             std::fs::read_to_string(dest.join("cupsd.conf")).unwrap(),
-            "Listen localhost:631\n"
+            "Listen localhost:631\n",
+            "the session's own files are untouched"
         );
+    }
+
+    #[test]
+    fn new_source_and_destination_folders_are_removed_again_when_the_bind_fails() {
+        let tmp = root_only_tempdir();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let _unmount = tmpfs(&vol, true);
+        // One folder of the source's path exists already, and one of the destination's.
+        std::fs::create_dir(vol.join("projects")).unwrap();
+        std::fs::create_dir(tmp.path().join("home")).unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let dest = tmp.path().join("home/work/code");
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            ..resolved(dest.to_str().unwrap(), "projects/2026/code", Method::Bind)
+        };
+        // Both made (the destination first, then the source), then the bind fails.
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("binding"), "{err}");
+        assert!(
+            !vol.join("projects/2026").exists(),
+            "the new source folders were removed"
+        );
+        assert!(
+            vol.join("projects").is_dir(),
+            "the one that was there stays"
+        );
+        assert!(
+            !tmp.path().join("home/work").exists(),
+            "the new destination folders were removed"
+        );
+        assert!(tmp.path().join("home").is_dir());
+        assert!(!mounted_at(&dest));
     }
 
     /// Unmounts a test's filesystem when the test ends, passed or not.
@@ -431,15 +500,7 @@ mod tests {
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
         // A filesystem of its own, as the volume is: the bind's root is then /hosts.
-        nix::mount::mount(
-            Some("tmpfs"),
-            &vol,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
-        let _unmount = Unmount(vol.clone());
+        let _unmount = tmpfs(&vol, false);
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
         let dest = etc.join("hosts");
         let r = ResolvedEntry {
@@ -574,11 +635,12 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_source_is_created_and_removed_again_on_failure() {
+    fn a_destination_through_a_symlink_is_refused_before_the_source_is_made() {
         let tmp = tempfile::tempdir().unwrap();
         let vol = tmp.path().join("vol");
         std::fs::create_dir(&vol).unwrap();
-        // The destination runs through a symlink: refused after the source was made.
+        // The destination runs through a symlink: refused before the source is made (the
+        // rollback of a new source is tested where a later step fails, above).
         std::os::unix::fs::symlink("/etc", tmp.path().join("evil")).unwrap();
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
         let me = Owner {
@@ -593,7 +655,7 @@ mod tests {
         };
         let err = activate(&volume, &r).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
-        assert!(!vol.join("src").exists(), "created source rolled back");
+        assert!(!vol.join("src").exists(), "no source was made");
         assert!(!Path::new("/etc/keepsake-test").exists());
     }
 

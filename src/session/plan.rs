@@ -248,8 +248,8 @@ pub fn activation_order(config: &ConfigFile) -> Vec<&config::Entry> {
 pub(crate) mod tests {
     use super::*;
     use crate::host::mounts::parse_mountinfo;
-    use crate::persistence::features::tests::FakeHost;
     use crate::persistence::config::Entry;
+    use crate::persistence::features::tests::FakeHost;
     use crate::safefs::Owner;
 
     const VOL: (u32, u32) = (254, 0);
