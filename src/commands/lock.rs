@@ -15,7 +15,7 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
     let _lock = super::exclusive()?;
     let report = crate::session::lock::lock(&options, out)?;
     out.result(&report, human);
-    report.leftovers_error()
+    Ok(report.leftovers_error()?)
 }
 
 fn human(r: &LockReport) -> String {

@@ -69,7 +69,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
             // loop device keepsake attached goes with it: autoclear).
             let _ = mounts::unmount(&layout.mount_root);
             let _ = volume::deactivate(&layout.mapping);
-            Err(e)
+            Err(e.into())
         }
     }
 }

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::persistence::config::{ConfigFile, Dialect, Entry, Method};
 use crate::persistence::features::{CATALOGUE, Feature, ResolvedEntry, SystemHost};
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::safefs::Dir;
+use crate::session::error::{Error, Result};
 use crate::session::lifecycle;
 use crate::session::report::FeatureReport;
 use crate::session::tor::TorRestart;
@@ -66,7 +66,11 @@ impl Open {
     /// feature's definition (name = source folder).
     pub fn entries_of(&self, name: &str) -> Result<Vec<Entry>> {
         if let Some(f) = Feature::by_name(name) {
-            return f.bindings.iter().map(|b| b.entry(&self.host)).collect();
+            return f
+                .bindings
+                .iter()
+                .map(|b| b.entry(&self.host).map_err(Error::from))
+                .collect();
         }
         let source = Path::new(name);
         self.config
@@ -74,7 +78,7 @@ impl Open {
             .or_else(|| self.custom.find_source(source))
             .map(|e| vec![e.clone()])
             .ok_or_else(|| {
-                Error::NotFound(format!(
+                Error::NoSuchFeature(format!(
                     "no feature named {name}; see keepsake feature list"
                 ))
             })
@@ -89,7 +93,7 @@ impl Open {
     fn resolve(&self, entries: &[Entry]) -> Result<Vec<ResolvedEntry>> {
         entries
             .iter()
-            .map(|e| crate::persistence::features::resolve(e, &self.host))
+            .map(|e| crate::persistence::features::resolve(e, &self.host).map_err(Error::from))
             .collect()
     }
 
@@ -133,7 +137,7 @@ pub fn list(open: &Open) -> Result<Vec<FeatureListing>> {
         let entries = f
             .bindings
             .iter()
-            .map(|b| b.entry(&open.host))
+            .map(|b| b.entry(&open.host).map_err(Error::from))
             .collect::<Result<Vec<_>>>()?;
         described(f.name.to_string(), f.title.to_string(), true, entries)?;
     }
@@ -171,14 +175,14 @@ pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
                 // change the inner one).
                 if let Some(why) = open.config.nesting_with(&e) {
                     open.config = before;
-                    return Err(Error::Incomplete(format!(
+                    return Err(Error::NotApplied(format!(
                         "not enabled, nothing changed: {}: {why}",
                         e.destination.display()
                     )));
                 }
                 open.config
                     .add(e.clone())
-                    .map_err(|why| Error::Usage(format!("cannot enable {name}: {why}")))?;
+                    .map_err(|why| Error::BadFeature(format!("cannot enable {name}: {why}")))?;
                 added.push(e);
             }
         }
@@ -204,7 +208,7 @@ pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
         let _ = lifecycle::deactivate_features(&open.dir, &open.root, open.dev(), &resolved);
         open.config = before;
         unlocked::write_config(&open.dir, &open.config)?;
-        return Err(Error::Incomplete(format!(
+        return Err(Error::NotApplied(format!(
             "not enabled, nothing changed: {}",
             failed.join("; ")
         )));
@@ -235,7 +239,7 @@ pub fn disable(open: &mut Open, names: &[String]) -> Result<bool> {
         .filter(|e| Feature::by_source(&e.source).is_none())
     {
         if open.custom.find_source(&e.source).is_none() {
-            open.custom.add(e.clone()).map_err(Error::Internal)?;
+            open.custom.add(e.clone()).map_err(Error::Unexpected)?;
             custom_changed = true;
         }
     }
@@ -251,11 +255,11 @@ pub fn disable(open: &mut Open, names: &[String]) -> Result<bool> {
     })();
     if let Err(e) = written {
         let _ = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved);
-        return Err(e);
+        return Err(e.into());
     }
     open.config = config;
     if let TorRestart::Failed(e) = tor {
-        return Err(Error::Incomplete(format!(
+        return Err(Error::NotApplied(format!(
             "disabled, but tor did not start again: {e}"
         )));
     }
@@ -273,12 +277,12 @@ fn check_custom_name(name: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !valid {
-        return Err(Error::Usage(format!(
+        return Err(Error::BadFeature(format!(
             "{name:?} is not a feature name: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )));
     }
     if Feature::by_name(name).is_some() || Feature::by_source(Path::new(name)).is_some() {
-        return Err(Error::Usage(format!(
+        return Err(Error::BadFeature(format!(
             "{name} is a built-in feature or folder; choose another name"
         )));
     }
@@ -291,7 +295,7 @@ pub fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method) -> Result
     check_custom_name(name)?;
     let source = PathBuf::from(name);
     if open.custom.find_source(&source).is_some() || open.config.find_source(&source).is_some() {
-        return Err(Error::Usage(format!(
+        return Err(Error::BadFeature(format!(
             "a feature named {name} exists already"
         )));
     }
@@ -302,18 +306,18 @@ pub fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method) -> Result
     };
     // Validated as persistence.conf would validate it, against both files.
     if let Some(why) = open.config.nesting_with(&entry) {
-        return Err(Error::Incomplete(format!(
+        return Err(Error::NotApplied(format!(
             "not added, nothing changed: {why}"
         )));
     }
     let mut probe = open.config.clone();
     probe
         .add(entry.clone())
-        .map_err(|why| Error::Usage(format!("cannot add {name}: {why}")))?;
+        .map_err(|why| Error::BadFeature(format!("cannot add {name}: {why}")))?;
     let before = open.custom.clone();
     open.custom
         .add(entry)
-        .map_err(|why| Error::Usage(format!("cannot add {name}: {why}")))?;
+        .map_err(|why| Error::BadFeature(format!("cannot add {name}: {why}")))?;
     unlocked::write_custom(&open.dir, &open.custom)?;
     if let Err(e) = enable(open, &[name.to_string()]) {
         // Not added at all when it cannot be activated.
@@ -327,7 +331,7 @@ pub fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method) -> Result
 /// Before removing a custom feature: refused for a built-in one; disabled first.
 pub fn prepare_removal(open: &mut Open, name: &str) -> Result<()> {
     if Feature::by_name(name).is_some() {
-        return Err(Error::Usage(format!(
+        return Err(Error::BadFeature(format!(
             "{name} is built in; it can be disabled, not removed"
         )));
     }
@@ -348,8 +352,8 @@ pub fn remove(open: &mut Open, name: &str, delete_data: bool) -> Result<bool> {
         // The folders on the way are the user's: reached and removed by handle.
         match crate::safefs::remove_tree(&open.dir, &source) {
             Ok(()) => return Ok(true),
-            Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Err(crate::error::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(false)

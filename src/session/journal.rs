@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
 use crate::host::mounts;
 use crate::persistence::config::Method;
 use crate::persistence::features::ResolvedEntry;
 use crate::safefs::{self, Dir, Displaced, Made};
+use crate::session::error::{Error, Result};
 use crate::session::trust::{refuse_a_path_others_can_change, refuse_an_untrusted_source};
 
 /// One thing activation changed, to be undone in reverse order. Each is held by the
@@ -104,7 +104,7 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     if resolved.strict && source_existed {
         let found = safefs::owner_of(&source)?;
         if found != resolved.owner {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::WrongOwner(format!(
                 "{} must be owned by uid {} gid {} with mode {:04o} (it is uid {} gid {} mode {:04o}); not activated",
                 source.path.display(),
                 resolved.owner.uid,
@@ -138,7 +138,7 @@ fn activate_file(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) 
     let e = &resolved.entry;
     let split = |p: &Path| match (p.parent(), p.file_name()) {
         (Some(parent), Some(name)) => Ok((parent.to_path_buf(), name.to_os_string())),
-        _ => Err(Error::Usage(format!(
+        _ => Err(Error::NotAFile(format!(
             "{} is not a file's path",
             p.display()
         ))),
@@ -205,9 +205,9 @@ fn activate_union(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
 /// a file must go is an error.
 fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
     let mut dest_cursor = safefs::Cursor::new(dest);
-    safefs::walk(source, |src, rel, entries| {
+    walk(source, |src, rel, entries| {
         let dst = dest_cursor.open(rel).ok_or_else(|| {
-            Error::Busy(format!(
+            Error::InTheWay(format!(
                 "{} was changed by someone else meanwhile; not activated",
                 dest.path.join(rel).display()
             ))
@@ -227,7 +227,7 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
                     continue;
                 }
                 if there.is_dir() {
-                    return Err(Error::Busy(format!(
+                    return Err(Error::InTheWay(format!(
                         "{} is a folder where the volume has a file; move it away first",
                         dst.path.join(name).display()
                     )));
@@ -244,6 +244,29 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
     })
 }
 
+/// [`safefs::walk`] with a visitor that fails with this layer's errors: the walk stops at
+/// the first, which is returned as it was.
+fn walk(
+    root: &Dir,
+    mut visit: impl FnMut(&Dir, &Path, &[safefs::Entry]) -> Result<()>,
+) -> Result<()> {
+    let mut stopped = None;
+    let walked = safefs::walk(root, |dir, rel, entries| {
+        visit(dir, rel, entries).map_err(|e| match e {
+            Error::Below(below) => *below,
+            e => {
+                let shown = crate::error::Error::Internal(e.to_string());
+                stopped = Some(e);
+                shown
+            }
+        })
+    });
+    match stopped {
+        Some(e) => Err(e),
+        None => Ok(walked?),
+    }
+}
+
 /// Removes the symlinks under `destination` that point under `target_prefix` (the volume,
 /// or one feature's folder of it). Other files, and the folders the links were in, stay:
 /// they may hold what the user made there during the session. Walks by descriptors with a
@@ -252,8 +275,8 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
 pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
     let root = match safefs::open_dir(destination, None) {
         Ok((root, _)) => root,
-        Err(Error::NotFound(_)) => return Ok(0),
-        Err(e) => return Err(e),
+        Err(crate::error::Error::NotFound(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
     };
     let mut removed = 0;
     safefs::walk(&root, |dir, _, entries| {

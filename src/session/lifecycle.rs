@@ -7,12 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
 use crate::host::mounts::{self, Mount};
 use crate::persistence::config::Method;
 use crate::persistence::features::{ResolvedEntry, Service, SystemHost};
 use crate::persistence::layout::Layout;
 use crate::safefs::Dir;
+use crate::session::error::{Error, Result};
 use crate::session::journal;
 use crate::session::plan::{self, Action, Teardown};
 use crate::session::record::Record;
@@ -134,7 +134,7 @@ fn deactivate_one(
         journal::unlink_tree(&e.destination, &mount_root.join(&e.source))?;
     } else if plan::is_active(table, volume_dev, mount_root, e) {
         mounts::unmount(&e.destination).map_err(|err| match err.exit_code() {
-            crate::error::ExitCode::Busy => Error::Busy(format!(
+            crate::error::ExitCode::Busy => Error::InUse(format!(
                 "{} is in use ({}); close what uses it and try again",
                 e.destination.display(),
                 crate::host::processes::holders_of(volume_dev)
@@ -143,7 +143,7 @@ fn deactivate_one(
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
-            _ => err,
+            _ => Error::from(err),
         })?;
     }
     Ok(())
@@ -197,9 +197,9 @@ pub fn tear_down(
             Teardown::Unmount(path) => mounts::unmount(path)
                 .map_err(|e| match e.exit_code() {
                     crate::error::ExitCode::Busy => {
-                        Error::Busy(format!("{e}; the volume stays unlocked"))
+                        Error::InUse(format!("{e}; the volume stays unlocked"))
                     }
-                    _ => e,
+                    _ => Error::from(e),
                 })
                 .map(|()| done.unmounted.push(path.clone())),
             Teardown::Unlink { destination } => {

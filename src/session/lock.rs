@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::host::devices;
 use crate::host::mounts;
 use crate::host::processes::{self, Holder};
 use crate::output::Output;
 use crate::persistence::config::Method;
 use crate::persistence::layout::{Layout, LayoutProfile};
+use crate::session::error::{Error, Result};
 use crate::session::lifecycle;
 use crate::session::plan::plan_teardown;
 use crate::session::record;
@@ -87,7 +87,7 @@ fn choose(
         let (chosen, others): (Vec<_>, Vec<_>) =
             all.into_iter().partition(|u| names_device(u, &wanted));
         if chosen.is_empty() {
-            return Err(Error::NotFound(format!(
+            return Err(Error::NotUnlocked(format!(
                 "{} is not an unlocked volume{}; nothing was changed",
                 device.display(),
                 if others.is_empty() {
@@ -101,7 +101,7 @@ fn choose(
     }
     let (chosen, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|u| u.profile == profile);
     if chosen.is_empty() && !others.is_empty() {
-        return Err(Error::NotFound(format!(
+        return Err(Error::NotUnlocked(format!(
             "no volume of the {} layout is unlocked, but {} is; lock it with --layout {} (or --device); nothing was changed",
             profile_name(profile),
             unlocked::describe_all(&others),
@@ -258,7 +258,7 @@ fn lock_volume(
             out.progress(format!("ending {}", describe(&holders)));
             let left = processes::end_holders(dev, Duration::from_secs(3));
             if !left.is_empty() {
-                return Err(Error::Busy(format!("could not end {}", describe(&left))));
+                return Err(Error::InUse(format!("could not end {}", describe(&left))));
             }
             ended = holders;
         }
@@ -269,7 +269,7 @@ fn lock_volume(
     // close half way. Found before anything changes: all or nothing.
     let pinned = processes::namespace_holders(dev);
     if !pinned.is_empty() {
-        return Err(Error::Busy(format!(
+        return Err(Error::InUse(format!(
             "the volume is still mounted in the mount namespace of {}; end them, or use --force to end these processes (nothing was changed)",
             describe(&pinned)
         )));
@@ -285,8 +285,8 @@ fn lock_volume(
         Ok(done) => done,
         Err(e) => {
             let holders = processes::holders_of(dev);
-            if e.exit_code() == crate::error::ExitCode::Busy && !holders.is_empty() {
-                return Err(Error::Busy(format!(
+            if e.is_in_use() && !holders.is_empty() {
+                return Err(Error::InUse(format!(
                     "files of the volume are in use by {}; close them, or use --force to end these processes (nothing was changed)",
                     describe(&holders)
                 )));
@@ -301,10 +301,10 @@ fn lock_volume(
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
         return Err(match e.exit_code() {
-            crate::error::ExitCode::Busy => Error::Busy(format!(
+            crate::error::ExitCode::Busy => Error::InUse(format!(
                 "{e}; something keepsake cannot see still uses it (a mount namespace whose processes all live in a chroot?); the volume was put back as it was"
             )),
-            _ => e,
+            _ => Error::from(e),
         });
     }
     // The mapping is closed: the key is gone. A loop device that will not detach is
@@ -422,7 +422,7 @@ impl LockReport {
         if self.leftovers.is_empty() {
             Ok(())
         } else {
-            Err(Error::Internal(format!(
+            Err(Error::Leftovers(format!(
                 "lock could not remove: {}",
                 self.leftovers.join(", ")
             )))
@@ -462,8 +462,7 @@ mod tests {
         other.mount_root = Some(PathBuf::from("/run/live/persistence/sdc1"));
         other.table = sdb2.table.clone();
         let err = refuse_a_root_on_the_volume(&[other.clone(), sdb2.clone()]).unwrap_err();
-        assert_eq!(err.exit_code(), crate::error::ExitCode::RootOnVolume);
-        assert_eq!(err.exit_code() as u8, 10);
+        assert!(matches!(err, Error::RootOnVolume(_)), "{err}");
         assert!(err.to_string().contains("/dev/mapper/sdb2"), "{err}");
         // The other volume alone, or the same session with an amnesic root, is lockable.
         assert!(refuse_a_root_on_the_volume(&[other]).is_ok());
@@ -491,7 +490,7 @@ mod tests {
         );
         // Only the other layout's volume is open: an error naming it, not "nothing".
         let err = choose(all()[1..].to_vec(), LayoutProfile::Tails, None).unwrap_err();
-        assert_eq!(err.exit_code(), crate::error::ExitCode::NotFound);
+        assert!(matches!(err, Error::NotUnlocked(_)), "{err}");
         assert!(
             err.to_string()
                 .contains("/dev/mapper/sdb2 (live-boot layout"),
@@ -514,6 +513,6 @@ mod tests {
             Some(Path::new("/dev/nonesuch")),
         )
         .unwrap_err();
-        assert_eq!(err.exit_code(), crate::error::ExitCode::NotFound);
+        assert!(matches!(err, Error::NotUnlocked(_)), "{err}");
     }
 }

@@ -10,7 +10,9 @@
 //! - [`unlocked`]: the open volume found again from the kernel's tables, and its config
 //!   files; [`record`]: what keepsake notes at unlock; [`report`]: what it reports.
 //! - [`tor`]: tor stopped and started again around its state folder ([`tor::TorPause`]).
+//! - [`Error`]: what goes wrong here, by meaning; `crate::error` maps it to exit codes.
 
+pub mod error;
 pub mod features;
 pub mod journal;
 pub mod lifecycle;
@@ -23,3 +25,5 @@ pub mod tor;
 pub mod trust;
 pub mod unlock;
 pub mod unlocked;
+
+pub use error::{Error, Result};

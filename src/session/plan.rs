@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::error::Error;
 use crate::host::mounts::{self, Mount};
 use crate::persistence::config::{self, ConfigFile, Dialect, Entry, Method};
 use crate::persistence::features::{self, Host, ResolvedEntry};
@@ -211,12 +210,12 @@ pub fn resolve_entries(
             continue;
         }
         let outcome = match nested.iter().find(|(e, _)| e == entry) {
-            Some((_, why)) => Err(Error::UntrustedSource(why.clone())),
-            None => features::resolve(entry, host),
+            Some((_, why)) => Err(why.clone()),
+            None => features::resolve(entry, host).map_err(|e| e.to_string()),
         };
         match outcome {
             Ok(r) => resolved.push(r),
-            Err(e) => refused.push(refusal(FeatureState::Failed, e.to_string())),
+            Err(why) => refused.push(refusal(FeatureState::Failed, why)),
         }
     }
     (resolved, refused)

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::persistence::layout::{Layout, RUNTIME_DIR};
 use crate::safefs::{self, Owner};
+use crate::session::error::{Error, Result};
 
 /// Facts recorded at unlock time that the kernel does not keep (never secrets).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,13 +38,13 @@ pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
             mode: 0o700,
         }),
     )?;
-    let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Unexpected(e.to_string()))?;
     let name = layout.runtime_record();
     let name = name
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("record.json");
-    safefs::write_file_atomically(
+    Ok(safefs::write_file_atomically(
         &dir,
         name,
         &text,
@@ -53,7 +53,7 @@ pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
             gid: 0,
             mode: 0o600,
         },
-    )
+    )?)
 }
 
 pub fn read_record(layout: &Layout) -> Option<Record> {

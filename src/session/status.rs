@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::error::Result;
 use crate::output::Output;
 use crate::persistence::features::SystemHost;
 use crate::persistence::layout::{Layout, LayoutProfile};
+use crate::session::error::Result;
 use crate::session::report::{ConfigErrorReport, FeatureReport};
 use crate::session::unlocked::{self, Unlocked};
 use crate::session::{lifecycle, plan, record, tor};

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use crate::context::IoError;
+use crate::session::error::{Error, Result};
 
 /// Debian's tor DataDirectory, which the tor-state feature binds.
 pub const DATA_DIR: &str = "/var/lib/tor";
@@ -278,7 +278,7 @@ fn systemd_runs() -> bool {
 }
 
 fn systemctl(args: &[&str]) -> Result<std::process::Output> {
-    crate::host::tools::run("systemctl", args, "systemd")
+    Ok(crate::host::tools::run("systemctl", args, "systemd")?)
 }
 
 /// The main pid systemd records for `unit` (0, or nothing, when it does not run).
@@ -313,7 +313,7 @@ fn trusted_torrc() -> Result<&'static Path> {
     if only_root(torrc) && torrc.parent().is_some_and(only_root) {
         Ok(torrc)
     } else {
-        Err(Error::UnsafeHost(format!(
+        Err(Error::UntrustedTorrc(format!(
             "{TORRC} is missing, a symlink, or writable by someone other than root; keepsake starts tor only with a torrc that only root can change"
         )))
     }
@@ -348,7 +348,7 @@ pub fn stop(tor: &RunningTor) -> Result<()> {
     if let Launch::Systemd { unit } = &tor.launch {
         let out = systemctl(&["stop", unit])?;
         if !out.status.success() {
-            return Err(Error::Internal(format!(
+            return Err(Error::Unexpected(format!(
                 "systemctl stop {unit} failed: {}",
                 crate::host::tools::first_line(&out)
             )));
@@ -370,7 +370,9 @@ fn stop_instances(instances: &[Instance]) -> Result<()> {
     if pids.is_empty() {
         Ok(())
     } else {
-        Err(Error::Busy(format!("tor (pid {pids:?}) did not stop")))
+        Err(Error::TorDidNotStop(format!(
+            "tor (pid {pids:?}) did not stop"
+        )))
     }
 }
 
@@ -384,7 +386,7 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
             let out = systemctl(&["start", unit])?;
             if !out.status.success() {
                 let _ = stop(tor);
-                return Err(Error::Corrupt(format!(
+                return Err(Error::TorDidNotStart(format!(
                     "tor did not start ({unit}: {}); it is left stopped",
                     crate::host::tools::first_line(&out)
                 )));
@@ -432,7 +434,7 @@ fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Resu
     let started = Instant::now();
     let mut seen = false;
     let refused = || {
-        Error::Corrupt(format!(
+        Error::TorDidNotStart(format!(
             "tor refused its state in {} (check the owner and mode of the folder and of its onion service folders); it is left stopped",
             data_dir.display()
         ))
@@ -461,7 +463,7 @@ fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Resu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(Error::Internal(format!(
+    Err(Error::TorDidNotStart(format!(
         "tor did not take {} within {} s; it is left stopped",
         data_dir.display(),
         START_TIMEOUT.as_secs()

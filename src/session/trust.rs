@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use crate::error::{Context, Error, Result};
+use crate::context::Context;
 use crate::persistence::config::Method;
 use crate::persistence::features::{ResolvedEntry, SourceGuard};
 use crate::safefs::{self, Dir};
+use crate::session::error::{Error, Result};
 
 /// Refuses when any folder from `/` down to `rel` in the volume could be changed by
 /// someone other than root: owned by another user, or writable by a group other than
@@ -92,8 +93,8 @@ pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Res
                 }
                 return Ok(());
             }
-            Err(Error::NotFound(_)) => continue,
-            Err(e) => return Err(e),
+            Err(crate::error::Error::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::host::devices;
 use crate::host::mounts;
 use crate::host::tools::{self, FsckResult};
@@ -12,6 +11,7 @@ use crate::output::Output;
 use crate::persistence::features::SystemHost;
 use crate::persistence::layout::Layout;
 use crate::safefs;
+use crate::session::error::{Error, Result};
 use crate::session::record::{self, FailedFeature, Record};
 use crate::session::report::{ConfigErrorReport, FeatureReport, FeatureState};
 use crate::session::{lifecycle, plan, unlocked};
@@ -46,7 +46,7 @@ pub fn start(
     unlocked::ensure_mount_point(&layout.mount_root)?;
     mounts::mount_ext4(&device, &layout.mount_root)?;
     let mapping = devices::find_mapping(&layout.mapping)
-        .ok_or_else(|| Error::Internal(format!("{} vanished after opening", layout.mapping)))?;
+        .ok_or_else(|| Error::Unexpected(format!("{} vanished after opening", layout.mapping)))?;
     let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
     let host = SystemHost::new(live_user);
     // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
@@ -90,8 +90,8 @@ pub fn start(
         Ok(None) => {
             warnings.push("the volume has no persistence.conf: no feature is enabled".to_string())
         }
-        Err(e @ Error::Corrupt(_)) => config_refused = Some(e.to_string()),
-        Err(e) => return Err(e),
+        Err(e @ crate::error::Error::Corrupt(_)) => config_refused = Some(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     let record = Record {
         backing: backing.to_path_buf(),
