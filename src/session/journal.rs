@@ -27,14 +27,14 @@ enum Done {
 
 /// The changes made for one feature so far.
 #[derive(Debug, Default)]
-pub struct Journal {
+pub(crate) struct Journal {
     done: Vec<Done>,
 }
 
 impl Journal {
     /// Undoes everything recorded, newest first. Best effort: an undo that fails is
     /// reported, and the rest still run.
-    pub fn undo(self) -> Vec<String> {
+    pub(crate) fn undo(self) -> Vec<String> {
         let mut problems = Vec::new();
         for step in self.done.into_iter().rev() {
             let result = match step {

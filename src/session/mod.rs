@@ -13,17 +13,17 @@
 //! - [`Error`]: what goes wrong here, by meaning; `crate::error` maps it to exit codes.
 
 pub mod error;
-pub mod features;
+pub(crate) mod features;
 pub mod journal;
-pub mod lifecycle;
-pub mod lock;
-pub mod plan;
-pub mod record;
-pub mod report;
-pub mod status;
-pub mod tor;
-pub mod trust;
-pub mod unlock;
-pub mod unlocked;
+pub(crate) mod lifecycle;
+pub(crate) mod lock;
+pub(crate) mod plan;
+pub(crate) mod record;
+pub(crate) mod report;
+pub(crate) mod status;
+pub(crate) mod tor;
+pub(crate) mod trust;
+pub(crate) mod unlock;
+pub(crate) mod unlocked;
 
 pub use error::{Error, Result};

@@ -260,10 +260,6 @@ pub struct RunningTor {
 }
 
 impl RunningTor {
-    pub fn pids(&self) -> Vec<i32> {
-        self.instances.iter().map(|i| i.pid).collect()
-    }
-
     /// The processes of the system's tor running now, found the way it was launched.
     fn running_now(&self) -> Vec<Instance> {
         match &self.launch {

@@ -1,6 +1,7 @@
-//! The unlocked volume as the running system shows it: its mapping, its mount, its config,
-//! its features. `unlock` builds it; `status`, `lock` and `feature` find it again from the
-//! kernel's own tables, so no stale state file can mislead them.
+//! The unlocked volume as the running system shows it: its mapping and its mount, found
+//! again from the kernel's own tables (so no stale state file can mislead `status`, `lock`
+//! or `feature`), and its config files (persistence.conf, keepsake.conf, custom
+//! features), read and written with the checks their readers make.
 
 use std::path::{Path, PathBuf};
 
