@@ -98,6 +98,8 @@ pub enum Error {
     CheckFailed(String),
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error(transparent)]
+    Session(#[from] crate::session::Error),
     #[error("{context}: {message}")]
     Crypt {
         context: String,
@@ -124,6 +126,25 @@ impl Error {
             Error::RootOnVolume(_) => ExitCode::RootOnVolume,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io(e) => errno_class(e.errno()),
+            Error::Session(e) => {
+                use crate::session::Error as S;
+                match e {
+                    // Something is in the way, or in use: it can be moved or closed.
+                    S::InTheWay(_) | S::InUse(_) | S::TorDidNotStop(_) => ExitCode::Busy,
+                    // A strict source's owner or mode is not what the feature needs.
+                    S::WrongOwner(_) => ExitCode::Corrupt,
+                    S::UntrustedSource(_) => ExitCode::NotPermitted,
+                    S::NotAFile(_) | S::BadFeature(_) => ExitCode::Usage,
+                    S::NotUnlocked(_) | S::NoSuchFeature(_) => ExitCode::NotFound,
+                    S::NotApplied(_) => ExitCode::Incomplete,
+                    S::RootOnVolume(_) => ExitCode::RootOnVolume,
+                    S::UntrustedTorrc(_) => ExitCode::UnsafeHost,
+                    // tor not starting is no damage to the volume: an unexpected failure.
+                    S::TorDidNotStart(_) | S::Leftovers(_) | S::Unexpected(_) => ExitCode::Internal,
+                    S::Io(e) => errno_class(e.errno()),
+                    S::Below(e) => e.exit_code(),
+                }
+            }
             Error::Crypt { errno, .. } => errno_class(*errno),
             Error::Internal(_) => ExitCode::Internal,
         }
@@ -134,6 +155,7 @@ impl Error {
         let add = |m: String| format!("{m}; {note}");
         match self {
             Error::Io(e) => Error::Io(e.with_note(note)),
+            Error::Session(e) => Error::Session(e.with_note(note)),
             Error::Crypt {
                 context,
                 errno,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use keepsake::persistence::config::{Entry, Method};
 use keepsake::persistence::features::ResolvedEntry;
 use keepsake::safefs::{self, Owner};
-use keepsake::session::binder;
+use keepsake::session::journal;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, mkdirat};
 
@@ -98,9 +98,9 @@ fn a_tree_deeper_than_the_descriptor_limit_is_linked_unlinked_copied_and_removed
         guard: None,
     };
     let before = open_fds();
-    binder::activate(&volume, &dotfiles).unwrap();
+    journal::activate(&volume, &dotfiles).unwrap();
     assert!(exists_below(&home, &bottom), "the deepest file is linked");
-    assert_eq!(binder::unlink_tree(&home, &vol).unwrap(), 1);
+    assert_eq!(journal::unlink_tree(&home, &vol).unwrap(), 1);
     assert!(!exists_below(&home, &bottom), "and unlinked again");
 
     // A new bind source starts as a copy of the destination: the copy and its undo.

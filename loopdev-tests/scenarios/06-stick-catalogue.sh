@@ -120,18 +120,25 @@ guest_second_boot() {
     ks_expect_rc 0 "remove it with its data" -- keepsake feature remove projects --delete-data --yes
     ks_assert "its folder is gone from the volume" test ! -e $KS_ROOT_MNT/projects
 
-    # A feature that fails half way: its source is made, then its destination cannot be.
-    mkdir -p /opt/ro && mount -t tmpfs -o ro tmpfs /opt/ro
+    # A feature that fails half way: its source is made (and filled with a copy of the
+    # destination's files), then the bind fails: the volume's mount is made unbindable, so
+    # the kernel refuses it (EINVAL). Everything made before must be undone.
+    mkdir -p /opt/broken && echo "the session's own" > /opt/broken/file
     cp $KS_ROOT_MNT/persistence.conf /tmp/conf.before
-    ks_expect_rc 9 "a feature whose destination cannot be made" -- keepsake feature add broken --dest /opt/ro/sub
-    ks_assert "the error names the cause" grep -q "Read-only file system" /tmp/ks-cmd.out
-    ks_assert "nothing is mounted for it" sh -c "! grep -q ' /opt/ro/sub ' /proc/self/mountinfo"
-    ks_assert "its source folder was rolled back" test ! -e $KS_ROOT_MNT/broken
+    local propagation=private
+    awk -v m="$KS_ROOT_MNT" '$5 == m' /proc/self/mountinfo | grep -q ' shared:' && propagation=shared
+    mount --make-unbindable "$KS_ROOT_MNT"
+    ks_expect_rc 9 "a feature whose bind fails after its source was made" -- keepsake feature add broken --dest /opt/broken
+    ks_assert "the error names the cause" grep -q "Invalid argument" /tmp/ks-cmd.out
+    ks_assert "nothing is mounted for it" sh -c "! grep -q ' /opt/broken ' /proc/self/mountinfo"
+    ks_assert "its source folder, with the copy in it, was rolled back" test ! -e $KS_ROOT_MNT/broken
+    ks_assert_eq "the destination's own file is untouched" "$(cat /opt/broken/file)" "the session's own"
     ks_assert "persistence.conf unchanged" cmp -s /tmp/conf.before $KS_ROOT_MNT/persistence.conf
     ks_assert "no custom definition left" sh -c "! grep -q broken $KS_ROOT_MNT/keepsake-features.conf"
     # For scripts: a failed --json feature command still prints one JSON object, the error.
-    keepsake --json feature add broken --dest /opt/ro/sub > /tmp/broken.json 2>/dev/null
+    keepsake --json feature add broken --dest /opt/broken > /tmp/broken.json 2>/dev/null
     ks_assert "--json: one object with the error's kind" sh -c "[ \$(grep -c '^{' /tmp/broken.json) -eq 1 ] && grep -q '\"kind\":\"incomplete\"' /tmp/broken.json"
+    mount --make-$propagation "$KS_ROOT_MNT"
 
     ks_expect_rc 0 "lock" -- keepsake lock
     ks_lock_is_clean

@@ -186,14 +186,7 @@ pub fn require_locked(backing: &Path, why: &str) -> Result<()> {
 pub fn unlocked_volume(
     global: &GlobalArgs,
 ) -> Result<(crate::session::unlocked::Unlocked, PathBuf)> {
-    let unlocked =
-        crate::session::unlocked::Unlocked::find(&layout(global, None))?.ok_or_else(|| {
-            Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
-        })?;
-    let root = unlocked.mount_root.clone().ok_or_else(|| {
-        Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
-    })?;
-    Ok((unlocked, root))
+    crate::session::unlocked::Unlocked::find_mounted(&layout(global, None))
 }
 
 pub fn layout(global: &GlobalArgs, mount_root: Option<&Path>) -> Layout {

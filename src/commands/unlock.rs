@@ -8,13 +8,10 @@ use crate::cli::{GlobalArgs, UnlockArgs};
 use crate::error::{Error, Result};
 use crate::host::devices;
 use crate::host::mounts;
-use crate::host::tools::{self, FsckResult};
 use crate::output::Output;
-use crate::persistence::config::LineError;
-use crate::persistence::features::SystemHost;
 use crate::persistence::layout::{Layout, LayoutProfile};
-use crate::safefs;
-use crate::session::unlocked::{self, FailedFeature, FeatureReport, FeatureState, Record};
+use crate::session::report::FeatureState;
+use crate::session::unlock::Started;
 use crate::volume;
 use crate::volume::discovery;
 
@@ -24,31 +21,11 @@ struct UnlockReport {
     mapping: String,
     mount_root: PathBuf,
     keyslot: u32,
-    fsck: FsckResult,
-    features: Vec<FeatureReport>,
-    config_errors: Vec<ConfigErrorReport>,
-    /// Why persistence.conf was refused as a whole (owner, mode, size, encoding, type).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    config_refused: Option<String>,
-    warnings: Vec<String>,
+    #[serde(flatten)]
+    session: Started,
     /// The devices tried when the volume was looked for as live-boot looks for it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tried: Vec<TriedDevice>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigErrorReport {
-    pub line: usize,
-    pub reason: String,
-}
-
-impl From<&LineError> for ConfigErrorReport {
-    fn from(e: &LineError) -> Self {
-        ConfigErrorReport {
-            line: e.line,
-            reason: e.reason.clone(),
-        }
-    }
 }
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
@@ -75,23 +52,24 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         Err(e) => return Err(e),
     };
     let layout = &opened.layout;
-    match mount_and_activate(
-        layout,
-        &opened.backing,
-        args.live_user.as_deref(),
-        opened.keyslot,
-        out,
-    ) {
-        Ok(mut report) => {
-            report.tried = opened.tried;
-            finish(report, out)
-        }
+    match crate::session::unlock::start(layout, &opened.backing, args.live_user.as_deref(), out) {
+        Ok(session) => finish(
+            UnlockReport {
+                backing: opened.backing.clone(),
+                mapping: layout.mapping.clone(),
+                mount_root: layout.mount_root.clone(),
+                keyslot: opened.keyslot,
+                session,
+                tried: opened.tried,
+            },
+            out,
+        ),
         Err(e) => {
             // Nothing half-open is left behind: unmount if mounted, close the mapping (a
             // loop device keepsake attached goes with it: autoclear).
             let _ = mounts::unmount(&layout.mount_root);
             let _ = volume::deactivate(&layout.mapping);
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -329,102 +307,23 @@ fn describe_tried(tried: &[TriedDevice]) -> String {
         .join("; ")
 }
 
-fn mount_and_activate(
-    layout: &Layout,
-    backing: &Path,
-    live_user: Option<&str>,
-    keyslot: u32,
-    out: Output,
-) -> Result<UnlockReport> {
-    let device = layout.mapper_path();
-    let fsck = tools::fsck_preen(&device)?;
-    if fsck == FsckResult::Repaired {
-        out.warn("e2fsck repaired the filesystem (was it unplugged without lock?)");
-    }
-    unlocked::ensure_mount_point(&layout.mount_root)?;
-    mounts::mount_ext4(&device, &layout.mount_root)?;
-    let mapping = devices::find_mapping(&layout.mapping)
-        .ok_or_else(|| Error::Internal(format!("{} vanished after opening", layout.mapping)))?;
-    let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
-    let host = SystemHost::new(live_user);
-    // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
-    // live user reaches its features' folders (and the dotfiles' links) and lists nothing.
-    safefs::set_mount_root_access(&volume_dir, host.live_user.as_ref().ok().map(|u| u.uid))?;
-    if layout.profile == crate::persistence::layout::LayoutProfile::Tails
-        && let Ok(user) = &host.live_user
-    {
-        // And, as Tails does, the live user's top-level folders lose any group and other
-        // access (the mount root's ACL lets that user through, and only that user).
-        for entry in safefs::list(&volume_dir)? {
-            let o = entry.owner();
-            if entry.is_dir() && (o.uid, o.gid) == (user.uid, user.gid) && o.mode & 0o077 != 0 {
-                let (dir, _) = safefs::open_beneath(&volume_dir, Path::new(&entry.name), None)?;
-                safefs::set_owner(
-                    &dir,
-                    safefs::Owner {
-                        mode: o.mode & !0o077,
-                        ..o
-                    },
-                )?;
-            }
-        }
-    }
-    let mut warnings = Vec::new();
-    let mut features = Vec::new();
-    let mut config_errors = Vec::new();
-    let mut config_refused = None;
-    match unlocked::read_config(&volume_dir, layout.profile.into()) {
-        Ok(Some(config)) => {
-            config_errors = config.errors().map(ConfigErrorReport::from).collect();
-            let (entries, mut failed) = unlocked::resolve_entries(&config, &host);
-            features =
-                unlocked::activate_entries(&volume_dir, &layout.mount_root, mapping.dev, &entries)?;
-            features.append(&mut failed);
-        }
-        Ok(None) => {
-            warnings.push("the volume has no persistence.conf: no feature is enabled".to_string())
-        }
-        Err(e @ Error::Corrupt(_)) => config_refused = Some(e.to_string()),
-        Err(e) => return Err(e),
-    }
-    let record = Record {
-        backing: backing.to_path_buf(),
-        mapping: layout.mapping.clone(),
-        failed: features
-            .iter()
-            .filter(|f| f.state == FeatureState::Failed)
-            .map(|f| FailedFeature {
-                source: f.source.clone(),
-                error: f.error.clone().unwrap_or_default(),
-            })
-            .collect(),
-    };
-    unlocked::write_record(layout, &record)?;
-    Ok(UnlockReport {
-        backing: backing.to_path_buf(),
-        mapping: layout.mapping.clone(),
-        mount_root: layout.mount_root.clone(),
-        keyslot,
-        fsck,
-        features,
-        config_errors,
-        config_refused,
-        warnings,
-        tried: vec![],
-    })
-}
-
 fn finish(report: UnlockReport, out: Output) -> Result<()> {
-    for w in report.warnings.iter().chain(&report.config_refused) {
+    for w in report
+        .session
+        .warnings
+        .iter()
+        .chain(&report.session.config_refused)
+    {
         out.warn(w);
     }
-    for e in &report.config_errors {
+    for e in &report.session.config_errors {
         out.warn(format!(
             "persistence.conf line {}: {}; that feature is skipped",
             e.line, e.reason
         ));
     }
     let problems: Vec<String> = report
+        .session
         .features
         .iter()
         .filter(|f| matches!(f.state, FeatureState::Failed | FeatureState::Skipped))
@@ -436,7 +335,7 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
             )
         })
         .collect();
-    let config_refused = report.config_refused.is_some();
+    let config_refused = report.session.config_refused.is_some();
     out.result(&report, |r| {
         let mut text = format!(
             "unlocked {} at {} (keyslot {})\n",
@@ -447,7 +346,7 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
         for t in &r.tried {
             text.push_str(&format!("  tried {}: {}\n", t.device.display(), t.outcome));
         }
-        for f in &r.features {
+        for f in &r.session.features {
             let state = match f.state {
                 FeatureState::Active => "active",
                 FeatureState::Failed => "FAILED",
@@ -464,12 +363,12 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
         }
         text
     });
-    if !problems.is_empty() || !report.config_errors.is_empty() || config_refused {
+    if !problems.is_empty() || !report.session.config_errors.is_empty() || config_refused {
         let mut parts = problems;
-        if !report.config_errors.is_empty() {
+        if !report.session.config_errors.is_empty() {
             parts.push(format!(
                 "{} bad line(s) in persistence.conf",
-                report.config_errors.len()
+                report.session.config_errors.len()
             ));
         }
         if config_refused {

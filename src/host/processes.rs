@@ -173,23 +173,43 @@ fn comm(base: &Path) -> String {
 /// Asks the holders to end (SIGTERM), waits up to `grace`, then kills those left
 /// (SIGKILL) and waits again. Returns the holders still present afterwards.
 pub fn end_holders(dev: (u32, u32), grace: Duration) -> Vec<Holder> {
-    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
-        let holders = holders_of(dev);
-        if holders.is_empty() {
-            return holders;
-        }
-        for h in &holders {
+    end_in_turn(
+        &[Signal::SIGTERM, Signal::SIGKILL],
+        grace,
+        || holders_of(dev),
+        |h, signal| {
             let _ = kill(Pid::from_raw(h.pid), signal);
+        },
+    )
+}
+
+/// Sends each signal in turn to the processes `left` still finds, and waits up to `grace`
+/// after each for them to be gone. Returns those left at the end. The one loop behind
+/// ending the volume's holders (`lock --force`) and stopping tor; `send` decides how a
+/// process is reached (a pid, or a pidfd that cannot hit a recycled pid).
+pub(crate) fn end_in_turn<P>(
+    signals: &[Signal],
+    grace: Duration,
+    mut left: impl FnMut() -> Vec<P>,
+    send: impl Fn(&P, Signal),
+) -> Vec<P> {
+    for &signal in signals {
+        let now = left();
+        if now.is_empty() {
+            return now;
+        }
+        for process in &now {
+            send(process, signal);
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if holders_of(dev).is_empty() {
+            if left().is_empty() {
                 return Vec::new();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    holders_of(dev)
+    left()
 }
 
 #[cfg(test)]

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use crate::context::IoError;
+use crate::session::error::{Error, Result};
 
 /// Debian's tor DataDirectory, which the tor-state feature binds.
 pub const DATA_DIR: &str = "/var/lib/tor";
@@ -260,10 +260,6 @@ pub struct RunningTor {
 }
 
 impl RunningTor {
-    pub fn pids(&self) -> Vec<i32> {
-        self.instances.iter().map(|i| i.pid).collect()
-    }
-
     /// The processes of the system's tor running now, found the way it was launched.
     fn running_now(&self) -> Vec<Instance> {
         match &self.launch {
@@ -278,7 +274,7 @@ fn systemd_runs() -> bool {
 }
 
 fn systemctl(args: &[&str]) -> Result<std::process::Output> {
-    crate::host::tools::run("systemctl", args, "systemd")
+    Ok(crate::host::tools::run("systemctl", args, "systemd")?)
 }
 
 /// The main pid systemd records for `unit` (0, or nothing, when it does not run).
@@ -313,7 +309,7 @@ fn trusted_torrc() -> Result<&'static Path> {
     if only_root(torrc) && torrc.parent().is_some_and(only_root) {
         Ok(torrc)
     } else {
-        Err(Error::UnsafeHost(format!(
+        Err(Error::UntrustedTorrc(format!(
             "{TORRC} is missing, a symlink, or writable by someone other than root; keepsake starts tor only with a torrc that only root can change"
         )))
     }
@@ -348,7 +344,7 @@ pub fn stop(tor: &RunningTor) -> Result<()> {
     if let Launch::Systemd { unit } = &tor.launch {
         let out = systemctl(&["stop", unit])?;
         if !out.status.success() {
-            return Err(Error::Internal(format!(
+            return Err(Error::Unexpected(format!(
                 "systemctl stop {unit} failed: {}",
                 crate::host::tools::first_line(&out)
             )));
@@ -360,25 +356,19 @@ pub fn stop(tor: &RunningTor) -> Result<()> {
 /// Ends these tor processes: SIGINT is tor's clean shutdown (what systemd sends it);
 /// then SIGTERM, then SIGKILL for any that linger.
 fn stop_instances(instances: &[Instance]) -> Result<()> {
-    let left = || instances.iter().filter(|i| i.alive()).collect::<Vec<_>>();
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
-        let now = left();
-        if now.is_empty() {
-            return Ok(());
-        }
-        for instance in now {
-            instance.signal(signal);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline && !left().is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let pids: Vec<i32> = left().iter().map(|i| i.pid).collect();
+    let left = crate::host::processes::end_in_turn(
+        &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL],
+        STOP_TIMEOUT,
+        || instances.iter().filter(|i| i.alive()).collect::<Vec<_>>(),
+        |instance, signal| instance.signal(signal),
+    );
+    let pids: Vec<i32> = left.iter().map(|i| i.pid).collect();
     if pids.is_empty() {
         Ok(())
     } else {
-        Err(Error::Busy(format!("tor (pid {pids:?}) did not stop")))
+        Err(Error::TorDidNotStop(format!(
+            "tor (pid {pids:?}) did not stop"
+        )))
     }
 }
 
@@ -392,7 +382,7 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
             let out = systemctl(&["start", unit])?;
             if !out.status.success() {
                 let _ = stop(tor);
-                return Err(Error::Corrupt(format!(
+                return Err(Error::TorDidNotStart(format!(
                     "tor did not start ({unit}: {}); it is left stopped",
                     crate::host::tools::first_line(&out)
                 )));
@@ -440,7 +430,7 @@ fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Resu
     let started = Instant::now();
     let mut seen = false;
     let refused = || {
-        Error::Corrupt(format!(
+        Error::TorDidNotStart(format!(
             "tor refused its state in {} (check the owner and mode of the folder and of its onion service folders); it is left stopped",
             data_dir.display()
         ))
@@ -469,11 +459,84 @@ fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Resu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(Error::Internal(format!(
+    Err(Error::TorDidNotStart(format!(
         "tor did not take {} within {} s; it is left stopped",
         data_dir.display(),
         START_TIMEOUT.as_secs()
     )))
+}
+
+/// What happened to tor around a change of its state folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TorRestart {
+    /// tor was not running, or was not involved.
+    NotRunning,
+    Restarted,
+    /// tor was running and is left stopped on purpose (its state could not be bound).
+    LeftStopped,
+    /// tor was started again and refused its state, or did not start.
+    Failed(String),
+}
+
+/// The system's tor held stopped while its state folder changes: the one way unlock,
+/// feature enable/disable and lock stop tor and start it again. Made by [`TorPause::stop`];
+/// ended by [`TorPause::resume`] (start it on whatever `/var/lib/tor` is now) or
+/// [`TorPause::leave_stopped`] (its state could not be bound: better stopped than on the
+/// wrong one).
+#[must_use = "tor stays stopped until resumed"]
+#[derive(Debug)]
+pub struct TorPause {
+    stopped: Option<RunningTor>,
+}
+
+impl TorPause {
+    /// Stops the system's tor when `involved` and it runs; `before` is called just before
+    /// it is stopped (to say so).
+    pub fn stop(involved: bool, before: impl FnOnce()) -> Result<TorPause> {
+        let running = if involved { find()? } else { None };
+        if let Some(tor) = &running {
+            before();
+            stop(tor)?;
+        }
+        Ok(TorPause { stopped: running })
+    }
+
+    /// Whether tor was running, and is stopped now.
+    pub fn stopped(&self) -> bool {
+        self.stopped.is_some()
+    }
+
+    /// Starts tor again, if it was stopped, and waits until it has accepted its state.
+    pub fn resume(self) -> TorRestart {
+        match &self.stopped {
+            None => TorRestart::NotRunning,
+            Some(tor) => match start(tor, Path::new(DATA_DIR)) {
+                Ok(()) => TorRestart::Restarted,
+                Err(e) => TorRestart::Failed(e.to_string()),
+            },
+        }
+    }
+
+    /// Leaves tor stopped, if it was stopped.
+    pub fn leave_stopped(self) -> TorRestart {
+        match self.stopped {
+            None => TorRestart::NotRunning,
+            Some(_) => TorRestart::LeftStopped,
+        }
+    }
+}
+
+/// Runs `change` with the system tor stopped, when `involved` and tor runs, and starts it
+/// again afterwards if `change` says so (its second value).
+pub fn around<T>(involved: bool, change: impl FnOnce() -> (T, bool)) -> Result<(T, TorRestart)> {
+    let pause = TorPause::stop(involved, || {})?;
+    let (value, restart) = change();
+    let outcome = if restart {
+        pause.resume()
+    } else {
+        pause.leave_stopped()
+    };
+    Ok((value, outcome))
 }
 
 /// The pid among `pids` holding a lock (flock or fcntl) on `file`, from /proc/locks.

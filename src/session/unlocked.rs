@@ -1,80 +1,21 @@
-//! The unlocked volume as the running system shows it: its mapping, its mount, its config,
-//! its features. `unlock` builds it; `status`, `lock` and `feature` find it again from the
-//! kernel's own tables, so no stale state file can mislead them.
+//! The unlocked volume as the running system shows it: its mapping and its mount, found
+//! again from the kernel's own tables (so no stale state file can mislead `status`, `lock`
+//! or `feature`), and its config files (persistence.conf, keepsake.conf, custom
+//! features), read and written with the checks their readers make.
 
 use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 use crate::host::devices::{self, Mapping};
 use crate::host::mounts::{self, Mount};
-use crate::persistence::config::{self, ConfigFile, Dialect, Line, Method};
-use crate::persistence::features::{self, Host, ResolvedEntry, Service};
-use crate::persistence::layout::{
-    CONFIG_FILE, KEEPSAKE_CONFIG_FILE, Layout, LayoutProfile, RUNTIME_DIR,
-};
+use crate::persistence::config::{ConfigFile, Dialect, Line};
+use crate::persistence::features::{self, Host};
+use crate::persistence::layout::{CONFIG_FILE, KEEPSAKE_CONFIG_FILE, Layout, LayoutProfile};
 use crate::safefs::{self, Dir, Owner};
-use crate::session::binder::{self, Action};
-use crate::session::tor;
+use crate::session::trust;
 
 /// The largest persistence.conf accepted.
 pub const MAX_CONFIG: u64 = 64 * 1024;
-
-/// Facts recorded at unlock time that the kernel does not keep (never secrets).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Record {
-    /// The container file or partition that was unlocked.
-    pub backing: PathBuf,
-    /// Its dm-crypt mapping name.
-    #[serde(default)]
-    pub mapping: String,
-    /// Features that failed to activate, with why.
-    #[serde(default)]
-    pub failed: Vec<FailedFeature>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FailedFeature {
-    pub source: PathBuf,
-    pub error: String,
-}
-
-pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
-    let (dir, _) = safefs::open_dir(
-        Path::new(RUNTIME_DIR),
-        Some(Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o700,
-        }),
-    )?;
-    let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Internal(e.to_string()))?;
-    let name = layout.runtime_record();
-    let name = name
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("record.json");
-    safefs::write_file_atomically(
-        &dir,
-        name,
-        &text,
-        Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o600,
-        },
-    )
-}
-
-pub fn read_record(layout: &Layout) -> Option<Record> {
-    let text = std::fs::read_to_string(layout.runtime_record()).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-pub fn remove_record(layout: &Layout) {
-    let _ = std::fs::remove_file(layout.runtime_record());
-}
 
 /// An open persistence volume, and where its filesystem is mounted, if it is.
 #[derive(Clone, Debug)]
@@ -104,6 +45,17 @@ impl Unlocked {
         Ok(found.pop())
     }
 
+    /// The open volume of this layout and where it is mounted, or why there is none.
+    pub fn find_mounted(layout: &Layout) -> Result<(Unlocked, PathBuf)> {
+        let unlocked = Unlocked::find(layout)?.ok_or_else(|| {
+            Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
+        })?;
+        let root = unlocked.mount_root.clone().ok_or_else(|| {
+            Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
+        })?;
+        Ok((unlocked, root))
+    }
+
     /// Every open persistence volume of either layout, from the kernel's tables
     /// ([`crate::volume::discovery::open_volumes`]), keepsake's runtime records vouching only for
     /// the live-boot mappings keepsake opened itself.
@@ -113,7 +65,7 @@ impl Unlocked {
             [LayoutProfile::Tails, LayoutProfile::LiveBoot]
                 .into_iter()
                 .filter_map(|p| {
-                    let r = read_record(&Layout::new(p, None))?;
+                    let r = crate::session::record::read_record(&Layout::new(p, None))?;
                     (!r.mapping.is_empty()).then_some((p, r.mapping))
                 })
                 .collect();
@@ -363,108 +315,9 @@ pub fn write_config_file(
     )
 }
 
-/// The state of one feature line after activation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FeatureState {
-    Active,
-    Inactive,
-    Failed,
-    Skipped,
-    /// Its reader applies it at boot; keepsake does not in a running session (`/ union`).
-    AtBoot,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FeatureReport {
-    pub name: String,
-    pub source: PathBuf,
-    pub destination: PathBuf,
-    pub method: Method,
-    pub enabled: bool,
-    pub active: bool,
-    pub state: FeatureState,
-    pub error: Option<String>,
-}
-
-impl FeatureReport {
-    fn new(r: &ResolvedEntry, state: FeatureState, error: Option<String>) -> FeatureReport {
-        FeatureReport {
-            name: r.feature.clone(),
-            source: r.entry.source.clone(),
-            destination: r.entry.destination.clone(),
-            method: r.entry.method,
-            enabled: true,
-            active: state == FeatureState::Active,
-            state,
-            error,
-        }
-    }
-}
-
-/// Resolves the config's entries, in the order they are activated (see
-/// [`activation_order`]). One whose owner cannot be resolved, or whose source is nested in
-/// another's, fails alone; one that takes effect at boot only is skipped. Both are
-/// reported in the second list.
-pub fn resolve_entries(
-    config: &ConfigFile,
-    host: &dyn Host,
-) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
-    let mut resolved = Vec::new();
-    let mut refused = Vec::new();
-    let nested = config.nested_sources();
-    for entry in activation_order(config) {
-        let refusal = |state, why: String| FeatureReport {
-            name: entry.source.display().to_string(),
-            source: entry.source.clone(),
-            destination: entry.destination.clone(),
-            method: entry.method,
-            enabled: true,
-            active: false,
-            state,
-            error: Some(why),
-        };
-        if let Some(why) = config::boot_only(entry) {
-            refused.push(refusal(FeatureState::AtBoot, why));
-            continue;
-        }
-        let outcome = match nested.iter().find(|(e, _)| e == entry) {
-            Some((_, why)) => Err(Error::UntrustedSource(why.clone())),
-            None => features::resolve(entry, host),
-        };
-        match outcome {
-            Ok(r) => resolved.push(r),
-            Err(e) => refused.push(refusal(FeatureState::Failed, e.to_string())),
-        }
-    }
-    (resolved, refused)
-}
-
-/// The config's entries in the order their reader activates them (and keepsake too;
-/// deactivation runs backwards). Tails: its catalogue order, custom features after.
-/// live-boot: mounts sorted by destination, so that /srv/www comes before
-/// /srv/www/uploads, then links in the file's order, so that no mount hides them.
-pub fn activation_order(config: &ConfigFile) -> Vec<&config::Entry> {
-    let mut entries: Vec<&config::Entry> = config.entries().collect();
-    match config.dialect {
-        Dialect::Tails => entries.sort_by_key(|e| features::Feature::rank(&e.source)),
-        Dialect::LiveBoot => entries.sort_by(|a, b| {
-            (
-                !a.method.mounts(),
-                a.method.mounts().then_some(&a.destination),
-            )
-                .cmp(&(
-                    !b.method.mounts(),
-                    b.method.mounts().then_some(&b.destination),
-                ))
-        }),
-    }
-    entries
-}
-
 /// Removes from the volume's persistence.conf every line that activation would refuse as
 /// one the live user could turn against the system: a source nested in another's, or a
-/// source outside the home that the live user can change ([`binder::refuse_an_untrusted_source`]).
+/// source outside the home that the live user can change ([`trust::refuse_an_untrusted_source`]).
 /// Returns the lines dropped, each with why. (For a config that came from elsewhere: a
 /// restored archive.)
 pub fn drop_untrusted_lines(
@@ -482,7 +335,7 @@ pub fn drop_untrusted_lines(
             Some((_, why)) => Some(why.clone()),
             None => features::resolve(entry, host)
                 .ok()
-                .and_then(|r| binder::refuse_an_untrusted_source(volume, &r).err())
+                .and_then(|r| trust::refuse_an_untrusted_source(volume, &r).err())
                 .map(|e| e.to_string()),
         };
         if let Some(why) = why {
@@ -500,187 +353,6 @@ pub fn drop_untrusted_lines(
         .map(|(entry, why)| format!("'{}' ({why})", entry.render(dialect)))
         .collect())
 }
-
-/// Activates every entry that is not active yet; each failure is reported and undone,
-/// and does not stop the others.
-pub fn activate_entries(
-    volume: &Dir,
-    mount_root: &Path,
-    volume_dev: (u32, u32),
-    entries: &[ResolvedEntry],
-) -> Result<Vec<FeatureReport>> {
-    let table = mounts::read_mountinfo()?;
-    let plan = binder::plan_activation(entries, mount_root, volume_dev, &table);
-    let tor_involved = plan
-        .iter()
-        .any(|p| p.action == Action::Activate && p.resolved.service == Some(Service::Tor));
-    let (mut reports, restarted) = with_tor_stopped(tor_involved, || {
-        let reports: Vec<FeatureReport> = plan
-            .into_iter()
-            .map(|planned| {
-                let r = &planned.resolved;
-                match planned.action {
-                    Action::AlreadyActive => FeatureReport::new(r, FeatureState::Active, None),
-                    Action::Skip(why) => FeatureReport::new(r, FeatureState::Skipped, Some(why)),
-                    Action::Activate => match binder::activate(volume, r) {
-                        Ok(()) => FeatureReport::new(r, FeatureState::Active, None),
-                        Err(e) => FeatureReport::new(r, FeatureState::Failed, Some(e.to_string())),
-                    },
-                }
-            })
-            .collect();
-        // tor starts again only on the state it was stopped for: if that failed to bind,
-        // it stays stopped rather than run on the amnesic folder.
-        let tor_ok = reports
-            .iter()
-            .zip(entries)
-            .all(|(rep, e)| e.service != Some(Service::Tor) || rep.active);
-        (reports, tor_ok)
-    })?;
-    for (report, entry) in reports.iter_mut().zip(entries) {
-        if entry.service != Some(Service::Tor) {
-            continue;
-        }
-        match &restarted {
-            TorRestart::Failed(e) => {
-                report.state = FeatureState::Failed;
-                report.error = Some(e.clone());
-            }
-            TorRestart::LeftStopped if report.state == FeatureState::Failed => {
-                let why = report.error.take().unwrap_or_default();
-                report.error = Some(format!("{why}; tor is left stopped"));
-            }
-            _ => {}
-        }
-    }
-    Ok(reports)
-}
-
-/// What happened to tor around a change of its state folder.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TorRestart {
-    /// tor was not running, or was not involved.
-    NotRunning,
-    Restarted,
-    /// tor was running and is left stopped on purpose (its state could not be bound).
-    LeftStopped,
-    /// tor was started again and refused its state, or did not start.
-    Failed(String),
-}
-
-/// Runs `change` with the system tor stopped, when `involved` and tor runs, and starts it
-/// again afterwards if `change` says so (its second value).
-pub fn with_tor_stopped<T>(
-    involved: bool,
-    change: impl FnOnce() -> (T, bool),
-) -> Result<(T, TorRestart)> {
-    let running = if involved { tor::find()? } else { None };
-    let Some(tor) = running else {
-        return Ok((change().0, TorRestart::NotRunning));
-    };
-    tor::stop(&tor)?;
-    let (value, restart) = change();
-    if !restart {
-        return Ok((value, TorRestart::LeftStopped));
-    }
-    let outcome = match tor::start(&tor, Path::new(tor::DATA_DIR)) {
-        Ok(()) => TorRestart::Restarted,
-        Err(e) => TorRestart::Failed(e.to_string()),
-    };
-    Ok((value, outcome))
-}
-
-/// Deactivates entries (in reverse order): unmounts binds, removes links. When one cannot
-/// be deactivated (a process holds it open), those already deactivated are activated again
-/// and the error is returned: all or nothing.
-pub fn deactivate_entries(
-    volume: &Dir,
-    mount_root: &Path,
-    volume_dev: (u32, u32),
-    entries: &[ResolvedEntry],
-) -> Result<TorRestart> {
-    let table = mounts::read_mountinfo()?;
-    let tor_involved = entries.iter().any(|r| {
-        r.service == Some(Service::Tor)
-            && binder::bind_is_active(&table, volume_dev, &r.entry.source, &r.entry.destination)
-    });
-    // tor is started again whether or not the change went through: on the amnesic folder
-    // after a disable, or on the persistent one after a rollback.
-    let (result, restart) = with_tor_stopped(tor_involved, || {
-        (
-            deactivate_all_or_none(volume, mount_root, volume_dev, entries, &table),
-            true,
-        )
-    })?;
-    result.map(|()| restart)
-}
-
-fn deactivate_all_or_none(
-    volume: &Dir,
-    mount_root: &Path,
-    volume_dev: (u32, u32),
-    entries: &[ResolvedEntry],
-    table: &[Mount],
-) -> Result<()> {
-    let mut done: Vec<ResolvedEntry> = Vec::new();
-    for r in entries.iter().rev() {
-        let e = &r.entry;
-        let result = if e.method == Method::Link {
-            binder::unlink_tree(&e.destination, &mount_root.join(&e.source)).map(|_| ())
-        } else if binder::is_active(table, volume_dev, mount_root, e) {
-            mounts::unmount(&e.destination).map_err(|err| match err.exit_code() {
-                crate::error::ExitCode::Busy => Error::Busy(format!(
-                    "{} is in use ({}); close what uses it and try again",
-                    e.destination.display(),
-                    crate::host::processes::holders_of(volume_dev)
-                        .iter()
-                        .map(|h| h.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                _ => err,
-            })
-        } else {
-            Ok(())
-        };
-        if let Err(err) = result {
-            done.reverse();
-            for r in &done {
-                let _ = binder::activate(volume, r);
-            }
-            return Err(err);
-        }
-        done.push(r.clone());
-    }
-    Ok(())
-}
-
-/// The current state of each entry, from the mount table (bind) or the links (link).
-pub fn feature_states(
-    entries: &[ResolvedEntry],
-    table: &[Mount],
-    volume_dev: (u32, u32),
-    mount_root: &Path,
-    record: Option<&Record>,
-) -> Vec<FeatureReport> {
-    entries
-        .iter()
-        .map(|r| {
-            let e = &r.entry;
-            let active = binder::is_active(table, volume_dev, mount_root, e);
-            let failure = record
-                .and_then(|rec| rec.failed.iter().find(|f| f.source == e.source))
-                .map(|f| f.error.clone());
-            let state = match (active, &failure) {
-                (true, _) => FeatureState::Active,
-                (false, Some(_)) => FeatureState::Failed,
-                (false, None) => FeatureState::Inactive,
-            };
-            FeatureReport::new(r, state, if active { None } else { failure })
-        })
-        .collect()
-}
-
 /// The mount root as a path to create: parents root-owned 0755, the root itself 0755 (the
 /// volume's own root folder, once mounted over it, carries its own mode).
 pub fn ensure_mount_point(path: &Path) -> Result<Vec<safefs::Made>> {
@@ -704,29 +376,6 @@ pub fn drop_caches() -> Result<()> {
 mod tests {
     use super::*;
     use crate::persistence::features::tests::FakeHost;
-
-    #[test]
-    fn a_source_nested_in_another_fails_alone() {
-        let config = ConfigFile::parse(
-            "/home/amnesia/Persistent\tsource=Persistent\n\
-             /usr/local/sbin\tsource=Persistent/sbin\n\
-             /home/amnesia/.gnupg\tsource=gnupg\n\
-             /home/amnesia/other\tsource=gnupg\n",
-            Dialect::Tails,
-        );
-        let (resolved, failed) = resolve_entries(&config, &FakeHost);
-        let ok: Vec<_> = resolved.iter().map(|r| r.entry.source.clone()).collect();
-        assert_eq!(
-            ok,
-            vec![PathBuf::from("Persistent"), PathBuf::from("gnupg")]
-        );
-        // Nested, and the same source twice: both fail alone, the parser lets both through.
-        let errors: Vec<&str> = failed.iter().filter_map(|f| f.error.as_deref()).collect();
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("is inside Persistent")));
-        assert!(errors.iter().any(|e| e.contains("the same as gnupg")));
-        assert_eq!(config.errors().count(), 0);
-    }
 
     #[test]
     fn a_tails_config_is_written_as_tails_writes_it_and_tor_state_apart() {
@@ -777,52 +426,6 @@ mod tests {
             let config = read_config(&volume, dialect).unwrap().expect("present");
             assert_eq!(config.entries().count(), 0);
         }
-    }
-
-    #[test]
-    fn features_activate_in_their_readers_order() {
-        let dests = |text: &str, dialect| {
-            let config = ConfigFile::parse(text, dialect);
-            activation_order(&config)
-                .into_iter()
-                .map(|e| e.destination.display().to_string())
-                .collect::<Vec<_>>()
-        };
-        // Tails: its catalogue's order, whatever the file's; Dotfiles last of the built-ins
-        // (so its links land in .ssh after .ssh is bound), custom features after.
-        assert_eq!(
-            dests(
-                "/home/amnesia\tsource=dotfiles,link\n/opt/x\tsource=x\n/home/amnesia/.ssh\tsource=openssh-client\n/home/amnesia/Persistent\tsource=Persistent\n",
-                Dialect::Tails
-            ),
-            [
-                "/home/amnesia/Persistent",
-                "/home/amnesia/.ssh",
-                "/home/amnesia",
-                "/opt/x"
-            ]
-        );
-        // live-boot: mounts sorted by destination (sort -k3), then links in file order.
-        assert_eq!(
-            dests(
-                "/home/u source=d link\n/srv/www/uploads source=up\n/srv/data union\n/srv/www source=www\n",
-                Dialect::LiveBoot
-            ),
-            ["/srv/data", "/srv/www", "/srv/www/uploads", "/home/u"]
-        );
-    }
-
-    #[test]
-    fn features_outside_the_home_are_guarded_inside_it_not() {
-        let config = ConfigFile::parse(
-            "/home/amnesia/Persistent\tsource=Persistent\n/var/lib/tor\tsource=tor-state\n",
-            Dialect::Tails,
-        );
-        let (resolved, _) = resolve_entries(&config, &FakeHost);
-        assert_eq!(resolved[0].guard, None);
-        let guard = resolved[1].guard.as_ref().unwrap();
-        assert_eq!(guard.owners, vec![0, 101], "root or debian-tor");
-        assert_eq!(guard.live_uid, 1000);
     }
 
     #[test]

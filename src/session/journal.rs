@@ -1,80 +1,16 @@
-//! Making features visible in the session, and taking them away again.
-//!
-//! Planning is a pure function from the resolved config and the mount table to a list of
-//! actions; executing runs one feature's steps and records each thing it changed in a
-//! journal, so that when step k fails, steps k-1..1 are undone and the feature leaves no
-//! trace. Features fail alone: the others still activate.
+//! Executing one feature's activation: each step records what it changed in a journal,
+//! so that when step k fails, steps k-1..1 are undone, newest first, and the feature
+//! leaves no trace. Also the one undo of a link feature ([`unlink_tree`]). Each change is
+//! held by the descriptor of its folder and its identity, never by a path (see `safefs`).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Context, Error, Result};
-use crate::host::mounts::{self, Mount};
-use crate::persistence::config::{Entry, Method};
-use crate::persistence::features::{ResolvedEntry, SourceGuard};
+use crate::host::mounts;
+use crate::persistence::config::Method;
+use crate::persistence::features::ResolvedEntry;
 use crate::safefs::{self, Dir, Displaced, Made};
-
-/// What to do for one feature line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    Activate,
-    AlreadyActive,
-    Skip(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Planned {
-    pub resolved: ResolvedEntry,
-    pub action: Action,
-}
-
-/// Whether a bind feature is active: its destination carries a mount of its source folder
-/// of the volume.
-pub fn bind_is_active(
-    table: &[Mount],
-    volume_dev: (u32, u32),
-    entry_source: &Path,
-    dest: &Path,
-) -> bool {
-    let root = if entry_source == Path::new(crate::persistence::config::VOLUME_ROOT) {
-        PathBuf::from("/")
-    } else {
-        Path::new("/").join(entry_source)
-    };
-    table
-        .iter()
-        .any(|m| m.dev == volume_dev && m.mount_point == dest && m.root == root)
-}
-
-/// Plans activation of `entries` (in config order) against the current mount table.
-pub fn plan_activation(
-    entries: &[ResolvedEntry],
-    mount_root: &Path,
-    volume_dev: (u32, u32),
-    table: &[Mount],
-) -> Vec<Planned> {
-    let mut planned = Vec::new();
-    for resolved in entries {
-        let e = &resolved.entry;
-        let action =
-            if e.destination.starts_with(mount_root) || mount_root.starts_with(&e.destination) {
-                Action::Skip(format!(
-                    "destination {} overlaps the volume's mount point {}",
-                    e.destination.display(),
-                    mount_root.display()
-                ))
-            } else if e.method.mounts() && is_active(table, volume_dev, mount_root, e) {
-                Action::AlreadyActive
-            } else {
-                Action::Activate
-            };
-        planned.push(Planned {
-            resolved: resolved.clone(),
-            action,
-        });
-    }
-    planned
-}
+use crate::session::error::{Error, Result};
+use crate::session::trust::{refuse_a_path_others_can_change, refuse_an_untrusted_source};
 
 /// One thing activation changed, to be undone in reverse order. Each is held by the
 /// descriptor of its folder and its identity, never by a path (see `safefs`).
@@ -91,14 +27,14 @@ enum Done {
 
 /// The changes made for one feature so far.
 #[derive(Debug, Default)]
-pub struct Journal {
+pub(crate) struct Journal {
     done: Vec<Done>,
 }
 
 impl Journal {
     /// Undoes everything recorded, newest first. Best effort: an undo that fails is
     /// reported, and the rest still run.
-    pub fn undo(self) -> Vec<String> {
+    pub(crate) fn undo(self) -> Vec<String> {
         let mut problems = Vec::new();
         for step in self.done.into_iter().rev() {
             let result = match step {
@@ -168,7 +104,7 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     if resolved.strict && source_existed {
         let found = safefs::owner_of(&source)?;
         if found != resolved.owner {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::WrongOwner(format!(
                 "{} must be owned by uid {} gid {} with mode {:04o} (it is uid {} gid {} mode {:04o}); not activated",
                 source.path.display(),
                 resolved.owner.uid,
@@ -202,7 +138,7 @@ fn activate_file(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal) 
     let e = &resolved.entry;
     let split = |p: &Path| match (p.parent(), p.file_name()) {
         (Some(parent), Some(name)) => Ok((parent.to_path_buf(), name.to_os_string())),
-        _ => Err(Error::Usage(format!(
+        _ => Err(Error::NotAFile(format!(
             "{} is not a file's path",
             p.display()
         ))),
@@ -263,200 +199,15 @@ fn activate_union(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     Ok(())
 }
 
-/// Refuses when any folder from `/` down to `rel` in the volume could be changed by
-/// someone other than root: owned by another user, or writable by a group other than
-/// root's or by others, or through an ACL.
-fn refuse_a_path_others_can_change(volume: &Dir, rel: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let refuse = |path: &Path, uid: u32, mode: u32| {
-        Err(Error::UntrustedSource(format!(
-            "{} (uid {uid}, mode {:04o}) could be changed by someone other than root, and overlayfs takes its folders by path; not activated",
-            path.display(),
-            mode & 0o7777
-        )))
-    };
-    for above in volume.path.ancestors().skip(1) {
-        let m =
-            std::fs::symlink_metadata(above).context(|| format!("reading {}", above.display()))?;
-        if m.uid() != 0 || m.mode() & 0o002 != 0 || (m.mode() & 0o020 != 0 && m.gid() != 0) {
-            return refuse(above, m.uid(), m.mode());
-        }
-    }
-    for (path, owner, acl) in safefs::folders_on_path(volume, rel)? {
-        let acl_writes = acl.iter().any(|a| {
-            (a.tag == safefs::AclEntry::USER || a.tag == safefs::AclEntry::GROUP)
-                && a.perm & 0o2 != 0
-        });
-        if owner.uid != 0
-            || owner.mode & 0o002 != 0
-            || (owner.mode & 0o020 != 0 && owner.gid != 0)
-            || acl_writes
-        {
-            return refuse(&path, owner.uid, owner.mode);
-        }
-    }
-    Ok(())
-}
-
-/// Whether a feature line is active now: a bind or file mount of its source at its
-/// destination, the overlay with its upper layer in the source, or (link) any link into
-/// the source.
-pub fn is_active(table: &[Mount], volume_dev: (u32, u32), mount_root: &Path, e: &Entry) -> bool {
-    match e.method {
-        Method::Bind | Method::File => bind_is_active(table, volume_dev, &e.source, &e.destination),
-        Method::Union => mounts::union_is_active(table, mount_root, &e.source, &e.destination),
-        Method::Link => links_into(&e.destination, &mount_root.join(&e.source)),
-    }
-}
-
-/// Whether any entry of `dest` is a symlink into `source` (a link feature is active).
-fn links_into(dest: &Path, source: &Path) -> bool {
-    std::fs::read_dir(dest).is_ok_and(|rd| {
-        rd.filter_map(|e| e.ok())
-            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(source)))
-    })
-}
-
-/// Refuses a feature whose source the live user could turn against the system (see
-/// [`SourceGuard`]): checked at every activation, and on a restored persistence.conf. A
-/// source not made yet is judged by the owner it would get and the folders above it.
-pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Result<()> {
-    let Some(guard) = &resolved.guard else {
-        return Ok(());
-    };
-    refuse_a_source_owned_by_the_live_user(resolved, guard, resolved.owner)?;
-    let mut source = resolved.entry.source.as_path();
-    if resolved.entry.method == Method::File {
-        // One file: judged by its owner and mode, and by the folders down to it.
-        let (folder, name) = (source.parent().unwrap_or(Path::new("")), source.file_name());
-        if let (Ok((dir, _)), Some(name)) = (safefs::open_beneath(volume, folder, None), name)
-            && let Ok((fd, _)) = safefs::open_file_in(&dir, name, None)
-        {
-            let st =
-                nix::sys::stat::fstat(&fd).context(|| format!("reading {}", source.display()))?;
-            let owner = safefs::Owner {
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mode: st.st_mode & 0o7777,
-            };
-            refuse_a_source_owned_by_the_live_user(resolved, guard, owner)?;
-            if guard.writable_by_live_user(owner, &[]) {
-                return Err(Error::UntrustedSource(format!(
-                    "{} is writable by the live user, so it may not be bound over {}, outside their home; not activated",
-                    source.display(),
-                    resolved.entry.destination.display()
-                )));
-            }
-        }
-        source = folder;
-    }
-    for existing in source.ancestors() {
-        match safefs::open_beneath(volume, existing, None) {
-            Ok((dir, _)) => {
-                refuse_a_source_the_live_user_can_change(volume, existing, resolved, guard)?;
-                // (A file's folder holds other features' data: only the way to it counts.)
-                if existing == source && resolved.entry.method != Method::File {
-                    refuse_a_source_owned_by_the_live_user(
-                        resolved,
-                        guard,
-                        safefs::owner_of(&dir)?,
-                    )?;
-                    refuse_contents_of_the_live_user(&dir, resolved, guard)?;
-                }
-                return Ok(());
-            }
-            Err(Error::NotFound(_)) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// ... nor may anything in it belong to the live user or be writable by them (a restored
-/// archive keeps owners: a file of the user's in `/etc/profile.d` would be theirs to
-/// change). Symlinks are judged by the folders that hold them.
-fn refuse_contents_of_the_live_user(
-    source: &Dir,
-    resolved: &ResolvedEntry,
-    guard: &SourceGuard,
-) -> Result<()> {
-    let mut found = None;
-    safefs::walk(source, |dir, _, entries| {
-        if found.is_none()
-            && let Some(e) = entries.iter().find(|e| {
-                !e.is_symlink()
-                    && (e.owner().uid == guard.live_uid
-                        || guard.writable_by_live_user(e.owner(), &[]))
-            })
-        {
-            found = Some(dir.path.join(&e.name));
-        }
-        Ok(())
-    })?;
-    match found {
-        None => Ok(()),
-        Some(path) => Err(Error::UntrustedSource(format!(
-            "{} belongs to or is writable by the live user, so {} may not be bound over {}, outside their home; not activated",
-            path.display(),
-            resolved.entry.source.display(),
-            resolved.entry.destination.display()
-        ))),
-    }
-}
-
-/// A source bound outside the live user's home must belong to root or to the account
-/// keepsake gives it: else the live user's files would appear over a system path.
-fn refuse_a_source_owned_by_the_live_user(
-    resolved: &ResolvedEntry,
-    guard: &SourceGuard,
-    owner: safefs::Owner,
-) -> Result<()> {
-    if guard.owners.contains(&owner.uid) && owner.uid != guard.live_uid {
-        return Ok(());
-    }
-    Err(Error::UntrustedSource(format!(
-        "{} would put a folder owned by uid {} over {}, outside the live user's home; only root's (or the feature's system account's) folders may go there; not activated",
-        resolved.entry.source.display(),
-        owner.uid,
-        resolved.entry.destination.display()
-    )))
-}
-
-/// ... nor may any folder from the volume's root down to that source be writable by the
-/// live user, who could otherwise rename or fill it while it is bound.
-fn refuse_a_source_the_live_user_can_change(
-    volume: &Dir,
-    down_to: &Path,
-    resolved: &ResolvedEntry,
-    guard: &SourceGuard,
-) -> Result<()> {
-    let folders = safefs::folders_on_path(volume, down_to)?;
-    match folders
-        .iter()
-        .find(|(_, owner, acl)| guard.writable_by_live_user(*owner, acl))
-    {
-        None => Ok(()),
-        Some((path, owner, _)) => Err(Error::UntrustedSource(format!(
-            "{} is writable by the live user (uid {} gid {} mode {:04o}), so {} may not be bound over {}, outside their home; not activated",
-            path.display(),
-            owner.uid,
-            owner.gid,
-            owner.mode,
-            resolved.entry.source.display(),
-            resolved.entry.destination.display()
-        ))),
-    }
-}
-
 /// Symlinks every file of `source` into `dest`, recreating its folders (with the owner
 /// and mode they have in `source`). A file already at the destination is replaced by the
 /// link, as Tails does (and put back if the feature cannot be activated); a folder where
 /// a file must go is an error.
 fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
     let mut dest_cursor = safefs::Cursor::new(dest);
-    safefs::walk(source, |src, rel, entries| {
+    walk(source, |src, rel, entries| {
         let dst = dest_cursor.open(rel).ok_or_else(|| {
-            Error::Busy(format!(
+            Error::InTheWay(format!(
                 "{} was changed by someone else meanwhile; not activated",
                 dest.path.join(rel).display()
             ))
@@ -476,7 +227,7 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
                     continue;
                 }
                 if there.is_dir() {
-                    return Err(Error::Busy(format!(
+                    return Err(Error::InTheWay(format!(
                         "{} is a folder where the volume has a file; move it away first",
                         dst.path.join(name).display()
                     )));
@@ -493,52 +244,27 @@ fn link_tree(source: &Dir, dest: &Dir, journal: &mut Journal) -> Result<()> {
     })
 }
 
-/// What `lock` takes away, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Teardown {
-    /// Remove the links a link feature made under this destination.
-    Unlink {
-        destination: PathBuf,
-    },
-    Unmount(PathBuf),
-}
-
-/// Plans deactivation: every mount of the volume and every mount stacked inside the
-/// volume's binds, newest first; then link features' links; then the volume itself last.
-pub fn plan_deactivation(
-    table: &[Mount],
-    volume_dev: (u32, u32),
-    mount_root: &Path,
-    link_destinations: &[PathBuf],
-) -> Vec<Teardown> {
-    let bind_points: Vec<&Path> = table
-        .iter()
-        .filter(|m| m.dev == volume_dev)
-        .map(|m| m.mount_point.as_path())
-        .collect();
-    let mut seen = HashSet::new();
-    let mut steps = Vec::new();
-    for m in table.iter().rev() {
-        let ours = m.dev == volume_dev
-            || bind_points
-                .iter()
-                .any(|p| m.mount_point.starts_with(p) && m.mount_point != *p);
-        if ours && m.mount_point != mount_root && seen.insert(m.mount_point.clone()) {
-            steps.push(Teardown::Unmount(m.mount_point.clone()));
-        }
+/// [`safefs::walk`] with a visitor that fails with this layer's errors: the walk stops at
+/// the first, which is returned as it was.
+fn walk(
+    root: &Dir,
+    mut visit: impl FnMut(&Dir, &Path, &[safefs::Entry]) -> Result<()>,
+) -> Result<()> {
+    let mut stopped = None;
+    let walked = safefs::walk(root, |dir, rel, entries| {
+        visit(dir, rel, entries).map_err(|e| match e {
+            Error::Below(below) => *below,
+            e => {
+                let shown = crate::error::Error::Internal(e.to_string());
+                stopped = Some(e);
+                shown
+            }
+        })
+    });
+    match stopped {
+        Some(e) => Err(e),
+        None => Ok(walked?),
     }
-    for d in link_destinations.iter().rev() {
-        steps.push(Teardown::Unlink {
-            destination: d.clone(),
-        });
-    }
-    if table
-        .iter()
-        .any(|m| m.mount_point == mount_root && m.dev == volume_dev)
-    {
-        steps.push(Teardown::Unmount(mount_root.to_path_buf()));
-    }
-    steps
 }
 
 /// Removes the symlinks under `destination` that point under `target_prefix` (the volume,
@@ -549,8 +275,8 @@ pub fn plan_deactivation(
 pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
     let root = match safefs::open_dir(destination, None) {
         Ok((root, _)) => root,
-        Err(Error::NotFound(_)) => return Ok(0),
-        Err(e) => return Err(e),
+        Err(crate::error::Error::NotFound(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
     };
     let mut removed = 0;
     safefs::walk(&root, |dir, _, entries| {
@@ -569,107 +295,10 @@ pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::mounts::parse_mountinfo;
-    use crate::persistence::config::Entry;
+    use crate::persistence::features::SourceGuard;
     use crate::safefs::Owner;
-
-    const VOL: (u32, u32) = (254, 0);
-
-    fn resolved(dest: &str, source: &str, method: Method) -> ResolvedEntry {
-        ResolvedEntry {
-            feature: source.to_string(),
-            entry: Entry {
-                destination: dest.into(),
-                source: source.into(),
-                method,
-            },
-            owner: Owner {
-                uid: 1000,
-                gid: 1000,
-                mode: 0o700,
-            },
-            strict: false,
-            service: None,
-            guard: None,
-        }
-    }
-
-    const TABLE: &str = "\
-22 1 0:21 / / rw - tmpfs tmpfs rw
-40 22 254:0 / /live/persistence/TailsData_unlocked rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
-41 22 254:0 /Persistent /home/amnesia/Persistent rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
-42 22 254:0 /gnupg /home/amnesia/.gnupg rw,nosuid,nodev - ext4 /dev/mapper/TailsData_unlocked rw
-43 41 0:50 / /home/amnesia/Persistent/usb rw - vfat /dev/sdc1 rw
-44 22 0:51 / /media/other rw - vfat /dev/sdd1 rw
-";
-
-    #[test]
-    fn activation_skips_active_and_overlapping_features() {
-        let table = parse_mountinfo(TABLE);
-        let root = Path::new("/live/persistence/TailsData_unlocked");
-        let entries = vec![
-            resolved("/home/amnesia/Persistent", "Persistent", Method::Bind),
-            resolved("/home/amnesia/.ssh", "openssh-client", Method::Bind),
-            resolved("/live/persistence/TailsData_unlocked/x", "x", Method::Bind),
-            resolved("/live", "live", Method::Bind),
-            resolved("/home/amnesia", "dotfiles", Method::Link),
-        ];
-        let plan = plan_activation(&entries, root, VOL, &table);
-        let actions: Vec<_> = plan.iter().map(|p| p.action.clone()).collect();
-        assert_eq!(actions[0], Action::AlreadyActive);
-        assert_eq!(actions[1], Action::Activate);
-        assert!(matches!(&actions[2], Action::Skip(r) if r.contains("overlaps")));
-        assert!(matches!(&actions[3], Action::Skip(r) if r.contains("overlaps")));
-        assert_eq!(actions[4], Action::Activate);
-    }
-
-    #[test]
-    fn a_bind_of_another_source_at_the_destination_is_not_active() {
-        let table = parse_mountinfo(TABLE);
-        assert!(bind_is_active(
-            &table,
-            VOL,
-            Path::new("gnupg"),
-            Path::new("/home/amnesia/.gnupg")
-        ));
-        assert!(!bind_is_active(
-            &table,
-            VOL,
-            Path::new("other"),
-            Path::new("/home/amnesia/.gnupg")
-        ));
-        assert!(!bind_is_active(
-            &table,
-            (254, 1),
-            Path::new("gnupg"),
-            Path::new("/home/amnesia/.gnupg")
-        ));
-    }
-
-    #[test]
-    fn deactivation_unmounts_newest_first_and_the_volume_last() {
-        let table = parse_mountinfo(TABLE);
-        let root = Path::new("/live/persistence/TailsData_unlocked");
-        let steps = plan_deactivation(&table, VOL, root, &[PathBuf::from("/home/amnesia")]);
-        assert_eq!(
-            steps,
-            vec![
-                Teardown::Unmount("/home/amnesia/Persistent/usb".into()),
-                Teardown::Unmount("/home/amnesia/.gnupg".into()),
-                Teardown::Unmount("/home/amnesia/Persistent".into()),
-                Teardown::Unlink {
-                    destination: "/home/amnesia".into()
-                },
-                Teardown::Unmount(root.into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn deactivation_of_an_unmounted_volume_is_empty() {
-        let table = parse_mountinfo("22 1 0:21 / / rw - tmpfs tmpfs rw\n");
-        assert!(plan_deactivation(&table, VOL, Path::new("/x"), &[]).is_empty());
-    }
+    use crate::session::plan::is_active;
+    use crate::session::plan::tests::resolved;
 
     #[test]
     fn link_tree_links_files_and_undo_removes_them() {
@@ -763,39 +392,108 @@ mod tests {
         );
     }
 
+    /// A tmpfs at `path` (a filesystem of its own, as the volume is), unmounted when the
+    /// guard is dropped. With `unbindable`, no folder of it can be bind-mounted (the kernel
+    /// says EINVAL): a bind that fails after everything before it was done.
+    fn tmpfs(path: &Path, unbindable: bool) -> Unmount {
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let guard = Unmount(path.to_path_buf());
+        if unbindable {
+            set_propagation(path, nix::mount::MsFlags::MS_UNBINDABLE);
+        }
+        guard
+    }
+
+    fn set_propagation(path: &Path, flag: nix::mount::MsFlags) {
+        nix::mount::mount(None::<&str>, path, None::<&str>, flag, None::<&str>).unwrap();
+    }
+
+    fn mounted_at(path: &Path) -> bool {
+        mounts::read_mountinfo()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_point == path)
+    }
+
     #[test]
     fn a_new_bind_source_starts_as_a_copy_and_is_emptied_on_failure() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = root_only_tempdir();
         let vol = tmp.path().join("vol");
         std::fs::create_dir(&vol).unwrap();
         let dest = tmp.path().join("etc-cups");
         std::fs::create_dir(&dest).unwrap();
         std::fs::write(dest.join("cupsd.conf"), "Listen localhost:631\n").unwrap();
+        std::fs::create_dir(dest.join("ppd")).unwrap();
+        std::fs::write(dest.join("ppd/printer.ppd"), "*PPD-Adobe\n").unwrap();
+        let _unmount = tmpfs(&vol, true);
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
         let r = ResolvedEntry {
-            owner: me(0o755),
+            owner: Owner::ROOT_0755,
             ..resolved(dest.to_str().unwrap(), "cups-configuration", Method::Bind)
         };
-        // Not root in unit tests: the bind fails after the copy, which must be undone.
-        if nix::unistd::geteuid().is_root() {
-            // As root the bind succeeds; the copy is checked through the mount.
-            activate(&volume, &r).unwrap();
-            assert_eq!(
-                std::fs::read_to_string(vol.join("cups-configuration/cupsd.conf")).unwrap(),
-                "Listen localhost:631\n"
-            );
-            mounts::unmount(&dest).unwrap();
-        } else {
-            activate(&volume, &r).unwrap_err();
-            assert!(
-                !vol.join("cups-configuration").exists(),
-                "the copied source was removed"
-            );
-        }
+        // The source is new, so it is filled with a copy of the destination; then the
+        // bind fails (the volume is unbindable): the copy must go, and the folder with it.
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("binding"), "{err}");
+        assert!(
+            !vol.join("cups-configuration").exists(),
+            "the copied source was emptied and removed"
+        );
+        assert!(!mounted_at(&dest), "nothing mounted");
+        // The negative control: bindable, the same activation goes through, with the copy.
+        set_propagation(&vol, nix::mount::MsFlags::MS_PRIVATE);
+        activate(&volume, &r).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(vol.join("cups-configuration/ppd/printer.ppd")).unwrap(),
+            "*PPD-Adobe\n"
+        );
+        mounts::unmount(&dest).unwrap();
         assert_eq!(
             std::fs::read_to_string(dest.join("cupsd.conf")).unwrap(),
-            "Listen localhost:631\n"
+            "Listen localhost:631\n",
+            "the session's own files are untouched"
         );
+    }
+
+    #[test]
+    fn new_source_and_destination_folders_are_removed_again_when_the_bind_fails() {
+        let tmp = root_only_tempdir();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let _unmount = tmpfs(&vol, true);
+        // One folder of the source's path exists already, and one of the destination's.
+        std::fs::create_dir(vol.join("projects")).unwrap();
+        std::fs::create_dir(tmp.path().join("home")).unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let dest = tmp.path().join("home/work/code");
+        let r = ResolvedEntry {
+            owner: Owner::ROOT_0755,
+            ..resolved(dest.to_str().unwrap(), "projects/2026/code", Method::Bind)
+        };
+        // Both made (the destination first, then the source), then the bind fails.
+        let err = activate(&volume, &r).unwrap_err();
+        assert!(err.to_string().contains("binding"), "{err}");
+        assert!(
+            !vol.join("projects/2026").exists(),
+            "the new source folders were removed"
+        );
+        assert!(
+            vol.join("projects").is_dir(),
+            "the one that was there stays"
+        );
+        assert!(
+            !tmp.path().join("home/work").exists(),
+            "the new destination folders were removed"
+        );
+        assert!(tmp.path().join("home").is_dir());
+        assert!(!mounted_at(&dest));
     }
 
     /// Unmounts a test's filesystem when the test ends, passed or not.
@@ -825,15 +523,7 @@ mod tests {
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
         // A filesystem of its own, as the volume is: the bind's root is then /hosts.
-        nix::mount::mount(
-            Some("tmpfs"),
-            &vol,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap();
-        let _unmount = Unmount(vol.clone());
+        let _unmount = tmpfs(&vol, false);
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
         let dest = etc.join("hosts");
         let r = ResolvedEntry {
@@ -968,11 +658,12 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_source_is_created_and_removed_again_on_failure() {
+    fn a_destination_through_a_symlink_is_refused_before_the_source_is_made() {
         let tmp = tempfile::tempdir().unwrap();
         let vol = tmp.path().join("vol");
         std::fs::create_dir(&vol).unwrap();
-        // The destination runs through a symlink: refused after the source was made.
+        // The destination runs through a symlink: refused before the source is made (the
+        // rollback of a new source is tested where a later step fails, above).
         std::os::unix::fs::symlink("/etc", tmp.path().join("evil")).unwrap();
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
         let me = Owner {
@@ -987,7 +678,7 @@ mod tests {
         };
         let err = activate(&volume, &r).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
-        assert!(!vol.join("src").exists(), "created source rolled back");
+        assert!(!vol.join("src").exists(), "no source was made");
         assert!(!Path::new("/etc/keepsake-test").exists());
     }
 

@@ -1,0 +1,518 @@
+//! `lock`: deactivate features → unmount → close → release the loop device → drop
+//! caches → verify that nothing of the volume remains. All or nothing per volume: what
+//! makes a lock impossible is found before anything changes, and a teardown that fails
+//! half way puts the volume back ([`super::lifecycle::restore`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::host::devices;
+use crate::host::mounts;
+use crate::host::processes::{self, Holder};
+use crate::output::Output;
+use crate::persistence::config::Method;
+use crate::persistence::layout::{Layout, LayoutProfile};
+use crate::session::error::{Error, Result};
+use crate::session::lifecycle;
+use crate::session::plan::plan_teardown;
+use crate::session::record;
+use crate::session::tor::{self, TorPause, TorRestart};
+use crate::session::unlocked::{self, Unlocked};
+use crate::volume;
+
+/// What `lock` is asked to do, from the command line.
+#[derive(Clone, Debug)]
+pub struct LockOptions {
+    /// The layout whose open volumes are locked (when no device is given).
+    pub layout: LayoutProfile,
+    /// The one volume to lock, by any device that names it.
+    pub device: Option<PathBuf>,
+    /// End the processes that hold files of the volume open.
+    pub force: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct LockReport {
+    pub was_unlocked: bool,
+    /// Each volume locked, with the layout it was found under.
+    pub volumes: Vec<LockedVolume>,
+    pub backing: Option<PathBuf>,
+    pub unmounted: Vec<PathBuf>,
+    pub links_removed: usize,
+    pub ended_processes: Vec<Holder>,
+    pub caches_dropped: bool,
+    pub leftovers: Vec<String>,
+    /// What became of tor, when its state was part of the volume.
+    pub tor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LockedVolume {
+    pub mapping: String,
+    pub layout: LayoutProfile,
+    pub backing: Option<PathBuf>,
+    /// Opened by the system at boot (Tails' Welcome Screen, live-boot), not by keepsake.
+    pub opened_at_boot: bool,
+}
+
+impl LockReport {
+    fn add(&mut self, other: LockReport) {
+        self.was_unlocked |= other.was_unlocked;
+        self.volumes.extend(other.volumes);
+        if self.backing.is_none() {
+            self.backing = other.backing;
+        }
+        self.unmounted.extend(other.unmounted);
+        self.links_removed += other.links_removed;
+        self.ended_processes.extend(other.ended_processes);
+        self.caches_dropped |= other.caches_dropped;
+        self.leftovers.extend(other.leftovers);
+        self.tor = self.tor.take().or(other.tor);
+    }
+}
+
+/// The volumes `lock` is about: the one given with --device (of either layout: the device
+/// names it), else every open volume of the layout (live-boot opens every volume it
+/// finds, and a session's persistence is all of them). Open volumes of the other layout
+/// only are an error that names them, not a silent "nothing is unlocked".
+fn choose(
+    all: Vec<Unlocked>,
+    profile: LayoutProfile,
+    device: Option<&Path>,
+) -> Result<Vec<Unlocked>> {
+    if let Some(device) = device {
+        let wanted = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
+        let (chosen, others): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|u| names_device(u, &wanted));
+        if chosen.is_empty() {
+            return Err(Error::NotUnlocked(format!(
+                "{} is not an unlocked volume{}; nothing was changed",
+                device.display(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (unlocked: {})", unlocked::describe_all(&others))
+                }
+            )));
+        }
+        return Ok(chosen);
+    }
+    let (chosen, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|u| u.profile == profile);
+    if chosen.is_empty() && !others.is_empty() {
+        return Err(Error::NotUnlocked(format!(
+            "no volume of the {} layout is unlocked, but {} is; lock it with --layout {} (or --device); nothing was changed",
+            profile_name(profile),
+            unlocked::describe_all(&others),
+            match others[0].profile {
+                LayoutProfile::Tails => "tails",
+                LayoutProfile::LiveBoot => "live-boot",
+            }
+        )));
+    }
+    Ok(chosen)
+}
+
+fn profile_name(profile: LayoutProfile) -> &'static str {
+    match profile {
+        LayoutProfile::Tails => "Tails",
+        LayoutProfile::LiveBoot => "live-boot",
+    }
+}
+
+/// Whether `wanted` (canonical) names this volume: its mapping, its mapping's device, the
+/// partition or loop device under it, or a loop device's container file.
+fn names_device(u: &Unlocked, wanted: &Path) -> bool {
+    let mapper = Path::new("/dev/mapper").join(&u.mapping.name);
+    let mapper = std::fs::canonicalize(&mapper).unwrap_or(mapper);
+    wanted == mapper
+        || wanted == devices::dev_path(&u.mapping.kernel_name)
+        || u.mapping.slaves.iter().any(|s| {
+            wanted == devices::dev_path(s)
+                || devices::loop_backing_file(s).is_some_and(|f| f == wanted)
+        })
+}
+
+/// Locks the volumes `options` names (see [`choose`]), mounted last, locked first. The
+/// report says what was done; what of a volume could not be removed is in its
+/// `leftovers` (see [`LockReport::leftovers_error`]).
+pub fn lock(options: &LockOptions, out: Output) -> Result<LockReport> {
+    let chosen = choose(
+        Unlocked::find_all()?,
+        options.layout,
+        options.device.as_deref(),
+    )?;
+    if chosen.is_empty() {
+        let layout = Layout::new(options.layout, None);
+        return Ok(LockReport {
+            leftovers: verify_gone(&layout, None, &[]),
+            ..LockReport::default()
+        });
+    }
+    // What makes a lock impossible is found before anything changes, for every volume.
+    refuse_a_root_on_the_volume(&chosen)?;
+    let mut report = LockReport::default();
+    // Mounted last, locked first.
+    for u in chosen.iter().rev() {
+        match lock_one(u, options, out) {
+            Ok(one) => report.add(one),
+            Err(e) if report.was_unlocked => {
+                return Err(e.with_note(&format!(
+                    "already locked: {}",
+                    report
+                        .volumes
+                        .iter()
+                        .map(|v| format!("/dev/mapper/{}", v.mapping))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(report)
+}
+
+/// live-boot's `/ union` makes the running system's root an overlay writing into the
+/// volume: nothing can take the volume away while the system runs from it.
+fn refuse_a_root_on_the_volume(volumes: &[Unlocked]) -> Result<()> {
+    for u in volumes {
+        let Some(root) = u
+            .mount_root
+            .as_deref()
+            .and_then(|r| mounts::root_union(&u.table, r))
+        else {
+            continue;
+        };
+        return Err(Error::RootOnVolume(format!(
+            "the running system's root is a union on {} (upper folder {}: live-boot's full persistence, `/ union`); it cannot be locked while the system runs from it: shut down instead; nothing was changed",
+            u.describe(),
+            root.overlay_upperdir().unwrap_or_default().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Locks one volume: tor stopped around it when its state is bound from it.
+fn lock_one(unlocked: &Unlocked, options: &LockOptions, out: Output) -> Result<LockReport> {
+    let mut layout = Layout::new(unlocked.profile, None);
+    layout.mapping = unlocked.mapping.name.clone();
+    if let Some(root) = &unlocked.mount_root {
+        layout.mount_root = root.clone();
+    } else if unlocked.profile == LayoutProfile::LiveBoot {
+        layout = layout.for_volume(Path::new(&unlocked.mapping.name));
+    }
+    // tor must not run while its state folder is taken away: stop it first (it would
+    // also count as a process holding the volume), start it again afterwards.
+    let tor_bound = unlocked
+        .table
+        .iter()
+        .any(|m| m.dev == unlocked.mapping.dev && m.mount_point == Path::new(tor::DATA_DIR));
+    let pause = TorPause::stop(tor_bound, || out.progress("stopping tor"))?;
+    let mut report = match lock_volume(&layout, unlocked, options, out) {
+        Ok(report) => report,
+        Err(e) => {
+            // Still unlocked (and restored): tor goes back to its persistent state.
+            let _ = pause.resume();
+            return Err(e);
+        }
+    };
+    if pause.stopped() {
+        out.progress("starting tor again, on the amnesic state");
+    }
+    report.tor = match pause.resume() {
+        TorRestart::NotRunning | TorRestart::LeftStopped => None,
+        TorRestart::Restarted => Some("restarted on the amnesic state".to_string()),
+        TorRestart::Failed(e) => {
+            out.warn(format!("tor did not start again: {e}"));
+            Some(format!("left stopped: {e}"))
+        }
+    };
+    Ok(report)
+}
+
+fn lock_volume(
+    layout: &Layout,
+    unlocked: &Unlocked,
+    options: &LockOptions,
+    out: Output,
+) -> Result<LockReport> {
+    // keepsake's record, if keepsake opened this very mapping; the system's own unlock at
+    // boot leaves none.
+    let record = record::read_record(layout).filter(|r| r.mapping == unlocked.mapping.name);
+    let opened_at_boot = record.is_none();
+    let backing = record
+        .as_ref()
+        .map(|r| r.backing.clone())
+        .or_else(|| unlocked.backing());
+    let dev = unlocked.mapping.dev;
+
+    // Scanning every process for open files is the slowest part of a lock, so it is done
+    // only when it matters: with --force, to end them first; otherwise only when an
+    // unmount reports the volume busy, to name them.
+    let mut ended = Vec::new();
+    if options.force {
+        let holders = processes::holders_of(dev);
+        if !holders.is_empty() {
+            out.progress(format!("ending {}", describe(&holders)));
+            let left = processes::end_holders(dev, Duration::from_secs(3));
+            if !left.is_empty() {
+                return Err(Error::InUse(format!("could not end {}", describe(&left))));
+            }
+            ended = holders;
+        }
+    }
+
+    // A mount namespace of its own (a user's `unshare -m` made while unlocked) keeps the
+    // filesystem mounted however much is unmounted here; the mapping would then refuse to
+    // close half way. Found before anything changes: all or nothing.
+    let pinned = processes::namespace_holders(dev);
+    if !pinned.is_empty() {
+        return Err(Error::InUse(format!(
+            "the volume is still mounted in the mount namespace of {}; end them, or use --force to end these processes (nothing was changed)",
+            describe(&pinned)
+        )));
+    }
+
+    let mount_root = unlocked
+        .mount_root
+        .clone()
+        .unwrap_or_else(|| layout.mount_root.clone());
+    let link_destinations = link_destinations(unlocked, layout.profile.into());
+    let plan = plan_teardown(&unlocked.table, dev, &mount_root, &link_destinations);
+    let torn = match lifecycle::tear_down(&plan, layout, unlocked, &mount_root) {
+        Ok(done) => done,
+        Err(e) => {
+            let holders = processes::holders_of(dev);
+            if e.is_in_use() && !holders.is_empty() {
+                return Err(Error::InUse(format!(
+                    "files of the volume are in use by {}; close them, or use --force to end these processes (nothing was changed)",
+                    describe(&holders)
+                )));
+            }
+            return Err(e);
+        }
+    };
+    // No global sync() here: unmounting wrote the filesystem back and waited for it, and
+    // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
+    // the host would only make lock slower.
+    if let Err(e) = volume::deactivate(&layout.mapping) {
+        // Still open: put the volume back as it was rather than leave it half locked.
+        lifecycle::restore(layout, unlocked);
+        return Err(match e.exit_code() {
+            crate::error::ExitCode::Busy => Error::InUse(format!(
+                "{e}; something keepsake cannot see still uses it (a mount namespace whose processes all live in a chroot?); the volume was put back as it was"
+            )),
+            _ => Error::from(e),
+        });
+    }
+    // The mapping is closed: the key is gone. A loop device that will not detach is
+    // reported (and found again by the check below), but the rest of lock still runs.
+    // live-boot attaches a container file without autoclear: its loop device (the one
+    // under the mapping) is released here too.
+    let loops = loops_of(unlocked, backing.as_deref());
+    for lo in &loops {
+        if let Err(e) = devices::detach_loop(lo) {
+            out.warn(format!("detaching /dev/{lo}: {e}"));
+        }
+    }
+    let caches_dropped = match unlocked::drop_caches() {
+        Ok(()) => true,
+        Err(e) => {
+            out.warn(e);
+            false
+        }
+    };
+    if !opened_at_boot {
+        record::remove_record(layout);
+    }
+    let leftovers = verify_gone(layout, backing.as_deref(), &loops);
+    Ok(LockReport {
+        was_unlocked: true,
+        volumes: vec![LockedVolume {
+            mapping: unlocked.mapping.name.clone(),
+            layout: unlocked.profile,
+            backing: backing.clone(),
+            opened_at_boot,
+        }],
+        backing,
+        unmounted: torn.unmounted,
+        links_removed: torn.links_removed,
+        ended_processes: ended,
+        caches_dropped,
+        leftovers,
+        tor: None,
+    })
+}
+
+/// The loop devices of a volume: those under its mapping, and those of its container file.
+fn loops_of(unlocked: &Unlocked, backing: Option<&Path>) -> Vec<String> {
+    attached_loops(&unlocked.mapping.slaves, backing)
+}
+
+/// Of `candidates`, the loop devices still attached, and those attached to the container
+/// file `backing`; sorted, each once.
+fn attached_loops(candidates: &[String], backing: Option<&Path>) -> Vec<String> {
+    let mut loops: Vec<String> = candidates
+        .iter()
+        .filter(|s| devices::loop_backing_file(s).is_some())
+        .cloned()
+        .collect();
+    if let Some(file) = backing.filter(|b| b.is_file()) {
+        loops.extend(devices::loops_backed_by(file));
+    }
+    loops.sort();
+    loops.dedup();
+    loops
+}
+fn describe(holders: &[Holder]) -> String {
+    holders
+        .iter()
+        .map(|h| h.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn link_destinations(
+    unlocked: &Unlocked,
+    dialect: crate::persistence::config::Dialect,
+) -> Vec<PathBuf> {
+    let Ok(dir) = unlocked.volume_dir() else {
+        return vec![];
+    };
+    match unlocked::read_config(&dir, dialect) {
+        Ok(Some(config)) => config
+            .entries()
+            .filter(|e| e.method == Method::Link)
+            .map(|e| e.destination.clone())
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// What of the volume is still there: a mapping, a mount, a loop device.
+fn verify_gone(layout: &Layout, backing: Option<&Path>, loops: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    if let Some(m) = devices::find_mapping(&layout.mapping) {
+        left.push(format!("mapping {} ({})", m.name, m.kernel_name));
+    }
+    if !layout.mapping.is_empty() && volume::is_active(&layout.mapping) {
+        left.push(format!(
+            "libcryptsetup still sees {} active",
+            layout.mapping
+        ));
+    }
+    let table = mounts::read_mountinfo().unwrap_or_default();
+    for m in &table {
+        if m.source == layout.mapper_path().to_string_lossy() || m.mount_point == layout.mount_root
+        {
+            left.push(format!("mount {}", m.mount_point.display()));
+        }
+    }
+    for lo in attached_loops(loops, backing) {
+        left.push(format!("loop device /dev/{lo}"));
+    }
+    left
+}
+
+impl LockReport {
+    /// The error for what could not be removed, if anything.
+    pub fn leftovers_error(&self) -> Result<()> {
+        if self.leftovers.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Leftovers(format!(
+                "lock could not remove: {}",
+                self.leftovers.join(", ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::mounts::parse_mountinfo;
+
+    use crate::session::plan::tests::LIVE_BOOT;
+
+    fn volume(name: &str, profile: LayoutProfile) -> Unlocked {
+        Unlocked {
+            profile,
+            mapping: devices::Mapping {
+                name: name.into(),
+                kernel_name: format!("dm-{}", name.len()),
+                dev: (254, name.len() as u32),
+                slaves: vec![format!("keepsake-test-no-such-{name}")],
+                uuid: format!("CRYPT-LUKS2-00-{name}"),
+            },
+            mount_root: None,
+            table: vec![],
+        }
+    }
+
+    #[test]
+    fn a_root_union_on_the_volume_is_refused_before_anything() {
+        let root = "1 0 0:30 / / rw - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs/,upperdir=/run/live/persistence/sdb2/rw,workdir=/run/live/persistence/sdb2/work\n";
+        let mut sdb2 = volume("sdb2", LayoutProfile::LiveBoot);
+        sdb2.mount_root = Some(PathBuf::from("/run/live/persistence/sdb2"));
+        sdb2.table = parse_mountinfo(&format!("{root}{LIVE_BOOT}"));
+        let mut other = volume("sdc1", LayoutProfile::LiveBoot);
+        other.mount_root = Some(PathBuf::from("/run/live/persistence/sdc1"));
+        other.table = sdb2.table.clone();
+        let err = refuse_a_root_on_the_volume(&[other.clone(), sdb2.clone()]).unwrap_err();
+        assert!(matches!(err, Error::RootOnVolume(_)), "{err}");
+        assert!(err.to_string().contains("/dev/mapper/sdb2"), "{err}");
+        // The other volume alone, or the same session with an amnesic root, is lockable.
+        assert!(refuse_a_root_on_the_volume(&[other]).is_ok());
+        sdb2.table = parse_mountinfo(LIVE_BOOT);
+        assert!(refuse_a_root_on_the_volume(&[sdb2]).is_ok());
+    }
+
+    #[test]
+    fn lock_takes_every_volume_of_its_layout_and_names_the_others() {
+        let all = || {
+            vec![
+                volume("TailsData_unlocked", LayoutProfile::Tails),
+                volume("sdb2", LayoutProfile::LiveBoot),
+                volume("loop0", LayoutProfile::LiveBoot),
+            ]
+        };
+        let names = |v: Vec<Unlocked>| v.into_iter().map(|u| u.mapping.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(choose(all(), LayoutProfile::LiveBoot, None).unwrap()),
+            vec!["sdb2", "loop0"]
+        );
+        assert_eq!(
+            names(choose(all(), LayoutProfile::Tails, None).unwrap()),
+            vec!["TailsData_unlocked"]
+        );
+        // Only the other layout's volume is open: an error naming it, not "nothing".
+        let err = choose(all()[1..].to_vec(), LayoutProfile::Tails, None).unwrap_err();
+        assert!(matches!(err, Error::NotUnlocked(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/dev/mapper/sdb2 (live-boot layout"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--layout live-boot"), "{err}");
+        assert!(
+            choose(vec![], LayoutProfile::Tails, None)
+                .unwrap()
+                .is_empty()
+        );
+        // --device picks one by its mapping's device, whatever the layout.
+        assert_eq!(
+            names(choose(all(), LayoutProfile::Tails, Some(Path::new("/dev/dm-4"))).unwrap()),
+            vec!["sdb2"]
+        );
+        let err = choose(
+            all(),
+            LayoutProfile::Tails,
+            Some(Path::new("/dev/nonesuch")),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotUnlocked(_)), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! `unlock`, once the volume is open: preen, mount, activate its features, record.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::host::devices;
+use crate::host::mounts;
+use crate::host::tools::{self, FsckResult};
+use crate::output::Output;
+use crate::persistence::features::SystemHost;
+use crate::persistence::layout::Layout;
+use crate::safefs;
+use crate::session::error::{Error, Result};
+use crate::session::record::{self, FailedFeature, Record};
+use crate::session::report::{ConfigErrorReport, FeatureReport, FeatureState};
+use crate::session::{lifecycle, plan, unlocked};
+
+/// What starting the session did: part of unlock's report.
+#[derive(Debug, Serialize)]
+pub struct Started {
+    pub fsck: FsckResult,
+    pub features: Vec<FeatureReport>,
+    pub config_errors: Vec<ConfigErrorReport>,
+    /// Why persistence.conf was refused as a whole (owner, mode, size, encoding, type).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_refused: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Starts the session of a volume just opened as `layout.mapping`: e2fsck preens it,
+/// it is mounted at the layout's mount root with Tails' access rules, its features are
+/// activated (each alone: one that fails is undone and reported), and the runtime record
+/// is written. On error the caller closes what it opened.
+pub fn start(
+    layout: &Layout,
+    backing: &Path,
+    live_user: Option<&str>,
+    out: Output,
+) -> Result<Started> {
+    let device = layout.mapper_path();
+    let fsck = tools::fsck_preen(&device)?;
+    if fsck == FsckResult::Repaired {
+        out.warn("e2fsck repaired the filesystem (was it unplugged without lock?)");
+    }
+    unlocked::ensure_mount_point(&layout.mount_root)?;
+    mounts::mount_ext4(&device, &layout.mount_root)?;
+    let mapping = devices::find_mapping(&layout.mapping)
+        .ok_or_else(|| Error::Unexpected(format!("{} vanished after opening", layout.mapping)))?;
+    let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
+    let host = SystemHost::new(live_user);
+    // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
+    // live user reaches its features' folders (and the dotfiles' links) and lists nothing.
+    safefs::set_mount_root_access(&volume_dir, host.live_user.as_ref().ok().map(|u| u.uid))?;
+    if layout.profile == crate::persistence::layout::LayoutProfile::Tails
+        && let Ok(user) = &host.live_user
+    {
+        // And, as Tails does, the live user's top-level folders lose any group and other
+        // access (the mount root's ACL lets that user through, and only that user).
+        for entry in safefs::list(&volume_dir)? {
+            let o = entry.owner();
+            if entry.is_dir() && (o.uid, o.gid) == (user.uid, user.gid) && o.mode & 0o077 != 0 {
+                let (dir, _) = safefs::open_beneath(&volume_dir, Path::new(&entry.name), None)?;
+                safefs::set_owner(
+                    &dir,
+                    safefs::Owner {
+                        mode: o.mode & !0o077,
+                        ..o
+                    },
+                )?;
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    let mut features = Vec::new();
+    let mut config_errors = Vec::new();
+    let mut config_refused = None;
+    match unlocked::read_config(&volume_dir, layout.profile.into()) {
+        Ok(Some(config)) => {
+            config_errors = config.errors().map(ConfigErrorReport::from).collect();
+            let (entries, mut failed) = plan::resolve_entries(&config, &host);
+            features = lifecycle::activate_features(
+                &volume_dir,
+                &layout.mount_root,
+                mapping.dev,
+                &entries,
+            )?;
+            features.append(&mut failed);
+        }
+        Ok(None) => {
+            warnings.push("the volume has no persistence.conf: no feature is enabled".to_string())
+        }
+        Err(e @ crate::error::Error::Corrupt(_)) => config_refused = Some(e.to_string()),
+        Err(e) => return Err(e.into()),
+    }
+    let record = Record {
+        backing: backing.to_path_buf(),
+        mapping: layout.mapping.clone(),
+        failed: features
+            .iter()
+            .filter(|f| f.state == FeatureState::Failed)
+            .map(|f| FailedFeature {
+                source: f.source.clone(),
+                error: f.error.clone().unwrap_or_default(),
+            })
+            .collect(),
+    };
+    record::write_record(layout, &record)?;
+    Ok(Started {
+        fsck,
+        features,
+        config_errors,
+        config_refused,
+        warnings,
+    })
+}
