@@ -129,7 +129,7 @@ fn read_unlock_secret(
             false,
             Some(backing),
         )?;
-        crate::volume::recovery::normalize(&typed)
+        Ok(crate::volume::recovery::normalize(&typed)?)
     } else {
         super::read_passphrase(global, &args.passphrase, out, backing)
     }
@@ -167,10 +167,10 @@ fn open_volume(
             m.name, m.kernel_name
         )));
     }
-    volume::require_affordable(&backing, "unlocking")?;
+    volume::Volume::at(&backing).require_affordable("unlocking")?;
     let secret = read_unlock_secret(global, args, out, &backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = volume::activate(&device, &layout.mapping, &secret)?;
+    let keyslot = volume::Volume::at(&device).activate(&layout.mapping, &secret)?;
     Ok(Opened {
         backing,
         layout,
@@ -226,16 +226,18 @@ fn find_as_live_boot(
     let mut tried = Vec::new();
     let affordable: Vec<PathBuf> = candidates
         .into_iter()
-        .filter(|c| match volume::require_affordable(c, "unlocking") {
-            Ok(()) => true,
-            Err(e) => {
-                tried.push(TriedDevice {
-                    device: c.clone(),
-                    outcome: e.to_string(),
-                });
-                false
-            }
-        })
+        .filter(
+            |c| match volume::Volume::at(c).require_affordable("unlocking") {
+                Ok(()) => true,
+                Err(e) => {
+                    tried.push(TriedDevice {
+                        device: c.clone(),
+                        outcome: e.to_string(),
+                    });
+                    false
+                }
+            },
+        )
         .collect();
     let Some(first) = affordable.first() else {
         return Err(Error::UnsafeHost(describe_tried(&tried)));
@@ -258,8 +260,8 @@ fn find_as_live_boot(
         let outcome = if devices::find_mapping(&layout.mapping).is_some() {
             format!("not tried: a mapping named {} exists", layout.mapping)
         } else {
-            match volume::activate(candidate, &layout.mapping, &secret) {
-                Err(Error::BadPassphrase(_)) => {
+            match volume::Volume::at(candidate).activate(&layout.mapping, &secret) {
+                Err(volume::Error::BadPassphrase(_)) => {
                     wrong += 1;
                     "the passphrase does not open it".to_string()
                 }
@@ -307,13 +309,14 @@ fn find_as_live_boot(
             tried,
             _attached: None,
         }),
-        None if wrong == affordable.len() => Err(Error::BadPassphrase(
+        None if wrong == affordable.len() => Err(volume::Error::BadPassphrase(
             affordable
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-        )),
+        )
+        .into()),
         None => Err(Error::NotFound(format!(
             "{not_found}; tried: {}",
             describe_tried(&tried)
