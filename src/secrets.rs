@@ -63,7 +63,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// interactive limit is 512 characters; this leaves room for multi-byte characters).
 pub const MAX_PASSPHRASE: usize = 4096;
 /// The largest key file accepted, as cryptsetup's default `--keyfile-size` limit.
-pub const MAX_KEY_FILE: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_KEY_FILE: u64 = 8 * 1024 * 1024;
 
 /// Secret bytes, wiped when dropped. Debug output never shows them.
 pub struct Secret(Zeroizing<Vec<u8>>);
@@ -73,11 +73,7 @@ impl Secret {
         &self.0
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -113,7 +109,7 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
-    pub fn from_options(fd: Option<RawFd>, key_file: Option<&Path>) -> SecretSource {
+    pub(crate) fn from_options(fd: Option<RawFd>, key_file: Option<&Path>) -> SecretSource {
         match (fd, key_file) {
             (Some(fd), _) => SecretSource::Fd(fd),
             (None, Some(path)) => SecretSource::KeyFile(path.to_path_buf()),
@@ -701,7 +697,7 @@ fn read_key_file(path: &Path) -> Result<Secret> {
 
 /// What [`harden_process`] achieved; reported, and tested in the VM.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Hardening {
+pub(crate) struct Hardening {
     pub dumpable_off: bool,
     pub core_limit_zero: bool,
     pub memory_locked: bool,
@@ -712,7 +708,7 @@ pub struct Hardening {
 /// unprivileged processes, and no page of it swapped out. Called before any secret is read.
 /// Core dumps and ptrace are hard requirements; memory locking falls back with a warning
 /// (some containers forbid it), since swap itself is refused by the preflight.
-pub fn harden_process() -> Result<Hardening> {
+pub(crate) fn harden_process() -> Result<Hardening> {
     let mut report = Hardening::default();
     nix::sys::prctl::set_dumpable(false)
         .context(|| "disabling core dumps and ptrace (PR_SET_DUMPABLE)".into())?;

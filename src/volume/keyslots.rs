@@ -205,16 +205,6 @@ impl Volume {
         keyslot_info(&mut device, new_slot)
     }
 
-    /// The roles of the active keyslots.
-    pub fn keyslot_roles(&self) -> Result<Vec<(u32, Role)>> {
-        let mut device = self.load()?;
-        let tokens = role_tokens(&mut device);
-        Ok(active_keyslots(&mut device)
-            .into_iter()
-            .map(|s| (s, role_of(&tokens, s)))
-            .collect())
-    }
-
     /// Checks, before any passphrase is read, that a recovery key can be added: the volume
     /// has none yet.
     pub fn prepare_recovery_key_add(&self) -> Result<RecoveryKeyAdd<'_>> {

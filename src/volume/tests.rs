@@ -125,10 +125,8 @@ fn the_recovery_key_is_checked_once_and_is_never_the_last_way_in() {
         .unwrap();
     assert_eq!(added.role, Role::Recovery, "the report names its role");
     assert!(
-        volume
-            .keyslot_roles()
-            .unwrap()
-            .contains(&(added.keyslot, Role::Recovery))
+        volume.info().unwrap().keyslots.contains(&added),
+        "the header records its role"
     );
     let e = volume.prepare_recovery_key_add().err().unwrap();
     assert!(matches!(e, Error::RecoveryKeyExists), "{e:?}");
