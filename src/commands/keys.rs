@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cli::{GlobalArgs, PassphraseCommand, RecoveryKeyCommand};
+use crate::cli::{GlobalArgs, PassphraseChangeArgs, PassphraseCommand, RecoveryKeyCommand};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::secrets::{self, SecretSource};
@@ -22,11 +22,28 @@ struct RemovedReport {
     removed_keyslots: Vec<u32>,
 }
 
+/// What `passphrase change` is asked to do, from the command line.
+struct ChangeConfig {
+    /// Where the new passphrase comes from (the current one is read as for every command).
+    new_passphrase: SecretSource,
+    kdf: volume::KdfChoice,
+}
+
+impl ChangeConfig {
+    fn from_args(global: &GlobalArgs, args: &PassphraseChangeArgs) -> ChangeConfig {
+        ChangeConfig {
+            new_passphrase: SecretSource::from_options(
+                args.new.new_passphrase_fd,
+                args.new.new_key_file.as_deref(),
+            ),
+            kdf: super::kdf_choice(&args.kdf, global.layout),
+        }
+    }
+}
+
 pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) -> Result<()> {
     let PassphraseCommand::Change(args) = command;
-    let new_source =
-        SecretSource::from_options(args.new.new_passphrase_fd, args.new.new_key_file.as_deref());
-    let kdf = super::kdf_choice(&args.kdf, global.layout);
+    let config = ChangeConfig::from_args(global, &args);
     super::require_root()?;
     let _lock = super::exclusive()?;
     let volume = Volume::at(super::find_volume(
@@ -45,14 +62,14 @@ pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) 
     )?;
     // A wrong passphrase is reported before a new one is asked for.
     let slot = volume.check_passphrase(&old)?;
-    let new = secrets::read_secret(&new_source, "New passphrase", true)?;
+    let new = secrets::read_secret(&config.new_passphrase, "New passphrase", true)?;
     if new == old {
         return Err(Error::Usage(
             "the new passphrase is the old one; nothing was changed".into(),
         ));
     }
     out.progress("writing the new keyslot (its key derivation takes a few seconds)");
-    let keyslot = volume.change_passphrase(slot, &old, &new, kdf)?;
+    let keyslot = volume.change_passphrase(slot, &old, &new, config.kdf)?;
     drop((old, new));
     let report = KeyslotReport {
         volume: volume.path().to_path_buf(),
