@@ -15,8 +15,8 @@ use crate::persistence::features::SystemHost;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::safefs;
 use crate::session::unlocked::{self, FailedFeature, FeatureReport, FeatureState, Record};
-use crate::volume;
 use crate::volume::discovery;
+use crate::volume::{self, Volume};
 
 #[derive(Debug, Serialize)]
 struct UnlockReport {
@@ -167,10 +167,10 @@ fn open_volume(
             m.name, m.kernel_name
         )));
     }
-    volume::Volume::at(&backing).require_affordable("unlocking")?;
+    Volume::at(&backing).require_affordable("unlocking")?;
     let secret = read_unlock_secret(global, args, out, &backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = volume::Volume::at(&device).activate(&layout.mapping, &secret)?;
+    let keyslot = Volume::at(&device).activate(&layout.mapping, &secret)?;
     Ok(Opened {
         backing,
         layout,
@@ -226,18 +226,16 @@ fn find_as_live_boot(
     let mut tried = Vec::new();
     let affordable: Vec<PathBuf> = candidates
         .into_iter()
-        .filter(
-            |c| match volume::Volume::at(c).require_affordable("unlocking") {
-                Ok(()) => true,
-                Err(e) => {
-                    tried.push(TriedDevice {
-                        device: c.clone(),
-                        outcome: e.to_string(),
-                    });
-                    false
-                }
-            },
-        )
+        .filter(|c| match Volume::at(c).require_affordable("unlocking") {
+            Ok(()) => true,
+            Err(e) => {
+                tried.push(TriedDevice {
+                    device: c.clone(),
+                    outcome: e.to_string(),
+                });
+                false
+            }
+        })
         .collect();
     let Some(first) = affordable.first() else {
         return Err(Error::UnsafeHost(describe_tried(&tried)));
@@ -260,7 +258,7 @@ fn find_as_live_boot(
         let outcome = if devices::find_mapping(&layout.mapping).is_some() {
             format!("not tried: a mapping named {} exists", layout.mapping)
         } else {
-            match volume::Volume::at(candidate).activate(&layout.mapping, &secret) {
+            match Volume::at(candidate).activate(&layout.mapping, &secret) {
                 Err(volume::Error::BadPassphrase(_)) => {
                     wrong += 1;
                     "the passphrase does not open it".to_string()
