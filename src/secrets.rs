@@ -982,6 +982,32 @@ mod tests {
         );
     }
 
+    /// Scripts tell failures apart by exit code: each case keeps the code it had before
+    /// secrets had their own error type.
+    #[test]
+    fn each_failure_to_read_a_secret_keeps_its_exit_code() {
+        use crate::error::ExitCode;
+        let code = |e: Error| crate::error::Error::from(e).exit_code();
+        for usage in [
+            Error::Empty("passphrase".into()),
+            Error::NoTerminal,
+            Error::Mismatch,
+            Error::Cancelled("passphrase".into()),
+            Error::InputEnded("passphrase".into()),
+            Error::TypedTooLong("passphrase".into()),
+            Error::NotAnFd(-1),
+            Error::FdNotOpen(9),
+            Error::FdTooLong(9),
+            Error::KeyFileNotRegular("k".into()),
+            Error::KeyFileTooLarge("k".into()),
+        ] {
+            let shown = usage.to_string();
+            assert_eq!(code(usage), ExitCode::Usage, "{shown}");
+        }
+        assert_eq!(code(Error::KeyFileMissing("k".into())), ExitCode::NotFound);
+        assert_eq!(code(Error::EchoStuck), ExitCode::Internal);
+    }
+
     #[test]
     fn debug_output_hides_the_secret() {
         let s = Secret(Zeroizing::new(b"hunter2".to_vec()));

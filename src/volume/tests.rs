@@ -268,3 +268,51 @@ fn an_erased_volume_has_no_header_left() {
         "the header area is random, not zeros"
     );
 }
+
+/// Scripts tell failures apart by exit code: each case keeps the code the same situation
+/// had before the volume had its own error type.
+#[test]
+fn each_volume_failure_keeps_its_exit_code() {
+    use crate::error::ExitCode;
+    let code = |e: Error| crate::error::Error::from(e).exit_code();
+    let library = |errno| Error::Library {
+        context: "x".into(),
+        errno: Some(errno),
+        message: "y".into(),
+    };
+    let cases = [
+        (Error::BadPassphrase("v".into()), ExitCode::BadPassphrase),
+        (Error::NoLuksHeader("v".into()), ExitCode::Corrupt),
+        (Error::NotEnoughMemory("m".into()), ExitCode::UnsafeHost),
+        (Error::MappingExists("m".into()), ExitCode::Busy),
+        (Error::RecoveryKeyExists, ExitCode::Busy),
+        (Error::NoRecoveryKey, ExitCode::NotFound),
+        (Error::PassphraseNeeded("p".into()), ExitCode::Usage),
+        (Error::NotARecoveryKey, ExitCode::Usage),
+        (Error::BackupFileExists("f".into()), ExitCode::Usage),
+        (
+            Error::UpgradeUndone(Box::new(library(libc::EIO))),
+            ExitCode::Internal,
+        ),
+        (
+            Error::UpgradeNotUndone {
+                failed: Box::new(library(libc::EIO)),
+                restore: Box::new(library(libc::EIO)),
+            },
+            ExitCode::Corrupt,
+        ),
+        (Error::StillLuks("v".into()), ExitCode::Internal),
+        (library(libc::EBUSY), ExitCode::Busy),
+        (library(libc::ENOENT), ExitCode::NotFound),
+        (library(libc::EACCES), ExitCode::NotPermitted),
+        (library(libc::EIO), ExitCode::Internal),
+    ];
+    for (error, expected) in cases {
+        let shown = format!("{error:?}");
+        assert_eq!(code(error), expected, "{shown}");
+    }
+    assert!(
+        code(library(libc::EBUSY).with_note("already locked: v")).eq(&ExitCode::Busy),
+        "a note keeps the class"
+    );
+}
