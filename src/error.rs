@@ -6,8 +6,6 @@
 use std::io;
 use std::path::Path;
 
-use libcryptsetup_rs::LibcryptErr;
-
 pub use crate::context::{IoError, at};
 
 /// Exit codes, one per failure class. Documented in `--help` and the man page from
@@ -68,8 +66,6 @@ Exit status:
 pub enum Error {
     #[error("{0}")]
     Usage(String),
-    #[error("the passphrase or key does not open any keyslot of {0}; nothing was changed")]
-    BadPassphrase(String),
     /// A passphrase or key that does not fit something other than a keyslot (an archive).
     #[error("{0}")]
     WrongKey(String),
@@ -100,12 +96,10 @@ pub enum Error {
     Io(#[from] IoError),
     #[error(transparent)]
     Session(#[from] crate::session::Error),
-    #[error("{context}: {message}")]
-    Crypt {
-        context: String,
-        errno: Option<i32>,
-        message: String,
-    },
+    #[error(transparent)]
+    Volume(#[from] crate::volume::Error),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::Error),
     #[error("{0}")]
     Internal(String),
 }
@@ -116,7 +110,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
-            Error::BadPassphrase(_) | Error::WrongKey(_) => ExitCode::BadPassphrase,
+            Error::WrongKey(_) => ExitCode::BadPassphrase,
             Error::NotFound(_) => ExitCode::NotFound,
             Error::Busy(_) => ExitCode::Busy,
             Error::UnsafeHost(_) => ExitCode::UnsafeHost,
@@ -145,7 +139,45 @@ impl Error {
                     S::Below(e) => e.exit_code(),
                 }
             }
-            Error::Crypt { errno, .. } => errno_class(*errno),
+            Error::Volume(e) => {
+                use crate::volume::Error as V;
+                match e {
+                    V::BadPassphrase(_) => ExitCode::BadPassphrase,
+                    V::NoLuksHeader(_) => ExitCode::Corrupt,
+                    V::NotEnoughMemory(_) => ExitCode::UnsafeHost,
+                    V::MappingExists(_) | V::RecoveryKeyExists => ExitCode::Busy,
+                    V::NoRecoveryKey => ExitCode::NotFound,
+                    V::PassphraseNeeded(_) | V::NotARecoveryKey | V::BackupFileExists(_) => {
+                        ExitCode::Usage
+                    }
+                    // The header is as it was: the failure itself was unexpected.
+                    V::UpgradeUndone(_) => ExitCode::Internal,
+                    // The header may be neither the old nor the new one.
+                    V::UpgradeNotUndone { .. } => ExitCode::Corrupt,
+                    V::StillLuks(_) => ExitCode::Internal,
+                    V::Library { errno, .. } => errno_class(*errno),
+                    V::Io(e) => errno_class(e.errno()),
+                }
+            }
+            Error::Secrets(e) => {
+                use crate::secrets::Error as S;
+                match e {
+                    S::Empty(_)
+                    | S::NoTerminal
+                    | S::Mismatch
+                    | S::Cancelled(_)
+                    | S::InputEnded(_)
+                    | S::TypedTooLong(_)
+                    | S::NotAnFd(_)
+                    | S::FdNotOpen(_)
+                    | S::FdTooLong(_)
+                    | S::KeyFileNotRegular(_)
+                    | S::KeyFileTooLarge(_) => ExitCode::Usage,
+                    S::KeyFileMissing(_) => ExitCode::NotFound,
+                    S::EchoStuck => ExitCode::Internal,
+                    S::Io(e) => errno_class(e.errno()),
+                }
+            }
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -156,15 +188,9 @@ impl Error {
         match self {
             Error::Io(e) => Error::Io(e.with_note(note)),
             Error::Session(e) => Error::Session(e.with_note(note)),
-            Error::Crypt {
-                context,
-                errno,
-                message,
-            } => Error::Crypt {
-                context: format!("{context} ({note})"),
-                errno,
-                message,
-            },
+            Error::Volume(e) => Error::Volume(e.with_note(note)),
+            // Secrets are read before anything changes: no undo step returns these.
+            e @ Error::Secrets(_) => e,
             Error::Usage(m) => Error::Usage(add(m)),
             Error::WrongKey(m) => Error::WrongKey(add(m)),
             Error::NotFound(m) => Error::NotFound(add(m)),
@@ -177,25 +203,6 @@ impl Error {
             Error::RootOnVolume(m) => Error::RootOnVolume(add(m)),
             Error::CheckFailed(m) => Error::CheckFailed(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),
-            // Its message names a volume, not what happened; no restore step returns it.
-            e @ Error::BadPassphrase(_) => e,
-        }
-    }
-
-    /// Wraps a libcryptsetup error, keeping its errno for classification and adding the
-    /// library's own last message when it has one.
-    pub fn crypt(context: impl Into<String>, err: LibcryptErr) -> Error {
-        let (errno, mut message) = match &err {
-            LibcryptErr::IOError(e) => (e.raw_os_error(), e.to_string()),
-            other => (None, other.to_string()),
-        };
-        if let Some(detail) = crate::volume::take_last_library_error() {
-            message = format!("{message} ({detail})");
-        }
-        Error::Crypt {
-            context: context.into(),
-            errno,
-            message,
         }
     }
 }

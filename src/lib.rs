@@ -15,4 +15,4 @@ pub mod persistence;
 pub mod safefs;
 pub mod secrets;
 pub mod session;
-pub mod volume;
+pub(crate) mod volume;

@@ -19,15 +19,51 @@ use nix::errno::Errno;
 use nix::sys::termios::{self, InputFlags, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::error::IoError;
-use crate::error::{Context, Error, Result, at};
+use crate::context::{Context, IoError, at};
+
+/// Why no secret was read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Holds what was asked for ("passphrase").
+    #[error("empty {0} given")]
+    Empty(String),
+    #[error("no terminal to ask for the passphrase on; use --passphrase-fd N or --key-file PATH")]
+    NoTerminal,
+    #[error("the two passphrases differ; nothing was changed")]
+    Mismatch,
+    #[error("no {0} given: cancelled at the prompt")]
+    Cancelled(String),
+    #[error("no {0} given: the terminal's input ended")]
+    InputEnded(String),
+    #[error("the {0} typed is longer than {MAX_PASSPHRASE} bytes")]
+    TypedTooLong(String),
+    #[error("--passphrase-fd {0} is not a file descriptor")]
+    NotAnFd(RawFd),
+    #[error("--passphrase-fd {0}: no such open file descriptor")]
+    FdNotOpen(RawFd),
+    #[error("the passphrase on fd {0} is longer than {MAX_PASSPHRASE} bytes")]
+    FdTooLong(RawFd),
+    #[error("key file {} not found", .0.display())]
+    KeyFileMissing(PathBuf),
+    #[error("key file {} is not a regular file; use --passphrase-fd for pipes", .0.display())]
+    KeyFileNotRegular(PathBuf),
+    #[error("key file {} is larger than {MAX_KEY_FILE} bytes", .0.display())]
+    KeyFileTooLarge(PathBuf),
+    /// Echo could not be turned off: a passphrase typed now would be shown.
+    #[error("the terminal kept its echo on; not asking for a passphrase it would show")]
+    EchoStuck,
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The longest passphrase read from a terminal or file descriptor, in bytes: one limit for
 /// both, so that a passphrase set one way can always be given the other (cryptsetup's
 /// interactive limit is 512 characters; this leaves room for multi-byte characters).
 pub const MAX_PASSPHRASE: usize = 4096;
 /// The largest key file accepted, as cryptsetup's default `--keyfile-size` limit.
-pub const MAX_KEY_FILE: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_KEY_FILE: u64 = 8 * 1024 * 1024;
 
 /// Secret bytes, wiped when dropped. Debug output never shows them.
 pub struct Secret(Zeroizing<Vec<u8>>);
@@ -37,11 +73,7 @@ impl Secret {
         &self.0
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -77,7 +109,7 @@ pub enum SecretSource {
 }
 
 impl SecretSource {
-    pub fn from_options(fd: Option<RawFd>, key_file: Option<&Path>) -> SecretSource {
+    pub(crate) fn from_options(fd: Option<RawFd>, key_file: Option<&Path>) -> SecretSource {
         match (fd, key_file) {
             (Some(fd), _) => SecretSource::Fd(fd),
             (None, Some(path)) => SecretSource::KeyFile(path.to_path_buf()),
@@ -98,10 +130,7 @@ pub fn read_secret(source: &SecretSource, prompt: &str, confirm: bool) -> Result
         SecretSource::KeyFile(path) => read_key_file(path)?,
     };
     if secret.is_empty() {
-        return Err(Error::Usage(format!(
-            "empty {} given",
-            prompt.to_lowercase()
-        )));
+        return Err(Error::Empty(prompt.to_lowercase()));
     }
     Ok(secret)
 }
@@ -115,12 +144,7 @@ fn open_terminal() -> Result<OwnedFd> {
         .custom_flags(libc::O_NOCTTY)
         .open("/dev/tty")
         .map(OwnedFd::from)
-        .map_err(|_| {
-            Error::Usage(
-                "no terminal to ask for the passphrase on; use --passphrase-fd N or --key-file PATH"
-                    .into(),
-            )
-        })
+        .map_err(|_| Error::NoTerminal)
 }
 
 /// Asks for a passphrase on the terminal `tty` (the controlling terminal in production, a
@@ -132,9 +156,7 @@ pub fn ask_on_terminal(tty: BorrowedFd<'_>, prompt: &str, confirm: bool) -> Resu
     if confirm {
         let again = read_hidden_line(tty, prompt, &format!("{prompt} (again): "))?;
         if first != again {
-            return Err(Error::Usage(
-                "the two passphrases differ; nothing was changed".into(),
-            ));
+            return Err(Error::Mismatch);
         }
     }
     Ok(first)
@@ -170,7 +192,9 @@ fn read_hidden_line(tty: BorrowedFd<'_>, what: &str, shown: &str) -> Result<Secr
             Err(Errno::EINTR) if restore_on_signal::interrupted() => break LineEnd::Cancelled,
             Err(Errno::EINTR) => continue,
             Err(e) => {
-                return Err(e).context(|| "reading the passphrase from the terminal".into());
+                return Err(e)
+                    .context(|| "reading the passphrase from the terminal".into())
+                    .map_err(Error::from);
             }
         }
     };
@@ -184,19 +208,13 @@ fn read_hidden_line(tty: BorrowedFd<'_>, what: &str, shown: &str) -> Result<Secr
             buf.truncate(len);
             Ok(Secret(buf))
         }
-        LineEnd::TooLong => Err(Error::Usage(format!(
-            "the {what} typed is longer than {MAX_PASSPHRASE} bytes"
-        ))),
-        LineEnd::Cancelled => Err(Error::Usage(format!(
-            "no {what} given: cancelled at the prompt"
-        ))),
-        LineEnd::EndOfInput => Err(Error::Usage(format!(
-            "no {what} given: the terminal's input ended"
-        ))),
+        LineEnd::TooLong => Err(Error::TypedTooLong(what)),
+        LineEnd::Cancelled => Err(Error::Cancelled(what)),
+        LineEnd::EndOfInput => Err(Error::InputEnded(what)),
     }
 }
 
-fn write_to_terminal(tty: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<()> {
+fn write_to_terminal(tty: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), IoError> {
     while !bytes.is_empty() {
         match nix::unistd::write(tty, bytes) {
             Ok(0) => {
@@ -396,9 +414,7 @@ impl<'fd> HiddenInput<'fd> {
             .context(|| "turning the terminal's echo off".into())?;
         let now = termios::tcgetattr(tty).context(|| "reading the terminal's settings".into())?;
         if now.local_flags.contains(LocalFlags::ECHO) {
-            return Err(Error::Internal(
-                "the terminal kept its echo on; not asking for a passphrase it would show".into(),
-            ));
+            return Err(Error::EchoStuck);
         }
         Ok(input)
     }
@@ -406,8 +422,9 @@ impl<'fd> HiddenInput<'fd> {
     /// Puts the terminal back, reporting a failure (the early-return path cannot).
     fn restore(mut self) -> Result<()> {
         self.restored = true;
-        self.put_back()
-            .context(|| "restoring the terminal's settings".into())
+        Ok(self
+            .put_back()
+            .context(|| "restoring the terminal's settings".into())?)
     }
 
     /// TCSAFLUSH again: input left unread (typed ahead after Enter) is dropped rather than
@@ -611,9 +628,7 @@ mod restore_on_signal {
 /// line is consumed, into a buffer allocated once at the maximum size.
 fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
     if fd < 0 {
-        return Err(Error::Usage(format!(
-            "--passphrase-fd {fd} is not a file descriptor"
-        )));
+        return Err(Error::NotAnFd(fd));
     }
     // SAFETY: the descriptor was handed to us by the caller for this purpose; ManuallyDrop
     // keeps it open afterwards, as the caller may still own it.
@@ -627,18 +642,18 @@ fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
             Ok(_) => {
                 len += 1;
                 if len > MAX_PASSPHRASE {
-                    return Err(Error::Usage(format!(
-                        "the passphrase on fd {fd} is longer than {MAX_PASSPHRASE} bytes"
-                    )));
+                    return Err(Error::FdTooLong(fd));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
-                return Err(Error::Usage(format!(
-                    "--passphrase-fd {fd}: no such open file descriptor"
-                )));
+                return Err(Error::FdNotOpen(fd));
             }
-            Err(e) => return Err(e).context(|| format!("reading the passphrase from fd {fd}")),
+            Err(e) => {
+                return Err(e)
+                    .context(|| format!("reading the passphrase from fd {fd}"))
+                    .map_err(Error::from);
+            }
         }
     }
     buf.truncate(len);
@@ -647,9 +662,7 @@ fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
 
 fn read_key_file(path: &Path) -> Result<Secret> {
     let mut file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => {
-            Error::NotFound(format!("key file {} not found", path.display()))
-        }
+        io::ErrorKind::NotFound => Error::KeyFileMissing(path.to_path_buf()),
         _ => Error::Io(IoError::new(
             format!("opening key file {}", path.display()),
             e,
@@ -657,17 +670,10 @@ fn read_key_file(path: &Path) -> Result<Secret> {
     })?;
     let meta = file.metadata().context(at("reading", path))?;
     if !meta.is_file() {
-        return Err(Error::Usage(format!(
-            "key file {} is not a regular file; use --passphrase-fd for pipes",
-            path.display()
-        )));
+        return Err(Error::KeyFileNotRegular(path.to_path_buf()));
     }
     if meta.size() > MAX_KEY_FILE {
-        return Err(Error::Usage(format!(
-            "key file {} is larger than {} bytes",
-            path.display(),
-            MAX_KEY_FILE
-        )));
+        return Err(Error::KeyFileTooLarge(path.to_path_buf()));
     }
     // One allocation at the final size; a file that grows meanwhile is cut at that size.
     let size = meta.size() as usize;
@@ -678,7 +684,11 @@ fn read_key_file(path: &Path) -> Result<Secret> {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context(at("reading key file", path)),
+            Err(e) => {
+                return Err(e)
+                    .context(at("reading key file", path))
+                    .map_err(Error::from);
+            }
         }
     }
     buf.truncate(len);
@@ -687,7 +697,7 @@ fn read_key_file(path: &Path) -> Result<Secret> {
 
 /// What [`harden_process`] achieved; reported, and tested in the VM.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Hardening {
+pub(crate) struct Hardening {
     pub dumpable_off: bool,
     pub core_limit_zero: bool,
     pub memory_locked: bool,
@@ -698,7 +708,7 @@ pub struct Hardening {
 /// unprivileged processes, and no page of it swapped out. Called before any secret is read.
 /// Core dumps and ptrace are hard requirements; memory locking falls back with a warning
 /// (some containers forbid it), since swap itself is refused by the preflight.
-pub fn harden_process() -> Result<Hardening> {
+pub(crate) fn harden_process() -> Result<Hardening> {
     let mut report = Hardening::default();
     nix::sys::prctl::set_dumpable(false)
         .context(|| "disabling core dumps and ptrace (PR_SET_DUMPABLE)".into())?;
@@ -754,7 +764,7 @@ mod tests {
         let (r, w) = pipe_with(b"\n");
         drop(w);
         let err = read_secret(&SecretSource::Fd(r.as_raw_fd()), "Passphrase", false).unwrap_err();
-        assert!(matches!(err, Error::Usage(_)), "{err}");
+        assert!(matches!(err, Error::Empty(_)), "{err}");
     }
 
     #[test]
@@ -768,7 +778,7 @@ mod tests {
     #[test]
     fn closed_fd_is_a_usage_error() {
         let err = read_secret(&SecretSource::Fd(9999), "Passphrase", false).unwrap_err();
-        assert!(matches!(err, Error::Usage(_)), "{err}");
+        assert!(matches!(err, Error::FdNotOpen(9999)), "{err}");
     }
 
     #[test]
@@ -788,7 +798,7 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)), "{err}");
+        assert!(matches!(err, Error::KeyFileMissing(_)), "{err}");
     }
 
     /// The keys `stty sane` sets on Linux, and a UTF-8 terminal.
@@ -970,6 +980,32 @@ mod tests {
             before,
             "the terminal's settings are back"
         );
+    }
+
+    /// Scripts tell failures apart by exit code: each case keeps the code it had before
+    /// secrets had their own error type.
+    #[test]
+    fn each_failure_to_read_a_secret_keeps_its_exit_code() {
+        use crate::error::ExitCode;
+        let code = |e: Error| crate::error::Error::from(e).exit_code();
+        for usage in [
+            Error::Empty("passphrase".into()),
+            Error::NoTerminal,
+            Error::Mismatch,
+            Error::Cancelled("passphrase".into()),
+            Error::InputEnded("passphrase".into()),
+            Error::TypedTooLong("passphrase".into()),
+            Error::NotAnFd(-1),
+            Error::FdNotOpen(9),
+            Error::FdTooLong(9),
+            Error::KeyFileNotRegular("k".into()),
+            Error::KeyFileTooLarge("k".into()),
+        ] {
+            let shown = usage.to_string();
+            assert_eq!(code(usage), ExitCode::Usage, "{shown}");
+        }
+        assert_eq!(code(Error::KeyFileMissing("k".into())), ExitCode::NotFound);
+        assert_eq!(code(Error::EchoStuck), ExitCode::Internal);
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Inspection {
                 m.name, m.kernel_name
             )));
         }
-        volume::activate_with(backing, MAPPING, secret, read_only)?;
+        volume::Volume::at(backing).activate_for_inspection(MAPPING, secret, read_only)?;
         Ok(Inspection {
             device: Path::new("/dev/mapper").join(MAPPING),
             mount_point: None,
@@ -129,7 +129,7 @@ fn prepare(
     };
     let header = volume::header_info(&backing)?;
     super::require_locked(&backing, why)?;
-    volume::require_affordable(&backing, doing)?;
+    volume::Volume::at(&backing).require_affordable(doing)?;
     let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
     Ok((backing, header, secret))
 }

@@ -19,7 +19,7 @@ use crate::persistence::layout::{Layout, LayoutProfile, TAILS_PARTITION_TYPE};
 use crate::safefs;
 use crate::secrets::Secret;
 use crate::session::unlocked;
-use crate::volume::{self, KeyslotInfo};
+use crate::volume::{self, KeyslotInfo, Volume};
 
 /// The smallest volume: the LUKS2 header takes 16 MiB, ext4 needs a few more.
 pub const MIN_SIZE: u64 = 32 << 20;
@@ -34,6 +34,47 @@ struct CreateReport {
     keyslot: KeyslotInfo,
     filesystem_label: String,
     features: Vec<String>,
+}
+
+/// What `create` is asked to do, from the command line.
+struct CreateConfig {
+    target: Target,
+    confirmed: bool,
+    live_user: Option<String>,
+    kdf: volume::KdfChoice,
+}
+
+/// Where the new volume goes.
+enum Target {
+    /// A new partition on this disk.
+    Device(PathBuf),
+    /// A new container file of this size.
+    Image { path: PathBuf, size: u64 },
+}
+
+impl CreateConfig {
+    fn from_args(global: &GlobalArgs, args: &CreateArgs) -> Result<CreateConfig> {
+        let target = match (&args.device, &args.image, args.size) {
+            (Some(disk), _, _) => Target::Device(disk.clone()),
+            (None, Some(image), Some(size)) => Target::Image {
+                path: image.clone(),
+                size,
+            },
+            _ => {
+                return Err(Error::Usage(
+                    "give --device DISK, or --image FILE with --size SIZE".into(),
+                ));
+            }
+        };
+        Ok(CreateConfig {
+            target,
+            confirmed: args.yes,
+            live_user: args.live_user.clone(),
+            // Chosen before anything else takes memory: in the Tails layout the cost
+            // follows what this machine has available now.
+            kdf: super::kdf_choice(&args.kdf, global.layout),
+        })
+    }
 }
 
 /// Undoes what create made unless told to keep it.
@@ -65,19 +106,17 @@ impl Drop for Rollback {
 }
 
 pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
+    let config = CreateConfig::from_args(global, &args)?;
     super::require_root()?;
     crate::host::kernel::require_dm_crypt("creating a volume")?;
     let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
-    let host = SystemHost::new(args.live_user.as_deref());
-    let config = default_config(&host, global.layout)?;
-    // Chosen before anything else takes memory: in the Tails layout the cost follows what
-    // this machine has available now.
-    let kdf = super::kdf_choice(&args.kdf, layout.profile);
-    let (volume_path, size, rollback, kind) = match (&args.device, &args.image, args.size) {
-        (Some(disk), _, _) => {
+    let host = SystemHost::new(config.live_user.as_deref());
+    let features = default_config(&host, global.layout)?;
+    let (volume_path, size, rollback, kind) = match &config.target {
+        Target::Device(disk) => {
             let (region, sector) = check_device_target(disk, &layout)?;
-            confirm_partitioning(disk, region, sector, args.yes, out)?;
+            confirm_partitioning(disk, region, sector, config.confirmed, out)?;
             let secret = super::read_secret_safely(
                 global,
                 &args.passphrase,
@@ -99,7 +138,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
             }));
             let part = disks::partition_path(disk, number);
             disks::wait_for_device(&part)?;
-            let keyslot = format_and_populate(&part, &layout, &secret, kdf, &config, out)?;
+            let keyslot = format_and_populate(&part, &layout, &secret, config.kdf, &features, out)?;
             (
                 part,
                 region.sectors * sector,
@@ -107,8 +146,8 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
                 ("partition", keyslot),
             )
         }
-        (None, Some(image), Some(size)) => {
-            check_image_target(image, size)?;
+        Target::Image { path: image, size } => {
+            check_image_target(image, *size)?;
             let secret = super::read_secret_safely(
                 global,
                 &args.passphrase,
@@ -117,15 +156,10 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
                 true,
                 Some(image),
             )?;
-            create_sparse_file(image, size)?;
+            create_sparse_file(image, *size)?;
             let rollback = Rollback(Some(Made::File(image.clone())));
-            let keyslot = format_and_populate(image, &layout, &secret, kdf, &config, out)?;
-            (image.clone(), size, rollback, ("container file", keyslot))
-        }
-        _ => {
-            return Err(Error::Usage(
-                "give --device DISK, or --image FILE with --size SIZE".into(),
-            ));
+            let keyslot = format_and_populate(image, &layout, &secret, config.kdf, &features, out)?;
+            (image.clone(), *size, rollback, ("container file", keyslot))
         }
     };
     rollback.keep();
@@ -137,7 +171,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
         cipher: format!("{}-{}", volume::CIPHER, volume::CIPHER_MODE),
         keyslot,
         filesystem_label: layout.fs_label.to_string(),
-        features: config
+        features: features
             .entries()
             .map(|e| e.source.display().to_string())
             .collect(),
@@ -171,7 +205,7 @@ fn format_and_populate(
     out: Output,
 ) -> Result<KeyslotInfo> {
     out.progress(format!("formatting {} as LUKS2 (argon2id)", path.display()));
-    let keyslot = volume::format(path, layout.fs_label, secret, kdf)?;
+    let (volume, keyslot) = Volume::format(path, layout.fs_label, secret, kdf)?;
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
         keyslot.keyslot,
@@ -180,8 +214,7 @@ fn format_and_populate(
         keyslot.cost.parallel
     ));
     if layout.profile == LayoutProfile::Tails
-        && let Some(floor) = volume::tails_kdf_floor_kib(volume::mem_total_kib())
-        && u64::from(keyslot.cost.memory_kib) < floor
+        && let Some(floor) = volume::tails_will_convert(&keyslot.cost)
     {
         out.warn(format!(
             "this machine cannot afford the key derivation Tails counts as up to date ({} MiB): Tails will convert the keyslot at its next boot",
@@ -189,10 +222,9 @@ fn format_and_populate(
         ));
     }
     let mapping = format!("keepsake-new-{}", std::process::id());
-    volume::activate(path, &mapping, secret)?;
-    let result = populate(layout, &mapping, config, out);
-    let closed = volume::deactivate(&mapping);
-    result.and(closed)?;
+    let opened = volume.activate_for_a_while(&mapping, secret)?;
+    populate(layout, &opened.device(), &mapping, config, out)?;
+    opened.close()?;
     Ok(keyslot)
 }
 
@@ -319,18 +351,23 @@ pub(super) fn default_config(host: &SystemHost, profile: LayoutProfile) -> Resul
 }
 
 /// Makes the filesystem and writes the config, on the freshly opened mapping.
-fn populate(layout: &Layout, mapping: &str, config: &ConfigFile, out: Output) -> Result<()> {
-    let device = Path::new("/dev/mapper").join(mapping);
+fn populate(
+    layout: &Layout,
+    device: &Path,
+    mapping: &str,
+    config: &ConfigFile,
+    out: Output,
+) -> Result<()> {
     out.progress(format!(
         "making an ext4 filesystem labelled {}",
         layout.fs_label
     ));
-    tools::mkfs_ext4(&device, layout.fs_label)?;
+    tools::mkfs_ext4(device, layout.fs_label)?;
     let runtime = super::runtime_dir()?;
     let mount_point = runtime.path.join(mapping);
     std::fs::create_dir(&mount_point).context(at("creating", &mount_point))?;
     let result = (|| {
-        mounts::mount_ext4(&device, &mount_point)?;
+        mounts::mount_ext4(device, &mount_point)?;
         let written = (|| {
             // Tails' mount root: root:root 0770 (unlock adds the live user's ACL);
             // features' folders carry their own owners.

@@ -1,7 +1,6 @@
 //! `keepsake delete`: crypto-erase. Without a keyslot and a header, the data area is
 //! ciphertext under a key that no longer exists anywhere.
 
-use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,7 +9,7 @@ use crate::cli::{DeleteArgs, GlobalArgs};
 use crate::error::{Context, Error, Result, at};
 use crate::host::disks;
 use crate::output::Output;
-use crate::volume;
+use crate::volume::Volume;
 
 #[derive(Debug, Serialize)]
 struct DeleteReport {
@@ -54,7 +53,8 @@ pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
     let backing = pinned
         .as_ref()
         .map_or_else(|| named.clone(), PinnedFile::proc_path);
-    let header = volume::header_info(&backing)?;
+    let volume = Volume::at(&backing);
+    let header = volume.info()?;
     super::require_locked(&named, "an open volume cannot be deleted")?;
     let container = if pinned.is_some() {
         Container::File
@@ -85,20 +85,7 @@ pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
             return Err(Error::Usage("not confirmed; nothing was changed".into()));
         }
     }
-    let header_bytes = volume::header_area_bytes(&backing)?;
-    out.progress("destroying the keyslots");
-    let keyslots = volume::destroy_keyslots(&backing)?;
-    out.progress(format!(
-        "overwriting the header area ({} KiB) with random data",
-        header_bytes / 1024
-    ));
-    overwrite_random(&backing, header_bytes)?;
-    if volume::is_luks(&backing) {
-        return Err(Error::Internal(format!(
-            "{} still reads as LUKS after the overwrite; its partition or file was left in place",
-            named.display()
-        )));
-    }
+    let erased = volume.erase(&named, |step| out.progress(step))?;
     let removed = match (container, &pinned) {
         (Container::File, Some(file)) => {
             file.remove()?;
@@ -112,8 +99,8 @@ pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
     };
     let report = DeleteReport {
         volume: named,
-        keyslots_destroyed: keyslots,
-        header_bytes_overwritten: header_bytes,
+        keyslots_destroyed: erased.keyslots_destroyed,
+        header_bytes_overwritten: erased.header_bytes,
         removed,
     };
     out.result(&report, |r| {
@@ -126,24 +113,6 @@ pub fn run(global: &GlobalArgs, args: DeleteArgs, out: Output) -> Result<()> {
         )
     });
     Ok(())
-}
-
-/// Writes `len` random bytes from the start of `path`, then syncs it to the device.
-fn overwrite_random(path: &Path, len: u64) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .context(at("opening", path))?;
-    f.seek(SeekFrom::Start(0)).context(at("seeking in", path))?;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        crate::volume::recovery::fill_random(&mut chunk[..n])?;
-        f.write_all(&chunk[..n]).context(at("overwriting", path))?;
-        left -= n as u64;
-    }
-    f.sync_all().context(at("syncing", path))
 }
 
 fn unreachable_file(path: &Path) -> Result<&'static str> {

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cli::{GlobalArgs, PassphraseCommand, RecoveryKeyCommand};
+use crate::cli::{GlobalArgs, PassphraseChangeArgs, PassphraseCommand, RecoveryKeyCommand};
 use crate::error::{Error, Result};
 use crate::output::Output;
 use crate::secrets::{self, SecretSource};
-use crate::volume::{self, KeyslotInfo, Role};
+use crate::volume::{self, KeyslotInfo, Volume};
 
 #[derive(Debug, Serialize)]
 struct KeyslotReport {
@@ -22,42 +22,57 @@ struct RemovedReport {
     removed_keyslots: Vec<u32>,
 }
 
+/// What `passphrase change` is asked to do, from the command line.
+struct ChangeConfig {
+    /// Where the new passphrase comes from (the current one is read as for every command).
+    new_passphrase: SecretSource,
+    kdf: volume::KdfChoice,
+}
+
+impl ChangeConfig {
+    fn from_args(global: &GlobalArgs, args: &PassphraseChangeArgs) -> ChangeConfig {
+        ChangeConfig {
+            new_passphrase: SecretSource::from_options(
+                args.new.new_passphrase_fd,
+                args.new.new_key_file.as_deref(),
+            ),
+            kdf: super::kdf_choice(&args.kdf, global.layout),
+        }
+    }
+}
+
 pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) -> Result<()> {
     let PassphraseCommand::Change(args) = command;
+    let config = ChangeConfig::from_args(global, &args);
     super::require_root()?;
     let _lock = super::exclusive()?;
-    let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
-    volume::header_info(&backing)?;
-    volume::require_affordable(&backing, "changing the passphrase of")?;
+    let volume = Volume::at(super::find_volume(
+        &args.volume,
+        &super::layout(global, None),
+    )?);
+    volume.info()?;
+    volume.require_affordable("changing the passphrase of")?;
     let old = super::read_secret_safely(
         global,
         &args.passphrase,
         out,
         "Current passphrase",
         false,
-        Some(&backing),
+        Some(volume.path()),
     )?;
     // A wrong passphrase is reported before a new one is asked for.
-    let slot = volume::check_passphrase(&backing, &old)?;
-    let source =
-        SecretSource::from_options(args.new.new_passphrase_fd, args.new.new_key_file.as_deref());
-    let new = secrets::read_secret(&source, "New passphrase", true)?;
+    let slot = volume.check_passphrase(&old)?;
+    let new = secrets::read_secret(&config.new_passphrase, "New passphrase", true)?;
     if new == old {
         return Err(Error::Usage(
             "the new passphrase is the old one; nothing was changed".into(),
         ));
     }
     out.progress("writing the new keyslot (its key derivation takes a few seconds)");
-    let keyslot = volume::change_passphrase(
-        &backing,
-        slot,
-        &old,
-        &new,
-        super::kdf_choice(&args.kdf, global.layout),
-    )?;
+    let keyslot = volume.change_passphrase(slot, &old, &new, config.kdf)?;
     drop((old, new));
     let report = KeyslotReport {
-        volume: backing,
+        volume: volume.path().to_path_buf(),
         keyslot,
     };
     out.result(&report, |r| {
@@ -77,29 +92,19 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
     let _lock = super::exclusive()?;
     match command {
         RecoveryKeyCommand::Add(args) => {
-            let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
-            if volume::keyslot_roles(&backing)?
-                .iter()
-                .any(|(_, role)| *role == Role::Recovery)
-            {
-                return Err(Error::Busy(
-                    "the volume has a recovery key already; remove it first (keepsake recovery-key remove)"
-                        .into(),
-                ));
-            }
-            volume::require_affordable(&backing, "adding a recovery key to")?;
-            let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
-            let key = crate::volume::recovery::generate()?;
+            let kdf = super::kdf_choice(&args.kdf, global.layout);
+            let volume = Volume::at(super::find_volume(
+                &args.volume,
+                &super::layout(global, None),
+            )?);
+            let adding = volume.prepare_recovery_key_add()?;
+            volume.require_affordable("adding a recovery key to")?;
+            let passphrase = super::read_passphrase(global, &args.passphrase, out, volume.path())?;
+            let key = volume::recovery::generate()?;
             out.progress("adding the recovery key's keyslot");
-            let keyslot = volume::add_keyslot(
-                &backing,
-                &passphrase,
-                &key,
-                Role::Recovery,
-                super::kdf_choice(&args.kdf, global.layout),
-            )?;
+            let keyslot = adding.add(&passphrase, &key, kdf)?;
             let report = KeyslotReport {
-                volume: backing,
+                volume: volume.path().to_path_buf(),
                 keyslot,
             };
             out.reveal(
@@ -115,18 +120,16 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
             Ok(())
         }
         RecoveryKeyCommand::Remove(args) => {
-            let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
-            if !volume::keyslot_roles(&backing)?
-                .iter()
-                .any(|(_, role)| *role == Role::Recovery)
-            {
-                return Err(Error::NotFound("the volume has no recovery key".into()));
-            }
-            volume::require_affordable(&backing, "removing the recovery key from")?;
-            let passphrase = super::read_passphrase(global, &args.passphrase, out, &backing)?;
-            let removed = volume::remove_role(&backing, &passphrase, Role::Recovery)?;
+            let volume = Volume::at(super::find_volume(
+                &args.volume,
+                &super::layout(global, None),
+            )?);
+            let removing = volume.prepare_recovery_key_removal()?;
+            volume.require_affordable("removing the recovery key from")?;
+            let passphrase = super::read_passphrase(global, &args.passphrase, out, volume.path())?;
+            let removed = removing.remove(&passphrase)?;
             let report = RemovedReport {
-                volume: backing,
+                volume: volume.path().to_path_buf(),
                 removed_keyslots: removed,
             };
             out.result(&report, |r| {

@@ -83,7 +83,7 @@ pub fn read_secret_safely(
         out.warn(warning);
     }
     let source = SecretSource::from_options(args.passphrase_fd, args.key_file.as_deref());
-    secrets::read_secret(&source, prompt, confirm)
+    Ok(secrets::read_secret(&source, prompt, confirm)?)
 }
 
 /// The passphrase (or key) of the volume at `backing`, read the safe way.
@@ -138,36 +138,29 @@ pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
     )
 }
 
-/// The cost of a new keyslot: the fixed cost when given; in the Tails layout, the cost
-/// Tails itself counts as up to date ([`crate::volume::tails_kdf_cost`]), so that Tails does
-/// not convert the keyslot again at its next boot; else calibrated by libcryptsetup for
-/// about 2 s under a memory ceiling that this machine can afford.
+/// The cost of a new keyslot asked for on the command line (see
+/// [`crate::volume::KdfChoice::for_new_keyslot`]).
 pub fn kdf_choice(
     kdf: &KdfArgs,
     profile: crate::persistence::layout::LayoutProfile,
 ) -> crate::volume::KdfChoice {
-    use crate::volume::{KdfChoice, KdfCost};
-    match (kdf.pbkdf_memory, kdf.pbkdf_force_iterations) {
-        (Some(memory_kib), Some(iterations)) => KdfChoice::Fixed(KdfCost {
+    use crate::volume::{KdfChoice, KdfCost, KdfRequest};
+    let fixed = kdf
+        .pbkdf_memory
+        .zip(kdf.pbkdf_force_iterations)
+        .map(|(memory_kib, iterations)| KdfCost {
             memory_kib,
             iterations,
             parallel: kdf.pbkdf_parallel,
-        }),
-        _ if profile == crate::persistence::layout::LayoutProfile::Tails
-            && kdf.pbkdf_max_memory.is_none() =>
-        {
-            KdfChoice::Fixed(crate::volume::tails_kdf_cost(
-                crate::volume::mem_total_kib(),
-                crate::volume::mem_available_kib(),
-            ))
-        }
-        _ => KdfChoice::Benchmark {
-            time_ms: 2000,
-            max_memory_kib: kdf.pbkdf_max_memory.unwrap_or_else(|| {
-                crate::volume::default_max_memory_kib(crate::volume::mem_available_kib())
-            }),
-        },
-    }
+        });
+    let request = KdfRequest {
+        fixed,
+        max_memory_kib: kdf.pbkdf_max_memory,
+    };
+    KdfChoice::for_new_keyslot(
+        request,
+        profile == crate::persistence::layout::LayoutProfile::Tails,
+    )
 }
 
 /// Refuses when the volume at `backing` is open: its partition, or a loop device of its

@@ -12,8 +12,8 @@ use crate::output::Output;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::session::report::FeatureState;
 use crate::session::unlock::Started;
-use crate::volume;
 use crate::volume::discovery;
+use crate::volume::{self, Volume};
 
 #[derive(Debug, Serialize)]
 struct UnlockReport {
@@ -107,7 +107,7 @@ fn read_unlock_secret(
             false,
             Some(backing),
         )?;
-        crate::volume::recovery::normalize(&typed)
+        Ok(crate::volume::recovery::normalize(&typed)?)
     } else {
         super::read_passphrase(global, &args.passphrase, out, backing)
     }
@@ -145,10 +145,10 @@ fn open_volume(
             m.name, m.kernel_name
         )));
     }
-    volume::require_affordable(&backing, "unlocking")?;
+    Volume::at(&backing).require_affordable("unlocking")?;
     let secret = read_unlock_secret(global, args, out, &backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = volume::activate(&device, &layout.mapping, &secret)?;
+    let keyslot = Volume::at(&device).activate(&layout.mapping, &secret)?;
     Ok(Opened {
         backing,
         layout,
@@ -204,7 +204,7 @@ fn find_as_live_boot(
     let mut tried = Vec::new();
     let affordable: Vec<PathBuf> = candidates
         .into_iter()
-        .filter(|c| match volume::require_affordable(c, "unlocking") {
+        .filter(|c| match Volume::at(c).require_affordable("unlocking") {
             Ok(()) => true,
             Err(e) => {
                 tried.push(TriedDevice {
@@ -236,8 +236,8 @@ fn find_as_live_boot(
         let outcome = if devices::find_mapping(&layout.mapping).is_some() {
             format!("not tried: a mapping named {} exists", layout.mapping)
         } else {
-            match volume::activate(candidate, &layout.mapping, &secret) {
-                Err(Error::BadPassphrase(_)) => {
+            match Volume::at(candidate).activate(&layout.mapping, &secret) {
+                Err(volume::Error::BadPassphrase(_)) => {
                     wrong += 1;
                     "the passphrase does not open it".to_string()
                 }
@@ -285,13 +285,14 @@ fn find_as_live_boot(
             tried,
             _attached: None,
         }),
-        None if wrong == affordable.len() => Err(Error::BadPassphrase(
+        None if wrong == affordable.len() => Err(volume::Error::BadPassphrase(
             affordable
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-        )),
+        )
+        .into()),
         None => Err(Error::NotFound(format!(
             "{not_found}; tried: {}",
             describe_tried(&tried)

@@ -1,15 +1,14 @@
 //! `keepsake upgrade`: LUKS1 → LUKS2 and PBKDF2 keyslots → argon2id, with a header backup
 //! in RAM that is written back when a step fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, UpgradeArgs};
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::output::Output;
-use crate::volume::{self, KeyslotInfo, UpgradePlan};
+use crate::volume::{self, KeyslotInfo, UpgradePlan, Volume};
 
 #[derive(Debug, Serialize)]
 struct UpgradeReport {
@@ -23,93 +22,76 @@ struct UpgradeReport {
     untouched: Vec<u32>,
 }
 
+/// What `upgrade` is asked to do, from the command line.
+struct UpgradeConfig {
+    dry_run: bool,
+    /// Where the user wants a copy of the old header kept.
+    header_backup: Option<PathBuf>,
+    kdf: volume::KdfChoice,
+}
+
+impl UpgradeConfig {
+    fn from_args(global: &GlobalArgs, args: &UpgradeArgs) -> UpgradeConfig {
+        UpgradeConfig {
+            dry_run: args.dry_run,
+            header_backup: args.header_backup.clone(),
+            kdf: super::kdf_choice(&args.kdf, global.layout),
+        }
+    }
+}
+
 pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
+    let config = UpgradeConfig::from_args(global, &args);
     super::require_root()?;
     let _lock = super::exclusive()?;
-    let backing = super::find_volume(&args.volume, &super::layout(global, None))?;
-    let plan = volume::upgrade_plan(&backing)?;
-    if args.dry_run || plan.is_empty() {
-        let info = volume::header_info(&backing)?;
-        let report = UpgradeReport {
-            volume: backing,
-            dry_run: args.dry_run,
-            untouched: vec![],
-            changed: false,
-            format: info.format,
-            keyslots: info.keyslots,
-            plan,
-        };
-        out.result(&report, human);
-        return Ok(());
-    }
-    if plan.convert_to_luks2 {
-        super::require_locked(
-            &backing,
-            "converting LUKS1 to LUKS2 needs the volume closed",
-        )?;
-    }
-    volume::require_affordable(&backing, "upgrading")?;
-    let secret = super::read_passphrase(global, &args.passphrase, out, &backing)?;
-    // A wrong passphrase stops here, before anything is written.
-    let slot = volume::check_passphrase(&backing, &secret)?;
-    if let Some(file) = &args.header_backup {
-        if file.exists() {
-            return Err(Error::Usage(format!(
-                "{} exists already; choose a new file for the header backup; nothing was changed",
-                file.display()
-            )));
-        }
-        volume::header_backup(&backing, file)?;
-        std::fs::File::open(file)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::Io(IoError::new(format!("syncing {}", file.display()), e)))?;
-        out.warn(format!(
-            "header backup written to {}; delete it once the upgrade is done (it holds the old keyslot)",
-            file.display()
-        ));
-    }
-    let backup = Backup::take(&backing)?;
-    let result = (|| -> Result<()> {
+    let volume = Volume::at(super::find_volume(
+        &args.volume,
+        &super::layout(global, None),
+    )?);
+    let plan = volume.upgrade_plan()?;
+    let changed = !(config.dry_run || plan.is_empty());
+    if changed {
         if plan.convert_to_luks2 {
-            out.progress("converting the header to LUKS2");
-            volume::convert_to_luks2(&backing)?;
-        }
-        // The conversion keeps keyslot numbers: the passphrase still opens `slot`, and the
-        // plan already says whether its key derivation is argon2id.
-        if plan.keyslots_to_argon2id.contains(&slot) {
-            out.progress("re-deriving the keyslot with argon2id");
-            volume::convert_keyslot(
-                &backing,
-                slot,
-                &secret,
-                super::kdf_choice(&args.kdf, global.layout),
+            super::require_locked(
+                volume.path(),
+                "converting LUKS1 to LUKS2 needs the volume closed",
             )?;
         }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        return Err(match backup.restore(&backing) {
-            Ok(()) => Error::Internal(format!(
-                "{e}; the header was put back as it was, and the volume opens as before"
-            )),
-            Err(r) => Error::Corrupt(format!(
-                "{e}; putting the header back failed too ({r}): do not write to the volume, and keep the stick for recovery"
-            )),
-        });
+        volume.require_affordable("upgrading")?;
+        let secret = super::read_passphrase(global, &args.passphrase, out, volume.path())?;
+        // A wrong passphrase stops here, before anything is written.
+        let slot = volume.check_passphrase(&secret)?;
+        if let Some(file) = &config.header_backup {
+            volume.save_header_backup(file)?;
+            out.warn(format!(
+                "header backup written to {}; delete it once the upgrade is done (it holds the old keyslot)",
+                file.display()
+            ));
+        }
+        volume.upgrade(
+            &plan,
+            slot,
+            &secret,
+            config.kdf,
+            &super::runtime_dir()?.path,
+            |step| out.progress(step),
+        )?;
     }
-    drop(backup);
-    let info = volume::header_info(&backing)?;
-    let untouched = info
-        .keyslots
-        .iter()
-        .filter(|k| k.kdf != "argon2id")
-        .map(|k| k.keyslot)
-        .collect();
+    let info = volume.info()?;
+    let untouched = if changed {
+        info.keyslots
+            .iter()
+            .filter(|k| k.kdf != "argon2id")
+            .map(|k| k.keyslot)
+            .collect()
+    } else {
+        vec![]
+    };
     let report = UpgradeReport {
-        volume: backing,
-        dry_run: false,
+        volume: volume.path().to_path_buf(),
+        dry_run: config.dry_run,
         plan,
-        changed: true,
+        changed,
         format: info.format,
         keyslots: info.keyslots,
         untouched,
@@ -160,30 +142,4 @@ fn human(r: &UpgradeReport) -> String {
         ));
     }
     text
-}
-
-/// A copy of the header in /run/keepsake (checked to be in RAM by the preflight), wiped
-/// and removed when dropped.
-struct Backup(PathBuf);
-
-impl Backup {
-    fn take(backing: &Path) -> Result<Backup> {
-        let path = super::runtime_dir()?
-            .path
-            .join(format!("header-backup.{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let backup = Backup(path);
-        volume::header_backup(backing, &backup.0)?;
-        Ok(backup)
-    }
-
-    fn restore(&self, backing: &Path) -> Result<()> {
-        volume::header_restore(backing, &self.0)
-    }
-}
-
-impl Drop for Backup {
-    fn drop(&mut self) {
-        crate::safefs::wipe_and_remove(&self.0);
-    }
 }

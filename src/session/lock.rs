@@ -297,7 +297,7 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    if let Err(e) = volume::deactivate(&layout.mapping) {
+    if let Err(e) = volume::deactivate(&layout.mapping).map_err(crate::error::Error::from) {
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
         return Err(match e.exit_code() {

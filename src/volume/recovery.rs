@@ -4,8 +4,8 @@
 
 use zeroize::Zeroizing;
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
+use crate::context::IoError;
 use crate::secrets::Secret;
 
 /// RFC 4648 base32, lower case: no 0, 1 or 8 to confuse with o, l and b.
@@ -23,8 +23,9 @@ pub fn generate() -> Result<Secret> {
     Ok(encode(&random))
 }
 
-/// Fills `buf` from the kernel's random generator (getrandom).
-pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+/// Fills `buf` from the kernel's random generator (getrandom): for keys, salts and nonces,
+/// and to overwrite a destroyed header.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), IoError> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`.
@@ -35,7 +36,7 @@ pub fn fill_random(buf: &mut [u8]) -> Result<()> {
             if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            return Err(Error::Io(IoError::new("reading random bytes", e)));
+            return Err(IoError::new("reading random bytes", e));
         }
         filled += n as usize;
     }
@@ -72,7 +73,7 @@ pub fn normalize(typed: &Secret) -> Result<Secret> {
             c => c,
         };
         if !ALPHABET.contains(&c) || count == CHARS {
-            return Err(not_a_recovery_key());
+            return Err(Error::NotARecoveryKey);
         }
         if count > 0 && count % GROUP == 0 {
             text.push(b'-');
@@ -81,16 +82,9 @@ pub fn normalize(typed: &Secret) -> Result<Secret> {
         count += 1;
     }
     if count != CHARS {
-        return Err(not_a_recovery_key());
+        return Err(Error::NotARecoveryKey);
     }
     Ok(Secret::from_zeroizing(text))
-}
-
-fn not_a_recovery_key() -> Error {
-    Error::Usage(
-        "that is not a recovery key: it has 40 letters and digits 2-7, in eight groups of five"
-            .into(),
-    )
 }
 
 #[cfg(test)]
