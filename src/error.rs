@@ -98,6 +98,8 @@ pub enum Error {
     CheckFailed(String),
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
     #[error("{context}: {message}")]
     Crypt {
         context: String,
@@ -124,6 +126,7 @@ impl Error {
             Error::RootOnVolume(_) => ExitCode::RootOnVolume,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io(e) => errno_class(e.errno()),
+            Error::Archive(e) => archive_exit_code(e),
             Error::Crypt { errno, .. } => errno_class(*errno),
             Error::Internal(_) => ExitCode::Internal,
         }
@@ -134,6 +137,7 @@ impl Error {
         let add = |m: String| format!("{m}; {note}");
         match self {
             Error::Io(e) => Error::Io(e.with_note(note)),
+            Error::Archive(e) => Error::Archive(e.with_note(note)),
             Error::Crypt {
                 context,
                 errno,
@@ -175,6 +179,27 @@ impl Error {
             errno,
             message,
         }
+    }
+}
+
+/// The exit status of a backup archive failure, by what happened.
+pub(crate) fn archive_exit_code(e: &crate::archive::Error) -> ExitCode {
+    use crate::archive::Error as A;
+    match e {
+        A::WrongKey => ExitCode::BadPassphrase,
+        A::NotAnArchive(_)
+        | A::Unsupported(_)
+        | A::HeaderOutOfBounds(_)
+        | A::Tampered { .. }
+        | A::Truncated
+        | A::BadEntry(_) => ExitCode::Corrupt,
+        A::Unaffordable(_) => ExitCode::UnsafeHost,
+        A::BadParameters(_) | A::Refused(_) => ExitCode::Usage,
+        A::Missing(_) => ExitCode::NotFound,
+        A::InTheWay(_) => ExitCode::Busy,
+        A::Random(_) | A::Internal(_) => ExitCode::Internal,
+        A::Io(e) => errno_class(e.errno()),
+        A::Fs(e) => e.exit_code(),
     }
 }
 

@@ -30,8 +30,6 @@ use crate::safefs;
 use crate::safefs::treewalk::{self, Id, id_of, is_dir, list_dir, open_dir_at};
 use crate::session::unlocked::{self, Unlocked};
 
-/// Plaintext bytes per archive chunk.
-const CHUNK_SIZE: u32 = 64 * 1024;
 /// Folders of the volume that are never backed up or restored.
 const NOT_DATA: &[&str] = &["lost+found"];
 /// Top-level files restored beside the features (the current ones are kept aside).
@@ -217,8 +215,9 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
             inner: std::io::BufWriter::with_capacity(1 << 20, sink),
             bytes: 0,
         };
-        let mut writer = archive::Writer::new(counted, &secret, params, CHUNK_SIZE)?
-            .with_threads(args.stream.threads());
+        let mut writer =
+            archive::Writer::new(counted, &secret, params, archive::DEFAULT_CHUNK_SIZE)?
+                .with_threads(args.stream.threads());
         let mut progress = Progress::new(out, "backup", Some(total));
         let tops: Vec<PathBuf> = tops.iter().map(PathBuf::from).collect();
         let stats = archive::write_tree(&root, &tops, &mut writer, &mut |b| progress.update(b))?;
