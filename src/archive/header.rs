@@ -383,10 +383,7 @@ mod tests {
         for available in [Some(GIB_KIB * 3 / 2), Some(u64::MAX), None] {
             let err = check_header(header, available).unwrap_err();
             assert!(exit_code(&err) == ExitCode::Corrupt, "{err}");
-            assert_eq!(
-                crate::error::archive_exit_code(&err),
-                crate::error::ExitCode::Corrupt
-            );
+            assert_eq!(exit_code(&err), ExitCode::Corrupt);
             assert!(err.to_string().contains("16 GiB-passes"), "{err}");
         }
         // Within the caps (4 GiB x 4 passes) but more memory than a 1.5 GiB machine has:
@@ -395,10 +392,7 @@ mod tests {
         let header: &[u8; HEADER_LEN] = heavy.first_chunk().unwrap();
         let err = check_header(header, Some(GIB_KIB * 3 / 2)).unwrap_err();
         assert!(exit_code(&err) == ExitCode::UnsafeHost, "{err}");
-        assert_eq!(
-            crate::error::archive_exit_code(&err),
-            crate::error::ExitCode::UnsafeHost
-        );
+        assert_eq!(exit_code(&err), ExitCode::UnsafeHost);
         assert_eq!(
             err.to_string(),
             "opening the backup archive needs 4096 MiB of memory for its key derivation and this machine has 1536 MiB available; free some memory or use a bigger machine (nothing was changed)"

@@ -11,6 +11,7 @@
 //! symlink, and no archive can place anything outside the folder it is extracted into.
 //!
 //! The parts, one file each:
+//! - `backup.rs`: a tree sealed into an archive, the one call `keepsake backup` makes;
 //! - `header.rs`: the plaintext header and the argon2id key derivation, with the caps that
 //!   keep a forged header from costing a reader more than a refusal;
 //! - `stream.rs`: STREAM, the chunked AEAD construction ([`Writer`], [`Reader`]), and
@@ -23,12 +24,14 @@
 //! - `fuzz.rs`: the fuzz harness's one entry point;
 //! - `oracle.rs` (tests only): the single-threaded writer and reader as they were.
 
+mod backup;
 mod engine;
 mod extract;
 mod fuzz;
 mod header;
 #[cfg(test)]
 mod oracle;
+pub(crate) mod restore;
 mod stream;
 #[cfg(test)]
 mod testing;
@@ -41,7 +44,8 @@ pub use header::{KdfParams, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB};
 pub use stream::{KeylessReader, PlainSink, Reader, Writer};
 pub use tree::{TreeStats, read_tree, write_tree};
 
-pub(crate) use header::DEFAULT_CHUNK_SIZE;
+pub(crate) use backup::back_up;
+pub(crate) use tree::tree_bytes;
 
 use crate::context::IoError;
 

@@ -857,10 +857,7 @@ mod tests {
         let archive = writer.finish().unwrap();
         let err = Reader::new(&archive[..], &secret(b"wrong")).err().unwrap();
         assert!(exit_code(&err) == ExitCode::BadPassphrase, "{err}");
-        assert_eq!(
-            crate::error::archive_exit_code(&err),
-            crate::error::ExitCode::BadPassphrase
-        );
+        assert_eq!(exit_code(&err), ExitCode::BadPassphrase);
         assert!(err.to_string().contains("damaged"), "{err}");
         let mut reader = Reader::new(&archive[..], &secret(b"right")).unwrap();
         assert_eq!(

@@ -22,7 +22,7 @@ use super::extract::Extractor;
 use super::stream::{Damaged, PlainSink, read_full};
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
-use crate::safefs::treewalk;
+use crate::safefs::treewalk::{self, is_dir, open_dir_at};
 
 /// The most extents a file entry may list. A reader refuses more; a writer stores a file
 /// more fragmented than that as one extent (its holes then become zeros in the archive).
@@ -670,6 +670,32 @@ pub(crate) fn read_file_layout(
         extents.push((offset, length));
     }
     Ok((size, extents))
+}
+
+/// Apparent bytes of the regular files under `tops` in `root` (for the progress line's
+/// total): a walk on descriptors that follows nothing and holds few open; best effort.
+pub(crate) fn tree_bytes(root: &Path, tops: &[String]) -> u64 {
+    let Ok(root_fd) = openat(
+        nix::fcntl::AT_FDCWD,
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return 0;
+    };
+    let names: Vec<&OsStr> = tops.iter().map(OsStr::new).collect();
+    let mut total = 0;
+    let _ = treewalk::walk(root_fd, root, &names, &mut |parent, name, _| {
+        Ok(match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_dir(&st) => open_dir_at(parent, name).ok(),
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                total += st.st_size as u64;
+                None
+            }
+            _ => None,
+        })
+    });
+    total
 }
 
 #[cfg(test)]
