@@ -186,7 +186,7 @@ impl Extractor {
 
 /// Owner (as root only: others cannot give files away), then mode (chown clears setuid
 /// and setgid), then time (last, as anything else would change it).
-pub(crate) fn apply_meta(fd: impl AsFd, meta: &Meta, as_root: bool, shown: &Path) -> Result<()> {
+fn apply_meta(fd: impl AsFd, meta: &Meta, as_root: bool, shown: &Path) -> Result<()> {
     if as_root {
         fchown(
             &fd,

@@ -15,9 +15,9 @@ use crate::secrets::Secret;
 
 /// The passphrase [`check_untrusted`] tries on archives.
 #[doc(hidden)]
-pub(crate) const FUZZ_PASSPHRASE: &[u8] = b"keepsake fuzz";
+const FUZZ_PASSPHRASE: &[u8] = b"keepsake fuzz";
 
-pub(crate) const FUZZ_KEY: [u8; KEY_LEN] = [0x42; KEY_LEN];
+const FUZZ_KEY: [u8; KEY_LEN] = [0x42; KEY_LEN];
 
 /// The fuzz harness (fuzz/fuzz_targets/archive_reader.rs, and a unit test): runs untrusted
 /// bytes through every reading path, which must refuse them without panicking or

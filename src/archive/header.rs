@@ -7,10 +7,10 @@ use zeroize::Zeroizing;
 use super::{Error, Result};
 
 /// The first eight bytes of every archive.
-pub(crate) const MAGIC: &[u8; 8] = b"KSBACKUP";
+const MAGIC: &[u8; 8] = b"KSBACKUP";
 
 /// The format version this module writes and reads.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 1;
 
 /// Length of the plaintext header, which is also every chunk's associated data.
 pub(crate) const HEADER_LEN: usize = 64;
@@ -20,22 +20,22 @@ pub(crate) const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 
 pub(crate) const MIN_CHUNK_SIZE: u32 = 4096;
 
-pub(crate) const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
+const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 
 /// Hard caps on the key-derivation cost a reader accepts and a writer writes, so that a
 /// hostile header cannot make a reader allocate or compute without bound: a header beyond
 /// them is corrupt (exit status 7) whatever the machine. Memory is capped as cryptsetup
 /// caps argon2 for LUKS2 (4 GiB), lanes at 16, passes at 64, and the work, memory times
-/// passes, at [`MAX_KDF_WORK`]. The work is the time: this argon2 computes lanes one after
+/// passes, at `MAX_KDF_WORK`. The work is the time: this argon2 computes lanes one after
 /// the other, so lanes neither multiply the memory (which is for all lanes) nor divide the
 /// time. Below the caps a reader still refuses, before asking for the passphrase, a memory
-/// cost above what this machine has available now ([`KdfParams::require_affordable`], exit
+/// cost above what this machine has available now (`KdfParams::require_affordable`, exit
 /// status 6).
 pub const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
 
 pub const MAX_KDF_ITERATIONS: u32 = 64;
 
-pub(crate) const MAX_KDF_PARALLEL: u32 = 16;
+const MAX_KDF_PARALLEL: u32 = 16;
 
 /// The most work (memory in KiB times passes) a key derivation may take: 16 GiB-passes,
 /// about 30 s on one core of the AMD EPYC that docs/backup-benchmarks.md was measured on
@@ -45,7 +45,7 @@ pub(crate) const MAX_KDF_PARALLEL: u32 = 16;
 /// refused.
 pub(crate) const MAX_KDF_WORK: u64 = 16 * 1024 * 1024;
 
-pub(crate) const KDF_ARGON2ID: u8 = 1;
+const KDF_ARGON2ID: u8 = 1;
 
 pub(crate) const SALT_LEN: usize = 16;
 
@@ -251,7 +251,7 @@ pub(crate) fn derive_key(secret: &[u8], header: &Header) -> Result<Zeroizing<[u8
 /// MemAvailable does not show: RLIMIT_AS, a cgroup) and frees the blocks unwiped, though
 /// they are derived from the passphrase: one hash of a guess would check it against them.
 /// A failed allocation is the "cannot afford" refusal; the blocks are wiped when dropped.
-pub(crate) fn kdf_memory(blocks: usize) -> Result<Zeroizing<Vec<Block>>> {
+fn kdf_memory(blocks: usize) -> Result<Zeroizing<Vec<Block>>> {
     let mut memory = Zeroizing::new(Vec::new());
     memory.try_reserve_exact(blocks).map_err(|_| {
         Error::Unaffordable(format!(

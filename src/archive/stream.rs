@@ -28,7 +28,7 @@ pub(crate) fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
 
 /// Encrypts a byte stream into an archive. Everything written is gathered into chunks, in
 /// batches of about 1 MiB that worker threads seal while the next one fills (see
-/// [`stream`]); [`Writer::finish`] seals the last chunk. An archive whose writer is dropped
+/// `engine.rs`); [`Writer::finish`] seals the last chunk. An archive whose writer is dropped
 /// unfinished has no last chunk, and every reader refuses it as truncated.
 pub struct Writer<W: Write> {
     inner: W,
@@ -90,7 +90,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Seals with `threads` worker threads (1: on the caller's thread) instead of one per
-    /// CPU; at most [`MAX_THREADS`]. The archive's bytes do not depend on it.
+    /// CPU; at most `MAX_THREADS` (64). The archive's bytes do not depend on it.
     pub fn with_threads(mut self, threads: usize) -> Writer<W> {
         if let Some(engine) = &mut self.engine {
             engine.set_threads(threads);
@@ -167,7 +167,7 @@ impl<W: Write> Writer<W> {
 
 /// An empty batch: from the pool, or else the oldest one in flight once it is sealed and
 /// written out.
-pub(crate) fn spare_batch(engine: &mut Engine, inner: &mut impl Write) -> io::Result<Batch> {
+fn spare_batch(engine: &mut Engine, inner: &mut impl Write) -> io::Result<Batch> {
     while let Some(batch) = engine.next_ready() {
         write_sealed(inner, &batch, engine.chunk_size())?;
         engine.recycle(batch);
@@ -182,11 +182,7 @@ pub(crate) fn spare_batch(engine: &mut Engine, inner: &mut impl Write) -> io::Re
     Ok(batch)
 }
 
-pub(crate) fn write_sealed(
-    inner: &mut impl Write,
-    batch: &Batch,
-    chunk_size: usize,
-) -> io::Result<()> {
+fn write_sealed(inner: &mut impl Write, batch: &Batch, chunk_size: usize) -> io::Result<()> {
     if batch.refused.is_some() {
         return Err(io::Error::other(
             "sealing a chunk of the archive failed; this is a bug",
@@ -234,7 +230,7 @@ impl<W: Write> Write for Writer<W> {
     }
 }
 
-/// Where [`write_tree`] puts the plaintext stream: a [`Writer`], whose chunk buffer file
+/// Where [`super::write_tree`] puts the plaintext stream: a [`Writer`], whose chunk buffer file
 /// data is read straight into, or a `Vec` (tests, the fuzz harness).
 pub trait PlainSink {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
@@ -305,7 +301,7 @@ pub(crate) enum ReaderState {
 }
 
 /// Decrypts an archive. Worker threads open batches of chunks ahead of the caller (see
-/// [`stream`]); reading yields only plaintext of batches whose every chunk authenticated,
+/// `engine.rs`); reading yields only plaintext of batches whose every chunk authenticated,
 /// and ends (returns 0) only after the last chunk authenticated as the last. A refused chunk
 /// is an `io::Error` of kind `InvalidData` naming it; nothing of its batch is released.
 pub struct Reader<R: Read> {
@@ -335,7 +331,7 @@ pub struct KeylessReader<R: Read> {
 
 impl<R: Read> KeylessReader<R> {
     /// Reads the header (onto the stack: nothing is allocated) and refuses it, as
-    /// [`check_header`] does, when it is out of bounds or its key derivation needs more
+    /// `check_header` does, when it is out of bounds or its key derivation needs more
     /// than `available_kib` of memory (MemAvailable; see [`crate::volume::mem_available_kib`]).
     pub fn new(mut inner: R, available_kib: Option<u64>) -> Result<KeylessReader<R>> {
         let mut header_bytes = [0u8; HEADER_LEN];
@@ -361,7 +357,7 @@ impl<R: Read> KeylessReader<R> {
     }
 
     /// Opens chunks with `threads` worker threads (1: on the caller's thread) instead of
-    /// one per CPU; at most [`MAX_THREADS`].
+    /// one per CPU; at most `MAX_THREADS` (64).
     pub fn with_threads(mut self, threads: usize) -> KeylessReader<R> {
         self.threads = threads;
         self
@@ -391,7 +387,7 @@ impl<R: Read> Reader<R> {
     }
 
     /// [`Reader::with_key`] with `threads` worker threads.
-    pub(crate) fn with_key_on(
+    fn with_key_on(
         inner: R,
         header: &Header,
         key: &[u8; KEY_LEN],
@@ -429,7 +425,7 @@ impl<R: Read> Reader<R> {
 
     /// Keeps the workers busy: reads batches of stored chunks into every spare batch and
     /// submits them, until the final chunk was read.
-    pub(crate) fn read_ahead(&mut self) {
+    fn read_ahead(&mut self) {
         let stride = self.engine.chunk_size() + TAG_LEN;
         let span = self.engine.batch_chunks() * stride;
         while !self.read_all {
@@ -478,7 +474,7 @@ impl<R: Read> Reader<R> {
     }
 
     /// Makes the next opened batch current, or records why there is none.
-    pub(crate) fn next_batch(&mut self) -> io::Result<()> {
+    fn next_batch(&mut self) -> io::Result<()> {
         if let Some(used) = self.current.take() {
             self.engine.recycle(used);
         }

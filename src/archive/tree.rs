@@ -26,10 +26,10 @@ use crate::safefs::treewalk::{self, is_dir, open_dir_at};
 
 /// The most extents a file entry may list. A reader refuses more; a writer stores a file
 /// more fragmented than that as one extent (its holes then become zeros in the archive).
-pub(crate) const MAX_EXTENTS: u32 = 1 << 20;
+const MAX_EXTENTS: u32 = 1 << 20;
 
 /// File data is copied through a buffer of this size.
-pub(crate) const COPY_BUFFER: usize = 64 * 1024;
+const COPY_BUFFER: usize = 64 * 1024;
 
 pub(crate) const ENTRY_END: u8 = 0;
 
@@ -190,7 +190,7 @@ pub fn write_tree(
     Ok(walk.stats)
 }
 
-pub(crate) struct TreeWriter<'a> {
+struct TreeWriter<'a> {
     root: &'a Path,
     out: &'a mut dyn PlainSink,
     progress: &'a mut dyn FnMut(u64),
@@ -198,7 +198,7 @@ pub(crate) struct TreeWriter<'a> {
 }
 
 impl TreeWriter<'_> {
-    pub(crate) fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
             .put(bytes)
             .context(|| "writing the archive".into())
@@ -377,7 +377,7 @@ impl TreeWriter<'_> {
 
 /// The ranges of a file that hold data, from SEEK_DATA/SEEK_HOLE; the whole file as one
 /// extent where the filesystem cannot tell, or where there would be too many.
-pub(crate) fn data_extents(fd: &OwnedFd, size: u64) -> Vec<(u64, u64)> {
+fn data_extents(fd: &OwnedFd, size: u64) -> Vec<(u64, u64)> {
     let whole = if size == 0 { vec![] } else { vec![(0, size)] };
     let mut extents = Vec::new();
     let mut pos = 0u64;
@@ -405,7 +405,7 @@ pub(crate) fn data_extents(fd: &OwnedFd, size: u64) -> Vec<(u64, u64)> {
 }
 
 /// Reads at `offset` until `buf` is full or the file ends; returns how much was read.
-pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut len = 0;
     while len < buf.len() {
         match file.read_at(&mut buf[len..], offset + len as u64) {
@@ -418,7 +418,7 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
     Ok(len)
 }
 
-/// Reads the plaintext of an archive from `input` (usually a [`Reader`]) and checks all of
+/// Reads the plaintext of an archive from `input` (usually a [`super::Reader`]) and checks all of
 /// it: every path, the order of entries, every extent list, and that the end marker is
 /// followed by nothing. With `Some(dest)`, an existing empty folder, the tree is recreated
 /// there: owners only when running as root, modes, modification times, holes of sparse
@@ -545,7 +545,7 @@ pub fn read_tree(
 }
 
 /// Why a path from an archive is refused, if it is: only plain relative paths are allowed.
-pub(crate) fn check_path(path: &[u8]) -> Result<()> {
+fn check_path(path: &[u8]) -> Result<()> {
     let problem = if path.is_empty() {
         Some("it is empty")
     } else if path[0] == b'/' {
@@ -595,33 +595,33 @@ pub(crate) fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<()> {
     input.read_exact(buf).map_err(input_error)
 }
 
-pub(crate) fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N]> {
+fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     read_exact(input, &mut bytes)?;
     Ok(bytes)
 }
 
-pub(crate) fn read_u8(input: &mut impl Read) -> Result<u8> {
+fn read_u8(input: &mut impl Read) -> Result<u8> {
     Ok(read_array::<1>(input)?[0])
 }
 
-pub(crate) fn read_u32(input: &mut impl Read) -> Result<u32> {
+fn read_u32(input: &mut impl Read) -> Result<u32> {
     Ok(u32::from_le_bytes(read_array(input)?))
 }
 
-pub(crate) fn read_u64(input: &mut impl Read) -> Result<u64> {
+fn read_u64(input: &mut impl Read) -> Result<u64> {
     Ok(u64::from_le_bytes(read_array(input)?))
 }
 
 /// A u16 length and that many bytes (so at most 64 KiB is ever allocated for it).
-pub(crate) fn read_bytes16(input: &mut impl Read) -> Result<Vec<u8>> {
+fn read_bytes16(input: &mut impl Read) -> Result<Vec<u8>> {
     let len = u16::from_le_bytes(read_array(input)?);
     let mut bytes = vec![0u8; usize::from(len)];
     read_exact(input, &mut bytes)?;
     Ok(bytes)
 }
 
-pub(crate) fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
+fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
     let meta = Meta {
         mode: read_u32(input)?,
         uid: read_u32(input)?,
@@ -640,10 +640,7 @@ pub(crate) fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
 
 /// The size and extent list of a file entry, checked: at most [`MAX_EXTENTS`], each
 /// non-empty, in order, not overlapping, inside the size.
-pub(crate) fn read_file_layout(
-    input: &mut impl Read,
-    path: &[u8],
-) -> Result<(u64, Vec<(u64, u64)>)> {
+fn read_file_layout(input: &mut impl Read, path: &[u8]) -> Result<(u64, Vec<(u64, u64)>)> {
     let size = read_u64(input)?;
     let count = read_u32(input)?;
     let invalid = || {
