@@ -100,6 +100,8 @@ pub enum Error {
     Volume(#[from] crate::volume::Error),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::Error),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::Error),
     #[error("{0}")]
     Internal(String),
 }
@@ -178,6 +180,7 @@ impl Error {
                     S::Io(e) => errno_class(e.errno()),
                 }
             }
+            Error::Archive(e) => archive_exit_code(e),
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -191,6 +194,7 @@ impl Error {
             Error::Volume(e) => Error::Volume(e.with_note(note)),
             // Secrets are read before anything changes: no undo step returns these.
             e @ Error::Secrets(_) => e,
+            Error::Archive(e) => Error::Archive(e.with_note(note)),
             Error::Usage(m) => Error::Usage(add(m)),
             Error::WrongKey(m) => Error::WrongKey(add(m)),
             Error::NotFound(m) => Error::NotFound(add(m)),
@@ -204,6 +208,27 @@ impl Error {
             Error::CheckFailed(m) => Error::CheckFailed(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),
         }
+    }
+}
+
+/// The exit status of a backup archive failure, by what happened.
+pub(crate) fn archive_exit_code(e: &crate::archive::Error) -> ExitCode {
+    use crate::archive::Error as A;
+    match e {
+        A::WrongKey => ExitCode::BadPassphrase,
+        A::NotAnArchive(_)
+        | A::Unsupported(_)
+        | A::HeaderOutOfBounds(_)
+        | A::Tampered { .. }
+        | A::Truncated
+        | A::BadEntry(_) => ExitCode::Corrupt,
+        A::Unaffordable(_) => ExitCode::UnsafeHost,
+        A::BadParameters(_) | A::Refused(_) => ExitCode::Usage,
+        A::Missing(_) => ExitCode::NotFound,
+        A::InTheWay(_) => ExitCode::Busy,
+        A::Random(_) | A::Internal(_) => ExitCode::Internal,
+        A::Io(e) => errno_class(e.errno()),
+        A::Fs(e) => e.exit_code(),
     }
 }
 

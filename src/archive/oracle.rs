@@ -1,5 +1,5 @@
 //! The single-threaded chunk writer and reader as they were before the batched, threaded
-//! ones (src/archive/stream.rs), kept verbatim as a test oracle: whatever the new ones
+//! ones (src/archive/stream.rs and engine.rs), kept verbatim as a test oracle: whatever the new ones
 //! write, these must read, and the other way round, byte for byte.
 
 use std::io::{self, Read, Write};
@@ -9,9 +9,10 @@ use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use zeroize::Zeroizing;
 
-use super::{HEADER_LEN, Header, KEY_LEN, TAG_LEN, cipher, read_full, refused};
-use crate::error::IoError;
-use crate::error::{Context, Error, Result};
+use super::header::{HEADER_LEN, Header, KEY_LEN};
+use super::stream::{TAG_LEN, cipher, read_full, refused};
+use super::{Error, Result};
+use crate::context::{Context, IoError};
 
 /// Encrypts a byte stream into an archive. Everything written is buffered into chunks;
 /// `finish` seals the last one. An archive whose writer is dropped unfinished has
@@ -166,10 +167,7 @@ impl<R: Read> OldReader<R> {
         match reader.read_chunk() {
             Ok(()) => Ok(reader),
             Err(ChunkError::Io(e)) => Err(Error::Io(IoError::new("reading the archive", e))),
-            Err(ChunkError::Refused(_)) => Err(Error::WrongKey(
-                "the passphrase or key does not decrypt this archive (or its beginning is damaged); nothing was changed"
-                    .into(),
-            )),
+            Err(ChunkError::Refused(_)) => Err(Error::WrongKey),
         }
     }
 

@@ -1,0 +1,279 @@
+//! Recreating the entries of an archive below an empty folder: every entry's parent is a
+//! folder this extraction created, walked down to on descriptors with `O_NOFOLLOW`, so no
+//! archive can place anything outside the folder, and no symlink it made is followed.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, fchown, fchownat, symlinkat};
+
+use super::tree::{Meta, split_path};
+use super::{Error, Result};
+use crate::context::{Context, IoError, at};
+use crate::safefs::treewalk::{DirStack, list_dir, open_dir_at};
+
+/// Recreates entries below an empty folder.
+pub(crate) struct Extractor {
+    dest: PathBuf,
+    /// The folders last walked down to, by name, with descriptors open for the innermost
+    /// few only (see crate::safefs::treewalk): consecutive entries mostly share their parent, so
+    /// each folder is opened about once, and a deep tree does not run out of descriptors.
+    open: DirStack,
+    /// Folders created, in archive order, with the metadata to give them at the end.
+    dirs: Vec<(Vec<u8>, Meta)>,
+    as_root: bool,
+}
+
+impl Extractor {
+    pub(crate) fn new(dest: &Path) -> Result<Extractor> {
+        let root = openat(
+            nix::fcntl::AT_FDCWD,
+            dest,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(at("opening", dest))?;
+        if !list_dir(&root, dest)?.is_empty() {
+            return Err(Error::Refused(format!(
+                "{} is not empty; restore into an empty folder",
+                dest.display()
+            )));
+        }
+        Ok(Extractor {
+            dest: dest.to_path_buf(),
+            open: DirStack::new(root, dest),
+            dirs: Vec::new(),
+            as_root: nix::unistd::geteuid().is_root(),
+        })
+    }
+
+    pub(crate) fn shown(&self, path: &[u8]) -> PathBuf {
+        self.dest.join(OsStr::from_bytes(path))
+    }
+
+    /// The open folder `parent` (a checked path, empty for `dest`), walked down to one
+    /// component at a time without following symlinks.
+    pub(crate) fn parent(&mut self, parent: &[u8]) -> Result<&OwnedFd> {
+        let components: Vec<&[u8]> = if parent.is_empty() {
+            Vec::new()
+        } else {
+            parent.split(|&b| b == b'/').collect()
+        };
+        let keep = self
+            .open
+            .names()
+            .zip(&components)
+            .take_while(|(open, wanted)| open.as_bytes() == **wanted)
+            .count();
+        self.open.truncate(keep)?;
+        for (depth, name) in components.iter().enumerate().skip(keep) {
+            let fd = open_dir_at(self.open.top()?, OsStr::from_bytes(name)).map_err(|e| {
+                let walked = self.shown(&components[..=depth].join(&b'/'));
+                match e {
+                    Errno::ELOOP | Errno::ENOTDIR => Error::BadEntry(format!(
+                        "{} is not a folder this restore created; refusing to follow it",
+                        walked.display()
+                    )),
+                    e => Error::Io(IoError::new(
+                        format!("opening {}", walked.display()),
+                        e.into(),
+                    )),
+                }
+            })?;
+            self.open.push(OsStr::from_bytes(name), fd)?;
+        }
+        self.open.top().map_err(Error::from)
+    }
+
+    pub(crate) fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        let shown_path = self.shown(path);
+        let (parent, name) = split_path(path);
+        let name = OsStr::from_bytes(name);
+        let parent = self.parent(parent)?;
+        mkdirat(parent, name, Mode::from_bits_truncate(0o700))
+            .context(at("creating", &shown_path))?;
+        // Whatever the umask, the folder stays writable until its own mode is set last.
+        let fd = openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(at("opening", &shown_path))?;
+        fchmod(&fd, Mode::from_bits_truncate(0o700))
+            .context(at("setting the mode of", &shown_path))?;
+        self.dirs.push((path.to_vec(), meta));
+        Ok(())
+    }
+
+    pub(crate) fn file(&mut self, path: &[u8], size: u64) -> Result<File> {
+        let shown_path = self.shown(path);
+        let (parent, name) = split_path(path);
+        let parent = self.parent(parent)?;
+        let fd = openat(
+            parent,
+            OsStr::from_bytes(name),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .context(at("creating", &shown_path))?;
+        let file = File::from(fd);
+        // The holes are what set_len leaves unwritten.
+        file.set_len(size).context(at("sizing", &shown_path))?;
+        Ok(file)
+    }
+
+    pub(crate) fn finish_file(&self, file: &File, path: &[u8], meta: &Meta) -> Result<()> {
+        apply_meta(file, meta, self.as_root, &self.shown(path))
+    }
+
+    pub(crate) fn symlink(&mut self, path: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        let shown_path = self.shown(path);
+        let as_root = self.as_root;
+        let (parent, name) = split_path(path);
+        let name = OsStr::from_bytes(name);
+        let parent = self.parent(parent)?;
+        symlinkat(OsStr::from_bytes(target), parent, name).context(at("creating", &shown_path))?;
+        if as_root {
+            fchownat(
+                parent,
+                name,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .context(at("setting the owner of", &shown_path))?;
+        }
+        utimensat(
+            parent,
+            name,
+            &TimeSpec::UTIME_OMIT,
+            &meta.mtime(),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .context(at("setting the time of", &shown_path))
+        .map_err(Error::from)
+    }
+
+    /// Gives folders their owner, mode and time, innermost first: a folder's own mode may
+    /// forbid writing into it, and writing into it would change its time.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
+            let shown_path = self.shown(path);
+            let as_root = self.as_root;
+            let (parent, name) = split_path(path);
+            let parent = self.parent(parent)?;
+            let fd = openat(
+                parent,
+                OsStr::from_bytes(name),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .context(at("opening", &shown_path))?;
+            apply_meta(&fd, meta, as_root, &shown_path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Owner (as root only: others cannot give files away), then mode (chown clears setuid
+/// and setgid), then time (last, as anything else would change it).
+fn apply_meta(fd: impl AsFd, meta: &Meta, as_root: bool, shown: &Path) -> Result<()> {
+    if as_root {
+        fchown(
+            &fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .context(at("setting the owner of", shown))?;
+    }
+    fchmod(&fd, Mode::from_bits_truncate(meta.mode)).context(at("setting the mode of", shown))?;
+    futimens(&fd, &TimeSpec::UTIME_OMIT, &meta.mtime())
+        .context(at("setting the time of", shown))
+        .map_err(Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::testing::*;
+    use crate::archive::tree::read_tree;
+
+    #[test]
+    fn a_symlink_in_the_archive_cannot_lead_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let target = outside.to_str().unwrap();
+        for stream in [
+            Stream::default()
+                .symlink("a", target)
+                .file("a/passwd", b"root::0:0::/:/bin/sh\n")
+                .end(),
+            Stream::default().symlink("a", target).dir("a/sub").end(),
+            Stream::default()
+                .symlink("a", target)
+                .symlink("a/b", "/")
+                .end(),
+            Stream::default()
+                .symlink("a", target)
+                .dir("a")
+                .file("a/passwd", b"x")
+                .end(),
+            Stream::default()
+                .file("a", b"x")
+                .file("a/passwd", b"x")
+                .end(),
+        ] {
+            let err = verify(&stream).unwrap_err();
+            assert!(exit_code(&err) == ExitCode::Corrupt, "{err}");
+            let err = read_tree(&mut &stream[..], Some(&dest), &mut |_| {}).unwrap_err();
+            assert!(exit_code(&err) == ExitCode::Corrupt, "{err}");
+            assert_eq!(
+                std::fs::read_dir(&outside).unwrap().count(),
+                0,
+                "wrote outside"
+            );
+            crate::safefs::empty_dir(&dest).unwrap();
+        }
+    }
+
+    #[test]
+    fn extraction_never_follows_a_symlink_it_finds() {
+        // Should a symlink appear in the destination anyway (put there by someone else),
+        // walking to a parent refuses it.
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let mut extractor = Extractor::new(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("a")).unwrap();
+        let err = extractor.file(b"a/passwd", 1).err().unwrap();
+        assert!(err.to_string().contains("refusing to follow"), "{err}");
+        assert!(extractor.directory(b"a/sub", META).is_err());
+        assert!(extractor.symlink(b"a/link", b"/", &META).is_err());
+        assert!(
+            extractor.file(b"a", 1).is_err(),
+            "O_EXCL: the symlink is not written through"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn extraction_needs_an_empty_destination() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("there"), b"").unwrap();
+        let stream = Stream::default().end();
+        let err = read_tree(&mut &stream[..], Some(tmp.path()), &mut |_| {}).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::Usage, "{err}");
+    }
+}
