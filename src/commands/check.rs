@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
-use crate::host::tools::{self, FsckReport};
+use crate::host::tools::{self, FsckReport, SuperblockState};
 use crate::output::Output;
 use crate::persistence::config::{ConfigFile, Dialect};
 use crate::persistence::layout::{CONFIG_FILE, LayoutProfile};
@@ -32,8 +32,15 @@ struct CheckReport {
     volume: PathBuf,
     ok: bool,
     header: HeaderInfo,
+    /// The filesystem was not unmounted cleanly and its journal had not been replayed.
+    /// check then leaves `filesystem` absent unless the kernel had marked errors: e2fsck
+    /// -n cannot judge it (it would count what the journal still holds as errors); repair
+    /// replays it (e2fsck -y does).
+    unclean_shutdown: bool,
     filesystem: Option<FsckReport>,
     config: Option<ConfigReport>,
+    /// Said, but not wrong: they do not make `ok` false.
+    notes: Vec<String>,
     problems: Vec<String>,
     /// What repair changed.
     repaired: Vec<String>,
@@ -200,16 +207,27 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         "a mounted filesystem cannot be checked",
     )?;
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     let mut inspection = Inspection::open(&backing, &secret, true)?;
     drop(secret);
-    out.progress("checking the filesystem (e2fsck -fn)");
-    let fsck = tools::fsck_full(&inspection.device, false)?;
-    if !fsck.clean {
-        problems.push(format!(
-            "the filesystem has errors (e2fsck -fn: {})",
-            fsck.summary
-        ));
-    }
+    let state = SuperblockState::read(&inspection.device)?;
+    // After an unclean shutdown the journal holds the last writes; e2fsck -n does not
+    // replay it (that writes), so it would report as errors what the replay completes.
+    // The kernel's own error mark is still believed.
+    let fsck = if state.ext4 && state.needs_recovery && !state.errors {
+        notes.push(UNCLEAN_SHUTDOWN.to_string());
+        None
+    } else {
+        out.progress("checking the filesystem (e2fsck -fn)");
+        let fsck = tools::fsck_full(&inspection.device, false)?;
+        if !fsck.clean {
+            problems.push(format!(
+                "the filesystem has errors (e2fsck -fn: {})",
+                fsck.summary
+            ));
+        }
+        Some(fsck)
+    };
     let config = match inspection.mount(true) {
         Ok(dir) => {
             let (report, found) = config_report(&dir, global.layout.into());
@@ -222,7 +240,30 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         }
     };
     drop(inspection);
-    finish(backing, header, Some(fsck), config, problems, vec![], out)
+    finish(
+        backing,
+        header,
+        state.needs_recovery,
+        fsck,
+        config,
+        Findings {
+            notes,
+            problems,
+            repaired: vec![],
+        },
+        out,
+    )
+}
+
+/// What check says instead of judging a filesystem whose journal is still to be replayed.
+const UNCLEAN_SHUTDOWN: &str = "the volume was not shut down cleanly; its journal has not been replayed yet; `keepsake unlock` replays it (check again after a lock to have the filesystem checked)";
+
+/// What check and repair found, beside the volume's parts.
+struct Findings {
+    notes: Vec<String>,
+    problems: Vec<String>,
+    /// What repair changed.
+    repaired: Vec<String>,
 }
 
 pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
@@ -237,6 +278,8 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     let mut repaired = Vec::new();
     let mut inspection = Inspection::open(&backing, &secret, false)?;
     drop(secret);
+    // e2fsck -y replays the journal first, as unlock would.
+    let unclean = SuperblockState::read(&inspection.device)?.needs_recovery;
     out.progress("repairing the filesystem (e2fsck -fy)");
     let fsck = tools::fsck_full(&inspection.device, true)?;
     if fsck.status != 0 {
@@ -261,10 +304,20 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     finish(
         backing,
         header,
+        unclean,
         Some(fsck),
         Some(config),
-        problems,
-        repaired,
+        Findings {
+            notes: unclean
+                .then(|| {
+                    "the volume was not shut down cleanly; e2fsck -y replayed its journal"
+                        .to_string()
+                })
+                .into_iter()
+                .collect(),
+            problems,
+            repaired,
+        },
         out,
     )
 }
@@ -340,18 +393,25 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
 fn finish(
     volume: PathBuf,
     header: HeaderInfo,
+    unclean_shutdown: bool,
     filesystem: Option<FsckReport>,
     config: Option<ConfigReport>,
-    problems: Vec<String>,
-    repaired: Vec<String>,
+    findings: Findings,
     out: Output,
 ) -> Result<()> {
+    let Findings {
+        notes,
+        problems,
+        repaired,
+    } = findings;
     let report = CheckReport {
         volume,
         ok: problems.is_empty(),
         header,
+        unclean_shutdown,
         filesystem,
         config,
+        notes,
         problems,
         repaired,
     };
@@ -403,6 +463,9 @@ fn human(r: &CheckReport) -> String {
             c.features,
             c.errors.len()
         ));
+    }
+    for note in &r.notes {
+        text.push_str(&format!("note: {note}\n"));
     }
     for change in &r.repaired {
         text.push_str(&format!("repaired: {change}\n"));

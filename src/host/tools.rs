@@ -117,29 +117,63 @@ const EXT4_MAGIC: u16 = 0xEF53;
 const STATE_ERRORS: u16 = 0x0002;
 const INCOMPAT_RECOVER: u32 = 0x0004;
 
-/// Whether an ext4 superblock asks for a check before mounting: it is not ext4, it is
-/// marked with errors, or its journal needs recovery (it was not unmounted cleanly: pulled
-/// out, power cut). A clean filesystem is mounted without starting e2fsck, as the
-/// kernel's own checks suffice; this saves a process start on every unlock.
-pub fn superblock_needs_check(sb: &[u8]) -> bool {
-    let u16_at = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
-    if sb.len() < 0x64 || u16_at(0x38) != EXT4_MAGIC {
-        return true;
+/// What an ext4 superblock says about how its filesystem was left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuperblockState {
+    /// The bytes are an ext4 superblock (its magic number is there).
+    pub ext4: bool,
+    /// The kernel found errors and marked them in the superblock.
+    pub errors: bool,
+    /// The journal needs recovery (`needs_recovery`): it was not unmounted cleanly
+    /// (pulled out, power cut), and the journal has not been replayed yet.
+    pub needs_recovery: bool,
+}
+
+impl SuperblockState {
+    /// Reads the state from a superblock's bytes (from its start, at least 0x64 bytes).
+    pub fn parse(sb: &[u8]) -> SuperblockState {
+        if sb.len() < 0x64 || u16::from_le_bytes([sb[0x38], sb[0x39]]) != EXT4_MAGIC {
+            return SuperblockState {
+                ext4: false,
+                errors: false,
+                needs_recovery: false,
+            };
+        }
+        let state = u16::from_le_bytes([sb[0x3A], sb[0x3B]]);
+        let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);
+        SuperblockState {
+            ext4: true,
+            errors: state & STATE_ERRORS != 0,
+            needs_recovery: incompat & INCOMPAT_RECOVER != 0,
+        }
     }
-    let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);
-    u16_at(0x3A) & STATE_ERRORS != 0 || incompat & INCOMPAT_RECOVER != 0
+
+    /// Reads the superblock of the filesystem on `device` (an opened mapping).
+    pub fn read(device: &Path) -> std::result::Result<SuperblockState, IoError> {
+        use std::os::unix::fs::FileExt;
+        let mut sb = [0u8; 1024];
+        std::fs::File::open(device)
+            .and_then(|f| f.read_exact_at(&mut sb, SUPERBLOCK_OFFSET))
+            .map_err(|e| {
+                IoError::new(format!("reading the superblock of {}", device.display()), e)
+            })?;
+        Ok(SuperblockState::parse(&sb))
+    }
+
+    /// Whether the filesystem asks for a check before mounting: it is not ext4, it is
+    /// marked with errors, or its journal needs recovery. A clean filesystem is mounted
+    /// without starting e2fsck, as the kernel's own checks suffice; this saves a process
+    /// start on every unlock.
+    pub fn needs_check(self) -> bool {
+        !self.ext4 || self.errors || self.needs_recovery
+    }
 }
 
 /// Checks `device` with `e2fsck -p` (repairs only what is safe without a person), as a
 /// boot does, unless its superblock says it is clean. Errors e2fsck cannot fix alone are
 /// reported as corruption.
 pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
-    use std::os::unix::fs::FileExt;
-    let mut sb = [0u8; 1024];
-    let read = std::fs::File::open(device)
-        .and_then(|f| f.read_exact_at(&mut sb, SUPERBLOCK_OFFSET))
-        .is_ok();
-    if read && !superblock_needs_check(&sb) {
+    if SuperblockState::read(device).is_ok_and(|state| !state.needs_check()) {
         return Ok(FsckResult::NotNeeded);
     }
     let dev = device.to_string_lossy();
@@ -192,6 +226,10 @@ pub fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn superblock_needs_check(sb: &[u8]) -> bool {
+        SuperblockState::parse(sb).needs_check()
+    }
 
     fn superblock(state: u16, incompat: u32) -> Vec<u8> {
         let mut sb = vec![0u8; 1024];
