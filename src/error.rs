@@ -98,6 +98,15 @@ pub enum Error {
     CheckFailed(String),
     #[error(transparent)]
     Io(#[from] IoError),
+    /// Handling files by handle (`crate::safefs`).
+    #[error(transparent)]
+    Fs(#[from] crate::safefs::Error),
+    /// The host: devices, mounts, helper programs, preflight (`crate::host`).
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
+    /// The feature catalogue (`crate::persistence::features`).
+    #[error(transparent)]
+    Feature(#[from] crate::persistence::features::Error),
     #[error("{context}: {message}")]
     Crypt {
         context: String,
@@ -124,6 +133,27 @@ impl Error {
             Error::RootOnVolume(_) => ExitCode::RootOnVolume,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io(e) => errno_class(e.errno()),
+            Error::Fs(e) => fs_class(e),
+            Error::Host(e) => {
+                use crate::host::Error as Host;
+                match e {
+                    Host::Unsafe(_) => ExitCode::UnsafeHost,
+                    Host::NotFound(_) => ExitCode::NotFound,
+                    Host::InUse(_) => ExitCode::Busy,
+                    Host::Unusable(_) | Host::Ambiguous(_) => ExitCode::Usage,
+                    Host::Damaged(_) => ExitCode::Corrupt,
+                    Host::Failed(_) => ExitCode::Internal,
+                    Host::Fs(e) => fs_class(e),
+                    Host::Io(e) => errno_class(e.errno()),
+                }
+            }
+            Error::Feature(e) => {
+                use crate::persistence::features::Error as Feature;
+                match e {
+                    Feature::NoAccount(_) => ExitCode::NotFound,
+                    Feature::Catalogue(_) => ExitCode::Internal,
+                }
+            }
             Error::Crypt { errno, .. } => errno_class(*errno),
             Error::Internal(_) => ExitCode::Internal,
         }
@@ -134,6 +164,10 @@ impl Error {
         let add = |m: String| format!("{m}; {note}");
         match self {
             Error::Io(e) => Error::Io(e.with_note(note)),
+            Error::Fs(e) => Error::Fs(e.with_note(note)),
+            Error::Host(e) => Error::Host(e.with_note(note)),
+            // Its message names an account, not a step that could be undone.
+            e @ Error::Feature(_) => e,
             Error::Crypt {
                 context,
                 errno,
@@ -175,6 +209,21 @@ impl Error {
             errno,
             message,
         }
+    }
+}
+
+fn fs_class(e: &crate::safefs::Error) -> ExitCode {
+    use crate::safefs::Error as Fs;
+    match e {
+        // Refused on purpose, not a bad argument: a symlink there is somebody else's
+        // choice of where root would write.
+        Fs::Symlink(_) => ExitCode::NotPermitted,
+        Fs::NotFound(_) => ExitCode::NotFound,
+        Fs::Changed(_) | Fs::Mounted(_) => ExitCode::Busy,
+        Fs::Invalid(_) => ExitCode::Corrupt,
+        Fs::Unusable(_) => ExitCode::Usage,
+        Fs::Internal(_) => ExitCode::Internal,
+        Fs::Io(e) => errno_class(e.errno()),
     }
 }
 

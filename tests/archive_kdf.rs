@@ -119,7 +119,10 @@ fn a_header_this_machine_cannot_afford_is_refused_before_any_allocation() {
     let (result, largest) =
         largest_allocation_during(|| KeylessReader::new(&heavy[..], Some(GIB_KIB * 3 / 2)).err());
     let err = result.expect("refused");
-    assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+    assert!(
+        matches!(err, Error::Host(keepsake::host::Error::Unsafe(_))),
+        "{err}"
+    );
     assert_eq!(err.exit_code(), ExitCode::UnsafeHost);
     assert!(err.to_string().contains("needs 4096 MiB"), "{err}");
     assert!(largest <= SMALL, "{largest} bytes allocated while refusing");

@@ -125,7 +125,11 @@ impl KdfParams {
     /// Refuses a memory cost above `available_kib` (MemAvailable), as a volume's keyslots
     /// are refused: [`crate::host::preflight::require_kdf_memory`], [`Error::UnsafeHost`].
     pub fn require_affordable(&self, doing: &str, available_kib: Option<u64>) -> Result<()> {
-        crate::host::preflight::require_kdf_memory(doing, u64::from(self.memory_kib), available_kib)
+        Ok(crate::host::preflight::require_kdf_memory(
+            doing,
+            u64::from(self.memory_kib),
+            available_kib,
+        )?)
     }
 
     /// Why these parameters are beyond the hard caps, if they are.
@@ -1532,7 +1536,7 @@ impl Extractor {
             })?;
             self.open.push(OsStr::from_bytes(name), fd)?;
         }
-        self.open.top()
+        Ok(self.open.top()?)
     }
 
     fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {
@@ -2487,7 +2491,10 @@ mod tests {
         let heavy = forged_archive(MAX_KDF_MEMORY_KIB, 4);
         let header: &[u8; HEADER_LEN] = heavy.first_chunk().unwrap();
         let err = check_header(header, Some(GIB_KIB * 3 / 2)).unwrap_err();
-        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert!(
+            matches!(err, Error::Host(crate::host::Error::Unsafe(_))),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
         assert_eq!(
             err.to_string(),
@@ -2499,7 +2506,10 @@ mod tests {
         let err = KeylessReader::new(&heavy[..], Some(GIB_KIB * 3 / 2))
             .err()
             .unwrap();
-        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert!(
+            matches!(err, Error::Host(crate::host::Error::Unsafe(_))),
+            "{err}"
+        );
         let err = KeylessReader::new(&forged[..], Some(u64::MAX))
             .err()
             .unwrap();
@@ -2563,7 +2573,10 @@ mod tests {
             ..KdfParams::default()
         };
         let err = big.check_for_writing(Some(512 * 1024)).unwrap_err();
-        assert!(matches!(err, Error::UnsafeHost(_)), "{err}");
+        assert!(
+            matches!(err, Error::Host(crate::host::Error::Unsafe(_))),
+            "{err}"
+        );
         assert!(big.check_for_writing(Some(2 * GIB_KIB)).is_ok());
     }
 

@@ -127,16 +127,17 @@ fn tree_bytes(root: &Path, tops: &[String]) -> u64 {
     };
     let names: Vec<&OsStr> = tops.iter().map(OsStr::new).collect();
     let mut total = 0;
-    let _ = treewalk::walk(root_fd, root, &names, &mut |parent, name, _| {
-        Ok(match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if is_dir(&st) => open_dir_at(parent, name).ok(),
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                total += st.st_size as u64;
-                None
-            }
-            _ => None,
-        })
-    });
+    let _ =
+        treewalk::walk::<crate::safefs::Error>(root_fd, root, &names, &mut |parent, name, _| {
+            Ok(match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_dir(&st) => open_dir_at(parent, name).ok(),
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    total += st.st_size as u64;
+                    None
+                }
+                _ => None,
+            })
+        });
     total
 }
 
@@ -484,7 +485,7 @@ fn holds_data(volume: &safefs::Dir, name: &str) -> Result<bool> {
             let mut found = false;
             safefs::walk(&dir, |_, _, entries| {
                 found |= entries.iter().any(|e| !e.is_dir());
-                Ok(())
+                Ok::<(), Error>(())
             })?;
             Ok(found)
         }

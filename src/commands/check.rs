@@ -81,7 +81,8 @@ impl Inspection {
             crate::host::mounts::mount_ext4(&self.device, &point.path)?;
         }
         self.mount_point = Some(point.path.clone());
-        safefs::open_dir(&point.path, None).map(|(d, _)| d)
+        let (dir, _) = safefs::open_dir(&point.path, None)?;
+        Ok(dir)
     }
 }
 
@@ -118,19 +119,12 @@ fn prepare(
         // open the volume their own way, so they ask which).
         Err(Error::NotFound(why)) if searched && layout.profile == LayoutProfile::LiveBoot => {
             let table = crate::host::mounts::read_mountinfo()?;
-            match crate::volume::discovery::unopened_candidates(&table).as_slice() {
-                [one] => one.clone(),
-                [] => return Err(Error::NotFound(why)),
-                many => {
-                    return Err(Error::Usage(format!(
-                        "no partition named persistence, and several LUKS volumes it could be: {}; choose one with --device or --image",
-                        many.iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+            crate::host::devices::the_only_one(
+                &crate::volume::discovery::unopened_candidates(&table),
+                "no partition named persistence, and several LUKS volumes it could be",
+                "--device or --image",
+            )?
+            .ok_or(Error::NotFound(why))?
         }
         found => found?,
     };
@@ -148,7 +142,7 @@ fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<S
         Ok(f) => f,
         Err(e) => {
             problems.push(match e {
-                Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
+                safefs::Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
                 e => e.to_string(),
             });
             let report = ConfigReport {
@@ -332,12 +326,15 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
     let mut changed = Vec::new();
     let raw = match safefs::read_file_in(volume, CONFIG_FILE, unlocked::MAX_CONFIG) {
         Ok(f) => Some(f),
-        Err(Error::NotFound(_)) => None,
-        Err(e) => return Err(e),
+        Err(safefs::Error::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
     };
     let Some(raw) = raw else {
         let host = crate::persistence::features::SystemHost::new(None);
-        unlocked::write_config(volume, &super::create::default_config(&host, profile)?)?;
+        unlocked::write_config(
+            volume,
+            &crate::persistence::features::default_config(&host, profile)?,
+        )?;
         changed.push(format!(
             "{CONFIG_FILE} was missing: written with the default features"
         ));

@@ -339,7 +339,7 @@ fn populate(layout: &Layout, mapping: &str, config: &ConfigFile, out: Output) ->
             unlocked::write_config(&dir, config)
         })();
         unlocked::sync_all();
-        let unmounted = mounts::unmount(&mount_point);
+        let unmounted = mounts::unmount(&mount_point).map_err(Error::from);
         written.and(unmounted)
     })();
     let _ = std::fs::remove_dir(&mount_point);

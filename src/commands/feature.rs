@@ -63,7 +63,11 @@ impl Open {
     /// feature's definition (name = source folder).
     fn entries_of(&self, name: &str) -> Result<Vec<Entry>> {
         if let Some(f) = Feature::by_name(name) {
-            return f.bindings.iter().map(|b| b.entry(&self.host)).collect();
+            return Ok(f
+                .bindings
+                .iter()
+                .map(|b| b.entry(&self.host))
+                .collect::<Result<_, _>>()?);
         }
         let source = Path::new(name);
         self.config
@@ -87,10 +91,10 @@ impl Open {
         &self,
         entries: &[Entry],
     ) -> Result<Vec<crate::persistence::features::ResolvedEntry>> {
-        entries
+        Ok(entries
             .iter()
             .map(|e| crate::persistence::features::resolve(e, &self.host))
-            .collect()
+            .collect::<Result<_, _>>()?)
     }
 
     fn dev(&self) -> (u32, u32) {
@@ -172,7 +176,7 @@ fn list(global: &GlobalArgs, out: Output) -> Result<()> {
             .bindings
             .iter()
             .map(|b| b.entry(&open.host))
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         described(f.name.to_string(), f.title.to_string(), true, entries)?;
     }
     let mut customs: Vec<Entry> = open
@@ -434,8 +438,8 @@ fn remove(open: &mut Open, name: &str, delete_data: bool, yes: bool, out: Output
         // The folders on the way are the user's: reached and removed by handle.
         match crate::safefs::remove_tree(&open.dir, &source) {
             Ok(()) => deleted = true,
-            Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
+            Err(crate::safefs::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     out.result(

@@ -456,12 +456,14 @@ fn teardown(plan: &[Teardown], mount_root: &Path) -> Result<(Vec<PathBuf>, usize
     for step in plan {
         match step {
             Teardown::Unmount(path) => {
-                mounts::unmount(path).map_err(|e| match e.exit_code() {
-                    crate::error::ExitCode::Busy => {
-                        Error::Busy(format!("{e}; the volume stays unlocked"))
-                    }
-                    _ => e,
-                })?;
+                mounts::unmount(path)
+                    .map_err(Error::from)
+                    .map_err(|e| match e.exit_code() {
+                        crate::error::ExitCode::Busy => {
+                            Error::Busy(format!("{e}; the volume stays unlocked"))
+                        }
+                        _ => e,
+                    })?;
                 unmounted.push(path.clone());
             }
             Teardown::Unlink { destination } => {

@@ -243,6 +243,27 @@ pub fn dev_path(kernel_name: &str) -> PathBuf {
     Path::new("/dev").join(kernel_name)
 }
 
+/// The one of `candidates` a search found, `None` when it found none; when it found
+/// several, the refusal that lists them: `several` says what they are ("several container
+/// files named persistence"), `choose` how to name one ("--image").
+pub fn the_only_one(
+    candidates: &[PathBuf],
+    several: &str,
+    choose: &str,
+) -> Result<Option<PathBuf>, super::Error> {
+    match candidates {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => Err(super::Error::Ambiguous(format!(
+            "{several}: {}; choose one with {choose}",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use super::{Error, Result};
+use crate::context::{IoError, io_at};
 use crate::host::mounts::Mount;
 use crate::host::tools;
 
@@ -58,7 +58,7 @@ struct SfdiskJson {
 pub fn parse_sfdisk_json(text: &str) -> Result<PartitionTable> {
     serde_json::from_str::<SfdiskJson>(text)
         .map(|j| j.partitiontable)
-        .map_err(|e| Error::Corrupt(format!("cannot read the partition table: {e}")))
+        .map_err(|e| Error::Damaged(format!("cannot read the partition table: {e}")))
 }
 
 /// A free stretch of sectors, inclusive.
@@ -107,11 +107,11 @@ pub fn read_table(disk: &Path) -> Result<PartitionTable> {
     if !out.status.success() {
         let msg = tools::first_line(&out);
         if msg.contains("does not contain a recognized partition table") {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unusable(format!(
                 "{shown} has no partition table: not a live stick"
             )));
         }
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "sfdisk --json {shown} failed: {msg}"
         )));
     }
@@ -135,7 +135,7 @@ pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -
         "fdisk",
     )?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "sfdisk --append {shown} failed: {}",
             tools::first_line(&out)
         )));
@@ -145,9 +145,9 @@ pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -
         .partitions
         .iter()
         .find(|p| p.start == region.start && !before.partitions.iter().any(|b| b.node == p.node))
-        .ok_or_else(|| Error::Internal(format!("the new partition does not show on {shown}")))?;
+        .ok_or_else(|| Error::Failed(format!("the new partition does not show on {shown}")))?;
     let number = partition_number(&new.node).ok_or_else(|| {
-        Error::Internal(format!("cannot tell the number of {}", new.node.display()))
+        Error::Failed(format!("cannot tell the number of {}", new.node.display()))
     })?;
     // sfdisk re-reads the table itself when no partition of the disk is in use.
     if !partition_path(disk, number).exists() {
@@ -166,7 +166,7 @@ pub fn delete_partition(disk: &Path, number: u32) -> Result<()> {
     }
     let out = tools::run("sfdisk", &["--delete", "--no-reread", &shown, &nr], "fdisk")?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "sfdisk --delete {shown} {number} failed: {}",
             tools::first_line(&out)
         )));
@@ -177,7 +177,7 @@ pub fn delete_partition(disk: &Path, number: u32) -> Result<()> {
 fn partx(args: &[&str]) -> Result<()> {
     let out = tools::run("partx", args, "util-linux")?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "partx {} failed: {}",
             args.join(" "),
             tools::first_line(&out)
@@ -194,7 +194,7 @@ pub fn wait_for_device(path: &Path) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Err(Error::Internal(format!(
+    Err(Error::Failed(format!(
         "{} did not appear after partitioning",
         path.display()
     )))
@@ -242,9 +242,9 @@ impl BlockDevice {
 }
 
 pub fn block_device(path: &Path) -> Result<BlockDevice> {
-    let meta = std::fs::metadata(path).map_err(crate::error::io_at("reading", path))?;
+    let meta = std::fs::metadata(path).map_err(io_at("reading", path))?;
     if !meta.file_type().is_block_device() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unusable(format!(
             "{} is not a block device",
             path.display()
         )));
@@ -428,7 +428,7 @@ pub fn check_disk_not_in_use(disk: &Path, mounts: &[&Mount]) -> Result<()> {
         } else {
             format!("{} is mounted at {point}", m.source)
         };
-        return Err(Error::Busy(format!(
+        return Err(Error::InUse(format!(
             "{} is in use: {why}; nothing was changed",
             disk.display()
         )));

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use super::{Error, Result};
 
 /// Whether a kernel module exists for the running kernel, by `modules.builtin` and
 /// `modules.dep` in `/lib/modules/$(uname -r)`.
@@ -76,7 +76,7 @@ pub fn refusal(what: Missing, doing: &str, kernel: &str) -> Error {
         Missing::DeviceMapper => "device-mapper",
         Missing::DmCrypt => "dm-crypt (device-mapper's crypt target)",
     };
-    Error::UnsafeHost(format!(
+    Error::Unsafe(format!(
         "{doing} needs the kernel's device-mapper with dm-crypt, and this kernel ({kernel}) has no {lacks}: \
          it is not loaded and /lib/modules/{kernel} has no module for it; install the module and load it \
          (`modprobe dm_crypt`, as root), or run keepsake on the live system, whose kernel has it; \
@@ -361,7 +361,11 @@ mod tests {
 
     #[test]
     fn the_refusal_says_what_to_do_and_is_a_host_check() {
-        let e = refusal(Missing::DeviceMapper, "unlocking a volume", "6.1.0-test");
+        let e = crate::error::Error::from(refusal(
+            Missing::DeviceMapper,
+            "unlocking a volume",
+            "6.1.0-test",
+        ));
         assert_eq!(e.exit_code(), crate::error::ExitCode::UnsafeHost);
         let m = e.to_string();
         assert!(

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use super::{Error, Result};
 use crate::host::mounts::{self, Mount};
 
 /// Which failed checks the user has explicitly accepted.
@@ -275,7 +275,7 @@ pub fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Fin
 /// bound it.
 pub fn require_kdf_memory(doing: &str, need_kib: u64, available_kib: Option<u64>) -> Result<()> {
     match available_kib {
-        Some(available) if need_kib > available => Err(Error::UnsafeHost(format!(
+        Some(available) if need_kib > available => Err(Error::Unsafe(format!(
             "{doing} needs {} MiB of memory for its key derivation and this machine has {} MiB available; free some memory or use a bigger machine (nothing was changed)",
             need_kib.div_ceil(1024),
             available / 1024
@@ -328,7 +328,7 @@ pub fn enforce(findings: &[Finding]) -> Result<Vec<String>> {
         })
         .collect();
     if !refusals.is_empty() {
-        return Err(Error::UnsafeHost(format!(
+        return Err(Error::Unsafe(format!(
             "refusing to handle secrets on this host: {}",
             refusals.join("; ")
         )));
@@ -522,7 +522,9 @@ mod tests {
             require_kdf_memory("unlocking v", 4 * GIB, None).is_ok(),
             "unknown availability: left to the format's hard caps"
         );
-        let err = require_kdf_memory("unlocking v", GIB, Some(700 * 1024)).unwrap_err();
+        let err = crate::error::Error::from(
+            require_kdf_memory("unlocking v", GIB, Some(700 * 1024)).unwrap_err(),
+        );
         assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
         assert_eq!(
             err.to_string(),
@@ -547,7 +549,7 @@ mod tests {
             }],
             &NONE,
         );
-        let err = enforce(&[warn, bad]).unwrap_err();
+        let err = crate::error::Error::from(enforce(&[warn, bad]).unwrap_err());
         assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
         assert!(err.to_string().contains("--allow-unencrypted-swap"));
     }

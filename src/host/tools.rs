@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use super::{Error, Result};
+use crate::context::IoError;
 
 /// The only folders helpers are run from. `/usr/local/*` is left out on purpose: on a
 /// live system a feature may be bound there, and a helper run as root must not come from
@@ -92,7 +92,7 @@ pub fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
     let dev = device.to_string_lossy();
     let out = run("mkfs.ext4", &["-q", "-F", "-L", label, &dev], "e2fsprogs")?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "mkfs.ext4 on {dev} failed: {}",
             first_line(&out)
         )));
@@ -183,7 +183,7 @@ pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
     match out.status.code() {
         Some(0) => Ok(FsckResult::Clean),
         Some(1) | Some(2) => Ok(FsckResult::Repaired),
-        code => Err(Error::Corrupt(format!(
+        code => Err(Error::Damaged(format!(
             "the filesystem on {dev} has errors e2fsck -p cannot fix (status {}): {}",
             code.map_or("signal".to_string(), |c| c.to_string()),
             first_line(&out)

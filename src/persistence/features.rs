@@ -4,16 +4,30 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::persistence::config::{Entry, Method};
+use crate::persistence::config::{ConfigFile, Entry, Method};
+use crate::persistence::layout::LayoutProfile;
 use crate::safefs::{AclEntry, Owner};
+
+/// What the catalogue cannot do on this system, named by what happened (the exit code
+/// each gets is chosen in `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A user or system account a feature's owner is resolved from does not exist.
+    #[error("{0}")]
+    NoAccount(String),
+    /// The catalogue's own features do not fit together in one config: a bug in the
+    /// catalogue, not in anything the user did.
+    #[error("{0}")]
+    Catalogue(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Who owns a feature's folders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Who {
     /// The live session's user (amnesia on Tails, user on Debian live).
     LiveUser,
-    Root,
     /// A system account, resolved by name on the running system (never a hard-coded id).
     System(&'static str),
     /// Whoever owns the destination on this live system, with its mode (as Tails does for
@@ -264,12 +278,12 @@ impl LiveUser {
             Some(n) => nix::unistd::User::from_name(n)
                 .ok()
                 .flatten()
-                .ok_or_else(|| Error::NotFound(format!("no user named {n} on this system")))?,
+                .ok_or_else(|| Error::NoAccount(format!("no user named {n} on this system")))?,
             None => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(1000))
                 .ok()
                 .flatten()
                 .ok_or_else(|| {
-                    Error::NotFound(
+                    Error::NoAccount(
                         "no live user (uid 1000) on this system; name one with --live-user".into(),
                     )
                 })?,
@@ -310,14 +324,14 @@ impl Host for SystemHost {
     fn live_user(&self) -> Result<&LiveUser> {
         self.live_user
             .as_ref()
-            .map_err(|e| Error::NotFound(e.clone()))
+            .map_err(|e| Error::NoAccount(e.clone()))
     }
 
     fn system_account(&self, name: &str) -> Result<(u32, u32)> {
         let user = nix::unistd::User::from_name(name)
             .ok()
             .flatten()
-            .ok_or_else(|| Error::NotFound(format!("no system account named {name}")))?;
+            .ok_or_else(|| Error::NoAccount(format!("no system account named {name}")))?;
         Ok((user.uid.as_raw(), user.gid.as_raw()))
     }
 
@@ -344,7 +358,6 @@ impl Host for SystemHost {
 impl Binding {
     pub fn owner(&self, host: &dyn Host) -> Result<Owner> {
         let (uid, gid) = match self.owner {
-            Who::Root => (0, 0),
             Who::LiveUser => {
                 let u = host.live_user()?;
                 (u.uid, u.gid)
@@ -378,6 +391,18 @@ impl Binding {
             method: self.method,
         })
     }
+}
+
+/// The config of a new volume of this layout: the features enabled on a new volume
+/// (Tails enables its Persistent folder and Additional Software).
+pub fn default_config(host: &dyn Host, profile: LayoutProfile) -> Result<ConfigFile> {
+    let mut config = ConfigFile::new(profile.into());
+    for feature in CATALOGUE.iter().filter(|f| f.enabled_on_new(profile)) {
+        for binding in feature.bindings {
+            config.add(binding.entry(host)?).map_err(Error::Catalogue)?;
+        }
+    }
+    Ok(config)
 }
 
 /// A `persistence.conf` entry with the feature it belongs to and the owner its folders get.
@@ -507,7 +532,7 @@ pub mod tests {
         fn system_account(&self, name: &str) -> Result<(u32, u32)> {
             match name {
                 "debian-tor" => Ok((101, 102)),
-                _ => Err(Error::NotFound(name.into())),
+                _ => Err(Error::NoAccount(name.into())),
             }
         }
 

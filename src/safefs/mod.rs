@@ -28,8 +28,70 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
-use crate::error::IoError;
-use crate::error::{Context, Error, Result};
+use crate::context::IoError;
+
+/// What went wrong handling a file or folder by handle, named by what happened (the
+/// exit code each gets is chosen in `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A component of the path is a symbolic link (or not a folder where one must be):
+    /// refused, as it could lead wherever its owner chose.
+    #[error("{0}")]
+    Symlink(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Someone else moved, replaced or made it while keepsake worked on it; it was left
+    /// as it is.
+    #[error("{0}")]
+    Changed(String),
+    /// A mount point where keepsake would remove a folder.
+    #[error("{0}")]
+    Mounted(String),
+    /// A file that is not what it must be: a symlink, not a regular file, too large, not
+    /// UTF-8.
+    #[error("{0}")]
+    Invalid(String),
+    /// A path that cannot be used as given: it leaves its base folder, or names
+    /// something other than a regular file.
+    #[error("{0}")]
+    Unusable(String),
+    /// keepsake's own misuse of this layer (a folder without a parent, a relative path).
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// [`crate::context::Context`], made this layer's [`Error`]: `.context(..)` on an I/O or
+/// errno result says what was being done, and to what.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, C: crate::context::Context<T>> Context<T> for C {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        Ok(crate::context::Context::context(self, what)?)
+    }
+}
+
+impl Error {
+    /// This error with `note` added, of the same kind.
+    pub fn with_note(self, note: &str) -> Error {
+        let add = |m: String| format!("{m}; {note}");
+        match self {
+            Error::Symlink(m) => Error::Symlink(add(m)),
+            Error::NotFound(m) => Error::NotFound(add(m)),
+            Error::Changed(m) => Error::Changed(add(m)),
+            Error::Mounted(m) => Error::Mounted(add(m)),
+            Error::Invalid(m) => Error::Invalid(add(m)),
+            Error::Unusable(m) => Error::Unusable(add(m)),
+            Error::Internal(m) => Error::Internal(add(m)),
+            Error::Io(e) => Error::Io(e.with_note(note)),
+        }
+    }
+}
 
 /// Who owns a folder keepsake creates, and its mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -167,7 +229,7 @@ fn path_flags() -> OFlag {
 }
 
 fn symlink_refusal(path: &Path) -> Error {
-    Error::Usage(format!(
+    Error::Symlink(format!(
         "{} is a symlink or not a directory; refusing to follow it",
         path.display()
     ))
@@ -201,7 +263,7 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
             Component::Normal(name) => name,
             Component::CurDir => continue,
             _ => {
-                return Err(Error::Usage(format!(
+                return Err(Error::Unusable(format!(
                     "{} leaves {}",
                     rel.display(),
                     base.path.display()
@@ -453,7 +515,7 @@ impl Made {
 }
 
 fn moved(path: &Path) -> Error {
-    Error::Busy(format!(
+    Error::Changed(format!(
         "{} was moved or replaced by someone else; left as it is",
         path.display()
     ))
@@ -529,7 +591,7 @@ fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(O
             RenameFlags::RENAME_NOREPLACE,
         )
         .map_err(|e| match e {
-            Errno::EEXIST => Error::Busy(format!(
+            Errno::EEXIST => Error::Changed(format!(
                 "{} appeared while keepsake was making it; left as it is",
                 shown.display()
             )),
@@ -577,7 +639,7 @@ pub fn set_owner(dir: &Dir, owner: Owner) -> Result<()> {
 }
 
 fn swapped(shown: &Path) -> Error {
-    Error::Busy(format!(
+    Error::Changed(format!(
         "{} was changed by someone else while keepsake was making it; nothing was done to it",
         shown.display()
     ))
@@ -612,7 +674,7 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     )
     .map_err(|e| match e {
         Errno::ENOENT => Error::NotFound(format!("{} does not exist", shown.display())),
-        Errno::ELOOP => Error::Corrupt(format!("{} is a symlink", shown.display())),
+        Errno::ELOOP => Error::Invalid(format!("{} is a symlink", shown.display())),
         e => Error::Io(IoError::new(
             format!("opening {}", shown.display()),
             e.into(),
@@ -620,13 +682,13 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     })?;
     let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::Invalid(format!(
             "{} is not a regular file",
             shown.display()
         )));
     }
     if st.st_size as u64 > max {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::Invalid(format!(
             "{} is larger than {max} bytes",
             shown.display()
         )));
@@ -649,7 +711,7 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
         .read_to_string(&mut contents)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => {
-                Error::Corrupt(format!("{} is not valid UTF-8", shown.display()))
+                Error::Invalid(format!("{} is not valid UTF-8", shown.display()))
             }
             _ => Error::Io(IoError::new(format!("reading {}", shown.display()), e)),
         })?;
@@ -698,7 +760,7 @@ pub fn open_file_in(
     };
     let st = fstat(&opened).context(|| format!("reading {}", shown.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unusable(format!(
             "{} is not a regular file (a symlink, folder or device); refusing it",
             shown.display()
         )));
@@ -954,11 +1016,11 @@ impl<'a> Cursor<'a> {
 /// bounded by a [`Cursor`]; no shape of tree can exhaust them. A folder that is gone, has
 /// become a symlink, or cannot be entered when its turn comes is no longer part of the
 /// tree, and is skipped with what is under it.
-pub fn walk_both(
+pub fn walk_both<E>(
     root: &Dir,
-    mut enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<()>,
-    mut leave: impl FnMut(&Dir, &Path) -> Result<()>,
-) -> Result<()> {
+    mut enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<(), E>,
+    mut leave: impl FnMut(&Dir, &Path) -> Result<(), E>,
+) -> Result<(), E> {
     enum Step {
         Enter(PathBuf),
         Leave(PathBuf),
@@ -989,7 +1051,10 @@ pub fn walk_both(
 }
 
 /// [`walk_both`] with nothing to do on the way back up.
-pub fn walk(root: &Dir, enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<()>) -> Result<()> {
+pub fn walk<E>(
+    root: &Dir,
+    enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<(), E>,
+) -> Result<(), E> {
     walk_both(root, enter, |_, _| Ok(()))
 }
 
@@ -1153,7 +1218,7 @@ pub fn copy_contents(from: &Dir, to: &Dir) -> Result<u64> {
                 }
                 copied += 1;
             }
-            Ok(())
+            Ok::<(), Error>(())
         },
         // A folder's times are set once everything in it was made (which changes them).
         |src, rel| {
@@ -1435,6 +1500,12 @@ mod tests {
             !tmp.path().join("real/sub").exists(),
             "nothing created behind the link"
         );
+        // A refusal, not a bad argument: the user did not ask for anything wrong.
+        assert!(matches!(err, Error::Symlink(_)), "{err}");
+        assert_eq!(
+            crate::error::Error::from(err).exit_code(),
+            crate::error::ExitCode::NotPermitted
+        );
     }
 
     #[test]
@@ -1518,11 +1589,11 @@ mod tests {
         let (dir, _) = open_dir(tmp.path(), None).unwrap();
         assert!(matches!(
             read_file_in(&dir, "ln", 1024),
-            Err(Error::Corrupt(_))
+            Err(Error::Invalid(_))
         ));
         assert!(matches!(
             read_file_in(&dir, "big", 10),
-            Err(Error::Corrupt(_))
+            Err(Error::Invalid(_))
         ));
     }
 
@@ -1566,7 +1637,11 @@ mod tests {
             }),
         );
         race::clear();
-        assert!(matches!(result, Err(Error::Busy(_))), "{:?}", result.err());
+        assert!(
+            matches!(result, Err(Error::Changed(_))),
+            "{:?}",
+            result.err()
+        );
         assert_eq!(mode_of(&victim), 0o600, "the victim kept its mode");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
         // Swapped only after it was renamed into place: the descriptor is still ours.
@@ -1593,7 +1668,11 @@ mod tests {
         race::clear();
         // Refused: the name no longer holds the folder made (which the user moved away,
         // finished, with its mode).
-        assert!(matches!(result, Err(Error::Busy(_))), "{:?}", result.err());
+        assert!(
+            matches!(result, Err(Error::Changed(_))),
+            "{:?}",
+            result.err()
+        );
         assert_eq!(mode_of(&home.join(".ssh.moved-away")), 0o755);
     }
 
@@ -1623,7 +1702,7 @@ mod tests {
         // The user swaps the parent for a symlink to a folder of root's.
         std::fs::rename(home.join("sub"), home.join("sub-moved")).unwrap();
         std::os::unix::fs::symlink(&etc, home.join("sub")).unwrap();
-        assert!(matches!(link.remove(), Err(Error::Busy(_))));
+        assert!(matches!(link.remove(), Err(Error::Changed(_))));
         assert_eq!(
             std::fs::read_to_string(etc.join("victim.conf")).unwrap(),
             "root's"
@@ -1640,7 +1719,7 @@ mod tests {
         let link = symlink_in(&dir, OsStr::new("l"), Path::new("/a"), 0, 0).unwrap();
         std::fs::remove_file(tmp.path().join("l")).unwrap();
         std::fs::write(tmp.path().join("l"), "the user's new file").unwrap();
-        assert!(matches!(link.remove(), Err(Error::Busy(_))));
+        assert!(matches!(link.remove(), Err(Error::Changed(_))));
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("l")).unwrap(),
             "the user's new file"

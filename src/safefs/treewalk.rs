@@ -25,8 +25,8 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use crate::error::IoError;
-use crate::error::{Context, Error, Result, at};
+use super::{Context, Error, Result};
+use crate::context::{IoError, at};
 
 /// Folder descriptors a walk keeps open at most, whatever the depth of the tree.
 pub const MAX_OPEN_DIRS: usize = 16;
@@ -208,7 +208,7 @@ impl DirStack {
                 .ok()
                 .filter(|fd| is(fd, frame.id))
                 .ok_or_else(|| {
-                    Error::Busy(format!(
+                    Error::Changed(format!(
                         "{} was moved or replaced while keepsake was working in it; stopped there",
                         self.shown_down_to(i + 1).display()
                     ))
@@ -226,11 +226,17 @@ fn dir_flags() -> OFlag {
 /// What [`walk`] calls for each entry: the open folder the entry is in, its name there and
 /// its path below the root. Returning the descriptor of a folder it opened there by that
 /// name (without following a symlink) makes the walk go into that folder next.
-pub type Visit<'a> = dyn FnMut(&OwnedFd, &OsStr, &[u8]) -> Result<Option<OwnedFd>> + 'a;
+/// (Its error is the caller's own, so that what a visit refuses keeps its meaning.)
+pub type Visit<'a, E> = dyn FnMut(&OwnedFd, &OsStr, &[u8]) -> Result<Option<OwnedFd>, E> + 'a;
 
 /// Visits `tops` (names in `root`) and everything below them depth first, parents before
 /// their contents, each folder's entries in bytewise order of name.
-pub fn walk(root: OwnedFd, shown_root: &Path, tops: &[&OsStr], visit: &mut Visit) -> Result<()> {
+pub fn walk<E: From<Error>>(
+    root: OwnedFd,
+    shown_root: &Path,
+    tops: &[&OsStr],
+    visit: &mut Visit<E>,
+) -> Result<(), E> {
     let mut stack = DirStack::new(root, shown_root);
     let mut tops = tops.iter();
     // For each folder entered: its entries not visited yet, and the length of the path of
@@ -281,7 +287,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
         Err(e) => return Err(e).context(at("reading", shown)),
     };
     if expect.is_some_and(|id| id != id_of(&st)) {
-        return Err(Error::Busy(format!(
+        return Err(Error::Changed(format!(
             "{} is no longer what keepsake put there; left alone",
             shown.display()
         )));
@@ -293,7 +299,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
         .ok()
         .filter(|fd| is(fd, id_of(&st)))
         .ok_or_else(|| {
-            Error::Busy(format!(
+            Error::Changed(format!(
                 "{} changed while keepsake removed it; left alone",
                 shown.display()
             ))
@@ -355,7 +361,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
                     }
                 }
             }
-            Ok(_) => problems.push(Error::Busy(format!(
+            Ok(_) => problems.push(Error::Changed(format!(
                 "{} changed while keepsake removed it; left alone",
                 shown_entry.display()
             ))),
@@ -373,7 +379,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
 }
 
 fn mounted(shown: &Path) -> Error {
-    Error::Busy(format!(
+    Error::Mounted(format!(
         "{} is a mount point (busy); unmount it first",
         shown.display()
     ))
@@ -412,7 +418,7 @@ pub mod testing {
         let tops = list_dir(&fd, root).unwrap();
         let tops: Vec<&OsStr> = tops.iter().map(|t| t.as_os_str()).collect();
         let mut out = BTreeMap::new();
-        walk(fd, root, &tops, &mut |parent, name, path| {
+        walk::<Error>(fd, root, &tops, &mut |parent, name, path| {
             let st = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
             let common = format!(
                 "mode {:o} owner {}:{} mtime {}.{:09}",
@@ -551,7 +557,7 @@ mod tests {
                 let (mut dirs, mut files, mut most_open) = (0, 0, 0);
                 let mut deepest = Vec::new();
                 let tops = [OsStr::new("d")];
-                walk(
+                walk::<Error>(
                     open(tmp.path()),
                     tmp.path(),
                     &tops,
@@ -631,7 +637,7 @@ mod tests {
                 stack.truncate(depth).unwrap();
             }
             let err = stack.truncate(20).unwrap_err();
-            assert!(matches!(err, Error::Busy(_)), "{swap}: {err}");
+            assert!(matches!(err, Error::Changed(_)), "{swap}: {err}");
             assert!(err.to_string().contains("moved or replaced"), "{err}");
         }
     }
@@ -653,7 +659,7 @@ mod tests {
             Some((st.st_dev, st.st_ino + 1)),
         )
         .unwrap_err();
-        assert!(matches!(err, Error::Busy(_)), "{err}");
+        assert!(matches!(err, Error::Changed(_)), "{err}");
         assert!(tmp.path().join("t/sub/link").exists());
         remove_tree(
             &root,

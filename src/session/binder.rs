@@ -106,10 +106,10 @@ impl Journal {
                     safefs::remove_made(&made);
                     Ok(())
                 }
-                Done::Populated(dir) => safefs::remove_contents(&dir),
-                Done::Displaced(file) => file.put_back(),
-                Done::Mounted(path) => mounts::unmount(&path),
-                Done::Linked(link) => link.remove(),
+                Done::Populated(dir) => safefs::remove_contents(&dir).map_err(Error::from),
+                Done::Displaced(file) => file.put_back().map_err(Error::from),
+                Done::Mounted(path) => mounts::unmount(&path).map_err(Error::from),
+                Done::Linked(link) => link.remove().map_err(Error::from),
             };
             if let Err(e) = result {
                 problems.push(e.to_string());
@@ -365,8 +365,8 @@ pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Res
                 }
                 return Ok(());
             }
-            Err(Error::NotFound(_)) => continue,
-            Err(e) => return Err(e),
+            Err(safefs::Error::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -391,7 +391,7 @@ fn refuse_contents_of_the_live_user(
         {
             found = Some(dir.path.join(&e.name));
         }
-        Ok(())
+        Ok::<(), Error>(())
     })?;
     match found {
         None => Ok(()),
@@ -549,8 +549,8 @@ pub fn plan_deactivation(
 pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
     let root = match safefs::open_dir(destination, None) {
         Ok((root, _)) => root,
-        Err(Error::NotFound(_)) => return Ok(0),
-        Err(e) => return Err(e),
+        Err(safefs::Error::NotFound(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
     };
     let mut removed = 0;
     safefs::walk(&root, |dir, _, entries| {
@@ -561,7 +561,7 @@ pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
                 removed += 1;
             }
         }
-        Ok(())
+        Ok::<(), Error>(())
     })?;
     Ok(removed)
 }

@@ -278,7 +278,7 @@ fn systemd_runs() -> bool {
 }
 
 fn systemctl(args: &[&str]) -> Result<std::process::Output> {
-    crate::host::tools::run("systemctl", args, "systemd")
+    Ok(crate::host::tools::run("systemctl", args, "systemd")?)
 }
 
 /// The main pid systemd records for `unit` (0, or nothing, when it does not run).

@@ -64,7 +64,8 @@ pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
             gid: 0,
             mode: 0o600,
         },
-    )
+    )?;
+    Ok(())
 }
 
 pub fn read_record(layout: &Layout) -> Option<Record> {
@@ -216,8 +217,8 @@ pub fn with_keepsake_lines(volume: &Dir, config: ConfigFile) -> Result<ConfigFil
 pub fn read_config_file(volume: &Dir, name: &str, dialect: Dialect) -> Result<Option<ConfigFile>> {
     let file = match safefs::read_file_in(volume, name, MAX_CONFIG) {
         Ok(f) => f,
-        Err(Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+        Err(safefs::Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     if let Some(why) = untrusted_config(&file) {
         return Err(Error::Corrupt(format!(
@@ -360,7 +361,8 @@ pub fn write_config_file(
             gid: owner.1,
             mode: 0o600,
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// The state of one feature line after activation.
@@ -430,7 +432,7 @@ pub fn resolve_entries(
         }
         let outcome = match nested.iter().find(|(e, _)| e == entry) {
             Some((_, why)) => Err(Error::UntrustedSource(why.clone())),
-            None => features::resolve(entry, host),
+            None => features::resolve(entry, host).map_err(Error::from),
         };
         match outcome {
             Ok(r) => resolved.push(r),
@@ -628,18 +630,20 @@ fn deactivate_all_or_none(
         let result = if e.method == Method::Link {
             binder::unlink_tree(&e.destination, &mount_root.join(&e.source)).map(|_| ())
         } else if binder::is_active(table, volume_dev, mount_root, e) {
-            mounts::unmount(&e.destination).map_err(|err| match err.exit_code() {
-                crate::error::ExitCode::Busy => Error::Busy(format!(
-                    "{} is in use ({}); close what uses it and try again",
-                    e.destination.display(),
-                    crate::host::processes::holders_of(volume_dev)
-                        .iter()
-                        .map(|h| h.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                _ => err,
-            })
+            mounts::unmount(&e.destination)
+                .map_err(Error::from)
+                .map_err(|err| match err.exit_code() {
+                    crate::error::ExitCode::Busy => Error::Busy(format!(
+                        "{} is in use ({}); close what uses it and try again",
+                        e.destination.display(),
+                        crate::host::processes::holders_of(volume_dev)
+                            .iter()
+                            .map(|h| h.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    _ => err,
+                })
         } else {
             Ok(())
         };

@@ -345,9 +345,11 @@ fn require_affordable_keyslots(
     available_kib: Option<u64>,
 ) -> Result<()> {
     match costs_kib.iter().min() {
-        Some(&cheapest) => {
-            crate::host::preflight::require_kdf_memory(doing, cheapest, available_kib)
-        }
+        Some(&cheapest) => Ok(crate::host::preflight::require_kdf_memory(
+            doing,
+            cheapest,
+            available_kib,
+        )?),
         None => Ok(()),
     }
 }
