@@ -15,7 +15,7 @@ const SEARCH_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Finds a program in the trusted system folders: a regular file that only root can
 /// change, in a folder that only root can change.
-pub fn find(program: &str) -> Option<PathBuf> {
+pub(crate) fn find(program: &str) -> Option<PathBuf> {
     TRUSTED_DIRS
         .iter()
         .map(|d| Path::new(d).join(program))
@@ -32,7 +32,7 @@ fn only_root_can_change(path: &Path) -> bool {
 
 /// Runs `program` with `args`, its output captured, its environment reduced to PATH and a
 /// C locale so its messages are predictable.
-pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
+pub(crate) fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
     let path = find(program).ok_or_else(|| {
         Error::NotFound(format!(
             "{program} not found; install the {package} package"
@@ -49,7 +49,12 @@ pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
 }
 
 /// Like [`run`], with `input` on the program's standard input (never a secret).
-pub fn run_with_input(program: &str, args: &[&str], input: &str, package: &str) -> Result<Output> {
+pub(crate) fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: &str,
+    package: &str,
+) -> Result<Output> {
     use std::io::Write;
     let path = find(program).ok_or_else(|| {
         Error::NotFound(format!(
@@ -77,7 +82,7 @@ pub fn run_with_input(program: &str, args: &[&str], input: &str, package: &str) 
 }
 
 /// The first non-empty line a tool printed, for one-line error messages.
-pub fn first_line(output: &Output) -> String {
+pub(crate) fn first_line(output: &Output) -> String {
     let text = [&output.stderr[..], &output.stdout[..]].concat();
     String::from_utf8_lossy(&text)
         .lines()
@@ -88,7 +93,7 @@ pub fn first_line(output: &Output) -> String {
 }
 
 /// Makes an ext4 filesystem labelled `label` on `device`.
-pub fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
+pub(crate) fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
     let dev = device.to_string_lossy();
     let out = run("mkfs.ext4", &["-q", "-F", "-L", label, &dev], "e2fsprogs")?;
     if !out.status.success() {
@@ -103,7 +108,7 @@ pub fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
 /// What a filesystem check found.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum FsckResult {
+pub(crate) enum FsckResult {
     /// The superblock says the filesystem was cleanly unmounted and has no errors, so
     /// e2fsck was not run.
     NotNeeded,
@@ -119,7 +124,7 @@ const INCOMPAT_RECOVER: u32 = 0x0004;
 
 /// What an ext4 superblock says about how its filesystem was left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SuperblockState {
+pub(crate) struct SuperblockState {
     /// The bytes are an ext4 superblock (its magic number is there).
     pub ext4: bool,
     /// The kernel found errors and marked them in the superblock.
@@ -131,7 +136,7 @@ pub struct SuperblockState {
 
 impl SuperblockState {
     /// Reads the state from a superblock's bytes (from its start, at least 0x64 bytes).
-    pub fn parse(sb: &[u8]) -> SuperblockState {
+    pub(crate) fn parse(sb: &[u8]) -> SuperblockState {
         if sb.len() < 0x64 || u16::from_le_bytes([sb[0x38], sb[0x39]]) != EXT4_MAGIC {
             return SuperblockState {
                 ext4: false,
@@ -149,7 +154,7 @@ impl SuperblockState {
     }
 
     /// Reads the superblock of the filesystem on `device` (an opened mapping).
-    pub fn read(device: &Path) -> std::result::Result<SuperblockState, IoError> {
+    pub(crate) fn read(device: &Path) -> std::result::Result<SuperblockState, IoError> {
         use std::os::unix::fs::FileExt;
         let mut sb = [0u8; 1024];
         std::fs::File::open(device)
@@ -164,7 +169,7 @@ impl SuperblockState {
     /// marked with errors, or its journal needs recovery. A clean filesystem is mounted
     /// without starting e2fsck, as the kernel's own checks suffice; this saves a process
     /// start on every unlock.
-    pub fn needs_check(self) -> bool {
+    pub(crate) fn needs_check(self) -> bool {
         !self.ext4 || self.errors || self.needs_recovery
     }
 }
@@ -172,7 +177,7 @@ impl SuperblockState {
 /// Checks `device` with `e2fsck -p` (repairs only what is safe without a person), as a
 /// boot does, unless its superblock says it is clean. Errors e2fsck cannot fix alone are
 /// reported as corruption.
-pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
+pub(crate) fn fsck_preen(device: &Path) -> Result<FsckResult> {
     if SuperblockState::read(device).is_ok_and(|state| !state.needs_check()) {
         return Ok(FsckResult::NotNeeded);
     }
@@ -193,14 +198,14 @@ pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
 
 /// What a full e2fsck run (`-f`) found: its exit status and its last lines.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct FsckReport {
+pub(crate) struct FsckReport {
     pub status: i32,
     pub clean: bool,
     pub summary: String,
 }
 
 /// `e2fsck -fn` (only look) or `e2fsck -fy` (repair everything it can).
-pub fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
+pub(crate) fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
     let dev = device.to_string_lossy();
     let out = run(
         "e2fsck",
