@@ -245,6 +245,17 @@ mod tests {
     }
 
     #[test]
+    fn an_unclean_shutdown_is_told_apart_from_errors() {
+        // What check decides by: the journal to replay alone is not damage.
+        let unclean = SuperblockState::parse(&superblock(0x0001, 0x0040 | INCOMPAT_RECOVER));
+        assert!(unclean.ext4 && unclean.needs_recovery && !unclean.errors);
+        let damaged = SuperblockState::parse(&superblock(0x0001 | STATE_ERRORS, 0x0040));
+        assert!(damaged.ext4 && damaged.errors && !damaged.needs_recovery);
+        let clean = SuperblockState::parse(&superblock(0x0001, 0x0040 | 0x0080));
+        assert!(clean.ext4 && !clean.errors && !clean.needs_recovery);
+    }
+
+    #[test]
     fn only_a_clean_ext4_superblock_skips_the_check() {
         // Clean: valid state, extents|64bit|flex_bg, no recovery needed.
         assert!(!superblock_needs_check(&superblock(
