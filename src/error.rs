@@ -59,7 +59,8 @@ Exit status:
      derivation needs more memory than this machine has available, or the kernel
      has no device-mapper or dm-crypt
   7  corrupt: header, filesystem or persistence.conf unreadable or invalid
-  8  not permitted: not run as root, or permission denied
+  8  not permitted: not run as root, permission denied, or a symlink on a path
+     keepsake works in refused
   9  incomplete: unlocked, but some features could not be activated
  10  root on the volume: the running system's root is a union on the volume (live-boot's
      full persistence, `/ union`); it cannot be locked while it runs; nothing was changed";
