@@ -218,6 +218,9 @@ pub fn read_config_file(volume: &Dir, name: &str, dialect: Dialect) -> Result<Op
     let file = match safefs::read_file_in(volume, name, MAX_CONFIG) {
         Ok(f) => f,
         Err(safefs::Error::NotFound(_)) => return Ok(None),
+        // Too large, not UTF-8, a symlink: the config is refused (unlock goes on without
+        // its features), as one with an untrusted owner is.
+        Err(e @ safefs::Error::Invalid(_)) => return Err(Error::Corrupt(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     if let Some(why) = untrusted_config(&file) {
