@@ -443,7 +443,10 @@ const CHECK_HELP: &str = "\
 check reads the LUKS header and each keyslot's parameters, opens the volume read-only with \
 the passphrase, runs e2fsck -n on it, and validates persistence.conf (owner, mode, every \
 line). It changes nothing, and needs the volume locked (a mounted filesystem cannot be \
-checked). Exit status 0 when all is well, 7 when something is wrong.";
+checked). After an unclean shutdown (pulled out, power cut) the journal has not been replayed \
+yet: check says so and leaves the filesystem to the next check, as e2fsck -n cannot judge it \
+before `keepsake unlock` replays the journal. Exit status 0 when all is well (also after an \
+unclean shutdown alone), 7 when something is wrong.";
 
 const REPAIR_HELP: &str = "\
 repair opens the volume, runs e2fsck -y, and makes persistence.conf sane: owner root and \

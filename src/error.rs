@@ -57,7 +57,8 @@ Exit status:
      derivation needs more memory than this machine has available, or the kernel
      has no device-mapper or dm-crypt
   7  corrupt: header, filesystem or persistence.conf unreadable or invalid
-  8  not permitted: not run as root, or permission denied
+  8  not permitted: not run as root, permission denied, or a symlink on a path
+     keepsake works in refused
   9  incomplete: unlocked, but some features could not be activated
  10  root on the volume: the running system's root is a union on the volume (live-boot's
      full persistence, `/ union`); it cannot be locked while it runs; nothing was changed";
@@ -102,6 +103,15 @@ pub enum Error {
     Secrets(#[from] crate::secrets::Error),
     #[error(transparent)]
     Archive(#[from] crate::archive::Error),
+    /// Handling files by handle (`crate::safefs`).
+    #[error(transparent)]
+    Fs(#[from] crate::safefs::Error),
+    /// The host: devices, mounts, helper programs, preflight (`crate::host`).
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
+    /// The feature catalogue (`crate::persistence::features`).
+    #[error(transparent)]
+    Feature(#[from] crate::persistence::features::Error),
     #[error("{0}")]
     Internal(String),
 }
@@ -138,6 +148,9 @@ impl Error {
                     // tor not starting is no damage to the volume: an unexpected failure.
                     S::TorDidNotStart(_) | S::Leftovers(_) | S::Unexpected(_) => ExitCode::Internal,
                     S::Io(e) => errno_class(e.errno()),
+                    S::Fs(e) => fs_class(e),
+                    S::Host(e) => host_class(e),
+                    S::Feature(e) => feature_class(e),
                     S::Below(e) => e.exit_code(),
                 }
             }
@@ -181,6 +194,9 @@ impl Error {
                 }
             }
             Error::Archive(e) => archive_exit_code(e),
+            Error::Fs(e) => fs_class(e),
+            Error::Host(e) => host_class(e),
+            Error::Feature(e) => feature_class(e),
             Error::Internal(_) => ExitCode::Internal,
         }
     }
@@ -195,6 +211,10 @@ impl Error {
             // Secrets are read before anything changes: no undo step returns these.
             e @ Error::Secrets(_) => e,
             Error::Archive(e) => Error::Archive(e.with_note(note)),
+            Error::Fs(e) => Error::Fs(e.with_note(note)),
+            Error::Host(e) => Error::Host(e.with_note(note)),
+            // Its message names an account, not a step that could be undone.
+            e @ Error::Feature(_) => e,
             Error::Usage(m) => Error::Usage(add(m)),
             Error::WrongKey(m) => Error::WrongKey(add(m)),
             Error::NotFound(m) => Error::NotFound(add(m)),
@@ -228,7 +248,56 @@ pub(crate) fn archive_exit_code(e: &crate::archive::Error) -> ExitCode {
         A::InTheWay(_) => ExitCode::Busy,
         A::Random(_) | A::Internal(_) => ExitCode::Internal,
         A::Io(e) => errno_class(e.errno()),
-        A::Fs(e) => e.exit_code(),
+        A::Fs(e) => fs_class(e),
+        A::Host(e) => host_class(e),
+        A::Below(e) => e.exit_code(),
+    }
+}
+
+fn host_class(e: &crate::host::Error) -> ExitCode {
+    use crate::host::Error as Host;
+    match e {
+        Host::Unsafe(_) => ExitCode::UnsafeHost,
+        Host::NotFound(_) => ExitCode::NotFound,
+        Host::InUse(_) => ExitCode::Busy,
+        Host::Unusable(_) | Host::Ambiguous(_) => ExitCode::Usage,
+        Host::Damaged(_) => ExitCode::Corrupt,
+        Host::Failed(_) => ExitCode::Internal,
+        Host::Fs(e) => fs_class(e),
+        Host::Io(e) => errno_class(e.errno()),
+    }
+}
+
+fn feature_class(e: &crate::persistence::features::Error) -> ExitCode {
+    use crate::persistence::features::Error as Feature;
+    match e {
+        Feature::NoAccount(_) => ExitCode::NotFound,
+        Feature::Catalogue(_) => ExitCode::Internal,
+    }
+}
+
+/// The class of a session error that comes from the filesystem-handle or host layer, for
+/// `session::Error::is_in_use`.
+pub(crate) fn fs_or_host_class(e: &crate::session::Error) -> Option<ExitCode> {
+    match e {
+        crate::session::Error::Fs(e) => Some(fs_class(e)),
+        crate::session::Error::Host(e) => Some(host_class(e)),
+        _ => None,
+    }
+}
+
+fn fs_class(e: &crate::safefs::Error) -> ExitCode {
+    use crate::safefs::Error as Fs;
+    match e {
+        // Refused on purpose, not a bad argument: a symlink there is somebody else's
+        // choice of where root would write.
+        Fs::Symlink(_) => ExitCode::NotPermitted,
+        Fs::NotFound(_) => ExitCode::NotFound,
+        Fs::Changed(_) | Fs::Mounted(_) => ExitCode::Busy,
+        Fs::Invalid(_) => ExitCode::Corrupt,
+        Fs::Unusable(_) => ExitCode::Usage,
+        Fs::Internal(_) => ExitCode::Internal,
+        Fs::Io(e) => errno_class(e.errno()),
     }
 }
 

@@ -1,7 +1,10 @@
 # Power cuts: the VM is killed (qemu SIGKILL) at a random moment while a writer creates
 # and fsyncs files in the Persistent folder. Every next boot must unlock (journal replay,
-# e2fsck -p) and find every file whose fsync had returned, byte for byte. The last boot
-# checks the filesystem with e2fsck -fn through the cryptsetup CLI.
+# e2fsck -p) and find every file whose fsync had returned, byte for byte. After the last
+# cut, `keepsake check` must tell the unclean shutdown (journal not replayed yet) from
+# damage: exit 0, unclean_shutdown in its report, no "filesystem has errors". The last
+# boot checks the filesystem with e2fsck -fn through the cryptsetup CLI; then a few bytes
+# of an inode are damaged on purpose and `keepsake check` must find it (exit 7).
 #
 # Phases are named cycle.N (each runs guest_cycle). KS_POWER_CUTS (default 20) sets the
 # number of cuts; each comes at a random moment, 0..KS_POWER_CUT_MAX_MS (default 3000) ms
@@ -32,7 +35,9 @@ host_main() {
             "$(echo -n "$synced" | grep -c '^') fsynced before the cut" \
             "$(tr -d '\r' < "$KS_SCEN_DIR/cycle.$c.log" | sed -n 's/^KS-LOG fsck: /(fsck: /p' | sed 's/$/)/')"
     done
+    ks_phase checkcut "usb=$usb" || return 1
     ks_phase final "usb=$usb" || return 1
+    ks_phase damage "usb=$usb" || return 1
     ks_host_ok "tally: $cuts power cuts, $cuts unlocks after a cut, $total fsynced files all intact"
 }
 
@@ -74,6 +79,24 @@ guest_cycle() {
     done
 }
 
+# The volume as the last cut left it: its journal not replayed. check only looks.
+guest_checkcut() {
+    ks_live_session
+    ks_pass_file
+    cryptsetup open --readonly --key-file "$KS_PASS_FILE" /dev/vda2 look || ks_fail "open with cryptsetup"
+    debugfs -R stats /dev/mapper/look 2>/dev/null | grep '^Filesystem features:' > /tmp/features
+    cryptsetup close look
+    ks_assert "the premise: the journal needs recovery after the cut" grep -qw needs_recovery /tmp/features
+    ks_expect_rc 0 "check after the power cut" -- keepsake --json check --key-file "$KS_PASS_FILE"
+    ks_assert "its report says the shutdown was unclean" grep -q '"unclean_shutdown": *true' /tmp/ks-cmd.out
+    ks_assert "it says that unlock replays the journal" grep -q 'keepsake unlock` replays it' /tmp/ks-cmd.out
+    ks_assert "it does not call the filesystem damaged" sh -c '! grep -q "filesystem has errors" /tmp/ks-cmd.out'
+    cryptsetup open --readonly --key-file "$KS_PASS_FILE" /dev/vda2 look || ks_fail "open with cryptsetup"
+    debugfs -R stats /dev/mapper/look 2>/dev/null | grep '^Filesystem features:' > /tmp/features
+    cryptsetup close look
+    ks_assert "check left the journal to unlock" grep -qw needs_recovery /tmp/features
+}
+
 guest_final() {
     ks_live_session
     ks_pass_file
@@ -86,4 +109,25 @@ guest_final() {
     ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
     ks_verify_synced
     ks_expect_rc 0 "lock" -- keepsake lock
+}
+
+# Real damage on a cleanly shut-down volume: a few bytes of the root folder's inode
+# overwritten (its checksum no longer matches). check must still call it corrupt.
+guest_damage() {
+    ks_live_session
+    ks_pass_file
+    local block_size where block offset
+    cryptsetup open --key-file "$KS_PASS_FILE" /dev/vda2 hurt || ks_fail "open with cryptsetup"
+    block_size=$(debugfs -R stats /dev/mapper/hurt 2>/dev/null | sed -n 's/^Block size: *//p')
+    where=$(debugfs -R 'imap <2>' /dev/mapper/hurt 2>/dev/null | sed -n 's/.*located at block \([0-9]*\), offset \(0x[0-9a-f]*\).*/\1 \2/p')
+    block=${where% *}; offset=${where#* }
+    [ -n "$block_size" ] && [ -n "$block" ] || { cryptsetup close hurt; ks_fail "where is inode 2: '$block_size' '$where'"; }
+    # i_size_lo and i_atime: 8 bytes from the inode's 5th byte.
+    printf '\x5a\xa5\x5a\xa5\x5a\xa5\x5a\xa5' \
+        | dd of=/dev/mapper/hurt bs=1 seek=$((block * block_size + offset + 4)) conv=notrunc 2>/dev/null
+    sync
+    cryptsetup close hurt || ks_fail "close"
+    ks_expect_rc 7 "check finds the damaged inode" -- keepsake --json check --key-file "$KS_PASS_FILE"
+    ks_assert "it names the filesystem errors" grep -q "the filesystem has errors" /tmp/ks-cmd.out
+    ks_assert "the shutdown was clean" grep -q '"unclean_shutdown": *false' /tmp/ks-cmd.out
 }

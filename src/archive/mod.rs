@@ -114,7 +114,12 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] IoError),
     #[error(transparent)]
-    Fs(Box<Below>),
+    Fs(#[from] crate::safefs::Error),
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
+    /// An error of code still on the top error type, of its own class.
+    #[error(transparent)]
+    Below(Box<Below>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -125,7 +130,7 @@ impl From<Below> for Error {
     fn from(e: Below) -> Error {
         match e {
             Below::Archive(e) => e,
-            e => Error::Fs(Box::new(e)),
+            e => Error::Below(Box::new(e)),
         }
     }
 }
@@ -136,7 +141,9 @@ impl Error {
         let add = |m: String| format!("{m}; {note}");
         match self {
             Error::Io(e) => Error::Io(e.with_note(note)),
-            Error::Fs(e) => Error::Fs(Box::new(e.with_note(note))),
+            Error::Fs(e) => Error::Fs(e.with_note(note)),
+            Error::Host(e) => Error::Host(e.with_note(note)),
+            Error::Below(e) => Error::Below(Box::new(e.with_note(note))),
             // Found before anything changes: no step that is undone returns them.
             e @ (Error::WrongKey | Error::Tampered { .. } | Error::Truncated) => e,
             Error::NotAnArchive(m) => Error::NotAnArchive(add(m)),

@@ -233,7 +233,7 @@ fn holds_data(volume: &safefs::Dir, name: &str) -> Result<bool> {
             let mut found = false;
             safefs::walk(&dir, |_, _, entries| {
                 found |= entries.iter().any(|e| !e.is_dir());
-                Ok(())
+                Ok::<(), Error>(())
             })?;
             Ok(found)
         }

@@ -183,8 +183,8 @@ pub fn write_tree(
         .map(|name| name.to_string_lossy().into_owned())
         .collect();
     // Iterative, with a bounded number of folders open: see crate::safefs::treewalk.
-    treewalk::walk(root_fd, root, &names, &mut |parent, name, path| {
-        Ok(walk.entry(parent, name, path)?)
+    treewalk::walk::<Error>(root_fd, root, &names, &mut |parent, name, path| {
+        walk.entry(parent, name, path)
     })?;
     walk.emit(&[ENTRY_END])?;
     Ok(walk.stats)
@@ -682,16 +682,17 @@ pub(crate) fn tree_bytes(root: &Path, tops: &[String]) -> u64 {
     };
     let names: Vec<&OsStr> = tops.iter().map(OsStr::new).collect();
     let mut total = 0;
-    let _ = treewalk::walk(root_fd, root, &names, &mut |parent, name, _| {
-        Ok(match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if is_dir(&st) => open_dir_at(parent, name).ok(),
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                total += st.st_size as u64;
-                None
-            }
-            _ => None,
-        })
-    });
+    let _ =
+        treewalk::walk::<crate::safefs::Error>(root_fd, root, &names, &mut |parent, name, _| {
+            Ok(match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if is_dir(&st) => open_dir_at(parent, name).ok(),
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    total += st.st_size as u64;
+                    None
+                }
+                _ => None,
+            })
+        });
     total
 }
 

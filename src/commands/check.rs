@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
-use crate::host::tools::{self, FsckReport};
+use crate::host::tools::{self, FsckReport, SuperblockState};
 use crate::output::Output;
 use crate::persistence::config::{ConfigFile, Dialect};
 use crate::persistence::layout::{CONFIG_FILE, LayoutProfile};
@@ -32,8 +32,15 @@ struct CheckReport {
     volume: PathBuf,
     ok: bool,
     header: HeaderInfo,
+    /// The filesystem was not unmounted cleanly and its journal had not been replayed.
+    /// check then leaves `filesystem` absent unless the kernel had marked errors: e2fsck
+    /// -n cannot judge it (it would count what the journal still holds as errors); repair
+    /// replays it (e2fsck -y does).
+    unclean_shutdown: bool,
     filesystem: Option<FsckReport>,
     config: Option<ConfigReport>,
+    /// Said, but not wrong: they do not make `ok` false.
+    notes: Vec<String>,
     problems: Vec<String>,
     /// What repair changed.
     repaired: Vec<String>,
@@ -74,7 +81,8 @@ impl Inspection {
             crate::host::mounts::mount_ext4(&self.device, &point.path)?;
         }
         self.mount_point = Some(point.path.clone());
-        safefs::open_dir(&point.path, None).map(|(d, _)| d)
+        let (dir, _) = safefs::open_dir(&point.path, None)?;
+        Ok(dir)
     }
 }
 
@@ -111,19 +119,12 @@ fn prepare(
         // open the volume their own way, so they ask which).
         Err(Error::NotFound(why)) if searched && layout.profile == LayoutProfile::LiveBoot => {
             let table = crate::host::mounts::read_mountinfo()?;
-            match crate::volume::discovery::unopened_candidates(&table).as_slice() {
-                [one] => one.clone(),
-                [] => return Err(Error::NotFound(why)),
-                many => {
-                    return Err(Error::Usage(format!(
-                        "no partition named persistence, and several LUKS volumes it could be: {}; choose one with --device or --image",
-                        many.iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+            crate::host::devices::the_only_one(
+                &crate::volume::discovery::unopened_candidates(&table),
+                "no partition named persistence, and several LUKS volumes it could be",
+                "--device or --image",
+            )?
+            .ok_or(Error::NotFound(why))?
         }
         found => found?,
     };
@@ -141,7 +142,7 @@ fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<S
         Ok(f) => f,
         Err(e) => {
             problems.push(match e {
-                Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
+                safefs::Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
                 e => e.to_string(),
             });
             let report = ConfigReport {
@@ -200,16 +201,27 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         "a mounted filesystem cannot be checked",
     )?;
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     let mut inspection = Inspection::open(&backing, &secret, true)?;
     drop(secret);
-    out.progress("checking the filesystem (e2fsck -fn)");
-    let fsck = tools::fsck_full(&inspection.device, false)?;
-    if !fsck.clean {
-        problems.push(format!(
-            "the filesystem has errors (e2fsck -fn: {})",
-            fsck.summary
-        ));
-    }
+    let state = SuperblockState::read(&inspection.device)?;
+    // After an unclean shutdown the journal holds the last writes; e2fsck -n does not
+    // replay it (that writes), so it would report as errors what the replay completes.
+    // The kernel's own error mark is still believed.
+    let fsck = if state.ext4 && state.needs_recovery && !state.errors {
+        notes.push(UNCLEAN_SHUTDOWN.to_string());
+        None
+    } else {
+        out.progress("checking the filesystem (e2fsck -fn)");
+        let fsck = tools::fsck_full(&inspection.device, false)?;
+        if !fsck.clean {
+            problems.push(format!(
+                "the filesystem has errors (e2fsck -fn: {})",
+                fsck.summary
+            ));
+        }
+        Some(fsck)
+    };
     let config = match inspection.mount(true) {
         Ok(dir) => {
             let (report, found) = config_report(&dir, global.layout.into());
@@ -222,7 +234,30 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         }
     };
     drop(inspection);
-    finish(backing, header, Some(fsck), config, problems, vec![], out)
+    finish(
+        backing,
+        header,
+        state.needs_recovery,
+        fsck,
+        config,
+        Findings {
+            notes,
+            problems,
+            repaired: vec![],
+        },
+        out,
+    )
+}
+
+/// What check says instead of judging a filesystem whose journal is still to be replayed.
+const UNCLEAN_SHUTDOWN: &str = "the volume was not shut down cleanly; its journal has not been replayed yet; `keepsake unlock` replays it (check again after a lock to have the filesystem checked)";
+
+/// What check and repair found, beside the volume's parts.
+struct Findings {
+    notes: Vec<String>,
+    problems: Vec<String>,
+    /// What repair changed.
+    repaired: Vec<String>,
 }
 
 pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
@@ -237,6 +272,8 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     let mut repaired = Vec::new();
     let mut inspection = Inspection::open(&backing, &secret, false)?;
     drop(secret);
+    // e2fsck -y replays the journal first, as unlock would.
+    let unclean = SuperblockState::read(&inspection.device)?.needs_recovery;
     out.progress("repairing the filesystem (e2fsck -fy)");
     let fsck = tools::fsck_full(&inspection.device, true)?;
     if fsck.status != 0 {
@@ -261,10 +298,20 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     finish(
         backing,
         header,
+        unclean,
         Some(fsck),
         Some(config),
-        problems,
-        repaired,
+        Findings {
+            notes: unclean
+                .then(|| {
+                    "the volume was not shut down cleanly; e2fsck -y replayed its journal"
+                        .to_string()
+                })
+                .into_iter()
+                .collect(),
+            problems,
+            repaired,
+        },
         out,
     )
 }
@@ -279,12 +326,15 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
     let mut changed = Vec::new();
     let raw = match safefs::read_file_in(volume, CONFIG_FILE, unlocked::MAX_CONFIG) {
         Ok(f) => Some(f),
-        Err(Error::NotFound(_)) => None,
-        Err(e) => return Err(e),
+        Err(safefs::Error::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
     };
     let Some(raw) = raw else {
         let host = crate::persistence::features::SystemHost::new(None);
-        unlocked::write_config(volume, &super::create::default_config(&host, profile)?)?;
+        unlocked::write_config(
+            volume,
+            &crate::persistence::features::default_config(&host, profile)?,
+        )?;
         changed.push(format!(
             "{CONFIG_FILE} was missing: written with the default features"
         ));
@@ -340,18 +390,25 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
 fn finish(
     volume: PathBuf,
     header: HeaderInfo,
+    unclean_shutdown: bool,
     filesystem: Option<FsckReport>,
     config: Option<ConfigReport>,
-    problems: Vec<String>,
-    repaired: Vec<String>,
+    findings: Findings,
     out: Output,
 ) -> Result<()> {
+    let Findings {
+        notes,
+        problems,
+        repaired,
+    } = findings;
     let report = CheckReport {
         volume,
         ok: problems.is_empty(),
         header,
+        unclean_shutdown,
         filesystem,
         config,
+        notes,
         problems,
         repaired,
     };
@@ -403,6 +460,9 @@ fn human(r: &CheckReport) -> String {
             c.features,
             c.errors.len()
         ));
+    }
+    for note in &r.notes {
+        text.push_str(&format!("note: {note}\n"));
     }
     for change in &r.repaired {
         text.push_str(&format!("repaired: {change}\n"));

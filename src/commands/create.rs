@@ -376,7 +376,7 @@ fn populate(
             unlocked::write_config(&dir, config)
         })();
         unlocked::sync_all();
-        let unmounted = mounts::unmount(&mount_point);
+        let unmounted = mounts::unmount(&mount_point).map_err(Error::from);
         written.and(unmounted)
     })();
     let _ = std::fs::remove_dir(&mount_point);

@@ -105,11 +105,11 @@ pub const ROOT_ONLY: crate::safefs::Owner = crate::safefs::Owner {
 
 /// /run/keepsake (in RAM, as the preflight checks), created root-only if missing.
 pub fn runtime_dir() -> Result<crate::safefs::Dir> {
-    crate::safefs::open_dir(
+    let (dir, _) = crate::safefs::open_dir(
         Path::new(crate::persistence::layout::RUNTIME_DIR),
         Some(ROOT_ONLY),
-    )
-    .map(|(d, _)| d)
+    )?;
+    Ok(dir)
 }
 
 /// One keepsake command at a time changes volumes: held for the life of the command.

@@ -20,13 +20,13 @@ pub struct Mapping {
 impl Mapping {
     /// Whether dm-crypt opened it from a LUKS header (the uuid libcryptsetup and the
     /// cryptsetup tool give a LUKS mapping): a name alone proves nothing.
-    pub fn is_luks(&self) -> bool {
+    pub(crate) fn is_luks(&self) -> bool {
         is_luks_uuid(&self.uuid)
     }
 }
 
 /// A device-mapper uuid that libcryptsetup gives a LUKS1 or LUKS2 mapping.
-pub fn is_luks_uuid(uuid: &str) -> bool {
+pub(crate) fn is_luks_uuid(uuid: &str) -> bool {
     uuid.starts_with("CRYPT-LUKS2-") || uuid.starts_with("CRYPT-LUKS1-")
 }
 
@@ -52,12 +52,12 @@ fn list_dir(path: &Path) -> Vec<String> {
 }
 
 /// Finds the mapping called `name`, if the kernel has one.
-pub fn find_mapping(name: &str) -> Option<Mapping> {
+pub(crate) fn find_mapping(name: &str) -> Option<Mapping> {
     all_mappings().into_iter().find(|m| m.name == name)
 }
 
 /// Every device-mapper mapping the kernel has, by kernel name.
-pub fn all_mappings() -> Vec<Mapping> {
+pub(crate) fn all_mappings() -> Vec<Mapping> {
     list_dir(Path::new("/sys/block"))
         .into_iter()
         .filter(|k| k.starts_with("dm-"))
@@ -75,7 +75,7 @@ pub fn all_mappings() -> Vec<Mapping> {
 }
 
 /// The file behind a loop device (`loop0`), if it is attached.
-pub fn loop_backing_file(kernel_name: &str) -> Option<PathBuf> {
+pub(crate) fn loop_backing_file(kernel_name: &str) -> Option<PathBuf> {
     let path = Path::new("/sys/block")
         .join(kernel_name)
         .join("loop/backing_file");
@@ -83,7 +83,7 @@ pub fn loop_backing_file(kernel_name: &str) -> Option<PathBuf> {
 }
 
 /// Loop devices whose backing file is `file`.
-pub fn loops_backed_by(file: &Path) -> Vec<String> {
+pub(crate) fn loops_backed_by(file: &Path) -> Vec<String> {
     let wanted = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     list_dir(Path::new("/sys/block"))
         .into_iter()
@@ -94,7 +94,7 @@ pub fn loops_backed_by(file: &Path) -> Vec<String> {
 
 /// Detaches a loop device (LOOP_CLR_FD). With autoclear set, the kernel finishes the
 /// detach once the last user closes it.
-pub fn detach_loop(kernel_name: &str) -> std::io::Result<()> {
+pub(crate) fn detach_loop(kernel_name: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
     let dev = fs::OpenOptions::new()
@@ -115,14 +115,14 @@ pub fn detach_loop(kernel_name: &str) -> std::io::Result<()> {
 /// A loop device this process attached, kept open: with autoclear set, the kernel
 /// detaches it when the last user (this handle, then a mapping over it) lets go.
 #[derive(Debug)]
-pub struct AttachedLoop {
+pub(crate) struct AttachedLoop {
     /// `loop3`.
     pub name: String,
     _device: fs::File,
 }
 
 impl AttachedLoop {
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         dev_path(&self.name)
     }
 }
@@ -157,7 +157,7 @@ struct LoopConfig {
 /// Attaches `file` to a free loop device with autoclear, as `losetup -f` would, so that
 /// its name (`loopN`) is known before anything is built on it (live-boot names the
 /// mapping of a container file after its loop device).
-pub fn attach_loop(file: &Path) -> std::io::Result<AttachedLoop> {
+pub(crate) fn attach_loop(file: &Path) -> std::io::Result<AttachedLoop> {
     use std::os::fd::AsRawFd;
     const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
     const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
@@ -222,7 +222,7 @@ pub fn attach_loop(file: &Path) -> std::io::Result<AttachedLoop> {
 
 /// The mapping (or other device) that holds the block device or container file at `path`
 /// open, by name: `TailsData_unlocked` when the volume is unlocked.
-pub fn holder_of(path: &Path) -> Option<String> {
+pub(crate) fn holder_of(path: &Path) -> Option<String> {
     let meta = fs::metadata(path).ok()?;
     let kernel_names = if meta.is_file() {
         loops_backed_by(path)
@@ -239,8 +239,29 @@ pub fn holder_of(path: &Path) -> Option<String> {
 }
 
 /// `/dev/<kernel name>` for a device under a mapping.
-pub fn dev_path(kernel_name: &str) -> PathBuf {
+pub(crate) fn dev_path(kernel_name: &str) -> PathBuf {
     Path::new("/dev").join(kernel_name)
+}
+
+/// The one of `candidates` a search found, `None` when it found none; when it found
+/// several, the refusal that lists them: `several` says what they are ("several container
+/// files named persistence"), `choose` how to name one ("--image").
+pub(crate) fn the_only_one(
+    candidates: &[PathBuf],
+    several: &str,
+    choose: &str,
+) -> Result<Option<PathBuf>, super::Error> {
+    match candidates {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => Err(super::Error::Ambiguous(format!(
+            "{several}: {}; choose one with {choose}",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use super::{Error, Result};
+use crate::context::{IoError, io_at};
 use crate::host::mounts::Mount;
 use crate::host::tools;
 
 /// Partitions start and end on 1 MiB boundaries, as every partitioning tool does now.
-pub const ALIGN_BYTES: u64 = 1 << 20;
+pub(crate) const ALIGN_BYTES: u64 = 1 << 20;
 
 /// A partition table as `sfdisk --json` prints it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct PartitionTable {
+pub(crate) struct PartitionTable {
     pub label: String,
     pub device: PathBuf,
     #[serde(default)]
@@ -34,7 +34,7 @@ fn default_sector() -> u64 {
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct Partition {
+pub(crate) struct Partition {
     pub node: PathBuf,
     pub start: u64,
     pub size: u64,
@@ -45,7 +45,7 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.start + self.size - 1
     }
 }
@@ -55,22 +55,22 @@ struct SfdiskJson {
     partitiontable: PartitionTable,
 }
 
-pub fn parse_sfdisk_json(text: &str) -> Result<PartitionTable> {
+pub(crate) fn parse_sfdisk_json(text: &str) -> Result<PartitionTable> {
     serde_json::from_str::<SfdiskJson>(text)
         .map(|j| j.partitiontable)
-        .map_err(|e| Error::Corrupt(format!("cannot read the partition table: {e}")))
+        .map_err(|e| Error::Damaged(format!("cannot read the partition table: {e}")))
 }
 
 /// A free stretch of sectors, inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
+pub(crate) struct Region {
     pub start: u64,
     pub sectors: u64,
 }
 
 /// Where a new partition goes: the largest free region after the first partition (the
 /// live system), aligned to 1 MiB. None when nothing aligned is left.
-pub fn plan_new_partition(table: &PartitionTable) -> Option<Region> {
+pub(crate) fn plan_new_partition(table: &PartitionTable) -> Option<Region> {
     let align = (ALIGN_BYTES / table.sectorsize).max(1);
     let mut parts: Vec<&Partition> = table.partitions.iter().collect();
     parts.sort_by_key(|p| p.start);
@@ -101,17 +101,17 @@ pub fn plan_new_partition(table: &PartitionTable) -> Option<Region> {
 }
 
 /// The partition table of a disk, read with sfdisk.
-pub fn read_table(disk: &Path) -> Result<PartitionTable> {
+pub(crate) fn read_table(disk: &Path) -> Result<PartitionTable> {
     let shown = disk.display().to_string();
     let out = tools::run("sfdisk", &["--json", &shown], "fdisk")?;
     if !out.status.success() {
         let msg = tools::first_line(&out);
         if msg.contains("does not contain a recognized partition table") {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unusable(format!(
                 "{shown} has no partition table: not a live stick"
             )));
         }
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "sfdisk --json {shown} failed: {msg}"
         )));
     }
@@ -121,7 +121,12 @@ pub fn read_table(disk: &Path) -> Result<PartitionTable> {
 /// Adds a GPT partition and returns its number. `--no-reread` lets sfdisk write to a disk
 /// whose live partition is mounted; partx then tells the kernel about the new partition
 /// alone (BLKPG), which works while the disk is in use, where a re-read would not.
-pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -> Result<u32> {
+pub(crate) fn add_partition(
+    disk: &Path,
+    region: Region,
+    type_guid: &str,
+    name: &str,
+) -> Result<u32> {
     let before = read_table(disk)?;
     let script = format!(
         "start={}, size={}, type={type_guid}, name=\"{name}\"\n",
@@ -135,7 +140,7 @@ pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -
         "fdisk",
     )?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "sfdisk --append {shown} failed: {}",
             tools::first_line(&out)
         )));
@@ -145,9 +150,9 @@ pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -
         .partitions
         .iter()
         .find(|p| p.start == region.start && !before.partitions.iter().any(|b| b.node == p.node))
-        .ok_or_else(|| Error::Internal(format!("the new partition does not show on {shown}")))?;
+        .ok_or_else(|| Error::Failed(format!("the new partition does not show on {shown}")))?;
     let number = partition_number(&new.node).ok_or_else(|| {
-        Error::Internal(format!("cannot tell the number of {}", new.node.display()))
+        Error::Failed(format!("cannot tell the number of {}", new.node.display()))
     })?;
     // sfdisk re-reads the table itself when no partition of the disk is in use.
     if !partition_path(disk, number).exists() {
@@ -157,7 +162,7 @@ pub fn add_partition(disk: &Path, region: Region, type_guid: &str, name: &str) -
 }
 
 /// Removes partition `number` from the kernel's view and from the table.
-pub fn delete_partition(disk: &Path, number: u32) -> Result<()> {
+pub(crate) fn delete_partition(disk: &Path, number: u32) -> Result<()> {
     let shown = disk.display().to_string();
     let nr = number.to_string();
     // The kernel first (it refuses while the partition is in use), then the table.
@@ -166,7 +171,7 @@ pub fn delete_partition(disk: &Path, number: u32) -> Result<()> {
     }
     let out = tools::run("sfdisk", &["--delete", "--no-reread", &shown, &nr], "fdisk")?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "sfdisk --delete {shown} {number} failed: {}",
             tools::first_line(&out)
         )));
@@ -177,7 +182,7 @@ pub fn delete_partition(disk: &Path, number: u32) -> Result<()> {
 fn partx(args: &[&str]) -> Result<()> {
     let out = tools::run("partx", args, "util-linux")?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "partx {} failed: {}",
             args.join(" "),
             tools::first_line(&out)
@@ -187,21 +192,21 @@ fn partx(args: &[&str]) -> Result<()> {
 }
 
 /// Waits (up to 5 s) for the kernel to show a partition's device node.
-pub fn wait_for_device(path: &Path) -> Result<()> {
+pub(crate) fn wait_for_device(path: &Path) -> Result<()> {
     for _ in 0..100 {
         if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Err(Error::Internal(format!(
+    Err(Error::Failed(format!(
         "{} did not appear after partitioning",
         path.display()
     )))
 }
 
 /// The number at the end of a partition's device name: sdb2 → 2, nvme0n1p3 → 3.
-pub fn partition_number(node: &Path) -> Option<u32> {
+pub(crate) fn partition_number(node: &Path) -> Option<u32> {
     let name = node.file_name()?.to_str()?;
     let digits: String = name
         .chars()
@@ -212,7 +217,7 @@ pub fn partition_number(node: &Path) -> Option<u32> {
 }
 
 /// A partition's device path: /dev/sdb + 2 → /dev/sdb2; /dev/nvme0n1 + 2 → /dev/nvme0n1p2.
-pub fn partition_path(disk: &Path, number: u32) -> PathBuf {
+pub(crate) fn partition_path(disk: &Path, number: u32) -> PathBuf {
     let name = disk.to_string_lossy();
     if name.ends_with(|c: char| c.is_ascii_digit()) {
         PathBuf::from(format!("{name}p{number}"))
@@ -223,7 +228,7 @@ pub fn partition_path(disk: &Path, number: u32) -> PathBuf {
 
 /// What sysfs says about a block device given by path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockDevice {
+pub(crate) struct BlockDevice {
     /// Kernel name: sdb, sdb2.
     pub name: String,
     pub dev: (u32, u32),
@@ -232,19 +237,19 @@ pub struct BlockDevice {
 }
 
 impl BlockDevice {
-    pub fn is_partition(&self) -> bool {
+    pub(crate) fn is_partition(&self) -> bool {
         self.parent.is_some()
     }
 
-    pub fn disk_name(&self) -> &str {
+    pub(crate) fn disk_name(&self) -> &str {
         self.parent.as_deref().unwrap_or(&self.name)
     }
 }
 
-pub fn block_device(path: &Path) -> Result<BlockDevice> {
-    let meta = std::fs::metadata(path).map_err(crate::error::io_at("reading", path))?;
+pub(crate) fn block_device(path: &Path) -> Result<BlockDevice> {
+    let meta = std::fs::metadata(path).map_err(io_at("reading", path))?;
     if !meta.file_type().is_block_device() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unusable(format!(
             "{} is not a block device",
             path.display()
         )));
@@ -275,7 +280,7 @@ pub fn block_device(path: &Path) -> Result<BlockDevice> {
 
 /// A partition as sysfs shows it (the kernel's view, no tool needed).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SysPartition {
+pub(crate) struct SysPartition {
     pub name: String,
     pub disk: String,
     pub dev: (u32, u32),
@@ -284,13 +289,13 @@ pub struct SysPartition {
 }
 
 impl SysPartition {
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         Path::new("/dev").join(&self.name)
     }
 }
 
 /// Every partition the kernel knows, disk by disk.
-pub fn all_partitions() -> Vec<SysPartition> {
+pub(crate) fn all_partitions() -> Vec<SysPartition> {
     let mut found = Vec::new();
     let Ok(disks) = std::fs::read_dir("/sys/block") else {
         return found;
@@ -331,7 +336,7 @@ pub fn all_partitions() -> Vec<SysPartition> {
 }
 
 /// The mounts of filesystems on `disk` or any of its partitions.
-pub fn mounts_on_disk<'a>(
+pub(crate) fn mounts_on_disk<'a>(
     table: &'a [Mount],
     disk: &str,
     partitions: &[SysPartition],
@@ -350,7 +355,7 @@ pub fn mounts_on_disk<'a>(
 /// (or Tails' partition type, for the Tails layout), read from the partition tables
 /// themselves since the kernel only knows names it read at boot; or else those whose LUKS2
 /// header carries its label. Optionally only on one disk.
-pub fn find_persistence(
+pub(crate) fn find_persistence(
     partition_name: &str,
     label: &str,
     on_disk: Option<&str>,
@@ -391,7 +396,7 @@ pub fn find_persistence(
 }
 
 /// The kernel name of the disk the live system booted from, if a live medium is mounted.
-pub fn live_medium_disk(table: &[Mount]) -> Option<String> {
+pub(crate) fn live_medium_disk(table: &[Mount]) -> Option<String> {
     let medium = table.iter().find(|m| {
         LIVE_MEDIUM_MOUNTS
             .iter()
@@ -404,13 +409,13 @@ pub fn live_medium_disk(table: &[Mount]) -> Option<String> {
 }
 
 /// Where live systems mount their boot medium.
-pub const LIVE_MEDIUM_MOUNTS: &[&str] =
+pub(crate) const LIVE_MEDIUM_MOUNTS: &[&str] =
     &["/run/live/medium", "/lib/live/mount/medium", "/live/image"];
 
 /// Judges whether partitions of a disk may be written: a read-only mount of the live
 /// medium is expected on the stick; anything else mounted, or a mount at a system path
 /// (the host's own installed disk), is refused with the reason.
-pub fn check_disk_not_in_use(disk: &Path, mounts: &[&Mount]) -> Result<()> {
+pub(crate) fn check_disk_not_in_use(disk: &Path, mounts: &[&Mount]) -> Result<()> {
     for m in mounts {
         let point = m.mount_point.to_string_lossy();
         let live_medium = LIVE_MEDIUM_MOUNTS
@@ -428,7 +433,7 @@ pub fn check_disk_not_in_use(disk: &Path, mounts: &[&Mount]) -> Result<()> {
         } else {
             format!("{} is mounted at {point}", m.source)
         };
-        return Err(Error::Busy(format!(
+        return Err(Error::InUse(format!(
             "{} is in use: {why}; nothing was changed",
             disk.display()
         )));

@@ -9,12 +9,12 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use super::{Error, Result};
 
 /// Whether a kernel module exists for the running kernel, by `modules.builtin` and
 /// `modules.dep` in `/lib/modules/$(uname -r)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Module {
+pub(crate) enum Module {
     /// Compiled into the kernel.
     BuiltIn,
     /// A module file the kernel loads on demand: opening `/dev/mapper/control` loads
@@ -27,7 +27,7 @@ pub enum Module {
 /// What is known of this kernel's device-mapper. Gathered by [`DmFacts::read`]; judged by
 /// [`missing`], which is pure.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DmFacts {
+pub(crate) struct DmFacts {
     /// `/proc/misc` lists `device-mapper`: the driver is loaded (or built in).
     pub dm_loaded: bool,
     /// The target types the loaded driver has (`DM_LIST_VERSIONS`); `None` when it is not
@@ -39,7 +39,7 @@ pub struct DmFacts {
 
 /// What the kernel lacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Missing {
+pub(crate) enum Missing {
     DeviceMapper,
     DmCrypt,
 }
@@ -50,7 +50,7 @@ pub enum Missing {
 ///
 /// `/dev/mapper/control` is deliberately not a fact: libdevmapper creates the node when it
 /// is missing, and a node can exist without a driver behind it (a container's /dev).
-pub fn missing(facts: &DmFacts) -> Option<Missing> {
+pub(crate) fn missing(facts: &DmFacts) -> Option<Missing> {
     if !facts.dm_loaded && facts.dm_mod == Module::Absent {
         return Some(Missing::DeviceMapper);
     }
@@ -71,12 +71,12 @@ pub fn missing(facts: &DmFacts) -> Option<Missing> {
 }
 
 /// The refusal for `doing` ("unlocking a volume") on a kernel that lacks `what`.
-pub fn refusal(what: Missing, doing: &str, kernel: &str) -> Error {
+pub(crate) fn refusal(what: Missing, doing: &str, kernel: &str) -> Error {
     let lacks = match what {
         Missing::DeviceMapper => "device-mapper",
         Missing::DmCrypt => "dm-crypt (device-mapper's crypt target)",
     };
-    Error::UnsafeHost(format!(
+    Error::Unsafe(format!(
         "{doing} needs the kernel's device-mapper with dm-crypt, and this kernel ({kernel}) has no {lacks}: \
          it is not loaded and /lib/modules/{kernel} has no module for it; install the module and load it \
          (`modprobe dm_crypt`, as root), or run keepsake on the live system, whose kernel has it; \
@@ -85,7 +85,7 @@ pub fn refusal(what: Missing, doing: &str, kernel: &str) -> Error {
 }
 
 /// Refuses, before anything else happens, when this kernel cannot open a dm-crypt mapping.
-pub fn require_dm_crypt(doing: &str) -> Result<()> {
+pub(crate) fn require_dm_crypt(doing: &str) -> Result<()> {
     let facts = DmFacts::read();
     match missing(&facts) {
         None => Ok(()),
@@ -102,7 +102,7 @@ fn kernel_release() -> String {
 impl DmFacts {
     /// Reads the running system's facts. Never loads a module: the control node is opened
     /// only when `/proc/misc` shows the driver loaded already.
-    pub fn read() -> DmFacts {
+    pub(crate) fn read() -> DmFacts {
         let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
         let dm_loaded = misc_lists_dm(&misc);
         let targets = if dm_loaded { list_targets().ok() } else { None };
@@ -119,14 +119,14 @@ impl DmFacts {
 }
 
 /// Whether `/proc/misc` (lines of "MINOR NAME") lists the device-mapper control device.
-pub fn misc_lists_dm(misc: &str) -> bool {
+pub(crate) fn misc_lists_dm(misc: &str) -> bool {
     misc.lines()
         .any(|l| l.split_whitespace().nth(1) == Some("device-mapper"))
 }
 
 /// Looks `name` (`dm_crypt`; dashes and underscores are the same to the kernel) up in the
 /// text of `modules.builtin` and `modules.dep`.
-pub fn module_state(name: &str, builtin: &str, dep: &str) -> Module {
+pub(crate) fn module_state(name: &str, builtin: &str, dep: &str) -> Module {
     let is_it = |path: &str| {
         let file = path.rsplit('/').next().unwrap_or(path);
         let stem = file.split(".ko").next().unwrap_or(file);
@@ -202,7 +202,7 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 /// Parses the answer to `DM_LIST_VERSIONS`: after the header, at `data_start`, a chain of
 /// `struct dm_target_versions { u32 next; u32 version[3]; char name[]; }`, each `next`
 /// the offset to the following one, 0 on the last. Anything out of bounds ends the list.
-pub fn parse_targets(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn parse_targets(bytes: &[u8]) -> Vec<String> {
     let mut names = Vec::new();
     let (Some(data_size), Some(start)) = (u32_at(bytes, 12), u32_at(bytes, 16)) else {
         return names;
@@ -361,7 +361,11 @@ mod tests {
 
     #[test]
     fn the_refusal_says_what_to_do_and_is_a_host_check() {
-        let e = refusal(Missing::DeviceMapper, "unlocking a volume", "6.1.0-test");
+        let e = crate::error::Error::from(refusal(
+            Missing::DeviceMapper,
+            "unlocking a volume",
+            "6.1.0-test",
+        ));
         assert_eq!(e.exit_code(), crate::error::ExitCode::UnsafeHost);
         let m = e.to_string();
         assert!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use crate::error::{Context, Error, Result};
+use super::{Context, Error, Result};
 use crate::safefs::Dir;
 
 /// One line of mountinfo.
@@ -28,14 +28,14 @@ pub struct Mount {
 }
 
 impl Mount {
-    pub fn has_option(&self, option: &str) -> bool {
+    pub(crate) fn has_option(&self, option: &str) -> bool {
         self.options.split(',').any(|o| o == option)
     }
 
     /// One of the filesystem's own options (`upperdir` of an overlay), unescaped. The
     /// kernel escapes commas, `=`, whitespace and backslashes in these values as octal, so splitting
     /// on the raw commas is safe.
-    pub fn super_option(&self, key: &str) -> Option<String> {
+    pub(crate) fn super_option(&self, key: &str) -> Option<String> {
         self.super_options.split(',').find_map(|o| {
             let (k, v) = o.split_once('=')?;
             (k == key).then(|| unescape(v))
@@ -44,7 +44,7 @@ impl Mount {
 
     /// The upper folder of an overlay mount, as a clean path (`//` and `/./` folded, as
     /// live-boot's paths may carry them).
-    pub fn overlay_upperdir(&self) -> Option<PathBuf> {
+    pub(crate) fn overlay_upperdir(&self) -> Option<PathBuf> {
         if self.fstype != "overlay" {
             return None;
         }
@@ -59,7 +59,12 @@ fn clean(path: &Path) -> PathBuf {
 /// Whether the union (overlay) feature `source` of the volume mounted at `mount_root` is
 /// active on `dest`: an overlay mounted there whose upper folder is `SOURCE/rw` in the
 /// volume, as live-boot and keepsake make it.
-pub fn union_is_active(table: &[Mount], mount_root: &Path, source: &Path, dest: &Path) -> bool {
+pub(crate) fn union_is_active(
+    table: &[Mount],
+    mount_root: &Path,
+    source: &Path,
+    dest: &Path,
+) -> bool {
     let upper = clean(&mount_root.join(source).join("rw"));
     table
         .iter()
@@ -68,7 +73,7 @@ pub fn union_is_active(table: &[Mount], mount_root: &Path, source: &Path, dest: 
 
 /// The overlay mounts whose upper folder lies in the volume mounted at `mount_root`: they
 /// hold the volume, so they go before its mount does.
-pub fn unions_of<'a>(table: &'a [Mount], mount_root: &Path) -> Vec<&'a Mount> {
+pub(crate) fn unions_of<'a>(table: &'a [Mount], mount_root: &Path) -> Vec<&'a Mount> {
     let root = clean(mount_root);
     table
         .iter()
@@ -79,14 +84,14 @@ pub fn unions_of<'a>(table: &'a [Mount], mount_root: &Path) -> Vec<&'a Mount> {
 /// The system's root, when it is an overlay whose upper folder lies in the volume mounted
 /// at `mount_root` (live-boot's `/ union`, full persistence): the running system writes
 /// there, so the volume cannot be taken away while it runs.
-pub fn root_union<'a>(table: &'a [Mount], mount_root: &Path) -> Option<&'a Mount> {
+pub(crate) fn root_union<'a>(table: &'a [Mount], mount_root: &Path) -> Option<&'a Mount> {
     mount_at(table, Path::new("/"))
         .filter(|m| unions_of(std::slice::from_ref(*m), mount_root).len() == 1)
 }
 
 /// Parses mountinfo text. Lines that do not parse are skipped: the kernel's format is
 /// stable, and a partial table is better than none for a tool that must still lock.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_line).collect()
 }
 
@@ -139,24 +144,19 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn read_mountinfo() -> Result<Vec<Mount>> {
+pub(crate) fn read_mountinfo() -> Result<Vec<Mount>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .context(|| "reading /proc/self/mountinfo".into())?;
     Ok(parse_mountinfo(&text))
 }
 
-/// The mounts of filesystems on `dev`, in the order they were mounted.
-pub fn mounts_of_device(table: &[Mount], dev: (u32, u32)) -> Vec<&Mount> {
-    table.iter().filter(|m| m.dev == dev).collect()
-}
-
 /// The mount whose mount point is exactly `path` (the topmost if several are stacked).
-pub fn mount_at<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+fn mount_at<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
     table.iter().rev().find(|m| m.mount_point == path)
 }
 
 /// Mounts an ext4 filesystem with the options every keepsake mount carries.
-pub fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
+pub(crate) fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
     // With POSIX ACLs, as Tails mounts it: the mount root's ACL lets the live user through.
     nix::mount::mount(
         Some(device),
@@ -169,7 +169,7 @@ pub fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
 }
 
 /// Mounts an ext4 filesystem read-only, without replaying its journal, for inspection.
-pub fn mount_ext4_read_only(device: &Path, target: &Path) -> Result<()> {
+pub(crate) fn mount_ext4_read_only(device: &Path, target: &Path) -> Result<()> {
     nix::mount::mount(
         Some(device),
         target,
@@ -189,7 +189,7 @@ pub fn mount_ext4_read_only(device: &Path, target: &Path) -> Result<()> {
 /// Bind-mounts the directory `source` on `target`, then makes the bind `nosuid,nodev` (a
 /// bind mount only takes new flags on a remount). Both are open directories, so that no
 /// symlink swapped in meanwhile can redirect the mount.
-pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
+pub(crate) fn bind(source: &Dir, target: &Dir) -> Result<()> {
     let shown = || {
         format!(
             "binding {} on {}",
@@ -205,7 +205,7 @@ pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
         None::<&str>,
     )
     .context(shown)?;
-    let result = target.reopen().and_then(|mounted| {
+    let result = target.reopen().map_err(Error::from).and_then(|mounted| {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         nix::mount::mount(
             None::<&str>,
@@ -225,7 +225,7 @@ pub fn bind(source: &Dir, target: &Dir) -> Result<()> {
 /// Bind-mounts one file of the volume over a file of the session (Tails' `file` option),
 /// both named by descriptors, then makes it nosuid,nodev. `target_dir`/`target_name` find
 /// the mounted file again for that remount.
-pub fn bind_file(
+pub(crate) fn bind_file(
     source: &OwnedFd,
     target: &OwnedFd,
     target_dir: &Dir,
@@ -268,11 +268,11 @@ pub fn bind_file(
 /// lower layer, `upper` and `work` (folders of the volume, by path: overlayfs takes no
 /// descriptors on this kernel, so the caller makes sure nobody but root can change any
 /// folder on those paths) hold the changes.
-pub fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
+pub(crate) fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
     for p in [upper, work] {
         let text = p.to_string_lossy();
         if text.contains([',', ':', '\\']) || text.chars().any(char::is_whitespace) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Unusable(format!(
                 "{} holds a comma, colon, backslash or blank, which overlayfs options cannot carry",
                 p.display()
             )));
@@ -300,21 +300,21 @@ pub fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
 /// point is opened with [`safefs::open_dir`] (no symlink anywhere), and the unmount names
 /// it through that descriptor: `/proc/self/fd/N/NAME`. (Not the mount point's own
 /// descriptor: holding it would keep the mount busy.)
-pub fn unmount(target: &Path) -> Result<()> {
+pub(crate) fn unmount(target: &Path) -> Result<()> {
     let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "{} is not a mount point keepsake unmounts",
             target.display()
         )));
     };
     let (parent, _) = crate::safefs::open_dir(parent, None).map_err(|e| match e {
-        Error::Usage(why) => Error::Busy(format!(
+        crate::safefs::Error::Symlink(why) => Error::InUse(format!(
             "{}: {why}; it was changed by someone else, so it is not unmounted",
             target.display()
         )),
-        e => e,
+        e => e.into(),
     })?;
-    parent.unmount_child(target)
+    Ok(parent.unmount_child(target)?)
 }
 
 #[cfg(test)]
@@ -347,9 +347,8 @@ garbage line
     }
 
     #[test]
-    fn finds_mounts_by_device_and_point() {
+    fn finds_mounts_by_point() {
         let t = parse_mountinfo(SAMPLE);
-        assert_eq!(mounts_of_device(&t, (254, 0)).len(), 3);
         assert_eq!(
             mount_at(&t, Path::new("/home/amnesia/Persistent")).map(|m| m.id),
             Some(41)
@@ -448,7 +447,7 @@ garbage line
         std::fs::rename(tmp.join("home/a"), tmp.join("home/a-moved")).unwrap();
         std::os::unix::fs::symlink(tmp.join("system"), tmp.join("home/a")).unwrap();
         let err = unmount(&tmp.join("home/a/proc")).unwrap_err();
-        assert!(matches!(err, Error::Busy(_)), "{err}");
+        assert!(matches!(err, Error::InUse(_)), "{err}");
         assert!(
             is_mount_point(&tmp.join("system/proc")),
             "the system's mount stays"

@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use super::{Error, Result};
 use crate::host::mounts::{self, Mount};
 
 /// Which failed checks the user has explicitly accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub unencrypted_swap: bool,
     pub core_dump_handler: bool,
     pub disk_backed_tmp: bool,
@@ -19,7 +19,7 @@ pub struct Overrides {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Ok,
     /// Worth knowing; never refuses.
     Warn,
@@ -30,7 +30,7 @@ pub enum Verdict {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub check: &'static str,
     pub verdict: Verdict,
     pub message: String,
@@ -41,13 +41,13 @@ pub struct Finding {
 
 /// What is known about one active swap area.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SwapArea {
+pub(crate) struct SwapArea {
     pub path: PathBuf,
     pub backing: SwapBacking,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SwapBacking {
+pub(crate) enum SwapBacking {
     /// On a dm-crypt mapping (directly, or a swap file on a filesystem on one).
     DmCrypt,
     /// zram with no backing device: compressed RAM, never written to a disk.
@@ -59,7 +59,7 @@ pub enum SwapBacking {
 }
 
 /// Parses /proc/swaps into the paths of active swap areas.
-pub fn parse_swaps(text: &str) -> Vec<PathBuf> {
+pub(crate) fn parse_swaps(text: &str) -> Vec<PathBuf> {
     text.lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
@@ -67,7 +67,7 @@ pub fn parse_swaps(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-pub fn check_swap(areas: &[SwapArea], overrides: &Overrides) -> Finding {
+pub(crate) fn check_swap(areas: &[SwapArea], overrides: &Overrides) -> Finding {
     let unsafe_areas: Vec<String> = areas
         .iter()
         .filter_map(|a| match &a.backing {
@@ -110,7 +110,7 @@ pub fn check_swap(areas: &[SwapArea], overrides: &Overrides) -> Finding {
 /// dumps before reading a secret), but programs that use the persisted data (tor with its
 /// onion keys, gpg-agent) may: a handler that stores their dumps on a disk would leak it.
 /// `dump_dir_fs` gives the filesystem type holding a path, when known.
-pub fn check_core_pattern(
+pub(crate) fn check_core_pattern(
     pattern: &str,
     dump_dir_fs: &dyn Fn(&Path) -> Option<String>,
     overrides: &Overrides,
@@ -171,12 +171,12 @@ pub fn check_core_pattern(
     }
 }
 
-pub fn is_ram_fs(fstype: &str) -> bool {
+pub(crate) fn is_ram_fs(fstype: &str) -> bool {
     matches!(fstype, "tmpfs" | "ramfs" | "rootfs")
 }
 
 /// The mount holding `path`: the longest mount point that is a prefix of it.
-pub fn mount_holding<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+pub(crate) fn mount_holding<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
     table
         .iter()
         .filter(|m| path.starts_with(&m.mount_point))
@@ -185,7 +185,7 @@ pub fn mount_holding<'a>(table: &'a [Mount], path: &Path) -> Option<&'a Mount> {
 
 /// Whether what is written under `path` stays in RAM: a tmpfs or ramfs, or an overlay
 /// (the root of a live system) whose writable layer is on one.
-pub fn stays_in_ram(table: &[Mount], path: &Path) -> bool {
+pub(crate) fn stays_in_ram(table: &[Mount], path: &Path) -> bool {
     let Some(m) = mount_holding(table, path) else {
         return false;
     };
@@ -204,7 +204,11 @@ pub fn stays_in_ram(table: &[Mount], path: &Path) -> bool {
     false
 }
 
-pub fn check_ram_folders(table: &[Mount], folders: &[&Path], overrides: &Overrides) -> Finding {
+pub(crate) fn check_ram_folders(
+    table: &[Mount],
+    folders: &[&Path],
+    overrides: &Overrides,
+) -> Finding {
     let on_disk: Vec<String> = folders
         .iter()
         .filter(|p| !stays_in_ram(table, p))
@@ -235,7 +239,7 @@ pub fn check_ram_folders(table: &[Mount], folders: &[&Path], overrides: &Overrid
 
 /// Disk filesystems mounted read-write: not refused (the user may mean it), but said. The
 /// filesystem holding the volume's container file (the stick) is expected and not listed.
-pub fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Finding {
+pub(crate) fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Finding {
     let disk_fs = [
         "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "ntfs", "ntfs3", "f2fs", "fuseblk",
     ];
@@ -273,9 +277,13 @@ pub fn check_host_disks(table: &[Mount], exclude_dev: Option<(u32, u32)>) -> Fin
 /// before any passphrase is read. `doing` starts the message ("unlocking /dev/sdb2"). An
 /// unknown availability lets the derivation through: each format's own hard caps still
 /// bound it.
-pub fn require_kdf_memory(doing: &str, need_kib: u64, available_kib: Option<u64>) -> Result<()> {
+pub(crate) fn require_kdf_memory(
+    doing: &str,
+    need_kib: u64,
+    available_kib: Option<u64>,
+) -> Result<()> {
     match available_kib {
-        Some(available) if need_kib > available => Err(Error::UnsafeHost(format!(
+        Some(available) if need_kib > available => Err(Error::Unsafe(format!(
             "{doing} needs {} MiB of memory for its key derivation and this machine has {} MiB available; free some memory or use a bigger machine (nothing was changed)",
             need_kib.div_ceil(1024),
             available / 1024
@@ -286,7 +294,7 @@ pub fn require_kdf_memory(doing: &str, need_kib: u64, available_kib: Option<u64>
 
 /// Runs every check against the running system. `volume_file` is the container file about
 /// to be used, if any.
-pub fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Finding>> {
+pub(crate) fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Finding>> {
     let table = mounts::read_mountinfo()?;
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
     let areas: Vec<SwapArea> = parse_swaps(&swaps)
@@ -315,7 +323,7 @@ pub fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Find
 }
 
 /// Turns unsafe findings into the error that refuses the command; warnings are returned.
-pub fn enforce(findings: &[Finding]) -> Result<Vec<String>> {
+pub(crate) fn enforce(findings: &[Finding]) -> Result<Vec<String>> {
     let refusals: Vec<String> = findings
         .iter()
         .filter(|f| f.verdict == Verdict::Unsafe)
@@ -328,7 +336,7 @@ pub fn enforce(findings: &[Finding]) -> Result<Vec<String>> {
         })
         .collect();
     if !refusals.is_empty() {
-        return Err(Error::UnsafeHost(format!(
+        return Err(Error::Unsafe(format!(
             "refusing to handle secrets on this host: {}",
             refusals.join("; ")
         )));
@@ -522,7 +530,9 @@ mod tests {
             require_kdf_memory("unlocking v", 4 * GIB, None).is_ok(),
             "unknown availability: left to the format's hard caps"
         );
-        let err = require_kdf_memory("unlocking v", GIB, Some(700 * 1024)).unwrap_err();
+        let err = crate::error::Error::from(
+            require_kdf_memory("unlocking v", GIB, Some(700 * 1024)).unwrap_err(),
+        );
         assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
         assert_eq!(
             err.to_string(),
@@ -547,7 +557,7 @@ mod tests {
             }],
             &NONE,
         );
-        let err = enforce(&[warn, bad]).unwrap_err();
+        let err = crate::error::Error::from(enforce(&[warn, bad]).unwrap_err());
         assert_eq!(err.exit_code(), crate::error::ExitCode::UnsafeHost);
         assert!(err.to_string().contains("--allow-unencrypted-swap"));
     }

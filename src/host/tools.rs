@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::error::IoError;
-use crate::error::{Error, Result};
+use super::{Error, Result};
+use crate::context::IoError;
 
 /// The only folders helpers are run from. `/usr/local/*` is left out on purpose: on a
 /// live system a feature may be bound there, and a helper run as root must not come from
@@ -15,7 +15,7 @@ const SEARCH_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Finds a program in the trusted system folders: a regular file that only root can
 /// change, in a folder that only root can change.
-pub fn find(program: &str) -> Option<PathBuf> {
+pub(crate) fn find(program: &str) -> Option<PathBuf> {
     TRUSTED_DIRS
         .iter()
         .map(|d| Path::new(d).join(program))
@@ -32,7 +32,7 @@ fn only_root_can_change(path: &Path) -> bool {
 
 /// Runs `program` with `args`, its output captured, its environment reduced to PATH and a
 /// C locale so its messages are predictable.
-pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
+pub(crate) fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
     let path = find(program).ok_or_else(|| {
         Error::NotFound(format!(
             "{program} not found; install the {package} package"
@@ -49,7 +49,12 @@ pub fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
 }
 
 /// Like [`run`], with `input` on the program's standard input (never a secret).
-pub fn run_with_input(program: &str, args: &[&str], input: &str, package: &str) -> Result<Output> {
+pub(crate) fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: &str,
+    package: &str,
+) -> Result<Output> {
     use std::io::Write;
     let path = find(program).ok_or_else(|| {
         Error::NotFound(format!(
@@ -77,7 +82,7 @@ pub fn run_with_input(program: &str, args: &[&str], input: &str, package: &str) 
 }
 
 /// The first non-empty line a tool printed, for one-line error messages.
-pub fn first_line(output: &Output) -> String {
+pub(crate) fn first_line(output: &Output) -> String {
     let text = [&output.stderr[..], &output.stdout[..]].concat();
     String::from_utf8_lossy(&text)
         .lines()
@@ -88,11 +93,11 @@ pub fn first_line(output: &Output) -> String {
 }
 
 /// Makes an ext4 filesystem labelled `label` on `device`.
-pub fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
+pub(crate) fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
     let dev = device.to_string_lossy();
     let out = run("mkfs.ext4", &["-q", "-F", "-L", label, &dev], "e2fsprogs")?;
     if !out.status.success() {
-        return Err(Error::Internal(format!(
+        return Err(Error::Failed(format!(
             "mkfs.ext4 on {dev} failed: {}",
             first_line(&out)
         )));
@@ -103,7 +108,7 @@ pub fn mkfs_ext4(device: &Path, label: &str) -> Result<()> {
 /// What a filesystem check found.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum FsckResult {
+pub(crate) enum FsckResult {
     /// The superblock says the filesystem was cleanly unmounted and has no errors, so
     /// e2fsck was not run.
     NotNeeded,
@@ -117,29 +122,63 @@ const EXT4_MAGIC: u16 = 0xEF53;
 const STATE_ERRORS: u16 = 0x0002;
 const INCOMPAT_RECOVER: u32 = 0x0004;
 
-/// Whether an ext4 superblock asks for a check before mounting: it is not ext4, it is
-/// marked with errors, or its journal needs recovery (it was not unmounted cleanly: pulled
-/// out, power cut). A clean filesystem is mounted without starting e2fsck, as the
-/// kernel's own checks suffice; this saves a process start on every unlock.
-pub fn superblock_needs_check(sb: &[u8]) -> bool {
-    let u16_at = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
-    if sb.len() < 0x64 || u16_at(0x38) != EXT4_MAGIC {
-        return true;
+/// What an ext4 superblock says about how its filesystem was left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SuperblockState {
+    /// The bytes are an ext4 superblock (its magic number is there).
+    pub ext4: bool,
+    /// The kernel found errors and marked them in the superblock.
+    pub errors: bool,
+    /// The journal needs recovery (`needs_recovery`): it was not unmounted cleanly
+    /// (pulled out, power cut), and the journal has not been replayed yet.
+    pub needs_recovery: bool,
+}
+
+impl SuperblockState {
+    /// Reads the state from a superblock's bytes (from its start, at least 0x64 bytes).
+    pub(crate) fn parse(sb: &[u8]) -> SuperblockState {
+        if sb.len() < 0x64 || u16::from_le_bytes([sb[0x38], sb[0x39]]) != EXT4_MAGIC {
+            return SuperblockState {
+                ext4: false,
+                errors: false,
+                needs_recovery: false,
+            };
+        }
+        let state = u16::from_le_bytes([sb[0x3A], sb[0x3B]]);
+        let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);
+        SuperblockState {
+            ext4: true,
+            errors: state & STATE_ERRORS != 0,
+            needs_recovery: incompat & INCOMPAT_RECOVER != 0,
+        }
     }
-    let incompat = u32::from_le_bytes([sb[0x60], sb[0x61], sb[0x62], sb[0x63]]);
-    u16_at(0x3A) & STATE_ERRORS != 0 || incompat & INCOMPAT_RECOVER != 0
+
+    /// Reads the superblock of the filesystem on `device` (an opened mapping).
+    pub(crate) fn read(device: &Path) -> std::result::Result<SuperblockState, IoError> {
+        use std::os::unix::fs::FileExt;
+        let mut sb = [0u8; 1024];
+        std::fs::File::open(device)
+            .and_then(|f| f.read_exact_at(&mut sb, SUPERBLOCK_OFFSET))
+            .map_err(|e| {
+                IoError::new(format!("reading the superblock of {}", device.display()), e)
+            })?;
+        Ok(SuperblockState::parse(&sb))
+    }
+
+    /// Whether the filesystem asks for a check before mounting: it is not ext4, it is
+    /// marked with errors, or its journal needs recovery. A clean filesystem is mounted
+    /// without starting e2fsck, as the kernel's own checks suffice; this saves a process
+    /// start on every unlock.
+    pub(crate) fn needs_check(self) -> bool {
+        !self.ext4 || self.errors || self.needs_recovery
+    }
 }
 
 /// Checks `device` with `e2fsck -p` (repairs only what is safe without a person), as a
 /// boot does, unless its superblock says it is clean. Errors e2fsck cannot fix alone are
 /// reported as corruption.
-pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
-    use std::os::unix::fs::FileExt;
-    let mut sb = [0u8; 1024];
-    let read = std::fs::File::open(device)
-        .and_then(|f| f.read_exact_at(&mut sb, SUPERBLOCK_OFFSET))
-        .is_ok();
-    if read && !superblock_needs_check(&sb) {
+pub(crate) fn fsck_preen(device: &Path) -> Result<FsckResult> {
+    if SuperblockState::read(device).is_ok_and(|state| !state.needs_check()) {
         return Ok(FsckResult::NotNeeded);
     }
     let dev = device.to_string_lossy();
@@ -149,7 +188,7 @@ pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
     match out.status.code() {
         Some(0) => Ok(FsckResult::Clean),
         Some(1) | Some(2) => Ok(FsckResult::Repaired),
-        code => Err(Error::Corrupt(format!(
+        code => Err(Error::Damaged(format!(
             "the filesystem on {dev} has errors e2fsck -p cannot fix (status {}): {}",
             code.map_or("signal".to_string(), |c| c.to_string()),
             first_line(&out)
@@ -159,14 +198,14 @@ pub fn fsck_preen(device: &Path) -> Result<FsckResult> {
 
 /// What a full e2fsck run (`-f`) found: its exit status and its last lines.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct FsckReport {
+pub(crate) struct FsckReport {
     pub status: i32,
     pub clean: bool,
     pub summary: String,
 }
 
 /// `e2fsck -fn` (only look) or `e2fsck -fy` (repair everything it can).
-pub fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
+pub(crate) fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
     let dev = device.to_string_lossy();
     let out = run(
         "e2fsck",
@@ -193,12 +232,27 @@ pub fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
 mod tests {
     use super::*;
 
+    fn superblock_needs_check(sb: &[u8]) -> bool {
+        SuperblockState::parse(sb).needs_check()
+    }
+
     fn superblock(state: u16, incompat: u32) -> Vec<u8> {
         let mut sb = vec![0u8; 1024];
         sb[0x38..0x3A].copy_from_slice(&EXT4_MAGIC.to_le_bytes());
         sb[0x3A..0x3C].copy_from_slice(&state.to_le_bytes());
         sb[0x60..0x64].copy_from_slice(&incompat.to_le_bytes());
         sb
+    }
+
+    #[test]
+    fn an_unclean_shutdown_is_told_apart_from_errors() {
+        // What check decides by: the journal to replay alone is not damage.
+        let unclean = SuperblockState::parse(&superblock(0x0001, 0x0040 | INCOMPAT_RECOVER));
+        assert!(unclean.ext4 && unclean.needs_recovery && !unclean.errors);
+        let damaged = SuperblockState::parse(&superblock(0x0001 | STATE_ERRORS, 0x0040));
+        assert!(damaged.ext4 && damaged.errors && !damaged.needs_recovery);
+        let clean = SuperblockState::parse(&superblock(0x0001, 0x0040 | 0x0080));
+        assert!(clean.ext4 && !clean.errors && !clean.needs_recovery);
     }
 
     #[test]

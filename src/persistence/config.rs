@@ -68,7 +68,7 @@ pub enum Method {
 
 impl Method {
     /// Whether this method mounts something at the destination (all but `link`).
-    pub fn mounts(self) -> bool {
+    pub(crate) fn mounts(self) -> bool {
         self != Method::Link
     }
 
@@ -100,12 +100,12 @@ pub struct Entry {
 }
 
 /// The source that stands for the volume's root (live-boot's `source=.`).
-pub const VOLUME_ROOT: &str = ".";
+pub(crate) const VOLUME_ROOT: &str = ".";
 
 impl Entry {
     /// The line as its reader's own tools write it: tab-separated, `source=` always
     /// explicit; Tails quotes a destination the way `shlex.quote` does.
-    pub fn render(&self, dialect: Dialect) -> String {
+    pub(crate) fn render(&self, dialect: Dialect) -> String {
         let mut options = format!("source={}", self.source.display());
         if let Some(opt) = self.method.option() {
             options.push(',');
@@ -117,16 +117,11 @@ impl Entry {
             Dialect::LiveBoot => format!("{dest}\t{options}"),
         }
     }
-
-    /// Whether the source is the volume's root.
-    pub fn source_is_volume_root(&self) -> bool {
-        self.source == Path::new(VOLUME_ROOT)
-    }
 }
 
 /// Quotes a word as Python's `shlex.quote` does: left bare when it holds only safe
 /// characters, else in single quotes (a `'` inside as `'"'"'`).
-pub fn shell_quote(word: &str) -> String {
+pub(crate) fn shell_quote(word: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c);
     if !word.is_empty() && word.chars().all(safe) {
         return word.to_string();
@@ -170,14 +165,14 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    pub fn new(dialect: Dialect) -> ConfigFile {
+    pub(crate) fn new(dialect: Dialect) -> ConfigFile {
         ConfigFile {
             dialect,
             lines: Vec::new(),
         }
     }
 
-    pub fn parse(text: &str, dialect: Dialect) -> ConfigFile {
+    pub(crate) fn parse(text: &str, dialect: Dialect) -> ConfigFile {
         let mut lines = Vec::new();
         let mut seen_dest: HashSet<PathBuf> = HashSet::new();
         for (i, raw) in text.lines().enumerate() {
@@ -224,27 +219,27 @@ impl ConfigFile {
         ConfigFile { dialect, lines }
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.lines.iter().filter_map(|l| match l {
             Line::Entry { entry, .. } => Some(entry),
             _ => None,
         })
     }
 
-    pub fn errors(&self) -> impl Iterator<Item = &LineError> {
+    pub(crate) fn errors(&self) -> impl Iterator<Item = &LineError> {
         self.lines.iter().filter_map(|l| match l {
             Line::Invalid { error, .. } => Some(error),
             _ => None,
         })
     }
 
-    pub fn find_source(&self, source: &Path) -> Option<&Entry> {
+    pub(crate) fn find_source(&self, source: &Path) -> Option<&Entry> {
         self.entries().find(|e| e.source == source)
     }
 
     /// Appends an entry; refuses one its reader would not accept back, or one that would
     /// make the file one live-boot stops the boot on (a source in another's).
-    pub fn add(&mut self, entry: Entry) -> Result<(), String> {
+    pub(crate) fn add(&mut self, entry: Entry) -> Result<(), String> {
         if !entry.method.allowed_in(self.dialect) {
             return Err(format!(
                 "{} does not know the option {}",
@@ -272,7 +267,7 @@ impl ConfigFile {
 
     /// Why adding `entry` would give two features the same or nested sources, if it would
     /// (the new line may be the inner or the outer one).
-    pub fn nesting_with(&self, entry: &Entry) -> Option<String> {
+    pub(crate) fn nesting_with(&self, entry: &Entry) -> Option<String> {
         self.nesting_added(&self.with_line(entry))
     }
 
@@ -297,7 +292,7 @@ impl ConfigFile {
     }
 
     /// Removes the entry with this source; returns whether there was one.
-    pub fn remove_source(&mut self, source: &Path) -> bool {
+    pub(crate) fn remove_source(&mut self, source: &Path) -> bool {
         let before = self.lines.len();
         self.lines
             .retain(|l| !matches!(l, Line::Entry { entry, .. } if entry.source == source));
@@ -305,7 +300,7 @@ impl ConfigFile {
     }
 
     /// Removes the lines of exactly this entry; returns whether there was one.
-    pub fn remove_entry(&mut self, entry: &Entry) -> bool {
+    pub(crate) fn remove_entry(&mut self, entry: &Entry) -> bool {
         let before = self.lines.len();
         self.lines
             .retain(|l| !matches!(l, Line::Entry { entry: e, .. } if e == entry));
@@ -315,7 +310,7 @@ impl ConfigFile {
     /// The same file without its invalid lines, and those lines' text (for `repair`,
     /// which sets them aside instead of deleting them). A line the reader accepts is
     /// never among them.
-    pub fn without_invalid(&self) -> (ConfigFile, Vec<String>) {
+    pub(crate) fn without_invalid(&self) -> (ConfigFile, Vec<String>) {
         let mut kept = ConfigFile::new(self.dialect);
         let mut invalid = Vec::new();
         for line in &self.lines {
@@ -327,7 +322,7 @@ impl ConfigFile {
         (kept, invalid)
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for line in &self.lines {
             let text = match line {
@@ -343,7 +338,7 @@ impl ConfigFile {
     /// another's, with why. live-boot stops the boot on such a file ("Two persistence
     /// mounts have the same or nested sources"), and the owner of the outer folder could
     /// change the inner one: keepsake activates none of them and writes none.
-    pub fn nested_sources(&self) -> Vec<(Entry, String)> {
+    pub(crate) fn nested_sources(&self) -> Vec<(Entry, String)> {
         let entries: Vec<&Entry> = self.entries().collect();
         let within = |inner: &Path, outer: &Path| {
             outer == Path::new(VOLUME_ROOT) || inner.starts_with(outer)
@@ -382,7 +377,7 @@ impl ConfigFile {
 /// Why keepsake will not activate an entry in a running session although its reader
 /// accepts it, if it will not: the line takes effect at boot only (`/ union`, binds over
 /// whole system folders, pseudo-filesystems). Such lines stay in the file untouched.
-pub fn boot_only(entry: &Entry) -> Option<String> {
+pub(crate) fn boot_only(entry: &Entry) -> Option<String> {
     let dest = &entry.destination;
     if dest == Path::new("/") {
         return Some(
@@ -487,7 +482,7 @@ fn check_tails_destination(dest: &str) -> Result<PathBuf, String> {
 /// Splits a line as Python's `shlex.split(line, comments=True)` does (POSIX mode):
 /// blanks separate words, `#` outside quotes ends the line, `'…'` is literal, `"…"` keeps
 /// `\` only before `"` and `\`, and a bare `\` escapes the next character.
-pub fn shell_split(line: &str) -> Result<Vec<String>, String> {
+pub(crate) fn shell_split(line: &str) -> Result<Vec<String>, String> {
     #[derive(PartialEq)]
     enum State {
         Blank,

@@ -4,16 +4,30 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::persistence::config::{Entry, Method};
+use crate::persistence::config::{ConfigFile, Entry, Method};
+use crate::persistence::layout::LayoutProfile;
 use crate::safefs::{AclEntry, Owner};
+
+/// What the catalogue cannot do on this system, named by what happened (the exit code
+/// each gets is chosen in `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A user or system account a feature's owner is resolved from does not exist.
+    #[error("{0}")]
+    NoAccount(String),
+    /// The catalogue's own features do not fit together in one config: a bug in the
+    /// catalogue, not in anything the user did.
+    #[error("{0}")]
+    Catalogue(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Who owns a feature's folders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Who {
+pub(crate) enum Who {
     /// The live session's user (amnesia on Tails, user on Debian live).
     LiveUser,
-    Root,
     /// A system account, resolved by name on the running system (never a hard-coded id).
     System(&'static str),
     /// Whoever owns the destination on this live system, with its mode (as Tails does for
@@ -24,7 +38,7 @@ pub enum Who {
 
 /// Where a binding appears in the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dest {
+pub(crate) enum Dest {
     /// Relative to the live user's home folder ("" is the home folder itself).
     Home(&'static str),
     Absolute(&'static str),
@@ -32,7 +46,7 @@ pub enum Dest {
 
 /// One folder of a feature: a `persistence.conf` line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Binding {
+pub(crate) struct Binding {
     pub source: &'static str,
     pub destination: Dest,
     pub method: Method,
@@ -50,7 +64,7 @@ pub enum Service {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Feature {
+pub(crate) struct Feature {
     pub name: &'static str,
     pub title: &'static str,
     pub bindings: &'static [Binding],
@@ -63,7 +77,7 @@ pub struct Feature {
 
 /// Whether a feature is enabled on a new volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnNewVolume {
+pub(crate) enum OnNewVolume {
     No,
     Always,
     /// In the Tails layout only, as Tails does (Additional Software).
@@ -107,7 +121,7 @@ const fn feature(name: &'static str, title: &'static str, bindings: &'static [Bi
 /// `features.py`), Dotfiles last so that its links land in the folders bound before it.
 /// Source names and destinations are Tails' own, so an existing Tails volume works
 /// unchanged; custom features come after all of these.
-pub static CATALOGUE: &[Feature] = &[
+pub(crate) static CATALOGUE: &[Feature] = &[
     Feature {
         default: OnNewVolume::Always,
         ..feature(
@@ -216,12 +230,15 @@ pub static CATALOGUE: &[Feature] = &[
 ];
 
 impl Feature {
-    pub fn by_name(name: &str) -> Option<&'static Feature> {
+    pub(crate) fn by_name(name: &str) -> Option<&'static Feature> {
         CATALOGUE.iter().find(|f| f.name == name)
     }
 
     /// Whether a new volume of this layout has it enabled.
-    pub fn enabled_on_new(&self, profile: crate::persistence::layout::LayoutProfile) -> bool {
+    pub(crate) fn enabled_on_new(
+        &self,
+        profile: crate::persistence::layout::LayoutProfile,
+    ) -> bool {
         match self.default {
             OnNewVolume::No => false,
             OnNewVolume::Always => true,
@@ -231,14 +248,14 @@ impl Feature {
 
     /// Where a feature's line goes in activation order: built-ins in catalogue order, then
     /// custom features (in the order of their lines).
-    pub fn rank(source: &Path) -> usize {
+    pub(crate) fn rank(source: &Path) -> usize {
         CATALOGUE
             .iter()
             .position(|f| f.bindings.iter().any(|b| Path::new(b.source) == source))
             .unwrap_or(CATALOGUE.len())
     }
 
-    pub fn by_source(source: &Path) -> Option<(&'static Feature, &'static Binding)> {
+    pub(crate) fn by_source(source: &Path) -> Option<(&'static Feature, &'static Binding)> {
         CATALOGUE.iter().find_map(|f| {
             f.bindings
                 .iter()
@@ -259,17 +276,17 @@ pub struct LiveUser {
 
 impl LiveUser {
     /// The named user, or else the first regular user (uid 1000) as live systems create it.
-    pub fn find(name: Option<&str>) -> Result<LiveUser> {
+    pub(crate) fn find(name: Option<&str>) -> Result<LiveUser> {
         let user = match name {
             Some(n) => nix::unistd::User::from_name(n)
                 .ok()
                 .flatten()
-                .ok_or_else(|| Error::NotFound(format!("no user named {n} on this system")))?,
+                .ok_or_else(|| Error::NoAccount(format!("no user named {n} on this system")))?,
             None => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(1000))
                 .ok()
                 .flatten()
                 .ok_or_else(|| {
-                    Error::NotFound(
+                    Error::NoAccount(
                         "no live user (uid 1000) on this system; name one with --live-user".into(),
                     )
                 })?,
@@ -294,12 +311,12 @@ pub trait Host {
 }
 
 /// The running system: its user database and its folders.
-pub struct SystemHost {
+pub(crate) struct SystemHost {
     pub live_user: Result<LiveUser, String>,
 }
 
 impl SystemHost {
-    pub fn new(live_user_name: Option<&str>) -> SystemHost {
+    pub(crate) fn new(live_user_name: Option<&str>) -> SystemHost {
         SystemHost {
             live_user: LiveUser::find(live_user_name).map_err(|e| e.to_string()),
         }
@@ -310,14 +327,14 @@ impl Host for SystemHost {
     fn live_user(&self) -> Result<&LiveUser> {
         self.live_user
             .as_ref()
-            .map_err(|e| Error::NotFound(e.clone()))
+            .map_err(|e| Error::NoAccount(e.clone()))
     }
 
     fn system_account(&self, name: &str) -> Result<(u32, u32)> {
         let user = nix::unistd::User::from_name(name)
             .ok()
             .flatten()
-            .ok_or_else(|| Error::NotFound(format!("no system account named {name}")))?;
+            .ok_or_else(|| Error::NoAccount(format!("no system account named {name}")))?;
         Ok((user.uid.as_raw(), user.gid.as_raw()))
     }
 
@@ -342,9 +359,8 @@ impl Host for SystemHost {
 }
 
 impl Binding {
-    pub fn owner(&self, host: &dyn Host) -> Result<Owner> {
+    pub(crate) fn owner(&self, host: &dyn Host) -> Result<Owner> {
         let (uid, gid) = match self.owner {
-            Who::Root => (0, 0),
             Who::LiveUser => {
                 let u = host.live_user()?;
                 (u.uid, u.gid)
@@ -366,7 +382,7 @@ impl Binding {
         })
     }
 
-    pub fn entry(&self, host: &dyn Host) -> Result<Entry> {
+    pub(crate) fn entry(&self, host: &dyn Host) -> Result<Entry> {
         let destination = match self.destination {
             Dest::Absolute(p) => PathBuf::from(p),
             Dest::Home("") => host.live_user()?.home.clone(),
@@ -378,6 +394,18 @@ impl Binding {
             method: self.method,
         })
     }
+}
+
+/// The config of a new volume of this layout: the features enabled on a new volume
+/// (Tails enables its Persistent folder and Additional Software).
+pub(crate) fn default_config(host: &dyn Host, profile: LayoutProfile) -> Result<ConfigFile> {
+    let mut config = ConfigFile::new(profile.into());
+    for feature in CATALOGUE.iter().filter(|f| f.enabled_on_new(profile)) {
+        for binding in feature.bindings {
+            config.add(binding.entry(host)?).map_err(Error::Catalogue)?;
+        }
+    }
+    Ok(config)
 }
 
 /// A `persistence.conf` entry with the feature it belongs to and the owner its folders get.
@@ -409,7 +437,11 @@ pub struct SourceGuard {
 impl SourceGuard {
     /// The guard for `entry`, whose source gets `owner`; `None` inside the live user's
     /// home (where the user could place the same files anyway).
-    pub fn for_entry(entry: &Entry, owner: Owner, host: &dyn Host) -> Result<Option<SourceGuard>> {
+    pub(crate) fn for_entry(
+        entry: &Entry,
+        owner: Owner,
+        host: &dyn Host,
+    ) -> Result<Option<SourceGuard>> {
         let Ok(user) = host.live_user() else {
             // No live user known: nobody's folders but root's pass as safe.
             return Ok(Some(SourceGuard {
@@ -435,7 +467,7 @@ impl SourceGuard {
     /// Whether the live user may write a folder with this owner, mode and access ACL (an
     /// ACL entry naming the live user or one of its groups with write permission, as far
     /// as the ACL's mask lets it through).
-    pub fn writable_by_live_user(&self, folder: Owner, acl: &[AclEntry]) -> bool {
+    pub(crate) fn writable_by_live_user(&self, folder: Owner, acl: &[AclEntry]) -> bool {
         let mask = acl
             .iter()
             .find(|e| e.tag == AclEntry::MASK)
@@ -455,7 +487,7 @@ impl SourceGuard {
 /// Resolves each config entry: catalogue features get their declared owner; custom ones the
 /// destination's current owner and mode, or else the live user's under their home and
 /// root's elsewhere.
-pub fn resolve(entry: &Entry, host: &dyn Host) -> Result<ResolvedEntry> {
+pub(crate) fn resolve(entry: &Entry, host: &dyn Host) -> Result<ResolvedEntry> {
     if let Some((feature, binding)) = Feature::by_source(&entry.source) {
         let owner = binding.owner(host)?;
         return Ok(ResolvedEntry {
@@ -507,7 +539,7 @@ pub mod tests {
         fn system_account(&self, name: &str) -> Result<(u32, u32)> {
             match name {
                 "debian-tor" => Ok((101, 102)),
-                _ => Err(Error::NotFound(name.into())),
+                _ => Err(Error::NoAccount(name.into())),
             }
         }
 

@@ -36,24 +36,24 @@ pub struct Layout {
 }
 
 /// The configuration file at the root of the volume.
-pub const CONFIG_FILE: &str = "persistence.conf";
+pub(crate) const CONFIG_FILE: &str = "persistence.conf";
 /// Definitions of custom features, enabled or not, in the same syntax (keepsake's own).
-pub const CUSTOM_FEATURES_FILE: &str = "keepsake-features.conf";
+pub(crate) const CUSTOM_FEATURES_FILE: &str = "keepsake-features.conf";
 /// In the Tails layout, the features only keepsake knows (tor-state), enabled: Tails would
 /// treat their lines in persistence.conf as custom features and bind them at boot. Same
 /// syntax, read by keepsake only.
-pub const KEEPSAKE_CONFIG_FILE: &str = "keepsake.conf";
+pub(crate) const KEEPSAKE_CONFIG_FILE: &str = "keepsake.conf";
 /// Tails' GPT partition type for TailsData partitions.
-pub const TAILS_PARTITION_TYPE: &str = "8DA63339-0007-60C0-C436-083AC8230908";
+pub(crate) const TAILS_PARTITION_TYPE: &str = "8DA63339-0007-60C0-C436-083AC8230908";
 /// The Linux filesystem data GPT partition type (live-boot looks at names and labels only).
-pub const LINUX_FILESYSTEM_PARTITION_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+pub(crate) const LINUX_FILESYSTEM_PARTITION_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 /// Where keepsake keeps runtime records (never secrets). Must be on tmpfs.
-pub const RUNTIME_DIR: &str = "/run/keepsake";
+pub(crate) const RUNTIME_DIR: &str = "/run/keepsake";
 /// Where live-boot mounts persistence volumes, one folder per device.
-pub const LIVE_BOOT_PERSISTENCE: &str = "/run/live/persistence";
+pub(crate) const LIVE_BOOT_PERSISTENCE: &str = "/run/live/persistence";
 
 impl Layout {
-    pub fn new(profile: LayoutProfile, mount_root: Option<&Path>) -> Layout {
+    pub(crate) fn new(profile: LayoutProfile, mount_root: Option<&Path>) -> Layout {
         let (partition_name, fs_label, partition_type, mapping, default_root) = match profile {
             LayoutProfile::Tails => (
                 "TailsData",
@@ -83,7 +83,7 @@ impl Layout {
 
     /// The layout of one volume: live-boot maps and mounts it under the device's (or
     /// container file's) name, as /dev/mapper/sdb2 on /run/live/persistence/sdb2.
-    pub fn for_volume(&self, volume: &Path) -> Layout {
+    pub(crate) fn for_volume(&self, volume: &Path) -> Layout {
         let mut layout = self.clone();
         if self.profile == LayoutProfile::LiveBoot {
             let name = volume.file_name().map_or_else(
@@ -98,16 +98,12 @@ impl Layout {
         layout
     }
 
-    pub fn mapper_path(&self) -> PathBuf {
+    pub(crate) fn mapper_path(&self) -> PathBuf {
         Path::new("/dev/mapper").join(&self.mapping)
     }
 
-    pub fn config_path(&self) -> PathBuf {
-        self.mount_root.join(CONFIG_FILE)
-    }
-
     /// The runtime record of this profile's unlocked volume.
-    pub fn runtime_record(&self) -> PathBuf {
+    pub(crate) fn runtime_record(&self) -> PathBuf {
         let name = match self.profile {
             LayoutProfile::Tails => "tails.json",
             LayoutProfile::LiveBoot => "live-boot.json",
@@ -126,7 +122,7 @@ mod tests {
         assert_eq!(l.mapping, "TailsData_unlocked");
         assert_eq!(l.mapper_path(), Path::new("/dev/mapper/TailsData_unlocked"));
         assert_eq!(
-            l.config_path(),
+            l.mount_root.join(CONFIG_FILE),
             Path::new("/live/persistence/TailsData_unlocked/persistence.conf")
         );
     }

@@ -28,8 +28,70 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
-use crate::error::IoError;
-use crate::error::{Context, Error, Result};
+use crate::context::IoError;
+
+/// What went wrong handling a file or folder by handle, named by what happened (the
+/// exit code each gets is chosen in `crate::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A component of the path is a symbolic link (or not a folder where one must be):
+    /// refused, as it could lead wherever its owner chose.
+    #[error("{0}")]
+    Symlink(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Someone else moved, replaced or made it while keepsake worked on it; it was left
+    /// as it is.
+    #[error("{0}")]
+    Changed(String),
+    /// A mount point where keepsake would remove a folder.
+    #[error("{0}")]
+    Mounted(String),
+    /// A file that is not what it must be: a symlink, not a regular file, too large, not
+    /// UTF-8.
+    #[error("{0}")]
+    Invalid(String),
+    /// A path that cannot be used as given: it leaves its base folder, or names
+    /// something other than a regular file.
+    #[error("{0}")]
+    Unusable(String),
+    /// keepsake's own misuse of this layer (a folder without a parent, a relative path).
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// [`crate::context::Context`], made this layer's [`Error`]: `.context(..)` on an I/O or
+/// errno result says what was being done, and to what.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, C: crate::context::Context<T>> Context<T> for C {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        Ok(crate::context::Context::context(self, what)?)
+    }
+}
+
+impl Error {
+    /// This error with `note` added, of the same kind.
+    pub fn with_note(self, note: &str) -> Error {
+        let add = |m: String| format!("{m}; {note}");
+        match self {
+            Error::Symlink(m) => Error::Symlink(add(m)),
+            Error::NotFound(m) => Error::NotFound(add(m)),
+            Error::Changed(m) => Error::Changed(add(m)),
+            Error::Mounted(m) => Error::Mounted(add(m)),
+            Error::Invalid(m) => Error::Invalid(add(m)),
+            Error::Unusable(m) => Error::Unusable(add(m)),
+            Error::Internal(m) => Error::Internal(add(m)),
+            Error::Io(e) => Error::Io(e.with_note(note)),
+        }
+    }
+}
 
 /// Who owns a folder keepsake creates, and its mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -40,7 +102,7 @@ pub struct Owner {
 }
 
 impl Owner {
-    pub const ROOT_0755: Owner = Owner {
+    pub(crate) const ROOT_0755: Owner = Owner {
         uid: 0,
         gid: 0,
         mode: 0o755,
@@ -85,7 +147,7 @@ impl Origin {
 impl Dir {
     /// A second handle on the same directory (a duplicated descriptor; not reopened by
     /// name, so it is this directory whatever was renamed since).
-    pub fn try_clone(&self) -> Result<Dir> {
+    pub(crate) fn try_clone(&self) -> Result<Dir> {
         Ok(Dir {
             fd: self
                 .fd
@@ -100,7 +162,7 @@ impl Dir {
 
     /// Looks the directory up again by name in its parent: after a mount on it, this is
     /// the root of the new mount (the old descriptor still names what is underneath).
-    pub fn reopen(&self) -> Result<Dir> {
+    pub(crate) fn reopen(&self) -> Result<Dir> {
         let (parent, name) = self.parent.as_ref().ok_or_else(|| {
             Error::Internal(format!(
                 "{} has no parent to reopen it from",
@@ -123,7 +185,7 @@ impl Dir {
 
     /// The folder opened again for reading (its own descriptor is `O_PATH`): for fsync,
     /// fchown/fchmod, xattrs and listing, through this very folder, never by name.
-    pub fn open_readable(&self) -> Result<OwnedFd> {
+    pub(crate) fn open_readable(&self) -> Result<OwnedFd> {
         openat(
             &self.fd,
             ".",
@@ -134,13 +196,13 @@ impl Dir {
     }
 
     /// `/proc/self/fd/N`: a path that names exactly this directory, for mount(2).
-    pub fn proc_path(&self) -> PathBuf {
+    pub(crate) fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// Unmounts the mount on the entry `target`'s name in this folder, naming it through
     /// this descriptor (see [`crate::host::mounts::unmount`]).
-    pub fn unmount_child(&self, target: &Path) -> Result<()> {
+    pub(crate) fn unmount_child(&self, target: &Path) -> Result<()> {
         let name = target.file_name().unwrap_or_default();
         let mut through = self.proc_path();
         through.push(name);
@@ -149,7 +211,7 @@ impl Dir {
     }
 
     /// Unmounts what is mounted on this folder, through the folder it was opened from.
-    pub fn unmount_here(&self) -> Result<()> {
+    pub(crate) fn unmount_here(&self) -> Result<()> {
         let (parent, name) = self.parent.as_ref().ok_or_else(|| {
             Error::Internal(format!(
                 "{} has no parent to unmount it from",
@@ -167,7 +229,7 @@ fn path_flags() -> OFlag {
 }
 
 fn symlink_refusal(path: &Path) -> Error {
-    Error::Usage(format!(
+    Error::Symlink(format!(
         "{} is a symlink or not a directory; refusing to follow it",
         path.display()
     ))
@@ -201,7 +263,7 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
             Component::Normal(name) => name,
             Component::CurDir => continue,
             _ => {
-                return Err(Error::Usage(format!(
+                return Err(Error::Unusable(format!(
                     "{} leaves {}",
                     rel.display(),
                     base.path.display()
@@ -239,7 +301,10 @@ pub fn open_beneath(base: &Dir, rel: &Path, create: Option<Owner>) -> Result<(Di
 
 /// `base` and each folder from it down to `rel`, with their owners and modes (a symlink
 /// on the way is refused as by [`open_beneath`]).
-pub fn folders_on_path(base: &Dir, rel: &Path) -> Result<Vec<(PathBuf, Owner, Vec<AclEntry>)>> {
+pub(crate) fn folders_on_path(
+    base: &Dir,
+    rel: &Path,
+) -> Result<Vec<(PathBuf, Owner, Vec<AclEntry>)>> {
     let mut found = vec![(base.path.clone(), owner_of(base)?, acl_of(base))];
     let mut current = PathBuf::new();
     for component in rel.components() {
@@ -252,26 +317,26 @@ pub fn folders_on_path(base: &Dir, rel: &Path) -> Result<Vec<(PathBuf, Owner, Ve
 
 /// One entry of a POSIX access ACL: its tag, permission bits (4 r, 2 w, 1 x) and id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AclEntry {
+pub(crate) struct AclEntry {
     pub tag: u16,
     pub perm: u16,
     pub id: u32,
 }
 
 impl AclEntry {
-    pub const USER_OBJ: u16 = 0x01;
-    pub const USER: u16 = 0x02;
-    pub const GROUP_OBJ: u16 = 0x04;
-    pub const GROUP: u16 = 0x08;
-    pub const MASK: u16 = 0x10;
-    pub const OTHER: u16 = 0x20;
+    pub(crate) const USER_OBJ: u16 = 0x01;
+    pub(crate) const USER: u16 = 0x02;
+    pub(crate) const GROUP_OBJ: u16 = 0x04;
+    pub(crate) const GROUP: u16 = 0x08;
+    pub(crate) const MASK: u16 = 0x10;
+    pub(crate) const OTHER: u16 = 0x20;
 }
 
 /// Sets a volume's mount root as Tails does at every unlock: owned by root:root, mode
 /// 0770, every ACL removed, then `user:LIVE:x` added (so that the live user can reach its
 /// own features' folders, and the dotfiles' links resolve for it, but list nothing).
 /// Without a live user, no ACL at all.
-pub fn set_mount_root_access(dir: &Dir, live_uid: Option<u32>) -> Result<()> {
+pub(crate) fn set_mount_root_access(dir: &Dir, live_uid: Option<u32>) -> Result<()> {
     let shown = || format!("setting the owner and mode of {}", dir.path.display());
     let fd = dir.open_readable()?;
     nix::unistd::fchown(&fd, Some(Uid::from_raw(0)), Some(Gid::from_raw(0))).context(shown)?;
@@ -330,7 +395,7 @@ pub fn set_mount_root_access(dir: &Dir, live_uid: Option<u32>) -> Result<()> {
 
 /// The kernel's `system.posix_acl_*` encoding of ACL entries (version 2, little-endian
 /// tag, permissions, id), the inverse of [`parse_acl`].
-pub fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
+pub(crate) fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
     let mut out = vec![2, 0, 0, 0];
     for e in entries {
         out.extend_from_slice(&e.tag.to_le_bytes());
@@ -341,7 +406,7 @@ pub fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
 }
 
 /// The access ACL of an open folder (`system.posix_acl_access`), empty if it has none.
-pub fn acl_of(dir: &Dir) -> Vec<AclEntry> {
+pub(crate) fn acl_of(dir: &Dir) -> Vec<AclEntry> {
     let Ok(path) = std::ffi::CString::new(dir.proc_path().into_os_string().into_vec()) else {
         return vec![];
     };
@@ -363,7 +428,7 @@ pub fn acl_of(dir: &Dir) -> Vec<AclEntry> {
 
 /// The entries of an ACL in the kernel's xattr form: a 4-byte version (2), then 8-byte
 /// entries of tag (u16), permissions (u16) and id (u32), little-endian.
-pub fn parse_acl(bytes: &[u8]) -> Vec<AclEntry> {
+pub(crate) fn parse_acl(bytes: &[u8]) -> Vec<AclEntry> {
     if bytes.len() < 4 || bytes[..4] != [2, 0, 0, 0] {
         return vec![];
     }
@@ -381,7 +446,7 @@ pub fn parse_acl(bytes: &[u8]) -> Vec<AclEntry> {
 /// its file is gone; the type keeps a new file of the user's from passing for the
 /// symlink or folder keepsake made. A reused inode of the same type can only be in the
 /// folder held open, which is the user's own.)
-pub type FileId = (u64, u64, u32);
+pub(crate) type FileId = (u64, u64, u32);
 
 fn id_of(st: &nix::sys::stat::FileStat) -> FileId {
     (st.st_dev, st.st_ino, st.st_mode & libc::S_IFMT)
@@ -424,7 +489,7 @@ impl Made {
 
     /// Removes the entry while it is still the one made (a folder only while empty).
     /// Anything else now under that name is left alone.
-    pub fn remove(&self) -> Result<()> {
+    pub(crate) fn remove(&self) -> Result<()> {
         let parent = match self.parent() {
             Ok(p) => p,
             Err(Error::NotFound(_)) => return Ok(()),
@@ -453,14 +518,14 @@ impl Made {
 }
 
 fn moved(path: &Path) -> Error {
-    Error::Busy(format!(
+    Error::Changed(format!(
         "{} was moved or replaced by someone else; left as it is",
         path.display()
     ))
 }
 
 /// Removes the non-folder `entry` of `dir` (as listed), only while it is still that entry.
-pub fn remove_entry(dir: &Dir, entry: &Entry) -> Result<()> {
+pub(crate) fn remove_entry(dir: &Dir, entry: &Entry) -> Result<()> {
     let made = Made::new(
         dir,
         &entry.name,
@@ -478,7 +543,7 @@ pub fn remove_entry(dir: &Dir, entry: &Entry) -> Result<()> {
 
 /// Removes what [`open_dir`] made, innermost first, each only while it is empty and still
 /// the folder that was made.
-pub fn remove_made(made: &[Made]) {
+pub(crate) fn remove_made(made: &[Made]) {
     for m in made.iter().rev() {
         let _ = m.remove();
     }
@@ -529,7 +594,7 @@ fn make_dir(parent: &Dir, name: &OsStr, owner: Owner, shown: &Path) -> Result<(O
             RenameFlags::RENAME_NOREPLACE,
         )
         .map_err(|e| match e {
-            Errno::EEXIST => Error::Busy(format!(
+            Errno::EEXIST => Error::Changed(format!(
                 "{} appeared while keepsake was making it; left as it is",
                 shown.display()
             )),
@@ -571,20 +636,20 @@ fn give(fd: &OwnedFd, owner: Owner, shown: &Path) -> Result<()> {
 }
 
 /// Sets the owner and mode of an open folder, through its descriptor.
-pub fn set_owner(dir: &Dir, owner: Owner) -> Result<()> {
+pub(crate) fn set_owner(dir: &Dir, owner: Owner) -> Result<()> {
     let fd = dir.open_readable()?;
     give(&fd, owner, &dir.path)
 }
 
 fn swapped(shown: &Path) -> Error {
-    Error::Busy(format!(
+    Error::Changed(format!(
         "{} was changed by someone else while keepsake was making it; nothing was done to it",
         shown.display()
     ))
 }
 
 /// Owner and mode of an open directory.
-pub fn owner_of(dir: &Dir) -> Result<Owner> {
+pub(crate) fn owner_of(dir: &Dir) -> Result<Owner> {
     let st = fstat(&dir.fd).context(|| format!("reading {}", dir.path.display()))?;
     Ok(Owner {
         uid: st.st_uid,
@@ -602,7 +667,7 @@ pub struct CheckedFile {
 }
 
 /// Reads the file `name` in `dir` (not a symlink, at most `max` bytes).
-pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
+pub(crate) fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     let shown = dir.path.join(name);
     let fd = openat(
         &dir.fd,
@@ -612,7 +677,7 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     )
     .map_err(|e| match e {
         Errno::ENOENT => Error::NotFound(format!("{} does not exist", shown.display())),
-        Errno::ELOOP => Error::Corrupt(format!("{} is a symlink", shown.display())),
+        Errno::ELOOP => Error::Invalid(format!("{} is a symlink", shown.display())),
         e => Error::Io(IoError::new(
             format!("opening {}", shown.display()),
             e.into(),
@@ -620,13 +685,13 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
     })?;
     let st = fstat(&fd).context(|| format!("reading {}", shown.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::Invalid(format!(
             "{} is not a regular file",
             shown.display()
         )));
     }
     if st.st_size as u64 > max {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::Invalid(format!(
             "{} is larger than {max} bytes",
             shown.display()
         )));
@@ -649,7 +714,7 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
         .read_to_string(&mut contents)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => {
-                Error::Corrupt(format!("{} is not valid UTF-8", shown.display()))
+                Error::Invalid(format!("{} is not valid UTF-8", shown.display()))
             }
             _ => Error::Io(IoError::new(format!("reading {}", shown.display()), e)),
         })?;
@@ -668,7 +733,7 @@ pub fn read_file_in(dir: &Dir, name: &str, max: u64) -> Result<CheckedFile> {
 /// is missing and `create` says how, it is made: as a copy of `template` (contents,
 /// owner, mode) if one is given, else empty with the owner and mode given; what was made
 /// is returned to be undone.
-pub fn open_file_in(
+pub(crate) fn open_file_in(
     dir: &Dir,
     name: &OsStr,
     create: Option<(Owner, Option<&OwnedFd>)>,
@@ -698,7 +763,7 @@ pub fn open_file_in(
     };
     let st = fstat(&opened).context(|| format!("reading {}", shown.display()))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Usage(format!(
+        return Err(Error::Unusable(format!(
             "{} is not a regular file (a symlink, folder or device); refusing it",
             shown.display()
         )));
@@ -755,7 +820,7 @@ fn make_file(
 
 /// Removes the file `name` of `dir` (not a folder; a symlink itself, not its target).
 /// Returns whether there was one.
-pub fn remove_file_in(dir: &Dir, name: &str) -> Result<bool> {
+pub(crate) fn remove_file_in(dir: &Dir, name: &str) -> Result<bool> {
     match unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) => Ok(true),
         Err(Errno::ENOENT) => Ok(false),
@@ -765,7 +830,12 @@ pub fn remove_file_in(dir: &Dir, name: &str) -> Result<bool> {
 
 /// Replaces the file `name` in `dir` atomically: write a temporary file beside it, fsync,
 /// rename over, fsync the folder. A power cut leaves either the old or the new file.
-pub fn write_file_atomically(dir: &Dir, name: &str, contents: &[u8], owner: Owner) -> Result<()> {
+pub(crate) fn write_file_atomically(
+    dir: &Dir,
+    name: &str,
+    contents: &[u8],
+    owner: Owner,
+) -> Result<()> {
     let shown = dir.path.join(name);
     // The directory was opened O_PATH; reopen it for the fsync and the *at calls.
     let dirfd = dir.open_readable()?;
@@ -814,19 +884,19 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         is_dir(&self.st)
     }
 
-    pub fn is_symlink(&self) -> bool {
+    pub(crate) fn is_symlink(&self) -> bool {
         self.st.st_mode & libc::S_IFMT == libc::S_IFLNK
     }
 
-    pub fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         self.st.st_mode & libc::S_IFMT == libc::S_IFREG
     }
 
-    pub fn owner(&self) -> Owner {
+    pub(crate) fn owner(&self) -> Owner {
         Owner {
             uid: self.st.st_uid,
             gid: self.st.st_gid,
@@ -873,14 +943,14 @@ const WALK_WINDOW: usize = 8;
 /// it was first entered), and from the root one component at a time only when neither
 /// applies. A chain of folders thousands deep costs one open per level, going down and
 /// coming back up.
-pub struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     root: &'a Dir,
     window: std::collections::VecDeque<(PathBuf, Dir)>,
     ids: std::collections::HashMap<PathBuf, FileId>,
 }
 
 impl<'a> Cursor<'a> {
-    pub fn new(root: &'a Dir) -> Cursor<'a> {
+    pub(crate) fn new(root: &'a Dir) -> Cursor<'a> {
         Cursor {
             root,
             window: Default::default(),
@@ -890,7 +960,7 @@ impl<'a> Cursor<'a> {
 
     /// The folder `rel` below the root; `None` if it is gone, is not a folder (a symlink
     /// swapped in, say), or is no longer the folder first found there.
-    pub fn open(&mut self, rel: &Path) -> Option<&Dir> {
+    pub(crate) fn open(&mut self, rel: &Path) -> Option<&Dir> {
         if rel.as_os_str().is_empty() {
             return Some(self.root);
         }
@@ -954,11 +1024,11 @@ impl<'a> Cursor<'a> {
 /// bounded by a [`Cursor`]; no shape of tree can exhaust them. A folder that is gone, has
 /// become a symlink, or cannot be entered when its turn comes is no longer part of the
 /// tree, and is skipped with what is under it.
-pub fn walk_both(
+pub(crate) fn walk_both<E>(
     root: &Dir,
-    mut enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<()>,
-    mut leave: impl FnMut(&Dir, &Path) -> Result<()>,
-) -> Result<()> {
+    mut enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<(), E>,
+    mut leave: impl FnMut(&Dir, &Path) -> Result<(), E>,
+) -> Result<(), E> {
     enum Step {
         Enter(PathBuf),
         Leave(PathBuf),
@@ -989,7 +1059,10 @@ pub fn walk_both(
 }
 
 /// [`walk_both`] with nothing to do on the way back up.
-pub fn walk(root: &Dir, enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<()>) -> Result<()> {
+pub(crate) fn walk<E>(
+    root: &Dir,
+    enter: impl FnMut(&Dir, &Path, &[Entry]) -> Result<(), E>,
+) -> Result<(), E> {
     walk_both(root, enter, |_, _| Ok(()))
 }
 
@@ -1007,7 +1080,13 @@ fn subfolders(rel: &Path, entries: &[Entry]) -> Vec<PathBuf> {
 /// Makes a symlink `name` -> `target` in `dir`, owned by `uid`:`gid` (set on the link's
 /// own descriptor, so a swap cannot hand the owner to another file). Fails if the name
 /// is taken.
-pub fn symlink_in(dir: &Dir, name: &OsStr, target: &Path, uid: u32, gid: u32) -> Result<Made> {
+pub(crate) fn symlink_in(
+    dir: &Dir,
+    name: &OsStr,
+    target: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<Made> {
     let shown = dir.path.join(name);
     nix::unistd::symlinkat(target, &dir.fd, name)
         .context(|| format!("linking {}", shown.display()))?;
@@ -1035,7 +1114,7 @@ pub fn symlink_in(dir: &Dir, name: &OsStr, target: &Path, uid: u32, gid: u32) ->
 }
 
 /// The target of the symlink `name` in `dir`, if it is one.
-pub fn link_target(dir: &Dir, name: &OsStr) -> Option<PathBuf> {
+pub(crate) fn link_target(dir: &Dir, name: &OsStr) -> Option<PathBuf> {
     nix::fcntl::readlinkat(&dir.fd, name)
         .ok()
         .map(PathBuf::from)
@@ -1044,14 +1123,14 @@ pub fn link_target(dir: &Dir, name: &OsStr) -> Option<PathBuf> {
 /// A file moved aside in its own folder (to `.NAME.keepsake-displaced`), to be put back
 /// or dropped; both by the folder's descriptor and only while it is the file moved.
 #[derive(Debug)]
-pub struct Displaced {
+pub(crate) struct Displaced {
     original: OsString,
     aside: Made,
 }
 
 impl Displaced {
     /// Moves the non-folder `entry` of `dir` aside.
-    pub fn move_aside(dir: &Dir, entry: &Entry) -> Result<Displaced> {
+    pub(crate) fn move_aside(dir: &Dir, entry: &Entry) -> Result<Displaced> {
         let shown = dir.path.join(&entry.name);
         let mut aside = OsString::from(".");
         aside.push(&entry.name);
@@ -1085,7 +1164,7 @@ impl Displaced {
     }
 
     /// Puts the file back under its name (never over something new there).
-    pub fn put_back(self) -> Result<()> {
+    pub(crate) fn put_back(self) -> Result<()> {
         let a = &self.aside;
         let parent = a.parent().map_err(|_| moved(&a.path))?;
         let st = fstatat(&parent.fd, a.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -1104,7 +1183,7 @@ impl Displaced {
     }
 
     /// Drops the moved file for good.
-    pub fn drop_it(self) -> Result<()> {
+    pub(crate) fn drop_it(self) -> Result<()> {
         self.aside.remove()
     }
 }
@@ -1153,7 +1232,7 @@ pub fn copy_contents(from: &Dir, to: &Dir) -> Result<u64> {
                 }
                 copied += 1;
             }
-            Ok(())
+            Ok::<(), Error>(())
         },
         // A folder's times are set once everything in it was made (which changes them).
         |src, rel| {
@@ -1217,7 +1296,7 @@ fn set_times(dir: &Dir, name: &OsStr, st: &nix::sys::stat::FileStat) -> Result<(
 /// Overwrites a regular file with zeros, syncs it and removes it; best effort (for the
 /// header backup, which lives in RAM in root's own folder, so that no copy lingers in the
 /// page cache either).
-pub fn wipe_and_remove(path: &Path) {
+pub(crate) fn wipe_and_remove(path: &Path) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -1260,7 +1339,7 @@ pub fn remove_contents(dir: &Dir) -> Result<()> {
 /// Removes the folder `rel` below `base` and everything in it, through descriptors: the
 /// way down is walked without following symlinks, so no folder swapped on the way can
 /// send the removal elsewhere.
-pub fn remove_tree(base: &Dir, rel: &Path) -> Result<()> {
+pub(crate) fn remove_tree(base: &Dir, rel: &Path) -> Result<()> {
     let (Some(parent_rel), Some(name)) = (rel.parent(), rel.file_name()) else {
         return Err(Error::Internal(format!("{} has no name", rel.display())));
     };
@@ -1283,11 +1362,11 @@ pub mod race {
         static ATTACK: RefCell<Option<Attack>> = RefCell::new(None);
     }
 
-    pub fn set(attack: impl FnMut(&Path) + 'static) {
+    pub(crate) fn set(attack: impl FnMut(&Path) + 'static) {
         ATTACK.with(|a| *a.borrow_mut() = Some(Box::new(attack)));
     }
 
-    pub fn clear() {
+    pub(crate) fn clear() {
         ATTACK.with(|a| *a.borrow_mut() = None);
     }
 
@@ -1302,7 +1381,7 @@ pub mod race {
 
 /// [`remove_contents`] by path, for tests that set up trees by path.
 #[cfg(test)]
-pub fn empty_dir(dir: &Path) -> Result<()> {
+pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
     remove_contents(&open_dir(dir, None)?.0)
 }
 
@@ -1435,6 +1514,12 @@ mod tests {
             !tmp.path().join("real/sub").exists(),
             "nothing created behind the link"
         );
+        // A refusal, not a bad argument: the user did not ask for anything wrong.
+        assert!(matches!(err, Error::Symlink(_)), "{err}");
+        assert_eq!(
+            crate::error::Error::from(err).exit_code(),
+            crate::error::ExitCode::NotPermitted
+        );
     }
 
     #[test]
@@ -1518,11 +1603,11 @@ mod tests {
         let (dir, _) = open_dir(tmp.path(), None).unwrap();
         assert!(matches!(
             read_file_in(&dir, "ln", 1024),
-            Err(Error::Corrupt(_))
+            Err(Error::Invalid(_))
         ));
         assert!(matches!(
             read_file_in(&dir, "big", 10),
-            Err(Error::Corrupt(_))
+            Err(Error::Invalid(_))
         ));
     }
 
@@ -1566,7 +1651,11 @@ mod tests {
             }),
         );
         race::clear();
-        assert!(matches!(result, Err(Error::Busy(_))), "{:?}", result.err());
+        assert!(
+            matches!(result, Err(Error::Changed(_))),
+            "{:?}",
+            result.err()
+        );
         assert_eq!(mode_of(&victim), 0o600, "the victim kept its mode");
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret");
         // Swapped only after it was renamed into place: the descriptor is still ours.
@@ -1593,7 +1682,11 @@ mod tests {
         race::clear();
         // Refused: the name no longer holds the folder made (which the user moved away,
         // finished, with its mode).
-        assert!(matches!(result, Err(Error::Busy(_))), "{:?}", result.err());
+        assert!(
+            matches!(result, Err(Error::Changed(_))),
+            "{:?}",
+            result.err()
+        );
         assert_eq!(mode_of(&home.join(".ssh.moved-away")), 0o755);
     }
 
@@ -1623,7 +1716,7 @@ mod tests {
         // The user swaps the parent for a symlink to a folder of root's.
         std::fs::rename(home.join("sub"), home.join("sub-moved")).unwrap();
         std::os::unix::fs::symlink(&etc, home.join("sub")).unwrap();
-        assert!(matches!(link.remove(), Err(Error::Busy(_))));
+        assert!(matches!(link.remove(), Err(Error::Changed(_))));
         assert_eq!(
             std::fs::read_to_string(etc.join("victim.conf")).unwrap(),
             "root's"
@@ -1640,7 +1733,7 @@ mod tests {
         let link = symlink_in(&dir, OsStr::new("l"), Path::new("/a"), 0, 0).unwrap();
         std::fs::remove_file(tmp.path().join("l")).unwrap();
         std::fs::write(tmp.path().join("l"), "the user's new file").unwrap();
-        assert!(matches!(link.remove(), Err(Error::Busy(_))));
+        assert!(matches!(link.remove(), Err(Error::Changed(_))));
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("l")).unwrap(),
             "the user's new file"

@@ -25,25 +25,25 @@ use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
-use crate::error::IoError;
-use crate::error::{Context, Error, Result, at};
+use super::{Context, Error, Result};
+use crate::context::{IoError, at};
 
 /// Folder descriptors a walk keeps open at most, whatever the depth of the tree.
-pub const MAX_OPEN_DIRS: usize = 16;
+pub(crate) const MAX_OPEN_DIRS: usize = 16;
 
 /// Device and inode: what an entry is, whatever its name is now.
-pub type Id = (u64, u64);
+pub(crate) type Id = (u64, u64);
 
-pub fn id_of(st: &FileStat) -> Id {
+pub(crate) fn id_of(st: &FileStat) -> Id {
     (st.st_dev, st.st_ino)
 }
 
-pub fn is_dir(st: &FileStat) -> bool {
+pub(crate) fn is_dir(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 /// Opens the folder `name` in `parent` for reading, never through a symlink.
-pub fn open_dir_at(parent: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+pub(crate) fn open_dir_at(parent: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
     openat(
         parent,
         name,
@@ -53,7 +53,7 @@ pub fn open_dir_at(parent: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
 }
 
 /// The names in an open directory, sorted bytewise so that archives are reproducible.
-pub fn list_dir(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
+pub(crate) fn list_dir(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
     // No readdir on a descriptor in std; /proc/self/fd/N names exactly this directory.
     let listing = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .context(at("listing", shown))?;
@@ -76,7 +76,7 @@ struct Frame {
 }
 
 /// The folders from a root down to the one being worked in; see the module's note.
-pub struct DirStack {
+pub(crate) struct DirStack {
     root: OwnedFd,
     shown_root: PathBuf,
     frames: Vec<Frame>,
@@ -85,7 +85,7 @@ pub struct DirStack {
 }
 
 impl DirStack {
-    pub fn new(root: OwnedFd, shown_root: &Path) -> DirStack {
+    pub(crate) fn new(root: OwnedFd, shown_root: &Path) -> DirStack {
         DirStack {
             root,
             shown_root: shown_root.to_path_buf(),
@@ -94,21 +94,13 @@ impl DirStack {
         }
     }
 
-    pub fn root(&self) -> &OwnedFd {
-        &self.root
-    }
-
-    pub fn depth(&self) -> usize {
-        self.frames.len()
-    }
-
     /// The names walked down from the root, outermost first.
-    pub fn names(&self) -> impl Iterator<Item = &OsStr> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &OsStr> {
         self.frames.iter().map(|f| f.name.as_os_str())
     }
 
     /// The innermost folder, for messages.
-    pub fn shown(&self) -> PathBuf {
+    pub(crate) fn shown(&self) -> PathBuf {
         self.shown_down_to(self.frames.len())
     }
 
@@ -121,7 +113,7 @@ impl DirStack {
     }
 
     /// The innermost folder (the root when none was entered).
-    pub fn top(&self) -> Result<&OwnedFd> {
+    pub(crate) fn top(&self) -> Result<&OwnedFd> {
         match self.frames.last() {
             None => Ok(&self.root),
             Some(frame) => frame
@@ -133,7 +125,7 @@ impl DirStack {
 
     /// Enters `fd`, the folder just opened as `name` in the innermost one; returns its
     /// status. Past the bound, the outermost open folder's descriptor is closed.
-    pub fn push(&mut self, name: &OsStr, fd: OwnedFd) -> Result<FileStat> {
+    pub(crate) fn push(&mut self, name: &OsStr, fd: OwnedFd) -> Result<FileStat> {
         let st = fstat(&fd).context(|| format!("reading {}", self.shown().join(name).display()))?;
         self.frames.push(Frame {
             name: name.to_os_string(),
@@ -151,7 +143,7 @@ impl DirStack {
     }
 
     /// Leaves the innermost folder; returns its name.
-    pub fn pop(&mut self) -> Result<OsString> {
+    pub(crate) fn pop(&mut self) -> Result<OsString> {
         let name = self
             .frames
             .last()
@@ -162,7 +154,7 @@ impl DirStack {
     }
 
     /// Goes back up until `depth` folders are entered; the innermost is open after.
-    pub fn truncate(&mut self, depth: usize) -> Result<()> {
+    pub(crate) fn truncate(&mut self, depth: usize) -> Result<()> {
         let mut left = None;
         while self.frames.len() > depth {
             let Some(frame) = self.frames.pop() else {
@@ -208,7 +200,7 @@ impl DirStack {
                 .ok()
                 .filter(|fd| is(fd, frame.id))
                 .ok_or_else(|| {
-                    Error::Busy(format!(
+                    Error::Changed(format!(
                         "{} was moved or replaced while keepsake was working in it; stopped there",
                         self.shown_down_to(i + 1).display()
                     ))
@@ -226,11 +218,18 @@ fn dir_flags() -> OFlag {
 /// What [`walk`] calls for each entry: the open folder the entry is in, its name there and
 /// its path below the root. Returning the descriptor of a folder it opened there by that
 /// name (without following a symlink) makes the walk go into that folder next.
-pub type Visit<'a> = dyn FnMut(&OwnedFd, &OsStr, &[u8]) -> Result<Option<OwnedFd>> + 'a;
+/// (Its error is the caller's own, so that what a visit refuses keeps its meaning.)
+pub(crate) type Visit<'a, E> =
+    dyn FnMut(&OwnedFd, &OsStr, &[u8]) -> Result<Option<OwnedFd>, E> + 'a;
 
 /// Visits `tops` (names in `root`) and everything below them depth first, parents before
 /// their contents, each folder's entries in bytewise order of name.
-pub fn walk(root: OwnedFd, shown_root: &Path, tops: &[&OsStr], visit: &mut Visit) -> Result<()> {
+pub(crate) fn walk<E: From<Error>>(
+    root: OwnedFd,
+    shown_root: &Path,
+    tops: &[&OsStr],
+    visit: &mut Visit<E>,
+) -> Result<(), E> {
     let mut stack = DirStack::new(root, shown_root);
     let mut tops = tops.iter();
     // For each folder entered: its entries not visited yet, and the length of the path of
@@ -274,14 +273,19 @@ pub fn walk(root: OwnedFd, shown_root: &Path, tops: &[&OsStr], visit: &mut Visit
 /// entered. With `expect`, only if the entry is still that one. Goes on past what it cannot
 /// remove (a mount point, an entry busy or appearing meanwhile) and returns the first such
 /// problem; a missing entry is not one.
-pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<Id>) -> Result<()> {
+pub(crate) fn remove_tree(
+    parent: &OwnedFd,
+    name: &OsStr,
+    shown: &Path,
+    expect: Option<Id>,
+) -> Result<()> {
     let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e).context(at("reading", shown)),
     };
     if expect.is_some_and(|id| id != id_of(&st)) {
-        return Err(Error::Busy(format!(
+        return Err(Error::Changed(format!(
             "{} is no longer what keepsake put there; left alone",
             shown.display()
         )));
@@ -293,7 +297,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
         .ok()
         .filter(|fd| is(fd, id_of(&st)))
         .ok_or_else(|| {
-            Error::Busy(format!(
+            Error::Changed(format!(
                 "{} changed while keepsake removed it; left alone",
                 shown.display()
             ))
@@ -355,7 +359,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
                     }
                 }
             }
-            Ok(_) => problems.push(Error::Busy(format!(
+            Ok(_) => problems.push(Error::Changed(format!(
                 "{} changed while keepsake removed it; left alone",
                 shown_entry.display()
             ))),
@@ -373,7 +377,7 @@ pub fn remove_tree(parent: &OwnedFd, name: &OsStr, shown: &Path, expect: Option<
 }
 
 fn mounted(shown: &Path) -> Error {
-    Error::Busy(format!(
+    Error::Mounted(format!(
         "{} is a mount point (busy); unmount it first",
         shown.display()
     ))
@@ -401,7 +405,7 @@ pub mod testing {
     /// Everything below `root` that an archive can hold, described for comparison: kind,
     /// size and content hash or link target, mode, owner and modification time. Walks with
     /// descriptors, so it works at any depth.
-    pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, String> {
         let fd = openat(
             nix::fcntl::AT_FDCWD,
             root,
@@ -412,7 +416,7 @@ pub mod testing {
         let tops = list_dir(&fd, root).unwrap();
         let tops: Vec<&OsStr> = tops.iter().map(|t| t.as_os_str()).collect();
         let mut out = BTreeMap::new();
-        walk(fd, root, &tops, &mut |parent, name, path| {
+        walk::<Error>(fd, root, &tops, &mut |parent, name, path| {
             let st = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
             let common = format!(
                 "mode {:o} owner {}:{} mtime {}.{:09}",
@@ -457,7 +461,7 @@ pub mod testing {
 
     /// Makes a chain of `depth` folders named `name` inside `root`, with a small file in
     /// every hundredth; returns how many files it made.
-    pub fn deep_chain(root: &Path, name: &str, depth: usize) -> usize {
+    pub(crate) fn deep_chain(root: &Path, name: &str, depth: usize) -> usize {
         let mut fd = openat(
             nix::fcntl::AT_FDCWD,
             root,
@@ -491,7 +495,7 @@ pub mod testing {
     /// Runs `body` in a child process whose descriptor limit is `limit`: the test binary
     /// runs itself again with only the test `name` (its full path). A limit set in this
     /// process would break the tests running beside it on other threads.
-    pub fn with_descriptor_limit(name: &str, limit: u64, body: impl FnOnce()) {
+    pub(crate) fn with_descriptor_limit(name: &str, limit: u64, body: impl FnOnce()) {
         const CHILD: &str = "KEEPSAKE_TEST_DESCRIPTOR_LIMIT";
         if std::env::var_os(CHILD).is_some() {
             nix::sys::resource::setrlimit(
@@ -551,7 +555,7 @@ mod tests {
                 let (mut dirs, mut files, mut most_open) = (0, 0, 0);
                 let mut deepest = Vec::new();
                 let tops = [OsStr::new("d")];
-                walk(
+                walk::<Error>(
                     open(tmp.path()),
                     tmp.path(),
                     &tops,
@@ -631,7 +635,7 @@ mod tests {
                 stack.truncate(depth).unwrap();
             }
             let err = stack.truncate(20).unwrap_err();
-            assert!(matches!(err, Error::Busy(_)), "{swap}: {err}");
+            assert!(matches!(err, Error::Changed(_)), "{swap}: {err}");
             assert!(err.to_string().contains("moved or replaced"), "{err}");
         }
     }
@@ -653,7 +657,7 @@ mod tests {
             Some((st.st_dev, st.st_ino + 1)),
         )
         .unwrap_err();
-        assert!(matches!(err, Error::Busy(_)), "{err}");
+        assert!(matches!(err, Error::Changed(_)), "{err}");
         assert!(tmp.path().join("t/sub/link").exists());
         remove_tree(
             &root,

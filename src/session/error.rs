@@ -56,8 +56,17 @@ pub enum Error {
     Unexpected(String),
     #[error(transparent)]
     Io(#[from] IoError),
-    /// An error of a layer below (safefs, mounts, config, volume), of that layer's own
-    /// class, until each of them has its own type.
+    /// The filesystem-handle layer's own error, as it is.
+    #[error(transparent)]
+    Fs(#[from] crate::safefs::Error),
+    /// The host layer's (mounts, processes, devices), as it is.
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
+    /// The feature catalogue's (an account a feature needs), as it is.
+    #[error(transparent)]
+    Feature(#[from] crate::persistence::features::Error),
+    /// An error of the config and volume code still on the top error type, of its own
+    /// class.
     #[error(transparent)]
     Below(Box<crate::error::Error>),
 }
@@ -91,6 +100,9 @@ impl Error {
             Error::UntrustedTorrc(m) => Error::UntrustedTorrc(add(m)),
             Error::Unexpected(m) => Error::Unexpected(add(m)),
             Error::Io(e) => Error::Io(e.with_note(note)),
+            Error::Fs(e) => Error::Fs(e.with_note(note)),
+            Error::Host(e) => Error::Host(e.with_note(note)),
+            e @ Error::Feature(_) => e,
             Error::Below(e) => Error::Below(Box::new(e.with_note(note))),
         }
     }
@@ -102,6 +114,9 @@ impl Error {
             Error::InUse(_) => true,
             Error::Io(e) => matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)),
             Error::Below(e) => e.exit_code() == crate::error::ExitCode::Busy,
+            Error::Fs(_) | Error::Host(_) => {
+                crate::error::fs_or_host_class(self) == Some(crate::error::ExitCode::Busy)
+            }
             _ => false,
         }
     }

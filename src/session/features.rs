@@ -352,7 +352,7 @@ pub fn remove(open: &mut Open, name: &str, delete_data: bool) -> Result<bool> {
         // The folders on the way are the user's: reached and removed by handle.
         match crate::safefs::remove_tree(&open.dir, &source) {
             Ok(()) => return Ok(true),
-            Err(crate::error::Error::NotFound(_)) => {}
+            Err(crate::safefs::Error::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }

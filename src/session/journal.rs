@@ -42,10 +42,10 @@ impl Journal {
                     safefs::remove_made(&made);
                     Ok(())
                 }
-                Done::Populated(dir) => safefs::remove_contents(&dir),
-                Done::Displaced(file) => file.put_back(),
-                Done::Mounted(path) => mounts::unmount(&path),
-                Done::Linked(link) => link.remove(),
+                Done::Populated(dir) => safefs::remove_contents(&dir).map_err(Error::from),
+                Done::Displaced(file) => file.put_back().map_err(Error::from),
+                Done::Mounted(path) => mounts::unmount(&path).map_err(Error::from),
+                Done::Linked(link) => link.remove().map_err(Error::from),
             };
             if let Err(e) = result {
                 problems.push(e.to_string());
@@ -275,7 +275,7 @@ fn walk(
 pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
     let root = match safefs::open_dir(destination, None) {
         Ok((root, _)) => root,
-        Err(crate::error::Error::NotFound(_)) => return Ok(0),
+        Err(safefs::Error::NotFound(_)) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
     let mut removed = 0;
@@ -287,7 +287,7 @@ pub fn unlink_tree(destination: &Path, target_prefix: &Path) -> Result<usize> {
                 removed += 1;
             }
         }
-        Ok(())
+        Ok::<(), Error>(())
     })?;
     Ok(removed)
 }

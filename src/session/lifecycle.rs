@@ -133,18 +133,22 @@ fn deactivate_one(
     if e.method == Method::Link {
         journal::unlink_tree(&e.destination, &mount_root.join(&e.source))?;
     } else if plan::is_active(table, volume_dev, mount_root, e) {
-        mounts::unmount(&e.destination).map_err(|err| match err.exit_code() {
-            crate::error::ExitCode::Busy => Error::InUse(format!(
-                "{} is in use ({}); close what uses it and try again",
-                e.destination.display(),
-                crate::host::processes::holders_of(volume_dev)
-                    .iter()
-                    .map(|h| h.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            _ => Error::from(err),
-        })?;
+        mounts::unmount(&e.destination)
+            .map_err(Error::from)
+            .map_err(|err| {
+                if !err.is_in_use() {
+                    return err;
+                }
+                Error::InUse(format!(
+                    "{} is in use ({}); close what uses it and try again",
+                    e.destination.display(),
+                    crate::host::processes::holders_of(volume_dev)
+                        .iter()
+                        .map(|h| h.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
     }
     Ok(())
 }
@@ -195,11 +199,13 @@ pub fn tear_down(
     for step in plan {
         let result = match step {
             Teardown::Unmount(path) => mounts::unmount(path)
-                .map_err(|e| match e.exit_code() {
-                    crate::error::ExitCode::Busy => {
+                .map_err(Error::from)
+                .map_err(|e| {
+                    if e.is_in_use() {
                         Error::InUse(format!("{e}; the volume stays unlocked"))
+                    } else {
+                        e
                     }
-                    _ => Error::from(e),
                 })
                 .map(|()| done.unmounted.push(path.clone())),
             Teardown::Unlink { destination } => {

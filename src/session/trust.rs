@@ -93,7 +93,7 @@ pub fn refuse_an_untrusted_source(volume: &Dir, resolved: &ResolvedEntry) -> Res
                 }
                 return Ok(());
             }
-            Err(crate::error::Error::NotFound(_)) => continue,
+            Err(safefs::Error::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -119,7 +119,7 @@ fn refuse_contents_of_the_live_user(
         {
             found = Some(dir.path.join(&e.name));
         }
-        Ok(())
+        Ok::<(), Error>(())
     })?;
     match found {
         None => Ok(()),

@@ -168,8 +168,11 @@ pub fn with_keepsake_lines(volume: &Dir, config: ConfigFile) -> Result<ConfigFil
 pub fn read_config_file(volume: &Dir, name: &str, dialect: Dialect) -> Result<Option<ConfigFile>> {
     let file = match safefs::read_file_in(volume, name, MAX_CONFIG) {
         Ok(f) => f,
-        Err(Error::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
+        Err(safefs::Error::NotFound(_)) => return Ok(None),
+        // Too large, not UTF-8, a symlink: the config is refused (unlock goes on without
+        // its features), as one with an untrusted owner is.
+        Err(e @ safefs::Error::Invalid(_)) => return Err(Error::Corrupt(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     if let Some(why) = untrusted_config(&file) {
         return Err(Error::Corrupt(format!(
@@ -312,7 +315,8 @@ pub fn write_config_file(
             gid: owner.1,
             mode: 0o600,
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// Removes from the volume's persistence.conf every line that activation would refuse as
