@@ -103,6 +103,9 @@ pub enum Error {
     Secrets(#[from] crate::secrets::Error),
     #[error(transparent)]
     Archive(#[from] crate::archive::Error),
+    /// The volume's config files (`crate::persistence::files`).
+    #[error(transparent)]
+    Config(#[from] crate::persistence::files::Error),
     /// Handling files by handle (`crate::safefs`).
     #[error(transparent)]
     Fs(#[from] crate::safefs::Error),
@@ -151,6 +154,7 @@ impl Error {
                     S::Fs(e) => fs_class(e),
                     S::Host(e) => host_class(e),
                     S::Feature(e) => feature_class(e),
+                    S::Config(e) => config_class(e),
                     S::Below(e) => e.exit_code(),
                 }
             }
@@ -194,6 +198,7 @@ impl Error {
                 }
             }
             Error::Archive(e) => archive_exit_code(e),
+            Error::Config(e) => config_class(e),
             Error::Fs(e) => fs_class(e),
             Error::Host(e) => host_class(e),
             Error::Feature(e) => feature_class(e),
@@ -211,6 +216,7 @@ impl Error {
             // Secrets are read before anything changes: no undo step returns these.
             e @ Error::Secrets(_) => e,
             Error::Archive(e) => Error::Archive(e.with_note(note)),
+            Error::Config(e) => Error::Config(e.with_note(note)),
             Error::Fs(e) => Error::Fs(e.with_note(note)),
             Error::Host(e) => Error::Host(e.with_note(note)),
             // Its message names an account, not a step that could be undone.
@@ -265,6 +271,15 @@ fn host_class(e: &crate::host::Error) -> ExitCode {
         Host::Failed(_) => ExitCode::Internal,
         Host::Fs(e) => fs_class(e),
         Host::Io(e) => errno_class(e.errno()),
+    }
+}
+
+fn config_class(e: &crate::persistence::files::Error) -> ExitCode {
+    use crate::persistence::files::Error as Config;
+    match e {
+        // Not read at all: as unusable as an unreadable one.
+        Config::Refused(_) => ExitCode::Corrupt,
+        Config::Fs(e) => fs_class(e),
     }
 }
 

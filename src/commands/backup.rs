@@ -17,6 +17,7 @@ use crate::error::{Context, Error, Result, at};
 use crate::output::{Output, Progress};
 use crate::persistence::config::Dialect;
 use crate::persistence::features::Feature;
+use crate::persistence::files;
 use crate::persistence::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE};
 use crate::safefs;
 use crate::session::unlocked::{self, Unlocked};
@@ -124,8 +125,8 @@ fn feature_folders(
     dialect: Dialect,
     names: &[String],
 ) -> Result<Vec<String>> {
-    let config = unlocked::read_config(volume, dialect)?.unwrap_or_default();
-    let custom = unlocked::read_custom(volume, dialect)?;
+    let config = files::read_config(volume, dialect)?.unwrap_or_default();
+    let custom = files::read_custom(volume, dialect)?;
     let mut folders: Vec<String> = Vec::new();
     for name in names {
         let sources: Vec<PathBuf> = match Feature::by_name(name) {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::host::tools::{self, FsckReport, SuperblockState};
 use crate::output::Output;
 use crate::persistence::config::{ConfigFile, Dialect};
+use crate::persistence::files;
 use crate::persistence::layout::{CONFIG_FILE, LayoutProfile};
 use crate::safefs::{self, Owner};
 use crate::session::unlocked;
@@ -138,7 +139,7 @@ fn prepare(
 /// What is wrong with the volume's config, as its layout's reader and keepsake see it.
 fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<String>) {
     let mut problems = Vec::new();
-    let raw = match safefs::read_file_in(volume, CONFIG_FILE, unlocked::MAX_CONFIG) {
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, files::MAX_CONFIG) {
         Ok(f) => f,
         Err(e) => {
             problems.push(match e {
@@ -155,17 +156,17 @@ fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<S
             return (report, problems);
         }
     };
-    if let Some(why) = unlocked::untrusted_config(&raw) {
+    if let Some(why) = files::untrusted_config(&raw) {
         problems.push(format!("{CONFIG_FILE} {why}"));
     }
     if dialect == Dialect::Tails
-        && let Some(why) = unlocked::tails_refuses(&raw)
+        && let Some(why) = files::tails_refuses(&raw)
     {
         problems.push(why);
     }
     // Its lines are judged even when the file is not trusted: check only looks.
     let config = ConfigFile::parse(&raw.contents, dialect);
-    let config = match unlocked::with_keepsake_lines(volume, config.clone()) {
+    let config = match files::with_keepsake_lines(volume, config.clone()) {
         Ok(merged) => merged,
         Err(e) => {
             problems.push(e.to_string());
@@ -324,14 +325,14 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
 fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<String>> {
     let dialect = Dialect::from(profile);
     let mut changed = Vec::new();
-    let raw = match safefs::read_file_in(volume, CONFIG_FILE, unlocked::MAX_CONFIG) {
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, files::MAX_CONFIG) {
         Ok(f) => Some(f),
         Err(safefs::Error::NotFound(_)) => None,
         Err(e) => return Err(e.into()),
     };
     let Some(raw) = raw else {
         let host = crate::persistence::features::SystemHost::new(None);
-        unlocked::write_config(
+        files::write_config(
             volume,
             &crate::persistence::features::default_config(&host, profile)?,
         )?;
@@ -340,13 +341,13 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
         ));
         return Ok(changed);
     };
-    let untrusted = unlocked::untrusted_config(&raw);
+    let untrusted = files::untrusted_config(&raw);
     let tails_refuses = (dialect == Dialect::Tails)
-        .then(|| unlocked::tails_refuses(&raw))
+        .then(|| files::tails_refuses(&raw))
         .flatten();
     // Its own file is read as it is (the owner is judged above); keepsake.conf with the
     // usual checks.
-    let config = unlocked::with_keepsake_lines(volume, ConfigFile::parse(&raw.contents, dialect))?;
+    let config = files::with_keepsake_lines(volume, ConfigFile::parse(&raw.contents, dialect))?;
     let (mut kept, mut invalid) = config.without_invalid();
     if dialect == Dialect::LiveBoot {
         for (entry, _) in kept.nested_sources() {
@@ -382,7 +383,7 @@ fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<Str
         ));
     }
     if untrusted.is_some() || tails_refuses.is_some() || !invalid.is_empty() {
-        unlocked::write_config(volume, &kept)?;
+        files::write_config(volume, &kept)?;
     }
     Ok(changed)
 }

@@ -15,6 +15,7 @@ use crate::host::tools;
 use crate::output::Output;
 use crate::persistence::config::ConfigFile;
 use crate::persistence::features::{CATALOGUE, SystemHost};
+use crate::persistence::files;
 use crate::persistence::layout::{Layout, LayoutProfile, TAILS_PARTITION_TYPE};
 use crate::safefs;
 use crate::secrets::Secret;
@@ -366,14 +367,14 @@ fn populate(
     let runtime = super::runtime_dir()?;
     let mount_point = runtime.path.join(mapping);
     std::fs::create_dir(&mount_point).context(at("creating", &mount_point))?;
-    let result = (|| {
+    let result = (|| -> Result<()> {
         mounts::mount_ext4(device, &mount_point)?;
-        let written = (|| {
+        let written = (|| -> Result<()> {
             // Tails' mount root: root:root 0770 (unlock adds the live user's ACL);
             // features' folders carry their own owners.
             let (dir, _) = safefs::open_dir(&mount_point, None)?;
             safefs::set_mount_root_access(&dir, None)?;
-            unlocked::write_config(&dir, config)
+            Ok(files::write_config(&dir, config)?)
         })();
         unlocked::sync_all();
         let unmounted = mounts::unmount(&mount_point).map_err(Error::from);

@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod features;
+pub mod files;
 pub mod layout;

@@ -65,6 +65,9 @@ pub enum Error {
     /// The feature catalogue's (an account a feature needs), as it is.
     #[error(transparent)]
     Feature(#[from] crate::persistence::features::Error),
+    /// The volume's config files', as it is.
+    #[error(transparent)]
+    Config(#[from] crate::persistence::files::Error),
     /// An error of the config and volume code still on the top error type, of its own
     /// class.
     #[error(transparent)]
@@ -103,6 +106,7 @@ impl Error {
             Error::Fs(e) => Error::Fs(e.with_note(note)),
             Error::Host(e) => Error::Host(e.with_note(note)),
             e @ Error::Feature(_) => e,
+            Error::Config(e) => Error::Config(e.with_note(note)),
             Error::Below(e) => Error::Below(Box::new(e.with_note(note))),
         }
     }

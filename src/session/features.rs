@@ -8,13 +8,14 @@ use serde::Serialize;
 
 use crate::persistence::config::{ConfigFile, Dialect, Entry, Method};
 use crate::persistence::features::{CATALOGUE, Feature, ResolvedEntry, SystemHost};
+use crate::persistence::files;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::safefs::Dir;
 use crate::session::error::{Error, Result};
 use crate::session::lifecycle;
 use crate::session::report::FeatureReport;
 use crate::session::tor::TorRestart;
-use crate::session::unlocked::{self, Unlocked};
+use crate::session::unlocked::Unlocked;
 
 #[derive(Debug, Serialize)]
 pub struct FeatureListing {
@@ -49,9 +50,8 @@ impl Open {
         let (unlocked, root) = Unlocked::find_mounted(&Layout::new(layout, None))?;
         let dir = unlocked.volume_dir()?;
         let dialect = Dialect::from(unlocked.profile);
-        let config =
-            unlocked::read_config(&dir, dialect)?.unwrap_or_else(|| ConfigFile::new(dialect));
-        let custom = unlocked::read_custom(&dir, dialect)?;
+        let config = files::read_config(&dir, dialect)?.unwrap_or_else(|| ConfigFile::new(dialect));
+        let custom = files::read_custom(&dir, dialect)?;
         Ok(Open {
             unlocked,
             root,
@@ -191,7 +191,7 @@ pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
         return Ok(Vec::new());
     }
     let resolved = open.resolve(&added)?;
-    unlocked::write_config(&open.dir, &open.config)?;
+    files::write_config(&open.dir, &open.config)?;
     let reports = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved)?;
     let failed: Vec<String> = reports
         .iter()
@@ -207,7 +207,7 @@ pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
     if !failed.is_empty() {
         let _ = lifecycle::deactivate_features(&open.dir, &open.root, open.dev(), &resolved);
         open.config = before;
-        unlocked::write_config(&open.dir, &open.config)?;
+        files::write_config(&open.dir, &open.config)?;
         return Err(Error::NotApplied(format!(
             "not enabled, nothing changed: {}",
             failed.join("; ")
@@ -249,9 +249,9 @@ pub fn disable(open: &mut Open, names: &[String]) -> Result<bool> {
     }
     let written = (|| {
         if custom_changed {
-            unlocked::write_custom(&open.dir, &open.custom)?;
+            files::write_custom(&open.dir, &open.custom)?;
         }
-        unlocked::write_config(&open.dir, &config)
+        files::write_config(&open.dir, &config)
     })();
     if let Err(e) = written {
         let _ = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved);
@@ -318,11 +318,11 @@ pub fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method) -> Result
     open.custom
         .add(entry)
         .map_err(|why| Error::BadFeature(format!("cannot add {name}: {why}")))?;
-    unlocked::write_custom(&open.dir, &open.custom)?;
+    files::write_custom(&open.dir, &open.custom)?;
     if let Err(e) = enable(open, &[name.to_string()]) {
         // Not added at all when it cannot be activated.
         open.custom = before;
-        unlocked::write_custom(&open.dir, &open.custom)?;
+        files::write_custom(&open.dir, &open.custom)?;
         return Err(e);
     }
     Ok(())
@@ -347,7 +347,7 @@ pub fn prepare_removal(open: &mut Open, name: &str) -> Result<()> {
 pub fn remove(open: &mut Open, name: &str, delete_data: bool) -> Result<bool> {
     let source = PathBuf::from(name);
     open.custom.remove_source(&source);
-    unlocked::write_custom(&open.dir, &open.custom)?;
+    files::write_custom(&open.dir, &open.custom)?;
     if delete_data {
         // The folders on the way are the user's: reached and removed by handle.
         match crate::safefs::remove_tree(&open.dir, &source) {

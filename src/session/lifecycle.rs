@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::host::mounts::{self, Mount};
 use crate::persistence::config::Method;
 use crate::persistence::features::{ResolvedEntry, Service, SystemHost};
+use crate::persistence::files;
 use crate::persistence::layout::Layout;
 use crate::safefs::Dir;
 use crate::session::error::{Error, Result};
@@ -18,7 +19,7 @@ use crate::session::plan::{self, Action, Teardown};
 use crate::session::record::Record;
 use crate::session::report::{FeatureReport, FeatureState};
 use crate::session::tor::{self, TorRestart};
-use crate::session::unlocked::{self, Unlocked};
+use crate::session::unlocked::Unlocked;
 
 /// Activates every entry that is not active yet; each failure is reported and undone,
 /// and does not stop the others.
@@ -237,7 +238,7 @@ pub fn restore(layout: &Layout, before: &Unlocked) {
     let Ok((dir, _)) = crate::safefs::open_dir(root, None) else {
         return;
     };
-    if let Ok(Some(config)) = unlocked::read_config(&dir, layout.profile.into()) {
+    if let Ok(Some(config)) = files::read_config(&dir, layout.profile.into()) {
         let host = SystemHost::new(None);
         let (entries, _) = plan::resolve_entries(&config, &host);
         let _ = activate_features(&dir, root, before.mapping.dev, &entries);

@@ -13,6 +13,7 @@ use crate::host::mounts;
 use crate::host::processes::{self, Holder};
 use crate::output::Output;
 use crate::persistence::config::Method;
+use crate::persistence::files;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::session::error::{Error, Result};
 use crate::session::lifecycle;
@@ -381,7 +382,7 @@ fn link_destinations(
     let Ok(dir) = unlocked.volume_dir() else {
         return vec![];
     };
-    match unlocked::read_config(&dir, dialect) {
+    match files::read_config(&dir, dialect) {
         Ok(Some(config)) => config
             .entries()
             .filter(|e| e.method == Method::Link)

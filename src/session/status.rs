@@ -7,10 +7,11 @@ use serde::Serialize;
 
 use crate::output::Output;
 use crate::persistence::features::SystemHost;
+use crate::persistence::files;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::session::error::Result;
 use crate::session::report::{ConfigErrorReport, FeatureReport};
-use crate::session::unlocked::{self, Unlocked};
+use crate::session::unlocked::Unlocked;
 use crate::session::{lifecycle, plan, record, tor};
 
 /// The JSON shape is part of the interface: see `keepsake help status`.
@@ -157,7 +158,7 @@ fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
         config_errors: vec![],
     };
     if let (Some(root), Ok(dir)) = (&u.mount_root, u.volume_dir()) {
-        match unlocked::read_config(&dir, u.profile.into()) {
+        match files::read_config(&dir, u.profile.into()) {
             Ok(Some(config)) => {
                 let host = SystemHost::new(None);
                 let (entries, mut failed) = plan::resolve_entries(&config, &host);

@@ -9,6 +9,7 @@ use crate::host::mounts;
 use crate::host::tools::{self, FsckResult};
 use crate::output::Output;
 use crate::persistence::features::SystemHost;
+use crate::persistence::files;
 use crate::persistence::layout::Layout;
 use crate::safefs;
 use crate::session::error::{Error, Result};
@@ -75,7 +76,7 @@ pub fn start(
     let mut features = Vec::new();
     let mut config_errors = Vec::new();
     let mut config_refused = None;
-    match unlocked::read_config(&volume_dir, layout.profile.into()) {
+    match files::read_config(&volume_dir, layout.profile.into()) {
         Ok(Some(config)) => {
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
             let (entries, mut failed) = plan::resolve_entries(&config, &host);
@@ -90,7 +91,7 @@ pub fn start(
         Ok(None) => {
             warnings.push("the volume has no persistence.conf: no feature is enabled".to_string())
         }
-        Err(e @ crate::error::Error::Corrupt(_)) => config_refused = Some(e.to_string()),
+        Err(e @ files::Error::Refused(_)) => config_refused = Some(e.to_string()),
         Err(e) => return Err(e.into()),
     }
     let record = Record {
