@@ -155,29 +155,11 @@ impl Error {
                     S::Host(e) => host_class(e),
                     S::Feature(e) => feature_class(e),
                     S::Config(e) => config_class(e),
-                    S::Below(e) => e.exit_code(),
+                    S::Volume(e) => volume_class(e),
+                    S::Ambiguous(_) => ExitCode::Usage,
                 }
             }
-            Error::Volume(e) => {
-                use crate::volume::Error as V;
-                match e {
-                    V::BadPassphrase(_) => ExitCode::BadPassphrase,
-                    V::NoLuksHeader(_) => ExitCode::Corrupt,
-                    V::NotEnoughMemory(_) => ExitCode::UnsafeHost,
-                    V::MappingExists(_) | V::RecoveryKeyExists => ExitCode::Busy,
-                    V::NoRecoveryKey => ExitCode::NotFound,
-                    V::PassphraseNeeded(_) | V::NotARecoveryKey | V::BackupFileExists(_) => {
-                        ExitCode::Usage
-                    }
-                    // The header is as it was: the failure itself was unexpected.
-                    V::UpgradeUndone(_) => ExitCode::Internal,
-                    // The header may be neither the old nor the new one.
-                    V::UpgradeNotUndone { .. } => ExitCode::Corrupt,
-                    V::StillLuks(_) => ExitCode::Internal,
-                    V::Library { errno, .. } => errno_class(*errno),
-                    V::Io(e) => errno_class(e.errno()),
-                }
-            }
+            Error::Volume(e) => volume_class(e),
             Error::Secrets(e) => {
                 use crate::secrets::Error as S;
                 match e {
@@ -274,6 +256,25 @@ fn host_class(e: &crate::host::Error) -> ExitCode {
     }
 }
 
+fn volume_class(e: &crate::volume::Error) -> ExitCode {
+    use crate::volume::Error as V;
+    match e {
+        V::BadPassphrase(_) => ExitCode::BadPassphrase,
+        V::NoLuksHeader(_) => ExitCode::Corrupt,
+        V::NotEnoughMemory(_) => ExitCode::UnsafeHost,
+        V::MappingExists(_) | V::RecoveryKeyExists => ExitCode::Busy,
+        V::NoRecoveryKey => ExitCode::NotFound,
+        V::PassphraseNeeded(_) | V::NotARecoveryKey | V::BackupFileExists(_) => ExitCode::Usage,
+        // The header is as it was: the failure itself was unexpected.
+        V::UpgradeUndone(_) => ExitCode::Internal,
+        // The header may be neither the old nor the new one.
+        V::UpgradeNotUndone { .. } => ExitCode::Corrupt,
+        V::StillLuks(_) => ExitCode::Internal,
+        V::Library { errno, .. } => errno_class(*errno),
+        V::Io(e) => errno_class(e.errno()),
+    }
+}
+
 fn config_class(e: &crate::persistence::files::Error) -> ExitCode {
     use crate::persistence::files::Error as Config;
     match e {
@@ -288,16 +289,6 @@ fn feature_class(e: &crate::persistence::features::Error) -> ExitCode {
     match e {
         Feature::NoAccount(_) => ExitCode::NotFound,
         Feature::Catalogue(_) => ExitCode::Internal,
-    }
-}
-
-/// The class of a session error that comes from the filesystem-handle or host layer, for
-/// `session::Error::is_in_use`.
-pub(crate) fn fs_or_host_class(e: &crate::session::Error) -> Option<ExitCode> {
-    match e {
-        crate::session::Error::Fs(e) => Some(fs_class(e)),
-        crate::session::Error::Host(e) => Some(host_class(e)),
-        _ => None,
     }
 }
 

@@ -179,7 +179,9 @@ pub fn require_locked(backing: &Path, why: &str) -> Result<()> {
 pub fn unlocked_volume(
     global: &GlobalArgs,
 ) -> Result<(crate::session::unlocked::Unlocked, PathBuf)> {
-    crate::session::unlocked::Unlocked::find_mounted(&layout(global, None))
+    Ok(crate::session::unlocked::Unlocked::find_mounted(&layout(
+        global, None,
+    ))?)
 }
 
 pub fn layout(global: &GlobalArgs, mount_root: Option<&Path>) -> Layout {

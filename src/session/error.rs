@@ -65,19 +65,15 @@ pub enum Error {
     /// The feature catalogue's (an account a feature needs), as it is.
     #[error(transparent)]
     Feature(#[from] crate::persistence::features::Error),
+    /// The volume layer's (closing the mapping), as it is.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::Error),
+    /// Several volumes are unlocked and nothing says which one is meant.
+    #[error("{0}")]
+    Ambiguous(String),
     /// The volume's config files', as it is.
     #[error(transparent)]
     Config(#[from] crate::persistence::files::Error),
-    /// An error of the config and volume code still on the top error type, of its own
-    /// class.
-    #[error(transparent)]
-    Below(Box<crate::error::Error>),
-}
-
-impl From<crate::error::Error> for Error {
-    fn from(e: crate::error::Error) -> Error {
-        Error::Below(Box::new(e))
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,7 +103,8 @@ impl Error {
             Error::Host(e) => Error::Host(e.with_note(note)),
             e @ Error::Feature(_) => e,
             Error::Config(e) => Error::Config(e.with_note(note)),
-            Error::Below(e) => Error::Below(Box::new(e.with_note(note))),
+            Error::Volume(e) => Error::Volume(e.with_note(note)),
+            Error::Ambiguous(m) => Error::Ambiguous(add(m)),
         }
     }
 
@@ -117,12 +114,27 @@ impl Error {
         match self {
             Error::InUse(_) => true,
             Error::Io(e) => matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)),
-            Error::Below(e) => e.exit_code() == crate::error::ExitCode::Busy,
-            Error::Fs(_) | Error::Host(_) => {
-                crate::error::fs_or_host_class(self) == Some(crate::error::ExitCode::Busy)
+            Error::Volume(crate::volume::Error::Library { errno, .. }) => {
+                matches!(errno, Some(libc::EBUSY))
+            }
+            Error::Volume(crate::volume::Error::Io(e)) => e.errno() == Some(libc::EBUSY),
+            Error::Fs(e) | Error::Host(crate::host::Error::Fs(e)) => fs_in_use(e),
+            Error::Host(crate::host::Error::InUse(_)) => true,
+            Error::Host(crate::host::Error::Io(e)) => {
+                matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST))
             }
             _ => false,
         }
+    }
+}
+
+/// Whether a filesystem-handle error says something holds the path: changed or mounted
+/// meanwhile, or busy.
+fn fs_in_use(e: &crate::safefs::Error) -> bool {
+    match e {
+        crate::safefs::Error::Changed(_) | crate::safefs::Error::Mounted(_) => true,
+        crate::safefs::Error::Io(e) => matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)),
+        _ => false,
     }
 }
 
@@ -152,7 +164,7 @@ mod tests {
         // A tor that does not start is no damage to the volume (it was 7, corrupt).
         assert_eq!(code(Error::TorDidNotStart(m())), 1);
         // A layer below keeps its own class, and a note keeps the class.
-        let below = Error::from(crate::error::Error::NotFound(m())).with_note("n");
+        let below = Error::from(crate::safefs::Error::NotFound(m())).with_note("n");
         assert_eq!(below.to_string(), "m; n");
         assert_eq!(code(below), 4);
         let io = Error::from(IoError::new(

@@ -250,21 +250,7 @@ fn walk(
     root: &Dir,
     mut visit: impl FnMut(&Dir, &Path, &[safefs::Entry]) -> Result<()>,
 ) -> Result<()> {
-    let mut stopped = None;
-    let walked = safefs::walk(root, |dir, rel, entries| {
-        visit(dir, rel, entries).map_err(|e| match e {
-            Error::Below(below) => *below,
-            e => {
-                let shown = crate::error::Error::Internal(e.to_string());
-                stopped = Some(e);
-                shown
-            }
-        })
-    });
-    match stopped {
-        Some(e) => Err(e),
-        None => Ok(walked?),
-    }
+    safefs::walk(root, |dir, rel, entries| visit(dir, rel, entries))
 }
 
 /// Removes the symlinks under `destination` that point under `target_prefix` (the volume,

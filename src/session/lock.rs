@@ -298,14 +298,15 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    if let Err(e) = volume::deactivate(&layout.mapping).map_err(crate::error::Error::from) {
+    if let Err(e) = volume::deactivate(&layout.mapping).map_err(Error::from) {
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
-        return Err(match e.exit_code() {
-            crate::error::ExitCode::Busy => Error::InUse(format!(
+        return Err(if e.is_in_use() {
+            Error::InUse(format!(
                 "{e}; something keepsake cannot see still uses it (a mount namespace whose processes all live in a chroot?); the volume was put back as it was"
-            )),
-            _ => Error::from(e),
+            ))
+        } else {
+            e
         });
     }
     // The mapping is closed: the key is gone. A loop device that will not detach is

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Context, Error, Result};
+use crate::context::Context;
 use crate::host::devices::{self, Mapping};
 use crate::host::mounts::{self, Mount};
 use crate::persistence::config::Dialect;
@@ -13,6 +13,7 @@ use crate::persistence::features::{self, Host};
 use crate::persistence::files;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::safefs::{self, Dir, Owner};
+use crate::session::error::{Error, Result};
 use crate::session::trust;
 
 /// An open persistence volume, and where its filesystem is mounted, if it is.
@@ -35,7 +36,7 @@ impl Unlocked {
             .filter(|u| u.profile == layout.profile)
             .collect();
         if found.len() > 1 {
-            return Err(Error::Usage(format!(
+            return Err(Error::Ambiguous(format!(
                 "several volumes are unlocked: {}; lock the others first (keepsake lock --device DEV)",
                 describe_all(&found)
             )));
@@ -46,10 +47,12 @@ impl Unlocked {
     /// The open volume of this layout and where it is mounted, or why there is none.
     pub fn find_mounted(layout: &Layout) -> Result<(Unlocked, PathBuf)> {
         let unlocked = Unlocked::find(layout)?.ok_or_else(|| {
-            Error::NotFound("no volume is unlocked; run keepsake unlock first".into())
+            Error::NotUnlocked("no volume is unlocked; run keepsake unlock first".into())
         })?;
         let root = unlocked.mount_root.clone().ok_or_else(|| {
-            Error::NotFound("the volume is open but not mounted; lock and unlock it again".into())
+            Error::NotUnlocked(
+                "the volume is open but not mounted; lock and unlock it again".into(),
+            )
         })?;
         Ok((unlocked, root))
     }
@@ -103,7 +106,7 @@ impl Unlocked {
 
     pub fn volume_dir(&self) -> Result<Dir> {
         let root = self.mount_root.as_ref().ok_or_else(|| {
-            Error::NotFound(format!(
+            Error::NotUnlocked(format!(
                 "the mapping {} is open but not mounted",
                 self.mapping.name
             ))
@@ -175,7 +178,8 @@ pub fn sync_all() {
 /// Drops clean cached pages, dentries and inodes. The volume's own are gone already with
 /// its unmount and close; this is the belt to those braces.
 pub fn drop_caches() -> Result<()> {
-    std::fs::write("/proc/sys/vm/drop_caches", b"3\n").context(|| "dropping the page cache".into())
+    Ok(std::fs::write("/proc/sys/vm/drop_caches", b"3\n")
+        .context(|| "dropping the page cache".into())?)
 }
 
 #[cfg(test)]
