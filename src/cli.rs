@@ -4,7 +4,8 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::EXIT_CODES_HELP;
 use crate::persistence::layout::LayoutProfile;
@@ -749,6 +750,27 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(1u64 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// The layouts as `--layout` names them. The library's `LayoutProfile` knows nothing of
+/// clap: the command line's words for it live here.
+impl ValueEnum for LayoutProfile {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LayoutProfile::Tails, LayoutProfile::LiveBoot]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            LayoutProfile::Tails => PossibleValue::new("tails").help(
+                "Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as \
+                 `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked",
+            ),
+            LayoutProfile::LiveBoot => PossibleValue::new("live-boot").help(
+                "Debian live-boot persistence: filesystem label `persistence`, mounted under \
+                 /run/live/persistence",
+            ),
+        })
+    }
 }
 
 /// Whether a command line that clap could not parse asked for --json: the flag is global, so

@@ -67,9 +67,6 @@ Exit status:
 pub enum Error {
     #[error("{0}")]
     Usage(String),
-    /// A passphrase or key that does not fit something other than a keyslot (an archive).
-    #[error("{0}")]
-    WrongKey(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -77,19 +74,9 @@ pub enum Error {
     #[error("{0}")]
     UnsafeHost(String),
     #[error("{0}")]
-    Corrupt(String),
-    #[error("{0}")]
     NotPermitted(String),
-    /// A feature whose source the live user could change would be bound over a system
-    /// path: refused by policy (see `features::SourceGuard`).
-    #[error("{0}")]
-    UntrustedSource(String),
     #[error("{0}")]
     Incomplete(String),
-    /// The running system's root filesystem writes into the volume (live-boot's `/ union`):
-    /// locking it would pull the system out from under itself.
-    #[error("{0}")]
-    RootOnVolume(String),
     /// `check` found problems; its report, already printed, lists them.
     #[error("{0}")]
     CheckFailed(String),
@@ -125,14 +112,11 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
-            Error::WrongKey(_) => ExitCode::BadPassphrase,
             Error::NotFound(_) => ExitCode::NotFound,
             Error::Busy(_) => ExitCode::Busy,
             Error::UnsafeHost(_) => ExitCode::UnsafeHost,
-            Error::Corrupt(_) => ExitCode::Corrupt,
-            Error::NotPermitted(_) | Error::UntrustedSource(_) => ExitCode::NotPermitted,
+            Error::NotPermitted(_) => ExitCode::NotPermitted,
             Error::Incomplete(_) => ExitCode::Incomplete,
-            Error::RootOnVolume(_) => ExitCode::RootOnVolume,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io(e) => errno_class(e.errno()),
             Error::Session(e) => {
@@ -204,15 +188,11 @@ impl Error {
             // Its message names an account, not a step that could be undone.
             e @ Error::Feature(_) => e,
             Error::Usage(m) => Error::Usage(add(m)),
-            Error::WrongKey(m) => Error::WrongKey(add(m)),
             Error::NotFound(m) => Error::NotFound(add(m)),
             Error::Busy(m) => Error::Busy(add(m)),
             Error::UnsafeHost(m) => Error::UnsafeHost(add(m)),
-            Error::Corrupt(m) => Error::Corrupt(add(m)),
             Error::NotPermitted(m) => Error::NotPermitted(add(m)),
-            Error::UntrustedSource(m) => Error::UntrustedSource(add(m)),
             Error::Incomplete(m) => Error::Incomplete(add(m)),
-            Error::RootOnVolume(m) => Error::RootOnVolume(add(m)),
             Error::CheckFailed(m) => Error::CheckFailed(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),
         }
@@ -238,7 +218,6 @@ pub(crate) fn archive_exit_code(e: &crate::archive::Error) -> ExitCode {
         A::Io(e) => errno_class(e.errno()),
         A::Fs(e) => fs_class(e),
         A::Host(e) => host_class(e),
-        A::Below(e) => e.exit_code(),
     }
 }
 

@@ -49,10 +49,6 @@ pub(crate) use tree::tree_bytes;
 
 use crate::context::IoError;
 
-/// What the filesystem-handle layer (`crate::safefs`) returns, carried as it is: the top
-/// error until that layer has its own type (issue 15), then the one name to change here.
-type Below = crate::error::Error;
-
 /// Why an archive could not be written, read or restored. By meaning; the exit status of
 /// each is chosen in `crate::error::Error::exit_code`.
 #[derive(Debug, thiserror::Error)]
@@ -117,23 +113,9 @@ pub enum Error {
     Fs(#[from] crate::safefs::Error),
     #[error(transparent)]
     Host(#[from] crate::host::Error),
-    /// An error of code still on the top error type, of its own class.
-    #[error(transparent)]
-    Below(Box<Below>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<Below> for Error {
-    /// An archive error that went through the layer below (from a tree walk's visitor)
-    /// comes back as itself.
-    fn from(e: Below) -> Error {
-        match e {
-            Below::Archive(e) => e,
-            e => Error::Below(Box::new(e)),
-        }
-    }
-}
 
 impl Error {
     /// This error with `note` added, of the same meaning.
@@ -143,7 +125,6 @@ impl Error {
             Error::Io(e) => Error::Io(e.with_note(note)),
             Error::Fs(e) => Error::Fs(e.with_note(note)),
             Error::Host(e) => Error::Host(e.with_note(note)),
-            Error::Below(e) => Error::Below(Box::new(e.with_note(note))),
             // Found before anything changes: no step that is undone returns them.
             e @ (Error::WrongKey | Error::Tampered { .. } | Error::Truncated) => e,
             Error::NotAnArchive(m) => Error::NotAnArchive(add(m)),

@@ -14,7 +14,7 @@ use crate::host::mounts;
 use crate::host::tools;
 use crate::output::Output;
 use crate::persistence::config::ConfigFile;
-use crate::persistence::features::{CATALOGUE, SystemHost};
+use crate::persistence::features::SystemHost;
 use crate::persistence::files;
 use crate::persistence::layout::{Layout, LayoutProfile, TAILS_PARTITION_TYPE};
 use crate::safefs;
@@ -113,7 +113,7 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     let _lock = super::exclusive()?;
     let layout = super::layout(global, None);
     let host = SystemHost::new(config.live_user.as_deref());
-    let features = default_config(&host, global.layout)?;
+    let features = crate::persistence::features::default_config(&host, global.layout)?;
     let (volume_path, size, rollback, kind) = match &config.target {
         Target::Device(disk) => {
             let (region, sector) = check_device_target(disk, &layout)?;
@@ -337,18 +337,6 @@ fn create_sparse_file(image: &Path, size: u64) -> Result<()> {
         .context(at("creating", image))?;
     file.set_len(size).context(at("sizing", image))?;
     file.sync_all().context(at("syncing", image))
-}
-
-/// The features a new volume of this layout has enabled: Tails enables its Persistent
-/// folder and Additional Software.
-pub(super) fn default_config(host: &SystemHost, profile: LayoutProfile) -> Result<ConfigFile> {
-    let mut config = ConfigFile::new(profile.into());
-    for feature in CATALOGUE.iter().filter(|f| f.enabled_on_new(profile)) {
-        for binding in feature.bindings {
-            config.add(binding.entry(host)?).map_err(Error::Internal)?;
-        }
-    }
-    Ok(config)
 }
 
 /// Makes the filesystem and writes the config, on the freshly opened mapping.

@@ -216,22 +216,16 @@ pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
             }
         }
     }
-    match found.as_slice() {
-        [one] => Ok(one.path()),
-        [] => Err(Error::NotFound(format!(
-            "no persistence partition (GPT name {} or LUKS label {}) found{}; give --device or --image",
-            layout.partition_name,
-            layout.fs_label,
-            on_disk.map(|d| format!(" on /dev/{d}")).unwrap_or_default()
-        ))),
-        many => Err(Error::Usage(format!(
-            "several persistence partitions: {}; choose one with --device",
-            many.iter()
-                .map(|p| p.path().display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
+    let paths: Vec<PathBuf> = found.iter().map(|p| p.path()).collect();
+    crate::host::devices::the_only_one(&paths, "several persistence partitions", "--device")?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no persistence partition (GPT name {} or LUKS label {}) found{}; give --device or --image",
+                layout.partition_name,
+                layout.fs_label,
+                on_disk.map(|d| format!(" on /dev/{d}")).unwrap_or_default()
+            ))
+        })
 }
 
 fn check_backing(image: &Path) -> Result<PathBuf> {

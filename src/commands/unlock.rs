@@ -176,24 +176,16 @@ fn find_as_live_boot(
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
         .filter(|p| volume::has_luks_magic(p))
         .collect();
-    match files.as_slice() {
-        [one] => {
-            out.progress(format!(
-                "found the container file {} (live-boot's name for one)",
-                one.display()
-            ));
-            return open_volume(global, args, profile, one.clone(), out);
-        }
-        [] => {}
-        many => {
-            return Err(Error::Usage(format!(
-                "several container files named persistence: {}; choose one with --image",
-                many.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
+    if let Some(one) = crate::host::devices::the_only_one(
+        &files,
+        "several container files named persistence",
+        "--image",
+    )? {
+        out.progress(format!(
+            "found the container file {} (live-boot's name for one)",
+            one.display()
+        ));
+        return open_volume(global, args, profile, one, out);
     }
     let candidates = discovery::luks_candidates(&discovery::block_candidates(), &table);
     if candidates.is_empty() {

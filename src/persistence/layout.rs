@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// A layout profile: how the volume is named on disk and where it appears when unlocked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LayoutProfile {
     /// Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as

@@ -14,7 +14,7 @@ use crate::session::report::{ConfigErrorReport, FeatureReport};
 use crate::session::unlocked::Unlocked;
 use crate::session::{lifecycle, plan, record, tor};
 
-/// The JSON shape is part of the interface: see `keepsake help status`.
+/// The JSON shape is part of the interface: `keepsake status --help` documents it.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub version: u32,
