@@ -14,7 +14,9 @@ use chacha20poly1305::aead::{self, Buffer};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::header::HEADER_LEN;
-use super::stream::TAG_LEN;
+
+/// The Poly1305 tag that follows each sealed chunk.
+pub(crate) const TAG_LEN: usize = 16;
 
 /// Plaintext per batch: large enough that passing a batch between threads costs nothing
 /// next to sealing it, small enough that a few per thread stay cheap.

@@ -14,10 +14,44 @@ use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, mkdirat, utimensat}
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, symlinkat};
 
-use super::tree::{Meta, split_path};
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
 use crate::safefs::treewalk::{DirStack, list_dir, open_dir_at};
+
+/// Ownership, permissions and modification time of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// Permission bits, with setuid, setgid and sticky (st_mode & 0o7777).
+    pub(crate) mode: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: i64,
+    pub(crate) mtime_nsec: u32,
+}
+
+impl Meta {
+    pub(crate) fn of(st: &nix::sys::stat::FileStat) -> Meta {
+        Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+        }
+    }
+
+    pub(crate) fn mtime(&self) -> TimeSpec {
+        TimeSpec::new(self.mtime, i64::from(self.mtime_nsec))
+    }
+}
+
+/// The parent (empty at the top) and the last component of a checked path.
+pub(crate) fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(slash) => (&path[..slash], &path[slash + 1..]),
+        None => (&[], path),
+    }
+}
 
 /// Recreates entries below an empty folder.
 pub(crate) struct Extractor {

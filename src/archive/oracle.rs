@@ -9,8 +9,9 @@ use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use zeroize::Zeroizing;
 
+use super::engine::TAG_LEN;
 use super::header::{HEADER_LEN, Header, KEY_LEN};
-use super::stream::{TAG_LEN, cipher, read_full, refused};
+use super::stream::{cipher, read_full, refused};
 use super::{Error, Result};
 use crate::context::{Context, IoError};
 

@@ -11,7 +11,7 @@ use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::aead::stream::{NewStream, StreamBE32};
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 
-use super::engine::{Batch, Direction, Engine, default_threads};
+use super::engine::{Batch, Direction, Engine, TAG_LEN, default_threads};
 use super::header::{
     HEADER_LEN, Header, KEY_LEN, KdfParams, NONCE_PREFIX_LEN, SALT_LEN, check_header,
     chunk_size_problem, derive_key,
@@ -19,8 +19,6 @@ use super::header::{
 use super::{Error, Result};
 use crate::context::{Context, IoError};
 use crate::secrets::Secret;
-
-pub(crate) const TAG_LEN: usize = 16;
 
 pub(crate) fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
     ChaCha20Poly1305::new(GenericArray::from_slice(key))

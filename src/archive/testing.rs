@@ -11,12 +11,13 @@ use nix::sys::stat::{Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use zeroize::Zeroizing;
 
+use super::extract::Meta;
 use super::header::{
     HEADER_LEN, Header, KEY_LEN, KdfParams, MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, SALT_LEN,
 };
 use super::stream::{Reader, Writer};
 use super::tree::{
-    ENTRY_DIR, ENTRY_END, ENTRY_FILE, ENTRY_SYMLINK, Meta, TreeStats, entry_start, file_layout,
+    ENTRY_DIR, ENTRY_END, ENTRY_FILE, ENTRY_SYMLINK, TreeStats, entry_start, file_layout,
     input_error, push_bytes16, read_tree,
 };
 use super::{Error, Result};

@@ -15,10 +15,9 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, fstat, fstatat};
-use nix::sys::time::TimeSpec;
 use nix::unistd::{Whence, lseek};
 
-use super::extract::Extractor;
+use super::extract::{Extractor, Meta, split_path};
 use super::stream::{Damaged, PlainSink, read_full};
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
@@ -53,33 +52,6 @@ pub struct TreeStats {
     pub warnings: Vec<String>,
     /// The top-level names in the archive, in order.
     pub entries: Vec<String>,
-}
-
-/// Ownership, permissions and modification time of an entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Meta {
-    /// Permission bits, with setuid, setgid and sticky (st_mode & 0o7777).
-    pub(crate) mode: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) mtime: i64,
-    pub(crate) mtime_nsec: u32,
-}
-
-impl Meta {
-    pub(crate) fn of(st: &nix::sys::stat::FileStat) -> Meta {
-        Meta {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mtime: st.st_mtime,
-            mtime_nsec: st.st_mtime_nsec as u32,
-        }
-    }
-
-    pub(crate) fn mtime(&self) -> TimeSpec {
-        TimeSpec::new(self.mtime, i64::from(self.mtime_nsec))
-    }
 }
 
 /// The fields every entry starts with: type, path, metadata.
@@ -565,14 +537,6 @@ fn check_path(path: &[u8]) -> Result<()> {
             shown(path)
         ))),
         None => Ok(()),
-    }
-}
-
-/// The parent (empty at the top) and the last component of a checked path.
-pub(crate) fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(slash) => (&path[..slash], &path[slash + 1..]),
-        None => (&[], path),
     }
 }
 
