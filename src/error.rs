@@ -1,7 +1,10 @@
-//! The one error type of the library and its mapping to exit codes.
+//! The top error type and the one mapping of every failure to an exit code.
 //!
-//! Every failure a user can meet has a class, and each class has its own exit code so that
-//! scripts can tell "wrong passphrase" from "device busy" without parsing messages.
+//! Each layer (session, volume, secrets, archive, config files, safefs, host, the feature
+//! catalogue) has its own error type saying what happened; the commands' own failures are
+//! the plain variants here. Every failure a user can meet has a class, and each class its
+//! own exit code, so that scripts can tell "wrong passphrase" from "device busy" without
+//! parsing messages: [`Error::exit_code`] decides, by meaning, for all of them.
 
 use std::io;
 use std::path::Path;

@@ -3,6 +3,24 @@
 //! `main` parses the command line into [`cli::Cli`] and hands it to [`commands::run`];
 //! everything else is library code, tested without root where it is pure logic and in the
 //! loop-device VM (loopdev-tests/) where it needs dm-crypt.
+//!
+//! Where things live, one layer a folder, each using only the ones below it:
+//! - [`commands`]: one thin file per command: options into a plain config, one call into
+//!   the library, one report. [`cli`] defines the options; [`output`] prints.
+//! - [`session`]: the volume once it is open: plan, the journal-based executor that
+//!   unlock, `feature`, lock and every rollback use, the runtime record, tor's state.
+//! - [`archive`]: the backup format (header, STREAM, tree codec), extraction and restore.
+//! - `volume`: the LUKS2 volume through libcryptsetup: one `Volume` handle, its keyslots,
+//!   KDF, header, upgrade; finding volumes (discovery) and recovery keys.
+//! - [`host`]: the machine: block devices and GPT, mounts, processes, the kernel's
+//!   device-mapper, helper programs, the preflight safety checks.
+//! - [`persistence`]: what a volume keeps: layouts, persistence.conf in each reader's
+//!   dialect and its files on the volume, the feature catalogue.
+//! - [`safefs`]: files by handle, never by a path someone else could change meanwhile.
+//! - [`secrets`]: passphrases and keys, read into zeroizing memory.
+//!
+//! Each layer has its own error type, by meaning; [`error`] converts them all and maps
+//! them to exit codes in one place; [`context`] is the I/O context they share.
 
 pub mod archive;
 pub mod cli;
