@@ -245,7 +245,7 @@ fn volume_class(e: &crate::volume::Error) -> ExitCode {
         V::NoLuksHeader(_) => ExitCode::Corrupt,
         V::NotEnoughMemory(_) => ExitCode::UnsafeHost,
         V::MappingExists(_) | V::RecoveryKeyExists => ExitCode::Busy,
-        V::NoRecoveryKey => ExitCode::NotFound,
+        V::NoRecoveryKey | V::NotFound(_) => ExitCode::NotFound,
         V::PassphraseNeeded(_) | V::NotARecoveryKey | V::BackupFileExists(_) => ExitCode::Usage,
         // The header is as it was: the failure itself was unexpected.
         V::UpgradeUndone(_) => ExitCode::Internal,

@@ -24,8 +24,12 @@ pub enum Error {
     #[error("{0}")]
     NotEnoughMemory(String),
     /// The mapping name is taken.
-    #[error("a mapping named {0} already exists")]
+    /// A mapping of that name is open already: the name, and whatever else to say.
+    #[error("a mapping named {0} exists already")]
     MappingExists(String),
+    /// No volume where one was looked for.
+    #[error("{0}")]
+    NotFound(String),
     /// The recovery key was given where the passphrase is needed.
     #[error("{0}")]
     PassphraseNeeded(String),

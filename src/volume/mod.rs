@@ -21,6 +21,7 @@ mod error;
 mod header;
 mod kdf;
 mod keyslots;
+pub(crate) mod open;
 pub mod recovery;
 #[cfg(test)]
 mod tests;
