@@ -6,10 +6,7 @@
 //! own exit code, so that scripts can tell "wrong passphrase" from "device busy" without
 //! parsing messages: [`Error::exit_code`] decides, by meaning, for all of them.
 
-use std::io;
-use std::path::Path;
-
-pub use crate::context::{IoError, at};
+use crate::context::IoError;
 
 /// Exit codes, one per failure class. Documented in `--help` and the man page from
 /// [`EXIT_CODES_HELP`]; keep the two in step.
@@ -296,23 +293,4 @@ fn errno_class(errno: Option<i32>) -> ExitCode {
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => ExitCode::NotPermitted,
         _ => ExitCode::Internal,
     }
-}
-
-/// Adds what was being done, and to which path, to an I/O error, as a top-level
-/// [`Error`]; the layers below use [`crate::context::Context`], which makes an
-/// [`IoError`] their own error types convert from.
-pub trait Context<T> {
-    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
-}
-
-impl<T, C: crate::context::Context<T>> Context<T> for C {
-    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        Ok(crate::context::Context::context(self, what)?)
-    }
-}
-
-/// Maps an I/O error on `path` (see [`crate::context::io_at`]) to a top-level [`Error`].
-pub fn io_at(verb: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
-    let map = crate::context::io_at(verb, path);
-    move |source| Error::Io(map(source))
 }

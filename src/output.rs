@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::error::IoError;
+use crate::context::IoError;
 use crate::error::{Error, ExitCode};
 
 #[derive(Clone, Copy, Debug)]

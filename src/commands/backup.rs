@@ -13,7 +13,8 @@ use crate::archive::{self, KdfParams, TreeStats, restore};
 use crate::cli::{
     ArchiveStreamArgs, BackupArgs, BackupCommand, GlobalArgs, RestoreArgs, VerifyArgs,
 };
-use crate::error::{Context, Error, Result, at};
+use crate::context::{Context, at};
+use crate::error::{Error, Result};
 use crate::output::{Output, Progress};
 use crate::persistence::config::Dialect;
 use crate::persistence::features::Feature;
@@ -318,7 +319,7 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     if file == Path::new("-") {
         return Ok((Box::new(std::io::stdin().lock()), None));
     }
-    let f = File::open(file).map_err(crate::error::io_at("opening", file))?;
+    let f = File::open(file).map_err(crate::context::io_at("opening", file))?;
     let len = f.metadata().ok().map(|m| m.len());
     Ok((Box::new(f), len))
 }

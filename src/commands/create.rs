@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{CreateArgs, GlobalArgs};
-use crate::error::{Context, Error, Result, at};
+use crate::context::{Context, at};
+use crate::error::{Error, Result};
 use crate::host::disks::{self, Region};
 use crate::host::mounts;
 use crate::host::tools;
@@ -336,7 +337,8 @@ fn create_sparse_file(image: &Path, size: u64) -> Result<()> {
         .open(image)
         .context(at("creating", image))?;
     file.set_len(size).context(at("sizing", image))?;
-    file.sync_all().context(at("syncing", image))
+    file.sync_all().context(at("syncing", image))?;
+    Ok(())
 }
 
 /// Makes the filesystem and writes the config, on the freshly opened mapping.

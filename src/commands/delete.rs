@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cli::{DeleteArgs, GlobalArgs};
-use crate::error::{Context, Error, Result, at};
+use crate::context::{Context, at};
+use crate::error::{Error, Result};
 use crate::host::disks;
 use crate::output::Output;
 use crate::volume::Volume;
@@ -204,6 +205,7 @@ impl PinnedFile {
             self.name.as_os_str(),
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         )
-        .context(|| format!("removing {}", self.path.display()))
+        .context(|| format!("removing {}", self.path.display()))?;
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::path::PathBuf;
 
 use crate::cli::{Cli, Command, GlobalArgs, KdfArgs, PassphraseArgs, VolumeArgs};
-use crate::error::IoError;
+use crate::context::IoError;
 use crate::error::{Error, Result};
 use crate::host::preflight::{self, Overrides};
 use crate::host::{disks, mounts};
@@ -230,7 +230,7 @@ pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
 
 fn check_backing(image: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(image).map_err(crate::error::io_at("reading", image))?;
+    let meta = std::fs::metadata(image).map_err(crate::context::io_at("reading", image))?;
     if !(meta.is_file() || meta.file_type().is_block_device()) {
         return Err(Error::Usage(format!(
             "{} is neither a file nor a block device",
