@@ -25,9 +25,9 @@
 pub mod archive;
 pub mod cli;
 pub mod commands;
-pub mod context;
+pub(crate) mod context;
 pub mod error;
-pub mod host;
+pub(crate) mod host;
 pub mod output;
 pub mod persistence;
 pub mod safefs;
