@@ -260,6 +260,7 @@ fn config_class(e: &crate::persistence::files::Error) -> ExitCode {
         // Not read at all: as unusable as an unreadable one.
         Config::Refused(_) => ExitCode::Corrupt,
         Config::Fs(e) => fs_class(e),
+        Config::Feature(e) => feature_class(e),
     }
 }
 

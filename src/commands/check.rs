@@ -10,23 +10,14 @@ use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::host::tools::{self, FsckReport, SuperblockState};
 use crate::output::Output;
-use crate::persistence::config::{ConfigFile, Dialect};
+
 use crate::persistence::files;
-use crate::persistence::layout::{CONFIG_FILE, LayoutProfile};
-use crate::safefs::{self, Owner};
+use crate::persistence::layout::LayoutProfile;
+use crate::safefs;
 use crate::session::unlocked;
 use crate::volume::{self, HeaderInfo};
 
 const MAPPING: &str = "keepsake-inspect";
-
-#[derive(Debug, Serialize)]
-struct ConfigReport {
-    present: bool,
-    owner_uid: Option<u32>,
-    mode: Option<String>,
-    features: usize,
-    errors: Vec<String>,
-}
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -39,7 +30,7 @@ struct CheckReport {
     /// replays it (e2fsck -y does).
     unclean_shutdown: bool,
     filesystem: Option<FsckReport>,
-    config: Option<ConfigReport>,
+    config: Option<files::ConfigReport>,
     /// Said, but not wrong: they do not make `ok` false.
     notes: Vec<String>,
     problems: Vec<String>,
@@ -136,62 +127,6 @@ fn prepare(
     Ok((backing, header, secret))
 }
 
-/// What is wrong with the volume's config, as its layout's reader and keepsake see it.
-fn config_report(volume: &safefs::Dir, dialect: Dialect) -> (ConfigReport, Vec<String>) {
-    let mut problems = Vec::new();
-    let raw = match safefs::read_file_in(volume, CONFIG_FILE, files::MAX_CONFIG) {
-        Ok(f) => f,
-        Err(e) => {
-            problems.push(match e {
-                safefs::Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
-                e => e.to_string(),
-            });
-            let report = ConfigReport {
-                present: false,
-                owner_uid: None,
-                mode: None,
-                features: 0,
-                errors: vec![],
-            };
-            return (report, problems);
-        }
-    };
-    if let Some(why) = files::untrusted_config(&raw) {
-        problems.push(format!("{CONFIG_FILE} {why}"));
-    }
-    if dialect == Dialect::Tails
-        && let Some(why) = files::tails_refuses(&raw)
-    {
-        problems.push(why);
-    }
-    // Its lines are judged even when the file is not trusted: check only looks.
-    let config = ConfigFile::parse(&raw.contents, dialect);
-    let config = match files::with_keepsake_lines(volume, config.clone()) {
-        Ok(merged) => merged,
-        Err(e) => {
-            problems.push(e.to_string());
-            config
-        }
-    };
-    let mut errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
-    errors.extend(
-        config
-            .nested_sources()
-            .into_iter()
-            .map(|(e, why)| format!("{CONFIG_FILE}: {}: {why}", e.destination.display())),
-    );
-    let features = config.entries().count();
-    problems.extend(errors.iter().cloned());
-    let report = ConfigReport {
-        present: true,
-        owner_uid: Some(raw.owner.uid),
-        mode: Some(format!("{:04o}", raw.owner.mode)),
-        features,
-        errors,
-    };
-    (report, problems)
-}
-
 pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     let _lock = super::exclusive()?;
     let (backing, header, secret) = prepare(
@@ -225,7 +160,7 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     };
     let config = match inspection.mount(true) {
         Ok(dir) => {
-            let (report, found) = config_report(&dir, global.layout.into());
+            let (report, found) = files::config_report(&dir, global.layout.into());
             problems.extend(found);
             Some(report)
         }
@@ -290,8 +225,8 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     let config = {
         // The folder's descriptor must be closed before the unmount in the drop below.
         let dir = inspection.mount(false)?;
-        repaired.extend(repair_config(&dir, global.layout)?);
-        let (config, left) = config_report(&dir, global.layout.into());
+        repaired.extend(files::repair_config(&dir, global.layout)?);
+        let (config, left) = files::config_report(&dir, global.layout.into());
         problems.extend(left);
         config
     };
@@ -317,83 +252,12 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     )
 }
 
-/// Makes persistence.conf sane: present, trusted (and in the Tails layout, as Tails
-/// accepts it), without lines its reader would skip (those are moved to a file beside
-/// it). A line the reader accepts is never moved, except in the live-boot layout one
-/// whose source is in another's: live-boot stops the boot on the whole file then.
-/// Returns what it changed.
-fn repair_config(volume: &safefs::Dir, profile: LayoutProfile) -> Result<Vec<String>> {
-    let dialect = Dialect::from(profile);
-    let mut changed = Vec::new();
-    let raw = match safefs::read_file_in(volume, CONFIG_FILE, files::MAX_CONFIG) {
-        Ok(f) => Some(f),
-        Err(safefs::Error::NotFound(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let Some(raw) = raw else {
-        let host = crate::persistence::features::SystemHost::new(None);
-        files::write_config(
-            volume,
-            &crate::persistence::features::default_config(&host, profile)?,
-        )?;
-        changed.push(format!(
-            "{CONFIG_FILE} was missing: written with the default features"
-        ));
-        return Ok(changed);
-    };
-    let untrusted = files::untrusted_config(&raw);
-    let tails_refuses = (dialect == Dialect::Tails)
-        .then(|| files::tails_refuses(&raw))
-        .flatten();
-    // Its own file is read as it is (the owner is judged above); keepsake.conf with the
-    // usual checks.
-    let config = files::with_keepsake_lines(volume, ConfigFile::parse(&raw.contents, dialect))?;
-    let (mut kept, mut invalid) = config.without_invalid();
-    if dialect == Dialect::LiveBoot {
-        for (entry, _) in kept.nested_sources() {
-            kept.remove_entry(&entry);
-            invalid.push(entry.render(dialect));
-        }
-    }
-    if !invalid.is_empty() {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let aside = format!("{CONFIG_FILE}.invalid-{stamp}");
-        let mut text = invalid.join("\n");
-        text.push('\n');
-        safefs::write_file_atomically(
-            volume,
-            &aside,
-            text.as_bytes(),
-            Owner {
-                uid: 0,
-                gid: 0,
-                mode: 0o600,
-            },
-        )?;
-        changed.push(format!(
-            "{} line(s) its reader would not accept moved to {aside}",
-            invalid.len()
-        ));
-    }
-    if let Some(why) = untrusted.as_ref().or(tails_refuses.as_ref()) {
-        changed.push(format!(
-            "{CONFIG_FILE} rewritten with the owner and mode its reader accepts ({why})"
-        ));
-    }
-    if untrusted.is_some() || tails_refuses.is_some() || !invalid.is_empty() {
-        files::write_config(volume, &kept)?;
-    }
-    Ok(changed)
-}
-
 fn finish(
     volume: PathBuf,
     header: HeaderInfo,
     unclean_shutdown: bool,
     filesystem: Option<FsckReport>,
-    config: Option<ConfigReport>,
+    config: Option<files::ConfigReport>,
     findings: Findings,
     out: Output,
 ) -> Result<()> {

@@ -1,11 +1,13 @@
 //! The config files on the volume — persistence.conf, keepsake.conf and the custom
 //! features' definitions — read with the checks their readers make (a file someone other
 //! than root, or Tails' own account, could have written is refused whole) and written as
-//! Tails writes them.
+//! Tails writes them; and what `check` reports of persistence.conf and `repair` makes of it.
 
 use crate::persistence::config::{ConfigFile, Dialect, Line};
 use crate::persistence::features;
-use crate::persistence::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE};
+use crate::persistence::layout::{
+    CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE, LayoutProfile,
+};
 use crate::safefs::{self, Dir, Owner};
 
 /// The largest persistence.conf accepted.
@@ -21,6 +23,9 @@ pub enum Error {
     Refused(String),
     #[error(transparent)]
     Fs(#[from] safefs::Error),
+    /// The catalogue could not give the default features (an account they need).
+    #[error(transparent)]
+    Feature(#[from] features::Error),
 }
 
 impl Error {
@@ -28,6 +33,7 @@ impl Error {
         match self {
             Error::Refused(m) => Error::Refused(format!("{m}; {note}")),
             Error::Fs(e) => Error::Fs(e.with_note(note)),
+            e @ Error::Feature(_) => e,
         }
     }
 }
@@ -219,6 +225,140 @@ pub fn write_config_file(
         },
     )?;
     Ok(())
+}
+
+/// persistence.conf as `check` reports it.
+#[derive(Debug, serde::Serialize)]
+pub struct ConfigReport {
+    pub present: bool,
+    pub owner_uid: Option<u32>,
+    pub mode: Option<String>,
+    pub features: usize,
+    pub errors: Vec<String>,
+}
+
+/// What is wrong with the volume's config, as its layout's reader and keepsake see it.
+pub(crate) fn config_report(volume: &Dir, dialect: Dialect) -> (ConfigReport, Vec<String>) {
+    let mut problems = Vec::new();
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(match e {
+                safefs::Error::NotFound(_) => format!("{CONFIG_FILE} is missing"),
+                e => e.to_string(),
+            });
+            let report = ConfigReport {
+                present: false,
+                owner_uid: None,
+                mode: None,
+                features: 0,
+                errors: vec![],
+            };
+            return (report, problems);
+        }
+    };
+    if let Some(why) = untrusted_config(&raw) {
+        problems.push(format!("{CONFIG_FILE} {why}"));
+    }
+    if dialect == Dialect::Tails
+        && let Some(why) = tails_refuses(&raw)
+    {
+        problems.push(why);
+    }
+    // Its lines are judged even when the file is not trusted: check only looks.
+    let config = ConfigFile::parse(&raw.contents, dialect);
+    let config = match with_keepsake_lines(volume, config.clone()) {
+        Ok(merged) => merged,
+        Err(e) => {
+            problems.push(e.to_string());
+            config
+        }
+    };
+    let mut errors: Vec<String> = config.errors().map(|e| e.to_string()).collect();
+    errors.extend(
+        config
+            .nested_sources()
+            .into_iter()
+            .map(|(e, why)| format!("{CONFIG_FILE}: {}: {why}", e.destination.display())),
+    );
+    let features = config.entries().count();
+    problems.extend(errors.iter().cloned());
+    let report = ConfigReport {
+        present: true,
+        owner_uid: Some(raw.owner.uid),
+        mode: Some(format!("{:04o}", raw.owner.mode)),
+        features,
+        errors,
+    };
+    (report, problems)
+}
+
+/// Makes persistence.conf sane: present, trusted (and in the Tails layout, as Tails
+/// accepts it), without lines its reader would skip (those are moved to a file beside
+/// it). A line the reader accepts is never moved, except in the live-boot layout one
+/// whose source is in another's: live-boot stops the boot on the whole file then.
+/// Returns what it changed.
+pub(crate) fn repair_config(volume: &Dir, profile: LayoutProfile) -> Result<Vec<String>> {
+    let dialect = Dialect::from(profile);
+    let mut changed = Vec::new();
+    let raw = match safefs::read_file_in(volume, CONFIG_FILE, MAX_CONFIG) {
+        Ok(f) => Some(f),
+        Err(safefs::Error::NotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(raw) = raw else {
+        let host = features::SystemHost::new(None);
+        write_config(volume, &features::default_config(&host, profile)?)?;
+        changed.push(format!(
+            "{CONFIG_FILE} was missing: written with the default features"
+        ));
+        return Ok(changed);
+    };
+    let untrusted = untrusted_config(&raw);
+    let tails_refuses = (dialect == Dialect::Tails)
+        .then(|| tails_refuses(&raw))
+        .flatten();
+    // Its own file is read as it is (the owner is judged above); keepsake.conf with the
+    // usual checks.
+    let config = with_keepsake_lines(volume, ConfigFile::parse(&raw.contents, dialect))?;
+    let (mut kept, mut invalid) = config.without_invalid();
+    if dialect == Dialect::LiveBoot {
+        for (entry, _) in kept.nested_sources() {
+            kept.remove_entry(&entry);
+            invalid.push(entry.render(dialect));
+        }
+    }
+    if !invalid.is_empty() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = format!("{CONFIG_FILE}.invalid-{stamp}");
+        let mut text = invalid.join("\n");
+        text.push('\n');
+        safefs::write_file_atomically(
+            volume,
+            &aside,
+            text.as_bytes(),
+            Owner {
+                uid: 0,
+                gid: 0,
+                mode: 0o600,
+            },
+        )?;
+        changed.push(format!(
+            "{} line(s) its reader would not accept moved to {aside}",
+            invalid.len()
+        ));
+    }
+    if let Some(why) = untrusted.as_ref().or(tails_refuses.as_ref()) {
+        changed.push(format!(
+            "{CONFIG_FILE} rewritten with the owner and mode its reader accepts ({why})"
+        ));
+    }
+    if untrusted.is_some() || tails_refuses.is_some() || !invalid.is_empty() {
+        write_config(volume, &kept)?;
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]
