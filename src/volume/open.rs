@@ -16,8 +16,8 @@ use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::secrets::Secret;
 
 /// The errors the caller's own type must carry: this module's, the host's, and I/O.
-pub(crate) trait Below: From<Error> + From<host::Error> + From<IoError> {}
-impl<E: From<Error> + From<host::Error> + From<IoError>> Below for E {}
+pub(crate) trait CallerError: From<Error> + From<host::Error> + From<IoError> {}
+impl<E: From<Error> + From<host::Error> + From<IoError>> CallerError for E {}
 
 /// An opened volume, and how it was found.
 pub(crate) struct Opened {
@@ -40,7 +40,7 @@ pub struct TriedDevice {
 /// a container file goes on a loop device first, as live-boot attaches it, so that the
 /// mapping and mount root carry the loop device's name (/dev/mapper/loopN at
 /// /run/live/persistence/loopN).
-pub(crate) fn open_at<E: Below>(
+pub(crate) fn open_at<E: CallerError>(
     profile: &Layout,
     backing: PathBuf,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
@@ -86,7 +86,7 @@ pub(crate) fn open_at<E: Below>(
 /// name), else every LUKS device that is not open yet, opened with the one passphrase
 /// under live-boot's name for it, keeping the one whose ext4 label is `persistence` and
 /// closing the others.
-pub(crate) fn find_as_live_boot<E: Below>(
+pub(crate) fn find_as_live_boot<E: CallerError>(
     profile: &Layout,
     not_found: &str,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
