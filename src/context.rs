@@ -33,6 +33,11 @@ impl IoError {
         self.source.raw_os_error()
     }
 
+    /// Whether its errno says something holds what was being changed (see [`busy_errno`]).
+    pub fn is_busy(&self) -> bool {
+        busy_errno(self.errno())
+    }
+
     /// This error with `note` added to what was being done.
     pub fn with_note(self, note: &str) -> IoError {
         IoError {
@@ -48,6 +53,11 @@ impl IoError {
             format!("{}: {}", self.context, self.source)
         }
     }
+}
+
+/// The errnos of "in use": EBUSY, and EEXIST (a mount point or mapping still there).
+pub fn busy_errno(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::EBUSY) | Some(libc::EEXIST))
 }
 
 /// Adds what was being done, and to which path, to an I/O error.

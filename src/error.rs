@@ -290,7 +290,7 @@ fn fs_class(e: &crate::safefs::Error) -> ExitCode {
 fn errno_class(errno: Option<i32>) -> ExitCode {
     match errno {
         Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => ExitCode::NotFound,
-        Some(libc::EBUSY) | Some(libc::EEXIST) => ExitCode::Busy,
+        errno if crate::context::busy_errno(errno) => ExitCode::Busy,
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => ExitCode::NotPermitted,
         _ => ExitCode::Internal,
     }

@@ -111,18 +111,15 @@ impl Error {
     /// Whether something holds the volume (or a folder of it) busy: then `lock` names the
     /// processes that do.
     pub fn is_in_use(&self) -> bool {
+        use crate::host::Error as Host;
+        use crate::volume::Error as Volume;
         match self {
-            Error::InUse(_) => true,
-            Error::Io(e) => matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)),
-            Error::Volume(crate::volume::Error::Library { errno, .. }) => {
-                matches!(errno, Some(libc::EBUSY))
-            }
-            Error::Volume(crate::volume::Error::Io(e)) => e.errno() == Some(libc::EBUSY),
-            Error::Fs(e) | Error::Host(crate::host::Error::Fs(e)) => fs_in_use(e),
-            Error::Host(crate::host::Error::InUse(_)) => true,
-            Error::Host(crate::host::Error::Io(e)) => {
-                matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST))
-            }
+            Error::InUse(_)
+            | Error::Host(Host::InUse(_))
+            | Error::Volume(Volume::MappingExists(_) | Volume::RecoveryKeyExists) => true,
+            Error::Io(e) | Error::Volume(Volume::Io(e)) | Error::Host(Host::Io(e)) => e.is_busy(),
+            Error::Volume(Volume::Library { errno, .. }) => crate::context::busy_errno(*errno),
+            Error::Fs(e) | Error::Host(Host::Fs(e)) => fs_in_use(e),
             _ => false,
         }
     }
@@ -133,7 +130,7 @@ impl Error {
 fn fs_in_use(e: &crate::safefs::Error) -> bool {
     match e {
         crate::safefs::Error::Changed(_) | crate::safefs::Error::Mounted(_) => true,
-        crate::safefs::Error::Io(e) => matches!(e.errno(), Some(libc::EBUSY) | Some(libc::EEXIST)),
+        crate::safefs::Error::Io(e) => e.is_busy(),
         _ => false,
     }
 }
