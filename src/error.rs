@@ -119,51 +119,10 @@ impl Error {
             Error::Incomplete(_) => ExitCode::Incomplete,
             Error::CheckFailed(_) => ExitCode::Corrupt,
             Error::Io(e) => errno_class(e.errno()),
-            Error::Session(e) => {
-                use crate::session::Error as S;
-                match e {
-                    // Something is in the way, or in use: it can be moved or closed.
-                    S::InTheWay(_) | S::InUse(_) | S::TorDidNotStop(_) => ExitCode::Busy,
-                    // A strict source's owner or mode is not what the feature needs.
-                    S::WrongOwner(_) => ExitCode::Corrupt,
-                    S::UntrustedSource(_) => ExitCode::NotPermitted,
-                    S::NotAFile(_) | S::BadFeature(_) => ExitCode::Usage,
-                    S::NotUnlocked(_) | S::NoSuchFeature(_) => ExitCode::NotFound,
-                    S::NotApplied(_) => ExitCode::Incomplete,
-                    S::RootOnVolume(_) => ExitCode::RootOnVolume,
-                    S::UntrustedTorrc(_) => ExitCode::UnsafeHost,
-                    // tor not starting is no damage to the volume: an unexpected failure.
-                    S::TorDidNotStart(_) | S::Leftovers(_) | S::Unexpected(_) => ExitCode::Internal,
-                    S::Io(e) => errno_class(e.errno()),
-                    S::Fs(e) => fs_class(e),
-                    S::Host(e) => host_class(e),
-                    S::Feature(e) => feature_class(e),
-                    S::Config(e) => config_class(e),
-                    S::Volume(e) => volume_class(e),
-                    S::Ambiguous(_) => ExitCode::Usage,
-                }
-            }
+            Error::Session(e) => session_class(e),
             Error::Volume(e) => volume_class(e),
-            Error::Secrets(e) => {
-                use crate::secrets::Error as S;
-                match e {
-                    S::Empty(_)
-                    | S::NoTerminal
-                    | S::Mismatch
-                    | S::Cancelled(_)
-                    | S::InputEnded(_)
-                    | S::TypedTooLong(_)
-                    | S::NotAnFd(_)
-                    | S::FdNotOpen(_)
-                    | S::FdTooLong(_)
-                    | S::KeyFileNotRegular(_)
-                    | S::KeyFileTooLarge(_) => ExitCode::Usage,
-                    S::KeyFileMissing(_) => ExitCode::NotFound,
-                    S::EchoStuck => ExitCode::Internal,
-                    S::Io(e) => errno_class(e.errno()),
-                }
-            }
-            Error::Archive(e) => archive_exit_code(e),
+            Error::Secrets(e) => secrets_class(e),
+            Error::Archive(e) => archive_class(e),
             Error::Config(e) => config_class(e),
             Error::Fs(e) => fs_class(e),
             Error::Host(e) => host_class(e),
@@ -200,7 +159,7 @@ impl Error {
 }
 
 /// The exit status of a backup archive failure, by what happened.
-pub(crate) fn archive_exit_code(e: &crate::archive::Error) -> ExitCode {
+pub(crate) fn archive_class(e: &crate::archive::Error) -> ExitCode {
     use crate::archive::Error as A;
     match e {
         A::WrongKey => ExitCode::BadPassphrase,
@@ -218,6 +177,51 @@ pub(crate) fn archive_exit_code(e: &crate::archive::Error) -> ExitCode {
         A::Io(e) => errno_class(e.errno()),
         A::Fs(e) => fs_class(e),
         A::Host(e) => host_class(e),
+    }
+}
+
+fn session_class(e: &crate::session::Error) -> ExitCode {
+    use crate::session::Error as S;
+    match e {
+        // Something is in the way, or in use: it can be moved or closed.
+        S::InTheWay(_) | S::InUse(_) | S::TorDidNotStop(_) => ExitCode::Busy,
+        // A strict source's owner or mode is not what the feature needs.
+        S::WrongOwner(_) => ExitCode::Corrupt,
+        S::UntrustedSource(_) => ExitCode::NotPermitted,
+        S::NotAFile(_) | S::BadFeature(_) => ExitCode::Usage,
+        S::NotUnlocked(_) | S::NoSuchFeature(_) => ExitCode::NotFound,
+        S::NotApplied(_) => ExitCode::Incomplete,
+        S::RootOnVolume(_) => ExitCode::RootOnVolume,
+        S::UntrustedTorrc(_) => ExitCode::UnsafeHost,
+        // tor not starting is no damage to the volume: an unexpected failure.
+        S::TorDidNotStart(_) | S::Leftovers(_) | S::Unexpected(_) => ExitCode::Internal,
+        S::Io(e) => errno_class(e.errno()),
+        S::Fs(e) => fs_class(e),
+        S::Host(e) => host_class(e),
+        S::Feature(e) => feature_class(e),
+        S::Config(e) => config_class(e),
+        S::Volume(e) => volume_class(e),
+        S::Ambiguous(_) => ExitCode::Usage,
+    }
+}
+
+fn secrets_class(e: &crate::secrets::Error) -> ExitCode {
+    use crate::secrets::Error as S;
+    match e {
+        S::Empty(_)
+        | S::NoTerminal
+        | S::Mismatch
+        | S::Cancelled(_)
+        | S::InputEnded(_)
+        | S::TypedTooLong(_)
+        | S::NotAnFd(_)
+        | S::FdNotOpen(_)
+        | S::FdTooLong(_)
+        | S::KeyFileNotRegular(_)
+        | S::KeyFileTooLarge(_) => ExitCode::Usage,
+        S::KeyFileMissing(_) => ExitCode::NotFound,
+        S::EchoStuck => ExitCode::Internal,
+        S::Io(e) => errno_class(e.errno()),
     }
 }
 

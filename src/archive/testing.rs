@@ -272,5 +272,5 @@ pub(super) fn make_writable(root: &Path) {
 
 /// The exit status an archive error ends keepsake with.
 pub(super) fn exit_code(e: &Error) -> ExitCode {
-    crate::error::archive_exit_code(e)
+    crate::error::archive_class(e)
 }
