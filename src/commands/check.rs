@@ -50,12 +50,7 @@ impl Inspection {
         secret: &crate::secrets::Secret,
         read_only: bool,
     ) -> Result<Inspection> {
-        if let Some(m) = crate::host::devices::find_mapping(MAPPING) {
-            return Err(Error::Busy(format!(
-                "a mapping named {} ({}) exists already; nothing was changed",
-                m.name, m.kernel_name
-            )));
-        }
+        volume::refuse_an_existing_mapping(MAPPING)?;
         volume::Volume::at(backing).activate_for_inspection(MAPPING, secret, read_only)?;
         Ok(Inspection {
             device: Path::new("/dev/mapper").join(MAPPING),

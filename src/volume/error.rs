@@ -24,8 +24,9 @@ pub enum Error {
     #[error("{0}")]
     NotEnoughMemory(String),
     /// The mapping name is taken.
-    /// A mapping of that name is open already: the name, and whatever else to say.
-    #[error("a mapping named {0} exists already")]
+    /// A mapping of that name is open already (its name, and the kernel's name for it
+    /// when known). Refused before anything is changed.
+    #[error("a mapping named {0} exists already; nothing was changed")]
     MappingExists(String),
     /// No volume where one was looked for.
     #[error("{0}")]

@@ -378,6 +378,17 @@ fn forget_keyring_keys(uuid: &str) -> usize {
 
 /// Closes the mapping; dm-crypt wipes its copy of the volume key, and a loop device that
 /// libcryptsetup attached for a container file is released with it.
+/// Refuses a mapping name that is taken already, before anything is opened under it.
+pub(crate) fn refuse_an_existing_mapping(name: &str) -> Result<()> {
+    match crate::host::devices::find_mapping(name) {
+        Some(m) => Err(Error::MappingExists(format!(
+            "{} ({})",
+            m.name, m.kernel_name
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn deactivate(mapping: &str) -> Result<()> {
     capture_library_log();
     let mut device = CryptInit::init_by_name_and_header(mapping, None)

@@ -61,13 +61,7 @@ pub(crate) fn open_at<E: CallerError>(
         .as_ref()
         .map_or_else(|| backing.clone(), devices::AttachedLoop::path);
     let layout = profile.for_volume(&device);
-    if let Some(m) = devices::find_mapping(&layout.mapping) {
-        return Err(Error::MappingExists(format!(
-            "{} ({}); nothing was changed",
-            m.name, m.kernel_name
-        ))
-        .into());
-    }
+    super::refuse_an_existing_mapping(&layout.mapping)?;
     Volume::at(&backing).require_affordable("unlocking")?;
     let secret = read_secret(&backing)?;
     out.progress(format!("unlocking {}", backing.display()));
