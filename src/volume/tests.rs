@@ -315,4 +315,9 @@ fn each_volume_failure_keeps_its_exit_code() {
         code(library(libc::EBUSY).with_note("already locked: v")).eq(&ExitCode::Busy),
         "a note keeps the class"
     );
+    // The refusal unlock and check print for a taken name reads as one sentence.
+    assert_eq!(
+        Error::MappingExists("TailsData_unlocked (dm-0)".into()).to_string(),
+        "a mapping named TailsData_unlocked (dm-0) exists already; nothing was changed"
+    );
 }
