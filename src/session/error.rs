@@ -169,6 +169,24 @@ mod tests {
             std::io::Error::from_raw_os_error(libc::EBUSY),
         ));
         assert!(io.is_in_use());
+        // A volume error is "in use" exactly when its exit class is busy.
+        for (volume, busy) in [
+            (crate::volume::Error::MappingExists("m".into()), true),
+            (crate::volume::Error::NoRecoveryKey, false),
+            (
+                crate::volume::Error::Library {
+                    context: "x".into(),
+                    errno: Some(libc::EEXIST),
+                    message: "y".into(),
+                },
+                true,
+            ),
+        ] {
+            let shown = format!("{volume:?}");
+            let e = Error::from(volume);
+            assert_eq!(e.is_in_use(), busy, "{shown}");
+            assert_eq!(code(e) == ExitCode::Busy as u8, busy, "{shown}");
+        }
         assert_eq!(code(io), 5);
     }
 }
