@@ -126,26 +126,23 @@ fn print_error_object(code: ExitCode, message: &str) {
 /// Whether this run has printed its report on standard output.
 static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// A progress line for long work (bytes, rate, time left), drawn by indicatif on standard
-/// error, and only on a terminal and without --json: scripts and logs see nothing of it.
+/// Progress of long work on standard error, drawn by indicatif: a line of bytes, rate and
+/// time left, or, for work whose length is not known beforehand (a key derivation that
+/// calibrates itself), a spinner with the time spent. Only on a terminal and without
+/// --json: scripts and logs see nothing of it. Cleared when dropped, so that an error
+/// after it starts is not printed on the same line.
 pub struct Progress {
     bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     pub fn new(out: Output, what: &'static str, total: Option<u64>) -> Progress {
-        use std::io::IsTerminal;
-        let target = if !out.json && std::io::stderr().is_terminal() {
-            indicatif::ProgressDrawTarget::stderr_with_hz(4)
-        } else {
-            indicatif::ProgressDrawTarget::hidden()
-        };
         let template = if total.is_some() {
             "{msg}: {binary_bytes} of {binary_total_bytes}, {binary_bytes_per_sec}, {eta} left"
         } else {
             "{msg}: {binary_bytes}, {binary_bytes_per_sec}"
         };
-        let bar = indicatif::ProgressBar::with_draw_target(total, target)
+        let bar = indicatif::ProgressBar::with_draw_target(total, draw_target(out))
             .with_message(what)
             .with_style(
                 indicatif::ProgressStyle::with_template(template)
@@ -154,12 +151,59 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A spinner with `what` and the time spent, turning on its own while the caller waits
+    /// for work that reports nothing until it is done. Where no spinner is drawn, `what` is
+    /// a line of [`Output::progress`], as a step of the work.
+    pub fn working(out: Output, what: impl Into<std::borrow::Cow<'static, str>>) -> Progress {
+        let what = what.into();
+        let bar = indicatif::ProgressBar::with_draw_target(None, draw_target(out));
+        if bar.is_hidden() {
+            out.progress(&what);
+        }
+        let bar = bar.with_message(what).with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        if !bar.is_hidden() {
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        }
+        Progress { bar }
+    }
+
     pub fn update(&mut self, done: u64) {
         self.bar.set_position(done);
     }
 
+    /// A step of the work, as [`Output::progress`] prints it: above the spinner on a
+    /// terminal, as a line of its own elsewhere.
+    pub fn step(&self, out: Output, message: impl std::fmt::Display) {
+        if self.bar.is_hidden() {
+            out.progress(message);
+        } else {
+            self.bar.println(format!("keepsake: {message}"));
+        }
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+/// Standard error when a person watches it: a terminal, and no --json.
+fn draw_target(out: Output) -> indicatif::ProgressDrawTarget {
+    use std::io::IsTerminal;
+    if !out.json && std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr_with_hz(4)
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
     }
 }
 

@@ -235,8 +235,12 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
                 .context(at("creating", &partial))?,
         )
     };
-    out.progress("deriving the archive key (argon2id)");
-    // Made at the first byte of data, once the key is derived: its rate is the data's.
+    // Until the first byte of data, the key is being derived; the byte count starts then,
+    // so that its rate is the data's.
+    let mut deriving = Some(Progress::working(
+        out,
+        "deriving the archive key (argon2id)",
+    ));
     let mut progress: Option<Progress> = None;
     let result = archive::back_up(
         &root,
@@ -246,6 +250,7 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         params,
         config.threads,
         &mut |b| {
+            deriving.take();
             progress
                 .get_or_insert_with(|| Progress::new(out, "backup", Some(total)))
                 .update(b)
@@ -339,8 +344,10 @@ fn open_reader(
     let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())?
         .with_threads(source.threads);
     let secret = super::read_secret_safely(global, args, out, "Backup passphrase", false, None)?;
-    out.progress("deriving the archive key (argon2id)");
-    Ok((keyless.unlock(&secret)?, len))
+    let deriving = Progress::working(out, "deriving the archive key (argon2id)");
+    let reader = keyless.unlock(&secret)?;
+    deriving.finish();
+    Ok((reader, len))
 }
 
 fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {

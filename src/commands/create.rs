@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::host::disks::{self, Region};
 use crate::host::mounts;
 use crate::host::tools;
-use crate::output::Output;
+use crate::output::{Output, Progress};
 use crate::persistence::config::ConfigFile;
 use crate::persistence::features::SystemHost;
 use crate::persistence::files;
@@ -206,8 +206,12 @@ fn format_and_populate(
     config: &ConfigFile,
     out: Output,
 ) -> Result<KeyslotInfo> {
-    out.progress(format!("formatting {} as LUKS2 (argon2id)", path.display()));
+    let working = Progress::working(
+        out,
+        format!("formatting {} as LUKS2 (argon2id)", path.display()),
+    );
     let (volume, keyslot) = Volume::format(path, layout.fs_label, secret, kdf)?;
+    working.finish();
     out.progress(format!(
         "keyslot {}: argon2id, {} MiB, {} iterations, {} threads",
         keyslot.keyslot,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, PassphraseChangeArgs, PassphraseCommand, RecoveryKeyCommand};
 use crate::error::{Error, Result};
-use crate::output::Output;
+use crate::output::{Output, Progress};
 use crate::secrets::{self, SecretSource};
 use crate::volume::{self, KeyslotInfo, Volume};
 
@@ -68,8 +68,12 @@ pub fn passphrase(global: &GlobalArgs, command: PassphraseCommand, out: Output) 
             "the new passphrase is the old one; nothing was changed".into(),
         ));
     }
-    out.progress("writing the new keyslot (its key derivation takes a few seconds)");
+    let working = Progress::working(
+        out,
+        "writing the new keyslot (its key derivation takes a few seconds)",
+    );
     let keyslot = volume.change_passphrase(slot, &old, &new, config.kdf)?;
+    working.finish();
     drop((old, new));
     let report = KeyslotReport {
         volume: volume.path().to_path_buf(),
@@ -101,8 +105,9 @@ pub fn recovery_key(global: &GlobalArgs, command: RecoveryKeyCommand, out: Outpu
             volume.require_affordable("adding a recovery key to")?;
             let passphrase = super::read_passphrase(global, &args.passphrase, out, volume.path())?;
             let key = volume::recovery::generate()?;
-            out.progress("adding the recovery key's keyslot");
+            let working = Progress::working(out, "adding the recovery key's keyslot");
             let keyslot = adding.add(&passphrase, &key, kdf)?;
+            working.finish();
             let report = KeyslotReport {
                 volume: volume.path().to_path_buf(),
                 keyslot,

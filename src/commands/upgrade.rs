@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::cli::{GlobalArgs, UpgradeArgs};
 use crate::error::Result;
-use crate::output::Output;
+use crate::output::{Output, Progress};
 use crate::volume::{self, KeyslotInfo, UpgradePlan, Volume};
 
 #[derive(Debug, Serialize)]
@@ -68,14 +68,16 @@ pub fn run(global: &GlobalArgs, args: UpgradeArgs, out: Output) -> Result<()> {
                 file.display()
             ));
         }
+        let working = Progress::working(out, "upgrading");
         volume.upgrade(
             &plan,
             slot,
             &secret,
             config.kdf,
             &super::runtime_dir()?.path,
-            |step| out.progress(step),
+            |step| working.step(out, step),
         )?;
+        working.finish();
     }
     let info = volume.info()?;
     let untouched = if changed {
