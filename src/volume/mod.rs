@@ -380,7 +380,15 @@ fn forget_keyring_keys(uuid: &str) {
 /// libcryptsetup attached for a container file is released with it.
 /// Refuses a mapping name that is taken already, before anything is opened under it.
 pub(crate) fn refuse_an_existing_mapping(name: &str) -> Result<()> {
-    match crate::host::devices::find_mapping(name) {
+    refuse_an_existing_mapping_in(name, &crate::host::devices::all_mappings())
+}
+
+/// [`refuse_an_existing_mapping`] among the mappings the command found when it started.
+pub(crate) fn refuse_an_existing_mapping_in(
+    name: &str,
+    mappings: &[crate::host::devices::Mapping],
+) -> Result<()> {
+    match mappings.iter().find(|m| m.name == name) {
         Some(m) => Err(Error::MappingExists(format!(
             "{} ({})",
             m.name, m.kernel_name
