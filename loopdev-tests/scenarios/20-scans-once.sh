@@ -1,5 +1,5 @@
 # Each scan of the host (the block devices and device-mapper list in /sys/block,
-# /proc/self/mountinfo, /proc/keys) happens once per command: unlock, status and lock run
+# /proc/self/mountinfo, /proc/keys, and lock's walk of /proc) happens once per command: unlock, status and lock run
 # under strace and keepsake's own opens of each are counted (keepsake's, opened with
 # O_CLOEXEC as Rust's std does; libcryptsetup's opens carry no O_CLOEXEC and are its own).
 # lock reads /sys/block and mountinfo a second time on purpose: verify-gone checks the
@@ -53,4 +53,5 @@ guest_checks() {
     scans lock /proc/self/mountinfo 2
     scans lock /sys/block 2
     scans lock /proc/keys 0
+    scans lock /proc 1
 }
