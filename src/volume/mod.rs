@@ -55,6 +55,27 @@ pub struct Volume {
     path: PathBuf,
 }
 
+/// A volume whose header is loaded and whose keyslots this machine can afford
+/// ([`Volume::load_affordable`]).
+pub(crate) struct Affordable {
+    volume: Volume,
+    device: CryptDevice,
+}
+
+impl Affordable {
+    /// [`Volume::activate`] with the header already loaded.
+    pub(crate) fn activate(mut self, mapping: &str, secret: &Secret) -> Result<u32> {
+        self.volume.open_keyslot(
+            &mut self.device,
+            secret,
+            Opening::Mapping {
+                name: mapping,
+                read_only: false,
+            },
+        )
+    }
+}
+
 /// How a keyslot is opened.
 #[derive(Clone, Copy, Debug)]
 enum Opening<'a> {
@@ -168,13 +189,23 @@ impl Volume {
     /// and remove, upgrade) calls this before it reads a passphrase; `doing` starts the
     /// message ("unlocking").
     pub fn require_affordable(&self, doing: &str) -> Result<()> {
+        self.load_affordable(doing).map(drop)
+    }
+
+    /// [`Volume::require_affordable`], keeping the header it loaded, so that activating
+    /// the volume next does not read and parse it again.
+    pub(crate) fn load_affordable(&self, doing: &str) -> Result<Affordable> {
         let mut device = self.load()?;
         let costs = keyslots::kdf_memory_costs(&mut device);
         kdf::require_affordable_keyslots(
             &format!("{doing} {}", self.path.display()),
             &costs,
             mem_available_kib(),
-        )
+        )?;
+        Ok(Affordable {
+            volume: self.clone(),
+            device,
+        })
     }
 
     /// Opens the volume as `/dev/mapper/<mapping>`; returns the keyslot that opened. A

@@ -63,10 +63,16 @@ pub(crate) fn open_at<E: CallerError>(
         .map_or_else(|| backing.clone(), devices::AttachedLoop::path);
     let layout = profile.for_volume(&device);
     super::refuse_an_existing_mapping_in(&layout.mapping, &host.mappings)?;
-    Volume::at(&backing).require_affordable("unlocking")?;
+    let affordable = Volume::at(&backing).load_affordable("unlocking")?;
     let secret = read_secret(&backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = Volume::at(&device).activate(&layout.mapping, &secret)?;
+    // A container file live-boot's way goes through the loop device attached above.
+    let keyslot = if attached.is_none() {
+        affordable.activate(&layout.mapping, &secret)?
+    } else {
+        drop(affordable);
+        Volume::at(&device).activate(&layout.mapping, &secret)?
+    };
     Ok(Opened {
         backing,
         layout,
