@@ -106,10 +106,13 @@ small so that the comparison is about everything but the KDF).
 {chr(10).join(rows)}
 
 "KDF alone" is `cryptsetup open --test-passphrase` on the same keyslot; "− KDF" subtracts
-its median (its minimum on the minimum line). keepsake's own cost is its checks (preflight, the ext4 superblock, config
-validation), the binds with their nosuid,nodev remounts, and the runtime record; the bare
-script starts one `mount` process per bind instead. Lock also drops the page cache and
-verifies that nothing of the volume is left, which the bare script does not do.
+its median (its minimum on the minimum line). keepsake's own cost is its checks (preflight,
+the ext4 superblock, config validation), the binds with their nosuid,nodev remounts, and
+the runtime record; the bare script starts one `mount` process per bind instead. Each
+command reads the mount table, the block devices and /proc/keys once (scenario
+20-scans-once counts them). Lock also walks /proc for mount namespaces that hold the
+volume, drops the page cache (`drop_caches`, tens of ms under TCG) and verifies that
+nothing of the volume is left, which the bare script does not do.
 
 ## status --json with 100 features
 
