@@ -65,7 +65,7 @@ def y(v):
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
        f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14">unlock and lock time (ms, median of {runs}) against N features</text>']
-step = 100 if top_value > 400 else 50
+step = next(s for s in (50, 100, 200, 250, 500, 1000, 2000) if top_value / s <= 8)
 v = 0
 while v <= top_value:
     svg.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
