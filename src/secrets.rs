@@ -716,14 +716,34 @@ pub(crate) fn harden_process() -> Result<Hardening> {
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
         .context(|| "setting RLIMIT_CORE to 0".into())?;
     report.core_limit_zero = true;
-    use nix::sys::mman::{MlockAllFlags, mlockall};
-    match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+    match lock_all_memory() {
         Ok(()) => report.memory_locked = true,
         Err(e) => report.warnings.push(format!(
             "could not lock memory (mlockall: {e}); secrets could reach swap if any is active"
         )),
     }
     Ok(report)
+}
+
+/// Every page of the process, present and future, locked in RAM as it is first touched
+/// (MCL_ONFAULT): a page that never holds anything (most of the binary's text, unused
+/// stack and heap) is never faulted in just to be locked, which cost tens of ms per
+/// command under emulation; a page that holds a secret is locked before the secret is
+/// written to it. Kernels before 4.4 do not know MCL_ONFAULT (EINVAL): they lock all.
+fn lock_all_memory() -> nix::Result<()> {
+    let all = libc::MCL_CURRENT | libc::MCL_FUTURE;
+    // SAFETY: mlockall takes flags only and touches no memory of ours.
+    let rc = unsafe { libc::mlockall(all | libc::MCL_ONFAULT) };
+    if rc == 0 {
+        return Ok(());
+    }
+    match nix::errno::Errno::last() {
+        nix::errno::Errno::EINVAL => {
+            // SAFETY: as above.
+            nix::errno::Errno::result(unsafe { libc::mlockall(all) }).map(drop)
+        }
+        e => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 #
 #   unlock/lock with N features vs `cryptsetup open` + `mount` + N `mount --bind`, and
 #   the N `umount`s + `umount` + `cryptsetup close` (same volume, same keyslot, same KDF);
-#   the KDF alone (`cryptsetup open --test-passphrase`); `status --json` with 100 features;
+#   the KDF alone (`cryptsetup open --test-passphrase`); `status --json` with 100 features vs
+#   `findmnt --json` + `cryptsetup status`;
 #   create on 1 GiB and 8 GiB sparse images vs `luksFormat` + `open` + `mkfs.ext4` + `close`.
 
 # A small KDF cost, the same for both sides, so that what is compared is everything else;
@@ -12,7 +13,7 @@ KS_BENCH_KDF="--pbkdf-memory 8192 --pbkdf-force-iterations 4"
 
 ks_ns() { /usr/bin/date +%s%N; }
 
-# bench NAME COMMAND...: runs COMMAND, prints its wall time in ms; the phase fails if it fails.
+# bench NAME COMMAND...: runs COMMAND, prints its wall time in µs; the phase fails if it fails.
 bench() {
     local name=$1 t0 t1; shift
     t0=$(ks_ns)
@@ -32,6 +33,11 @@ bare_close() {
     local n=$1 k
     for k in $(seq "$n" -1 1); do umount "/srv/b/f$k" || return 1; done
     umount /mnt/bare && cryptsetup close bare
+}
+
+# What `status --json` tells, from the bare tools: the mounts as JSON, and the mapping.
+bare_status() {
+    findmnt --json >/dev/null && cryptsetup status TailsData_unlocked
 }
 
 bare_create() {
@@ -63,7 +69,10 @@ guest_all() {
             bench "kdf.$n" cryptsetup open --test-passphrase --key-file "$KS_PASS_FILE" "/bench/vol-$n.img"
             bench "keepsake_unlock.$n" keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
             [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "keepsake bound $n folders"
-            [ "$n" = 100 ] && bench "status_json.$n" keepsake --json status
+            if [ "$n" = 100 ]; then
+                bench "status_json.$n" keepsake --json status
+                bench "bare_status.$n" bare_status
+            fi
             bench "keepsake_lock.$n" keepsake lock
             bench "bare_unlock.$n" bare_open "$n"
             [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "the bare script bound $n folders"

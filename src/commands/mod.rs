@@ -74,7 +74,22 @@ pub fn read_secret_safely(
     confirm: bool,
     volume_file: Option<&Path>,
 ) -> Result<Secret> {
-    let findings = preflight::run(&overrides(global), volume_file)?;
+    let table = mounts::read_mountinfo()?;
+    read_secret_checked(global, args, out, prompt, confirm, volume_file, &table)
+}
+
+/// [`read_secret_safely`], the preflight checks made against the mount table the command
+/// read when it started.
+pub fn read_secret_checked(
+    global: &GlobalArgs,
+    args: &PassphraseArgs,
+    out: Output,
+    prompt: &str,
+    confirm: bool,
+    volume_file: Option<&Path>,
+    table: &[mounts::Mount],
+) -> Result<Secret> {
+    let findings = preflight::run(&overrides(global), volume_file, table)?;
     for warning in preflight::enforce(&findings)? {
         out.warn(warning);
     }

@@ -46,19 +46,23 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         recovery_key: args.recovery_key,
         live_user: args.live_user.clone(),
     };
-    let mut read_secret =
-        |backing: &Path| read_unlock_secret(global, &args, config.recovery_key, out, backing);
-    unlock(&config, &args.volume, &mut read_secret, out)
+    // The mounts and block devices, read once: every check below looks at these.
+    let host = crate::host::Snapshot::read()?;
+    let mut read_secret = |backing: &Path| {
+        read_unlock_secret(global, &args, config.recovery_key, out, backing, &host)
+    };
+    unlock(&config, &host, &args.volume, &mut read_secret, out)
 }
 
 fn unlock(
     config: &UnlockConfig,
+    host: &crate::host::Snapshot,
     volume_args: &crate::cli::VolumeArgs,
     read_secret: &mut dyn FnMut(&Path) -> Result<crate::secrets::Secret>,
     out: Output,
 ) -> Result<()> {
     let profile = &config.profile;
-    let open: Vec<_> = crate::session::unlocked::Unlocked::find_all()?
+    let open: Vec<_> = crate::session::unlocked::Unlocked::find_all_in(host)
         .into_iter()
         .filter(|u| u.profile == profile.profile)
         .collect();
@@ -71,14 +75,20 @@ fn unlock(
     let _lock = super::exclusive()?;
     let searched = config.place.is_none();
     let opened = match super::find_volume(volume_args, profile) {
-        Ok(backing) => open::open_at(profile, backing, read_secret, out)?,
+        Ok(backing) => open::open_at(profile, host, backing, read_secret, out)?,
         Err(Error::NotFound(why)) if searched && profile.profile == LayoutProfile::LiveBoot => {
-            open::find_as_live_boot(profile, &why, read_secret, out)?
+            open::find_as_live_boot(profile, host, &why, read_secret, out)?
         }
         Err(e) => return Err(e),
     };
     let layout = &opened.layout;
-    match crate::session::unlock::start(layout, &opened.backing, config.live_user.as_deref(), out) {
+    match crate::session::unlock::start(
+        layout,
+        &opened.backing,
+        config.live_user.as_deref(),
+        &host.mounts,
+        out,
+    ) {
         Ok(session) => finish(
             UnlockReport {
                 backing: opened.backing.clone(),
@@ -107,19 +117,26 @@ fn read_unlock_secret(
     recovery_key: bool,
     out: Output,
     backing: &Path,
+    host: &crate::host::Snapshot,
 ) -> Result<crate::secrets::Secret> {
+    let prompt = if recovery_key {
+        "Recovery key"
+    } else {
+        "Passphrase"
+    };
+    let typed = super::read_secret_checked(
+        global,
+        &args.passphrase,
+        out,
+        prompt,
+        false,
+        Some(backing),
+        &host.mounts,
+    )?;
     if recovery_key {
-        let typed = super::read_secret_safely(
-            global,
-            &args.passphrase,
-            out,
-            "Recovery key",
-            false,
-            Some(backing),
-        )?;
         Ok(crate::volume::recovery::normalize(&typed)?)
     } else {
-        super::read_passphrase(global, &args.passphrase, out, backing)
+        Ok(typed)
     }
 }
 

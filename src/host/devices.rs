@@ -51,16 +51,23 @@ fn list_dir(path: &Path) -> Vec<String> {
     names
 }
 
-/// Finds the mapping called `name`, if the kernel has one.
-pub(crate) fn find_mapping(name: &str) -> Option<Mapping> {
-    all_mappings().into_iter().find(|m| m.name == name)
-}
-
 /// Every device-mapper mapping the kernel has, by kernel name.
 pub(crate) fn all_mappings() -> Vec<Mapping> {
+    mappings_in(&block_devices())
+}
+
+/// The kernel names of every block device (`/sys/block`): one listing, that a command
+/// reads once and hands on (see [`crate::host::Snapshot`]).
+pub(crate) fn block_devices() -> Vec<String> {
     list_dir(Path::new("/sys/block"))
-        .into_iter()
+}
+
+/// The mappings among `block_devices`, read from their sysfs folders.
+pub(crate) fn mappings_in(block_devices: &[String]) -> Vec<Mapping> {
+    block_devices
+        .iter()
         .filter(|k| k.starts_with("dm-"))
+        .cloned()
         .filter_map(|kernel_name| {
             let base = Path::new("/sys/block").join(&kernel_name);
             Some(Mapping {
@@ -84,11 +91,17 @@ pub(crate) fn loop_backing_file(kernel_name: &str) -> Option<PathBuf> {
 
 /// Loop devices whose backing file is `file`.
 pub(crate) fn loops_backed_by(file: &Path) -> Vec<String> {
+    loops_backed_by_in(&block_devices(), file)
+}
+
+/// Of `block_devices`, the loop devices whose backing file is `file`.
+pub(crate) fn loops_backed_by_in(block_devices: &[String], file: &Path) -> Vec<String> {
     let wanted = fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    list_dir(Path::new("/sys/block"))
-        .into_iter()
+    block_devices
+        .iter()
         .filter(|k| k.starts_with("loop"))
         .filter(|k| loop_backing_file(k).is_some_and(|b| b == wanted))
+        .cloned()
         .collect()
 }
 
@@ -238,6 +251,16 @@ pub(crate) fn holder_of(path: &Path) -> Option<String> {
     })
 }
 
+/// The device number of the mapping called `name`, from its node in /dev/mapper: one
+/// stat, no scan of the block devices.
+pub(crate) fn mapping_dev(name: &str) -> Option<(u32, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = fs::metadata(Path::new("/dev/mapper").join(name)).ok()?;
+    meta.file_type()
+        .is_block_device()
+        .then(|| (libc::major(meta.rdev()), libc::minor(meta.rdev())))
+}
+
 /// `/dev/<kernel name>` for a device under a mapping.
 pub(crate) fn dev_path(kernel_name: &str) -> PathBuf {
     Path::new("/dev").join(kernel_name)
@@ -314,6 +337,10 @@ mod tests {
 
     #[test]
     fn unknown_mapping_is_none() {
-        assert!(find_mapping("keepsake-test-no-such-mapping").is_none());
+        assert!(
+            all_mappings()
+                .iter()
+                .all(|m| m.name != "keepsake-test-no-such-mapping")
+        );
     }
 }

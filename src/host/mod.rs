@@ -12,6 +12,37 @@ pub mod tools;
 
 use crate::context::IoError;
 
+/// The kernel's tables as a command finds them when it starts: the mounts and the block
+/// devices (with the device-mapper mappings among them). Read once per command and
+/// handed down, so that no step reads them again (each read of sysfs or
+/// /proc/self/mountinfo costs milliseconds on a slow live system); only a check made
+/// after a change (lock's verify-gone) reads them afresh. Scenario 20 counts the reads.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub mounts: Vec<mounts::Mount>,
+    /// Kernel names of every block device (`/sys/block`).
+    pub block_devices: Vec<String>,
+    pub mappings: Vec<devices::Mapping>,
+}
+
+impl Snapshot {
+    pub fn read() -> Result<Snapshot> {
+        let mounts = mounts::read_mountinfo()?;
+        let block_devices = devices::block_devices();
+        let mappings = devices::mappings_in(&block_devices);
+        Ok(Snapshot {
+            mounts,
+            block_devices,
+            mappings,
+        })
+    }
+
+    /// The mapping called `name`, if the kernel had one.
+    pub fn mapping(&self, name: &str) -> Option<&devices::Mapping> {
+        self.mappings.iter().find(|m| m.name == name)
+    }
+}
+
 /// What went wrong with the host, named by what happened (the exit code each gets is
 /// chosen in `crate::error`).
 #[derive(Debug, thiserror::Error)]

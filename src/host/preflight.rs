@@ -294,8 +294,11 @@ pub(crate) fn require_kdf_memory(
 
 /// Runs every check against the running system. `volume_file` is the container file about
 /// to be used, if any.
-pub(crate) fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<Vec<Finding>> {
-    let table = mounts::read_mountinfo()?;
+pub(crate) fn run(
+    overrides: &Overrides,
+    volume_file: Option<&Path>,
+    table: &[mounts::Mount],
+) -> Result<Vec<Finding>> {
     let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
     let areas: Vec<SwapArea> = parse_swaps(&swaps)
         .into_iter()
@@ -305,20 +308,20 @@ pub(crate) fn run(overrides: &Overrides, volume_file: Option<&Path>) -> Result<V
         })
         .collect();
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    let fs_of = |p: &Path| mount_holding(&table, p).map(|m| m.fstype.clone());
+    let fs_of = |p: &Path| mount_holding(table, p).map(|m| m.fstype.clone());
     let folders = [
         Path::new("/tmp"),
         Path::new(crate::persistence::layout::RUNTIME_DIR),
     ];
     let stick = volume_file
         .and_then(|f| f.parent())
-        .and_then(|dir| mount_holding(&table, dir))
+        .and_then(|dir| mount_holding(table, dir))
         .map(|m| m.dev);
     Ok(vec![
         check_swap(&areas, overrides),
         check_core_pattern(&pattern, &fs_of, overrides),
-        check_ram_folders(&table, &folders, overrides),
-        check_host_disks(&table, stick),
+        check_ram_folders(table, &folders, overrides),
+        check_host_disks(table, stick),
     ])
 }
 

@@ -106,6 +106,11 @@ fn holders_of_kind(dev: (u32, u32), files_too: bool) -> Vec<Holder> {
     // Every process of such a namespace holds it: ending them all frees the namespace.
     let holding = namespaces_holding(dev, ours);
     let mut holders = Vec::new();
+    // No foreign namespace holds it: asked only about namespaces, the second walk of
+    // /proc (every process's namespace looked up again) would find nobody.
+    if !files_too && holding.is_empty() {
+        return holders;
+    }
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
         return holders;
     };

@@ -313,12 +313,16 @@ pub trait Host {
 /// The running system: its user database and its folders.
 pub(crate) struct SystemHost {
     pub live_user: Result<LiveUser, String>,
+    /// The groups already looked up, by user name: each entry of persistence.conf asks
+    /// for the live user's, and each lookup reads the whole group database.
+    groups: std::cell::RefCell<Vec<(String, Vec<u32>)>>,
 }
 
 impl SystemHost {
     pub(crate) fn new(live_user_name: Option<&str>) -> SystemHost {
         SystemHost {
             live_user: LiveUser::find(live_user_name).map_err(|e| e.to_string()),
+            groups: Default::default(),
         }
     }
 }
@@ -339,10 +343,17 @@ impl Host for SystemHost {
     }
 
     fn groups_of(&self, user: &LiveUser) -> Vec<u32> {
+        if let Some((_, gids)) = self.groups.borrow().iter().find(|(n, _)| *n == user.name) {
+            return gids.clone();
+        }
         let name = std::ffi::CString::new(user.name.as_bytes()).unwrap_or_default();
-        nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
+        let gids: Vec<u32> = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
             .map(|gs| gs.iter().map(|g| g.as_raw()).collect())
-            .unwrap_or_else(|_| vec![user.gid])
+            .unwrap_or_else(|_| vec![user.gid]);
+        self.groups
+            .borrow_mut()
+            .push((user.name.clone(), gids.clone()));
+        gids
     }
 
     fn owner_of(&self, path: &Path) -> Option<Owner> {

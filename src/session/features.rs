@@ -192,7 +192,13 @@ pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
     }
     let resolved = open.resolve(&added)?;
     files::write_config(&open.dir, &open.config)?;
-    let reports = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved)?;
+    let reports = lifecycle::activate_features(
+        &open.dir,
+        &open.root,
+        open.dev(),
+        &resolved,
+        &open.unlocked.table,
+    )?;
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.active)
@@ -254,7 +260,9 @@ pub fn disable(open: &mut Open, names: &[String]) -> Result<bool> {
         files::write_config(&open.dir, &config)
     })();
     if let Err(e) = written {
-        let _ = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved);
+        // A rollback: the table changed since the volume was found.
+        let table = crate::host::mounts::read_mountinfo().unwrap_or_default();
+        let _ = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved, &table);
         return Err(e.into());
     }
     open.config = config;

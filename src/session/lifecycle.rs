@@ -28,9 +28,9 @@ pub fn activate_features(
     mount_root: &Path,
     volume_dev: (u32, u32),
     entries: &[ResolvedEntry],
+    table: &[mounts::Mount],
 ) -> Result<Vec<FeatureReport>> {
-    let table = mounts::read_mountinfo()?;
-    let plan = plan::plan_activation(entries, mount_root, volume_dev, &table);
+    let plan = plan::plan_activation(entries, mount_root, volume_dev, table);
     let tor_involved = plan
         .iter()
         .any(|p| p.action == Action::Activate && p.resolved.service == Some(Service::Tor));
@@ -241,6 +241,6 @@ pub fn restore(layout: &Layout, before: &Unlocked) {
     if let Ok(Some(config)) = files::read_config(&dir, layout.profile.into()) {
         let host = SystemHost::new(None);
         let (entries, _) = plan::resolve_entries(&config, &host);
-        let _ = activate_features(&dir, root, before.mapping.dev, &entries);
+        let _ = activate_features(&dir, root, before.mapping.dev, &entries, &table);
     }
 }

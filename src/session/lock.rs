@@ -139,8 +139,10 @@ fn names_device(u: &Unlocked, wanted: &Path) -> bool {
 /// report says what was done; what of a volume could not be removed is in its
 /// `leftovers` (see [`LockReport::leftovers_error`]).
 pub fn lock(options: &LockOptions, out: Output) -> Result<LockReport> {
+    // The mounts and block devices, read once; only verify_gone looks again, after the change.
+    let host = crate::host::Snapshot::read()?;
     let chosen = choose(
-        Unlocked::find_all()?,
+        Unlocked::find_all_in(&host),
         options.layout,
         options.device.as_deref(),
     )?;
@@ -156,7 +158,7 @@ pub fn lock(options: &LockOptions, out: Output) -> Result<LockReport> {
     let mut report = LockReport::default();
     // Mounted last, locked first.
     for u in chosen.iter().rev() {
-        match lock_one(u, options, out) {
+        match lock_one(u, &host, options, out) {
             Ok(one) => report.add(one),
             Err(e) if report.was_unlocked => {
                 return Err(e.with_note(&format!(
@@ -196,7 +198,12 @@ fn refuse_a_root_on_the_volume(volumes: &[Unlocked]) -> Result<()> {
 }
 
 /// Locks one volume: tor stopped around it when its state is bound from it.
-fn lock_one(unlocked: &Unlocked, options: &LockOptions, out: Output) -> Result<LockReport> {
+fn lock_one(
+    unlocked: &Unlocked,
+    host: &crate::host::Snapshot,
+    options: &LockOptions,
+    out: Output,
+) -> Result<LockReport> {
     let mut layout = Layout::new(unlocked.profile, None);
     layout.mapping = unlocked.mapping.name.clone();
     if let Some(root) = &unlocked.mount_root {
@@ -211,7 +218,7 @@ fn lock_one(unlocked: &Unlocked, options: &LockOptions, out: Output) -> Result<L
         .iter()
         .any(|m| m.dev == unlocked.mapping.dev && m.mount_point == Path::new(tor::DATA_DIR));
     let pause = TorPause::stop(tor_bound, || out.progress("stopping tor"))?;
-    let mut report = match lock_volume(&layout, unlocked, options, out) {
+    let mut report = match lock_volume(&layout, unlocked, host, options, out) {
         Ok(report) => report,
         Err(e) => {
             // Still unlocked (and restored): tor goes back to its persistent state.
@@ -236,6 +243,7 @@ fn lock_one(unlocked: &Unlocked, options: &LockOptions, out: Output) -> Result<L
 fn lock_volume(
     layout: &Layout,
     unlocked: &Unlocked,
+    host: &crate::host::Snapshot,
     options: &LockOptions,
     out: Output,
 ) -> Result<LockReport> {
@@ -313,7 +321,13 @@ fn lock_volume(
     // reported (and found again by the check below), but the rest of lock still runs.
     // live-boot attaches a container file without autoclear: its loop device (the one
     // under the mapping) is released here too.
-    let loops = loops_of(unlocked, backing.as_deref());
+    // The loop devices of the volume as they were found (a loop device's backing file
+    // does not change while it stays attached).
+    let loops = attached_loops(
+        &host.block_devices,
+        &unlocked.mapping.slaves,
+        backing.as_deref(),
+    );
     for lo in &loops {
         if let Err(e) = devices::detach_loop(lo) {
             out.warn(format!("detaching /dev/{lo}: {e}"));
@@ -348,21 +362,20 @@ fn lock_volume(
     })
 }
 
-/// The loop devices of a volume: those under its mapping, and those of its container file.
-fn loops_of(unlocked: &Unlocked, backing: Option<&Path>) -> Vec<String> {
-    attached_loops(&unlocked.mapping.slaves, backing)
-}
-
-/// Of `candidates`, the loop devices still attached, and those attached to the container
-/// file `backing`; sorted, each once.
-fn attached_loops(candidates: &[String], backing: Option<&Path>) -> Vec<String> {
+/// Of `candidates`, the loop devices still attached, and those of `block_devices`
+/// attached to the container file `backing`; sorted, each once.
+fn attached_loops(
+    block_devices: &[String],
+    candidates: &[String],
+    backing: Option<&Path>,
+) -> Vec<String> {
     let mut loops: Vec<String> = candidates
         .iter()
         .filter(|s| devices::loop_backing_file(s).is_some())
         .cloned()
         .collect();
     if let Some(file) = backing.filter(|b| b.is_file()) {
-        loops.extend(devices::loops_backed_by(file));
+        loops.extend(devices::loops_backed_by_in(block_devices, file));
     }
     loops.sort();
     loops.dedup();
@@ -393,10 +406,15 @@ fn link_destinations(
     }
 }
 
-/// What of the volume is still there: a mapping, a mount, a loop device.
+/// What of the volume is still there: a mapping, a mount, a loop device. The one step of
+/// lock that reads the block devices and the mounts again: it checks the change made.
 fn verify_gone(layout: &Layout, backing: Option<&Path>, loops: &[String]) -> Vec<String> {
     let mut left = Vec::new();
-    if let Some(m) = devices::find_mapping(&layout.mapping) {
+    let block_devices = devices::block_devices();
+    if let Some(m) = devices::mappings_in(&block_devices)
+        .into_iter()
+        .find(|m| m.name == layout.mapping)
+    {
         left.push(format!("mapping {} ({})", m.name, m.kernel_name));
     }
     if !layout.mapping.is_empty() && volume::is_active(&layout.mapping) {
@@ -412,7 +430,7 @@ fn verify_gone(layout: &Layout, backing: Option<&Path>, loops: &[String]) -> Vec
             left.push(format!("mount {}", m.mount_point.display()));
         }
     }
-    for lo in attached_loops(loops, backing) {
+    for lo in attached_loops(&block_devices, loops, backing) {
         left.push(format!("loop device /dev/{lo}"));
     }
     left

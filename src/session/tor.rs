@@ -156,6 +156,12 @@ impl Identity {
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                    // One stat per process first: most are not tor, and the full check
+                    // (below, once the pidfd holds the process) costs five system calls.
+                    .filter(|pid: &i32| {
+                        file_id(&Path::new("/proc").join(pid.to_string()).join("exe"))
+                            == Some(self.binary_id)
+                    })
                     .filter_map(|pid| {
                         let pidfd = pidfd_open(pid)?;
                         let facts = ProcessFacts::read(pid)?;

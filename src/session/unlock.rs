@@ -37,6 +37,7 @@ pub fn start(
     layout: &Layout,
     backing: &Path,
     live_user: Option<&str>,
+    mounts_before: &[mounts::Mount],
     out: Output,
 ) -> Result<Started> {
     let device = layout.mapper_path();
@@ -46,7 +47,7 @@ pub fn start(
     }
     unlocked::ensure_mount_point(&layout.mount_root)?;
     mounts::mount_ext4(&device, &layout.mount_root)?;
-    let mapping = devices::find_mapping(&layout.mapping)
+    let volume_dev = devices::mapping_dev(&layout.mapping)
         .ok_or_else(|| Error::Unexpected(format!("{} vanished after opening", layout.mapping)))?;
     let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
     let host = SystemHost::new(live_user);
@@ -80,11 +81,14 @@ pub fn start(
         Ok(Some(config)) => {
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
             let (entries, mut failed) = plan::resolve_entries(&config, &host);
+            // The table from before the volume was opened: none of its features can be
+            // active yet, and that is all activation looks the table up for.
             features = lifecycle::activate_features(
                 &volume_dir,
                 &layout.mount_root,
-                mapping.dev,
+                volume_dev,
                 &entries,
+                mounts_before,
             )?;
             features.append(&mut failed);
         }

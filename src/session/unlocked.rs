@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::context::Context;
 use crate::host::devices::{self, Mapping};
-use crate::host::mounts::{self, Mount};
+use crate::host::mounts::Mount;
 use crate::persistence::config::Dialect;
 use crate::persistence::features::{self, Host};
 use crate::persistence::files;
@@ -61,7 +61,12 @@ impl Unlocked {
     /// ([`crate::volume::discovery::open_volumes`]), keepsake's runtime records vouching only for
     /// the live-boot mappings keepsake opened itself.
     pub fn find_all() -> Result<Vec<Unlocked>> {
-        let table = mounts::read_mountinfo()?;
+        Ok(Unlocked::find_all_in(&crate::host::Snapshot::read()?))
+    }
+
+    /// [`Unlocked::find_all`] in the tables a command read when it started.
+    pub fn find_all_in(host: &crate::host::Snapshot) -> Vec<Unlocked> {
+        let table = &host.mounts;
         let recorded: Vec<(LayoutProfile, String)> =
             [LayoutProfile::Tails, LayoutProfile::LiveBoot]
                 .into_iter()
@@ -70,17 +75,15 @@ impl Unlocked {
                     (!r.mapping.is_empty()).then_some((p, r.mapping))
                 })
                 .collect();
-        Ok(
-            crate::volume::discovery::open_volumes(&devices::all_mappings(), &table, &recorded)
-                .into_iter()
-                .map(|v| Unlocked {
-                    profile: v.profile,
-                    mapping: v.mapping,
-                    mount_root: v.mount_root,
-                    table: table.clone(),
-                })
-                .collect(),
-        )
+        crate::volume::discovery::open_volumes(&host.mappings, table, &recorded)
+            .into_iter()
+            .map(|v| Unlocked {
+                profile: v.profile,
+                mapping: v.mapping,
+                mount_root: v.mount_root,
+                table: table.clone(),
+            })
+            .collect()
     }
 
     /// `/dev/mapper/NAME (layout)`, for messages.

@@ -97,13 +97,23 @@ fn keyslots_with_role(device: &mut CryptDevice, role: Role) -> Vec<u32> {
 }
 
 pub(super) fn keyslot_info(device: &mut CryptDevice, keyslot: u32) -> Result<KeyslotInfo> {
+    let tokens = role_tokens(device);
+    keyslot_info_with(device, keyslot, &tokens)
+}
+
+/// [`keyslot_info`] with the role tokens read already (reading them asks for all 32).
+fn keyslot_info_with(
+    device: &mut CryptDevice,
+    keyslot: u32,
+    tokens: &[RoleToken],
+) -> Result<KeyslotInfo> {
     let pbkdf = device
         .keyslot_handle()
         .get_pbkdf(keyslot)
         .map_err(|e| Error::library(format!("reading keyslot {keyslot}"), e))?;
     Ok(KeyslotInfo {
         keyslot,
-        role: role_of(&role_tokens(device), keyslot),
+        role: role_of(tokens, keyslot),
         kdf: match pbkdf.type_ {
             CryptKdf::Pbkdf2 => "pbkdf2",
             CryptKdf::Argon2I => "argon2i",
@@ -119,9 +129,10 @@ pub(super) fn keyslot_info(device: &mut CryptDevice, keyslot: u32) -> Result<Key
 }
 
 pub(super) fn all_keyslot_info(device: &mut CryptDevice) -> Result<Vec<KeyslotInfo>> {
+    let tokens = role_tokens(device);
     active_keyslots(device)
         .into_iter()
-        .map(|slot| keyslot_info(device, slot))
+        .map(|slot| keyslot_info_with(device, slot, &tokens))
         .collect()
 }
 

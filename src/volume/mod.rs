@@ -55,6 +55,27 @@ pub struct Volume {
     path: PathBuf,
 }
 
+/// A volume whose header is loaded and whose keyslots this machine can afford
+/// ([`Volume::load_affordable`]).
+pub(crate) struct Affordable {
+    volume: Volume,
+    device: CryptDevice,
+}
+
+impl Affordable {
+    /// [`Volume::activate`] with the header already loaded.
+    pub(crate) fn activate(mut self, mapping: &str, secret: &Secret) -> Result<u32> {
+        self.volume.open_keyslot(
+            &mut self.device,
+            secret,
+            Opening::Mapping {
+                name: mapping,
+                read_only: false,
+            },
+        )
+    }
+}
+
 /// How a keyslot is opened.
 #[derive(Clone, Copy, Debug)]
 enum Opening<'a> {
@@ -168,13 +189,23 @@ impl Volume {
     /// and remove, upgrade) calls this before it reads a passphrase; `doing` starts the
     /// message ("unlocking").
     pub fn require_affordable(&self, doing: &str) -> Result<()> {
+        self.load_affordable(doing).map(drop)
+    }
+
+    /// [`Volume::require_affordable`], keeping the header it loaded, so that activating
+    /// the volume next does not read and parse it again.
+    pub(crate) fn load_affordable(&self, doing: &str) -> Result<Affordable> {
         let mut device = self.load()?;
         let costs = keyslots::kdf_memory_costs(&mut device);
         kdf::require_affordable_keyslots(
             &format!("{doing} {}", self.path.display()),
             &costs,
             mem_available_kib(),
-        )
+        )?;
+        Ok(Affordable {
+            volume: self.clone(),
+            device,
+        })
     }
 
     /// Opens the volume as `/dev/mapper/<mapping>`; returns the keyslot that opened. A
@@ -366,21 +397,29 @@ fn keyring_key_ids(uuid: &str) -> Vec<i32> {
 }
 
 /// Invalidates (removes at once, not at the next garbage collection) the volume's keys
-/// in the kernel keyring that this process can reach. Returns how many remain visible.
-fn forget_keyring_keys(uuid: &str) -> usize {
+/// in the kernel keyring that this process can reach. (Scenario 05 checks /proc/keys
+/// afterwards; reading it here a second time would only slow every unlock.)
+fn forget_keyring_keys(uuid: &str) {
     const KEYCTL_INVALIDATE: libc::c_long = 21;
     for id in keyring_key_ids(uuid) {
         // SAFETY: keyctl(KEYCTL_INVALIDATE, id) takes a key serial and no pointers.
         unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id as libc::c_long) };
     }
-    keyring_key_ids(uuid).len()
 }
 
 /// Closes the mapping; dm-crypt wipes its copy of the volume key, and a loop device that
 /// libcryptsetup attached for a container file is released with it.
 /// Refuses a mapping name that is taken already, before anything is opened under it.
 pub(crate) fn refuse_an_existing_mapping(name: &str) -> Result<()> {
-    match crate::host::devices::find_mapping(name) {
+    refuse_an_existing_mapping_in(name, &crate::host::devices::all_mappings())
+}
+
+/// [`refuse_an_existing_mapping`] among the mappings the command found when it started.
+pub(crate) fn refuse_an_existing_mapping_in(
+    name: &str,
+    mappings: &[crate::host::devices::Mapping],
+) -> Result<()> {
+    match mappings.iter().find(|m| m.name == name) {
         Some(m) => Err(Error::MappingExists(format!(
             "{} ({})",
             m.name, m.kernel_name

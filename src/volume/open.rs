@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{Error, Volume, discovery};
 use crate::context::{IoError, io_at};
-use crate::host::{self, devices, mounts};
+use crate::host::{self, devices};
 use crate::output::Output;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::secrets::Secret;
@@ -42,6 +42,7 @@ pub struct TriedDevice {
 /// /run/live/persistence/loopN).
 pub(crate) fn open_at<E: CallerError>(
     profile: &Layout,
+    host: &host::Snapshot,
     backing: PathBuf,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
     out: Output,
@@ -61,11 +62,17 @@ pub(crate) fn open_at<E: CallerError>(
         .as_ref()
         .map_or_else(|| backing.clone(), devices::AttachedLoop::path);
     let layout = profile.for_volume(&device);
-    super::refuse_an_existing_mapping(&layout.mapping)?;
-    Volume::at(&backing).require_affordable("unlocking")?;
+    super::refuse_an_existing_mapping_in(&layout.mapping, &host.mappings)?;
+    let affordable = Volume::at(&backing).load_affordable("unlocking")?;
     let secret = read_secret(&backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = Volume::at(&device).activate(&layout.mapping, &secret)?;
+    // A container file live-boot's way goes through the loop device attached above.
+    let keyslot = if attached.is_none() {
+        affordable.activate(&layout.mapping, &secret)?
+    } else {
+        drop(affordable);
+        Volume::at(&device).activate(&layout.mapping, &secret)?
+    };
     Ok(Opened {
         backing,
         layout,
@@ -82,12 +89,13 @@ pub(crate) fn open_at<E: CallerError>(
 /// closing the others.
 pub(crate) fn find_as_live_boot<E: CallerError>(
     profile: &Layout,
+    host: &host::Snapshot,
     not_found: &str,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
     out: Output,
 ) -> std::result::Result<Opened, E> {
-    let table = mounts::read_mountinfo().map_err(E::from)?;
-    let files: Vec<PathBuf> = discovery::container_file_places(&table)
+    let table = &host.mounts;
+    let files: Vec<PathBuf> = discovery::container_file_places(table)
         .into_iter()
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
         .filter(|p| super::has_luks_magic(p))
@@ -103,9 +111,9 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
             "found the container file {} (live-boot's name for one)",
             one.display()
         ));
-        return open_at(profile, one, read_secret, out);
+        return open_at(profile, host, one, read_secret, out);
     }
-    let candidates = discovery::luks_candidates(&discovery::block_candidates(), &table);
+    let candidates = discovery::luks_candidates(&discovery::block_candidates(), table);
     if candidates.is_empty() {
         return Err(Error::NotFound(format!(
             "{not_found}; no container file named persistence, and no LUKS device that is not open already"
@@ -144,7 +152,7 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
     let mut wrong = 0;
     for candidate in &affordable {
         let layout = profile.for_volume(candidate);
-        let outcome = if devices::find_mapping(&layout.mapping).is_some() {
+        let outcome = if host.mapping(&layout.mapping).is_some() {
             format!("not tried: a mapping named {} exists", layout.mapping)
         } else {
             match Volume::at(candidate).activate(&layout.mapping, &secret) {
