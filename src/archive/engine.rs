@@ -8,12 +8,10 @@ use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use chacha20poly1305::ChaCha20Poly1305;
-use chacha20poly1305::aead::stream::{StreamBE32, StreamPrimitive};
-use chacha20poly1305::aead::{self, Buffer};
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::header::HEADER_LEN;
+use super::header::{HEADER_LEN, KEY_LEN, NONCE_PREFIX_LEN};
 
 /// The Poly1305 tag that follows each sealed chunk.
 pub(crate) const TAG_LEN: usize = 16;
@@ -117,45 +115,24 @@ impl Batch {
     }
 }
 
-/// A chunk's room in a batch as the `aead` crate's in-place buffer: its length grows by the
-/// tag when sealing and shrinks by it when opening, never beyond the room.
-struct Slot<'a> {
-    room: &'a mut [u8],
-    len: usize,
+/// The nonce of chunk `counter` in STREAM as the `chacha20poly1305` crate builds it
+/// (`StreamBE32`): the archive's 7-byte prefix, the counter as a big-endian u32, and a
+/// last-chunk flag byte. The vectors test and the oracle (that crate's STREAM) hold it to
+/// that.
+fn chunk_nonce(prefix: &[u8; NONCE_PREFIX_LEN], counter: u32, last: bool) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[..NONCE_PREFIX_LEN].copy_from_slice(prefix);
+    nonce[NONCE_PREFIX_LEN..NONCE_PREFIX_LEN + 4].copy_from_slice(&counter.to_be_bytes());
+    nonce[11] = u8::from(last);
+    nonce
 }
 
-impl AsRef<[u8]> for Slot<'_> {
-    fn as_ref(&self) -> &[u8] {
-        &self.room[..self.len]
-    }
-}
-
-impl AsMut<[u8]> for Slot<'_> {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.room[..self.len]
-    }
-}
-
-impl Buffer for Slot<'_> {
-    fn extend_from_slice(&mut self, other: &[u8]) -> aead::Result<()> {
-        let end = self.len + other.len();
-        self.room
-            .get_mut(self.len..end)
-            .ok_or(aead::Error)?
-            .copy_from_slice(other);
-        self.len = end;
-        Ok(())
-    }
-
-    fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-}
-
-/// What every worker shares: the STREAM of the archive (its key inside, wiped when the last
-/// holder drops it) and the header, which is every chunk's associated data.
+/// What every worker shares: the archive key (inside aws-lc, which cleanses it when the
+/// last holder drops it), the nonce prefix, and the header, which is every chunk's
+/// associated data.
 struct Cipher {
-    stream: StreamBE32<ChaCha20Poly1305>,
+    key: LessSafeKey,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
     header: [u8; HEADER_LEN],
     chunk_size: usize,
     direction: Direction,
@@ -178,31 +155,48 @@ impl Cipher {
             };
             let last = final_chunk && batch.ends_stream;
             let counter = batch.first_chunk + j as u64;
-            let end = ((j + 1) * stride).min(batch.data.len());
-            let mut slot = Slot {
-                room: &mut batch.data[j * stride..end],
-                len,
-            };
             // Engine::submit refused counters above u32::MAX.
             let position = u32::try_from(counter).unwrap_or(u32::MAX);
+            let nonce =
+                Nonce::assume_unique_for_key(chunk_nonce(&self.nonce_prefix, position, last));
+            let aad = Aad::from(&self.header);
+            let start = j * stride;
             let done = match self.direction {
-                Direction::Seal => {
-                    self.stream
-                        .encrypt_in_place(position, last, &self.header, &mut slot)
-                }
-                Direction::Open if len < TAG_LEN => Err(aead::Error),
+                Direction::Seal => batch
+                    .data
+                    .get_mut(start..start + len + TAG_LEN)
+                    .ok_or(())
+                    .and_then(|room| {
+                        let (plain, tag_room) = room.split_at_mut(len);
+                        let tag = self
+                            .key
+                            .seal_in_place_separate_tag(nonce, aad, plain)
+                            .map_err(|_| ())?;
+                        tag_room.copy_from_slice(tag.as_ref());
+                        Ok(len + TAG_LEN)
+                    }),
+                Direction::Open if len < TAG_LEN => Err(()),
                 Direction::Open => {
-                    self.stream
-                        .decrypt_in_place(position, last, &self.header, &mut slot)
+                    batch
+                        .data
+                        .get_mut(start..start + len)
+                        .ok_or(())
+                        .and_then(|sealed| {
+                            self.key
+                                .open_in_place(nonce, aad, sealed)
+                                .map(|plain| plain.len())
+                                .map_err(|_| ())
+                        })
                 }
             };
-            if done.is_err() {
-                batch.data.as_mut_slice().zeroize();
-                batch.refused = Some(counter);
-                return;
-            }
-            if final_chunk {
-                batch.final_len = slot.len;
+            match done {
+                Ok(new_len) if final_chunk => batch.final_len = new_len,
+                Ok(_) => {}
+                Err(()) => {
+                    batch.data.as_mut_slice().zeroize();
+                    batch.refused = Some(counter);
+                    return;
+                }
             }
         }
     }
@@ -231,15 +225,19 @@ pub(super) struct Engine {
 
 impl Engine {
     pub fn new(
-        stream: StreamBE32<ChaCha20Poly1305>,
+        key: &[u8; KEY_LEN],
+        nonce_prefix: [u8; NONCE_PREFIX_LEN],
         header: [u8; HEADER_LEN],
         chunk_size: usize,
         direction: Direction,
         threads: usize,
-    ) -> Engine {
-        Engine {
+    ) -> io::Result<Engine> {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key)
+            .map_err(|_| io::Error::other("the archive key was refused by the cipher"))?;
+        Ok(Engine {
             cipher: Arc::new(Cipher {
-                stream,
+                key: LessSafeKey::new(key),
+                nonce_prefix,
                 header,
                 chunk_size,
                 direction,
@@ -252,7 +250,7 @@ impl Engine {
             next_out: 0,
             next_chunk: 0,
             early: BTreeMap::new(),
-        }
+        })
     }
 
     /// Sets the number of threads; only before the first batch was taken.
