@@ -269,7 +269,7 @@ impl TreeWriter<'_> {
             return Ok(());
         }
         let size = st.st_size as u64;
-        let extents = data_extents(&fd, size);
+        let extents = data_extents(&fd, size, st.st_blocks as u64);
         let mut head = entry_start(ENTRY_FILE, path, &Meta::of(&st))?;
         head.extend_from_slice(&file_layout(size, &extents));
         self.emit(&head)?;
@@ -348,9 +348,14 @@ impl TreeWriter<'_> {
 }
 
 /// The ranges of a file that hold data, from SEEK_DATA/SEEK_HOLE; the whole file as one
-/// extent where the filesystem cannot tell, or where there would be too many.
-fn data_extents(fd: &OwnedFd, size: u64) -> Vec<(u64, u64)> {
+/// extent where the filesystem cannot tell, or where there would be too many. A file with
+/// as many 512-byte blocks allocated as its size needs has no hole (tar's test too): that
+/// saves the two lseeks, on every small file.
+fn data_extents(fd: &OwnedFd, size: u64, blocks: u64) -> Vec<(u64, u64)> {
     let whole = if size == 0 { vec![] } else { vec![(0, size)] };
+    if blocks.saturating_mul(512) >= size {
+        return whole;
+    }
     let mut extents = Vec::new();
     let mut pos = 0u64;
     while pos < size {
@@ -471,7 +476,12 @@ pub fn read_tree(
             _ => {
                 let (size, extents) = read_file_layout(input, &path)?;
                 let file = match &mut extractor {
-                    Some(extractor) => Some(extractor.file(&path, size)?),
+                    Some(extractor) => {
+                        let data_end = extents
+                            .last()
+                            .map_or(0, |&(offset, length)| offset + length);
+                        Some(extractor.file(&path, size, data_end)?)
+                    }
                     None => None,
                 };
                 for (offset, length) in extents {
