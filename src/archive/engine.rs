@@ -1,5 +1,5 @@
 //! The archive body's STREAM chunks, sealed and opened in batches of about 1 MiB on worker
-//! threads and handed back in order. The thread that reads or writes the archive assigns
+//! threads and the caller's, and handed back in order. The thread that reads or writes the archive assigns
 //! every chunk its counter and its last flag, so the nonces, and with them the archive's
 //! bytes, are the same whatever the number of threads.
 
@@ -32,10 +32,10 @@ pub fn default_threads() -> usize {
     })
 }
 
-/// Batches a reader or writer with `threads` workers allocates, at most: one being filled
-/// or emptied by the caller, and two per worker (one being sealed or opened, one waiting),
-/// plus one so that the caller's reading or writing overlaps the workers. One thread works
-/// in place on a single batch.
+/// Batches a reader or writer on `threads` threads (`threads - 1` workers and the caller's)
+/// allocates, at most: one being filled or emptied by the caller, and two per thread (one
+/// being sealed or opened, one waiting), plus one so that the caller's reading or writing
+/// overlaps the workers. One thread works in place on a single batch.
 fn pool_size(threads: usize) -> usize {
     if threads <= 1 { 1 } else { 2 * threads + 2 }
 }
@@ -204,12 +204,21 @@ impl Cipher {
 
 struct Workers {
     jobs: Option<mpsc::Sender<Batch>>,
+    /// The queue the workers take jobs from, which the caller's thread takes from too
+    /// rather than wait.
+    queue: Arc<Mutex<mpsc::Receiver<Batch>>>,
     done: mpsc::Receiver<Batch>,
     handles: Vec<JoinHandle<()>>,
 }
 
-/// Seals or opens batches, on `threads` workers (in place on the caller's thread when
-/// there is one), and hands them back in the order they were submitted.
+/// Seals or opens batches on `threads` threads, the caller's among them: `threads - 1`
+/// workers, and the caller's thread, which takes a queued batch itself whenever it would
+/// otherwise wait for one (with one thread, it does them all, in place). It hands them back
+/// in the order they were submitted.
+///
+/// Why the caller counts: on two CPUs, two workers and the thread reading and writing the
+/// files left the reading and writing waiting for a CPU half the time, and were slower
+/// than one thread doing everything (loopdev-tests/bench/backup, 2026-11-26).
 pub(super) struct Engine {
     cipher: Arc<Cipher>,
     threads: usize,
@@ -221,6 +230,9 @@ pub(super) struct Engine {
     next_chunk: u64,
     /// Batches back from the workers ahead of their turn.
     early: BTreeMap<u64, Batch>,
+    /// Tests: start no worker, so that the caller's thread takes every batch from the queue.
+    #[cfg(test)]
+    caller_only: bool,
 }
 
 impl Engine {
@@ -250,7 +262,17 @@ impl Engine {
             next_out: 0,
             next_chunk: 0,
             early: BTreeMap::new(),
+            #[cfg(test)]
+            caller_only: false,
         })
+    }
+
+    /// Tests: two threads, but no worker started: every batch goes through the queue to
+    /// the caller's thread, the path it takes when the workers are busy.
+    #[cfg(test)]
+    pub fn caller_only(&mut self) {
+        self.set_threads(2);
+        self.caller_only = true;
     }
 
     /// Sets the number of threads; only before the first batch was taken.
@@ -352,7 +374,13 @@ impl Engine {
                 return Ok(Some(batch));
             }
             let workers = self.workers.as_ref().ok_or_else(workers_gone)?;
-            let batch = workers.done.recv().map_err(|_| workers_gone())?;
+            let batch = match workers.take_queued() {
+                Some(mut queued) => {
+                    self.cipher.process(&mut queued);
+                    queued
+                }
+                None => workers.done.recv().map_err(|_| workers_gone())?,
+            };
             self.early.insert(batch.seq, batch);
         }
     }
@@ -373,8 +401,15 @@ impl Engine {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Batch>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (done_tx, done_rx) = mpsc::channel();
-        let mut handles = Vec::with_capacity(self.threads);
-        for _ in 0..self.threads {
+        // The caller's thread is the last of `threads`.
+        #[allow(unused_mut)]
+        let mut workers = self.threads - 1;
+        #[cfg(test)]
+        if self.caller_only {
+            workers = 0;
+        }
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
             let jobs = Arc::clone(&jobs_rx);
             let done = done_tx.clone();
             let cipher = Arc::clone(&self.cipher);
@@ -398,9 +433,18 @@ impl Engine {
         }
         Ok(Workers {
             jobs: Some(jobs_tx),
+            queue: jobs_rx,
             done: done_rx,
             handles,
         })
+    }
+}
+
+impl Workers {
+    /// A submitted batch no worker has taken yet, if there is one. Never waits: a worker
+    /// holds the lock while it waits for a job, which it does only when the queue is empty.
+    fn take_queued(&self) -> Option<Batch> {
+        self.queue.try_lock().ok()?.try_recv().ok()
     }
 }
 

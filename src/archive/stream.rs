@@ -1224,10 +1224,30 @@ mod tests {
 
     #[test]
     fn a_refused_batch_is_wiped_before_it_comes_back() {
+        let mut engine = |key: &[u8; KEY_LEN], header: &Header| {
+            let mut engine = engine(header, key, Direction::Open).unwrap();
+            engine.set_threads(2);
+            engine
+        };
+        refused_batch_is_wiped(&mut engine);
+    }
+
+    /// The caller's thread opens queued batches itself when the workers are busy: what it
+    /// opens is checked and wiped the same way.
+    #[test]
+    fn a_batch_the_callers_thread_opens_is_checked_and_wiped_too() {
+        let mut engine = |key: &[u8; KEY_LEN], header: &Header| {
+            let mut engine = engine(header, key, Direction::Open).unwrap();
+            engine.caller_only();
+            engine
+        };
+        refused_batch_is_wiped(&mut engine);
+    }
+
+    fn refused_batch_is_wiped(engine: &mut dyn FnMut(&[u8; KEY_LEN], &Header) -> Engine) {
         let (archive, _, key, bad) = tampered_in_third_batch();
         let header = Header::parse(archive.first_chunk().unwrap()).unwrap();
-        let mut engine = engine(&header, &key, Direction::Open).unwrap();
-        engine.set_threads(2);
+        let mut engine = engine(&key, &header);
         let stride = CHUNK + TAG_LEN;
         let body = &archive[HEADER_LEN..];
         for batch_index in 0..3 {
