@@ -244,7 +244,7 @@ pub struct ArchiveStreamArgs {
 }
 
 impl ArchiveStreamArgs {
-    /// The number of worker threads asked for, or one per CPU available.
+    /// The number of threads asked for, or one per CPU available.
     pub fn threads(&self) -> usize {
         self.threads
             .map_or_else(crate::archive::default_threads, usize::from)

@@ -88,10 +88,12 @@ derivation excluded by a small argon2id cost), side by side in the same runs wit
 `tar | age` on the same tree, and against the cipher's single-core speed as
 `openssl speed -evp chacha20-poly1305` (16 KiB blocks) reports it: {o:.0f} MiB/s.
 
-Host: {host}. keepsake runs with {threads} worker threads (one per CPU, the default) and
-with one; its archive stream then takes at most {2 * int(threads) + 2} MiB (1 MiB with one
-thread). The machine is shared, so absolute figures move from run to run; the ratios come
-from runs interleaved on the same machine at the same time.
+Host: {host}. keepsake runs with {threads} threads (one per CPU, the default: the thread
+reading and writing the files, which seals or opens a batch itself rather than wait, and
+{int(threads) - 1} more) and with one; its archive stream then takes at most {2 * int(threads) + 2} MiB
+(1 MiB with one thread). The machine is shared, so absolute figures move from run to run;
+the ratios come from runs interleaved on the same machine at the same time, in an order
+that rotates from run to run so that no measurement always follows the same one.
 
 ![throughput per tree shape](backup-benchmarks.svg)
 

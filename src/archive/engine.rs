@@ -1,5 +1,5 @@
 //! The archive body's STREAM chunks, sealed and opened in batches of about 1 MiB on worker
-//! threads and handed back in order. The thread that reads or writes the archive assigns
+//! threads and the caller's, and handed back in order. The thread that reads or writes the archive assigns
 //! every chunk its counter and its last flag, so the nonces, and with them the archive's
 //! bytes, are the same whatever the number of threads.
 
@@ -8,12 +8,10 @@ use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use chacha20poly1305::ChaCha20Poly1305;
-use chacha20poly1305::aead::stream::{StreamBE32, StreamPrimitive};
-use chacha20poly1305::aead::{self, Buffer};
+use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::header::HEADER_LEN;
+use super::header::{HEADER_LEN, KEY_LEN, NONCE_PREFIX_LEN};
 
 /// The Poly1305 tag that follows each sealed chunk.
 pub(crate) const TAG_LEN: usize = 16;
@@ -34,10 +32,10 @@ pub fn default_threads() -> usize {
     })
 }
 
-/// Batches a reader or writer with `threads` workers allocates, at most: one being filled
-/// or emptied by the caller, and two per worker (one being sealed or opened, one waiting),
-/// plus one so that the caller's reading or writing overlaps the workers. One thread works
-/// in place on a single batch.
+/// Batches a reader or writer on `threads` threads (`threads - 1` workers and the caller's)
+/// allocates, at most: one being filled or emptied by the caller, and two per thread (one
+/// being sealed or opened, one waiting), plus one so that the caller's reading or writing
+/// overlaps the workers. One thread works in place on a single batch.
 fn pool_size(threads: usize) -> usize {
     if threads <= 1 { 1 } else { 2 * threads + 2 }
 }
@@ -117,45 +115,24 @@ impl Batch {
     }
 }
 
-/// A chunk's room in a batch as the `aead` crate's in-place buffer: its length grows by the
-/// tag when sealing and shrinks by it when opening, never beyond the room.
-struct Slot<'a> {
-    room: &'a mut [u8],
-    len: usize,
+/// The nonce of chunk `counter` in STREAM as the `chacha20poly1305` crate builds it
+/// (`StreamBE32`): the archive's 7-byte prefix, the counter as a big-endian u32, and a
+/// last-chunk flag byte. The vectors test and the oracle (that crate's STREAM) hold it to
+/// that.
+fn chunk_nonce(prefix: &[u8; NONCE_PREFIX_LEN], counter: u32, last: bool) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[..NONCE_PREFIX_LEN].copy_from_slice(prefix);
+    nonce[NONCE_PREFIX_LEN..NONCE_PREFIX_LEN + 4].copy_from_slice(&counter.to_be_bytes());
+    nonce[11] = u8::from(last);
+    nonce
 }
 
-impl AsRef<[u8]> for Slot<'_> {
-    fn as_ref(&self) -> &[u8] {
-        &self.room[..self.len]
-    }
-}
-
-impl AsMut<[u8]> for Slot<'_> {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.room[..self.len]
-    }
-}
-
-impl Buffer for Slot<'_> {
-    fn extend_from_slice(&mut self, other: &[u8]) -> aead::Result<()> {
-        let end = self.len + other.len();
-        self.room
-            .get_mut(self.len..end)
-            .ok_or(aead::Error)?
-            .copy_from_slice(other);
-        self.len = end;
-        Ok(())
-    }
-
-    fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-}
-
-/// What every worker shares: the STREAM of the archive (its key inside, wiped when the last
-/// holder drops it) and the header, which is every chunk's associated data.
+/// What every worker shares: the archive key (inside aws-lc, which cleanses it when the
+/// last holder drops it), the nonce prefix, and the header, which is every chunk's
+/// associated data.
 struct Cipher {
-    stream: StreamBE32<ChaCha20Poly1305>,
+    key: LessSafeKey,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
     header: [u8; HEADER_LEN],
     chunk_size: usize,
     direction: Direction,
@@ -178,31 +155,48 @@ impl Cipher {
             };
             let last = final_chunk && batch.ends_stream;
             let counter = batch.first_chunk + j as u64;
-            let end = ((j + 1) * stride).min(batch.data.len());
-            let mut slot = Slot {
-                room: &mut batch.data[j * stride..end],
-                len,
-            };
             // Engine::submit refused counters above u32::MAX.
             let position = u32::try_from(counter).unwrap_or(u32::MAX);
+            let nonce =
+                Nonce::assume_unique_for_key(chunk_nonce(&self.nonce_prefix, position, last));
+            let aad = Aad::from(&self.header);
+            let start = j * stride;
             let done = match self.direction {
-                Direction::Seal => {
-                    self.stream
-                        .encrypt_in_place(position, last, &self.header, &mut slot)
-                }
-                Direction::Open if len < TAG_LEN => Err(aead::Error),
+                Direction::Seal => batch
+                    .data
+                    .get_mut(start..start + len + TAG_LEN)
+                    .ok_or(())
+                    .and_then(|room| {
+                        let (plain, tag_room) = room.split_at_mut(len);
+                        let tag = self
+                            .key
+                            .seal_in_place_separate_tag(nonce, aad, plain)
+                            .map_err(|_| ())?;
+                        tag_room.copy_from_slice(tag.as_ref());
+                        Ok(len + TAG_LEN)
+                    }),
+                Direction::Open if len < TAG_LEN => Err(()),
                 Direction::Open => {
-                    self.stream
-                        .decrypt_in_place(position, last, &self.header, &mut slot)
+                    batch
+                        .data
+                        .get_mut(start..start + len)
+                        .ok_or(())
+                        .and_then(|sealed| {
+                            self.key
+                                .open_in_place(nonce, aad, sealed)
+                                .map(|plain| plain.len())
+                                .map_err(|_| ())
+                        })
                 }
             };
-            if done.is_err() {
-                batch.data.as_mut_slice().zeroize();
-                batch.refused = Some(counter);
-                return;
-            }
-            if final_chunk {
-                batch.final_len = slot.len;
+            match done {
+                Ok(new_len) if final_chunk => batch.final_len = new_len,
+                Ok(_) => {}
+                Err(()) => {
+                    batch.data.as_mut_slice().zeroize();
+                    batch.refused = Some(counter);
+                    return;
+                }
             }
         }
     }
@@ -210,12 +204,21 @@ impl Cipher {
 
 struct Workers {
     jobs: Option<mpsc::Sender<Batch>>,
+    /// The queue the workers take jobs from, which the caller's thread takes from too
+    /// rather than wait.
+    queue: Arc<Mutex<mpsc::Receiver<Batch>>>,
     done: mpsc::Receiver<Batch>,
     handles: Vec<JoinHandle<()>>,
 }
 
-/// Seals or opens batches, on `threads` workers (in place on the caller's thread when
-/// there is one), and hands them back in the order they were submitted.
+/// Seals or opens batches on `threads` threads, the caller's among them: `threads - 1`
+/// workers, and the caller's thread, which takes a queued batch itself whenever it would
+/// otherwise wait for one (with one thread, it does them all, in place). It hands them back
+/// in the order they were submitted.
+///
+/// Why the caller counts: on two CPUs, two workers and the thread reading and writing the
+/// files left the reading and writing waiting for a CPU half the time, and were slower
+/// than one thread doing everything (loopdev-tests/bench/backup, 2026-11-26).
 pub(super) struct Engine {
     cipher: Arc<Cipher>,
     threads: usize,
@@ -227,19 +230,26 @@ pub(super) struct Engine {
     next_chunk: u64,
     /// Batches back from the workers ahead of their turn.
     early: BTreeMap<u64, Batch>,
+    /// Tests: start no worker, so that the caller's thread takes every batch from the queue.
+    #[cfg(test)]
+    caller_only: bool,
 }
 
 impl Engine {
     pub fn new(
-        stream: StreamBE32<ChaCha20Poly1305>,
+        key: &[u8; KEY_LEN],
+        nonce_prefix: [u8; NONCE_PREFIX_LEN],
         header: [u8; HEADER_LEN],
         chunk_size: usize,
         direction: Direction,
         threads: usize,
-    ) -> Engine {
-        Engine {
+    ) -> io::Result<Engine> {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key)
+            .map_err(|_| io::Error::other("the archive key was refused by the cipher"))?;
+        Ok(Engine {
             cipher: Arc::new(Cipher {
-                stream,
+                key: LessSafeKey::new(key),
+                nonce_prefix,
                 header,
                 chunk_size,
                 direction,
@@ -252,7 +262,17 @@ impl Engine {
             next_out: 0,
             next_chunk: 0,
             early: BTreeMap::new(),
-        }
+            #[cfg(test)]
+            caller_only: false,
+        })
+    }
+
+    /// Tests: two threads, but no worker started: every batch goes through the queue to
+    /// the caller's thread, the path it takes when the workers are busy.
+    #[cfg(test)]
+    pub fn caller_only(&mut self) {
+        self.set_threads(2);
+        self.caller_only = true;
     }
 
     /// Sets the number of threads; only before the first batch was taken.
@@ -354,7 +374,13 @@ impl Engine {
                 return Ok(Some(batch));
             }
             let workers = self.workers.as_ref().ok_or_else(workers_gone)?;
-            let batch = workers.done.recv().map_err(|_| workers_gone())?;
+            let batch = match workers.take_queued() {
+                Some(mut queued) => {
+                    self.cipher.process(&mut queued);
+                    queued
+                }
+                None => workers.done.recv().map_err(|_| workers_gone())?,
+            };
             self.early.insert(batch.seq, batch);
         }
     }
@@ -375,8 +401,15 @@ impl Engine {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Batch>();
         let jobs_rx = Arc::new(Mutex::new(jobs_rx));
         let (done_tx, done_rx) = mpsc::channel();
-        let mut handles = Vec::with_capacity(self.threads);
-        for _ in 0..self.threads {
+        // The caller's thread is the last of `threads`.
+        #[allow(unused_mut)]
+        let mut workers = self.threads - 1;
+        #[cfg(test)]
+        if self.caller_only {
+            workers = 0;
+        }
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
             let jobs = Arc::clone(&jobs_rx);
             let done = done_tx.clone();
             let cipher = Arc::clone(&self.cipher);
@@ -400,9 +433,18 @@ impl Engine {
         }
         Ok(Workers {
             jobs: Some(jobs_tx),
+            queue: jobs_rx,
             done: done_rx,
             handles,
         })
+    }
+}
+
+impl Workers {
+    /// A submitted batch no worker has taken yet, if there is one. Never waits: a worker
+    /// holds the lock while it waits for a job, which it does only when the queue is empty.
+    fn take_queued(&self) -> Option<Batch> {
+        self.queue.try_lock().ok()?.try_recv().ok()
     }
 }
 

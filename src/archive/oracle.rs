@@ -5,15 +5,22 @@
 use std::io::{self, Read, Write};
 
 use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::KeyInit;
 use chacha20poly1305::aead::generic_array::GenericArray;
 use chacha20poly1305::aead::stream::{DecryptorBE32, EncryptorBE32};
 use zeroize::Zeroizing;
 
 use super::engine::TAG_LEN;
 use super::header::{HEADER_LEN, Header, KEY_LEN};
-use super::stream::{cipher, read_full, refused};
+use super::stream::{read_full, refused};
 use super::{Error, Result};
 use crate::context::{Context, IoError};
+
+/// The archive's AEAD from the `chacha20poly1305` crate, independent of the production
+/// cipher (aws-lc, src/archive/engine.rs): the oracle's STREAM is that crate's own.
+pub(crate) fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
+    ChaCha20Poly1305::new(GenericArray::from_slice(key))
+}
 
 /// Encrypts a byte stream into an archive. Everything written is buffered into chunks;
 /// `finish` seals the last one. An archive whose writer is dropped unfinished has

@@ -7,10 +7,6 @@
 
 use std::io::{self, BufRead, Read, Write};
 
-use chacha20poly1305::aead::generic_array::GenericArray;
-use chacha20poly1305::aead::stream::{NewStream, StreamBE32};
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
-
 use super::engine::{Batch, Direction, Engine, TAG_LEN, default_threads};
 use super::header::{
     HEADER_LEN, Header, KEY_LEN, KdfParams, NONCE_PREFIX_LEN, SALT_LEN, check_header,
@@ -19,10 +15,6 @@ use super::header::{
 use super::{Error, Result};
 use crate::context::{Context, IoError};
 use crate::secrets::Secret;
-
-pub(crate) fn cipher(key: &[u8; KEY_LEN]) -> ChaCha20Poly1305 {
-    ChaCha20Poly1305::new(GenericArray::from_slice(key))
-}
 
 /// Encrypts a byte stream into an archive. Everything written is gathered into chunks, in
 /// batches of about 1 MiB that worker threads seal while the next one fills (see
@@ -81,7 +73,10 @@ impl<W: Write> Writer<W> {
             .context(|| "writing the archive header".into())?;
         Ok(Writer {
             inner,
-            engine: Some(engine(header, key, Direction::Seal)),
+            engine: Some(
+                engine(header, key, Direction::Seal)
+                    .context(|| "preparing the archive cipher".into())?,
+            ),
             filling: None,
             filled: 0,
         })
@@ -189,9 +184,14 @@ fn write_sealed(inner: &mut impl Write, batch: &Batch, chunk_size: usize) -> io:
     inner.write_all(batch.sealed(chunk_size))
 }
 
-pub(crate) fn engine(header: &Header, key: &[u8; KEY_LEN], direction: Direction) -> Engine {
+pub(crate) fn engine(
+    header: &Header,
+    key: &[u8; KEY_LEN],
+    direction: Direction,
+) -> io::Result<Engine> {
     Engine::new(
-        StreamBE32::from_aead(cipher(key), GenericArray::from_slice(&header.nonce_prefix)),
+        key,
+        header.nonce_prefix,
         header.encode(),
         header.chunk_size as usize,
         direction,
@@ -391,7 +391,8 @@ impl<R: Read> Reader<R> {
         key: &[u8; KEY_LEN],
         threads: usize,
     ) -> Result<Reader<R>> {
-        let mut engine = engine(header, key, Direction::Open);
+        let mut engine = engine(header, key, Direction::Open)
+            .context(|| "preparing the archive cipher".into())?;
         engine.set_threads(threads);
         let mut reader = Reader {
             inner,
@@ -591,8 +592,10 @@ mod tests {
     use super::*;
     use crate::archive::header::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
     use crate::archive::oracle;
+    use crate::archive::oracle::cipher;
     use crate::archive::testing::*;
     use crate::archive::tree::{TreeStats, input_error, read_tree};
+    use chacha20poly1305::aead::generic_array::GenericArray;
     use chacha20poly1305::aead::stream::EncryptorBE32;
     use std::path::Path;
 
@@ -835,9 +838,13 @@ mod tests {
             .with_threads(2);
         writer.write_all(&pseudo_random(written, 8)).unwrap();
         drop(writer);
-        // Whole chunks, none of them the last.
+        // Whole chunks, none of them the last: at most the 8 full batches, however many of
+        // them the workers sealed before the drop, never the 100 bytes after them.
         let body = archive.len() - HEADER_LEN;
-        assert!(body > 0 && body < written, "{body}");
+        assert!(
+            body > 0 && body <= 8 * BATCH_CHUNKS * (CHUNK + TAG_LEN),
+            "{body}"
+        );
         assert_eq!(body % (CHUNK + TAG_LEN), 0);
         assert!(open(&archive, &key).1.is_err());
         assert!(old_open(&archive, &key).1.is_err());
@@ -996,7 +1003,7 @@ mod tests {
             verify(&plaintext).unwrap();
             // Decrypted again, chunk by chunk, straight from the specification.
             let aad = &archive[..HEADER_LEN];
-            let aead = ChaCha20Poly1305::new(GenericArray::from_slice(&key));
+            let aead = cipher(key.as_slice().try_into().unwrap());
             let sealed: Vec<&[u8]> = archive[HEADER_LEN..].chunks(CHUNK + TAG_LEN).collect();
             let mut opened = Vec::new();
             for (i, chunk) in sealed.iter().enumerate() {
@@ -1061,6 +1068,39 @@ mod tests {
             writer.write_all(piece).unwrap();
         }
         writer.finish().unwrap()
+    }
+
+    /// The production cipher (aws-lc) against an independent STREAM: every archive the
+    /// writer seals, on any number of threads, opens with the oracle's reader (the
+    /// `chacha20poly1305` crate's `DecryptorBE32`), and every archive that crate seals
+    /// opens with the reader, at lengths around chunk and batch boundaries.
+    #[test]
+    fn the_writer_and_reader_agree_with_the_oracle_at_every_boundary_and_thread_count() {
+        let key = [42u8; KEY_LEN];
+        for chunk_size in [MIN_CHUNK_SIZE, DEFAULT_CHUNK_SIZE] {
+            let header = test_header(CHEAP_KDF, chunk_size);
+            let c = chunk_size as usize;
+            let batch = (1 << 20) / c * c;
+            let mut lengths = vec![0, 1, 15, 16, 17, c - 1, c, c + 1, 2 * c];
+            lengths.extend([batch - 1, batch, batch + 1, batch + c, 4 * batch + 3]);
+            lengths.extend([9 * batch - c, 9 * batch, 9 * batch + 1]);
+            for len in lengths {
+                let plaintext = pseudo_random(len, 7 * len as u64 + 3);
+                let mut old = oracle::OldWriter::with_key(Vec::new(), &header, &key).unwrap();
+                old.write_all(&plaintext).unwrap();
+                let old = old.finish().unwrap();
+                for threads in [1, 2, 4] {
+                    let what = format!("chunk {c}, length {len}, {threads} threads");
+                    let new = seal_on(&plaintext, &header, &key, threads, 100_000);
+                    let (released, outcome) = old_open(&new, &key);
+                    outcome.unwrap_or_else(|e| panic!("{what}: the oracle refused: {e}"));
+                    assert!(released == plaintext, "{what}: the oracle read other bytes");
+                    let (released, outcome) = open_on(&old, &key, threads);
+                    outcome.unwrap_or_else(|e| panic!("{what}: refused the oracle's: {e}"));
+                    assert!(released == plaintext, "{what}: read other bytes");
+                }
+            }
+        }
     }
 
     #[test]
@@ -1184,10 +1224,30 @@ mod tests {
 
     #[test]
     fn a_refused_batch_is_wiped_before_it_comes_back() {
+        let mut engine = |key: &[u8; KEY_LEN], header: &Header| {
+            let mut engine = engine(header, key, Direction::Open).unwrap();
+            engine.set_threads(2);
+            engine
+        };
+        refused_batch_is_wiped(&mut engine);
+    }
+
+    /// The caller's thread opens queued batches itself when the workers are busy: what it
+    /// opens is checked and wiped the same way.
+    #[test]
+    fn a_batch_the_callers_thread_opens_is_checked_and_wiped_too() {
+        let mut engine = |key: &[u8; KEY_LEN], header: &Header| {
+            let mut engine = engine(header, key, Direction::Open).unwrap();
+            engine.caller_only();
+            engine
+        };
+        refused_batch_is_wiped(&mut engine);
+    }
+
+    fn refused_batch_is_wiped(engine: &mut dyn FnMut(&[u8; KEY_LEN], &Header) -> Engine) {
         let (archive, _, key, bad) = tampered_in_third_batch();
         let header = Header::parse(archive.first_chunk().unwrap()).unwrap();
-        let mut engine = engine(&header, &key, Direction::Open);
-        engine.set_threads(2);
+        let mut engine = engine(&key, &header);
         let stride = CHUNK + TAG_LEN;
         let body = &archive[HEADER_LEN..];
         for batch_index in 0..3 {

@@ -65,6 +65,33 @@ pub(crate) fn list_dir(fd: &OwnedFd, shown: &Path) -> Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// What a folder's listing says an entry is (its `d_type`): a hint, as the entry can change
+/// before it is opened; `None` when the file system does not say (`DT_UNKNOWN`), or for an
+/// entry not found by a listing (a top of a walk). Whoever acts on it checks what it opened.
+pub(crate) type Listed = Option<nix::dir::Type>;
+
+/// [`list_dir`] with what the listing says each entry is, so that a walk need not stat an
+/// entry before opening it.
+pub(crate) fn list_dir_typed(fd: &OwnedFd, shown: &Path) -> Result<Vec<(OsString, Listed)>> {
+    // A descriptor of its own, as reading a directory moves its offset.
+    let mut dir = nix::dir::Dir::openat(fd, ".", dir_flags(), Mode::empty())
+        .map_err(std::io::Error::from)
+        .context(at("listing", shown))?;
+    let mut entries = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry
+            .map_err(std::io::Error::from)
+            .context(at("listing", shown))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        entries.push((OsStr::from_bytes(name).to_os_string(), entry.file_type()));
+    }
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
 fn is(fd: &OwnedFd, id: Id) -> bool {
     fstat(fd).is_ok_and(|st| id_of(&st) == id)
 }
@@ -215,12 +242,12 @@ fn dir_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
-/// What [`walk`] calls for each entry: the open folder the entry is in, its name there and
-/// its path below the root. Returning the descriptor of a folder it opened there by that
+/// What [`walk`] calls for each entry: the open folder the entry is in, its name there, its
+/// path below the root and what the listing said it is (see [`Listed`]). Returning the descriptor of a folder it opened there by that
 /// name (without following a symlink) makes the walk go into that folder next.
 /// (Its error is the caller's own, so that what a visit refuses keeps its meaning.)
 pub(crate) type Visit<'a, E> =
-    dyn FnMut(&OwnedFd, &OsStr, &[u8]) -> Result<Option<OwnedFd>, E> + 'a;
+    dyn FnMut(&OwnedFd, &OsStr, &[u8], Listed) -> Result<Option<OwnedFd>, E> + 'a;
 
 /// Visits `tops` (names in `root`) and everything below them depth first, parents before
 /// their contents, each folder's entries in bytewise order of name.
@@ -234,14 +261,14 @@ pub(crate) fn walk<E: From<Error>>(
     let mut tops = tops.iter();
     // For each folder entered: its entries not visited yet, and the length of the path of
     // the folder around it (to cut `path` back to when leaving).
-    let mut pending: Vec<(std::vec::IntoIter<OsString>, usize)> = Vec::new();
+    let mut pending: Vec<(std::vec::IntoIter<(OsString, Listed)>, usize)> = Vec::new();
     let mut path: Vec<u8> = Vec::new();
     loop {
         let next = match pending.last_mut() {
             Some((entries, _)) => entries.next(),
-            None => tops.next().map(|name| name.to_os_string()),
+            None => tops.next().map(|name| (name.to_os_string(), None)),
         };
-        let Some(name) = next else {
+        let Some((name, listed)) = next else {
             match pending.pop() {
                 None => return Ok(()),
                 Some((_, outer_len)) => {
@@ -256,11 +283,11 @@ pub(crate) fn walk<E: From<Error>>(
             path.push(b'/');
         }
         path.extend_from_slice(name.as_bytes());
-        match visit(stack.top()?, &name, &path)? {
+        match visit(stack.top()?, &name, &path, listed)? {
             Some(fd) => {
                 stack.push(&name, fd)?;
                 let shown = shown_root.join(OsStr::from_bytes(&path));
-                let entries = list_dir(stack.top()?, &shown)?;
+                let entries = list_dir_typed(stack.top()?, &shown)?;
                 pending.push((entries.into_iter(), outer_len));
             }
             None => path.truncate(outer_len),
@@ -416,7 +443,7 @@ pub mod testing {
         let tops = list_dir(&fd, root).unwrap();
         let tops: Vec<&OsStr> = tops.iter().map(|t| t.as_os_str()).collect();
         let mut out = BTreeMap::new();
-        walk::<Error>(fd, root, &tops, &mut |parent, name, path| {
+        walk::<Error>(fd, root, &tops, &mut |parent, name, path, _| {
             let st = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
             let common = format!(
                 "mode {:o} owner {}:{} mtime {}.{:09}",
@@ -559,7 +586,7 @@ mod tests {
                     open(tmp.path()),
                     tmp.path(),
                     &tops,
-                    &mut |parent, name, path| {
+                    &mut |parent, name, path, _| {
                         most_open = most_open.max(open_descriptors());
                         let st = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
                         if !is_dir(&st) {
