@@ -407,8 +407,6 @@ fn forget_keyring_keys(uuid: &str) {
     }
 }
 
-/// Closes the mapping; dm-crypt wipes its copy of the volume key, and a loop device that
-/// libcryptsetup attached for a container file is released with it.
 /// Refuses a mapping name that is taken already, before anything is opened under it.
 pub(crate) fn refuse_an_existing_mapping(name: &str) -> Result<()> {
     refuse_an_existing_mapping_in(name, &crate::host::devices::all_mappings())
@@ -428,6 +426,8 @@ pub(crate) fn refuse_an_existing_mapping_in(
     }
 }
 
+/// Closes the mapping; dm-crypt wipes its copy of the volume key, and a loop device that
+/// libcryptsetup attached for a container file is released with it.
 pub fn deactivate(mapping: &str) -> Result<()> {
     capture_library_log();
     let mut device = CryptInit::init_by_name_and_header(mapping, None)
