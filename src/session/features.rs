@@ -260,9 +260,12 @@ pub fn disable(open: &mut Open, names: &[String]) -> Result<bool> {
         files::write_config(&open.dir, &config)
     })();
     if let Err(e) = written {
-        // A rollback: the table changed since the volume was found.
-        let table = crate::host::mounts::read_mountinfo().unwrap_or_default();
-        let _ = lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved, &table);
+        // A rollback, planned against the table as it is now (it changed since the volume
+        // was found); without a table to plan against, none is tried, as before.
+        if let Ok(table) = crate::host::mounts::read_mountinfo() {
+            let _ =
+                lifecycle::activate_features(&open.dir, &open.root, open.dev(), &resolved, &table);
+        }
         return Err(e.into());
     }
     open.config = config;
