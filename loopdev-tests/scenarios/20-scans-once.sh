@@ -3,7 +3,8 @@
 # under strace and keepsake's own opens of each are counted (keepsake's, opened with
 # O_CLOEXEC as Rust's std does; libcryptsetup's opens carry no O_CLOEXEC and are its own).
 # lock reads /sys/block and mountinfo a second time on purpose: verify-gone checks the
-# change. KS_SCAN_PROFILE=1 also logs the whole timed trace.
+# change. lock does not start libcryptsetup's crypto backend: closing a mapping needs no
+# header. KS_SCAN_PROFILE=1 also logs the whole timed trace.
 
 host_main() {
     ks_set passphrase "scans $(ks_random)"
@@ -54,4 +55,12 @@ guest_checks() {
     scans lock /sys/block 2
     scans lock /proc/keys 0
     scans lock /proc 1
+    # Closing a mapping needs device-mapper's table, not the header: lock neither reads
+    # the LUKS2 header's JSON area nor starts libcryptsetup's crypto backend (OpenSSL,
+    # which reads its config file when it starts).
+    local got
+    got=$(grep -c 'openssl.cnf' /tmp/lock.trace)
+    ks_assert_eq "lock starts no crypto backend" "$got" 0
+    got=$(grep -c 'openssl.cnf' /tmp/unlock.trace)
+    ks_assert_eq "unlock starts its crypto backend once" "$got" 1
 }

@@ -261,6 +261,18 @@ pub(crate) fn mapping_dev(name: &str) -> Option<(u32, u32)> {
         .then(|| (libc::major(meta.rdev()), libc::minor(meta.rdev())))
 }
 
+/// The one device under the mapping called `name` (`/dev/loop0`, `/dev/sdb2`), from its
+/// node in /dev/mapper and its sysfs folder: no scan of the block devices. `None` when the
+/// mapping is gone or sits on several devices.
+pub(crate) fn device_under(name: &str) -> Option<PathBuf> {
+    let (major, minor) = mapping_dev(name)?;
+    let slaves = list_dir(&Path::new("/sys/dev/block").join(format!("{major}:{minor}/slaves")));
+    match slaves.as_slice() {
+        [one] => Some(dev_path(one)),
+        _ => None,
+    }
+}
+
 /// `/dev/<kernel name>` for a device under a mapping.
 pub(crate) fn dev_path(kernel_name: &str) -> PathBuf {
     Path::new("/dev").join(kernel_name)
