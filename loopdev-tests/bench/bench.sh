@@ -59,7 +59,9 @@ guest_all() {
     for n in $(ks_in sizes); do
         ks_expect_rc 0 "create the N=$n volume" -- keepsake create --image "/bench/vol-$n.img" --size 128M --key-file "$KS_PASS_FILE" $KS_BENCH_KDF
         ks_expect_rc 0 "unlock it" -- keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
-        ks_expect_rc 0 "disable the default feature" -- keepsake feature disable persistent
+        # A new Tails-layout volume enables the Persistent folder and Additional Software
+        # (two binds): off, so that keepsake binds exactly the N folders the bare script does.
+        ks_expect_rc 0 "disable the default features" -- keepsake feature disable persistent additional-software
         for k in $(seq 1 "$n"); do
             mkdir -p "/srv/b/f$k"
             keepsake feature add "f$k" --dest "/srv/b/f$k" >/dev/null || ks_fail "feature add f$k"
@@ -69,6 +71,8 @@ guest_all() {
             bench "kdf.$n" cryptsetup open --test-passphrase --key-file "$KS_PASS_FILE" "/bench/vol-$n.img"
             bench "keepsake_unlock.$n" keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
             [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "keepsake bound $n folders"
+            [ "$(grep -c ' - ext4 /dev/mapper/TailsData_unlocked ' /proc/self/mountinfo)" -eq $((n + 1)) ] \
+                || ks_fail "keepsake mounted the volume and $n binds, nothing more"
             if [ "$n" = 100 ]; then
                 bench "status_json.$n" keepsake --json status
                 bench "bare_status.$n" bare_status

@@ -97,7 +97,11 @@ small so that the comparison is about everything but the KDF).
 - VM: qemu TCG (no KVM), -m {mem}; the guest sees {machine}. Volumes are container
   files on an ext4 virtio disk, so loop + dm-crypt + ext4 are all real.
 - "bare unlock" is `cryptsetup open` + `mount` + N `mount --bind`; "bare lock" is N
-  `umount` + `umount` + `cryptsetup close`, as shell commands.
+  `umount` + `umount` + `cryptsetup close`, as shell commands (the guest's `mount` and
+  `umount` are busybox's).
+- keepsake binds the same N folders: the volume's default features (Persistent folder,
+  Additional Software) are disabled, and each run checks that the volume is mounted once
+  plus N binds, nothing more.
 
 ## Unlock and lock
 
@@ -112,7 +116,9 @@ the runtime record; the bare script starts one `mount` process per bind instead.
 command reads the mount table, the block devices and /proc/keys once (scenario
 20-scans-once counts them). Lock also walks /proc for mount namespaces that hold the
 volume, drops the page cache (`drop_caches`, tens of ms under TCG) and verifies that
-nothing of the volume is left, which the bare script does not do.
+nothing of the volume is left, which the bare script does not do. keepsake closes the
+mapping without loading the LUKS header (device-mapper's table is all closing needs), so
+its lock does not start libcryptsetup's crypto backend; `cryptsetup close` does.
 
 ## status --json with 100 features
 
