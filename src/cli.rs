@@ -100,52 +100,231 @@ pub struct GlobalArgs {
     pub allow_disk_backed_tmp: bool,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
+/// Declares `Command`, the top-level commands, and implements for it what
+/// `#[derive(Subcommand)]` would, but lazily: the parser gets each command's name and about
+/// at once, and the rest (its arguments, nested commands and settings) through
+/// `clap::Command::defer`, built only for the command being run, or for all of them when the
+/// whole definition is built (`Command::build`: man pages, completions, `debug_assert`).
+/// Building all thirteen up front was most of the ~80 ms clap took under emulation before
+/// keepsake did anything (natively, `lock` as a non-root user: 673k instructions in clap
+/// before, 304k deferred).
+///
+/// Each command is written once: its one-line doc comment is its about (its final period
+/// dropped, as the derive does), then its name, whether it takes `args` (a `clap::Args`
+/// struct) or `subcommands` (a `clap::Subcommand` enum), and the `clap::Command` settings
+/// `#[command(...)]` would have set on it, in the same order.
+macro_rules! commands {
+    (@augment args $inner:ty, $cmd:expr) => {
+        <$inner as clap::Args>::augment_args($cmd)
+    };
+    (@augment subcommands $inner:ty, $cmd:expr) => {
+        <$inner as clap::Subcommand>::augment_subcommands(
+            $cmd.subcommand_required(true).arg_required_else_help(true),
+        )
+    };
+    (@augment_for_update args $inner:ty, $cmd:expr) => {
+        <$inner as clap::Args>::augment_args_for_update($cmd)
+    };
+    (@augment_for_update subcommands $inner:ty, $cmd:expr) => {
+        <$inner as clap::Subcommand>::augment_subcommands_for_update(
+            $cmd.subcommand_required(true).arg_required_else_help(true),
+        )
+    };
+    // An update may leave out the nested command: the derive lifts the requirement last.
+    (@finish_update args $cmd:expr) => {
+        $cmd
+    };
+    (@finish_update subcommands $cmd:expr) => {
+        $cmd.subcommand_required(false).arg_required_else_help(false)
+    };
+    ($(
+        #[doc = $doc:literal]
+        $variant:ident($inner:ty) = $name:literal, $kind:ident {
+            $($setting:ident($value:expr)),* $(,)?
+        }
+    )*) => {
+        #[derive(Debug)]
+        pub enum Command {
+            $(#[doc = $doc] $variant($inner),)*
+        }
+
+        impl Command {
+            /// Adds every command to `cmd`, each given to `attach` with the function that
+            /// completes it.
+            fn subcommands(cmd: clap::Command, attach: Attach) -> clap::Command {
+                cmd $(.subcommand(attach(
+                    // The parent's help lists the name and about, before this is built.
+                    clap::Command::new($name).about(summary($doc)).long_about(None),
+                    |cmd| {
+                        let propagated = argument_ids(&cmd);
+                        // As the derive: the arguments, then the about again (a flattened
+                        // struct's doc comment is an about too, and must not win), then the
+                        // settings.
+                        let cmd = commands!(@augment $kind $inner, cmd)
+                            .about(summary($doc))
+                            .long_about(None)
+                            $(.$setting($value))*;
+                        own_arguments_first(cmd, propagated)
+                    },
+                )))*
+            }
+
+            /// As `subcommands`, for `CommandFactory::command_for_update`.
+            fn subcommands_for_update(cmd: clap::Command, attach: Attach) -> clap::Command {
+                cmd $(.subcommand(attach(
+                    clap::Command::new($name).about(summary($doc)).long_about(None),
+                    |cmd| {
+                        let propagated = argument_ids(&cmd);
+                        let cmd = commands!(@augment_for_update $kind $inner, cmd)
+                            .about(summary($doc))
+                            .long_about(None)
+                            $(.$setting($value))*;
+                        own_arguments_first(commands!(@finish_update $kind cmd), propagated)
+                    },
+                )))*
+            }
+        }
+
+        impl clap::Subcommand for Command {
+            fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+                Self::subcommands(cmd, attach_deferred)
+            }
+
+            fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+                Self::subcommands_for_update(cmd, attach_deferred)
+            }
+
+            fn has_subcommand(name: &str) -> bool {
+                matches!(name, $($name)|*)
+            }
+        }
+
+        impl clap::FromArgMatches for Command {
+            fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+                Self::from_arg_matches_mut(&mut matches.clone())
+            }
+
+            fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+                match matches.remove_subcommand() {
+                    $(Some((name, mut sub)) if name == $name => Ok(Self::$variant(
+                        <$inner as clap::FromArgMatches>::from_arg_matches_mut(&mut sub)?,
+                    )),)*
+                    Some((name, _)) => Err(clap::Error::raw(
+                        clap::error::ErrorKind::InvalidSubcommand,
+                        format!("the subcommand '{name}' wasn't recognized"),
+                    )),
+                    None => Err(clap::Error::raw(
+                        clap::error::ErrorKind::MissingSubcommand,
+                        "a subcommand is required but one was not provided",
+                    )),
+                }
+            }
+
+            fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+                self.update_from_arg_matches_mut(&mut matches.clone())
+            }
+
+            fn update_from_arg_matches_mut(
+                &mut self,
+                matches: &mut clap::ArgMatches,
+            ) -> Result<(), clap::Error> {
+                let Some(name) = matches.subcommand_name() else {
+                    return Ok(());
+                };
+                match self {
+                    $(Self::$variant(inner) if name == $name => {
+                        if let Some((_, mut sub)) = matches.remove_subcommand() {
+                            clap::FromArgMatches::update_from_arg_matches_mut(inner, &mut sub)?;
+                        }
+                    })*
+                    // Another command than the one held: parsed afresh, as the derive does.
+                    other => *other = Self::from_arg_matches_mut(matches)?,
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+/// How a command is completed: given the command with its name and about, and the function
+/// that adds the rest.
+type Attach = fn(clap::Command, fn(clap::Command) -> clap::Command) -> clap::Command;
+
+/// Completes the command when it is built.
+fn attach_deferred(
+    cmd: clap::Command,
+    complete: fn(clap::Command) -> clap::Command,
+) -> clap::Command {
+    cmd.defer(complete)
+}
+
+/// A command's about as the derive makes it from a one-line doc comment: trimmed, and
+/// without a final period (an ellipsis stays).
+fn summary(doc: &'static str) -> &'static str {
+    let line = doc.trim();
+    match line.strip_suffix('.') {
+        Some(short) if !short.ends_with('.') => short,
+        _ => line,
+    }
+}
+
+/// The arguments a command holds when its deferred part runs: the global ones its parent
+/// propagated into it while being built.
+fn argument_ids(cmd: &clap::Command) -> Vec<clap::Id> {
+    cmd.get_arguments()
+        .map(|arg| arg.get_id().clone())
+        .collect()
+}
+
+/// Moves the propagated global arguments behind the command's own, where they are when the
+/// command is built at once (the parent propagates into commands that are complete). The
+/// order is visible: help lists its headings, and completions and man pages their options,
+/// in the order of the arguments.
+fn own_arguments_first(cmd: clap::Command, propagated: Vec<clap::Id>) -> clap::Command {
+    // `mut_arg` takes the argument out and pushes it back last.
+    propagated
+        .iter()
+        .fold(cmd, |cmd, id| cmd.mut_arg(id.as_str(), |arg| arg))
+}
+
+commands! {
     /// Create a new encrypted volume on the live stick or in a container file.
-    #[command(after_long_help = CREATE_HELP)]
-    Create(CreateArgs),
+    Create(CreateArgs) = "create", args { after_long_help(CREATE_HELP) }
     /// Open the volume, mount it and activate its enabled features.
-    #[command(after_long_help = UNLOCK_HELP)]
-    Unlock(UnlockArgs),
+    Unlock(UnlockArgs) = "unlock", args { after_long_help(UNLOCK_HELP) }
     /// Deactivate the features, unmount and close the volume, and forget it.
-    #[command(after_long_help = LOCK_HELP)]
-    Lock(LockArgs),
+    Lock(LockArgs) = "lock", args { after_long_help(LOCK_HELP) }
     /// Show the volume, its mapping and mount, and each feature's state.
-    #[command(after_long_help = STATUS_HELP)]
-    Status(StatusArgs),
+    Status(StatusArgs) = "status", args { after_long_help(STATUS_HELP) }
     /// List, enable, disable, add and remove features (the folders that persist).
-    #[command(subcommand, after_long_help = FEATURE_HELP, disable_help_subcommand = true)]
-    Feature(FeatureCommand),
+    Feature(FeatureCommand) = "feature", subcommands {
+        after_long_help(FEATURE_HELP),
+        disable_help_subcommand(true)
+    }
     /// Change the passphrase; the volume key and the data stay as they are.
-    #[command(subcommand, disable_help_subcommand = true)]
-    Passphrase(PassphraseCommand),
+    Passphrase(PassphraseCommand) = "passphrase", subcommands { disable_help_subcommand(true) }
     /// Add or remove the recovery key, for when the passphrase is lost.
-    #[command(subcommand, after_long_help = RECOVERY_HELP, disable_help_subcommand = true)]
-    RecoveryKey(RecoveryKeyCommand),
+    RecoveryKey(RecoveryKeyCommand) = "recovery-key", subcommands {
+        after_long_help(RECOVERY_HELP),
+        disable_help_subcommand(true)
+    }
     /// Upgrade an older volume: LUKS1 to LUKS2, PBKDF2 keyslots to argon2id.
-    #[command(after_long_help = UPGRADE_HELP)]
-    Upgrade(UpgradeArgs),
+    Upgrade(UpgradeArgs) = "upgrade", args { after_long_help(UPGRADE_HELP) }
     /// Check the header, keyslots, filesystem and persistence.conf; changes nothing.
-    #[command(after_long_help = CHECK_HELP)]
-    Check(CheckArgs),
+    Check(CheckArgs) = "check", args { after_long_help(CHECK_HELP) }
     /// Repair the filesystem (e2fsck -y) and persistence.conf; never deletes user data.
-    #[command(after_long_help = REPAIR_HELP)]
-    Repair(CheckArgs),
+    Repair(CheckArgs) = "repair", args { after_long_help(REPAIR_HELP) }
     /// Destroy the volume for good: keyslots, header, then its partition or file.
-    #[command(after_long_help = DELETE_HELP)]
-    Delete(DeleteArgs),
+    Delete(DeleteArgs) = "delete", args { after_long_help(DELETE_HELP) }
     /// Write an encrypted, authenticated backup of the unlocked volume (or of features).
-    #[command(
-        after_long_help = BACKUP_HELP,
-        args_conflicts_with_subcommands = true,
-        subcommand_negates_reqs = true,
-        disable_help_subcommand = true
-    )]
-    Backup(BackupArgs),
+    Backup(BackupArgs) = "backup", args {
+        after_long_help(BACKUP_HELP),
+        args_conflicts_with_subcommands(true),
+        subcommand_negates_reqs(true),
+        disable_help_subcommand(true)
+    }
     /// Restore a backup into the unlocked volume, once all of it has authenticated.
-    #[command(after_long_help = RESTORE_HELP)]
-    Restore(RestoreArgs),
+    Restore(RestoreArgs) = "restore", args { after_long_help(RESTORE_HELP) }
 }
 
 #[derive(Debug, Args)]
