@@ -250,11 +250,16 @@ macro_rules! commands {
 /// that adds the rest.
 type Attach = fn(clap::Command, fn(clap::Command) -> clap::Command) -> clap::Command;
 
-/// Completes the command when it is built.
+/// Completes the command when it is built. The unit tests can have it completed at once, as
+/// the derive did, to compare the two.
 fn attach_deferred(
     cmd: clap::Command,
     complete: fn(clap::Command) -> clap::Command,
 ) -> clap::Command {
+    #[cfg(test)]
+    if tests::BUILD_AT_ONCE.with(std::cell::Cell::get) {
+        return complete(cmd);
+    }
     cmd.defer(complete)
 }
 
@@ -983,9 +988,194 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    thread_local! {
+        /// Whether `Command`'s commands are completed at once instead of when built.
+        pub(super) static BUILD_AT_ONCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The definition with every command completed before its parent is built, as the derive
+    /// made it.
+    fn built_at_once(command: fn() -> clap::Command) -> clap::Command {
+        BUILD_AT_ONCE.with(|at_once| at_once.set(true));
+        let cmd = command();
+        BUILD_AT_ONCE.with(|at_once| at_once.set(false));
+        cmd
+    }
+
+    /// Every command's words on the command line, nested ones included: ["feature", "add"].
+    fn command_paths(cmd: &clap::Command, above: &[String], paths: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let path: Vec<String> = above
+                .iter()
+                .cloned()
+                .chain([sub.get_name().to_string()])
+                .collect();
+            command_paths(sub, &path, paths);
+            paths.push(path);
+        }
+    }
+
+    /// What parsing `args` with `cmd` shows: the error's text (help is one) and exit code.
+    fn parse(mut cmd: clap::Command, args: &[&str]) -> Result<(), (String, i32)> {
+        let args = std::iter::once("keepsake").chain(args.iter().copied());
+        cmd.try_get_matches_from_mut(args)
+            .map(drop)
+            .map_err(|err| (err.render().to_string(), err.exit_code()))
+    }
+
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deferred_commands_build_as_when_built_at_once() {
+        for command in [Cli::command, Cli::command_for_update] {
+            let mut deferred = command();
+            let mut at_once = built_at_once(command);
+            deferred.build();
+            at_once.build();
+            // Every setting, argument (in its order), group and text of every command.
+            assert_eq!(format!("{deferred:#?}"), format!("{at_once:#?}"));
+        }
+    }
+
+    /// A command completed when the parser reaches it shows the same help, and turns down the
+    /// same bad input, as the whole definition built at once.
+    #[test]
+    fn deferred_commands_parse_as_when_built_at_once() {
+        let mut built = Cli::command();
+        built.build();
+        let mut paths = Vec::new();
+        command_paths(&built, &[], &mut paths);
+        assert_eq!(paths.len(), 22, "{paths:?}");
+        for path in &paths {
+            let words: Vec<&str> = path.iter().map(String::as_str).collect();
+            let sub = words
+                .iter()
+                .try_fold(&mut built, |cmd, word| cmd.find_subcommand_mut(word))
+                .unwrap();
+            let (long, short) = (sub.render_long_help(), sub.render_help());
+            for (flag, help) in [("--help", long.to_string()), ("-h", short.to_string())] {
+                let args = [&words[..], &[flag]].concat();
+                assert_eq!(parse(Cli::command(), &args), Err((help, 0)), "{args:?}");
+            }
+            for bad in [&["--bogus"][..], &["bogus"], &["--force"], &["--device"]] {
+                let args = [&words[..], bad].concat();
+                assert_eq!(
+                    parse(Cli::command(), &args),
+                    parse(built_at_once(Cli::command), &args),
+                    "{args:?}"
+                );
+            }
+        }
+    }
+
+    /// Settings no man page shows, pinned by the first line and exit code the derived
+    /// definition gave (keepsake 247c4e9, as under --json).
+    #[test]
+    fn bad_command_lines_are_turned_down_as_before() {
+        // The arguments, and the first line and exit code of the error (None: they parse).
+        type Case = (&'static [&'static str], Option<(&'static str, i32)>);
+        let cases: &[Case] = &[
+            (&["bogus"], Some(("unrecognized subcommand 'bogus'", 2))),
+            (&["help"], Some(("unrecognized subcommand 'help'", 2))),
+            (
+                &["lock", "--bogus"],
+                Some(("unexpected argument '--bogus' found", 2)),
+            ),
+            (
+                &["--force"],
+                Some(("unexpected argument '--force' found", 2)),
+            ),
+            (
+                &["status", "extra"],
+                Some(("unexpected argument 'extra' found", 2)),
+            ),
+            (
+                &["create"],
+                Some((
+                    "the following required arguments were not provided: \
+                     <--image <FILE>|--device <DISK>>",
+                    2,
+                )),
+            ),
+            (
+                &["feature"],
+                Some((
+                    "List, enable, disable, add and remove features (the folders that persist)",
+                    2,
+                )),
+            ),
+            (
+                &["feature", "help"],
+                Some(("unrecognized subcommand 'help'", 2)),
+            ),
+            (
+                &["feature", "add", "x"],
+                Some((
+                    "the following required arguments were not provided: --dest <PATH>",
+                    2,
+                )),
+            ),
+            (
+                &["passphrase"],
+                Some((
+                    "Change the passphrase; the volume key and the data stay as they are",
+                    2,
+                )),
+            ),
+            (
+                &["recovery-key", "help"],
+                Some(("unrecognized subcommand 'help'", 2)),
+            ),
+            (
+                &["backup"],
+                Some((
+                    "the following required arguments were not provided: <FILE>",
+                    2,
+                )),
+            ),
+            // subcommand_negates_reqs: verify needs no FILE of backup's own.
+            (&["backup", "verify", "x.ksb"], None),
+            (
+                &["backup", "verify"],
+                Some((
+                    "the following required arguments were not provided: <FILE>",
+                    2,
+                )),
+            ),
+            // args_conflicts_with_subcommands.
+            (
+                &["backup", "out.ksb", "verify", "x.ksb"],
+                Some(("the subcommand 'verify' cannot be used with '<FILE>'", 2)),
+            ),
+            (
+                &["restore"],
+                Some((
+                    "the following required arguments were not provided: <FILE>",
+                    2,
+                )),
+            ),
+            (
+                &["unlock", "--device", "a", "--image", "b"],
+                Some((
+                    "the argument '--device <DEV>' cannot be used with '--image <FILE>'",
+                    2,
+                )),
+            ),
+        ];
+        for (args, expected) in cases {
+            let argv = std::iter::once("keepsake").chain(args.iter().copied());
+            let got = Cli::try_parse_from(argv)
+                .map(drop)
+                .map_err(|err| (first_line(&err), err.exit_code()));
+            let expected = match expected {
+                None => Ok(()),
+                Some((line, code)) => Err((line.to_string(), *code)),
+            };
+            assert_eq!(got, expected, "{args:?}");
+        }
     }
 
     #[test]
