@@ -100,52 +100,236 @@ pub struct GlobalArgs {
     pub allow_disk_backed_tmp: bool,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
+/// Declares `Command`, the top-level commands, and implements for it what
+/// `#[derive(Subcommand)]` would, but lazily: the parser gets each command's name and about
+/// at once, and the rest (its arguments, nested commands and settings) through
+/// `clap::Command::defer`, built only for the command being run, or for all of them when the
+/// whole definition is built (`Command::build`: man pages, completions, `debug_assert`).
+/// Building all thirteen up front was most of the ~80 ms clap took under emulation before
+/// keepsake did anything (natively, `lock` as a non-root user: 673k instructions in clap
+/// before, 304k deferred).
+///
+/// Each command is written once: its one-line doc comment is its about (its final period
+/// dropped, as the derive does), then its name, whether it takes `args` (a `clap::Args`
+/// struct) or `subcommands` (a `clap::Subcommand` enum), and the `clap::Command` settings
+/// `#[command(...)]` would have set on it, in the same order.
+macro_rules! commands {
+    (@augment args $inner:ty, $cmd:expr) => {
+        <$inner as clap::Args>::augment_args($cmd)
+    };
+    (@augment subcommands $inner:ty, $cmd:expr) => {
+        <$inner as clap::Subcommand>::augment_subcommands(
+            $cmd.subcommand_required(true).arg_required_else_help(true),
+        )
+    };
+    (@augment_for_update args $inner:ty, $cmd:expr) => {
+        <$inner as clap::Args>::augment_args_for_update($cmd)
+    };
+    (@augment_for_update subcommands $inner:ty, $cmd:expr) => {
+        <$inner as clap::Subcommand>::augment_subcommands_for_update(
+            $cmd.subcommand_required(true).arg_required_else_help(true),
+        )
+    };
+    // An update may leave out the nested command: the derive lifts the requirement last.
+    (@finish_update args $cmd:expr) => {
+        $cmd
+    };
+    (@finish_update subcommands $cmd:expr) => {
+        $cmd.subcommand_required(false).arg_required_else_help(false)
+    };
+    ($(
+        #[doc = $doc:literal]
+        $variant:ident($inner:ty) = $name:literal, $kind:ident {
+            $($setting:ident($value:expr)),* $(,)?
+        }
+    )*) => {
+        #[derive(Debug)]
+        pub enum Command {
+            $(#[doc = $doc] $variant($inner),)*
+        }
+
+        impl Command {
+            /// Adds every command to `cmd`, each given to `attach` with the function that
+            /// completes it.
+            fn subcommands(cmd: clap::Command, attach: Attach) -> clap::Command {
+                cmd $(.subcommand(attach(
+                    // The parent's help lists the name and about, before this is built.
+                    clap::Command::new($name).about(summary($doc)).long_about(None),
+                    |cmd| {
+                        let propagated = argument_ids(&cmd);
+                        // As the derive: the arguments, then the about again (a flattened
+                        // struct's doc comment is an about too, and must not win), then the
+                        // settings.
+                        let cmd = commands!(@augment $kind $inner, cmd)
+                            .about(summary($doc))
+                            .long_about(None)
+                            $(.$setting($value))*;
+                        own_arguments_first(cmd, propagated)
+                    },
+                )))*
+            }
+
+            /// As `subcommands`, for `CommandFactory::command_for_update`.
+            fn subcommands_for_update(cmd: clap::Command, attach: Attach) -> clap::Command {
+                cmd $(.subcommand(attach(
+                    clap::Command::new($name).about(summary($doc)).long_about(None),
+                    |cmd| {
+                        let propagated = argument_ids(&cmd);
+                        let cmd = commands!(@augment_for_update $kind $inner, cmd)
+                            .about(summary($doc))
+                            .long_about(None)
+                            $(.$setting($value))*;
+                        own_arguments_first(commands!(@finish_update $kind cmd), propagated)
+                    },
+                )))*
+            }
+        }
+
+        impl clap::Subcommand for Command {
+            fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+                Self::subcommands(cmd, attach_deferred)
+            }
+
+            fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+                Self::subcommands_for_update(cmd, attach_deferred)
+            }
+
+            fn has_subcommand(name: &str) -> bool {
+                matches!(name, $($name)|*)
+            }
+        }
+
+        impl clap::FromArgMatches for Command {
+            fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+                Self::from_arg_matches_mut(&mut matches.clone())
+            }
+
+            fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+                match matches.remove_subcommand() {
+                    $(Some((name, mut sub)) if name == $name => Ok(Self::$variant(
+                        <$inner as clap::FromArgMatches>::from_arg_matches_mut(&mut sub)?,
+                    )),)*
+                    Some((name, _)) => Err(clap::Error::raw(
+                        clap::error::ErrorKind::InvalidSubcommand,
+                        format!("the subcommand '{name}' wasn't recognized"),
+                    )),
+                    None => Err(clap::Error::raw(
+                        clap::error::ErrorKind::MissingSubcommand,
+                        "a subcommand is required but one was not provided",
+                    )),
+                }
+            }
+
+            fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+                self.update_from_arg_matches_mut(&mut matches.clone())
+            }
+
+            fn update_from_arg_matches_mut(
+                &mut self,
+                matches: &mut clap::ArgMatches,
+            ) -> Result<(), clap::Error> {
+                let Some(name) = matches.subcommand_name() else {
+                    return Ok(());
+                };
+                match self {
+                    $(Self::$variant(inner) if name == $name => {
+                        if let Some((_, mut sub)) = matches.remove_subcommand() {
+                            clap::FromArgMatches::update_from_arg_matches_mut(inner, &mut sub)?;
+                        }
+                    })*
+                    // Another command than the one held: parsed afresh, as the derive does.
+                    other => *other = Self::from_arg_matches_mut(matches)?,
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+/// How a command is completed: given the command with its name and about, and the function
+/// that adds the rest.
+type Attach = fn(clap::Command, fn(clap::Command) -> clap::Command) -> clap::Command;
+
+/// Completes the command when it is built. The unit tests can have it completed at once, as
+/// the derive did, to compare the two.
+fn attach_deferred(
+    cmd: clap::Command,
+    complete: fn(clap::Command) -> clap::Command,
+) -> clap::Command {
+    #[cfg(test)]
+    if tests::BUILD_AT_ONCE.with(std::cell::Cell::get) {
+        return complete(cmd);
+    }
+    cmd.defer(complete)
+}
+
+/// A command's about as the derive makes it from a one-line doc comment: trimmed, and
+/// without a final period (an ellipsis stays).
+fn summary(doc: &'static str) -> &'static str {
+    let line = doc.trim();
+    match line.strip_suffix('.') {
+        Some(short) if !short.ends_with('.') => short,
+        _ => line,
+    }
+}
+
+/// The arguments a command holds when its deferred part runs: the global ones its parent
+/// propagated into it while being built.
+fn argument_ids(cmd: &clap::Command) -> Vec<clap::Id> {
+    cmd.get_arguments()
+        .map(|arg| arg.get_id().clone())
+        .collect()
+}
+
+/// Moves the propagated global arguments behind the command's own, where they are when the
+/// command is built at once (the parent propagates into commands that are complete). The
+/// order is visible: help lists its headings, and completions and man pages their options,
+/// in the order of the arguments.
+fn own_arguments_first(cmd: clap::Command, propagated: Vec<clap::Id>) -> clap::Command {
+    // `mut_arg` takes the argument out and pushes it back last.
+    propagated
+        .iter()
+        .fold(cmd, |cmd, id| cmd.mut_arg(id.as_str(), |arg| arg))
+}
+
+commands! {
     /// Create a new encrypted volume on the live stick or in a container file.
-    #[command(after_long_help = CREATE_HELP)]
-    Create(CreateArgs),
+    Create(CreateArgs) = "create", args { after_long_help(CREATE_HELP) }
     /// Open the volume, mount it and activate its enabled features.
-    #[command(after_long_help = UNLOCK_HELP)]
-    Unlock(UnlockArgs),
+    Unlock(UnlockArgs) = "unlock", args { after_long_help(UNLOCK_HELP) }
     /// Deactivate the features, unmount and close the volume, and forget it.
-    #[command(after_long_help = LOCK_HELP)]
-    Lock(LockArgs),
+    Lock(LockArgs) = "lock", args { after_long_help(LOCK_HELP) }
     /// Show the volume, its mapping and mount, and each feature's state.
-    #[command(after_long_help = STATUS_HELP)]
-    Status(StatusArgs),
+    Status(StatusArgs) = "status", args { after_long_help(STATUS_HELP) }
     /// List, enable, disable, add and remove features (the folders that persist).
-    #[command(subcommand, after_long_help = FEATURE_HELP, disable_help_subcommand = true)]
-    Feature(FeatureCommand),
+    Feature(FeatureCommand) = "feature", subcommands {
+        after_long_help(FEATURE_HELP),
+        disable_help_subcommand(true)
+    }
     /// Change the passphrase; the volume key and the data stay as they are.
-    #[command(subcommand, disable_help_subcommand = true)]
-    Passphrase(PassphraseCommand),
+    Passphrase(PassphraseCommand) = "passphrase", subcommands { disable_help_subcommand(true) }
     /// Add or remove the recovery key, for when the passphrase is lost.
-    #[command(subcommand, after_long_help = RECOVERY_HELP, disable_help_subcommand = true)]
-    RecoveryKey(RecoveryKeyCommand),
+    RecoveryKey(RecoveryKeyCommand) = "recovery-key", subcommands {
+        after_long_help(RECOVERY_HELP),
+        disable_help_subcommand(true)
+    }
     /// Upgrade an older volume: LUKS1 to LUKS2, PBKDF2 keyslots to argon2id.
-    #[command(after_long_help = UPGRADE_HELP)]
-    Upgrade(UpgradeArgs),
+    Upgrade(UpgradeArgs) = "upgrade", args { after_long_help(UPGRADE_HELP) }
     /// Check the header, keyslots, filesystem and persistence.conf; changes nothing.
-    #[command(after_long_help = CHECK_HELP)]
-    Check(CheckArgs),
+    Check(CheckArgs) = "check", args { after_long_help(CHECK_HELP) }
     /// Repair the filesystem (e2fsck -y) and persistence.conf; never deletes user data.
-    #[command(after_long_help = REPAIR_HELP)]
-    Repair(CheckArgs),
+    Repair(CheckArgs) = "repair", args { after_long_help(REPAIR_HELP) }
     /// Destroy the volume for good: keyslots, header, then its partition or file.
-    #[command(after_long_help = DELETE_HELP)]
-    Delete(DeleteArgs),
+    Delete(DeleteArgs) = "delete", args { after_long_help(DELETE_HELP) }
     /// Write an encrypted, authenticated backup of the unlocked volume (or of features).
-    #[command(
-        after_long_help = BACKUP_HELP,
-        args_conflicts_with_subcommands = true,
-        subcommand_negates_reqs = true,
-        disable_help_subcommand = true
-    )]
-    Backup(BackupArgs),
+    Backup(BackupArgs) = "backup", args {
+        after_long_help(BACKUP_HELP),
+        args_conflicts_with_subcommands(true),
+        subcommand_negates_reqs(true),
+        disable_help_subcommand(true)
+    }
     /// Restore a backup into the unlocked volume, once all of it has authenticated.
-    #[command(after_long_help = RESTORE_HELP)]
-    Restore(RestoreArgs),
+    Restore(RestoreArgs) = "restore", args { after_long_help(RESTORE_HELP) }
 }
 
 #[derive(Debug, Args)]
@@ -804,9 +988,194 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    thread_local! {
+        /// Whether `Command`'s commands are completed at once instead of when built.
+        pub(super) static BUILD_AT_ONCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The definition with every command completed before its parent is built, as the derive
+    /// made it.
+    fn built_at_once(command: fn() -> clap::Command) -> clap::Command {
+        BUILD_AT_ONCE.with(|at_once| at_once.set(true));
+        let cmd = command();
+        BUILD_AT_ONCE.with(|at_once| at_once.set(false));
+        cmd
+    }
+
+    /// Every command's words on the command line, nested ones included: ["feature", "add"].
+    fn command_paths(cmd: &clap::Command, above: &[String], paths: &mut Vec<Vec<String>>) {
+        for sub in cmd.get_subcommands() {
+            let path: Vec<String> = above
+                .iter()
+                .cloned()
+                .chain([sub.get_name().to_string()])
+                .collect();
+            command_paths(sub, &path, paths);
+            paths.push(path);
+        }
+    }
+
+    /// What parsing `args` with `cmd` shows: the error's text (help is one) and exit code.
+    fn parse(mut cmd: clap::Command, args: &[&str]) -> Result<(), (String, i32)> {
+        let args = std::iter::once("keepsake").chain(args.iter().copied());
+        cmd.try_get_matches_from_mut(args)
+            .map(drop)
+            .map_err(|err| (err.render().to_string(), err.exit_code()))
+    }
+
     #[test]
     fn definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deferred_commands_build_as_when_built_at_once() {
+        for command in [Cli::command, Cli::command_for_update] {
+            let mut deferred = command();
+            let mut at_once = built_at_once(command);
+            deferred.build();
+            at_once.build();
+            // Every setting, argument (in its order), group and text of every command.
+            assert_eq!(format!("{deferred:#?}"), format!("{at_once:#?}"));
+        }
+    }
+
+    /// A command completed when the parser reaches it shows the same help, and turns down the
+    /// same bad input, as the whole definition built at once.
+    #[test]
+    fn deferred_commands_parse_as_when_built_at_once() {
+        let mut built = Cli::command();
+        built.build();
+        let mut paths = Vec::new();
+        command_paths(&built, &[], &mut paths);
+        assert_eq!(paths.len(), 22, "{paths:?}");
+        for path in &paths {
+            let words: Vec<&str> = path.iter().map(String::as_str).collect();
+            let sub = words
+                .iter()
+                .try_fold(&mut built, |cmd, word| cmd.find_subcommand_mut(word))
+                .unwrap();
+            let (long, short) = (sub.render_long_help(), sub.render_help());
+            for (flag, help) in [("--help", long.to_string()), ("-h", short.to_string())] {
+                let args = [&words[..], &[flag]].concat();
+                assert_eq!(parse(Cli::command(), &args), Err((help, 0)), "{args:?}");
+            }
+            for bad in [&["--bogus"][..], &["bogus"], &["--force"], &["--device"]] {
+                let args = [&words[..], bad].concat();
+                assert_eq!(
+                    parse(Cli::command(), &args),
+                    parse(built_at_once(Cli::command), &args),
+                    "{args:?}"
+                );
+            }
+        }
+    }
+
+    /// Settings no man page shows, pinned by the first line and exit code the derived
+    /// definition gave (keepsake 247c4e9, as under --json).
+    #[test]
+    fn bad_command_lines_are_turned_down_as_before() {
+        // The arguments, and the first line and exit code of the error (None: they parse).
+        type Case = (&'static [&'static str], Option<(&'static str, i32)>);
+        let cases: &[Case] = &[
+            (&["bogus"], Some(("unrecognized subcommand 'bogus'", 2))),
+            (&["help"], Some(("unrecognized subcommand 'help'", 2))),
+            (
+                &["lock", "--bogus"],
+                Some(("unexpected argument '--bogus' found", 2)),
+            ),
+            (
+                &["--force"],
+                Some(("unexpected argument '--force' found", 2)),
+            ),
+            (
+                &["status", "extra"],
+                Some(("unexpected argument 'extra' found", 2)),
+            ),
+            (
+                &["create"],
+                Some((
+                    "the following required arguments were not provided: \
+                     <--image <FILE>|--device <DISK>>",
+                    2,
+                )),
+            ),
+            (
+                &["feature"],
+                Some((
+                    "List, enable, disable, add and remove features (the folders that persist)",
+                    2,
+                )),
+            ),
+            (
+                &["feature", "help"],
+                Some(("unrecognized subcommand 'help'", 2)),
+            ),
+            (
+                &["feature", "add", "x"],
+                Some((
+                    "the following required arguments were not provided: --dest <PATH>",
+                    2,
+                )),
+            ),
+            (
+                &["passphrase"],
+                Some((
+                    "Change the passphrase; the volume key and the data stay as they are",
+                    2,
+                )),
+            ),
+            (
+                &["recovery-key", "help"],
+                Some(("unrecognized subcommand 'help'", 2)),
+            ),
+            (
+                &["backup"],
+                Some((
+                    "the following required arguments were not provided: <FILE>",
+                    2,
+                )),
+            ),
+            // subcommand_negates_reqs: verify needs no FILE of backup's own.
+            (&["backup", "verify", "x.ksb"], None),
+            (
+                &["backup", "verify"],
+                Some((
+                    "the following required arguments were not provided: <FILE>",
+                    2,
+                )),
+            ),
+            // args_conflicts_with_subcommands.
+            (
+                &["backup", "out.ksb", "verify", "x.ksb"],
+                Some(("the subcommand 'verify' cannot be used with '<FILE>'", 2)),
+            ),
+            (
+                &["restore"],
+                Some((
+                    "the following required arguments were not provided: <FILE>",
+                    2,
+                )),
+            ),
+            (
+                &["unlock", "--device", "a", "--image", "b"],
+                Some((
+                    "the argument '--device <DEV>' cannot be used with '--image <FILE>'",
+                    2,
+                )),
+            ),
+        ];
+        for (args, expected) in cases {
+            let argv = std::iter::once("keepsake").chain(args.iter().copied());
+            let got = Cli::try_parse_from(argv)
+                .map(drop)
+                .map_err(|err| (first_line(&err), err.exit_code()));
+            let expected = match expected {
+                None => Ok(()),
+                Some((line, code)) => Err((line.to_string(), *code)),
+            };
+            assert_eq!(got, expected, "{args:?}");
+        }
     }
 
     #[test]
