@@ -40,4 +40,18 @@ guest_checks() {
     ks_assert_eq "data survived the forced lock" "$(cat $KS_PERSISTENT/kept.txt)" kept
     ks_expect_rc 0 "lock" -- keepsake lock
     ks_lock_is_clean
+
+    # The device under the mapping gone from /dev (a stick pulled out, a udev rule): lock
+    # still closes the mapping, which device-mapper's table is enough for.
+    ks_expect_rc 0 "unlock once more" -- keepsake unlock --image "$KS_IMAGE" --key-file "$KS_PASS_FILE"
+    local mapping under node
+    mapping=$(stat -c '%t %T' /dev/mapper/TailsData_unlocked)
+    under=$(ls "/sys/dev/block/$((0x${mapping% *})):$((0x${mapping#* }))/slaves")
+    ks_assert "one device under the mapping" test -b "/dev/$under"
+    node=$(stat -c '%t %T' "/dev/$under")
+    rm "/dev/$under"
+    ks_log "removed /dev/$under"
+    ks_expect_rc 0 "lock with the device under the mapping gone from /dev" -- keepsake lock
+    ks_lock_is_clean
+    mknod "/dev/$under" b $((0x${node% *})) $((0x${node#* }))
 }
