@@ -55,9 +55,9 @@ guest_checks() {
     scans lock /sys/block 2
     scans lock /proc/keys 0
     scans lock /proc 1
-    # Closing a mapping needs device-mapper's table, not the header: lock neither reads
-    # the LUKS2 header's JSON area nor starts libcryptsetup's crypto backend (OpenSSL,
-    # which reads its config file when it starts).
+    # Closing a mapping needs device-mapper's table, not the header: lock does not start
+    # libcryptsetup's crypto backend (OpenSSL, which reads its config file when it starts;
+    # loading a header starts it).
     local got
     got=$(grep -c 'openssl.cnf' /tmp/lock.trace)
     ks_assert_eq "lock starts no crypto backend" "$got" 0

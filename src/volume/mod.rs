@@ -431,9 +431,10 @@ pub(crate) fn refuse_an_existing_mapping_in(
 ///
 /// Closing needs only what device-mapper holds (the table, the uuid that says LUKS1 or
 /// LUKS2, the keyring key's name), not the header: the context is made on the device under
-/// the mapping without loading its header, as `crypt_deactivate` with no header would have
-/// it. Loading the header (as `cryptsetup close` does) starts the crypto backend for
-/// nothing: about 80 ms of a lock under emulation. When that device cannot be opened (gone
+/// the mapping with `crypt_init` alone, no `crypt_load`, and libcryptsetup closes the
+/// mapping from its table (for LUKS2 it takes the header as optional). Loading the header,
+/// as `cryptsetup close` does, starts the crypto backend for nothing: about 80 ms of a
+/// lock under emulation. When that device cannot be opened (gone
 /// from /dev with the stick pulled out, several devices under the mapping), the context
 /// is made by name, as `cryptsetup close` makes it: libcryptsetup copes with a device that
 /// disappeared.
