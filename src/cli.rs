@@ -968,7 +968,7 @@ pub fn asks_for_json(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool
 
 /// The message of a parse error on one line, without clap's "error: " and its usage block
 /// (its first paragraph, e.g. "the following required arguments were not provided:
-/// --size <SIZE>").
+/// `--size <SIZE>`").
 pub fn first_line(err: &clap::Error) -> String {
     let text = err.render().to_string();
     let paragraph: Vec<&str> = text

@@ -22,6 +22,10 @@
 //! Each layer has its own error type, by meaning; [`error`] converts them all and maps
 //! them to exit codes in one place; [`context`] is the I/O context they share.
 
+// The library is the binary's inside, not an API: its module docs link to the private
+// items they describe, which `cargo doc --document-private-items` shows.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod archive;
 pub mod cli;
 pub mod commands;

@@ -22,7 +22,7 @@ pub struct OpenVolume {
 /// Names alone prove nothing (anyone may call a mapping `TailsData_unlocked`), so a
 /// mapping counts only when dm-crypt opened it from a LUKS header, and then:
 /// - Tails: it is `TailsData_unlocked` (Tails' Welcome Screen and keepsake both name it so);
-/// - live-boot: its filesystem is mounted at /run/live/persistence/<mapping name>, as
+/// - live-boot: its filesystem is mounted at `/run/live/persistence/<mapping name>`, as
 ///   live-boot mounts what it opened, or keepsake's runtime record names it (`recorded`:
 ///   keepsake's own, maybe mounted elsewhere with --mount-root).
 pub fn open_volumes(
