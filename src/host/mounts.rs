@@ -297,8 +297,8 @@ pub(crate) fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
 /// Unmounts the mount on `target`. umount2 has no *at form, and `UMOUNT_NOFOLLOW` guards
 /// only the last component: a path in the live user's folders could be redirected by a
 /// symlink swapped in on the way (and unmount `/proc`). So the folder holding the mount
-/// point is opened with [`crate::safefs::open_dir`] (no symlink anywhere), and the unmount names
-/// it through that descriptor: `/proc/self/fd/N/NAME`. (Not the mount point's own
+/// point is opened with [`crate::safefs::open_dir`] (no symlink anywhere), and the unmount
+/// names it through that descriptor: `/proc/self/fd/N/NAME`. (Not the mount point's own
 /// descriptor: holding it would keep the mount busy.)
 pub(crate) fn unmount(target: &Path) -> Result<()> {
     let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {

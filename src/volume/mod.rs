@@ -434,10 +434,9 @@ pub(crate) fn refuse_an_existing_mapping_in(
 /// the mapping with `crypt_init` alone, no `crypt_load`, and libcryptsetup closes the
 /// mapping from its table (for LUKS2 it takes the header as optional). Loading the header,
 /// as `cryptsetup close` does, starts the crypto backend for nothing: about 80 ms of a
-/// lock under emulation. When that device cannot be opened (gone
-/// from /dev with the stick pulled out, several devices under the mapping), the context
-/// is made by name, as `cryptsetup close` makes it: libcryptsetup copes with a device that
-/// disappeared.
+/// lock under emulation. When that device cannot be opened (gone from /dev with the stick
+/// pulled out, several devices under the mapping), the context is made by name, as
+/// `cryptsetup close` makes it: libcryptsetup copes with a device that disappeared.
 pub fn deactivate(mapping: &str) -> Result<()> {
     capture_library_log();
     let without_header = crate::host::devices::device_under(mapping).and_then(|under| {
