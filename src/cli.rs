@@ -8,6 +8,8 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::EXIT_CODES_HELP;
+
+pub mod plain;
 use crate::persistence::layout::LayoutProfile;
 
 const ABOUT: &str = "An encrypted, chosen memory for amnesic live systems";

@@ -1,13 +1,18 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = match keepsake::cli::Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A plain `unlock`, `lock` or `status` is read without clap (it says yes as clap would,
+    // and leaves every other line to clap).
+    let parsed = keepsake::cli::plain::parse(&args)
+        .map_or_else(|| keepsake::cli::Cli::try_parse_from(&args), Ok);
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(err) => {
             // --help and --version are not errors and print as clap prints them; a bad
             // command line under --json still gets its one JSON object on stdout.
             if err.use_stderr() {
-                let json = keepsake::cli::asks_for_json(std::env::args_os());
+                let json = keepsake::cli::asks_for_json(args);
                 keepsake::output::Output { json }.usage_error(&keepsake::cli::first_line(&err));
             }
             err.exit()
