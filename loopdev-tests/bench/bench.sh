@@ -2,7 +2,9 @@
 # one boot. Each measurement is printed as KS-OUT <name>=<ms> and the host takes medians.
 #
 #   unlock/lock with N features vs `cryptsetup open` + `mount` + N `mount --bind`, and
-#   the N `umount`s + `umount` + `cryptsetup close` (same volume, same keyslot, same KDF);
+#   the N `umount`s + `umount` + `cryptsetup close` (same volume, same keyslot, same KDF),
+#   once with util-linux's mount and umount (what Tails and Debian run; bench/run copies
+#   them into the guest) and once with busybox's (the guest's own: smaller, faster);
 #   the KDF alone (`cryptsetup open --test-passphrase`); `status --json` with 100 features vs
 #   `findmnt --json` + `cryptsetup status`;
 #   create on 1 GiB and 8 GiB sparse images vs `luksFormat` + `open` + `mkfs.ext4` + `close`.
@@ -22,17 +24,21 @@ bench() {
     echo "KS-OUT $name=$(( (t1 - t0) / 1000 ))"
 }
 
+# The two mount programs the bare script is run with: util-linux's and busybox's.
+UL_MOUNT=/usr/bin/mount UL_UMOUNT=/usr/bin/umount
+
+# bare_open MOUNT N, bare_close UMOUNT N: the bare script with MOUNT (a command) and UMOUNT.
 bare_open() {
-    local n=$1 k
+    local mount=$1 n=$2 k
     cryptsetup open --key-file "$KS_PASS_FILE" "/bench/vol-$n.img" bare || return 1
-    mount -o nosuid,nodev,noatime /dev/mapper/bare /mnt/bare || return 1
-    for k in $(seq 1 "$n"); do mount --bind "/mnt/bare/f$k" "/srv/b/f$k" || return 1; done
+    $mount -o nosuid,nodev,noatime /dev/mapper/bare /mnt/bare || return 1
+    for k in $(seq 1 "$n"); do $mount --bind "/mnt/bare/f$k" "/srv/b/f$k" || return 1; done
 }
 
 bare_close() {
-    local n=$1 k
-    for k in $(seq "$n" -1 1); do umount "/srv/b/f$k" || return 1; done
-    umount /mnt/bare && cryptsetup close bare
+    local umount=$1 n=$2 k
+    for k in $(seq "$n" -1 1); do $umount "/srv/b/f$k" || return 1; done
+    $umount /mnt/bare && cryptsetup close bare
 }
 
 # What `status --json` tells, from the bare tools: the mounts as JSON, and the mapping.
@@ -56,6 +62,9 @@ guest_all() {
     mkfs.ext4 -q -F /dev/disk/by-serial/bench && mkdir -p /bench && mount /dev/disk/by-serial/bench /bench
     mkdir -p /mnt/bare /home/amnesia && chown 1000:1000 /home/amnesia
     echo "KS-OUT machine=$(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
+    "$UL_MOUNT" --version | grep -q util-linux || ks_fail "$UL_MOUNT is util-linux's mount"
+    "$UL_UMOUNT" --version | grep -q util-linux || ks_fail "$UL_UMOUNT is util-linux's umount"
+    busybox mount --help 2>&1 | grep -qi busybox || ks_fail "busybox has its own mount"
     for n in $(ks_in sizes); do
         ks_expect_rc 0 "create the N=$n volume" -- keepsake create --image "/bench/vol-$n.img" --size 128M --key-file "$KS_PASS_FILE" $KS_BENCH_KDF
         ks_expect_rc 0 "unlock it" -- keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
@@ -78,9 +87,12 @@ guest_all() {
                 bench "bare_status.$n" bare_status
             fi
             bench "keepsake_lock.$n" keepsake lock
-            bench "bare_unlock.$n" bare_open "$n"
+            bench "bare_unlock.$n" bare_open "$UL_MOUNT" "$n"
             [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "the bare script bound $n folders"
-            bench "bare_lock.$n" bare_close "$n"
+            bench "bare_lock.$n" bare_close "$UL_UMOUNT" "$n"
+            bench "busybox_unlock.$n" bare_open "busybox mount" "$n"
+            [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "the busybox script bound $n folders"
+            bench "busybox_lock.$n" bare_close "busybox umount" "$n"
         done
         ks_ok "N=$n: $runs runs each"
     done
