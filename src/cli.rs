@@ -8,9 +8,9 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::EXIT_CODES_HELP;
+use crate::persistence::layout::LayoutProfile;
 
 pub mod plain;
-use crate::persistence::layout::LayoutProfile;
 
 const ABOUT: &str = "An encrypted, chosen memory for amnesic live systems";
 
