@@ -24,6 +24,11 @@ bench() {
     echo "KS-OUT $name=$(( (t1 - t0) / 1000 ))"
 }
 
+# bound N WHO: WHO bound exactly N folders under /srv/b, or the phase fails.
+bound() {
+    [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$1" ] || ks_fail "$2 bound $1 folders"
+}
+
 # The two mount programs the bare script is run with: util-linux's and busybox's.
 UL_MOUNT=/usr/bin/mount UL_UMOUNT=/usr/bin/umount
 
@@ -79,7 +84,7 @@ guest_all() {
         for i in $(seq 1 "$runs"); do
             bench "kdf.$n" cryptsetup open --test-passphrase --key-file "$KS_PASS_FILE" "/bench/vol-$n.img"
             bench "keepsake_unlock.$n" keepsake unlock --image "/bench/vol-$n.img" --key-file "$KS_PASS_FILE"
-            [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "keepsake bound $n folders"
+            bound "$n" "keepsake"
             [ "$(grep -c ' - ext4 /dev/mapper/TailsData_unlocked ' /proc/self/mountinfo)" -eq $((n + 1)) ] \
                 || ks_fail "keepsake mounted the volume and $n binds, nothing more"
             if [ "$n" = 100 ]; then
@@ -88,10 +93,10 @@ guest_all() {
             fi
             bench "keepsake_lock.$n" keepsake lock
             bench "bare_unlock.$n" bare_open "$UL_MOUNT" "$n"
-            [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "the bare script bound $n folders"
+            bound "$n" "the bare script"
             bench "bare_lock.$n" bare_close "$UL_UMOUNT" "$n"
             bench "busybox_unlock.$n" bare_open "busybox mount" "$n"
-            [ "$(grep -c ' /srv/b/f' /proc/self/mountinfo)" -eq "$n" ] || ks_fail "the busybox script bound $n folders"
+            bound "$n" "the busybox script"
             bench "busybox_lock.$n" bare_close "busybox umount" "$n"
         done
         ks_ok "N=$n: $runs runs each"
