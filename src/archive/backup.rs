@@ -18,7 +18,7 @@ use crate::secrets::Secret;
 pub(crate) fn back_up(
     root: &Path,
     tops: &[String],
-    sink: impl Write,
+    sink: impl Write + Send + 'static,
     secret: &Secret,
     params: KdfParams,
     threads: usize,

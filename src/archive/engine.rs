@@ -83,6 +83,11 @@ pub(super) struct Batch {
 }
 
 impl Batch {
+    /// Its place in submission order.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Makes the first `len` bytes usable, zeroing only those never used before. A batch
     /// starts with room for one chunk, so that a small archive costs little; the first
     /// time it needs more it moves to room for all its chunks, and the old buffer is wiped.
@@ -202,6 +207,14 @@ impl Cipher {
     }
 }
 
+/// Where a writer's sealed batches go, in order, from whichever thread sealed them: see
+/// `stream.rs`.
+pub(super) trait Sink: Send + Sync {
+    /// Takes `batch`, sealed: writes it once every batch submitted before it was written,
+    /// and hands `back` every batch written meanwhile (or passed over, once writing failed).
+    fn deliver(&self, batch: Batch, back: &mut dyn FnMut(Batch));
+}
+
 struct Workers {
     jobs: Option<mpsc::Sender<Batch>>,
     /// The queue the workers take jobs from, which the caller's thread takes from too
@@ -221,6 +234,9 @@ struct Workers {
 /// than one thread doing everything (loopdev-tests/bench/backup, 2026-11-26).
 pub(super) struct Engine {
     cipher: Arc<Cipher>,
+    /// Where sealed batches are delivered, if anywhere: then every batch handed back was
+    /// delivered first.
+    sink: Option<Arc<dyn Sink>>,
     threads: usize,
     allocated: usize,
     spare: Vec<Batch>,
@@ -254,6 +270,7 @@ impl Engine {
                 chunk_size,
                 direction,
             }),
+            sink: None,
             threads: threads.clamp(1, MAX_THREADS),
             allocated: 0,
             spare: Vec::new(),
@@ -273,6 +290,13 @@ impl Engine {
     pub fn caller_only(&mut self) {
         self.set_threads(2);
         self.caller_only = true;
+    }
+
+    /// Delivers every sealed batch to `sink`, on the thread that sealed it, before handing
+    /// it back; only before the first batch was taken.
+    pub fn set_sink(&mut self, sink: Arc<dyn Sink>) {
+        debug_assert_eq!(self.allocated, 0);
+        self.sink = Some(sink);
     }
 
     /// Sets the number of threads; only before the first batch was taken.
@@ -345,7 +369,7 @@ impl Engine {
         // A stream that fits in one batch is not worth a thread.
         if self.threads == 1 || (self.workers.is_none() && batch.ends_stream) {
             self.cipher.process(&mut batch);
-            self.early.insert(batch.seq, batch);
+            hand_back(self.sink.as_deref(), &mut self.early, batch);
             return Ok(());
         }
         if self.workers.is_none() {
@@ -374,14 +398,16 @@ impl Engine {
                 return Ok(Some(batch));
             }
             let workers = self.workers.as_ref().ok_or_else(workers_gone)?;
-            let batch = match workers.take_queued() {
+            match workers.take_queued() {
                 Some(mut queued) => {
                     self.cipher.process(&mut queued);
-                    queued
+                    hand_back(self.sink.as_deref(), &mut self.early, queued);
                 }
-                None => workers.done.recv().map_err(|_| workers_gone())?,
-            };
-            self.early.insert(batch.seq, batch);
+                None => {
+                    let batch = workers.done.recv().map_err(|_| workers_gone())?;
+                    self.early.insert(batch.seq, batch);
+                }
+            }
         }
     }
 
@@ -413,6 +439,7 @@ impl Engine {
             let jobs = Arc::clone(&jobs_rx);
             let done = done_tx.clone();
             let cipher = Arc::clone(&self.cipher);
+            let sink = self.sink.clone();
             let handle = std::thread::Builder::new()
                 .name("keepsake-stream".into())
                 .spawn(move || {
@@ -424,7 +451,13 @@ impl Engine {
                         };
                         let Ok(mut batch) = job else { return };
                         cipher.process(&mut batch);
-                        if done.send(batch).is_err() {
+                        let mut gone = false;
+                        let mut back = |b| gone |= done.send(b).is_err();
+                        match &sink {
+                            Some(sink) => sink.deliver(batch, &mut back),
+                            None => back(batch),
+                        }
+                        if gone {
                             return;
                         }
                     }
@@ -437,6 +470,18 @@ impl Engine {
             done: done_rx,
             handles,
         })
+    }
+}
+
+/// Puts a batch the caller's thread sealed or opened among those to hand back, through
+/// the sink if there is one.
+fn hand_back(sink: Option<&dyn Sink>, early: &mut BTreeMap<u64, Batch>, batch: Batch) {
+    let mut back = |b: Batch| {
+        early.insert(b.seq, b);
+    };
+    match sink {
+        Some(sink) => sink.deliver(batch, &mut back),
+        None => back(batch),
     }
 }
 

@@ -223,8 +223,8 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     )?;
     let started = std::time::Instant::now();
     let total = archive::tree_bytes(&root, &tops);
-    let sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+    let sink: Box<dyn Write + Send> = if to_stdout {
+        Box::new(std::io::stdout())
     } else {
         Box::new(
             std::fs::OpenOptions::new()
