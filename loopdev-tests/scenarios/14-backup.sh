@@ -47,6 +47,9 @@ guest_source() {
     mkdir -p $p/docs/deep $p/empty
     ks_in canary > $p/docs/note.txt
     { head -c 200000 /dev/urandom; ks_in canary; } > $p/docs/deep/big.bin
+    # More than one 1 MiB batch, so that --threads 2 below seals on a worker and writes
+    # the archive on the output thread (the guest has one CPU: the default is one thread).
+    { head -c 3000000 /dev/urandom; ks_in canary; } > $p/docs/deep/three-mb.bin
     : > $p/docs/empty-file
     printf '#!/bin/sh\necho hi\n' > $p/docs/script.sh && chmod 0755 $p/docs/script.sh
     chmod 0600 $p/docs/note.txt && chmod 0640 $p/docs/empty-file
@@ -63,7 +66,7 @@ guest_source() {
     ks_log "the tree: $(wc -l < /tmp/facts) facts; sparse file uses $(stat -c %b $p/sparse.img) blocks for 64 MiB"
 
     ks_disk_fs hostdisk /media/hostdisk format
-    ks_expect_rc 0 "backup to the host disk" -- ks_timed backup keepsake --json backup /media/hostdisk/k.ksb --key-file /run/ks-test/bpass $KS_ARCHIVE_KDF
+    ks_expect_rc 0 "backup to the host disk, on two threads" -- ks_timed backup keepsake --json backup /media/hostdisk/k.ksb --threads 2 --key-file /run/ks-test/bpass $KS_ARCHIVE_KDF
     ks_assert "the report lists the features" grep -q '"gnupg"' /tmp/ks-cmd.out
     ks_expect_rc 2 "backup over an existing file" -- keepsake backup /media/hostdisk/k.ksb --key-file /run/ks-test/bpass $KS_ARCHIVE_KDF
     ks_expect_rc 0 "backup verify" -- ks_timed verify keepsake backup verify /media/hostdisk/k.ksb --key-file /run/ks-test/bpass
