@@ -206,7 +206,9 @@ struct OrderedState<W> {
     next: u64,
     /// Batches delivered out of turn, or while another thread wrote.
     waiting: BTreeMap<u64, Batch>,
-    /// The first write that failed: batches after it are passed over, not written.
+    /// Whether a write failed: batches after it are passed over, not written.
+    failed: bool,
+    /// Why, until it is reported.
     error: Option<io::Error>,
 }
 
@@ -217,6 +219,7 @@ impl<W: Write + Send + 'static> Ordered<W> {
                 inner: Some(inner),
                 next: 0,
                 waiting: BTreeMap::new(),
+                failed: false,
                 error: None,
             }),
             chunk_size,
@@ -228,20 +231,21 @@ impl<W: Write + Send + 'static> Ordered<W> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The error of a write that failed, once.
+    /// Whether every write so far succeeded; the error of the one that failed, the first
+    /// time it is asked.
     fn check(&self) -> io::Result<()> {
-        match self.lock().error.take() {
-            None => Ok(()),
-            Some(e) => Err(e),
+        let mut state = self.lock();
+        match (state.failed, state.error.take()) {
+            (false, _) => Ok(()),
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(io::Error::other(failed_earlier())),
         }
     }
 
     /// The inner writer, once every batch was delivered and written.
     fn take(&self) -> io::Result<W> {
+        self.check()?;
         let mut state = self.lock();
-        if let Some(e) = state.error.take() {
-            return Err(e);
-        }
         match (state.waiting.is_empty(), state.inner.take()) {
             (true, Some(inner)) => Ok(inner),
             _ => Err(io::Error::other(
@@ -266,7 +270,7 @@ impl<W: Write + Send + 'static> Sink for Ordered<W> {
                 return;
             };
             state.next += 1;
-            let failed = state.error.is_some();
+            let failed = state.failed;
             drop(state);
             let written = if failed {
                 Ok(())
@@ -277,7 +281,8 @@ impl<W: Write + Send + 'static> Sink for Ordered<W> {
             state = self.lock();
             state.inner = Some(inner);
             if let Err(e) = written {
-                state.error.get_or_insert(e);
+                state.failed = true;
+                state.error = Some(e);
             }
         }
     }
@@ -1170,14 +1175,17 @@ mod tests {
         }
     }
 
-    /// A sink that takes `room` bytes, then fails every write.
+    /// A sink that takes `room` bytes, then fails every write, counting them.
     struct Full {
         room: usize,
+        failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Write for Full {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.room == 0 {
+                self.failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(io::Error::other("no space left on the test's sink"));
             }
             let n = buf.len().min(self.room);
@@ -1190,9 +1198,9 @@ mod tests {
         }
     }
 
-    /// A write that fails on the output thread is the writer's error, reported by the next
-    /// write or by `finish`, on every number of threads, wherever in the stream it fails;
-    /// nothing hangs.
+    /// A write that fails on a worker is the writer's error, reported by the next write or
+    /// by `finish`, on every number of threads, wherever in the stream it fails; nothing is
+    /// written after it, and nothing hangs.
     #[test]
     fn a_failing_sink_fails_the_writer_on_every_thread_count() {
         let key = [9u8; KEY_LEN];
@@ -1207,17 +1215,28 @@ mod tests {
                 archive_len / 2,
                 archive_len - 1,
             ] {
-                let writer = Writer::with_key(Full { room }, &header, &key);
+                let failed = std::sync::Arc::default();
+                let full = Full {
+                    room,
+                    failed: std::sync::Arc::clone(&failed),
+                };
+                let writer = Writer::with_key(full, &header, &key);
                 let Ok(writer) = writer else {
                     assert!(room < HEADER_LEN, "{threads} threads, room {room}");
                     continue;
                 };
                 let mut writer = writer.with_threads(threads);
-                let failed = plaintext
+                let write_failed = plaintext
                     .chunks(100_000)
                     .try_for_each(|piece| writer.write_all(piece))
                     .is_err();
-                let err = match (failed, writer.finish()) {
+                let finished = writer.finish();
+                assert_eq!(
+                    failed.load(std::sync::atomic::Ordering::Relaxed),
+                    1,
+                    "{threads} threads, room {room}: writes tried after the first failure"
+                );
+                let err = match (write_failed, finished) {
                     (true, _) => continue,
                     (false, Ok(_)) => panic!("{threads} threads, room {room}: no error"),
                     (false, Err(e)) => e,
