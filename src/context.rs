@@ -92,8 +92,8 @@ pub fn io_at(verb: &str, path: &Path) -> impl FnOnce(io::Error) -> IoError {
     }
 }
 
-/// Shorthand for the common "verb PATH" context.
-pub fn at(verb: &str, path: &Path) -> impl FnOnce() -> String {
-    let s = format!("{verb} {}", path.display());
-    move || s
+/// Shorthand for the common "verb PATH" context, formatted only when there is an error
+/// (a backup or restore asks for it for every file).
+pub fn at<'a>(verb: &'a str, path: &'a Path) -> impl FnOnce() -> String + 'a {
+    move || format!("{verb} {}", path.display())
 }
