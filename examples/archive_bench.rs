@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .with_threads(threads)
                 .unlock(&secret)?;
             let kdf = t0.elapsed();
-            archive::read_tree(&mut reader, Some(Path::new(to)), &mut |_| {})?;
+            archive::read_tree_on(&mut reader, Some(Path::new(to)), threads, &mut |_| {})?;
             eprintln!("kdf {:.3} s", kdf.as_secs_f64());
         }
         other => return Err(format!("unknown mode {other}").into()),

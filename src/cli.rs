@@ -423,7 +423,8 @@ pub struct ArchiveKdfArgs {
 pub struct ArchiveStreamArgs {
     /// Threads that encrypt or decrypt the archive, each 1 MiB of it at a time [default: one
     /// per CPU available]. The archive is the same whatever the number; the memory it takes
-    /// is at most (2 x N + 2) MiB (1 MiB with one thread).
+    /// is at most (2 x N + 2) MiB (1 MiB with one thread). With more than one, a restore
+    /// writes the files on one more thread, with at most 4 MiB of small files waiting.
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: Option<u16>,

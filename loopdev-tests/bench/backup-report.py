@@ -90,8 +90,9 @@ derivation excluded by a small argon2id cost), side by side in the same runs wit
 
 Host: {host}. keepsake runs with {threads} threads (one per CPU, the default: the thread
 reading and writing the files, which seals or opens a batch itself rather than wait, and
-{int(threads) - 1} more, which also write the sealed archive out in order) and with one; its
-archive stream then takes at most {2 * int(threads) + 2} MiB (1 MiB with one thread). The machine is shared, so absolute figures move from run to run;
+{int(threads) - 1} more, which also write the sealed archive out in order; a restore writes
+the files on one more) and with one; its archive stream then takes at most
+{2 * int(threads) + 2} MiB (1 MiB with one thread). The machine is shared, so absolute figures move from run to run;
 the ratios come from runs interleaved on the same machine at the same time, in an order
 that rotates from run to run so that no measurement always follows the same one.
 

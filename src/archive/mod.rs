@@ -42,7 +42,7 @@ pub use engine::default_threads;
 pub use fuzz::check_untrusted;
 pub use header::{KdfParams, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB};
 pub use stream::{KeylessReader, PlainSink, Reader, Writer};
-pub use tree::{TreeStats, read_tree, write_tree};
+pub use tree::{TreeStats, read_tree, read_tree_on, write_tree};
 
 pub(crate) use backup::back_up;
 pub(crate) use tree::tree_bytes;

@@ -18,7 +18,7 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, futimens};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
-use super::tree::{TreeStats, read_tree};
+use super::tree::{TreeStats, read_tree_on};
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
 use crate::host::mounts::{self, Mount};
@@ -35,6 +35,8 @@ pub(crate) struct Request<'a> {
     pub overwrite: bool,
     /// Only authenticate the archive and say what would be restored.
     pub dry_run: bool,
+    /// Threads to extract on (see [`super::read_tree_on`]).
+    pub threads: usize,
 }
 
 /// What a restore did, or would do.
@@ -65,7 +67,12 @@ pub(crate) fn restore(
     } else {
         Some(scratch(volume, "restore", PlaceKind::Staging)?)
     };
-    let contents = read_tree(input, staging.as_ref().map(|s| s.path()), progress)?;
+    let contents = read_tree_on(
+        input,
+        staging.as_ref().map(|s| s.path()),
+        request.threads,
+        progress,
+    )?;
     let selected: Vec<String> = match request.folders {
         None => contents.entries.clone(),
         Some(folders) => {

@@ -16,6 +16,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, fstat, fstatat};
 use nix::unistd::{Whence, lseek};
+use zeroize::Zeroizing;
 
 use super::extract::{Extractor, Meta, split_path};
 use super::stream::{Damaged, PlainSink, read_full};
@@ -420,12 +421,25 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// `dest` is touched: an entry's parent must be a folder the archive created earlier, and
 /// each is opened with `O_NOFOLLOW`. On an error the extraction stops where it was, so
 /// `dest` should be thrown away then. `progress` gets the file data bytes read so far.
+/// Files are written on two threads when there is more than one CPU: see [`read_tree_on`].
 pub fn read_tree(
     input: &mut impl BufRead,
     dest: Option<&Path>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<TreeStats> {
-    let mut extractor = dest.map(Extractor::new).transpose()?;
+    read_tree_on(input, dest, super::engine::default_threads(), progress)
+}
+
+/// [`read_tree`] on `threads` threads: with more than one, small files' data and every
+/// file's owner, mode and time are written on a thread of their own (see
+/// `extract::Finisher`), beside this one reading the archive.
+pub fn read_tree_on(
+    input: &mut impl BufRead,
+    dest: Option<&Path>,
+    threads: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<TreeStats> {
+    let mut extractor = dest.map(|dest| Extractor::new(dest, threads)).transpose()?;
     let mut stats = TreeStats::default();
     // Every path seen and its entry type: duplicates and parents are checked against it.
     let mut seen: HashMap<Vec<u8>, u8> = HashMap::new();
@@ -492,16 +506,22 @@ pub fn read_tree(
             }
             _ => {
                 let (size, extents) = read_file_layout(input, &path)?;
+                let data_end = extents
+                    .last()
+                    .map_or(0, |&(offset, length)| offset + length);
                 let file = match &mut extractor {
-                    Some(extractor) => {
-                        let data_end = extents
-                            .last()
-                            .map_or(0, |&(offset, length)| offset + length);
-                        Some(extractor.file(&path, size, data_end)?)
-                    }
+                    Some(extractor) => Some(extractor.file(&path, size, data_end)?),
                     None => None,
                 };
-                for (offset, length) in extents {
+                // A small file of one extent is read whole and handed on, to be written
+                // with its metadata on the extractor's finishing thread.
+                let mut whole = match (&extents[..], &extractor) {
+                    ([(_, length)], Some(extractor)) if extractor.takes_small_files(*length) => {
+                        Some(Zeroizing::new(Vec::with_capacity(*length as usize)))
+                    }
+                    _ => None,
+                };
+                for &(offset, length) in &extents {
                     let mut done = 0;
                     while done < length {
                         // Written straight from the reader's opened chunk.
@@ -512,9 +532,14 @@ pub fn read_tree(
                         let n = ready
                             .len()
                             .min((length - done).min(usize::MAX as u64) as usize);
-                        if let (Some(file), Some(extractor)) = (&file, &extractor) {
-                            file.write_all_at(&ready[..n], offset + done)
-                                .context(at("writing", &extractor.shown(&path)))?;
+                        match (&mut whole, &file, &extractor) {
+                            (Some(whole), _, _) => whole.extend_from_slice(&ready[..n]),
+                            (None, Some(file), Some(extractor)) => {
+                                file.write_all_at(&ready[..n], offset + done).context(|| {
+                                    format!("writing {}", extractor.shown(&path).display())
+                                })?;
+                            }
+                            _ => {}
                         }
                         input.consume(n);
                         done += n as u64;
@@ -522,8 +547,9 @@ pub fn read_tree(
                         progress(stats.bytes);
                     }
                 }
-                if let (Some(file), Some(extractor)) = (&file, &extractor) {
-                    extractor.finish_file(file, &path, &meta)?;
+                if let (Some(file), Some(extractor)) = (file, &mut extractor) {
+                    let data = whole.map(|whole| (extents[0].0, whole));
+                    extractor.finish_file(file, data, &path, &meta)?;
                 }
                 stats.files += 1;
             }
@@ -746,9 +772,8 @@ mod tests {
     #[test]
     fn round_trip_keeps_every_kind_mode_owner_time_and_hole() {
         let tmp = tempfile::tempdir().unwrap();
-        let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
+        let src = tmp.path().join("src");
         std::fs::create_dir(&src).unwrap();
-        std::fs::create_dir(&dest).unwrap();
         let tops = make_tree(&src);
         let pass = secret(b"correct horse battery staple");
 
@@ -768,55 +793,88 @@ mod tests {
             archive.len()
         );
 
-        let mut reader = Reader::new(&archive[..], &pass).unwrap();
-        assert_eq!(reader.kdf_params(), TEST_KDF);
-        let read = read_tree(&mut reader, Some(&dest), &mut |_| {}).unwrap();
-        assert_eq!(
-            TreeStats {
-                skipped: vec![],
-                ..written.clone()
-            },
-            read
-        );
-
-        let mut expected = snapshot(&src);
-        expected.remove("not-backed-up");
-        let extracted = snapshot(&dest);
-        assert_eq!(expected, extracted);
-        assert!(extracted.contains_key("Persistent/empty"));
-        assert!(!dest.join("Persistent/fifo").exists() && !dest.join("Persistent/socket").exists());
-        if !nix::unistd::geteuid().is_root() {
-            let me = nix::unistd::geteuid().as_raw();
+        for threads in [1, 2, 4] {
+            let dest = tmp.path().join(format!("dest-{threads}"));
+            std::fs::create_dir(&dest).unwrap();
+            let mut reader = Reader::new(&archive[..], &pass).unwrap();
+            assert_eq!(reader.kdf_params(), TEST_KDF);
+            // One thread, and the finishing thread beside the reading one.
+            let read = read_tree_on(&mut reader, Some(&dest), threads, &mut |_| {}).unwrap();
             assert_eq!(
-                std::fs::metadata(dest.join("Persistent/docs/small.txt"))
-                    .unwrap()
-                    .uid(),
-                me
+                TreeStats {
+                    skipped: vec![],
+                    ..written.clone()
+                },
+                read
             );
-        } else {
-            let small = std::fs::metadata(dest.join("Persistent/docs/small.txt")).unwrap();
-            assert_eq!((small.uid(), small.gid()), (1234, 5678));
-        }
-        let sparse = std::fs::metadata(dest.join("Persistent/sparse.img")).unwrap();
-        assert_eq!(sparse.len(), 10 << 20);
-        assert!(
-            sparse.blocks() * 512 <= 64 * 1024,
-            "{} blocks: holes were filled",
-            sparse.blocks()
-        );
 
-        // Verifying without extracting sees the same.
-        let mut reader = Reader::new(&archive[..], &pass).unwrap();
-        assert_eq!(read_tree(&mut reader, None, &mut |_| {}).unwrap(), read);
+            let mut expected = snapshot(&src);
+            expected.remove("not-backed-up");
+            let extracted = snapshot(&dest);
+            assert_eq!(expected, extracted);
+            assert!(extracted.contains_key("Persistent/empty"));
+            assert!(
+                !dest.join("Persistent/fifo").exists() && !dest.join("Persistent/socket").exists()
+            );
+            if !nix::unistd::geteuid().is_root() {
+                let me = nix::unistd::geteuid().as_raw();
+                assert_eq!(
+                    std::fs::metadata(dest.join("Persistent/docs/small.txt"))
+                        .unwrap()
+                        .uid(),
+                    me
+                );
+            } else {
+                let small = std::fs::metadata(dest.join("Persistent/docs/small.txt")).unwrap();
+                assert_eq!((small.uid(), small.gid()), (1234, 5678));
+            }
+            let sparse = std::fs::metadata(dest.join("Persistent/sparse.img")).unwrap();
+            assert_eq!(sparse.len(), 10 << 20);
+            assert!(
+                sparse.blocks() * 512 <= 64 * 1024,
+                "{} blocks: holes were filled",
+                sparse.blocks()
+            );
+
+            // Verifying without extracting sees the same.
+            let mut reader = Reader::new(&archive[..], &pass).unwrap();
+            assert_eq!(read_tree(&mut reader, None, &mut |_| {}).unwrap(), read);
+            make_writable(&dest);
+        }
         make_writable(&src);
-        make_writable(&dest);
+    }
+
+    /// A file the kernel refuses to write (its data at an offset past what any file can
+    /// hold) fails the extraction on one thread and when written on the finishing thread.
+    #[test]
+    fn a_write_that_fails_fails_the_extraction_on_every_thread_count() {
+        let far = 1u64 << 63;
+        let stream = Stream::default()
+            .dir("top")
+            .file("top/before", b"fine")
+            .raw_file(b"top/far", far + 4, &[(far, 4)], b"data")
+            .end();
+        for threads in [1, 2, 4] {
+            let tmp = tempfile::tempdir().unwrap();
+            let err =
+                read_tree_on(&mut &stream[..], Some(tmp.path()), threads, &mut |_| {}).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                shown.contains("writing") && shown.contains("top/far"),
+                "{threads} threads: {shown}"
+            );
+            make_writable(tmp.path());
+        }
     }
 
     #[test]
-    fn trees_1100_and_3000_deep_round_trip_with_64_descriptors() {
+    fn trees_1100_and_3000_deep_round_trip_with_128_descriptors() {
+        // The walk holds at most MAX_OPEN_DIRS + 3 folders open; a restore's finishing
+        // thread 65 files more (FINISH_QUEUE + 1); the rest is the process's own. Without
+        // the walk's bound, the deep trees would need thousands.
         with_descriptor_limit(
-            "archive::tree::tests::trees_1100_and_3000_deep_round_trip_with_64_descriptors",
-            64,
+            "archive::tree::tests::trees_1100_and_3000_deep_round_trip_with_128_descriptors",
+            128,
             || {
                 let tmp = tempfile::tempdir().unwrap();
                 let (src, dest) = (tmp.path().join("src"), tmp.path().join("dest"));
@@ -825,17 +883,29 @@ mod tests {
                 let files = deep_chain(&src.join("Persistent"), "d", 3000)
                     + deep_chain(&src.join("Persistent"), "e", 1100);
                 std::fs::write(src.join("Persistent/top.txt"), b"after the deep ones").unwrap();
+                // A wide folder too: the files a restore's finishing thread holds open are
+                // within the bound.
+                let wide = src.join("Persistent/wide");
+                std::fs::create_dir(&wide).unwrap();
+                for i in 0..500u32 {
+                    std::fs::write(wide.join(format!("f{i}")), i.to_le_bytes()).unwrap();
+                }
                 // Plaintext: the walk is what is tested here, and the cipher is slow unoptimised.
                 let mut plaintext = Vec::new();
                 let tops = [PathBuf::from("Persistent")];
                 let written = write_tree(&src, &tops, &mut plaintext, &mut |_| {}).unwrap();
                 assert_eq!(
                     (written.dirs, written.files),
-                    (1 + 3000 + 1100, files as u64 + 1)
+                    (1 + 3000 + 1100 + 1, files as u64 + 1 + 500)
                 );
-                let read = read_tree(&mut &plaintext[..], Some(&dest), &mut |_| {}).unwrap();
-                assert_eq!(read, written);
-                assert_eq!(snapshot(&src), snapshot(&dest));
+                for threads in [1, 2] {
+                    let dest = dest.join(threads.to_string());
+                    std::fs::create_dir(&dest).unwrap();
+                    let read = read_tree_on(&mut &plaintext[..], Some(&dest), threads, &mut |_| {})
+                        .unwrap();
+                    assert_eq!(read, written);
+                    assert_eq!(snapshot(&src), snapshot(&dest));
+                }
             },
         );
     }

@@ -397,6 +397,7 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         config_files: CONFIG_FILES,
         overwrite: config.overwrite,
         dry_run: config.dry_run,
+        threads: config.archive.threads,
     };
     let restored = restore::restore(&volume, &mut reader, &request, &mut |b| progress.update(b));
     progress.finish();
