@@ -328,8 +328,10 @@ impl Finisher {
     fn send(&mut self, job: Finish) -> Result<()> {
         match self.jobs.as_ref().map(|jobs| jobs.send(job)) {
             Some(Ok(())) => Ok(()),
-            // The thread stopped at an error: that error.
-            _ => self.join(),
+            // The thread stopped at an error: that error, and never a file dropped unsaid.
+            _ => self.join().and(Err(Error::Internal(
+                "the finishing thread stopped earlier".into(),
+            ))),
         }
     }
 

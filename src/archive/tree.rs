@@ -798,7 +798,7 @@ mod tests {
             std::fs::create_dir(&dest).unwrap();
             let mut reader = Reader::new(&archive[..], &pass).unwrap();
             assert_eq!(reader.kdf_params(), TEST_KDF);
-            // One thread, and the finishing thread beside the reading one.
+            // On one thread, and with the finishing thread beside the reading one.
             let read = read_tree_on(&mut reader, Some(&dest), threads, &mut |_| {}).unwrap();
             assert_eq!(
                 TreeStats {
