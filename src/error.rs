@@ -243,7 +243,7 @@ fn volume_class(e: &crate::volume::Error) -> ExitCode {
     use crate::volume::Error as V;
     match e {
         V::BadPassphrase(_) => ExitCode::BadPassphrase,
-        V::NoLuksHeader(_) => ExitCode::Corrupt,
+        V::NoLuksHeader(_) | V::UnvettedCipher { .. } => ExitCode::Corrupt,
         V::NotEnoughMemory(_) => ExitCode::UnsafeHost,
         V::MappingExists(_) | V::RecoveryKeyExists => ExitCode::Busy,
         V::NoRecoveryKey | V::NotFound(_) => ExitCode::NotFound,

@@ -133,6 +133,11 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     )?;
     let mut problems = Vec::new();
     let mut notes = Vec::new();
+    if let Some(why) = &header.cipher_refused {
+        problems.push(format!(
+            "the volume {why}; keepsake unlock refuses it: copy its files to a new volume (keepsake create)"
+        ));
+    }
     let mut inspection = Inspection::open(&backing, &secret, true)?;
     drop(secret);
     let state = SuperblockState::read(&inspection.device)?;

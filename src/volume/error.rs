@@ -16,6 +16,10 @@ pub enum Error {
     /// the volume (or the volumes tried), as shown.
     #[error("the passphrase or key does not open any keyslot of {0}; nothing was changed")]
     BadPassphrase(String),
+    /// The data segment does not encrypt, or not with a cipher keepsake trusts
+    /// ([`super::cipher::unvetted`]): the volume, and why.
+    #[error("{} {why}; it is not opened (nothing was changed)", .volume.display())]
+    UnvettedCipher { volume: PathBuf, why: String },
     /// The file or device does not start with a LUKS header.
     #[error("{} has no LUKS header", .0.display())]
     NoLuksHeader(PathBuf),

@@ -55,6 +55,9 @@ pub struct HeaderInfo {
     pub format: String,
     pub uuid: String,
     pub cipher: String,
+    /// Why keepsake will not open it read-write, when its cipher is not on the vetted list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher_refused: Option<String>,
     pub keyslots: Vec<KeyslotInfo>,
 }
 
@@ -79,16 +82,19 @@ impl Volume {
             .get_uuid()
             .map(|u| u.to_string())
             .unwrap_or_default();
-        let cipher = format!(
-            "{}-{}",
+        let (name, mode) = (
             device.status_handle().get_cipher().unwrap_or_default(),
-            device.status_handle().get_cipher_mode().unwrap_or_default()
+            device.status_handle().get_cipher_mode().unwrap_or_default(),
         );
+        let key_bytes = usize::try_from(device.status_handle().get_volume_key_size()).unwrap_or(0);
+        let cipher_refused = super::cipher::unvetted(&name, &mode, key_bytes);
+        let cipher = format!("{name}-{mode}");
         Ok(HeaderInfo {
             path: self.path.clone(),
             format,
             uuid,
             cipher,
+            cipher_refused,
             keyslots: keyslots::all_keyslot_info(&mut device)?,
         })
     }

@@ -16,6 +16,7 @@
 //! temporary file ever sees them. libcryptsetup's own messages are captured, never printed
 //! as they come, so that a failure reaches the user as one line.
 
+mod cipher;
 pub mod discovery;
 mod error;
 mod header;
@@ -277,6 +278,16 @@ impl Volume {
                 "unlocking",
             ),
         };
+        // Read-only (check) may look at it, and names the cipher; nothing is written.
+        if matches!(
+            opening,
+            Opening::Mapping {
+                read_only: false,
+                ..
+            }
+        ) {
+            self.refuse_an_unvetted_cipher(device)?;
+        }
         let opened =
             device
                 .activate_handle()
@@ -288,6 +299,23 @@ impl Volume {
             forget_keyring_keys(&uuid.to_string());
         }
         opened.map_err(|e| self.keyslot_error(doing, name, e))
+    }
+
+    /// Refuses to map read-write a volume whose data segment does not encrypt, or not with a cipher
+    /// on the vetted list ([`cipher::unvetted`]): read from the header just loaded, before
+    /// any passphrase is tried.
+    fn refuse_an_unvetted_cipher(&self, device: &mut CryptDevice) -> Result<()> {
+        let mut status = device.status_handle();
+        let cipher = status.get_cipher().unwrap_or_default();
+        let mode = status.get_cipher_mode().unwrap_or_default();
+        let key_bytes = usize::try_from(status.get_volume_key_size()).unwrap_or(0);
+        match cipher::unvetted(&cipher, &mode, key_bytes) {
+            None => Ok(()),
+            Some(why) => Err(Error::UnvettedCipher {
+                volume: self.path.clone(),
+                why,
+            }),
+        }
     }
 
     /// What a failure to open a keyslot (to activate, or to add a keyslot with an existing
