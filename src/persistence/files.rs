@@ -112,8 +112,14 @@ pub fn untrusted_config(file: &safefs::CheckedFile) -> Option<String> {
     if o.uid == 0 && o.mode & 0o022 == 0 {
         return None;
     }
-    if is_tails_account(o) && o.mode == 0o600 {
+    if is_trusted_tails_account(o) && o.mode == 0o600 {
         return None;
+    }
+    if is_tails_account(o) && tails_account().is_none() {
+        return Some(format!(
+            "is owned by uid {} gid {}, Tails' ids for its {TAILS_CONFIG_ACCOUNT} account, but here those ids belong to another account, which could have written it",
+            o.uid, o.gid
+        ));
     }
     Some(format!(
         "must be root's and writable by nobody else, or Tails' with mode 0600 (it is uid {} gid {}, mode {:04o})",
@@ -145,17 +151,61 @@ pub fn tails_refuses(file: &safefs::CheckedFile) -> Option<String> {
 const TAILS_CONFIG_ACCOUNT: &str = "tails-persistent-storage";
 const TAILS_CONFIG_IDS: (u32, u32) = (115, 122);
 
-/// The owner Tails requires of persistence.conf: its account by name where it exists, by
-/// Tails' fixed ids elsewhere.
+/// The owner Tails requires of persistence.conf, as written: its account by name where it
+/// exists, by Tails' fixed ids elsewhere.
 fn tails_config_ids() -> (u32, u32) {
+    tails_account().unwrap_or(TAILS_CONFIG_IDS)
+}
+
+fn tails_account() -> Option<(u32, u32)> {
     nix::unistd::User::from_name(TAILS_CONFIG_ACCOUNT)
         .ok()
         .flatten()
-        .map_or(TAILS_CONFIG_IDS, |u| (u.uid.as_raw(), u.gid.as_raw()))
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
+/// Whether `owner` is Tails' config account, as far as Tails would see it.
 fn is_tails_account(owner: Owner) -> bool {
     (owner.uid, owner.gid) == tails_config_ids()
+}
+
+/// Whether `owner` is Tails' config account *and* that account is nobody else's here: a
+/// file owned by ids another account holds is that account's file, which it could have
+/// written (on a Debian system uid 115 may well be a daemon's).
+fn is_trusted_tails_account(owner: Owner) -> bool {
+    let holder = |uid: u32, gid: u32| {
+        (
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .map(|g| g.name),
+        )
+    };
+    let (uid_holder, gid_holder) = holder(TAILS_CONFIG_IDS.0, TAILS_CONFIG_IDS.1);
+    trusted_tails_ids(
+        tails_account(),
+        uid_holder.as_deref(),
+        gid_holder.as_deref(),
+    ) == Some((owner.uid, owner.gid))
+}
+
+/// The ids whose persistence.conf is trusted as Tails' own: those of the account
+/// `tails-persistent-storage` where it exists; else Tails' fixed ids 115:122 only while
+/// no account or group holds them (then only root can make a file so owned).
+fn trusted_tails_ids(
+    account: Option<(u32, u32)>,
+    uid_holder: Option<&str>,
+    gid_holder: Option<&str>,
+) -> Option<(u32, u32)> {
+    match (account, uid_holder, gid_holder) {
+        (Some(ids), _, _) => Some(ids),
+        (None, None, None) => Some(TAILS_CONFIG_IDS),
+        _ => None,
+    }
 }
 
 /// Writes the volume's enabled features: in the Tails layout, persistence.conf as Tails
@@ -366,6 +416,30 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn tails_ids_are_trusted_only_where_nobody_else_holds_them() {
+        // Tails itself: the account exists, by name, with its ids.
+        let tails = Some(TAILS_CONFIG_IDS);
+        assert_eq!(
+            trusted_tails_ids(
+                tails,
+                Some(TAILS_CONFIG_ACCOUNT),
+                Some(TAILS_CONFIG_ACCOUNT)
+            ),
+            Some(TAILS_CONFIG_IDS)
+        );
+        // A Debian live system without that account, and nobody on 115 or 122.
+        assert_eq!(trusted_tails_ids(None, None, None), Some(TAILS_CONFIG_IDS));
+        // A system where a daemon holds uid 115, or group 122: that account's file.
+        assert_eq!(trusted_tails_ids(None, Some("colord"), None), None);
+        assert_eq!(trusted_tails_ids(None, None, Some("sambashare")), None);
+        // The account under other ids: only those count.
+        assert_eq!(
+            trusted_tails_ids(Some((998, 997)), Some("colord"), None),
+            Some((998, 997))
+        );
+    }
 
     #[test]
     fn a_tails_config_is_written_as_tails_writes_it_and_tor_state_apart() {
