@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, UnlockArgs};
 use crate::error::{Error, Result};
 use crate::host::mounts;
+use crate::host::writers::LiveIds;
 use crate::output::Output;
 use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::session::report::FeatureState;
@@ -74,10 +75,11 @@ fn unlock(
     }
     let _lock = super::exclusive()?;
     let searched = config.place.is_none();
+    let live = LiveIds::of_this_system(config.live_user.as_deref());
     let opened = match super::find_volume(volume_args, profile) {
-        Ok(backing) => open::open_at(profile, host, backing, read_secret, out)?,
+        Ok(backing) => open::open_at(profile, host, backing, &live, read_secret, out)?,
         Err(Error::NotFound(why)) if searched && profile.profile == LayoutProfile::LiveBoot => {
-            open::find_as_live_boot(profile, host, &why, read_secret, out)?
+            open::find_as_live_boot(profile, host, &why, &live, read_secret, out)?
         }
         Err(e) => return Err(e),
     };
@@ -86,6 +88,7 @@ fn unlock(
         layout,
         &opened.backing,
         config.live_user.as_deref(),
+        &opened.writers,
         &host.mounts,
         out,
     ) {

@@ -89,6 +89,14 @@ pub(crate) fn loop_backing_file(kernel_name: &str) -> Option<PathBuf> {
     read_trimmed(&path).map(PathBuf::from)
 }
 
+/// The kernel's name (`loop0`, `sdb2`) of the block device numbered `dev`.
+pub(crate) fn kernel_name_of(dev: (u32, u32)) -> Option<String> {
+    fs::read_link(format!("/sys/dev/block/{}:{}", dev.0, dev.1))
+        .ok()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
 /// Loop devices whose backing file is `file`.
 pub(crate) fn loops_backed_by(file: &Path) -> Vec<String> {
     loops_backed_by_in(&block_devices(), file)
@@ -170,12 +178,20 @@ struct LoopConfig {
 /// Attaches `file` to a free loop device with autoclear, as `losetup -f` would, so that
 /// its name (`loopN`) is known before anything is built on it (live-boot names the
 /// mapping of a container file after its loop device).
+#[cfg(test)]
 pub(crate) fn attach_loop(file: &Path) -> std::io::Result<AttachedLoop> {
+    let backing = fs::OpenOptions::new().read(true).write(true).open(file)?;
+    attach_loop_to(&backing, file)
+}
+
+/// Attaches the open file `backing` (read-write) to a free loop device with autoclear:
+/// the loop device gets this very file, whatever its path `file` (shown in the loop
+/// device's record) names by now.
+pub(crate) fn attach_loop_to(backing: &fs::File, file: &Path) -> std::io::Result<AttachedLoop> {
     use std::os::fd::AsRawFd;
     const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
     const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
     const LO_FLAGS_AUTOCLEAR: u32 = 4;
-    let backing = fs::OpenOptions::new().read(true).write(true).open(file)?;
     let control = fs::OpenOptions::new()
         .read(true)
         .write(true)

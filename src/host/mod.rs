@@ -9,6 +9,7 @@ pub mod mounts;
 pub mod preflight;
 pub mod processes;
 pub mod tools;
+pub mod writers;
 
 use crate::context::IoError;
 

@@ -190,6 +190,20 @@ pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
     if added.is_empty() {
         return Ok(Vec::new());
     }
+    // A volume someone other than root could have written gets nothing outside the live
+    // user's home: refused before anything changes.
+    let writers = open.unlocked.writers();
+    let home = open.host.live_user.as_ref().ok().map(|u| u.home.clone());
+    if let Some(why) = added.iter().find_map(|e| {
+        crate::session::trust::refuse_on_a_volume_not_roots(&writers, e, home.as_deref())
+    }) {
+        open.config = before;
+        return Err(Error::UntrustedSource(why.replacen(
+            "not activated",
+            "not enabled, nothing changed",
+            1,
+        )));
+    }
     let resolved = open.resolve(&added)?;
     files::write_config(&open.dir, &open.config)?;
     let reports = lifecycle::activate_features(

@@ -240,7 +240,7 @@ pub fn restore(layout: &Layout, before: &Unlocked) {
     };
     if let Ok(Some(config)) = files::read_config(&dir, layout.profile.into()) {
         let host = SystemHost::new(None);
-        let (entries, _) = plan::resolve_entries(&config, &host);
+        let (entries, _) = plan::resolve_entries(&config, &host, &before.writers());
         let _ = activate_features(&dir, root, before.mapping.dev, &entries, &table);
     }
 }

@@ -7,9 +7,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::host::mounts::{self, Mount};
+use crate::host::writers::Writers;
 use crate::persistence::config::{self, ConfigFile, Dialect, Entry, Method};
 use crate::persistence::features::{self, Host, ResolvedEntry};
 use crate::session::report::{FeatureReport, FeatureState};
+use crate::session::trust;
 
 /// What to do for one feature line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,10 +192,12 @@ pub fn plan_teardown(
 pub fn resolve_entries(
     config: &ConfigFile,
     host: &dyn Host,
+    writers: &Writers,
 ) -> (Vec<ResolvedEntry>, Vec<FeatureReport>) {
     let mut resolved = Vec::new();
     let mut refused = Vec::new();
     let nested = config.nested_sources();
+    let home = host.live_user().ok().map(|u| u.home.clone());
     for entry in activation_order(config) {
         let refusal = |state, why: String| FeatureReport {
             name: entry.source.display().to_string(),
@@ -207,6 +211,10 @@ pub fn resolve_entries(
         };
         if let Some(why) = config::boot_only(entry) {
             refused.push(refusal(FeatureState::AtBoot, why));
+            continue;
+        }
+        if let Some(why) = trust::refuse_on_a_volume_not_roots(writers, entry, home.as_deref()) {
+            refused.push(refusal(FeatureState::Skipped, why));
             continue;
         }
         let outcome = match nested.iter().find(|(e, _)| e == entry) {
@@ -414,7 +422,7 @@ pub(crate) mod tests {
              /home/amnesia/other\tsource=gnupg\n",
             Dialect::Tails,
         );
-        let (resolved, failed) = resolve_entries(&config, &FakeHost);
+        let (resolved, failed) = resolve_entries(&config, &FakeHost, &Writers::Root);
         let ok: Vec<_> = resolved.iter().map(|r| r.entry.source.clone()).collect();
         assert_eq!(
             ok,
@@ -462,12 +470,73 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_volume_others_could_write_activates_only_into_the_home() {
+        let config = ConfigFile::parse(
+            "/home/amnesia/Persistent source=Persistent\n\
+             /home/amnesia source=dotfiles link\n\
+             /var/lib/tor source=tor-state\n\
+             /usr/local/sbin source=sbin\n\
+             /home/amnesia/.local union\n\
+             /etc/NetworkManager/system-connections source=nm-system-connections\n",
+            Dialect::LiveBoot,
+        );
+        let outcome = |writers: &Writers| {
+            let (resolved, refused) = resolve_entries(&config, &FakeHost, writers);
+            let mut ok: Vec<String> = resolved
+                .iter()
+                .map(|r| r.entry.destination.display().to_string())
+                .collect();
+            ok.sort();
+            let skipped: Vec<(String, String)> = refused
+                .iter()
+                .filter(|f| f.state == FeatureState::Skipped)
+                .map(|f| {
+                    (
+                        f.destination.display().to_string(),
+                        f.error.clone().unwrap(),
+                    )
+                })
+                .collect();
+            (ok, skipped)
+        };
+        // The same config on a volume only root can write: everything goes (the control).
+        let (ok, skipped) = outcome(&Writers::Root);
+        assert_eq!(ok.len(), 6, "{ok:?}");
+        assert!(skipped.is_empty());
+        // On the live user's: the home's bind and links only; no system path, no union.
+        let theirs = Writers::NotOnlyRoot("/media/amnesia/STICK is a udisks mount".into());
+        let (ok, skipped) = outcome(&theirs);
+        assert_eq!(ok, ["/home/amnesia", "/home/amnesia/Persistent"]);
+        let dests: Vec<&str> = skipped.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(
+            dests,
+            [
+                "/etc/NetworkManager/system-connections",
+                "/home/amnesia/.local",
+                "/usr/local/sbin",
+                "/var/lib/tor"
+            ]
+        );
+        for (dest, why) in &skipped {
+            assert!(
+                why.contains("udisks mount") && why.contains("keepsake create --device"),
+                "{dest}: {why}"
+            );
+        }
+        assert!(
+            skipped[1].1.contains("never as a union"),
+            "{}",
+            skipped[1].1
+        );
+    }
+
+    #[test]
     fn features_outside_the_home_are_guarded_inside_it_not() {
         let config = ConfigFile::parse(
             "/home/amnesia/Persistent\tsource=Persistent\n/var/lib/tor\tsource=tor-state\n",
             Dialect::Tails,
         );
-        let (resolved, _) = resolve_entries(&config, &FakeHost);
+        let (resolved, _) = resolve_entries(&config, &FakeHost, &Writers::Root);
         assert_eq!(resolved[0].guard, None);
         let guard = resolved[1].guard.as_ref().unwrap();
         assert_eq!(guard.owners, vec![0, 101], "root or debian-tor");

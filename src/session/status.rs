@@ -161,7 +161,7 @@ fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
         match files::read_config(&dir, u.profile.into()) {
             Ok(Some(config)) => {
                 let host = SystemHost::new(None);
-                let (entries, mut failed) = plan::resolve_entries(&config, &host);
+                let (entries, mut failed) = plan::resolve_entries(&config, &host, &u.writers());
                 status.features = lifecycle::feature_states(
                     &entries,
                     &u.table,

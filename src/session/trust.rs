@@ -5,10 +5,37 @@
 use std::path::Path;
 
 use crate::context::Context;
-use crate::persistence::config::Method;
+use crate::host::writers::Writers;
+use crate::persistence::config::{Entry, Method};
 use crate::persistence::features::{ResolvedEntry, SourceGuard};
 use crate::safefs::{self, Dir};
 use crate::session::error::{Error, Result};
+
+/// Why `entry` is not activated from a volume someone other than root could have written
+/// (see [`crate::host::writers`]), if it is not: such a volume is the live user's, however
+/// its files are owned, so it may only bind or link into the live user's `home` (none
+/// known: nowhere), and never as a union (overlayfs takes its folders by path). No flag
+/// lifts this: a partition only root can write is the way to system features.
+pub fn refuse_on_a_volume_not_roots(
+    writers: &Writers,
+    entry: &Entry,
+    home: Option<&Path>,
+) -> Option<String> {
+    let why = writers.why()?;
+    let into_home = home.is_some_and(|h| entry.destination.starts_with(h));
+    if into_home && entry.method != Method::Union {
+        return None;
+    }
+    Some(format!(
+        "not activated: someone other than root could have written this volume ({why}), so it is treated as the live user's and may only bind or link into {}{}; to keep {} persistent, use a volume only root can write (a partition: keepsake create --device)",
+        home.map_or_else(
+            || "the live user's home (none is known)".to_string(),
+            |h| h.display().to_string()
+        ),
+        if into_home { ", never as a union" } else { "" },
+        entry.destination.display()
+    ))
+}
 
 /// Refuses when any folder from `/` down to `rel` in the volume could be changed by
 /// someone other than root: owned by another user, or writable by a group other than

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::host::devices;
 use crate::host::mounts;
 use crate::host::tools::{self, FsckResult};
+use crate::host::writers::Writers;
 use crate::output::Output;
 use crate::persistence::features::SystemHost;
 use crate::persistence::files;
@@ -27,6 +28,10 @@ pub struct Started {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_refused: Option<String>,
     pub warnings: Vec<String>,
+    /// Why someone other than root could have written the volume, when someone could:
+    /// then only features in the live user's home were activated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_only_root: Option<String>,
 }
 
 /// Starts the session of a volume just opened as `layout.mapping`: e2fsck preens it,
@@ -37,6 +42,7 @@ pub fn start(
     layout: &Layout,
     backing: &Path,
     live_user: Option<&str>,
+    writers: &Writers,
     mounts_before: &[mounts::Mount],
     out: Output,
 ) -> Result<Started> {
@@ -74,13 +80,19 @@ pub fn start(
         }
     }
     let mut warnings = Vec::new();
+    if let Some(why) = writers.why() {
+        warnings.push(format!(
+            "someone other than root could have written {} ({why}): it is treated as the live user's volume, and only its features in the live user's home are activated",
+            backing.display()
+        ));
+    }
     let mut features = Vec::new();
     let mut config_errors = Vec::new();
     let mut config_refused = None;
     match files::read_config(&volume_dir, layout.profile.into()) {
         Ok(Some(config)) => {
             config_errors = config.errors().map(ConfigErrorReport::from).collect();
-            let (entries, mut failed) = plan::resolve_entries(&config, &host);
+            let (entries, mut failed) = plan::resolve_entries(&config, &host, writers);
             // The table from before the volume was opened: none of its features can be
             // active yet, and that is all activation looks the table up for.
             features = lifecycle::activate_features(
@@ -117,5 +129,6 @@ pub fn start(
         config_errors,
         config_refused,
         warnings,
+        not_only_root: writers.why().map(str::to_string),
     })
 }

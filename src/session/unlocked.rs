@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::context::Context;
 use crate::host::devices::{self, Mapping};
 use crate::host::mounts::Mount;
+use crate::host::writers::{self, LiveIds, Writers};
 use crate::persistence::config::Dialect;
 use crate::persistence::features::{self, Host};
 use crate::persistence::files;
@@ -105,6 +106,20 @@ impl Unlocked {
     pub fn backing(&self) -> Option<PathBuf> {
         let slave = self.mapping.slaves.first()?;
         Some(devices::loop_backing_file(slave).unwrap_or_else(|| devices::dev_path(slave)))
+    }
+
+    /// Who could have written this volume's bytes, from the kernel's own facts: the one
+    /// device under its mapping, and for a loop device the file under it. (At unlock the
+    /// open container file itself was judged; this is for the commands after it.)
+    pub fn writers(&self) -> Writers {
+        let live = LiveIds::of_this_system(None);
+        match self.mapping.slaves.as_slice() {
+            [one] => writers::judge_backing(&devices::dev_path(one), &self.table, &live),
+            _ => Writers::NotOnlyRoot(format!(
+                "the mapping {} does not sit on one device keepsake can judge",
+                self.mapping.name
+            )),
+        }
     }
 
     pub fn volume_dir(&self) -> Result<Dir> {

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use super::{Error, Volume, discovery};
 use crate::context::{IoError, io_at};
+use crate::host::writers::{self, LiveIds, Writers};
 use crate::host::{self, devices};
 use crate::output::Output;
-use crate::persistence::layout::{Layout, LayoutProfile};
+use crate::persistence::layout::Layout;
 use crate::secrets::Secret;
 
 /// The errors the caller's own type must carry: this module's, the host's, and I/O.
@@ -25,6 +26,9 @@ pub(crate) struct Opened {
     pub(crate) layout: Layout,
     pub(crate) keyslot: u32,
     pub(crate) tried: Vec<TriedDevice>,
+    /// Who could have written its bytes: the open file or the device, as judged before
+    /// it was opened.
+    pub(crate) writers: Writers,
     /// The loop device attached for a container file, held until the mapping holds it.
     _attached: Option<devices::AttachedLoop>,
 }
@@ -36,48 +40,50 @@ pub struct TriedDevice {
     pub outcome: String,
 }
 
-/// Opens the volume at `backing` under the layout's mapping name. In the live-boot layout
-/// a container file goes on a loop device first, as live-boot attaches it, so that the
-/// mapping and mount root carry the loop device's name (/dev/mapper/loopN at
-/// /run/live/persistence/loopN).
+/// Opens the volume at `backing` under the layout's mapping name. A container file is
+/// opened once, judged as that open file ([`writers::open_container`]: who could have
+/// written it), and that same file goes on a loop device, which is what libcryptsetup
+/// opens: the file judged is the file opened, whatever its path names meanwhile. In the
+/// live-boot layout the mapping and mount root carry the loop device's name
+/// (/dev/mapper/loopN at /run/live/persistence/loopN), as live-boot names them.
 pub(crate) fn open_at<E: CallerError>(
     profile: &Layout,
     host: &host::Snapshot,
     backing: PathBuf,
+    live: &LiveIds,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
     out: Output,
 ) -> std::result::Result<Opened, E> {
-    // A file that is not LUKS, or whose keyslots need more memory than this machine has, is
-    // refused before anyone types a passphrase for it.
-    super::require_luks(&backing)?;
-    let attached = if profile.profile == LayoutProfile::LiveBoot && backing.is_file() {
-        Some(
-            devices::attach_loop(&backing)
-                .map_err(io_at("attaching a loop device to", &backing))?,
-        )
+    let is_file = std::fs::symlink_metadata(&backing).is_ok_and(|m| m.is_file());
+    let (attached, writers) = if is_file {
+        // A file that is not LUKS is refused before a loop device is made for it.
+        super::require_luks(&backing)?;
+        let (file, writers) = writers::open_container(&backing, &host.mounts, live)
+            .map_err(io_at("opening", &backing))?;
+        let attached = devices::attach_loop_to(&file, &backing)
+            .map_err(io_at("attaching a loop device to", &backing))?;
+        (Some(attached), writers)
     } else {
-        None
+        (None, writers::judge_backing(&backing, &host.mounts, live))
     };
     let device = attached
         .as_ref()
         .map_or_else(|| backing.clone(), devices::AttachedLoop::path);
+    // A device that is not LUKS, or whose keyslots need more memory than this machine
+    // has, is refused before anyone types a passphrase for it.
+    super::require_luks(&device)?;
     let layout = profile.for_volume(&device);
     super::refuse_an_existing_mapping_in(&layout.mapping, &host.mappings)?;
-    let affordable = Volume::at(&backing).load_affordable("unlocking")?;
+    let affordable = Volume::at(&device).load_affordable("unlocking")?;
     let secret = read_secret(&backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    // A container file live-boot's way goes through the loop device attached above.
-    let keyslot = if attached.is_none() {
-        affordable.activate(&layout.mapping, &secret)?
-    } else {
-        drop(affordable);
-        Volume::at(&device).activate(&layout.mapping, &secret)?
-    };
+    let keyslot = affordable.activate(&layout.mapping, &secret)?;
     Ok(Opened {
         backing,
         layout,
         keyslot,
         tried: vec![],
+        writers,
         _attached: attached,
     })
 }
@@ -86,35 +92,58 @@ pub(crate) fn open_at<E: CallerError>(
 /// container file named `persistence` at the root of a mounted partition (found by its
 /// name), else every LUKS device that is not open yet, opened with the one passphrase
 /// under live-boot's name for it, keeping the one whose ext4 label is `persistence` and
-/// closing the others.
+/// closing the others. Unlike live-boot, a container file someone other than root could
+/// have written never goes before a device: it is taken only when no device holds the
+/// volume, and then as the live user's volume.
 pub(crate) fn find_as_live_boot<E: CallerError>(
     profile: &Layout,
     host: &host::Snapshot,
     not_found: &str,
+    live: &LiveIds,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
     out: Output,
 ) -> std::result::Result<Opened, E> {
     let table = &host.mounts;
-    let files: Vec<PathBuf> = discovery::container_file_places(table)
+    let (roots, others): (Vec<_>, Vec<_>) = discovery::container_file_places(table)
         .into_iter()
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
         .filter(|p| super::has_luks_magic(p))
-        .collect();
-    if let Some(one) = devices::the_only_one(
-        &files,
-        "several container files named persistence",
-        "--image",
-    )
-    .map_err(E::from)?
-    {
+        .map(|p| {
+            let writers = writers::judge_backing(&p, table, live);
+            (p, writers)
+        })
+        .partition(|(_, w)| *w == Writers::Root);
+    let several = "several container files named persistence";
+    let roots: Vec<PathBuf> = roots.into_iter().map(|(p, _)| p).collect();
+    if let Some(one) = devices::the_only_one(&roots, several, "--image").map_err(E::from)? {
         out.progress(format!(
-            "found the container file {} (live-boot's name for one)",
+            "found the container file {} (live-boot's name for one), which only root can write",
             one.display()
         ));
-        return open_at(profile, host, one, read_secret, out);
+        return open_at(profile, host, one, live, read_secret, out);
     }
+    let paths: Vec<PathBuf> = others.iter().map(|(p, _)| p.clone()).collect();
+    let users_file = devices::the_only_one(&paths, several, "--image")
+        .map_err(E::from)?
+        .map(|p| {
+            let why = others
+                .iter()
+                .find_map(|(q, w)| (*q == p).then(|| w.why().unwrap_or_default().to_string()))
+                .unwrap_or_default();
+            let shown = format!(
+                "the container file {} (someone other than root could have written it: {why})",
+                p.display()
+            );
+            (p, shown)
+        });
     let candidates = discovery::luks_candidates(&discovery::block_candidates(), table);
     if candidates.is_empty() {
+        if let Some((file, shown)) = users_file {
+            out.progress(format!(
+                "found {shown}; no LUKS device only root can write is there, so it is taken as the live user's volume"
+            ));
+            return open_at(profile, host, file, live, read_secret, out);
+        }
         return Err(Error::NotFound(format!(
             "{not_found}; no container file named persistence, and no LUKS device that is not open already"
         ))
@@ -135,8 +164,21 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
         })
         .collect();
     let Some(first) = affordable.first() else {
+        if let Some((file, shown)) = users_file {
+            out.progress(format!(
+                "no LUKS device this machine can open; taking {shown} as the live user's volume"
+            ));
+            let mut opened = open_at(profile, host, file, live, read_secret, out)?;
+            opened.tried = tried;
+            return Ok(opened);
+        }
         return Err(Error::NotEnoughMemory(describe_tried(&tried)).into());
     };
+    if let Some((_, shown)) = &users_file {
+        out.progress(format!(
+            "{shown} is tried only if no LUKS device holds the volume"
+        ));
+    }
     out.progress(format!(
         "no partition named {}: trying the passphrase on each LUKS device ({}), keeping the one whose ext4 label is {}",
         profile.partition_name,
@@ -195,15 +237,40 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
             outcome,
         });
     }
-    drop(secret);
     match kept {
-        Some((backing, layout, keyslot)) => Ok(Opened {
-            backing,
-            layout,
-            keyslot,
-            tried,
-            _attached: None,
-        }),
+        Some((backing, layout, keyslot)) => {
+            if let Some((_, shown)) = &users_file {
+                out.progress(format!(
+                    "took {}, a device, over {shown}",
+                    backing.display()
+                ));
+            }
+            let writers = writers::judge_backing(&backing, table, live);
+            Ok(Opened {
+                backing,
+                layout,
+                keyslot,
+                tried,
+                writers,
+                _attached: None,
+            })
+        }
+        None if users_file.is_some() => {
+            let (file, shown) = users_file.unwrap_or_default();
+            out.progress(format!(
+                "no LUKS device holds the volume; taking {shown} as the live user's volume"
+            ));
+            // The passphrase already typed, handed over once.
+            let mut held = Some(secret);
+            let mut once = |_: &Path| {
+                held.take().ok_or_else(|| {
+                    E::from(Error::NotFound("the passphrase was used up".to_string()))
+                })
+            };
+            let mut opened = open_at(profile, host, file, live, &mut once, out)?;
+            opened.tried = tried;
+            Ok(opened)
+        }
         None if wrong == affordable.len() => Err(Error::BadPassphrase(
             affordable
                 .iter()
