@@ -50,6 +50,7 @@ H_CONTROL_ROUNDS=6
 host_main() {
     ks_set passphrase "hostile $(ks_random)"
     ks_set backup_passphrase "archive $(ks_random)"
+    ks_set classes "${H_CLASSES:-}"
     local usb
     usb=$(ks_live_stick usb 320M) || return 1
     # H_PHASES picks phases when working on one class; each phase can start from a blank stick.
@@ -68,9 +69,12 @@ h_host_summary() {
 5:forged archive header (argon2id 4 GiB x 64)
 6:config binds a user-writable source over system paths
 7:a deep tree blocks lock (EMFILE)
-8:unlock exits 0 with persistence.conf refused"
+8:unlock exits 0 with persistence.conf refused
+11:a container the live user could have written binds over system paths
+12:a cipher_null data segment opens and writes in clear
+13:Tails' config ids held by another account are trusted"
     echo "  # per class: attack won against keepsake / negative control won against the naive op"
-    for c in 1 2 3 4 5 6 7 8; do
+    for c in 1 2 3 4 5 6 7 8 11 12 13; do
         v=$(ks_get "class$c")
         if [ -z "$v" ]; then
             ks_host_fail "class $c ($(echo "$titles" | sed -n "s/^$c://p")): no result (the phase ended before it)"
@@ -228,18 +232,17 @@ h_files() {
     ks_expect_rc 0 "create" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
     ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
     cp $KS_ROOT_MNT/persistence.conf /tmp/h-conf.good
-    local t0; t0=$(ks_now_ms)
-    h_class5; h_time 5 $t0; t0=$(ks_now_ms)
-    h_class8; h_time 8 $t0; t0=$(ks_now_ms)
-    h_class6; h_time 6 $t0; t0=$(ks_now_ms)
-    h_class4; h_time 4 $t0; t0=$(ks_now_ms)
-    h_class2; h_time 2 $t0; t0=$(ks_now_ms)
-    h_class3; h_time 3 $t0; t0=$(ks_now_ms)
-    h_class7; h_time 7 $t0
-    h_unlocked || h_unlock
-    h_plant_conf good
-    h_lock
+    local t0 c
+    # Classes 5 to 7 work on the unlocked volume, 11 to 13 with it locked.
+    for c in $(h_files_classes); do
+        case $c in 11|12|13) h_unlocked && { h_plant_conf good; h_lock; } ;; esac
+        t0=$(ks_now_ms); h_class$c; h_time $c $t0
+    done
+    if h_unlocked; then h_plant_conf good; h_lock; fi
 }
+# The files phase's classes, in their order (H_CLASSES on the host picks some when
+# working on one, e.g. H_PHASES=files H_CLASSES="11 12").
+h_files_classes() { local c; c=$(ks_in classes); echo "${c:-5 8 6 4 2 3 7 11 12 13}"; }
 
 h_time() { echo "KS-TIME class$1 $(( $(ks_now_ms) - $2 ))"; }
 
@@ -636,6 +639,112 @@ h_class7() {
     h_control "$(cat /tmp/h-walk.out) (exit $H_RC)" h_rc_is 0
     /hostile/deep-tree remove /tmp/h-deep >/dev/null; rmdir /tmp/h-deep
     h_run 60 keepsake feature disable dotfiles
+    h_class_end
+}
+
+# --- 11. A volume the live user could have written carries system features (issue 24).
+# The same crafted container (root's files inside, persistence.conf binding a root folder
+# of it over /usr/local/sbin) is unlocked from a place only root can write (the control:
+# its system feature is bound, so the payload works) and from places the live user can
+# replace the bytes of: a file of theirs, root's file in a folder of theirs, and root's
+# file on a filesystem mounted where udisks mounts a user's stick. Root crafts it (the
+# stand-in for the user's own machine, where they are root); the user knows the
+# passphrase, as they type it in their session.
+h_class11() {
+    h_class_begin 11 "a container the live user could have written binds over system paths"
+    local img=/root/h-vault.img sbin=/usr/local/sbin place p
+    mkdir -p $sbin; mkdir -p -m 700 /root
+    h_setup "create a container" keepsake create --image $img --size 40M --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    h_setup "unlock it to craft it" keepsake unlock --image $img --key-file "$KS_PASS_FILE"
+    mkdir -m 755 $KS_ROOT_MNT/h-sbin
+    printf '#!/bin/sh\nid > /tmp/h-pwned\n' > $KS_ROOT_MNT/h-sbin/ls
+    chmod 755 $KS_ROOT_MNT/h-sbin/ls
+    printf '/usr/local/sbin\tsource=h-sbin\n' >> $KS_ROOT_MNT/persistence.conf
+    h_setup "lock the crafted container" keepsake lock
+    h_run 120 keepsake unlock --image $img --key-file "$KS_PASS_FILE"
+    h_control "only root can write $img: unlock exits $H_RC and its system feature is bound over $sbin" h_sbin_held_off
+    h_lock
+    mkdir -p /home/amnesia/h-stick /media/amnesia/STICK
+    chown 1000:1000 /home/amnesia/h-stick
+    mount -t tmpfs -o size=64m,mode=0755 stick /media/amnesia/STICK
+    for place in file-of-theirs folder-of-theirs udisks-stick; do
+        case $place in
+            file-of-theirs) p=/root/h-theirs.img; cp $img $p; chown 1000:1000 $p ;;
+            folder-of-theirs) p=/home/amnesia/h-stick/vault.img; cp $img $p ;;
+            udisks-stick) p=/media/amnesia/STICK/vault.img; cp $img $p ;;
+        esac
+        h_run 120 keepsake unlock --image $p --key-file "$KS_PASS_FILE"
+        h_attack "[$place] unlock exits 9 (got $H_RC), says why, and binds nothing over $sbin" h_sbin_held_off
+        h_check "[11] [$place] the Persistent folder in the home is still active" h_is_mount $KS_PERSISTENT
+        h_run 60 keepsake feature enable tor-state
+        h_attack "[$place] feature enable tor-state is refused with exit 8 (got $H_RC) and nothing is bound" \
+            sh -c "[ $H_RC -eq 8 ] && ! grep -q ' /var/lib/tor ' /proc/self/mountinfo"
+        h_lock
+        h_check "[11] [$place] lock leaves no mapping" ks_no_mapping
+        rm -f $p
+    done
+    umount /media/amnesia/STICK
+    rm -f $img
+    h_class_end
+}
+h_sbin_held_off() {
+    [ "$H_RC" -eq 9 ] && grep -q "someone other than root could have written" /tmp/h-cmd.out \
+        && ! h_is_mount /usr/local/sbin
+}
+
+# --- 12. A volume whose data segment does not encrypt (LUKS2 cipher_null, keyslot
+# encrypted): unlock must refuse it (exit 7) and check must name it. Control: cryptsetup
+# itself opens it, and a canary written through it lands on the image in clear.
+h_class12() {
+    h_class_begin 12 "a LUKS2 volume whose data segment is cipher_null"
+    local img=/root/h-null.img canary
+    canary="h-null-canary-$(ks_random)"
+    truncate -s 24M $img
+    h_setup "cryptsetup makes a cipher_null volume" cryptsetup luksFormat -q --type luks2 \
+        --cipher cipher_null-ecb --keyslot-cipher aes-xts-plain64 --keyslot-key-size 512 \
+        --pbkdf pbkdf2 --pbkdf-force-iterations 1000 $img "$KS_PASS_FILE"
+    h_setup "cryptsetup opens it" cryptsetup open --key-file "$KS_PASS_FILE" $img h-null
+    h_setup "an ext4 inside" mkfs.ext4 -q -L TailsData /dev/mapper/h-null
+    mkdir -p /tmp/h-null && mount /dev/mapper/h-null /tmp/h-null
+    echo "$canary" > /tmp/h-null/canary
+    umount /tmp/h-null
+    cryptsetup close h-null
+    h_control "a canary written through cryptsetup's mapping is on the image in clear" \
+        sh -c "! grep -q '$canary' $img"
+    h_run 120 keepsake unlock --image $img --key-file "$KS_PASS_FILE"
+    h_attack "unlock refuses it with exit 7 (got $H_RC), naming cipher_null, and opens nothing" \
+        sh -c "[ $H_RC -eq 7 ] && grep -q cipher_null /tmp/h-cmd.out && [ -z \"\$(ls /sys/block | grep '^dm-')\" ]"
+    h_run 120 keepsake check --image $img --key-file "$KS_PASS_FILE"
+    h_attack "check names it (exit $H_RC, not 0)" sh -c "[ $H_RC -ne 0 ] && grep -q cipher_null /tmp/h-cmd.out"
+    rm -f $img
+    h_class_end
+}
+
+# --- 13. Tails' config ids (115:122) held by another account here: a persistence.conf
+# owned by them is that account's file, and unlock does not activate its lines (exit 9).
+# Control: the same volume with the ids free unlocks with exit 0.
+h_class13() {
+    h_class_begin 13 "persistence.conf owned by Tails' ids where another account holds them"
+    local conf=$KS_ROOT_MNT/persistence.conf owner
+    cp /etc/passwd /tmp/h-passwd
+    # The stick as Tails leaves it: persistence.conf its tails-persistent-storage's, 0600.
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+    owner=$(stat -c %u:%g $conf)
+    chown 115:122 $conf
+    h_lock
+    h_run 120 keepsake unlock --key-file "$KS_PASS_FILE"
+    h_control "with 115:122 nobody's, unlock exits $H_RC and the Persistent folder is bound" \
+        sh -c "[ $H_RC -ne 0 ] || ! grep -q ' $KS_PERSISTENT ' /proc/self/mountinfo"
+    h_lock
+    echo "h-daemon:x:115:122::/nonexistent:/bin/false" >> /etc/passwd
+    h_run 120 keepsake unlock --key-file "$KS_PASS_FILE"
+    h_attack "with uid 115 a daemon's, unlock exits 9 (got $H_RC), says so, and binds nothing" \
+        sh -c "[ $H_RC -eq 9 ] && grep -q 'belong to another account' /tmp/h-cmd.out && ! grep -q ' $KS_PERSISTENT ' /proc/self/mountinfo"
+    h_lock
+    cp /tmp/h-passwd /etc/passwd
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+    chown $owner $conf
+    h_lock
     h_class_end
 }
 
