@@ -633,7 +633,7 @@ the passphrase, runs e2fsck -n on it, and validates persistence.conf (owner, mod
 line). It changes nothing, and needs the volume locked (a mounted filesystem cannot be \
 checked). After an unclean shutdown (pulled out, power cut) the journal has not been replayed \
 yet: check says so and leaves the filesystem to the next check, as e2fsck -n cannot judge it \
-before `keepsake unlock` replays the journal. Exit status 0 when all is well (also after an \
+before `keepsake unlock` replays the journal. A data segment that does not encrypt (cipher_null) or uses a cipher unlock refuses is named. Exit status 0 when all is well (also after an \
 unclean shutdown alone), 7 when something is wrong.";
 
 const REPAIR_HELP: &str = "\
@@ -760,7 +760,9 @@ found, it looks further as live-boot does: a container file named persistence at
 a mounted partition (other than the live medium); else it reads the passphrase once and \
 tries it on every LUKS partition or disk that is not open, opening each under its device \
 name and keeping the one whose ext4 filesystem is labelled persistence; the others are \
-closed again, and every device tried is reported with what came of it.
+closed again, and every device tried is reported with what came of it. A container file someone other than root could have written is never taken before such a device.
+
+Who can write the volume's bytes decides what it may do. The live user knows the passphrase (it is typed in their session), so a container file they could have replaced is theirs, whatever owners it shows inside: one they own, or with a mode or ACL that lets them write, or in a folder they can write, or on a FUSE filesystem, one udisks mounted for them (/media/USER/...), or a vfat/exfat/ntfs stick mounted with their uid. Such a volume activates only the features that bind or link into the live user's home; the others (tor-state, additional software, network connections, printers, greeter settings, custom system paths, unions) are skipped with why, and the exit status is 9. No option changes this: keep system features on a partition (keepsake create --device) or in a container file only root can write. The file is opened once, judged as that open file, and that same file goes on the loop device that is opened. A volume whose data segment does not encrypt (cipher_null) or uses a cipher outside a short vetted list (aes, serpent or twofish in XTS, cbc-essiv:sha256, adiantum) is refused with exit 7.
 
 Unlocking runs these steps, and undoes them if one fails: read the passphrase; open the \
 volume (as /dev/mapper/TailsData_unlocked; with --layout live-boot as /dev/mapper/<device \
