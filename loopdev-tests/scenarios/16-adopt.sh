@@ -143,4 +143,15 @@ guest_checks() {
     ks_expect_rc 0 "lock" -- keepsake --layout live-boot lock
     ks_assert "no mapping remains" ks_no_mapping
     ks_assert "no loop device is attached" ks_no_loop_in_use
+
+    # --- ... but not one the live user could have written, before a device (issue 24) ----
+    # The same container, now the live user's file: live-boot would still take it first;
+    # keepsake takes the LUKS partition labelled persistence (vdb2), and says why.
+    chown 1000:1000 /media/data/persistence
+    ks_expect_rc 0 "unlock takes the device over the live user's container file" -- keepsake --layout live-boot unlock --key-file "$KS_PASS_FILE"
+    ks_assert "vdb2 is open" test -b /dev/mapper/vdb2
+    ks_assert "the container file is on no loop device" sh -c "! grep -qx /media/data/persistence /sys/block/loop*/loop/backing_file"
+    ks_assert "it says which it took and why" grep -q "took /dev/vdb2, a device, over the container file /media/data/persistence (someone other than root could have written it" /tmp/ks-cmd.out
+    ks_expect_rc 0 "lock" -- keepsake --layout live-boot lock
+    ks_assert "no mapping remains" ks_no_mapping
 }
