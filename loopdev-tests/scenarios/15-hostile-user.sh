@@ -663,6 +663,8 @@ h_class11() {
     h_setup "lock the crafted container" keepsake lock
     h_run 120 keepsake unlock --image $img --key-file "$KS_PASS_FILE"
     h_control "only root can write $img: unlock exits $H_RC and its system feature is bound over $sbin" h_sbin_held_off
+    h_run 60 keepsake --json status
+    h_check "[11] status does not call a volume only root can write the live user's" sh -c "! grep -q not_only_root /tmp/h-cmd.out"
     h_lock
     mkdir -p /home/amnesia/h-stick /media/amnesia/STICK
     chown 1000:1000 /home/amnesia/h-stick
@@ -676,6 +678,8 @@ h_class11() {
         h_run 120 keepsake unlock --image $p --key-file "$KS_PASS_FILE"
         h_attack "[$place] unlock exits 9 (got $H_RC), says why, and binds nothing over $sbin" h_sbin_held_off
         h_check "[11] [$place] the Persistent folder in the home is still active" h_is_mount $KS_PERSISTENT
+        h_run 60 keepsake --json status
+        h_check "[11] [$place] status says it is the live user's volume, and why" grep -q '"not_only_root": "' /tmp/h-cmd.out
         h_run 60 keepsake feature enable tor-state
         h_attack "[$place] feature enable tor-state is refused with exit 8 (got $H_RC) and nothing is bound" \
             sh -c "[ $H_RC -eq 8 ] && ! grep -q ' /var/lib/tor ' /proc/self/mountinfo"

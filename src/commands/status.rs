@@ -39,6 +39,11 @@ fn volume_text(text: &mut String, vs: &VolumeStatus) {
             .as_ref()
             .map_or_else(|| "(not mounted)".into(), |m| m.display().to_string()),
     ));
+    if let Some(why) = &v.not_only_root {
+        text.push_str(&format!(
+            "  the live user's volume: someone other than root could have written it ({why}); only features in their home are activated\n"
+        ));
+    }
     for k in &v.keyslots {
         text.push_str(&format!(
             "  keyslot {}: {}, {} ({} MiB)\n",

@@ -67,6 +67,10 @@ pub struct VolumeReport {
     pub mount_root: Option<PathBuf>,
     /// The volume's keyslots: number, role ("passphrase" or "recovery"), KDF and cost.
     pub keyslots: Vec<crate::volume::KeyslotInfo>,
+    /// Why someone other than root could have written the volume's bytes, if anyone
+    /// could: then it is the live user's, and activates only features in their home.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_only_root: Option<String>,
 }
 
 /// The session as the kernel's tables show it: every open volume (those of `layout`
@@ -143,8 +147,10 @@ fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
         .and_then(|b| crate::volume::header_info(&b).ok())
         .map(|h| h.keyslots)
         .unwrap_or_default();
+    let writers = u.writers();
     let mut status = VolumeStatus {
         volume: VolumeReport {
+            not_only_root: writers.why().map(str::to_string),
             layout: u.profile,
             opened_at_boot: record.is_none(),
             keyslots,
@@ -161,7 +167,7 @@ fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
         match files::read_config(&dir, u.profile.into()) {
             Ok(Some(config)) => {
                 let host = SystemHost::new(None);
-                let (entries, mut failed) = plan::resolve_entries(&config, &host, &u.writers());
+                let (entries, mut failed) = plan::resolve_entries(&config, &host, &writers);
                 status.features = lifecycle::feature_states(
                     &entries,
                     &u.table,
