@@ -342,16 +342,27 @@ fn judge_open_file(
             })
         })
         .collect();
-    let dev = (libc::major(dev), libc::minor(dev));
-    let mount = table
-        .iter()
-        .filter(|m| m.dev == dev && node.path.starts_with(&m.mount_point))
-        .max_by_key(|m| m.mount_point.components().count());
+    let mount = mount_holding(table, &node.path, dev);
     let filesystem = mount.and_then(|m| {
         judge_filesystem(m, utab_user(&m.mount_point).as_deref())
             .or_else(|| judge_mount_source(m, table, live, depth))
     });
     judge_file(node, &above, mount, filesystem)
+}
+
+/// The mount that holds the file at the canonical `path` in this mount namespace: the one
+/// whose mount point is the longest prefix of the path (the last mounted, of several
+/// there), as path lookup finds it. (The file's own st_dev cannot say: overlayfs, the
+/// root of most live systems, reports a device of its own for files of its layers.) A
+/// mount of device `dev` at that place goes first.
+pub fn mount_holding<'a>(table: &'a [Mount], path: &Path, dev: u64) -> Option<&'a Mount> {
+    let dev = (libc::major(dev), libc::minor(dev));
+    table
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| path.starts_with(&m.mount_point))
+        .max_by_key(|(i, m)| (m.mount_point.components().count(), m.dev == dev, *i))
+        .map(|(_, m)| m)
 }
 
 /// The device a filesystem is mounted from, judged as a volume is.
@@ -582,6 +593,25 @@ mod tests {
         assert_eq!(judge_filesystem(&plain, None), None);
         let why = judge_filesystem(&plain, Some("udisks (for a user)")).unwrap();
         assert!(why.contains("which udisks"), "{why}");
+    }
+
+    #[test]
+    fn the_mount_holding_a_file_is_the_longest_prefix() {
+        let table = parse_mountinfo(
+            "20 1 0:30 / / rw - overlay overlay rw,lowerdir=/run/live/rootfs/filesystem.squashfs\n\
+             30 20 8:33 / /media/amnesia/STICK rw - vfat /dev/sdc1 rw,uid=1000\n\
+             31 20 8:18 / /media rw - ext4 /dev/sdb2 rw\n\
+             32 30 0:45 / /media/amnesia/STICK/inner rw - tmpfs tmpfs rw\n",
+        );
+        let dev = |major: u32, minor: u32| libc::makedev(major, minor);
+        let at = |p: &str, d| mount_holding(&table, Path::new(p), d).map(|m| m.id);
+        // A file of the root overlay reports a device of overlayfs' own: still the root.
+        assert_eq!(at("/root/vault.img", dev(0, 99)), Some(20));
+        assert_eq!(at("/media/amnesia/STICK/vault.img", dev(8, 33)), Some(30));
+        assert_eq!(at("/media/amnesia/STICK/inner/v.img", dev(0, 45)), Some(32));
+        assert_eq!(at("/media/other/v.img", dev(8, 18)), Some(31));
+        // "/media/amnesia/STICKY" is not under "/media/amnesia/STICK".
+        assert_eq!(at("/media/amnesia/STICKY/v.img", dev(8, 18)), Some(31));
     }
 
     #[test]
