@@ -21,7 +21,9 @@ fn main() -> std::process::ExitCode {
     let out = keepsake::output::Output {
         json: cli.global.json,
     };
-    match keepsake::commands::run(cli) {
+    // Before anything is opened: see require_open_fds.
+    let started = keepsake::secrets::require_open_fds(&args).map_err(keepsake::error::Error::from);
+    match started.and_then(|()| keepsake::commands::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             out.error(&err);

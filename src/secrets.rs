@@ -624,6 +624,45 @@ mod restore_on_signal {
     }
 }
 
+/// The options that name a descriptor to read a passphrase from.
+const FD_OPTIONS: [&str; 2] = ["--passphrase-fd", "--new-passphrase-fd"];
+
+/// Refuses a descriptor named on the command line (`--passphrase-fd N`,
+/// `--new-passphrase-fd N`) that is not open when keepsake starts. Checked before keepsake
+/// opens anything: a closed number would later be that of a file keepsake opened itself
+/// (a container file, its loop device), and the passphrase would be read from that.
+pub fn require_open_fds(args: &[std::ffi::OsString]) -> Result<()> {
+    for fd in named_fds(args) {
+        // SAFETY: F_GETFD only asks whether the number is an open descriptor.
+        if fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(Error::FdNotOpen(fd));
+        }
+    }
+    Ok(())
+}
+
+/// The numbers given to [`FD_OPTIONS`] (`--opt N` or `--opt=N`), up to a lone `--`.
+fn named_fds(args: &[std::ffi::OsString]) -> Vec<RawFd> {
+    let mut fds = Vec::new();
+    let mut args = args.iter().filter_map(|a| a.to_str());
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        for option in FD_OPTIONS {
+            let value = if arg == option {
+                args.next()
+            } else {
+                arg.strip_prefix(option).and_then(|v| v.strip_prefix('='))
+            };
+            if let Some(fd) = value.and_then(|v| v.parse().ok()) {
+                fds.push(fd);
+            }
+        }
+    }
+    fds
+}
+
 /// Reads up to the first newline from `fd`, one byte at a time so that nothing after the
 /// line is consumed, into a buffer allocated once at the maximum size.
 fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
@@ -758,6 +797,31 @@ mod tests {
         wf.write_all(content).unwrap();
         drop(wf);
         (r, w)
+    }
+
+    #[test]
+    fn descriptors_named_for_passphrases_must_be_open_at_start() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            named_fds(&args(&[
+                "keepsake",
+                "passphrase",
+                "change",
+                "--passphrase-fd",
+                "3",
+                "--new-passphrase-fd=4",
+                "--key-file",
+                "x",
+                "--",
+                "--passphrase-fd",
+                "9"
+            ])),
+            vec![3, 4]
+        );
+        // 0 is open in any test process; a high number is not.
+        assert!(require_open_fds(&args(&["keepsake", "unlock", "--passphrase-fd", "0"])).is_ok());
+        let err = require_open_fds(&args(&["keepsake", "unlock", "--passphrase-fd", "9999"]));
+        assert!(matches!(err, Err(Error::FdNotOpen(9999))), "{err:?}");
     }
 
     #[test]
