@@ -683,6 +683,11 @@ h_class11() {
         h_run 60 keepsake feature enable tor-state
         h_attack "[$place] feature enable tor-state is refused with exit 8 (got $H_RC) and nothing is bound" \
             sh -c "[ $H_RC -eq 8 ] && ! grep -q ' /var/lib/tor ' /proc/self/mountinfo"
+        h_run 60 keepsake feature add h-opt --dest /opt/h-opt
+        h_attack "[$place] feature add of a system path is refused with exit 8 (got $H_RC), and not defined" \
+            sh -c "[ $H_RC -eq 8 ] && ! grep -q h-opt $KS_ROOT_MNT/keepsake-features.conf 2>/dev/null && ! grep -q ' /opt/h-opt ' /proc/self/mountinfo"
+        h_run 60 keepsake feature add h-docs --dest /home/amnesia/h-docs
+        h_check "[11] [$place] feature add into the home works (exit $H_RC)" h_rc_is 0
         h_lock
         h_check "[11] [$place] lock leaves no mapping" ks_no_mapping
         rm -f $p
