@@ -306,12 +306,12 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    if let Err(e) = volume::deactivate(&layout.mapping).map_err(Error::from) {
+    if let Err(e) = deactivate(&layout.mapping, !ended.is_empty()) {
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
         return Err(if e.is_in_use() {
             Error::InUse(format!(
-                "{e}; something keepsake cannot see still uses it (a mount namespace whose processes all live in a chroot?); the volume was put back as it was"
+                "{e}; something keepsake cannot see still uses it (a mount namespace kept open only by a descriptor? --force finds those); the volume was put back as it was"
             ))
         } else {
             e
@@ -360,6 +360,20 @@ fn lock_volume(
         leftovers,
         tor: None,
     })
+}
+
+/// Closes the mapping. After processes were ended, a few more tries while it is busy: a
+/// process gone from /proc may still be releasing its mount namespace's last mount.
+fn deactivate(mapping: &str, ended_some: bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match volume::deactivate(mapping).map_err(Error::from) {
+            Err(e) if ended_some && e.is_in_use() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Of `candidates`, the loop devices still attached, and those of `block_devices`
