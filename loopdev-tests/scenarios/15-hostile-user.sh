@@ -53,7 +53,9 @@ host_main() {
     local usb
     usb=$(ks_live_stick usb 320M) || return 1
     # H_PHASES picks phases when working on one class; each phase can start from a blank stick.
-    local phase
+    # H_ROUNDS and H_CLASSES reach the guest's init as its environment (kernel command line).
+    local phase classes=${H_CLASSES:-}
+    KS_BOOT_ARGS="${KS_BOOT_ARGS:-}${H_ROUNDS:+ H_ROUNDS=$H_ROUNDS}${classes:+ H_CLASSES=${classes// /,}}"
     for phase in ${H_PHASES:-all}; do ks_phase $phase "usb=$usb"; done
     h_host_summary
 }
@@ -68,16 +70,25 @@ h_host_summary() {
 5:forged archive header (argon2id 4 GiB x 64)
 6:config binds a user-writable source over system paths
 7:a deep tree blocks lock (EMFILE)
-8:unlock exits 0 with persistence.conf refused"
+8:unlock exits 0 with persistence.conf refused
+9:the live user hides the volume in namespaces of its own"
     echo "  # per class: attack won against keepsake / negative control won against the naive op"
-    for c in 1 2 3 4 5 6 7 8; do
+    for c in 1 2 3 4 5 6 7 8 9; do
         v=$(ks_get "class$c")
-        if [ -z "$v" ]; then
+        if [ -z "$v" ] && [ -n "${H_CLASSES:-}" ] && ! h_class_chosen $c; then
+            echo "    ..    class $c: not run (H_CLASSES=$H_CLASSES)"
+        elif [ -z "$v" ]; then
             ks_host_fail "class $c ($(echo "$titles" | sed -n "s/^$c://p")): no result (the phase ended before it)"
         else
             echo "    ..    class $c ($(echo "$titles" | sed -n "s/^$c://p")): $v"
         fi
     done
+}
+
+# H_CLASSES="9 7" (or 9,7) runs only those classes of the files phase (when working on one).
+h_class_chosen() {
+    case " $(echo "${H_CLASSES:-5 8 6 4 2 3 7 9}" | tr ',' ' ') " in *" $1 "*) return 0 ;; esac
+    return 1
 }
 
 # ---------------------------------------------------------------- guest: soft checks
@@ -228,14 +239,12 @@ h_files() {
     ks_expect_rc 0 "create" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
     ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
     cp $KS_ROOT_MNT/persistence.conf /tmp/h-conf.good
-    local t0; t0=$(ks_now_ms)
-    h_class5; h_time 5 $t0; t0=$(ks_now_ms)
-    h_class8; h_time 8 $t0; t0=$(ks_now_ms)
-    h_class6; h_time 6 $t0; t0=$(ks_now_ms)
-    h_class4; h_time 4 $t0; t0=$(ks_now_ms)
-    h_class2; h_time 2 $t0; t0=$(ks_now_ms)
-    h_class3; h_time 3 $t0; t0=$(ks_now_ms)
-    h_class7; h_time 7 $t0
+    local c t0
+    for c in 5 8 6 4 2 3 7 9; do
+        h_class_chosen $c || continue
+        t0=$(ks_now_ms)
+        h_class$c; h_time $c $t0
+    done
     h_unlocked || h_unlock
     h_plant_conf good
     h_lock
@@ -636,6 +645,86 @@ h_class7() {
     h_control "$(cat /tmp/h-walk.out) (exit $H_RC)" h_rc_is 0
     /hostile/deep-tree remove /tmp/h-deep >/dev/null; rmdir /tmp/h-deep
     h_run 60 keepsake feature disable dotfiles
+    h_class_end
+}
+
+# --- 9. The live user hides the volume in namespaces of its own.
+
+H_NS_READY=/tmp/h-ns-ready
+
+# h_ns_hold VARIANT: the user's ns-holder (chroot, pivot or pidns) in the background, in
+# place; H_NS_PID is the host pid of the process that holds its namespace.
+h_ns_hold() {
+    local i
+    rm -rf /home/amnesia/h-jail-$1 $H_NS_READY
+    h_as_user mkdir /home/amnesia/h-jail-$1
+    $H_AS_USER /hostile/ns-holder $1 $H_NS_READY /home/amnesia/h-jail-$1 /home/amnesia/Persistent \
+        </dev/null >/tmp/h-ns.out 2>&1 &
+    H_NS_PID=
+    for i in $(seq 1 100); do
+        read -r H_NS_PID < $H_NS_READY 2>/dev/null && [ -n "$H_NS_PID" ] && return 0
+        sleep 0.05
+    done
+    h_fail "[9] setup: ns-holder $1 did not get in place: $(cat /tmp/h-ns.out)"
+}
+# The volume's device (major:minor) and mapping name.
+h_vol_dev() { cat /sys/block/$(ls /sys/block | grep '^dm-' | head -n 1)/dev; }
+h_vol_mapping() { cat /sys/block/$(ls /sys/block | grep '^dm-' | head -n 1)/dm/name; }
+# The old look: the process's own mountinfo, relative to its root.
+h_old_look_sees() { awk -v d="$2" '$3 == d {f = 1} END {exit !f}' /proc/$1/mountinfo 2>/dev/null; }
+# Gone, or a zombie no one reaped yet (it holds nothing).
+h_gone() { [ ! -e /proc/$1/stat ] || [ "$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1)" = Z ]; }
+h_still_unlocked() { h_unlocked && h_is_mount "$KS_ROOT_MNT" && h_is_mount /home/amnesia/Persistent; }
+h_forced_clean() { [ "$H_RC" -eq 0 ] && ks_no_mapping && ks_not_mounted "$KS_ROOT_MNT" && h_gone "$1"; }
+
+# The naive lock: unmount the volume here, then close the mapping.
+h_naive_lock() {
+    local m
+    for m in $(awk -v d="$1" '$3 == d {print $5}' /proc/self/mountinfo | sort -r); do umount "$m"; done
+    cryptsetup close "$2" > /tmp/h-close.out 2>&1
+}
+
+h_class9() {
+    h_class_begin 9 "the live user hides the volume in namespaces of its own"
+    local v dev pid name i
+    for v in chroot pivot pidns; do
+        h_unlocked || h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+        h_ns_hold $v
+        pid=$H_NS_PID
+        dev=$(h_vol_dev)
+        if [ $v = pivot ]; then
+            h_check "[9] $v: its own mountinfo shows the bind it keeps" h_old_look_sees $pid $dev
+        else
+            # The old look (/proc/PID/mountinfo) misses it: this is what hid the volume.
+            h_control "$v: the old look, /proc/$pid/mountinfo, finds the volume in the user's namespace" \
+                h_old_look_sees $pid $dev
+        fi
+        h_run 120 keepsake lock
+        h_expect_rc 5 "$v: lock refuses while the user's namespace has the volume mounted"
+        h_check "[9] $v: the refusal names pid $pid: $(h_said)" \
+            grep -q "(pid $pid: mounted in its own mount namespace" /tmp/h-cmd.out
+        h_attack "$v: after lock, the volume is still unlocked, mounted and bound" h_still_unlocked
+        h_run 120 keepsake lock --force
+        echo "KS-TIME class9_force_$v $H_MS"
+        h_attack "$v: lock --force exits 0 in $H_MS ms, no mapping, no mount, the user's process gone: exit $H_RC, $(h_lock_state), pid $pid $(h_gone $pid && echo gone || echo alive): ...$(tail -c 200 /tmp/h-cmd.out | tr '\n' ' ')" \
+            h_forced_clean $pid
+        kill -9 $pid 2>/dev/null
+    done
+
+    # Negative control: the namespace really holds the volume. A naive lock (unmount
+    # here, close the mapping) cannot close it.
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+    h_ns_hold chroot
+    pid=$H_NS_PID; dev=$(h_vol_dev); name=$(h_vol_mapping)
+    h_naive_lock $dev $name
+    h_control "a naive lock with the user's chrooted namespace: $(h_lock_state), $(h_gone $pid || echo "the user's process runs, ")cryptsetup close said: $(head -c 120 /tmp/h-close.out | tr '\n' ' ')" \
+        ks_no_mapping
+    kill -9 $pid 2>/dev/null
+    for i in $(seq 1 40); do h_gone $pid && break; sleep 0.05; done
+    for i in $(seq 1 20); do ks_no_mapping || cryptsetup close $name 2>/dev/null; ks_no_mapping && break; sleep 0.1; done
+    h_check "[9] the naive lock's mapping closes once the user's process is gone" ks_no_mapping
+    rm -rf /home/amnesia/h-jail-*
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
     h_class_end
 }
 
