@@ -7,6 +7,9 @@
  *                        the volume), the old root detached (MNT_DETACH), nothing kept open
  *   pidns  JAIL          pid 1 of its own pid namespace, chrooted into JAIL with a private
  *                        /proc mounted there
+ *   cover  JAIL          a tmpfs moved over the namespace's root, chrooted into it: the
+ *                        copies of the volume's mounts are under it, where no mount table
+ *                        read inside the namespace (after setns) shows them
  * Usage: ns-holder VARIANT READY JAIL [KEEP]. Once in place it writes the host pid of the
  * process that holds the namespace to READY (opened before anything changed). */
 #define _GNU_SOURCE
@@ -79,7 +82,7 @@ int main(int argc, char **argv)
     const char *variant, *jail_dir;
     int fd;
     if (argc < 4 || (strcmp(argv[1], "pivot") == 0 && argc < 5)) {
-        fprintf(stderr, "usage: ns-holder chroot|pivot|pidns READY JAIL [KEEP]\n");
+        fprintf(stderr, "usage: ns-holder chroot|pivot|pidns|cover READY JAIL [KEEP]\n");
         return 2;
     }
     variant = argv[1];
@@ -116,6 +119,16 @@ int main(int argc, char **argv)
             die("pivot_root");
         if (chdir("/") != 0 || umount2("/old", MNT_DETACH) != 0 || rmdir("/old") != 0)
             die("detaching the old root");
+        ready(fd, getpid());
+        wait_forever();
+    }
+
+    if (strcmp(variant, "cover") == 0) {
+        own_namespaces(0);
+        if (mount("none", jail_dir, "tmpfs", 0, "mode=0755") != 0 || chdir(jail_dir) != 0
+            || mount(".", "/", NULL, MS_MOVE, NULL) != 0)
+            die("a tmpfs over /");
+        jail(".");
         ready(fd, getpid());
         wait_forever();
     }

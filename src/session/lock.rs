@@ -306,16 +306,36 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    if let Err(e) = deactivate(&layout.mapping, !ended.is_empty()) {
+    let mut closed = deactivate(&layout.mapping, !ended.is_empty());
+    if options.force && closed.as_ref().is_err_and(|e| e.is_in_use()) {
+        // Nothing keepsake could see holds it: a user's mount namespace may hide it under
+        // a mount over its root. --force ends those namespaces too, and tries again.
+        let (suspects, left) = processes::end_user_namespaces(dev, Duration::from_secs(3));
+        if !suspects.is_empty() {
+            out.progress(format!("ending {}", describe(&suspects)));
+            if left.is_empty() {
+                closed = deactivate(&layout.mapping, true);
+            }
+            ended.extend(suspects);
+        }
+    }
+    if let Err(e) = closed {
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
-        return Err(if e.is_in_use() {
-            Error::InUse(format!(
-                "{e}; something keepsake cannot see still uses it (a mount namespace kept open only by a descriptor? --force finds those); the volume was put back as it was"
-            ))
+        if !e.is_in_use() {
+            return Err(e);
+        }
+        let suspects = processes::user_namespace_holders(dev);
+        return Err(Error::InUse(if options.force || suspects.is_empty() {
+            format!(
+                "{e}; something keepsake cannot see still uses it; the volume was put back as it was"
+            )
         } else {
-            e
-        });
+            format!(
+                "{e}; nothing keepsake can see holds it, but the mount namespaces of {} may hide it under a mount over their root; end them, or use --force to end these processes (the volume was put back as it was)",
+                describe(&suspects)
+            )
+        }));
     }
     // The mapping is closed: the key is gone. A loop device that will not detach is
     // reported (and found again by the check below), but the rest of lock still runs.
