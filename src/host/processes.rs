@@ -242,22 +242,46 @@ fn look(proc: &OwnedFd, dev: (u32, u32), detach: bool) -> Inside {
     if let Err(e) = read {
         return Inside::unseen(format!("not looked into: reading its mount table: {e}"));
     }
-    let mounts: Vec<PathBuf> = crate::host::mounts::parse_mountinfo(&text)
+    let table: Vec<_> = crate::host::mounts::parse_mountinfo(&text)
         .into_iter()
         .filter(|m| m.dev == dev)
-        .map(|m| m.mount_point)
         .collect();
     let root = std::fs::metadata("/").ok().map(|m| (m.dev(), m.ino()));
     if detach {
-        // What stays (a copy in a user namespace is locked: EINVAL) is freed when the
-        // namespace's processes end.
-        detach_mounts(proc, &mounts, dev);
+        // An unmount of a shared mount propagates to its peers, which may be ours (a
+        // root's `unshare -m --propagation unchanged`): those are left to the ending of
+        // the namespace's processes, as is what will not detach (a copy in a user
+        // namespace is locked: EINVAL).
+        let shared = shared_mount_ids(&text);
+        let own: Vec<PathBuf> = table
+            .iter()
+            .filter(|m| !shared.contains(&m.id))
+            .map(|m| m.mount_point.clone())
+            .collect();
+        detach_mounts(proc, &own, dev);
     }
+    let mounts = table.into_iter().map(|m| m.mount_point).collect();
     Inside {
         mounts,
         root,
         unseen: None,
     }
+}
+
+/// The ids of the mounts of a mountinfo text that are in a peer group ("shared:N").
+fn shared_mount_ids(mountinfo: &str) -> Vec<u32> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (head, _) = line.split_once(" - ")?;
+            let fields: Vec<&str> = head.split(' ').collect();
+            fields
+                .iter()
+                .skip(6)
+                .any(|f| f.starts_with("shared:"))
+                .then(|| fields[0].parse().ok())?
+        })
+        .collect()
 }
 
 /// Detaches (MNT_DETACH) the volume's mounts at `points` in the namespace this thread
@@ -596,6 +620,14 @@ pub(crate) fn end_in_turn<P>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_shared_mounts_in_mountinfo() {
+        let text = "36 35 98:0 /mnt1 /mnt1 rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 35 98:0 / /a rw shared:4 master:1 - ext4 /dev/a rw\n\
+                    38 35 98:0 / /b rw - ext4 /dev/b rw\n";
+        assert_eq!(shared_mount_ids(text), vec![37]);
+    }
 
     #[test]
     fn parses_maps_device_field() {
