@@ -75,14 +75,24 @@ h_host_summary() {
     echo "  # per class: attack won against keepsake / negative control won against the naive op"
     for c in 1 2 3 4 5 6 7 8 9; do
         v=$(ks_get "class$c")
-        if [ -z "$v" ] && [ -n "${H_CLASSES:-}" ] && ! h_class_chosen $c; then
+        if [ -z "$v" ] && [ -n "${H_CLASSES:-}" ] && [ $c != 1 ] && ! h_class_chosen $c; then
             echo "    ..    class $c: not run (H_CLASSES=$H_CLASSES)"
+        elif [ -z "$v" ] && ! h_phase_chosen $c; then
+            echo "    ..    class $c: not run (H_PHASES=$H_PHASES)"
         elif [ -z "$v" ]; then
             ks_host_fail "class $c ($(echo "$titles" | sed -n "s/^$c://p")): no result (the phase ended before it)"
         else
             echo "    ..    class $c ($(echo "$titles" | sed -n "s/^$c://p")): $v"
         fi
     done
+}
+
+# Whether H_PHASES runs the phase of class $1 (1 is the tor phase's, the others the files').
+h_phase_chosen() {
+    local want=files
+    [ "$1" = 1 ] && want=tor
+    case " ${H_PHASES:-all} " in *" all "*|*" $want "*) return 0 ;; esac
+    return 1
 }
 
 # H_CLASSES="9 7" (or 9,7) runs only those classes of the files phase (when working on one).
@@ -482,6 +492,8 @@ h_victim_now() { h_file_id $H_VICTIM | cut -d' ' -f1-2; }
 # every new folder of the home for a symlink to the victim.
 h_mkdir_rounds() {
     local feature=$1 dest=$2 rounds=$3 r swaps=0 won=0 rcs= t0 ms=0
+    # A small H_ROUNDS scaled down must still run one round (the tally divides by it).
+    [ "$rounds" -ge 1 ] || rounds=1
     h_now; t0=$H_NOW
     for r in $(seq 1 $rounds); do
         h_victim_reset
