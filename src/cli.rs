@@ -791,8 +791,10 @@ names it and exits 4, changing nothing. When the running system's root is a unio
 volume (live-boot's `/ union`, full persistence), lock refuses before changing anything, \
 with exit status 10: shut down instead.
 
-When processes hold files of the volume open, lock names them and stops with exit status 5, \
-leaving everything mounted; --force ends them (SIGTERM, then SIGKILL) and locks.";
+When processes hold files of the volume open, or keep it mounted in a mount namespace of \
+their own (chrooted or not), lock names them and stops with exit status 5, leaving everything \
+mounted; --force detaches the volume in those namespaces where it can, ends those processes \
+(SIGTERM, then SIGKILL) and locks.";
 
 const STATUS_HELP: &str = "\
 Status shows every open persistence volume, of either layout, whether keepsake or the system \

@@ -50,11 +50,12 @@ H_CONTROL_ROUNDS=6
 host_main() {
     ks_set passphrase "hostile $(ks_random)"
     ks_set backup_passphrase "archive $(ks_random)"
-    ks_set classes "${H_CLASSES:-}"
     local usb
     usb=$(ks_live_stick usb 320M) || return 1
     # H_PHASES picks phases when working on one class; each phase can start from a blank stick.
-    local phase
+    # H_ROUNDS and H_CLASSES reach the guest's init as its environment (kernel command line).
+    local phase classes=${H_CLASSES:-}
+    KS_BOOT_ARGS="${KS_BOOT_ARGS:-}${H_ROUNDS:+ H_ROUNDS=$H_ROUNDS}${classes:+ H_CLASSES=${classes// /,}}"
     for phase in ${H_PHASES:-all}; do ks_phase $phase "usb=$usb"; done
     h_host_summary
 }
@@ -70,18 +71,37 @@ h_host_summary() {
 6:config binds a user-writable source over system paths
 7:a deep tree blocks lock (EMFILE)
 8:unlock exits 0 with persistence.conf refused
+9:the live user hides the volume in namespaces of its own
 11:a container the live user could have written binds over system paths
 12:a cipher_null data segment opens and writes in clear
 13:Tails' config ids held by another account are trusted"
     echo "  # per class: attack won against keepsake / negative control won against the naive op"
-    for c in 1 2 3 4 5 6 7 8 11 12 13; do
+    for c in 1 2 3 4 5 6 7 8 9 11 12 13; do
         v=$(ks_get "class$c")
-        if [ -z "$v" ]; then
+        if [ -z "$v" ] && [ -n "${H_CLASSES:-}" ] && [ $c != 1 ] && ! h_class_chosen $c; then
+            echo "    ..    class $c: not run (H_CLASSES=$H_CLASSES)"
+        elif [ -z "$v" ] && ! h_phase_chosen $c; then
+            echo "    ..    class $c: not run (H_PHASES=$H_PHASES)"
+        elif [ -z "$v" ]; then
             ks_host_fail "class $c ($(echo "$titles" | sed -n "s/^$c://p")): no result (the phase ended before it)"
         else
             echo "    ..    class $c ($(echo "$titles" | sed -n "s/^$c://p")): $v"
         fi
     done
+}
+
+# Whether H_PHASES runs the phase of class $1 (1 is the tor phase's, the others the files').
+h_phase_chosen() {
+    local want=files
+    [ "$1" = 1 ] && want=tor
+    case " ${H_PHASES:-all} " in *" all "*|*" $want "*) return 0 ;; esac
+    return 1
+}
+
+# H_CLASSES="9 7" (or 9,7) runs only those classes of the files phase (when working on one).
+h_class_chosen() {
+    case " $(echo "${H_CLASSES:-5 8 6 4 2 3 7 9 11 12 13}" | tr ',' ' ') " in *" $1 "*) return 0 ;; esac
+    return 1
 }
 
 # ---------------------------------------------------------------- guest: soft checks
@@ -232,17 +252,25 @@ h_files() {
     ks_expect_rc 0 "create" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
     ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
     cp $KS_ROOT_MNT/persistence.conf /tmp/h-conf.good
-    local t0 c
-    # Classes 5 to 7 work on the unlocked volume, 11 to 13 with it locked.
-    for c in $(h_files_classes); do
-        case $c in 11|12|13) h_unlocked && { h_plant_conf good; h_lock; } ;; esac
-        t0=$(ks_now_ms); h_class$c; h_time $c $t0
+    local c t0 locked=
+    for c in 5 8 6 4 2 3 7 9 11 12 13; do
+        h_class_chosen $c || continue
+        # Classes 11 to 13 start from the volume locked, with its good config.
+        if [ $c -ge 11 ] && [ -z "$locked" ]; then
+            h_unlocked || h_unlock
+            h_plant_conf good
+            h_lock
+            locked=1
+        fi
+        t0=$(ks_now_ms)
+        h_class$c; h_time $c $t0
     done
-    if h_unlocked; then h_plant_conf good; h_lock; fi
+    if [ -z "$locked" ]; then
+        h_unlocked || h_unlock
+        h_plant_conf good
+        h_lock
+    fi
 }
-# The files phase's classes, in their order (H_CLASSES on the host picks some when
-# working on one, e.g. H_PHASES=files H_CLASSES="11 12").
-h_files_classes() { local c; c=$(ks_in classes); echo "${c:-5 8 6 4 2 3 7 11 12 13}"; }
 
 h_time() { echo "KS-TIME class$1 $(( $(ks_now_ms) - $2 ))"; }
 
@@ -476,6 +504,8 @@ h_victim_now() { h_file_id $H_VICTIM | cut -d' ' -f1-2; }
 # every new folder of the home for a symlink to the victim.
 h_mkdir_rounds() {
     local feature=$1 dest=$2 rounds=$3 r swaps=0 won=0 rcs= t0 ms=0
+    # A small H_ROUNDS scaled down must still run one round (the tally divides by it).
+    [ "$rounds" -ge 1 ] || rounds=1
     h_now; t0=$H_NOW
     for r in $(seq 1 $rounds); do
         h_victim_reset
@@ -639,6 +669,88 @@ h_class7() {
     h_control "$(cat /tmp/h-walk.out) (exit $H_RC)" h_rc_is 0
     /hostile/deep-tree remove /tmp/h-deep >/dev/null; rmdir /tmp/h-deep
     h_run 60 keepsake feature disable dotfiles
+    h_class_end
+}
+
+# --- 9. The live user hides the volume in namespaces of its own.
+
+H_NS_READY=/tmp/h-ns-ready
+
+# h_ns_hold VARIANT: the user's ns-holder (chroot, pivot, pidns, cover) in the background, in
+# place; H_NS_PID is the host pid of the process that holds its namespace.
+h_ns_hold() {
+    local i
+    rm -rf /home/amnesia/h-jail-$1 $H_NS_READY
+    h_as_user mkdir /home/amnesia/h-jail-$1
+    $H_AS_USER /hostile/ns-holder $1 $H_NS_READY /home/amnesia/h-jail-$1 /home/amnesia/Persistent \
+        </dev/null >/tmp/h-ns.out 2>&1 &
+    H_NS_PID=
+    for i in $(seq 1 100); do
+        read -r H_NS_PID < $H_NS_READY 2>/dev/null && [ -n "$H_NS_PID" ] && return 0
+        sleep 0.05
+    done
+    h_fail "[9] setup: ns-holder $1 did not get in place: $(cat /tmp/h-ns.out)"
+}
+# The volume's device (major:minor) and mapping name.
+h_vol_dev() { cat /sys/block/$(ls /sys/block | grep '^dm-' | head -n 1)/dev; }
+h_vol_mapping() { cat /sys/block/$(ls /sys/block | grep '^dm-' | head -n 1)/dm/name; }
+# The old look: the process's own mountinfo, relative to its root.
+h_old_look_sees() { awk -v d="$2" '$3 == d {f = 1} END {exit !f}' /proc/$1/mountinfo 2>/dev/null; }
+# Gone, or a zombie no one reaped yet (it holds nothing).
+h_gone() { [ ! -e /proc/$1/stat ] || [ "$(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -c1)" = Z ]; }
+h_still_unlocked() { h_unlocked && h_is_mount "$KS_ROOT_MNT" && h_is_mount /home/amnesia/Persistent; }
+h_forced_clean() { [ "$H_RC" -eq 0 ] && ks_no_mapping && ks_not_mounted "$KS_ROOT_MNT" && h_gone "$1"; }
+
+# The naive lock: unmount the volume here, then close the mapping.
+h_naive_lock() {
+    local m
+    for m in $(awk -v d="$1" '$3 == d {print $5}' /proc/self/mountinfo | sort -r); do umount "$m"; done
+    cryptsetup close "$2" > /tmp/h-close.out 2>&1
+}
+
+h_class9() {
+    h_class_begin 9 "the live user hides the volume in namespaces of its own"
+    local v dev pid name i
+    for v in chroot pivot pidns cover; do
+        h_unlocked || h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+        h_ns_hold $v
+        pid=$H_NS_PID
+        dev=$(h_vol_dev)
+        if [ $v = pivot ]; then
+            h_check "[9] $v: its own mountinfo shows the bind it keeps" h_old_look_sees $pid $dev
+        else
+            # The old look (/proc/PID/mountinfo) misses it: this is what hid the volume.
+            h_control "$v: the old look, /proc/$pid/mountinfo, finds the volume in the user's namespace" \
+                h_old_look_sees $pid $dev
+        fi
+        h_run 120 keepsake lock
+        h_expect_rc 5 "$v: lock refuses while the user's namespace has the volume mounted"
+        # cover: no look from inside sees the volume under its root; the mapping that will
+        # not close makes lock name the user's namespaces as suspects, after putting back.
+        h_check "[9] $v: the refusal names pid $pid: $(h_said)" \
+            grep -q "(pid $pid: \(mounted \)\?in its own mount namespace" /tmp/h-cmd.out
+        h_attack "$v: after lock, the volume is still unlocked, mounted and bound" h_still_unlocked
+        h_run 120 keepsake lock --force
+        echo "KS-TIME class9_force_$v $H_MS"
+        h_attack "$v: lock --force exits 0 in $H_MS ms, no mapping, no mount, the user's process gone: exit $H_RC, $(h_lock_state), pid $pid $(h_gone $pid && echo gone || echo alive): ...$(tail -c 200 /tmp/h-cmd.out | tr '\n' ' ')" \
+            h_forced_clean $pid
+        kill -9 $pid 2>/dev/null
+    done
+
+    # Negative control: the namespace really holds the volume. A naive lock (unmount
+    # here, close the mapping) cannot close it.
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+    h_ns_hold chroot
+    pid=$H_NS_PID; dev=$(h_vol_dev); name=$(h_vol_mapping)
+    h_naive_lock $dev $name
+    h_control "a naive lock with the user's chrooted namespace: $(h_lock_state), $(h_gone $pid || echo "the user's process runs, ")cryptsetup close said: $(head -c 120 /tmp/h-close.out | tr '\n' ' ')" \
+        ks_no_mapping
+    kill -9 $pid 2>/dev/null
+    for i in $(seq 1 40); do h_gone $pid && break; sleep 0.05; done
+    for i in $(seq 1 20); do ks_no_mapping || cryptsetup close $name 2>/dev/null; ks_no_mapping && break; sleep 0.1; done
+    h_check "[9] the naive lock's mapping closes once the user's process is gone" ks_no_mapping
+    rm -rf /home/amnesia/h-jail-*
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
     h_class_end
 }
 

@@ -306,16 +306,36 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    if let Err(e) = volume::deactivate(&layout.mapping).map_err(Error::from) {
+    let mut closed = deactivate(&layout.mapping, !ended.is_empty());
+    if options.force && closed.as_ref().is_err_and(|e| e.is_in_use()) {
+        // Nothing keepsake could see holds it: a user's mount namespace may hide it under
+        // a mount over its root. --force ends those namespaces too, and tries again.
+        let (suspects, left) = processes::end_user_namespaces(dev, Duration::from_secs(3));
+        if !suspects.is_empty() {
+            out.progress(format!("ending {}", describe(&suspects)));
+            if left.is_empty() {
+                closed = deactivate(&layout.mapping, true);
+            }
+            ended.extend(suspects);
+        }
+    }
+    if let Err(e) = closed {
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
-        return Err(if e.is_in_use() {
-            Error::InUse(format!(
-                "{e}; something keepsake cannot see still uses it (a mount namespace whose processes all live in a chroot?); the volume was put back as it was"
-            ))
+        if !e.is_in_use() {
+            return Err(e);
+        }
+        let suspects = processes::user_namespace_holders(dev);
+        return Err(Error::InUse(if options.force || suspects.is_empty() {
+            format!(
+                "{e}; something keepsake cannot see still uses it; the volume was put back as it was"
+            )
         } else {
-            e
-        });
+            format!(
+                "{e}; nothing keepsake can see holds it, but the mount namespaces of {} may hide it under a mount over their root; end them, or use --force to end these processes (the volume was put back as it was)",
+                describe(&suspects)
+            )
+        }));
     }
     // The mapping is closed: the key is gone. A loop device that will not detach is
     // reported (and found again by the check below), but the rest of lock still runs.
@@ -360,6 +380,20 @@ fn lock_volume(
         leftovers,
         tor: None,
     })
+}
+
+/// Closes the mapping. After processes were ended, a few more tries while it is busy: a
+/// process gone from /proc may still be releasing its mount namespace's last mount.
+fn deactivate(mapping: &str, ended_some: bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match volume::deactivate(mapping).map_err(Error::from) {
+            Err(e) if ended_some && e.is_in_use() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Of `candidates`, the loop devices still attached, and those of `block_devices`
