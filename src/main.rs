@@ -21,7 +21,8 @@ fn main() -> std::process::ExitCode {
     let out = keepsake::output::Output {
         json: cli.global.json,
     };
-    match keepsake::commands::run(cli) {
+    let outcome = keepsake::commands::run(cli);
+    match keepsake::error::settle(outcome, keepsake::interrupt::received()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             out.error(&err);
