@@ -40,8 +40,9 @@
 #  7. `lock` (default RLIMIT_NOFILE 1024) with a folder 1100 levels deep in the home
 #     (dotfiles active) or in Persistent: exit 0, nothing left, the tree kept.
 #  8. `unlock` with a persistence.conf over 64 KiB, or not UTF-8: exit 9.
-# 10. SIGINT, SIGTERM, SIGHUP to `restore --overwrite` of a 24 MiB archive at 5..75% of a
-#     measured restore: exit 128+N (0 if it finished first), no .keepsake-* folder left at
+# 10. SIGINT, SIGTERM, SIGHUP to `restore --overwrite` of a 24 MiB archive at 10% of a
+#     measured restore's start and at 0..75% of its work (from when its staging folder
+#     appears): exit 128+N (0 if it finished first), no .keepsake-* folder left at
 #     the volume root, the content the old or the new archive's whole; at least one
 #     restore per signal really stopped; the next restore works. SIGTERM to an unlock and
 #     SIGINT to a lock: 128+N, the volume unlocked or locked whole, the next lock leaves no
@@ -302,7 +303,7 @@ h_class5() {
 # As the live user would through sudo (sudo relays the signal it gets to keepsake; there is
 # no sudo in the guest, so /hostile/signal-after stands in for it: it runs the command with
 # the signals at their defaults and sends one after a delay). Restore is interrupted at
-# spread fractions of a measured restore's time; each round restores the archive the
+# spread fractions of a measured restore's start and of its work; each round restores the archive the
 # volume does not hold, so that "old" and "new" alternate. SIGKILL cannot be caught: what
 # it leaves is the class's negative control, and then what check says and the next unlock
 # and restore clean.
@@ -328,27 +329,20 @@ h10_fill() {
     h_setup "backup $name" keepsake backup --feature persistent /tmp/h10-$name.ksb \
         --key-file /run/ks-test/bpass --archive-kdf-memory 8192 --archive-kdf-iterations 1
 }
-# h10_signal MS SIGNAL COMMAND...: H_RC, and H10_SENT=1 if the signal reached it running.
+# h10_signal [--seen] MS SIGNAL COMMAND...: H_RC; H10_SENT=1 if the signal reached it
+# running, H10_DIED=1 if the signal itself ended it. With --seen, MS count from when a
+# restore's staging folder appears at the volume root (H10_SEEN: when, H10_END: when it
+# ended, both in ms from the start).
 h10_signal() {
+    local seen=
+    [ "$1" = --seen ] && { seen="--seen $KS_ROOT_MNT .keepsake-restore-"; shift; }
     local ms=$1 sig=$2; shift 2
-    h_run 300 /hostile/signal-after "$ms" "$sig" "$@"
+    h_run 300 /hostile/signal-after $seen "$ms" "$sig" "$@"
     H10_SENT=0 H10_DIED=0
     case $(tail -n 1 /tmp/h-cmd.out) in *"not sent"*) ;; *sent*) H10_SENT=1 ;; esac
     case $(tail -n 1 /tmp/h-cmd.out) in *"ended by the signal"*) H10_DIED=1 ;; esac
-}
-# h10_kill_restore ARCHIVE: SIGKILL to a restore once its staging folder is there (half a
-# second into its extraction).
-h10_kill_restore() {
-    local pid i=0
-    keepsake restore $H10_ARGS "$1" > /tmp/h-cmd.out 2>&1 &
-    pid=$!
-    while ! ls -a $KS_ROOT_MNT | grep -q '^\.keepsake-restore-' && [ $i -lt 600 ]; do
-        sleep 0.05; i=$((i + 1))
-    done
-    sleep 0.5
-    kill -KILL $pid
-    wait $pid
-    H_RC=$?
+    H10_SEEN=$(sed -n 's/^seen at \([0-9]*\) ms$/\1/p' /tmp/h-cmd.out)
+    H10_END=$(sed -n 's/^ended at \([0-9]*\) ms$/\1/p' /tmp/h-cmd.out)
 }
 h10_unlocked_whole() { h_unlocked && h_is_mount $KS_ROOT_MNT && h_is_mount /home/amnesia/Persistent; }
 h10_locked_whole() { ks_no_mapping && ks_not_mounted $KS_ROOT_MNT && ks_not_mounted /home/amnesia/Persistent; }
@@ -359,17 +353,22 @@ h_class10() {
     h_is_mount /home/amnesia/Persistent || { h_lock; h_unlock; }
     h10_fill b 24
     h10_fill a 6
-    # A whole restore, timed: the signals are sent at fractions of it.
-    h_run 300 keepsake restore $H10_ARGS /tmp/h10-b.ksb
-    local full=$H_MS cur target sig want pct state left n sent stopped how
-    h_check "[10] a whole restore of 24 MiB exits 0 in $full ms and leaves nothing: $(h10_leftovers)" \
-        eval '[ "$H_RC" -eq 0 ] && [ "$(h10_state)" = b ] && h10_none_left'
+    # A whole restore, timed, and when its staging folder appeared: the signals land at
+    # fractions of its start (the archive opened, its key derived) and of its work.
+    h10_signal --seen 999999 TERM keepsake restore $H10_ARGS /tmp/h10-b.ksb
+    local full=${H10_END:-0} work=$((${H10_END:-0} - ${H10_SEEN:-0})) cur target sig want at state left n sent stopped how
+    h_check "[10] a whole restore of 24 MiB exits 0 in $full ms (staging from ${H10_SEEN:-never} ms) and leaves nothing: $(h10_leftovers)" \
+        eval '[ "$H_RC" -eq 0 ] && [ "$H10_SENT" = 0 ] && [ -n "$H10_SEEN" ] && [ "$(h10_state)" = b ] && h10_none_left'
     for sig in INT TERM HUP; do
         case $sig in INT) want=130 ;; TERM) want=143 ;; HUP) want=129 ;; esac
         sent=0; stopped=0; n=0
-        for pct in 5 25 50 75; do
+        for at in start:10 work:0 work:25 work:50 work:75; do
             cur=$(h10_state); [ "$cur" = a ] && target=b || target=a
-            h10_signal $((full * pct / 100)) $sig keepsake restore $H10_ARGS /tmp/h10-$target.ksb
+            case $at in
+                start:*) h10_signal $((full * ${at#*:} / 100)) $sig keepsake restore $H10_ARGS /tmp/h10-$target.ksb ;;
+                work:*) h10_signal --seen $((work * ${at#*:} / 100)) $sig keepsake restore $H10_ARGS /tmp/h10-$target.ksb ;;
+            esac
+            at="${at%:*} ${at#*:}%"
             state=$(h10_state); left=$(h10_leftovers); n=$((n + 1))
             if [ "$H10_SENT" = 1 ]; then
                 sent=$((sent + 1))
@@ -379,10 +378,10 @@ h_class10() {
                     how=$(grep -m1 interrupted /tmp/h-cmd.out | cut -c1-160)
                     [ "$state" = "$cur" ] && stopped=$((stopped + 1))
                 fi
-                h_attack "SIG$sig at ${pct}% ($((full * pct / 100)) ms): exit $H_RC (want $want), content $state (was $cur), left: ${left:-nothing}: $how" \
+                h_attack "SIG$sig at $at (ended at $H10_END ms): exit $H_RC (want $want), content $state (was $cur), left: ${left:-nothing}: $how" \
                     eval '[ "$H_RC" -eq $want ] && { [ "$state" = "$cur" ] || [ "$state" = "$target" ]; } && [ -z "$left" ]'
             else
-                h_attack "SIG$sig at ${pct}%: finished first: exit $H_RC (want 0), content $state (want $target), left: ${left:-nothing}" \
+                h_attack "SIG$sig at $at: finished first: exit $H_RC (want 0), content $state (want $target), left: ${left:-nothing}" \
                     eval '[ "$H_RC" -eq 0 ] && [ "$state" = "$target" ] && [ -z "$left" ]'
             fi
         done
@@ -398,9 +397,9 @@ h_class10() {
     # SIGKILL: nothing can roll back. The staging folder stays (the negative control: the
     # checks above would see it), check names it, the next unlock removes it.
     cur=$target; [ "$cur" = a ] && target=b || target=a
-    h10_kill_restore /tmp/h10-$target.ksb
+    h10_signal --seen 100 KILL keepsake restore $H10_ARGS /tmp/h10-$target.ksb
     left=$(h10_leftovers)
-    h_control "SIGKILL half a second into the extraction: exit $H_RC, left: ${left:-nothing}" eval '[ -z "$left" ]'
+    h_control "SIGKILL 100 ms into the extraction: exit $H_RC, left: ${left:-nothing}" eval '[ -z "$left" ]'
     h_setup "lock after the SIGKILL" keepsake lock
     h_run 300 keepsake check --key-file "$KS_PASS_FILE"
     h_attack "check names the killed restore's staging folder: exit $H_RC (want 7): $(grep -m1 keepsake-restore /tmp/h-cmd.out | cut -c1-200)" \
@@ -409,7 +408,7 @@ h_class10() {
     left=$(h10_leftovers)
     h_attack "the next unlock removes it: exit $H_RC, left: ${left:-nothing}, content $(h10_state) (want $cur)" \
         eval '[ "$H_RC" -eq 0 ] && [ -z "$left" ] && [ "$(h10_state)" = $cur ]'
-    h10_kill_restore /tmp/h10-$target.ksb
+    h10_signal --seen 100 KILL keepsake restore $H10_ARGS /tmp/h10-$target.ksb
     h_check "[10] a second SIGKILL leaves $(h10_leftovers)" eval '[ -n "$(h10_leftovers)" ]'
     h_run 300 keepsake restore $H10_ARGS /tmp/h10-$target.ksb
     h_attack "the next restore removes it and restores: exit $H_RC, left: $(h10_leftovers), content $(h10_state) (want $target)" \

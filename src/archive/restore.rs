@@ -966,7 +966,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_signal_before_any_move_puts_everything_back_and_leaves_nothing() {
+    fn a_stop_signal_at_any_change_puts_everything_back_and_leaves_nothing() {
         require_root();
         let folders: Vec<String> = ["Persistent", "gnupg", "dotfiles"].map(String::from).into();
         let configs = vec!["persistence.conf".to_string()];
