@@ -729,6 +729,28 @@ mod tests {
     use crate::safefs::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
     use std::os::unix::fs::MetadataExt;
 
+    #[test]
+    fn a_stop_signal_stops_a_backup_walk_at_the_next_piece_of_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("top")).unwrap();
+        std::fs::write(tmp.path().join("top/big"), vec![7u8; 4 << 20]).unwrap();
+        std::fs::write(tmp.path().join("top/later"), b"never reached").unwrap();
+        let mut out = Vec::new();
+        let mut written = 0;
+        let err = write_tree(tmp.path(), &[PathBuf::from("top")], &mut out, &mut |b| {
+            written = b;
+            crate::interrupt::pretend_received(libc::SIGHUP);
+        })
+        .unwrap_err();
+        crate::interrupt::pretend_received(0);
+        assert_eq!(exit_code(&err), ExitCode::Hangup, "{err}");
+        assert_eq!(err.to_string(), "interrupted by SIGHUP");
+        assert!(
+            written < 4 << 20,
+            "stopped inside the file: {written} bytes"
+        );
+    }
+
     /// The listing's word on an entry is only a hint: an entry listed as a file or a folder
     /// that is something else by the time it is opened is left out with a warning, and
     /// nothing of it (no symlink's target, no FIFO, no folder as a file) gets written.
