@@ -420,16 +420,17 @@ h_class10() {
     h_unlock; unlock_ms=$H_MS
     h_setup "lock" keepsake lock
     h10_signal $((unlock_ms * 60 / 100)) TERM keepsake unlock --key-file "$KS_PASS_FILE"
-    local what; h10_unlocked_whole && what="unlocked whole" || { h10_locked_whole && what="locked whole" || what="neither"; }
-    h_attack "SIGTERM at 60% of unlock ($((unlock_ms * 60 / 100)) of $unlock_ms ms, sent: $H10_SENT): exit $H_RC (want 143, or 0 unsent), $what" \
-        eval '{ [ "$H_RC" -eq 143 ] || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$what" != neither ]'
+    # (Not "what": h_attack has a local of that name, which would hide it.)
+    local whole; h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
+    h_attack "SIGTERM at 60% of unlock ($((unlock_ms * 60 / 100)) of $unlock_ms ms, sent: $H10_SENT): exit $H_RC (want 143, or 0 unsent), $whole" \
+        eval '{ [ "$H_RC" -eq 143 ] || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
     h_lock
     h_attack "the next lock exits $H_RC and leaves no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
     h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
     h10_signal $((lock_ms * 50 / 100)) INT keepsake lock
-    h10_locked_whole && what="locked whole" || { h10_unlocked_whole && what="unlocked whole" || what="neither"; }
-    h_attack "SIGINT at 50% of lock ($((lock_ms * 50 / 100)) of $lock_ms ms, sent: $H10_SENT): exit $H_RC (want 130, or 0 unsent), $what" \
-        eval '{ [ "$H_RC" -eq 130 ] || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$what" != neither ]'
+    h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
+    h_attack "SIGINT at 50% of lock ($((lock_ms * 50 / 100)) of $lock_ms ms, sent: $H10_SENT): exit $H_RC (want 130, or 0 unsent), $whole" \
+        eval '{ [ "$H_RC" -eq 130 ] || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
     h_lock
     h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
     h_unlock
