@@ -303,10 +303,10 @@ h_class5() {
 # As the live user would through sudo (sudo relays the signal it gets to keepsake; there is
 # no sudo in the guest, so /hostile/signal-after stands in for it: it runs the command with
 # the signals at their defaults and sends one after a delay). Restore is interrupted at
-# spread fractions of a measured restore's start and of its work; each round restores the archive the
-# volume does not hold, so that "old" and "new" alternate. SIGKILL cannot be caught: what
-# it leaves is the class's negative control, and then what check says and the next unlock
-# and restore clean.
+# spread fractions of a measured restore's start and of its work; each round restores the
+# archive (a or b) the volume does not hold, so that old and new alternate. SIGKILL cannot
+# be caught: what it leaves is the class's negative control, and then what check says and
+# the next unlock and restore clean.
 
 H10_ARGS="--feature persistent --overwrite --key-file /run/ks-test/bpass"
 # What the volume's Persistent holds: the "a" or "b" archive's content, or neither.
