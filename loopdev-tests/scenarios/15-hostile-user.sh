@@ -45,9 +45,10 @@
 #     appears): exit 128+N (0 if it finished first), no .keepsake-* folder left at
 #     the volume root, the content the old or the new archive's whole; at least one
 #     restore per signal really stopped; the next restore works. SIGTERM to an unlock and
-#     SIGINT to a lock: 128+N, the volume unlocked or locked whole, the next lock leaves no
-#     mapping. SIGKILL of a restore leaves its staging folder (the control): `check` exits
-#     7 naming it, the next unlock removes it; so does the next restore.
+#     SIGINT to a lock: 128+N from keepsake (not death by the signal), the volume unlocked
+#     or locked whole, the next lock leaves no mapping. SIGKILL of a restore leaves its
+#     staging folder (the control): `check` exits 7 naming it, the next unlock removes it;
+#     so does the next restore.
 # Stand-ins, said where they are used: root plants the configs of classes 6 and 8 (the user
 # cannot write persistence.conf; they stand for a damaged or restored one) and root mounts
 # a tmpfs for the user's FUSE mount of class 4 (no FUSE in the guest).
@@ -414,7 +415,8 @@ h_class10() {
     h_attack "the next restore removes it and restores: exit $H_RC, left: $(h10_leftovers), content $(h10_state) (want $target)" \
         eval '[ "$H_RC" -eq 0 ] && h10_none_left && [ "$(h10_state)" = $target ]'
 
-    # unlock and lock: a signal waits for the journal, the command finishes, exits 128+N.
+    # unlock and lock: a signal waits for the journal, the command finishes, exits 128+N
+    # (keepsake's own exit: one the signal ended did not wait for anything).
     h_run 120 keepsake lock
     local lock_ms=$H_MS unlock_ms
     h_unlock; unlock_ms=$H_MS
@@ -422,15 +424,15 @@ h_class10() {
     h10_signal $((unlock_ms * 60 / 100)) TERM keepsake unlock --key-file "$KS_PASS_FILE"
     # (Not "what": h_attack has a local of that name, which would hide it.)
     local whole; h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
-    h_attack "SIGTERM at 60% of unlock ($((unlock_ms * 60 / 100)) of $unlock_ms ms, sent: $H10_SENT): exit $H_RC (want 143, or 0 unsent), $whole" \
-        eval '{ [ "$H_RC" -eq 143 ] || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
+    h_attack "SIGTERM at 60% of unlock ($((unlock_ms * 60 / 100)) of $unlock_ms ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want 143 from keepsake, or 0 unsent), $whole" \
+        eval '{ { [ "$H_RC" -eq 143 ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
     h_lock
     h_attack "the next lock exits $H_RC and leaves no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
     h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
-    h10_signal $((lock_ms * 50 / 100)) INT keepsake lock
+    h10_signal $((lock_ms * 75 / 100)) INT keepsake lock
     h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
-    h_attack "SIGINT at 50% of lock ($((lock_ms * 50 / 100)) of $lock_ms ms, sent: $H10_SENT): exit $H_RC (want 130, or 0 unsent), $whole" \
-        eval '{ [ "$H_RC" -eq 130 ] || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
+    h_attack "SIGINT at 75% of lock ($((lock_ms * 75 / 100)) of $lock_ms ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want 130 from keepsake, or 0 unsent), $whole" \
+        eval '{ { [ "$H_RC" -eq 130 ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
     h_lock
     h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
     h_unlock
