@@ -24,6 +24,10 @@ pub enum ExitCode {
     NotPermitted = 8,
     Incomplete = 9,
     RootOnVolume = 10,
+    /// Stopped by a signal (128 + its number), having rolled back or finished first.
+    Hangup = 129,
+    Interrupt = 130,
+    Terminated = 143,
 }
 
 impl ExitCode {
@@ -41,6 +45,21 @@ impl ExitCode {
             ExitCode::NotPermitted => "not-permitted",
             ExitCode::Incomplete => "incomplete",
             ExitCode::RootOnVolume => "root-on-volume",
+            ExitCode::Hangup => "hangup",
+            ExitCode::Interrupt => "interrupted",
+            ExitCode::Terminated => "terminated",
+        }
+    }
+
+    /// The exit status of a command stopped by the stop signal `signal`: 128 + its number,
+    /// as a shell reports a process a signal ended.
+    pub fn of_signal(signal: libc::c_int) -> ExitCode {
+        match signal {
+            libc::SIGHUP => ExitCode::Hangup,
+            libc::SIGINT => ExitCode::Interrupt,
+            libc::SIGTERM => ExitCode::Terminated,
+            // Only the stop signals are caught (crate::interrupt::STOP_SIGNALS).
+            _ => ExitCode::Internal,
         }
     }
 }
@@ -61,7 +80,10 @@ Exit status:
      keepsake works in refused
   9  incomplete: unlocked, but some features could not be activated
  10  root on the volume: the running system's root is a union on the volume (live-boot's
-     full persistence, `/ union`); it cannot be locked while it runs; nothing was changed";
+     full persistence, `/ union`); it cannot be locked while it runs; nothing was changed
+ 129, 130, 143  stopped by SIGHUP, SIGINT or SIGTERM (128 + the signal's number): the
+     command first rolled back what it had begun (or, past its point of no return,
+     finished it), so the next command finds a complete state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +126,13 @@ pub enum Error {
     Feature(#[from] crate::persistence::features::Error),
     #[error("{0}")]
     Internal(String),
+    /// A stop signal arrived ([`crate::interrupt`]); `message` says what the command did
+    /// about it (rolled back, or finished).
+    #[error("{message}")]
+    Interrupted {
+        signal: libc::c_int,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -128,6 +157,7 @@ impl Error {
             Error::Host(e) => host_class(e),
             Error::Feature(e) => feature_class(e),
             Error::Internal(_) => ExitCode::Internal,
+            Error::Interrupted { signal, .. } => ExitCode::of_signal(*signal),
         }
     }
 
@@ -154,7 +184,34 @@ impl Error {
             Error::Incomplete(m) => Error::Incomplete(add(m)),
             Error::CheckFailed(m) => Error::CheckFailed(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),
+            Error::Interrupted { signal, message } => Error::Interrupted {
+                signal,
+                message: add(message),
+            },
         }
+    }
+}
+
+/// A command's outcome once the stop signal it received, if any, is taken into account:
+/// whatever the command did, a stop signal makes the exit status 128+N (see
+/// [`crate::interrupt`]), and the message says what the command did before it stopped.
+pub fn settle(outcome: Result<()>, signal: Option<libc::c_int>) -> Result<()> {
+    let Some(signal) = signal else {
+        return outcome;
+    };
+    let stopped = crate::interrupt::Interrupted(signal);
+    match outcome {
+        Ok(()) => Err(Error::Interrupted {
+            signal,
+            message: format!("{stopped} after the command had finished; it is complete"),
+        }),
+        Err(e) if e.exit_code() == ExitCode::of_signal(signal) => Err(e),
+        // Stopped some other way (the prompt cancelled, a helper program killed by the
+        // same Ctrl-C): rolled back as on any error, and the signal says why.
+        Err(e) => Err(Error::Interrupted {
+            signal,
+            message: format!("{stopped}: {e}"),
+        }),
     }
 }
 
@@ -174,6 +231,7 @@ pub(crate) fn archive_class(e: &crate::archive::Error) -> ExitCode {
         A::Missing(_) => ExitCode::NotFound,
         A::InTheWay(_) => ExitCode::Busy,
         A::Random(_) | A::Internal(_) => ExitCode::Internal,
+        A::Interrupted { signal, .. } => ExitCode::of_signal(*signal),
         A::Io(e) => errno_class(e.errno()),
         A::Fs(e) => fs_class(e),
         A::Host(e) => host_class(e),
@@ -297,5 +355,53 @@ fn errno_class(errno: Option<i32>) -> ExitCode {
         errno if crate::context::busy_errno(errno) => ExitCode::Busy,
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => ExitCode::NotPermitted,
         _ => ExitCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_signal_exits_128_plus_its_number() {
+        for (signal, code) in [
+            (libc::SIGHUP, 129),
+            (libc::SIGINT, 130),
+            (libc::SIGTERM, 143),
+        ] {
+            assert_eq!(ExitCode::of_signal(signal) as i32, code);
+            assert_eq!(code, 128 + signal);
+        }
+        assert_eq!(ExitCode::of_signal(libc::SIGKILL), ExitCode::Internal);
+        assert!(EXIT_CODES_HELP.contains("129, 130, 143  stopped by SIGHUP, SIGINT or SIGTERM"));
+    }
+
+    #[test]
+    fn a_stop_signal_decides_the_exit_status_and_the_message_says_what_was_done() {
+        assert!(settle(Ok(()), None).is_ok());
+        let busy = || Err(Error::Busy("held open".into()));
+        assert_eq!(
+            settle(busy(), None).unwrap_err().exit_code(),
+            ExitCode::Busy
+        );
+
+        let finished = settle(Ok(()), Some(libc::SIGTERM)).unwrap_err();
+        assert_eq!(finished.exit_code(), ExitCode::Terminated);
+        assert_eq!(
+            finished.to_string(),
+            "interrupted by SIGTERM after the command had finished; it is complete"
+        );
+        let cancelled = settle(busy(), Some(libc::SIGHUP)).unwrap_err();
+        assert_eq!(cancelled.exit_code(), ExitCode::Hangup);
+        assert_eq!(cancelled.to_string(), "interrupted by SIGHUP: held open");
+        // Stopped at a safe point: its own message already says so.
+        let stopped: crate::archive::Error = crate::interrupt::Interrupted(libc::SIGINT).into();
+        let stopped = Error::from(stopped.with_note("nothing was changed"));
+        let kept = settle(Err(stopped), Some(libc::SIGINT)).unwrap_err();
+        assert_eq!(kept.exit_code(), ExitCode::Interrupt);
+        assert_eq!(
+            kept.to_string(),
+            "interrupted by SIGINT; nothing was changed"
+        );
     }
 }

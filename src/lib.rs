@@ -18,6 +18,7 @@
 //!   dialect and its files on the volume, the feature catalogue.
 //! - [`safefs`]: files by handle, never by a path someone else could change meanwhile.
 //! - [`secrets`]: passphrases and keys, read into zeroizing memory.
+//! - [`interrupt`]: SIGINT, SIGTERM and SIGHUP deferred to the next safe point.
 //!
 //! Each layer has its own error type, by meaning; [`error`] converts them all and maps
 //! them to exit codes in one place; [`context`] is the I/O context they share.
@@ -32,6 +33,7 @@ pub mod commands;
 pub(crate) mod context;
 pub mod error;
 pub(crate) mod host;
+pub mod interrupt;
 pub mod output;
 pub mod persistence;
 pub mod safefs;

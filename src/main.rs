@@ -23,7 +23,8 @@ fn main() -> std::process::ExitCode {
     };
     // Before anything is opened: see require_open_fds.
     let started = keepsake::secrets::require_open_fds(&args).map_err(keepsake::error::Error::from);
-    match started.and_then(|()| keepsake::commands::run(cli)) {
+    let outcome = started.and_then(|()| keepsake::commands::run(cli));
+    match keepsake::error::settle(outcome, keepsake::interrupt::received()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             out.error(&err);

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -182,6 +182,28 @@ fn read_hidden_line(tty: BorrowedFd<'_>, what: &str, shown: &str) -> Result<Secr
     let mut line = LineEditor::new(hidden.keys);
     let end = loop {
         let at = line.len;
+        // A signal the process survives (a stop signal deferred by crate::interrupt) may
+        // run its handler on another thread, leaving this read asleep: look every quarter
+        // of a second whether one came.
+        if restore_on_signal::interrupted() {
+            break LineEnd::Cancelled;
+        }
+        let mut ready = libc::pollfd {
+            fd: tty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let polled = unsafe { libc::poll(&mut ready, 1, 250) };
+        match Errno::result(polled) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                return Err(e)
+                    .context(|| "waiting for the passphrase from the terminal".into())
+                    .map_err(Error::from);
+            }
+        }
         match nix::unistd::read(tty, &mut buf[at..at + 1]) {
             Ok(0) | Err(Errno::EIO) => break LineEnd::EndOfInput,
             Ok(_) => {
@@ -675,8 +697,15 @@ fn read_line_from_fd(fd: RawFd) -> Result<Secret> {
     let mut buf = Zeroizing::new(vec![0u8; MAX_PASSPHRASE + 1]);
     let mut len = 0;
     loop {
-        match file.read(&mut buf[len..len + 1]) {
+        // A writer that never writes must not make keepsake deaf to a stop signal.
+        match crate::interrupt::interruptible(|| file.read(&mut buf[len..len + 1])) {
             Ok(0) => break,
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    && crate::interrupt::received().is_some() =>
+            {
+                return Err(Error::Cancelled("passphrase".into()));
+            }
             Ok(_) if buf[len] == b'\n' => break,
             Ok(_) => {
                 len += 1;
@@ -1059,6 +1088,50 @@ mod tests {
             Some(libc::SIGTERM),
             "the process still ends by the signal: {status}"
         );
+        assert_eq!(
+            termios::tcgetattr(&pty.slave).unwrap(),
+            before,
+            "the terminal's settings are back"
+        );
+    }
+
+    #[test]
+    fn a_deferred_signal_at_the_prompt_cancels_it_and_puts_the_terminal_back() {
+        use nix::sys::signal::{Signal, kill};
+        if let Some(path) = std::env::var_os(CHILD_TTY) {
+            // The child: as a command that changes things, then ask, and be sent SIGHUP.
+            crate::interrupt::defer_stop_signals().unwrap();
+            let tty = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            let outcome = ask_on_terminal(tty.as_fd(), "Passphrase", false).map(drop);
+            let settled = crate::error::settle(
+                outcome.map_err(crate::error::Error::from),
+                crate::interrupt::received(),
+            );
+            std::process::exit(settled.map_or_else(|e| e.exit_code() as i32, |()| 0));
+        }
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let before = termios::tcgetattr(&pty.slave).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "secrets::tests::a_deferred_signal_at_the_prompt_cancels_it_and_puts_the_terminal_back",
+                "--test-threads=1",
+            ])
+            .env(CHILD_TTY, nix::unistd::ttyname(&pty.slave).unwrap())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut child = KillOnDrop(Some(child));
+        wait_until("the child turns echo off", || !echo_on(&pty.slave));
+        kill(pid, Signal::SIGHUP).unwrap();
+        let status = child.0.take().unwrap().wait().unwrap();
+        assert_eq!(status.code(), Some(129), "128 + SIGHUP: {status}");
         assert_eq!(
             termios::tcgetattr(&pty.slave).unwrap(),
             before,

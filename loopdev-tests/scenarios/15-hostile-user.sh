@@ -1,4 +1,4 @@
-# The live user (uid 1000) against root (issue 11): eight classes of attack, each run as
+# The live user (uid 1000) against root (issues 11, 24): twelve classes of attack, run as
 # uid 1000 against real keepsake commands, and each with a negative control that runs the
 # same attack against a deliberately naive root operation built for the test, to show the
 # harness can see the attack win. The checks look at what the attack was after (a root
@@ -6,8 +6,9 @@
 # volume's data; the mount table), not only at exit codes. The attack programs are
 # loopdev-tests/hostile/*.c, built static by lib/vm.sh and found in the guest in /hostile.
 #
-# One boot: classes 5, 8, 6, 4, 2, 3, 7 on one volume, then class 1 with a real tor
-# running (H_PHASES=files or H_PHASES=tor runs one part, from a blank stick). Checks here
+# One boot: classes 5, 8, 6, 4, 2, 3, 7, 9, 10 on one volume, 11 to 13 beside it, then
+# class 1 with a real tor running (H_PHASES=files or H_PHASES=tor runs one part, from a
+# blank stick; H_CLASSES="11 12" some classes of the files phase). Checks here
 # are soft: a failed one is counted and the phase goes on, so that one run reports every
 # class. The races run H_ROUNDS rounds each, bounded in time; the controls fewer.
 #
@@ -40,6 +41,24 @@
 #  7. `lock` (default RLIMIT_NOFILE 1024) with a folder 1100 levels deep in the home
 #     (dotfiles active) or in Persistent: exit 0, nothing left, the tree kept.
 #  8. `unlock` with a persistence.conf over 64 KiB, or not UTF-8: exit 9.
+# And of issue 24 (who can write the bytes, namespaces, commands cut short):
+#  9. The user hides the volume in namespaces of its own (chrooted, pivot_root-ed, a pid
+#     namespace with a private /proc, a mount over its root): `lock` exits 5 naming it,
+#     `lock --force` exits 0 and leaves no mapping.
+# 10. SIGINT, SIGTERM, SIGHUP to `restore --overwrite` of a 24 MiB archive at 10% of a
+#     measured restore's start and at 0..75% of its work (from when its staging folder
+#     appears): exit 128+N (0 if it finished first), no .keepsake-* folder left at
+#     the volume root, the content the old or the new archive's whole; at least one
+#     restore per signal really stopped; the next restore works. SIGTERM to an unlock and
+#     SIGINT to a lock: 128+N from keepsake (not death by the signal), the volume unlocked
+#     or locked whole, the next lock leaves no mapping. SIGKILL of a restore leaves its
+#     staging folder (the control): `check` exits 7 naming it, the next unlock removes it;
+#     so does the next restore.
+# 11. A crafted container (root's files inside, binding a folder over /usr/local/sbin) in
+#     places the user could have written it: unlock exits 9 and binds nothing outside the
+#     home; feature enable and add of system paths exit 8; status says why.
+# 12. A LUKS2 volume whose data segment is cipher_null: unlock exits 7, check names it.
+# 13. persistence.conf owned by 115:122 where another account holds those ids: exit 9.
 # Stand-ins, said where they are used: root plants the configs of classes 6 and 8 (the user
 # cannot write persistence.conf; they stand for a damaged or restored one) and root mounts
 # a tmpfs for the user's FUSE mount of class 4 (no FUSE in the guest).
@@ -72,11 +91,12 @@ h_host_summary() {
 7:a deep tree blocks lock (EMFILE)
 8:unlock exits 0 with persistence.conf refused
 9:the live user hides the volume in namespaces of its own
+10:SIGINT/SIGTERM/SIGHUP during restore, unlock, lock; SIGKILL's leftovers
 11:a container the live user could have written binds over system paths
 12:a cipher_null data segment opens and writes in clear
 13:Tails' config ids held by another account are trusted"
     echo "  # per class: attack won against keepsake / negative control won against the naive op"
-    for c in 1 2 3 4 5 6 7 8 9 11 12 13; do
+    for c in 1 2 3 4 5 6 7 8 9 10 11 12 13; do
         v=$(ks_get "class$c")
         if [ -z "$v" ] && [ -n "${H_CLASSES:-}" ] && [ $c != 1 ] && ! h_class_chosen $c; then
             echo "    ..    class $c: not run (H_CLASSES=$H_CLASSES)"
@@ -100,7 +120,7 @@ h_phase_chosen() {
 
 # H_CLASSES="9 7" (or 9,7) runs only those classes of the files phase (when working on one).
 h_class_chosen() {
-    case " $(echo "${H_CLASSES:-5 8 6 4 2 3 7 9 11 12 13}" | tr ',' ' ') " in *" $1 "*) return 0 ;; esac
+    case " $(echo "${H_CLASSES:-5 8 6 4 2 3 7 9 10 11 12 13}" | tr ',' ' ') " in *" $1 "*) return 0 ;; esac
     return 1
 }
 
@@ -253,10 +273,14 @@ h_files() {
     ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
     cp $KS_ROOT_MNT/persistence.conf /tmp/h-conf.good
     local c t0 locked=
-    for c in 5 8 6 4 2 3 7 9 11 12 13; do
+    for c in 5 8 6 4 2 3 7 9 10 11 12 13; do
         h_class_chosen $c || continue
-        # Classes 11 to 13 start from the volume locked, with its good config.
-        if [ $c -ge 11 ] && [ -z "$locked" ]; then
+        # Class 10 starts from the volume unlocked with its good config; 11 to 13 from it
+        # locked, with its good config.
+        if [ $c = 10 ]; then
+            h_unlocked || h_unlock
+            h_plant_conf good
+        elif [ $c -ge 11 ] && [ -z "$locked" ]; then
             h_unlocked || h_unlock
             h_plant_conf good
             h_lock
@@ -314,6 +338,148 @@ h_class5() {
     h_attack "the volume is as it was" cmp -s /tmp/h-before /tmp/h-after
     h_run_offering /hostile/naive-kdf /tmp/h-forged.ksb
     h_control "a reader that trusts the header's cost ends with exit $H_RC" h_refused_up_front
+    h_class_end
+}
+
+# --- 10. Stop signals: every command rolls back or finishes, then exits 128+N.
+#
+# As the live user would through sudo (sudo relays the signal it gets to keepsake; there is
+# no sudo in the guest, so /hostile/signal-after stands in for it: it runs the command with
+# the signals at their defaults and sends one after a delay). Restore is interrupted at
+# spread fractions of a measured restore's start and of its work; each round restores the
+# archive (a or b) the volume does not hold, so that old and new alternate. SIGKILL cannot
+# be caught: what it leaves is the class's negative control, and then what check says and
+# the next unlock and restore clean.
+
+H10_ARGS="--feature persistent --overwrite --key-file /run/ks-test/bpass"
+# What the volume's Persistent holds: the "a" or "b" archive's content, or neither.
+h10_state() {
+    ks_manifest $KS_ROOT_MNT/Persistent > /tmp/h10-now
+    if cmp -s /tmp/h10-now /tmp/h10-a.man; then echo a
+    elif cmp -s /tmp/h10-now /tmp/h10-b.man; then echo b
+    else echo mixed; fi
+}
+h10_leftovers() { ls -a $KS_ROOT_MNT | grep '^\.keepsake-' | tr '\n' ' '; }
+h10_none_left() { [ -z "$(h10_leftovers)" ]; }
+# h10_fill a|b MIB: Persistent holds MIB files of 1 MiB of random bytes, then its archive.
+h10_fill() {
+    local name=$1 mib=$2
+    rm -rf $KS_ROOT_MNT/Persistent/*
+    h_as_user sh -c "cd ~/Persistent && mkdir -p deep/er && for i in \$(seq -w 1 $mib); do head -c 1048576 /dev/urandom > $name-\$i; done && echo $name > deep/er/mark" \
+        || h_fail "[10] setup: the user could not write in Persistent"
+    ks_manifest $KS_ROOT_MNT/Persistent > /tmp/h10-$name.man
+    rm -f /tmp/h10-$name.ksb
+    h_setup "backup $name" keepsake backup --feature persistent /tmp/h10-$name.ksb \
+        --key-file /run/ks-test/bpass --archive-kdf-memory 8192 --archive-kdf-iterations 1
+}
+# h10_signal [--seen] MS SIGNAL COMMAND...: H_RC; H10_SENT=1 if the signal reached it
+# running, H10_DIED=1 if the signal itself ended it. With --seen, MS count from when a
+# restore's staging folder appears at the volume root (H10_SEEN: when, H10_END: when it
+# ended, both in ms from the start).
+h10_signal() {
+    local seen=
+    [ "$1" = --seen ] && { seen="--seen $KS_ROOT_MNT .keepsake-restore-"; shift; }
+    local ms=$1 sig=$2; shift 2
+    h_run 300 /hostile/signal-after $seen "$ms" "$sig" "$@"
+    H10_SENT=0 H10_DIED=0
+    case $(tail -n 1 /tmp/h-cmd.out) in *"not sent"*) ;; *sent*) H10_SENT=1 ;; esac
+    case $(tail -n 1 /tmp/h-cmd.out) in *"ended by the signal"*) H10_DIED=1 ;; esac
+    H10_SEEN=$(sed -n 's/^seen at \([0-9]*\) ms$/\1/p' /tmp/h-cmd.out)
+    H10_END=$(sed -n 's/^ended at \([0-9]*\) ms$/\1/p' /tmp/h-cmd.out)
+}
+h10_unlocked_whole() { h_unlocked && h_is_mount $KS_ROOT_MNT && h_is_mount /home/amnesia/Persistent; }
+h10_locked_whole() { ks_no_mapping && ks_not_mounted $KS_ROOT_MNT && ks_not_mounted /home/amnesia/Persistent; }
+
+h_class10() {
+    h_class_begin 10 "SIGINT, SIGTERM, SIGHUP during restore, unlock and lock; what a SIGKILL leaves"
+    # Persistent active, as the user has it: the archives are made from there.
+    h_is_mount /home/amnesia/Persistent || { h_lock; h_unlock; }
+    h10_fill b 24
+    h10_fill a 6
+    # A whole restore, timed, and when its staging folder appeared: the signals land at
+    # fractions of its start (the archive opened, its key derived) and of its work.
+    h10_signal --seen 999999 TERM keepsake restore $H10_ARGS /tmp/h10-b.ksb
+    local full=${H10_END:-0} work=$((${H10_END:-0} - ${H10_SEEN:-0})) cur target sig want at state left n sent stopped how
+    h_check "[10] a whole restore of 24 MiB exits 0 in $full ms (staging from ${H10_SEEN:-never} ms) and leaves nothing: $(h10_leftovers)" \
+        eval '[ "$H_RC" -eq 0 ] && [ "$H10_SENT" = 0 ] && [ -n "$H10_SEEN" ] && [ "$(h10_state)" = b ] && h10_none_left'
+    for sig in INT TERM HUP; do
+        case $sig in INT) want=130 ;; TERM) want=143 ;; HUP) want=129 ;; esac
+        sent=0; stopped=0; n=0
+        for at in start:10 work:0 work:25 work:50 work:75; do
+            cur=$(h10_state); [ "$cur" = a ] && target=b || target=a
+            case $at in
+                start:*) h10_signal $((full * ${at#*:} / 100)) $sig keepsake restore $H10_ARGS /tmp/h10-$target.ksb ;;
+                work:*) h10_signal --seen $((work * ${at#*:} / 100)) $sig keepsake restore $H10_ARGS /tmp/h10-$target.ksb ;;
+            esac
+            at="${at%:*} ${at#*:}%"
+            state=$(h10_state); left=$(h10_leftovers); n=$((n + 1))
+            if [ "$H10_SENT" = 1 ]; then
+                sent=$((sent + 1))
+                if [ "$H10_DIED" = 1 ]; then
+                    how="ended by the signal before keepsake set its handler: nothing begun"
+                else
+                    how=$(grep -m1 interrupted /tmp/h-cmd.out | cut -c1-160)
+                    [ "$state" = "$cur" ] && stopped=$((stopped + 1))
+                fi
+                h_attack "SIG$sig at $at (ended at $H10_END ms): exit $H_RC (want $want), content $state (was $cur), left: ${left:-nothing}: $how" \
+                    eval '[ "$H_RC" -eq $want ] && { [ "$state" = "$cur" ] || [ "$state" = "$target" ]; } && [ -z "$left" ]'
+            else
+                h_attack "SIG$sig at $at: finished first: exit $H_RC (want 0), content $state (want $target), left: ${left:-nothing}" \
+                    eval '[ "$H_RC" -eq 0 ] && [ "$state" = "$target" ] && [ -z "$left" ]'
+            fi
+        done
+        h_attack "SIG$sig: $stopped of $n restores stopped by keepsake and rolled back ($sent signalled while running); at least 1" \
+            test "$stopped" -ge 1
+        ks_out "class10_$sig" "$stopped/$n rolled back, $sent signalled"
+    done
+    cur=$(h10_state); [ "$cur" = a ] && target=b || target=a
+    h_run 300 keepsake restore $H10_ARGS /tmp/h10-$target.ksb
+    h_attack "the next restore after the signals exits $H_RC (want 0) with the $target archive whole" \
+        eval '[ "$H_RC" -eq 0 ] && [ "$(h10_state)" = $target ] && h10_none_left'
+
+    # SIGKILL: nothing can roll back. The staging folder stays (the negative control: the
+    # checks above would see it), check names it, the next unlock removes it.
+    cur=$target; [ "$cur" = a ] && target=b || target=a
+    h10_signal --seen 100 KILL keepsake restore $H10_ARGS /tmp/h10-$target.ksb
+    left=$(h10_leftovers)
+    h_control "SIGKILL 100 ms into the extraction: exit $H_RC, left: ${left:-nothing}" eval '[ -z "$left" ]'
+    h_setup "lock after the SIGKILL" keepsake lock
+    h_run 300 keepsake check --key-file "$KS_PASS_FILE"
+    h_attack "check names the killed restore's staging folder: exit $H_RC (want 7): $(grep -m1 keepsake-restore /tmp/h-cmd.out | cut -c1-200)" \
+        eval '[ "$H_RC" -eq 7 ] && grep -q "\.keepsake-restore-[0-9]* is the staging folder of a restore that was killed" /tmp/h-cmd.out'
+    h_unlock
+    left=$(h10_leftovers)
+    h_attack "the next unlock removes it: exit $H_RC, left: ${left:-nothing}, content $(h10_state) (want $cur)" \
+        eval '[ "$H_RC" -eq 0 ] && [ -z "$left" ] && [ "$(h10_state)" = $cur ]'
+    h10_signal --seen 100 KILL keepsake restore $H10_ARGS /tmp/h10-$target.ksb
+    h_check "[10] a second SIGKILL leaves $(h10_leftovers)" eval '[ -n "$(h10_leftovers)" ]'
+    h_run 300 keepsake restore $H10_ARGS /tmp/h10-$target.ksb
+    h_attack "the next restore removes it and restores: exit $H_RC, left: $(h10_leftovers), content $(h10_state) (want $target)" \
+        eval '[ "$H_RC" -eq 0 ] && h10_none_left && [ "$(h10_state)" = $target ]'
+
+    # unlock and lock: a signal waits for the journal, the command finishes, exits 128+N
+    # (keepsake's own exit: one the signal ended did not wait for anything).
+    h_run 120 keepsake lock
+    local lock_ms=$H_MS unlock_ms
+    h_unlock; unlock_ms=$H_MS
+    h_setup "lock" keepsake lock
+    h10_signal $((unlock_ms * 60 / 100)) TERM keepsake unlock --key-file "$KS_PASS_FILE"
+    # (Not "what": h_attack has a local of that name, which would hide it.)
+    local whole; h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
+    h_attack "SIGTERM at 60% of unlock ($((unlock_ms * 60 / 100)) of $unlock_ms ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want 143 from keepsake, or 0 unsent), $whole" \
+        eval '{ { [ "$H_RC" -eq 143 ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
+    h_lock
+    h_attack "the next lock exits $H_RC and leaves no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
+    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
+    h10_signal $((lock_ms * 75 / 100)) INT keepsake lock
+    h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
+    h_attack "SIGINT at 75% of lock ($((lock_ms * 75 / 100)) of $lock_ms ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want 130 from keepsake, or 0 unsent), $whole" \
+        eval '{ { [ "$H_RC" -eq 130 ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
+    h_lock
+    h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
+    h_unlock
+    h_check "[10] unlocked again for what follows (exit $H_RC)" h_unlocked_with_persistent
+    rm -f /tmp/h10-*.ksb
     h_class_end
 }
 

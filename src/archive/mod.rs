@@ -101,6 +101,13 @@ pub enum Error {
     /// while the restore was moving it.
     #[error("{0}")]
     InTheWay(String),
+    /// A stop signal arrived ([`crate::interrupt`]) and the work stopped at a safe point;
+    /// the message says what was undone.
+    #[error("{message}")]
+    Interrupted {
+        signal: libc::c_int,
+        message: String,
+    },
     /// The kernel's random generator failed.
     #[error("{0}")]
     Random(String),
@@ -116,6 +123,15 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::interrupt::Interrupted> for Error {
+    fn from(stopped: crate::interrupt::Interrupted) -> Error {
+        Error::Interrupted {
+            signal: stopped.0,
+            message: stopped.to_string(),
+        }
+    }
+}
 
 impl Error {
     /// This error with `note` added, of the same meaning.
@@ -138,6 +154,10 @@ impl Error {
             Error::InTheWay(m) => Error::InTheWay(add(m)),
             Error::Random(m) => Error::Random(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),
+            Error::Interrupted { signal, message } => Error::Interrupted {
+                signal,
+                message: add(message),
+            },
         }
     }
 }

@@ -46,7 +46,8 @@ pub(crate) struct Restored {
     pub configs: Vec<String>,
     /// The folders that held data: replaced, or (dry run) in need of `overwrite`.
     pub replaced: Vec<String>,
-    /// What the restore, complete, could not clean up afterwards.
+    /// What earlier, killed restores left and this one removed or kept, and what this
+    /// one, complete, could not clean up afterwards.
     pub leftovers: Vec<String>,
 }
 
@@ -62,17 +63,28 @@ pub(crate) fn restore(
     request: &Request,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Restored> {
-    let staging = if request.dry_run {
-        None
+    let (staging, cleaned) = if request.dry_run {
+        (None, Cleaned::default())
     } else {
-        Some(scratch(volume, "restore", PlaceKind::Staging)?)
+        let cleaned = remove_leftovers(volume)?;
+        (
+            Some(scratch(volume, "restore", PlaceKind::Staging)?),
+            cleaned,
+        )
     };
     let contents = read_tree_on(
         input,
         staging.as_ref().map(|s| s.path()),
         request.threads,
         progress,
-    )?;
+    )
+    .map_err(|e| match e {
+        // The staging folder goes with `staging`, on the way out.
+        e @ Error::Interrupted { .. } => {
+            e.with_note("nothing was changed: what was extracted so far is removed")
+        }
+        e => e,
+    })?;
     let selected: Vec<String> = match request.folders {
         None => contents.entries.clone(),
         Some(folders) => {
@@ -106,13 +118,11 @@ pub(crate) fn restore(
             replaced.join(", ")
         )));
     }
-    let leftovers = match &staging {
-        Some(staging) => {
-            refuse_mounts_inside(volume, &folders)?;
-            apply(volume, staging, &folders, &configs)?
-        }
-        None => Vec::new(),
-    };
+    let mut leftovers: Vec<String> = cleaned.removed.into_iter().chain(cleaned.kept).collect();
+    if let Some(staging) = &staging {
+        refuse_mounts_inside(volume, &folders)?;
+        leftovers.extend(apply(volume, staging, &folders, &configs)?);
+    }
     Ok(Restored {
         contents,
         folders,
@@ -225,6 +235,114 @@ fn scratch(volume: &safefs::Dir, name: &str, kind: PlaceKind) -> Result<Scratch>
         id,
         remove_on_drop: kind == PlaceKind::Staging,
     })
+}
+
+/// The kinds of folder a restore makes at the top of the volume, by the word in its name
+/// (`.keepsake-WORD-PID` or `.keepsake-WORD-PID-N`, see [`scratch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeftoverKind {
+    /// `restore`: only ever an extracted copy of an archive, which still exists.
+    Staging,
+    /// `replaced`: what the restore moved aside; after a kill in the middle of the moves,
+    /// the only copy of some of the volume's old data.
+    Trash,
+}
+
+/// Whether `name` is one of a restore's own folders, which, and of what process.
+pub(crate) fn leftover_kind(name: &OsStr) -> Option<(LeftoverKind, u32)> {
+    let name = name.to_str()?;
+    let (kind, rest) = if let Some(rest) = name.strip_prefix(".keepsake-restore-") {
+        (LeftoverKind::Staging, rest)
+    } else {
+        (
+            LeftoverKind::Trash,
+            name.strip_prefix(".keepsake-replaced-")?,
+        )
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (pid, attempt) = rest.split_once('-').unwrap_or((rest, "0"));
+    if !digits(pid) || !digits(attempt) {
+        return None;
+    }
+    Some((kind, pid.parse().ok()?))
+}
+
+/// A restore's folder found at the top of the volume.
+pub(crate) struct Leftover {
+    pub kind: LeftoverKind,
+    pub pid: u32,
+    pub name: OsString,
+    pub shown: PathBuf,
+    id: Id,
+}
+
+/// The restore folders at the top of `volume`: folders of root's with one of
+/// [`leftover_kind`]'s names. Nothing else there is looked at, and nothing is followed.
+pub(crate) fn find_leftovers(volume: &safefs::Dir) -> Result<Vec<Leftover>> {
+    Ok(safefs::list(volume)?
+        .into_iter()
+        .filter(|e| e.is_dir() && e.st.st_uid == 0)
+        .filter_map(|e| {
+            let (kind, pid) = leftover_kind(&e.name)?;
+            Some(Leftover {
+                kind,
+                pid,
+                shown: volume.path.join(&e.name),
+                id: id_of(&e.st),
+                name: e.name,
+            })
+        })
+        .collect())
+}
+
+/// What [`find_leftovers`] says about one, for `check`, and what to do about it.
+pub(crate) fn describe_leftover(leftover: &Leftover) -> String {
+    match leftover.kind {
+        LeftoverKind::Staging => format!(
+            "{} is the staging folder of a restore that was killed (process {}); the next keepsake restore, or keepsake unlock, removes it",
+            leftover.shown.display(),
+            leftover.pid
+        ),
+        LeftoverKind::Trash => format!(
+            "{} holds what a restore that was killed (process {}) had moved aside, perhaps the only copy of it; move back what you need, then remove it (keepsake unlock removes it once it holds no file)",
+            leftover.shown.display(),
+            leftover.pid
+        ),
+    }
+}
+
+/// What [`remove_leftovers`] did, and what it left, for the user.
+#[derive(Debug, Default)]
+pub(crate) struct Cleaned {
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// Removes what restores killed by SIGKILL or a power cut left at the top of `volume`:
+/// every staging folder, and every trash folder that holds no file (what a trash holds
+/// may be the only copy of old data: it is kept, and said). The caller holds keepsake's
+/// exclusive lock (`commands::exclusive`), as every restore does: no restore is running,
+/// so every folder found is stale, whichever process made it.
+pub(crate) fn remove_leftovers(volume: &safefs::Dir) -> Result<Cleaned> {
+    let mut said = Cleaned::default();
+    for leftover in find_leftovers(volume)? {
+        let name = leftover.name.as_os_str();
+        if leftover.kind == LeftoverKind::Trash
+            && holds_data(volume, &leftover.name.to_string_lossy())?
+        {
+            said.kept.push(describe_leftover(&leftover));
+            continue;
+        }
+        // The tree walker: the folder may hold a whole archive, and nothing in it is
+        // followed or left to another file system.
+        treewalk::remove_tree(&volume.fd, name, &leftover.shown, Some(leftover.id))?;
+        said.removed.push(format!(
+            "removed {}, left by a restore that was killed (process {})",
+            leftover.shown.display(),
+            leftover.pid
+        ));
+    }
+    Ok(said)
 }
 
 /// Whether the volume holds data at `name`: anything that is not a folder, at any depth.
@@ -505,9 +623,15 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
-    /// Counts a change about to be made.
+    /// Counts a change about to be made. Also a safe point: a stop signal that arrived
+    /// stops the restore here, and every change made so far is undone.
     fn change(&mut self) -> Result<()> {
         self.changes += 1;
+        #[cfg(test)]
+        if tests::INTERRUPT_AT_CHANGE.with(|n| n.get()) == Some(self.changes) {
+            crate::interrupt::pretend_received(libc::SIGTERM);
+        }
+        crate::interrupt::check()?;
         #[cfg(test)]
         if tests::FAIL_AT_CHANGE.with(|n| n.get()) == Some(self.changes) {
             return Err(Error::Io(IoError::new(
@@ -729,6 +853,204 @@ mod tests {
     thread_local! {
         /// Which change of a restore on this thread fails on purpose (1 = the first).
         pub static FAIL_AT_CHANGE: Cell<Option<usize>> = const { Cell::new(None) };
+        /// Before which change of a restore on this thread a stop signal arrives.
+        pub static INTERRUPT_AT_CHANGE: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    #[test]
+    fn only_the_names_a_restore_gives_its_folders_are_leftovers() {
+        let kind = |n: &str| leftover_kind(OsStr::new(n));
+        assert_eq!(
+            kind(".keepsake-restore-4242"),
+            Some((LeftoverKind::Staging, 4242))
+        );
+        assert_eq!(
+            kind(".keepsake-restore-4242-3"),
+            Some((LeftoverKind::Staging, 4242))
+        );
+        assert_eq!(kind(".keepsake-replaced-7"), Some((LeftoverKind::Trash, 7)));
+        assert_eq!(
+            kind(".keepsake-replaced-7-12"),
+            Some((LeftoverKind::Trash, 7))
+        );
+        for other in [
+            ".keepsake-restore-",
+            ".keepsake-restore-12-",
+            ".keepsake-restore--1",
+            ".keepsake-restore-1-2-3",
+            ".keepsake-restore-12x",
+            ".keepsake-restore-+12",
+            ".keepsake-restore-99999999999",
+            ".keepsake-replaced",
+            ".keepsake-lock-12",
+            "keepsake-restore-12",
+            "Persistent",
+            "persistence.conf.before-restore",
+        ] {
+            assert_eq!(kind(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn killed_restores_folders_are_removed_but_a_trash_holding_files_is_kept() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        let outside = tmp.path().join("outside");
+        write(&outside.join("precious"), "not keepsake's", 0o600, 1);
+        write(
+            &vol.join(".keepsake-restore-123/Persistent/big"),
+            "x",
+            0o600,
+            1,
+        );
+        std::fs::create_dir_all(vol.join(".keepsake-restore-123-1")).unwrap();
+        deep_chain(&vol.join(".keepsake-restore-123-1"), "d", 300);
+        std::fs::create_dir_all(vol.join(".keepsake-replaced-124/0")).unwrap();
+        write(
+            &vol.join(".keepsake-replaced-125/0/old"),
+            "the only copy",
+            0o600,
+            1,
+        );
+        symlink(&outside, vol.join(".keepsake-restore-126")).unwrap();
+        write(&vol.join(".keepsake-restore-127/mine"), "user's", 0o600, 1);
+        nix::unistd::chown(
+            &vol.join(".keepsake-restore-127"),
+            Some(Uid::from_raw(1000)),
+            None,
+        )
+        .unwrap();
+        write(&vol.join(".keepsake-restorex/f"), "not ours", 0o600, 1);
+        write(&vol.join("Persistent/kept"), "data", 0o600, 1);
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+
+        let found: Vec<_> = find_leftovers(&volume)
+            .unwrap()
+            .iter()
+            .map(|l| (l.name.to_string_lossy().into_owned(), l.kind, l.pid))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (".keepsake-replaced-124".into(), LeftoverKind::Trash, 124),
+                (".keepsake-replaced-125".into(), LeftoverKind::Trash, 125),
+                (".keepsake-restore-123".into(), LeftoverKind::Staging, 123),
+                (".keepsake-restore-123-1".into(), LeftoverKind::Staging, 123),
+            ]
+        );
+        let cleaned = remove_leftovers(&volume).unwrap();
+        assert_eq!(cleaned.removed.len(), 3, "{:?}", cleaned.removed);
+        assert_eq!(cleaned.kept.len(), 1, "{:?}", cleaned.kept);
+        assert!(cleaned.kept[0].contains(".keepsake-replaced-125 holds what a restore"));
+        let mut left: Vec<_> = std::fs::read_dir(&vol)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".keepsake-replaced-125",
+                ".keepsake-restore-126",
+                ".keepsake-restore-127",
+                ".keepsake-restorex",
+                "Persistent"
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("precious")).unwrap(),
+            "not keepsake's"
+        );
+        assert!(vol.join(".keepsake-replaced-125/0/old").exists());
+    }
+
+    #[test]
+    fn a_stop_signal_at_any_change_puts_everything_back_and_leaves_nothing() {
+        require_root();
+        let folders: Vec<String> = ["Persistent", "gnupg", "dotfiles"].map(String::from).into();
+        let configs = vec!["persistence.conf".to_string()];
+        let mut interrupted = 0;
+        for at in 1.. {
+            let tmp = tempfile::tempdir().unwrap();
+            let (vol, before) = full_volume(tmp.path());
+            let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+            let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+            stage_full_archive(staging.path());
+            INTERRUPT_AT_CHANGE.with(|n| n.set(Some(at)));
+            let outcome = apply(&volume, &staging, &folders, &configs);
+            INTERRUPT_AT_CHANGE.with(|n| n.set(None));
+            crate::interrupt::pretend_received(0);
+            drop(staging);
+            assert_eq!(
+                keepsake_leftovers(&vol),
+                Vec::<String>::new(),
+                "at change {at}"
+            );
+            match outcome {
+                Err(err) => {
+                    assert_eq!(exit_code(&err), ExitCode::Terminated, "{err}");
+                    let message = err.to_string();
+                    assert!(
+                        message.starts_with("interrupted by SIGTERM; nothing was changed"),
+                        "{message}"
+                    );
+                    assert_eq!(snapshot(&vol), before, "interrupted at change {at}");
+                    interrupted += 1;
+                }
+                Ok(_) => break,
+            }
+        }
+        assert!(interrupted >= 15, "only {interrupted} changes");
+    }
+
+    #[test]
+    fn a_stop_signal_during_extraction_removes_the_staging_folder_and_changes_nothing() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let (vol, before) = full_volume(tmp.path());
+        // An archive of two big files: the signal comes while the first is written.
+        let source = tmp.path().join("source");
+        write(&source.join("Persistent/a"), &"a".repeat(4 << 20), 0o600, 1);
+        write(&source.join("Persistent/b"), &"b".repeat(4 << 20), 0o600, 1);
+        let mut plaintext = Vec::new();
+        crate::archive::write_tree(
+            &source,
+            &[PathBuf::from("Persistent")],
+            &mut plaintext,
+            &mut |_| {},
+        )
+        .unwrap();
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        let request = Request {
+            folders: None,
+            config_files: &["persistence.conf"],
+            overwrite: true,
+            dry_run: false,
+            threads: 2,
+        };
+        let mut read = 0;
+        // Handed on in 64 KiB pieces, as a Reader hands on its opened chunks.
+        let mut input = std::io::BufReader::with_capacity(64 << 10, &plaintext[..]);
+        let outcome = restore(&volume, &mut input, &request, &mut |b| {
+            read = b;
+            if b > 1 << 20 {
+                crate::interrupt::pretend_received(libc::SIGINT);
+            }
+        });
+        crate::interrupt::pretend_received(0);
+        let err = outcome.err().expect("interrupted");
+        assert_eq!(exit_code(&err), ExitCode::Interrupt, "{err}");
+        assert!(
+            read < 2 << 20,
+            "stopped at the next chunk: {read} bytes read"
+        );
+        assert_eq!(
+            err.to_string(),
+            "interrupted by SIGINT; nothing was changed: what was extracted so far is removed"
+        );
+        assert_eq!(keepsake_leftovers(&vol), Vec::<String>::new());
+        assert_eq!(snapshot(&vol), before);
     }
 
     /// These tests mount file systems and give files away, as the suite does: run as root.

@@ -198,6 +198,8 @@ impl TreeWriter<'_> {
         path: &[u8],
         listed: Listed,
     ) -> Result<Option<OwnedFd>> {
+        // A safe point: the caller removes the partial archive.
+        crate::interrupt::check()?;
         match listed {
             Some(DirType::Directory) => return self.directory(parent, name, path),
             Some(DirType::File) => return self.file(parent, name, path).map(|()| None),
@@ -296,6 +298,7 @@ impl TreeWriter<'_> {
         for (offset, length) in extents {
             let mut done = 0;
             while done < length {
+                crate::interrupt::check()?;
                 // Read straight into the archive's chunk buffer.
                 let want = (length - done).min(COPY_BUFFER as u64) as usize;
                 let mut read_error = None;
@@ -444,6 +447,9 @@ pub fn read_tree_on(
     // Every path seen and its entry type: duplicates and parents are checked against it.
     let mut seen: HashMap<Vec<u8>, u8> = HashMap::new();
     loop {
+        // A safe point between entries and below between chunks of data: what was
+        // extracted is in a folder the caller removes.
+        crate::interrupt::check()?;
         let kind = read_u8(input)?;
         if kind == ENTRY_END {
             break;
@@ -524,6 +530,7 @@ pub fn read_tree_on(
                 for &(offset, length) in &extents {
                     let mut done = 0;
                     while done < length {
+                        crate::interrupt::check()?;
                         // Written straight from the reader's opened chunk.
                         let ready = input.fill_buf().map_err(input_error)?;
                         if ready.is_empty() {
@@ -721,6 +728,28 @@ mod tests {
     use crate::archive::testing::*;
     use crate::safefs::treewalk::testing::{deep_chain, snapshot, with_descriptor_limit};
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_stop_signal_stops_a_backup_walk_at_the_next_piece_of_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("top")).unwrap();
+        std::fs::write(tmp.path().join("top/big"), vec![7u8; 4 << 20]).unwrap();
+        std::fs::write(tmp.path().join("top/later"), b"never reached").unwrap();
+        let mut out = Vec::new();
+        let mut written = 0;
+        let err = write_tree(tmp.path(), &[PathBuf::from("top")], &mut out, &mut |b| {
+            written = b;
+            crate::interrupt::pretend_received(libc::SIGHUP);
+        })
+        .unwrap_err();
+        crate::interrupt::pretend_received(0);
+        assert_eq!(exit_code(&err), ExitCode::Hangup, "{err}");
+        assert_eq!(err.to_string(), "interrupted by SIGHUP");
+        assert!(
+            written < 4 << 20,
+            "stopped inside the file: {written} bytes"
+        );
+    }
 
     /// The listing's word on an entry is only a hint: an entry listed as a file or a folder
     /// that is something else by the time it is opened is left out with a warning, and

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::restore;
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::host::tools::{self, FsckReport, SuperblockState};
@@ -162,6 +163,11 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         Ok(dir) => {
             let (report, found) = files::config_report(&dir, global.layout.into());
             problems.extend(found);
+            // check holds keepsake's lock: every restore folder there is a killed one's.
+            match restore::find_leftovers(&dir) {
+                Ok(found) => problems.extend(found.iter().map(restore::describe_leftover)),
+                Err(e) => problems.push(format!("the volume's top cannot be listed: {e}")),
+            }
             Some(report)
         }
         Err(e) => {
@@ -226,6 +232,9 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         // The folder's descriptor must be closed before the unmount in the drop below.
         let dir = inspection.mount(false)?;
         repaired.extend(files::repair_config(&dir, global.layout)?);
+        let cleaned = restore::remove_leftovers(&dir)?;
+        repaired.extend(cleaned.removed);
+        problems.extend(cleaned.kept);
         let (config, left) = files::config_report(&dir, global.layout.into());
         problems.extend(left);
         config

@@ -29,6 +29,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let out = Output {
         json: cli.global.json,
     };
+    // Only status, which only reads, dies where a stop signal finds it; every other command
+    // (check too: it opens and mounts a mapping of its own) notices it at its next safe
+    // point, rolls back or finishes, and main exits 128+N.
+    if !matches!(cli.command, Command::Status(_)) {
+        crate::interrupt::defer_stop_signals()
+            .map_err(|e| IoError::new("installing the signal handlers", e))?;
+    }
     match cli.command {
         Command::Create(args) => create::run(&cli.global, args, out),
         Command::Unlock(args) => unlock::run(&cli.global, args, out),

@@ -86,6 +86,14 @@ pub fn start(
             backing.display()
         ));
     }
+    // Before any feature shows the volume's top: what a killed restore left there. unlock
+    // holds keepsake's exclusive lock, so no restore is running.
+    match crate::archive::restore::remove_leftovers(&volume_dir) {
+        Ok(cleaned) => warnings.extend(cleaned.removed.into_iter().chain(cleaned.kept)),
+        Err(e) => warnings.push(format!(
+            "what a killed restore left in the volume could not be removed: {e}"
+        )),
+    }
     let mut features = Vec::new();
     let mut config_errors = Vec::new();
     let mut config_refused = None;
