@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::host::mounts::Mount;
-use crate::safefs::{AclEntry, Owner, parse_acl};
+use crate::safefs::{AclEntry, Owner, acl_at};
 
 /// Who could have written a volume's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,17 +272,21 @@ fn judge_backing_at(path: &Path, table: &[Mount], live: &LiveIds, depth: usize) 
             path.display()
         ));
     }
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
+    // Judged where it really is: the folders above a symlink are not the file's.
+    let real =
+        std::fs::canonicalize(path).and_then(|p| std::fs::symlink_metadata(&p).map(|m| (p, m)));
+    let (path, meta) = match real {
+        Ok((p, m)) => (p, m),
         Err(e) => return Writers::NotOnlyRoot(format!("{} cannot be read: {e}", path.display())),
     };
+    let path = path.as_path();
     if meta.file_type().is_block_device() {
         return judge_block_device(path, &meta, table, live, depth);
     }
     let node = Node {
         path: path.to_path_buf(),
         owner: owner_of(&meta),
-        acl: acl_at(path),
+        acl: acl_at(path, false),
     };
     judge_open_file(&node, meta.dev(), table, live, depth)
 }
@@ -297,7 +301,7 @@ fn judge_block_device(
     let node = Node {
         path: path.to_path_buf(),
         owner: owner_of(meta),
-        acl: acl_at(path),
+        acl: acl_at(path, false),
     };
     if let Some(why) = judge_device_node(&node, live) {
         return Writers::NotOnlyRoot(why);
@@ -338,7 +342,7 @@ fn judge_open_file(
             Some(Node {
                 path: folder.to_path_buf(),
                 owner: owner_of(&meta),
-                acl: acl_at(folder),
+                acl: acl_at(folder, false),
             })
         })
         .collect();
@@ -423,44 +427,11 @@ fn owner_of(meta: &std::fs::Metadata) -> Owner {
     }
 }
 
-const ACL_ACCESS: &std::ffi::CStr = c"system.posix_acl_access";
-
 fn acl_of_fd(file: &File) -> Vec<AclEntry> {
-    let mut buf = [0u8; 4096];
-    // SAFETY: an open descriptor, a NUL-terminated name, and a buffer of the length given.
-    let n = unsafe {
-        libc::fgetxattr(
-            file.as_raw_fd(),
-            ACL_ACCESS.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return vec![];
-    }
-    parse_acl(&buf[..n as usize])
-}
-
-fn acl_at(path: &Path) -> Vec<AclEntry> {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return vec![];
-    };
-    let mut buf = [0u8; 4096];
-    // SAFETY: a NUL-terminated path and name, and a buffer of the length given.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            ACL_ACCESS.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return vec![];
-    }
-    parse_acl(&buf[..n as usize])
+    acl_at(
+        &Path::new("/proc/self/fd").join(file.as_raw_fd().to_string()),
+        true,
+    )
 }
 
 #[cfg(test)]
@@ -686,5 +657,10 @@ mod tests {
         let link = dir.path().join("link.img");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert!(open_container(&link, &table, &LiveIds::default()).is_err());
+        // Judged by path, a symlink is judged where it leads: the file's folders count.
+        assert_eq!(
+            judge_backing(&link, &table, &LiveIds::default()),
+            judge_backing(&path, &table, &LiveIds::default())
+        );
     }
 }

@@ -19,7 +19,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -407,13 +407,24 @@ pub(crate) fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
 
 /// The access ACL of an open folder (`system.posix_acl_access`), empty if it has none.
 pub(crate) fn acl_of(dir: &Dir) -> Vec<AclEntry> {
-    let Ok(path) = std::ffi::CString::new(dir.proc_path().into_os_string().into_vec()) else {
+    acl_at(&dir.proc_path(), true)
+}
+
+/// The access ACL at `path`, empty if it has none; a symlink at its end is followed (a
+/// `/proc/self/fd/N` link: the open file's) only with `follow`.
+pub(crate) fn acl_at(path: &Path, follow: bool) -> Vec<AclEntry> {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return vec![];
+    };
+    let get = if follow {
+        libc::getxattr
+    } else {
+        libc::lgetxattr
     };
     let mut buf = [0u8; 4096];
     // SAFETY: a NUL-terminated path and name, and a buffer of the length given.
     let n = unsafe {
-        libc::getxattr(
+        get(
             path.as_ptr(),
             c"system.posix_acl_access".as_ptr(),
             buf.as_mut_ptr().cast(),
