@@ -12,8 +12,9 @@
 //! - [`archive`]: the backup format (header, STREAM, tree codec), extraction and restore.
 //! - `volume`: the LUKS2 volume through libcryptsetup: one `Volume` handle, its keyslots,
 //!   KDF, header, upgrade; finding volumes (discovery) and recovery keys.
-//! - [`host`]: the machine: block devices and GPT, mounts, processes, the kernel's
-//!   device-mapper, helper programs, the preflight safety checks.
+//! - [`host`]: the machine: block devices and GPT, mounts, processes (in every mount
+//!   namespace), the kernel's device-mapper, helper programs, the preflight safety
+//!   checks, and who could have written a volume's bytes (`host::writers`).
 //! - [`persistence`]: what a volume keeps: layouts, persistence.conf in each reader's
 //!   dialect and its files on the volume, the feature catalogue.
 //! - [`safefs`]: files by handle, never by a path someone else could change meanwhile.

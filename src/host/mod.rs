@@ -1,6 +1,6 @@
 //! The host machine as keepsake finds it: block devices and their partition tables, mounts,
-//! processes, the kernel's device-mapper support, the helper programs it runs, and the
-//! safety checks made before any secret is read.
+//! processes, the kernel's device-mapper support, the helper programs it runs, the
+//! safety checks made before any secret is read, and who could have written a volume.
 
 pub mod devices;
 pub mod disks;
