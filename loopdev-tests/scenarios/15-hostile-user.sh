@@ -49,9 +49,10 @@
 #     measured restore's start and at 0..75% of its work (from when its staging folder
 #     appears): exit 128+N (0 if it finished first), no .keepsake-* folder left at
 #     the volume root, the content the old or the new archive's whole; at least one
-#     restore per signal really stopped; the next restore works. SIGTERM to an unlock and
-#     SIGINT to a lock: 128+N from keepsake (not death by the signal), the volume unlocked
-#     or locked whole, the next lock leaves no mapping. SIGKILL of a restore leaves its
+#     restore per signal really stopped; the next restore works. Each signal at 30% and 70%
+#     of unlock, feature enable, feature disable and lock: 128+N from keepsake (not death
+#     by the signal), the volume unlocked or locked whole and the feature on or off whole,
+#     the next command works; the next lock leaves no mapping. SIGKILL of a restore leaves its
 #     staging folder (the control): `check` exits 7 naming it, the next unlock removes it;
 #     so does the next restore.
 # 11. A crafted container (root's files inside, binding a folder over /usr/local/sbin) in
@@ -387,11 +388,25 @@ h10_signal() {
     H10_SEEN=$(sed -n 's/^seen at \([0-9]*\) ms$/\1/p' /tmp/h-cmd.out)
     H10_END=$(sed -n 's/^ended at \([0-9]*\) ms$/\1/p' /tmp/h-cmd.out)
 }
+# gnupg as feature enable/disable leave it: on (its line and its bind), off (neither), or
+# torn (one without the other).
+h10_gnupg() {
+    local line=no bound=no
+    grep -q 'source=gnupg' $KS_ROOT_MNT/persistence.conf 2>/dev/null && line=yes
+    h_is_mount /home/amnesia/.gnupg && bound=yes
+    case $line$bound in yesyes) echo on ;; nono) echo off ;; *) echo "torn (line $line, bound $bound)" ;; esac
+}
+# h10_whole_after WANT: the command exited WANT by itself (or 0, the signal not sent), and
+# what it changed is whole ($whole is not "neither" nor "torn").
+h10_whole_after() {
+    { { [ "$H_RC" -eq "$1" ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } \
+        && [ "$whole" != neither ] && case $whole in torn*) false ;; *) true ;; esac
+}
 h10_unlocked_whole() { h_unlocked && h_is_mount $KS_ROOT_MNT && h_is_mount /home/amnesia/Persistent; }
 h10_locked_whole() { ks_no_mapping && ks_not_mounted $KS_ROOT_MNT && ks_not_mounted /home/amnesia/Persistent; }
 
 h_class10() {
-    h_class_begin 10 "SIGINT, SIGTERM, SIGHUP during restore, unlock and lock; what a SIGKILL leaves"
+    h_class_begin 10 "SIGINT, SIGTERM, SIGHUP during restore, unlock, feature changes and lock; what a SIGKILL leaves"
     # Persistent active, as the user has it: the archives are made from there.
     h_is_mount /home/amnesia/Persistent || { h_lock; h_unlock; }
     h10_fill b 24
@@ -457,26 +472,44 @@ h_class10() {
     h_attack "the next restore removes it and restores: exit $H_RC, left: $(h10_leftovers), content $(h10_state) (want $target)" \
         eval '[ "$H_RC" -eq 0 ] && h10_none_left && [ "$(h10_state)" = $target ]'
 
-    # unlock and lock: a signal waits for the journal, the command finishes, exits 128+N
-    # (keepsake's own exit: one the signal ended did not wait for anything).
+    # unlock, feature enable, feature disable and lock, each signal at 30% and 70% of each:
+    # the signal waits for the journal, the command finishes and exits 128+N (keepsake's
+    # own exit: one the signal ended did not wait for anything), the volume or the feature
+    # is whole one way or the other, and the next command works.
     h_run 120 keepsake lock
-    local lock_ms=$H_MS unlock_ms
+    local lock_ms=$H_MS unlock_ms enable_ms disable_ms whole pct
     h_unlock; unlock_ms=$H_MS
+    h_run 120 keepsake feature enable gnupg; enable_ms=$H_MS
+    h_run 120 keepsake feature disable gnupg; disable_ms=$H_MS
     h_setup "lock" keepsake lock
-    h10_signal $((unlock_ms * 60 / 100)) TERM keepsake unlock --key-file "$KS_PASS_FILE"
-    # (Not "what": h_attack has a local of that name, which would hide it.)
-    local whole; h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
-    h_attack "SIGTERM at 60% of unlock ($((unlock_ms * 60 / 100)) of $unlock_ms ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want 143 from keepsake, or 0 unsent), $whole" \
-        eval '{ { [ "$H_RC" -eq 143 ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
-    h_lock
-    h_attack "the next lock exits $H_RC and leaves no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
-    h_setup "unlock" keepsake unlock --key-file "$KS_PASS_FILE"
-    h10_signal $((lock_ms * 75 / 100)) INT keepsake lock
-    h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
-    h_attack "SIGINT at 75% of lock ($((lock_ms * 75 / 100)) of $lock_ms ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want 130 from keepsake, or 0 unsent), $whole" \
-        eval '{ { [ "$H_RC" -eq 130 ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } && [ "$whole" != neither ]'
-    h_lock
-    h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
+    for sig in INT TERM HUP; do
+        case $sig in INT) want=130 ;; TERM) want=143 ;; HUP) want=129 ;; esac
+        for pct in 30 70; do
+            h10_signal $((unlock_ms * pct / 100)) $sig keepsake unlock --key-file "$KS_PASS_FILE"
+            h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
+            h_attack "SIG$sig at $pct% of unlock (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), $whole" \
+                h10_whole_after $want
+            h10_unlocked_whole || h_unlock
+            h10_signal $((enable_ms * pct / 100)) $sig keepsake feature enable gnupg
+            whole=$(h10_gnupg)
+            h_attack "SIG$sig at $pct% of feature enable gnupg (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), gnupg $whole" \
+                h10_whole_after $want
+            h_run 120 keepsake feature enable gnupg
+            h_check "[10] the next feature enable exits $H_RC, gnupg $(h10_gnupg)" eval '[ "$H_RC" -eq 0 ] && [ "$(h10_gnupg)" = on ]'
+            h10_signal $((disable_ms * pct / 100)) $sig keepsake feature disable gnupg
+            whole=$(h10_gnupg)
+            h_attack "SIG$sig at $pct% of feature disable gnupg (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), gnupg $whole" \
+                h10_whole_after $want
+            h_run 120 keepsake feature disable gnupg
+            h_check "[10] the next feature disable exits $H_RC, gnupg $(h10_gnupg)" eval '[ "$H_RC" -eq 0 ] && [ "$(h10_gnupg)" = off ]'
+            h10_signal $((lock_ms * pct / 100)) $sig keepsake lock
+            h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
+            h_attack "SIG$sig at $pct% of lock (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), $whole" \
+                h10_whole_after $want
+            h_lock
+            h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
+        done
+    done
     h_unlock
     h_check "[10] unlocked again for what follows (exit $H_RC)" h_unlocked_with_persistent
     rm -f /tmp/h10-*.ksb

@@ -75,8 +75,11 @@ fn foreign_namespaces(
 ) -> HashMap<Namespace, Vec<String>> {
     let mut found: HashMap<Namespace, Vec<String>> = HashMap::new();
     for pid in pids() {
+        // Kernel threads are left out: devtmpfs' own keeps a private namespace from boot on
+        // every system, made before any volume was mounted, and no user starts one.
         if let Some(ns) = mount_namespace(&pid.to_string())
             && Some(ns) != ours
+            && !is_kernel_thread(pid)
         {
             found.entry(ns).or_default().push(format!("{pid}/ns/mnt"));
         }
@@ -353,6 +356,27 @@ fn namespaces_holding(
         .collect()
 }
 
+/// `PF_KTHREAD` of <linux/sched.h>: the process is a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` is a kernel thread, by the flags the kernel shows in /proc/PID/stat (the
+/// 9th field; the command name before it may hold spaces and parentheses, so the fields
+/// are counted after its last ')'). No process can set that flag.
+fn is_kernel_thread(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(stat_flags)
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// The flags field of a /proc/PID/stat line.
+fn stat_flags(stat: &str) -> Option<u64> {
+    let (_, after) = stat.rsplit_once(')')?;
+    // After the name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    after.split_whitespace().nth(6)?.parse().ok()
+}
+
 fn pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .map(|rd| {
@@ -627,6 +651,21 @@ mod tests {
                     37 35 98:0 / /a rw shared:4 master:1 - ext4 /dev/a rw\n\
                     38 35 98:0 / /b rw - ext4 /dev/b rw\n";
         assert_eq!(shared_mount_ids(text), vec![37]);
+    }
+
+    #[test]
+    fn a_kernel_thread_is_told_by_its_stat_flags() {
+        let kthread = "20 (kdevtmpfs) S 2 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert_eq!(stat_flags(kthread), Some(2129984));
+        assert!(stat_flags(kthread).unwrap() & PF_KTHREAD != 0);
+        // A name made to look like more fields does not move them.
+        let user = "900 (a) S 1 2 3 4 5 2129984 (x) S 1 900 900 0 -1 4194560 10 0 0 0";
+        assert_eq!(stat_flags(user), Some(4194560));
+        assert!(stat_flags(user).unwrap() & PF_KTHREAD == 0);
+        assert_eq!(stat_flags("garbage"), None);
+        // Here: pid 2 (kthreadd) is one, this test process is not.
+        assert!(is_kernel_thread(2));
+        assert!(!is_kernel_thread(std::process::id() as i32));
     }
 
     #[test]
