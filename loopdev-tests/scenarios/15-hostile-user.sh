@@ -92,7 +92,7 @@ h_host_summary() {
 7:a deep tree blocks lock (EMFILE)
 8:unlock exits 0 with persistence.conf refused
 9:the live user hides the volume in namespaces of its own
-10:SIGINT/SIGTERM/SIGHUP during restore, unlock, lock; SIGKILL's leftovers
+10:SIGINT/SIGTERM/SIGHUP during restore, unlock, feature changes, lock; SIGKILL's leftovers
 11:a container the live user could have written binds over system paths
 12:a cipher_null data segment opens and writes in clear
 13:Tails' config ids held by another account are trusted"
@@ -396,10 +396,14 @@ h10_gnupg() {
     h_is_mount /home/amnesia/.gnupg && bound=yes
     case $line$bound in yesyes) echo on ;; nono) echo off ;; *) echo "torn (line $line, bound $bound)" ;; esac
 }
-# h10_whole_after WANT: the command exited WANT by itself (or 0, the signal not sent), and
-# what it changed is whole ($whole is not "neither" nor "torn").
+# h10_whole_after WANT BEFORE: the command exited WANT by itself (or 0, the signal not
+# sent), or the signal ended it before keepsake set its handler and nothing changed
+# ($whole is still BEFORE); and what it changed is whole ($whole is not "neither" nor
+# "torn"). Counts in H10_CAUGHT the signals keepsake itself caught.
 h10_whole_after() {
-    { { [ "$H_RC" -eq "$1" ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; }; } \
+    [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && H10_CAUGHT=$((H10_CAUGHT + 1))
+    { { [ "$H_RC" -eq "$1" ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; } \
+        || { [ "$H10_DIED" = 1 ] && [ "$whole" = "$2" ]; }; } \
         && [ "$whole" != neither ] && case $whole in torn*) false ;; *) true ;; esac
 }
 h10_unlocked_whole() { h_unlocked && h_is_mount $KS_ROOT_MNT && h_is_mount /home/amnesia/Persistent; }
@@ -482,33 +486,38 @@ h_class10() {
     h_run 120 keepsake feature enable gnupg; enable_ms=$H_MS
     h_run 120 keepsake feature disable gnupg; disable_ms=$H_MS
     h_setup "lock" keepsake lock
+    local caught
     for sig in INT TERM HUP; do
         case $sig in INT) want=130 ;; TERM) want=143 ;; HUP) want=129 ;; esac
+        H10_CAUGHT=0
         for pct in 30 70; do
             h10_signal $((unlock_ms * pct / 100)) $sig keepsake unlock --key-file "$KS_PASS_FILE"
             h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
             h_attack "SIG$sig at $pct% of unlock (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), $whole" \
-                h10_whole_after $want
+                h10_whole_after $want "locked whole"
             h10_unlocked_whole || h_unlock
             h10_signal $((enable_ms * pct / 100)) $sig keepsake feature enable gnupg
             whole=$(h10_gnupg)
             h_attack "SIG$sig at $pct% of feature enable gnupg (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), gnupg $whole" \
-                h10_whole_after $want
+                h10_whole_after $want off
             h_run 120 keepsake feature enable gnupg
             h_check "[10] the next feature enable exits $H_RC, gnupg $(h10_gnupg)" eval '[ "$H_RC" -eq 0 ] && [ "$(h10_gnupg)" = on ]'
             h10_signal $((disable_ms * pct / 100)) $sig keepsake feature disable gnupg
             whole=$(h10_gnupg)
             h_attack "SIG$sig at $pct% of feature disable gnupg (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), gnupg $whole" \
-                h10_whole_after $want
+                h10_whole_after $want on
             h_run 120 keepsake feature disable gnupg
             h_check "[10] the next feature disable exits $H_RC, gnupg $(h10_gnupg)" eval '[ "$H_RC" -eq 0 ] && [ "$(h10_gnupg)" = off ]'
             h10_signal $((lock_ms * pct / 100)) $sig keepsake lock
             h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
             h_attack "SIG$sig at $pct% of lock (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), $whole" \
-                h10_whole_after $want
+                h10_whole_after $want "unlocked whole"
             h_lock
             h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
         done
+        caught=$H10_CAUGHT
+        h_attack "SIG$sig: keepsake itself caught $caught of the 8 signals sent to unlock, feature enable, feature disable and lock (at least 4)" \
+            test "$caught" -ge 4
     done
     h_unlock
     h_check "[10] unlocked again for what follows (exit $H_RC)" h_unlocked_with_persistent
