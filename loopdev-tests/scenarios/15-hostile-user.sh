@@ -396,13 +396,14 @@ h10_gnupg() {
     h_is_mount /home/amnesia/.gnupg && bound=yes
     case $line$bound in yesyes) echo on ;; nono) echo off ;; *) echo "torn (line $line, bound $bound)" ;; esac
 }
-# h10_whole_after WANT BEFORE: the command exited WANT by itself (or 0, the signal not
-# sent), or the signal ended it before keepsake set its handler and nothing changed
+# h10_whole_after WANT BEFORE: the command exited WANT by itself (or 0: not sent, or it
+# landed after keepsake's last look at it), or the signal ended it before keepsake set
+# its handler and nothing changed
 # ($whole is still BEFORE); and what it changed is whole ($whole is not "neither" nor
 # "torn"). Counts in H10_CAUGHT the signals keepsake itself caught.
 h10_whole_after() {
-    [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && H10_CAUGHT=$((H10_CAUGHT + 1))
-    { { [ "$H_RC" -eq "$1" ] && [ "$H10_DIED" = 0 ]; } || { [ "$H10_SENT" = 0 ] && [ "$H_RC" -eq 0 ]; } \
+    [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && [ "$H_RC" -eq "$1" ] && H10_CAUGHT=$((H10_CAUGHT + 1))
+    { { [ "$H_RC" -eq "$1" ] && [ "$H10_DIED" = 0 ]; } || [ "$H_RC" -eq 0 ] \
         || { [ "$H10_DIED" = 1 ] && [ "$whole" = "$2" ]; }; } \
         && [ "$whole" != neither ] && case $whole in torn*) false ;; *) true ;; esac
 }
@@ -440,8 +441,10 @@ h_class10() {
                     how=$(grep -m1 interrupted /tmp/h-cmd.out | cut -c1-160)
                     [ "$state" = "$cur" ] && stopped=$((stopped + 1))
                 fi
-                h_attack "SIG$sig at $at (ended at $H10_END ms): exit $H_RC (want $want), content $state (was $cur), left: ${left:-nothing}: $how" \
-                    eval '[ "$H_RC" -eq $want ] && { [ "$state" = "$cur" ] || [ "$state" = "$target" ]; } && [ -z "$left" ]'
+                # Exit 0 with the new content whole: the restore had passed its last look
+                # at the flag (or exited) when the signal landed; that too is whole.
+                h_attack "SIG$sig at $at (ended at $H10_END ms): exit $H_RC (want $want, or 0 finished just before), content $state (was $cur), left: ${left:-nothing}: $how" \
+                    eval '{ [ "$H_RC" -eq $want ] || { [ "$H_RC" -eq 0 ] && [ "$state" = "$target" ]; }; } && { [ "$state" = "$cur" ] || [ "$state" = "$target" ]; } && [ -z "$left" ]'
             else
                 h_attack "SIG$sig at $at: finished first: exit $H_RC (want 0), content $state (want $target), left: ${left:-nothing}" \
                     eval '[ "$H_RC" -eq 0 ] && [ "$state" = "$target" ] && [ -z "$left" ]'
