@@ -74,10 +74,23 @@ pub(crate) fn open_at<E: CallerError>(
     super::require_luks(&device)?;
     let layout = profile.for_volume(&device);
     super::refuse_an_existing_mapping_in(&layout.mapping, &host.mappings)?;
-    let affordable = Volume::at(&device).load_affordable("unlocking")?;
+    // Errors name the volume as the user gave it, not the loop device under it.
+    let shown = |e: Error| match e {
+        Error::BadPassphrase(_) => Error::BadPassphrase(backing.display().to_string()),
+        Error::UnvettedCipher { why, .. } => Error::UnvettedCipher {
+            volume: backing.clone(),
+            why,
+        },
+        e => e,
+    };
+    let affordable = Volume::at(&device)
+        .load_affordable("unlocking")
+        .map_err(shown)?;
     let secret = read_secret(&backing)?;
     out.progress(format!("unlocking {}", backing.display()));
-    let keyslot = affordable.activate(&layout.mapping, &secret)?;
+    let keyslot = affordable
+        .activate(&layout.mapping, &secret)
+        .map_err(shown)?;
     Ok(Opened {
         backing,
         layout,
