@@ -218,22 +218,25 @@ fn enter_each(
 /// Moves this thread into `ns` through the first of `ways` that still opens it. False
 /// when none does.
 fn enter(proc: &OwnedFd, ns: Namespace, ways: &[String]) -> Result<bool, String> {
-    for way in ways {
-        let Ok(fd) = open_at(proc, way, libc::O_RDONLY) else {
-            continue;
-        };
-        // A pid or descriptor number reused since the scan names another file.
-        let same = nix::sys::stat::fstat(&fd).is_ok_and(|st| (st.st_dev, st.st_ino) == ns);
-        if !same {
-            continue;
-        }
-        // SAFETY: a valid descriptor; setns takes no pointers.
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-            return Err(format!("not looked into: setns: {}", errno()));
-        }
-        return Ok(true);
+    let Some(fd) = open_namespace(proc, ns, ways) else {
+        return Ok(false);
+    };
+    // SAFETY: a valid descriptor; setns takes no pointers.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("not looked into: setns: {}", errno()));
     }
-    Ok(false)
+    Ok(true)
+}
+
+/// The nsfs file of `ns`, opened through the first of `ways` (entries of the host's
+/// /proc) that still leads to it: a pid or descriptor number reused since the scan names
+/// another file.
+fn open_namespace(proc: &OwnedFd, ns: Namespace, ways: &[String]) -> Option<OwnedFd> {
+    ways.iter().find_map(|way| {
+        let fd = open_at(proc, way, libc::O_RDONLY).ok()?;
+        let st = nix::sys::stat::fstat(&fd).ok()?;
+        ((st.st_dev, st.st_ino) == ns).then_some(fd)
+    })
 }
 
 /// In the namespace this thread entered: the volume's mounts, and detached with `detach`.
@@ -514,11 +517,20 @@ fn comm(base: &Path) -> String {
 /// volume detached there (where it is not locked); every process of that namespace, and
 /// every process keeping a descriptor of it, is ended all the same: they hid the volume.
 pub fn end_holders(dev: (u32, u32), grace: Duration) -> Vec<Holder> {
-    let holding = detach_in_namespaces(dev);
+    end_holders_also(dev, grace, &detach_in_namespaces(dev))
+}
+
+/// Ends (SIGTERM, then SIGKILL) the holders of `dev`, counting the namespaces of `also`
+/// as holding it; returns those left.
+fn end_holders_also(
+    dev: (u32, u32),
+    grace: Duration,
+    also: &HashMap<Namespace, Inside>,
+) -> Vec<Holder> {
     end_in_turn(
         &[Signal::SIGTERM, Signal::SIGKILL],
         grace,
-        || holders_of_kind(dev, true, &holding),
+        || holders_of_kind(dev, true, also),
         |h, signal| {
             let _ = kill(Pid::from_raw(h.pid), signal);
         },
@@ -558,12 +570,7 @@ fn user_made_namespaces() -> HashMap<Namespace, Inside> {
     };
     let mut found = HashMap::new();
     for (ns, ways) in foreign_namespaces(mount_namespace("self"), true) {
-        let owner = ways.iter().find_map(|way| {
-            let fd = open_at(&proc, way, libc::O_RDONLY).ok()?;
-            let st = nix::sys::stat::fstat(&fd).ok()?;
-            if (st.st_dev, st.st_ino) != ns {
-                return None;
-            }
+        let owner = open_namespace(&proc, ns, &ways).and_then(|fd| {
             // SAFETY: a valid descriptor; the ioctl takes no argument.
             let user = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_USERNS) };
             if user < 0 {
@@ -601,15 +608,7 @@ pub fn end_user_namespaces(dev: (u32, u32), grace: Duration) -> (Vec<Holder>, Ve
         return (Vec::new(), Vec::new());
     }
     let found = holders_of_kind(dev, true, &suspects);
-    let left = end_in_turn(
-        &[Signal::SIGTERM, Signal::SIGKILL],
-        grace,
-        || holders_of_kind(dev, true, &suspects),
-        |h, signal| {
-            let _ = kill(Pid::from_raw(h.pid), signal);
-        },
-    );
-    (found, left)
+    (found, end_holders_also(dev, grace, &suspects))
 }
 
 /// Sends each signal in turn to the processes `left` still finds, and waits up to `grace`
