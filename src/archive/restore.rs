@@ -67,10 +67,7 @@ pub(crate) fn restore(
         (None, Cleaned::default())
     } else {
         let cleaned = remove_leftovers(volume)?;
-        (
-            Some(scratch(volume, "restore", PlaceKind::Staging)?),
-            cleaned,
-        )
+        (Some(scratch(volume, ScratchKind::Staging)?), cleaned)
     };
     let contents = read_tree_on(
         input,
@@ -193,13 +190,14 @@ impl Drop for Scratch {
     }
 }
 
-fn scratch(volume: &safefs::Dir, name: &str, kind: PlaceKind) -> Result<Scratch> {
+fn scratch(volume: &safefs::Dir, scratch_kind: ScratchKind) -> Result<Scratch> {
+    let (word, kind) = (scratch_kind.word(), scratch_kind.place());
     let pid = std::process::id();
     let mut attempt = 0;
     let (name, shown) = loop {
         let name = match attempt {
-            0 => OsString::from(format!(".keepsake-{name}-{pid}")),
-            n => OsString::from(format!(".keepsake-{name}-{pid}-{n}")),
+            0 => OsString::from(format!(".keepsake-{word}-{pid}")),
+            n => OsString::from(format!(".keepsake-{word}-{pid}-{n}")),
         };
         let shown = volume.path.join(&name);
         if kind == PlaceKind::Staging {
@@ -237,10 +235,10 @@ fn scratch(volume: &safefs::Dir, name: &str, kind: PlaceKind) -> Result<Scratch>
     })
 }
 
-/// The kinds of folder a restore makes at the top of the volume, by the word in its name
-/// (`.keepsake-WORD-PID` or `.keepsake-WORD-PID-N`, see [`scratch`]).
+/// The kinds of folder a restore makes at the top of the volume ([`scratch`]), named
+/// `.keepsake-WORD-PID` or `.keepsake-WORD-PID-N` by the word of their kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LeftoverKind {
+pub(crate) enum ScratchKind {
     /// `restore`: only ever an extracted copy of an archive, which still exists.
     Staging,
     /// `replaced`: what the restore moved aside; after a kill in the middle of the moves,
@@ -248,17 +246,33 @@ pub(crate) enum LeftoverKind {
     Trash,
 }
 
+impl ScratchKind {
+    /// The word in the folder's name.
+    fn word(self) -> &'static str {
+        match self {
+            ScratchKind::Staging => "restore",
+            ScratchKind::Trash => "replaced",
+        }
+    }
+
+    /// What the folder holds, as a place entries are moved from or to.
+    fn place(self) -> PlaceKind {
+        match self {
+            ScratchKind::Staging => PlaceKind::Staging,
+            ScratchKind::Trash => PlaceKind::Trash,
+        }
+    }
+}
+
 /// Whether `name` is one of a restore's own folders, which, and of what process.
-pub(crate) fn leftover_kind(name: &OsStr) -> Option<(LeftoverKind, u32)> {
+pub(crate) fn leftover_kind(name: &OsStr) -> Option<(ScratchKind, u32)> {
     let name = name.to_str()?;
-    let (kind, rest) = if let Some(rest) = name.strip_prefix(".keepsake-restore-") {
-        (LeftoverKind::Staging, rest)
-    } else {
-        (
-            LeftoverKind::Trash,
-            name.strip_prefix(".keepsake-replaced-")?,
-        )
-    };
+    let (kind, rest) = [ScratchKind::Staging, ScratchKind::Trash]
+        .into_iter()
+        .find_map(|kind| {
+            let rest = name.strip_prefix(&format!(".keepsake-{}-", kind.word()))?;
+            Some((kind, rest))
+        })?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let (pid, attempt) = rest.split_once('-').unwrap_or((rest, "0"));
     if !digits(pid) || !digits(attempt) {
@@ -269,7 +283,7 @@ pub(crate) fn leftover_kind(name: &OsStr) -> Option<(LeftoverKind, u32)> {
 
 /// A restore's folder found at the top of the volume.
 pub(crate) struct Leftover {
-    pub kind: LeftoverKind,
+    pub kind: ScratchKind,
     pub pid: u32,
     pub name: OsString,
     pub shown: PathBuf,
@@ -298,12 +312,12 @@ pub(crate) fn find_leftovers(volume: &safefs::Dir) -> Result<Vec<Leftover>> {
 /// What [`find_leftovers`] says about one, for `check`, and what to do about it.
 pub(crate) fn describe_leftover(leftover: &Leftover) -> String {
     match leftover.kind {
-        LeftoverKind::Staging => format!(
+        ScratchKind::Staging => format!(
             "{} is the staging folder of a restore that was killed (process {}); the next keepsake restore, or keepsake unlock, removes it",
             leftover.shown.display(),
             leftover.pid
         ),
-        LeftoverKind::Trash => format!(
+        ScratchKind::Trash => format!(
             "{} holds what a restore that was killed (process {}) had moved aside, perhaps the only copy of it; move back what you need, then remove it (keepsake unlock removes it once it holds no file)",
             leftover.shown.display(),
             leftover.pid
@@ -327,7 +341,7 @@ pub(crate) fn remove_leftovers(volume: &safefs::Dir) -> Result<Cleaned> {
     let mut said = Cleaned::default();
     for leftover in find_leftovers(volume)? {
         let name = leftover.name.as_os_str();
-        if leftover.kind == LeftoverKind::Trash
+        if leftover.kind == ScratchKind::Trash
             && holds_data(volume, &leftover.name.to_string_lossy())?
         {
             said.kept.push(describe_leftover(&leftover));
@@ -486,7 +500,7 @@ impl<'a> Transaction<'a> {
                 kind: PlaceKind::Volume,
             }),
             staging,
-            trash: scratch(volume, "replaced", PlaceKind::Trash)?,
+            trash: scratch(volume, ScratchKind::Trash)?,
             trash_dirs: Vec::new(),
             journal: Vec::new(),
             changes: 0,
@@ -862,16 +876,16 @@ mod tests {
         let kind = |n: &str| leftover_kind(OsStr::new(n));
         assert_eq!(
             kind(".keepsake-restore-4242"),
-            Some((LeftoverKind::Staging, 4242))
+            Some((ScratchKind::Staging, 4242))
         );
         assert_eq!(
             kind(".keepsake-restore-4242-3"),
-            Some((LeftoverKind::Staging, 4242))
+            Some((ScratchKind::Staging, 4242))
         );
-        assert_eq!(kind(".keepsake-replaced-7"), Some((LeftoverKind::Trash, 7)));
+        assert_eq!(kind(".keepsake-replaced-7"), Some((ScratchKind::Trash, 7)));
         assert_eq!(
             kind(".keepsake-replaced-7-12"),
-            Some((LeftoverKind::Trash, 7))
+            Some((ScratchKind::Trash, 7))
         );
         for other in [
             ".keepsake-restore-",
@@ -933,10 +947,10 @@ mod tests {
         assert_eq!(
             found,
             [
-                (".keepsake-replaced-124".into(), LeftoverKind::Trash, 124),
-                (".keepsake-replaced-125".into(), LeftoverKind::Trash, 125),
-                (".keepsake-restore-123".into(), LeftoverKind::Staging, 123),
-                (".keepsake-restore-123-1".into(), LeftoverKind::Staging, 123),
+                (".keepsake-replaced-124".into(), ScratchKind::Trash, 124),
+                (".keepsake-replaced-125".into(), ScratchKind::Trash, 125),
+                (".keepsake-restore-123".into(), ScratchKind::Staging, 123),
+                (".keepsake-restore-123-1".into(), ScratchKind::Staging, 123),
             ]
         );
         let cleaned = remove_leftovers(&volume).unwrap();
@@ -975,7 +989,7 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             let (vol, before) = full_volume(tmp.path());
             let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-            let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+            let staging = scratch(&volume, ScratchKind::Staging).unwrap();
             stage_full_archive(staging.path());
             INTERRUPT_AT_CHANGE.with(|n| n.set(Some(at)));
             let outcome = apply(&volume, &staging, &folders, &configs);
@@ -1173,7 +1187,7 @@ mod tests {
         assert!(before.contains_key("Persistent/m/on-the-mount"));
 
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-        let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+        let staging = scratch(&volume, ScratchKind::Staging).unwrap();
         stage_archive(staging.path());
         let err = apply(&volume, &staging, &["Persistent".into()], &[]).unwrap_err();
         assert!(matches!(err, Error::InTheWay(_)), "{err}");
@@ -1254,7 +1268,7 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             let (vol, before) = full_volume(tmp.path());
             let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-            let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+            let staging = scratch(&volume, ScratchKind::Staging).unwrap();
             stage_full_archive(staging.path());
             let staged = snapshot(staging.path());
             FAIL_AT_CHANGE.with(|n| n.set(Some(fail_at)));
@@ -1365,7 +1379,7 @@ mod tests {
         // Deeper than the first level, a mount travels with its folder into the trash.
         let mount = Tmpfs::at(&vol.join("Persistent/b-dir/mnt"));
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-        let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+        let staging = scratch(&volume, ScratchKind::Staging).unwrap();
         stage_archive(staging.path());
         let leftovers = apply(&volume, &staging, &["Persistent".into()], &[]).unwrap();
         drop(staging);
@@ -1391,7 +1405,7 @@ mod tests {
         let vol = tmp.path().join("vol");
         volume_with_new_data(&vol);
         let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-        let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+        let staging = scratch(&volume, ScratchKind::Staging).unwrap();
         stage_archive(staging.path());
         let mut transaction = Transaction::new(&volume, &staging).unwrap();
         let name = |n: &str| OsString::from(n);
@@ -1451,7 +1465,7 @@ mod tests {
         );
 
         // A later restore leaves that trash alone.
-        let again = scratch(&volume, "replaced", PlaceKind::Trash).unwrap();
+        let again = scratch(&volume, ScratchKind::Trash).unwrap();
         assert_eq!(
             again.path(),
             vol.join(format!(".keepsake-replaced-{}-1", std::process::id()))
@@ -1493,7 +1507,7 @@ mod tests {
                 std::fs::write(vol.join("Persistent/after.txt"), b"new").unwrap();
 
                 let (volume, _) = safefs::open_dir(&vol, None).unwrap();
-                let staging = scratch(&volume, "restore", PlaceKind::Staging).unwrap();
+                let staging = scratch(&volume, ScratchKind::Staging).unwrap();
                 crate::archive::read_tree(&mut &plaintext[..], Some(staging.path()), &mut |_| {})
                     .unwrap();
                 let leftovers = apply(&volume, &staging, &["Persistent".into()], &[]).unwrap();
