@@ -408,9 +408,15 @@ pub(crate) fn live_medium_disk(table: &[Mount]) -> Option<String> {
         .map(|p| p.disk)
 }
 
-/// Where live systems mount their boot medium.
-pub(crate) const LIVE_MEDIUM_MOUNTS: &[&str] =
-    &["/run/live/medium", "/lib/live/mount/medium", "/live/image"];
+/// Where live systems mount their boot medium. live-boot mounts it at /run/live/medium
+/// and again under /lib/live/mount, which on a merged-/usr system (Debian 12, Tails 6) the
+/// mount table names /usr/lib/live/mount/medium.
+pub(crate) const LIVE_MEDIUM_MOUNTS: &[&str] = &[
+    "/run/live/medium",
+    "/usr/lib/live/mount/medium",
+    "/lib/live/mount/medium",
+    "/live/image",
+];
 
 /// Judges whether partitions of a disk may be written: a read-only mount of the live
 /// medium is expected on the stick; anything else mounted, or a mount at a system path
@@ -552,5 +558,22 @@ mod tests {
         let busy: Vec<&Mount> = vec![&t[0], &t[2]];
         let err = check_disk_not_in_use(Path::new("/dev/sdb"), &busy).unwrap_err();
         assert!(err.to_string().contains("mounted at /media/stick"), "{err}");
+    }
+
+    /// The mounts of the boot stick on a Debian 12 live system, as live-boot made them
+    /// (read in the live scenarios' VM): the medium twice, once under /usr/lib.
+    #[test]
+    fn the_live_medium_of_a_merged_usr_system_is_expected() {
+        let t = parse_mountinfo(
+            "27 26 254:1 / /run/live/medium ro,noatime shared:10 - ext4 /dev/vda1 ro\n\
+             34 33 254:1 / /usr/lib/live/mount/medium ro,noatime shared:3 - ext4 /dev/vda1 ro\n",
+        );
+        let mounts: Vec<&Mount> = t.iter().collect();
+        assert!(check_disk_not_in_use(Path::new("/dev/vda"), &mounts).is_ok());
+        let rw = parse_mountinfo(
+            "34 33 254:1 / /usr/lib/live/mount/medium rw,noatime shared:3 - ext4 /dev/vda1 rw\n",
+        );
+        let mounts: Vec<&Mount> = rw.iter().collect();
+        assert!(check_disk_not_in_use(Path::new("/dev/vda"), &mounts).is_err());
     }
 }
