@@ -25,6 +25,12 @@ pub struct Mount {
     pub source: String,
     /// The filesystem's own options (for an overlay: lowerdir, upperdir, ...).
     pub super_options: String,
+    /// The peer group the mount is in (`shared:N`): mounts and unmounts under it reach
+    /// every peer, in any mount namespace.
+    pub shared: Option<u32>,
+    /// The peer group it receives from (`master:N`): a slave copy, which an unmount of
+    /// that group's mount takes away too.
+    pub master: Option<u32>,
 }
 
 impl Mount {
@@ -105,6 +111,14 @@ fn parse_line(line: &str) -> Option<Mount> {
     let root = PathBuf::from(unescape(h.next()?));
     let mount_point = PathBuf::from(unescape(h.next()?));
     let options = h.next()?.to_string();
+    let (mut shared, mut master) = (None, None);
+    for optional in h {
+        if let Some(n) = optional.strip_prefix("shared:") {
+            shared = n.parse().ok();
+        } else if let Some(n) = optional.strip_prefix("master:") {
+            master = n.parse().ok();
+        }
+    }
     let mut t = tail.split(' ');
     let fstype = t.next()?.to_string();
     let source = unescape(t.next()?);
@@ -119,6 +133,8 @@ fn parse_line(line: &str) -> Option<Mount> {
         fstype,
         source,
         super_options,
+        shared,
+        master,
     })
 }
 

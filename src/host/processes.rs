@@ -146,8 +146,10 @@ fn look_inside(
     dev: (u32, u32),
     detach: bool,
 ) -> HashMap<Namespace, Inside> {
+    // Read here, in our own namespace, before the thread leaves it.
+    let ours = our_peer_groups(dev);
     std::thread::scope(|s| {
-        s.spawn(|| enter_each(doors, dev, detach))
+        s.spawn(|| enter_each(doors, dev, detach, &ours))
             .join()
             .unwrap_or_else(|_| {
                 doors
@@ -178,11 +180,49 @@ fn open_at(dir: &OwnedFd, path: &str, flags: libc::c_int) -> std::io::Result<Own
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Where our own mounts of `dev` are, each with the peer group of the mount it is on
+/// (when that one is shared): an unmount propagates through the parent's group, to the
+/// mount at the same place on each of its peers and slaves.
+fn our_peer_groups(dev: (u32, u32)) -> Vec<(PathBuf, u32)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let table = crate::host::mounts::parse_mountinfo(&text);
+    table
+        .iter()
+        .filter(|m| m.dev == dev)
+        .filter_map(|m| {
+            let parent = table.iter().find(|p| p.id == m.parent)?;
+            Some((m.mount_point.clone(), parent.shared?))
+        })
+        .collect()
+}
+
+/// Whether a mount in another namespace goes when ours go: it is at the place of one of
+/// ours, on a mount that is a peer or a slave of the one ours is on. systemd gives many
+/// services (udevd, logind, tor) a namespace of their own whose mounts are slaves of the
+/// host's, so every mount keepsake makes shows there too, and its unmount takes those
+/// copies with it (or fails, busy, if one is in use, which the holders' files then name).
+fn follows_ours(
+    mount: &crate::host::mounts::Mount,
+    parent: Option<&crate::host::mounts::Mount>,
+    ours: &[(PathBuf, u32)],
+) -> bool {
+    let Some(parent) = parent else {
+        return false;
+    };
+    ours.iter().any(|(point, group)| {
+        mount.mount_point == *point
+            && (parent.shared == Some(*group) || parent.master == Some(*group))
+    })
+}
+
 /// The body of [`look_inside`]'s thread.
 fn enter_each(
     doors: &HashMap<Namespace, Vec<String>>,
     dev: (u32, u32),
     detach: bool,
+    ours: &[(PathBuf, u32)],
 ) -> HashMap<Namespace, Inside> {
     let all_unseen = |why: String| {
         doors
@@ -205,7 +245,7 @@ fn enter_each(
     let mut seen = HashMap::new();
     for (ns, ways) in doors {
         let inside = match enter(&proc, *ns, ways) {
-            Ok(true) => look(&proc, dev, detach),
+            Ok(true) => look(&proc, dev, detach, ours),
             // Every way in is gone: so is the namespace, or it no longer is the same one.
             Ok(false) => continue,
             Err(e) => Inside::unseen(e),
@@ -239,8 +279,9 @@ fn open_namespace(proc: &OwnedFd, ns: Namespace, ways: &[String]) -> Option<Owne
     })
 }
 
-/// In the namespace this thread entered: the volume's mounts, and detached with `detach`.
-fn look(proc: &OwnedFd, dev: (u32, u32), detach: bool) -> Inside {
+/// In the namespace this thread entered: the volume's mounts that do not follow ours,
+/// and detached with `detach`.
+fn look(proc: &OwnedFd, dev: (u32, u32), detach: bool, ours: &[(PathBuf, u32)]) -> Inside {
     let mut text = String::new();
     // This thread's mountinfo: relative to its root, which setns put at the namespace's.
     let read = open_at(proc, "thread-self/mountinfo", libc::O_RDONLY)
@@ -248,9 +289,11 @@ fn look(proc: &OwnedFd, dev: (u32, u32), detach: bool) -> Inside {
     if let Err(e) = read {
         return Inside::unseen(format!("not looked into: reading its mount table: {e}"));
     }
-    let table: Vec<_> = crate::host::mounts::parse_mountinfo(&text)
-        .into_iter()
-        .filter(|m| m.dev == dev)
+    let all = crate::host::mounts::parse_mountinfo(&text);
+    let table: Vec<_> = all
+        .iter()
+        .filter(|m| m.dev == dev && !follows_ours(m, all.iter().find(|p| p.id == m.parent), ours))
+        .cloned()
         .collect();
     let root = std::fs::metadata("/").ok().map(|m| (m.dev(), m.ino()));
     if detach {
@@ -258,10 +301,9 @@ fn look(proc: &OwnedFd, dev: (u32, u32), detach: bool) -> Inside {
         // root's `unshare -m --propagation unchanged`): those are left to the ending of
         // the namespace's processes, as is what will not detach (a copy in a user
         // namespace is locked: EINVAL).
-        let shared = shared_mount_ids(&text);
         let own: Vec<PathBuf> = table
             .iter()
-            .filter(|m| !shared.contains(&m.id))
+            .filter(|m| m.shared.is_none())
             .map(|m| m.mount_point.clone())
             .collect();
         detach_mounts(proc, &own, dev);
@@ -272,22 +314,6 @@ fn look(proc: &OwnedFd, dev: (u32, u32), detach: bool) -> Inside {
         root,
         unseen: None,
     }
-}
-
-/// The ids of the mounts of a mountinfo text that are in a peer group ("shared:N").
-fn shared_mount_ids(mountinfo: &str) -> Vec<u32> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (head, _) = line.split_once(" - ")?;
-            let fields: Vec<&str> = head.split(' ').collect();
-            fields
-                .iter()
-                .skip(6)
-                .any(|f| f.starts_with("shared:"))
-                .then(|| fields[0].parse().ok())?
-        })
-        .collect()
 }
 
 /// Detaches (MNT_DETACH) the volume's mounts at `points` in the namespace this thread
@@ -645,11 +671,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_shared_mounts_in_mountinfo() {
-        let text = "36 35 98:0 /mnt1 /mnt1 rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 98:0 / /a rw shared:4 master:1 - ext4 /dev/a rw\n\
-                    38 35 98:0 / /b rw - ext4 /dev/b rw\n";
-        assert_eq!(shared_mount_ids(text), vec![37]);
+    fn a_mount_on_a_peer_or_a_slave_of_our_mounts_parent_follows_ours() {
+        let t = crate::host::mounts::parse_mountinfo(
+            "36 35 98:0 / /home rw,noatime master:1 - ext3 /dev/root rw\n\
+             37 36 98:0 / /home/u/P rw shared:4 master:9 - ext4 /dev/a rw\n\
+             38 35 98:0 / /srv rw - ext4 /dev/b rw\n\
+             39 38 98:0 / /srv/w rw - ext4 /dev/c rw\n\
+             40 35 98:0 / /run rw shared:1 - tmpfs tmpfs rw\n\
+             41 40 98:0 / /run/p rw - ext4 /dev/d rw\n",
+        );
+        assert_eq!((t[1].shared, t[1].master), (Some(4), Some(9)));
+        assert_eq!((t[2].shared, t[2].master), (None, None));
+        let ours = [
+            (PathBuf::from("/home/u/P"), 1),
+            (PathBuf::from("/run/p"), 1),
+        ];
+        let parent = |m: &crate::host::mounts::Mount| t.iter().find(|p| p.id == m.parent);
+        // On a slave of group 1, at our place: follows. On a private mount: does not.
+        assert!(follows_ours(&t[1], parent(&t[1]), &ours));
+        assert!(!follows_ours(&t[3], parent(&t[3]), &ours));
+        // On a peer of group 1, at our place: follows; elsewhere: does not.
+        assert!(follows_ours(&t[5], parent(&t[5]), &ours));
+        assert!(!follows_ours(&t[5], parent(&t[5]), &ours[..1]));
+        assert!(!follows_ours(&t[1], None, &ours));
     }
 
     #[test]
@@ -886,6 +930,68 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         assert!(!status.success(), "ended by a signal: {status}");
         assert!(namespace_holders(dev).is_empty());
+    }
+
+    /// systemd's services' namespaces: slaves of the host's mounts. Their copies go with
+    /// ours, so they hold nothing; a private copy (the negative control) does.
+    #[test]
+    fn a_slave_copy_of_our_mount_goes_with_it() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let _one = one_at_a_time();
+        // A shared mount (as / is under systemd) with the filesystem mounted on it.
+        let (parent, _) = tmpfs();
+        nix::mount::mount(
+            None::<&str>,
+            parent.path(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap();
+        let dir = parent.path().join("volume");
+        std::fs::create_dir(&dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let dev = dev_of(&std::fs::metadata(&dir).unwrap());
+        let in_namespace = |propagation: &str| {
+            let child = std::process::Command::new("unshare")
+                .args(["--mount", "--propagation", propagation, "sleep", "30"])
+                .current_dir("/")
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while mount_namespace(&pid.to_string()) == mount_namespace("self")
+                || !in_its_mountinfo(pid, dev)
+            {
+                assert!(Instant::now() < deadline, "the child has its namespace");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child
+        };
+        let mut slave = in_namespace("slave");
+        let spid = slave.id() as i32;
+        let with_slave = namespace_holders(dev);
+        let mut private = in_namespace("private");
+        let ppid = private.id() as i32;
+        let with_both = namespace_holders(dev);
+        nix::mount::umount(&dir).unwrap();
+        let slave_after = in_its_mountinfo(spid, dev);
+        for child in [&mut slave, &mut private] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        nix::mount::umount(parent.path()).unwrap();
+        assert!(with_slave.iter().all(|h| h.pid != spid), "{with_slave:?}");
+        assert!(with_both.iter().any(|h| h.pid == ppid), "{with_both:?}");
+        assert!(with_both.iter().all(|h| h.pid != spid), "{with_both:?}");
+        assert!(!slave_after, "our unmount took the slave's copy with it");
     }
 
     #[test]
