@@ -160,6 +160,21 @@ pub(crate) fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The live system's images as live-boot mounted them (`/run/live/rootfs/*`, one folder
+/// per squashfs); none where the running system was not booted by live-boot.
+pub(crate) fn live_boot_images() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/run/live/rootfs") else {
+        return Vec::new();
+    };
+    let mut images: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    images.sort();
+    images
+}
+
 pub(crate) fn read_mountinfo() -> Result<Vec<Mount>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .context(|| "reading /proc/self/mountinfo".into())?;

@@ -271,6 +271,37 @@ impl ConfigFile {
         self.nesting_added(&self.with_line(entry))
     }
 
+    /// Why live-boot would stop the boot on `entry`, if it would because of the live
+    /// system it runs on: a union's read-only layers are the destination's folder in each
+    /// of the live system's images (`/run/live/rootfs/*`), and with none, live-boot
+    /// panics ("overlay needs at least one lower filesystem"). `images` is empty where
+    /// the running system is not a live-boot one: then there is nothing to tell.
+    pub(crate) fn union_without_image_folder(
+        entry: &Entry,
+        images: &[PathBuf],
+        is_dir: impl Fn(&Path) -> bool,
+    ) -> Option<String> {
+        if entry.method != Method::Union || images.is_empty() {
+            return None;
+        }
+        let relative = entry
+            .destination
+            .strip_prefix("/")
+            .unwrap_or(&entry.destination);
+        if images.iter().any(|image| is_dir(&image.join(relative))) {
+            return None;
+        }
+        Some(format!(
+            "{} is not a folder in the live system's image ({}): live-boot stops the boot on a union without one; use a bind, or a folder the image has",
+            entry.destination.display(),
+            images
+                .iter()
+                .map(|i| i.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
     /// This file with `entry`'s line appended, read back as its reader reads it.
     fn with_line(&self, entry: &Entry) -> ConfigFile {
         let mut candidate = self.clone();
@@ -862,6 +893,30 @@ mod tests {
         let nested = cfg.nested_sources();
         assert_eq!(nested.len(), 1);
         assert_eq!(nested[0].0.destination, Path::new("/a"));
+    }
+
+    #[test]
+    fn a_union_needs_its_folder_in_the_live_systems_image() {
+        let images = [PathBuf::from("/run/live/rootfs/filesystem.squashfs")];
+        let in_image = |p: &Path| p == Path::new("/run/live/rootfs/filesystem.squashfs/opt");
+        let union = |dest: &str| entry(dest, "x", Method::Union);
+        assert_eq!(
+            ConfigFile::union_without_image_folder(&union("/opt"), &images, in_image),
+            None
+        );
+        let why = ConfigFile::union_without_image_folder(&union("/srv/data"), &images, in_image)
+            .expect("no folder in the image");
+        assert!(why.contains("/srv/data is not a folder"), "{why}");
+        // A bind needs none; off a live-boot system nothing can be told.
+        let bind = entry("/srv/data", "x", Method::Bind);
+        assert_eq!(
+            ConfigFile::union_without_image_folder(&bind, &images, in_image),
+            None
+        );
+        assert_eq!(
+            ConfigFile::union_without_image_folder(&union("/srv/data"), &[], in_image),
+            None
+        );
     }
 
     #[test]

@@ -167,13 +167,18 @@ pub fn list(open: &Open) -> Result<Vec<FeatureListing>> {
 pub fn enable(open: &mut Open, names: &[String]) -> Result<Vec<FeatureReport>> {
     let before = open.config.clone();
     let mut added = Vec::new();
+    let images = crate::host::mounts::live_boot_images();
     for name in names {
         for e in open.entries_of(name)? {
             if open.config.find_source(&e.source).is_none() {
                 // A source nested in another feature's is refused before anything changes
                 // (live-boot stops the boot on it, and the outer folder's owner could
                 // change the inner one).
-                if let Some(why) = open.config.nesting_with(&e) {
+                if let Some(why) = open
+                    .config
+                    .nesting_with(&e)
+                    .or_else(|| ConfigFile::union_without_image_folder(&e, &images, Path::is_dir))
+                {
                     open.config = before;
                     return Err(Error::NotApplied(format!(
                         "not enabled, nothing changed: {}: {why}",
