@@ -129,3 +129,10 @@ ks_volume_key() {
         | sed -n '/MK dump:/,$p' | sed 's/MK dump://' | tr -d ' \t\n:'
     rm -f "$hdr" "$pass"
 }
+
+# ks_live_run NAME: a scenario on the Debian live system (loopdev-tests/live/NAME.py), which
+# boots the image run built (KS_LIVE_IMAGE) and drives it through its serial console.
+ks_live_run() {
+    [ -n "${KS_LIVE_IMAGE:-}" ] || { ks_host_fail "no live image was built (see above)"; return 1; }
+    python3 "$KS_TESTS_DIR/live/$1.py" "$KS_SCEN_DIR" "$KS_LIVE_IMAGE"
+}
