@@ -79,7 +79,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l device -d 'Lock only this volume: its partition, container file, loop device or /dev/mapper name [default: every unlocked volume of the layout]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l device -d 'Lock only this volume: its partition, container file, loop device or /dev/mapper name; or the volumes on this disk [default: every unlocked volume of the layout]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l force -d 'End the processes that hold files of the volume open (SIGTERM, then SIGKILL)'

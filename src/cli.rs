@@ -795,7 +795,7 @@ Overlay (union) mounts whose upper folder is in the volume are unmounted with th
 It locks volumes the system unlocked at boot as well as its own. Without --device it locks \
 every unlocked volume of the layout (live-boot opens every persistence volume it finds, and \
 the session's persistence is all of them), each with the same checks; --device DEV locks \
-only that one, whatever its layout. When only a volume of the other layout is unlocked, lock \
+only that one, whatever its layout, and --device DISK the volumes on that disk. When only a volume of the other layout is unlocked, lock \
 names it and exits 4, changing nothing. When the running system's root is a union on the \
 volume (live-boot's `/ union`, full persistence), lock refuses before changing anything, \
 with exit status 10: shut down instead.
@@ -924,7 +924,8 @@ pub struct LockArgs {
     pub force: bool,
 
     /// Lock only this volume: its partition, container file, loop device or
-    /// /dev/mapper name [default: every unlocked volume of the layout].
+    /// /dev/mapper name; or the volumes on this disk [default: every unlocked volume of
+    /// the layout].
     #[arg(long, value_name = "DEV")]
     pub device: Option<PathBuf>,
 }

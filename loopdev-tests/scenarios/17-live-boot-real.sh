@@ -243,7 +243,7 @@ guest_hand_made() {
     ks_check "mapped as /dev/mapper/vdb1" test -b /dev/mapper/vdb1
     ks_check "mounted at $vol" grep -q " $vol " /proc/self/mountinfo
     ks_check_eq "bind: /srv/www" "$(ks_inode /srv/www/index.html)" "$(ks_inode $vol/www/index.html)"
-    ks_check_rc 0 "lock" -- $LB_KS lock
+    ks_check_rc 0 "lock --device /dev/vdb: the volume on that disk" -- $LB_KS lock --device /dev/vdb
     ks_check "no mapping after lock" ks_no_mapping
     ks_check "$vol is not mounted" ks_not_mounted $vol
     lb_teardown

@@ -368,6 +368,22 @@ impl Scope {
         }
     }
 
+    /// Whether the file or block device at `path` is in the scope: a block device by its
+    /// own number, a file by the filesystem it is on.
+    pub(crate) fn holds(&self, path: &Path) -> bool {
+        match self {
+            Scope::Everywhere => true,
+            Scope::Disk { .. } => std::fs::metadata(path).is_ok_and(|m| {
+                let dev = if m.file_type().is_block_device() {
+                    m.rdev()
+                } else {
+                    m.dev()
+                };
+                self.covers((libc::major(dev), libc::minor(dev)))
+            }),
+        }
+    }
+
     /// " on /dev/sdb", or nothing: where a search looked, for messages.
     pub(crate) fn on(&self) -> String {
         match self {
@@ -617,6 +633,22 @@ mod tests {
             points,
             [Path::new("/run/live/medium"), Path::new("/media/stick")]
         );
+    }
+
+    #[test]
+    fn a_file_is_in_the_scope_of_the_disk_its_filesystem_is_on() {
+        use std::os::unix::fs::MetadataExt;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dev = std::fs::metadata(file.path()).unwrap().dev();
+        let on = |devs: Vec<(u32, u32)>| Scope::Disk {
+            name: "sdz".into(),
+            devs,
+        };
+        let its_fs = (libc::major(dev), libc::minor(dev));
+        assert!(on(vec![(8, 16), its_fs]).holds(file.path()));
+        assert!(!on(vec![(8, 16)]).holds(file.path()));
+        assert!(!on(vec![its_fs]).holds(Path::new("/nonexistent/keepsake")));
+        assert!(Scope::Everywhere.holds(file.path()));
     }
 
     #[test]
