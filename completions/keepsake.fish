@@ -64,7 +64,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand create" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l mount-root -d 'Mount the volume here instead of the layout\'s mount point (for tests)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l live-user -d 'The live session\'s user [default: the user with uid 1000]' -r
@@ -79,7 +79,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l device -d 'Lock only this volume: its partition, container file, loop device or /dev/mapper name [default: every unlocked volume of the layout]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l device -d 'Lock only this volume: its partition, container file, loop device or /dev/mapper name; or the volumes on this disk [default: every unlocked volume of the layout]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l force -d 'End the processes that hold files of the volume open (SIGTERM, then SIGKILL)'
@@ -165,7 +165,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -s V -l version -d 'Print version'
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and not __fish_seen_subcommand_from change" -f -a "change" -d 'Replace the passphrase by a new one (asked twice on a terminal). Done in one header update: the old passphrase works until the new one does, and not afterwards'
-complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand passphrase; and __fish_seen_subcommand_from change" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
@@ -193,7 +193,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not 
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -s V -l version -d 'Print version'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -f -a "add" -d 'Generate a recovery key, add it in its own keyslot and show it once'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and not __fish_seen_subcommand_from add remove" -f -a "remove" -d 'Destroy the recovery key\'s keyslot (the passphrase is asked, and must still work)'
-complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
@@ -209,7 +209,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fi
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from add" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
@@ -222,7 +222,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fi
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand recovery-key; and __fish_seen_subcommand_from remove" -s V -l version -d 'Print version'
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l header-backup -d 'Also save a copy of the header to FILE (on other media) before changing anything; it must not exist. It restores the volume with `cryptsetup luksHeaderRestore` if power fails during the conversion. Delete it afterwards: it holds the old keyslot' -r -F
-complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
@@ -239,7 +239,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l allow-core
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand upgrade" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
@@ -251,7 +251,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l allow-core-d
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand check" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
@@ -263,7 +263,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand repair" -s V -l version -d 'Print version'
-complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l device -d 'The persistence partition (or the disk holding it) [default: found by name]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l device -d 'The persistence partition, or the disk to look for it on [default: found by name]' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand delete" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"

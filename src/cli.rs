@@ -499,7 +499,7 @@ pub enum RecoveryKeyCommand {
 /// Which volume: found by name on the boot stick unless one of these is given.
 #[derive(Debug, Args, Clone, Default)]
 pub struct VolumeArgs {
-    /// The persistence partition (or the disk holding it) [default: found by name].
+    /// The persistence partition, or the disk to look for it on [default: found by name].
     #[arg(long, value_name = "DEV", conflicts_with = "image")]
     pub device: Option<PathBuf>,
 
@@ -634,12 +634,17 @@ line). It changes nothing, and needs the volume locked (a mounted filesystem can
 checked). After an unclean shutdown (pulled out, power cut) the journal has not been replayed \
 yet: check says so and leaves the filesystem to the next check, as e2fsck -n cannot judge it \
 before `keepsake unlock` replays the journal. A data segment that does not encrypt (cipher_null) or uses a cipher unlock refuses is named. Exit status 0 when all is well (also after an \
-unclean shutdown alone), 7 when something is wrong.";
+unclean shutdown alone), 7 when something is wrong.
+
+The volume is found as unlock finds it, except that with --layout live-boot, when no \
+partition has the name or label, check takes the only container file named persistence or \
+LUKS device not open yet (on the disk given with --device DISK, or on any), and names them \
+when there are several.";
 
 const REPAIR_HELP: &str = "\
 repair opens the volume, runs e2fsck -y, and makes persistence.conf sane: owner root and \
 mode 0600, lines that are not valid moved to persistence.conf.invalid-<time> next to it. \
-It deletes no user data. The volume must be locked.";
+It deletes no user data. The volume must be locked, and is found as check finds it.";
 
 const DELETE_HELP: &str = "\
 delete destroys every keyslot and overwrites the whole header area (both LUKS2 headers and \
@@ -760,7 +765,10 @@ found, it looks further as live-boot does: a container file named persistence at
 a mounted partition (other than the live medium); else it reads the passphrase once and \
 tries it on every LUKS partition or disk that is not open, opening each under its device \
 name and keeping the one whose ext4 filesystem is labelled persistence; the others are \
-closed again, and every device tried is reported with what came of it. A container file someone other than root could have written is never taken before such a device.
+closed again, and every device tried is reported with what came of it. A container file someone other than root could have written is never taken before such a device. \
+--device DISK (a whole disk that is not itself LUKS) looks only there: for a partition with \
+the name or label, else, with --layout live-boot, as live-boot does on that disk's \
+partitions and the filesystems on them.
 
 Who can write the volume's bytes decides what it may do. The live user knows the passphrase (it is typed in their session), so a container file they could have replaced is theirs, whatever owners it shows inside: one they own, or with a mode or ACL that lets them write, or in a folder they can write, or on a FUSE filesystem, one udisks mounted for them (/media/USER/...), or a vfat/exfat/ntfs stick mounted with their uid. Such a volume activates only the features that bind or link into the live user's home; the others (tor-state, additional software, network connections, printers, greeter settings, custom system paths, unions) are skipped with why, and the exit status is 9. No option changes this: keep system features on a partition (keepsake create --device) or in a container file only root can write. The file is opened once, judged as that open file, and that same file goes on the loop device that is opened. A volume whose data segment does not encrypt (cipher_null) or uses a cipher outside a short vetted list (aes, serpent or twofish in XTS, cbc-essiv:sha256, adiantum) is refused with exit 7.
 
@@ -775,6 +783,7 @@ status is then 9.
 Examples:
   keepsake unlock
   keepsake unlock --device /dev/sdb2 --key-file /run/keyfile --json
+  keepsake --layout live-boot unlock --device /dev/sdb   # the stick the manual makes
   keepsake unlock --image /media/usb/keepsake.img";
 
 const LOCK_HELP: &str = "\
@@ -786,7 +795,7 @@ Overlay (union) mounts whose upper folder is in the volume are unmounted with th
 It locks volumes the system unlocked at boot as well as its own. Without --device it locks \
 every unlocked volume of the layout (live-boot opens every persistence volume it finds, and \
 the session's persistence is all of them), each with the same checks; --device DEV locks \
-only that one, whatever its layout. When only a volume of the other layout is unlocked, lock \
+only that one, whatever its layout, and --device DISK the volumes on that disk. When only a volume of the other layout is unlocked, lock \
 names it and exits 4, changing nothing. When the running system's root is a union on the \
 volume (live-boot's `/ union`, full persistence), lock refuses before changing anything, \
 with exit status 10: shut down instead.
@@ -915,7 +924,8 @@ pub struct LockArgs {
     pub force: bool,
 
     /// Lock only this volume: its partition, container file, loop device or
-    /// /dev/mapper name [default: every unlocked volume of the layout].
+    /// /dev/mapper name; or the volumes on this disk [default: every unlocked volume of
+    /// the layout].
     #[arg(long, value_name = "DEV")]
     pub device: Option<PathBuf>,
 }

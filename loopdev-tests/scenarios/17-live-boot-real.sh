@@ -38,6 +38,9 @@ lb_union_flag() {
 
 lb_conf_log() { sed "s/^/KS-LOG $2: /" "$1"; }
 lb_hash() { sha256sum < "$1" | cut -c1-16; }
+# The hash of a device's first 16 MiB (a LUKS2 header and its keyslots); busybox head
+# takes no size suffix.
+lb_head_hash() { head -c 16777216 "$1" | sha256sum | cut -c1-16; }
 
 # Everything that live-boot or keepsake may have left, taken away by hand (so that a failed
 # lock does not hide the checks after it).
@@ -209,6 +212,40 @@ guest_hand_made() {
     ks_assert_eq "control: live-boot's nested bind" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"
     ks_assert_eq "control: live-boot's link with a space" "$(readlink /opt/tool/run)" "$vol/tool/run"
     ks_assert_eq "control: live-boot's default source" "$(ks_inode /var/lib/notes/n.txt)" "$(ks_inode $vol/var/lib/notes/n.txt)"
+    lb_teardown
+
+    # Given the whole disk, keepsake searches it as live-boot searches: the passphrase
+    # tried on each LUKS partition there, the one labelled persistence kept.
+    echo "not the passphrase" > /tmp/wrong-passphrase
+    local hdr
+    hdr=$(lb_head_hash /dev/vdb1)
+    ks_assert "its first 16 MiB are read" test "$(head -c 16777216 /dev/vdb1 | wc -c)" = 16777216
+    ks_check_rc 3 "unlock --device /dev/vdb with a wrong passphrase: exit 3 (bad passphrase)" -- $LB_KS unlock --device /dev/vdb --key-file /tmp/wrong-passphrase
+    lb_conf_log /tmp/ks-cmd.out "keepsake"
+    ks_check "naming the partition it tried" grep -q "/dev/vdb1" /tmp/ks-cmd.out
+    ks_check "and opens nothing" ks_no_mapping
+    ks_check "and mounts nothing at $vol" ks_not_mounted $vol
+    ks_check_eq "and changes no byte of the partition's first 16 MiB" "$(lb_head_hash /dev/vdb1)" "$hdr"
+    ks_check_rc 4 "unlock --device /dev/vda, a disk with no LUKS partition: exit 4 (not found)" -- $LB_KS unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    lb_conf_log /tmp/ks-cmd.out "keepsake"
+    ks_check "saying it looked on /dev/vda and found no LUKS partition" grep -q "on /dev/vda.*no LUKS" /tmp/ks-cmd.out
+    ks_check "and opens nothing" ks_no_mapping
+    ks_check_rc 4 "delete --device /dev/vdb (takes no passphrase, so cannot look inside): exit 4" -- $LB_KS delete --device /dev/vdb --yes
+    lb_conf_log /tmp/ks-cmd.out "keepsake"
+    ks_check "naming the partition to pass" grep -q -- "--device /dev/vdb1" /tmp/ks-cmd.out
+    ks_check_eq "and the partition's first 16 MiB are as they were" "$(lb_head_hash /dev/vdb1)" "$hdr"
+    ks_check_rc 0 "check --device /dev/vdb: the one LUKS partition there" -- $LB_KS check --device /dev/vdb --key-file "$KS_PASS_FILE"
+    ks_check "checked /dev/vdb1" grep -q "/dev/vdb1" /tmp/ks-cmd.out
+    ks_check "and closed it again" ks_no_mapping
+    ks_check_rc 0 "unlock --device /dev/vdb (the whole MBR disk) finds the partition" -- $LB_KS unlock --device /dev/vdb --key-file "$KS_PASS_FILE"
+    sed 's/^/KS-LOG keepsake: /' /tmp/ks-cmd.out
+    ks_check "reporting /dev/vdb1 opened" grep -q "/dev/vdb1.*opened as /dev/mapper/vdb1" /tmp/ks-cmd.out
+    ks_check "mapped as /dev/mapper/vdb1" test -b /dev/mapper/vdb1
+    ks_check "mounted at $vol" grep -q " $vol " /proc/self/mountinfo
+    ks_check_eq "bind: /srv/www" "$(ks_inode /srv/www/index.html)" "$(ks_inode $vol/www/index.html)"
+    ks_check_rc 0 "lock --device /dev/vdb: the volume on that disk" -- $LB_KS lock --device /dev/vdb
+    ks_check "no mapping after lock" ks_no_mapping
+    ks_check "$vol is not mounted" ks_not_mounted $vol
     lb_teardown
 
     ks_check_rc 0 "keepsake unlock finds it without --device (ext4 label inside LUKS)" -- $LB_KS unlock --key-file "$KS_PASS_FILE"

@@ -13,10 +13,9 @@ use crate::host::tools::{self, FsckReport, SuperblockState};
 use crate::output::Output;
 
 use crate::persistence::files;
-use crate::persistence::layout::LayoutProfile;
 use crate::safefs;
 use crate::session::unlocked;
-use crate::volume::{self, HeaderInfo};
+use crate::volume::{self, HeaderInfo, discovery};
 
 const MAPPING: &str = "keepsake-inspect";
 
@@ -100,21 +99,24 @@ fn prepare(
     super::require_root()?;
     crate::host::kernel::require_dm_crypt(&format!("{doing} a volume"))?;
     let layout = super::layout(global, None);
-    let searched = args.volume.device.is_none() && args.volume.image.is_none();
-    let backing = match super::find_volume(&args.volume, &layout) {
-        // As live-boot finds one: without a name, the only container file named
-        // persistence or LUKS device not open yet (unlock tries several; check and repair
-        // open the volume their own way, so they ask which).
-        Err(Error::NotFound(why)) if searched && layout.profile == LayoutProfile::LiveBoot => {
+    let backing = match super::locate(&args.volume, &layout)? {
+        super::Located::Volume(backing) => backing,
+        // As live-boot finds one, on the disk given or on any: without a name, the only
+        // container file named persistence or LUKS device not open yet there (unlock
+        // tries several; check and repair open the volume their own way, so they ask
+        // which).
+        super::Located::Unnamed { scope, not_found } => {
             let table = crate::host::mounts::read_mountinfo()?;
             crate::host::devices::the_only_one(
-                &crate::volume::discovery::unopened_candidates(&table),
-                "no partition named persistence, and several LUKS volumes it could be",
+                &discovery::unopened_candidates(&table, &scope),
+                &format!(
+                    "no partition named persistence, and several LUKS volumes it could be{}",
+                    scope.on()
+                ),
                 "--device or --image",
             )?
-            .ok_or(Error::NotFound(why))?
+            .ok_or_else(|| Error::NotFound(discovery::none_to_look_into(&not_found, &scope)))?
         }
-        found => found?,
     };
     let header = volume::header_info(&backing)?;
     super::require_locked(&backing, why)?;

@@ -271,7 +271,7 @@ fn check_device_target(disk: &Path, layout: &Layout) -> Result<(Region, u64)> {
     let partitions = disks::all_partitions();
     disks::check_disk_not_in_use(
         disk,
-        &disks::mounts_on_disk(&mount_table, &dev.name, &partitions, dev.dev),
+        &disks::mounts_in(&mount_table, &disks::Scope::disk(&dev, &partitions)),
     )?;
     let free = disks::plan_new_partition(&table);
     match free {

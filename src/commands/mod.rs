@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::host::preflight::{self, Overrides};
 use crate::host::{disks, mounts};
 use crate::output::Output;
-use crate::persistence::layout::Layout;
+use crate::persistence::layout::{Layout, LayoutProfile};
 use crate::secrets::{self, Secret, SecretSource};
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -210,25 +210,39 @@ pub fn layout(global: &GlobalArgs, mount_root: Option<&Path>) -> Layout {
     Layout::new(global.layout, mount_root)
 }
 
-/// The volume a command is about: the container file or partition given, the persistence partition
-/// on a given disk, or else the one found by name (preferring the live system's stick).
-pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
+/// What --device, --image and the layout's names lead to.
+pub enum Located {
+    /// The container file or device given, or the one partition with the layout's name.
+    Volume(PathBuf),
+    /// No partition has the layout's name (the live-boot layout only: live-boot needs none,
+    /// an ext4 label inside LUKS will do). The command's own search goes on in `scope`,
+    /// the disk given or every disk; `not_found` says what was looked for, and where.
+    Unnamed {
+        scope: disks::Scope,
+        not_found: String,
+    },
+}
+
+/// Where the volume a command is about is: the container file or partition given (or a
+/// whole disk that is itself LUKS), else the persistence partition found by name on the
+/// disk given, or on any disk (preferring the live system's stick). A disk given is only
+/// where to look: the commands that search as live-boot does (unlock, check, repair)
+/// search that disk, and only it, as they search every disk without --device.
+pub fn locate(args: &VolumeArgs, layout: &Layout) -> Result<Located> {
     if let Some(image) = &args.image {
-        return check_backing(image);
+        return check_backing(image).map(Located::Volume);
     }
-    let on_disk = match &args.device {
+    let scope = match &args.device {
         Some(dev) => {
             let bd = disks::block_device(dev)?;
-            // A partition, or a whole disk that is itself a LUKS volume.
             if bd.is_partition() || crate::volume::has_luks_magic(dev) {
-                return check_backing(dev);
+                return check_backing(dev).map(Located::Volume);
             }
-            Some(bd.name)
+            disks::Scope::disk(&bd, &disks::all_partitions())
         }
-        None => None,
+        None => disks::Scope::Everywhere,
     };
-    let mut found =
-        disks::find_persistence(layout.partition_name, layout.fs_label, on_disk.as_deref());
+    let mut found = disks::find_persistence(layout.partition_name, layout.fs_label, &scope);
     if found.len() > 1 {
         let table = mounts::read_mountinfo()?;
         if let Some(live) = disks::live_medium_disk(&table) {
@@ -239,15 +253,55 @@ pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
         }
     }
     let paths: Vec<PathBuf> = found.iter().map(|p| p.path()).collect();
-    crate::host::devices::the_only_one(&paths, "several persistence partitions", "--device")?
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "no persistence partition (GPT name {} or LUKS label {}) found{}; give --device or --image",
-                layout.partition_name,
-                layout.fs_label,
-                on_disk.map(|d| format!(" on /dev/{d}")).unwrap_or_default()
-            ))
-        })
+    if let Some(one) =
+        crate::host::devices::the_only_one(&paths, "several persistence partitions", "--device")?
+    {
+        return Ok(Located::Volume(one));
+    }
+    let not_found = format!(
+        "no persistence partition (GPT name {} or LUKS label {}) found{}",
+        layout.partition_name,
+        layout.fs_label,
+        scope.on()
+    );
+    match layout.profile {
+        LayoutProfile::LiveBoot => Ok(Located::Unnamed { scope, not_found }),
+        LayoutProfile::Tails => Err(give_a_place(&not_found)),
+    }
+}
+
+/// The volume, for the commands that do not search inside LUKS volumes: delete takes no
+/// passphrase to try, and upgrade, passphrase change and recovery-key change the header of
+/// the volume they are given rather than of one they guessed. Given a disk on which no
+/// partition has the layout's name, the error names the LUKS partitions there to give.
+pub fn find_volume(args: &VolumeArgs, layout: &Layout) -> Result<PathBuf> {
+    match locate(args, layout)? {
+        Located::Volume(path) => Ok(path),
+        Located::Unnamed {
+            scope: disks::Scope::Everywhere,
+            not_found,
+        } => Err(give_a_place(&not_found)),
+        Located::Unnamed { scope, not_found } => {
+            let luks: Vec<String> = disks::all_partitions()
+                .iter()
+                .filter(|p| scope.covers(p.dev) && crate::volume::has_luks_magic(&p.path()))
+                .map(|p| format!("--device {}", p.path().display()))
+                .collect();
+            Err(Error::NotFound(format!(
+                "{not_found}; only unlock, check and repair search a disk further, for a LUKS volume without that name; {}",
+                if luks.is_empty() {
+                    format!("and there is no LUKS partition{}", scope.on())
+                } else {
+                    format!("give the partition: {}", luks.join(" or "))
+                }
+            )))
+        }
+    }
+}
+
+/// The error when no partition has the layout's name and no search goes on.
+fn give_a_place(not_found: &str) -> Error {
+    Error::NotFound(format!("{not_found}; give --device or --image"))
 }
 
 fn check_backing(image: &Path) -> Result<PathBuf> {

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::host::mounts;
 use crate::host::writers::LiveIds;
 use crate::output::Output;
-use crate::persistence::layout::{Layout, LayoutProfile};
+use crate::persistence::layout::Layout;
 use crate::session::report::FeatureState;
 use crate::session::unlock::Started;
 use crate::volume::{self, open};
@@ -31,8 +31,6 @@ struct UnlockReport {
 struct UnlockConfig {
     /// The layout, with --mount-root applied.
     profile: Layout,
-    /// --device or --image, if given.
-    place: Option<PathBuf>,
     /// Whether the recovery key is typed instead of a passphrase.
     recovery_key: bool,
     live_user: Option<String>,
@@ -43,7 +41,6 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
     crate::host::kernel::require_dm_crypt("unlocking a volume")?;
     let config = UnlockConfig {
         profile: super::layout(global, args.mount_root.as_deref()),
-        place: args.volume.device.clone().or(args.volume.image.clone()),
         recovery_key: args.recovery_key,
         live_user: args.live_user.clone(),
     };
@@ -74,14 +71,14 @@ fn unlock(
         )));
     }
     let _lock = super::exclusive()?;
-    let searched = config.place.is_none();
     let live = LiveIds::of_this_system(config.live_user.as_deref());
-    let opened = match super::find_volume(volume_args, profile) {
-        Ok(backing) => open::open_at(profile, host, backing, &live, read_secret, out)?,
-        Err(Error::NotFound(why)) if searched && profile.profile == LayoutProfile::LiveBoot => {
-            open::find_as_live_boot(profile, host, &why, &live, read_secret, out)?
+    let opened = match super::locate(volume_args, profile)? {
+        super::Located::Volume(backing) => {
+            open::open_at(profile, host, backing, &live, read_secret, out)?
         }
-        Err(e) => return Err(e),
+        super::Located::Unnamed { scope, not_found } => {
+            open::find_as_live_boot(profile, host, &scope, &not_found, &live, read_secret, out)?
+        }
     };
     let layout = &opened.layout;
     match crate::session::unlock::start(

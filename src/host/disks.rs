@@ -335,34 +335,81 @@ pub(crate) fn all_partitions() -> Vec<SysPartition> {
     found
 }
 
-/// The mounts of filesystems on `disk` or any of its partitions.
-pub(crate) fn mounts_on_disk<'a>(
-    table: &'a [Mount],
-    disk: &str,
-    partitions: &[SysPartition],
-    disk_dev: (u32, u32),
-) -> Vec<&'a Mount> {
-    let devs: Vec<(u32, u32)> = partitions
-        .iter()
-        .filter(|p| p.disk == disk)
-        .map(|p| p.dev)
-        .chain(std::iter::once(disk_dev))
-        .collect();
-    table.iter().filter(|m| devs.contains(&m.dev)).collect()
+/// Where a search for a volume looks: on every disk, or on one (`--device DISK`): the disk
+/// itself, its partitions, and the filesystems on them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    #[default]
+    Everywhere,
+    Disk {
+        /// Kernel name: sdb.
+        name: String,
+        /// The device numbers of the disk and of each of its partitions.
+        devs: Vec<(u32, u32)>,
+    },
+}
+
+impl Scope {
+    /// The disk `disk`, with its partitions among `partitions` ([`all_partitions`]).
+    pub(crate) fn disk(disk: &BlockDevice, partitions: &[SysPartition]) -> Scope {
+        let name = disk.disk_name().to_string();
+        let devs = std::iter::once(disk.dev)
+            .chain(partitions.iter().filter(|p| p.disk == name).map(|p| p.dev))
+            .collect();
+        Scope::Disk { name, devs }
+    }
+
+    /// Whether the block device numbered `dev` (or a filesystem on it: a mount's `dev`) is
+    /// in the scope.
+    pub(crate) fn covers(&self, dev: (u32, u32)) -> bool {
+        match self {
+            Scope::Everywhere => true,
+            Scope::Disk { devs, .. } => devs.contains(&dev),
+        }
+    }
+
+    /// Whether the file or block device at `path` is in the scope: a block device by its
+    /// own number, a file by the filesystem it is on.
+    pub(crate) fn holds(&self, path: &Path) -> bool {
+        match self {
+            Scope::Everywhere => true,
+            Scope::Disk { .. } => std::fs::metadata(path).is_ok_and(|m| {
+                let dev = if m.file_type().is_block_device() {
+                    m.rdev()
+                } else {
+                    m.dev()
+                };
+                self.covers((libc::major(dev), libc::minor(dev)))
+            }),
+        }
+    }
+
+    /// " on /dev/sdb", or nothing: where a search looked, for messages.
+    pub(crate) fn on(&self) -> String {
+        match self {
+            Scope::Everywhere => String::new(),
+            Scope::Disk { name, .. } => format!(" on /dev/{name}"),
+        }
+    }
+}
+
+/// The mounts of filesystems in `scope` (a disk and its partitions).
+pub(crate) fn mounts_in<'a>(table: &'a [Mount], scope: &Scope) -> Vec<&'a Mount> {
+    table.iter().filter(|m| scope.covers(m.dev)).collect()
 }
 
 /// The persistence partitions of a layout: those whose GPT entry has its partition name
 /// (or Tails' partition type, for the Tails layout), read from the partition tables
 /// themselves since the kernel only knows names it read at boot; or else those whose LUKS2
-/// header carries its label. Optionally only on one disk.
+/// header carries its label; only those in `scope`.
 pub(crate) fn find_persistence(
     partition_name: &str,
     label: &str,
-    on_disk: Option<&str>,
+    scope: &Scope,
 ) -> Vec<SysPartition> {
     let partitions: Vec<SysPartition> = all_partitions()
         .into_iter()
-        .filter(|p| on_disk.is_none_or(|d| p.disk == d))
+        .filter(|p| scope.covers(p.dev))
         .collect();
     let mut disks: Vec<&str> = partitions.iter().map(|p| p.disk.as_str()).collect();
     disks.dedup();
@@ -541,6 +588,73 @@ mod tests {
             partition_path(Path::new("/dev/mmcblk0"), 2),
             Path::new("/dev/mmcblk0p2")
         );
+    }
+
+    #[test]
+    fn a_disk_scope_is_the_disk_and_its_partitions() {
+        let part = |name: &str, disk: &str, dev: (u32, u32)| SysPartition {
+            name: name.into(),
+            disk: disk.into(),
+            dev,
+            partname: None,
+        };
+        let partitions = [
+            part("sda1", "sda", (8, 1)),
+            part("sdb1", "sdb", (8, 17)),
+            part("sdb2", "sdb", (8, 18)),
+        ];
+        let sdb = BlockDevice {
+            name: "sdb".into(),
+            dev: (8, 16),
+            parent: None,
+        };
+        let scope = Scope::disk(&sdb, &partitions);
+        assert_eq!(
+            scope,
+            Scope::Disk {
+                name: "sdb".into(),
+                devs: vec![(8, 16), (8, 17), (8, 18)]
+            }
+        );
+        assert!(scope.covers((8, 18)) && scope.covers((8, 16)));
+        assert!(!scope.covers((8, 1)), "another disk's partition");
+        assert!(
+            !scope.covers((254, 0)),
+            "a mapping, even of one of its partitions"
+        );
+        assert_eq!(scope.on(), " on /dev/sdb");
+        assert!(Scope::Everywhere.covers((8, 1)));
+        assert_eq!(Scope::Everywhere.on(), "");
+        // Only the mounts of filesystems on that disk.
+        let table = parse_mountinfo(
+            "30 1 8:17 / /run/live/medium ro - vfat /dev/sdb1 ro\n\
+             31 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             32 1 8:18 / /media/stick rw - ext4 /dev/sdb2 rw\n",
+        );
+        let points: Vec<&Path> = mounts_in(&table, &scope)
+            .iter()
+            .map(|m| m.mount_point.as_path())
+            .collect();
+        assert_eq!(
+            points,
+            [Path::new("/run/live/medium"), Path::new("/media/stick")]
+        );
+    }
+
+    #[test]
+    fn a_file_is_in_the_scope_of_the_disk_its_filesystem_is_on() {
+        use std::os::unix::fs::MetadataExt;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dev = std::fs::metadata(file.path()).unwrap().dev();
+        let on = |devs: Vec<(u32, u32)>| Scope::Disk {
+            name: "sdz".into(),
+            devs,
+        };
+        let its_fs = (libc::major(dev), libc::minor(dev));
+        assert!(on(vec![(8, 16), its_fs]).holds(file.path()));
+        assert!(!on(vec![(8, 16)]).holds(file.path()));
+        assert!(!on(vec![its_fs]).holds(Path::new("/nonexistent/keepsake")));
+        assert!(Scope::Everywhere.holds(file.path()));
     }
 
     #[test]

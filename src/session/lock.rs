@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::host::devices;
 use crate::host::mounts;
 use crate::host::processes::{self, Holder};
+use crate::host::{devices, disks};
 use crate::output::Output;
 use crate::persistence::config::Method;
 use crate::persistence::files;
@@ -75,9 +75,10 @@ impl LockReport {
 }
 
 /// The volumes `lock` is about: the one given with --device (of either layout: the device
-/// names it), else every open volume of the layout (live-boot opens every volume it
-/// finds, and a session's persistence is all of them). Open volumes of the other layout
-/// only are an error that names them, not a silent "nothing is unlocked".
+/// names it), or those on the disk given (where `unlock --device DISK` searched), else
+/// every open volume of the layout (live-boot opens every volume it finds, and a
+/// session's persistence is all of them). Open volumes of the other layout only are an
+/// error that names them, not a silent "nothing is unlocked".
 fn choose(
     all: Vec<Unlocked>,
     profile: LayoutProfile,
@@ -85,12 +86,21 @@ fn choose(
 ) -> Result<Vec<Unlocked>> {
     if let Some(device) = device {
         let wanted = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_path_buf());
-        let (chosen, others): (Vec<_>, Vec<_>) =
-            all.into_iter().partition(|u| names_device(u, &wanted));
+        let disk = disk_scope(&wanted);
+        let (chosen, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|u| {
+            names_device(u, &wanted)
+                || disk
+                    .as_ref()
+                    .is_some_and(|d| u.backing().is_some_and(|b| d.holds(&b)))
+        });
         if chosen.is_empty() {
             return Err(Error::NotUnlocked(format!(
-                "{} is not an unlocked volume{}; nothing was changed",
-                device.display(),
+                "{}{}; nothing was changed",
+                if disk.is_some() {
+                    format!("no unlocked volume is on {}", device.display())
+                } else {
+                    format!("{} is not an unlocked volume", device.display())
+                },
                 if others.is_empty() {
                     String::new()
                 } else {
@@ -120,6 +130,13 @@ fn profile_name(profile: LayoutProfile) -> &'static str {
         LayoutProfile::Tails => "Tails",
         LayoutProfile::LiveBoot => "live-boot",
     }
+}
+
+/// The disk at `path` (a whole disk, not a partition nor a mapping), with its partitions.
+fn disk_scope(path: &Path) -> Option<disks::Scope> {
+    let disk = disks::block_device(path).ok()?;
+    (!disk.is_partition() && !disk.name.starts_with("dm-"))
+        .then(|| disks::Scope::disk(&disk, &disks::all_partitions()))
 }
 
 /// Whether `wanted` (canonical) names this volume: its mapping, its mapping's device, the

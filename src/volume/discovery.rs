@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::host::devices::Mapping;
+use crate::host::disks::Scope;
 use crate::host::mounts::Mount;
 use crate::persistence::layout::{LIVE_BOOT_PERSISTENCE, Layout, LayoutProfile};
 
@@ -141,12 +142,12 @@ pub fn block_candidates() -> Vec<BlockCandidate> {
     found
 }
 
-/// The volumes live-boot's search could find without opening them: container files named
-/// `persistence` that are LUKS, else the LUKS devices not open yet. (`unlock` goes on to
-/// open each with the passphrase and keep the one labelled `persistence`; commands that
-/// open a volume their own way take the only one, or ask which.)
-pub fn unopened_candidates(table: &[Mount]) -> Vec<PathBuf> {
-    let files: Vec<PathBuf> = container_file_places(table)
+/// The volumes live-boot's search could find in `scope` without opening them: container
+/// files named `persistence` that are LUKS, else the LUKS devices not open yet. (`unlock`
+/// goes on to open each with the passphrase and keep the one labelled `persistence`;
+/// check and repair, which open a volume their own way, take the only one, or ask which.)
+pub fn unopened_candidates(table: &[Mount], scope: &Scope) -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = container_file_places(table, scope)
         .into_iter()
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
         .filter(|p| crate::volume::has_luks_magic(p))
@@ -154,23 +155,33 @@ pub fn unopened_candidates(table: &[Mount]) -> Vec<PathBuf> {
     if !files.is_empty() {
         return files;
     }
-    luks_candidates(&block_candidates(), table)
+    luks_candidates(&block_candidates(), table, scope)
 }
 
-/// The LUKS devices live-boot would open to look for the label inside: LUKS, not open
-/// already, not mounted (the live medium and the system's own disks are).
-pub fn luks_candidates(devices: &[BlockCandidate], table: &[Mount]) -> Vec<PathBuf> {
+/// Why live-boot's search in `scope` found nothing, after `not_found` (what was looked for
+/// by name).
+pub fn none_to_look_into(not_found: &str, scope: &Scope) -> String {
+    format!(
+        "{not_found}; no container file named persistence, and no LUKS device that is not open already{}",
+        scope.on()
+    )
+}
+
+/// The LUKS devices in `scope` live-boot would open to look for the label inside: LUKS,
+/// not open already, not mounted (the live medium and the system's own disks are).
+pub fn luks_candidates(devices: &[BlockCandidate], table: &[Mount], scope: &Scope) -> Vec<PathBuf> {
     devices
         .iter()
+        .filter(|d| scope.covers(d.dev))
         .filter(|d| d.luks && !d.held && !table.iter().any(|m| m.dev == d.dev))
         .map(|d| d.path.clone())
         .collect()
 }
 
 /// Where live-boot would look for a container file named `persistence`: the root of each
-/// mounted block-device filesystem, except the live medium and the live system's own
-/// image (live-boot leaves out the devices these are mounted from).
-pub fn container_file_places(table: &[Mount]) -> Vec<PathBuf> {
+/// mounted block-device filesystem in `scope`, except the live medium and the live
+/// system's own image (live-boot leaves out the devices these are mounted from).
+pub fn container_file_places(table: &[Mount], scope: &Scope) -> Vec<PathBuf> {
     let excluded: Vec<(u32, u32)> = table
         .iter()
         .filter(|m| {
@@ -186,7 +197,10 @@ pub fn container_file_places(table: &[Mount]) -> Vec<PathBuf> {
     let mut places: Vec<PathBuf> = table
         .iter()
         .filter(|m| {
-            m.source.starts_with("/dev/") && m.root == Path::new("/") && !excluded.contains(&m.dev)
+            m.source.starts_with("/dev/")
+                && m.root == Path::new("/")
+                && !excluded.contains(&m.dev)
+                && scope.covers(m.dev)
         })
         .map(|m| m.mount_point.join(CONTAINER_FILE))
         .collect();
@@ -312,10 +326,31 @@ mod tests {
             d("/dev/sdb1", (8, 17), false, false),
             d("/dev/sdb2", (8, 18), true, false),
             d("/dev/sdc", (8, 32), true, false),
+            // The Debian Live manual's stick: MBR, one LUKS partition, no name, no label.
+            d("/dev/sdd", (8, 48), false, false),
+            d("/dev/sdd1", (8, 49), true, false),
         ];
         assert_eq!(
-            luks_candidates(&devices, &table),
-            vec![PathBuf::from("/dev/sdb2"), PathBuf::from("/dev/sdc")]
+            luks_candidates(&devices, &table, &Scope::Everywhere),
+            ["/dev/sdb2", "/dev/sdc", "/dev/sdd1"].map(PathBuf::from)
+        );
+        // Given a disk, the same search on that disk only: its partitions, or the disk
+        // itself when it is whole-disk LUKS.
+        let disk = |name: &str, devs: &[(u32, u32)]| Scope::Disk {
+            name: name.into(),
+            devs: devs.to_vec(),
+        };
+        assert_eq!(
+            luks_candidates(&devices, &table, &disk("sdd", &[(8, 48), (8, 49)])),
+            [PathBuf::from("/dev/sdd1")]
+        );
+        assert_eq!(
+            luks_candidates(&devices, &table, &disk("sdc", &[(8, 32)])),
+            [PathBuf::from("/dev/sdc")]
+        );
+        // The host's disk: its one LUKS partition is open already.
+        assert!(
+            luks_candidates(&devices, &table, &disk("sda", &[(8, 0), (8, 1), (8, 2)])).is_empty()
         );
     }
 
@@ -327,11 +362,23 @@ mod tests {
              32 1 8:33 / /media/stick rw - vfat /dev/sdc1 rw\n\
              33 1 8:33 /sub /mnt/sub rw - vfat /dev/sdc1 rw\n\
              34 1 0:5 / /run rw - tmpfs tmpfs rw\n\
-             35 1 254:1 / /run/live/persistence/sdd2 rw - ext4 /dev/mapper/sdd2 rw\n",
+             35 1 254:1 / /run/live/persistence/sdd2 rw - ext4 /dev/mapper/sdd2 rw\n\
+             36 1 8:65 / /media/other rw - ext4 /dev/sde1 rw\n",
         );
         assert_eq!(
-            container_file_places(&table),
-            vec![PathBuf::from("/media/stick/persistence")]
+            container_file_places(&table, &Scope::Everywhere),
+            ["/media/stick/persistence", "/media/other/persistence"].map(PathBuf::from)
         );
+        // Given a disk, only the filesystems on it; the live medium stays out on its own
+        // disk too.
+        let disk = |name: &str, devs: &[(u32, u32)]| Scope::Disk {
+            name: name.into(),
+            devs: devs.to_vec(),
+        };
+        assert_eq!(
+            container_file_places(&table, &disk("sde", &[(8, 64), (8, 65)])),
+            [PathBuf::from("/media/other/persistence")]
+        );
+        assert!(container_file_places(&table, &disk("sdb", &[(8, 16), (8, 17)])).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! Opening a volume to unlock it: at the place given or found by its name, or, in the
 //! live-boot layout, looked for as live-boot's initramfs looks (a container file named
-//! `persistence`, else every LUKS device not open yet, tried with the one passphrase).
+//! `persistence`, else every LUKS device not open yet, tried with the one passphrase),
+//! on every disk or on the one given.
 //! The passphrase is read by the caller's `read_secret`, only once the volume is known
 //! and affordable, so that the command keeps the order preflight → hardening → secret.
 
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use super::{Error, Volume, discovery};
 use crate::context::{IoError, io_at};
+use crate::host::disks::Scope;
 use crate::host::writers::{self, LiveIds, Writers};
 use crate::host::{self, devices};
 use crate::output::Output;
@@ -101,23 +103,25 @@ pub(crate) fn open_at<E: CallerError>(
     })
 }
 
-/// No GPT partition name or LUKS2 label matched: look as live-boot looks. First a
-/// container file named `persistence` at the root of a mounted partition (found by its
-/// name), else every LUKS device that is not open yet, opened with the one passphrase
-/// under live-boot's name for it, keeping the one whose ext4 label is `persistence` and
-/// closing the others. Unlike live-boot, a container file someone other than root could
-/// have written never goes before a device: it is taken only when no device holds the
-/// volume, and then as the live user's volume.
+/// No GPT partition name or LUKS2 label matched: look as live-boot looks, in `scope`
+/// (every disk, or the one given with --device). First a container file named
+/// `persistence` at the root of a mounted partition (found by its name), else every LUKS
+/// device that is not open yet, opened with the one passphrase under live-boot's name for
+/// it, keeping the one whose ext4 label is `persistence` and closing the others. Unlike
+/// live-boot, a container file someone other than root could have written never goes
+/// before a device: it is taken only when no device holds the volume, and then as the
+/// live user's volume.
 pub(crate) fn find_as_live_boot<E: CallerError>(
     profile: &Layout,
     host: &host::Snapshot,
+    scope: &Scope,
     not_found: &str,
     live: &LiveIds,
     read_secret: &mut dyn FnMut(&Path) -> std::result::Result<Secret, E>,
     out: Output,
 ) -> std::result::Result<Opened, E> {
     let table = &host.mounts;
-    let (roots, others): (Vec<_>, Vec<_>) = discovery::container_file_places(table)
+    let (roots, others): (Vec<_>, Vec<_>) = discovery::container_file_places(table, scope)
         .into_iter()
         .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
         .filter(|p| super::has_luks_magic(p))
@@ -149,7 +153,7 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
             );
             (p, shown)
         });
-    let candidates = discovery::luks_candidates(&discovery::block_candidates(), table);
+    let candidates = discovery::luks_candidates(&discovery::block_candidates(), table, scope);
     if candidates.is_empty() {
         if let Some((file, shown)) = users_file {
             out.progress(format!(
@@ -157,10 +161,7 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
             ));
             return open_at(profile, host, file, live, read_secret, out);
         }
-        return Err(Error::NotFound(format!(
-            "{not_found}; no container file named persistence, and no LUKS device that is not open already"
-        ))
-        .into());
+        return Err(Error::NotFound(discovery::none_to_look_into(not_found, scope)).into());
     }
     let mut tried = Vec::new();
     let affordable: Vec<PathBuf> = candidates
@@ -193,8 +194,9 @@ pub(crate) fn find_as_live_boot<E: CallerError>(
         ));
     }
     out.progress(format!(
-        "no partition named {}: trying the passphrase on each LUKS device ({}), keeping the one whose ext4 label is {}",
+        "no partition named {}{}: trying the passphrase on each LUKS device ({}), keeping the one whose ext4 label is {}",
         profile.partition_name,
+        scope.on(),
         affordable
             .iter()
             .map(|p| p.display().to_string())
