@@ -199,6 +199,23 @@ pub(crate) fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
     .context(|| format!("mounting {} at {}", device.display(), target.display()))
 }
 
+/// Makes the mount at `target` private: a bind from it then starts a peer group of its
+/// own instead of joining the volume's. Under systemd every mount is shared; a bind of a
+/// shared mount is its peer, so a nested feature (`/srv/www/uploads` on `/srv/www`) was
+/// mounted into the volume's own folder too (`…/www/uploads`), and one unmount undid the
+/// other. Copies in other namespaces still go with ours: an unmount propagates through
+/// the mount it is on, not its own group.
+pub(crate) fn make_private(target: &Path) -> Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context(|| format!("making the mount at {} private", target.display()))
+}
+
 /// Mounts an ext4 filesystem read-only, without replaying its journal, for inspection.
 pub(crate) fn mount_ext4_read_only(device: &Path, target: &Path) -> Result<()> {
     nix::mount::mount(
@@ -496,5 +513,72 @@ garbage line
         // The real one, where it is now, unmounts through its folder.
         unmount(&tmp.join("home/a-moved/proc")).unwrap();
         assert!(!is_mount_point(&tmp.join("home/a-moved/proc")));
+    }
+
+    /// Under systemd every mount is shared. A volume mounted there, a feature bound from
+    /// it, and a nested feature mounted on that one: without make_private the nested
+    /// mount shows in the volume's own folder too (a bind of a shared mount is its peer).
+    #[test]
+    fn a_private_volume_keeps_nested_features_out_of_its_folders() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let nested_shows_in_volume = |private: bool| {
+            let tmp = tempfile::tempdir().unwrap();
+            let tmp = tmp.path().canonicalize().unwrap();
+            let tmpfs = |p: &Path| {
+                std::fs::create_dir_all(p).unwrap();
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    p,
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )
+                .unwrap();
+            };
+            let session = tmp.join("session");
+            tmpfs(&session);
+            nix::mount::mount(
+                None::<&str>,
+                &session,
+                None::<&str>,
+                MsFlags::MS_SHARED,
+                None::<&str>,
+            )
+            .unwrap();
+            let volume = session.join("volume");
+            tmpfs(&volume);
+            std::fs::create_dir_all(volume.join("www/uploads")).unwrap();
+            std::fs::create_dir_all(volume.join("uploads")).unwrap();
+            std::fs::create_dir_all(session.join("srv/www")).unwrap();
+            if private {
+                make_private(&volume).unwrap();
+            }
+            let www = crate::safefs::open_dir(&volume.join("www"), None)
+                .unwrap()
+                .0;
+            bind(
+                &www,
+                &crate::safefs::open_dir(&session.join("srv/www"), None)
+                    .unwrap()
+                    .0,
+            )
+            .unwrap();
+            let uploads = crate::safefs::open_dir(&volume.join("uploads"), None)
+                .unwrap()
+                .0;
+            bind(
+                &uploads,
+                &crate::safefs::open_dir(&session.join("srv/www/uploads"), None)
+                    .unwrap()
+                    .0,
+            )
+            .unwrap();
+            let shows = is_mount_point(&volume.join("www/uploads"));
+            nix::mount::umount2(&session, nix::mount::MntFlags::MNT_DETACH).unwrap();
+            shows
+        };
+        assert!(!nested_shows_in_volume(true), "kept out of the volume");
+        // Negative control: the volume left shared, as the mount made it.
+        assert!(nested_shows_in_volume(false), "a peer of the volume");
     }
 }

@@ -31,6 +31,9 @@ pub fn activate_features(
     table: &[mounts::Mount],
 ) -> Result<Vec<FeatureReport>> {
     let plan = plan::plan_activation(entries, mount_root, volume_dev, table);
+    if plan.iter().any(|p| p.action == Action::Activate) {
+        mounts::make_private(mount_root)?;
+    }
     let tor_involved = plan
         .iter()
         .any(|p| p.action == Action::Activate && p.resolved.service == Some(Service::Tor));
@@ -109,7 +112,11 @@ fn deactivate_all_or_none(
     table: &[Mount],
 ) -> Result<()> {
     let mut done: Vec<&ResolvedEntry> = Vec::new();
-    for r in entries.iter().rev() {
+    // Deepest destination first, whatever order the features were named in: a feature
+    // mounted inside another's folder keeps that one busy until it goes.
+    let mut order: Vec<&ResolvedEntry> = entries.iter().rev().collect();
+    order.sort_by_key(|r| std::cmp::Reverse(r.entry.destination.components().count()));
+    for r in order {
         if let Err(err) = deactivate_one(mount_root, volume_dev, r, table) {
             // Rolled back by activating again, newest first undone last.
             for r in done.iter().rev() {
@@ -139,6 +146,16 @@ fn deactivate_one(
             .map_err(|err| {
                 if !err.is_in_use() {
                     return err;
+                }
+                // A feature nested inside keeps it busy without any process.
+                if let Some(inner) = table.iter().find(|m| {
+                    m.mount_point != e.destination && m.mount_point.starts_with(&e.destination)
+                }) {
+                    return Error::InUse(format!(
+                        "{} has {} mounted inside it; disable the feature there first",
+                        e.destination.display(),
+                        inner.mount_point.display()
+                    ));
                 }
                 Error::InUse(format!(
                     "{} is in use ({}); close what uses it and try again",
