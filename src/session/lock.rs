@@ -370,6 +370,26 @@ fn lock_volume(
             out.warn(format!("detaching /dev/{lo}: {e}"));
         }
     }
+    // live-boot mounted the partition that holds a container file (under
+    // /run/live/persistence) only to reach the file: with the volume gone, so is that.
+    if opened_at_boot && let Some(file) = &backing {
+        let table = mounts::read_mountinfo().unwrap_or_default();
+        let points = live_boot_holding_mounts(&table, file);
+        for point in &points {
+            // One may go with another (peers): a failure counts only if it stays.
+            let _ = mounts::unmount(point);
+        }
+        let after = mounts::read_mountinfo().unwrap_or_default();
+        for point in points
+            .iter()
+            .filter(|p| after.iter().any(|m| &m.mount_point == *p))
+        {
+            out.warn(format!(
+                "{} (holding the container file) is still mounted: something uses it",
+                point.display()
+            ));
+        }
+    }
     let caches_dropped = match unlocked::drop_caches() {
         Ok(()) => true,
         Err(e) => {
@@ -397,6 +417,37 @@ fn lock_volume(
         leftovers,
         tor: None,
     })
+}
+
+/// Where live-boot mounted the filesystem holding the container file `file` to look for
+/// it: under /run/live/persistence, and again under /lib/live/mount/persistence (as a
+/// merged-/usr mount table names it, /usr/lib/…); deepest first. A mount of it elsewhere
+/// (the user's) is not live-boot's and is left.
+fn live_boot_holding_mounts(table: &[mounts::Mount], file: &Path) -> Vec<PathBuf> {
+    const PLACES: &[&str] = &[
+        crate::persistence::layout::LIVE_BOOT_PERSISTENCE,
+        "/usr/lib/live/mount/persistence",
+        "/lib/live/mount/persistence",
+    ];
+    let at_live_boots_place =
+        |m: &&mounts::Mount| PLACES.iter().any(|p| m.mount_point.starts_with(p));
+    let Some(holding) = table
+        .iter()
+        .filter(|m| file.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
+        .filter(at_live_boots_place)
+    else {
+        return Vec::new();
+    };
+    let mut points: Vec<PathBuf> = table
+        .iter()
+        .filter(|m| m.dev == holding.dev)
+        .filter(at_live_boots_place)
+        .map(|m| m.mount_point.clone())
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
 }
 
 /// Closes the mapping. After processes were ended, a few more tries while it is busy: a
@@ -505,6 +556,27 @@ impl LockReport {
 mod tests {
     use super::*;
     use crate::host::mounts::parse_mountinfo;
+
+    /// As a Debian 12 live system shows them after live-boot opened a container file
+    /// named persistence on /dev/vdb1 (read in the live scenarios' VM).
+    #[test]
+    fn live_boots_mounts_of_a_container_files_partition_are_found() {
+        let table = parse_mountinfo(
+            "26 1 0:23 / /run rw shared:5 - tmpfs tmpfs rw\n\
+             40 26 254:17 / /run/live/persistence/vdb1 rw,noatime shared:20 - ext4 /dev/vdb1 rw\n\
+             41 33 254:17 / /usr/lib/live/mount/persistence/vdb1 rw,noatime shared:20 - ext4 /dev/vdb1 rw\n\
+             50 1 254:17 / /mnt rw - ext4 /dev/vdb1 rw\n",
+        );
+        assert_eq!(
+            live_boot_holding_mounts(&table, Path::new("/run/live/persistence/vdb1/persistence")),
+            [
+                PathBuf::from("/usr/lib/live/mount/persistence/vdb1"),
+                PathBuf::from("/run/live/persistence/vdb1"),
+            ]
+        );
+        // A container the user's own mount holds is not live-boot's to take.
+        assert!(live_boot_holding_mounts(&table, Path::new("/mnt/persistence")).is_empty());
+    }
 
     use crate::session::plan::tests::LIVE_BOOT;
 
