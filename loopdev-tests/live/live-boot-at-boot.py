@@ -116,16 +116,25 @@ def scenario(r, work, image):
     rc, text = g.run(f"{KS} lock --device /dev/vdb")
     r.equal("lock --device the second stick: the container file only", rc, 0)
     r.equal("/srv/notes is no longer mounted", g.run("findmnt /srv/notes")[0], 1)
+    r.equal("nor the partition live-boot mounted to reach the container file",
+            g.out("findmnt -rn -o TARGET /dev/vdb1 || true"), "")
+    r.equal("and its loop device is detached", g.out("sudo losetup -a | grep -c /persistence || true"), "0")
     r.equal("the partition's features are still there", g.out("cat /srv/www/index.html"), www)
     rc, text = g.run(f"{KS} --json status")
     active = [f["name"] for f in livevm.json_of(text).get("features", []) if f.get("active")] if rc == 0 else []
     r.check("status: its features active", {"persistent", "www", "uploads", "optional"} <= set(active), str(active))
     rc, text = g.run(f"{KS} feature disable www")
-    r.equal("feature disable www", rc, 0)
+    r.check("feature disable www, with uploads mounted inside it, is refused naming it (exit 5)",
+            rc == 5 and "/srv/www/uploads mounted inside" in text, f"exit {rc}: {text.strip()}")
+    rc, text = g.run(f"{KS} feature disable uploads www")
+    r.equal("feature disable uploads www", rc, 0)
     r.equal("/srv/www is no longer mounted", g.run("findmnt /srv/www")[0], 1)
-    rc, text = g.run(f"{KS} feature enable www")
-    r.equal("feature enable www", rc, 0)
+    rc, text = g.run(f"{KS} feature enable www uploads")
+    r.equal("feature enable www uploads", rc, 0)
     r.equal("/srv/www is back", g.out("cat /srv/www/index.html"), www)
+    r.equal("/srv/www/uploads is back", g.out("cat /srv/www/uploads/u.txt"), "an upload")
+    r.equal("and not mounted inside the volume's own folder",
+            g.run("findmnt /run/live/persistence/vda2/www/uploads")[0], 1)
     g.out(f"echo amnesic > {HOME}/amnesic.txt")
     rc, text = g.run(f"{KS} lock")
     r.equal("lock the volume live-boot opened", rc, 0)

@@ -1,7 +1,10 @@
-# live-boot, with live-boot's own code (Debian 12's live-boot 1:20230131, lib/liveboot.sh):
-# its find_persistence_media, get_custom_mounts and activate_custom_mounts open, mount and
-# activate volumes keepsake made (a GPT partition, a container file named `persistence`),
-# and keepsake then adopts and locks what live-boot unlocked; keepsake opens volumes laid out
+# live-boot, with live-boot's own code (Debian 12's live-boot 1:20230131, lib/liveboot.sh),
+# for what a real boot cannot show without stopping: keepsake refuses nested sources, which
+# live-boot's get_custom_mounts really panics on. (live-boot's boot-time unlock of volumes
+# keepsake made, a GPT partition and a container file named `persistence`, with binds,
+# nested binds, links and a union, and keepsake adopting and locking them, is scenario 21 on
+# a real Debian live system; it was checked here with live-boot's functions sourced under
+# busybox before.) keepsake opens volumes laid out
 # by hand as the Debian Live manual shows (MBR and whole-disk LUKS2, ext4 label
 # `persistence`, a 0644 persistence.conf with union, links, nested destinations and `/ union`)
 # with live-boot's meaning, and leaves them as live-boot accepts them; a config live-boot
@@ -9,10 +12,9 @@
 
 host_main() {
     ks_set passphrase "live-boot $(ks_random)"
-    local usb data mbr whole
+    local usb mbr whole
     usb=$(ks_live_stick usb 320M) || return 1
-    data=$(ks_gpt_disk data 160M) || return 1
-    ks_phase keepsake_made "usb=$usb" "data=$data"
+    ks_phase nested_sources "usb=$usb"
     # The manual's stick: an MBR partition table, one partition.
     mbr=$(ks_disk mbr 160M)
     printf 'label: dos\nstart=2048, type=83\n' | sfdisk -q "$mbr" >/dev/null || return 1
@@ -24,17 +26,6 @@ host_main() {
 
 LB_KS="keepsake --layout live-boot"
 LB_KDF="--pbkdf argon2id --pbkdf-memory 8192 --pbkdf-force-iterations 4"
-
-# How `feature add` asks for an overlay, once the CLI offers one.
-lb_union_flag() {
-    local help
-    help=$(keepsake feature add --help 2>&1)
-    case "$help" in
-        *--union*) echo "--union" ;;
-        *--method*) echo "--method union" ;;
-        *) return 1 ;;
-    esac
-}
 
 lb_conf_log() { sed "s/^/KS-LOG $2: /" "$1"; }
 lb_hash() { sha256sum < "$1" | cut -c1-16; }
@@ -54,103 +45,21 @@ lb_teardown() {
     rm -f /home/amnesia/.bashrc /opt/tool/run /home/amnesia/.profile
 }
 
-# The checks after keepsake has locked a volume live-boot unlocked: nothing of it is left.
-lb_adopted_lock_is_clean() {
-    local vol=$1; shift
-    ks_check "no dm mapping remains" ks_no_mapping
-    ks_check "no loop device is attached" ks_no_loop_in_use
-    ks_check "$vol is not mounted" ks_not_mounted "$vol"
-    local d
-    for d in "$@"; do ks_check "$d is not mounted" ks_not_mounted "$d"; done
-}
-
-guest_keepsake_made() {
+guest_nested_sources() {
     . /tests/liveboot.sh
     mkfs.ext4 -q /dev/vda1 || ks_fail "mkfs system partition"
     ks_live_session
     ks_pass_file
     lb_setup
-    lb_image_dir /srv/data from-image "in the image"
-    lb_image_dir /srv/www
     lb_image_dir /opt
-    local vol=/run/live/persistence/vda2 union
+    local vol=/run/live/persistence/vda2
 
-    # a. A GPT volume made and filled by keepsake.
+    # A GPT volume made by keepsake.
     ks_expect_rc 0 "create --layout live-boot on the stick" -- ks_timed create $LB_KS create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
     ks_expect_rc 0 "unlock it" -- $LB_KS unlock --device /dev/vda --key-file "$KS_PASS_FILE"
     ks_assert "mounted at $vol" grep -q " $vol " /proc/self/mountinfo
-    ks_expect_rc 0 "feature enable persistent" -- $LB_KS feature enable persistent
-    ks_expect_rc 0 "feature enable dotfiles (link)" -- $LB_KS feature enable dotfiles
-    ks_expect_rc 0 "feature add www (bind)" -- $LB_KS feature add www --dest /srv/www
-    ks_check_rc 0 "feature add uploads, a nested destination" -- $LB_KS feature add uploads --dest /srv/www/uploads
-    ks_expect_rc 0 "feature add tool --link" -- $LB_KS feature add tool --dest /opt/tool --link
-    if union=$(lb_union_flag); then
-        ks_check_rc 0 "feature add srvdata $union" -- $LB_KS feature add srvdata --dest /srv/data $union
-    else
-        ks_check "feature add offers a union method (--union or --method in its --help)" false
-    fi
-    echo "web page" > /srv/www/index.html
-    mkdir -p $vol/uploads && echo "an upload" > $vol/uploads/u.txt
-    echo "persistent note" > /home/amnesia/Persistent/p.txt
-    echo "alias ll='ls -l'" > $vol/dotfiles/.bashrc && chown 1000:1000 $vol/dotfiles/.bashrc
-    echo "#!/bin/sh" > $vol/tool/run
-    [ "$(ks_fstype /srv/data)" = overlay ] && echo "kept in the upper layer" > /srv/data/kept
-    lb_conf_log $vol/persistence.conf "keepsake's persistence.conf"
-    ks_expect_rc 0 "lock" -- $LB_KS lock
-    ks_assert "no mapping after lock" ks_no_mapping
 
-    ks_log "live-boot boots with: persistence persistence-encryption=luks persistence-storage=filesystem,file"
-    lb_boot luks filesystem,file
-    ks_check "live-boot did not panic" lb_no_panic
-    ks_check "live-boot skipped nothing and warned of nothing" lb_no_warning
-    ks_assert_eq "live-boot found the volume by its GPT name" "$(lb_found)" "/dev/mapper/vda2"
-    ks_check_eq "bind: /srv/www is the volume's www" "$(ks_inode /srv/www/index.html)" "$(ks_inode $vol/www/index.html)"
-    ks_check_eq "nested bind: /srv/www/uploads is the volume's uploads" "$(ks_inode /srv/www/uploads/u.txt)" "$(ks_inode $vol/uploads/u.txt)"
-    ks_check_eq "bind: the Persistent folder" "$(ks_inode /home/amnesia/Persistent/p.txt)" "$(ks_inode $vol/Persistent/p.txt)"
-    ks_check_eq "link: the dotfile" "$(readlink /home/amnesia/.bashrc)" "$vol/dotfiles/.bashrc"
-    ks_check_eq "link: the tool" "$(readlink /opt/tool/run)" "$vol/tool/run"
-    if [ -n "$union" ]; then
-        ks_check_eq "union: /srv/data is an overlay" "$(ks_fstype /srv/data)" overlay
-        ks_check "union: upperdir=$vol/srvdata/rw" sh -c "awk '\$5 == \"/srv/data\"' /proc/self/mountinfo | grep -q 'upperdir=$vol/srvdata/rw[,]'"
-        ks_check_eq "union: what keepsake's union kept" "$(cat /srv/data/kept 2>&1)" "kept in the upper layer"
-        ks_check_eq "union: the image's file shows through" "$(cat /srv/data/from-image 2>&1)" "in the image"
-    fi
-
-    # keepsake adopts what live-boot unlocked, and locks all of it.
-    ks_check_rc 0 "status --json" -- $LB_KS --json status
-    ks_check "status sees the volume live-boot unlocked" grep -q '"unlocked": *true' /tmp/ks-cmd.out
-    ks_check_rc 0 "lock the volume live-boot unlocked" -- $LB_KS lock
-    lb_adopted_lock_is_clean $vol /srv/www/uploads /srv/www /home/amnesia/Persistent /srv/data
-    ks_check "no dotfile link is left" test ! -L /home/amnesia/.bashrc
-    ks_check "no tool link is left" test ! -L /opt/tool/run
-    lb_teardown
-
-    # a. A container file named `persistence` on an ext4 partition.
-    mkfs.ext4 -q /dev/vdb1 && mkdir -p /media/data && mount /dev/vdb1 /media/data || ks_fail "data partition"
-    ks_expect_rc 0 "create a container file named persistence" -- $LB_KS create --image /media/data/persistence --size 48M --key-file "$KS_PASS_FILE" $KS_KDF
-    ks_expect_rc 0 "unlock it" -- $LB_KS unlock --image /media/data/persistence --key-file "$KS_PASS_FILE"
-    ks_expect_rc 0 "feature add notes" -- $LB_KS feature add notes --dest /srv/notes
-    echo "a note in a file" > /srv/notes/n.txt
-    ks_expect_rc 0 "lock" -- $LB_KS lock
-    umount /media/data
-    ks_log "live-boot boots with: persistence persistence-encryption=none,luks persistence-storage=file"
-    lb_boot none,luks file
-    ks_check "live-boot did not panic" lb_no_panic
-    ks_check "live-boot skipped nothing and warned of nothing" lb_no_warning
-    local found fvol
-    found=$(lb_found)
-    ks_log "live-boot mapped the container file as $found"
-    case "$found" in /dev/mapper/loop[0-9]*) ks_ok "found the container file as /dev/mapper/loopN" ;; *) ks_fail "live-boot did not find the container file: '$found'" ;; esac
-    fvol=/run/live/persistence/${found##*/}
-    ks_check_eq "bind: /srv/notes is the container's notes" "$(ks_inode /srv/notes/n.txt)" "$(ks_inode $fvol/notes/n.txt)"
-    ks_check_rc 0 "status --json" -- $LB_KS --json status
-    ks_check "status sees the container live-boot unlocked" grep -q '"unlocked": *true' /tmp/ks-cmd.out
-    ks_check_rc 0 "lock the container live-boot unlocked" -- $LB_KS lock
-    lb_adopted_lock_is_clean "$fvol" /srv/notes
-    lb_teardown
-
-    # c. Nested sources: keepsake refuses to write them; live-boot panics on them.
-    ks_expect_rc 0 "unlock the GPT volume again" -- $LB_KS unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    # Nested sources: keepsake refuses to write them; live-boot panics on them.
     ks_expect_rc 0 "feature enable additional-software (apt/cache, apt/lists)" -- $LB_KS feature enable additional-software
     local before
     before=$(lb_hash $vol/persistence.conf)
