@@ -242,12 +242,20 @@ fn enter_each(
     if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
         return all_unseen(format!("not looked into: unshare(CLONE_FS): {}", errno()));
     }
+    let our_users = our_user_namespace();
     let mut seen = HashMap::new();
     for (ns, ways) in doors {
         let inside = match enter(&proc, *ns, ways) {
-            Ok(true) => look(&proc, dev, detach, ours),
+            // Only a namespace of our own user namespace (systemd's services', root's) is
+            // trusted to let its copies go with ours. In one the live user made, a copy can
+            // be made to stay (a mount inside it, or the volume bound at the same path in
+            // another folder): there every copy holds.
+            Ok(Some(owner)) if owner.is_some() && owner == our_users => {
+                look(&proc, dev, detach, ours)
+            }
+            Ok(Some(_)) => look(&proc, dev, detach, &[]),
             // Every way in is gone: so is the namespace, or it no longer is the same one.
-            Ok(false) => continue,
+            Ok(None) => continue,
             Err(e) => Inside::unseen(e),
         };
         seen.insert(*ns, inside);
@@ -255,17 +263,42 @@ fn enter_each(
     seen
 }
 
-/// Moves this thread into `ns` through the first of `ways` that still opens it. False
-/// when none does.
-fn enter(proc: &OwnedFd, ns: Namespace, ways: &[String]) -> Result<bool, String> {
+/// Moves this thread into `ns` through the first of `ways` that still opens it, and
+/// tells the user namespace that owns it. None when no way in opens it any more.
+fn enter(
+    proc: &OwnedFd,
+    ns: Namespace,
+    ways: &[String],
+) -> Result<Option<Option<Namespace>>, String> {
     let Some(fd) = open_namespace(proc, ns, ways) else {
-        return Ok(false);
+        return Ok(None);
     };
+    let owner = owning_user_namespace(&fd);
     // SAFETY: a valid descriptor; setns takes no pointers.
     if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
         return Err(format!("not looked into: setns: {}", errno()));
     }
-    Ok(true)
+    Ok(Some(owner))
+}
+
+fn our_user_namespace() -> Option<Namespace> {
+    std::fs::metadata("/proc/self/ns/user")
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// The user namespace that owns the namespace open as `fd` (NS_GET_USERNS).
+fn owning_user_namespace(fd: &OwnedFd) -> Option<Namespace> {
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: a valid descriptor; the ioctl takes no argument.
+    let user = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_USERNS) };
+    if user < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just returned, owned by nothing else.
+    let user = unsafe { OwnedFd::from_raw_fd(user) };
+    let st = nix::sys::stat::fstat(&user).ok()?;
+    Some((st.st_dev, st.st_ino))
 }
 
 /// The nsfs file of `ns`, opened through the first of `ways` (entries of the host's
@@ -586,27 +619,13 @@ const COVERED: &str = "made in a user namespace, whose root may cover the volume
 /// The foreign mount namespaces owned by a user namespace other than ours (made by a
 /// user, who can stack a mount over their root), whatever they show.
 fn user_made_namespaces() -> HashMap<Namespace, Inside> {
-    // NS_GET_USERNS: the user namespace that owns a namespace.
-    const NS_GET_USERNS: libc::c_ulong = 0xb701;
-    let ours = std::fs::metadata("/proc/self/ns/user")
-        .ok()
-        .map(|m| (m.dev(), m.ino()));
+    let ours = our_user_namespace();
     let Ok(proc) = std::fs::File::open("/proc").map(OwnedFd::from) else {
         return HashMap::new();
     };
     let mut found = HashMap::new();
     for (ns, ways) in foreign_namespaces(mount_namespace("self"), true) {
-        let owner = open_namespace(&proc, ns, &ways).and_then(|fd| {
-            // SAFETY: a valid descriptor; the ioctl takes no argument.
-            let user = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_USERNS) };
-            if user < 0 {
-                return None;
-            }
-            // SAFETY: a descriptor just returned, owned by nothing else.
-            let user = unsafe { OwnedFd::from_raw_fd(user) };
-            let st = nix::sys::stat::fstat(&user).ok()?;
-            Some((st.st_dev, st.st_ino))
-        });
+        let owner = open_namespace(&proc, ns, &ways).and_then(|fd| owning_user_namespace(&fd));
         if owner.is_some() && owner != ours {
             found.insert(ns, Inside::unseen(COVERED.to_string()));
         }
@@ -959,8 +978,14 @@ mod tests {
         )
         .unwrap();
         let dev = dev_of(&std::fs::metadata(&dir).unwrap());
-        let in_namespace = |propagation: &str| {
+        let in_namespace = |propagation: &str, user: bool| {
+            let user_args: &[&str] = if user {
+                &["--user", "--map-root-user"]
+            } else {
+                &[]
+            };
             let child = std::process::Command::new("unshare")
+                .args(user_args)
                 .args(["--mount", "--propagation", propagation, "sleep", "30"])
                 .current_dir("/")
                 .spawn()
@@ -975,12 +1000,18 @@ mod tests {
             }
             child
         };
-        let mut slave = in_namespace("slave");
+        let mut slave = in_namespace("slave", false);
         let spid = slave.id() as i32;
         let with_slave = namespace_holders(dev);
-        let mut private = in_namespace("private");
+        let mut private = in_namespace("private", false);
         let ppid = private.id() as i32;
-        let with_both = namespace_holders(dev);
+        // A user's namespace is not trusted to let go, slave or not: it can mount inside
+        // its copy, which keeps the copy there after our unmount.
+        let mut users = in_namespace("slave", true);
+        let upid = users.id() as i32;
+        let with_all = namespace_holders(dev);
+        users.kill().unwrap();
+        users.wait().unwrap();
         nix::mount::umount(&dir).unwrap();
         let slave_after = in_its_mountinfo(spid, dev);
         for child in [&mut slave, &mut private] {
@@ -989,8 +1020,9 @@ mod tests {
         }
         nix::mount::umount(parent.path()).unwrap();
         assert!(with_slave.iter().all(|h| h.pid != spid), "{with_slave:?}");
-        assert!(with_both.iter().any(|h| h.pid == ppid), "{with_both:?}");
-        assert!(with_both.iter().all(|h| h.pid != spid), "{with_both:?}");
+        assert!(with_all.iter().any(|h| h.pid == ppid), "{with_all:?}");
+        assert!(with_all.iter().any(|h| h.pid == upid), "{with_all:?}");
+        assert!(with_all.iter().all(|h| h.pid != spid), "{with_all:?}");
         assert!(!slave_after, "our unmount took the slave's copy with it");
     }
 
