@@ -199,12 +199,12 @@ pub(crate) fn mount_ext4(device: &Path, target: &Path) -> Result<()> {
     .context(|| format!("mounting {} at {}", device.display(), target.display()))
 }
 
-/// Makes the mount at `target` private: a bind from it then starts a peer group of its
-/// own instead of joining the volume's. Under systemd every mount is shared; a bind of a
+/// Makes the mount at `target` (a volume's root, given as its handle's /proc path) private:
+/// a bind from it then starts a peer group of its own instead of joining the volume's. Under systemd every mount is shared; a bind of a
 /// shared mount is its peer, so a nested feature (`/srv/www/uploads` on `/srv/www`) was
 /// mounted into the volume's own folder too (`…/www/uploads`), and one unmount undid the
 /// other. Copies in other namespaces still go with ours: an unmount propagates through
-/// the mount it is on, not its own group.
+/// the peer group of the mount it is on, not its own.
 pub(crate) fn make_private(target: &Path) -> Result<()> {
     nix::mount::mount(
         None::<&str>,

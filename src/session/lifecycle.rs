@@ -31,9 +31,6 @@ pub fn activate_features(
     table: &[mounts::Mount],
 ) -> Result<Vec<FeatureReport>> {
     let plan = plan::plan_activation(entries, mount_root, volume_dev, table);
-    if plan.iter().any(|p| p.action == Action::Activate) {
-        mounts::make_private(mount_root)?;
-    }
     let tor_involved = plan
         .iter()
         .any(|p| p.action == Action::Activate && p.resolved.service == Some(Service::Tor));
