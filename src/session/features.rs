@@ -334,8 +334,14 @@ pub fn add(open: &mut Open, name: &str, dest: PathBuf, method: Method) -> Result
         source,
         method,
     };
-    // Validated as persistence.conf would validate it, against both files.
-    if let Some(why) = open.config.nesting_with(&entry) {
+    // Validated as persistence.conf would validate it, against both files, and as
+    // live-boot would take it at the next boot, before anything is written.
+    let images = crate::host::mounts::live_boot_images();
+    if let Some(why) = open
+        .config
+        .nesting_with(&entry)
+        .or_else(|| ConfigFile::union_without_image_folder(&entry, &images, Path::is_dir))
+    {
         return Err(Error::NotApplied(format!(
             "not added, nothing changed: {why}"
         )));

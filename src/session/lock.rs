@@ -436,9 +436,18 @@ fn live_boot_holding_mounts(table: &[mounts::Mount], file: &Path) -> Vec<PathBuf
         .filter(|m| file.starts_with(&m.mount_point))
         .max_by_key(|m| m.mount_point.components().count())
         .filter(at_live_boots_place)
+        .filter(|m| m.source.starts_with("/dev/") && !m.fstype.starts_with("fuse"))
     else {
         return Vec::new();
     };
+    // Used for more than the file (with `none,luks` live-boot may also have bound an
+    // unencrypted persistence volume's folders from it): left as it is.
+    if table
+        .iter()
+        .any(|m| m.dev == holding.dev && !at_live_boots_place(&m))
+    {
+        return Vec::new();
+    }
     let mut points: Vec<PathBuf> = table
         .iter()
         .filter(|m| m.dev == holding.dev)
@@ -567,15 +576,24 @@ mod tests {
              41 33 254:17 / /usr/lib/live/mount/persistence/vdb1 rw,noatime shared:20 - ext4 /dev/vdb1 rw\n\
              50 1 254:17 / /mnt rw - ext4 /dev/vdb1 rw\n",
         );
+        let only_live_boots = &table[..3];
         assert_eq!(
-            live_boot_holding_mounts(&table, Path::new("/run/live/persistence/vdb1/persistence")),
+            live_boot_holding_mounts(
+                only_live_boots,
+                Path::new("/run/live/persistence/vdb1/persistence")
+            ),
             [
                 PathBuf::from("/usr/lib/live/mount/persistence/vdb1"),
                 PathBuf::from("/run/live/persistence/vdb1"),
             ]
         );
-        // A container the user's own mount holds is not live-boot's to take.
+        // A container the user's own mount holds is not live-boot's to take, nor is a
+        // partition that is also mounted elsewhere.
         assert!(live_boot_holding_mounts(&table, Path::new("/mnt/persistence")).is_empty());
+        assert!(
+            live_boot_holding_mounts(&table, Path::new("/run/live/persistence/vdb1/persistence"))
+                .is_empty()
+        );
     }
 
     use crate::session::plan::tests::LIVE_BOOT;
