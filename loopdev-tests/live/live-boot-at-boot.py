@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 import livevm  # noqa: E402
-from livevm import Guest, converse, json_of  # noqa: E402
+from livevm import Guest, converse  # noqa: E402
 
 KS = "sudo keepsake --layout live-boot"
 KDF = "--pbkdf-memory 8192 --pbkdf-force-iterations 4"  # small costs: TCG

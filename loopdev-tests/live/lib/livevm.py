@@ -133,11 +133,12 @@ class Guest:
         self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         for _ in range(100):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self.sock.connect(serial)
                 break
             except OSError:
+                self.sock.close()
                 time.sleep(0.1)
         else:
             raise Failed("qemu did not open its serial console")
@@ -150,6 +151,7 @@ class Guest:
         except socket.timeout:
             return True
         if not data:
+            time.sleep(min(timeout, 1.0))  # the console closed: qemu is ending
             return False
         self.log.write(data)
         self.log.flush()
@@ -185,8 +187,8 @@ class Guest:
         self.type(password + "\r")
         self.expect(r"\$ ", 120)
         # A prompt that cannot be mistaken for output, a wide terminal so that lines do not
-        # wrap, and no kernel messages over the output.
-        self.type("stty cols 250 rows 50; export PS1='live$ '\r")
+        # wrap, and no pager waiting for a key (systemctl pages even `show` on a terminal).
+        self.type("stty cols 250 rows 50; export PS1='live$ ' PAGER=cat SYSTEMD_PAGER=cat\r")
         self.expect(r"live\$ ")
         return time.time() - self.started
 
@@ -285,6 +287,8 @@ def main(scenario):
         scenario(report, workdir, image_dir)
     except Failed as e:
         report.fail(str(e))
+    except Exception as e:  # a driver error is a failed scenario too, never a pass
+        report.fail(f"the driver failed: {type(e).__name__}: {e}")
     finally:
         subprocess.run(["pkill", "-f", f"unix:{os.path.join(workdir, 'serial.sock')}"],
                        stderr=subprocess.DEVNULL)
