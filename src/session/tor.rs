@@ -545,31 +545,29 @@ pub fn around<T>(involved: bool, change: impl FnOnce() -> (T, bool)) -> Result<(
     Ok((value, outcome))
 }
 
-/// The pid among `pids` holding a lock (flock or fcntl) on `file`, from /proc/locks.
+/// The pid among `pids` holding a lock (flock or fcntl) on `file`: a descriptor of the
+/// process that is that file (the same device and inode through its magic link as through
+/// the path), with a lock the kernel lists in that descriptor's fdinfo. Not /proc/locks:
+/// it names a file on overlayfs (a live system's root, where the amnesic /var/lib/tor is)
+/// by the overlay's own device and inode, which stat does not give for a file there.
 pub fn holder_of_lock(file: &Path, pids: &[i32]) -> Option<i32> {
     let meta = std::fs::metadata(file).ok()?;
-    let (major, minor, inode) = (libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    parse_lock_holders(&locks, major, minor, inode)
-        .into_iter()
-        .find(|p| pids.contains(p))
+    let id = (meta.dev(), meta.ino());
+    pids.iter().copied().find(|&pid| holds_a_lock_on(pid, id))
 }
 
-/// Pids holding locks on device major:minor, inode, in /proc/locks text.
-fn parse_lock_holders(locks: &str, major: u32, minor: u32, inode: u64) -> Vec<i32> {
-    locks
-        .lines()
-        .filter_map(|line| {
-            // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:56789 0 EOF"; blocked waiters have "->".
-            let fields: Vec<&str> = line.split_whitespace().filter(|f| *f != "->").collect();
-            let pid: i32 = fields.get(4)?.parse().ok()?;
-            let mut id = fields.get(5)?.split(':');
-            let maj = u32::from_str_radix(id.next()?, 16).ok()?;
-            let min = u32::from_str_radix(id.next()?, 16).ok()?;
-            let ino: u64 = id.next()?.parse().ok()?;
-            (maj == major && min == minor && ino == inode).then_some(pid)
-        })
-        .collect()
+fn holds_a_lock_on(pid: i32, id: (u64, u64)) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| e.ok()).any(|fd| {
+        std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == id)
+            && std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .is_ok_and(|info| info.lines().any(|l| l.starts_with("lock:")))
+    })
 }
 
 #[cfg(test)]
@@ -719,16 +717,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_proc_locks() {
-        let text = "1: FLOCK  ADVISORY  WRITE 1234 fe:01:56789 0 EOF\n\
-                    2: POSIX  ADVISORY  WRITE 99 08:02:12 0 EOF\n\
-                    3: -> FLOCK  ADVISORY  WRITE 555 fe:01:56789 0 EOF\n";
-        assert_eq!(parse_lock_holders(text, 254, 1, 56789), vec![1234, 555]);
-        assert_eq!(parse_lock_holders(text, 8, 2, 12), vec![99]);
-        assert!(parse_lock_holders(text, 8, 2, 13).is_empty());
-    }
-
-    #[test]
     fn a_locked_file_is_found_for_its_holder() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lock");
@@ -739,5 +727,68 @@ mod tests {
         assert_eq!(holder_of_lock(&path, &[me]), Some(me));
         drop(locked);
         assert_eq!(holder_of_lock(&path, &[me]), None);
+    }
+
+    /// A live system's amnesic /var/lib/tor is on overlayfs (a squashfs under a tmpfs).
+    #[test]
+    fn a_locked_file_on_overlayfs_is_found_for_its_holder() {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["lower", "layers", "merged"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        let tmpfs = |p: &Path| {
+            nix::mount::mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        tmpfs(&d.join("lower"));
+        tmpfs(&d.join("layers"));
+        std::fs::create_dir(d.join("layers/upper")).unwrap();
+        std::fs::create_dir(d.join("layers/work")).unwrap();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            d.join("lower").display(),
+            d.join("layers/upper").display(),
+            d.join("layers/work").display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &d.join("merged"),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap();
+        let path = d.join("merged/lock");
+        let file = std::fs::File::create(&path).unwrap();
+        let locked =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        let me = std::process::id() as i32;
+        let found = holder_of_lock(&path, &[me]);
+        // Negative control: /proc/locks names the lock by an id stat does not give.
+        let meta = std::fs::metadata(&path).unwrap();
+        let by_stat = format!(
+            "{:02x}:{:02x}:{}",
+            libc::major(meta.dev()),
+            libc::minor(meta.dev()),
+            meta.ino()
+        );
+        let in_proc_locks = std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(&format!(" {me} ")) && l.contains(&by_stat));
+        drop(locked);
+        for sub in ["merged", "layers", "lower"] {
+            nix::mount::umount(&d.join(sub)).unwrap();
+        }
+        assert_eq!(found, Some(me));
+        assert!(!in_proc_locks, "/proc/locks would have found it by stat");
     }
 }
