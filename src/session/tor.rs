@@ -430,6 +430,19 @@ pub fn start(tor: &RunningTor, data_dir: &Path) -> Result<()> {
     settled
 }
 
+/// Whether tor's systemd unit is still active or on its way there.
+fn unit_still_starting(tor: &RunningTor) -> bool {
+    let Launch::Systemd { unit } = &tor.launch else {
+        return false;
+    };
+    systemctl(&["is-active", unit]).is_ok_and(|out| {
+        matches!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "active" | "activating" | "reloading"
+        )
+    })
+}
+
 /// Waits until a tor started after `before` holds the lock of `data_dir`, and still runs
 /// a moment later.
 fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Result<()> {
@@ -453,14 +466,21 @@ fn wait_until_settled(tor: &RunningTor, data_dir: &Path, before: &[i32]) -> Resu
         seen |= !pids.is_empty();
         if let Some(pid) = holder_of_lock(&data_dir.join("lock"), &pids) {
             std::thread::sleep(SETTLE);
-            return if new_pids().contains(&pid) {
+            // The same process, still holding its state's lock a moment later.
+            return if holder_of_lock(&data_dir.join("lock"), &[pid]).is_some() {
                 Ok(())
             } else {
                 Err(refused())
             };
         }
-        // Gone after having run, or never seen at all: tor exited.
-        if pids.is_empty() && (seen || started.elapsed() > Duration::from_secs(5)) {
+        // Gone after having run, or never seen at all: tor exited. Under systemd, only
+        // once its unit says so: a main pid looked up while the unit changes state may
+        // be missing for a moment (seen on a Debian live system: tor stopped as
+        // "refused" three seconds after it had signalled readiness).
+        if pids.is_empty()
+            && (seen || started.elapsed() > Duration::from_secs(5))
+            && !unit_still_starting(tor)
+        {
             return Err(refused());
         }
         std::thread::sleep(Duration::from_millis(100));
