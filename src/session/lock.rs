@@ -376,7 +376,8 @@ fn lock_volume(
         let table = mounts::read_mountinfo().unwrap_or_default();
         let points = live_boot_holding_mounts(&table, file);
         for point in &points {
-            // One may go with another (peers): a failure counts only if it stays.
+            // One may take the other with it (the mounts they are on are peers): a
+            // failure counts only if the mount stays.
             let _ = mounts::unmount(point);
         }
         let after = mounts::read_mountinfo().unwrap_or_default();
