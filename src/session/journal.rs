@@ -119,8 +119,6 @@ fn activate_steps(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     if e.method == Method::Link {
         return link_tree(&source, &dest, journal);
     }
-    // Every bind from the volume, a rollback's too: its mount is made private first.
-    mounts::make_private(&volume.proc_path())?;
     // A new folder starts as a copy of what the session has there (as Tails and live-boot
     // do with `cp -a`): enabling a feature keeps the data of the moment, and system
     // folders such as /etc/cups keep their default files.

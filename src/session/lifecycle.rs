@@ -31,6 +31,9 @@ pub fn activate_features(
     table: &[mounts::Mount],
 ) -> Result<Vec<FeatureReport>> {
     let plan = plan::plan_activation(entries, mount_root, volume_dev, table);
+    if plan.iter().any(|p| p.action == Action::Activate) {
+        mounts::make_private(mount_root)?;
+    }
     let tor_involved = plan
         .iter()
         .any(|p| p.action == Action::Activate && p.resolved.service == Some(Service::Tor));
@@ -115,7 +118,9 @@ fn deactivate_all_or_none(
     order.sort_by_key(|r| std::cmp::Reverse(r.entry.destination.components().count()));
     for r in order {
         if let Err(err) = deactivate_one(mount_root, volume_dev, r, table) {
-            // Rolled back by activating again, newest first undone last.
+            // Rolled back by activating again, newest first undone last; binds from a
+            // private mount, as every activation (a volume opened at boot is shared).
+            let _ = mounts::make_private(mount_root);
             for r in done.iter().rev() {
                 let _ = journal::activate(volume, r);
             }
