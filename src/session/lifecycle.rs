@@ -21,6 +21,21 @@ use crate::session::report::{FeatureReport, FeatureState};
 use crate::session::tor::{self, TorRestart};
 use crate::session::unlocked::Unlocked;
 
+/// A shared volume mount (every mount is, under systemd) is made private before features
+/// are bound from it, so that binds do not join its peer group; one that is not shared
+/// (private, a slave, unbindable) is left as it is.
+fn keep_binds_out_of_the_volume(table: &[mounts::Mount], mount_root: &Path) -> Result<()> {
+    let shared = table
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == mount_root)
+        .is_some_and(|m| m.shared.is_some());
+    if shared {
+        mounts::make_private(mount_root)?;
+    }
+    Ok(())
+}
+
 /// Activates every entry that is not active yet; each failure is reported and undone,
 /// and does not stop the others.
 pub fn activate_features(
@@ -32,7 +47,7 @@ pub fn activate_features(
 ) -> Result<Vec<FeatureReport>> {
     let plan = plan::plan_activation(entries, mount_root, volume_dev, table);
     if plan.iter().any(|p| p.action == Action::Activate) {
-        mounts::make_private(mount_root)?;
+        keep_binds_out_of_the_volume(table, mount_root)?;
     }
     let tor_involved = plan
         .iter()
@@ -120,7 +135,7 @@ fn deactivate_all_or_none(
         if let Err(err) = deactivate_one(mount_root, volume_dev, r, table) {
             // Rolled back by activating again, newest first undone last; binds from a
             // private mount, as every activation (a volume opened at boot is shared).
-            let _ = mounts::make_private(mount_root);
+            let _ = keep_binds_out_of_the_volume(table, mount_root);
             for r in done.iter().rev() {
                 let _ = journal::activate(volume, r);
             }
