@@ -476,22 +476,24 @@ garbage line
             .any(|m| m.mount_point == path)
     }
 
+    /// A new tmpfs mounted at `p` (made first, with its parents).
+    fn tmpfs(p: &Path) {
+        std::fs::create_dir_all(p).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn unmount_cannot_be_sent_elsewhere_by_a_swapped_folder() {
         assert!(nix::unistd::geteuid().is_root(), "this test needs root");
         let tmp = tempfile::tempdir().unwrap();
         let tmp = tmp.path().canonicalize().unwrap();
-        let tmpfs = |p: &Path| {
-            std::fs::create_dir_all(p).unwrap();
-            nix::mount::mount(
-                Some("tmpfs"),
-                p,
-                Some("tmpfs"),
-                MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap();
-        };
         // The system's mount, and the user's, at the same name.
         tmpfs(&tmp.join("system/proc"));
         tmpfs(&tmp.join("home/a/proc"));
@@ -528,17 +530,6 @@ garbage line
         let nested_shows_in_volume = |private: bool| {
             let tmp = tempfile::tempdir().unwrap();
             let tmp = tmp.path().canonicalize().unwrap();
-            let tmpfs = |p: &Path| {
-                std::fs::create_dir_all(p).unwrap();
-                nix::mount::mount(
-                    Some("tmpfs"),
-                    p,
-                    Some("tmpfs"),
-                    MsFlags::empty(),
-                    None::<&str>,
-                )
-                .unwrap();
-            };
             let session = tmp.join("session");
             tmpfs(&session);
             nix::mount::mount(

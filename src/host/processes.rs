@@ -184,10 +184,7 @@ fn open_at(dir: &OwnedFd, path: &str, flags: libc::c_int) -> std::io::Result<Own
 /// (when that one is shared): an unmount propagates through the parent's group, to the
 /// mount at the same place on each of its peers and slaves.
 fn our_peer_groups(dev: (u32, u32)) -> Vec<(PathBuf, u32)> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let table = crate::host::mounts::parse_mountinfo(&text);
+    let table = crate::host::mounts::read_mountinfo().unwrap_or_default();
     table
         .iter()
         .filter(|m| m.dev == dev)
