@@ -113,22 +113,13 @@ impl Extractor {
     /// The open folder `parent` (a checked path, empty for `dest`), walked down to one
     /// component at a time without following symlinks.
     pub(crate) fn parent(&mut self, parent: &[u8]) -> Result<&OwnedFd> {
-        let components: Vec<&[u8]> = if parent.is_empty() {
-            Vec::new()
-        } else {
-            parent.split(|&b| b == b'/').collect()
-        };
-        let keep = self
-            .open
-            .names()
-            .zip(&components)
-            .take_while(|(open, wanted)| open.as_bytes() == **wanted)
-            .count();
-        self.open.truncate(keep)?;
-        for (depth, name) in components.iter().enumerate().skip(keep) {
-            let fd = open_dir_at(self.open.top()?, OsStr::from_bytes(name)).map_err(|e| {
-                let walked = self.shown(&components[..=depth].join(&b'/'));
-                match e {
+        let dest = self.dest.clone();
+        match self.open.walk_to(parent)? {
+            Ok(fd) => Ok(fd),
+            Err((depth, e)) => {
+                let walked: Vec<&[u8]> = parent.split(|&b| b == b'/').take(depth + 1).collect();
+                let walked = dest.join(OsStr::from_bytes(&walked.join(&b'/')));
+                Err(match e {
                     Errno::ELOOP | Errno::ENOTDIR => Error::BadEntry(format!(
                         "{} is not a folder this restore created; refusing to follow it",
                         walked.display()
@@ -137,11 +128,9 @@ impl Extractor {
                         format!("opening {}", walked.display()),
                         e.into(),
                     )),
-                }
-            })?;
-            self.open.push(OsStr::from_bytes(name), fd)?;
+                })
+            }
         }
-        self.open.top().map_err(Error::from)
     }
 
     pub(crate) fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {

@@ -47,6 +47,7 @@ pub fn check_untrusted(data: &[u8]) {
         salt: [0; SALT_LEN],
         chunk_size: MIN_CHUNK_SIZE,
         nonce_prefix: [0; NONCE_PREFIX_LEN],
+        chain: None,
     };
     let sealed = Writer::with_key(Vec::new(), &header, &FUZZ_KEY).and_then(|mut writer| {
         writer

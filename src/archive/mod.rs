@@ -29,6 +29,7 @@ mod engine;
 mod extract;
 mod fuzz;
 mod header;
+mod listing;
 #[cfg(test)]
 mod oracle;
 pub(crate) mod restore;
@@ -36,6 +37,7 @@ mod stream;
 #[cfg(test)]
 mod testing;
 mod tree;
+mod walk;
 
 // Public for the crate's tests, the fuzz target and examples/archive_bench.rs.
 pub use engine::default_threads;

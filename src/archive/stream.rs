@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::engine::{Batch, Direction, Engine, Sink, TAG_LEN, default_threads};
 use super::header::{
-    HEADER_LEN, Header, KEY_LEN, KdfParams, NONCE_PREFIX_LEN, SALT_LEN, check_header,
-    chunk_size_problem, derive_key,
+    CHAIN_LEN, ChainIds, HEADER_LEN, Header, KEY_LEN, KdfParams, NONCE_PREFIX_LEN, SALT_LEN,
+    check_header, chunk_size_problem, derive_key,
 };
 use super::{Error, Result};
 use crate::context::{Context, IoError};
@@ -44,9 +44,9 @@ impl<W: Write + Send + 'static> Writer<W> {
             return Err(Error::BadParameters(format!("backup {problem}")));
         }
         let mut salt = [0u8; SALT_LEN];
-        crate::volume::recovery::fill_random(&mut salt).map_err(random_failed)?;
+        fill_random(&mut salt)?;
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        crate::volume::recovery::fill_random(&mut nonce_prefix).map_err(random_failed)?;
+        fill_random(&mut nonce_prefix)?;
         Writer::with_header(
             inner,
             secret,
@@ -55,6 +55,7 @@ impl<W: Write + Send + 'static> Writer<W> {
                 salt,
                 chunk_size,
                 nonce_prefix,
+                chain: None,
             },
         )
     }
@@ -70,7 +71,7 @@ impl<W: Write + Send + 'static> Writer<W> {
         header: &Header,
         key: &[u8; KEY_LEN],
     ) -> Result<Writer<W>> {
-        let header_bytes = header.encode();
+        let header_bytes = header.bytes();
         inner
             .write_all(&header_bytes)
             .context(|| "writing the archive header".into())?;
@@ -305,11 +306,16 @@ pub(crate) fn engine(
     Engine::new(
         key,
         header.nonce_prefix,
-        header.encode(),
+        header.bytes(),
         header.chunk_size as usize,
         direction,
         default_threads(),
     )
+}
+
+/// Fills `bytes` from the kernel's random generator.
+pub(crate) fn fill_random(bytes: &mut [u8]) -> Result<()> {
+    crate::volume::recovery::fill_random(bytes).map_err(random_failed)
 }
 
 /// What the kernel's random generator said, in the archive's terms: the volume layer's
@@ -421,7 +427,7 @@ pub(crate) enum ReaderState {
 /// is an `io::Error` of kind `InvalidData` naming it; nothing of its batch is released.
 pub struct Reader<R: Read> {
     inner: R,
-    params: KdfParams,
+    header: Header,
     engine: Engine,
     /// One byte read past the batch before, to learn whether its final chunk is the last.
     lookahead: Option<u8>,
@@ -458,7 +464,15 @@ impl<R: Read> KeylessReader<R> {
                 ),
                 _ => Error::Io(IoError::new("reading the archive header", e)),
             })?;
-        let header = check_header(&header_bytes, available_kib)?;
+        let mut header = check_header(&header_bytes, available_kib)?;
+        if Header::has_chain_block(&header_bytes) {
+            let mut chain = [0u8; CHAIN_LEN];
+            inner.read_exact(&mut chain).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => Error::Truncated,
+                _ => Error::Io(IoError::new("reading the archive header", e)),
+            })?;
+            header.chain = Some(ChainIds::parse(&chain)?);
+        }
         Ok(KeylessReader {
             inner,
             header,
@@ -469,6 +483,17 @@ impl<R: Read> KeylessReader<R> {
     /// The key-derivation cost the header asks for (checked).
     pub fn kdf_params(&self) -> KdfParams {
         self.header.params
+    }
+
+    /// The header, checked but not yet authenticated.
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Opens the archive with a key already derived (one of its chain's): its first chunk
+    /// authenticated, as [`KeylessReader::unlock`] does.
+    pub(crate) fn unlock_with_key(self, key: &[u8; KEY_LEN]) -> Result<Reader<R>> {
+        Reader::with_key_on(self.inner, &self.header, key, self.threads)
     }
 
     /// Opens chunks with `threads` worker threads (1: on the caller's thread) instead of
@@ -513,7 +538,7 @@ impl<R: Read> Reader<R> {
         engine.set_threads(threads);
         let mut reader = Reader {
             inner,
-            params: header.params,
+            header: header.clone(),
             engine,
             lookahead: None,
             read_all: false,
@@ -536,7 +561,12 @@ impl<R: Read> Reader<R> {
 
     /// The key-derivation cost the archive was written with.
     pub fn kdf_params(&self) -> KdfParams {
-        self.params
+        self.header.params
+    }
+
+    /// The header, authenticated with the first chunk.
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
     }
 
     /// Keeps the workers busy: reads batches of stored chunks into every spare batch and
@@ -1049,6 +1079,7 @@ mod tests {
                     salt: range(0),
                     chunk_size: MIN_CHUNK_SIZE,
                     nonce_prefix: std::array::from_fn(|i| 0xa0 + i as u8),
+                    chain: None,
                 },
                 small,
             ),
@@ -1064,6 +1095,7 @@ mod tests {
                     salt: range(0x10),
                     chunk_size: MIN_CHUNK_SIZE,
                     nonce_prefix: std::array::from_fn(|i| 0xb0 + i as u8),
+                    chain: None,
                 },
                 two_chunks,
             ),

@@ -59,6 +59,7 @@ pub(super) fn test_header(params: KdfParams, chunk_size: u32) -> Header {
         salt: [7; SALT_LEN],
         chunk_size,
         nonce_prefix: [9; NONCE_PREFIX_LEN],
+        chain: None,
     }
 }
 
