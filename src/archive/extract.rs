@@ -22,7 +22,8 @@ use zeroize::Zeroizing;
 
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
-use crate::safefs::treewalk::{DirStack, list_dir, open_dir_at};
+use crate::safefs::treewalk::{DirStack, list_dir};
+use crate::safefs::xattr::{On, Xattr};
 
 /// Ownership, permissions and modification time of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +67,11 @@ pub(crate) struct Extractor {
     /// few only (see crate::safefs::treewalk): consecutive entries mostly share their parent, so
     /// each folder is opened about once, and a deep tree does not run out of descriptors.
     open: DirStack,
-    /// Folders created, in archive order, with the metadata to give them at the end.
-    dirs: Vec<(Vec<u8>, Meta)>,
+    /// Folders created, in archive order, with the metadata and extended attributes to
+    /// give them at the end.
+    dirs: Vec<(Vec<u8>, Meta, Vec<Xattr>)>,
+    /// Extended attributes that could not be restored, said rather than dropped.
+    warnings: Vec<String>,
     as_root: bool,
     /// Files whose data is written, given their metadata and closed on a thread of their
     /// own; `None` on one thread.
@@ -101,6 +105,7 @@ impl Extractor {
             dest: dest.to_path_buf(),
             open: DirStack::new(root, dest),
             dirs: Vec::new(),
+            warnings: Vec::new(),
             as_root,
             finisher,
         })
@@ -134,6 +139,17 @@ impl Extractor {
     }
 
     pub(crate) fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        self.directory_with(path, meta, Vec::new())
+    }
+
+    /// A folder whose extended attributes (ACLs among them) are set at the end with its
+    /// owner and mode.
+    pub(crate) fn directory_with(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        xattrs: Vec<Xattr>,
+    ) -> Result<()> {
         let shown_path = self.shown(path);
         let (parent, name) = split_path(path);
         let name = OsStr::from_bytes(name);
@@ -150,7 +166,7 @@ impl Extractor {
         .context(at("opening", &shown_path))?;
         fchmod(&fd, Mode::from_bits_truncate(0o700))
             .context(at("setting the mode of", &shown_path))?;
-        self.dirs.push((path.to_vec(), meta));
+        self.dirs.push((path.to_vec(), meta, xattrs));
         Ok(())
     }
 
@@ -205,6 +221,18 @@ impl Extractor {
     }
 
     pub(crate) fn symlink(&mut self, path: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        self.symlink_with(path, target, meta, &[])
+    }
+
+    /// A symlink with extended attributes, set on the link itself (owner first, time
+    /// last, as for files).
+    pub(crate) fn symlink_with(
+        &mut self,
+        path: &[u8],
+        target: &[u8],
+        meta: &Meta,
+        xattrs: &[Xattr],
+    ) -> Result<()> {
         let shown_path = self.shown(path);
         let as_root = self.as_root;
         let (parent, name) = split_path(path);
@@ -221,6 +249,10 @@ impl Extractor {
             )
             .context(at("setting the owner of", &shown_path))?;
         }
+        let mut failed = Vec::new();
+        set_xattrs(On::Entry(parent, name), xattrs, &shown_path, &mut failed);
+        self.warnings.extend(failed);
+        let parent = self.parent(split_path(path).0)?;
         utimensat(
             parent,
             name,
@@ -234,12 +266,13 @@ impl Extractor {
 
     /// Gives folders their owner, mode and time, innermost first: a folder's own mode may
     /// forbid writing into it, and writing into it would change its time.
-    pub(crate) fn finish(mut self) -> Result<()> {
+    /// Returns what could not be restored of extended attributes.
+    pub(crate) fn finish(mut self) -> Result<Vec<String>> {
         if let Some(mut finisher) = self.finisher.take() {
             finisher.join()?;
         }
         let dirs = std::mem::take(&mut self.dirs);
-        for (path, meta) in dirs.iter().rev() {
+        for (path, meta, xattrs) in dirs.iter().rev() {
             let shown_path = self.shown(path);
             let as_root = self.as_root;
             let (parent, name) = split_path(path);
@@ -251,10 +284,114 @@ impl Extractor {
                 Mode::empty(),
             )
             .context(at("opening", &shown_path))?;
-            apply_meta(&fd, meta, as_root, &shown_path)?;
+            apply_meta_with(&fd, meta, xattrs, as_root, &shown_path, &mut self.warnings)?;
         }
-        Ok(())
+        Ok(self.warnings)
     }
+
+    /// Makes `path` another name of the file this extraction created at `target`
+    /// (`linkat` between the two open parents, never following a symlink).
+    pub(crate) fn hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        let shown_path = self.shown(path);
+        let (target_parent, target_name) = split_path(target);
+        let from = self
+            .parent(target_parent)?
+            .try_clone()
+            .context(|| "duplicating a descriptor".into())?;
+        let (parent, name) = split_path(path);
+        let to = self.parent(parent)?;
+        nix::unistd::linkat(
+            &from,
+            OsStr::from_bytes(target_name),
+            to,
+            OsStr::from_bytes(name),
+            AtFlags::empty(),
+        )
+        .context(at("linking", &shown_path))
+        .map_err(Error::from)
+    }
+
+    /// Opens the file this extraction created at `path` again, for writing its data or
+    /// setting its metadata.
+    pub(crate) fn reopen(&mut self, path: &[u8], write: bool) -> Result<File> {
+        let shown_path = self.shown(path);
+        let (parent, name) = split_path(path);
+        let parent = self.parent(parent)?;
+        let access = if write {
+            OFlag::O_WRONLY
+        } else {
+            OFlag::O_RDONLY
+        };
+        let fd = openat(
+            parent,
+            OsStr::from_bytes(name),
+            access | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(at("opening", &shown_path))?;
+        Ok(File::from(fd))
+    }
+
+    /// Gives the file at `path` its owner, extended attributes, mode and time, once all
+    /// its data is written.
+    pub(crate) fn finish_listed_file(
+        &mut self,
+        path: &[u8],
+        meta: &Meta,
+        xattrs: &[Xattr],
+    ) -> Result<()> {
+        let file = self.reopen(path, false)?;
+        let shown_path = self.shown(path);
+        apply_meta_with(
+            &file,
+            meta,
+            xattrs,
+            self.as_root,
+            &shown_path,
+            &mut self.warnings,
+        )
+    }
+}
+
+/// Sets each attribute on `on`; what the file system or kernel refuses (no user
+/// attributes on this file system, an ACL it does not support) is added to `failed`,
+/// one line each, to be reported.
+fn set_xattrs<F: AsFd>(on: On<F>, xattrs: &[Xattr], shown: &Path, failed: &mut Vec<String>) {
+    for (name, value) in xattrs {
+        if let Err(e) = on.set(name, value) {
+            failed.push(format!(
+                "{}: the extended attribute {} could not be restored: {e}",
+                shown.display(),
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
+}
+
+/// [`apply_meta`] with extended attributes, set after the owner (a change of owner would
+/// clear `security.capability`) and before the mode (which then sets the ACL's mask, as
+/// the mode stored was read with the ACL in place).
+fn apply_meta_with(
+    fd: &impl AsFd,
+    meta: &Meta,
+    xattrs: &[Xattr],
+    as_root: bool,
+    shown: &Path,
+    failed: &mut Vec<String>,
+) -> Result<()> {
+    if xattrs.is_empty() {
+        return apply_meta(fd, meta, as_root, shown);
+    }
+    if as_root {
+        fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .context(at("setting the owner of", shown))?;
+    }
+    set_xattrs(On::Fd(fd), xattrs, shown, failed);
+    apply_meta(fd, meta, false, shown)
 }
 
 /// Files waiting for the finisher at most: as many descriptors held open, with the one it

@@ -25,6 +25,7 @@
 //! - `oracle.rs` (tests only): the single-threaded writer and reader as they were.
 
 mod backup;
+mod chain;
 mod engine;
 mod extract;
 mod fuzz;
@@ -46,7 +47,11 @@ pub use header::{KdfParams, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB};
 pub use stream::{KeylessReader, PlainSink, Reader, Writer};
 pub use tree::{TreeStats, read_tree, read_tree_on, write_tree};
 
-pub(crate) use backup::back_up;
+pub(crate) use backup::{Parent, back_up};
+pub(crate) use chain::{Chain, ReadRequest, open_listing, read_chain};
+pub use chain::{ChainRead, Member};
+pub(crate) use header::id_hex;
+pub(crate) use listing::{Kind as ListedKind, Listed as ListedItem};
 pub(crate) use tree::tree_bytes;
 
 use crate::context::IoError;
@@ -83,6 +88,10 @@ pub enum Error {
     /// or a parent that is not a folder the extraction created.
     #[error("{0}")]
     BadEntry(String),
+    /// An incremental archive's earlier archives are not all there beside it, or one
+    /// there is not the archive it was made after.
+    #[error("{0}")]
+    BrokenChain(String),
     /// The key derivation needs more memory than this machine has, or than this process
     /// can get.
     #[error("{0}")]
@@ -153,6 +162,7 @@ impl Error {
             Error::BadParameters(m) => Error::BadParameters(add(m)),
             Error::Refused(m) => Error::Refused(add(m)),
             Error::Missing(m) => Error::Missing(add(m)),
+            Error::BrokenChain(m) => Error::BrokenChain(add(m)),
             Error::InTheWay(m) => Error::InTheWay(add(m)),
             Error::Random(m) => Error::Random(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),

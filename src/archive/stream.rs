@@ -485,9 +485,19 @@ impl<R: Read> KeylessReader<R> {
         self.header.params
     }
 
+    /// Whether the archive is of format 2 (a listing, in a chain).
+    pub fn is_format_2(&self) -> bool {
+        self.header.chain.is_some()
+    }
+
     /// The header, checked but not yet authenticated.
     pub(crate) fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// Derives the archive's key from `secret` (argon2id at the header's cost).
+    pub(crate) fn derive(&self, secret: &Secret) -> Result<zeroize::Zeroizing<[u8; KEY_LEN]>> {
+        derive_key(secret.as_bytes(), &self.header)
     }
 
     /// Opens the archive with a key already derived (one of its chain's): its first chunk
@@ -562,6 +572,11 @@ impl<R: Read> Reader<R> {
     /// The key-derivation cost the archive was written with.
     pub fn kdf_params(&self) -> KdfParams {
         self.header.params
+    }
+
+    /// Whether the archive is of format 2 (a listing, in a chain).
+    pub fn is_format_2(&self) -> bool {
+        self.header.chain.is_some()
     }
 
     /// The header, authenticated with the first chunk.

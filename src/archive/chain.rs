@@ -1,0 +1,401 @@
+//! Reading format-2 archives, alone or as a chain: an incremental archive lists the whole
+//! tree but holds only what changed; the rest is in the archives before it, found beside
+//! it by the file names each records and trusted only once their ids, salt and key match
+//! and their chunks authenticate. One archive is open at a time: the newest one's listing
+//! decides what is extracted, then each archive's data section fills the files it holds.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::extract::{Extractor, split_path};
+use super::header::{ChainIds, Header, ID_LEN, KEY_LEN, id_hex};
+use super::listing::{Kind, Listed, Listing, read_end, read_listing};
+use super::stream::{KeylessReader, Reader};
+use super::tree::{TreeStats, input_error, shown};
+use super::{Error, Result};
+use crate::context::{Context, at};
+
+/// One archive of a chain that was read, for reports.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    /// Its file (`-` for standard input).
+    pub file: String,
+    /// Its archive id, in hex.
+    pub id: String,
+    /// 0 for a full archive.
+    pub generation: u32,
+}
+
+/// What reading a chain found: the tree as of the newest archive, and the archives read.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChainRead {
+    pub contents: TreeStats,
+    pub chain: Vec<Member>,
+}
+
+/// How the archives of a chain are opened: beside the newest one, with the one key the
+/// whole chain shares.
+pub(crate) struct Chain<'a> {
+    /// The folder of the newest archive; `None` when it was read from standard input.
+    pub dir: Option<PathBuf>,
+    /// What the newest archive is called, for messages.
+    pub shown: String,
+    pub key: &'a Zeroizing<[u8; KEY_LEN]>,
+    pub threads: usize,
+    pub available_kib: Option<u64>,
+}
+
+/// What to read: everything (`paths` `None`), or the entries at and below `paths`; into
+/// `dest` or (`None`) only authenticated and checked; and with `whole_chain`, every archive
+/// back to the full one, needed or not (`backup verify`).
+pub(crate) struct ReadRequest<'a> {
+    pub dest: Option<&'a Path>,
+    pub paths: Option<&'a [Vec<u8>]>,
+    pub whole_chain: bool,
+}
+
+/// A format-2 archive opened and its listing read.
+pub(crate) struct Opened<R: Read> {
+    pub reader: Reader<R>,
+    pub ids: ChainIds,
+    pub listing: Listing,
+}
+
+/// Reads the preamble and listing of `reader`, a format-2 archive.
+pub(crate) fn open_listing<R: Read>(mut reader: Reader<R>) -> Result<Opened<R>> {
+    let ids = reader.header().chain.ok_or_else(|| {
+        Error::Refused(
+            "this is a format-1 archive: it has no listing and cannot start a chain".into(),
+        )
+    })?;
+    let listing = read_listing(&mut reader, &ids.id, ids.is_full())?;
+    Ok(Opened {
+        reader,
+        ids,
+        listing,
+    })
+}
+
+/// A file's content as a chain holds it: the archive that holds it, and the path it is
+/// stored under there.
+type ContentKey = ([u8; ID_LEN], Vec<u8>);
+
+/// Where a content goes, and the layout the newest listing expects of it.
+struct Wanted {
+    size: u64,
+    extents: Vec<(u64, u64)>,
+    /// Paths of extracted files that take it.
+    to: Vec<Vec<u8>>,
+}
+
+/// Reads the newest archive `tip` of a chain and, through `chain`, the archives before it
+/// that hold content it needs (or all of them, with `whole_chain`), and extracts the tree
+/// as of `tip` (or the entries asked for) into `request.dest`. Nothing is extracted
+/// outside `dest`; an error leaves a partial tree there, to be thrown away.
+pub(crate) fn read_chain<R: Read>(
+    tip: Opened<R>,
+    chain: &Chain,
+    request: &ReadRequest,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ChainRead> {
+    let tip_header = tip.reader.header().clone();
+    let entries = select(&tip.listing.entries, request.paths)?;
+    let mut stats = TreeStats::default();
+    let mut extractor = request
+        .dest
+        .map(|dest| Extractor::new(dest, 1))
+        .transpose()?;
+    let mut wanted: HashMap<ContentKey, Wanted> = HashMap::new();
+    for selected in &entries {
+        let entry = &selected.entry;
+        if split_path(&entry.path).0.is_empty() {
+            stats.entries.push(shown(&entry.path));
+        }
+        stats.xattrs += entry.xattrs.len() as u64;
+        create(&mut extractor, selected, &mut wanted, &mut stats)?;
+    }
+    let mut bytes = 0u64;
+    let mut counted = |n: u64| {
+        bytes += n;
+        progress(bytes)
+    };
+    let mut members = vec![Member {
+        file: chain.shown.clone(),
+        id: id_hex(&tip.ids.id),
+        generation: tip.ids.generation,
+    }];
+    let (mut child, mut child_name, mut child_shown) = (
+        tip.ids,
+        tip.listing.parent_name.clone(),
+        chain.shown.clone(),
+    );
+    fill(tip, &mut extractor, &mut wanted, &mut counted)?;
+    while child.generation > 0 && (request.whole_chain || !wanted.is_empty()) {
+        let (opened, file) = open_parent(chain, &tip_header, &child, &child_name, &child_shown)?;
+        members.push(Member {
+            file: file.clone(),
+            id: id_hex(&opened.ids.id),
+            generation: opened.ids.generation,
+        });
+        (child, child_name, child_shown) =
+            (opened.ids, opened.listing.parent_name.clone(), file.clone());
+        fill(opened, &mut extractor, &mut wanted, &mut counted)
+            .map_err(|e| in_ancestor(e, &file))?;
+    }
+    if let Some(((holder, path), _)) = wanted.iter().next() {
+        return Err(Error::BadEntry(format!(
+            "{} says the archive {} holds the content of {}, and no archive of its chain does",
+            chain.shown,
+            id_hex(holder),
+            shown(path)
+        )));
+    }
+    if let Some(mut extractor) = extractor {
+        for Selected { entry, .. } in &entries {
+            if let Kind::File { .. } = entry.kind {
+                extractor.finish_listed_file(&entry.path, &entry.meta, &entry.xattrs)?;
+            }
+        }
+        stats.warnings.extend(extractor.finish()?);
+    }
+    Ok(ChainRead {
+        contents: stats,
+        chain: members,
+    })
+}
+
+/// An entry to extract, and the path its content is stored under (its own, or for a
+/// hard link extracted without its first name, that name's).
+struct Selected {
+    entry: Listed,
+    content_path: Vec<u8>,
+}
+
+/// The entries to extract: all, or those at and below `paths` and the folders above
+/// them. A hard link whose first name is not extracted becomes a copy of that file.
+fn select(entries: &[Listed], paths: Option<&[Vec<u8>]>) -> Result<Vec<Selected>> {
+    let whole = |e: &Listed| Selected {
+        content_path: e.path.clone(),
+        entry: e.clone(),
+    };
+    let Some(paths) = paths else {
+        return Ok(entries.iter().map(whole).collect());
+    };
+    for path in paths {
+        if !entries.iter().any(|e| &e.path == path) {
+            return Err(Error::Missing(format!(
+                "the archive holds no {}; nothing was changed",
+                shown(path)
+            )));
+        }
+    }
+    let below = |path: &[u8], top: &[u8]| {
+        path == top || (path.starts_with(top) && path.get(top.len()) == Some(&b'/'))
+    };
+    let included = |path: &[u8]| {
+        paths
+            .iter()
+            .any(|p| below(path, p) || (below(p, path) && p.len() > path.len()))
+    };
+    let by_path: HashMap<&[u8], &Listed> = entries.iter().map(|e| (&e.path[..], e)).collect();
+    let mut out = Vec::new();
+    for entry in entries.iter().filter(|e| included(&e.path)) {
+        let mut selected = whole(entry);
+        if let Kind::HardLink { target } = &entry.kind
+            && !included(target)
+            && let Some(first) = by_path.get(&target[..])
+        {
+            // A copy of the first name: its content, stored under that name.
+            selected.entry.kind = first.kind.clone();
+            selected.entry.xattrs = first.xattrs.clone();
+            selected.content_path = target.clone();
+        }
+        out.push(selected);
+    }
+    Ok(out)
+}
+
+/// Creates `entry` in the extraction (if any), and records where its content comes from.
+fn create(
+    extractor: &mut Option<Extractor>,
+    selected: &Selected,
+    wanted: &mut HashMap<ContentKey, Wanted>,
+    stats: &mut TreeStats,
+) -> Result<()> {
+    let entry = &selected.entry;
+    match &entry.kind {
+        Kind::Dir => {
+            stats.dirs += 1;
+            if let Some(x) = extractor {
+                x.directory_with(&entry.path, entry.meta, entry.xattrs.clone())?;
+            }
+        }
+        Kind::Symlink { target } => {
+            stats.symlinks += 1;
+            if let Some(x) = extractor {
+                x.symlink_with(&entry.path, target, &entry.meta, &entry.xattrs)?;
+            }
+        }
+        Kind::HardLink { target } => {
+            stats.hardlinks += 1;
+            if let Some(x) = extractor {
+                x.hardlink(&entry.path, target)?;
+            }
+        }
+        Kind::File {
+            size,
+            extents,
+            holder,
+        } => {
+            stats.files += 1;
+            if let Some(x) = extractor {
+                drop(x.file(&entry.path, *size, 0)?);
+            }
+            if entry.data_len() > 0 {
+                let content = selected.content_path.clone();
+                let slot = wanted.entry((*holder, content)).or_insert_with(|| Wanted {
+                    size: *size,
+                    extents: extents.clone(),
+                    to: Vec::new(),
+                });
+                slot.to.push(entry.path.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the data section of `opened` to its end marker, writing the content that is
+/// wanted from it into the extracted files and skipping the rest.
+fn fill<R: Read>(
+    mut opened: Opened<R>,
+    extractor: &mut Option<Extractor>,
+    wanted: &mut HashMap<ContentKey, Wanted>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let id = opened.ids.id;
+    let input = &mut opened.reader;
+    for entry in opened.listing.entries.iter().filter(|e| e.stored_in(&id)) {
+        let Kind::File { size, extents, .. } = &entry.kind else {
+            continue;
+        };
+        let key = (id, entry.path.clone());
+        let targets = match wanted.remove(&key) {
+            Some(w) if w.size != *size || &w.extents != extents => {
+                return Err(Error::BadEntry(format!(
+                    "the archives of the chain disagree on the layout of {}",
+                    shown(&entry.path)
+                )));
+            }
+            Some(w) => w.to,
+            None => Vec::new(),
+        };
+        let files: Vec<(File, PathBuf)> = match extractor {
+            Some(x) => targets
+                .iter()
+                .map(|path| Ok((x.reopen(path, true)?, x.shown(path))))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        for &(offset, length) in extents {
+            let mut done = 0;
+            while done < length {
+                crate::interrupt::check()?;
+                let ready = input.fill_buf().map_err(input_error)?;
+                if ready.is_empty() {
+                    return Err(Error::Truncated);
+                }
+                let n = ready
+                    .len()
+                    .min((length - done).min(usize::MAX as u64) as usize);
+                for (file, shown_path) in &files {
+                    file.write_all_at(&ready[..n], offset + done)
+                        .context(at("writing", shown_path))?;
+                }
+                input.consume(n);
+                done += n as u64;
+                progress(n as u64);
+            }
+        }
+    }
+    read_end(input)?;
+    // Whatever the listing said this archive holds and nothing here matched is still
+    // wanted: another archive must hold it, or the chain is inconsistent (checked last).
+    Ok(())
+}
+
+/// The parent of the archive `child` (recorded as `name` beside the newest archive),
+/// opened and checked to be that parent: its id and generation, and the salt and
+/// key-derivation cost of the whole chain, so that the one key opens it.
+fn open_parent(
+    chain: &Chain,
+    tip: &Header,
+    child: &ChainIds,
+    name: &[u8],
+    child_shown: &str,
+) -> Result<(Opened<File>, String)> {
+    let Some(dir) = &chain.dir else {
+        return Err(Error::BrokenChain(format!(
+            "{} is an incremental archive read from standard input: its earlier archives cannot be found; give its file name",
+            chain.shown
+        )));
+    };
+    let path = dir.join(std::ffi::OsStr::from_bytes(name));
+    let file = path.display().to_string();
+    let input = match File::open(&path) {
+        Ok(input) => input,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::BrokenChain(format!(
+                "{file} is missing: {child_shown} was made after it (archive {}) and needs it beside it; nothing was changed",
+                id_hex(&child.parent)
+            )));
+        }
+        Err(e) => return Err(e).context(at("opening", &path)).map_err(Error::from),
+    };
+    let keyless = KeylessReader::new(input, chain.available_kib)
+        .map_err(|e| in_ancestor(e, &file))?
+        .with_threads(chain.threads);
+    let header = keyless.header();
+    let matches = header
+        .chain
+        .is_some_and(|ids| ids.id == child.parent && ids.generation + 1 == child.generation)
+        && header.salt == tip.salt
+        && header.params == tip.params;
+    if !matches {
+        return Err(Error::BrokenChain(format!(
+            "{file} is not the archive {child_shown} was made after (archive {}, generation {}); nothing was changed",
+            id_hex(&child.parent),
+            child.generation - 1
+        )));
+    }
+    let reader = keyless
+        .unlock_with_key(chain.key)
+        .map_err(|e| match e {
+            // The key opened the newest archive: a first chunk it does not open was changed.
+            Error::WrongKey => Error::Tampered { chunk: 0 },
+            e => e,
+        })
+        .map_err(|e| in_ancestor(e, &file))?;
+    let opened = open_listing(reader).map_err(|e| in_ancestor(e, &file))?;
+    Ok((opened, file))
+}
+
+/// An error found in an earlier archive of the chain, naming it (same meaning).
+fn in_ancestor(e: Error, file: &str) -> Error {
+    match e {
+        Error::Tampered { chunk } => Error::BadEntry(format!(
+            "the earlier archive {file} was changed or truncated at chunk {chunk}"
+        )),
+        Error::Truncated => Error::BadEntry(format!(
+            "the earlier archive {file}'s contents end in the middle of an entry"
+        )),
+        e @ (Error::BrokenChain(_) | Error::Interrupted { .. }) => e,
+        e => e.with_note(&format!("in the earlier archive {file}")),
+    }
+}
