@@ -1103,7 +1103,7 @@ mod tests {
         built.build();
         let mut paths = Vec::new();
         command_paths(&built, &[], &mut paths);
-        assert_eq!(paths.len(), 22, "{paths:?}");
+        assert_eq!(paths.len(), 23, "{paths:?}");
         for path in &paths {
             let words: Vec<&str> = path.iter().map(String::as_str).collect();
             let sub = words

@@ -399,3 +399,267 @@ fn in_ancestor(e: Error, file: &str) -> Error {
         e => e.with_note(&format!("in the earlier archive {file}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::backup::{Parent, back_up};
+    use crate::archive::testing::*;
+    use crate::safefs::treewalk::testing::snapshot;
+    use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
+    use crate::safefs::{AclEntry, acl_xattr};
+    use std::os::unix::fs::MetadataExt;
+
+    const PASS: &[u8] = b"chain passphrase";
+
+    fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let fd = File::open(path).unwrap();
+        On::Fd(&fd).read().unwrap().0
+    }
+
+    fn set(path: &Path, name: &[u8], value: &[u8]) -> bool {
+        let fd = File::open(path).unwrap();
+        On::Fd(&fd).set(name, value).is_ok()
+    }
+
+    /// A tree with attributes, ACLs (where the file system has them) and hard links.
+    fn source(root: &Path) -> bool {
+        let p = root.join("Persistent");
+        std::fs::create_dir_all(p.join("docs")).unwrap();
+        std::fs::write(p.join("docs/a.txt"), b"first").unwrap();
+        std::fs::write(p.join("docs/b.txt"), b"second").unwrap();
+        std::fs::hard_link(p.join("docs/b.txt"), p.join("b-again.txt")).unwrap();
+        std::os::unix::fs::symlink("docs/a.txt", p.join("link")).unwrap();
+        let acl = acl_xattr(&[
+            AclEntry {
+                tag: AclEntry::USER_OBJ,
+                perm: 7,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: AclEntry::USER,
+                perm: 5,
+                id: 1000,
+            },
+            AclEntry {
+                tag: AclEntry::GROUP_OBJ,
+                perm: 5,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: 0x10,
+                perm: 5,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: 0x20,
+                perm: 0,
+                id: u32::MAX,
+            },
+        ]);
+        set(&p.join("docs/a.txt"), b"user.origin", b"kept")
+            && set(&p.join("docs"), ACL_ACCESS, &acl)
+            && set(&p.join("docs"), ACL_DEFAULT, &acl)
+    }
+
+    fn write(root: &Path, to: &Path, parent: Option<&Path>) -> TreeStats {
+        let pass = secret(PASS);
+        let parent = parent.map(|prev| {
+            let keyless = KeylessReader::new(File::open(prev).unwrap(), None).unwrap();
+            Parent::open(keyless, prev.file_name().unwrap(), &pass).unwrap()
+        });
+        let sink = File::create(to).unwrap();
+        let tops = ["Persistent".to_string()];
+        back_up(
+            root,
+            &tops,
+            sink,
+            &pass,
+            CHEAP_KDF,
+            parent.as_ref(),
+            1,
+            &mut |_| {},
+        )
+        .unwrap()
+        .0
+    }
+
+    fn read_at(
+        archive: &Path,
+        dest: Option<&Path>,
+        paths: Option<&[Vec<u8>]>,
+    ) -> Result<ChainRead> {
+        let keyless = KeylessReader::new(File::open(archive).unwrap(), None)?;
+        let key = keyless.derive(&secret(PASS))?;
+        let opened = open_listing(keyless.unlock_with_key(&key)?)?;
+        let chain = Chain {
+            dir: archive.parent().map(Path::to_path_buf),
+            shown: archive.display().to_string(),
+            key: &key,
+            threads: 1,
+            available_kib: None,
+        };
+        let request = ReadRequest {
+            dest,
+            paths,
+            whole_chain: dest.is_none(),
+        };
+        read_chain(opened, &chain, &request, &mut |_| {})
+    }
+
+    fn fresh(tmp: &Path, name: &str) -> PathBuf {
+        let dest = tmp.join(name);
+        std::fs::create_dir(&dest).unwrap();
+        dest
+    }
+
+    #[test]
+    fn a_chain_restores_changed_and_unchanged_files_links_and_attributes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        let has_xattrs = source(&src);
+        let full = write(&src, &store.join("full.ksb"), None);
+        assert_eq!((full.files, full.hardlinks, full.referenced), (2, 1, 0));
+        // A change, a new file, and one left as it was.
+        std::fs::write(src.join("Persistent/docs/b.txt"), b"second, changed").unwrap();
+        std::fs::write(src.join("Persistent/new.txt"), b"new").unwrap();
+        let inc = write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        assert_eq!((inc.files, inc.referenced), (2, 1), "{inc:?}");
+        // Only the changed bytes are stored again.
+        assert_eq!(inc.bytes, 15 + 3);
+        let second = write(&src, &store.join("inc2.ksb"), Some(&store.join("inc.ksb")));
+        assert_eq!((second.files, second.referenced), (0, 3));
+
+        for tip in ["inc.ksb", "inc2.ksb"] {
+            let dest = fresh(tmp.path(), &format!("dest-{tip}"));
+            let restored = read_at(&store.join(tip), Some(&dest), None).unwrap();
+            assert_eq!(snapshot(&src), snapshot(&dest), "{tip}");
+            let (b, again) = (
+                std::fs::metadata(dest.join("Persistent/docs/b.txt")).unwrap(),
+                std::fs::metadata(dest.join("Persistent/b-again.txt")).unwrap(),
+            );
+            assert_eq!(b.ino(), again.ino(), "a hard link, not a copy");
+            if has_xattrs {
+                for path in ["Persistent/docs/a.txt", "Persistent/docs"] {
+                    assert_eq!(
+                        xattrs_of(&src.join(path)),
+                        xattrs_of(&dest.join(path)),
+                        "{path}"
+                    );
+                }
+                assert!(
+                    restored.contents.warnings.is_empty(),
+                    "{:?}",
+                    restored.contents.warnings
+                );
+            }
+            // Verifying reads every archive back to the full one.
+            let verified = read_at(&store.join(tip), None, None).unwrap();
+            let generations: Vec<u32> = verified.chain.iter().map(|m| m.generation).collect();
+            assert_eq!(generations.first(), Some(&(generations.len() as u32 - 1)));
+        }
+    }
+
+    #[test]
+    fn one_path_is_restored_alone_and_a_lone_hard_link_becomes_a_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        write(&src, &store.join("full.ksb"), None);
+        std::fs::write(src.join("Persistent/docs/a.txt"), b"first, changed").unwrap();
+        write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        let dest = fresh(tmp.path(), "dest");
+        let paths = [
+            b"Persistent/b-again.txt".to_vec(),
+            b"Persistent/docs/a.txt".to_vec(),
+        ];
+        read_at(&store.join("inc.ksb"), Some(&dest), Some(&paths)).unwrap();
+        let got: Vec<String> = snapshot(&dest).into_keys().collect();
+        assert_eq!(
+            got,
+            [
+                "Persistent",
+                "Persistent/b-again.txt",
+                "Persistent/docs",
+                "Persistent/docs/a.txt"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(dest.join("Persistent/b-again.txt")).unwrap(),
+            b"second"
+        );
+        assert_eq!(
+            std::fs::read(dest.join("Persistent/docs/a.txt")).unwrap(),
+            b"first, changed"
+        );
+        let missing = [b"Persistent/nothing".to_vec()];
+        let err = read_at(&store.join("inc.ksb"), None, Some(&missing)).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::NotFound, "{err}");
+    }
+
+    #[test]
+    fn a_missing_changed_or_foreign_ancestor_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        let full = store.join("full.ksb");
+        write(&src, &full, None);
+        std::fs::write(src.join("Persistent/new.txt"), b"new").unwrap();
+        let inc = store.join("inc.ksb");
+        write(&src, &inc, Some(&full));
+        assert!(read_at(&inc, None, None).is_ok());
+
+        // Missing: its own exit status, and nothing extracted needs removing but what
+        // the caller's staging folder holds.
+        std::fs::rename(&full, store.join("away.ksb")).unwrap();
+        let err = read_at(&inc, None, None).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::BrokenChain, "{err}");
+        assert!(err.to_string().contains("full.ksb is missing"), "{err}");
+
+        // Another full archive under its name: its id differs.
+        write(&src, &full, None);
+        let err = read_at(&inc, None, None).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::BrokenChain, "{err}");
+        assert!(err.to_string().contains("is not the archive"), "{err}");
+
+        // The real one, with one byte changed in its last chunk: corrupt.
+        std::fs::rename(store.join("away.ksb"), &full).unwrap();
+        let mut bytes = std::fs::read(&full).unwrap();
+        let at = bytes.len() - 20;
+        bytes[at] ^= 1;
+        std::fs::write(&full, &bytes).unwrap();
+        let err = read_at(&inc, None, None).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::Corrupt, "{err}");
+        assert!(err.to_string().contains("full.ksb was changed"), "{err}");
+    }
+
+    #[test]
+    fn an_incremental_read_from_standard_input_cannot_find_its_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        write(&src, &store.join("full.ksb"), None);
+        write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        let keyless = KeylessReader::new(File::open(store.join("inc.ksb")).unwrap(), None).unwrap();
+        let key = keyless.derive(&secret(PASS)).unwrap();
+        let opened = open_listing(keyless.unlock_with_key(&key).unwrap()).unwrap();
+        let chain = Chain {
+            dir: None,
+            shown: "-".into(),
+            key: &key,
+            threads: 1,
+            available_kib: None,
+        };
+        let request = ReadRequest {
+            dest: None,
+            paths: None,
+            whole_chain: true,
+        };
+        let err = read_chain(opened, &chain, &request, &mut |_| {}).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::BrokenChain, "{err}");
+    }
+}

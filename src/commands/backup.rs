@@ -700,6 +700,7 @@ fn listed_entry(e: &archive::ListedItem, own: &[u8; 16]) -> ListedEntry {
 
 pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()> {
     let config = RestoreConfig::from(&args);
+    let paths = checked_paths(&config.paths)?;
     let (unlocked, root) = volume_root(global)?;
     let dialect = Dialect::from(unlocked.profile);
     let (volume, _) = safefs::open_dir(&root, None)?;
@@ -708,7 +709,6 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
     } else {
         Some(feature_folders(&volume, dialect, &config.features)?)
     };
-    let paths = checked_paths(&config.paths)?;
     let _lock = super::exclusive()?;
     let opened = open_reader(global, &args.passphrase, &config.archive, out)?;
     let mut progress = Progress::new(out, "restore", opened.len);
