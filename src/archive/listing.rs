@@ -302,6 +302,30 @@ fn read_xattrs(input: &mut impl Read, path: &[u8]) -> Result<Vec<Xattr>> {
     Ok(xattrs)
 }
 
+/// Reads and checks a whole format-2 plaintext of the archive `own` without extracting
+/// anything: the listing, the data section it announces (skipped), and the end.
+pub(crate) fn check_plaintext(
+    input: &mut impl BufRead,
+    own: &[u8; ID_LEN],
+    full: bool,
+) -> Result<Listing> {
+    let listing = read_listing(input, own, full)?;
+    for entry in listing.entries.iter().filter(|e| e.stored_in(own)) {
+        let mut left = entry.data_len();
+        while left > 0 {
+            let ready = input.fill_buf().map_err(input_error)?;
+            if ready.is_empty() {
+                return Err(Error::Truncated);
+            }
+            let n = ready.len().min(left.min(usize::MAX as u64) as usize);
+            input.consume(n);
+            left -= n as u64;
+        }
+    }
+    read_end(input)?;
+    Ok(listing)
+}
+
 /// The end of a format-2 plaintext, after the data section: the end marker, then nothing.
 pub(crate) fn read_end(input: &mut impl BufRead) -> Result<()> {
     if read_u8(input)? != ENTRY_END {
@@ -319,11 +343,91 @@ pub(crate) fn read_end(input: &mut impl BufRead) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::archive::testing::*;
+    use crate::safefs::xattr::ACL_ACCESS;
+    use crate::safefs::{AclEntry, acl_xattr};
 
     const OWN: [u8; ID_LEN] = [1; ID_LEN];
+
+    /// The entries of the samples: a folder with an attribute and an ACL, a file, a hard
+    /// link to it, a symlink, and (`with_old`) a file held by another archive.
+    pub(crate) fn sample_entries(own: &[u8; ID_LEN], with_old: bool) -> Vec<Listed> {
+        let acl = acl_xattr(&[
+            AclEntry {
+                tag: AclEntry::USER_OBJ,
+                perm: 7,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: AclEntry::USER,
+                perm: 5,
+                id: 1000,
+            },
+            AclEntry {
+                tag: AclEntry::GROUP_OBJ,
+                perm: 5,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: 0x10,
+                perm: 5,
+                id: u32::MAX,
+            },
+            AclEntry {
+                tag: 0x20,
+                perm: 0,
+                id: u32::MAX,
+            },
+        ]);
+        let mut entries = vec![
+            Listed {
+                xattrs: vec![
+                    (ACL_ACCESS.to_vec(), acl),
+                    (b"user.comment".to_vec(), b"kept".to_vec()),
+                ],
+                ..dir("d")
+            },
+            file("d/f", 10, *own),
+            Listed {
+                path: b"d/g".to_vec(),
+                meta: META,
+                xattrs: vec![],
+                kind: Kind::HardLink {
+                    target: b"d/f".to_vec(),
+                },
+            },
+            Listed {
+                path: b"d/l".to_vec(),
+                meta: META,
+                xattrs: vec![],
+                kind: Kind::Symlink {
+                    target: b"f".to_vec(),
+                },
+            },
+        ];
+        if with_old {
+            entries.push(file("d/old", 5, [0x77; ID_LEN]));
+        }
+        entries
+    }
+
+    /// A whole plaintext: listing, data section (10 bytes for d/f), end.
+    fn plaintext_of(parent: &[u8], entries: &[Listed]) -> Vec<u8> {
+        let mut out = encode(parent, entries);
+        out.extend_from_slice(b"0123456789");
+        out.push(ENTRY_END);
+        out
+    }
+
+    pub(crate) fn sample_plaintext(own: &[u8; ID_LEN]) -> Vec<u8> {
+        plaintext_of(b"prev.ksb", &sample_entries(own, true))
+    }
+
+    pub(crate) fn sample_plaintext_full(own: &[u8; ID_LEN]) -> Vec<u8> {
+        plaintext_of(b"", &sample_entries(own, false))
+    }
 
     fn file(path: &str, data: u64, holder: [u8; ID_LEN]) -> Listed {
         Listed {
@@ -354,6 +458,123 @@ mod tests {
         }
         out.push(ENTRY_END);
         out
+    }
+
+    /// The inputs of tests/vectors/backup-v2.json: a full archive, and an incremental one
+    /// after it (same salt and cost, so the same key) in which d/f is unchanged (held by the
+    /// full archive) and d/new is new.
+    fn v2_vector_inputs() -> Vec<(&'static str, crate::archive::header::Header, Vec<u8>)> {
+        use crate::archive::header::{ChainIds, Header, MIN_CHUNK_SIZE};
+        let (full_id, inc_id) = ([0x11; ID_LEN], [0x22; ID_LEN]);
+        let base = Header {
+            params: crate::archive::KdfParams {
+                memory_kib: 16,
+                iterations: 1,
+                parallel: 1,
+            },
+            salt: std::array::from_fn(|i| 0x40 + i as u8),
+            chunk_size: MIN_CHUNK_SIZE,
+            nonce_prefix: std::array::from_fn(|i| 0xc0 + i as u8),
+            chain: Some(ChainIds {
+                id: full_id,
+                parent: [0; ID_LEN],
+                generation: 0,
+            }),
+        };
+        let incremental = Header {
+            nonce_prefix: std::array::from_fn(|i| 0xd0 + i as u8),
+            chain: Some(ChainIds {
+                id: inc_id,
+                parent: full_id,
+                generation: 1,
+            }),
+            ..base.clone()
+        };
+        let mut entries = sample_entries(&inc_id, false);
+        if let Kind::File { holder, .. } = &mut entries[1].kind {
+            *holder = full_id;
+        }
+        entries.push(file("d/new", 3, inc_id));
+        let mut inc_plaintext = encode(b"full.ksb", &entries);
+        inc_plaintext.extend_from_slice(b"new");
+        inc_plaintext.push(ENTRY_END);
+        vec![
+            ("full", base, sample_plaintext_full(&full_id)),
+            ("incremental after full.ksb", incremental, inc_plaintext),
+        ]
+    }
+
+    #[test]
+    fn test_vectors_v2_match_and_parse() {
+        use crate::archive::header::derive_key;
+        use crate::archive::stream::{Reader, Writer};
+        use std::io::{Read, Write};
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/backup-v2.json");
+        let passphrase = "correct horse battery staple";
+        let mut vectors = Vec::new();
+        for (name, header, plaintext) in v2_vector_inputs() {
+            let key = derive_key(passphrase.as_bytes(), &header).unwrap();
+            let mut writer =
+                Writer::with_header(Vec::new(), &secret(passphrase.as_bytes()), header.clone())
+                    .unwrap();
+            writer.write_all(&plaintext).unwrap();
+            let archive = writer.finish().unwrap();
+            let ids = header.chain.unwrap();
+            vectors.push(serde_json::json!({
+                "name": name,
+                "passphrase": passphrase,
+                "kdf": {
+                    "algorithm": "argon2id",
+                    "version": 0x13,
+                    "memory_kib": header.params.memory_kib,
+                    "iterations": header.params.iterations,
+                    "parallel": header.params.parallel,
+                },
+                "salt": hex(&header.salt),
+                "nonce_prefix": hex(&header.nonce_prefix),
+                "chunk_size": header.chunk_size,
+                "id": hex(&ids.id),
+                "parent": hex(&ids.parent),
+                "generation": ids.generation,
+                "key": hex(&key[..]),
+                "plaintext": hex(&plaintext),
+                "archive": hex(&archive),
+            }));
+        }
+        let generated = serde_json::json!({
+            "format": "keepsake backup archive, version 2 (docs/backup-format.md)",
+            "vectors": vectors,
+        });
+        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&generated).unwrap() + "\n",
+            )
+            .unwrap();
+        }
+        let committed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            committed, generated,
+            "regenerate with KEEPSAKE_BLESS=1 if the change is intended"
+        );
+        for vector in committed["vectors"].as_array().unwrap() {
+            let field = |name: &str| unhex(vector[name].as_str().unwrap());
+            let (archive, plaintext) = (field("archive"), field("plaintext"));
+            // The header is 128 bytes: its chain block is where the spec says.
+            assert_eq!(archive[8], 2);
+            assert_eq!(archive[64..80], field("id")[..]);
+            assert_eq!(archive[80..96], field("parent")[..]);
+            let pass = secret(vector["passphrase"].as_str().unwrap().as_bytes());
+            let mut reader = Reader::new(&archive[..], &pass).unwrap();
+            let mut released = Vec::new();
+            reader.read_to_end(&mut released).unwrap();
+            assert_eq!(released, plaintext);
+            let own: [u8; ID_LEN] = field("id").try_into().unwrap();
+            let full = vector["generation"] == 0;
+            check_plaintext(&mut &plaintext[..], &own, full).unwrap();
+        }
     }
 
     #[test]

@@ -1056,17 +1056,6 @@ mod tests {
         assert_ne!(archives[0][44..51], archives[1][44..51]);
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn unhex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
     /// The inputs of the committed test vectors.
     fn vector_inputs() -> Vec<(&'static str, &'static str, Header, Vec<u8>)> {
         let small = Stream::default()

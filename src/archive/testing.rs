@@ -275,3 +275,14 @@ pub(super) fn make_writable(root: &Path) {
 pub(super) fn exit_code(e: &Error) -> ExitCode {
     crate::error::archive_class(e)
 }
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(super) fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
