@@ -66,9 +66,17 @@ impl Parent {
     }
 }
 
+/// What a new archive is: full, with a key derived at this cost, or incremental after an
+/// archive, under its chain's key.
+#[derive(Clone, Copy)]
+pub(crate) enum Kind<'a> {
+    Full(KdfParams),
+    After(&'a Parent),
+}
+
 /// Seals `tops` (names directly inside `root`) into a format-2 archive written to
-/// `sink`: a full one with a key derived from `secret` at cost `params`, or with
-/// `parent`, an incremental one after it under the chain's key. On `threads` worker
+/// `sink`: full, with a key derived from `secret`, or incremental after a parent, under
+/// the chain's key (see [`Kind`]). On `threads` worker
 /// threads. Returns what the tree held, the archive's length and its chain ids.
 /// `progress` gets the file data bytes written so far, from the first one on (the key is
 /// derived by then). An error leaves an archive that no reader accepts: its last chunk
@@ -78,11 +86,14 @@ pub(crate) fn back_up(
     tops: &[String],
     sink: impl Write + Send + 'static,
     secret: &Secret,
-    params: KdfParams,
-    parent: Option<&Parent>,
+    kind: Kind,
     threads: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(TreeStats, u64, ChainIds)> {
+    let (params, parent) = match kind {
+        Kind::Full(params) => (params, None),
+        Kind::After(parent) => (parent.params(), Some(parent)),
+    };
     let counted = Counting {
         inner: std::io::BufWriter::with_capacity(1 << 20, sink),
         bytes: 0,

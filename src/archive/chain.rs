@@ -113,6 +113,8 @@ pub(crate) fn read_chain<R: Read>(
         .transpose()?;
     let mut wanted: HashMap<ContentKey, Wanted> = HashMap::new();
     for selected in &entries {
+        // A safe point: what was extracted is in a folder the caller removes.
+        crate::interrupt::check()?;
         let entry = &selected.entry;
         if split_path(&entry.path).0.is_empty() {
             stats.entries.push(shown(&entry.path));
@@ -158,6 +160,7 @@ pub(crate) fn read_chain<R: Read>(
     }
     if let Some(mut extractor) = extractor {
         for Selected { entry, .. } in &entries {
+            crate::interrupt::check()?;
             if let Kind::File { .. } = entry.kind {
                 extractor.finish_listed_file(&entry.path, &entry.meta, &entry.xattrs)?;
             }
@@ -254,6 +257,7 @@ fn create(
             holder,
         } => {
             stats.files += 1;
+            stats.bytes += entry.data_len();
             if let Some(x) = extractor {
                 drop(x.file(&entry.path, *size, 0)?);
             }
@@ -403,7 +407,7 @@ fn in_ancestor(e: Error, file: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::backup::{Parent, back_up};
+    use crate::archive::backup::{Kind, Parent, back_up};
     use crate::archive::testing::*;
     use crate::safefs::treewalk::testing::snapshot;
     use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
@@ -470,18 +474,13 @@ mod tests {
         });
         let sink = File::create(to).unwrap();
         let tops = ["Persistent".to_string()];
-        back_up(
-            root,
-            &tops,
-            sink,
-            &pass,
-            CHEAP_KDF,
-            parent.as_ref(),
-            1,
-            &mut |_| {},
-        )
-        .unwrap()
-        .0
+        let kind = match &parent {
+            Some(parent) => Kind::After(parent),
+            None => Kind::Full(CHEAP_KDF),
+        };
+        back_up(root, &tops, sink, &pass, kind, 1, &mut |_| {})
+            .unwrap()
+            .0
     }
 
     fn read_at(

@@ -284,8 +284,10 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         &tops,
         sink,
         &secret,
-        parent.as_ref().map_or(params, |p| p.params()),
-        parent.as_ref(),
+        match &parent {
+            Some(parent) => archive::BackupKind::After(parent),
+            None => archive::BackupKind::Full(params),
+        },
         config.threads,
         &mut |b| {
             deriving.take();
