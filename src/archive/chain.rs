@@ -407,7 +407,7 @@ fn in_ancestor(e: Error, file: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::backup::{Kind, Parent, back_up};
+    use crate::archive::backup::{Kind as BackupKind, Parent, back_up};
     use crate::archive::testing::*;
     use crate::safefs::treewalk::testing::snapshot;
     use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
@@ -475,8 +475,8 @@ mod tests {
         let sink = File::create(to).unwrap();
         let tops = ["Persistent".to_string()];
         let kind = match &parent {
-            Some(parent) => Kind::After(parent),
-            None => Kind::Full(CHEAP_KDF),
+            Some(parent) => BackupKind::After(parent),
+            None => BackupKind::Full(CHEAP_KDF),
         };
         back_up(root, &tops, sink, &pass, kind, 1, &mut |_| {})
             .unwrap()
@@ -633,6 +633,98 @@ mod tests {
         let err = read_at(&inc, None, None).unwrap_err();
         assert!(exit_code(&err) == ExitCode::Corrupt, "{err}");
         assert!(err.to_string().contains("full.ksb was changed"), "{err}");
+    }
+
+    #[test]
+    fn an_archive_of_the_same_chain_is_not_taken_for_the_parent() {
+        // Two incrementals after the same full archive share its salt and key: only the
+        // id (and generation) in the header tells one from the other.
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        write(&src, &store.join("full.ksb"), None);
+        std::fs::write(src.join("Persistent/a.txt"), b"a").unwrap();
+        write(&src, &store.join("a.ksb"), Some(&store.join("full.ksb")));
+        std::fs::write(src.join("Persistent/b.txt"), b"b").unwrap();
+        write(&src, &store.join("b.ksb"), Some(&store.join("full.ksb")));
+        std::fs::write(src.join("Persistent/c.txt"), b"c").unwrap();
+        let tip = store.join("c.ksb");
+        write(&src, &tip, Some(&store.join("a.ksb")));
+        assert!(read_at(&tip, None, None).is_ok());
+        std::fs::rename(store.join("b.ksb"), store.join("a.ksb")).unwrap();
+        let err = read_at(&tip, None, None).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::BrokenChain, "{err}");
+        assert!(err.to_string().contains("is not the archive"), "{err}");
+    }
+
+    #[test]
+    fn attributes_the_file_system_refuses_are_reported_not_dropped() {
+        use crate::archive::header::{ChainIds, MIN_CHUNK_SIZE};
+        use crate::archive::listing::{Listed, preamble};
+        use crate::archive::stream::Writer;
+        use std::io::Write;
+        // An ACL the kernel refuses as malformed, and user.* on a symlink (Linux refuses
+        // it): each is said, and the rest is restored.
+        let own = [5; ID_LEN];
+        let header = Header {
+            chain: Some(ChainIds {
+                id: own,
+                parent: [0; ID_LEN],
+                generation: 0,
+            }),
+            ..test_header(CHEAP_KDF, MIN_CHUNK_SIZE)
+        };
+        let dir = Listed {
+            path: b"d".to_vec(),
+            meta: META,
+            xattrs: vec![(ACL_ACCESS.to_vec(), b"\x02\0\0\0not an acl".to_vec())],
+            kind: Kind::Dir,
+        };
+        let link = Listed {
+            path: b"d/l".to_vec(),
+            meta: META,
+            xattrs: vec![(b"user.x".to_vec(), b"y".to_vec())],
+            kind: Kind::Symlink {
+                target: b"f".to_vec(),
+            },
+        };
+        let mut plaintext = preamble(b"").unwrap();
+        plaintext.extend(dir.encode().unwrap());
+        plaintext.extend(link.encode().unwrap());
+        plaintext.extend([0, 0]);
+        let key = Zeroizing::new([3u8; KEY_LEN]);
+        let mut writer = Writer::with_key(Vec::new(), &header, &key).unwrap();
+        writer.write_all(&plaintext).unwrap();
+        let archive = writer.finish().unwrap();
+        let body = &archive[header.bytes().len()..];
+        let reader = Reader::with_key(body, &header, &key).unwrap();
+        let chain = Chain {
+            dir: None,
+            shown: "crafted".into(),
+            key: &key,
+            threads: 1,
+            available_kib: None,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let request = ReadRequest {
+            dest: Some(tmp.path()),
+            paths: None,
+            whole_chain: false,
+        };
+        let read =
+            read_chain(open_listing(reader).unwrap(), &chain, &request, &mut |_| {}).unwrap();
+        let warnings = read.contents.warnings.join("\n");
+        assert_eq!(read.contents.warnings.len(), 2, "{warnings}");
+        assert!(
+            warnings.contains("system.posix_acl_access could not be restored"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("user.x could not be restored"),
+            "{warnings}"
+        );
+        assert!(tmp.path().join("d").is_dir() && tmp.path().join("d/l").is_symlink());
     }
 
     #[test]
