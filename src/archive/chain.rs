@@ -728,6 +728,64 @@ mod tests {
     }
 
     #[test]
+    fn an_incremental_that_disagrees_with_its_holder_on_a_layout_is_refused() {
+        use crate::archive::header::ChainIds;
+        use crate::archive::listing::preamble;
+        use crate::archive::stream::Writer;
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        let full = store.join("full.ksb");
+        write(&src, &full, None);
+        let keyless = KeylessReader::new(File::open(&full).unwrap(), None).unwrap();
+        let key = keyless.derive(&secret(PASS)).unwrap();
+        let parent = keyless.header().clone();
+        let full_id = parent.chain.unwrap().id;
+        // Made with the chain's key (by whoever knows the passphrase), claiming the full
+        // archive holds a.txt as 999 bytes where it holds 5.
+        let header = Header {
+            nonce_prefix: [0x31; 7],
+            chain: Some(ChainIds {
+                id: [0x32; ID_LEN],
+                parent: full_id,
+                generation: 1,
+            }),
+            ..parent
+        };
+        let entry = |path: &str, kind: Kind| Listed {
+            path: path.into(),
+            meta: META,
+            xattrs: vec![],
+            kind,
+        };
+        let mut plaintext = preamble(b"full.ksb").unwrap();
+        for listed in [
+            entry("Persistent", Kind::Dir),
+            entry("Persistent/docs", Kind::Dir),
+            entry(
+                "Persistent/docs/a.txt",
+                Kind::File {
+                    size: 999,
+                    extents: vec![(0, 999)],
+                    holder: full_id,
+                },
+            ),
+        ] {
+            plaintext.extend(listed.encode().unwrap());
+        }
+        plaintext.extend([0, 0]);
+        let forged = store.join("forged.ksb");
+        let mut writer = Writer::with_key(File::create(&forged).unwrap(), &header, &key).unwrap();
+        writer.write_all(&plaintext).unwrap();
+        writer.finish().unwrap();
+        let err = read_at(&forged, None, None).unwrap_err();
+        assert!(exit_code(&err) == ExitCode::Corrupt, "{err}");
+        assert!(err.to_string().contains("disagree on the layout"), "{err}");
+    }
+
+    #[test]
     fn an_incremental_read_from_standard_input_cannot_find_its_chain() {
         let tmp = tempfile::tempdir().unwrap();
         let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
