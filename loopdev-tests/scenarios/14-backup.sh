@@ -54,9 +54,12 @@ ks_listed_as() { ks_listed "$1" | grep -q "\"type\":\"$2\""; }
 ks_stored_here() { ks_listed "$1" | grep -q '"stored":"here"'; }
 ks_stored_earlier() { ks_listed "$1" | grep -q '"stored":"[0-9a-f]\{32\}"'; }
 
-# Whether manifests $1 and $2 differ in no line but those of path $3.
+# Whether manifests $1 and $2 differ in no line but those of path $3 (busybox's diff writes
+# unified diffs: a manifest line removed or added starts with -./ or +./).
 ks_only_changed() {
-    ! diff "$1" "$2" | grep '^[<>]' | grep -v "^[<>] \./$3 " | grep -q .
+    diff -U0 "$1" "$2" > /tmp/manifest.diff
+    grep -q "^[-+]\./$3 " /tmp/manifest.diff || return 1
+    ! grep '^[-+]\./' /tmp/manifest.diff | grep -v "^[-+]\./$3 " | grep -q .
 }
 
 guest_source() {

@@ -432,6 +432,19 @@ fn checked_paths(paths: &[String]) -> Result<Option<Vec<Vec<u8>>>> {
         }
         checked.push(path.as_bytes().to_vec());
     }
+    // One path inside another would be moved twice: the outer one brings it already.
+    for inner in &checked {
+        if let Some(outer) = checked
+            .iter()
+            .find(|o| inner.len() > o.len() && inner.starts_with(o) && inner[o.len()] == b'/')
+        {
+            return Err(Error::Usage(format!(
+                "--path {} is inside --path {}, which restores it already (nothing was changed)",
+                String::from_utf8_lossy(inner),
+                String::from_utf8_lossy(outer)
+            )));
+        }
+    }
     Ok(Some(checked))
 }
 
