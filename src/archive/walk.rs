@@ -81,6 +81,8 @@ struct Planned {
     path: Vec<u8>,
     /// Device and inode, to tell the same file when it is reopened.
     id: (u64, u64),
+    /// Modification time when listed, to tell a file written to since.
+    mtime: (i64, i64),
     size: u64,
     extents: Vec<(u64, u64)>,
 }
@@ -270,6 +272,7 @@ impl ListingWriter<'_, '_> {
                     self.planned.push(Planned {
                         path: path.to_vec(),
                         id: inode,
+                        mtime: (st.st_mtime, st.st_mtime_nsec),
                         size,
                         extents: extents.clone(),
                     });
@@ -352,9 +355,13 @@ impl ListingWriter<'_, '_> {
             let st = fstat(&fd).ok()?;
             let same =
                 st.st_mode & libc::S_IFMT == libc::S_IFREG && (st.st_dev, st.st_ino) == file.id;
-            same.then_some((File::from(fd), st.st_size as u64))
+            same.then_some((
+                File::from(fd),
+                st.st_size as u64,
+                (st.st_mtime, st.st_mtime_nsec),
+            ))
         });
-        let Some((opened, size_now)) = same else {
+        let Some((opened, size_now, mtime_now)) = same else {
             self.base.changed(
                 &file.path,
                 "was removed or replaced while being backed up; its listed content is stored as zeros",
@@ -377,7 +384,86 @@ impl ListingWriter<'_, '_> {
                 &file.path,
                 "changed size while being backed up; stored at its listed size",
             );
+        } else if mtime_now != file.mtime {
+            self.base.changed(
+                &file.path,
+                "was written to while being backed up; stored as it was read",
+            );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The data pass over one planned file of 10 bytes that changed after it was listed:
+    /// what it stored and what it said.
+    fn data_after(change: impl FnOnce(&Path)) -> (Vec<u8>, Vec<String>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"0123456789").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let planned = Planned {
+            path: b"f".to_vec(),
+            id: (meta.dev(), meta.ino()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            size: 10,
+            extents: vec![(0, 10)],
+        };
+        change(&file);
+        let mut out = Vec::new();
+        let mut progress = |_| {};
+        let names: [&OsStr; 0] = [];
+        let mut writer = ListingWriter {
+            base: TreeWriter::new(tmp.path(), &mut out, &mut progress, &names),
+            own: [1; ID_LEN],
+            previous: None,
+            links: HashMap::new(),
+            planned: Vec::new(),
+            left_out: BTreeMap::new(),
+        };
+        let root = openat(
+            nix::fcntl::AT_FDCWD,
+            tmp.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut dirs = DirStack::new(root, tmp.path());
+        writer.data(&mut dirs, &planned).unwrap();
+        let warnings = std::mem::take(&mut writer.base.stats.warnings);
+        drop(writer);
+        (out, warnings)
+    }
+
+    #[test]
+    fn a_file_that_changes_after_it_was_listed_is_stored_at_its_listed_length_and_said() {
+        let (same, warnings) = data_after(|_| {});
+        assert_eq!((&same[..], warnings.len()), (&b"0123456789"[..], 0));
+        let (shrunk, warnings) = data_after(|f| std::fs::write(f, b"0123").unwrap());
+        assert_eq!(shrunk, b"0123\0\0\0\0\0\0");
+        assert!(warnings[0].contains("shrank"), "{warnings:?}");
+        let (grown, warnings) = data_after(|f| std::fs::write(f, b"0123456789abcdef").unwrap());
+        assert_eq!(grown, b"0123456789");
+        assert!(warnings[0].contains("changed size"), "{warnings:?}");
+        let (replaced, warnings) = data_after(|f| {
+            // Made while f still exists: another inode, renamed over it.
+            let other = f.with_file_name("g");
+            std::fs::write(&other, b"another file").unwrap();
+            std::fs::rename(&other, f).unwrap();
+        });
+        assert_eq!(replaced, [0; 10]);
+        assert!(warnings[0].contains("replaced"), "{warnings:?}");
+        let (rewritten, warnings) = data_after(|f| {
+            crate::archive::testing::set_mtime(f, 1, 0);
+        });
+        assert_eq!(rewritten, b"0123456789");
+        assert!(warnings[0].contains("written to"), "{warnings:?}");
+        let (gone, warnings) = data_after(|f| std::fs::remove_file(f).unwrap());
+        assert_eq!(gone, [0; 10]);
+        assert!(warnings[0].contains("removed"), "{warnings:?}");
     }
 }
