@@ -174,7 +174,7 @@ pub(crate) fn open_tops<'t>(root: &Path, tops: &'t [PathBuf]) -> Result<(OwnedFd
 pub(crate) struct TreeWriter<'a> {
     root: &'a Path,
     out: &'a mut dyn PlainSink,
-    progress: &'a mut dyn FnMut(u64),
+    pub(crate) progress: &'a mut dyn FnMut(u64),
     pub(crate) stats: TreeStats,
 }
 

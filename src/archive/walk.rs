@@ -112,6 +112,8 @@ pub(crate) fn write_tree_v2(
         planned: Vec::new(),
         left_out: BTreeMap::new(),
     };
+    // The key is derived: the progress shows from here on, through the listing walk.
+    (walk.base.progress)(0);
     walk.base.emit(&preamble(parent_name)?)?;
     treewalk::walk::<Error>(root_fd, root, &names, &mut |parent, name, path, listed| {
         walk.entry(parent, name, path, listed)

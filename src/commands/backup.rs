@@ -474,18 +474,28 @@ struct OpenedArchive {
     len: Option<u64>,
 }
 
-/// The archive opened for reading: its header checked (in bounds, and affordable on this
-/// machine now) before its passphrase is read the safe way, then its key derived and its
-/// first chunk authenticated.
+/// The archive opened for reading: its header checked (in bounds, affordable on this
+/// machine now, and of format 2 when `needs_listing` says what is asked needs a listing)
+/// before its passphrase is read the safe way, then its key derived and its first chunk
+/// authenticated.
 fn open_reader(
     global: &GlobalArgs,
     args: &crate::cli::PassphraseArgs,
     source: &ArchiveSource,
     out: Output,
+    needs_listing: Option<&str>,
 ) -> Result<OpenedArchive> {
     let (input, len) = open_archive(&source.file)?;
     let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())?
         .with_threads(source.threads);
+    if let Some(what) = needs_listing
+        && !keyless.is_format_2()
+    {
+        return Err(Error::Usage(format!(
+            "{} is a format-1 archive, which has no listing: {what} (nothing was changed)",
+            source.file.display()
+        )));
+    }
     let secret = super::read_secret_safely(global, args, out, "Backup passphrase", false, None)?;
     let deriving = Progress::working(out, "deriving the archive key (argon2id)");
     let key = keyless.derive(&secret)?;
@@ -543,7 +553,7 @@ fn extract(
 
 fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
     let source = ArchiveSource::from(&args.file, &args.stream);
-    let opened = open_reader(global, &args.passphrase, &source, out)?;
+    let opened = open_reader(global, &args.passphrase, &source, out, None)?;
     let mut progress = Progress::new(out, "verify", opened.len);
     let read = extract(opened, &source, None, None, true, &mut |b| {
         progress.update(b)
@@ -624,13 +634,8 @@ struct ListReport {
 
 fn list(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
     let source = ArchiveSource::from(&args.file, &args.stream);
-    let opened = open_reader(global, &args.passphrase, &source, out)?;
-    if !opened.reader.is_format_2() {
-        return Err(Error::Usage(format!(
-            "{} is a format-1 archive, which has no listing; keepsake backup verify shows what it holds",
-            source.file.display()
-        )));
-    }
+    let needs = "keepsake backup verify shows what it holds";
+    let opened = open_reader(global, &args.passphrase, &source, out, Some(needs))?;
     let listed = archive::open_listing(opened.reader)?;
     let own = listed.ids.id;
     let entries = listed
@@ -725,7 +730,9 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         Some(feature_folders(&volume, dialect, &config.features)?)
     };
     let _lock = super::exclusive()?;
-    let opened = open_reader(global, &args.passphrase, &config.archive, out)?;
+    let needs = "--path needs format 2; restore it whole or by --feature";
+    let needs = paths.is_some().then_some(needs);
+    let opened = open_reader(global, &args.passphrase, &config.archive, out, needs)?;
     let mut progress = Progress::new(out, "restore", opened.len);
     let request = restore::Request {
         folders: wanted.as_deref(),
