@@ -90,8 +90,9 @@ type ContentKey = ([u8; ID_LEN], Vec<u8>);
 struct Wanted {
     size: u64,
     extents: Vec<(u64, u64)>,
-    /// Paths of extracted files that take it.
-    to: Vec<Vec<u8>>,
+    /// The extracted files that take it: each is finished (metadata, attributes) once it
+    /// is written.
+    to: Vec<Listed>,
 }
 
 /// Reads the newest archive `tip` of a chain and, through `chain`, the archives before it
@@ -109,7 +110,7 @@ pub(crate) fn read_chain<R: Read>(
     let mut stats = TreeStats::default();
     let mut extractor = request
         .dest
-        .map(|dest| Extractor::new(dest, 1))
+        .map(|dest| Extractor::new(dest, chain.threads))
         .transpose()?;
     let mut wanted: HashMap<ContentKey, Wanted> = HashMap::new();
     for selected in &entries {
@@ -158,13 +159,7 @@ pub(crate) fn read_chain<R: Read>(
             shown(path)
         )));
     }
-    if let Some(mut extractor) = extractor {
-        for Selected { entry, .. } in &entries {
-            crate::interrupt::check()?;
-            if let Kind::File { .. } = entry.kind {
-                extractor.finish_listed_file(&entry.path, &entry.meta, &entry.xattrs)?;
-            }
-        }
+    if let Some(extractor) = extractor {
         stats.warnings.extend(extractor.finish()?);
     }
     Ok(ChainRead {
@@ -259,7 +254,11 @@ fn create(
             stats.files += 1;
             stats.bytes += entry.data_len();
             if let Some(x) = extractor {
-                drop(x.file(&entry.path, *size, 0)?);
+                let file = x.file(&entry.path, *size, 0)?;
+                if entry.data_len() == 0 {
+                    // Complete already: finished now (on the finishing thread, if any).
+                    x.finish_file_with(file, None, &entry.path, &entry.meta, entry.xattrs.clone())?;
+                }
             }
             if entry.data_len() > 0 {
                 let content = selected.content_path.clone();
@@ -268,7 +267,7 @@ fn create(
                     extents: extents.clone(),
                     to: Vec::new(),
                 });
-                slot.to.push(entry.path.clone());
+                slot.to.push(entry.clone());
             }
         }
     }
@@ -303,7 +302,7 @@ fn fill<R: Read>(
         let files: Vec<(File, PathBuf)> = match extractor {
             Some(x) => targets
                 .iter()
-                .map(|path| Ok((x.reopen(path, true)?, x.shown(path))))
+                .map(|t| Ok((x.reopen(&t.path)?, x.shown(&t.path))))
                 .collect::<Result<_>>()?,
             None => Vec::new(),
         };
@@ -325,6 +324,12 @@ fn fill<R: Read>(
                 input.consume(n);
                 done += n as u64;
                 progress(n as u64);
+            }
+        }
+        // All its content is written: its metadata and attributes now, on its descriptor.
+        if let Some(x) = extractor {
+            for ((file, _), target) in files.into_iter().zip(targets) {
+                x.finish_file_with(file, None, &target.path, &target.meta, target.xattrs)?;
             }
         }
     }
@@ -495,7 +500,8 @@ mod tests {
             dir: archive.parent().map(Path::to_path_buf),
             shown: archive.display().to_string(),
             key: &key,
-            threads: 1,
+            // Files are finished on a thread of their own, as on any machine with two CPUs.
+            threads: 2,
             available_kib: None,
         };
         let request = ReadRequest {
@@ -689,33 +695,58 @@ mod tests {
                 target: b"f".to_vec(),
             },
         };
+        // A file's, set on the finishing thread when there is one.
+        let file = Listed {
+            path: b"d/f".to_vec(),
+            meta: META,
+            xattrs: vec![(ACL_ACCESS.to_vec(), b"\x02\0\0\0bad".to_vec())],
+            kind: Kind::File {
+                size: 3,
+                extents: vec![(0, 3)],
+                holder: own,
+            },
+        };
         let mut plaintext = preamble(b"").unwrap();
-        plaintext.extend(dir.encode().unwrap());
-        plaintext.extend(link.encode().unwrap());
-        plaintext.extend([0, 0]);
+        for listed in [&dir, &file, &link] {
+            plaintext.extend(listed.encode().unwrap());
+        }
+        plaintext.push(0);
+        plaintext.extend_from_slice(b"abc");
+        plaintext.push(0);
         let key = Zeroizing::new([3u8; KEY_LEN]);
         let mut writer = Writer::with_key(Vec::new(), &header, &key).unwrap();
         writer.write_all(&plaintext).unwrap();
         let archive = writer.finish().unwrap();
         let body = &archive[header.bytes().len()..];
-        let reader = Reader::with_key(body, &header, &key).unwrap();
-        let chain = Chain {
-            dir: None,
-            shown: "crafted".into(),
-            key: &key,
-            threads: 1,
-            available_kib: None,
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        let request = ReadRequest {
-            dest: Some(tmp.path()),
-            paths: None,
-            whole_chain: false,
-        };
-        let read =
-            read_chain(open_listing(reader).unwrap(), &chain, &request, &mut |_| {}).unwrap();
+        for threads in [1, 2] {
+            let reader = Reader::with_key(body, &header, &key).unwrap();
+            let chain = Chain {
+                dir: None,
+                shown: "crafted".into(),
+                key: &key,
+                threads,
+                available_kib: None,
+            };
+            let tmp = tempfile::tempdir().unwrap();
+            let request = ReadRequest {
+                dest: Some(tmp.path()),
+                paths: None,
+                whole_chain: false,
+            };
+            let read =
+                read_chain(open_listing(reader).unwrap(), &chain, &request, &mut |_| {}).unwrap();
+            check_refusals(&read, tmp.path());
+        }
+    }
+
+    fn check_refusals(read: &ChainRead, dest: &Path) {
         let warnings = read.contents.warnings.join("\n");
-        assert_eq!(read.contents.warnings.len(), 2, "{warnings}");
+        assert_eq!(read.contents.warnings.len(), 3, "{warnings}");
+        assert!(
+            warnings.contains("d/f: the extended attribute"),
+            "{warnings}"
+        );
+        assert_eq!(std::fs::read(dest.join("d/f")).unwrap(), b"abc");
         assert!(
             warnings.contains("system.posix_acl_access could not be restored"),
             "{warnings}"
@@ -724,7 +755,7 @@ mod tests {
             warnings.contains("user.x could not be restored"),
             "{warnings}"
         );
-        assert!(tmp.path().join("d").is_dir() && tmp.path().join("d/l").is_symlink());
+        assert!(dest.join("d").is_dir() && dest.join("d/l").is_symlink());
     }
 
     #[test]

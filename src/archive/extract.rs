@@ -208,15 +208,29 @@ impl Extractor {
         path: &[u8],
         meta: &Meta,
     ) -> Result<()> {
+        self.finish_file_with(file, data, path, meta, Vec::new())
+    }
+
+    /// [`Extractor::finish_file`] with extended attributes (format 2); what the file
+    /// system refuses of them is reported by [`Extractor::finish`].
+    pub(crate) fn finish_file_with(
+        &mut self,
+        file: File,
+        data: Option<(u64, Zeroizing<Vec<u8>>)>,
+        path: &[u8],
+        meta: &Meta,
+        xattrs: Vec<Xattr>,
+    ) -> Result<()> {
         let job = Finish {
             file,
             data,
             meta: *meta,
+            xattrs,
             shown: self.shown(path),
         };
         match &mut self.finisher {
             Some(finisher) => finisher.send(job),
-            None => job.run(self.as_root),
+            None => job.run(self.as_root, &mut self.warnings),
         }
     }
 
@@ -269,7 +283,7 @@ impl Extractor {
     /// Returns what could not be restored of extended attributes.
     pub(crate) fn finish(mut self) -> Result<Vec<String>> {
         if let Some(mut finisher) = self.finisher.take() {
-            finisher.join()?;
+            self.warnings.extend(finisher.join()?);
         }
         let dirs = std::mem::take(&mut self.dirs);
         for (path, meta, xattrs) in dirs.iter().rev() {
@@ -311,45 +325,20 @@ impl Extractor {
         .map_err(Error::from)
     }
 
-    /// Opens the file this extraction created at `path` again, for writing its data or
-    /// setting its metadata.
-    pub(crate) fn reopen(&mut self, path: &[u8], write: bool) -> Result<File> {
+    /// Opens the file this extraction created at `path` again, to write its data (which
+    /// may come from another archive than its entry) and then finish it.
+    pub(crate) fn reopen(&mut self, path: &[u8]) -> Result<File> {
         let shown_path = self.shown(path);
         let (parent, name) = split_path(path);
         let parent = self.parent(parent)?;
-        let access = if write {
-            OFlag::O_WRONLY
-        } else {
-            OFlag::O_RDONLY
-        };
         let fd = openat(
             parent,
             OsStr::from_bytes(name),
-            access | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .context(at("opening", &shown_path))?;
         Ok(File::from(fd))
-    }
-
-    /// Gives the file at `path` its owner, extended attributes, mode and time, once all
-    /// its data is written.
-    pub(crate) fn finish_listed_file(
-        &mut self,
-        path: &[u8],
-        meta: &Meta,
-        xattrs: &[Xattr],
-    ) -> Result<()> {
-        let file = self.reopen(path, false)?;
-        let shown_path = self.shown(path);
-        apply_meta_with(
-            &file,
-            meta,
-            xattrs,
-            self.as_root,
-            &shown_path,
-            &mut self.warnings,
-        )
     }
 }
 
@@ -408,17 +397,20 @@ struct Finish {
     file: File,
     data: Option<(u64, Zeroizing<Vec<u8>>)>,
     meta: Meta,
+    xattrs: Vec<Xattr>,
     shown: PathBuf,
 }
 
 impl Finish {
-    fn run(self, as_root: bool) -> Result<()> {
+    /// Adds to `failed` what the file system refused of the extended attributes.
+    fn run(self, as_root: bool, failed: &mut Vec<String>) -> Result<()> {
         if let Some((offset, data)) = &self.data {
             self.file
                 .write_all_at(data, *offset)
                 .context(at("writing", &self.shown))?;
         }
-        apply_meta(&self.file, &self.meta, as_root, &self.shown)
+        let (meta, xattrs) = (self.meta, &self.xattrs);
+        apply_meta_with(&self.file, &meta, xattrs, as_root, &self.shown, failed)
     }
 }
 
@@ -431,7 +423,7 @@ impl Finish {
 /// closed as they were.
 struct Finisher {
     jobs: Option<mpsc::SyncSender<Finish>>,
-    handle: Option<JoinHandle<Result<()>>>,
+    handle: Option<JoinHandle<Result<Vec<String>>>>,
 }
 
 impl Finisher {
@@ -440,10 +432,11 @@ impl Finisher {
         let handle = std::thread::Builder::new()
             .name("keepsake-finish".into())
             .spawn(move || {
+                let mut failed = Vec::new();
                 for job in queued {
-                    job.run(as_root)?;
+                    job.run(as_root, &mut failed)?;
                 }
-                Ok(())
+                Ok(failed)
             })?;
         Ok(Finisher {
             jobs: Some(jobs),
@@ -461,11 +454,13 @@ impl Finisher {
         }
     }
 
-    /// Waits until every file sent is finished; the first error, if any.
-    fn join(&mut self) -> Result<()> {
+    /// Waits until every file sent is finished; the first error, if any, else what was
+    /// refused of extended attributes.
+    fn join(&mut self) -> Result<Vec<String>> {
         self.jobs = None;
         match self.handle.take().map(JoinHandle::join) {
-            None | Some(Ok(Ok(()))) => Ok(()),
+            None => Ok(Vec::new()),
+            Some(Ok(Ok(failed))) => Ok(failed),
             Some(Ok(Err(e))) => Err(e),
             Some(Err(_)) => Err(Error::Internal("the finishing thread failed".into())),
         }
