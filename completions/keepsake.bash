@@ -110,7 +110,7 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__backup)
-            opts="-h -V --feature --since --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify list"
+            opts="-y -h -V --feature --since --to-device --create --size --yes --pbkdf-memory --pbkdf-force-iterations --pbkdf-max-memory --pbkdf-parallel --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify list"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -121,6 +121,30 @@ _keepsake() {
                     return 0
                     ;;
                 --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to-device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-force-iterations)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-max-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-parallel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -189,6 +189,9 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         Some(BackupCommand::List(l)) => return list(global, l, out),
         None => {}
     }
+    if let Some(place) = &args.to_device {
+        return super::mirror::run(global, &args, place, out);
+    }
     let Some(file) = args.file.clone() else {
         return Err(Error::Usage(
             "keepsake backup needs a FILE (or - for standard output)".into(),
