@@ -132,6 +132,28 @@ impl<F: AsFd> On<'_, F> {
         Ok((keep, left_out))
     }
 
+    /// Removes `name`; already absent is no error.
+    pub(crate) fn remove(&self, name: &[u8]) -> io::Result<()> {
+        let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: NUL-terminated name and path.
+        let rc = unsafe {
+            match self {
+                On::Fd(fd) => libc::fremovexattr(fd.as_fd().as_raw_fd(), cname.as_ptr()),
+                On::Entry(parent, entry) => {
+                    let path = Self::entry_path(parent, entry)?;
+                    libc::lremovexattr(path.as_ptr(), cname.as_ptr())
+                }
+            }
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENODATA) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Sets `name` to `value`.
     pub(crate) fn set(&self, name: &[u8], value: &[u8]) -> io::Result<()> {
         let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
