@@ -1115,7 +1115,8 @@ mod tests {
         }
         let pty = nix::pty::openpty(None, None).unwrap();
         let before = termios::tcgetattr(&pty.slave).unwrap();
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
             .args([
                 "--exact",
                 "secrets::tests::a_deferred_signal_at_the_prompt_cancels_it_and_puts_the_terminal_back",
@@ -1123,9 +1124,19 @@ mod tests {
             ])
             .env(CHILD_TTY, nix::unistd::ttyname(&pty.slave).unwrap())
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(std::process::Stdio::null());
+        // The child plays a command whose terminal closes: SIGHUP at its default, even when
+        // the tests themselves run under nohup (keepsake keeps a signal its caller ignored
+        // ignored, and the child would wait at the prompt for good).
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let mut child = KillOnDrop(Some(child));
         wait_until("the child turns echo off", || !echo_on(&pty.slave));
