@@ -7,6 +7,9 @@
 # measurement is printed as KS-OUT sample=CONTENDER first|inc ROUND MS WRITTEN READ: its wall
 # time with cold caches up to the end of a `sync`, the bytes written to the backup stick's
 # disk and read from the source stick's disk (/sys/block/<disk>/stat, sectors of 512 bytes).
+#
+# shellcheck shell=dash disable=SC2086,SC2015
+# (Option lists such as $KS_KDF are split on purpose; "a && b || fail" fails if either fails.)
 
 SY_SRC=$KS_ROOT_MNT
 SY_BPASS=/run/ks-test/bpass
