@@ -137,11 +137,7 @@ tree, then 1 % of the files change, then every contender makes an incremental ba
   of the backup stick's whole disk, before and after (after the `sync`): data, metadata,
   journal and LUKS headers alike. **Read** is the same for the source stick's sectors read.
 - The source tree ({int(facts['files'])} files, {int(facts['bytes']) / MiB:.0f} MiB, {facts['folders']} folders, generated
-  deterministically by bench/sync-tree.py): 2 files of 24 MiB, 40 photos of 0.5 to 1.5 MiB, 4
-  packages of 8 MiB and 20 package lists of 256 KiB (root's, in apt/), 2000 documents of
-  1 to 24 KiB in 40 folders (half random bytes, half text), 800 source files of 0.2 to 8 KiB
-  in 20 folders, 50 files with ACLs under a folder with a default ACL, GnuPG, dotfiles and
-  root's network connections. Owners 1000 and 0; {facts['hardlinks']} hard links, {facts['symlinks']} symlinks (one absolute,
+  deterministically by bench/sync-tree.py at scale {run['scale']}): {facts['shape']}. Owners 1000 and 0; {facts['hardlinks']} hard links, {facts['symlinks']} symlinks (one absolute,
   some dangling after deletions), {facts['xattrs']} user xattrs, {facts['acls']} access ACLs, names with
   spaces and accents, an empty folder and an empty file. All times are whole seconds.
 - The change between the first and the incremental backup, per round: {'; '.join(changes)}.

@@ -238,7 +238,8 @@ guest_all() {
 
     # The backup media: the archives' sticks are plain ext4 (the archives are encrypted).
     for c in bkrestic bktarage bkarch; do
-        mkfs.ext4 -q -F "$(sy_part "$c" 1)" || ks_fail "mkfs on $c"
+        # Not lazy: ext4lazyinit would zero inode tables in the background, during measurements.
+        mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$(sy_part "$c" 1)" || ks_fail "mkfs on $c"
     done
     mkdir -p /bk/restic /bk/tarage /bk/karch /scratch
     mount "$(sy_part bkrestic 1)" /bk/restic && mount "$(sy_part bktarage 1)" /bk/tarage \
