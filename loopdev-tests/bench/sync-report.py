@@ -4,7 +4,7 @@
     sync-report.py OUT_FILE FACTS_FILE MARKDOWN KEY=VALUE...
 
 OUT_FILE holds the guest's KS-OUT lines: sample=CONTENDER KIND ROUND MS WRITTEN READ,
-part=NAME KIND ROUND MS, verify=CONTENDER ROUND DIFFERING XATTR LINKS FACTS,
+part=NAME KIND ROUND MS [WRITTEN], verify=CONTENDER ROUND DIFFERING XATTR LINKS FACTS,
 failed=CONTENDER KIND ROUND RC, and single facts (machine, versions, restic_kdf).
 FACTS_FILE is what sync-tree.py printed; the KEY=VALUE arguments describe the run.
 """
@@ -17,7 +17,7 @@ facts = dict(l.strip().split("=", 1) for l in open(facts_path) if "=" in l)
 rounds = int(run["rounds"])
 
 samples = defaultdict(list)    # (contender, kind) -> [(round, ms, written, read)]
-parts = defaultdict(list)      # (name, kind) -> [ms]
+parts = defaultdict(list)      # (name, kind) -> [(ms, bytes or None)]
 verify = defaultdict(list)     # contender -> [(round, differing, xattr, links, facts)]
 failed, single = [], {}
 for line in open(out_path):
@@ -26,7 +26,7 @@ for line in open(out_path):
     if key == "sample":
         samples[(f[0], f[1])].append((int(f[2]), int(f[3]), int(f[4]), int(f[5])))
     elif key == "part":
-        parts[(f[0], f[1])].append(int(f[3]))
+        parts[(f[0], f[1])].append((int(f[3]), int(f[4]) if len(f) > 4 else None))
     elif key == "verify":
         verify[f[0]].append(tuple(int(x) for x in f[1:6]))
     elif key == "failed":
@@ -104,7 +104,13 @@ for c in contenders:
     diffs = "; ".join(f"round {r}: " + ("none" if d == 0 else f"{d}, {x}, {l}") for r, d, x, l, _ in v)
     checks.append(f"| {NAMES[c]} | {len(v)} | {v[0][4]} | {diffs} |")
 
-rsync_alone = [statistics.median(parts[("rsync-alone", k)]) / 1000 if parts.get(("rsync-alone", k)) else None for k in ("first", "inc")]
+def part(name, kind, field):
+    values = [p[field] for p in parts.get((name, kind), []) if p[field] is not None]
+    return statistics.median(values) if values else 0
+
+
+rsync_alone = [part("rsync-alone", k, 0) / 1000 for k in ("first", "inc")]
+rsync_create = (part("rsync-create", "first", 0) / 1000, part("rsync-create", "first", 1) / MiB)
 restic_open = med("restic", "open", 1)
 kdf = single.get("restic_kdf", "").split()
 restic_cost = ", ".join(kdf) if kdf else "not read"
@@ -118,6 +124,51 @@ versions = single.get("versions", "").split()
 tools = (f"rsync {versions[0]}, restic {versions[1]}, age {versions[2]}, GNU tar {versions[3]}, cryptsetup {versions[4]}"
          if len(versions) >= 5 else single.get("versions", "?"))
 
+DESCRIBE = {
+    "keepsake-sync": """- **keepsake sync**: `keepsake backup --to-device PART --create --yes --key-file F $KS_KDF`
+  first, onto an empty partition of a second stick laid out as a live stick (partition 2,
+  Tails' name and type), then `keepsake backup --to-device PART --key-file F`; the source
+  volume stays unlocked by keepsake.""",
+    "rsync": f"""- **rsync**: `rsync -aHAX --delete SRC/ DST/` from the unlocked volume to a bare LUKS2 volume
+  opened and mounted by hand on the same kind of partition: the first time `cryptsetup
+  luksFormat` + `open` + `mkfs.ext4` + `mount` + rsync + `umount` + `close`, then `open` +
+  `mount` + rsync + `umount` + `close` (the volume kind keepsake makes: LUKS2,
+  aes-xts-plain64, ext4 labelled TailsData; mkfs.ext4's defaults, so the kernel's
+  ext4lazyinit may zero inode tables while the volume is mounted). Medians: rsync alone took
+  {rsync_alone[0]:.1f} s of the first and {rsync_alone[1]:.1f} s of the incremental; making the volume (luksFormat +
+  open + mkfs.ext4) took {rsync_create[0]:.1f} s and wrote {rsync_create[1]:.1f} MiB of the first.""",
+    "keepsake-archive": f"""- **keepsake archive**: `keepsake backup FILE --key-file F --archive-kdf-memory 8192
+  --archive-kdf-iterations 1`, then {'`keepsake backup FILE2 --since FILE --key-file F`' if run['ksarch_mode'] == 'since' else 'the same again into a second file (this keepsake has no `--since` yet: its "incremental" is a full archive)'},
+  onto a plain ext4 stick. The guest has one CPU, so keepsake seals the archive on one thread.""",
+    "restic": """- **restic**: `restic --no-cache backup SRC` into a repository on a plain ext4 stick, made
+  by `restic init` (not timed) at the start of each round; restic finds the parent snapshot
+  itself. No cache: a live system's would be in RAM and gone at the next boot.""",
+    "tar-age": """- **tar | age**: `tar --xattrs --acls -C SRC -cf - . | age -r RECIPIENT > FILE` onto a plain
+  ext4 stick, a full archive each time (the incremental one beside the first).""",
+}
+described = [DESCRIBE[c] for c in contenders]
+left_out = [c for c in ORDER if c not in contenders]
+if left_out:
+    why = {c: "left out by --only" for c in left_out}
+    if "keepsake-sync" in why and run.get("has_sync") == "0":
+        why["keepsake-sync"] = "this keepsake has no `backup --to-device` yet"
+    described.append("- Not in this run: " + "; ".join(f"{c} ({why[c]})" for c in left_out) + ".")
+restic_text = (f" restic's key is scrypt with the cost `restic init` calibrates on the machine it runs on "
+               f"(restic has no option for it): here {restic_cost}; opening the repository alone (`restic cat "
+               f"config`) took {(restic_open or 0) / 1000:.1f} s (median), paid by each restic backup."
+               if "restic" in contenders else "")
+if len({(facts[f'changed.{r}'], facts[f'added.{r}'], facts[f'deleted.{r}'], facts[f'meta.{r}']) for r in range(1, rounds + 1)}) == 1:
+    changes_text = (f"{facts['changed.1']} files changed, {facts['added.1']} added, {facts['deleted.1']} deleted and "
+                    f"{facts['meta.1']} changed in metadata only, in each round; "
+                    + ", ".join(f"{int(facts[f'new_bytes.{r}']) / 1024:.0f}" for r in range(1, rounds + 1)) + " KiB of new contents")
+else:
+    changes_text = "; ".join(changes)
+notes = []
+if "keepsake-archive" in contenders and run["ksarch_mode"] == "full":
+    notes.append("This keepsake's archive (format 1) keeps no extended attributes, no ACLs and no hard "
+                 "links (each becomes a file of its own): `keepsake backup --help` says so, and the "
+                 "differing facts above are those.")
+
 text = f"""# Backup to a second stick: side by side
 
 Generated by loopdev-tests/bench/sync; do not edit by hand (`loopdev-tests/bench/sync {rounds}`,
@@ -125,7 +176,9 @@ scale {run['scale']}, verify: {run['verify']}; {run['keepsake']}; the whole run 
 The backups of issue 26, measured on the commands themselves in one boot of the test VM: real
 dm-crypt and ext4 on virtual sticks, the source being a volume keepsake made and unlocked.
 Medians of {rounds} rounds; in each round every contender makes a first backup of the same
-tree, then 1 % of the files change, then every contender makes an incremental backup.
+tree, then 1 % of the files change, then every contender makes an incremental backup. The
+contenders' order rotates from round to round, and the host is shared with other work:
+single rounds vary, the ratios of medians less.
 
 - Host: {run['host']}
 - VM: qemu TCG (no KVM), -m {run['mem']}; the guest sees {single.get('machine', '?')}.
@@ -140,7 +193,7 @@ tree, then 1 % of the files change, then every contender makes an incremental ba
   deterministically by bench/sync-tree.py at scale {run['scale']}): {facts['shape']}. Owners 1000 and 0; {facts['hardlinks']} hard links, {facts['symlinks']} symlinks (one absolute,
   some dangling after deletions), {facts['xattrs']} user xattrs, {facts['acls']} access ACLs, names with
   spaces and accents, an empty folder and an empty file. All times are whole seconds.
-- The change between the first and the incremental backup, per round: {'; '.join(changes)}.
+- The change between the first and the incremental backup: {changes_text}.
   "Changed" files (1 % of them, at random, never a hard-linked one) get new contents of
   about the same size (± 256 bytes) and a new mtime, written by GNU tar (a new inode, as
   an editor's save); the added ones are 3 files in an existing folder and a new folder with
@@ -150,32 +203,12 @@ tree, then 1 % of the files change, then every contender makes an incremental ba
 
 ## The contenders
 
-- **keepsake sync**: `keepsake backup --to-device PART --create --yes --key-file F $KS_KDF`
-  first, onto an empty partition of a second stick laid out as a live stick (partition 2,
-  Tails' name and type), then `keepsake backup --to-device PART --key-file F`; the source
-  volume stays unlocked by keepsake.
-- **rsync**: `rsync -aHAX --delete SRC/ DST/` from the unlocked volume to a bare LUKS2 volume
-  opened and mounted by hand on the same kind of partition: the first time `cryptsetup
-  luksFormat` + `open` + `mkfs.ext4` + `mount` + rsync + `umount` + `close`, then `open` +
-  `mount` + rsync + `umount` + `close` (the volume kind keepsake makes: LUKS2,
-  aes-xts-plain64, ext4 labelled TailsData). rsync alone took {rsync_alone[0] or 0:.1f} s (first)
-  and {rsync_alone[1] or 0:.1f} s (incremental) of that, medians.
-- **keepsake archive**: `keepsake backup FILE --key-file F --archive-kdf-memory 8192
-  --archive-kdf-iterations 1`, then {'`keepsake backup FILE2 --since FILE --key-file F`' if run['ksarch_mode'] == 'since' else 'the same again into a second file (this keepsake has no `--since` yet: its "incremental" is a full archive)'},
-  onto a plain ext4 stick.
-- **restic**: `restic --no-cache backup SRC` into a repository on a plain ext4 stick, made
-  by `restic init` (not timed) at the start of each round; restic finds the parent snapshot
-  itself. No cache: a live system's would be in RAM and gone at the next boot.
-- **tar | age**: `tar --xattrs --acls -C SRC -cf - . | age -r RECIPIENT > FILE` onto a plain
-  ext4 stick, a full archive each time (the incremental one beside the first).
+{chr(10).join(described)}
 
 Key derivation is kept small wherever it can be set, so that what is compared is the
 backup: keepsake's volumes (the source and the sync's backup) and rsync's bare volume use
 argon2id with 8 MiB, 4 iterations, 1 thread; keepsake's archive argon2id with 8 MiB and 1
-iteration. restic's key is scrypt with the cost `restic init` calibrates on the machine it
-runs on (restic has no option for it): here {restic_cost}; opening the repository alone
-(`restic cat config`) took {restic_open / 1000 if restic_open else 0:.1f} s (median), paid by each restic backup. age encrypts to an
-X25519 recipient: no key derivation at all.
+iteration.{restic_text} age encrypts to an X25519 recipient: no key derivation at all.
 
 ## Results
 
@@ -205,6 +238,8 @@ into a fresh keepsake volume (the source is locked meanwhile and unlocked again 
 A differing fact is one line of the manifest that only one side has.
 
 {chr(10).join(checks)}
+
+{chr(10).join(notes)}
 
 Failures during the run:
 {failures}

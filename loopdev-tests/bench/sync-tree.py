@@ -164,12 +164,12 @@ def count(prefix, suffix=""):
     return sum(1 for p in files if p.startswith(prefix) and p.endswith(suffix))
 
 
-shape = (f"{count('Persistent/Videos/')} videos of 24 MiB, {count('Persistent/Photos/')} photos of 0.5 to 1.5 MiB, "
-         f"{count('apt/cache/')} packages of 8 MiB and {count('apt/lists/')} package lists of 256 KiB (root's, in apt/), "
-         f"{count('Persistent/Documents/project-')} documents of 1 to 24 KiB in {n(40)} folders (half random bytes, half "
-         f"text; one root-owned log in each), {count('Persistent/src/', '.rs')} source files of 0.2 to 8 KiB in {n(20)} folders, "
-         f"{count('Persistent/shared/')} files with ACLs in a folder with a default ACL, GnuPG, dotfiles and root's "
-         f"network connections")
+shape = (f"videos of 24 MiB: {count('Persistent/Videos/')}; photos of 0.5 to 1.5 MiB: {count('Persistent/Photos/')}; "
+         f"root's packages of 8 MiB and package lists of 256 KiB (in apt/): {count('apt/cache/')} and {count('apt/lists/')}; "
+         f"documents of 1 to 24 KiB, half random bytes, half text, with a root-owned log in each folder: "
+         f"{count('Persistent/Documents/project-')} in {n(40)} folders; source files of 0.2 to 8 KiB: "
+         f"{count('Persistent/src/', '.rs')} in {n(20)} folders; files with ACLs in a folder with a default ACL: "
+         f"{count('Persistent/shared/')}; GnuPG, dotfiles and root's network connections")
 facts = [f"shape={shape}", f"files={len(files)}", f"bytes={sum(e['size'] for e in files.values())}",
          f"hardlinks={sum(1 for e in entries if e['type'] == 'hard')}",
          f"symlinks={sum(1 for e in entries if e['type'] == 'link')}",

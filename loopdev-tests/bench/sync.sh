@@ -55,9 +55,9 @@ measure() {
     ks_ok "$c $kind (round $r): $(( (t1 - t0) / 1000000 )) ms, $(( (w1 - w0) / 2048 )) MiB written"
 }
 
-# A part's time inside a measurement (rsync alone, without open/mount/umount/close):
+# A part's time (and bytes) inside a measurement (rsync alone; making rsync's volume):
 # kept in a file, since measure sends the command's output to one; printed at the end.
-sy_part_time() { echo "part=$1 $2 $3 $4" >> /tmp/sy-parts; }
+sy_part_time() { echo "part=$*" >> /tmp/sy-parts; }
 
 # What a backup must carry, one fact a line: each name with its type, owner, mode, size,
 # mtime (whole seconds: the tree's times are whole seconds, GNU tar's would be too), link
@@ -117,13 +117,19 @@ sy_verify_luks() {
 # the first time on a new volume (luksFormat + mkfs.ext4), as keepsake's --create does.
 rsync_reset() { dd if=/dev/zero of="$(sy_part bkrsync 2)" bs=1M count=32 conv=fsync 2>/dev/null; }
 sy_rsync() {
-    local kind=$1 r=$2 part t0 rc
+    local kind=$1 r=$2 part t0 w0 rc
     part=$(sy_part bkrsync 2)
+    t0=$(sy_ns); w0=$(sy_sectors bkrsync 7)
     if [ "$kind" = first ]; then
         cryptsetup luksFormat -q --type luks2 $SY_BARE_KDF --key-file "$SY_BPASS" "$part" || return 1
     fi
     cryptsetup open --key-file "$SY_BPASS" "$part" rbk || return 1
-    if [ "$kind" = first ]; then mkfs.ext4 -q -L TailsData /dev/mapper/rbk || return 1; fi
+    if [ "$kind" = first ]; then
+        mkfs.ext4 -q -L TailsData /dev/mapper/rbk || return 1
+        # What making the volume took and wrote, before any file.
+        sync
+        sy_part_time rsync-create first "$r" $(( ($(sy_ns) - t0) / 1000000 )) $(( ($(sy_sectors bkrsync 7) - w0) * 512 ))
+    fi
     mkdir -p /mnt/rbk && mount /dev/mapper/rbk /mnt/rbk || return 1
     t0=$(sy_ns)
     rsync -aHAX --delete "$SY_SRC/" /mnt/rbk/
