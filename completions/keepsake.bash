@@ -107,13 +107,37 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__backup)
-            opts="-h -V --feature --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify"
+            opts="-y -h -V --feature --to-device --create --size --yes --pbkdf-memory --pbkdf-force-iterations --pbkdf-max-memory --pbkdf-parallel --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --feature)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to-device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-force-iterations)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-max-memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbkdf-parallel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -340,12 +340,36 @@ pub struct BackupArgs {
     pub command: Option<BackupCommand>,
 
     /// The archive to write: a new file, or - for standard output.
-    #[arg(value_name = "FILE", required = true)]
+    #[arg(value_name = "FILE", required_unless_present = "to_device")]
     pub file: Option<PathBuf>,
 
     /// Back up only this feature (repeat for more) [default: the whole volume].
     #[arg(long = "feature", value_name = "NAME")]
     pub features: Vec<String>,
+
+    /// Instead of an archive, bring the backup volume DEV up to date with the whole
+    /// unlocked volume: a LUKS partition, a disk holding one (searched as unlock searches),
+    /// or a container file. Asks for the backup volume's passphrase.
+    #[arg(long, value_name = "DEV", conflicts_with_all = ["file", "features"],
+          help_heading = "Second stick")]
+    pub to_device: Option<PathBuf>,
+
+    /// Create the backup volume first: a new partition on the disk DEV (another live
+    /// stick), or with --size a new container file DEV. Asks for its new passphrase twice.
+    #[arg(long, requires = "to_device", help_heading = "Second stick")]
+    pub create: bool,
+
+    /// With --create: make DEV a container file of this size (K, M, G or T suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "create",
+          help_heading = "Second stick")]
+    pub size: Option<u64>,
+
+    /// With --create: do not ask before partitioning.
+    #[arg(long, short = 'y', requires = "create", help_heading = "Second stick")]
+    pub yes: bool,
+
+    #[command(flatten)]
+    pub volume_kdf: KdfArgs,
 
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
@@ -458,10 +482,27 @@ passphrase, verify and restore refuse an archive whose header asks for more as c
 (exit status 7), and one whose memory is more than this machine has available now as an \
 unsafe host (exit status 6, as unlock does for a keyslot).
 
+With --to-device, the backup is a second volume instead: another keepsake or Tails stick \
+that opens as a working Persistent Storage by Tails' and keepsake's rules, kept up to date \
+with the unlocked volume. Only what changed is written: a top-level folder whose files all \
+match (type, owner, mode, modification time, size, extended attributes and ACLs, link \
+targets, hard links) is not touched; one that differs is rebuilt beside the old one, its \
+unchanged files hard links to the backup's own copies, and swapped in whole once it is on \
+the disk. So, interrupted or with the power cut, each top-level folder of the backup is the \
+previous backup's or the new one, never a mix, and no file is half written under its real \
+name; the next run removes what an interrupted one left. Folders and files gone from the \
+volume are removed from the backup. persistence.conf and keepsake-features.conf come \
+along. A file that changes while it is copied is copied again, and named in the report if \
+it never held still. The backup volume is mounted where only root can reach it, and closed \
+when done. A volume someone other than root could have written (a container file on a \
+stick the live user mounted) is refused: root writes root's files into it.
+
 Examples:
   keepsake backup /media/other-stick/keepsake-2026-11.ksb
   keepsake backup --feature gnupg --feature ssh-client - | ssh host 'cat > keys.ksb'
-  keepsake backup verify /media/other-stick/keepsake-2026-11.ksb";
+  keepsake backup verify /media/other-stick/keepsake-2026-11.ksb
+  keepsake backup --to-device /dev/sdc --create     (another live stick: a new partition)
+  keepsake backup --to-device /dev/sdc              (every week after: only the changes)";
 
 const RESTORE_HELP: &str = "\
 Nothing is changed before the whole archive has authenticated: it is extracted into a \
@@ -1165,7 +1206,33 @@ mod tests {
             // args_conflicts_with_subcommands.
             (
                 &["backup", "out.ksb", "verify", "x.ksb"],
-                Some(("the subcommand 'verify' cannot be used with '<FILE>'", 2)),
+                Some(("the subcommand 'verify' cannot be used with '[FILE]'", 2)),
+            ),
+            // A second stick instead of an archive: one or the other.
+            (
+                &["backup", "--to-device", "/dev/sdc", "out.ksb"],
+                Some((
+                    "the argument '--to-device <DEV>' cannot be used with '[FILE]'",
+                    2,
+                )),
+            ),
+            (
+                &["backup", "--to-device", "/dev/sdc", "--feature", "gnupg"],
+                Some((
+                    "the argument '--to-device <DEV>' cannot be used with '--feature <NAME>'",
+                    2,
+                )),
+            ),
+            (
+                &[
+                    "backup",
+                    "--to-device",
+                    "/dev/sdc",
+                    "--create",
+                    "--size",
+                    "1G",
+                ],
+                None,
             ),
             (
                 &["restore"],

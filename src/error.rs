@@ -112,6 +112,9 @@ pub enum Error {
     Secrets(#[from] crate::secrets::Error),
     #[error(transparent)]
     Archive(#[from] crate::archive::Error),
+    /// A backup to a second volume (`crate::mirror`).
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::Error),
     /// The volume's config files (`crate::persistence::files`).
     #[error(transparent)]
     Config(#[from] crate::persistence::files::Error),
@@ -152,6 +155,7 @@ impl Error {
             Error::Volume(e) => volume_class(e),
             Error::Secrets(e) => secrets_class(e),
             Error::Archive(e) => archive_class(e),
+            Error::Mirror(e) => mirror_class(e),
             Error::Config(e) => config_class(e),
             Error::Fs(e) => fs_class(e),
             Error::Host(e) => host_class(e),
@@ -171,6 +175,7 @@ impl Error {
             // Secrets are read before anything changes: no undo step returns these.
             e @ Error::Secrets(_) => e,
             Error::Archive(e) => Error::Archive(e.with_note(note)),
+            Error::Mirror(e) => Error::Mirror(e.with_note(note)),
             Error::Config(e) => Error::Config(e.with_note(note)),
             Error::Fs(e) => Error::Fs(e.with_note(note)),
             Error::Host(e) => Error::Host(e.with_note(note)),
@@ -235,6 +240,16 @@ pub(crate) fn archive_class(e: &crate::archive::Error) -> ExitCode {
         A::Io(e) => errno_class(e.errno()),
         A::Fs(e) => fs_class(e),
         A::Host(e) => host_class(e),
+    }
+}
+
+fn mirror_class(e: &crate::mirror::Error) -> ExitCode {
+    use crate::mirror::Error as M;
+    match e {
+        M::Interrupted { signal, .. } => ExitCode::of_signal(*signal),
+        M::Internal(_) => ExitCode::Internal,
+        M::Io(e) => errno_class(e.errno()),
+        M::Fs(e) => fs_class(e),
     }
 }
 

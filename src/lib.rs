@@ -10,6 +10,8 @@
 //! - [`session`]: the volume once it is open: plan, the journal-based executor that
 //!   unlock, `feature`, lock and every rollback use, the runtime record, tor's state.
 //! - [`archive`]: the backup format (header, STREAM, tree codec), extraction and restore.
+//! - [`mirror`]: a second volume kept up to date with the unlocked one, a top-level
+//!   folder at a time.
 //! - `volume`: the LUKS2 volume through libcryptsetup: one `Volume` handle, its keyslots,
 //!   KDF, header, upgrade; finding volumes (discovery) and recovery keys.
 //! - [`host`]: the machine: block devices and GPT, mounts, processes (in every mount
@@ -35,6 +37,7 @@ pub(crate) mod context;
 pub mod error;
 pub(crate) mod host;
 pub mod interrupt;
+pub mod mirror;
 pub mod output;
 pub mod persistence;
 pub mod safefs;

@@ -250,3 +250,11 @@ ks_check_refused() {
     if [ "$got" -eq 0 ]; then echo "KS-FAIL $what: exit 0, expected a refusal"; KS_SOFT_FAILED=1; return 1; fi
     ks_ok "$what (exit $got)"
 }
+
+# tails_hand_back NAME PATH: the config's text, stat and ACL, for the host's checks.
+tails_hand_back() {
+    sed "s/^/KS-LOG $1: /" "$2"
+    ks_out "conf_$1" "$(base64 < "$2" | tr -d '\n')"
+    ks_out "stat_$1" "$(stat -c '%u:%g %f %F' "$2")"
+    ks_out "acl_$1" "$(acl-dump "$2" | tr '\n' ',' | sed 's/,$//')"
+}

@@ -136,3 +136,22 @@ ks_live_run() {
     [ -n "${KS_LIVE_IMAGE:-}" ] || { ks_host_fail "no live image was built (see above)"; return 1; }
     python3 "$KS_TESTS_DIR/live/$1.py" "$KS_SCEN_DIR" "$KS_LIVE_IMAGE"
 }
+
+# tails_check_conf WHAT NAME FEATURES: Tails' acceptance rules, on the host with Tails' parser,
+# on the config the guest handed back as NAME (text, stat, ACL).
+tails_check_conf() {
+    local file="$KS_SCEN_DIR/$2.conf" line
+    if [ -z "$(ks_get "conf_$2")" ]; then
+        ks_host_fail "$1: the guest handed back no persistence.conf"
+        return
+    fi
+    ks_get "conf_$2" | base64 -d > "$file"
+    echo "  Tails' rules, $1:"
+    python3 "$KS_TESTS_DIR/lib/tails_rules.py" "$file" --stat "$(ks_get "stat_$2")" \
+        --acl "$(ks_get "acl_$2")" ${3:+--features} ${3:+"$3"} > "$file.rules"
+    local rc=$?
+    while IFS= read -r line; do
+        case "$line" in ok*) ks_host_ok "${line#ok    }" ;; *) ks_host_fail "${line#FAIL  }" ;; esac
+    done < "$file.rules"
+    [ $rc -eq 0 ] || ks_host_fail "$1: Tails would not accept this persistence.conf as it is"
+}

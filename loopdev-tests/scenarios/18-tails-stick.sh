@@ -22,25 +22,6 @@ host_main() {
     KS_VM_MEM=2560 ks_phase keyslot "usb=$(ks_live_stick keyslot 320M)"
 }
 
-# tails_check_conf WHAT NAME FEATURES: Tails' acceptance rules, on the host with Tails' parser,
-# on the config the guest handed back as NAME (text, stat, ACL).
-tails_check_conf() {
-    local file="$KS_SCEN_DIR/$2.conf" line
-    if [ -z "$(ks_get "conf_$2")" ]; then
-        ks_host_fail "$1: the guest handed back no persistence.conf"
-        return
-    fi
-    ks_get "conf_$2" | base64 -d > "$file"
-    echo "  Tails' rules, $1:"
-    python3 "$KS_TESTS_DIR/lib/tails_rules.py" "$file" --stat "$(ks_get "stat_$2")" \
-        --acl "$(ks_get "acl_$2")" ${3:+--features} ${3:+"$3"} > "$file.rules"
-    local rc=$?
-    while IFS= read -r line; do
-        case "$line" in ok*) ks_host_ok "${line#ok    }" ;; *) ks_host_fail "${line#FAIL  }" ;; esac
-    done < "$file.rules"
-    [ $rc -eq 0 ] || ks_host_fail "$1: Tails would not accept this persistence.conf as it is"
-}
-
 # The accounts as Tails has them (tails-persistent-storage 115:122, debian-tor 106:112).
 tails_accounts() {
     cat > /etc/passwd <<'PW'
@@ -58,14 +39,6 @@ tails-persistent-storage:x:122:
 amnesia:x:1000:
 nogroup:x:65534:
 GR
-}
-
-# tails_hand_back NAME PATH: the config's text, stat and ACL, for the host's checks.
-tails_hand_back() {
-    sed "s/^/KS-LOG $1: /" "$2"
-    ks_out "conf_$1" "$(base64 < "$2" | tr -d '\n')"
-    ks_out "stat_$1" "$(stat -c '%u:%g %f %F' "$2")"
-    ks_out "acl_$1" "$(acl-dump "$2" | tr '\n' ',' | sed 's/,$//')"
 }
 
 # Exactly Tails' mount root: root:root 0770, and one ACL entry, user:amnesia:--x.

@@ -170,6 +170,9 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     if let Some(BackupCommand::Verify(v)) = args.command {
         return verify(global, v, out);
     }
+    if let Some(place) = &args.to_device {
+        return super::mirror::run(global, &args, place, out);
+    }
     let Some(file) = args.file.clone() else {
         return Err(Error::Usage(
             "keepsake backup needs a FILE (or - for standard output)".into(),

@@ -2,7 +2,7 @@
 //! persistence.conf, never deleting user data). Both open the locked volume under a
 //! mapping of their own and close it again on every path.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -13,11 +13,11 @@ use crate::host::tools::{self, FsckReport, SuperblockState};
 use crate::output::Output;
 
 use crate::persistence::files;
-use crate::safefs;
-use crate::session::unlocked;
 use crate::volume::{self, HeaderInfo, discovery};
 
+/// The mapping check and repair open the volume as, and the folder they mount it on.
 const MAPPING: &str = "keepsake-inspect";
+const MOUNT_DIR: &str = "inspect";
 
 #[derive(Debug, Serialize)]
 struct CheckReport {
@@ -36,55 +36,6 @@ struct CheckReport {
     problems: Vec<String>,
     /// What repair changed.
     repaired: Vec<String>,
-}
-
-/// The volume opened for inspection; closed (and its cached pages dropped) when dropped.
-struct Inspection {
-    device: PathBuf,
-    mount_point: Option<PathBuf>,
-}
-
-impl Inspection {
-    fn open(
-        backing: &Path,
-        secret: &crate::secrets::Secret,
-        read_only: bool,
-    ) -> Result<Inspection> {
-        volume::refuse_an_existing_mapping(MAPPING)?;
-        volume::Volume::at(backing).activate_for_inspection(MAPPING, secret, read_only)?;
-        Ok(Inspection {
-            device: Path::new("/dev/mapper").join(MAPPING),
-            mount_point: None,
-        })
-    }
-
-    fn mount(&mut self, read_only: bool) -> Result<safefs::Dir> {
-        let runtime = super::runtime_dir()?;
-        let (point, _) =
-            safefs::open_beneath(&runtime, Path::new("inspect"), Some(super::ROOT_ONLY))?;
-        if read_only {
-            crate::host::mounts::mount_ext4_read_only(&self.device, &point.path)?;
-        } else {
-            crate::host::mounts::mount_ext4(&self.device, &point.path)?;
-        }
-        self.mount_point = Some(point.path.clone());
-        let (dir, _) = safefs::open_dir(&point.path, None)?;
-        Ok(dir)
-    }
-}
-
-impl Drop for Inspection {
-    fn drop(&mut self) {
-        unlocked::sync_all();
-        if let Some(point) = self.mount_point.take()
-            && crate::host::mounts::unmount(&point).is_err()
-        {
-            // Something still holds it: detach it now, the kernel finishes when it lets go.
-            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = volume::deactivate(MAPPING);
-        let _ = unlocked::drop_caches();
-    }
 }
 
 /// The volume, its header, and its passphrase, read only once the volume is known to be
@@ -141,7 +92,7 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
             "the volume {why}; keepsake unlock refuses it: copy its files to a new volume (keepsake create)"
         ));
     }
-    let mut inspection = Inspection::open(&backing, &secret, true)?;
+    let mut inspection = super::OpenHere::open(&backing, &secret, MAPPING, true)?;
     drop(secret);
     let state = SuperblockState::read(&inspection.device)?;
     // After an unclean shutdown the journal holds the last writes; e2fsck -n does not
@@ -161,7 +112,7 @@ pub fn check(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         }
         Some(fsck)
     };
-    let config = match inspection.mount(true) {
+    let config = match inspection.mount(MOUNT_DIR, true) {
         Ok(dir) => {
             let (report, found) = files::config_report(&dir, global.layout.into());
             problems.extend(found);
@@ -214,7 +165,7 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
         "a mounted filesystem cannot be repaired",
     )?;
     let mut repaired = Vec::new();
-    let mut inspection = Inspection::open(&backing, &secret, false)?;
+    let mut inspection = super::OpenHere::open(&backing, &secret, MAPPING, false)?;
     drop(secret);
     // e2fsck -y replays the journal first, as unlock would.
     let unclean = SuperblockState::read(&inspection.device)?.needs_recovery;
@@ -232,7 +183,7 @@ pub fn repair(global: &GlobalArgs, args: CheckArgs, out: Output) -> Result<()> {
     }
     let config = {
         // The folder's descriptor must be closed before the unmount in the drop below.
-        let dir = inspection.mount(false)?;
+        let dir = inspection.mount(MOUNT_DIR, false)?;
         repaired.extend(files::repair_config(&dir, global.layout)?);
         let cleaned = restore::remove_leftovers(&dir)?;
         repaired.extend(cleaned.removed);

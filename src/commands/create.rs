@@ -39,7 +39,7 @@ struct CreateReport {
 }
 
 /// What `create` is asked to do, from the command line.
-struct CreateConfig {
+pub(super) struct CreateConfig {
     target: Target,
     confirmed: bool,
     live_user: Option<String>,
@@ -47,7 +47,7 @@ struct CreateConfig {
 }
 
 /// Where the new volume goes.
-enum Target {
+pub(super) enum Target {
     /// A new partition on this disk.
     Device(PathBuf),
     /// A new container file of this size.
@@ -55,6 +55,29 @@ enum Target {
 }
 
 impl CreateConfig {
+    /// A second volume for `backup --to-device DEV --create`: a new partition on the disk
+    /// DEV, or, with a size, a new container file DEV.
+    pub(super) fn for_backup(
+        global: &GlobalArgs,
+        place: &Path,
+        size: Option<u64>,
+        confirmed: bool,
+        kdf: &crate::cli::KdfArgs,
+    ) -> CreateConfig {
+        CreateConfig {
+            target: match size {
+                Some(size) => Target::Image {
+                    path: place.to_path_buf(),
+                    size,
+                },
+                None => Target::Device(place.to_path_buf()),
+            },
+            confirmed,
+            live_user: None,
+            kdf: super::kdf_choice(kdf, global.layout),
+        }
+    }
+
     fn from_args(global: &GlobalArgs, args: &CreateArgs) -> Result<CreateConfig> {
         let target = match (&args.device, &args.image, args.size) {
             (Some(disk), _, _) => Target::Device(disk.clone()),
@@ -112,68 +135,16 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
     super::require_root()?;
     crate::host::kernel::require_dm_crypt("creating a volume")?;
     let _lock = super::exclusive()?;
-    let layout = super::layout(global, None);
-    let host = SystemHost::new(config.live_user.as_deref());
-    let features = crate::persistence::features::default_config(&host, global.layout)?;
-    let (volume_path, size, rollback, kind) = match &config.target {
-        Target::Device(disk) => {
-            let (region, sector) = check_device_target(disk, &layout)?;
-            confirm_partitioning(disk, region, sector, config.confirmed, out)?;
-            let secret = super::read_secret_safely(
-                global,
-                &args.passphrase,
-                out,
-                "New passphrase",
-                true,
-                None,
-            )?;
-            out.progress(format!(
-                "adding a {} partition to {}",
-                layout.partition_name,
-                disk.display()
-            ));
-            let number =
-                disks::add_partition(disk, region, layout.partition_type, layout.partition_name)?;
-            let rollback = Rollback(Some(Made::Partition {
-                disk: disk.clone(),
-                number,
-            }));
-            let part = disks::partition_path(disk, number);
-            disks::wait_for_device(&part)?;
-            let keyslot = format_and_populate(&part, &layout, &secret, config.kdf, &features, out)?;
-            (
-                part,
-                region.sectors * sector,
-                rollback,
-                ("partition", keyslot),
-            )
-        }
-        Target::Image { path: image, size } => {
-            check_image_target(image, *size)?;
-            let secret = super::read_secret_safely(
-                global,
-                &args.passphrase,
-                out,
-                "New passphrase",
-                true,
-                Some(image),
-            )?;
-            create_sparse_file(image, *size)?;
-            let rollback = Rollback(Some(Made::File(image.clone())));
-            let keyslot = format_and_populate(image, &layout, &secret, config.kdf, &features, out)?;
-            (image.clone(), *size, rollback, ("container file", keyslot))
-        }
-    };
-    rollback.keep();
-    let (kind, keyslot) = kind;
+    let made = make(global, &config, &args.passphrase, out)?;
     let report = CreateReport {
-        volume: volume_path,
-        kind,
-        size,
+        volume: made.path,
+        kind: made.kind,
+        size: made.size,
         cipher: format!("{}-{}", volume::CIPHER, volume::CIPHER_MODE),
-        keyslot,
-        filesystem_label: layout.fs_label.to_string(),
-        features: features
+        keyslot: made.keyslot,
+        filesystem_label: super::layout(global, None).fs_label.to_string(),
+        features: made
+            .features
             .entries()
             .map(|e| e.source.display().to_string())
             .collect(),
@@ -195,6 +166,85 @@ pub fn run(global: &GlobalArgs, args: CreateArgs, out: Output) -> Result<()> {
         )
     });
     Ok(())
+}
+
+/// A volume [`make`] made, and the passphrase it was made with.
+pub(super) struct NewVolume {
+    pub(super) path: PathBuf,
+    pub(super) kind: &'static str,
+    pub(super) size: u64,
+    pub(super) keyslot: KeyslotInfo,
+    pub(super) features: ConfigFile,
+    pub(super) secret: Secret,
+}
+
+/// Makes the volume `config` asks for, asking for its new passphrase (twice) once the
+/// place is checked; whatever it made is removed again if a later step fails. The
+/// caller holds keepsake's exclusive lock.
+pub(super) fn make(
+    global: &GlobalArgs,
+    config: &CreateConfig,
+    passphrase: &crate::cli::PassphraseArgs,
+    out: Output,
+) -> Result<NewVolume> {
+    let layout = super::layout(global, None);
+    let host = SystemHost::new(config.live_user.as_deref());
+    let features = crate::persistence::features::default_config(&host, global.layout)?;
+    let (path, size, rollback, kind, keyslot, secret) = match &config.target {
+        Target::Device(disk) => {
+            let (region, sector) = check_device_target(disk, &layout)?;
+            confirm_partitioning(disk, region, sector, config.confirmed, out)?;
+            let secret =
+                super::read_secret_safely(global, passphrase, out, "New passphrase", true, None)?;
+            out.progress(format!(
+                "adding a {} partition to {}",
+                layout.partition_name,
+                disk.display()
+            ));
+            let number =
+                disks::add_partition(disk, region, layout.partition_type, layout.partition_name)?;
+            let rollback = Rollback(Some(Made::Partition {
+                disk: disk.clone(),
+                number,
+            }));
+            let part = disks::partition_path(disk, number);
+            disks::wait_for_device(&part)?;
+            let keyslot = format_and_populate(&part, &layout, &secret, config.kdf, &features, out)?;
+            let size = region.sectors * sector;
+            (part, size, rollback, "partition", keyslot, secret)
+        }
+        Target::Image { path: image, size } => {
+            check_image_target(image, *size)?;
+            let secret = super::read_secret_safely(
+                global,
+                passphrase,
+                out,
+                "New passphrase",
+                true,
+                Some(image),
+            )?;
+            create_sparse_file(image, *size)?;
+            let rollback = Rollback(Some(Made::File(image.clone())));
+            let keyslot = format_and_populate(image, &layout, &secret, config.kdf, &features, out)?;
+            (
+                image.clone(),
+                *size,
+                rollback,
+                "container file",
+                keyslot,
+                secret,
+            )
+        }
+    };
+    rollback.keep();
+    Ok(NewVolume {
+        path,
+        kind,
+        size,
+        keyslot,
+        features,
+        secret,
+    })
 }
 
 /// LUKS2 format, ext4, default config: the same for a partition and a container file.

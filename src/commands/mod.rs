@@ -8,6 +8,7 @@ mod delete;
 mod feature;
 mod keys;
 mod lock;
+mod mirror;
 mod status;
 mod unlock;
 mod upgrade;
@@ -158,6 +159,62 @@ pub fn exclusive() -> Result<nix::fcntl::Flock<std::fs::File>> {
             )),
         },
     )
+}
+
+/// A locked volume opened under a mapping of the command's own, and mounted where only
+/// root can reach it; unmounted, closed and its cached pages dropped when dropped, on
+/// every path out of the command.
+pub struct OpenHere {
+    pub device: PathBuf,
+    mapping: &'static str,
+    mount_point: Option<PathBuf>,
+}
+
+impl OpenHere {
+    /// Opens `backing` (a device, or the loop device of a container file) as `mapping`,
+    /// read-only for inspection, or read-write.
+    pub fn open(
+        backing: &Path,
+        secret: &Secret,
+        mapping: &'static str,
+        read_only: bool,
+    ) -> Result<OpenHere> {
+        crate::volume::refuse_an_existing_mapping(mapping)?;
+        crate::volume::Volume::at(backing).activate_for_inspection(mapping, secret, read_only)?;
+        Ok(OpenHere {
+            device: Path::new("/dev/mapper").join(mapping),
+            mapping,
+            mount_point: None,
+        })
+    }
+
+    /// Mounts it on `name` in /run/keepsake (root only), and returns its root.
+    pub fn mount(&mut self, name: &str, read_only: bool) -> Result<crate::safefs::Dir> {
+        let runtime = runtime_dir()?;
+        let (point, _) = crate::safefs::open_beneath(&runtime, Path::new(name), Some(ROOT_ONLY))?;
+        if read_only {
+            mounts::mount_ext4_read_only(&self.device, &point.path)?;
+        } else {
+            mounts::mount_ext4(&self.device, &point.path)?;
+        }
+        self.mount_point = Some(point.path.clone());
+        let (dir, _) = crate::safefs::open_dir(&point.path, None)?;
+        Ok(dir)
+    }
+}
+
+impl Drop for OpenHere {
+    fn drop(&mut self) {
+        crate::session::unlocked::sync_all();
+        if let Some(point) = self.mount_point.take()
+            && mounts::unmount(&point).is_err()
+        {
+            // Something still holds it: detach it now, the kernel finishes when it lets go.
+            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = crate::volume::deactivate(self.mapping);
+        let _ = crate::session::unlocked::drop_caches();
+    }
 }
 
 /// The cost of a new keyslot asked for on the command line (see

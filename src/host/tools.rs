@@ -1,6 +1,7 @@
 //! The helper programs keepsake runs (mkfs.ext4, e2fsck). None of them ever sees a secret:
 //! they get a minimal environment, no passphrase, and only the opened mapping's path.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -31,7 +32,10 @@ fn only_root_can_change(path: &Path) -> bool {
 }
 
 /// Runs `program` with `args`, its output captured, its environment reduced to PATH and a
-/// C locale so its messages are predictable.
+/// C locale so its messages are predictable. It runs in a process group of its own: a
+/// Ctrl-C on the terminal reaches keepsake, which stops at its next safe point, and not
+/// the helper keepsake is waiting for (a `systemctl start` killed half way left tor
+/// stopped after an interrupted unlock).
 pub(crate) fn run(program: &str, args: &[&str], package: &str) -> Result<Output> {
     let path = find(program).ok_or_else(|| {
         Error::NotFound(format!(
@@ -44,11 +48,13 @@ pub(crate) fn run(program: &str, args: &[&str], package: &str) -> Result<Output>
         .env("PATH", SEARCH_PATH)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
+        .process_group(0)
         .output()
         .map_err(|e| Error::Io(IoError::new(format!("running {}", path.display()), e)))
 }
 
-/// Like [`run`], with `input` on the program's standard input (never a secret).
+/// Like [`run`] (its own process group too), with `input` on the program's standard input
+/// (never a secret).
 pub(crate) fn run_with_input(
     program: &str,
     args: &[&str],
@@ -69,6 +75,7 @@ pub(crate) fn run_with_input(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| Error::Io(IoError::new(format!("running {}", path.display()), e)))?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -231,6 +238,29 @@ pub(crate) fn fsck_full(device: &Path, repair: bool) -> Result<FsckReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The process group of the process a shell started, as /proc says.
+    fn group_of_a_child(output: Output) -> i32 {
+        let stat = String::from_utf8(output.stdout).unwrap();
+        // pid (comm) state ppid pgrp ...: the fields after the command name.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(2).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_helper_is_not_in_keepsakes_process_group() {
+        let ours = nix::unistd::getpgrp().as_raw();
+        let theirs = group_of_a_child(run("cat", &["/proc/self/stat"], "coreutils").unwrap());
+        assert_ne!(
+            theirs, ours,
+            "a terminal's Ctrl-C would reach the helper too"
+        );
+        let fed = run_with_input("cat", &["/proc/self/stat"], "", "coreutils").unwrap();
+        assert_ne!(group_of_a_child(fed), ours);
+        // Negative control: a child started the plain way shares the group.
+        let plain = Command::new("cat").arg("/proc/self/stat").output().unwrap();
+        assert_eq!(group_of_a_child(plain), ours);
+    }
 
     fn superblock_needs_check(sb: &[u8]) -> bool {
         SuperblockState::parse(sb).needs_check()

@@ -1,0 +1,374 @@
+# A second stick kept up to date (`keepsake backup --to-device`): created on the spot on
+# another live stick, then brought up to date with only what changed (bytes written to the
+# stick measured), every file fact carried (owners, modes, times, symlinks, hard links,
+# extended attributes, ACLs, holes). Stopped by SIGINT at spread points and by power cuts at
+# random moments, each top-level folder of the backup is the previous backup or the new one;
+# while the live user rewrites files and swaps symlinks during a backup, every copy is one
+# whole version (or named as changing) and nothing root-only is read through a link. At the
+# end the backup stick passes Tails' rules for persistence.conf and unlocks with keepsake as
+# a working Persistent Storage holding exactly the source's files and facts.
+#
+# KS_SYNC_POWER_CUTS (default 5) power cuts, spread evenly up to KS_SYNC_CUT_MAX_MS (default
+# 2500) ms after the backup starts (a backup of the 7 MiB that changed takes about 2 s).
+
+host_main() {
+    local cuts=${KS_SYNC_POWER_CUTS:-5} max=${KS_SYNC_CUT_MAX_MS:-2500} a b c ms inside=0
+    ks_set passphrase "source-$(ks_random)"
+    ks_set backup_passphrase "backup-$(ks_random)"
+    ks_set canary "KSSYNC-root-only-$(ks_random)"
+    a=$(ks_live_stick usb 320M) || return 1
+    b=$(ks_live_stick usb2 320M) || return 1
+    ks_phase first "usb=$a" "usb2=$b" || return 1
+    for c in $(seq 1 "$cuts"); do
+        ms=$((c * max / cuts))
+        ks_set prev_old "$(ks_get old_tops)"
+        ks_set prev_new "$(ks_get new_tops)"
+        KS_KILL_AFTER_MS=$ms ks_phase "cut.$c" "usb=$a" "usb2=$b" >"$KS_SCEN_DIR/cut.out" \
+            2>>"$KS_SCEN_DIR/qemu-killed.log" || { cat "$KS_SCEN_DIR/cut.out"; return 1; }
+        grep -v '^    ok ' "$KS_SCEN_DIR/cut.out"
+        if grep -q '^KS-POWER-CUT' "$KS_SCEN_DIR/cut.$c.log"; then
+            if grep -q '^KS-SYNC-DONE' "$KS_SCEN_DIR/cut.$c.log"; then
+                ks_host_ok "power cut $c at ${ms} ms, after the backup finished"
+            else
+                inside=$((inside + 1))
+                ks_host_ok "power cut $c at ${ms} ms into a backup"
+            fi
+        else
+            ks_host_fail "cut $c: the backup never started, no power cut"
+            return 1
+        fi
+    done
+    [ $inside -ge 2 ] && ks_host_ok "$inside of $cuts power cuts fell inside a backup" \
+        || ks_host_fail "only $inside of $cuts power cuts fell inside a backup: lower KS_SYNC_CUT_MAX_MS"
+    ks_set prev_old "$(ks_get old_tops)"
+    ks_set prev_new "$(ks_get new_tops)"
+    ks_phase final "usb=$a" "usb2=$b" || return 1
+    tails_check_conf "the backup stick's persistence.conf" backup "PersistentDirectory,AdditionalSoftware,GnuPG,Dotfiles"
+    ks_expect_hits "the root-only canary on the backup stick" "$b" "text:$(ks_get_in canary)" -eq 0
+    ks_expect_hits "the backup passphrase on either stick" "$a" "text:$(ks_get_in backup_passphrase)" -eq 0
+}
+
+KS_BPASS=/run/ks-test/bpass
+ks_backup_pass() {
+    (umask 077; sed -n 's/^backup_passphrase=//p' /run/ks-test/in | tail -n 1 | tr -d '\n' > $KS_BPASS)
+}
+
+# Every fact of every entry below DIR (but lost+found and keepsake's own names), one line
+# each, sorted: kind, owner, mode, mtime with nanoseconds, size and SHA-256 of a file, link
+# target, every extended attribute (ACLs among them) in hex, and for a file with several
+# names in the same top-level folder, the first of them. One stat, sha256sum and getfattr
+# for the whole tree (the guest has one slow CPU); names hold no blanks.
+ks_facts() {
+    (cd "$1" && find . -mindepth 1 \( -path ./lost+found -o -path './.keepsake-*' \) -prune -o -print \
+        | sort > /tmp/ff.list
+    xargs stat -c '%n|%F|%u:%g %a %y|%s|%h %i' < /tmp/ff.list > /tmp/ff.stat
+    grep '|regular' /tmp/ff.stat | cut -d'|' -f1 | xargs -r sha256sum > /tmp/ff.sum
+    grep '|symbolic link' /tmp/ff.stat | cut -d'|' -f1 | while read -r f; do echo "$f $(readlink "$f")"; done > /tmp/ff.link
+    xargs getfattr -h -d -m - -e hex < /tmp/ff.list 2>/dev/null \
+        | awk '/^# file: / { cur = "./" substr($0, 9); next } $0 != "" { print cur " " $0 }' | sort > /tmp/ff.x)
+    awk '
+        FILENAME == "/tmp/ff.sum" { sum[$2] = $1; next }
+        FILENAME == "/tmp/ff.link" { target[$1] = $2; next }
+        FILENAME == "/tmp/ff.x" { x[$1] = x[$1] $2 " "; next }
+        {
+            split($0, f, "|"); path = f[1]; split(f[5], l, " "); split(path, pp, "/")
+            line = path " " f[2] " " f[3]
+            if (f[2] ~ /regular/) line = line " " f[4] " " sum[path]
+            if (path in target) line = line " -> " target[path]
+            line = line " [" x[path] "]"
+            key = pp[2] " " l[2]
+            if (f[2] ~ /regular/ && l[1] > 1) {
+                if (key in first) line = line " same-as " first[key]; else first[key] = path
+            }
+            print line
+        }' /tmp/ff.sum /tmp/ff.link /tmp/ff.x /tmp/ff.stat
+}
+
+# TOP=HASH for each top-level entry of DIR, comma-separated: the facts of each, hashed.
+ks_top_hashes() {
+    ks_facts "$1" > /tmp/tf
+    for t in $(cut -d' ' -f1 /tmp/tf | cut -d/ -f2 | sort -u); do
+        printf '%s=%s,' "$t" "$(grep "^\./$t[ /]" /tmp/tf | sha256sum | cut -c1-16)"
+    done
+}
+
+# The backup volume opened by hand (the cryptsetup CLI), at /mnt/backup.
+ks_backup_open() {
+    mkdir -p /mnt/backup
+    cryptsetup open --key-file $KS_BPASS /dev/vdb2 ks-check || ks_fail "cryptsetup open the backup"
+    mount -t ext4 /dev/mapper/ks-check /mnt/backup || ks_fail "mount the backup"
+}
+ks_backup_close() {
+    umount /mnt/backup && cryptsetup close ks-check || ks_fail "close the backup"
+}
+
+# ks_old_or_new NOW OLD NEW: whether every top-level entry's hash in NOW is its hash in
+# OLD or in NEW (TOP=HASH lists); prints those that are neither.
+ks_old_or_new() {
+    local now=$1 old=$2 new=$3 h t bad=""
+    for t in $(echo "$now$old$new" | tr ',' '\n' | cut -d= -f1 | sort -u); do
+        h=$(echo "$now" | tr ',' '\n' | sed -n "s/^$t=//p")
+        if [ "$h" != "$(echo "$old" | tr ',' '\n' | sed -n "s/^$t=//p")" ] \
+            && [ "$h" != "$(echo "$new" | tr ',' '\n' | sed -n "s/^$t=//p")" ]; then
+            bad="$bad $t"
+        fi
+    done
+    echo "$bad"
+    [ -z "$bad" ]
+}
+
+ks_neither() { ! ks_old_or_new "$@" >/dev/null; }
+
+# ks_each_top_old_or_new WHAT NOW OLD NEW: ks_old_or_new, or the phase fails.
+ks_each_top_old_or_new() {
+    local bad
+    bad=$(ks_old_or_new "$2" "$3" "$4") || ks_fail "$1: neither the old backup nor the new:$bad"
+    ks_ok "$1: each top-level folder is the old backup or the new ($(echo "$2" | tr ',' '\n' | grep -c .) folders)"
+}
+
+# Sectors written to a disk since boot (/sys/block/DISK/stat, field 7).
+ks_sectors_written() { awk '{print $7}' /sys/block/$1/stat; }
+
+# The tree: a few hundred files in folders, two owners, modes, a setgid folder, empty
+# files and folders, a sparse file, symlinks, hard links (one across two features),
+# extended attributes and ACLs (access and default).
+ks_populate() {
+    local p=$KS_PERSISTENT i d
+    for d in 1 2 3 4 5 6 7 8; do
+        mkdir -p $p/tree/d$d/sub
+        for i in $(seq 1 25); do head -c $((i * 997)) /dev/urandom > $p/tree/d$d/f$i; done
+        head -c 1048576 /dev/urandom > $p/tree/d$d/sub/mib
+    done
+    mkdir -p $p/empty-folder $p/shared
+    : > $p/empty-file
+    dd if=/dev/urandom of=$p/sparse.img bs=4096 count=2 seek=3000 2>/dev/null && truncate -s 32M $p/sparse.img
+    ln -s tree/d1/f1 $p/link && ln -s /etc/hostname $p/abs-link
+    ln $p/tree/d1/f2 $p/tree/d2/f2-again
+    setfattr -n user.origin -v "https://example.org" $p/tree/d1/f3
+    setfattr -n user.tag -v folder $p/tree/d4
+    setfacl -m u:1234:r $p/tree/d5/f5
+    setfacl -d -m u:1234:rx $p/shared && setfacl -m u:1234:rwx $p/shared
+    chown -R 1000:1000 $p
+    chown 0:7 $p/tree/d6/f6 && chmod 0640 $p/tree/d6/f6
+    chmod 2750 $p/tree/d7
+    touch -d "2021-06-01 12:00:00.123456789" $p/tree/d8/f8
+    echo "set -o vi" > $KS_ROOT_MNT/dotfiles/.bashrc
+    ln $KS_ROOT_MNT/dotfiles/.bashrc $KS_ROOT_MNT/gnupg/bashrc-again
+    echo "keyring" > /home/amnesia/.gnupg/pubring.kbx
+}
+
+# The backup to the second stick.
+ks_sync() { keepsake --json backup --to-device /dev/vdb --key-file $KS_BPASS "$@"; }
+
+guest_first() {
+    ks_live_session
+    ks_pass_file
+    ks_backup_pass
+    ks_expect_rc 4 "a backup with nothing unlocked" -- ks_sync
+    ks_expect_rc 0 "create the source stick" -- keepsake create --device /dev/vda --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    ks_expect_rc 0 "unlock" -- keepsake unlock --key-file "$KS_PASS_FILE"
+    ks_expect_rc 0 "enable gnupg and dotfiles" -- keepsake feature enable gnupg dotfiles
+    ks_populate
+    ks_facts $KS_ROOT_MNT > /tmp/source.facts
+    ks_assert "the facts see the ACLs" grep -q 'system.posix_acl_default' /tmp/source.facts
+    ks_assert "the facts see the hard link" grep -q 'f2-again.* same-as ./Persistent/tree/d1/f2' /tmp/source.facts
+
+    ks_expect_rc 2 "the source stick as its own backup" -- keepsake backup --to-device /dev/vda --key-file $KS_BPASS
+    local w0 w1 before
+    ks_expect_rc 0 "create the backup stick and make the first backup" -- ks_timed first ks_sync --create --yes $KS_KDF
+    ks_assert "every top-level folder is new" sh -c "grep -q '\"state\": \"new\"' /tmp/ks-cmd.out && ! grep -q '\"state\": \"unchanged\"' /tmp/ks-cmd.out"
+    ks_assert "the backup volume is closed again" sh -c "! ls /dev/mapper | grep -q keepsake-backup"
+    ks_assert "and unmounted" sh -c "! grep -q /run/keepsake/backup /proc/self/mountinfo"
+    ks_backup_open
+    ks_facts /mnt/backup > /tmp/backup.facts
+    ks_backup_close
+    diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
+    ks_assert "the backup holds every file with every fact ($(wc -l < /tmp/source.facts) entries)" cmp -s /tmp/source.facts /tmp/backup.facts
+
+    before=$(sha256sum < /dev/vdb)
+    ks_expect_rc 2 "--create again on a stick that has a persistence partition" -- ks_sync --create --yes $KS_KDF
+    ks_expect_rc 3 "a wrong passphrase for the backup stick" -- keepsake backup --to-device /dev/vdb --key-file "$KS_PASS_FILE"
+    ks_assert_eq "the second stick is untouched by both" "$(sha256sum < /dev/vdb)" "$before"
+    w0=$(ks_sectors_written vdb)
+    ks_expect_rc 0 "a backup with nothing changed" -- ks_timed unchanged ks_sync
+    w1=$(ks_sectors_written vdb)
+    ks_assert "it copied nothing" grep -q '"files_copied": 0' /tmp/ks-cmd.out
+    ks_log "nothing changed: $(( (w1 - w0) / 2 )) KiB written to the backup stick"
+    ks_assert "it wrote less than 1 MiB" test $(( (w1 - w0) / 2 )) -lt 1024
+
+    # 1 % of the tree's bytes: three 1 MiB files rewritten; a file added, one removed, a
+    # mode and an attribute changed, a folder removed.
+    local p=$KS_PERSISTENT
+    for d in 1 2 3; do head -c 1048576 /dev/urandom > $p/tree/d$d/sub/mib; done
+    echo new > $p/tree/d4/new-file && chown 1000:1000 $p/tree/d4/new-file
+    rm $p/tree/d5/f7
+    chmod 0600 $p/tree/d6/f9
+    setfattr -n user.changed -v yes $p/tree/d7/f1
+    rm -r $p/tree/d8
+    ks_facts $KS_ROOT_MNT > /tmp/source.facts
+    w0=$(ks_sectors_written vdb)
+    ks_expect_rc 0 "a backup after 1 % changed" -- ks_timed incremental ks_sync
+    w1=$(ks_sectors_written vdb)
+    ks_log "$(sed -n 's/.*"files_copied": \([0-9]*\).*/\1/p' /tmp/ks-cmd.out) files copied, $(sed -n 's/.*"bytes_copied": \([0-9]*\).*/\1/p' /tmp/ks-cmd.out) bytes; $(( (w1 - w0) / 2 )) KiB written to the backup stick for 3 MiB changed"
+    ks_assert "6 files copied (3 rewritten, 1 new, 1 with a new mode, 1 with a new attribute)" grep -q '"files_copied": 6' /tmp/ks-cmd.out
+    ks_assert "Persistent updated, the other folders unchanged" sh -c "test \$(grep -c '\"updated\"' /tmp/ks-cmd.out) = 1 && test \$(grep -c '\"unchanged\"' /tmp/ks-cmd.out) -ge 3"
+    ks_assert "at most 2 x the changed bytes + 2 MiB written (the tree is 12 MiB)" test $(( (w1 - w0) / 2 )) -lt $((3 * 2048 + 2048))
+    ks_backup_open
+    ks_facts /mnt/backup > /tmp/backup.facts
+    ks_backup_close
+    diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
+    ks_assert "the backup follows: changes, additions, removals and facts" cmp -s /tmp/source.facts /tmp/backup.facts
+
+    ks_live_user_during_a_backup
+    ks_stops_at_spread_points
+    # The state the first power cut starts from.
+    ks_backup_open
+    ks_out old_tops "$(ks_top_hashes /mnt/backup)"
+    ks_out new_tops "$(ks_top_hashes /mnt/backup)"
+    ks_backup_close
+    ks_expect_rc 0 "lock" -- keepsake lock
+}
+
+# The live user rewrites files and swaps a symlink in and out while a backup runs.
+ks_live_user_during_a_backup() {
+    local p=$KS_PERSISTENT f rc
+    mkdir -p $p/churn && chown 1000:1000 $p/churn
+    (umask 077; ks_in canary > /root/secret)
+    /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups sh -c "
+        i=0
+        while :; do
+            i=\$((i + 1))
+            for f in 1 2 3; do yes \"version \$i\" | head -n 30000 > $p/churn/f\$f; done
+            ln -s /root/secret $p/churn/swap; rm -f $p/churn/swap
+            echo plain > $p/churn/swap; rm -f $p/churn/swap
+        done" 2>/tmp/writer.err &
+    local writer=$!
+    sleep 1
+    ks_assert "the live user is writing" test -s $p/churn/f1
+    ks_expect_rc 0 "a backup while the live user rewrites files and swaps a symlink" -- ks_sync
+    kill $writer; wait $writer 2>/dev/null
+    ks_backup_open
+    # The live user rewrites in place (truncate, then write), so each instant's content
+    # is a prefix of one version: a copy must be one of those, never two versions mixed.
+    for f in 1 2 3; do
+        if grep -q "churn/f$f" /tmp/ks-cmd.out; then
+            ks_log "churn/f$f was named as changing every time it was copied"
+        else
+            local b=/mnt/backup/Persistent/churn/f$f
+            yes "$(head -n 1 $b)" | head -n 30000 | head -c "$(stat -c %s $b)" > /tmp/version
+            ks_assert "churn/f$f is what the file held at one moment: $(stat -c %s $b) bytes of '$(head -n 1 $b)'" \
+                cmp -s /tmp/version $b
+        fi
+    done
+    ks_assert "nothing root-only was read through the live user's symlink" \
+        sh -c "! grep -r -q -F '$(ks_in canary)' /mnt/backup"
+    ks_backup_close
+    rm -rf $p/churn
+    ks_expect_rc 0 "the next backup" -- ks_sync
+}
+
+# SIGINT at spread points of a backup that has 10 MiB to copy: each top-level folder is
+# the old backup or the new, nothing of the run is left, the exit status says which.
+ks_stops_at_spread_points() {
+    local p=$KS_PERSISTENT ms rc old new now stopped=0 round=0
+    for ms in 0 30 100 300 700 1500; do
+        round=$((round + 1))
+        for d in 1 2 3 4 5 6 7; do
+            head -c 1048576 /dev/urandom > $p/tree/d$d/sub/mib
+            head -c 450000 /dev/urandom > $p/tree/d$d/f25
+        done
+        echo "round $round" > $KS_ROOT_MNT/dotfiles/.bashrc
+        ks_backup_open
+        old=$(ks_top_hashes /mnt/backup)
+        ks_backup_close
+        new=$(ks_top_hashes $KS_ROOT_MNT)
+        # SIGINT as sudo delivers it, counted from when the folder being built appears.
+        /hostile/signal-after --seen /run/keepsake/backup .keepsake-sync-new. "$ms" INT \
+            keepsake --json backup --to-device /dev/vdb --key-file $KS_BPASS > /tmp/ks-stop.out 2>&1
+        rc=$?
+        case $rc in
+            130) if grep -q "after the command had finished; it is complete" /tmp/ks-stop.out; then
+                     ks_log "SIGINT at $ms ms came after the backup was complete"
+                 elif grep -q -e "ended by the signal" -e "keeps its previous copy" /tmp/ks-stop.out; then
+                     stopped=$((stopped + 1))
+                 else
+                     cat /tmp/ks-stop.out; ks_fail "SIGINT at $ms ms: the message does not say what the backup holds"
+                 fi ;;
+            0) ;;
+            *) cat /tmp/ks-stop.out; ks_fail "SIGINT at $ms ms: exit $rc" ;;
+        esac
+        ks_backup_open
+        now=$(ks_top_hashes /mnt/backup)
+        ks_assert "SIGINT at $ms ms (exit $rc): nothing of the run is left" sh -c "! ls -a /mnt/backup | grep -q '^\.keepsake-sync'"
+        ks_backup_close
+        ks_each_top_old_or_new "SIGINT at $ms ms (exit $rc)" "$now" "$old" "$new"
+    done
+    ks_assert "at least 4 of 6 backups were stopped half way ($stopped)" test $stopped -ge 4
+    ks_expect_rc 0 "the backup after them" -- ks_sync
+    ks_backup_open
+    ks_assert "it is the new one" test "$(ks_top_hashes /mnt/backup)" = "$(ks_top_hashes $KS_ROOT_MNT)"
+    # Negative control: one file of the backup changed by hand is told from both.
+    local old_tops; old_tops=$(ks_top_hashes /mnt/backup)
+    echo tampered >> /mnt/backup/Persistent/tree/d2/f3
+    ks_assert "negative control: a backup changed by hand is neither old nor new" \
+        ks_neither "$(ks_top_hashes /mnt/backup)" "$old_tops" "$(ks_top_hashes $KS_ROOT_MNT)"
+    ks_backup_close
+    ks_expect_rc 0 "the next backup repairs it" -- ks_sync
+    ks_assert "it copied the one file back" grep -q '"files_copied": 1,' /tmp/ks-cmd.out
+}
+
+# One power cut: the backup the last cut left is checked, the source changed, then a
+# backup starts and the host cuts the power.
+guest_cut() {
+    ks_live_session
+    ks_pass_file
+    ks_backup_pass
+    # Two sticks with a persistence partition, and no live medium mounted to prefer.
+    ks_expect_rc 0 "unlock" -- keepsake unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    ks_backup_open
+    local now; now=$(ks_top_hashes /mnt/backup)
+    ks_log "left by the cut: $(ls -a /mnt/backup | grep '^\.keepsake-sync' | tr '\n' ' ')"
+    ks_backup_close
+    ks_each_top_old_or_new "after the power cut" "$now" "$(ks_in prev_old)" "$(ks_in prev_new)"
+    local p=$KS_PERSISTENT d
+    for d in 1 2 3 4 5 6 7; do head -c 1048576 /dev/urandom > $p/tree/d$d/sub/mib; done
+    date > $KS_ROOT_MNT/dotfiles/.bashrc
+    date > $KS_ROOT_MNT/gnupg/note
+    sync
+    ks_out old_tops "$now"
+    ks_out new_tops "$(ks_top_hashes $KS_ROOT_MNT)"
+    echo "KS-WRITING"
+    ks_sync > /tmp/ks-cut.out 2>&1 || { cat /tmp/ks-cut.out; ks_fail "the backup failed before the cut"; }
+    echo "KS-SYNC-DONE"
+    sleep 600
+}
+
+guest_final() {
+    ks_live_session
+    ks_pass_file
+    ks_backup_pass
+    ks_expect_rc 0 "unlock" -- keepsake unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    ks_backup_open
+    ks_each_top_old_or_new "after the last power cut" "$(ks_top_hashes /mnt/backup)" "$(ks_in prev_old)" "$(ks_in prev_new)"
+    ks_backup_close
+    ks_expect_rc 0 "a backup after the cuts" -- ks_sync
+    ks_assert "it removed what the cut left, if anything" true
+    ks_facts $KS_ROOT_MNT > /tmp/source.facts
+    ks_backup_open
+    ks_facts /mnt/backup > /tmp/backup.facts
+    tails_hand_back backup /mnt/backup/persistence.conf
+    ks_backup_close
+    diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
+    ks_assert "the backup holds every file with every fact" cmp -s /tmp/source.facts /tmp/backup.facts
+    ks_expect_rc 0 "lock the source" -- keepsake lock
+    # The backup stick as the one Persistent Storage: keepsake unlocks it, as Tails would.
+    ks_expect_rc 0 "unlock the backup stick" -- keepsake unlock --device /dev/vdb --key-file $KS_BPASS
+    ks_facts $KS_ROOT_MNT > /tmp/restored.facts
+    diff /tmp/source.facts /tmp/restored.facts | head -20 | sed 's/^/KS-LOG diff: /'
+    ks_assert "unlocked, it is the source: bytes and facts" cmp -s /tmp/source.facts /tmp/restored.facts
+    ks_assert "its Persistent folder is bound" test -s $KS_PERSISTENT/tree/d1/sub/mib
+    ks_assert "its gnupg is bound" grep -q keyring /home/amnesia/.gnupg/pubring.kbx
+    ks_assert "its dotfiles are linked" test -L /home/amnesia/.bashrc
+    ks_expect_rc 0 "lock the backup stick" -- keepsake lock
+    ks_lock_is_clean
+}

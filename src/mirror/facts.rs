@@ -1,0 +1,274 @@
+//! The facts of a file other than its bytes, read and written by handle: owner, mode,
+//! times and every extended attribute (POSIX ACLs are the `system.posix_acl_*` ones).
+//! Everything goes through an open parent folder and the entry's name, never following a
+//! symlink at the end; the parent is reached through `/proc/self/fd/N`, which names the
+//! open folder itself, so nothing the live user renames meanwhile can redirect it.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::sys::stat::FileStat;
+
+use super::{Error, Result};
+use crate::context::IoError;
+use crate::safefs::Dir;
+
+/// A file's extended attributes, sorted by name.
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+pub(crate) struct Xattrs(pub(crate) Vec<(CString, Vec<u8>)>);
+
+/// `/proc/self/fd/N/name`: the entry `name` of the open folder `dir`.
+fn entry_path(dir: &Dir, name: &OsStr) -> Result<CString> {
+    let mut bytes = format!("/proc/self/fd/{}/", dir.fd.as_raw_fd()).into_bytes();
+    bytes.extend_from_slice(name.as_bytes());
+    CString::new(bytes).map_err(|_| Error::Internal("a name with a NUL byte".into()))
+}
+
+fn errno_error(doing: &str, dir: &Dir, name: &OsStr, errno: Errno) -> Error {
+    Error::Io(IoError::new(
+        format!("{doing} {}", dir.path.join(name).display()),
+        std::io::Error::from(errno),
+    ))
+}
+
+/// Calls `get(buffer)` with a growing buffer until the value fits; `None` when the
+/// attribute or list is absent.
+fn read_sized(
+    mut get: impl FnMut(&mut [u8]) -> isize,
+) -> std::result::Result<Option<Vec<u8>>, Errno> {
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        let n = get(&mut buf);
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+        match Errno::last() {
+            Errno::ERANGE if size < (1 << 20) => size *= 4,
+            Errno::ENODATA | Errno::ENOTSUP => return Ok(None),
+            e => return Err(e),
+        }
+    }
+}
+
+/// The extended attributes of `name` in `dir`, the entry itself (a symlink's own).
+pub(crate) fn read(dir: &Dir, name: &OsStr) -> Result<Xattrs> {
+    read_path(&entry_path(dir, name)?, false)
+        .map_err(|e| errno_error("reading the attributes of", dir, name, e))
+}
+
+/// The extended attributes of an open file (`shown` names it in errors).
+pub(crate) fn read_open(file: &impl AsRawFd, shown: &std::path::Path) -> Result<Xattrs> {
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| Error::Internal("a descriptor path".into()))?;
+    // The /proc link is followed: it is the open file itself.
+    read_path(&path, true).map_err(|e| {
+        Error::Io(IoError::new(
+            format!("reading the attributes of {}", shown.display()),
+            std::io::Error::from(e),
+        ))
+    })
+}
+
+fn read_path(path: &CString, follow: bool) -> std::result::Result<Xattrs, Errno> {
+    let (list_fn, get_fn) = if follow {
+        (libc::listxattr as ListFn, libc::getxattr as GetFn)
+    } else {
+        (libc::llistxattr as ListFn, libc::lgetxattr as GetFn)
+    };
+    // SAFETY: a NUL-terminated path and a buffer of the length given.
+    let list =
+        read_sized(|buf| unsafe { list_fn(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?
+            .unwrap_or_default();
+    let mut out = Vec::new();
+    for attr in list.split(|b| *b == 0).filter(|a| !a.is_empty()) {
+        let Ok(attr) = CString::new(attr) else {
+            continue;
+        };
+        // SAFETY: NUL-terminated path and name, and a buffer of the length given.
+        let value = read_sized(|buf| unsafe {
+            get_fn(
+                path.as_ptr(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })?;
+        // Gone between the listing and the read: not there.
+        if let Some(value) = value {
+            out.push((attr, value));
+        }
+    }
+    out.sort();
+    Ok(Xattrs(out))
+}
+
+type ListFn =
+    unsafe extern "C" fn(*const libc::c_char, *mut libc::c_char, libc::size_t) -> libc::ssize_t;
+type GetFn = unsafe extern "C" fn(
+    *const libc::c_char,
+    *const libc::c_char,
+    *mut libc::c_void,
+    libc::size_t,
+) -> libc::ssize_t;
+
+/// Makes the attributes of `name` in `dir` exactly `want`: sets each, then removes any
+/// other (a new file inherits its folder's default ACL, which the source may not have).
+pub(crate) fn write(dir: &Dir, name: &OsStr, want: &Xattrs) -> Result<()> {
+    let path = entry_path(dir, name)?;
+    for (attr, value) in &want.0 {
+        // SAFETY: NUL-terminated path and name, and a value of the length given.
+        let r = unsafe {
+            libc::lsetxattr(
+                path.as_ptr(),
+                attr.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r != 0 {
+            let errno = Errno::last();
+            return Err(errno_error(
+                &format!("setting {} on", attr.to_string_lossy()),
+                dir,
+                name,
+                errno,
+            ));
+        }
+    }
+    let have = read(dir, name)?;
+    for (attr, _) in have
+        .0
+        .iter()
+        .filter(|(a, _)| !want.0.iter().any(|(w, _)| w == a))
+    {
+        // SAFETY: NUL-terminated path and name.
+        if unsafe { libc::lremovexattr(path.as_ptr(), attr.as_ptr()) } != 0 {
+            let errno = Errno::last();
+            if errno != Errno::ENODATA {
+                return Err(errno_error(
+                    &format!("removing {} from", attr.to_string_lossy()),
+                    dir,
+                    name,
+                    errno,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a copy must match besides the attributes: type, owner, mode, modification time
+/// and, for a regular file, its size (as rsync decides that a file is unchanged).
+pub(crate) fn same_stat(a: &FileStat, b: &FileStat) -> bool {
+    let kind = |s: &FileStat| s.st_mode & libc::S_IFMT;
+    kind(a) == kind(b)
+        && a.st_mode & 0o7777 == b.st_mode & 0o7777
+        && a.st_uid == b.st_uid
+        && a.st_gid == b.st_gid
+        && a.st_mtime == b.st_mtime
+        && a.st_mtime_nsec == b.st_mtime_nsec
+        && (kind(a) != libc::S_IFREG || a.st_size == b.st_size)
+}
+
+/// Gives the entry `name` in `dir` the owner, attributes, mode and times of `st` and
+/// `xattrs`, in the order that keeps each: the owner first (a change of owner clears
+/// setuid and setgid), the attributes (with the ACLs) before the mode (which sets the
+/// ACL mask from the group bits, as the source's are), the times last.
+pub(crate) fn apply(dir: &Dir, name: &OsStr, st: &FileStat, xattrs: &Xattrs) -> Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmodat, utimensat};
+    use nix::sys::time::TimeSpec;
+    use nix::unistd::{Gid, Uid, fchownat};
+    let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+    fchownat(
+        dir.fd.as_fd(),
+        name,
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| errno_error("setting the owner of", dir, name, e))?;
+    write(dir, name, xattrs)?;
+    // A symlink has no mode of its own on Linux.
+    if !is_link {
+        fchmodat(
+            dir.fd.as_fd(),
+            name,
+            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            FchmodatFlags::NoFollowSymlink,
+        )
+        .or_else(|e| match e {
+            // Older kernels refuse the flag for anything; the entry is not a symlink here.
+            Errno::EOPNOTSUPP => fchmodat(
+                dir.fd.as_fd(),
+                name,
+                Mode::from_bits_truncate(st.st_mode & 0o7777),
+                FchmodatFlags::FollowSymlink,
+            ),
+            e => Err(e),
+        })
+        .map_err(|e| errno_error("setting the mode of", dir, name, e))?;
+    }
+    utimensat(
+        dir.fd.as_fd(),
+        name,
+        &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+        &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| errno_error("setting the times of", dir, name, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> (tempfile::TempDir, Dir) {
+        let t = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (d, _) = crate::safefs::open_dir(t.path(), None).unwrap();
+        (t, d)
+    }
+
+    #[test]
+    fn attributes_are_copied_exactly_and_extra_ones_removed() {
+        let (t, d) = tmp();
+        std::fs::write(t.path().join("a"), b"x").unwrap();
+        std::fs::write(t.path().join("b"), b"x").unwrap();
+        let set = |f: &str, n: &str, v: &[u8]| {
+            let p = CString::new(t.path().join(f).as_os_str().as_bytes()).unwrap();
+            let n = CString::new(n).unwrap();
+            // SAFETY: valid C strings and buffer.
+            assert_eq!(
+                unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) },
+                0
+            );
+        };
+        set("a", "user.one", b"1");
+        set("a", "user.two", b"");
+        set("b", "user.stale", b"old");
+        let from = read(&d, OsStr::new("a")).unwrap();
+        assert_eq!(from.0.len(), 2);
+        write(&d, OsStr::new("b"), &from).unwrap();
+        assert_eq!(read(&d, OsStr::new("b")).unwrap(), from);
+        // Negative control: a file with other attributes reads differently.
+        set("b", "user.stale", b"old");
+        assert_ne!(read(&d, OsStr::new("b")).unwrap(), from);
+    }
+
+    #[test]
+    fn a_symlink_is_read_as_itself() {
+        let (t, d) = tmp();
+        std::fs::write(t.path().join("target"), b"x").unwrap();
+        let p = CString::new(t.path().join("target").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C strings and buffer.
+        unsafe { libc::setxattr(p.as_ptr(), c"user.t".as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+        std::os::unix::fs::symlink("target", t.path().join("link")).unwrap();
+        assert!(read(&d, OsStr::new("link")).unwrap().0.is_empty());
+        assert_eq!(read(&d, OsStr::new("target")).unwrap().0.len(), 1);
+    }
+}
