@@ -25,7 +25,7 @@ for line in open(out_path):
     f = value.split()
     if key == "sample":
         samples[(f[0], f[1])].append((int(f[2]), int(f[3]), int(f[4]), int(f[5])))
-    elif key == "part":
+    elif key == "part" and len(f) >= 4 and all(x.isdigit() for x in f[2:]):
         parts[(f[0], f[1])].append((int(f[3]), int(f[4]) if len(f) > 4 else None))
     elif key == "verify":
         verify[f[0]].append(tuple(int(x) for x in f[1:6]))
@@ -124,19 +124,24 @@ versions = single.get("versions", "").split()
 tools = (f"rsync {versions[0]}, restic {versions[1]}, age {versions[2]}, GNU tar {versions[3]}, cryptsetup {versions[4]}"
          if len(versions) >= 5 else single.get("versions", "?"))
 
+copied = "; ".join(
+    f"{'first' if k == 'first' else 'incremental'}: {part('keepsake-sync-copied', k, 0):.0f} files, "
+    f"{part('keepsake-sync-copied', k, 1) / MiB:.2f} MiB (medians)" for k in ("first", "inc"))
 DESCRIBE = {
-    "keepsake-sync": """- **keepsake sync**: `keepsake backup --to-device PART --create --yes --key-file F $KS_KDF`
-  first, onto an empty partition of a second stick laid out as a live stick (partition 2,
-  Tails' name and type), then `keepsake backup --to-device PART --key-file F`; the source
-  volume stays unlocked by keepsake.""",
+    "keepsake-sync": f"""- **keepsake sync**: `keepsake --json backup --to-device DISK --create --yes --key-file F
+  $KS_KDF` first, onto a second stick laid out as a live stick (GPT, a 64 MiB system
+  partition, free space), where it adds the persistence partition and makes the volume,
+  then `keepsake --json backup --to-device DISK --key-file F`; the source volume stays
+  unlocked by keepsake. Its report said it copied {copied}.""",
     "rsync": f"""- **rsync**: `rsync -aHAX --delete SRC/ DST/` from the unlocked volume to a bare LUKS2 volume
-  opened and mounted by hand on the same kind of partition: the first time `cryptsetup
-  luksFormat` + `open` + `mkfs.ext4` + `mount` + rsync + `umount` + `close`, then `open` +
+  opened and mounted by hand, on the same kind of stick: the first time `sfdisk --append` (a
+  TailsData partition) + `cryptsetup luksFormat` + `open` + `mkfs.ext4` + `mount` + rsync +
+  `umount` + `close`, then `open` +
   `mount` + rsync + `umount` + `close` (the volume kind keepsake makes: LUKS2,
   aes-xts-plain64, ext4 labelled TailsData; mkfs.ext4's defaults, so the kernel's
   ext4lazyinit may zero inode tables while the volume is mounted). Medians: rsync alone took
-  {rsync_alone[0]:.1f} s of the first and {rsync_alone[1]:.1f} s of the incremental; making the volume (luksFormat +
-  open + mkfs.ext4) took {rsync_create[0]:.1f} s and wrote {rsync_create[1]:.1f} MiB of the first.""",
+  {rsync_alone[0]:.1f} s of the first and {rsync_alone[1]:.1f} s of the incremental; making the volume (sfdisk +
+  luksFormat + open + mkfs.ext4) took {rsync_create[0]:.1f} s and wrote {rsync_create[1]:.1f} MiB of the first.""",
     "keepsake-archive": f"""- **keepsake archive**: `keepsake backup FILE --key-file F --archive-kdf-memory 8192
   --archive-kdf-iterations 1`, then {'`keepsake backup FILE2 --since FILE --key-file F`' if run['ksarch_mode'] == 'since' else 'the same again into a second file (this keepsake has no `--since` yet: its "incremental" is a full archive)'},
   onto a plain ext4 stick. The guest has one CPU, so keepsake seals the archive on one thread.""",

@@ -99,11 +99,41 @@ sy_compare() {
 
 # ---- the contenders: reset (untimed, at the start of a round), first, inc, verify -----
 
-# keepsake's second-stick sync, onto partition 2 of a stick laid out as a live stick.
-ks_sync_reset() { dd if=/dev/zero of="$(sy_part bksync 2)" bs=1M count=32 conv=fsync 2>/dev/null; }
-ks_sync_first() { measure keepsake-sync first "$1" bksync keepsake backup --to-device "$(sy_part bksync 2)" --create --yes --key-file "$SY_BPASS" $KS_KDF; }
-ks_sync_inc() { measure keepsake-sync inc "$1" bksync keepsake backup --to-device "$(sy_part bksync 2)" --key-file "$SY_BPASS"; }
+# keepsake's second-stick sync: the first time onto a stick laid out as a live stick, where
+# --create adds the persistence partition (partition 2), then onto the same stick.
+ks_sync_reset() { sy_drop_partition bksync; }
+ks_sync_first() {
+    measure keepsake-sync first "$1" bksync keepsake --json backup --to-device "/dev/$(sy_disk bksync)" --create --yes --key-file "$SY_BPASS" $KS_KDF \
+        && sy_sync_report first "$1"
+}
+ks_sync_inc() {
+    measure keepsake-sync inc "$1" bksync keepsake --json backup --to-device "/dev/$(sy_disk bksync)" --key-file "$SY_BPASS" \
+        && sy_sync_report inc "$1"
+}
 ks_sync_verify() { sy_verify_luks keepsake-sync "$1" "$(sy_part bksync 2)"; }
+# What keepsake's JSON report says it copied.
+sy_sync_report() {
+    sy_part_time keepsake-sync-copied "$1" "$2" "$(sed -n 's/.*"files_copied": *\([0-9]*\).*/\1/p' /tmp/sy-cmd.out | head -n 1)" \
+        "$(sed -n 's/.*"bytes_copied": *\([0-9]*\).*/\1/p' /tmp/sy-cmd.out | head -n 1)"
+}
+
+# Back to a stick with only its live system's partition: the persistence partition's
+# start (the LUKS2 headers) zeroed, the partition deleted.
+sy_drop_partition() {
+    local part
+    part=$(sy_part "$1" 2)
+    [ -b "$part" ] || return 0
+    dd if=/dev/zero of="$part" bs=1M count=32 conv=fsync 2>/dev/null
+    sfdisk -q --delete "/dev/$(sy_disk "$1")" 2 >/dev/null 2>&1 || ks_fail "delete partition 2 of $1"
+    sy_wait test ! -b "$part" || ks_fail "$part is still there"
+}
+
+# sy_wait COMMAND...: until COMMAND succeeds, for at most 5 s.
+sy_wait() {
+    local n=0
+    while [ $n -lt 50 ]; do "$@" && return 0; sleep 0.1; n=$((n + 1)); done
+    return 1
+}
 
 sy_verify_luks() {
     mkdir -p /mnt/verify
@@ -113,14 +143,17 @@ sy_verify_luks() {
     umount /mnt/verify; cryptsetup close verify
 }
 
-# rsync between the unlocked volume and a bare LUKS2 volume, opened and mounted by hand:
-# the first time on a new volume (luksFormat + mkfs.ext4), as keepsake's --create does.
-rsync_reset() { dd if=/dev/zero of="$(sy_part bkrsync 2)" bs=1M count=32 conv=fsync 2>/dev/null; }
+# rsync between the unlocked volume and a bare LUKS2 volume, opened and mounted by hand: the
+# first time on a new partition of a stick laid out as a live stick, with a new volume
+# (sfdisk + luksFormat + mkfs.ext4), as keepsake's --create does.
+rsync_reset() { sy_drop_partition bkrsync; }
 sy_rsync() {
-    local kind=$1 r=$2 part t0 w0 rc
-    part=$(sy_part bkrsync 2)
+    local kind=$1 r=$2 disk part t0 w0 rc
+    disk=/dev/$(sy_disk bkrsync); part=$(sy_part bkrsync 2)
     t0=$(sy_ns); w0=$(sy_sectors bkrsync 7)
     if [ "$kind" = first ]; then
+        echo 'type=8DA63339-0007-60C0-C436-083AC8230908, name="TailsData"' | sfdisk -q --append "$disk" || return 1
+        sy_wait test -b "$part" || return 1
         cryptsetup luksFormat -q --type luks2 $SY_BARE_KDF --key-file "$SY_BPASS" "$part" || return 1
     fi
     cryptsetup open --key-file "$SY_BPASS" "$part" rbk || return 1
