@@ -55,6 +55,9 @@ _keepsake() {
             keepsake,upgrade)
                 cmd="keepsake__subcmd__upgrade"
                 ;;
+            keepsake__subcmd__backup,list)
+                cmd="keepsake__subcmd__backup__subcmd__list"
+                ;;
             keepsake__subcmd__backup,verify)
                 cmd="keepsake__subcmd__backup__subcmd__verify"
                 ;;
@@ -107,13 +110,17 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__backup)
-            opts="-y -h -V --feature --to-device --create --size --yes --pbkdf-memory --pbkdf-force-iterations --pbkdf-max-memory --pbkdf-parallel --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify"
+            opts="-y -h -V --feature --since --to-device --create --size --yes --pbkdf-memory --pbkdf-force-iterations --pbkdf-max-memory --pbkdf-parallel --passphrase-fd --key-file --archive-kdf-memory --archive-kdf-iterations --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version verify list"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --feature)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -154,6 +161,36 @@ _keepsake() {
                     return 0
                     ;;
                 --archive-kdf-iterations)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --threads)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__backup__subcmd__list)
+            opts="-h -V --passphrase-fd --key-file --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --passphrase-fd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -667,13 +704,17 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__restore)
-            opts="-h -V --feature --dry-run --overwrite --passphrase-fd --key-file --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --feature --path --dry-run --overwrite --passphrase-fd --key-file --threads --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --feature)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --path)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

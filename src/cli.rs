@@ -347,6 +347,14 @@ pub struct BackupArgs {
     #[arg(long = "feature", value_name = "NAME")]
     pub features: Vec<String>,
 
+    /// Write an incremental archive after PREV, an earlier archive of this chain (full or
+    /// incremental): only files new or changed since PREV (size or modification time) are
+    /// stored, with a listing of every file. It takes PREV's passphrase and key derivation
+    /// (the --archive-kdf options do not apply), and records PREV's file name: keep PREV
+    /// and the archives before it beside the new one to restore it.
+    #[arg(long, value_name = "PREV", conflicts_with = "to_device")]
+    pub since: Option<PathBuf>,
+
     /// Instead of an archive, bring the backup volume DEV up to date with the whole
     /// unlocked volume: a LUKS partition, a disk holding one (searched as unlock searches),
     /// or a container file. Asks for the backup volume's passphrase.
@@ -383,8 +391,12 @@ pub struct BackupArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
-    /// Authenticate a whole archive and list what it holds, writing nothing.
+    /// Authenticate a whole archive, and every earlier archive an incremental one is made
+    /// after, writing nothing.
     Verify(VerifyArgs),
+    /// List what an archive holds (paths, types, sizes, owners, modes, times, and where an
+    /// incremental archive's content is stored), reading its listing only.
+    List(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +421,13 @@ pub struct RestoreArgs {
     /// Restore only this feature (repeat for more) [default: everything in the archive].
     #[arg(long = "feature", value_name = "NAME")]
     pub features: Vec<String>,
+
+    /// Restore only this file or folder (with everything below it), a path below the
+    /// volume's root as `backup list` shows it (repeat for more). It goes back to its
+    /// place; the folder above it must exist, and what is there already is replaced only
+    /// with --overwrite.
+    #[arg(long = "path", value_name = "REL/PATH", conflicts_with = "features")]
+    pub paths: Vec<String>,
 
     /// Authenticate the archive and list what would be restored; write nothing.
     #[arg(long)]
@@ -465,8 +484,15 @@ impl ArchiveStreamArgs {
 const BACKUP_HELP: &str = "\
 The archive holds the volume's folders (every feature's data, persistence.conf and \
 keepsake-features.conf), or with --feature only those features' folders. Owners, modes, \
-modification times, symlinks, empty folders and the holes of sparse files are kept; hard \
-links become separate files; sockets, FIFOs and device nodes are left out and reported.
+modification times, symlinks, empty folders, the holes of sparse files, hard links, \
+extended attributes (user.*, trusted.*, security.capability) and POSIX ACLs are kept; \
+other security.* labels are left out, and said; sockets, FIFOs and device nodes are left \
+out and reported.
+
+With --since PREV the archive is incremental: it lists every file but stores only those \
+new or changed since PREV (another size or modification time), and refers to PREV's chain \
+for the rest. Restoring it needs PREV and every archive before it, beside it under the \
+names they had (a missing or different one is refused: exit status 11).
 
 It is encrypted and authenticated with ChaCha20-Poly1305 in the STREAM construction, 64 KiB \
 chunks, under a key derived with argon2id from a backup passphrase (asked twice on a \
@@ -474,7 +500,9 @@ terminal; --passphrase-fd or --key-file in scripts; it need not be the volume's)
 reordering, appended data and any changed bit are detected. The format is documented in \
 docs/backup-format.md. A FILE is written as FILE.partial and renamed when complete.
 
-`keepsake backup verify FILE` authenticates a whole archive without writing anything.
+`keepsake backup verify FILE` authenticates a whole archive without writing anything (an \
+incremental one with every archive before it); `keepsake backup list FILE` shows what it \
+holds, reading only its listing.
 
 The archive key's argon2id cost is at most 4 GiB of memory, 64 passes and 16 GiB-passes of \
 work (memory times passes; the default, 256 MiB x 3, is 0.75). Before asking for the \
@@ -500,7 +528,9 @@ stick the live user mounted) is refused: root writes root's files into it.
 Examples:
   keepsake backup /media/other-stick/keepsake-2026-11.ksb
   keepsake backup --feature gnupg --feature ssh-client - | ssh host 'cat > keys.ksb'
-  keepsake backup verify /media/other-stick/keepsake-2026-11.ksb
+  keepsake backup --since /media/other-stick/keepsake-2026-11.ksb /media/other-stick/keepsake-2026-12.ksb
+  keepsake backup list --json /media/other-stick/keepsake-2026-12.ksb
+  keepsake backup verify /media/other-stick/keepsake-2026-12.ksb
   keepsake backup --to-device /dev/sdc --create     (another live stick: a new partition)
   keepsake backup --to-device /dev/sdc              (every week after: only the changes)";
 
@@ -516,10 +546,18 @@ A full restore also brings back persistence.conf and keepsake-features.conf (the
 ones are kept beside them as *.before-restore); lock and unlock to activate the restored \
 features. Active features see their restored data at once.
 
+An incremental archive restores the whole state of the volume at its time, its unchanged \
+files read from the archives before it (beside it; see keepsake backup --help). With --path \
+REL/PATH only that file or folder is restored, into its place in the volume: the folder \
+above it must be there, an existing file or folder there is replaced only with \
+--overwrite (moved aside, and deleted once everything is in place), nothing else changes, \
+and the configuration files are not restored that way.
+
 Examples:
   keepsake restore --dry-run /media/other-stick/keepsake-2026-11.ksb
   keepsake restore /media/other-stick/keepsake-2026-11.ksb
-  keepsake restore --feature gnupg --overwrite keys.ksb";
+  keepsake restore --feature gnupg --overwrite keys.ksb
+  keepsake restore --path Persistent/docs/letter.odt --overwrite keepsake-2026-12.ksb";
 
 #[derive(Debug, Subcommand)]
 pub enum PassphraseCommand {
@@ -1106,7 +1144,7 @@ mod tests {
         built.build();
         let mut paths = Vec::new();
         command_paths(&built, &[], &mut paths);
-        assert_eq!(paths.len(), 22, "{paths:?}");
+        assert_eq!(paths.len(), 23, "{paths:?}");
         for path in &paths {
             let words: Vec<&str> = path.iter().map(String::as_str).collect();
             let sub = words

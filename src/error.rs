@@ -24,6 +24,7 @@ pub enum ExitCode {
     NotPermitted = 8,
     Incomplete = 9,
     RootOnVolume = 10,
+    BrokenChain = 11,
     /// Stopped by a signal (128 + its number), having rolled back or finished first.
     Hangup = 129,
     Interrupt = 130,
@@ -45,6 +46,7 @@ impl ExitCode {
             ExitCode::NotPermitted => "not-permitted",
             ExitCode::Incomplete => "incomplete",
             ExitCode::RootOnVolume => "root-on-volume",
+            ExitCode::BrokenChain => "broken-chain",
             ExitCode::Hangup => "hangup",
             ExitCode::Interrupt => "interrupted",
             ExitCode::Terminated => "terminated",
@@ -81,6 +83,8 @@ Exit status:
   9  incomplete: unlocked, but some features could not be activated
  10  root on the volume: the running system's root is a union on the volume (live-boot's
      full persistence, `/ union`); it cannot be locked while it runs; nothing was changed
+ 11  broken chain: an incremental backup's earlier archives are not all beside it, or
+     one there is not the archive it was made after; nothing was changed
  129, 130, 143  stopped by SIGHUP, SIGINT or SIGTERM (128 + the signal's number): the
      command first rolled back what it had begun (or, past its point of no return,
      finished it), so the next command finds a complete state";
@@ -234,6 +238,7 @@ pub(crate) fn archive_class(e: &crate::archive::Error) -> ExitCode {
         A::Unaffordable(_) => ExitCode::UnsafeHost,
         A::BadParameters(_) | A::Refused(_) => ExitCode::Usage,
         A::Missing(_) => ExitCode::NotFound,
+        A::BrokenChain(_) => ExitCode::BrokenChain,
         A::InTheWay(_) => ExitCode::Busy,
         A::Random(_) | A::Internal(_) => ExitCode::Internal,
         A::Interrupted { signal, .. } => ExitCode::of_signal(*signal),

@@ -189,6 +189,17 @@ guest_first() {
     ks_expect_rc 2 "--create again on a stick that has a persistence partition" -- ks_sync --create --yes $KS_KDF
     ks_expect_rc 3 "a wrong passphrase for the backup stick" -- keepsake backup --to-device /dev/vdb --key-file "$KS_PASS_FILE"
     ks_assert_eq "the second stick is untouched by both" "$(sha256sum < /dev/vdb)" "$before"
+    # A container file the live user owns: root's files must not go where they can write.
+    truncate -s 40M /home/amnesia/theirs.img
+    cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+        --key-file $KS_BPASS /home/amnesia/theirs.img || ks_fail "luksFormat the live user's container"
+    chown 1000:1000 /home/amnesia/theirs.img
+    before=$(sha256sum < /home/amnesia/theirs.img)
+    ks_expect_rc 8 "a backup into a container the live user could have written" -- \
+        keepsake backup --to-device /home/amnesia/theirs.img --key-file $KS_BPASS
+    ks_assert "the refusal says why" grep -q "someone other than root could have written" /tmp/ks-cmd.out
+    ks_assert_eq "the container is untouched" "$(sha256sum < /home/amnesia/theirs.img)" "$before"
+    rm /home/amnesia/theirs.img
     w0=$(ks_sectors_written vdb)
     ks_expect_rc 0 "a backup with nothing changed" -- ks_timed unchanged ks_sync
     w1=$(ks_sectors_written vdb)

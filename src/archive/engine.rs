@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::header::{HEADER_LEN, KEY_LEN, NONCE_PREFIX_LEN};
+use super::header::{KEY_LEN, NONCE_PREFIX_LEN};
 
 /// The Poly1305 tag that follows each sealed chunk.
 pub(crate) const TAG_LEN: usize = 16;
@@ -138,7 +138,7 @@ fn chunk_nonce(prefix: &[u8; NONCE_PREFIX_LEN], counter: u32, last: bool) -> [u8
 struct Cipher {
     key: LessSafeKey,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
-    header: [u8; HEADER_LEN],
+    header: Vec<u8>,
     chunk_size: usize,
     direction: Direction,
 }
@@ -164,7 +164,7 @@ impl Cipher {
             let position = u32::try_from(counter).unwrap_or(u32::MAX);
             let nonce =
                 Nonce::assume_unique_for_key(chunk_nonce(&self.nonce_prefix, position, last));
-            let aad = Aad::from(&self.header);
+            let aad = Aad::from(&self.header[..]);
             let start = j * stride;
             let done = match self.direction {
                 Direction::Seal => batch
@@ -255,7 +255,7 @@ impl Engine {
     pub fn new(
         key: &[u8; KEY_LEN],
         nonce_prefix: [u8; NONCE_PREFIX_LEN],
-        header: [u8; HEADER_LEN],
+        header: Vec<u8>,
         chunk_size: usize,
         direction: Direction,
         threads: usize,

@@ -22,7 +22,8 @@ use zeroize::Zeroizing;
 
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
-use crate::safefs::treewalk::{DirStack, list_dir, open_dir_at};
+use crate::safefs::treewalk::{DirStack, list_dir};
+use crate::safefs::xattr::{On, Xattr};
 
 /// Ownership, permissions and modification time of an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +67,11 @@ pub(crate) struct Extractor {
     /// few only (see crate::safefs::treewalk): consecutive entries mostly share their parent, so
     /// each folder is opened about once, and a deep tree does not run out of descriptors.
     open: DirStack,
-    /// Folders created, in archive order, with the metadata to give them at the end.
-    dirs: Vec<(Vec<u8>, Meta)>,
+    /// Folders created, in archive order, with the metadata and extended attributes to
+    /// give them at the end.
+    dirs: Vec<(Vec<u8>, Meta, Vec<Xattr>)>,
+    /// Extended attributes that could not be restored, said rather than dropped.
+    warnings: Vec<String>,
     as_root: bool,
     /// Files whose data is written, given their metadata and closed on a thread of their
     /// own; `None` on one thread.
@@ -101,6 +105,7 @@ impl Extractor {
             dest: dest.to_path_buf(),
             open: DirStack::new(root, dest),
             dirs: Vec::new(),
+            warnings: Vec::new(),
             as_root,
             finisher,
         })
@@ -113,22 +118,13 @@ impl Extractor {
     /// The open folder `parent` (a checked path, empty for `dest`), walked down to one
     /// component at a time without following symlinks.
     pub(crate) fn parent(&mut self, parent: &[u8]) -> Result<&OwnedFd> {
-        let components: Vec<&[u8]> = if parent.is_empty() {
-            Vec::new()
-        } else {
-            parent.split(|&b| b == b'/').collect()
-        };
-        let keep = self
-            .open
-            .names()
-            .zip(&components)
-            .take_while(|(open, wanted)| open.as_bytes() == **wanted)
-            .count();
-        self.open.truncate(keep)?;
-        for (depth, name) in components.iter().enumerate().skip(keep) {
-            let fd = open_dir_at(self.open.top()?, OsStr::from_bytes(name)).map_err(|e| {
-                let walked = self.shown(&components[..=depth].join(&b'/'));
-                match e {
+        let dest = self.dest.clone();
+        match self.open.walk_to(parent)? {
+            Ok(fd) => Ok(fd),
+            Err((depth, e)) => {
+                let walked: Vec<&[u8]> = parent.split(|&b| b == b'/').take(depth + 1).collect();
+                let walked = dest.join(OsStr::from_bytes(&walked.join(&b'/')));
+                Err(match e {
                     Errno::ELOOP | Errno::ENOTDIR => Error::BadEntry(format!(
                         "{} is not a folder this restore created; refusing to follow it",
                         walked.display()
@@ -137,14 +133,23 @@ impl Extractor {
                         format!("opening {}", walked.display()),
                         e.into(),
                     )),
-                }
-            })?;
-            self.open.push(OsStr::from_bytes(name), fd)?;
+                })
+            }
         }
-        self.open.top().map_err(Error::from)
     }
 
     pub(crate) fn directory(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        self.directory_with(path, meta, Vec::new())
+    }
+
+    /// A folder whose extended attributes (ACLs among them) are set at the end with its
+    /// owner and mode.
+    pub(crate) fn directory_with(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        xattrs: Vec<Xattr>,
+    ) -> Result<()> {
         let shown_path = self.shown(path);
         let (parent, name) = split_path(path);
         let name = OsStr::from_bytes(name);
@@ -161,7 +166,7 @@ impl Extractor {
         .context(at("opening", &shown_path))?;
         fchmod(&fd, Mode::from_bits_truncate(0o700))
             .context(at("setting the mode of", &shown_path))?;
-        self.dirs.push((path.to_vec(), meta));
+        self.dirs.push((path.to_vec(), meta, xattrs));
         Ok(())
     }
 
@@ -203,19 +208,45 @@ impl Extractor {
         path: &[u8],
         meta: &Meta,
     ) -> Result<()> {
+        self.finish_file_with(file, data, path, meta, Vec::new())
+    }
+
+    /// [`Extractor::finish_file`] with extended attributes (format 2); what the file
+    /// system refuses of them is reported by [`Extractor::finish`].
+    pub(crate) fn finish_file_with(
+        &mut self,
+        file: File,
+        data: Option<(u64, Zeroizing<Vec<u8>>)>,
+        path: &[u8],
+        meta: &Meta,
+        xattrs: Vec<Xattr>,
+    ) -> Result<()> {
         let job = Finish {
             file,
             data,
             meta: *meta,
+            xattrs,
             shown: self.shown(path),
         };
         match &mut self.finisher {
             Some(finisher) => finisher.send(job),
-            None => job.run(self.as_root),
+            None => job.run(self.as_root, &mut self.warnings),
         }
     }
 
     pub(crate) fn symlink(&mut self, path: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        self.symlink_with(path, target, meta, &[])
+    }
+
+    /// A symlink with extended attributes, set on the link itself (owner first, time
+    /// last, as for files).
+    pub(crate) fn symlink_with(
+        &mut self,
+        path: &[u8],
+        target: &[u8],
+        meta: &Meta,
+        xattrs: &[Xattr],
+    ) -> Result<()> {
         let shown_path = self.shown(path);
         let as_root = self.as_root;
         let (parent, name) = split_path(path);
@@ -232,6 +263,10 @@ impl Extractor {
             )
             .context(at("setting the owner of", &shown_path))?;
         }
+        let mut failed = Vec::new();
+        set_xattrs(On::Entry(parent, name), xattrs, &shown_path, &mut failed);
+        self.warnings.extend(failed);
+        let parent = self.parent(split_path(path).0)?;
         utimensat(
             parent,
             name,
@@ -245,12 +280,13 @@ impl Extractor {
 
     /// Gives folders their owner, mode and time, innermost first: a folder's own mode may
     /// forbid writing into it, and writing into it would change its time.
-    pub(crate) fn finish(mut self) -> Result<()> {
+    /// Returns what could not be restored of extended attributes.
+    pub(crate) fn finish(mut self) -> Result<Vec<String>> {
         if let Some(mut finisher) = self.finisher.take() {
-            finisher.join()?;
+            self.warnings.extend(finisher.join()?);
         }
         let dirs = std::mem::take(&mut self.dirs);
-        for (path, meta) in dirs.iter().rev() {
+        for (path, meta, xattrs) in dirs.iter().rev() {
             let shown_path = self.shown(path);
             let as_root = self.as_root;
             let (parent, name) = split_path(path);
@@ -262,10 +298,89 @@ impl Extractor {
                 Mode::empty(),
             )
             .context(at("opening", &shown_path))?;
-            apply_meta(&fd, meta, as_root, &shown_path)?;
+            apply_meta_with(&fd, meta, xattrs, as_root, &shown_path, &mut self.warnings)?;
         }
-        Ok(())
+        Ok(self.warnings)
     }
+
+    /// Makes `path` another name of the file this extraction created at `target`
+    /// (`linkat` between the two open parents, never following a symlink).
+    pub(crate) fn hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        let shown_path = self.shown(path);
+        let (target_parent, target_name) = split_path(target);
+        let from = self
+            .parent(target_parent)?
+            .try_clone()
+            .context(|| "duplicating a descriptor".into())?;
+        let (parent, name) = split_path(path);
+        let to = self.parent(parent)?;
+        nix::unistd::linkat(
+            &from,
+            OsStr::from_bytes(target_name),
+            to,
+            OsStr::from_bytes(name),
+            AtFlags::empty(),
+        )
+        .context(at("linking", &shown_path))
+        .map_err(Error::from)
+    }
+
+    /// Opens the file this extraction created at `path` again, to write its data (which
+    /// may come from another archive than its entry) and then finish it.
+    pub(crate) fn reopen(&mut self, path: &[u8]) -> Result<File> {
+        let shown_path = self.shown(path);
+        let (parent, name) = split_path(path);
+        let parent = self.parent(parent)?;
+        let fd = openat(
+            parent,
+            OsStr::from_bytes(name),
+            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context(at("opening", &shown_path))?;
+        Ok(File::from(fd))
+    }
+}
+
+/// Sets each attribute on `on`; what the file system or kernel refuses (no user
+/// attributes on this file system, an ACL it does not support) is added to `failed`,
+/// one line each, to be reported.
+fn set_xattrs<F: AsFd>(on: On<F>, xattrs: &[Xattr], shown: &Path, failed: &mut Vec<String>) {
+    for (name, value) in xattrs {
+        if let Err(e) = on.set(name, value) {
+            failed.push(format!(
+                "{}: the extended attribute {} could not be restored: {e}",
+                shown.display(),
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
+}
+
+/// [`apply_meta`] with extended attributes, set after the owner (a change of owner would
+/// clear `security.capability`) and before the mode (which then sets the ACL's mask, as
+/// the mode stored was read with the ACL in place).
+fn apply_meta_with(
+    fd: &impl AsFd,
+    meta: &Meta,
+    xattrs: &[Xattr],
+    as_root: bool,
+    shown: &Path,
+    failed: &mut Vec<String>,
+) -> Result<()> {
+    if xattrs.is_empty() {
+        return apply_meta(fd, meta, as_root, shown);
+    }
+    if as_root {
+        fchown(
+            fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .context(at("setting the owner of", shown))?;
+    }
+    set_xattrs(On::Fd(fd), xattrs, shown, failed);
+    apply_meta(fd, meta, false, shown)
 }
 
 /// Files waiting for the finisher at most: as many descriptors held open, with the one it
@@ -282,17 +397,20 @@ struct Finish {
     file: File,
     data: Option<(u64, Zeroizing<Vec<u8>>)>,
     meta: Meta,
+    xattrs: Vec<Xattr>,
     shown: PathBuf,
 }
 
 impl Finish {
-    fn run(self, as_root: bool) -> Result<()> {
+    /// Adds to `failed` what the file system refused of the extended attributes.
+    fn run(self, as_root: bool, failed: &mut Vec<String>) -> Result<()> {
         if let Some((offset, data)) = &self.data {
             self.file
                 .write_all_at(data, *offset)
                 .context(at("writing", &self.shown))?;
         }
-        apply_meta(&self.file, &self.meta, as_root, &self.shown)
+        let (meta, xattrs) = (self.meta, &self.xattrs);
+        apply_meta_with(&self.file, &meta, xattrs, as_root, &self.shown, failed)
     }
 }
 
@@ -305,7 +423,7 @@ impl Finish {
 /// closed as they were.
 struct Finisher {
     jobs: Option<mpsc::SyncSender<Finish>>,
-    handle: Option<JoinHandle<Result<()>>>,
+    handle: Option<JoinHandle<Result<Vec<String>>>>,
 }
 
 impl Finisher {
@@ -314,10 +432,11 @@ impl Finisher {
         let handle = std::thread::Builder::new()
             .name("keepsake-finish".into())
             .spawn(move || {
+                let mut failed = Vec::new();
                 for job in queued {
-                    job.run(as_root)?;
+                    job.run(as_root, &mut failed)?;
                 }
-                Ok(())
+                Ok(failed)
             })?;
         Ok(Finisher {
             jobs: Some(jobs),
@@ -335,11 +454,13 @@ impl Finisher {
         }
     }
 
-    /// Waits until every file sent is finished; the first error, if any.
-    fn join(&mut self) -> Result<()> {
+    /// Waits until every file sent is finished; the first error, if any, else what was
+    /// refused of extended attributes.
+    fn join(&mut self) -> Result<Vec<String>> {
         self.jobs = None;
         match self.handle.take().map(JoinHandle::join) {
-            None | Some(Ok(Ok(()))) => Ok(()),
+            None => Ok(Vec::new()),
+            Some(Ok(Ok(failed))) => Ok(failed),
             Some(Ok(Err(e))) => Err(e),
             Some(Err(_)) => Err(Error::Internal("the finishing thread failed".into())),
         }

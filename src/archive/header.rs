@@ -9,11 +9,26 @@ use super::{Error, Result};
 /// The first eight bytes of every archive.
 const MAGIC: &[u8; 8] = b"KSBACKUP";
 
-/// The format version this module writes and reads.
-const FORMAT_VERSION: u8 = 1;
+/// The first format version: a tree of entries, data inline; still read.
+const FORMAT_V1: u8 = 1;
 
-/// Length of the plaintext header, which is also every chunk's associated data.
+/// The format version keepsake writes: a listing first, then the data, in a chain of
+/// archives (see `listing.rs`).
+const FORMAT_V2: u8 = 2;
+
+/// Length of the plaintext header of format 1, and of the first part of every header: its
+/// version byte says whether [`CHAIN_LEN`] more bytes follow.
 pub(crate) const HEADER_LEN: usize = 64;
+
+/// The chain block that follows the first 64 bytes in format 2: archive id, parent id,
+/// generation, reserved. The whole header (128 bytes) is then the associated data.
+pub(crate) const CHAIN_LEN: usize = 64;
+
+pub(crate) const ID_LEN: usize = 16;
+
+/// The longest chain a writer makes and a reader follows: a bound on what a forged
+/// generation number can make a reader look for, and on the archives one restore opens.
+pub(crate) const MAX_GENERATION: u32 = 1000;
 
 /// Plaintext bytes per chunk unless told otherwise.
 pub(crate) const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
@@ -144,13 +159,95 @@ pub(crate) struct Header {
     pub(crate) salt: [u8; SALT_LEN],
     pub(crate) chunk_size: u32,
     pub(crate) nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    /// Format 2's chain block; `None` for format 1.
+    pub(crate) chain: Option<ChainIds>,
+}
+
+/// Where a format-2 archive stands in its chain: its own random id, its parent's (all
+/// zeros for a full archive) and its generation (0 for a full archive, the parent's plus
+/// one for an incremental).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChainIds {
+    pub(crate) id: [u8; ID_LEN],
+    pub(crate) parent: [u8; ID_LEN],
+    pub(crate) generation: u32,
+}
+
+impl ChainIds {
+    pub(crate) fn is_full(&self) -> bool {
+        self.generation == 0
+    }
+
+    fn encode(&self) -> [u8; CHAIN_LEN] {
+        let mut bytes = [0u8; CHAIN_LEN];
+        bytes[0..16].copy_from_slice(&self.id);
+        bytes[16..32].copy_from_slice(&self.parent);
+        bytes[32..36].copy_from_slice(&self.generation.to_le_bytes());
+        bytes
+    }
+
+    /// Parses and checks the chain block: a non-zero id, reserved bytes zero, a parent
+    /// exactly when the generation is not 0, and a generation within [`MAX_GENERATION`].
+    pub(crate) fn parse(bytes: &[u8; CHAIN_LEN]) -> Result<ChainIds> {
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&bytes[0..16]);
+        let mut parent = [0u8; ID_LEN];
+        parent.copy_from_slice(&bytes[16..32]);
+        let generation = u32::from_le_bytes([bytes[32], bytes[33], bytes[34], bytes[35]]);
+        let zero = [0u8; ID_LEN];
+        let problem = if bytes[36..].iter().any(|&b| b != 0) {
+            Some("reserved bytes of its chain block are set".to_string())
+        } else if id == zero {
+            Some("its archive id is zero".to_string())
+        } else if (parent == zero) != (generation == 0) {
+            Some("its parent id and generation disagree".to_string())
+        } else if generation > MAX_GENERATION {
+            Some(format!(
+                "its generation {generation} is beyond the {MAX_GENERATION} a reader follows"
+            ))
+        } else if parent == id {
+            Some("it names itself as its parent".to_string())
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(Error::HeaderOutOfBounds(format!(
+                "the backup archive header is invalid: {problem}"
+            ))),
+            None => Ok(ChainIds {
+                id,
+                parent,
+                generation,
+            }),
+        }
+    }
+}
+
+/// An archive id as shown to people: its 16 bytes in hex.
+pub(crate) fn id_hex(id: &[u8; ID_LEN]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Header {
+    /// The whole header as written, and as every chunk's associated data: 64 bytes in
+    /// format 1, 128 in format 2.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        let mut bytes = self.encode().to_vec();
+        if let Some(chain) = &self.chain {
+            bytes.extend_from_slice(&chain.encode());
+        }
+        bytes
+    }
+
+    /// The first 64 bytes of the header (all of it in format 1).
     pub(crate) fn encode(&self) -> [u8; HEADER_LEN] {
         let mut bytes = [0u8; HEADER_LEN];
         bytes[0..8].copy_from_slice(MAGIC);
-        bytes[8] = FORMAT_VERSION;
+        bytes[8] = if self.chain.is_some() {
+            FORMAT_V2
+        } else {
+            FORMAT_V1
+        };
         bytes[9] = KDF_ARGON2ID;
         bytes[12..16].copy_from_slice(&self.params.memory_kib.to_le_bytes());
         bytes[16..20].copy_from_slice(&self.params.iterations.to_le_bytes());
@@ -172,9 +269,9 @@ impl Header {
                 "not a keepsake backup archive (it does not start with KSBACKUP)".into(),
             ));
         }
-        if bytes[8] != FORMAT_VERSION {
+        if bytes[8] != FORMAT_V1 && bytes[8] != FORMAT_V2 {
             return Err(Error::Unsupported(format!(
-                "backup archive format version {} is not supported; this keepsake reads version {FORMAT_VERSION}",
+                "backup archive format version {} is not supported; this keepsake reads versions {FORMAT_V1} and {FORMAT_V2}",
                 bytes[8]
             )));
         }
@@ -215,7 +312,13 @@ impl Header {
             salt,
             chunk_size,
             nonce_prefix,
+            chain: None,
         })
+    }
+
+    /// Whether the first 64 bytes (checked by [`Header::parse`]) say a chain block follows.
+    pub(crate) fn has_chain_block(bytes: &[u8; HEADER_LEN]) -> bool {
+        bytes[8] == FORMAT_V2
     }
 }
 
@@ -308,7 +411,7 @@ mod tests {
         };
         let cases = [
             (patch(0, b"KSBACKUQ"), "KSBACKUP"),
-            (patch(8, &[2]), "version 2"),
+            (patch(8, &[3]), "version 3"),
             (patch(9, &[2]), "unknown key derivation"),
             (patch(10, &[1]), "reserved"),
             (patch(63, &[1]), "reserved"),

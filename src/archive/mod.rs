@@ -1,34 +1,43 @@
-//! The encrypted backup archive, format version 1; docs/backup-format.md is its
+//! The encrypted backup archive, format versions 1 and 2; docs/backup-format.md is its
 //! specification and this module its reference implementation.
 //!
 //! Two layers, usable apart. [`Writer`] and [`Reader`] turn any byte stream into an archive
-//! and back: a 64-byte plaintext header, then ChaCha20-Poly1305 in the STREAM construction
-//! under a key derived with argon2id. A reader hands out a chunk's plaintext only after its
-//! tag checked out, so truncation, reordering, appended data and any changed bit are caught
-//! before anything unauthenticated is acted on. [`write_tree`] and [`read_tree`] turn a
-//! folder tree into that byte stream and back: folders, regular files (sparse ones stay
-//! sparse) and symlinks, with modes, owners and modification times. Neither side follows a
+//! and back: a plaintext header, then ChaCha20-Poly1305 in the STREAM construction under a
+//! key derived with argon2id. A reader hands out a chunk's plaintext only after its tag
+//! checked out, so truncation, reordering, appended data and any changed bit are caught
+//! before anything unauthenticated is acted on. On top, a folder tree as that byte stream:
+//! folders, regular files (sparse ones stay sparse) and symlinks, with modes, owners and
+//! modification times; in format 2 (what keepsake writes) also hard links and extended
+//! attributes (ACLs among them), listed before any data, and incremental archives whose
+//! unchanged files are held by the earlier archives of their chain. Neither side follows a
 //! symlink, and no archive can place anything outside the folder it is extracted into.
 //!
 //! The parts, one file each:
-//! - `backup.rs`: a tree sealed into an archive, the one call `keepsake backup` makes;
-//! - `header.rs`: the plaintext header and the argon2id key derivation, with the caps that
-//!   keep a forged header from costing a reader more than a refusal;
+//! - `backup.rs`: a tree sealed into a full or incremental archive, the one call
+//!   `keepsake backup` makes;
+//! - `header.rs`: the plaintext header (and format 2's chain block) and the argon2id key
+//!   derivation, with the caps that keep a forged header from costing a reader more than a
+//!   refusal;
 //! - `stream.rs`: STREAM, the chunked AEAD construction ([`Writer`], [`Reader`]), and
 //!   `engine.rs`, the worker threads that seal and open its chunks in batches;
-//! - `tree.rs`: the entry format of the plaintext, written from a folder tree and parsed
-//!   back, every field checked;
+//! - `tree.rs`: format 1's entries, written from a folder tree and parsed back, every field
+//!   checked;
+//! - `listing.rs`: format 2's preamble, listing and data section, parsed and checked;
+//! - `walk.rs`: format 2 written from a folder tree, a listing walk then a data pass;
+//! - `chain.rs`: format 2 read alone or as a chain found beside the newest archive;
 //! - `extract.rs`: recreating parsed entries below an empty folder, on descriptors;
-//! - `restore.rs`: staging an extracted archive in the volume and moving it into place as
-//!   one transaction that is undone on any failure;
+//! - `restore.rs`: staging an extracted archive in the volume and moving it (or single
+//!   paths of it) into place as one transaction that is undone on any failure;
 //! - `fuzz.rs`: the fuzz harness's one entry point;
 //! - `oracle.rs` (tests only): the single-threaded writer and reader as they were.
 
 mod backup;
+mod chain;
 mod engine;
 mod extract;
 mod fuzz;
 mod header;
+mod listing;
 #[cfg(test)]
 mod oracle;
 pub(crate) mod restore;
@@ -36,6 +45,7 @@ mod stream;
 #[cfg(test)]
 mod testing;
 mod tree;
+mod walk;
 
 // Public for the crate's tests, the fuzz target and examples/archive_bench.rs.
 pub use engine::default_threads;
@@ -44,7 +54,11 @@ pub use header::{KdfParams, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB};
 pub use stream::{KeylessReader, PlainSink, Reader, Writer};
 pub use tree::{TreeStats, read_tree, read_tree_on, write_tree};
 
-pub(crate) use backup::back_up;
+pub(crate) use backup::{Kind as BackupKind, Parent, back_up};
+pub(crate) use chain::{Chain, ReadRequest, open_listing, read_chain};
+pub use chain::{ChainRead, Member};
+pub(crate) use header::id_hex;
+pub(crate) use listing::{Kind as ListedKind, Listed as ListedItem};
 pub(crate) use tree::tree_bytes;
 
 use crate::context::IoError;
@@ -81,6 +95,10 @@ pub enum Error {
     /// or a parent that is not a folder the extraction created.
     #[error("{0}")]
     BadEntry(String),
+    /// An incremental archive's earlier archives are not all there beside it, or one
+    /// there is not the archive it was made after.
+    #[error("{0}")]
+    BrokenChain(String),
     /// The key derivation needs more memory than this machine has, or than this process
     /// can get.
     #[error("{0}")]
@@ -151,6 +169,7 @@ impl Error {
             Error::BadParameters(m) => Error::BadParameters(add(m)),
             Error::Refused(m) => Error::Refused(add(m)),
             Error::Missing(m) => Error::Missing(add(m)),
+            Error::BrokenChain(m) => Error::BrokenChain(add(m)),
             Error::InTheWay(m) => Error::InTheWay(add(m)),
             Error::Random(m) => Error::Random(add(m)),
             Error::Internal(m) => Error::Internal(add(m)),

@@ -7,7 +7,6 @@
 //! what it meant to move.
 
 use std::ffi::{OsStr, OsString};
-use std::io::BufRead;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -18,7 +17,7 @@ use nix::sys::stat::{FileStat, Mode, fchmod, fstat, fstatat, futimens};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
-use super::tree::{TreeStats, read_tree_on};
+use super::tree::TreeStats;
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
 use crate::host::mounts::{self, Mount};
@@ -35,8 +34,9 @@ pub(crate) struct Request<'a> {
     pub overwrite: bool,
     /// Only authenticate the archive and say what would be restored.
     pub dry_run: bool,
-    /// Threads to extract on (see [`super::read_tree_on`]).
-    pub threads: usize,
+    /// Paths (below the volume's root) to restore alone, each into its place; `None`
+    /// for whole folders (`folders`).
+    pub paths: Option<&'a [String]>,
 }
 
 /// What a restore did, or would do.
@@ -51,17 +51,16 @@ pub(crate) struct Restored {
     pub leftovers: Vec<String>,
 }
 
-/// Restores the archive `input` (a [`super::Reader`], its key checked) into `volume`.
-/// Everything is authenticated, and unless it is a dry run extracted into a staging folder
-/// of root's, before anything in the volume changes; then the folders move into place as
-/// one transaction (see [`Transaction`]). On an error the staging folder goes, and the
-/// volume is as it was (or the error says what is where). `progress` gets the file data
-/// bytes read so far.
+/// Restores an archive into `volume`: `extract` authenticates all of it (a format-1
+/// archive, or a format-2 one with the archives of its chain it needs) and, given a
+/// folder, extracts it there. Unless it is a dry run, that is a staging folder of root's,
+/// before anything in the volume changes; then the folders (or `paths`) move into place
+/// as one transaction (see [`Transaction`]). On an error the staging folder goes, and the
+/// volume is as it was (or the error says what is where).
 pub(crate) fn restore(
     volume: &safefs::Dir,
-    input: &mut impl BufRead,
+    extract: &mut dyn FnMut(Option<&Path>) -> Result<TreeStats>,
     request: &Request,
-    progress: &mut dyn FnMut(u64),
 ) -> Result<Restored> {
     let (staging, cleaned) = if request.dry_run {
         (None, Cleaned::default())
@@ -69,19 +68,16 @@ pub(crate) fn restore(
         let cleaned = remove_leftovers(volume)?;
         (Some(scratch(volume, ScratchKind::Staging)?), cleaned)
     };
-    let contents = read_tree_on(
-        input,
-        staging.as_ref().map(|s| s.path()),
-        request.threads,
-        progress,
-    )
-    .map_err(|e| match e {
+    let contents = extract(staging.as_ref().map(|s| s.path())).map_err(|e| match e {
         // The staging folder goes with `staging`, on the way out.
         e @ Error::Interrupted { .. } => {
             e.with_note("nothing was changed: what was extracted so far is removed")
         }
         e => e,
     })?;
+    if let Some(paths) = request.paths {
+        return restore_paths(volume, staging.as_ref(), cleaned, contents, paths, request);
+    }
     let selected: Vec<String> = match request.folders {
         None => contents.entries.clone(),
         Some(folders) => {
@@ -129,6 +125,73 @@ pub(crate) fn restore(
     })
 }
 
+/// [`restore`] of single paths, extracted (with the folders above them) into `staging`:
+/// each moves into its place in the volume, whose folder must be there already; one that
+/// exists there is only replaced with `overwrite` (moved to the trash, as a folder's
+/// contents are). A top-level path is a whole folder, restored as [`restore`] restores
+/// one.
+fn restore_paths(
+    volume: &safefs::Dir,
+    staging: Option<&Scratch>,
+    cleaned: Cleaned,
+    contents: TreeStats,
+    paths: &[String],
+    request: &Request,
+) -> Result<Restored> {
+    let mut replaced = Vec::new();
+    for path in paths {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = if parent.is_empty() {
+            None
+        } else {
+            let (dir, _) = safefs::open_beneath(volume, Path::new(parent), None).map_err(|e| {
+                Error::Missing(format!(
+                    "{} cannot take {path}: {e}; restore the folder above it instead (nothing was changed)",
+                    volume.path.join(parent).display()
+                ))
+            })?;
+            Some(dir)
+        };
+        let exists = match &dir {
+            None => holds_data(volume, name)?,
+            Some(dir) => match fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Err(Errno::ENOENT) => false,
+                Err(e) => {
+                    return Err(e)
+                        .context(at("reading", &volume.path.join(path)))
+                        .map_err(Error::from);
+                }
+                Ok(_) => true,
+            },
+        };
+        if exists {
+            replaced.push(path.clone());
+        }
+    }
+    if !replaced.is_empty() && !request.overwrite && !request.dry_run {
+        return Err(Error::InTheWay(format!(
+            "{} already exist in the volume; restore with --overwrite to replace them (nothing was changed)",
+            replaced.join(", ")
+        )));
+    }
+    let mut leftovers: Vec<String> = cleaned.removed.into_iter().chain(cleaned.kept).collect();
+    if let Some(staging) = staging {
+        refuse_mounts_inside(volume, paths)?;
+        let mut transaction = Transaction::new(volume, staging)?;
+        match transaction.run_paths(paths) {
+            Ok(()) => leftovers.extend(transaction.commit()),
+            Err(e) => return Err(transaction.roll_back(e)),
+        }
+    }
+    Ok(Restored {
+        contents,
+        folders: paths.to_vec(),
+        configs: vec![],
+        replaced,
+        leftovers,
+    })
+}
+
 /// An open folder a restore moves entries out of or into, and its path for messages.
 struct Place {
     fd: OwnedFd,
@@ -153,6 +216,18 @@ impl Place {
     /// Whether only root can change which entry a name in it names.
     fn private(&self) -> bool {
         self.kind != PlaceKind::Feature
+    }
+
+    /// Opens the folder `rel` (components separated by `/`) below `base`, one component
+    /// at a time, never through a symlink.
+    fn open_path(base: &Place, rel: &str, kind: PlaceKind) -> Result<Place> {
+        let mut components = rel.split('/');
+        let first = components.next().unwrap_or_default();
+        let mut place = Place::open(base, OsStr::new(first), kind)?;
+        for component in components {
+            place = Place::open(&place, OsStr::new(component), kind)?;
+        }
+        Ok(place)
     }
 
     /// Opens the folder `name` in `parent`, never through a symlink.
@@ -511,25 +586,7 @@ impl<'a> Transaction<'a> {
         let volume = Rc::clone(&self.volume);
         let staging = Rc::clone(&self.staging.dir);
         for folder in folders {
-            let name = OsStr::new(folder);
-            let staged = fstatat(&staging.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .context(at("reading", &staging.shown.join(name)))?;
-            match fstatat(&volume.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Err(Errno::ENOENT) => self.move_entry(&staging, name, &volume, name)?,
-                Err(e) => {
-                    return Err(e)
-                        .context(at("reading", &volume.shown.join(name)))
-                        .map_err(Error::from);
-                }
-                Ok(existing) if is_dir(&existing) && is_dir(&staged) => {
-                    self.replace_contents(name, &staged)?;
-                }
-                Ok(_) => {
-                    let aside = self.trash_dir()?;
-                    self.move_entry(&volume, name, &aside, name)?;
-                    self.move_entry(&staging, name, &volume, name)?;
-                }
-            }
+            self.restore_top(&volume, &staging, OsStr::new(folder))?;
         }
         for name in configs {
             let name = OsStr::new(name);
@@ -543,6 +600,51 @@ impl<'a> Transaction<'a> {
                 self.move_entry(&volume, name, &volume, &kept)?;
             }
             self.move_entry(&staging, name, &volume, name)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the top-level entry `name` from `staging` into `volume`: a folder that exists
+    /// there gets the archive's contents (see [`Transaction::replace_contents`]), anything
+    /// else in the way goes to the trash.
+    fn restore_top(&mut self, volume: &Rc<Place>, staging: &Rc<Place>, name: &OsStr) -> Result<()> {
+        let staged = fstatat(&staging.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .context(at("reading", &staging.shown.join(name)))?;
+        match fstatat(&volume.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => self.move_entry(staging, name, volume, name),
+            Err(e) => Err(e)
+                .context(at("reading", &volume.shown.join(name)))
+                .map_err(Error::from),
+            Ok(existing) if is_dir(&existing) && is_dir(&staged) => {
+                self.replace_contents(name, &staged)
+            }
+            Ok(_) => {
+                let aside = self.trash_dir()?;
+                self.move_entry(volume, name, &aside, name)?;
+                self.move_entry(staging, name, volume, name)
+            }
+        }
+    }
+
+    /// Moves each of `paths` from the staging folder to its place in the volume (see
+    /// [`restore_paths`]): the folders above it are walked down to on both sides without
+    /// following a symlink; what is in its way in the volume goes to the trash.
+    fn run_paths(&mut self, paths: &[String]) -> Result<()> {
+        let volume = Rc::clone(&self.volume);
+        let staging = Rc::clone(&self.staging.dir);
+        for path in paths {
+            let Some((parent, name)) = path.rsplit_once('/') else {
+                self.restore_top(&volume, &staging, OsStr::new(path))?;
+                continue;
+            };
+            let name = OsStr::new(name);
+            let to = Rc::new(Place::open_path(&volume, parent, PlaceKind::Feature)?);
+            let from = Rc::new(Place::open_path(&staging, parent, PlaceKind::Staging)?);
+            if exists(&to, name)? {
+                let aside = self.trash_dir()?;
+                self.move_entry(&to, name, &aside, name)?;
+            }
+            self.move_entry(&from, name, &to, name)?;
         }
         Ok(())
     }
@@ -1041,17 +1143,23 @@ mod tests {
             config_files: &["persistence.conf"],
             overwrite: true,
             dry_run: false,
-            threads: 2,
+            paths: None,
         };
         let mut read = 0;
         // Handed on in 64 KiB pieces, as a Reader hands on its opened chunks.
         let mut input = std::io::BufReader::with_capacity(64 << 10, &plaintext[..]);
-        let outcome = restore(&volume, &mut input, &request, &mut |b| {
-            read = b;
-            if b > 1 << 20 {
-                crate::interrupt::pretend_received(libc::SIGINT);
-            }
-        });
+        let outcome = restore(
+            &volume,
+            &mut |dest| {
+                crate::archive::read_tree_on(&mut input, dest, 2, &mut |b| {
+                    read = b;
+                    if b > 1 << 20 {
+                        crate::interrupt::pretend_received(libc::SIGINT);
+                    }
+                })
+            },
+            &request,
+        );
         crate::interrupt::pretend_received(0);
         let err = outcome.err().expect("interrupted");
         assert_eq!(exit_code(&err), ExitCode::Interrupt, "{err}");

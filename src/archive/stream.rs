@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::engine::{Batch, Direction, Engine, Sink, TAG_LEN, default_threads};
 use super::header::{
-    HEADER_LEN, Header, KEY_LEN, KdfParams, NONCE_PREFIX_LEN, SALT_LEN, check_header,
-    chunk_size_problem, derive_key,
+    CHAIN_LEN, ChainIds, HEADER_LEN, Header, KEY_LEN, KdfParams, NONCE_PREFIX_LEN, SALT_LEN,
+    check_header, chunk_size_problem, derive_key,
 };
 use super::{Error, Result};
 use crate::context::{Context, IoError};
@@ -44,9 +44,9 @@ impl<W: Write + Send + 'static> Writer<W> {
             return Err(Error::BadParameters(format!("backup {problem}")));
         }
         let mut salt = [0u8; SALT_LEN];
-        crate::volume::recovery::fill_random(&mut salt).map_err(random_failed)?;
+        fill_random(&mut salt)?;
         let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        crate::volume::recovery::fill_random(&mut nonce_prefix).map_err(random_failed)?;
+        fill_random(&mut nonce_prefix)?;
         Writer::with_header(
             inner,
             secret,
@@ -55,6 +55,7 @@ impl<W: Write + Send + 'static> Writer<W> {
                 salt,
                 chunk_size,
                 nonce_prefix,
+                chain: None,
             },
         )
     }
@@ -70,7 +71,7 @@ impl<W: Write + Send + 'static> Writer<W> {
         header: &Header,
         key: &[u8; KEY_LEN],
     ) -> Result<Writer<W>> {
-        let header_bytes = header.encode();
+        let header_bytes = header.bytes();
         inner
             .write_all(&header_bytes)
             .context(|| "writing the archive header".into())?;
@@ -305,11 +306,16 @@ pub(crate) fn engine(
     Engine::new(
         key,
         header.nonce_prefix,
-        header.encode(),
+        header.bytes(),
         header.chunk_size as usize,
         direction,
         default_threads(),
     )
+}
+
+/// Fills `bytes` from the kernel's random generator.
+pub(crate) fn fill_random(bytes: &mut [u8]) -> Result<()> {
+    crate::volume::recovery::fill_random(bytes).map_err(random_failed)
 }
 
 /// What the kernel's random generator said, in the archive's terms: the volume layer's
@@ -421,7 +427,7 @@ pub(crate) enum ReaderState {
 /// is an `io::Error` of kind `InvalidData` naming it; nothing of its batch is released.
 pub struct Reader<R: Read> {
     inner: R,
-    params: KdfParams,
+    header: Header,
     engine: Engine,
     /// One byte read past the batch before, to learn whether its final chunk is the last.
     lookahead: Option<u8>,
@@ -458,7 +464,15 @@ impl<R: Read> KeylessReader<R> {
                 ),
                 _ => Error::Io(IoError::new("reading the archive header", e)),
             })?;
-        let header = check_header(&header_bytes, available_kib)?;
+        let mut header = check_header(&header_bytes, available_kib)?;
+        if Header::has_chain_block(&header_bytes) {
+            let mut chain = [0u8; CHAIN_LEN];
+            inner.read_exact(&mut chain).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => Error::Truncated,
+                _ => Error::Io(IoError::new("reading the archive header", e)),
+            })?;
+            header.chain = Some(ChainIds::parse(&chain)?);
+        }
         Ok(KeylessReader {
             inner,
             header,
@@ -469,6 +483,27 @@ impl<R: Read> KeylessReader<R> {
     /// The key-derivation cost the header asks for (checked).
     pub fn kdf_params(&self) -> KdfParams {
         self.header.params
+    }
+
+    /// Whether the archive is of format 2 (a listing, in a chain).
+    pub fn is_format_2(&self) -> bool {
+        self.header.chain.is_some()
+    }
+
+    /// The header, checked but not yet authenticated.
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Derives the archive's key from `secret` (argon2id at the header's cost).
+    pub(crate) fn derive(&self, secret: &Secret) -> Result<zeroize::Zeroizing<[u8; KEY_LEN]>> {
+        derive_key(secret.as_bytes(), &self.header)
+    }
+
+    /// Opens the archive with a key already derived (one of its chain's): its first chunk
+    /// authenticated, as [`KeylessReader::unlock`] does.
+    pub(crate) fn unlock_with_key(self, key: &[u8; KEY_LEN]) -> Result<Reader<R>> {
+        Reader::with_key_on(self.inner, &self.header, key, self.threads)
     }
 
     /// Opens chunks with `threads` worker threads (1: on the caller's thread) instead of
@@ -513,7 +548,7 @@ impl<R: Read> Reader<R> {
         engine.set_threads(threads);
         let mut reader = Reader {
             inner,
-            params: header.params,
+            header: header.clone(),
             engine,
             lookahead: None,
             read_all: false,
@@ -536,7 +571,17 @@ impl<R: Read> Reader<R> {
 
     /// The key-derivation cost the archive was written with.
     pub fn kdf_params(&self) -> KdfParams {
-        self.params
+        self.header.params
+    }
+
+    /// Whether the archive is of format 2 (a listing, in a chain).
+    pub fn is_format_2(&self) -> bool {
+        self.header.chain.is_some()
+    }
+
+    /// The header, authenticated with the first chunk.
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
     }
 
     /// Keeps the workers busy: reads batches of stored chunks into every spare batch and
@@ -1011,17 +1056,6 @@ mod tests {
         assert_ne!(archives[0][44..51], archives[1][44..51]);
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn unhex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
     /// The inputs of the committed test vectors.
     fn vector_inputs() -> Vec<(&'static str, &'static str, Header, Vec<u8>)> {
         let small = Stream::default()
@@ -1049,6 +1083,7 @@ mod tests {
                     salt: range(0),
                     chunk_size: MIN_CHUNK_SIZE,
                     nonce_prefix: std::array::from_fn(|i| 0xa0 + i as u8),
+                    chain: None,
                 },
                 small,
             ),
@@ -1064,6 +1099,7 @@ mod tests {
                     salt: range(0x10),
                     chunk_size: MIN_CHUNK_SIZE,
                     nonce_prefix: std::array::from_fn(|i| 0xb0 + i as u8),
+                    chain: None,
                 },
                 two_chunks,
             ),

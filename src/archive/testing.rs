@@ -59,6 +59,7 @@ pub(super) fn test_header(params: KdfParams, chunk_size: u32) -> Header {
         salt: [7; SALT_LEN],
         chunk_size,
         nonce_prefix: [9; NONCE_PREFIX_LEN],
+        chain: None,
     }
 }
 
@@ -273,4 +274,15 @@ pub(super) fn make_writable(root: &Path) {
 /// The exit status an archive error ends keepsake with.
 pub(super) fn exit_code(e: &Error) -> ExitCode {
     crate::error::archive_class(e)
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(super) fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

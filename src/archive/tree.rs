@@ -48,6 +48,14 @@ pub struct TreeStats {
     pub symlinks: u64,
     /// Bytes of file data stored (holes are not counted).
     pub bytes: u64,
+    /// Hard links to a file stored earlier under another name (format 2).
+    pub hardlinks: u64,
+    /// Extended attributes, ACLs among them (format 2).
+    pub xattrs: u64,
+    /// Files of an incremental archive whose unchanged content an earlier archive of its
+    /// chain holds, and their bytes (counted apart from `files` and `bytes`).
+    pub referenced: u64,
+    pub referenced_bytes: u64,
     /// Sockets, FIFOs and device nodes the writer left out, by path.
     pub skipped: Vec<String>,
     /// Entries that changed while the writer read them, by path and what happened.
@@ -110,6 +118,18 @@ pub fn write_tree(
     out: &mut impl PlainSink,
     progress: &mut dyn FnMut(u64),
 ) -> Result<TreeStats> {
+    let (root_fd, names) = open_tops(root, tops)?;
+    let mut walk = TreeWriter::new(root, out, progress, &names);
+    // Iterative, with a bounded number of folders open: see crate::safefs::treewalk.
+    treewalk::walk::<Error>(root_fd, root, &names, &mut |parent, name, path, listed| {
+        walk.entry(parent, name, path, listed)
+    })?;
+    walk.emit(&[ENTRY_END])?;
+    Ok(walk.stats)
+}
+
+/// `root` opened, and `tops` checked: each a name directly inside it, given once, there.
+pub(crate) fn open_tops<'t>(root: &Path, tops: &'t [PathBuf]) -> Result<(OwnedFd, Vec<&'t OsStr>)> {
     let root_fd = openat(
         nix::fcntl::AT_FDCWD,
         root,
@@ -146,33 +166,40 @@ pub fn write_tree(
         }
         names.push(name);
     }
-    let mut walk = TreeWriter {
-        root,
-        out,
-        progress,
-        stats: TreeStats::default(),
-    };
-    walk.stats.entries = names
-        .iter()
-        .map(|name| name.to_string_lossy().into_owned())
-        .collect();
-    // Iterative, with a bounded number of folders open: see crate::safefs::treewalk.
-    treewalk::walk::<Error>(root_fd, root, &names, &mut |parent, name, path, listed| {
-        walk.entry(parent, name, path, listed)
-    })?;
-    walk.emit(&[ENTRY_END])?;
-    Ok(walk.stats)
+    Ok((root_fd, names))
 }
 
-struct TreeWriter<'a> {
+/// Writes entries of a tree to the plaintext: format 1's whole, and format 2's parts
+/// (`walk.rs`) that are the same.
+pub(crate) struct TreeWriter<'a> {
     root: &'a Path,
     out: &'a mut dyn PlainSink,
-    progress: &'a mut dyn FnMut(u64),
-    stats: TreeStats,
+    pub(crate) progress: &'a mut dyn FnMut(u64),
+    pub(crate) stats: TreeStats,
 }
 
-impl TreeWriter<'_> {
-    fn emit(&mut self, bytes: &[u8]) -> Result<()> {
+impl<'a> TreeWriter<'a> {
+    pub(crate) fn new(
+        root: &'a Path,
+        out: &'a mut dyn PlainSink,
+        progress: &'a mut dyn FnMut(u64),
+        names: &[&OsStr],
+    ) -> TreeWriter<'a> {
+        TreeWriter {
+            root,
+            out,
+            progress,
+            stats: TreeStats {
+                entries: names
+                    .iter()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .collect(),
+                ..TreeStats::default()
+            },
+        }
+    }
+
+    pub(crate) fn emit(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
             .put(bytes)
             .context(|| "writing the archive".into())
@@ -294,35 +321,55 @@ impl TreeWriter<'_> {
         head.extend_from_slice(&file_layout(size, &extents));
         self.emit(&head)?;
         let file = File::from(fd);
+        if self.copy_extents(Some(&file), &extents, &shown_path)? {
+            self.changed(
+                path,
+                "shrank while being backed up; its missing end is stored as zeros",
+            );
+        }
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    /// Writes the data of `extents` of `file` to the plaintext (zeros for all of it
+    /// without a file); whether the file ended before them (the rest is zeros).
+    pub(crate) fn copy_extents(
+        &mut self,
+        file: Option<&File>,
+        extents: &[(u64, u64)],
+        shown_path: &Path,
+    ) -> Result<bool> {
         let mut shrank = false;
-        for (offset, length) in extents {
+        for &(offset, length) in extents {
             let mut done = 0;
             while done < length {
                 crate::interrupt::check()?;
                 // Read straight into the archive's chunk buffer.
                 let want = (length - done).min(COPY_BUFFER as u64) as usize;
                 let mut read_error = None;
-                let put = self.out.put_with(want, &mut |room| match read_full_at(
-                    &file,
-                    room,
-                    offset + done,
-                ) {
-                    Ok(got) => {
-                        if got < room.len() {
-                            room[got..].fill(0);
-                            shrank = true;
+                let put = self.out.put_with(want, &mut |room| {
+                    let Some(file) = file else {
+                        room.fill(0);
+                        return Ok(());
+                    };
+                    match read_full_at(file, room, offset + done) {
+                        Ok(got) => {
+                            if got < room.len() {
+                                room[got..].fill(0);
+                                shrank = true;
+                            }
+                            Ok(())
                         }
-                        Ok(())
-                    }
-                    Err(e) => {
-                        let failed = io::Error::new(e.kind(), "reading a file");
-                        read_error = Some(e);
-                        Err(failed)
+                        Err(e) => {
+                            let failed = io::Error::new(e.kind(), "reading a file");
+                            read_error = Some(e);
+                            Err(failed)
+                        }
                     }
                 });
                 if let Some(e) = read_error {
                     return Err(e)
-                        .context(at("reading", &shown_path))
+                        .context(at("reading", shown_path))
                         .map_err(Error::from);
                 }
                 let n = put.context(|| "writing the archive".into())?;
@@ -331,14 +378,7 @@ impl TreeWriter<'_> {
                 (self.progress)(self.stats.bytes);
             }
         }
-        if shrank {
-            self.changed(
-                path,
-                "shrank while being backed up; its missing end is stored as zeros",
-            );
-        }
-        self.stats.files += 1;
-        Ok(())
+        Ok(shrank)
     }
 
     pub(crate) fn symlink(
@@ -372,7 +412,7 @@ impl TreeWriter<'_> {
 /// extent where the filesystem cannot tell, or where there would be too many. A file with
 /// as many 512-byte blocks allocated as its size needs has no hole (tar's test too): that
 /// saves the two lseeks, on every small file.
-fn data_extents(fd: &OwnedFd, size: u64, blocks: u64) -> Vec<(u64, u64)> {
+pub(crate) fn data_extents(fd: &OwnedFd, size: u64, blocks: u64) -> Vec<(u64, u64)> {
     let whole = if size == 0 { vec![] } else { vec![(0, size)] };
     if blocks.saturating_mul(512) >= size {
         return whole;
@@ -462,33 +502,8 @@ pub fn read_tree_on(
         let path = read_bytes16(input)?;
         check_path(&path)?;
         let meta = read_meta(input, &path)?;
-        let (parent, _) = split_path(&path);
-        if parent.is_empty() {
+        if check_placement(&seen, &path)? {
             stats.entries.push(shown(&path));
-        } else {
-            match seen.get(parent) {
-                Some(&ENTRY_DIR) => {}
-                Some(_) => {
-                    return Err(Error::BadEntry(format!(
-                        "the archive holds {} inside {}, which is not a folder; refusing to follow it",
-                        shown(&path),
-                        shown(parent)
-                    )));
-                }
-                None => {
-                    return Err(Error::BadEntry(format!(
-                        "the archive holds {} before its folder {}",
-                        shown(&path),
-                        shown(parent)
-                    )));
-                }
-            }
-        }
-        if seen.contains_key(&path) {
-            return Err(Error::BadEntry(format!(
-                "the archive holds {} twice",
-                shown(&path)
-            )));
         }
         match kind {
             ENTRY_DIR => {
@@ -576,8 +591,41 @@ pub fn read_tree_on(
     Ok(stats)
 }
 
+/// Refuses an entry at `path` unless it is new and its parent is a folder `seen` before
+/// it; whether it is top-level. So folders come before their contents, and nothing is
+/// placed through a symlink or file the archive itself made.
+pub(crate) fn check_placement(seen: &HashMap<Vec<u8>, u8>, path: &[u8]) -> Result<bool> {
+    let (parent, _) = split_path(path);
+    if !parent.is_empty() {
+        match seen.get(parent) {
+            Some(&ENTRY_DIR) => {}
+            Some(_) => {
+                return Err(Error::BadEntry(format!(
+                    "the archive holds {} inside {}, which is not a folder; refusing to follow it",
+                    shown(path),
+                    shown(parent)
+                )));
+            }
+            None => {
+                return Err(Error::BadEntry(format!(
+                    "the archive holds {} before its folder {}",
+                    shown(path),
+                    shown(parent)
+                )));
+            }
+        }
+    }
+    if seen.contains_key(path) {
+        return Err(Error::BadEntry(format!(
+            "the archive holds {} twice",
+            shown(path)
+        )));
+    }
+    Ok(parent.is_empty())
+}
+
 /// Why a path from an archive is refused, if it is: only plain relative paths are allowed.
-fn check_path(path: &[u8]) -> Result<()> {
+pub(crate) fn check_path(path: &[u8]) -> Result<()> {
     let problem = if path.is_empty() {
         Some("it is empty")
     } else if path[0] == b'/' {
@@ -619,33 +667,33 @@ pub(crate) fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<()> {
     input.read_exact(buf).map_err(input_error)
 }
 
-fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N]> {
+pub(crate) fn read_array<const N: usize>(input: &mut impl Read) -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     read_exact(input, &mut bytes)?;
     Ok(bytes)
 }
 
-fn read_u8(input: &mut impl Read) -> Result<u8> {
+pub(crate) fn read_u8(input: &mut impl Read) -> Result<u8> {
     Ok(read_array::<1>(input)?[0])
 }
 
-fn read_u32(input: &mut impl Read) -> Result<u32> {
+pub(crate) fn read_u32(input: &mut impl Read) -> Result<u32> {
     Ok(u32::from_le_bytes(read_array(input)?))
 }
 
-fn read_u64(input: &mut impl Read) -> Result<u64> {
+pub(crate) fn read_u64(input: &mut impl Read) -> Result<u64> {
     Ok(u64::from_le_bytes(read_array(input)?))
 }
 
 /// A u16 length and that many bytes (so at most 64 KiB is ever allocated for it).
-fn read_bytes16(input: &mut impl Read) -> Result<Vec<u8>> {
+pub(crate) fn read_bytes16(input: &mut impl Read) -> Result<Vec<u8>> {
     let len = u16::from_le_bytes(read_array(input)?);
     let mut bytes = vec![0u8; usize::from(len)];
     read_exact(input, &mut bytes)?;
     Ok(bytes)
 }
 
-fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
+pub(crate) fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
     let meta = Meta {
         mode: read_u32(input)?,
         uid: read_u32(input)?,
@@ -664,7 +712,10 @@ fn read_meta(input: &mut impl Read, path: &[u8]) -> Result<Meta> {
 
 /// The size and extent list of a file entry, checked: at most [`MAX_EXTENTS`], each
 /// non-empty, in order, not overlapping, inside the size.
-fn read_file_layout(input: &mut impl Read, path: &[u8]) -> Result<(u64, Vec<(u64, u64)>)> {
+pub(crate) fn read_file_layout(
+    input: &mut impl Read,
+    path: &[u8],
+) -> Result<(u64, Vec<(u64, u64)>)> {
     let size = read_u64(input)?;
     let count = read_u32(input)?;
     let invalid = || {

@@ -1,6 +1,6 @@
-//! `keepsake backup`, `keepsake backup verify` and `keepsake restore`: the volume's folders
-//! in an encrypted, authenticated archive (see [`crate::archive`] and
-//! docs/backup-format.md).
+//! `keepsake backup`, `keepsake backup verify`, `keepsake backup list` and `keepsake
+//! restore`: the volume's folders in an encrypted, authenticated archive, full or
+//! incremental (see [`crate::archive`] and docs/backup-format.md).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -8,6 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use zeroize::Zeroizing;
 
 use crate::archive::{self, KdfParams, TreeStats, restore};
 use crate::cli::{
@@ -35,6 +37,8 @@ struct BackupConfig {
     /// Feature names; none for the whole volume.
     features: Vec<String>,
     kdf: KdfParams,
+    /// The archive an incremental one is made after.
+    since: Option<PathBuf>,
     threads: usize,
 }
 
@@ -42,6 +46,7 @@ impl BackupConfig {
     fn from(args: &BackupArgs, file: PathBuf) -> BackupConfig {
         BackupConfig {
             file,
+            since: args.since.clone(),
             features: args.features.clone(),
             kdf: KdfParams {
                 memory_kib: args.kdf.archive_kdf_memory,
@@ -76,12 +81,15 @@ struct RestoreConfig {
     features: Vec<String>,
     dry_run: bool,
     overwrite: bool,
+    /// Paths below the volume's root to restore alone.
+    paths: Vec<String>,
 }
 
 impl From<&RestoreArgs> for RestoreConfig {
     fn from(args: &RestoreArgs) -> RestoreConfig {
         RestoreConfig {
             archive: ArchiveSource::from(&args.file, &args.stream),
+            paths: args.paths.clone(),
             features: args.features.clone(),
             dry_run: args.dry_run,
             overwrite: args.overwrite,
@@ -94,6 +102,12 @@ struct BackupReport {
     archive: String,
     archive_bytes: u64,
     seconds: f64,
+    /// The archive's id, and for an incremental one its generation and the archive it is
+    /// made after.
+    id: String,
+    generation: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
     contents: TreeStats,
 }
 
@@ -110,6 +124,9 @@ struct RestoreReport {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     config_dropped: Vec<String>,
     contents: TreeStats,
+    /// The archives read, newest first (format 2).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chain: Vec<archive::Member>,
 }
 
 /// The unlocked volume's mount root (root only).
@@ -167,8 +184,10 @@ fn all_tops(root: &Path) -> Result<Vec<String>> {
 }
 
 pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> {
-    if let Some(BackupCommand::Verify(v)) = args.command {
-        return verify(global, v, out);
+    match args.command {
+        Some(BackupCommand::Verify(v)) => return verify(global, v, out),
+        Some(BackupCommand::List(l)) => return list(global, l, out),
+        None => {}
     }
     if let Some(place) = &args.to_device {
         return super::mirror::run(global, &args, place, out);
@@ -181,8 +200,14 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     let config = BackupConfig::from(&args, file);
     let (file, params) = (&config.file, config.kdf);
     // A cost no reader accepts, or that this machine cannot afford, is refused before
-    // anything else happens.
-    params.check_for_writing(crate::volume::mem_available_kib())?;
+    // anything else happens; an incremental archive takes its parent's, checked there.
+    let parent_keyless = match &config.since {
+        None => {
+            params.check_for_writing(crate::volume::mem_available_kib())?;
+            None
+        }
+        Some(since) => Some(open_since(since, file, out)?),
+    };
     let (unlocked, root) = volume_root(global)?;
     let dialect = Dialect::from(unlocked.profile);
     // No lock or feature change while the archive is written.
@@ -216,14 +241,27 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
             if file.exists() { file } else { &partial }.display()
         )));
     }
+    // The passphrase of an incremental archive is its chain's, checked on its parent:
+    // asked once.
     let secret = super::read_secret_safely(
         global,
         &args.passphrase,
         out,
         "Backup passphrase",
-        true,
+        parent_keyless.is_none(),
         None,
     )?;
+    let parent = match (parent_keyless, &config.since) {
+        (Some(keyless), Some(since)) => {
+            let deriving = Progress::working(out, "deriving the archive key (argon2id)");
+            let name = since.file_name().unwrap_or_default();
+            let parent = archive::Parent::open(keyless, name, &secret)
+                .map_err(|e| e.with_note("nothing was written"))?;
+            deriving.finish();
+            Some(parent)
+        }
+        _ => None,
+    };
     let started = std::time::Instant::now();
     let total = archive::tree_bytes(&root, &tops);
     let sink: Box<dyn Write + Send> = if to_stdout {
@@ -240,17 +278,19 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     };
     // Until the first byte of data, the key is being derived; the byte count starts then,
     // so that its rate is the data's.
-    let mut deriving = Some(Progress::working(
-        out,
-        "deriving the archive key (argon2id)",
-    ));
+    let mut deriving = parent
+        .is_none()
+        .then(|| Progress::working(out, "deriving the archive key (argon2id)"));
     let mut progress: Option<Progress> = None;
     let result = archive::back_up(
         &root,
         &tops,
         sink,
         &secret,
-        params,
+        match &parent {
+            Some(parent) => archive::BackupKind::After(parent),
+            None => archive::BackupKind::Full(params),
+        },
         config.threads,
         &mut |b| {
             deriving.take();
@@ -263,7 +303,7 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         progress.finish();
     }
     drop(secret);
-    let (stats, archive_bytes) = match result {
+    let (stats, archive_bytes, ids) = match result {
         Ok(done) => done,
         Err(e) => {
             if !to_stdout {
@@ -288,20 +328,33 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         archive: file.display().to_string(),
         archive_bytes,
         seconds: started.elapsed().as_secs_f64(),
+        id: archive::id_hex(&ids.id),
+        generation: ids.generation,
+        since: config.since.as_ref().map(|p| p.display().to_string()),
         contents: stats,
     };
     let human = |r: &BackupReport| {
-        format!(
-            "backed up {} ({} files, {} folders, {} symlinks, {} of data) to {} ({}, {:.1} s)",
+        let mut text = format!(
+            "backed up {} ({} files, {} folders, {} symlinks, {} hard links, {} of data) to {} ({}, {:.1} s)",
             r.contents.entries.join(", "),
             r.contents.files,
             r.contents.dirs,
             r.contents.symlinks,
+            r.contents.hardlinks,
             crate::output::bytes(r.contents.bytes),
             r.archive,
             crate::output::bytes(r.archive_bytes),
             r.seconds
-        )
+        );
+        if let Some(since) = &r.since {
+            text.push_str(&format!(
+                "\nincremental after {since} (generation {}): {} unchanged files ({}) are in the earlier archives",
+                r.generation,
+                r.contents.referenced,
+                crate::output::bytes(r.contents.referenced_bytes)
+            ));
+        }
+        text
     };
     if to_stdout {
         // Standard output is the archive: the report goes to standard error.
@@ -314,6 +367,88 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         out.result(&report, human);
     }
     Ok(())
+}
+
+/// The archive an incremental one is to be made after, opened and its header checked
+/// (before the passphrase is read): a file, not the new archive, of format 2.
+fn open_since(since: &Path, file: &Path, out: Output) -> Result<archive::KeylessReader<File>> {
+    if since == Path::new("-") {
+        return Err(Error::Usage(
+            "--since needs the earlier archive's file, not standard input (nothing was written)"
+                .into(),
+        ));
+    }
+    if since == file {
+        return Err(Error::Usage(
+            "--since names the archive to write; give the earlier one (nothing was written)".into(),
+        ));
+    }
+    let input = File::open(since).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(format!(
+            "the earlier archive {} does not exist (nothing was written)",
+            since.display()
+        )),
+        _ => crate::context::io_at("opening", since)(e).into(),
+    })?;
+    let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())
+        .map_err(|e| e.with_note("nothing was written"))?;
+    if !keyless.is_format_2() {
+        return Err(Error::Usage(format!(
+            "{} is a format-1 archive, which lists nothing to compare with; make a full backup first (nothing was written)",
+            since.display()
+        )));
+    }
+    if since.parent() != file.parent() && file != Path::new("-") {
+        // Not refused: the user may move them together later; but said now.
+        out.warn(format!(
+            "keep {} beside {}: restoring the new archive looks for it there",
+            since.display(),
+            file.display()
+        ));
+    }
+    Ok(keyless)
+}
+
+/// The `--path` values, checked as paths an archive may hold, and not a configuration file
+/// (those come back only with a full restore, whose lines are then checked); `None` when
+/// none was given.
+fn checked_paths(paths: &[String]) -> Result<Option<Vec<Vec<u8>>>> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut checked = Vec::new();
+    for path in paths {
+        let plain = !path.is_empty()
+            && !path.starts_with('/')
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !plain {
+            return Err(Error::Usage(format!(
+                "--path {path:?}: give a path below the volume's root, such as Persistent/notes.txt (nothing was changed)"
+            )));
+        }
+        if CONFIG_FILES.contains(&path.as_str()) || NOT_DATA.contains(&path.as_str()) {
+            return Err(Error::Usage(format!(
+                "--path {path}: the configuration files come back only with a full restore (nothing was changed)"
+            )));
+        }
+        checked.push(path.as_bytes().to_vec());
+    }
+    // One path inside another would be moved twice: the outer one brings it already.
+    for inner in &checked {
+        if let Some(outer) = checked
+            .iter()
+            .find(|o| inner.len() > o.len() && inner.starts_with(o) && inner[o.len()] == b'/')
+        {
+            return Err(Error::Usage(format!(
+                "--path {} is inside --path {}, which restores it already (nothing was changed)",
+                String::from_utf8_lossy(inner),
+                String::from_utf8_lossy(outer)
+            )));
+        }
+    }
+    Ok(Some(checked))
 }
 
 fn partial_path(file: &Path) -> PathBuf {
@@ -334,30 +469,98 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
 
 type ArchiveReader = archive::Reader<Box<dyn Read>>;
 
-/// The archive opened for reading: its header checked (in bounds, and affordable on this
-/// machine now) before its passphrase is read the safe way, then its key derived and its
-/// first chunk authenticated. Also its length, when it is a file.
+/// An archive opened for reading, its first chunk authenticated, with the key its whole
+/// chain shares and its length when it is a file.
+struct OpenedArchive {
+    reader: ArchiveReader,
+    key: Zeroizing<[u8; 32]>,
+    len: Option<u64>,
+}
+
+/// The archive opened for reading: its header checked (in bounds, affordable on this
+/// machine now, and of format 2 when `needs_listing` says what is asked needs a listing)
+/// before its passphrase is read the safe way, then its key derived and its first chunk
+/// authenticated.
 fn open_reader(
     global: &GlobalArgs,
     args: &crate::cli::PassphraseArgs,
     source: &ArchiveSource,
     out: Output,
-) -> Result<(ArchiveReader, Option<u64>)> {
+    needs_listing: Option<&str>,
+) -> Result<OpenedArchive> {
     let (input, len) = open_archive(&source.file)?;
     let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())?
         .with_threads(source.threads);
+    if let Some(what) = needs_listing
+        && !keyless.is_format_2()
+    {
+        return Err(Error::Usage(format!(
+            "{} is a format-1 archive, which has no listing: {what} (nothing was changed)",
+            source.file.display()
+        )));
+    }
     let secret = super::read_secret_safely(global, args, out, "Backup passphrase", false, None)?;
     let deriving = Progress::working(out, "deriving the archive key (argon2id)");
-    let reader = keyless.unlock(&secret)?;
+    let key = keyless.derive(&secret)?;
+    drop(secret);
+    let reader = keyless.unlock_with_key(&key)?;
     deriving.finish();
-    Ok((reader, len))
+    Ok(OpenedArchive { reader, key, len })
+}
+
+/// Authenticates the archive `opened` (with, for an incremental one, the archives before
+/// it: all of them with `whole_chain`, else those it needs) and, with `dest`, extracts it
+/// there, or only `paths` of it. Returns what it held and the archives read.
+fn extract(
+    opened: OpenedArchive,
+    source: &ArchiveSource,
+    dest: Option<&Path>,
+    paths: Option<&[Vec<u8>]>,
+    whole_chain: bool,
+    progress: &mut dyn FnMut(u64),
+) -> archive::Result<archive::ChainRead> {
+    let OpenedArchive {
+        mut reader, key, ..
+    } = opened;
+    if !reader.is_format_2() {
+        if paths.is_some() {
+            return Err(archive::Error::Refused(
+                "--path needs an archive of format 2 (keepsake writes it since incremental backups came); restore this one whole or by --feature (nothing was changed)".into(),
+            ));
+        }
+        let contents = archive::read_tree_on(&mut reader, dest, source.threads, progress)?;
+        return Ok(archive::ChainRead {
+            contents,
+            chain: vec![],
+        });
+    }
+    let chain = archive::Chain {
+        dir: (source.file != Path::new("-")).then(|| {
+            source
+                .file
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        }),
+        shown: source.file.display().to_string(),
+        key: &key,
+        threads: source.threads,
+        available_kib: crate::volume::mem_available_kib(),
+    };
+    let request = archive::ReadRequest {
+        dest,
+        paths,
+        whole_chain,
+    };
+    archive::read_chain(archive::open_listing(reader)?, &chain, &request, progress)
 }
 
 fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
     let source = ArchiveSource::from(&args.file, &args.stream);
-    let (mut reader, len) = open_reader(global, &args.passphrase, &source, out)?;
-    let mut progress = Progress::new(out, "verify", len);
-    let stats = archive::read_tree(&mut reader, None, &mut |b| progress.update(b))?;
+    let opened = open_reader(global, &args.passphrase, &source, out, None)?;
+    let mut progress = Progress::new(out, "verify", opened.len);
+    let read = extract(opened, &source, None, None, true, &mut |b| {
+        progress.update(b)
+    })?;
     progress.finish();
     let report = RestoreReport {
         archive: source.file.display().to_string(),
@@ -366,24 +569,161 @@ fn verify(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
         replaced: vec![],
         config_replaced: false,
         config_dropped: vec![],
-        contents: stats,
+        contents: read.contents,
+        chain: read.chain,
     };
     out.result(&report, |r| {
-        format!(
-            "{} is intact: {} ({} files, {} folders, {} symlinks, {} of data)",
+        let mut text = format!(
+            "{} is intact: {} ({} files, {} folders, {} symlinks, {} hard links, {} of data)",
             r.archive,
             r.contents.entries.join(", "),
             r.contents.files,
             r.contents.dirs,
             r.contents.symlinks,
+            r.contents.hardlinks,
             crate::output::bytes(r.contents.bytes)
-        )
+        );
+        if r.chain.len() > 1 {
+            text.push_str(&format!(
+                "\nand so are the {} archives it is made after: {}",
+                r.chain.len() - 1,
+                r.chain[1..]
+                    .iter()
+                    .map(|m| m.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        text
     });
     Ok(())
 }
 
+/// One entry of `backup list`.
+#[derive(Debug, Serialize)]
+struct ListedEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    size: u64,
+    uid: u32,
+    gid: u32,
+    mode: String,
+    /// Modification time: seconds and nanoseconds since the epoch.
+    mtime: i64,
+    mtime_nsec: u32,
+    /// Names of its extended attributes (ACLs are system.posix_acl_*).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<String>,
+    /// A symlink's target, or the first name of a hard-linked file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    /// For a file with content: `here`, or the id of the earlier archive that holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListReport {
+    archive: String,
+    format: u8,
+    id: Option<String>,
+    generation: Option<u32>,
+    /// The file name of the archive an incremental one is made after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    entries: Vec<ListedEntry>,
+}
+
+fn list(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
+    let source = ArchiveSource::from(&args.file, &args.stream);
+    let needs = "keepsake backup verify shows what it holds";
+    let opened = open_reader(global, &args.passphrase, &source, out, Some(needs))?;
+    let listed = archive::open_listing(opened.reader)?;
+    let own = listed.ids.id;
+    let entries = listed
+        .listing
+        .entries
+        .iter()
+        .map(|e| listed_entry(e, &own))
+        .collect();
+    let parent = &listed.listing.parent_name;
+    let report = ListReport {
+        archive: source.file.display().to_string(),
+        format: 2,
+        id: Some(archive::id_hex(&own)),
+        generation: Some(listed.ids.generation),
+        since: (!parent.is_empty()).then(|| String::from_utf8_lossy(parent).into_owned()),
+        entries,
+    };
+    out.result(&report, |r| {
+        let mut lines = vec![format!(
+            "{}: generation {}{}",
+            r.archive,
+            r.generation.unwrap_or(0),
+            r.since
+                .as_ref()
+                .map(|s| format!(", incremental after {s}"))
+                .unwrap_or_default()
+        )];
+        for e in &r.entries {
+            let mut line = format!(
+                "{:<8} {} {:>5}:{:<5} {:>12} {} {}",
+                e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path
+            );
+            if let Some(target) = &e.target {
+                line.push_str(&format!(" -> {target}"));
+            }
+            match e.stored.as_deref() {
+                Some("here") | None => {}
+                Some(holder) => line.push_str(&format!(" [in archive {holder}]")),
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    Ok(())
+}
+
+fn listed_entry(e: &archive::ListedItem, own: &[u8; 16]) -> ListedEntry {
+    use archive::ListedKind as K;
+    let (kind, size, target, stored) = match &e.kind {
+        K::Dir => ("folder", 0, None, None),
+        K::Symlink { target } => ("symlink", 0, Some(target.clone()), None),
+        K::HardLink { target } => ("hardlink", 0, Some(target.clone()), None),
+        K::File { size, holder, .. } => (
+            "file",
+            *size,
+            None,
+            Some(if holder == own {
+                "here".to_string()
+            } else {
+                archive::id_hex(holder)
+            }),
+        ),
+    };
+    ListedEntry {
+        path: String::from_utf8_lossy(&e.path).into_owned(),
+        kind,
+        size,
+        uid: e.meta.uid,
+        gid: e.meta.gid,
+        mode: format!("{:04o}", e.meta.mode),
+        mtime: e.meta.mtime,
+        mtime_nsec: e.meta.mtime_nsec,
+        xattrs: e
+            .xattrs
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+            .collect(),
+        target: target.map(|t| String::from_utf8_lossy(&t).into_owned()),
+        stored,
+    }
+}
+
 pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()> {
     let config = RestoreConfig::from(&args);
+    let paths = checked_paths(&config.paths)?;
     let (unlocked, root) = volume_root(global)?;
     let dialect = Dialect::from(unlocked.profile);
     let (volume, _) = safefs::open_dir(&root, None)?;
@@ -393,18 +733,43 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         Some(feature_folders(&volume, dialect, &config.features)?)
     };
     let _lock = super::exclusive()?;
-    let (mut reader, len) = open_reader(global, &args.passphrase, &config.archive, out)?;
-    let mut progress = Progress::new(out, "restore", len);
+    let needs = "--path needs format 2; restore it whole or by --feature";
+    let needs = paths.is_some().then_some(needs);
+    let opened = open_reader(global, &args.passphrase, &config.archive, out, needs)?;
+    let mut progress = Progress::new(out, "restore", opened.len);
     let request = restore::Request {
         folders: wanted.as_deref(),
         config_files: CONFIG_FILES,
         overwrite: config.overwrite,
         dry_run: config.dry_run,
-        threads: config.archive.threads,
+        paths: paths.as_ref().map(|_| &config.paths[..]),
     };
-    let restored = restore::restore(&volume, &mut reader, &request, &mut |b| progress.update(b));
+    let mut opened = Some(opened);
+    let mut chain = Vec::new();
+    let restored = restore::restore(
+        &volume,
+        &mut |dest| {
+            let opened = opened
+                .take()
+                .ok_or_else(|| archive::Error::Internal("the archive was read twice".into()))?;
+            let read = extract(
+                opened,
+                &config.archive,
+                dest,
+                paths.as_deref(),
+                false,
+                &mut |b| progress.update(b),
+            )?;
+            chain = read.chain;
+            Ok(read.contents)
+        },
+        &request,
+    );
     progress.finish();
     let restored = restored?;
+    for warning in &restored.contents.warnings {
+        out.warn(warning);
+    }
     for leftover in restored.leftovers {
         out.warn(leftover);
     }
@@ -421,6 +786,7 @@ pub fn restore(global: &GlobalArgs, args: RestoreArgs, out: Output) -> Result<()
         config_replaced: !config.dry_run && !restored.configs.is_empty(),
         config_dropped: vec![],
         contents: restored.contents,
+        chain,
     };
     if !config.dry_run {
         if report.config_replaced {

@@ -60,7 +60,14 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs, place: &Path, out: Output) ->
     let (backing, secret, _attached) = match &config.create {
         Some(create) => {
             let made = super::create::make(global, create, &args.passphrase, out)?;
-            (made.path, made.secret, None)
+            // A container file made where the live user can write it is theirs as well.
+            let (device, attached) = judged(&made.path, &table).map_err(|e| {
+                e.with_note(&format!(
+                    "{} was created; remove it, or move it where only root can write",
+                    made.path.display()
+                ))
+            })?;
+            (device, made.secret, attached)
         }
         None => {
             let backing = locate(global, &config.place, &table)?;

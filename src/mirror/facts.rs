@@ -1,12 +1,11 @@
 //! The facts of a file other than its bytes, read and written by handle: owner, mode,
-//! times and every extended attribute (POSIX ACLs are the `system.posix_acl_*` ones).
+//! times and the extended attributes keepsake keeps ([`crate::safefs::xattr::kept`]: the
+//! user's, root's, file capabilities and the POSIX ACLs, as archives keep them).
 //! Everything goes through an open parent folder and the entry's name, never following a
-//! symlink at the end; the parent is reached through `/proc/self/fd/N`, which names the
-//! open folder itself, so nothing the live user renames meanwhile can redirect it.
+//! symlink at the end ([`On::Entry`]), or through an open file.
 
-use std::ffi::{CString, OsStr};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
 
 use nix::errno::Errno;
 use nix::sys::stat::FileStat;
@@ -14,149 +13,66 @@ use nix::sys::stat::FileStat;
 use super::{Error, Result};
 use crate::context::IoError;
 use crate::safefs::Dir;
+use crate::safefs::xattr::{On, Xattr};
 
-/// A file's extended attributes, sorted by name.
+/// A file's kept extended attributes, sorted by name.
 #[derive(Debug, Default, PartialEq, Eq, Clone)]
-pub(crate) struct Xattrs(pub(crate) Vec<(CString, Vec<u8>)>);
+pub(crate) struct Xattrs(pub(crate) Vec<Xattr>);
 
-/// `/proc/self/fd/N/name`: the entry `name` of the open folder `dir`.
-fn entry_path(dir: &Dir, name: &OsStr) -> Result<CString> {
-    let mut bytes = format!("/proc/self/fd/{}/", dir.fd.as_raw_fd()).into_bytes();
-    bytes.extend_from_slice(name.as_bytes());
-    CString::new(bytes).map_err(|_| Error::Internal("a name with a NUL byte".into()))
-}
-
-fn errno_error(doing: &str, dir: &Dir, name: &OsStr, errno: Errno) -> Error {
+fn io_error(doing: &str, dir: &Dir, name: &OsStr, e: std::io::Error) -> Error {
     Error::Io(IoError::new(
         format!("{doing} {}", dir.path.join(name).display()),
-        std::io::Error::from(errno),
+        e,
     ))
 }
 
-/// Calls `get(buffer)` with a growing buffer until the value fits; `None` when the
-/// attribute or list is absent.
-fn read_sized(
-    mut get: impl FnMut(&mut [u8]) -> isize,
-) -> std::result::Result<Option<Vec<u8>>, Errno> {
-    let mut size = 256;
-    loop {
-        let mut buf = vec![0u8; size];
-        let n = get(&mut buf);
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(Some(buf));
-        }
-        match Errno::last() {
-            Errno::ERANGE if size < (1 << 20) => size *= 4,
-            Errno::ENODATA | Errno::ENOTSUP => return Ok(None),
-            e => return Err(e),
-        }
-    }
+fn errno_error(doing: &str, dir: &Dir, name: &OsStr, errno: Errno) -> Error {
+    io_error(doing, dir, name, std::io::Error::from(errno))
 }
 
-/// The extended attributes of `name` in `dir`, the entry itself (a symlink's own).
+/// The attributes of `name` in `dir`, the entry itself (a symlink's own).
 pub(crate) fn read(dir: &Dir, name: &OsStr) -> Result<Xattrs> {
-    read_path(&entry_path(dir, name)?, false)
-        .map_err(|e| errno_error("reading the attributes of", dir, name, e))
+    let (kept, _) = On::Entry(&dir.fd, name)
+        .read()
+        .map_err(|e| io_error("reading the attributes of", dir, name, e))?;
+    Ok(Xattrs(kept))
 }
 
-/// The extended attributes of an open file (`shown` names it in errors).
-pub(crate) fn read_open(file: &impl AsRawFd, shown: &std::path::Path) -> Result<Xattrs> {
-    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| Error::Internal("a descriptor path".into()))?;
-    // The /proc link is followed: it is the open file itself.
-    read_path(&path, true).map_err(|e| {
+/// The attributes of an open file (`shown` names it in errors).
+pub(crate) fn read_open(file: &impl AsFd, shown: &std::path::Path) -> Result<Xattrs> {
+    let (kept, _) = On::Fd(file).read().map_err(|e| {
         Error::Io(IoError::new(
             format!("reading the attributes of {}", shown.display()),
-            std::io::Error::from(e),
+            e,
         ))
-    })
+    })?;
+    Ok(Xattrs(kept))
 }
-
-fn read_path(path: &CString, follow: bool) -> std::result::Result<Xattrs, Errno> {
-    let (list_fn, get_fn) = if follow {
-        (libc::listxattr as ListFn, libc::getxattr as GetFn)
-    } else {
-        (libc::llistxattr as ListFn, libc::lgetxattr as GetFn)
-    };
-    // SAFETY: a NUL-terminated path and a buffer of the length given.
-    let list =
-        read_sized(|buf| unsafe { list_fn(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?
-            .unwrap_or_default();
-    let mut out = Vec::new();
-    for attr in list.split(|b| *b == 0).filter(|a| !a.is_empty()) {
-        let Ok(attr) = CString::new(attr) else {
-            continue;
-        };
-        // SAFETY: NUL-terminated path and name, and a buffer of the length given.
-        let value = read_sized(|buf| unsafe {
-            get_fn(
-                path.as_ptr(),
-                attr.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        })?;
-        // Gone between the listing and the read: not there.
-        if let Some(value) = value {
-            out.push((attr, value));
-        }
-    }
-    out.sort();
-    Ok(Xattrs(out))
-}
-
-type ListFn =
-    unsafe extern "C" fn(*const libc::c_char, *mut libc::c_char, libc::size_t) -> libc::ssize_t;
-type GetFn = unsafe extern "C" fn(
-    *const libc::c_char,
-    *const libc::c_char,
-    *mut libc::c_void,
-    libc::size_t,
-) -> libc::ssize_t;
 
 /// Makes the attributes of `name` in `dir` exactly `want`: sets each, then removes any
 /// other (a new file inherits its folder's default ACL, which the source may not have).
 pub(crate) fn write(dir: &Dir, name: &OsStr, want: &Xattrs) -> Result<()> {
-    let path = entry_path(dir, name)?;
+    let on = On::Entry(&dir.fd, name);
     for (attr, value) in &want.0 {
-        // SAFETY: NUL-terminated path and name, and a value of the length given.
-        let r = unsafe {
-            libc::lsetxattr(
-                path.as_ptr(),
-                attr.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        if r != 0 {
-            let errno = Errno::last();
-            return Err(errno_error(
-                &format!("setting {} on", attr.to_string_lossy()),
+        on.set(attr, value).map_err(|e| {
+            io_error(
+                &format!("setting {} on", String::from_utf8_lossy(attr)),
                 dir,
                 name,
-                errno,
-            ));
-        }
+                e,
+            )
+        })?;
     }
-    let have = read(dir, name)?;
-    for (attr, _) in have
-        .0
-        .iter()
-        .filter(|(a, _)| !want.0.iter().any(|(w, _)| w == a))
-    {
-        // SAFETY: NUL-terminated path and name.
-        if unsafe { libc::lremovexattr(path.as_ptr(), attr.as_ptr()) } != 0 {
-            let errno = Errno::last();
-            if errno != Errno::ENODATA {
-                return Err(errno_error(
-                    &format!("removing {} from", attr.to_string_lossy()),
+    for (attr, _) in read(dir, name)?.0 {
+        if !want.0.iter().any(|(w, _)| *w == attr) {
+            on.remove(&attr).map_err(|e| {
+                io_error(
+                    &format!("removing {} from", String::from_utf8_lossy(&attr)),
                     dir,
                     name,
-                    errno,
-                ));
-            }
+                    e,
+                )
+            })?;
         }
     }
     Ok(())
@@ -233,6 +149,9 @@ mod tests {
         let (d, _) = crate::safefs::open_dir(t.path(), None).unwrap();
         (t, d)
     }
+
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn attributes_are_copied_exactly_and_extra_ones_removed() {

@@ -27,7 +27,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -576,7 +576,12 @@ impl Mirror<'_> {
             None => false,
         };
         if kept {
-            link_at(old.expect("kept from the old folder"), name, to, name)?;
+            link(
+                old.expect("kept from the old folder"),
+                Path::new(name),
+                to,
+                name,
+            )?;
             self.report.files_kept += 1;
         } else {
             self.copy_entry(src, name, to, name)?;
@@ -745,12 +750,13 @@ fn link_target(dir: &Dir, name: &OsStr) -> Result<OsString> {
         .map_err(errno_at("reading the link", &dir.path.join(name)))
 }
 
-/// A hard link `to`/`to_name` to `from`/`name`.
-fn link_at(from: &Dir, name: &OsStr, to: &Dir, to_name: &OsStr) -> Result<()> {
-    let (a, b) = (cstr(name)?, cstr(to_name)?);
-    // SAFETY: two open descriptors and NUL-terminated names; no flag: a symlink is linked
-    // as itself.
-    if unsafe {
+/// A hard link `to`/`to_name` to `from`/`rel`, where `rel` is a name in the folder `from`
+/// or a path below it. Only used in the backup volume, which is mounted where only root
+/// can reach it: nothing on the way is swapped. No flag: a symlink is linked as itself.
+fn link(from: &Dir, rel: &Path, to: &Dir, to_name: &OsStr) -> Result<()> {
+    let (a, b) = (cstr(rel.as_os_str())?, cstr(to_name)?);
+    // SAFETY: two open descriptors and NUL-terminated names.
+    let r = unsafe {
         libc::linkat(
             from.fd.as_raw_fd(),
             a.as_ptr(),
@@ -758,41 +764,13 @@ fn link_at(from: &Dir, name: &OsStr, to: &Dir, to_name: &OsStr) -> Result<()> {
             b.as_ptr(),
             0,
         )
-    } != 0
-    {
+    };
+    if r != 0 {
         return Err(Error::Io(IoError::new(
             format!(
                 "linking {} to {}",
                 to.path.join(to_name).display(),
-                from.path.join(name).display()
-            ),
-            std::io::Error::last_os_error(),
-        )));
-    }
-    Ok(())
-}
-
-/// A hard link `to`/`to_name` to the path `rel` below the backup's root `base`. The
-/// backup volume is mounted where only root can reach it: nothing there is swapped.
-fn link(base: &Dir, rel: &Path, to: &Dir, to_name: &OsStr) -> Result<()> {
-    let a = cstr(rel.as_os_str())?;
-    let b = cstr(to_name)?;
-    // SAFETY: as in link_at.
-    if unsafe {
-        libc::linkat(
-            base.fd.as_fd().as_raw_fd(),
-            a.as_ptr(),
-            to.fd.as_raw_fd(),
-            b.as_ptr(),
-            0,
-        )
-    } != 0
-    {
-        return Err(Error::Io(IoError::new(
-            format!(
-                "linking {} to {}",
-                to.path.join(to_name).display(),
-                base.path.join(rel).display()
+                from.path.join(rel).display()
             ),
             std::io::Error::last_os_error(),
         )));

@@ -14,6 +14,7 @@
 //! Nothing else in the crate creates, changes or removes entries in such folders.
 
 pub mod treewalk;
+pub(crate) mod xattr;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

@@ -180,6 +180,37 @@ impl DirStack {
         Ok(name)
     }
 
+    /// Walks to the folder `path` below the root (`/` between components; empty for the
+    /// root), keeping the folders it shares with the one walked to last and opening the
+    /// rest one component at a time without following a symlink. A component that cannot
+    /// be opened so is `Err((its depth, why))` inside the `Ok`: what it means depends on
+    /// the caller.
+    pub(crate) fn walk_to(
+        &mut self,
+        path: &[u8],
+    ) -> Result<std::result::Result<&OwnedFd, (usize, Errno)>> {
+        let components: Vec<&[u8]> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split(|&b| b == b'/').collect()
+        };
+        let keep = self
+            .names()
+            .zip(&components)
+            .take_while(|(open, wanted)| open.as_bytes() == **wanted)
+            .count();
+        self.truncate(keep)?;
+        for (depth, name) in components.iter().enumerate().skip(keep) {
+            match open_dir_at(self.top()?, OsStr::from_bytes(name)) {
+                Ok(fd) => {
+                    self.push(OsStr::from_bytes(name), fd)?;
+                }
+                Err(e) => return Ok(Err((depth, e))),
+            }
+        }
+        self.top().map(Ok)
+    }
+
     /// Goes back up until `depth` folders are entered; the innermost is open after.
     pub(crate) fn truncate(&mut self, depth: usize) -> Result<()> {
         let mut left = None;

@@ -1,0 +1,471 @@
+//! Writing format 2's plaintext from a folder tree: a first walk writes the listing
+//! (metadata, extended attributes, hard links, and for each file whether its content is
+//! stored here or, unchanged since the previous archive, in an archive of the chain); a
+//! second pass writes the content of the files stored here, in listing order, reopening
+//! each on descriptors from the root without following anything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Type as DirType;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+
+use super::extract::{Meta, split_path};
+use super::header::ID_LEN;
+use super::listing::{Kind, Listed, Listing, preamble, storable};
+use super::stream::PlainSink;
+use super::tree::{ENTRY_END, TreeStats, TreeWriter, data_extents, open_tops, shown};
+use super::{Error, Result};
+use crate::context::{Context, at};
+use crate::safefs::treewalk::{self, DirStack, Listed as ListedType};
+use crate::safefs::xattr::On;
+
+/// What the previous archive of a chain says of each file, to tell which files are
+/// unchanged (same size and modification time to the nanosecond, rsync's quick check).
+#[derive(Debug, Default)]
+pub(crate) struct Previous {
+    files: HashMap<Vec<u8>, PreviousFile>,
+}
+
+#[derive(Debug, Clone)]
+struct PreviousFile {
+    size: u64,
+    mtime: (i64, u32),
+    extents: Vec<(u64, u64)>,
+    holder: [u8; ID_LEN],
+}
+
+impl Previous {
+    /// From the previous archive's listing: its files, and its hard links as the files
+    /// they name.
+    pub(crate) fn from_listing(listing: &Listing) -> Previous {
+        let mut files: HashMap<Vec<u8>, PreviousFile> = HashMap::new();
+        for entry in &listing.entries {
+            let file = match &entry.kind {
+                Kind::File {
+                    size,
+                    extents,
+                    holder,
+                } => PreviousFile {
+                    size: *size,
+                    mtime: (entry.meta.mtime, entry.meta.mtime_nsec),
+                    extents: extents.clone(),
+                    holder: *holder,
+                },
+                Kind::HardLink { target } => match files.get(target) {
+                    Some(file) => file.clone(),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            files.insert(entry.path.clone(), file);
+        }
+        Previous { files }
+    }
+
+    fn unchanged(&self, path: &[u8], st: &FileStat) -> Option<&PreviousFile> {
+        self.files.get(path).filter(|p| {
+            p.size == st.st_size as u64 && p.mtime == (st.st_mtime, st.st_mtime_nsec as u32)
+        })
+    }
+}
+
+/// A file whose content the data section holds, found by the first walk.
+struct Planned {
+    path: Vec<u8>,
+    /// Device and inode, to tell the same file when it is reopened.
+    id: (u64, u64),
+    /// Modification time when listed, to tell a file written to since.
+    mtime: (i64, i64),
+    size: u64,
+    extents: Vec<(u64, u64)>,
+}
+
+/// Writes a format-2 plaintext of `tops` in `root` (see [`super::write_tree`] for what is
+/// walked and how) for the archive with id `own`: the preamble naming `parent_name`, the
+/// listing, the data section, the end marker. With `previous`, files unchanged since it
+/// are listed as held where it says, and not stored again.
+pub(crate) fn write_tree_v2(
+    root: &Path,
+    tops: &[PathBuf],
+    own: [u8; ID_LEN],
+    parent_name: &[u8],
+    previous: Option<&Previous>,
+    out: &mut dyn PlainSink,
+    progress: &mut dyn FnMut(u64),
+) -> Result<TreeStats> {
+    let (root_fd, names) = open_tops(root, tops)?;
+    let data_root = root_fd
+        .try_clone()
+        .context(|| "duplicating a descriptor".into())?;
+    let mut walk = ListingWriter {
+        base: TreeWriter::new(root, out, progress, &names),
+        own,
+        previous,
+        links: HashMap::new(),
+        planned: Vec::new(),
+        left_out: BTreeMap::new(),
+    };
+    // The key is derived: the progress shows from here on, through the listing walk.
+    (walk.base.progress)(0);
+    walk.base.emit(&preamble(parent_name)?)?;
+    treewalk::walk::<Error>(root_fd, root, &names, &mut |parent, name, path, listed| {
+        walk.entry(parent, name, path, listed)
+    })?;
+    walk.base.emit(&[ENTRY_END])?;
+    for (name, count) in std::mem::take(&mut walk.left_out) {
+        walk.base.stats.warnings.push(format!(
+            "the extended attribute {} of {count} entries is not kept (see docs/backup-format.md)",
+            shown(&name)
+        ));
+    }
+    let planned = std::mem::take(&mut walk.planned);
+    let mut dirs = DirStack::new(data_root, root);
+    for file in &planned {
+        walk.data(&mut dirs, file)?;
+    }
+    walk.base.emit(&[ENTRY_END])?;
+    Ok(walk.base.stats)
+}
+
+struct ListingWriter<'a, 'p> {
+    base: TreeWriter<'a>,
+    own: [u8; ID_LEN],
+    previous: Option<&'p Previous>,
+    /// Files with more than one name, by device and inode: the path first listed.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    planned: Vec<Planned>,
+    /// Attributes not kept, by name: how many entries had them.
+    left_out: BTreeMap<Vec<u8>, u64>,
+}
+
+impl ListingWriter<'_, '_> {
+    /// Lists the entry `name` in `parent`, as [`TreeWriter::entry`] writes it in format 1.
+    fn entry(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        listed: ListedType,
+    ) -> Result<Option<OwnedFd>> {
+        crate::interrupt::check()?;
+        match listed {
+            Some(DirType::Directory) => return self.directory(parent, name, path),
+            Some(DirType::File) => return self.file(parent, name, path).map(|()| None),
+            Some(DirType::Symlink) | None => {}
+            Some(_) => {
+                self.base.stats.skipped.push(shown(path));
+                return Ok(None);
+            }
+        }
+        let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => {
+                self.base
+                    .changed(path, "vanished while being backed up; left out");
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(e)
+                    .context(at("reading", &self.base.shown(path)))
+                    .map_err(Error::from);
+            }
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => self.directory(parent, name, path),
+            libc::S_IFREG => self.file(parent, name, path).map(|()| None),
+            libc::S_IFLNK => self.symlink(parent, name, path, &st).map(|()| None),
+            _ => {
+                self.base.stats.skipped.push(shown(path));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The kept attributes of what `on` names; the others are counted for the report.
+    fn xattrs(&mut self, on: On<OwnedFd>, path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let (kept, left_out) = on.read().context(at(
+            "reading the extended attributes of",
+            &self.base.shown(path),
+        ))?;
+        let (kept, too_big) = storable(kept);
+        for name in left_out.into_iter().chain(too_big) {
+            *self.left_out.entry(name).or_default() += 1;
+        }
+        self.base.stats.xattrs += kept.len() as u64;
+        Ok(kept)
+    }
+
+    fn emit(&mut self, entry: &Listed) -> Result<()> {
+        self.base.emit(&entry.encode()?)
+    }
+
+    fn directory(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+    ) -> Result<Option<OwnedFd>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        let Some(fd) = self.base.open(parent, name, path, flags)? else {
+            return Ok(None);
+        };
+        let st = fstat(&fd).context(at("reading", &self.base.shown(path)))?;
+        let xattrs = self.xattrs(On::Fd(&fd), path)?;
+        self.emit(&Listed {
+            path: path.to_vec(),
+            meta: Meta::of(&st),
+            xattrs,
+            kind: Kind::Dir,
+        })?;
+        self.base.stats.dirs += 1;
+        Ok(Some(fd))
+    }
+
+    fn file(&mut self, parent: &OwnedFd, name: &OsStr, path: &[u8]) -> Result<()> {
+        // O_NONBLOCK: should a FIFO have been swapped in, opening it must not hang.
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+        let Some(fd) = self.base.open(parent, name, path, flags)? else {
+            return Ok(());
+        };
+        let st = fstat(&fd).context(at("reading", &self.base.shown(path)))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            self.base
+                .changed(path, "changed while being backed up; left out");
+            return Ok(());
+        }
+        let xattrs = self.xattrs(On::Fd(&fd), path)?;
+        let inode = (st.st_dev, st.st_ino);
+        if st.st_nlink > 1 {
+            if let Some(first) = self.links.get(&inode) {
+                let target = first.clone();
+                self.base.stats.hardlinks += 1;
+                return self.emit(&Listed {
+                    path: path.to_vec(),
+                    meta: Meta::of(&st),
+                    xattrs,
+                    kind: Kind::HardLink { target },
+                });
+            }
+            self.links.insert(inode, path.to_vec());
+        }
+        let size = st.st_size as u64;
+        let unchanged = self
+            .previous
+            .and_then(|previous| previous.unchanged(path, &st))
+            .cloned();
+        let (extents, holder) = match unchanged {
+            Some(previous) => {
+                self.base.stats.referenced += 1;
+                self.base.stats.referenced_bytes +=
+                    previous.extents.iter().map(|(_, l)| l).sum::<u64>();
+                (previous.extents, previous.holder)
+            }
+            None => {
+                let extents = data_extents(&fd, size, st.st_blocks as u64);
+                self.base.stats.files += 1;
+                if !extents.is_empty() {
+                    self.planned.push(Planned {
+                        path: path.to_vec(),
+                        id: inode,
+                        mtime: (st.st_mtime, st.st_mtime_nsec),
+                        size,
+                        extents: extents.clone(),
+                    });
+                }
+                (extents, self.own)
+            }
+        };
+        self.emit(&Listed {
+            path: path.to_vec(),
+            meta: Meta::of(&st),
+            xattrs,
+            kind: Kind::File {
+                size,
+                extents,
+                holder,
+            },
+        })
+    }
+
+    fn symlink(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        st: &FileStat,
+    ) -> Result<()> {
+        let target = match nix::fcntl::readlinkat(parent, name) {
+            Ok(target) => target,
+            Err(Errno::ENOENT | Errno::EINVAL) => {
+                self.base
+                    .changed(path, "changed while being backed up; left out");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e)
+                    .context(at("reading the link", &self.base.shown(path)))
+                    .map_err(Error::from);
+            }
+        };
+        // On the link itself, never followed (user.* cannot be on a symlink; trusted.*
+        // and security.capability can).
+        let xattrs = self.xattrs(On::Entry(parent, name), path)?;
+        self.emit(&Listed {
+            path: path.to_vec(),
+            meta: Meta::of(st),
+            xattrs,
+            kind: Kind::Symlink {
+                target: target.as_bytes().to_vec(),
+            },
+        })?;
+        self.base.stats.symlinks += 1;
+        Ok(())
+    }
+
+    /// Writes the content of one planned file: its listed extents, read from the file
+    /// reopened on descriptors from the root. The listing has promised that many bytes,
+    /// so a file that is gone or is another file now is stored as zeros, one that shrank
+    /// is padded with zeros, and one that grew is cut to its listed size: all reported.
+    fn data(&mut self, dirs: &mut DirStack, file: &Planned) -> Result<()> {
+        let (parent, name) = split_path(&file.path);
+        let shown_path = self.base.shown(&file.path);
+        let opened = match dirs.walk_to(parent)? {
+            Ok(dir) => match openat(
+                dir,
+                OsStr::from_bytes(name),
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => Some(fd),
+                Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::ENXIO) => None,
+                Err(e) => {
+                    return Err(e)
+                        .context(at("opening", &shown_path))
+                        .map_err(Error::from);
+                }
+            },
+            Err(_) => None,
+        };
+        let same = opened.and_then(|fd| {
+            let st = fstat(&fd).ok()?;
+            let same =
+                st.st_mode & libc::S_IFMT == libc::S_IFREG && (st.st_dev, st.st_ino) == file.id;
+            same.then_some((
+                File::from(fd),
+                st.st_size as u64,
+                (st.st_mtime, st.st_mtime_nsec),
+            ))
+        });
+        let Some((opened, size_now, mtime_now)) = same else {
+            self.base.changed(
+                &file.path,
+                "was removed or replaced while being backed up; its listed content is stored as zeros",
+            );
+            return self
+                .base
+                .copy_extents(None, &file.extents, &shown_path)
+                .map(drop);
+        };
+        let shrank = self
+            .base
+            .copy_extents(Some(&opened), &file.extents, &shown_path)?;
+        if shrank {
+            self.base.changed(
+                &file.path,
+                "shrank while being backed up; its missing end is stored as zeros",
+            );
+        } else if size_now != file.size {
+            self.base.changed(
+                &file.path,
+                "changed size while being backed up; stored at its listed size",
+            );
+        } else if mtime_now != file.mtime {
+            self.base.changed(
+                &file.path,
+                "was written to while being backed up; stored as it was read",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// The data pass over one planned file of 10 bytes that changed after it was listed:
+    /// what it stored and what it said.
+    fn data_after(change: impl FnOnce(&Path)) -> (Vec<u8>, Vec<String>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"0123456789").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let planned = Planned {
+            path: b"f".to_vec(),
+            id: (meta.dev(), meta.ino()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            size: 10,
+            extents: vec![(0, 10)],
+        };
+        change(&file);
+        let mut out = Vec::new();
+        let mut progress = |_| {};
+        let names: [&OsStr; 0] = [];
+        let mut writer = ListingWriter {
+            base: TreeWriter::new(tmp.path(), &mut out, &mut progress, &names),
+            own: [1; ID_LEN],
+            previous: None,
+            links: HashMap::new(),
+            planned: Vec::new(),
+            left_out: BTreeMap::new(),
+        };
+        let root = openat(
+            nix::fcntl::AT_FDCWD,
+            tmp.path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        let mut dirs = DirStack::new(root, tmp.path());
+        writer.data(&mut dirs, &planned).unwrap();
+        let warnings = std::mem::take(&mut writer.base.stats.warnings);
+        drop(writer);
+        (out, warnings)
+    }
+
+    #[test]
+    fn a_file_that_changes_after_it_was_listed_is_stored_at_its_listed_length_and_said() {
+        let (same, warnings) = data_after(|_| {});
+        assert_eq!((&same[..], warnings.len()), (&b"0123456789"[..], 0));
+        let (shrunk, warnings) = data_after(|f| std::fs::write(f, b"0123").unwrap());
+        assert_eq!(shrunk, b"0123\0\0\0\0\0\0");
+        assert!(warnings[0].contains("shrank"), "{warnings:?}");
+        let (grown, warnings) = data_after(|f| std::fs::write(f, b"0123456789abcdef").unwrap());
+        assert_eq!(grown, b"0123456789");
+        assert!(warnings[0].contains("changed size"), "{warnings:?}");
+        let (replaced, warnings) = data_after(|f| {
+            // Made while f still exists: another inode, renamed over it.
+            let other = f.with_file_name("g");
+            std::fs::write(&other, b"another file").unwrap();
+            std::fs::rename(&other, f).unwrap();
+        });
+        assert_eq!(replaced, [0; 10]);
+        assert!(warnings[0].contains("replaced"), "{warnings:?}");
+        let (rewritten, warnings) = data_after(|f| {
+            crate::archive::testing::set_mtime(f, 1, 0);
+        });
+        assert_eq!(rewritten, b"0123456789");
+        assert!(warnings[0].contains("written to"), "{warnings:?}");
+        let (gone, warnings) = data_after(|f| std::fs::remove_file(f).unwrap());
+        assert_eq!(gone, [0; 10]);
+        assert!(warnings[0].contains("removed"), "{warnings:?}");
+    }
+}
