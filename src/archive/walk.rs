@@ -2,8 +2,7 @@
 //! (metadata, extended attributes, hard links, and for each file whether its content is
 //! stored here or, unchanged since the previous archive, in an archive of the chain); a
 //! second pass writes the content of the files stored here, in listing order, reopening
-//! each on descriptors from the root without following anything (on a thread of its own,
-//! a few files ahead of the writer).
+//! each on descriptors from the root without following anything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -127,85 +126,12 @@ pub(crate) fn write_tree_v2(
         ));
     }
     let planned = std::mem::take(&mut walk.planned);
-    // The files are reopened on a thread of their own, a few ahead of the one whose
-    // data is being written: on a tree of small files, opening and checking each one
-    // cost as much as reading and sealing it, and now overlaps them.
-    std::thread::scope(|scope| -> Result<()> {
-        // In batches: a hand-over per file cost two context switches per file.
-        let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(BATCHES_AHEAD);
-        let planned = &planned;
-        scope.spawn(move || {
-            let mut dirs = DirStack::new(data_root, root);
-            for batch in planned.chunks(OPENED_BATCH) {
-                let reopened: Vec<_> = batch
-                    .iter()
-                    .map(|file| reopen(&mut dirs, root, file))
-                    .collect();
-                // Stops when the writer has stopped (an error, or done).
-                if opened_tx.send(reopened).is_err() {
-                    break;
-                }
-            }
-        });
-        for batch in planned.chunks(OPENED_BATCH) {
-            let reopened = opened_rx
-                .recv()
-                .map_err(|_| Error::Internal("the thread reopening files stopped".into()))?;
-            for (file, reopened) in batch.iter().zip(reopened) {
-                walk.data(file, reopened?)?;
-            }
-        }
-        Ok(())
-    })?;
+    let mut dirs = DirStack::new(data_root, root);
+    for file in &planned {
+        walk.data(&mut dirs, file)?;
+    }
     walk.base.emit(&[ENTRY_END])?;
     Ok(walk.base.stats)
-}
-
-/// Files the data section's reopening thread hands to the writer at a time, and how many
-/// such batches wait at most: with the one it fills and the one being written, at most
-/// `(BATCHES_AHEAD + 2) × OPENED_BATCH` files are open (besides the reopening thread's
-/// folders: see crate::safefs::treewalk).
-const OPENED_BATCH: usize = 16;
-const BATCHES_AHEAD: usize = 2;
-
-/// A planned file reopened for its data: the same regular file (device and inode) as
-/// listed, with its size and modification time now.
-struct Reopened {
-    file: File,
-    size: u64,
-    mtime: (i64, i64),
-}
-
-/// Reopens `file` on descriptors from the root (`dirs`), without following anything;
-/// `None` when it is gone or is not the file listed any more.
-fn reopen(dirs: &mut DirStack, root: &Path, file: &Planned) -> Result<Option<Reopened>> {
-    let (parent, name) = split_path(&file.path);
-    let opened = match dirs.walk_to(parent)? {
-        Ok(dir) => match openat(
-            dir,
-            OsStr::from_bytes(name),
-            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => Some(fd),
-            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::ENXIO) => None,
-            Err(e) => {
-                return Err(e)
-                    .context(at("opening", &root.join(OsStr::from_bytes(&file.path))))
-                    .map_err(Error::from);
-            }
-        },
-        Err(_) => None,
-    };
-    Ok(opened.and_then(|fd| {
-        let st = fstat(&fd).ok()?;
-        let same = st.st_mode & libc::S_IFMT == libc::S_IFREG && (st.st_dev, st.st_ino) == file.id;
-        same.then(|| Reopened {
-            file: File::from(fd),
-            size: st.st_size as u64,
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-        })
-    }))
 }
 
 struct ListingWriter<'a, 'p> {
@@ -404,17 +330,40 @@ impl ListingWriter<'_, '_> {
     }
 
     /// Writes the content of one planned file: its listed extents, read from the file
-    /// as [`reopen`] found it. The listing has promised that many bytes, so a file that is
-    /// gone or is another file now is stored as zeros, one that shrank is padded with
-    /// zeros, and one that grew is cut to its listed size: all reported.
-    fn data(&mut self, file: &Planned, reopened: Option<Reopened>) -> Result<()> {
+    /// reopened on descriptors from the root. The listing has promised that many bytes,
+    /// so a file that is gone or is another file now is stored as zeros, one that shrank
+    /// is padded with zeros, and one that grew is cut to its listed size: all reported.
+    fn data(&mut self, dirs: &mut DirStack, file: &Planned) -> Result<()> {
+        let (parent, name) = split_path(&file.path);
         let shown_path = self.base.shown(&file.path);
-        let Some(Reopened {
-            file: opened,
-            size: size_now,
-            mtime: mtime_now,
-        }) = reopened
-        else {
+        let opened = match dirs.walk_to(parent)? {
+            Ok(dir) => match openat(
+                dir,
+                OsStr::from_bytes(name),
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => Some(fd),
+                Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::ENXIO) => None,
+                Err(e) => {
+                    return Err(e)
+                        .context(at("opening", &shown_path))
+                        .map_err(Error::from);
+                }
+            },
+            Err(_) => None,
+        };
+        let same = opened.and_then(|fd| {
+            let st = fstat(&fd).ok()?;
+            let same =
+                st.st_mode & libc::S_IFMT == libc::S_IFREG && (st.st_dev, st.st_ino) == file.id;
+            same.then_some((
+                File::from(fd),
+                st.st_size as u64,
+                (st.st_mtime, st.st_mtime_nsec),
+            ))
+        });
+        let Some((opened, size_now, mtime_now)) = same else {
             self.base.changed(
                 &file.path,
                 "was removed or replaced while being backed up; its listed content is stored as zeros",
@@ -486,8 +435,7 @@ mod tests {
         )
         .unwrap();
         let mut dirs = DirStack::new(root, tmp.path());
-        let reopened = reopen(&mut dirs, tmp.path(), &planned).unwrap();
-        writer.data(&planned, reopened).unwrap();
+        writer.data(&mut dirs, &planned).unwrap();
         let warnings = std::mem::take(&mut writer.base.stats.warnings);
         drop(writer);
         (out, warnings)
