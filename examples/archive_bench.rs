@@ -3,6 +3,7 @@
 //! subject of loopdev-tests/bench/run).
 //!
 //!   archive_bench backup KEY_FILE FOLDER ARCHIVE     every entry of FOLDER
+//!   archive_bench backup2 KEY_FILE FOLDER ARCHIVE    the same, in format 2
 //!   archive_bench restore KEY_FILE ARCHIVE FOLDER    into an empty FOLDER
 //!
 //! The archive key is derived with a small argon2id cost (8 MiB, 1 pass) so that the
@@ -47,6 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut out = writer.finish()?;
             out.flush()?;
             eprintln!("kdf {:.3} s", kdf.as_secs_f64());
+        }
+        "backup2" => {
+            // Format 2 (listing, then data), as `keepsake backup` writes it.
+            let out = std::fs::File::create(to)?;
+            archive::back_up_folder(Path::new(from), out, &secret, params, threads)?;
         }
         "restore" => {
             let input = std::fs::File::open(from)?;

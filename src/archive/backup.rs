@@ -17,7 +17,7 @@ use super::stream::{KeylessReader, Writer, fill_random};
 use super::tree::TreeStats;
 use super::walk::{Previous, write_tree_v2};
 use super::{Error, Result};
-use crate::context::Context;
+use crate::context::{Context, at};
 use crate::secrets::Secret;
 
 /// The archive an incremental one is made after: its header (whose salt and cost the new
@@ -122,6 +122,34 @@ pub(crate) fn back_up(
         .context(|| "writing the archive".into())
         .map_err(Error::from)?;
     Ok((stats, counted.bytes, ids))
+}
+
+/// A full format-2 archive of every name in `root`, with a key derived from `secret` at
+/// `params`, on `threads` worker threads: what `keepsake backup` writes, without a volume
+/// around it (for examples/archive_bench). Returns what the tree held.
+pub fn back_up_folder(
+    root: &Path,
+    sink: impl Write + Send + 'static,
+    secret: &Secret,
+    params: KdfParams,
+    threads: usize,
+) -> Result<TreeStats> {
+    let mut tops: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(root).context(at("listing", root))? {
+        let entry = entry.context(at("listing", root))?;
+        tops.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    tops.sort();
+    back_up(
+        root,
+        &tops,
+        sink,
+        secret,
+        Kind::Full(params),
+        threads,
+        &mut |_| {},
+    )
+    .map(|(stats, _, _)| stats)
 }
 
 /// The header of a new archive and its key: a fresh salt and cost for a full archive,

@@ -54,6 +54,7 @@ pub use header::{KdfParams, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB};
 pub use stream::{KeylessReader, PlainSink, Reader, Writer};
 pub use tree::{TreeStats, read_tree, read_tree_on, write_tree};
 
+pub use backup::back_up_folder;
 pub(crate) use backup::{Kind as BackupKind, Parent, back_up};
 pub(crate) use chain::{Chain, ReadRequest, open_listing, read_chain};
 pub use chain::{ChainRead, Member};
