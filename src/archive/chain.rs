@@ -414,9 +414,9 @@ mod tests {
     use super::*;
     use crate::archive::backup::{Kind as BackupKind, Parent, back_up};
     use crate::archive::testing::*;
+    use crate::safefs::acl_giving;
     use crate::safefs::treewalk::testing::snapshot;
     use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
-    use crate::safefs::{AclEntry, acl_xattr};
     use std::os::unix::fs::MetadataExt;
 
     const PASS: &[u8] = b"chain passphrase";
@@ -439,33 +439,7 @@ mod tests {
         std::fs::write(p.join("docs/b.txt"), b"second").unwrap();
         std::fs::hard_link(p.join("docs/b.txt"), p.join("b-again.txt")).unwrap();
         std::os::unix::fs::symlink("docs/a.txt", p.join("link")).unwrap();
-        let acl = acl_xattr(&[
-            AclEntry {
-                tag: AclEntry::USER_OBJ,
-                perm: 7,
-                id: u32::MAX,
-            },
-            AclEntry {
-                tag: AclEntry::USER,
-                perm: 5,
-                id: 1000,
-            },
-            AclEntry {
-                tag: AclEntry::GROUP_OBJ,
-                perm: 5,
-                id: u32::MAX,
-            },
-            AclEntry {
-                tag: 0x10,
-                perm: 5,
-                id: u32::MAX,
-            },
-            AclEntry {
-                tag: 0x20,
-                perm: 0,
-                id: u32::MAX,
-            },
-        ]);
+        let acl = acl_giving(1000, 5);
         set(&p.join("docs/a.txt"), b"user.origin", b"kept")
             && set(&p.join("docs"), ACL_ACCESS, &acl)
             && set(&p.join("docs"), ACL_DEFAULT, &acl)

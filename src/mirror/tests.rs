@@ -47,37 +47,6 @@ fn setx(path: &Path, name: &str, value: &[u8]) {
     assert_eq!(r, 0, "setting {name} on {}", path.display());
 }
 
-/// An ACL giving uid 1234 read access, as `setfacl -m u:1234:r` writes it.
-fn acl_for_1234() -> Vec<u8> {
-    safefs::acl_xattr(&[
-        safefs::AclEntry {
-            tag: 0x01,
-            perm: 6,
-            id: u32::MAX,
-        },
-        safefs::AclEntry {
-            tag: 0x02,
-            perm: 4,
-            id: 1234,
-        },
-        safefs::AclEntry {
-            tag: 0x04,
-            perm: 4,
-            id: u32::MAX,
-        },
-        safefs::AclEntry {
-            tag: 0x10,
-            perm: 4,
-            id: u32::MAX,
-        },
-        safefs::AclEntry {
-            tag: 0x20,
-            perm: 0,
-            id: u32::MAX,
-        },
-    ])
-}
-
 /// A volume's worth of file facts: folders, files of every shape, links of both kinds,
 /// owners, modes, times, attributes, an ACL; and a fifo, which is not copied.
 fn populate(root: &Path) {
@@ -99,7 +68,7 @@ fn populate(root: &Path) {
     setx(
         &p.join("deep/er/big.bin"),
         "system.posix_acl_access",
-        &acl_for_1234(),
+        &safefs::acl_giving(1234, 4),
     );
     nix::unistd::mkfifo(&p.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
     std::os::unix::fs::lchown(p.join("link"), Some(1000), Some(1000)).unwrap();

@@ -406,6 +406,20 @@ pub(crate) fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
     out
 }
 
+/// For tests: the access ACL `setfacl -m u:UID:PERM` leaves on a 0755 file: the owner
+/// rwx, `uid` with `perm`, the group r-x, the mask rwx, others r-x.
+#[cfg(test)]
+pub(crate) fn acl_giving(uid: u32, perm: u16) -> Vec<u8> {
+    let entry = |tag, perm, id| AclEntry { tag, perm, id };
+    acl_xattr(&[
+        entry(AclEntry::USER_OBJ, 7, u32::MAX),
+        entry(AclEntry::USER, perm, uid),
+        entry(AclEntry::GROUP_OBJ, 5, u32::MAX),
+        entry(AclEntry::MASK, 7, u32::MAX),
+        entry(AclEntry::OTHER, 5, u32::MAX),
+    ])
+}
+
 /// The access ACL of an open folder (`system.posix_acl_access`), empty if it has none.
 pub(crate) fn acl_of(dir: &Dir) -> Vec<AclEntry> {
     acl_at(&dir.proc_path(), true)
@@ -1417,33 +1431,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::chown(&root, Some(1000), Some(1000)).unwrap();
         // Leftovers Tails removes: a default ACL and another user's entry.
-        let stale = acl_xattr(&[
-            AclEntry {
-                tag: AclEntry::USER_OBJ,
-                perm: 7,
-                id: u32::MAX,
-            },
-            AclEntry {
-                tag: AclEntry::USER,
-                perm: 7,
-                id: 4242,
-            },
-            AclEntry {
-                tag: AclEntry::GROUP_OBJ,
-                perm: 5,
-                id: u32::MAX,
-            },
-            AclEntry {
-                tag: AclEntry::MASK,
-                perm: 7,
-                id: u32::MAX,
-            },
-            AclEntry {
-                tag: AclEntry::OTHER,
-                perm: 5,
-                id: u32::MAX,
-            },
-        ]);
+        let stale = acl_giving(4242, 7);
         let path = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
         for name in [c"system.posix_acl_access", c"system.posix_acl_default"] {
             // SAFETY: NUL-terminated path and name, a buffer of the length given.

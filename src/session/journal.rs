@@ -679,14 +679,7 @@ mod tests {
 
     /// Sets an access ACL giving `uid` the permissions `perm` (and the mask rwx).
     fn set_acl(path: &Path, uid: u32, perm: u16) {
-        let entry = |tag, perm, id| safefs::AclEntry { tag, perm, id };
-        let acl = safefs::acl_xattr(&[
-            entry(safefs::AclEntry::USER_OBJ, 7, u32::MAX),
-            entry(safefs::AclEntry::USER, perm, uid),
-            entry(safefs::AclEntry::GROUP_OBJ, 5, u32::MAX),
-            entry(safefs::AclEntry::MASK, 7, u32::MAX),
-            entry(safefs::AclEntry::OTHER, 5, u32::MAX),
-        ]);
+        let acl = safefs::acl_giving(uid, perm);
         let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: NUL-terminated path and name, and a buffer of the length given.
         let rc = unsafe {
