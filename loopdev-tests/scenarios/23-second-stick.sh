@@ -8,11 +8,13 @@
 # end the backup stick passes Tails' rules for persistence.conf and unlocks with keepsake as
 # a working Persistent Storage holding exactly the source's files and facts.
 #
-# KS_SYNC_POWER_CUTS (default 5) power cuts, spread evenly up to KS_SYNC_CUT_MAX_MS (default
-# 2500) ms after the backup starts (a backup of the 7 MiB that changed takes about 2 s).
+# KS_SYNC_POWER_CUTS (default 5) power cuts, spread evenly from 0 to KS_SYNC_CUT_MAX_MS
+# (default 600) ms after the backup begins to build a folder (the host looks at the console
+# every 200 ms, which adds up to that much): counted from the build, not from the command's
+# start, so that the cuts fall inside the work however fast the machine is.
 
 host_main() {
-    local cuts=${KS_SYNC_POWER_CUTS:-5} max=${KS_SYNC_CUT_MAX_MS:-2500} a b c ms inside=0
+    local cuts=${KS_SYNC_POWER_CUTS:-5} max=${KS_SYNC_CUT_MAX_MS:-600} a b c ms inside=0
     ks_set passphrase "source-$(ks_random)"
     ks_set backup_passphrase "backup-$(ks_random)"
     ks_set canary "KSSYNC-root-only-$(ks_random)"
@@ -20,7 +22,7 @@ host_main() {
     b=$(ks_live_stick usb2 320M) || return 1
     ks_phase first "usb=$a" "usb2=$b" || return 1
     for c in $(seq 1 "$cuts"); do
-        ms=$((c * max / cuts))
+        ms=$(( cuts > 1 ? (c - 1) * max / (cuts - 1) : 0 ))
         ks_set prev_old "$(ks_get old_tops)"
         ks_set prev_new "$(ks_get new_tops)"
         KS_KILL_AFTER_MS=$ms ks_phase "cut.$c" "usb=$a" "usb2=$b" >"$KS_SCEN_DIR/cut.out" \
@@ -348,8 +350,15 @@ guest_cut() {
     sync
     ks_out old_tops "$now"
     ks_out new_tops "$(ks_top_hashes $KS_ROOT_MNT)"
+    # The host's clock starts when the backup's first folder build appears.
+    ks_sync > /tmp/ks-cut.out 2>&1 &
+    local pid=$!
+    while kill -0 $pid 2>/dev/null \
+        && ! ls -a /run/keepsake/backup 2>/dev/null | grep -q '^\.keepsake-sync-new\.'; do
+        usleep 5000
+    done
     echo "KS-WRITING"
-    ks_sync > /tmp/ks-cut.out 2>&1 || { cat /tmp/ks-cut.out; ks_fail "the backup failed before the cut"; }
+    wait $pid || { cat /tmp/ks-cut.out; ks_fail "the backup failed before the cut"; }
     echo "KS-SYNC-DONE"
     sleep 600
 }
