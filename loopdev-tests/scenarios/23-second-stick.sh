@@ -8,21 +8,23 @@
 # end the backup stick passes Tails' rules for persistence.conf and unlocks with keepsake as
 # a working Persistent Storage holding exactly the source's files and facts.
 #
-# KS_SYNC_POWER_CUTS (default 5) power cuts, spread evenly from 0 to KS_SYNC_CUT_MAX_MS
-# (default 600) ms after the backup begins to build a folder (the host looks at the console
-# every 200 ms, which adds up to that much): counted from the build, not from the command's
-# start, so that the cuts fall inside the work however fast the machine is.
+# Power cuts at KS_SYNC_CUTS_MS (default "0 150 400 800 1400") ms after the backup begins to
+# build a folder (the host looks at the console every 200 ms, which adds up to that much):
+# counted from the build, not from the command's start, so that the first ones fall inside
+# the build however fast the machine is (nothing of it is on the disk yet), and the later
+# ones around the syncfs, the exchange and the removal of the old folder.
 
 host_main() {
-    local cuts=${KS_SYNC_POWER_CUTS:-5} max=${KS_SYNC_CUT_MAX_MS:-600} a b c ms inside=0
+    local at=${KS_SYNC_CUTS_MS:-0 150 400 800 1400} cuts a b c=0 ms inside=0
     ks_set passphrase "source-$(ks_random)"
     ks_set backup_passphrase "backup-$(ks_random)"
     ks_set canary "KSSYNC-root-only-$(ks_random)"
     a=$(ks_live_stick usb 320M) || return 1
     b=$(ks_live_stick usb2 320M) || return 1
     ks_phase first "usb=$a" "usb2=$b" || return 1
-    for c in $(seq 1 "$cuts"); do
-        ms=$(( cuts > 1 ? (c - 1) * max / (cuts - 1) : 0 ))
+    cuts=$(echo $at | wc -w)
+    for ms in $at; do
+        c=$((c + 1))
         ks_set prev_old "$(ks_get old_tops)"
         ks_set prev_new "$(ks_get new_tops)"
         KS_KILL_AFTER_MS=$ms ks_phase "cut.$c" "usb=$a" "usb2=$b" >"$KS_SCEN_DIR/cut.out" \
@@ -41,7 +43,7 @@ host_main() {
         fi
     done
     [ $inside -ge 2 ] && ks_host_ok "$inside of $cuts power cuts fell inside a backup" \
-        || ks_host_fail "only $inside of $cuts power cuts fell inside a backup: lower KS_SYNC_CUT_MAX_MS"
+        || ks_host_fail "only $inside of $cuts power cuts fell inside a backup: lower KS_SYNC_CUTS_MS"
     ks_set prev_old "$(ks_get old_tops)"
     ks_set prev_new "$(ks_get new_tops)"
     ks_phase final "usb=$a" "usb2=$b" || return 1
