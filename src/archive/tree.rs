@@ -178,6 +178,14 @@ pub(crate) struct TreeWriter<'a> {
     pub(crate) stats: TreeStats,
 }
 
+/// What an entry of the tree is stored as (see [`TreeWriter::kind_of`]); a symlink with the
+/// stat it was found with.
+pub(crate) enum EntryKind {
+    Directory,
+    File,
+    Symlink(nix::sys::stat::FileStat),
+}
+
 impl<'a> TreeWriter<'a> {
     pub(crate) fn new(
         root: &'a Path,
@@ -215,9 +223,7 @@ impl<'a> TreeWriter<'a> {
     }
 
     /// Writes the entry `name` in `parent`; for a folder, returns it open so that the walk
-    /// writes what it holds next. A folder or a file the listing named as such is opened
-    /// without a stat first: what is written is decided by the `fstat` of what was opened
-    /// (`O_NOFOLLOW`), so an entry that changed meanwhile is caught there.
+    /// writes what it holds next.
     pub(crate) fn entry(
         &mut self,
         parent: &OwnedFd,
@@ -225,11 +231,31 @@ impl<'a> TreeWriter<'a> {
         path: &[u8],
         listed: Listed,
     ) -> Result<Option<OwnedFd>> {
+        match self.kind_of(parent, name, path, listed)? {
+            None => Ok(None),
+            Some(EntryKind::Directory) => self.directory(parent, name, path),
+            Some(EntryKind::File) => self.file(parent, name, path).map(|()| None),
+            Some(EntryKind::Symlink(st)) => self.symlink(parent, name, path, &st).map(|()| None),
+        }
+    }
+
+    /// What the entry `name` in `parent` is to be stored as; `None` when it is left out
+    /// (a socket, fifo or device, reported as skipped; gone, reported as changed). A
+    /// folder or a file the listing named as such is taken without a stat first: what is
+    /// stored is decided by the `fstat` of what is then opened (`O_NOFOLLOW`), so an entry
+    /// that changed meanwhile is caught there. Both formats' writers ask this.
+    pub(crate) fn kind_of(
+        &mut self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        listed: Listed,
+    ) -> Result<Option<EntryKind>> {
         // A safe point: the caller removes the partial archive.
         crate::interrupt::check()?;
         match listed {
-            Some(DirType::Directory) => return self.directory(parent, name, path),
-            Some(DirType::File) => return self.file(parent, name, path).map(|()| None),
+            Some(DirType::Directory) => return Ok(Some(EntryKind::Directory)),
+            Some(DirType::File) => return Ok(Some(EntryKind::File)),
             Some(DirType::Symlink) | None => {}
             Some(_) => {
                 self.stats.skipped.push(shown(path));
@@ -248,15 +274,15 @@ impl<'a> TreeWriter<'a> {
                     .map_err(Error::from);
             }
         };
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => self.directory(parent, name, path),
-            libc::S_IFREG => self.file(parent, name, path).map(|()| None),
-            libc::S_IFLNK => self.symlink(parent, name, path, &st).map(|()| None),
+        Ok(match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Some(EntryKind::Directory),
+            libc::S_IFREG => Some(EntryKind::File),
+            libc::S_IFLNK => Some(EntryKind::Symlink(st)),
             _ => {
                 self.stats.skipped.push(shown(path));
-                Ok(None)
+                None
             }
-        }
+        })
     }
 
     /// Opens `name` in `parent` without following a symlink; `None` (and a warning) if it

@@ -11,16 +11,15 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::dir::Type as DirType;
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
-use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, fstat};
 
 use super::extract::{Meta, split_path};
 use super::header::ID_LEN;
 use super::listing::{Kind, Listed, Listing, preamble, storable};
 use super::stream::PlainSink;
-use super::tree::{ENTRY_END, TreeStats, TreeWriter, data_extents, open_tops, shown};
+use super::tree::{ENTRY_END, EntryKind, TreeStats, TreeWriter, data_extents, open_tops, shown};
 use super::{Error, Result};
 use crate::context::{Context, at};
 use crate::safefs::treewalk::{self, DirStack, Listed as ListedType};
@@ -154,37 +153,11 @@ impl ListingWriter<'_, '_> {
         path: &[u8],
         listed: ListedType,
     ) -> Result<Option<OwnedFd>> {
-        crate::interrupt::check()?;
-        match listed {
-            Some(DirType::Directory) => return self.directory(parent, name, path),
-            Some(DirType::File) => return self.file(parent, name, path).map(|()| None),
-            Some(DirType::Symlink) | None => {}
-            Some(_) => {
-                self.base.stats.skipped.push(shown(path));
-                return Ok(None);
-            }
-        }
-        let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => {
-                self.base
-                    .changed(path, "vanished while being backed up; left out");
-                return Ok(None);
-            }
-            Err(e) => {
-                return Err(e)
-                    .context(at("reading", &self.base.shown(path)))
-                    .map_err(Error::from);
-            }
-        };
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => self.directory(parent, name, path),
-            libc::S_IFREG => self.file(parent, name, path).map(|()| None),
-            libc::S_IFLNK => self.symlink(parent, name, path, &st).map(|()| None),
-            _ => {
-                self.base.stats.skipped.push(shown(path));
-                Ok(None)
-            }
+        match self.base.kind_of(parent, name, path, listed)? {
+            None => Ok(None),
+            Some(EntryKind::Directory) => self.directory(parent, name, path),
+            Some(EntryKind::File) => self.file(parent, name, path).map(|()| None),
+            Some(EntryKind::Symlink(st)) => self.symlink(parent, name, path, &st).map(|()| None),
         }
     }
 
