@@ -506,58 +506,19 @@ pub(crate) mod tests {
 
     #[test]
     fn test_vectors_v2_match_and_parse() {
-        use crate::archive::header::derive_key;
-        use crate::archive::stream::{Reader, Writer};
-        use std::io::{Read, Write};
+        use crate::archive::stream::Reader;
+        use std::io::Read;
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/backup-v2.json");
         let passphrase = "correct horse battery staple";
-        let mut vectors = Vec::new();
-        for (name, header, plaintext) in v2_vector_inputs() {
-            let key = derive_key(passphrase.as_bytes(), &header).unwrap();
-            let mut writer =
-                Writer::with_header(Vec::new(), &secret(passphrase.as_bytes()), header.clone())
-                    .unwrap();
-            writer.write_all(&plaintext).unwrap();
-            let archive = writer.finish().unwrap();
-            let ids = header.chain.unwrap();
-            vectors.push(serde_json::json!({
-                "name": name,
-                "passphrase": passphrase,
-                "kdf": {
-                    "algorithm": "argon2id",
-                    "version": 0x13,
-                    "memory_kib": header.params.memory_kib,
-                    "iterations": header.params.iterations,
-                    "parallel": header.params.parallel,
-                },
-                "salt": hex(&header.salt),
-                "nonce_prefix": hex(&header.nonce_prefix),
-                "chunk_size": header.chunk_size,
-                "id": hex(&ids.id),
-                "parent": hex(&ids.parent),
-                "generation": ids.generation,
-                "key": hex(&key[..]),
-                "plaintext": hex(&plaintext),
-                "archive": hex(&archive),
-            }));
-        }
-        let generated = serde_json::json!({
-            "format": "keepsake backup archive, version 2 (docs/backup-format.md)",
-            "vectors": vectors,
-        });
-        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-            std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&generated).unwrap() + "\n",
-            )
-            .unwrap();
-        }
-        let committed: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(
-            committed, generated,
-            "regenerate with KEEPSAKE_BLESS=1 if the change is intended"
+        let vectors = v2_vector_inputs()
+            .into_iter()
+            .map(|(name, header, plaintext)| vector_json(name, passphrase, &header, &plaintext))
+            .collect();
+        let committed = committed_vectors(
+            &path,
+            "keepsake backup archive, version 2 (docs/backup-format.md)",
+            vectors,
         );
         for vector in committed["vectors"].as_array().unwrap() {
             let field = |name: &str| unhex(vector[name].as_str().unwrap());

@@ -1110,49 +1110,16 @@ mod tests {
     fn test_vectors_match_and_follow_the_documented_construction() {
         use chacha20poly1305::aead::{Aead, Payload};
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/backup-v1.json");
-        let mut vectors = Vec::new();
-        for (name, passphrase, header, plaintext) in vector_inputs() {
-            let key = derive_key(passphrase.as_bytes(), &header).unwrap();
-            let mut writer =
-                Writer::with_header(Vec::new(), &secret(passphrase.as_bytes()), header.clone())
-                    .unwrap();
-            writer.write_all(&plaintext).unwrap();
-            let archive = writer.finish().unwrap();
-            vectors.push(serde_json::json!({
-                "name": name,
-                "passphrase": passphrase,
-                "kdf": {
-                    "algorithm": "argon2id",
-                    "version": 0x13,
-                    "memory_kib": header.params.memory_kib,
-                    "iterations": header.params.iterations,
-                    "parallel": header.params.parallel,
-                },
-                "salt": hex(&header.salt),
-                "nonce_prefix": hex(&header.nonce_prefix),
-                "chunk_size": header.chunk_size,
-                "key": hex(&key[..]),
-                "plaintext": hex(&plaintext),
-                "archive": hex(&archive),
-            }));
-        }
-        let generated = serde_json::json!({
-            "format": "keepsake backup archive, version 1 (docs/backup-format.md)",
-            "vectors": vectors,
-        });
-        if std::env::var_os("KEEPSAKE_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(
-                &path,
-                serde_json::to_string_pretty(&generated).unwrap() + "\n",
-            )
-            .unwrap();
-        }
-        let committed: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(
-            committed, generated,
-            "regenerate with KEEPSAKE_BLESS=1 if the change is intended"
+        let vectors = vector_inputs()
+            .into_iter()
+            .map(|(name, passphrase, header, plaintext)| {
+                vector_json(name, passphrase, &header, &plaintext)
+            })
+            .collect();
+        let committed = committed_vectors(
+            &path,
+            "keepsake backup archive, version 1 (docs/backup-format.md)",
+            vectors,
         );
 
         for vector in committed["vectors"].as_array().unwrap() {

@@ -286,3 +286,66 @@ pub(super) fn unhex(text: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
         .collect()
 }
+
+/// One test vector as `tests/vectors/*.json` hold it: what `header` and `plaintext` make as
+/// an archive under `passphrase`, with the key derived (and format 2's chain ids).
+pub(super) fn vector_json(
+    name: &str,
+    passphrase: &str,
+    header: &super::header::Header,
+    plaintext: &[u8],
+) -> serde_json::Value {
+    let key = super::header::derive_key(passphrase.as_bytes(), header).unwrap();
+    let mut writer =
+        Writer::with_header(Vec::new(), &secret(passphrase.as_bytes()), header.clone()).unwrap();
+    writer.write_all(plaintext).unwrap();
+    let archive = writer.finish().unwrap();
+    let mut vector = serde_json::json!({
+        "name": name,
+        "passphrase": passphrase,
+        "kdf": {
+            "algorithm": "argon2id",
+            "version": 0x13,
+            "memory_kib": header.params.memory_kib,
+            "iterations": header.params.iterations,
+            "parallel": header.params.parallel,
+        },
+        "salt": hex(&header.salt),
+        "nonce_prefix": hex(&header.nonce_prefix),
+        "chunk_size": header.chunk_size,
+        "key": hex(&key[..]),
+        "plaintext": hex(plaintext),
+        "archive": hex(&archive),
+    });
+    if let Some(ids) = &header.chain {
+        vector["id"] = hex(&ids.id).into();
+        vector["parent"] = hex(&ids.parent).into();
+        vector["generation"] = ids.generation.into();
+    }
+    vector
+}
+
+/// The vector file at `path`, checked to hold exactly `vectors` of `format` (rewritten
+/// from them first with KEEPSAKE_BLESS=1, after an intended change).
+pub(super) fn committed_vectors(
+    path: &Path,
+    format: &str,
+    vectors: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let generated = serde_json::json!({ "format": format, "vectors": vectors });
+    if std::env::var_os("KEEPSAKE_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&generated).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        committed, generated,
+        "regenerate with KEEPSAKE_BLESS=1 if the change is intended"
+    );
+    committed
+}
