@@ -174,16 +174,7 @@ impl Extractor {
     /// is written.
     pub(crate) fn file(&mut self, path: &[u8], size: u64, data_end: u64) -> Result<File> {
         let shown_path = self.shown(path);
-        let (parent, name) = split_path(path);
-        let parent = self.parent(parent)?;
-        let fd = openat(
-            parent,
-            OsStr::from_bytes(name),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .context(at("creating", &shown_path))?;
-        let file = File::from(fd);
+        let file = self.open_for_writing(path, OFlag::O_CREAT | OFlag::O_EXCL, "creating")?;
         // Holes between extents are what writing at an offset leaves unwritten; only a
         // trailing hole needs the size set (one syscall a file saved when there is none).
         if data_end < size {
@@ -328,16 +319,23 @@ impl Extractor {
     /// Opens the file this extraction created at `path` again, to write its data (which
     /// may come from another archive than its entry) and then finish it.
     pub(crate) fn reopen(&mut self, path: &[u8]) -> Result<File> {
+        self.open_for_writing(path, OFlag::empty(), "opening")
+    }
+
+    /// `path` below the destination opened write-only with `flags` added, from the folder
+    /// the extraction made for it and never through a symlink (a new file gets mode 0600
+    /// until it is finished); `doing` names the step in an error.
+    fn open_for_writing(&mut self, path: &[u8], flags: OFlag, doing: &str) -> Result<File> {
         let shown_path = self.shown(path);
         let (parent, name) = split_path(path);
         let parent = self.parent(parent)?;
         let fd = openat(
             parent,
             OsStr::from_bytes(name),
-            OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
+            flags | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
         )
-        .context(at("opening", &shown_path))?;
+        .context(at(doing, &shown_path))?;
         Ok(File::from(fd))
     }
 }
