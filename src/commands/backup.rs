@@ -25,8 +25,6 @@ use crate::persistence::layout::{CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CON
 use crate::safefs;
 use crate::session::unlocked::{self, Unlocked};
 
-/// Folders of the volume that are never backed up or restored.
-const NOT_DATA: &[&str] = &["lost+found"];
 /// Top-level files restored beside the features (the current ones are kept aside).
 const CONFIG_FILES: &[&str] = &[CONFIG_FILE, CUSTOM_FEATURES_FILE, KEEPSAKE_CONFIG_FILE];
 
@@ -171,18 +169,6 @@ fn feature_folders(
     Ok(folders)
 }
 
-/// Everything at the root of the volume but lost+found, sorted.
-fn all_tops(root: &Path) -> Result<Vec<String>> {
-    let mut tops: Vec<String> = std::fs::read_dir(root)
-        .context(at("listing", root))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !NOT_DATA.contains(&n.as_str()) && !n.starts_with(".keepsake-"))
-        .collect();
-    tops.sort();
-    Ok(tops)
-}
-
 pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> {
     match args.command {
         Some(BackupCommand::Verify(v)) => return verify(global, v, out),
@@ -213,8 +199,11 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     // No lock or feature change while the archive is written.
     let _lock = super::exclusive()?;
     let (volume, _) = safefs::open_dir(&root, None)?;
-    let tops = if config.features.is_empty() {
-        all_tops(&root)?
+    let tops: Vec<String> = if config.features.is_empty() {
+        crate::mirror::tops(&volume)?
+            .into_iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()
     } else {
         feature_folders(&volume, dialect, &config.features)?
             .into_iter()
@@ -428,7 +417,8 @@ fn checked_paths(paths: &[String]) -> Result<Option<Vec<Vec<u8>>>> {
                 "--path {path:?}: give a path below the volume's root, such as Persistent/notes.txt (nothing was changed)"
             )));
         }
-        if CONFIG_FILES.contains(&path.as_str()) || NOT_DATA.contains(&path.as_str()) {
+        if CONFIG_FILES.contains(&path.as_str()) || crate::mirror::NOT_DATA.contains(&path.as_str())
+        {
             return Err(Error::Usage(format!(
                 "--path {path}: the configuration files come back only with a full restore (nothing was changed)"
             )));

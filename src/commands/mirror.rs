@@ -2,7 +2,6 @@
 //! a container file) brought up to date with the unlocked one ([`crate::mirror`]),
 //! created first with `--create`.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,7 +9,7 @@ use serde::Serialize;
 use crate::cli::{BackupArgs, GlobalArgs, PassphraseArgs, VolumeArgs};
 use crate::error::{Error, Result};
 use crate::host::writers::{self, LiveIds, Writers};
-use crate::mirror::{self, NOT_DATA};
+use crate::mirror;
 use crate::output::{Output, Progress};
 use crate::safefs;
 use crate::secrets::Secret;
@@ -96,7 +95,7 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs, place: &Path, out: Output) ->
     }
     let dest = opened.mount(MOUNT_DIR, false)?;
     let (source, _) = safefs::open_dir(&root, None)?;
-    let tops = tops_of(&source)?;
+    let tops = mirror::tops(&source)?;
     let mut watch = Watch {
         out,
         progress: Progress::new(out, "copying", None),
@@ -176,17 +175,6 @@ impl mirror::Watch for Watch {
     fn bytes(&mut self, total: u64) {
         self.progress.update(total);
     }
-}
-
-/// Everything at the root of the volume but lost+found and keepsake's own names.
-fn tops_of(volume: &safefs::Dir) -> Result<Vec<OsString>> {
-    Ok(safefs::list(volume)?
-        .into_iter()
-        .map(|e| e.name)
-        .filter(|n| {
-            !NOT_DATA.iter().any(|d| n == d) && !n.to_string_lossy().starts_with(".keepsake-")
-        })
-        .collect())
 }
 
 /// The backup volume at `place`: a container file, a LUKS partition, or on a disk the

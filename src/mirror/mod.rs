@@ -213,6 +213,16 @@ impl crate::interrupt::Interrupted {
     }
 }
 
+/// Every entry at the root of a volume that a backup holds, sorted: all but lost+found and
+/// keepsake's own names (`.keepsake-*`). An archive and a second stick hold the same.
+pub fn tops(volume: &Dir) -> Result<Vec<OsString>> {
+    Ok(safefs::list(volume)?
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| !is_ours_or_not_data(n))
+        .collect())
+}
+
 fn is_ours_or_not_data(name: &OsStr) -> bool {
     NOT_DATA.iter().any(|n| OsStr::new(n) == name) || name.as_bytes().starts_with(b".keepsake-")
 }
