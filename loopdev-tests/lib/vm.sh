@@ -124,56 +124,144 @@ GR
 # Each DISK is serial=path; boots the guest, which runs /tests/<scenario> <phase> and powers
 # off. Returns the exit status the guest reported, or 124 on timeout, 125 if it reported none.
 #
-# While the guest runs, the host watches its console for two requests:
-#   KS-DUMP-NOW   dump the guest's physical memory to $KS_RAM_DUMP (qemu pmemsave), then quit
-#   KS-WRITING    if KS_KILL_AFTER_MS is set, kill qemu that many ms later (a power cut)
+# While the guest runs, the host follows its console and serves these requests, each line
+# once, as it arrives (tail -f: within milliseconds, and idle in between):
+#   KS-DUMP-NOW            dump the guest's physical memory to $KS_RAM_DUMP (qemu pmemsave),
+#                          then quit
+#   KS-WRITING             if KS_KILL_AFTER_MS is set, kill qemu that many ms later (a power cut)
+#   KS-HOST unplug SERIAL  hot-unplug the disk SERIAL (device_del: an ACPI eject, the guest's
+#                          kernel removes the disk as when a stick is pulled)
+#   KS-HOST replug SERIAL  plug the same file back in as disk SERIAL (drive_add + device_add)
+#   KS-HOST mark TEXT      nothing but the record below: the host's time of a guest event
+# The guest learns the outcome from /sys/block (the disk vanishes; it comes back, as a new
+# vdX with that serial), never from the host. Each request's arrival and outcome are recorded
+# with the host's clock in OUTPUT_LOG.host (only made by a boot with requests):
+# "UNIX-TIME VERB ARGS: received|done|failed: MESSAGE".
 ks_boot() {
     local log=$1 extra=$2; shift 2
-    local kver drives=() d serial file rc qpid sock killed=0 dumped=0 waited=0
+    local kver drives=() d serial file rc qpid sock killed=0 dumped=0 timed_out=0
+    local con tailpid line buf= deadline hostlog=$log.host request
+    local -A disk_file=()
     kver=$(ks_kernel_version) || return 1
     for d in "$@"; do
         serial=${d%%=*}; file=${d#*=}
+        disk_file[$serial]=$file
         drives+=(-drive "file=$file,format=raw,if=none,id=d$serial,cache=unsafe"
-                 -device "virtio-blk-pci,drive=d$serial,serial=$serial")
+                 -device "virtio-blk-pci,drive=d$serial,serial=$serial,id=dev$serial")
     done
     sock="$(dirname "$log")/monitor.sock"
-    rm -f "$sock"
+    rm -f "$sock" "$sock.hotplug"
+    # Emptied here and appended to by qemu, so that the reader below never sees an older log.
+    : > "$log"; rm -f "$hostlog"
+    # Two monitors: the first for the one-off commands (pmemsave), the second held open for
+    # the whole boot by one monitor.py, which serves hot-plug requests without a start-up.
     qemu-system-x86_64 \
         -accel tcg -cpu max -m "$KS_VM_MEM" -smp 1 \
         -nographic -no-reboot -nodefaults -serial stdio \
-        -monitor "unix:$sock,server,nowait" \
+        -monitor "unix:$sock,server,nowait" -monitor "unix:$sock.hotplug,server,nowait" \
         -kernel "/boot/vmlinuz-$kver" -initrd "$KS_INITRAMFS" \
         -append "console=ttyS0 panic=-1 init_on_free=1 quiet loglevel=3 $extra" \
-        ${KS_QEMU_EXTRA:-} "${drives[@]}" </dev/null >"$log" 2>&1 &
+        ${KS_QEMU_EXTRA:-} "${drives[@]}" </dev/null >>"$log" 2>&1 &
     qpid=$!
-    while kill -0 "$qpid" 2>/dev/null; do
-        if [ "$dumped" = 0 ] && [ -n "${KS_RAM_DUMP:-}" ] && grep -q '^KS-DUMP-NOW' "$log"; then
-            dumped=1
-            python3 "$KS_TESTS_DIR/lib/monitor.py" "$sock" \
-                "pmemsave 0 $((KS_VM_MEM * 1024 * 1024)) \"$KS_RAM_DUMP\"" quit >>"$log" 2>&1 \
-                || { echo "KS-FAIL the host could not dump the guest's RAM" >>"$log"; kill -9 "$qpid"; }
+    coproc KS_MONITOR { exec python3 "$KS_TESTS_DIR/lib/monitor.py" --serve "$sock.hotplug"; }
+    exec {con}< <(exec tail -n +1 -s 0.1 -f --pid="$qpid" "$log" 2>/dev/null)
+    tailpid=$!
+    deadline=$((SECONDS + KS_VM_TIMEOUT))
+    while :; do
+        # A line may arrive in pieces (the serial port is written a byte at a time): read's
+        # timeout keeps what came so far.
+        if IFS= read -r -t 1 -u "$con" line; then
+            line=$buf${line%$'\r'}; buf=
+        elif [ $? -gt 128 ]; then
+            buf=$buf$line; line=
+        else
+            break # tail ended: qemu is gone
         fi
-        if [ "$killed" = 0 ] && [ -n "${KS_KILL_AFTER_MS:-}" ] && grep -q '^KS-WRITING' "$log"; then
-            killed=1
-            sleep "$(printf '%d.%03d' $((KS_KILL_AFTER_MS / 1000)) $((KS_KILL_AFTER_MS % 1000)))"
-            kill -9 "$qpid" 2>/dev/null
-            # On a line of its own: the guest may have been cut in the middle of one.
-            printf '\nKS-POWER-CUT after %s ms\n' "$KS_KILL_AFTER_MS" >>"$log"
-        fi
-        sleep 0.2
-        waited=$((waited + 1))
-        if [ $((waited / 5)) -ge "$KS_VM_TIMEOUT" ]; then
+        case $line in
+            KS-DUMP-NOW*)
+                if [ "$dumped" = 0 ] && [ -n "${KS_RAM_DUMP:-}" ]; then
+                    dumped=1
+                    python3 "$KS_TESTS_DIR/lib/monitor.py" "$sock" \
+                        "pmemsave 0 $((KS_VM_MEM * 1024 * 1024)) \"$KS_RAM_DUMP\"" quit >>"$log" 2>&1 \
+                        || { echo "KS-FAIL the host could not dump the guest's RAM" >>"$log"; kill -9 "$qpid"; }
+                fi ;;
+            KS-WRITING*)
+                if [ "$killed" = 0 ] && [ -n "${KS_KILL_AFTER_MS:-}" ]; then
+                    killed=1
+                    sleep "$(printf '%d.%03d' $((KS_KILL_AFTER_MS / 1000)) $((KS_KILL_AFTER_MS % 1000)))"
+                    kill -9 "$qpid" 2>/dev/null
+                    # On a line of its own: the guest may have been cut in the middle of one.
+                    printf '\nKS-POWER-CUT after %s ms\n' "$KS_KILL_AFTER_MS" >>"$log"
+                fi ;;
+            "KS-HOST "*)
+                read -r -a request <<<"${line#KS-HOST }"
+                ks_host_request "$hostlog" "${request[@]}" ;;
+        esac
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            timed_out=1
             kill -9 "$qpid" 2>/dev/null
             echo "guest timed out after ${KS_VM_TIMEOUT}s" >>"$log"
-            wait "$qpid" 2>/dev/null
-            return 124
+            break
         fi
     done
     wait "$qpid" 2>/dev/null
+    exec {con}<&-
+    kill "$tailpid" 2>/dev/null
+    # monitor.py ends when its input does (bash forgets a coprocess that has ended).
+    d=${KS_MONITOR[1]:-}; [ -n "$d" ] && exec {d}>&-
+    [ -n "${KS_MONITOR_PID:-}" ] && wait "$KS_MONITOR_PID" 2>/dev/null
+    [ "$timed_out" = 1 ] && return 124
     [ "$killed" = 1 ] && return 0
     rc=$(sed -n 's/^KS-PHASE-RC \([0-9]*\).*/\1/p' "$log" | tr -d '\r' | tail -n 1)
     [ -n "$rc" ] || return 125
     return "$rc"
+}
+
+# ks_host_request HOSTLOG VERB ARGS...: one KS-HOST request of the guest (see ks_boot), with
+# ks_boot's disk_file map of serial to file. Records its arrival and outcome in HOSTLOG.
+ks_host_request() {
+    local hostlog=$1 verb=${2:-} serial=${3:-} tries=0
+    echo "${EPOCHREALTIME/[^0-9]/.} ${*:2}: received" >> "$hostlog"
+    case $verb in
+        mark) return 0 ;;
+        unplug)
+            ks_monitor "device_del dev$serial" ;;
+        replug)
+            if [ -z "$serial" ] || [ -z "${disk_file[$serial]:-}" ]; then
+                ks_monitor_reply="error no disk $serial in this boot"
+                false
+            else
+                # Until the guest has ejected the old device, qemu still holds it and its
+                # drive (then deleted with it): retry while their ids are taken.
+                while ! ks_monitor "drive_add 0 file=${disk_file[$serial]},format=raw,if=none,id=d$serial,cache=unsafe" \
+                    && [[ $ks_monitor_reply == *"Duplicate ID"* ]] && [ $((tries += 1)) -lt 500 ]; do
+                    sleep 0.02
+                done
+                [ "$ks_monitor_reply" = ok ] && \
+                    while ! ks_monitor "device_add virtio-blk-pci,drive=d$serial,serial=$serial,id=dev$serial" \
+                        && [[ $ks_monitor_reply == *"Duplicate device ID"* ]] && [ $((tries += 1)) -lt 500 ]; do
+                        sleep 0.02
+                    done
+                [ "$ks_monitor_reply" = ok ]
+            fi ;;
+        *) ks_monitor_reply="error unknown request"; false ;;
+    esac
+    if [ $? -eq 0 ]; then
+        echo "${EPOCHREALTIME/[^0-9]/.} ${*:2}: done" >> "$hostlog"
+    else
+        echo "${EPOCHREALTIME/[^0-9]/.} ${*:2}: failed: ${ks_monitor_reply#error }" >> "$hostlog"
+        echo "host: KS-HOST ${*:2} failed: ${ks_monitor_reply#error }" >&2
+    fi
+}
+
+# ks_monitor COMMAND: an HMP command through the boot's held monitor connection (ks_boot's
+# KS_MONITOR coprocess). Returns 0 if qemu accepted it; its answer is in ks_monitor_reply.
+ks_monitor() {
+    ks_monitor_reply="error no monitor connection"
+    [ -n "${KS_MONITOR_PID:-}" ] || return 1
+    printf '%s\n' "$1" >&"${KS_MONITOR[1]}" || return 1
+    IFS= read -r -t 60 -u "${KS_MONITOR[0]}" ks_monitor_reply || ks_monitor_reply="error no answer from monitor.py"
+    [ "$ks_monitor_reply" = ok ]
 }
 
 # The real clients' code and the tools to check against it (scenarios 17 and 18):
