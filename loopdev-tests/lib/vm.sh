@@ -269,6 +269,7 @@ ks_monitor() {
 # give), the overlay module (live-boot's union), live-boot's /lib/live/boot scripts from the
 # package scripts/install-deps unpacks under target/ (never installed on the host), the
 # guest-side live-boot shim, and a static reader of POSIX ACLs (no getfattr in the guest).
+# Also static: unplug-clock, the guest's timer of a key wipe after a hot-unplug (issue 27).
 KS_GUEST_PROGRAMS="$KS_GUEST_PROGRAMS /sbin/blkid"
 KS_LIVE_BOOT=${KS_LIVE_BOOT:-$KS_ROOT/target/live-boot/extract}
 
@@ -284,5 +285,7 @@ ks_guest_extras() {
     if command -v gcc >/dev/null; then
         gcc -static -O2 -Wall -Wextra -o "$root/usr/bin/acl-dump" "$KS_TESTS_DIR/lib/acl-dump.c" \
             || { echo "could not build lib/acl-dump.c" >&2; return 1; }
+        gcc -static -O2 -Wall -Wextra -o "$root/usr/bin/unplug-clock" "$KS_TESTS_DIR/lib/unplug-clock.c" \
+            || { echo "could not build lib/unplug-clock.c" >&2; return 1; }
     fi
 }
