@@ -289,6 +289,117 @@ pub(crate) fn device_under(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// A block device a volume sits on, directly or not.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Under {
+    /// `sdb2`, `sdb`, `loop0`.
+    pub name: String,
+    pub dev: (u32, u32),
+}
+
+/// What sysfs says of one block device, for [`stack_from`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Node {
+    pub name: String,
+    /// The disk of a partition.
+    pub disk: Option<(u32, u32)>,
+    /// The devices a mapping sits on.
+    pub slaves: Vec<(u32, u32)>,
+    /// For a loop device: the device holding its backing file's filesystem.
+    pub backing: Option<(u32, u32)>,
+}
+
+/// Every block device under `top` (not `top` itself): the devices under a mapping, the
+/// disk of each partition, and for a loop device the device (and its disk…) that holds
+/// its backing file. Whichever of them goes away takes the volume with it. Each once,
+/// nearest first; `look` reads one device (from sysfs: [`stack_under`]).
+pub(crate) fn stack_from(top: (u32, u32), look: impl Fn((u32, u32)) -> Option<Node>) -> Vec<Under> {
+    let mut found: Vec<Under> = Vec::new();
+    let mut queue: std::collections::VecDeque<(u32, u32)> = look(top)
+        .map(|n| {
+            n.slaves
+                .into_iter()
+                .chain(n.backing)
+                .chain(n.disk)
+                .collect()
+        })
+        .unwrap_or_default();
+    while let Some(dev) = queue.pop_front() {
+        // A filesystem without a block device (tmpfs: major 0) ends the chain.
+        if dev.0 == 0 || dev == top || found.iter().any(|u| u.dev == dev) {
+            continue;
+        }
+        let Some(node) = look(dev) else {
+            continue;
+        };
+        queue.extend(
+            node.slaves
+                .iter()
+                .copied()
+                .chain(node.backing)
+                .chain(node.disk),
+        );
+        found.push(Under {
+            name: node.name,
+            dev,
+        });
+    }
+    found
+}
+
+/// [`stack_from`] as sysfs shows the devices now.
+pub(crate) fn stack_under(top: (u32, u32)) -> Vec<Under> {
+    stack_from(top, sysfs_node)
+}
+
+fn sysfs_node(dev: (u32, u32)) -> Option<Node> {
+    let base = fs::canonicalize(format!("/sys/dev/block/{}:{}", dev.0, dev.1)).ok()?;
+    let name = base.file_name()?.to_string_lossy().into_owned();
+    let dev_of = |dir: &Path| read_trimmed(&dir.join("dev")).and_then(|t| parse_dev(&t));
+    let disk = if base.join("partition").exists() {
+        base.parent().and_then(dev_of)
+    } else {
+        None
+    };
+    let slaves = list_dir(&base.join("slaves"))
+        .iter()
+        .filter_map(|s| dev_of(&Path::new("/sys/class/block").join(s)))
+        .collect();
+    let backing = if name.starts_with("loop") {
+        loop_backing_dev(&name)
+    } else {
+        None
+    };
+    Some(Node {
+        name,
+        disk,
+        slaves,
+        backing,
+    })
+}
+
+/// The device of the filesystem holding a loop device's backing file, as the loop
+/// driver recorded it when the file was attached (`lo_device`): exact, where the file's
+/// path in sysfs may no longer lead to it.
+fn loop_backing_dev(kernel_name: &str) -> Option<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+    let device = fs::File::open(dev_path(kernel_name)).ok()?;
+    // SAFETY: LoopInfo64 is plain data; zeroed is a valid value.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 fills one loop_info64, which lives across the call.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_GET_STATUS64, &mut info) };
+    if rc < 0 {
+        return None;
+    }
+    // huge_encode_dev, undone.
+    let d = info.device;
+    Some((
+        ((d & 0xfff00) >> 8) as u32,
+        ((d & 0xff) | ((d >> 12) & 0xfff00)) as u32,
+    ))
+}
+
 /// `/dev/<kernel name>` for a device under a mapping.
 pub(crate) fn dev_path(kernel_name: &str) -> PathBuf {
     Path::new("/dev").join(kernel_name)
@@ -361,6 +472,76 @@ mod tests {
             loops_backed_by(&file).is_empty()
         });
         assert!(gone, "autoclear detached it");
+    }
+
+    #[test]
+    fn the_stack_under_a_volume_reaches_every_device_it_needs() {
+        // TailsData_unlocked (253:0) on sdb2 (8:18), partition of sdb (8:16).
+        let on_partition = |dev| match dev {
+            (253, 0) => Some(Node {
+                name: "dm-0".into(),
+                slaves: vec![(8, 18)],
+                ..Node::default()
+            }),
+            (8, 18) => Some(Node {
+                name: "sdb2".into(),
+                disk: Some((8, 16)),
+                ..Node::default()
+            }),
+            (8, 16) => Some(Node {
+                name: "sdb".into(),
+                ..Node::default()
+            }),
+            _ => None,
+        };
+        let names = |v: Vec<Under>| v.into_iter().map(|u| u.name).collect::<Vec<_>>();
+        assert_eq!(names(stack_from((253, 0), on_partition)), ["sdb2", "sdb"]);
+        // A container file on a second stick's partition (sdc1), through loop0; and one
+        // on tmpfs (device 0:35), where the chain ends at the loop device.
+        let on_file = |backing| {
+            move |dev| match dev {
+                (253, 1) => Some(Node {
+                    name: "dm-1".into(),
+                    slaves: vec![(7, 0)],
+                    ..Node::default()
+                }),
+                (7, 0) => Some(Node {
+                    name: "loop0".into(),
+                    backing: Some(backing),
+                    ..Node::default()
+                }),
+                (8, 33) => Some(Node {
+                    name: "sdc1".into(),
+                    disk: Some((8, 32)),
+                    ..Node::default()
+                }),
+                (8, 32) => Some(Node {
+                    name: "sdc".into(),
+                    ..Node::default()
+                }),
+                _ => None,
+            }
+        };
+        assert_eq!(
+            names(stack_from((253, 1), on_file((8, 33)))),
+            ["loop0", "sdc1", "sdc"]
+        );
+        assert_eq!(names(stack_from((253, 1), on_file((0, 35)))), ["loop0"]);
+        // A loop that leads back to itself is followed once.
+        let cycle = |dev| match dev {
+            (253, 2) => Some(Node {
+                name: "dm-2".into(),
+                slaves: vec![(7, 1)],
+                ..Node::default()
+            }),
+            (7, 1) => Some(Node {
+                name: "loop1".into(),
+                backing: Some((253, 2)),
+                ..Node::default()
+            }),
+            _ => None,
+        };
+        assert_eq!(names(stack_from((253, 2), cycle)), ["loop1"]);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 
 pub mod devices;
 pub mod disks;
+pub mod dm;
 pub mod kernel;
 pub mod mounts;
 pub mod preflight;
 pub mod processes;
 pub mod tools;
+pub mod uevent;
 pub mod writers;
 
 use crate::context::IoError;

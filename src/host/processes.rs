@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// A process using the volume, and how.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: i32,
     pub name: String,
@@ -573,18 +573,29 @@ fn comm(base: &Path) -> String {
 /// volume detached there (where it is not locked); every process of that namespace, and
 /// every process keeping a descriptor of it, is ended all the same: they hid the volume.
 pub fn end_holders(dev: (u32, u32), grace: Duration) -> Vec<Holder> {
-    end_holders_also(dev, grace, &detach_in_namespaces(dev))
+    end_holders_also(dev, POLITE, grace, &detach_in_namespaces(dev))
 }
 
-/// Ends (SIGTERM, then SIGKILL) the holders of `dev`, counting the namespaces of `also`
-/// as holding it; returns those left.
+/// As [`end_holders`], but SIGKILL at once: for a volume already gone (its key wiped),
+/// where there is nothing left to save to and every moment a holder lives it keeps what it
+/// read in its memory.
+pub fn kill_holders(dev: (u32, u32), grace: Duration) -> Vec<Holder> {
+    end_holders_also(dev, &[Signal::SIGKILL], grace, &detach_in_namespaces(dev))
+}
+
+/// SIGTERM first, to let a process save and go; SIGKILL to those still there.
+const POLITE: &[Signal] = &[Signal::SIGTERM, Signal::SIGKILL];
+
+/// Ends the holders of `dev` with `signals` in turn, counting the namespaces of `also` as
+/// holding it; returns those left.
 fn end_holders_also(
     dev: (u32, u32),
+    signals: &[Signal],
     grace: Duration,
     also: &HashMap<Namespace, Inside>,
 ) -> Vec<Holder> {
     end_in_turn(
-        &[Signal::SIGTERM, Signal::SIGKILL],
+        signals,
         grace,
         || holders_of_kind(dev, true, also),
         |h, signal| {
@@ -650,7 +661,7 @@ pub fn end_user_namespaces(dev: (u32, u32), grace: Duration) -> (Vec<Holder>, Ve
         return (Vec::new(), Vec::new());
     }
     let found = holders_of_kind(dev, true, &suspects);
-    (found, end_holders_also(dev, grace, &suspects))
+    (found, end_holders_also(dev, POLITE, grace, &suspects))
 }
 
 /// Sends each signal in turn to the processes `left` still finds, and waits up to `grace`
