@@ -55,6 +55,9 @@ _keepsake() {
             keepsake,upgrade)
                 cmd="keepsake__subcmd__upgrade"
                 ;;
+            keepsake,watch)
+                cmd="keepsake__subcmd__watch"
+                ;;
             keepsake__subcmd__backup,list)
                 cmd="keepsake__subcmd__backup__subcmd__list"
                 ;;
@@ -92,7 +95,7 @@ _keepsake() {
 
     case "${cmd}" in
         keepsake)
-            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version create unlock lock status feature passphrase recovery-key upgrade check repair delete backup restore"
+            opts="-h -V --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version create unlock lock status watch feature passphrase recovery-key upgrade check repair delete backup restore"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -470,7 +473,7 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__lock)
-            opts="-h -V --force --device --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --force --device --now --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -760,7 +763,7 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__unlock)
-            opts="-h -V --device --image --recovery-key --mount-root --live-user --passphrase-fd --key-file --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            opts="-h -V --device --image --recovery-key --mount-root --live-user --on-removal --require-watch --passphrase-fd --key-file --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -780,6 +783,10 @@ _keepsake() {
                     ;;
                 --live-user)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --on-removal)
+                    COMPREPLY=($(compgen -W "wipe end shutdown" -- "${cur}"))
                     return 0
                     ;;
                 --passphrase-fd)
@@ -841,6 +848,36 @@ _keepsake() {
                     return 0
                     ;;
                 --pbkdf-parallel)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --layout)
+                    COMPREPLY=($(compgen -W "tails live-boot" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__watch)
+            opts="-h -V --on-removal --device --serve --json --layout --allow-unencrypted-swap --allow-core-dump-handler --allow-disk-backed-tmp --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --on-removal)
+                    COMPREPLY=($(compgen -W "wipe end shutdown" -- "${cur}"))
+                    return 0
+                    ;;
+                --device)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --serve)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

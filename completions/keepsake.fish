@@ -36,6 +36,7 @@ complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "create" -d 'Creat
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "unlock" -d 'Open the volume, mount it and activate its enabled features'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "lock" -d 'Deactivate the features, unmount and close the volume, and forget it'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "status" -d 'Show the volume, its mapping and mount, and each feature\'s state'
+complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "watch" -d 'Arm the watcher that wipes the volume key when the stick is pulled out'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "feature" -d 'List, enable, disable, add and remove features (the folders that persist)'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "passphrase" -d 'Change the passphrase; the volume key and the data stay as they are'
 complete -c keepsake -n "__fish_keepsake_needs_command" -f -a "recovery-key" -d 'Add or remove the recovery key, for when the passphrase is lost'
@@ -68,11 +69,15 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l device -d '
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l image -d 'A container file holding the volume' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l mount-root -d 'Mount the volume here instead of the layout\'s mount point (for tests)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l live-user -d 'The live session\'s user [default: the user with uid 1000]' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l on-removal -d 'What follows the key wipe: wipe (detach the volume only), end (also kill the processes holding its files), shutdown (end, then power off)' -r -f -a "wipe\t'Wipe the key, detach the volume\'s mounts, drop the page cache, remove the mapping once nothing holds it; processes that hold its files keep running (and get I/O errors)'
+end\t'As wipe, and first kill (SIGKILL) every process holding files of the volume, in any mount namespace: their memory holds what they read, and the mapping can go'
+shutdown\t'As end, then power the machine off at once, as Tails does when its boot stick is pulled'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l passphrase-fd -d 'Read the passphrase from file descriptor N: one line, the newline is dropped' -r
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l key-file -d 'Read the key from FILE, whole and byte for byte (as `cryptsetup --key-file`)' -r -F
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l recovery-key -d 'Read the recovery key instead of the passphrase (same sources)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l require-watch -d 'Fail (exit 6, the volume closed again) when the watcher cannot be armed, instead of warning'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand unlock" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
@@ -83,6 +88,7 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l device -d 'Lo
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l force -d 'End the processes that hold files of the volume open (SIGTERM, then SIGKILL)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l now -d 'Panic: wipe the volume key from the kernel first, at once, then lock as --force does. Data not yet written to the stick is lost'
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l json -d 'Print one JSON object on standard output instead of text; errors too'
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand lock" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
@@ -97,6 +103,19 @@ complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-core-
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keepsake -n "__fish_keepsake_using_subcommand status" -s V -l version -d 'Print version'
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l on-removal -d 'What follows the key wipe: wipe, end or shutdown (see keepsake unlock --help)' -r -f -a "wipe\t'Wipe the key, detach the volume\'s mounts, drop the page cache, remove the mapping once nothing holds it; processes that hold its files keep running (and get I/O errors)'
+end\t'As wipe, and first kill (SIGKILL) every process holding files of the volume, in any mount namespace: their memory holds what they read, and the mapping can go'
+shutdown\t'As end, then power the machine off at once, as Tails does when its boot stick is pulled'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l device -d 'Arm it for this volume only: its partition, container file, loop device or /dev/mapper name [default: every unlocked volume of the layout]' -r -F
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l serve -d 'Be the watcher of this mapping (run by unlock and watch, never by hand)' -r
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
+live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l json -d 'Print one JSON object on standard output instead of text; errors too'
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l allow-unencrypted-swap -d 'Run even though unencrypted swap is active (secrets could be paged to disk)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l allow-core-dump-handler -d 'Run even though a core-dump handler may write dumps to a disk'
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -l allow-disk-backed-tmp -d 'Run even though /tmp or /run/keepsake is not in RAM (tmpfs)'
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keepsake -n "__fish_keepsake_using_subcommand watch" -s V -l version -d 'Print version'
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l layout -d 'Layout profile: names, mapping and mount point of the volume (see --help)' -r -f -a "tails\t'Tails Persistent Storage: partition and filesystem `TailsData`, unlocked as `TailsData_unlocked` and mounted at /live/persistence/TailsData_unlocked'
 live-boot\t'Debian live-boot persistence: filesystem label `persistence`, mounted under /run/live/persistence'"
 complete -c keepsake -n "__fish_keepsake_using_subcommand feature; and not __fish_seen_subcommand_from list enable disable add remove" -l json -d 'Print one JSON object on standard output instead of text; errors too'

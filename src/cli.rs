@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::EXIT_CODES_HELP;
 use crate::persistence::layout::LayoutProfile;
+use crate::session::wipe::OnRemoval;
 
 pub mod plain;
 
@@ -303,6 +304,8 @@ commands! {
     Lock(LockArgs) = "lock", args { after_long_help(LOCK_HELP) }
     /// Show the volume, its mapping and mount, and each feature's state.
     Status(StatusArgs) = "status", args { after_long_help(STATUS_HELP) }
+    /// Arm the watcher that wipes the volume key when the stick is pulled out.
+    Watch(WatchArgs) = "watch", args { after_long_help(WATCH_HELP) }
     /// List, enable, disable, add and remove features (the folders that persist).
     Feature(FeatureCommand) = "feature", subcommands {
         after_long_help(FEATURE_HELP),
@@ -854,10 +857,12 @@ Who can write the volume's bytes decides what it may do. The live user knows the
 Unlocking runs these steps, and undoes them if one fails: read the passphrase; open the \
 volume (as /dev/mapper/TailsData_unlocked; with --layout live-boot as /dev/mapper/<device \
 name>, a container file on a loop device as /dev/mapper/loopN, as live-boot names it); \
-check the filesystem (e2fsck -p); mount it at the \
-mount root; activate each enabled feature (bind mounts are nosuid,nodev). A feature that \
-cannot be activated is reported and skipped; the others are still activated, and the exit \
-status is then 9.
+arm the watcher that wipes the key when the stick is pulled out (see keepsake watch \
+--help; --on-removal says what else it does then; a watcher that cannot start is warned \
+about, or with --require-watch fails the unlock with exit 6); check the filesystem \
+(e2fsck -p); mount it at the mount root; activate each enabled feature (bind mounts are \
+nosuid,nodev). A feature that cannot be activated is reported and skipped; the others are \
+still activated, and the exit status is then 9.
 
 Examples:
   keepsake unlock
@@ -882,7 +887,51 @@ with exit status 10: shut down instead.
 When processes hold files of the volume open, or keep it mounted in a mount namespace of \
 their own (chrooted or not), lock names them and stops with exit status 5, leaving everything \
 mounted; --force detaches the volume in those namespaces where it can, ends those processes \
-(SIGTERM, then SIGKILL) and locks.";
+(SIGTERM, then SIGKILL) and locks.
+
+--now is the panic command (for a keyboard shortcut): before anything else it wipes the \
+volume key from the kernel (suspend, dm-crypt's key wipe, an error table in its place), so \
+the volume is unreadable within milliseconds; then it locks as --force does. Whatever was \
+not yet written to the stick is lost, and programs with files of the volume open get I/O \
+errors until they are ended.";
+
+const WATCH_HELP: &str = "\
+unlock arms a watcher for the volume it opens; watch arms one for a volume that is already \
+open: one the system unlocked at boot (Tails' Welcome Screen, live-boot), or one whose \
+watcher was stopped. There is one watcher per volume; it stops when the volume is locked.
+
+The watcher is a small root process, in a session of its own (no terminal, not sudo's \
+child), with its whole code locked in memory, holding no passphrase or key (wiping needs \
+none). It follows the kernel's device events (netlink; no udev needed) for the devices under \
+the volume: its partition and that partition's stick, the loop device of a container file, \
+and the partition and stick that hold the file. When one of them goes, it at once:
+  1. wipes the volume key from the kernel: the mapping is suspended and dm-crypt told to \
+wipe its key (as cryptsetup luksSuspend does), and an error table replaces it, so that \
+nothing waits on the stick that is gone;
+  2. with --on-removal end (the default) or shutdown, kills (SIGKILL) every process that \
+holds files of the volume, in any mount namespace: their memory holds what they read;
+  3. detaches the volume's mounts and binds, drops the page cache, and removes the mapping \
+(at once, or the moment the last process holding it lets go);
+  4. reports it on the console and in the system log (kernel log and syslog), and in \
+keepsake status;
+  5. with --on-removal shutdown, powers the machine off at once, as Tails does when its boot \
+stick is pulled; otherwise it removes the links into the volume (dotfiles).
+None of these reads a disk or runs a program: when the stick also holds the live system, \
+its files are gone with it. The key is wiped within milliseconds of the kernel noticing \
+the removal (see the README for measurements).
+
+What it does not do: it cannot take back what the session already copied elsewhere (files \
+saved outside the volume, the clipboard, a program's memory when --on-removal wipe lets it \
+run), and it protects nothing while the machine is off or after it was seized running with \
+the stick still in. Unlike Tails' own emergency shutdown, which powers the whole machine off \
+when its boot stick goes, the watcher wipes one volume and leaves the session running \
+(unless --on-removal shutdown), and it does so for a container file or a second stick too.
+
+Examples:
+  keepsake watch                        # arm it for a volume unlocked at boot
+  keepsake watch --on-removal shutdown
+  keepsake status                       # says whether it is armed
+  keepsake lock --now                   # the same wipe, from a keyboard shortcut";
 
 const STATUS_HELP: &str = "\
 Status shows every open persistence volume, of either layout, whether keepsake or the system \
@@ -892,6 +941,7 @@ JSON output (--json) is one object:
   {\"version\": 1, \"layout\": \"tails\", \"unlocked\": bool,
    \"volume\": null | {\"layout\", \"opened_at_boot\", \"mapping\", \"device\", \"backing\",
                      \"image\", \"mount_root\",
+                     \"watch\": {\"armed\": bool, \"pid\", \"on_removal\", \"devices\": [name]},
                      \"keyslots\": [{\"keyslot\", \"role\", \"kdf\",
                                    \"cost\": {\"memory_kib\", \"iterations\", \"parallel\"}}]},
    \"features\": [{\"name\", \"source\", \"destination\", \"method\", \"enabled\",
@@ -899,9 +949,14 @@ JSON output (--json) is one object:
    \"config_errors\": [{\"line\", \"reason\"}],
    \"tor\": {\"running\": bool, \"pids\": [int], \"state\": \"persistent\" | \"amnesic\"},
    \"kdf\": {\"mem_available_kib\", \"default_max_memory_kib\"},
-   \"volumes\": [{...as volume, \"features\": [...], \"config_errors\": [...]}]}
+   \"volumes\": [{...as volume, \"features\": [...], \"config_errors\": [...]}],
+   \"wiped\": [{\"mapping\", \"trigger\", \"at\", \"key_wiped_ms\", \"key_error\", \"ended\",
+               \"unmounted\", \"caches_dropped\", \"mapping_removed_ms\", \"links_removed\"}]}
 \"volume\", \"features\" and \"config_errors\" describe the open volume of the layout (else \
-the first open one); \"volumes\" lists every open volume, with the layout it was found under.
+the first open one); \"volumes\" lists every open volume, with the layout it was found under. \
+\"watch\" says whether pulling the stick wipes the volume's key (see keepsake watch --help); \
+\"wiped\" lists the volumes whose stick was pulled since they were unlocked, with what the \
+watcher did and when (in ms after it heard of the removal).
 A keyslot's role is \"passphrase\" or \"recovery\". default_max_memory_kib is the argon2id
 memory ceiling a new keyslot gets here: half the available RAM, at most 1 GiB.";
 
@@ -993,7 +1048,41 @@ pub struct UnlockArgs {
     pub live_user: Option<String>,
 
     #[command(flatten)]
+    pub watch: WatchOptions,
+
+    #[command(flatten)]
     pub passphrase: PassphraseArgs,
+}
+
+/// How the watcher that wipes the key when the stick is pulled is armed.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "When the stick is pulled")]
+pub struct WatchOptions {
+    /// What follows the key wipe: wipe (detach the volume only), end (also kill the
+    /// processes holding its files), shutdown (end, then power off).
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = OnRemoval::End)]
+    pub on_removal: OnRemoval,
+
+    /// Fail (exit 6, the volume closed again) when the watcher cannot be armed, instead of
+    /// warning.
+    #[arg(long)]
+    pub require_watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// What follows the key wipe: wipe, end or shutdown (see keepsake unlock --help).
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = OnRemoval::End)]
+    pub on_removal: OnRemoval,
+
+    /// Arm it for this volume only: its partition, container file, loop device or
+    /// /dev/mapper name [default: every unlocked volume of the layout].
+    #[arg(long, value_name = "DEV", conflicts_with = "serve")]
+    pub device: Option<PathBuf>,
+
+    /// Be the watcher of this mapping (run by unlock and watch, never by hand).
+    #[arg(long, value_name = "MAPPING", hide = true)]
+    pub serve: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -1007,6 +1096,11 @@ pub struct LockArgs {
     /// the layout].
     #[arg(long, value_name = "DEV")]
     pub device: Option<PathBuf>,
+
+    /// Panic: wipe the volume key from the kernel first, at once, then lock as --force
+    /// does. Data not yet written to the stick is lost.
+    #[arg(long)]
+    pub now: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1144,7 +1238,7 @@ mod tests {
         built.build();
         let mut paths = Vec::new();
         command_paths(&built, &[], &mut paths);
-        assert_eq!(paths.len(), 23, "{paths:?}");
+        assert_eq!(paths.len(), 24, "{paths:?}");
         for path in &paths {
             let words: Vec<&str> = path.iter().map(String::as_str).collect();
             let sub = words

@@ -34,7 +34,8 @@ fn status_json_shape_or_not_root() {
                 "unlocked",
                 "version",
                 "volume",
-                "volumes"
+                "volumes",
+                "wiped"
             ]
         );
         let mut tor_keys: Vec<_> = v["tor"].as_object().unwrap().keys().cloned().collect();
@@ -56,6 +57,7 @@ fn status_json_shape_or_not_root() {
         );
         assert!(v["volume"].is_null());
         assert_eq!(v["volumes"], serde_json::json!([]));
+        assert_eq!(v["wiped"], serde_json::json!([]));
     } else {
         assert_eq!(out.status.code(), Some(8));
         let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::{Cli, Command, GlobalArgs, LockArgs, PassphraseArgs, StatusArgs, UnlockArgs};
-use super::{LayoutProfile, VolumeArgs};
+use super::{LayoutProfile, OnRemoval, VolumeArgs, WatchOptions};
 
 /// The global options (`global = true` in [`GlobalArgs`]): before or after the command.
 pub(super) const GLOBAL: &[&str] = &[
@@ -40,9 +40,11 @@ pub(super) const COMMANDS: &[(&str, &[&str])] = &[
             "live-user",
             "passphrase-fd",
             "key-file",
+            "on-removal",
+            "require-watch",
         ],
     ),
-    ("lock", &["force", "device"]),
+    ("lock", &["force", "device", "now"]),
     ("status", &[]),
 ];
 
@@ -91,6 +93,8 @@ fn takes_value(name: &str) -> bool {
             | "allow-disk-backed-tmp"
             | "recovery-key"
             | "force"
+            | "require-watch"
+            | "now"
     )
 }
 
@@ -140,6 +144,12 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         Some("live-boot") => LayoutProfile::LiveBoot,
         Some(_) => return None,
     };
+    let on_removal = match given.value("on-removal") {
+        None | Some("end") => OnRemoval::End,
+        Some("wipe") => OnRemoval::Wipe,
+        Some("shutdown") => OnRemoval::Shutdown,
+        Some(_) => return None,
+    };
     let global = GlobalArgs {
         json: given.flag("json"),
         layout,
@@ -156,6 +166,10 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
             recovery_key: given.flag("recovery-key"),
             mount_root: given.path("mount-root"),
             live_user: given.value("live-user").map(str::to_string),
+            watch: WatchOptions {
+                on_removal,
+                require_watch: given.flag("require-watch"),
+            },
             passphrase: PassphraseArgs {
                 passphrase_fd: match given.value("passphrase-fd") {
                     Some(fd) => Some(file_descriptor(fd)?),
@@ -167,6 +181,7 @@ pub fn parse(args: &[OsString]) -> Option<Cli> {
         "lock" => Command::Lock(LockArgs {
             force: given.flag("force"),
             device: given.path("device"),
+            now: given.flag("now"),
         }),
         _ => Command::Status(StatusArgs {}),
     };
@@ -245,6 +260,9 @@ mod tests {
                 "/dev/sdb",
             ],
             &["lock", "--allow-disk-backed-tmp", "--json"],
+            &["unlock", "--on-removal", "shutdown", "--require-watch"],
+            &["unlock", "--on-removal=wipe"],
+            &["lock", "--now"],
         ] {
             assert!(agrees(&os(line)), "{line:?} is a plain line");
         }
@@ -277,6 +295,8 @@ mod tests {
             &["--", "status"],
             &["status", "--"],
             &["lock", "-"],
+            &["unlock", "--on-removal", "reboot"],
+            &["lock", "--require-watch"],
         ] {
             assert!(parse(&os(line)).is_none(), "{line:?} is left to clap");
         }

@@ -11,6 +11,7 @@ pub fn run(global: &GlobalArgs, args: LockArgs, out: Output) -> Result<()> {
         layout: global.layout,
         device: args.device,
         force: args.force,
+        now: args.now,
     };
     let _lock = super::exclusive()?;
     let report = crate::session::lock::lock(&options, out)?;
@@ -23,7 +24,10 @@ fn human(r: &LockReport) -> String {
         return "nothing is unlocked".to_string();
     }
     format!(
-        "locked {}: {} mount(s) removed, mapping closed{}{}",
+        "{}locked {}: {} mount(s) removed, mapping closed{}{}",
+        r.keys_wiped_ms
+            .map(|ms| format!("key(s) wiped from the kernel in {ms} ms; "))
+            .unwrap_or_default(),
         r.volumes
             .iter()
             .map(|v| match &v.backing {

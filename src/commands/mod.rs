@@ -12,6 +12,7 @@ mod mirror;
 mod status;
 mod unlock;
 mod upgrade;
+mod watch;
 
 use std::path::Path;
 
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Unlock(args) => unlock::run(&cli.global, args, out),
         Command::Lock(args) => lock::run(&cli.global, args, out),
         Command::Status(args) => status::run(&cli.global, args, out),
+        Command::Watch(args) => watch::run(&cli.global, args, out),
         Command::Feature(command) => feature::run(&cli.global, command, out),
         Command::Passphrase(command) => keys::passphrase(&cli.global, command, out),
         Command::RecoveryKey(command) => keys::recovery_key(&cli.global, command, out),

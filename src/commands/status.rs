@@ -39,6 +39,23 @@ fn volume_text(text: &mut String, vs: &VolumeStatus) {
             .as_ref()
             .map_or_else(|| "(not mounted)".into(), |m| m.display().to_string()),
     ));
+    let w = &v.watch;
+    if w.armed {
+        text.push_str(&format!(
+            "  watched: pulling {} wipes the key (watcher pid {}, on removal: {})\n",
+            w.devices
+                .iter()
+                .map(|d| format!("/dev/{d}"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            w.pid.unwrap_or_default(),
+            w.on_removal.map_or("?", |o| o.name())
+        ));
+    } else {
+        text.push_str(
+            "  NOT WATCHED: pulling the stick does not wipe the key (keepsake watch arms it)\n",
+        );
+    }
     if let Some(why) = &v.not_only_root {
         text.push_str(&format!(
             "  the live user's volume: someone other than root could have written it ({why}); only features in their home are activated\n"
@@ -90,13 +107,19 @@ fn human(r: &StatusReport) -> String {
         (false, "persistent") => "tor: stopped (its persistent state is bound)\n".to_string(),
         (false, _) => String::new(),
     };
+    let wiped: String = r
+        .wiped
+        .iter()
+        .map(|w| format!("{}\n", crate::session::wipe::summary(w)))
+        .collect();
     if r.volumes.is_empty() {
-        return format!("locked: no volume is unlocked\n{tor}");
+        return format!("locked: no volume is unlocked\n{wiped}{tor}");
     }
     let mut text = String::new();
     for vs in &r.volumes {
         volume_text(&mut text, vs);
     }
+    text.push_str(&wiped);
     text.push_str(&tor);
     text
 }

@@ -25,6 +25,11 @@ struct UnlockReport {
     /// The devices tried when the volume was looked for as live-boot looks for it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tried: Vec<open::TriedDevice>,
+    /// The watcher that wipes the key when the stick is pulled, if it armed.
+    watch: Option<crate::session::watch::Watch>,
+    /// Why it did not arm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watch_error: Option<String>,
 }
 
 /// What `keepsake unlock` was asked to do, in plain values.
@@ -34,6 +39,7 @@ struct UnlockConfig {
     /// Whether the recovery key is typed instead of a passphrase.
     recovery_key: bool,
     live_user: Option<String>,
+    watch: crate::cli::WatchOptions,
 }
 
 pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
@@ -43,6 +49,7 @@ pub fn run(global: &GlobalArgs, args: UnlockArgs, out: Output) -> Result<()> {
         profile: super::layout(global, args.mount_root.as_deref()),
         recovery_key: args.recovery_key,
         live_user: args.live_user.clone(),
+        watch: args.watch.clone(),
     };
     // The mounts and block devices, read once: every check below looks at these.
     let host = crate::host::Snapshot::read()?;
@@ -81,6 +88,27 @@ fn unlock(
         }
     };
     let layout = &opened.layout;
+    // Armed before anything of the volume shows in the session: from then on, pulling the
+    // stick wipes the key. A volume that cannot be watched is closed again on request.
+    let (watch, watch_error) = match super::watch::arm(
+        &layout.mapping,
+        config.watch.on_removal,
+        profile.profile,
+    ) {
+        Ok(w) => (Some(w), None),
+        Err(why) if config.watch.require_watch => {
+            let _ = volume::deactivate(&layout.mapping);
+            return Err(Error::UnsafeHost(format!(
+                "the watcher could not be armed ({why}); --require-watch: the volume was closed again"
+            )));
+        }
+        Err(why) => {
+            out.warn(format!(
+                    "WARNING: pulling the stick will NOT wipe the key: the watcher could not be armed ({why}); keepsake watch tries again"
+                ));
+            (None, Some(why))
+        }
+    };
     match crate::session::unlock::start(
         layout,
         &opened.backing,
@@ -97,6 +125,8 @@ fn unlock(
                 keyslot: opened.keyslot,
                 session,
                 tried: opened.tried,
+                watch,
+                watch_error,
             },
             out,
         ),
@@ -178,6 +208,9 @@ fn finish(report: UnlockReport, out: Output) -> Result<()> {
         );
         for t in &r.tried {
             text.push_str(&format!("  tried {}: {}\n", t.device.display(), t.outcome));
+        }
+        if let Some(w) = &r.watch {
+            text.push_str(&format!("  {}\n", super::watch::armed_line(w)));
         }
         for f in &r.session.features {
             let state = match f.state {

@@ -32,6 +32,8 @@ pub struct LockOptions {
     pub device: Option<PathBuf>,
     /// End the processes that hold files of the volume open.
     pub force: bool,
+    /// Wipe the keys from the kernel before anything else (`lock --now`); implies `force`.
+    pub now: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -47,6 +49,9 @@ pub struct LockReport {
     pub leftovers: Vec<String>,
     /// What became of tor, when its state was part of the volume.
     pub tor: Option<String>,
+    /// With --now: when the keys were gone from the kernel, in ms after lock began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_wiped_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +84,7 @@ impl LockReport {
 /// every open volume of the layout (live-boot opens every volume it finds, and a
 /// session's persistence is all of them). Open volumes of the other layout only are an
 /// error that names them, not a silent "nothing is unlocked".
-fn choose(
+pub(crate) fn choose(
     all: Vec<Unlocked>,
     profile: LayoutProfile,
     device: Option<&Path>,
@@ -173,6 +178,9 @@ pub fn lock(options: &LockOptions, out: Output) -> Result<LockReport> {
     // What makes a lock impossible is found before anything changes, for every volume.
     refuse_a_root_on_the_volume(&chosen)?;
     let mut report = LockReport::default();
+    if options.now {
+        report.keys_wiped_ms = wipe_keys_first(&chosen, out);
+    }
     // Mounted last, locked first.
     for u in chosen.iter().rev() {
         match lock_one(u, &host, options, out) {
@@ -192,6 +200,37 @@ pub fn lock(options: &LockOptions, out: Output) -> Result<LockReport> {
         }
     }
     Ok(report)
+}
+
+/// `lock --now`: every chosen volume's key wiped from the kernel before anything else
+/// (see [`super::wipe::wipe_key`]); the lock that follows takes the rest away. Returns
+/// when the last key was gone, in ms, if all were; a failure is warned about (closing the
+/// mapping, later, wipes the key too).
+fn wipe_keys_first(chosen: &[Unlocked], out: Output) -> Option<f64> {
+    let start = std::time::Instant::now();
+    let control = match crate::host::dm::Control::open() {
+        Ok(c) => c,
+        Err(e) => {
+            out.warn(format!(
+                "could not wipe the keys first (/dev/mapper/control: {e}); locking"
+            ));
+            return None;
+        }
+    };
+    let mut all = true;
+    for u in chosen {
+        let dev = u.mapping.dev;
+        let wiped = crate::host::dm::sectors(dev)
+            .and_then(|sectors| super::wipe::wipe_key(&control, dev, sectors));
+        if let Err(e) = wiped {
+            all = false;
+            out.warn(format!(
+                "could not wipe the key of /dev/mapper/{} first ({e}); locking",
+                u.mapping.name
+            ));
+        }
+    }
+    all.then(|| (start.elapsed().as_secs_f64() * 10_000.0).round() / 10.0)
 }
 
 /// live-boot's `/ union` makes the running system's root an overlay writing into the
@@ -277,8 +316,12 @@ fn lock_volume(
     // Scanning every process for open files is the slowest part of a lock, so it is done
     // only when it matters: with --force, to end them first; otherwise only when an
     // unmount reports the volume busy, to name them.
+    // A volume whose key is wiped (lock --now, or its stick pulled) can only go: whatever
+    // holds it is ended, and nothing is put back.
+    let wiped = options.now || super::watch::last_wipe(&unlocked.mapping.name).is_some();
+    let force = options.force || wiped;
     let mut ended = Vec::new();
-    if options.force {
+    if force {
         let holders = processes::holders_of(dev);
         if !holders.is_empty() {
             out.progress(format!("ending {}", describe(&holders)));
@@ -308,6 +351,14 @@ fn lock_volume(
     let link_destinations = link_destinations(unlocked, layout.profile.into());
     let plan = plan_teardown(&unlocked.table, dev, &mount_root, &link_destinations);
     let torn = match lifecycle::tear_down(&plan, layout, unlocked, &mount_root) {
+        // The config that names the links may no longer be readable from a wiped volume:
+        // the links into it are looked for in the live user's home instead.
+        Ok(mut done) if wiped => {
+            if let Ok(user) = crate::persistence::features::SystemHost::new(None).live_user {
+                done.links_removed += super::wipe::remove_links(&user.home, &mount_root);
+            }
+            done
+        }
         Ok(done) => done,
         Err(e) => {
             let holders = processes::holders_of(dev);
@@ -323,15 +374,15 @@ fn lock_volume(
     // No global sync() here: unmounting wrote the filesystem back and waited for it, and
     // closing the mapping flushes what dm-crypt holds; syncing every other filesystem of
     // the host would only make lock slower.
-    let mut closed = deactivate(&layout.mapping, !ended.is_empty());
-    if options.force && closed.as_ref().is_err_and(|e| e.is_in_use()) {
+    let mut closed = deactivate(&layout.mapping, dev, wiped, !ended.is_empty());
+    if force && closed.as_ref().is_err_and(|e| e.is_in_use()) {
         // Nothing keepsake could see holds it: a user's mount namespace may hide it under
         // a mount over its root. --force ends those namespaces too, and tries again.
         let (suspects, left) = processes::end_user_namespaces(dev, Duration::from_secs(3));
         if !suspects.is_empty() {
             out.progress(format!("ending {}", describe(&suspects)));
             if left.is_empty() {
-                closed = deactivate(&layout.mapping, true);
+                closed = deactivate(&layout.mapping, dev, wiped, true);
             }
             ended.extend(suspects);
         }
@@ -343,7 +394,7 @@ fn lock_volume(
             return Err(e);
         }
         let suspects = processes::user_namespace_holders(dev);
-        return Err(Error::InUse(if options.force || suspects.is_empty() {
+        return Err(Error::InUse(if force || suspects.is_empty() {
             format!(
                 "{e}; something keepsake cannot see still uses it; the volume was put back as it was"
             )
@@ -401,6 +452,7 @@ fn lock_volume(
     if !opened_at_boot {
         record::remove_record(layout);
     }
+    super::watch::forget_wipe(&unlocked.mapping.name);
     let leftovers = verify_gone(layout, backing.as_deref(), &loops);
     Ok(LockReport {
         was_unlocked: true,
@@ -417,6 +469,7 @@ fn lock_volume(
         caches_dropped,
         leftovers,
         tor: None,
+        keys_wiped_ms: None,
     })
 }
 
@@ -461,11 +514,28 @@ fn live_boot_holding_mounts(table: &[mounts::Mount], file: &Path) -> Vec<PathBuf
 }
 
 /// Closes the mapping. After processes were ended, a few more tries while it is busy: a
-/// process gone from /proc may still be releasing its mount namespace's last mount.
-fn deactivate(mapping: &str, ended_some: bool) -> Result<()> {
+/// process gone from /proc may still be releasing its mount namespace's last mount. A
+/// mapping whose key was wiped holds an error table, which libcryptsetup does not take for
+/// a LUKS mapping: it is removed through device-mapper itself.
+fn deactivate(mapping: &str, dev: (u32, u32), wiped: bool, ended_some: bool) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let close = || -> Result<()> {
+        if !wiped {
+            return volume::deactivate(mapping).map_err(Error::from);
+        }
+        let removed = crate::host::dm::Control::open().and_then(|c| c.remove_when_free(dev));
+        match removed {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::InUse(format!(
+                "the mapping {mapping} is still held; the kernel removes it when it is let go"
+            ))),
+            Err(e) => Err(Error::NotApplied(format!(
+                "removing the mapping {mapping}: {e}"
+            ))),
+        }
+    };
     loop {
-        match volume::deactivate(mapping).map_err(Error::from) {
+        match close() {
             Err(e) if ended_some && e.is_in_use() && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -25,5 +25,7 @@ pub(crate) mod tor;
 pub(crate) mod trust;
 pub(crate) mod unlock;
 pub(crate) mod unlocked;
+pub(crate) mod watch;
+pub mod wipe;
 
 pub use error::{Error, Result};

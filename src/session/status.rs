@@ -28,6 +28,9 @@ pub struct StatusReport {
     pub volumes: Vec<VolumeStatus>,
     pub tor: TorReport,
     pub kdf: KdfReport,
+    /// Volumes whose stick was pulled out since they were unlocked, with what the watcher
+    /// did (until the next unlock or lock of that mapping).
+    pub wiped: Vec<super::wipe::Wiped>,
 }
 
 /// The argon2id memory ceiling new keyslots get on this machine now.
@@ -71,6 +74,8 @@ pub struct VolumeReport {
     /// could: then it is the live user's, and activates only features in their home.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_only_root: Option<String>,
+    /// Whether pulling the stick wipes the key: the volume's watcher.
+    pub watch: super::watch::WatchStatus,
 }
 
 /// The session as the kernel's tables show it: every open volume (those of `layout`
@@ -98,6 +103,7 @@ pub fn status(layout: LayoutProfile, out: Output) -> Result<StatusReport> {
                 default_max_memory_kib: crate::volume::default_max_memory_kib(available),
             }
         },
+        wiped: super::watch::all_wipes(),
     };
     let pids = tor::pids_using_data_dir();
     report.tor.running = !pids.is_empty();
@@ -159,6 +165,7 @@ fn volume_status(u: &Unlocked, out: Output) -> VolumeStatus {
             backing: backing_dev,
             image,
             mount_root: u.mount_root.clone(),
+            watch: super::watch::status(&u.mapping.name),
         },
         features: vec![],
         config_errors: vec![],
