@@ -159,8 +159,16 @@ guest_pull() {
     for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     ks_assert "lock stops the watcher" not kill -0 "$pid"
     ks_assert "  and its state file is gone" [ ! -e /run/keepsake/watch.TailsData_unlocked.json ]
-    ks_expect_rc 0 "unlock again" -- keepsake unlock --key-file "$KS_PASS_FILE"
+    # As on a live system, keepsake runs from the stick itself (here its binary on the
+    # stick's first partition; its libraries stay in RAM): pulling the stick takes the
+    # watcher's own file with it, and the wipe must run from what is locked in memory
+    # (the wipe drops the page cache, which would drop an unlocked page).
+    umount /run/live/medium 2>/dev/null
+    mkfs.ext4 -q -F /dev/vda1 && mount /dev/vda1 /run/live/medium \
+        && cp /usr/sbin/keepsake /run/live/medium/keepsake || ks_fail "keepsake on the stick"
+    ks_expect_rc 0 "unlock again, keepsake run from the stick" -- /run/live/medium/keepsake unlock --key-file "$KS_PASS_FILE"
     pid=$(watcher_pid)
+    ks_assert "  the watcher runs the stick's binary" sh -c "readlink /proc/$pid/exe | grep -q '^/run/live/medium/keepsake'"
     start_writer
     pull usb TailsData_unlocked vda vda2
     ks_assert "the key was gone within the clock's bounds" grep -q 'key_ms=[0-9]' /tmp/clock.out
