@@ -313,13 +313,13 @@ fn lock_volume(
         .or_else(|| unlocked.backing());
     let dev = unlocked.mapping.dev;
 
-    // Scanning every process for open files is the slowest part of a lock, so it is done
-    // only when it matters: with --force, to end them first; otherwise only when an
-    // unmount reports the volume busy, to name them.
     // A volume whose key is wiped (lock --now, or its stick pulled) can only go: whatever
     // holds it is ended, and nothing is put back.
     let wiped = options.now || super::watch::last_wipe(&unlocked.mapping.name).is_some();
     let force = options.force || wiped;
+    // Scanning every process for open files is the slowest part of a lock, so it is done
+    // only when it matters: with --force, to end them first; otherwise only when an
+    // unmount reports the volume busy, to name them.
     let mut ended = Vec::new();
     if force {
         let holders = processes::holders_of(dev);
@@ -388,6 +388,12 @@ fn lock_volume(
         }
     }
     if let Err(e) = closed {
+        if wiped {
+            // Nothing to put back: the data cannot be read any more.
+            return Err(Error::InUse(format!(
+                "{e}; its key is wiped, and the kernel removes the mapping when the last holder lets go"
+            )));
+        }
         // Still open: put the volume back as it was rather than leave it half locked.
         lifecycle::restore(layout, unlocked);
         if !e.is_in_use() {

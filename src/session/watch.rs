@@ -159,8 +159,9 @@ pub fn arm(mapping: &str, on_removal: OnRemoval, layout: &str) -> Result<Watch, 
         Some(line) if line.starts_with("armed ") => {
             let watch: Watch = serde_json::from_str(&line["armed ".len()..])
                 .map_err(|e| format!("the watcher's answer: {e}"))?;
-            // Reaped by init once this process exits; waiting here would wait forever.
-            std::mem::forget(child);
+            // Not waited for (it runs until the volume goes): init reaps it once this
+            // process has exited.
+            drop(child);
             Ok(watch)
         }
         other => {
