@@ -13,10 +13,12 @@ host_main() {
 }
 
 # traced NAME COMMAND...: runs COMMAND under strace (every syscall, relative times), the
-# trace in /tmp/NAME.trace and, with KS_SCAN_PROFILE=1, in the log.
+# trace in /tmp/NAME.trace and, with KS_SCAN_PROFILE=1, in the log. Processes keepsake
+# starts are let go at their execve (-b execve): the watcher unlock arms runs until lock,
+# and its own scans at arming are its, not unlock's.
 traced() {
     local name=$1; shift
-    strace -f -qq -r -T -o "/tmp/$name.trace" "$@" >/tmp/ks-cmd.out 2>&1 \
+    strace -f -b execve -qq -r -T -o "/tmp/$name.trace" "$@" >/tmp/ks-cmd.out 2>&1 \
         || { sed 's/^/    | /' /tmp/ks-cmd.out; ks_fail "$name: $*"; }
     [ "$(ks_in profile)" = 1 ] && sed "s/^/KS-PROFILE $name /" "/tmp/$name.trace"
     ks_ok "$name ran under strace"
