@@ -8,15 +8,17 @@
 //! - [`commands`]: one thin file per command: options into a plain config, one call into
 //!   the library, one report. [`cli`] defines the options; [`output`] prints.
 //! - [`session`]: the volume once it is open: plan, the journal-based executor that
-//!   unlock, `feature`, lock and every rollback use, the runtime record, tor's state.
+//!   unlock, `feature`, lock and every rollback use, the runtime record, tor's state, and
+//!   the watcher that wipes the key when the stick is pulled (`session::watch`, `wipe`).
 //! - [`archive`]: the backup format (header, STREAM, tree codec), extraction and restore.
 //! - [`mirror`]: a second volume kept up to date with the unlocked one, a top-level
 //!   folder at a time.
 //! - `volume`: the LUKS2 volume through libcryptsetup: one `Volume` handle, its keyslots,
 //!   KDF, header, upgrade; finding volumes (discovery) and recovery keys.
 //! - [`host`]: the machine: block devices and GPT, mounts, processes (in every mount
-//!   namespace), the kernel's device-mapper, helper programs, the preflight safety
-//!   checks, and who could have written a volume's bytes (`host::writers`).
+//!   namespace), the kernel's device-mapper (its ioctls, `host::dm`) and device events
+//!   (`host::uevent`), helper programs, the preflight safety checks, and who could have
+//!   written a volume's bytes (`host::writers`).
 //! - [`persistence`]: what a volume keeps: layouts, persistence.conf in each reader's
 //!   dialect and its files on the volume, the feature catalogue.
 //! - [`safefs`]: files by handle, never by a path someone else could change meanwhile.

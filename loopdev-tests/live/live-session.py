@@ -109,6 +109,17 @@ def scenario(r, work, image):
     r.equal("create --device /dev/vda (Tails layout)", rc, 0)
     rc, text = converse(g, f"{KS} unlock", [(PASS_PROMPT, passphrase)])
     r.equal("unlock finds TailsData", rc, 0)
+    # The watcher unlock armed through sudo, in a pty: sudo has exited, the watcher stays,
+    # in a session of its own, and the live user can neither signal nor trace it.
+    rc, text = g.run(f"{KS} status")
+    r.check("status: pulling the stick wipes the key",
+            "watched: pulling /dev/vda2 or /dev/vda wipes the key" in text, text)
+    watcher = text.split("watcher pid ", 1)[-1].split(",", 1)[0]
+    r.equal("the watcher outlived sudo: its parent is systemd", g.out(f"ps -o ppid= -p {watcher}").strip(), "1")
+    r.equal("it leads its own session, not the terminal's", g.out(f"ps -o sid= -p {watcher}").strip(), watcher)
+    r.check("the live user cannot signal it", g.run(f"kill -TERM {watcher}")[0] != 0)
+    r.check("the kernel lets the live user read nothing of it",
+            g.run(f"cat /proc/{watcher}/environ")[0] != 0)
     links = g.out("ls -l /dev/disk/by-id /dev/disk/by-label /dev/disk/by-partlabel")
     r.check(f"udev made /dev/disk/by-id/dm-name-{MAPPING}", f"dm-name-{MAPPING}" in links, links)
     r.equal("by-label/TailsData is the mapping", g.out("readlink -f /dev/disk/by-label/TailsData"),
