@@ -233,7 +233,9 @@ with tarfile.open(seed_tar, "w", format=tarfile.PAX_FORMAT) as seed:
         for k, v in change(seed, r, "mut", names, mtime, "Persistent/Documents/project-00",
                            f"Persistent/Documents/new-folder-{r}", True).items():
             facts.append(f"{k}.{r}={v}")
-        crates = sorted({p.rsplit("/", 1)[0] for p in files if p.startswith(CLUSTER + "/crate-")})
+        # Its folders, not those that earlier rounds added inside them.
+        crates = sorted({p.rsplit("/", 1)[0] for p in files
+                         if p.startswith(CLUSTER + "/crate-") and p.count("/") == CLUSTER.count("/") + 2})
         chosen = sorted(rng.sample(crates, 3))
         names = sorted(p for p, e in files.items() if not e["hardlinked"] and p.rsplit("/", 1)[0] in chosen)
         for k, v in change(seed, r, "clus", names, mtime + 43200, chosen[0], f"{chosen[1]}/new-module-{r}", False).items():
