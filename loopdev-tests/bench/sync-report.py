@@ -147,7 +147,7 @@ tools = (f"rsync {versions[0]}, restic {versions[1]}, age {versions[2]}, GNU tar
 copied = "; ".join(
     f"{label}: {part('keepsake-sync-copied', k, 0):.0f} files, "
     f"{part('keepsake-sync-copied', k, 1) / MiB:.2f} MiB (medians)" for k, label in (("first", "first"), ("inc", "after the random change"), ("clus", "after the clustered one")))
-swaps = "; ".join(f"after the {label.split(', ')[1]} change, " + ", ".join(f"round {r}: {f}" for r, f in sorted(swapped[k]))
+swaps = "; ".join(f"after the {label.split(', ')[1]} change, " + "; ".join(f"round {r}: {f.replace(',', ', ')}" for r, f in sorted(swapped[k]))
                   for k, _, label in PATTERNS if swapped.get(k))
 DESCRIBE = {
     "keepsake-sync": f"""- **keepsake sync**: `keepsake --json backup --to-device DISK --create --yes --key-file F
