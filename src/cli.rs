@@ -517,11 +517,13 @@ With --to-device, the backup is a second volume instead: another keepsake or Tai
 that opens as a working Persistent Storage by Tails' and keepsake's rules, kept up to date \
 with the unlocked volume. Only what changed is written: a top-level folder whose files all \
 match (type, owner, mode, modification time, size, extended attributes and ACLs, link \
-targets, hard links) is not touched; one that differs is rebuilt beside the old one, its \
-unchanged files hard links to the backup's own copies, and swapped in whole once it is on \
-the disk. So, interrupted or with the power cut, each top-level folder of the backup is the \
-previous backup's or the new one, never a mix, and no file is half written under its real \
-name; the next run removes what an interrupted one left. Folders and files gone from the \
+targets, hard links) is not touched; in one that differs, the lowest folder holding every \
+change is rebuilt beside the old one, its unchanged files hard links to the backup's own \
+copies, and swapped in whole once it is on the disk. So, interrupted or with the power \
+cut, each top-level folder of the backup is the previous backup's or the new one, never a \
+mix (but, after a power cut at the wrong instant, the mtime of the folder holding the one \
+swapped, which the next run repairs), and no file is half written under its real name; the \
+next run removes what an interrupted one left. Folders and files gone from the \
 volume are removed from the backup. persistence.conf and keepsake-features.conf come \
 along. A file that changes while it is copied is copied again, and named in the report if \
 it never held still. The backup volume is mounted where only root can reach it, and closed \

@@ -3,9 +3,11 @@
 
     sync-report.py OUT_FILE FACTS_FILE MARKDOWN KEY=VALUE...
 
-OUT_FILE holds the guest's KS-OUT lines: sample=CONTENDER KIND ROUND MS WRITTEN READ,
-part=NAME KIND ROUND MS [WRITTEN], verify=CONTENDER ROUND DIFFERING XATTR LINKS FACTS,
-failed=CONTENDER KIND ROUND RC, and single facts (machine, versions, restic_kdf).
+OUT_FILE holds the guest's KS-OUT lines: sample=CONTENDER KIND ROUND MS WRITTEN READ (KIND:
+first, inc after the random change, clus after the clustered one), part=NAME KIND ROUND MS
+[WRITTEN], swapped=KIND ROUND FOLDERS (what keepsake's sync swapped in),
+verify=CONTENDER ROUND KIND DIFFERING XATTR LINKS FACTS, failed=CONTENDER KIND ROUND RC, and
+single facts (machine, versions, restic_kdf).
 FACTS_FILE is what sync-tree.py printed; the KEY=VALUE arguments describe the run.
 """
 import os, statistics, subprocess, sys
@@ -21,7 +23,8 @@ commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(md_path)),
 
 samples = defaultdict(list)    # (contender, kind) -> [(round, ms, written, read)]
 parts = defaultdict(list)      # (name, kind) -> [(ms, bytes or None)]
-verify = defaultdict(list)     # contender -> [(round, differing, xattr, links, facts)]
+verify = defaultdict(list)     # contender -> [(round, kind, differing, xattr, links, facts)]
+swapped = defaultdict(list)    # kind -> [(round, folders)]
 failed, single = [], {}
 for line in open(out_path):
     key, _, value = line.strip().partition("=")
@@ -31,7 +34,9 @@ for line in open(out_path):
     elif key == "part" and len(f) >= 4 and all(x.isdigit() for x in f[2:]):
         parts[(f[0], f[1])].append((int(f[3]), int(f[4]) if len(f) > 4 else None))
     elif key == "verify":
-        verify[f[0]].append(tuple(int(x) for x in f[1:6]))
+        verify[f[0]].append((int(f[1]), f[2], *(int(x) for x in f[3:7])))
+    elif key == "swapped":
+        swapped[f[0]].append((int(f[1]), value.split(None, 2)[2] if len(f) > 2 else "nothing"))
     elif key == "failed":
         failed.append(value)
     else:
@@ -59,18 +64,20 @@ def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "–"
 
 
-new_bytes = statistics.median(int(facts[f"new_bytes.{r}"]) for r in range(1, rounds + 1))
+PATTERNS = (("inc", "", "incremental, random"), ("clus", "clus_", "incremental, clustered"))
+new_bytes = {kind: statistics.median(int(facts[f"{prefix}new_bytes.{r}"]) for r in range(1, rounds + 1))
+             for kind, prefix, _ in PATTERNS}
 rows = ["| contender | backup | time (median) | ÷ baseline | written to the stick | ÷ baseline | ÷ changed bytes | read from the source | each round: s, MiB written |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|"]
 for c in contenders:
     base = BASELINE[c]
-    for kind, label in (("first", "first"), ("inc", "incremental")):
+    for kind, label in (("first", "first"),) + tuple((k, label) for k, _, label in PATTERNS):
         if (c, kind) not in samples:
             rows.append(f"| {NAMES[c]} | {label} | failed | | | | | | |")
             continue
         t, w, rd = med(c, kind, 1), med(c, kind, 2), med(c, kind, 3)
         each = ", ".join(f"{s[1] / 1000:.1f} s {s[2] / MiB:.1f}" for s in sorted(samples[(c, kind)]))
-        changed = ratio(w, new_bytes) if kind == "inc" else ""
+        changed = ratio(w, new_bytes[kind]) if kind in new_bytes else ""
         rows.append(f"| {NAMES[c] if kind == 'first' else ''} | {label} | {t / 1000:.1f} s | {ratio(t, med(base, kind, 1))} "
                     f"| {w / MiB:.1f} MiB | {ratio(w, med(base, kind, 2))} | {changed} | {rd / MiB:.1f} MiB | {each} |")
 
@@ -81,38 +88,39 @@ def goal(text, value, ok):
     return f"| {text} | {value} | {'**met**' if ok else '**not met**'} |"
 
 
-ks_inc_t, rs_inc_t = med("keepsake-sync", "inc", 1), med("rsync", "inc", 1)
-ks_inc_w = med("keepsake-sync", "inc", 2)
 tar_first = med("tar-age", "first", 1)
-goals = ["| goal (issue 26) | measured (medians) | |", "|---|---|---|",
-         goal("incremental sync at or below rsync's time",
-              f"keepsake {ks_inc_t / 1000:.1f} s, rsync {rs_inc_t / 1000:.1f} s: {ks_inc_t / rs_inc_t:.2f}×" if ks_inc_t and rs_inc_t else None,
-              ks_inc_t is not None and rs_inc_t is not None and ks_inc_t <= rs_inc_t),
-         goal("incremental sync within 1.1× of the changed bytes",
-              f"{ks_inc_w / MiB:.2f} MiB written for {new_bytes / MiB:.2f} MiB changed: {ks_inc_w / new_bytes:.2f}× (rsync: {med('rsync', 'inc', 2) / new_bytes:.2f}×)"
-              if ks_inc_w is not None and med("rsync", "inc", 2) is not None else None,
-              ks_inc_w is not None and ks_inc_w <= 1.1 * new_bytes)]
+goals = ["| goal (issue 26) | measured (medians) | |", "|---|---|---|"]
+for kind, _, label in PATTERNS:
+    ks_inc_t, rs_inc_t = med("keepsake-sync", kind, 1), med("rsync", kind, 1)
+    ks_inc_w, rs_inc_w = med("keepsake-sync", kind, 2), med("rsync", kind, 2)
+    goals += [goal(f"incremental sync at or below rsync's time ({label.split(', ')[1]} change)",
+                   f"keepsake {ks_inc_t / 1000:.1f} s, rsync {rs_inc_t / 1000:.1f} s: {ks_inc_t / rs_inc_t:.2f}×" if ks_inc_t and rs_inc_t else None,
+                   ks_inc_t is not None and rs_inc_t is not None and ks_inc_t <= rs_inc_t),
+              goal(f"incremental sync within 1.1× of the changed bytes ({label.split(', ')[1]} change)",
+                   f"{ks_inc_w / MiB:.2f} MiB written for {new_bytes[kind] / MiB:.2f} MiB changed: {ks_inc_w / new_bytes[kind]:.2f}× (rsync: {rs_inc_w / new_bytes[kind]:.2f}×)"
+                   if ks_inc_w is not None and rs_inc_w is not None else None,
+                   ks_inc_w is not None and ks_inc_w <= 1.1 * new_bytes[kind])]
 for c in ("keepsake-sync", "keepsake-archive"):
     t = med(c, "first", 1)
     goals.append(goal(f"first backup ({c}) ≥ 2× as fast as tar \\| age",
                       f"{tar_first / t:.2f}× ({t / 1000:.1f} s against {tar_first / 1000:.1f} s)" if t and tar_first else None,
                       t is not None and tar_first is not None and tar_first / t >= 2))
 
-checks = ["| contender | rounds checked | facts compared | differing facts: all, of xattrs and ACLs, of hard links (each round) |", "|---|---:|---:|---|"]
+checks = ["| contender | backups checked | facts compared | differing facts: all, of xattrs and ACLs, of hard links (each round, random and clustered) |", "|---|---:|---:|---|"]
 for c in contenders:
     v = verify.get(c, [])
     if not v:
         checks.append(f"| {NAMES[c]} | 0 | | not checked |")
         continue
-    diffs = "; ".join(f"round {r}: " + ("none" if d == 0 else f"{d}, {x}, {l}") for r, d, x, l, _ in v)
-    checks.append(f"| {NAMES[c]} | {len(v)} | {v[0][4]} | {diffs} |")
+    diffs = "; ".join(f"round {r} {kind}: " + ("none" if d == 0 else f"{d}, {x}, {l}") for r, kind, d, x, l, _ in v)
+    checks.append(f"| {NAMES[c]} | {len(v)} | {v[0][5]} | {diffs} |")
 
 def part(name, kind, field):
     values = [p[field] for p in parts.get((name, kind), []) if p[field] is not None]
     return statistics.median(values) if values else 0
 
 
-rsync_alone = [part("rsync-alone", k, 0) / 1000 for k in ("first", "inc")]
+rsync_alone = [part("rsync-alone", k, 0) / 1000 for k in ("first", "inc", "clus")]
 rsync_create = (part("rsync-create", "first", 0) / 1000, part("rsync-create", "first", 1) / MiB)
 restic_open = med("restic", "open", 1)
 kdf = single.get("restic_kdf", "").split()
@@ -120,22 +128,35 @@ restic_cost = ", ".join(kdf) if kdf else "not read"
 if kdf:
     n = dict(x.split(":") for x in kdf)
     restic_cost = f"N = {n['N']}, r = {n['r']}, p = {n['p']} ({int(n['N']) * int(n['r']) * 128 / MiB:.0f} MiB)"
-changes = [f"{facts[f'changed.{r}']} changed, {facts[f'added.{r}']} added, {facts[f'deleted.{r}']} deleted, "
-           f"{facts[f'meta.{r}']} metadata only; {int(facts[f'new_bytes.{r}']) / 1024:.0f} KiB of new contents" for r in range(1, rounds + 1)]
+
+
+def changes_text(prefix):
+    keys = ("changed", "added", "deleted", "meta")
+    if len({tuple(facts[f"{prefix}{k}.{r}"] for k in keys) for r in range(1, rounds + 1)}) == 1:
+        return (f"{facts[f'{prefix}changed.1']} files changed, {facts[f'{prefix}added.1']} added, {facts[f'{prefix}deleted.1']} deleted and "
+                f"{facts[f'{prefix}meta.1']} changed in metadata only, in each round; "
+                + ", ".join(f"{int(facts[f'{prefix}new_bytes.{r}']) / 1024:.0f}" for r in range(1, rounds + 1)) + " KiB of new contents")
+    return "; ".join(f"{facts[f'{prefix}changed.{r}']} changed, {facts[f'{prefix}added.{r}']} added, {facts[f'{prefix}deleted.{r}']} deleted, "
+                     f"{facts[f'{prefix}meta.{r}']} metadata only; {int(facts[f'{prefix}new_bytes.{r}']) / 1024:.0f} KiB of new contents"
+                     for r in range(1, rounds + 1))
 failures = "\n".join(f"- failed: {f}" for f in failed) or "- none"
 versions = single.get("versions", "").split()
 tools = (f"rsync {versions[0]}, restic {versions[1]}, age {versions[2]}, GNU tar {versions[3]}, cryptsetup {versions[4]}"
          if len(versions) >= 5 else single.get("versions", "?"))
 
 copied = "; ".join(
-    f"{'first' if k == 'first' else 'incremental'}: {part('keepsake-sync-copied', k, 0):.0f} files, "
-    f"{part('keepsake-sync-copied', k, 1) / MiB:.2f} MiB (medians)" for k in ("first", "inc"))
+    f"{label}: {part('keepsake-sync-copied', k, 0):.0f} files, "
+    f"{part('keepsake-sync-copied', k, 1) / MiB:.2f} MiB (medians)" for k, label in (("first", "first"), ("inc", "after the random change"), ("clus", "after the clustered one")))
+swaps = "; ".join(f"after the {label.split(', ')[1]} change, " + "; ".join(f"round {r}: {f.replace(',', ', ')}" for r, f in sorted(swapped[k]))
+                  for k, _, label in PATTERNS if swapped.get(k))
 DESCRIBE = {
     "keepsake-sync": f"""- **keepsake sync**: `keepsake --json backup --to-device DISK --create --yes --key-file F
   $KS_KDF` first, onto a second stick laid out as a live stick (GPT, a 64 MiB system
   partition, free space), where it adds the persistence partition and makes the volume,
   then `keepsake --json backup --to-device DISK --key-file F`; the source volume stays
-  unlocked by keepsake. Its report said it copied {copied}.""",
+  unlocked by keepsake. Its report said it copied {copied}. What it rebuilt and swapped
+  in (below each top-level folder that changed, the lowest folder holding every change):
+  {swaps or 'not reported'}.""",
     "rsync": f"""- **rsync**: `rsync -aHAX --delete SRC/ DST/` from the unlocked volume to a bare LUKS2 volume
   opened and mounted by hand, on the same kind of stick: the first time `sfdisk --append` (a
   TailsData partition) + `cryptsetup luksFormat` + `open` + `mkfs.ext4` + `mount` + rsync +
@@ -143,16 +164,16 @@ DESCRIBE = {
   `mount` + rsync + `umount` + `close` (the volume kind keepsake makes: LUKS2,
   aes-xts-plain64, ext4 labelled TailsData; mkfs.ext4's defaults, so the kernel's
   ext4lazyinit may zero inode tables while the volume is mounted). Medians: rsync alone took
-  {rsync_alone[0]:.1f} s of the first and {rsync_alone[1]:.1f} s of the incremental; making the volume (sfdisk +
+  {rsync_alone[0]:.1f} s of the first and {rsync_alone[1]:.1f} s and {rsync_alone[2]:.1f} s of the incremental ones (random, clustered); making the volume (sfdisk +
   luksFormat + open + mkfs.ext4) took {rsync_create[0]:.1f} s and wrote {rsync_create[1]:.1f} MiB of the first.""",
     "keepsake-archive": f"""- **keepsake archive**: `keepsake backup FILE --key-file F --archive-kdf-memory 8192
-  --archive-kdf-iterations 1`, then {'`keepsake backup FILE2 --since FILE --key-file F`' if run['ksarch_mode'] == 'since' else 'the same again into a second file (this keepsake has no `--since` yet: its "incremental" is a full archive)'},
+  --archive-kdf-iterations 1`, then {'`keepsake backup FILE2 --since FILE --key-file F` and `keepsake backup FILE3 --since FILE2 --key-file F`' if run['ksarch_mode'] == 'since' else 'the same again into other files (this keepsake has no `--since` yet: its "incremental" ones are full archives)'},
   onto a plain ext4 stick. The guest has one CPU, so keepsake seals the archive on one thread.""",
     "restic": """- **restic**: `restic --no-cache backup SRC` into a repository on a plain ext4 stick, made
   by `restic init` (not timed) at the start of each round; restic finds the parent snapshot
   itself. No cache: a live system's would be in RAM and gone at the next boot.""",
     "tar-age": """- **tar | age**: `tar --xattrs --acls -C SRC -cf - . | age -r RECIPIENT > FILE` onto a plain
-  ext4 stick, a full archive each time (the incremental one beside the first).""",
+  ext4 stick, a full archive each time (the incremental ones beside the first).""",
 }
 described = [DESCRIBE[c] for c in contenders]
 left_out = [c for c in ORDER if c not in contenders]
@@ -165,12 +186,10 @@ restic_text = (f" restic's key is scrypt with the cost `restic init` calibrates 
                f"(restic has no option for it): here {restic_cost}; opening the repository alone (`restic cat "
                f"config`) took {(restic_open or 0) / 1000:.1f} s (median), paid by each restic backup."
                if "restic" in contenders else "")
-if len({(facts[f'changed.{r}'], facts[f'added.{r}'], facts[f'deleted.{r}'], facts[f'meta.{r}']) for r in range(1, rounds + 1)}) == 1:
-    changes_text = (f"{facts['changed.1']} files changed, {facts['added.1']} added, {facts['deleted.1']} deleted and "
-                    f"{facts['meta.1']} changed in metadata only, in each round; "
-                    + ", ".join(f"{int(facts[f'new_bytes.{r}']) / 1024:.0f}" for r in range(1, rounds + 1)) + " KiB of new contents")
-else:
-    changes_text = "; ".join(changes)
+cluster = facts.get("clus_parent", "?")
+clus_folders = "; ".join(f"round {r}: {facts[f'clus_folders.{r}'].replace(',', ', ')}" for r in range(1, rounds + 1))
+clus_share = (f"{statistics.median(int(facts[f'clus_files.{r}']) for r in range(1, rounds + 1)):.0f} of the "
+              f"{statistics.median(int(facts[f'clus_files.{r}']) + int(facts[f'clus_files_elsewhere.{r}']) for r in range(1, rounds + 1)):.0f} files")
 notes = []
 if "keepsake-archive" in contenders and run["ksarch_mode"] == "full":
     notes.append("This keepsake's archive (format 1) keeps no extended attributes, no ACLs and no hard "
@@ -184,9 +203,10 @@ scale {run['scale']}, verify: {run['verify']}; {run['keepsake']}{f', built at co
 The backups of issue 26, measured on the commands themselves in one boot of the test VM: real
 dm-crypt and ext4 on virtual sticks, the source being a volume keepsake made and unlocked.
 Medians of {rounds} rounds; in each round every contender makes a first backup of the same
-tree, then 1 % of the files change, then every contender makes an incremental backup. The
-contenders' order rotates from round to round, and the host is shared with other work:
-single rounds vary, the ratios of medians less.
+tree; then 1 % of the files change at random, and every contender makes an incremental
+backup; then 1 % of the files change within one sub-folder of Persistent, and every
+contender makes another. The contenders' order rotates from round to round, and the host
+is shared with other work: single rounds vary, the ratios of medians less.
 
 - Host: {run['host']}
 - VM: qemu TCG (no KVM), -m {run['mem']}; the guest sees {single.get('machine', '?')}.
@@ -201,13 +221,20 @@ single rounds vary, the ratios of medians less.
   deterministically by bench/sync-tree.py at scale {run['scale']}): {facts['shape']}. Owners 1000 and 0; {facts['hardlinks']} hard links, {facts['symlinks']} symlinks (one absolute,
   some dangling after deletions), {facts['xattrs']} user xattrs, {facts['acls']} access ACLs, names with
   spaces and accents, an empty folder and an empty file. All times are whole seconds.
-- The change between the first and the incremental backup: {changes_text}.
+- The random change, between the first and the first incremental backup: {changes_text("")}.
   "Changed" files (1 % of them, at random, never a hard-linked one) get new contents of
   about the same size (± 256 bytes) and a new mtime, written by GNU tar (a new inode, as
   an editor's save); the added ones are 3 files in an existing folder and a new folder with
-  2; the metadata-only changes are one chmod, one chown and one new xattr. **Changed
-  bytes** are the sizes of the new contents ({new_bytes / MiB:.2f} MiB, median): what a file-level copy
-  must write at least, before metadata.
+  2; the metadata-only changes are one chmod, one chown and one new xattr.
+- The clustered change, between the first and the second incremental backup: the same
+  kinds of change, {changes_text("clus_")}, all within `{cluster}` ({clus_share} of the
+  tree): changed, deleted and metadata-only files among those of three of its sibling folders
+  chosen at random ({clus_folders}), the 3 added files in the first of them, the new folder
+  with 2 in the second. Replacing, adding or removing a file changes the mtime of its
+  folder, so the lowest folder holding every change is `{cluster}` itself.
+- **Changed bytes** are the sizes of the new contents ({new_bytes['inc'] / MiB:.2f} MiB random,
+  {new_bytes['clus'] / MiB:.2f} MiB clustered, medians): what a file-level copy must write at
+  least, before metadata.
 
 ## The contenders
 

@@ -181,45 +181,69 @@ tree_path = os.path.join(work, "tree.tar")
 with tarfile.open(tree_path, "w", format=tarfile.PAX_FORMAT) as tree:
     for e in entries:
         add(tree, e)
+def change(seed, r, tag, names, mtime, added_in, new_folder, meta_anywhere):
+    """One change of 1 % of the files, picked among `names` (never a hard-linked one): new
+    contents (tar replaces them: a new inode, as an editor's save does), 3 files added in
+    `added_in` and a new folder `new_folder` with 2, 4 deleted, and three changed in
+    metadata only (picked among every file with `meta_anywhere`, else among `names`).
+    Written to the seed as TAG-R.tar (new and changed files) and TAG-R.sh (deletions and
+    metadata, run at the volume root); returns its facts."""
+    changed = rng.sample(names, max(1, round(len(files) / 100)))
+    deleted = rng.sample(sorted(set(names) - set(changed)), 4)
+    buf, script, new_bytes = io.BytesIO(), ["set -e"], 0
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as mut:
+        for p in changed:
+            e = files[p]
+            e["mtime"], e["size"] = mtime, max(1, e["size"] + rng.randrange(-256, 257))
+            add(mut, e)
+            new_bytes += e["size"]
+        added = [f"{added_in}/new-{r}-{i}.txt" for i in range(3)]
+        folder(new_folder)
+        add(mut, entries[-1])
+        added += [f"{new_folder}/a.txt", f"{new_folder}/b.bin"]
+        for p in added:
+            file(p, rng.randrange(2 * KiB, 64 * KiB), "bin" if p.endswith(".bin") else "text")
+            files[p]["mtime"] = mtime
+            add(mut, files[p])
+            new_bytes += files[p]["size"]
+    for p in deleted:
+        script.append(f"rm -- {shlex.quote(p)}")
+        del files[p]
+    pool = set(files) - set(added) if meta_anywhere else set(names) - set(deleted)
+    meta = rng.sample(sorted(pool - set(changed)), 3)
+    script.append(f"chmod 0604 {shlex.quote(meta[0])}")
+    script.append(f"chown 0:0 {shlex.quote(meta[1])}")
+    script.append(f"setfattr -n user.bench.round -v {r} {shlex.quote(meta[2])}")
+    for name, content in ((f"{tag}-{r}.tar", buf.getvalue()), (f"{tag}-{r}.sh", ("\n".join(script) + "\n").encode())):
+        t = tarfile.TarInfo(name)
+        t.size, t.mtime = len(content), BASE
+        seed.addfile(t, io.BytesIO(content))
+    return {"changed": len(changed), "added": len(added), "deleted": len(deleted), "meta": len(meta),
+            "new_bytes": new_bytes}
+
+
+CLUSTER = "Persistent/src"
 with tarfile.open(seed_tar, "w", format=tarfile.PAX_FORMAT) as seed:
-    # Each round: 1 % of the files get new contents (tar replaces them: a new inode, as an
-    # editor's save does; never a hard-linked one), a few are added (in an existing folder
-    # and in a new one) and deleted, and three change only their metadata.
+    # Each round, two changes of 1 % of the files. "mut": anywhere in the tree, at random.
+    # "clus", half a day later: all within three sibling folders of one sub-folder of
+    # Persistent (CLUSTER), chosen at random, as a week's work on a few projects.
     for r in range(1, rounds + 1):
         mtime = BASE + r * 86400
         names = sorted(p for p, e in files.items() if not e["hardlinked"])
-        changed = rng.sample(names, max(1, round(len(files) / 100)))
-        deleted = rng.sample(sorted(set(names) - set(changed)), 4)
-        buf, script, new_bytes = io.BytesIO(), ["set -e"], 0
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as mut:
-            for p in changed:
-                e = files[p]
-                e["mtime"], e["size"] = mtime, max(1, e["size"] + rng.randrange(-256, 257))
-                add(mut, e)
-                new_bytes += e["size"]
-            added = [f"Persistent/Documents/project-00/new-{r}-{i}.txt" for i in range(3)]
-            d = f"Persistent/Documents/new-folder-{r}"
-            folder(d)
-            add(mut, entries[-1])
-            added += [f"{d}/a.txt", f"{d}/b.bin"]
-            for i, p in enumerate(added):
-                file(p, rng.randrange(2 * KiB, 64 * KiB), "bin" if p.endswith(".bin") else "text")
-                files[p]["mtime"] = mtime
-                add(mut, files[p])
-                new_bytes += files[p]["size"]
-        for p in deleted:
-            script.append(f"rm -- {shlex.quote(p)}")
-            del files[p]
-        meta = rng.sample(sorted(set(files) - set(changed) - set(added)), 3)
-        script.append(f"chmod 0604 {shlex.quote(meta[0])}")
-        script.append(f"chown 0:0 {shlex.quote(meta[1])}")
-        script.append(f"setfattr -n user.bench.round -v {r} {shlex.quote(meta[2])}")
-        for name, content in ((f"mut-{r}.tar", buf.getvalue()), (f"mut-{r}.sh", ("\n".join(script) + "\n").encode())):
-            t = tarfile.TarInfo(name)
-            t.size, t.mtime = len(content), BASE
-            seed.addfile(t, io.BytesIO(content))
-        facts += [f"changed.{r}={len(changed)}", f"added.{r}={len(added)}", f"deleted.{r}={len(deleted)}",
-                  f"meta.{r}={len(meta)}", f"new_bytes.{r}={new_bytes}"]
+        for k, v in change(seed, r, "mut", names, mtime, "Persistent/Documents/project-00",
+                           f"Persistent/Documents/new-folder-{r}", True).items():
+            facts.append(f"{k}.{r}={v}")
+        # Its folders, not those that earlier rounds added inside them.
+        crates = sorted({p.rsplit("/", 1)[0] for p in files
+                         if p.startswith(CLUSTER + "/crate-") and p.count("/") == CLUSTER.count("/") + 2})
+        chosen = sorted(rng.sample(crates, 3))
+        names = sorted(p for p, e in files.items() if not e["hardlinked"] and p.rsplit("/", 1)[0] in chosen)
+        for k, v in change(seed, r, "clus", names, mtime + 43200, chosen[0], f"{chosen[1]}/new-module-{r}", False).items():
+            facts.append(f"clus_{k}.{r}={v}")
+        facts.append(f"clus_folders.{r}={','.join(c.rsplit('/', 1)[1] for c in chosen)}")
+        facts.append(f"clus_files.{r}={sum(1 for p in files if p.startswith(CLUSTER + '/'))}")
+        facts.append(f"clus_files_elsewhere.{r}={sum(1 for p in files if not p.startswith(CLUSTER + '/'))}")
+    facts.append(f"clus_parent={CLUSTER}")
     content = ("\n".join(facts) + "\n").encode()
     t = tarfile.TarInfo("facts")
     t.size, t.mtime = len(content), BASE

@@ -1,12 +1,15 @@
 # Guest side of loopdev-tests/bench/sync: backups of one unlocked keepsake volume onto
 # second sticks, by keepsake and by the usual tools, side by side in one boot.
 #
-# Each round: every contender makes a first backup of the source volume, 1 % of the files
-# change (mut-R.tar and mut-R.sh from the seed disk), every contender makes an incremental
-# backup, and then (with verify) each backup is read back and compared with the source. Each
-# measurement is printed as KS-OUT sample=CONTENDER first|inc ROUND MS WRITTEN READ: its wall
-# time with cold caches up to the end of a `sync`, the bytes written to the backup stick's
-# disk and read from the source stick's disk (/sys/block/<disk>/stat, sectors of 512 bytes).
+# Each round: every contender makes a first backup of the source volume; 1 % of the files
+# change at random (mut-R.tar and mut-R.sh from the seed disk) and every contender makes an
+# incremental backup ("inc"); then 1 % of the files change within one sub-folder of
+# Persistent (clus-R.tar and clus-R.sh) and every contender makes another ("clus"). After
+# each incremental one (with verify), each backup is read back and compared with the source.
+# Each measurement is printed as KS-OUT sample=CONTENDER first|inc|clus ROUND MS WRITTEN
+# READ: its wall time with cold caches up to the end of a `sync`, the bytes written to the
+# backup stick's disk and read from the source stick's disk (/sys/block/<disk>/stat, sectors
+# of 512 bytes).
 #
 # shellcheck shell=dash disable=SC2086,SC2015
 # (Option lists such as $KS_KDF are split on purpose; "a && b || fail" fails if either fails.)
@@ -80,24 +83,25 @@ sy_manifest() {
          | LC_ALL=C sort)
 }
 
-# sy_compare CONTENDER ROUND DIR: DIR's manifest against the source's of this round.
+# sy_compare CONTENDER ROUND KIND DIR: DIR's manifest against the source's of this round.
 sy_compare() {
     local n x l
-    sy_manifest "$3" > /tmp/sy-bk.manifest
+    sy_manifest "$4" > /tmp/sy-bk.manifest
     diff /tmp/sy-src.manifest /tmp/sy-bk.manifest > /tmp/sy-diff
     n=$(grep -c '^[-+][a-z]' /tmp/sy-diff)
     x=$(grep -c '^[-+]xattr ' /tmp/sy-diff)
     l=$(grep '^[-+]name ' /tmp/sy-diff | grep -c ' links \| hard link to ')
-    echo "KS-OUT verify=$1 $2 $n $x $l $(wc -l < /tmp/sy-bk.manifest)"
+    echo "KS-OUT verify=$1 $2 $3 $n $x $l $(wc -l < /tmp/sy-bk.manifest)"
     if [ "$n" -eq 0 ]; then
-        ks_ok "$1 (round $2): the backup holds the source, every fact of $(wc -l < /tmp/sy-bk.manifest)"
+        ks_ok "$1 (round $2, $3): the backup holds the source, every fact of $(wc -l < /tmp/sy-bk.manifest)"
     else
-        echo "KS-FAIL $1 (round $2): $n facts differ ($x of extended attributes or ACLs, $l of hard links); the first:"
+        echo "KS-FAIL $1 (round $2, $3): $n facts differ ($x of extended attributes or ACLs, $l of hard links); the first:"
         grep '^[-+][a-z]' /tmp/sy-diff | head -n 12 | sed 's/^/    | /'
     fi
 }
 
 # ---- the contenders: reset (untimed, at the start of a round), first, inc, verify -----
+# (inc and verify take the round and the kind of change: inc or clus.)
 
 # keepsake's second-stick sync: the first time onto a stick laid out as a live stick, where
 # --create adds the persistence partition (partition 2), then onto the same stick.
@@ -107,14 +111,18 @@ ks_sync_first() {
         && sy_sync_report first "$1"
 }
 ks_sync_inc() {
-    measure keepsake-sync inc "$1" bksync keepsake --json backup --to-device "/dev/$(sy_disk bksync)" --key-file "$SY_BPASS" \
-        && sy_sync_report inc "$1"
+    measure keepsake-sync "$2" "$1" bksync keepsake --json backup --to-device "/dev/$(sy_disk bksync)" --key-file "$SY_BPASS" \
+        && sy_sync_report "$2" "$1"
 }
-ks_sync_verify() { sy_verify_luks keepsake-sync "$1" "$(sy_part bksync 2)"; }
-# What keepsake's JSON report says it copied.
+ks_sync_verify() { sy_verify_luks keepsake-sync "$1" "$2" "$(sy_part bksync 2)"; }
+# What keepsake's JSON report says it copied, and what it swapped in: for each updated
+# top-level folder, the folder rebuilt below it, or the whole.
 sy_sync_report() {
     sy_part_time keepsake-sync-copied "$1" "$2" "$(sed -n 's/.*"files_copied": *\([0-9]*\).*/\1/p' /tmp/sy-cmd.out | head -n 1)" \
         "$(sed -n 's/.*"bytes_copied": *\([0-9]*\).*/\1/p' /tmp/sy-cmd.out | head -n 1)"
+    echo "swapped=$1 $2 $(awk -F '"' '
+        /"name":/ { name = $4 } /"state": "updated"/ { up = 1 } /"rebuilt":/ { rb = $4 }
+        /}/ { if (up) printf "%s%s", sep, (rb != "" ? rb : name " (whole)"); if (up) sep = ","; up = 0; rb = "" }' /tmp/sy-cmd.out)" >> /tmp/sy-parts
 }
 
 # Back to a stick with only its live system's partition: the persistence partition's
@@ -137,9 +145,9 @@ sy_wait() {
 
 sy_verify_luks() {
     mkdir -p /mnt/verify
-    cryptsetup open --readonly --key-file "$SY_BPASS" "$3" verify || { echo "KS-FAIL $1: cannot open $3"; return 1; }
+    cryptsetup open --readonly --key-file "$SY_BPASS" "$4" verify || { echo "KS-FAIL $1: cannot open $4"; return 1; }
     mount -o ro /dev/mapper/verify /mnt/verify || { cryptsetup close verify; echo "KS-FAIL $1: cannot mount"; return 1; }
-    sy_compare "$1" "$2" /mnt/verify
+    sy_compare "$1" "$2" "$3" /mnt/verify
     umount /mnt/verify; cryptsetup close verify
 }
 
@@ -171,8 +179,8 @@ sy_rsync() {
     umount /mnt/rbk && cryptsetup close rbk && return $rc
 }
 rsync_first() { measure rsync first "$1" bkrsync sy_rsync first "$1"; }
-rsync_inc() { measure rsync inc "$1" bkrsync sy_rsync inc "$1"; }
-rsync_verify() { sy_verify_luks rsync "$1" "$(sy_part bkrsync 2)"; }
+rsync_inc() { measure rsync "$2" "$1" bkrsync sy_rsync "$2" "$1"; }
+rsync_verify() { sy_verify_luks rsync "$1" "$2" "$(sy_part bkrsync 2)"; }
 
 # restic into a repository on the second stick (plain ext4); no cache: a live system's
 # would be in RAM and gone at the next boot. restic finds the parent snapshot itself.
@@ -183,38 +191,39 @@ restic_reset() {
     echo "KS-OUT restic_kdf=$(cat /bk/restic/repo/keys/* | grep -o '"[Nrp]": *[0-9]*' | tr -d '" ' | tr '\n' ' ')"
 }
 restic_first() { measure restic first "$1" bkrestic restic --no-cache -q -r /bk/restic/repo backup "$SY_SRC"; }
-restic_inc() { measure restic inc "$1" bkrestic restic --no-cache -q -r /bk/restic/repo backup "$SY_SRC"; }
+restic_inc() { measure restic "$2" "$1" bkrestic restic --no-cache -q -r /bk/restic/repo backup "$SY_SRC"; }
 restic_verify() {
     rm -rf /scratch/r
     restic --no-cache -q -r /bk/restic/repo restore latest --target /scratch/r >/tmp/sy-cmd.out 2>&1 \
         || { cat /tmp/sy-cmd.out; echo "KS-FAIL restic: restore"; return 1; }
-    sy_compare restic "$1" "/scratch/r$SY_SRC"
+    sy_compare restic "$1" "$2" "/scratch/r$SY_SRC"
     rm -rf /scratch/r
 }
 
 # GNU tar with xattrs and ACLs, through age to one recipient (X25519: no KDF), a full
-# archive each time, beside the earlier one.
+# archive each time, beside the earlier ones (first, inc, clus).
 tar_age_reset() { rm -f /bk/tarage/*.tar.age; }
 sy_tar_age() { (set -o pipefail; $SY_TAR $SY_TAR_CREATE -C "$SY_SRC" -cf - . | age -r "$(cat /run/ks-test/age.pub)" > "$1"); }
 tar_age_first() { measure tar-age first "$1" bktarage sy_tar_age /bk/tarage/first.tar.age; }
-tar_age_inc() { measure tar-age inc "$1" bktarage sy_tar_age /bk/tarage/inc.tar.age; }
+tar_age_inc() { measure tar-age "$2" "$1" bktarage sy_tar_age "/bk/tarage/$2.tar.age"; }
 tar_age_verify() {
     rm -rf /scratch/r; mkdir -p /scratch/r
-    (set -o pipefail; age -d -i /run/ks-test/age.key /bk/tarage/inc.tar.age | $SY_TAR $SY_TAR_EXTRACT -xf - -C /scratch/r) \
+    (set -o pipefail; age -d -i /run/ks-test/age.key "/bk/tarage/$2.tar.age" | $SY_TAR $SY_TAR_EXTRACT -xf - -C /scratch/r) \
         || { echo "KS-FAIL tar-age: extract"; return 1; }
-    sy_compare tar-age "$1" /scratch/r
+    sy_compare tar-age "$1" "$2" /scratch/r
     rm -rf /scratch/r
 }
 
-# keepsake's archive: a full backup, then an incremental one with --since (or, with a
-# keepsake that has no --since yet, a second full one).
+# keepsake's archive: a full backup, then incremental ones with --since, each after the one
+# before (or, with a keepsake that has no --since yet, full ones).
 ks_archive_reset() { rm -f /bk/karch/*.ksb; }
 ks_archive_first() { measure keepsake-archive first "$1" bkarch keepsake backup /bk/karch/first.ksb --key-file "$SY_BPASS" $SY_ARCHIVE_KDF; }
 ks_archive_inc() {
+    local prev=first; [ "$2" = clus ] && prev=inc
     if [ "$(ks_in ksarch_mode)" = since ]; then
-        measure keepsake-archive inc "$1" bkarch keepsake backup /bk/karch/inc.ksb --since /bk/karch/first.ksb --key-file "$SY_BPASS"
+        measure keepsake-archive "$2" "$1" bkarch keepsake backup "/bk/karch/$2.ksb" --since "/bk/karch/$prev.ksb" --key-file "$SY_BPASS"
     else
-        measure keepsake-archive inc "$1" bkarch keepsake backup /bk/karch/inc.ksb --key-file "$SY_BPASS" $SY_ARCHIVE_KDF
+        measure keepsake-archive "$2" "$1" bkarch keepsake backup "/bk/karch/$2.ksb" --key-file "$SY_BPASS" $SY_ARCHIVE_KDF
     fi
 }
 # keepsake restores into the unlocked volume: the source is locked, a fresh volume on the
@@ -224,8 +233,8 @@ ks_archive_verify() {
     rm -f /scratch/v.img
     if keepsake create --image /scratch/v.img --size 800M --key-file "$KS_PASS_FILE" $KS_KDF >/tmp/sy-cmd.out 2>&1 \
         && keepsake unlock --image /scratch/v.img --key-file "$KS_PASS_FILE" >>/tmp/sy-cmd.out 2>&1 \
-        && keepsake restore /bk/karch/inc.ksb --overwrite --key-file "$SY_BPASS" >>/tmp/sy-cmd.out 2>&1; then
-        sy_compare keepsake-archive "$1" "$SY_SRC"
+        && keepsake restore "/bk/karch/$2.ksb" --overwrite --key-file "$SY_BPASS" >>/tmp/sy-cmd.out 2>&1; then
+        sy_compare keepsake-archive "$1" "$2" "$SY_SRC"
     else
         sed 's/^/    | /' /tmp/sy-cmd.out | tail -n 20
         echo "KS-FAIL keepsake-archive: restore into a fresh volume"
@@ -237,6 +246,15 @@ ks_archive_verify() {
 
 sy_unlock_source() {
     ks_expect_rc 0 "unlock the source volume" -- keepsake unlock --device "/dev/$(sy_disk src)" --key-file "$KS_PASS_FILE"
+}
+
+# sy_change ROUND KIND: the change of the tree before the incremental backups of KIND: inc
+# (mut-R: anywhere) or clus (clus-R: within one sub-folder of Persistent).
+sy_change() {
+    local tag=mut; [ "$2" = clus ] && tag=clus
+    (cd "$SY_SRC" && $SY_TAR -xOf "$SY_SEED" "$tag-$1.tar" | $SY_TAR $SY_TAR_EXTRACT -xf - && $SY_TAR -xOf "$SY_SEED" "$tag-$1.sh" | sh -e) \
+        || ks_fail "round $1: change the tree ($tag)"
+    sync
 }
 
 # The contender's function prefix: keepsake-sync -> ks_sync, tar-age -> tar_age.
@@ -297,22 +315,22 @@ guest_all() {
         esac
         for c in $order; do "$(sy_fn "$c")_first" "$r" || touch "/tmp/sy-broken-$c"; done
         ks_log "round $r: first backups done at $(( ($(sy_ns) - t0) / 1000000000 )) s"
-        # 1 % of the files change.
-        (cd "$SY_SRC" && $SY_TAR -xOf "$SY_SEED" "mut-$r.tar" | $SY_TAR $SY_TAR_EXTRACT -xf - && $SY_TAR -xOf "$SY_SEED" "mut-$r.sh" | sh -e) \
-            || ks_fail "round $r: change the tree"
-        sync
-        for c in $order; do
-            [ -e "/tmp/sy-broken-$c" ] || "$(sy_fn "$c")_inc" "$r" || touch "/tmp/sy-broken-$c"
-        done
-        ks_log "round $r: incremental backups done at $(( ($(sy_ns) - t0) / 1000000000 )) s"
-        if [ "$verify" = all ] || { [ "$verify" = first ] && [ "$r" = 1 ]; }; then
-            sy_manifest "$SY_SRC" > /tmp/sy-src.manifest
-            # keepsake-archive last: its check locks and unlocks the source.
-            for c in $(echo $order | tr ' ' '\n' | grep -v '^keepsake-archive$') $(echo $order | tr ' ' '\n' | grep '^keepsake-archive$'); do
-                [ -e "/tmp/sy-broken-$c" ] || "$(sy_fn "$c")_verify" "$r"
+        # 1 % of the files change at random (mut), then 1 % within one sub-folder (clus).
+        for kind in inc clus; do
+            sy_change "$r" "$kind"
+            for c in $order; do
+                [ -e "/tmp/sy-broken-$c" ] || "$(sy_fn "$c")_inc" "$r" "$kind" || touch "/tmp/sy-broken-$c"
             done
-            ks_log "round $r: checked at $(( ($(sy_ns) - t0) / 1000000000 )) s"
-        fi
+            ks_log "round $r: incremental backups ($kind) done at $(( ($(sy_ns) - t0) / 1000000000 )) s"
+            if [ "$verify" = all ] || { [ "$verify" = first ] && [ "$r" = 1 ]; }; then
+                sy_manifest "$SY_SRC" > /tmp/sy-src.manifest
+                # keepsake-archive last: its check locks and unlocks the source.
+                for c in $(echo $order | tr ' ' '\n' | grep -v '^keepsake-archive$') $(echo $order | tr ' ' '\n' | grep '^keepsake-archive$'); do
+                    [ -e "/tmp/sy-broken-$c" ] || "$(sy_fn "$c")_verify" "$r" "$kind"
+                done
+                ks_log "round $r: checked at $(( ($(sy_ns) - t0) / 1000000000 )) s"
+            fi
+        done
         rm -f /tmp/sy-broken-*
     done
     sed 's/^/KS-OUT /' /tmp/sy-parts 2>/dev/null

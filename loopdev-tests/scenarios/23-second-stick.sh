@@ -234,6 +234,23 @@ guest_first() {
     diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
     ks_assert "the backup follows: changes, additions, removals and facts" cmp -s /tmp/source.facts /tmp/backup.facts
 
+    # One file rewritten deep in Persistent: only the folder holding it is swapped in (the
+    # mtime the exchange gave its holder set back), nothing else is linked anew.
+    head -c 1048576 /dev/urandom > $p/tree/d3/sub/mib
+    ks_facts $KS_ROOT_MNT > /tmp/source.facts
+    w0=$(ks_sectors_written vdb)
+    ks_expect_rc 0 "a backup after one file deep in Persistent changed" -- ks_timed deep ks_sync
+    w1=$(ks_sectors_written vdb)
+    ks_log "one 1 MiB file rewritten in Persistent/tree/d3/sub: $(( (w1 - w0) / 2 )) KiB written to the backup stick"
+    ks_assert "it swapped in Persistent/tree/d3/sub alone" grep -q '"rebuilt": "Persistent/tree/d3/sub"' /tmp/ks-cmd.out
+    ks_assert "it copied that file and linked none" sh -c "grep -q '\"files_copied\": 1,' /tmp/ks-cmd.out && grep -Eq '\"files_kept\": 0(,|\$)' /tmp/ks-cmd.out"
+    ks_assert "at most 1.25 x the changed bytes written" test $(( (w1 - w0) / 2 )) -lt 1280
+    ks_backup_open
+    ks_facts /mnt/backup > /tmp/backup.facts
+    ks_backup_close
+    diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
+    ks_assert "the backup follows, every folder's times included" cmp -s /tmp/source.facts /tmp/backup.facts
+
     ks_live_user_during_a_backup
     ks_stops_at_spread_points
     # The state the first power cut starts from.
@@ -330,6 +347,7 @@ ks_stops_at_spread_points() {
     ks_backup_close
     ks_expect_rc 0 "the next backup repairs it" -- ks_sync
     ks_assert "it copied the one file back" grep -q '"files_copied": 1,' /tmp/ks-cmd.out
+    ks_assert "it swapped in the folder holding it alone" grep -q '"rebuilt": "Persistent/tree/d2"' /tmp/ks-cmd.out
 }
 
 # One power cut: the backup the last cut left is checked, the source changed, then a

@@ -127,7 +127,7 @@ fn human(r: &MirrorReport) -> String {
             .tops
             .iter()
             .filter(|t| t.state == state)
-            .map(|t| t.name.as_str())
+            .map(|t| t.rebuilt.as_deref().unwrap_or(&t.name))
             .collect();
         if n.is_empty() {
             "none".into()

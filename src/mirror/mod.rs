@@ -4,14 +4,33 @@
 //! ever half written under its real name.
 //!
 //! How: a top-level folder whose files all match (type, owner, mode, modification time,
-//! size, extended attributes and ACLs, link targets, hard links) is left alone. One that
-//! differs is built anew beside it, under `.keepsake-sync-new.NAME`: files that did not
-//! change are hard links to the backup's own copies (no byte is written for them),
-//! changed and new ones are copied. Once it is complete and on the disk (`syncfs`), one
-//! `renameat2(RENAME_EXCHANGE)` swaps it with the old folder, which is then removed. A
-//! top-level file (persistence.conf) is replaced by `rename` the same way. What an
-//! interrupted run leaves under `.keepsake-sync-*` is removed by the next one; Tails and
-//! live-boot never look at those names.
+//! size, extended attributes and ACLs, link targets, hard links) is left alone. In one
+//! that differs, the comparison finds the lowest folder that holds every difference: a
+//! folder holds one when its entries differ from its copy's (a name more or fewer, or an
+//! entry's facts), so a folder whose own facts changed (its mode, or its mtime when a
+//! file was added or removed in it) takes its parent along. That folder alone is built
+//! anew at the volume's root, under `.keepsake-sync-new.NAME`: files that did not change
+//! are hard links to the backup's own copies (no byte is written for them), changed and
+//! new ones are copied. Once it is complete and on the disk (`syncfs`), one
+//! `renameat2(RENAME_EXCHANGE)` swaps it with the old folder, across folders of the same
+//! filesystem, and the old one is removed. Everything outside it was found equal, so the
+//! top-level folder is then the new one whole; when the lowest folder is the top-level
+//! folder itself, it is the one swapped. A top-level file (persistence.conf) is replaced
+//! by `rename` the same way. What an interrupted run leaves under `.keepsake-sync-*` is
+//! removed by the next one; Tails and live-boot never look at those names.
+//!
+//! One fact is not carried by the exchange: it sets the mtime (and ctime) of the folder
+//! that holds the swapped one. That folder was found equal to the source's and the build
+//! does not touch it, so right after the exchange its atime and mtime from before are set
+//! back by `futimens` on a handle opened before it, and it is `fsync`ed. No safe point
+//! lies between the exchange and the `futimens`: a signal cannot stop the run there. The
+//! one window is a power cut after a journal commit that holds the exchange but not the
+//! `futimens` (a commit falling between the two calls) and before the commit the `fsync`
+//! forces: the top-level folder is then the new one but for that folder's mtime, the
+//! exchange's. The next run finds it differs from the source's and rebuilds one folder
+//! higher (the whole top-level folder, if that was the holder), which repairs it. The
+//! volume's root, whose mtime the exchange of a whole top-level folder sets, gets the
+//! source's facts at the end of every run.
 //!
 //! The source is a tree the live user can write while this runs. It is read by handle,
 //! never through a symlink ([`crate::safefs`]); a file that changes while it is copied is
@@ -113,6 +132,10 @@ pub enum TopState {
 pub struct TopReport {
     pub name: String,
     pub state: TopState,
+    /// The one folder below an updated top-level folder that was rebuilt and swapped in
+    /// (from the volume's root), when it was not the whole top-level folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuilt: Option<String>,
 }
 
 /// What a backup to a second volume did.
@@ -163,12 +186,8 @@ pub fn mirror(
     };
     m.remove_leftovers()?;
     for top in tops {
-        let state = m.top(top).map_err(|e| m.stopped(e, top))?;
-        if let Some(state) = state {
-            m.report.tops.push(TopReport {
-                name: top.to_string_lossy().into_owned(),
-                state,
-            });
+        if let Some(done) = m.top(top).map_err(|e| m.stopped(e, top))? {
+            m.report.tops.push(done);
         }
     }
     for entry in safefs::list(dest)? {
@@ -194,6 +213,7 @@ pub fn mirror(
         m.report.tops.push(TopReport {
             name: name.to_string_lossy().into_owned(),
             state: TopState::Removed,
+            rebuilt: None,
         });
     }
     // The volume's root: owner, mode and ACL (Tails gives the live user its way in by ACL).
@@ -225,6 +245,24 @@ pub fn tops(volume: &Dir) -> Result<Vec<OsString>> {
 
 fn is_ours_or_not_data(name: &OsStr) -> bool {
     NOT_DATA.iter().any(|n| OsStr::new(n) == name) || name.as_bytes().starts_with(b".keepsake-")
+}
+
+/// `a/b`, or `a` when `b` is empty (`Path::join` would add a slash).
+fn joined(a: &Path, b: &Path) -> PathBuf {
+    if b.as_os_str().is_empty() {
+        a.to_path_buf()
+    } else {
+        a.join(b)
+    }
+}
+
+/// The deepest folder both `a` and `b` are in or are (relative paths; empty: the root).
+fn common_folder(a: &Path, b: &Path) -> PathBuf {
+    a.components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect()
 }
 
 fn prefixed(prefix: &str, name: &OsStr) -> OsString {
@@ -269,8 +307,9 @@ struct Mirror<'a> {
     /// An inode of the old backup linked into a rebuilt folder, and the source inode it
     /// stands for: it must not stand for two (two files the source keeps apart).
     reused: HashMap<safefs::treewalk::Id, safefs::treewalk::Id>,
-    /// The top-level name being built under [`STAGING`].
-    building: Option<OsString>,
+    /// The top-level name whose folder (below it; empty: all of it) is being built under
+    /// [`STAGING`].
+    building: Option<(OsString, PathBuf)>,
     report: Report,
     watch: &'a mut dyn Watch,
 }
@@ -341,7 +380,7 @@ impl Mirror<'_> {
 
     /// Brings one top-level entry up to date; `None` when it is neither a folder, a file
     /// nor a symlink (or vanished), and is left out.
-    fn top(&mut self, name: &OsStr) -> Result<Option<TopState>> {
+    fn top(&mut self, name: &OsStr) -> Result<Option<TopReport>> {
         crate::interrupt::check()?;
         let shown = self.source.path.join(name);
         let src = match fstatat(&self.source.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -359,23 +398,35 @@ impl Mirror<'_> {
             self.report.skipped.push(shown.display().to_string());
             return Ok(None);
         }
-        if let Some(old) = &old
-            && self.same_top(name, &src, old)?
-        {
-            self.watch
-                .step(&format!("{}: unchanged", name.to_string_lossy()));
-            return Ok(Some(TopState::Unchanged));
-        }
+        let report = |state, rebuilt: Option<&Path>| {
+            Some(TopReport {
+                name: name.to_string_lossy().into_owned(),
+                state,
+                rebuilt: rebuilt.map(|f| joined(Path::new(name), f).display().to_string()),
+            })
+        };
+        let folder = match &old {
+            Some(old) => match self.lowest_change(name, &src, old)? {
+                Some(folder) => folder,
+                None => {
+                    self.watch
+                        .step(&format!("{}: unchanged", name.to_string_lossy()));
+                    return Ok(report(TopState::Unchanged, None));
+                }
+            },
+            None => PathBuf::new(),
+        };
         self.watch.step(&format!(
             "{}: {}",
-            name.to_string_lossy(),
+            joined(Path::new(name), &folder).display(),
             if old.is_some() { "updating" } else { "copying" }
         ));
         let staging = prefixed(STAGING, name);
-        self.building = Some(name.to_os_string());
+        self.building = Some((name.to_os_string(), folder.clone()));
         if kind == libc::S_IFDIR {
             self.build_folder(
                 name,
+                &folder,
                 &staging,
                 old.as_ref().is_some_and(safefs::treewalk::is_dir),
             )?;
@@ -385,19 +436,7 @@ impl Mirror<'_> {
         // Everything built is on the disk before the name points at it.
         syncfs(self.dest)?;
         crate::interrupt::check()?;
-        if old.is_some() {
-            renameat2(
-                &self.dest.fd,
-                staging.as_os_str(),
-                &self.dest.fd,
-                name,
-                RenameFlags::RENAME_EXCHANGE,
-            )
-            .map_err(errno_at("putting in place", &self.dest.path.join(name)))?;
-            self.building = None;
-            // The old copy is now under the staging name: gone by the next run at worst.
-            remove_any(self.dest, &staging)?;
-        } else {
+        if old.is_none() {
             renameat2(
                 &self.dest.fd,
                 staging.as_os_str(),
@@ -407,47 +446,92 @@ impl Mirror<'_> {
             )
             .map_err(errno_at("putting in place", &self.dest.path.join(name)))?;
             self.building = None;
+            return Ok(report(TopState::New, None));
         }
-        Ok(Some(if old.is_some() {
-            TopState::Updated
-        } else {
-            TopState::New
-        }))
+        self.swap_in(name, &folder, &staging)?;
+        Ok(report(
+            TopState::Updated,
+            (!folder.as_os_str().is_empty()).then_some(folder.as_path()),
+        ))
     }
 
-    /// Whether the top-level entry `name` of the backup matches the source's, all the way
-    /// down. Hard links found on the way are remembered only if it does.
-    fn same_top(&mut self, name: &OsStr, src: &FileStat, old: &FileStat) -> Result<bool> {
+    /// Swaps the copy built under `staging` with the folder `folder` of the top-level entry
+    /// `top` (the entry itself when empty), in one `RENAME_EXCHANGE`, and removes the old
+    /// copy. Below the top-level, the exchange sets the mtime of the folder that holds the
+    /// swapped one: it gets back the times it had, which the comparison found to be the
+    /// source's (the build does not touch it), through a handle opened before the exchange,
+    /// with no safe point between the two calls, and an fsync after them. (The volume's root
+    /// gets the source's times at the end of the run.)
+    fn swap_in(&mut self, top: &OsStr, folder: &Path, staging: &OsStr) -> Result<()> {
+        let at = joined(Path::new(top), folder);
+        let (Some(parent), Some(name)) = (at.parent(), at.file_name()) else {
+            return Err(Error::Internal(format!("{} has no name", at.display())));
+        };
+        let shown = self.dest.path.join(&at);
+        let (holder, _) = safefs::open_beneath(self.dest, parent, None)?;
+        let times = if folder.as_os_str().is_empty() {
+            None
+        } else {
+            let fd = holder.open_readable()?;
+            let st = fstat(&fd).map_err(errno_at("reading", &holder.path))?;
+            Some((fd, st))
+        };
+        renameat2(
+            &self.dest.fd,
+            staging,
+            &holder.fd,
+            name,
+            RenameFlags::RENAME_EXCHANGE,
+        )
+        .map_err(errno_at("putting in place", &shown))?;
+        if let Some((fd, st)) = times {
+            use nix::sys::time::TimeSpec;
+            nix::sys::stat::futimens(
+                &fd,
+                &TimeSpec::new(st.st_atime, st.st_atime_nsec),
+                &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
+            )
+            .map_err(errno_at("setting the times of", &holder.path))?;
+            nix::unistd::fsync(&fd).map_err(errno_at("writing", &holder.path))?;
+        }
+        self.building = None;
+        // The old copy is now under the staging name: gone by the next run at worst.
+        remove_any(self.dest, staging)
+    }
+
+    /// Where the top-level entry `name` differs from its copy in the backup (`old`): `None`
+    /// if nowhere, else the lowest folder below it that holds every difference (empty: the
+    /// entry itself). Hard links found alike outside that folder are remembered.
+    fn lowest_change(
+        &mut self,
+        name: &OsStr,
+        src: &FileStat,
+        old: &FileStat,
+    ) -> Result<Option<PathBuf>> {
+        let whole = Some(PathBuf::new());
         if !facts::same_stat(src, old)
             || facts::read(self.source, name)? != facts::read(self.dest, name)?
         {
-            return Ok(false);
+            return Ok(whole);
         }
         match src.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => Ok(link_target(self.source, name)? == link_target(self.dest, name)?),
-            libc::S_IFREG => Ok(self.same_links(name, Path::new(""), name, src, old)),
-            _ => {
-                let before: Vec<_> = self.linked.keys().copied().collect();
-                let same = self.same_folder(name)?;
-                if !same {
-                    self.linked.retain(|k, _| before.contains(k));
-                }
-                Ok(same)
+            libc::S_IFLNK => {
+                let same = link_target(self.source, name)? == link_target(self.dest, name)?;
+                Ok(whole.filter(|_| !same))
             }
+            libc::S_IFREG if self.linked_alike(src, old) => {
+                self.remember_link(src, name, PathBuf::new());
+                Ok(None)
+            }
+            libc::S_IFREG => Ok(whole),
+            _ => self.lowest_change_in(name),
         }
     }
 
     /// Whether a regular file of the source (`src`) and its copy (`old`) are linked
     /// alike: a source inode with several names must be the same copy under each, and
-    /// one copy must not stand for two source files. Records the first name.
-    fn same_links(
-        &mut self,
-        top: &OsStr,
-        rel: &Path,
-        name: &OsStr,
-        src: &FileStat,
-        old: &FileStat,
-    ) -> bool {
+    /// one copy must not stand for two source files.
+    fn linked_alike(&mut self, src: &FileStat, old: &FileStat) -> bool {
         use safefs::treewalk::id_of;
         if src.st_nlink != old.st_nlink {
             return false;
@@ -460,65 +544,122 @@ impl Mirror<'_> {
             _ => {}
         }
         self.reused.insert(id_of(old), id_of(src));
-        let at = if rel.as_os_str().is_empty() && name == top {
-            PathBuf::new()
-        } else {
-            rel.join(name)
-        };
-        self.linked
-            .entry(id_of(src))
-            .or_insert_with(|| (top.to_os_string(), at));
         true
     }
 
-    fn same_folder(&mut self, top: &OsStr) -> Result<bool> {
-        let (src_root, _) = safefs::open_beneath(self.source, Path::new(top), None)?;
-        let (old_root, _) = safefs::open_beneath(self.dest, Path::new(top), None)?;
-        let olds = RefCell::new(Cursor::new(&old_root));
-        let walked = safefs::walk(&src_root, |src, rel, entries| -> Result<(), Compared> {
-            crate::interrupt::check().map_err(Error::from)?;
-            let mut olds = olds.borrow_mut();
-            let Some(old) = olds.open(rel) else {
-                return Err(Compared::Differs);
-            };
-            let kept: Vec<&Entry> = entries.iter().filter(|e| copied_kind(e)).collect();
-            let old_entries = safefs::list(old)?;
-            if kept.len() != old_entries.len() {
-                return Err(Compared::Differs);
-            }
-            for (e, o) in kept.into_iter().zip(&old_entries) {
-                if e.name != o.name
-                    || !facts::same_stat(&e.st, &o.st)
-                    || facts::read(src, &e.name)? != facts::read(old, &o.name)?
-                {
-                    return Err(Compared::Differs);
-                }
-                if e.is_symlink() && link_target(src, &e.name)? != link_target(old, &o.name)? {
-                    return Err(Compared::Differs);
-                }
-                if e.is_file() && !self.same_links(top, rel, &e.name, &e.st, &o.st) {
-                    return Err(Compared::Differs);
-                }
-            }
-            Ok(())
-        });
-        match walked {
-            Ok(()) => Ok(true),
-            Err(Compared::Differs) => Ok(false),
-            Err(Compared::Failed(e)) => Err(e),
+    /// Records `at` (below the top-level entry `top`) as where the source file `st` is in
+    /// the backup, if it has several names and none was recorded yet.
+    fn remember_link(&mut self, st: &FileStat, top: &OsStr, at: PathBuf) {
+        if st.st_nlink > 1 {
+            self.linked
+                .entry(safefs::treewalk::id_of(st))
+                .or_insert_with(|| (top.to_os_string(), at));
         }
     }
 
-    /// Builds the folder `top` of the source under `staging` in the backup: subfolders
-    /// made, files that match the old backup's (`old_is_folder`) linked, the others
-    /// copied, and each folder's facts set once everything in it is there.
-    fn build_folder(&mut self, top: &OsStr, staging: &OsStr, old_is_folder: bool) -> Result<()> {
+    /// The lowest folder below the top-level folder `top` (relative to it) whose copy holds
+    /// every difference from the source, `None` if there is none. A folder holds a
+    /// difference when its entries differ from its copy's: a name more or fewer, or an
+    /// entry's facts, a subfolder's own included (so a folder whose own facts differ takes
+    /// its parent along). Nothing below the lowest folder found so far can move it, and is
+    /// not compared; at the top-level folder itself, the comparison stops.
+    fn lowest_change_in(&mut self, top: &OsStr) -> Result<Option<PathBuf>> {
+        let (src_root, _) = safefs::open_beneath(self.source, Path::new(top), None)?;
+        let (old_root, _) = safefs::open_beneath(self.dest, Path::new(top), None)?;
+        let olds = RefCell::new(Cursor::new(&old_root));
+        let mut lowest: Option<PathBuf> = None;
+        // Files with several names found alike, in the order met.
+        let mut links = Vec::new();
+        let walked = safefs::walk(&src_root, |src, rel, entries| -> Result<(), Compared> {
+            crate::interrupt::check().map_err(Error::from)?;
+            if lowest.as_deref().is_some_and(|l| rel.starts_with(l)) {
+                return Ok(());
+            }
+            let at = match olds.borrow_mut().open(rel) {
+                Some(old) if self.same_entries(src, old, rel, entries, &mut links)? => {
+                    return Ok(());
+                }
+                Some(_) => rel,
+                None => rel.parent().unwrap_or(rel),
+            };
+            let l = match lowest.take() {
+                Some(l) => common_folder(&l, at),
+                None => at.to_path_buf(),
+            };
+            if l.as_os_str().is_empty() {
+                return Err(Compared::Differs);
+            }
+            lowest = Some(l);
+            Ok(())
+        });
+        let lowest = match walked {
+            Ok(()) => lowest,
+            Err(Compared::Differs) => Some(PathBuf::new()),
+            Err(Compared::Failed(e)) => return Err(e),
+        };
+        // Those inside the folder rebuilt are remembered where the build puts them.
+        for (st, at) in links {
+            if lowest.as_ref().is_none_or(|l| !at.starts_with(l)) {
+                self.remember_link(&st, top, at);
+            }
+        }
+        Ok(lowest)
+    }
+
+    /// Whether the entries of the source folder `src` (at `rel`, listed as `entries`) are
+    /// those of its copy `old`, each with the same facts. Files with several names are
+    /// added to `links`.
+    fn same_entries(
+        &mut self,
+        src: &Dir,
+        old: &Dir,
+        rel: &Path,
+        entries: &[Entry],
+        links: &mut Vec<(FileStat, PathBuf)>,
+    ) -> Result<bool> {
+        let kept: Vec<&Entry> = entries.iter().filter(|e| copied_kind(e)).collect();
+        let old_entries = safefs::list(old)?;
+        if kept.len() != old_entries.len() {
+            return Ok(false);
+        }
+        for (e, o) in kept.into_iter().zip(&old_entries) {
+            if e.name != o.name
+                || !facts::same_stat(&e.st, &o.st)
+                || facts::read(src, &e.name)? != facts::read(old, &o.name)?
+            {
+                return Ok(false);
+            }
+            if e.is_symlink() && link_target(src, &e.name)? != link_target(old, &o.name)? {
+                return Ok(false);
+            }
+            if e.is_file() && !self.linked_alike(&e.st, &o.st) {
+                return Ok(false);
+            }
+            if e.is_file() && e.st.st_nlink > 1 {
+                links.push((e.st, rel.join(&e.name)));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Builds the folder `folder` of the top-level folder `top` of the source (all of it
+    /// when empty) under `staging` in the backup: subfolders made, files that match the old
+    /// backup's (`old_is_folder`) linked, the others copied, and each folder's facts set
+    /// once everything in it is there.
+    fn build_folder(
+        &mut self,
+        top: &OsStr,
+        folder: &Path,
+        staging: &OsStr,
+        old_is_folder: bool,
+    ) -> Result<()> {
+        let at = joined(Path::new(top), folder);
         mkdirat(&self.dest.fd, staging, Mode::from_bits_truncate(0o700))
             .map_err(errno_at("creating", &self.dest.path.join(staging)))?;
         let (built_root, _) = safefs::open_beneath(self.dest, Path::new(staging), None)?;
-        let (src_root, _) = safefs::open_beneath(self.source, Path::new(top), None)?;
+        let (src_root, _) = safefs::open_beneath(self.source, &at, None)?;
         let old_root = if old_is_folder {
-            Some(safefs::open_beneath(self.dest, Path::new(top), None)?.0)
+            Some(safefs::open_beneath(self.dest, &at, None)?.0)
         } else {
             None
         };
@@ -536,7 +677,7 @@ impl Mirror<'_> {
                     .and_then(|c| c.open(rel).and_then(|d| d.try_clone().ok()));
                 let mut me = me.borrow_mut();
                 for e in entries {
-                    me.build_entry(top, rel, src, e, &to, old.as_ref())?;
+                    me.build_entry(top, &joined(folder, rel), src, e, &to, old.as_ref())?;
                 }
                 Ok(())
             },
@@ -596,11 +737,7 @@ impl Mirror<'_> {
         } else {
             self.copy_entry(src, name, to, name)?;
         }
-        if e.st.st_nlink > 1 {
-            self.linked
-                .entry(id_of(&e.st))
-                .or_insert_with(|| (top.to_os_string(), rel.join(name)));
-        }
+        self.remember_link(&e.st, top, rel.join(name));
         Ok(())
     }
 
@@ -627,16 +764,13 @@ impl Mirror<'_> {
 
     /// Where the first name of a linked inode is now, relative to the backup's root.
     fn current_path(&self, top: &OsStr, rel: &Path) -> PathBuf {
-        let base = if self.building.as_deref() == Some(top) {
-            PathBuf::from(prefixed(STAGING, top))
-        } else {
-            PathBuf::from(top)
-        };
-        if rel.as_os_str().is_empty() {
-            base
-        } else {
-            base.join(rel)
+        if let Some((building, folder)) = &self.building
+            && building == top
+            && let Ok(inside) = rel.strip_prefix(folder)
+        {
+            return joined(Path::new(&prefixed(STAGING, top)), inside);
         }
+        joined(Path::new(top), rel)
     }
 
     /// Copies the file or symlink `name` of `from` to `to_name` in `to`, with all its

@@ -184,9 +184,13 @@ fn tops(root: &Path) -> Vec<OsString> {
 }
 
 fn run(p: &Pair, watch: &mut dyn Watch) -> Result<Report> {
-    let (s, _) = safefs::open_dir(&p.src, None).unwrap();
-    let (d, _) = safefs::open_dir(&p.dst, None).unwrap();
-    mirror(&s, &d, &tops(&p.src), watch)
+    run_between(&p.src, &p.dst, watch)
+}
+
+fn run_between(src: &Path, dst: &Path, watch: &mut dyn Watch) -> Result<Report> {
+    let (s, _) = safefs::open_dir(src, None).unwrap();
+    let (d, _) = safefs::open_dir(dst, None).unwrap();
+    mirror(&s, &d, &tops(src), watch)
 }
 
 fn states(r: &Report) -> Vec<(String, TopState)> {
@@ -343,32 +347,38 @@ fn a_run_stopped_anywhere_leaves_each_folder_old_or_new() {
     let p = pair();
     // The old backup is made from another tree of the same shape (other times, so every
     // top-level entry differs and is rebuilt).
-    let t = tempfile::tempdir_in("/dev/shm").unwrap();
-    let was = Pair {
-        _t: t,
-        src: p.src.parent().unwrap().join("was"),
-        dst: p.dst.clone(),
-    };
-    std::fs::create_dir(&was.src).unwrap();
+    let was = p.src.parent().unwrap().join("was");
+    std::fs::create_dir(&was).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    populate(&was.src);
+    populate(&was);
     for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
         std::fs::write(p.src.join("Persistent").join(name), vec![i as u8; 5000]).unwrap();
     }
-    let new = expected(&p.src);
+    let stopped = stopped_after_each_copy(&p.src, &was, &p.dst, 12);
+    // The stops fell inside the run, not only after it.
+    assert!(stopped.len() >= 8, "{}", stopped.len());
+}
+
+/// Runs from `src` into `dst`, stopped (SIGINT) after 1, 2, ... `stops` files were copied,
+/// each time onto a backup of `was` made anew: each top-level entry must be the old backup
+/// or the new one, the error must say so, nothing of the run may be left, and the next run
+/// must complete. Returns, for each run that was stopped, the entries that were new.
+fn stopped_after_each_copy(src: &Path, was: &Path, dst: &Path, stops: u64) -> Vec<Vec<OsString>> {
+    let new = expected(src);
     let top_of = |path: &PathBuf| path.components().next().unwrap().as_os_str().to_owned();
-    let mut stopped_runs = 0;
-    for stop in 1..=12 {
-        std::fs::remove_dir_all(&p.dst).unwrap();
-        std::fs::create_dir(&p.dst).unwrap();
-        run(&was, &mut quiet()).unwrap();
-        let old = facts_of(&p.dst);
+    let mut stopped = Vec::new();
+    for stop in 1..=stops {
+        std::fs::remove_dir_all(dst).unwrap();
+        std::fs::create_dir(dst).unwrap();
+        run_between(was, dst, &mut quiet()).unwrap();
+        let old = facts_of(dst);
         let mut w = quiet();
         w.stop_after = Some(stop);
-        let outcome = run(&p, &mut w);
+        let outcome = run_between(src, dst, &mut w);
         crate::interrupt::pretend_received(0);
-        let now = facts_of(&p.dst);
-        for top in tops(&p.src) {
+        let now = facts_of(dst);
+        let mut new_tops = Vec::new();
+        for top in tops(src) {
             let part = |m: &BTreeMap<PathBuf, String>| -> Vec<(PathBuf, String)> {
                 m.iter()
                     .filter(|(k, _)| top_of(k) == top)
@@ -384,10 +394,13 @@ fn a_run_stopped_anywhere_leaves_each_folder_old_or_new() {
                     .filter(|g| !part(&new).contains(g))
                     .collect::<Vec<_>>()
             );
+            if got != part(&old) {
+                new_tops.push(top);
+            }
         }
         match outcome {
             Err(e) => {
-                stopped_runs += 1;
+                stopped.push(new_tops);
                 assert!(
                     matches!(
                         e,
@@ -402,18 +415,17 @@ fn a_run_stopped_anywhere_leaves_each_folder_old_or_new() {
             }
             Ok(_) => assert_eq!(new, now),
         }
-        let leftovers: Vec<_> = std::fs::read_dir(&p.dst)
+        let leftovers: Vec<_> = std::fs::read_dir(dst)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .filter(|n| n.as_bytes().starts_with(LEFTOVER.as_bytes()))
             .collect();
         assert!(leftovers.is_empty(), "stopped after {stop}: {leftovers:?}");
         // The next run finishes the job.
-        run(&p, &mut quiet()).unwrap();
-        assert_eq!(new, facts_of(&p.dst));
+        run_between(src, dst, &mut quiet()).unwrap();
+        assert_eq!(new, facts_of(dst));
     }
-    // The stops fell inside the run, not only after it.
-    assert!(stopped_runs >= 8, "{stopped_runs}");
+    stopped
 }
 
 /// Negative control of the test above: its comparison tells a mix from either side.
@@ -433,6 +445,227 @@ fn a_mixed_folder_is_told_from_old_and_new() {
     let now = facts_of(&p.dst);
     assert_ne!(now, old);
     assert_ne!(now, new);
+}
+
+/// Below Persistent, folders in branches: tree/d1/sub (f1, f2, f3, and `linked`, a second
+/// name of tree/d3/h1), tree/d2 (g1, g2) and tree/d3 (h1).
+fn branches(root: &Path) {
+    let t = root.join("Persistent/tree");
+    std::fs::create_dir_all(t.join("d1/sub")).unwrap();
+    std::fs::create_dir_all(t.join("d2")).unwrap();
+    std::fs::create_dir_all(t.join("d3")).unwrap();
+    for (i, f) in [
+        "d1/sub/f1",
+        "d1/sub/f2",
+        "d1/sub/f3",
+        "d2/g1",
+        "d2/g2",
+        "d3/h1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(t.join(f), vec![i as u8; 4000]).unwrap();
+    }
+    std::fs::hard_link(t.join("d3/h1"), t.join("d1/sub/linked")).unwrap();
+}
+
+/// Inode and ctime of every file below `root`: making or removing a link to a file
+/// changes its ctime.
+fn inodes(root: &Path) -> BTreeMap<PathBuf, (u64, i64, i64)> {
+    facts_of(root)
+        .into_keys()
+        .filter_map(|path| {
+            let m = std::fs::symlink_metadata(root.join(&path)).unwrap();
+            m.is_file()
+                .then(|| (path, (m.ino(), m.ctime(), m.ctime_nsec())))
+        })
+        .collect()
+}
+
+fn rebuilt(r: &Report, top: &str) -> (TopState, Option<String>) {
+    let t = r.tops.iter().find(|t| t.name == top).unwrap();
+    (t.state, t.rebuilt.clone())
+}
+
+fn times(path: &Path) -> (i64, i64) {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn a_deep_change_swaps_only_the_lowest_folder() {
+    if !root_only() {
+        return eprintln!("skipped: owners can only be given as root");
+    }
+    let p = pair();
+    branches(&p.src);
+    run(&p, &mut quiet()).unwrap();
+    let before = inodes(&p.dst);
+    // Rewritten in place: the folder that holds it keeps its mtime.
+    std::fs::write(p.src.join("Persistent/tree/d1/sub/f1"), b"in place").unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+    let after = inodes(&p.dst);
+    let sub = Path::new("Persistent/tree/d1/sub");
+    for (path, was) in &before {
+        // h1 shares its inode with sub/linked: one link to it made, one removed.
+        if path.starts_with(sub) || path == Path::new("Persistent/tree/d3/h1") {
+            continue;
+        }
+        assert_eq!(after.get(path), Some(was), "{} was touched", path.display());
+    }
+    for kept in ["f2", "f3", "linked"] {
+        assert_eq!(
+            after[&sub.join(kept)].0,
+            before[&sub.join(kept)].0,
+            "{kept}"
+        );
+    }
+    assert_ne!(after[&sub.join("f1")].0, before[&sub.join("f1")].0);
+    assert_eq!(
+        after[&sub.join("linked")].0,
+        after[Path::new("Persistent/tree/d3/h1")].0
+    );
+    // One file copied, the three others of its folder linked, and nothing else.
+    assert_eq!((r.files_copied, r.files_kept), (1, 3), "{r:?}");
+    assert_eq!(
+        rebuilt(&r, "Persistent"),
+        (TopState::Updated, Some("Persistent/tree/d1/sub".into()))
+    );
+    // The exchange changed the mtime of the folder holding sub; it has the source's again.
+    let d1 = Path::new("Persistent/tree/d1");
+    assert_eq!(times(&p.dst.join(d1)), times(&p.src.join(d1)));
+}
+
+#[test]
+fn changes_in_two_sibling_folders_swap_their_common_parent() {
+    if !root_only() {
+        return eprintln!("skipped: owners can only be given as root");
+    }
+    let p = pair();
+    branches(&p.src);
+    run(&p, &mut quiet()).unwrap();
+    let before = inodes(&p.dst);
+    std::fs::write(p.src.join("Persistent/tree/d1/sub/f1"), b"one").unwrap();
+    std::fs::write(p.src.join("Persistent/tree/d2/g2"), b"two").unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+    assert_eq!(
+        rebuilt(&r, "Persistent"),
+        (TopState::Updated, Some("Persistent/tree".into()))
+    );
+    // f2, f3, linked, g1, and h1 (linked under its first name, which is inside).
+    assert_eq!((r.files_copied, r.files_kept), (2, 5), "{r:?}");
+    let after = inodes(&p.dst);
+    for (path, was) in before
+        .iter()
+        .filter(|(k, _)| !k.starts_with("Persistent/tree"))
+    {
+        assert_eq!(after.get(path), Some(was), "{} was touched", path.display());
+    }
+    assert_eq!(
+        times(&p.dst.join("Persistent")),
+        times(&p.src.join("Persistent"))
+    );
+}
+
+#[test]
+fn a_folder_whose_own_facts_changed_is_swapped_with_its_parent() {
+    if !root_only() {
+        return eprintln!("skipped: owners can only be given as root");
+    }
+    let p = pair();
+    branches(&p.src);
+    run(&p, &mut quiet()).unwrap();
+    let sub = p.src.join("Persistent/tree/d1/sub");
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+    assert_eq!(
+        rebuilt(&r, "Persistent"),
+        (TopState::Updated, Some("Persistent/tree/d1".into()))
+    );
+    assert_eq!((r.files_copied, r.files_kept), (0, 4), "{r:?}");
+    // A file added changes the mtime of its folder: the one above is swapped.
+    std::fs::write(p.src.join("Persistent/tree/d2/new"), b"new").unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+    assert_eq!(
+        rebuilt(&r, "Persistent"),
+        (TopState::Updated, Some("Persistent/tree".into()))
+    );
+    // A change right in the top-level folder swaps all of it, as before.
+    std::fs::write(p.src.join("Persistent/note.txt"), b"a new note").unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+    assert_eq!(rebuilt(&r, "Persistent"), (TopState::Updated, None));
+}
+
+#[test]
+fn a_run_stopped_anywhere_in_a_deep_change_leaves_each_folder_old_or_new() {
+    if !root_only() {
+        return eprintln!("skipped: owners can only be given as root");
+    }
+    let p = pair();
+    branches(&p.src);
+    run(&p, &mut quiet()).unwrap();
+    // The backup as it is now, kept aside to start each stopped run from.
+    let was = p.src.parent().unwrap().join("was");
+    std::fs::create_dir(&was).unwrap();
+    run_between(&p.dst, &was, &mut quiet()).unwrap();
+    // Four files in two folders of Persistent/tree, and one in dotfiles, which comes
+    // after Persistent: stops fall in the build of tree and after its swap.
+    for f in ["d1/sub/f1", "d1/sub/f2", "d2/g1", "d2/g2"] {
+        std::fs::write(p.src.join("Persistent/tree").join(f), vec![9u8; 5000]).unwrap();
+    }
+    std::fs::write(p.src.join("dotfiles/.bashrc"), b"set -o vi").unwrap();
+    let stopped = stopped_after_each_copy(&p.src, &was, &p.dst, 6);
+    assert!(stopped.len() >= 4, "{stopped:?}");
+    // A run was stopped once tree was swapped in (its holder's times given back), before
+    // dotfiles was.
+    assert!(
+        stopped.contains(&vec![OsString::from("Persistent")]),
+        "{stopped:?}"
+    );
+}
+
+#[test]
+fn a_cut_between_the_swap_and_the_times_is_repaired_by_the_next_run() {
+    if !root_only() {
+        return eprintln!("skipped: owners can only be given as root");
+    }
+    let p = pair();
+    branches(&p.src);
+    run(&p, &mut quiet()).unwrap();
+    std::fs::write(p.src.join("Persistent/tree/d1/sub/f1"), b"in place").unwrap();
+    // What a power cut leaves after the exchange reached the disk and before the times of
+    // the folder holding the swapped one did: the new folder in place, the exchange's
+    // mtime on its holder, the old folder under the staging name.
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(
+        rebuilt(&r, "Persistent").1.as_deref(),
+        Some("Persistent/tree/d1/sub")
+    );
+    let holder = p.dst.join("Persistent/tree/d1");
+    std::fs::File::open(&holder)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let staging = p.dst.join(".keepsake-sync-new.Persistent");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("f1"), vec![0u8; 4000]).unwrap();
+    assert_ne!(expected(&p.src), facts_of(&p.dst));
+
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(r.leftovers_removed, vec![".keepsake-sync-new.Persistent"]);
+    // The holder's own facts differ: the folder above it is swapped.
+    assert_eq!(
+        rebuilt(&r, "Persistent"),
+        (TopState::Updated, Some("Persistent/tree".into()))
+    );
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+    assert_eq!(tops(&p.dst), tops(&p.src));
 }
 
 #[test]
