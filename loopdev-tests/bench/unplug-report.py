@@ -259,7 +259,9 @@ and the orders of magnitude, measured side by side in the same boot.
   on a live system. The stick is a virtio disk backed by a file on the host (GPT, a 64 MiB
   system partition, keepsake's persistence partition), hot-unplugged by the host (qemu
   `device_del`: an ACPI eject, after which the guest's kernel removes the disk as when a
-  stick is pulled) and plugged back in after each pull. Tools: {tools}, from the host's Debian 12.
+  stick is pulled) and plugged back in after each pull. As on a live system, keepsake runs
+  from the stick itself: its binary is on the stick's system partition, mounted read-only
+  (its shared libraries stay in RAM), so the pull takes the watcher's own file away. Tools: {tools}, from the host's Debian 12.
 - {rounds} rounds. Each round runs seven contenders, one after the other, in an order that
   rotates from round to round: five pulls of the stick and two wipes on command. Every one
   starts from a fresh `keepsake unlock` (small test KDF: argon2id 8 MiB, 4 iterations; not
@@ -368,11 +370,11 @@ apart: the guest's wall clock, set from the emulated RTC at boot, was {ms(abs(om
   user's data is: scenario 24 (`loopdev-tests/run 24-pull-the-stick`) dumps the guest's RAM
   after a pull and scans it for the key and a canary. The page cache drop, the kill of the
   writer and the unmounts are timed here only as part of "no mapping".
-- The stick also holding the running system. Here keepsake, cryptsetup and the shell are
-  in the guest's initramfs, in RAM; on a live system they would be on the stick's squashfs,
-  gone with it. keepsake's watcher has its code locked in memory and runs no program, so
-  it should not depend on that; a shell hook that starts `cryptsetup` or `dmsetup` after
-  the pull needs them (and their libraries) still cached in RAM, or fails.
+- The hooks' programs on the pulled stick. Here the shell, `cryptsetup`, `dmsetup`, `fuser`
+  and every shared library are in the guest's initramfs, in RAM; on a live system they
+  would be on the stick's squashfs, gone with it, and a hook that starts them after the pull
+  works only if they are all still in the page cache. keepsake's binary is on the pulled
+  stick here, and its watcher has its code locked in memory and runs no program.
 - `--on-removal shutdown`, a container file on a second stick (its loop device), a volume
   opened at boot and armed with `keepsake watch`, several volumes at once.
 - A udev rule (there is no udevd in the guest), busybox `mdev` or `uevent` hooks: they would

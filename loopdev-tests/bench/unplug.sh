@@ -15,7 +15,8 @@
 #   luks-now       unlock; the live user writes; cryptsetup luksSuspend, dmsetup wipe_table,
 #                  keepsake lock --force (see up_now)
 # After each pull the host plugs the stick back in (KS-HOST replug usb) and the guest waits
-# for it to come back under a new name, found by its serial.
+# for it to come back under a new name, found by its serial. keepsake runs from the stick's
+# system partition (UP_KS), as on a live system.
 #
 # For the host (bench/unplug-report.py), besides the machine's facts:
 #   KS-OUT pull=KIND ROUND KEY_MS MAPPING_MS T0_UNIX MARK_UNIX
@@ -40,6 +41,11 @@ AS_USER="/usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups"
 UP_KINDS="keepsake-end luks-end keepsake-wipe dm-end luks-wipe now luks-now"
 UP_WRITER=
 UP_KEY_CLOCK=$(ks_in key_clock)
+# As on a live system, keepsake runs from the stick itself: its binary on the stick's first
+# partition (its libraries stay in RAM), mounted read-only as a live system's medium is.
+# Pulling the stick takes the watcher's own file away with it.
+UP_MEDIUM=/run/live/medium
+UP_KS=$UP_MEDIUM/keepsake
 
 up_ns() { /usr/bin/date +%s%N; }
 up_ms() { echo $(( ($(up_ns) - $1) / 1000000 )); }
@@ -70,14 +76,14 @@ up_unlock() {
     local kind=$1 r=$2 d t0; shift 2
     d=$(up_disk) || ks_fail "round $r, $kind: no stick"
     t0=$(up_ns)
-    keepsake unlock --device "/dev/${d}2" --key-file "$KS_PASS_FILE" "$@" >/tmp/up-unlock.out 2>&1 \
+    "$UP_KS" unlock --device "/dev/${d}2" --key-file "$KS_PASS_FILE" "$@" >/tmp/up-unlock.out 2>&1 \
         || { sed 's/^/    | /' /tmp/up-unlock.out; ks_fail "round $r, $kind: unlock"; }
     echo "KS-OUT unlock=$kind $r $(up_ms "$t0")"
     grep -q "removing any of them wipes the key" /tmp/up-unlock.out \
         || { sed 's/^/    | /' /tmp/up-unlock.out; ks_fail "round $r, $kind: unlock did not arm the watcher"; }
 }
 
-up_watcher_pid() { keepsake status | sed -n 's/.*(watcher pid \([0-9]*\),.*/\1/p' | head -n 1; }
+up_watcher_pid() { "$UP_KS" status | sed -n 's/.*(watcher pid \([0-9]*\),.*/\1/p' | head -n 1; }
 
 # The live user writes into Persistent without pause, one file held open; at least 2 MiB
 # are written (and dirty in the page cache) before anything else happens.
@@ -154,10 +160,11 @@ up_pull() {
     esac
     pid=$(up_watcher_pid)
     [ -n "$pid" ] || ks_fail "round $r, $kind: no watcher pid in keepsake status"
+    case $(readlink "/proc/$pid/exe") in "$UP_KS"*) ;; *) ks_fail "round $r, $kind: the watcher does not run the stick's binary" ;; esac
     case $kind in luks-*|dm-*)
         kill -9 "$pid"
         up_wait up_gone "$pid" || ks_fail "round $r, $kind: the watcher outlives kill -9"
-        keepsake status | grep -q 'watched: pulling' && ks_fail "round $r, $kind: status still says watched" ;;
+        "$UP_KS" status | grep -q 'watched: pulling' && ks_fail "round $r, $kind: status still says watched" ;;
     esac
     case $kind in *-end) up_start_writer ;; esac
     case $kind in
@@ -194,6 +201,14 @@ up_pull() {
     echo "KS-HOST replug usb"
     up_wait up_stick_back || ks_fail "round $r, $kind: the stick did not come back"
     echo "KS-OUT replug=$r $(up_ms "$t0")"
+    up_mount_medium
+}
+
+# The stick's system partition, mounted again (its old mount died with the pull).
+up_mount_medium() {
+    local d
+    umount -l "$UP_MEDIUM" 2>/dev/null
+    d=$(up_disk) && mount -o ro "/dev/${d}1" "$UP_MEDIUM" && [ -x "$UP_KS" ] || ks_fail "mount the stick's system partition"
 }
 
 # Whatever a contender left: gone before the next unlock, and said.
@@ -218,7 +233,7 @@ up_now() {
     up_start_writer
     t0=$(up_ns)
     if [ "$kind" = now ]; then
-        "$UP_KEY_CLOCK" "$UP_MAP" keepsake --json lock --now > /tmp/up-now.out 2>/tmp/up-now.err
+        "$UP_KEY_CLOCK" "$UP_MAP" "$UP_KS" --json lock --now > /tmp/up-now.out 2>/tmp/up-now.err
         rc=$?
         total=$(up_ms "$t0")
         wiped=$(sed -n 's/.*"keys_wiped_ms": *\([0-9.]*\).*/\1/p' /tmp/up-now.out | head -n 1)
@@ -229,7 +244,7 @@ up_now() {
         # mapping cannot be killed (exit 5 after ~6 s here), and the next sync would wait
         # forever. A table that fails I/O in its place first, as keepsake's wipe does.
         [ $rc = 0 ] && dmsetup wipe_table "$UP_MAP" >>/tmp/up-now.err 2>&1 \
-            && keepsake lock --force > /tmp/up-now.out 2>>/tmp/up-now.err
+            && "$UP_KS" lock --force > /tmp/up-now.out 2>>/tmp/up-now.err
         rc=$?
         total=$(up_ms "$t0")
         wiped=-
@@ -264,6 +279,10 @@ guest_all() {
     echo "KS-OUT clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
     d=$(up_disk) || ks_fail "no stick"
     ks_expect_rc 0 "create the volume on the stick" -- keepsake create --device "/dev/$d" --yes --key-file "$KS_PASS_FILE" $KS_KDF
+    mkdir -p "$UP_MEDIUM"
+    mkfs.ext4 -q -F "/dev/${d}1" && mount "/dev/${d}1" "$UP_MEDIUM" && cp /usr/sbin/keepsake "$UP_KS" \
+        && umount "$UP_MEDIUM" || ks_fail "keepsake on the stick's system partition"
+    up_mount_medium
     # What one round of the hook's poll costs here.
     n=0; p0=$(up_ns)
     mkfifo /tmp/up-poll.fifo; exec 9<>/tmp/up-poll.fifo
