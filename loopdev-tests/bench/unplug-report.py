@@ -188,6 +188,12 @@ for kind in ("luks-end", "dm-end", "luks-wipe"):
 
 writers = "; ".join(f"{SHORT.get(k, k)}: ended in {v.count('ended')} of {len(v)}" for k in SHORT for v in [writer.get(k)] if v)
 ln, lmed, llo, lhi = stats(list(latency.values()))
+latency_rows = ["| pulls | rounds | median | min | max |", "|---|---:|---:|---:|---:|"]
+for kind in ("keepsake-end", "luks-end", "dm-end", "keepsake-wipe", "luks-wipe"):
+    n, med, lo, hi = stats([v for (k, r), v in latency.items() if k == kind])
+    if n:
+        latency_rows.append(f"| {NAMES[kind]}{', writing' if kind.endswith('-end') else ''} | {n} | {ms(med)} | {ms(lo)} | {ms(hi)} |")
+latency_rows.append(f"| all | {ln} | **{ms(lmed)}** | {ms(llo)} | {ms(lhi)} |")
 _, omed, olo, ohi = stats(offset)
 unlock_all = [x for v in unlock.values() for x in v]
 _, umed, ulo, uhi = stats(unlock_all)
@@ -353,10 +359,18 @@ Just before each pull the guest reads its clock and prints `KS-HOST mark KIND RO
 then `KS-HOST unplug usb`; the host logs when each line arrived ({os.path.basename(host_log)}) and
 sends `device_del` on the second. (t0 − guest time of the mark) − (host's unplug − host's
 mark) is then an upper bound of the time from the host's `device_del` to the guest kernel's
-removal event (it also holds the console's delivery of the mark line). Over {ln} pulls:
-median **{ms(lmed)}**, min {ms(llo)}, max {ms(lhi)}. (Differences are taken on each clock
-apart: the guest's wall clock, set from the emulated RTC at boot, was {ms(abs(omed) if omed is not None else None)}
-{'behind' if (omed or 0) >= 0 else 'ahead of'} the host's.)
+removal event (it also holds the console's delivery of the mark line). Differences are
+taken on each clock apart: the guest's wall clock, set from the emulated RTC at boot, was
+{ms(abs(omed) if omed is not None else None)} {'behind' if (omed or 0) >= 0 else 'ahead of'} the host's.
+
+{chr(10).join(latency_rows)}
+
+Each pull starts after `sync` and `echo 3 > /proc/sys/vm/drop_caches` (untimed), so that
+every contender meets the same caches. Before any removal event the kernel invalidates the
+cached pages of the disk's partitions, among them the mounted system partition: in trial
+runs without the cache drop this took 0.5 to 2.3 s (under TCG) in the hooks' rounds, where
+keepsake's binary on that partition was cached but mapped by no one (the watcher killed),
+and about 20 ms in keepsake's rounds, where the watcher keeps it mapped and locked.
 
 ## What is not measured
 
@@ -377,6 +391,10 @@ apart: the guest's wall clock, set from the emulated RTC at boot, was {ms(abs(om
   stick here, and its watcher has its code locked in memory and runs no program.
 - `--on-removal shutdown`, a container file on a second stick (its loop device), a volume
   opened at boot and armed with `keepsake watch`, several volumes at once.
+- The time the kernel takes before its removal event on a live system, where the stick's
+  system partition holds the squashfs of the whole running system and much of it is in the
+  page cache: its invalidation comes before the event (see above), so before anything can
+  act on it, keepsake's watcher included.
 - A udev rule (there is no udevd in the guest), busybox `mdev` or `uevent` hooks: they would
   add their own dispatch to the shell hook's times; the hook here polls instead.
 - Kernel messages of level below 3 reach the emulated serial console, slowly under TCG:
