@@ -578,9 +578,23 @@ pub fn end_holders(dev: (u32, u32), grace: Duration) -> Vec<Holder> {
 
 /// As [`end_holders`], but SIGKILL at once: for a volume already gone (its key wiped),
 /// where there is nothing left to save to and every moment a holder lives it keeps what it
-/// read in its memory.
-pub fn kill_holders(dev: (u32, u32), grace: Duration) -> Vec<Holder> {
-    end_holders_also(dev, &[Signal::SIGKILL], grace, &detach_in_namespaces(dev))
+/// read in its memory. Returns those found (one walk of /proc) and those left.
+pub fn kill_holders(dev: (u32, u32), grace: Duration) -> (Vec<Holder>, Vec<Holder>) {
+    let also = detach_in_namespaces(dev);
+    let mut found: Option<Vec<Holder>> = None;
+    let left = end_in_turn(
+        &[Signal::SIGKILL],
+        grace,
+        || {
+            let now = holders_of_kind(dev, true, &also);
+            found.get_or_insert_with(|| now.clone());
+            now
+        },
+        |h, signal| {
+            let _ = kill(Pid::from_raw(h.pid), signal);
+        },
+    );
+    (found.unwrap_or_default(), left)
 }
 
 /// SIGTERM first, to let a process save and go; SIGKILL to those still there.

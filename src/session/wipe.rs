@@ -85,7 +85,7 @@ pub struct Teardown<'a> {
     pub home: Option<&'a Path>,
 }
 
-/// The whole wipe: key first, then processes (when asked), mounts, cache, mapping, links.
+/// The whole wipe: key first, then mounts, processes (when asked), cache, mapping.
 /// `sectors` is the mapping's size (read before, in case sysfs no longer says).
 pub fn wipe(control: &Control, t: &Teardown<'_>, sectors: u64, trigger: &str) -> Wiped {
     let start = Instant::now();
@@ -102,16 +102,37 @@ pub fn wipe(control: &Control, t: &Teardown<'_>, sectors: u64, trigger: &str) ->
         Ok(()) => wiped.key_wiped_ms = Some(ms_since(start)),
         Err(e) => wiped.key_error = Some(e.to_string()),
     }
-    if t.on_removal != OnRemoval::Wipe {
-        wiped.ended = end_holders_now(t.dev);
-    }
+    // Out of every path at once (a busy mount goes from the tree now, from the kernel when
+    // freed): nothing new is opened on the volume from here on.
     wiped.unmounted = detach_mounts(t.dev);
-    wiped.caches_dropped = std::fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok();
-    if let Ok(true) = control.remove_when_free(t.dev) {
+    let grace = Duration::from_millis(500);
+    if t.on_removal != OnRemoval::Wipe {
+        (wiped.ended, _) = processes::kill_holders(t.dev, grace);
+    }
+    wiped.caches_dropped = drop_caches();
+    let mut removed = control.remove_when_free(t.dev);
+    if t.on_removal != OnRemoval::Wipe && matches!(removed, Ok(false)) {
+        // Still held, by no process seen: a namespace of the live user's may hide it
+        // (lock --force's last resort). The removal asked for above happens when they go.
+        let (hidden, _) = processes::end_user_namespaces(t.dev, grace);
+        for h in hidden {
+            if !wiped.ended.iter().any(|e| e.pid == h.pid) {
+                wiped.ended.push(h);
+            }
+        }
+        wiped.caches_dropped &= drop_caches();
+        removed = control.exists(t.dev).map(|there| !there);
+    }
+    if let Ok(true) = removed {
         wiped.mapping_removed_ms = Some(ms_since(start));
         remove_stale_node(t.mapping, t.dev);
     }
     wiped
+}
+
+/// Clean cached pages (of the killed processes' files among them), dentries and inodes.
+fn drop_caches() -> bool {
+    std::fs::write("/proc/sys/vm/drop_caches", b"3\n").is_ok()
 }
 
 /// The links into the volume under `home` (Tails' dotfiles), dangling now: removed by
@@ -128,21 +149,6 @@ pub fn mount_root_of(dev: DevNum) -> Option<PathBuf> {
         .into_iter()
         .find(|m| m.dev == dev && m.root == Path::new("/"))
         .map(|m| m.mount_point)
-}
-
-/// Kills (SIGKILL: the volume is gone, there is nothing to save to) every process holding
-/// files of the volume, those hiding it in mount namespaces of their own included.
-fn end_holders_now(dev: DevNum) -> Vec<Holder> {
-    let mut ended = processes::holders_of(dev);
-    let grace = Duration::from_millis(500);
-    processes::kill_holders(dev, grace);
-    let (hidden, _) = processes::end_user_namespaces(dev, grace);
-    for h in hidden {
-        if !ended.iter().any(|e| e.pid == h.pid) {
-            ended.push(h);
-        }
-    }
-    ended
 }
 
 /// Detaches every mount of the volume in this mount namespace, deepest first
