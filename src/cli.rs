@@ -910,13 +910,14 @@ and the partition and stick that hold the file. When one of them goes, it at onc
   1. wipes the volume key from the kernel: the mapping is suspended and dm-crypt told to \
 wipe its key (as cryptsetup luksSuspend does), and an error table replaces it, so that \
 nothing waits on the stick that is gone;
-  2. with --on-removal end (the default) or shutdown, kills (SIGKILL) every process that \
+  2. detaches the volume's mounts and binds (nothing new is opened on it);
+  3. with --on-removal end (the default) or shutdown, kills (SIGKILL) every process that \
 holds files of the volume, in any mount namespace: their memory holds what they read;
-  3. detaches the volume's mounts and binds, drops the page cache, and removes the mapping \
-(at once, or the moment the last process holding it lets go);
-  4. reports it on the console and in the system log (kernel log and syslog), and in \
+  4. drops the page cache and removes the mapping (at once, or the moment the last process \
+holding it lets go);
+  5. reports it on the console and in the system log (kernel log and syslog), and in \
 keepsake status;
-  5. with --on-removal shutdown, powers the machine off at once, as Tails does when its boot \
+  6. with --on-removal shutdown, powers the machine off at once, as Tails does when its boot \
 stick is pulled; otherwise it removes the links into the volume (dotfiles).
 None of these reads a disk or runs a program: when the stick also holds the live system, \
 its files are gone with it. The key is wiped within milliseconds of the kernel noticing \
