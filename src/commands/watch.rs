@@ -70,11 +70,10 @@ pub fn arm(
     on_removal: OnRemoval,
     layout: crate::persistence::layout::LayoutProfile,
 ) -> std::result::Result<Watch, String> {
-    let layout = match layout {
-        crate::persistence::layout::LayoutProfile::Tails => "tails",
-        crate::persistence::layout::LayoutProfile::LiveBoot => "live-boot",
-    };
-    watch::arm(mapping, on_removal, layout)
+    // The layout as --layout names it, for the watcher's own command line.
+    let layout = clap::ValueEnum::to_possible_value(&layout)
+        .ok_or("the layout has no name on the command line")?;
+    watch::arm(mapping, on_removal, layout.get_name())
 }
 
 /// "watching sdb2, sdb: …" for a human.

@@ -230,7 +230,7 @@ fn wipe_keys_first(chosen: &[Unlocked], out: Output) -> Option<f64> {
             ));
         }
     }
-    all.then(|| (start.elapsed().as_secs_f64() * 10_000.0).round() / 10.0)
+    all.then(|| super::wipe::ms_since(start))
 }
 
 /// live-boot's `/ union` makes the running system's root an overlay writing into the

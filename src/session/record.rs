@@ -29,7 +29,9 @@ pub struct FailedFeature {
     pub error: String,
 }
 
-pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
+/// /run/keepsake, made root's 0700 if missing: where the record and the watchers' state
+/// files live.
+pub(crate) fn runtime_dir() -> std::result::Result<safefs::Dir, safefs::Error> {
     let (dir, _) = safefs::open_dir(
         Path::new(RUNTIME_DIR),
         Some(Owner {
@@ -38,6 +40,11 @@ pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
             mode: 0o700,
         }),
     )?;
+    Ok(dir)
+}
+
+pub fn write_record(layout: &Layout, record: &Record) -> Result<()> {
+    let dir = runtime_dir()?;
     let text = serde_json::to_vec_pretty(record).map_err(|e| Error::Unexpected(e.to_string()))?;
     let name = layout.runtime_record();
     let name = name

@@ -252,15 +252,7 @@ impl Held {
     /// still there (or still going) has it: wait a moment for one that is going.
     fn take(mapping: &str, watch: &Watch) -> Result<Held, String> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        crate::safefs::open_dir(
-            Path::new(RUNTIME_DIR),
-            Some(crate::safefs::Owner {
-                uid: 0,
-                gid: 0,
-                mode: 0o700,
-            }),
-        )
-        .map_err(|e| e.to_string())?;
+        super::record::runtime_dir().map_err(|e| e.to_string())?;
         let path = state_path(mapping);
         for _ in 0..20 {
             let file = std::fs::OpenOptions::new()
@@ -367,7 +359,6 @@ pub fn serve(mapping: &str, on_removal: OnRemoval) -> Result<(), String> {
         mapping,
         dev: mapping_dev,
         on_removal,
-        home: home.as_deref(),
     };
     let gone = loop {
         // SIGTERM from root disarms it (the live user cannot signal a root process).
@@ -410,8 +401,8 @@ pub fn serve(mapping: &str, on_removal: OnRemoval) -> Result<(), String> {
         unsafe { libc::reboot(libc::RB_POWER_OFF) };
     }
     let mut wiped = wiped;
-    if let (Some(home), Some(root)) = (teardown.home, mount_root) {
-        wiped.links_removed = wipe::remove_links(home, &root);
+    if let (Some(home), Some(root)) = (home, mount_root) {
+        wiped.links_removed = wipe::remove_links(&home, &root);
     }
     if let Ok(text) = serde_json::to_vec(&wiped) {
         let _ = std::fs::write(wiped_path(mapping), text);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::dm::{self, Control, DevNum};
+use crate::host::dm::{Control, DevNum};
 use crate::host::processes::{self, Holder};
 
 /// What to do once the key is wiped.
@@ -59,7 +59,8 @@ pub struct Wiped {
     pub links_removed: usize,
 }
 
-fn ms_since(start: Instant) -> f64 {
+/// Milliseconds since `start`, to a tenth.
+pub(crate) fn ms_since(start: Instant) -> f64 {
     (start.elapsed().as_secs_f64() * 10_000.0).round() / 10.0
 }
 
@@ -81,12 +82,10 @@ pub struct Teardown<'a> {
     pub mapping: &'a str,
     pub dev: DevNum,
     pub on_removal: OnRemoval,
-    /// Where links into the volume may be (the live user's home), to remove them last.
-    pub home: Option<&'a Path>,
 }
 
 /// The whole wipe: key first, then mounts, processes (when asked), cache, mapping.
-/// `sectors` is the mapping's size (read before, in case sysfs no longer says).
+/// `sectors` is the mapping's size (read when the watcher armed: it does not change).
 pub fn wipe(control: &Control, t: &Teardown<'_>, sectors: u64, trigger: &str) -> Wiped {
     let start = Instant::now();
     let mut wiped = Wiped {
@@ -97,7 +96,6 @@ pub fn wipe(control: &Control, t: &Teardown<'_>, sectors: u64, trigger: &str) ->
             .map_or(0, |d| d.as_secs()),
         ..Wiped::default()
     };
-    let sectors = dm::sectors(t.dev).unwrap_or(sectors);
     match wipe_key(control, t.dev, sectors) {
         Ok(()) => wiped.key_wiped_ms = Some(ms_since(start)),
         Err(e) => wiped.key_error = Some(e.to_string()),
