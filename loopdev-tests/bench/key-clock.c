@@ -27,50 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-/* Whether the live table of MAPPING still holds a dm-crypt key (as in lib/unplug-clock.c). */
-static int key_present(int ctl, const char *mapping)
-{
-    static union { struct dm_ioctl io; char bytes[16384]; } buf;
-    memset(&buf, 0, sizeof(buf));
-    buf.io.version[0] = DM_VERSION_MAJOR;
-    buf.io.data_size = sizeof(buf);
-    buf.io.data_start = sizeof(buf.io);
-    buf.io.flags = DM_STATUS_TABLE_FLAG;
-    strncpy(buf.io.name, mapping, sizeof(buf.io.name) - 1);
-    if (ioctl(ctl, DM_TABLE_STATUS, &buf.io) != 0) {
-        if (errno == ENXIO)
-            return 0;
-        perror("key-clock: DM_TABLE_STATUS");
-        exit(1);
-    }
-    if (buf.io.flags & DM_BUFFER_FULL_FLAG) {
-        fprintf(stderr, "key-clock: the table of %s is larger than 16 KiB\n", mapping);
-        exit(1);
-    }
-    const char *targets = buf.bytes + buf.io.data_start;
-    unsigned offset = 0;
-    for (unsigned i = 0; i < buf.io.target_count; i++) {
-        const struct dm_target_spec *spec = (const void *)(targets + offset);
-        const char *params = (const char *)(spec + 1);
-        if (strcmp(spec->target_type, "crypt") == 0) {
-            const char *key = strchr(params, ' ');
-            if (key) {
-                size_t len = strcspn(++key, " ");
-                if (len > 0 && !(len == 1 && key[0] == '-') && strspn(key, "0") < len)
-                    return 1;
-            }
-        }
-        offset = spec->next;
-    }
-    return 0;
-}
+#define DM_KEY_PROG "key-clock"
+#include "../lib/dm-key.h"
 
 int main(int argc, char **argv)
 {
