@@ -407,8 +407,23 @@ h10_whole_after() {
         || { [ "$H10_DIED" = 1 ] && [ "$whole" = "$2" ]; }; } \
         && [ "$whole" != neither ] && case $whole in torn*) false ;; *) true ;; esac
 }
-h10_unlocked_whole() { h_unlocked && h_is_mount $KS_ROOT_MNT && h_is_mount /home/amnesia/Persistent; }
-h10_locked_whole() { ks_no_mapping && ks_not_mounted $KS_ROOT_MNT && ks_not_mounted /home/amnesia/Persistent; }
+# Whole includes the watcher unlock arms: armed when unlocked; gone (it stops when the
+# mapping goes, within moments) when locked, its state file with it.
+h10_unlocked_whole() {
+    h_unlocked && h_is_mount $KS_ROOT_MNT && h_is_mount /home/amnesia/Persistent \
+        && keepsake status 2>/dev/null | grep -q "watched: pulling"
+}
+h10_locked_whole() {
+    ks_no_mapping && ks_not_mounted $KS_ROOT_MNT && ks_not_mounted /home/amnesia/Persistent && h10_no_watcher
+}
+h10_no_watcher() {
+    local i
+    for i in $(seq 1 40); do
+        ls /run/keepsake/watch.*.json >/dev/null 2>&1 || return 0
+        sleep 0.05
+    done
+    return 1
+}
 
 h_class10() {
     h_class_begin 10 "SIGINT, SIGTERM, SIGHUP during restore, unlock, feature changes and lock; what a SIGKILL leaves"
