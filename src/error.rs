@@ -279,6 +279,7 @@ fn session_class(e: &crate::session::Error) -> ExitCode {
         S::Feature(e) => feature_class(e),
         S::Config(e) => config_class(e),
         S::Volume(e) => volume_class(e),
+        S::Mirror(e) => mirror_class(e),
         S::Ambiguous(_) => ExitCode::Usage,
     }
 }

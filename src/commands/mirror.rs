@@ -127,7 +127,7 @@ fn human(r: &MirrorReport) -> String {
             .tops
             .iter()
             .filter(|t| t.state == state)
-            .map(|t| t.rebuilt.as_deref().unwrap_or(&t.name))
+            .map(|t| t.name.as_str())
             .collect();
         if n.is_empty() {
             "none".into()
@@ -135,14 +135,22 @@ fn human(r: &MirrorReport) -> String {
             n.join(", ")
         }
     };
-    let mut text = format!(
-        "{} is up to date ({:.1} s): {} files copied ({}), {} kept as they were\n\
+    let mut text = String::new();
+    if let Some(steps) = r.work.finished_interrupted {
+        text += &format!(
+            "first finished the backup stopped half way before this one ({steps} steps)\n"
+        );
+    }
+    text += &format!(
+        "{} is up to date ({:.1} s): {} files copied ({}), {} kept as they were, {} with new facts alone, {} entries removed\n\
          new: {}\nupdated: {}\nremoved: {}\nunchanged: {}",
         r.backup.display(),
         r.seconds,
         r.work.files_copied,
         crate::output::bytes(r.work.bytes_copied),
         r.work.files_kept,
+        r.work.facts_set,
+        r.work.removed,
         names(TopState::New),
         names(TopState::Updated),
         names(TopState::Removed),

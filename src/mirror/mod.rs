@@ -1,36 +1,29 @@
-//! A second volume kept up to date with the unlocked one, a top-level folder at a time,
-//! so that at every moment (interrupted, or the power cut) each top-level folder of the
-//! backup is either the previous backup's or the new one, never a mix, and no file is
-//! ever half written under its real name.
+//! A second volume kept up to date with the unlocked one: only what changed is written,
+//! and at every moment (interrupted, or the power cut) the backup is the previous one or
+//! the new one, whole, as keepsake opens it; no file is ever half written under its real
+//! name.
 //!
-//! How: a top-level folder whose files all match (type, owner, mode, modification time,
-//! size, extended attributes and ACLs, link targets, hard links) is left alone. In one
-//! that differs, the comparison finds the lowest folder that holds every difference: a
-//! folder holds one when its entries differ from its copy's (a name more or fewer, or an
-//! entry's facts), so a folder whose own facts changed (its mode, or its mtime when a
-//! file was added or removed in it) takes its parent along. That folder alone is built
-//! anew at the volume's root, under `.keepsake-sync-new.NAME`: files that did not change
-//! are hard links to the backup's own copies (no byte is written for them), changed and
-//! new ones are copied. Once it is complete and on the disk (`syncfs`), one
-//! `renameat2(RENAME_EXCHANGE)` swaps it with the old folder, across folders of the same
-//! filesystem, and the old one is removed. Everything outside it was found equal, so the
-//! top-level folder is then the new one whole; when the lowest folder is the top-level
-//! folder itself, it is the one swapped. A top-level file (persistence.conf) is replaced
-//! by `rename` the same way. What an interrupted run leaves under `.keepsake-sync-*` is
-//! removed by the next one; Tails and live-boot never look at those names.
+//! How, in three steps:
 //!
-//! One fact is not carried by the exchange: it sets the mtime (and ctime) of the folder
-//! that holds the swapped one. That folder was found equal to the source's and the build
-//! does not touch it, so right after the exchange its atime and mtime from before are set
-//! back by `futimens` on a handle opened before it, and it is `fsync`ed. No safe point
-//! lies between the exchange and the `futimens`: a signal cannot stop the run there. The
-//! one window is a power cut after a journal commit that holds the exchange but not the
-//! `futimens` (a commit falling between the two calls) and before the commit the `fsync`
-//! forces: the top-level folder is then the new one but for that folder's mtime, the
-//! exchange's. The next run finds it differs from the source's and rebuilds one folder
-//! higher (the whole top-level folder, if that was the holder), which repairs it. The
-//! volume's root, whose mtime the exchange of a whole top-level folder sets, gets the
-//! source's facts at the end of every run.
+//! 1. **Compare.** Both trees are walked side by side: type, owner, mode, modification
+//!    time, size, extended attributes and ACLs, link targets, hard links. Nothing is
+//!    written.
+//! 2. **Stage.** Every new or changed file, symlink or new folder (whole) is copied into
+//!    the work folder `.keepsake-sync` on the backup volume, with all its facts. A stop
+//!    signal here removes the work folder: the backup is the previous one.
+//! 3. **Commit and carry out** ([`plan`]). The plan (what is renamed into place, what is
+//!    removed, which entries get new facts) is written beside the staged files; once all
+//!    of it is on the disk (`syncfs`), the plan's rename is the commit. Then each step is
+//!    one rename or one setting of facts, with no safe point between them: a signal waits
+//!    until the last. Files that did not change are not touched at all: no byte and no
+//!    inode of theirs is written. Folders touched get back the source's times last.
+//!
+//! A power cut while the plan is carried out (milliseconds, and one ext4 journal
+//! transaction unless the journal fills or someone calls `sync` meanwhile) leaves the plan
+//! committed: the next `keepsake backup --to-device` or `keepsake unlock` of that volume
+//! carries it out before anything else ([`finish_interrupted`]). A program that does not
+//! know the plan (Tails' own unlock) would see, in that one case, some of the steps done
+//! and the rest not, each file whole. Tails and live-boot never look at `.keepsake-sync`.
 //!
 //! The source is a tree the live user can write while this runs. It is read by handle,
 //! never through a symlink ([`crate::safefs`]); a file that changes while it is copied is
@@ -39,11 +32,12 @@
 
 mod copy;
 mod facts;
+mod plan;
 #[cfg(test)]
 mod tests;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -51,20 +45,19 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::Serialize;
 
 use crate::context::IoError;
+use crate::safefs::treewalk::{Id, id_of};
 use crate::safefs::{self, Cursor, Dir, Entry};
+use plan::{Facts, Op};
 
-/// Where a top-level folder is built before it replaces the old one.
-const STAGING: &str = ".keepsake-sync-new.";
-/// Where the old one goes while it is removed.
-const OLD: &str = ".keepsake-sync-old.";
-/// Every name this module leaves behind when stopped starts with this.
-const LEFTOVER: &str = ".keepsake-sync-";
+/// Names earlier versions left behind when stopped (a folder being built, an old one
+/// being removed); removed by the next run.
+const EARLIER_LEFTOVER: &str = ".keepsake-sync-";
 /// Folders of a volume that are never copied.
 pub const NOT_DATA: &[&str] = &["lost+found"];
 /// How many times a file that changes while it is copied is copied again.
@@ -120,7 +113,7 @@ fn errno_at<'a>(doing: &'a str, path: &'a Path) -> impl FnOnce(Errno) -> Error +
 pub enum TopState {
     /// Everything in it matched: not touched.
     Unchanged,
-    /// Rebuilt beside the old one and swapped in.
+    /// Something in it was copied, removed or given new facts.
     Updated,
     /// Not in the backup before.
     New,
@@ -132,10 +125,6 @@ pub enum TopState {
 pub struct TopReport {
     pub name: String,
     pub state: TopState,
-    /// The one folder below an updated top-level folder that was rebuilt and swapped in
-    /// (from the volume's root), when it was not the whole top-level folder.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rebuilt: Option<String>,
 }
 
 /// What a backup to a second volume did.
@@ -146,8 +135,16 @@ pub struct Report {
     pub files_copied: u64,
     /// Bytes of data copied (holes are not copied).
     pub bytes_copied: u64,
-    /// Regular files that matched, kept as they were (hard links in a rebuilt folder).
+    /// Regular files that matched, left as they were.
     pub files_kept: u64,
+    /// Files and symlinks whose owner, mode, times or attributes alone changed: set in
+    /// place.
+    pub facts_set: u64,
+    /// Entries removed from the backup (a folder counts once).
+    pub removed: u64,
+    /// The steps of the plan a run stopped after its commit had left, carried out first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_interrupted: Option<usize>,
     /// Files that changed every time they were copied: the backup holds the last copy,
     /// which may mix two versions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -155,7 +152,7 @@ pub struct Report {
     /// Sockets, fifos and device nodes, which are not copied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
-    /// What an earlier, interrupted run had left, removed first.
+    /// What an earlier run stopped before its commit had left, removed first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub leftovers_removed: Vec<String>,
 }
@@ -164,6 +161,20 @@ pub struct Report {
 pub trait Watch {
     fn step(&mut self, message: &str);
     fn bytes(&mut self, total: u64);
+}
+
+/// Carries out the plan an interrupted backup to this volume (`dest`, its root) had
+/// committed, or removes what one stopped before its commit left. Says what it did.
+pub fn finish_interrupted(dest: &Dir) -> Result<Option<String>> {
+    Ok(match plan::recover(dest)? {
+        plan::Left::Nothing => None,
+        plan::Left::RolledBack => {
+            Some("removed what a backup to this volume, stopped half way, had left".into())
+        }
+        plan::Left::Finished(steps) => Some(format!(
+            "finished a backup to this volume that had been stopped half way ({steps} steps)"
+        )),
+    })
 }
 
 /// Brings `dest` (the root of the backup volume) up to date with the entries `tops` of
@@ -175,48 +186,75 @@ pub fn mirror(
     tops: &[OsString],
     watch: &mut dyn Watch,
 ) -> Result<Report> {
+    let mut report = Report::default();
+    match plan::recover(dest)? {
+        plan::Left::Nothing => {}
+        plan::Left::RolledBack => report.leftovers_removed.push(plan::WORK.into()),
+        plan::Left::Finished(steps) => report.finished_interrupted = Some(steps),
+    }
+    for entry in safefs::list(dest)? {
+        if entry
+            .name
+            .as_bytes()
+            .starts_with(EARLIER_LEFTOVER.as_bytes())
+        {
+            remove_any(dest, &entry.name)?;
+            report
+                .leftovers_removed
+                .push(entry.name.to_string_lossy().into_owned());
+        }
+    }
     let mut m = Mirror {
         source,
         dest,
-        linked: HashMap::new(),
-        reused: HashMap::new(),
-        building: None,
-        report: Report::default(),
+        tops,
+        removes: Vec::new(),
+        to_stage: Vec::new(),
+        facts: Vec::new(),
+        folders: HashMap::new(),
+        touched: BTreeSet::new(),
+        new_folders: BTreeSet::new(),
+        groups: HashMap::new(),
+        copies: HashMap::new(),
+        next_id: 0,
+        report,
         watch,
     };
-    m.remove_leftovers()?;
-    for top in tops {
-        if let Some(done) = m.top(top).map_err(|e| m.stopped(e, top))? {
-            m.report.tops.push(done);
+    let had = self::tops(dest)?;
+    m.watch.step("comparing the volume with the backup");
+    m.compare().map_err(|e| e.with_note(KEPT))?;
+    m.resolve_links();
+    let nothing = m.removes.is_empty()
+        && m.to_stage.is_empty()
+        && m.facts.is_empty()
+        && m.touched.iter().all(|t| t.as_os_str().is_empty());
+    let ops = if nothing {
+        None
+    } else {
+        let work = plan::make_work(dest)?;
+        match m.stage_all(&work) {
+            Ok(ops) => Some((work, ops)),
+            Err(e) => {
+                let _ = safefs::remove_tree(dest, Path::new(plan::WORK));
+                return Err(e.with_note(KEPT));
+            }
         }
-    }
-    for entry in safefs::list(dest)? {
-        let name = entry.name.as_os_str();
-        if tops.iter().any(|t| t == name) || is_ours_or_not_data(name) {
-            continue;
+    };
+    m.report.tops = m.top_states(&had, ops.as_ref().map_or(&[][..], |(_, ops)| ops));
+    if let Some((work, ops)) = ops {
+        m.watch
+            .step(&format!("putting {} changes in place", ops.len()));
+        if let Err(e) = plan::commit(dest, &work, &ops) {
+            let _ = safefs::remove_tree(dest, Path::new(plan::WORK));
+            return Err(e.with_note(KEPT));
         }
-        crate::interrupt::check().map_err(|s| m.stopped(s.into_error(), name))?;
-        m.watch.step(&format!(
-            "removing {}, gone from the volume",
-            name.to_string_lossy()
-        ));
-        let old = prefixed(OLD, name);
-        renameat2(
-            &dest.fd,
-            name,
-            &dest.fd,
-            old.as_os_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(errno_at("moving aside", &dest.path.join(name)))?;
-        remove_any(dest, &old)?;
-        m.report.tops.push(TopReport {
-            name: name.to_string_lossy().into_owned(),
-            state: TopState::Removed,
-            rebuilt: None,
-        });
+        // Committed: no safe point until the plan is carried out.
+        plan::apply(dest, &work, &ops)
+            .and_then(|()| plan::finish(dest, &work))
+            .map_err(|e| e.with_note(COMMITTED))?;
     }
-    // The volume's root: owner, mode and ACL (Tails gives the live user its way in by ACL).
+    // The volume's root: owner, mode and ACL (Tails gives the live user its way in by
+    // ACL), and the times the work folder's coming and going changed.
     let st = fstat(&source.fd).map_err(errno_at("reading", &source.path))?;
     let x = facts::read(source, OsStr::new("."))?;
     facts::apply(dest, OsStr::new("."), &st, &x)?;
@@ -224,12 +262,23 @@ pub fn mirror(
     Ok(m.report)
 }
 
+/// What a backup stopped before its commit says of the backup volume.
+const KEPT: &str = "the backup volume keeps its previous backup, whole";
+/// And one stopped after it.
+const COMMITTED: &str = "the backup volume holds the plan of the new backup, which the next backup to it or unlock of it carries out";
+
 impl crate::interrupt::Interrupted {
     fn into_error(self) -> Error {
         Error::Interrupted {
             signal: self.0,
             message: self.to_string(),
         }
+    }
+}
+
+impl From<crate::interrupt::Interrupted> for Error {
+    fn from(s: crate::interrupt::Interrupted) -> Error {
+        s.into_error()
     }
 }
 
@@ -245,30 +294,6 @@ pub fn tops(volume: &Dir) -> Result<Vec<OsString>> {
 
 fn is_ours_or_not_data(name: &OsStr) -> bool {
     NOT_DATA.iter().any(|n| OsStr::new(n) == name) || name.as_bytes().starts_with(b".keepsake-")
-}
-
-/// `a/b`, or `a` when `b` is empty (`Path::join` would add a slash).
-fn joined(a: &Path, b: &Path) -> PathBuf {
-    if b.as_os_str().is_empty() {
-        a.to_path_buf()
-    } else {
-        a.join(b)
-    }
-}
-
-/// The deepest folder both `a` and `b` are in or are (relative paths; empty: the root).
-fn common_folder(a: &Path, b: &Path) -> PathBuf {
-    a.components()
-        .zip(b.components())
-        .take_while(|(x, y)| x == y)
-        .map(|(x, _)| x)
-        .collect()
-}
-
-fn prefixed(prefix: &str, name: &OsStr) -> OsString {
-    let mut s = OsString::from(prefix);
-    s.push(name);
-    s
 }
 
 fn syncfs(dir: &Dir) -> Result<()> {
@@ -297,387 +322,383 @@ fn remove_any(dir: &Dir, name: &OsStr) -> Result<()> {
     Ok(())
 }
 
-/// The hard-link bookkeeping and the report of one run.
+/// The kind of an entry: folder, regular file, symlink (the `S_IFMT` bits).
+fn kind(st: &FileStat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+/// A name of a source file with several names, and its copy in the backup then.
+struct Name {
+    path: PathBuf,
+    /// `None` when the backup has no file there (a new name, or in a new folder).
+    was: Option<Was>,
+}
+
+struct Was {
+    id: Id,
+    nlink: u64,
+    /// Same size and modification time.
+    same_data: bool,
+    /// The facts to set if only they differ.
+    facts: Option<Facts>,
+}
+
+/// One backup run: what the comparison found, and the report.
 struct Mirror<'a> {
     source: &'a Dir,
     dest: &'a Dir,
-    /// A source inode with several names: where its first name is in the backup (the
-    /// top-level name, and the path below it).
-    linked: HashMap<safefs::treewalk::Id, (OsString, PathBuf)>,
-    /// An inode of the old backup linked into a rebuilt folder, and the source inode it
-    /// stands for: it must not stand for two (two files the source keeps apart).
-    reused: HashMap<safefs::treewalk::Id, safefs::treewalk::Id>,
-    /// The top-level name whose folder (below it; empty: all of it) is being built under
-    /// [`STAGING`].
-    building: Option<(OsString, PathBuf)>,
+    tops: &'a [OsString],
+    /// Entries of the backup to remove ([`Op::Remove`]), in the order found.
+    removes: Vec<Op>,
+    /// Entries of the source to copy whole into the backup, in the order found, and
+    /// whether each was a folder.
+    to_stage: Vec<(PathBuf, bool)>,
+    /// Files and symlinks whose facts alone changed.
+    facts: Vec<(PathBuf, Facts)>,
+    /// The facts of every folder of the source found in the backup too.
+    folders: HashMap<PathBuf, Facts>,
+    /// The folders that get the source's facts once everything in them is in place.
+    touched: BTreeSet<PathBuf>,
+    /// Folders of the source copied whole (not in the backup, or not as a folder).
+    new_folders: BTreeSet<PathBuf>,
+    /// Source files with several names, by inode.
+    groups: HashMap<Id, (u64, Vec<Name>)>,
+    /// Where the first copy of a source file with several names was staged (relative to
+    /// the work folder): its other names are links to it.
+    copies: HashMap<Id, PathBuf>,
+    next_id: u64,
     report: Report,
     watch: &'a mut dyn Watch,
 }
 
-/// Why a comparison stopped early.
-enum Compared {
-    Differs,
-    Failed(Error),
-}
-
-impl<E: Into<Error>> From<E> for Compared {
-    fn from(e: E) -> Compared {
-        Compared::Failed(e.into())
-    }
-}
-
-impl From<crate::interrupt::Interrupted> for Error {
-    fn from(s: crate::interrupt::Interrupted) -> Error {
-        s.into_error()
-    }
-}
-
 impl Mirror<'_> {
-    fn remove_leftovers(&mut self) -> Result<()> {
-        for entry in safefs::list(self.dest)? {
-            if entry.name.as_bytes().starts_with(LEFTOVER.as_bytes()) {
-                remove_any(self.dest, &entry.name)?;
-                self.report
-                    .leftovers_removed
-                    .push(entry.name.to_string_lossy().into_owned());
-            }
-        }
-        Ok(())
-    }
-
-    /// The error of a run stopped at top-level entry `top`, saying what the backup holds;
-    /// what was being built is removed.
-    fn stopped(&mut self, e: Error, top: &OsStr) -> Error {
-        let staging = prefixed(STAGING, top);
-        if fstatat(
-            &self.dest.fd,
-            staging.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok()
-        {
-            let _ = remove_any(self.dest, &staging);
-        }
-        self.building = None;
-        let done: Vec<String> = self.report.tops.iter().map(|t| t.name.clone()).collect();
-        let note = format!(
-            "the backup volume keeps its previous copy of {}{}",
-            top.to_string_lossy(),
-            if done.is_empty() {
-                String::new()
-            } else {
-                format!(" and holds the new one of {}", done.join(", "))
-            }
-        );
-        match e {
-            Error::Interrupted { signal, message } => Error::Interrupted {
-                signal,
-                message: format!("{message}; {note}"),
-            },
-            e => e.with_note(&note),
-        }
-    }
-
-    /// Brings one top-level entry up to date; `None` when it is neither a folder, a file
-    /// nor a symlink (or vanished), and is left out.
-    fn top(&mut self, name: &OsStr) -> Result<Option<TopReport>> {
-        crate::interrupt::check()?;
-        let shown = self.source.path.join(name);
-        let src = match fstatat(&self.source.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(errno_at("reading", &shown)(e)),
-        };
-        let old = match fstatat(&self.dest.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(st),
-            Err(Errno::ENOENT) => None,
-            Err(e) => return Err(errno_at("reading", &self.dest.path.join(name))(e)),
-        };
-        let kind = src.st_mode & libc::S_IFMT;
-        if ![libc::S_IFDIR, libc::S_IFREG, libc::S_IFLNK].contains(&kind) {
-            self.report.skipped.push(shown.display().to_string());
-            return Ok(None);
-        }
-        let report = |state, rebuilt: Option<&Path>| {
-            Some(TopReport {
-                name: name.to_string_lossy().into_owned(),
-                state,
-                rebuilt: rebuilt.map(|f| joined(Path::new(name), f).display().to_string()),
-            })
-        };
-        let folder = match &old {
-            Some(old) => match self.lowest_change(name, &src, old)? {
-                Some(folder) => folder,
-                None => {
-                    self.watch
-                        .step(&format!("{}: unchanged", name.to_string_lossy()));
-                    return Ok(report(TopState::Unchanged, None));
-                }
-            },
-            None => PathBuf::new(),
-        };
-        self.watch.step(&format!(
-            "{}: {}",
-            joined(Path::new(name), &folder).display(),
-            if old.is_some() { "updating" } else { "copying" }
-        ));
-        let staging = prefixed(STAGING, name);
-        self.building = Some((name.to_os_string(), folder.clone()));
-        if kind == libc::S_IFDIR {
-            self.build_folder(
-                name,
-                &folder,
-                &staging,
-                old.as_ref().is_some_and(safefs::treewalk::is_dir),
-            )?;
-        } else {
-            self.copy_entry(self.source, name, self.dest, &staging)?;
-        }
-        // Everything built is on the disk before the name points at it.
-        syncfs(self.dest)?;
-        crate::interrupt::check()?;
-        if old.is_none() {
-            renameat2(
-                &self.dest.fd,
-                staging.as_os_str(),
-                &self.dest.fd,
-                name,
-                RenameFlags::RENAME_NOREPLACE,
-            )
-            .map_err(errno_at("putting in place", &self.dest.path.join(name)))?;
-            self.building = None;
-            return Ok(report(TopState::New, None));
-        }
-        self.swap_in(name, &folder, &staging)?;
-        Ok(report(
-            TopState::Updated,
-            (!folder.as_os_str().is_empty()).then_some(folder.as_path()),
-        ))
-    }
-
-    /// Swaps the copy built under `staging` with the folder `folder` of the top-level entry
-    /// `top` (the entry itself when empty), in one `RENAME_EXCHANGE`, and removes the old
-    /// copy. Below the top-level, the exchange sets the mtime of the folder that holds the
-    /// swapped one: it gets back the times it had, which the comparison found to be the
-    /// source's (the build does not touch it), through a handle opened before the exchange,
-    /// with no safe point between the two calls, and an fsync after them. (The volume's root
-    /// gets the source's times at the end of the run.)
-    fn swap_in(&mut self, top: &OsStr, folder: &Path, staging: &OsStr) -> Result<()> {
-        let at = joined(Path::new(top), folder);
-        let (Some(parent), Some(name)) = (at.parent(), at.file_name()) else {
-            return Err(Error::Internal(format!("{} has no name", at.display())));
-        };
-        let shown = self.dest.path.join(&at);
-        let (holder, _) = safefs::open_beneath(self.dest, parent, None)?;
-        let times = if folder.as_os_str().is_empty() {
-            None
-        } else {
-            let fd = holder.open_readable()?;
-            let st = fstat(&fd).map_err(errno_at("reading", &holder.path))?;
-            Some((fd, st))
-        };
-        renameat2(
-            &self.dest.fd,
-            staging,
-            &holder.fd,
-            name,
-            RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(errno_at("putting in place", &shown))?;
-        if let Some((fd, st)) = times {
-            use nix::sys::time::TimeSpec;
-            nix::sys::stat::futimens(
-                &fd,
-                &TimeSpec::new(st.st_atime, st.st_atime_nsec),
-                &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-            )
-            .map_err(errno_at("setting the times of", &holder.path))?;
-            nix::unistd::fsync(&fd).map_err(errno_at("writing", &holder.path))?;
-        }
-        self.building = None;
-        // The old copy is now under the staging name: gone by the next run at worst.
-        remove_any(self.dest, staging)
-    }
-
-    /// Where the top-level entry `name` differs from its copy in the backup (`old`): `None`
-    /// if nowhere, else the lowest folder below it that holds every difference (empty: the
-    /// entry itself). Hard links found alike outside that folder are remembered.
-    fn lowest_change(
-        &mut self,
-        name: &OsStr,
-        src: &FileStat,
-        old: &FileStat,
-    ) -> Result<Option<PathBuf>> {
-        let whole = Some(PathBuf::new());
-        if !facts::same_stat(src, old)
-            || facts::read(self.source, name)? != facts::read(self.dest, name)?
-        {
-            return Ok(whole);
-        }
-        match src.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => {
-                let same = link_target(self.source, name)? == link_target(self.dest, name)?;
-                Ok(whole.filter(|_| !same))
-            }
-            libc::S_IFREG if self.linked_alike(src, old) => {
-                self.remember_link(src, name, PathBuf::new());
-                Ok(None)
-            }
-            libc::S_IFREG => Ok(whole),
-            _ => self.lowest_change_in(name),
-        }
-    }
-
-    /// Whether a regular file of the source (`src`) and its copy (`old`) are linked
-    /// alike: a source inode with several names must be the same copy under each, and
-    /// one copy must not stand for two source files.
-    fn linked_alike(&mut self, src: &FileStat, old: &FileStat) -> bool {
-        use safefs::treewalk::id_of;
-        if src.st_nlink != old.st_nlink {
-            return false;
-        }
-        if src.st_nlink == 1 {
-            return true;
-        }
-        match self.reused.get(&id_of(old)) {
-            Some(s) if *s != id_of(src) => return false,
-            _ => {}
-        }
-        self.reused.insert(id_of(old), id_of(src));
-        true
-    }
-
-    /// Records `at` (below the top-level entry `top`) as where the source file `st` is in
-    /// the backup, if it has several names and none was recorded yet.
-    fn remember_link(&mut self, st: &FileStat, top: &OsStr, at: PathBuf) {
-        if st.st_nlink > 1 {
-            self.linked
-                .entry(safefs::treewalk::id_of(st))
-                .or_insert_with(|| (top.to_os_string(), at));
-        }
-    }
-
-    /// The lowest folder below the top-level folder `top` (relative to it) whose copy holds
-    /// every difference from the source, `None` if there is none. A folder holds a
-    /// difference when its entries differ from its copy's: a name more or fewer, or an
-    /// entry's facts, a subfolder's own included (so a folder whose own facts differ takes
-    /// its parent along). Nothing below the lowest folder found so far can move it, and is
-    /// not compared; at the top-level folder itself, the comparison stops.
-    fn lowest_change_in(&mut self, top: &OsStr) -> Result<Option<PathBuf>> {
-        let (src_root, _) = safefs::open_beneath(self.source, Path::new(top), None)?;
-        let (old_root, _) = safefs::open_beneath(self.dest, Path::new(top), None)?;
-        let olds = RefCell::new(Cursor::new(&old_root));
-        let mut lowest: Option<PathBuf> = None;
-        // Files with several names found alike, in the order met.
-        let mut links = Vec::new();
-        let walked = safefs::walk(&src_root, |src, rel, entries| -> Result<(), Compared> {
-            crate::interrupt::check().map_err(Error::from)?;
-            if lowest.as_deref().is_some_and(|l| rel.starts_with(l)) {
+    /// Walks the source and the backup side by side, and notes every difference.
+    fn compare(&mut self) -> Result<()> {
+        let olds = RefCell::new(Cursor::new(self.dest));
+        let me = RefCell::new(&mut *self);
+        let source = me.borrow().source;
+        safefs::walk(source, |src, rel, entries| -> Result<()> {
+            crate::interrupt::check()?;
+            let mut me = me.borrow_mut();
+            if let Some(top) = rel.components().next()
+                && !me.tops.iter().any(|t| t == top.as_os_str())
+            {
+                // Not part of the backup (lost+found).
                 return Ok(());
             }
-            let at = match olds.borrow_mut().open(rel) {
-                Some(old) if self.same_entries(src, old, rel, entries, &mut links)? => {
-                    return Ok(());
+            if me.in_new_folder(rel) {
+                for e in entries.iter().filter(|e| e.is_file() && e.st.st_nlink > 1) {
+                    me.group_name(&e.st, rel.join(&e.name), None);
                 }
-                Some(_) => rel,
-                None => rel.parent().unwrap_or(rel),
-            };
-            let l = match lowest.take() {
-                Some(l) => common_folder(&l, at),
-                None => at.to_path_buf(),
-            };
-            if l.as_os_str().is_empty() {
-                return Err(Compared::Differs);
+                return Ok(());
             }
-            lowest = Some(l);
-            Ok(())
-        });
-        let lowest = match walked {
-            Ok(()) => lowest,
-            Err(Compared::Differs) => Some(PathBuf::new()),
-            Err(Compared::Failed(e)) => return Err(e),
-        };
-        // Those inside the folder rebuilt are remembered where the build puts them.
-        for (st, at) in links {
-            if lowest.as_ref().is_none_or(|l| !at.starts_with(l)) {
-                self.remember_link(&st, top, at);
-            }
-        }
-        Ok(lowest)
+            let mut olds = olds.borrow_mut();
+            let old = olds.open(rel).ok_or_else(|| {
+                Error::Internal(format!(
+                    "{} vanished from the backup while it was compared",
+                    rel.display()
+                ))
+            })?;
+            me.compare_folder(src, old, rel, entries)
+        })
     }
 
-    /// Whether the entries of the source folder `src` (at `rel`, listed as `entries`) are
-    /// those of its copy `old`, each with the same facts. Files with several names are
-    /// added to `links`.
-    fn same_entries(
+    fn in_new_folder(&self, rel: &Path) -> bool {
+        rel.ancestors().any(|a| self.new_folders.contains(a))
+    }
+
+    /// Compares the entries of the source folder `src` (at `rel`) with those of its copy
+    /// `old`.
+    fn compare_folder(
         &mut self,
         src: &Dir,
         old: &Dir,
         rel: &Path,
         entries: &[Entry],
-        links: &mut Vec<(FileStat, PathBuf)>,
-    ) -> Result<bool> {
-        let kept: Vec<&Entry> = entries.iter().filter(|e| copied_kind(e)).collect();
-        let old_entries = safefs::list(old)?;
-        if kept.len() != old_entries.len() {
-            return Ok(false);
-        }
-        for (e, o) in kept.into_iter().zip(&old_entries) {
-            if e.name != o.name
-                || !facts::same_stat(&e.st, &o.st)
-                || facts::read(src, &e.name)? != facts::read(old, &o.name)?
-            {
-                return Ok(false);
+    ) -> Result<()> {
+        let at_root = rel.as_os_str().is_empty();
+        let mut news: Vec<&Entry> = Vec::new();
+        for e in entries {
+            if at_root && !self.tops.contains(&e.name) {
+                continue;
             }
-            if e.is_symlink() && link_target(src, &e.name)? != link_target(old, &o.name)? {
-                return Ok(false);
-            }
-            if e.is_file() && !self.linked_alike(&e.st, &o.st) {
-                return Ok(false);
-            }
-            if e.is_file() && e.st.st_nlink > 1 {
-                links.push((e.st, rel.join(&e.name)));
+            if copied_kind(e) {
+                news.push(e);
+            } else {
+                self.report
+                    .skipped
+                    .push(src.path.join(&e.name).display().to_string());
             }
         }
-        Ok(true)
+        let olds: Vec<Entry> = safefs::list(old)?
+            .into_iter()
+            .filter(|o| !at_root || !is_ours_or_not_data(&o.name))
+            .collect();
+        let (mut n, mut o) = (news.iter().peekable(), olds.iter().peekable());
+        loop {
+            let (e, was) = match (n.peek(), o.peek()) {
+                (None, None) => break,
+                (Some(e), Some(w)) if e.name == w.name => (n.next(), o.next()),
+                (Some(e), Some(w)) if e.name < w.name => (n.next(), None),
+                (Some(_), None) => (n.next(), None),
+                _ => (None, o.next()),
+            };
+            let path = rel.join(e.map_or_else(|| &was.expect("one side").name, |e| &e.name));
+            match (e, was) {
+                (None, Some(_)) => self.remove(path),
+                (Some(e), None) => self.note_new(path, &e.st),
+                (Some(e), Some(w)) => self.compare_entry(src, old, e, w, path)?,
+                (None, None) => unreachable!("one side at least"),
+            }
+        }
+        Ok(())
     }
 
-    /// Builds the folder `folder` of the top-level folder `top` of the source (all of it
-    /// when empty) under `staging` in the backup: subfolders made, files that match the old
-    /// backup's (`old_is_folder`) linked, the others copied, and each folder's facts set
-    /// once everything in it is there.
-    fn build_folder(
+    fn compare_entry(
         &mut self,
-        top: &OsStr,
-        folder: &Path,
-        staging: &OsStr,
-        old_is_folder: bool,
+        src: &Dir,
+        old: &Dir,
+        e: &Entry,
+        w: &Entry,
+        path: PathBuf,
     ) -> Result<()> {
-        let at = joined(Path::new(top), folder);
-        mkdirat(&self.dest.fd, staging, Mode::from_bits_truncate(0o700))
-            .map_err(errno_at("creating", &self.dest.path.join(staging)))?;
-        let (built_root, _) = safefs::open_beneath(self.dest, Path::new(staging), None)?;
-        let (src_root, _) = safefs::open_beneath(self.source, &at, None)?;
-        let old_root = if old_is_folder {
-            Some(safefs::open_beneath(self.dest, &at, None)?.0)
-        } else {
-            None
+        if kind(&e.st) != kind(&w.st) {
+            if e.is_dir() || w.is_dir() {
+                self.remove(path.clone());
+            }
+            self.note_new(path, &e.st);
+            return Ok(());
+        }
+        let facts_differ = |_: &Self| -> Result<Option<Facts>> {
+            let x = facts::read(src, &e.name)?;
+            Ok(
+                (!facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)?)
+                    .then(|| Facts::of(&e.st, x)),
+            )
         };
+        if e.is_dir() {
+            let x = facts::read(src, &e.name)?;
+            if !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)? {
+                self.touched.insert(path.clone());
+            }
+            self.folders.insert(path, Facts::of(&e.st, x));
+            return Ok(());
+        }
+        if e.is_symlink() {
+            if link_target(src, &e.name)? != link_target(old, &w.name)? {
+                self.note_new(path, &e.st);
+            } else if let Some(f) = facts_differ(self)? {
+                self.facts.push((path, f));
+            }
+            return Ok(());
+        }
+        let same_data = e.st.st_size == w.st.st_size
+            && e.st.st_mtime == w.st.st_mtime
+            && e.st.st_mtime_nsec == w.st.st_mtime_nsec;
+        if e.st.st_nlink > 1 {
+            let facts = if same_data { facts_differ(self)? } else { None };
+            let was = Was {
+                id: id_of(&w.st),
+                nlink: w.st.st_nlink,
+                same_data,
+                facts,
+            };
+            self.group_name(&e.st, path, Some(was));
+        } else if w.st.st_nlink > 1 || !same_data {
+            // A copy with several names must not stand for a file with one.
+            self.note_new(path, &e.st);
+        } else {
+            if let Some(f) = facts_differ(self)? {
+                self.facts.push((path, f));
+            }
+            self.report.files_kept += 1;
+        }
+        Ok(())
+    }
+
+    fn group_name(&mut self, st: &FileStat, path: PathBuf, was: Option<Was>) {
+        self.groups
+            .entry(id_of(st))
+            .or_insert_with(|| (st.st_nlink, Vec::new()))
+            .1
+            .push(Name { path, was });
+    }
+
+    /// The names of a source file with several names stay as they are if they are the
+    /// names of one copy with as many, and the same data; else each is copied anew (one
+    /// copy, linked under each name).
+    fn resolve_links(&mut self) {
+        let groups: Vec<(u64, Vec<Name>)> = self.groups.drain().map(|(_, g)| g).collect();
+        for (nlink, names) in groups {
+            let first = names.first().and_then(|n| n.was.as_ref()).map(|w| w.id);
+            let alike = names.len() as u64 == nlink
+                && names.iter().all(|n| {
+                    n.was
+                        .as_ref()
+                        .is_some_and(|w| Some(w.id) == first && w.nlink == nlink && w.same_data)
+                });
+            for name in names {
+                let Some(was) = name.was else {
+                    continue;
+                };
+                if alike {
+                    self.report.files_kept += 1;
+                    if let Some(f) = was.facts {
+                        self.facts.push((name.path, f));
+                    }
+                } else {
+                    self.to_stage.push((name.path.clone(), false));
+                    self.touch_parent(&name.path);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, path: PathBuf) {
+        self.touch_parent(&path);
+        self.next_id += 1;
+        self.removes.push(Op::Remove {
+            id: self.next_id,
+            path,
+        });
+    }
+
+    /// Notes the source entry at `path` as one to copy whole.
+    fn note_new(&mut self, path: PathBuf, st: &FileStat) {
+        self.touch_parent(&path);
+        let is_dir = safefs::treewalk::is_dir(st);
+        if is_dir {
+            self.new_folders.insert(path.clone());
+        } else if kind(st) == libc::S_IFREG && st.st_nlink > 1 {
+            // Its other names are found in the walk; they decide together.
+            self.group_name(st, path.clone(), None);
+        }
+        self.to_stage.push((path, is_dir));
+    }
+
+    fn touch_parent(&mut self, path: &Path) {
+        if let Some(parent) = path.parent() {
+            self.touched.insert(parent.to_path_buf());
+        }
+    }
+
+    /// Copies what is to be copied into the work folder, and returns the plan.
+    fn stage_all(&mut self, work: &Dir) -> Result<Vec<Op>> {
+        let mut puts = Vec::new();
+        let to_stage = std::mem::take(&mut self.to_stage);
+        for (path, was_dir) in to_stage {
+            crate::interrupt::check()?;
+            self.next_id += 1;
+            let id = self.next_id;
+            let name = plan::staged(id);
+            if self.stage_one(work, &path, was_dir, &name)? {
+                puts.push(Op::Put { id, path });
+            }
+        }
+        let mut ops = std::mem::take(&mut self.removes);
+        self.report.removed = ops.len() as u64;
+        ops.extend(puts);
+        self.report.facts_set = self.facts.len() as u64;
+        for (path, facts) in std::mem::take(&mut self.facts) {
+            ops.push(Op::Facts { path, facts });
+        }
+        // Folders last, the deepest first: a rename into a folder sets its times.
+        let mut folders: Vec<&PathBuf> = self
+            .touched
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for path in folders {
+            if let Some(facts) = self.folders.get(path) {
+                ops.push(Op::Facts {
+                    path: path.clone(),
+                    facts: facts.clone(),
+                });
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Copies the source entry at `path` into the work folder as `name`: a folder whole.
+    /// False when there is nothing to put in place: it vanished, or it is no longer the
+    /// kind of entry it was compared as (named as changing).
+    fn stage_one(&mut self, work: &Dir, path: &Path, was_dir: bool, name: &OsStr) -> Result<bool> {
+        let (Some(parent), Some(file)) = (path.parent(), path.file_name()) else {
+            return Err(Error::Internal(format!("{} has no name", path.display())));
+        };
+        let (src, _) = safefs::open_beneath(self.source, parent, None)?;
+        let st = match fstatat(&src.fd, file, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(errno_at("reading", &src.path.join(file))(e)),
+        };
+        if safefs::treewalk::is_dir(&st) != was_dir {
+            self.report
+                .changed_while_copying
+                .push(src.path.join(file).display().to_string());
+            return Ok(false);
+        }
+        if was_dir {
+            self.copy_folder(&src, file, work, name)?;
+        } else {
+            self.copy_file(&src, file, &st, work, work, name, Path::new(name))?;
+        }
+        Ok(fstatat(&work.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok())
+    }
+
+    /// Copies the file or symlink `file` of `src` (found as `st`) to `name` in `to`, at
+    /// `staged` in the work folder `work`: a file with several names is a link to the
+    /// first copy of it.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_file(
+        &mut self,
+        src: &Dir,
+        file: &OsStr,
+        st: &FileStat,
+        work: &Dir,
+        to: &Dir,
+        name: &OsStr,
+        staged: &Path,
+    ) -> Result<()> {
+        let several = kind(st) == libc::S_IFREG && st.st_nlink > 1;
+        if several && let Some(first) = self.copies.get(&id_of(st)) {
+            return link(work, first, to, name);
+        }
+        self.copy_entry(src, file, to, name)?;
+        if several {
+            self.copies.insert(id_of(st), staged.to_path_buf());
+        }
+        Ok(())
+    }
+
+    /// Copies the source folder `file` of `src`, with everything in it, to `name` in the
+    /// work folder `work`; each folder's facts set once everything in it is there.
+    fn copy_folder(&mut self, src: &Dir, file: &OsStr, work: &Dir, name: &OsStr) -> Result<()> {
+        mkdirat(&work.fd, name, Mode::from_bits_truncate(0o700))
+            .map_err(errno_at("creating", &work.path.join(name)))?;
+        let (built_root, _) = safefs::open_beneath(work, Path::new(name), None)?;
+        let (src_root, _) = safefs::open_beneath(src, Path::new(file), None)?;
         let built = RefCell::new(Cursor::new(&built_root));
-        let olds = RefCell::new(old_root.as_ref().map(Cursor::new));
         let me = RefCell::new(&mut *self);
         safefs::walk_both(
             &src_root,
             |src, rel, entries| -> Result<()> {
                 crate::interrupt::check()?;
                 let to = open_in(&built, rel)?;
-                let old = olds
-                    .borrow_mut()
-                    .as_mut()
-                    .and_then(|c| c.open(rel).and_then(|d| d.try_clone().ok()));
                 let mut me = me.borrow_mut();
                 for e in entries {
-                    me.build_entry(top, &joined(folder, rel), src, e, &to, old.as_ref())?;
+                    if e.is_dir() {
+                        mkdirat(&to.fd, e.name.as_os_str(), Mode::from_bits_truncate(0o700))
+                            .map_err(errno_at("creating", &to.path.join(&e.name)))?;
+                    } else if copied_kind(e) {
+                        let staged = Path::new(name).join(rel).join(&e.name);
+                        me.copy_file(src, &e.name, &e.st, work, &to, &e.name, &staged)?;
+                    } else {
+                        me.report
+                            .skipped
+                            .push(src.path.join(&e.name).display().to_string());
+                    }
                 }
                 Ok(())
             },
@@ -690,87 +711,39 @@ impl Mirror<'_> {
         )
     }
 
-    fn build_entry(
-        &mut self,
-        top: &OsStr,
-        rel: &Path,
-        src: &Dir,
-        e: &Entry,
-        to: &Dir,
-        old: Option<&Dir>,
-    ) -> Result<()> {
-        use safefs::treewalk::id_of;
-        let name = e.name.as_os_str();
-        if e.is_dir() {
-            return mkdirat(&to.fd, name, Mode::from_bits_truncate(0o700))
-                .map_err(errno_at("creating", &to.path.join(name)));
-        }
-        if e.is_symlink() {
-            return self.copy_entry(src, name, to, name);
-        }
-        if !e.is_file() {
-            self.report
-                .skipped
-                .push(src.path.join(name).display().to_string());
-            return Ok(());
-        }
-        if e.st.st_nlink > 1
-            && let Some((first_top, first)) = self.linked.get(&id_of(&e.st)).cloned()
-        {
-            let from = self.current_path(&first_top, &first);
-            link(self.dest, &from, to, name)?;
-            self.report.files_kept += 1;
-            return Ok(());
-        }
-        let kept = match old {
-            Some(old) => self.keep_old(src, e, old)?,
-            None => false,
+    /// What became of each top-level entry: `had` is what the backup held before.
+    fn top_states(&self, had: &[OsString], ops: &[Op]) -> Vec<TopReport> {
+        let touched = |top: &OsStr| {
+            ops.iter().any(|op| {
+                let (Op::Remove { path, .. } | Op::Put { path, .. } | Op::Facts { path, .. }) = op;
+                path.components()
+                    .next()
+                    .is_some_and(|c| c.as_os_str() == top)
+            })
         };
-        if kept {
-            link(
-                old.expect("kept from the old folder"),
-                Path::new(name),
-                to,
-                name,
-            )?;
-            self.report.files_kept += 1;
-        } else {
-            self.copy_entry(src, name, to, name)?;
-        }
-        self.remember_link(&e.st, top, rel.join(name));
-        Ok(())
-    }
-
-    /// Whether the old backup's copy of the regular file `e` matches it and may stand
-    /// for it in the rebuilt folder.
-    fn keep_old(&mut self, src: &Dir, e: &Entry, old: &Dir) -> Result<bool> {
-        use safefs::treewalk::id_of;
-        let o = match fstatat(&old.fd, e.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(o) => o,
-            Err(_) => return Ok(false),
-        };
-        if !facts::same_stat(&e.st, &o) || facts::read(src, &e.name)? != facts::read(old, &e.name)?
-        {
-            return Ok(false);
-        }
-        match self.reused.get(&id_of(&o)) {
-            Some(s) if *s != id_of(&e.st) => Ok(false),
-            _ => {
-                self.reused.insert(id_of(&o), id_of(&e.st));
-                Ok(true)
-            }
-        }
-    }
-
-    /// Where the first name of a linked inode is now, relative to the backup's root.
-    fn current_path(&self, top: &OsStr, rel: &Path) -> PathBuf {
-        if let Some((building, folder)) = &self.building
-            && building == top
-            && let Ok(inside) = rel.strip_prefix(folder)
-        {
-            return joined(Path::new(&prefixed(STAGING, top)), inside);
-        }
-        joined(Path::new(top), rel)
+        let mut all: Vec<TopReport> = self
+            .tops
+            .iter()
+            .map(|t| TopReport {
+                name: t.to_string_lossy().into_owned(),
+                state: if !had.contains(t) {
+                    TopState::New
+                } else if touched(t) {
+                    TopState::Updated
+                } else {
+                    TopState::Unchanged
+                },
+            })
+            .collect();
+        all.extend(
+            had.iter()
+                .filter(|h| !self.tops.contains(h))
+                .map(|h| TopReport {
+                    name: h.to_string_lossy().into_owned(),
+                    state: TopState::Removed,
+                }),
+        );
+        all
     }
 
     /// Copies the file or symlink `name` of `from` to `to_name` in `to`, with all its

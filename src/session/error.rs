@@ -74,6 +74,9 @@ pub enum Error {
     /// The volume's config files', as it is.
     #[error(transparent)]
     Config(#[from] crate::persistence::files::Error),
+    /// Finishing a backup to this volume that was stopped half way, as it is.
+    #[error(transparent)]
+    Mirror(#[from] crate::mirror::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -105,6 +108,7 @@ impl Error {
             Error::Config(e) => Error::Config(e.with_note(note)),
             Error::Volume(e) => Error::Volume(e.with_note(note)),
             Error::Ambiguous(m) => Error::Ambiguous(add(m)),
+            Error::Mirror(e) => Error::Mirror(e.with_note(note)),
         }
     }
 

@@ -56,6 +56,11 @@ pub fn start(
     let volume_dev = devices::mapping_dev(&layout.mapping)
         .ok_or_else(|| Error::Unexpected(format!("{} vanished after opening", layout.mapping)))?;
     let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
+    // A backup stick whose last backup was cut off after its commit: finished first, so
+    // that what shows is the new backup, whole.
+    if let Some(done) = crate::mirror::finish_interrupted(&volume_dir)? {
+        out.warn(done);
+    }
     let host = SystemHost::new(live_user);
     // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
     // live user reaches its features' folders (and the dotfiles' links) and lists nothing.

@@ -1,0 +1,451 @@
+//! The plan of one backup to a second volume: what is put in place, removed and given new
+//! facts, written beside the staged files before any of it happens, so that a run stopped
+//! half way through carrying it out is finished by the next one that opens the volume.
+//!
+//! The folder `.keepsake-sync` at the backup volume's root holds a run's work: the staged
+//! entries `n.ID` (a file, a symlink, or a whole new folder), the entries removed from the
+//! tree `g.ID`, and the plan. The plan is written as `plan.new`; once every staged byte is
+//! on the disk (`syncfs`), its rename to `plan` is the commit. Then it is carried out, each
+//! step one rename or one setting of facts, and each step is one that can be done again
+//! after a power cut without harm:
+//!
+//! - [`Op::Remove`]: the entry is renamed to `g.ID`; done when `g.ID` exists.
+//! - [`Op::Put`]: `n.ID` is renamed over the entry; done when `n.ID` is gone.
+//! - [`Op::Facts`]: owner, attributes, mode and times set to those recorded.
+//!
+//! Then `plan` is removed, and with it the folder. ext4 journals renames, removals and
+//! attribute changes in the order they are made, so the removal of `plan` reaching the
+//! disk means every step before it did. Without a plan, a `.keepsake-sync` folder is a run
+//! stopped before its commit: removed, the backup being the previous one.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
+use nix::sys::stat::{FileStat, Mode, fstatat};
+
+use super::facts::{self, Xattrs};
+use super::{Error, Result, errno_at};
+use crate::safefs::{self, Dir};
+
+/// The folder of a run's work, at the backup volume's root.
+pub(crate) const WORK: &str = ".keepsake-sync";
+const PLAN: &str = "plan";
+const PLAN_NEW: &str = "plan.new";
+const MAGIC: &[u8; 8] = b"KSSYNC1\n";
+
+/// The facts an entry is given in place: what `facts::apply` sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Facts {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+    pub xattrs: Xattrs,
+}
+
+impl Facts {
+    pub(crate) fn of(st: &FileStat, xattrs: Xattrs) -> Facts {
+        Facts {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            atime: (st.st_atime, st.st_atime_nsec),
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            xattrs,
+        }
+    }
+
+    fn stat(&self) -> FileStat {
+        // SAFETY: a plain C struct, all zeroes a valid value; `facts::apply` reads only
+        // the fields set here.
+        let mut st: FileStat = unsafe { std::mem::zeroed() };
+        st.st_mode = self.mode;
+        st.st_uid = self.uid;
+        st.st_gid = self.gid;
+        (st.st_atime, st.st_atime_nsec) = self.atime;
+        (st.st_mtime, st.st_mtime_nsec) = self.mtime;
+        st
+    }
+}
+
+/// One step of a plan. Paths are relative to the volume's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    Remove { id: u64, path: PathBuf },
+    Put { id: u64, path: PathBuf },
+    Facts { path: PathBuf, facts: Facts },
+}
+
+pub(crate) fn staged(id: u64) -> OsString {
+    format!("n.{id}").into()
+}
+
+fn gone(id: u64) -> OsString {
+    format!("g.{id}").into()
+}
+
+/// The plan as bytes: a magic line, the steps, and the SHA-256 of all that.
+pub(crate) fn encode(ops: &[Op]) -> Vec<u8> {
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut out = MAGIC.to_vec();
+    for op in ops {
+        match op {
+            Op::Remove { id, path } | Op::Put { id, path } => {
+                out.push(if matches!(op, Op::Remove { .. }) {
+                    b'R'
+                } else {
+                    b'P'
+                });
+                out.extend_from_slice(&id.to_le_bytes());
+                bytes(&mut out, path.as_os_str().as_bytes());
+            }
+            Op::Facts { path, facts } => {
+                out.push(b'F');
+                bytes(&mut out, path.as_os_str().as_bytes());
+                for n in [facts.mode, facts.uid, facts.gid] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                for n in [facts.atime.0, facts.atime.1, facts.mtime.0, facts.mtime.1] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                out.extend_from_slice(&(facts.xattrs.0.len() as u32).to_le_bytes());
+                for (name, value) in &facts.xattrs.0 {
+                    bytes(&mut out, name);
+                    bytes(&mut out, value);
+                }
+            }
+        }
+    }
+    out.push(b'E');
+    let sum = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &out);
+    out.extend_from_slice(sum.as_ref());
+    out
+}
+
+/// The steps of a plan written by [`encode`]; an error if it is not one, whole.
+pub(crate) fn decode(all: &[u8]) -> Result<Vec<Op>> {
+    if all.len() < MAGIC.len() + 33 || !all.starts_with(MAGIC) {
+        return Err(damaged());
+    }
+    let (body, sum) = all.split_at(all.len() - 32);
+    if aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body).as_ref() != sum {
+        return Err(damaged());
+    }
+    let mut r = Reader {
+        body,
+        at: MAGIC.len(),
+    };
+    let mut ops = Vec::new();
+    loop {
+        match r.take(1)?[0] {
+            tag @ (b'R' | b'P') => {
+                let id = u64::from_le_bytes(r.array()?);
+                let path = r.path()?;
+                ops.push(if tag == b'R' {
+                    Op::Remove { id, path }
+                } else {
+                    Op::Put { id, path }
+                });
+            }
+            b'F' => {
+                let path = r.path()?;
+                let (mode, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
+                let mut t = [0i64; 4];
+                for n in &mut t {
+                    *n = i64::from_le_bytes(r.array()?);
+                }
+                let mut xattrs = Vec::new();
+                for _ in 0..r.u32()? {
+                    xattrs.push((r.bytes()?.to_vec(), r.bytes()?.to_vec()));
+                }
+                ops.push(Op::Facts {
+                    path,
+                    facts: Facts {
+                        mode,
+                        uid,
+                        gid,
+                        atime: (t[0], t[1]),
+                        mtime: (t[2], t[3]),
+                        xattrs: Xattrs(xattrs),
+                    },
+                });
+            }
+            b'E' if r.at == body.len() => return Ok(ops),
+            _ => return Err(damaged()),
+        }
+    }
+}
+
+fn damaged() -> Error {
+    Error::Internal("the plan of an interrupted backup is damaged".into())
+}
+
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let b = self
+            .at
+            .checked_add(n)
+            .and_then(|end| self.body.get(self.at..end))
+            .ok_or_else(damaged)?;
+        self.at += n;
+        Ok(b)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("taken with its length"))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn path(&mut self) -> Result<PathBuf> {
+        Ok(PathBuf::from(OsString::from_vec(self.bytes()?.to_vec())))
+    }
+}
+
+/// The work folder of a run, made anew (empty).
+pub(crate) fn make_work(dest: &Dir) -> Result<Dir> {
+    nix::sys::stat::mkdirat(&dest.fd, WORK, Mode::from_bits_truncate(0o700))
+        .map_err(errno_at("creating", &dest.path.join(WORK)))?;
+    Ok(safefs::open_beneath(dest, Path::new(WORK), None)?.0)
+}
+
+/// Writes the plan and commits it: every staged entry is on the disk before the plan is
+/// named `plan`.
+pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
+    use std::io::Write;
+    let shown = work.path.join(PLAN_NEW);
+    let fd = openat(
+        &work.fd,
+        PLAN_NEW,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(errno_at("creating", &shown))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&encode(ops)).map_err(|e| {
+        Error::Io(crate::context::IoError::new(
+            format!("writing {}", shown.display()),
+            e,
+        ))
+    })?;
+    drop(file);
+    super::syncfs(dest)?;
+    renameat2(&work.fd, PLAN_NEW, &work.fd, PLAN, RenameFlags::empty())
+        .map_err(errno_at("committing", &work.path.join(PLAN)))
+}
+
+/// Carries out `ops`, each step skipped if it was done already.
+pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
+    let exists = |name: &OsStr| fstatat(&work.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
+    for (done, op) in ops.iter().enumerate() {
+        #[cfg(test)]
+        cut::here(done)?;
+        #[cfg(not(test))]
+        let _ = done;
+        match op {
+            Op::Remove { id, path } => {
+                if exists(&gone(*id)) {
+                    continue;
+                }
+                let (parent, name) = parent_of(dest, path)?;
+                match renameat2(
+                    &parent.fd,
+                    name,
+                    &work.fd,
+                    gone(*id).as_os_str(),
+                    RenameFlags::RENAME_NOREPLACE,
+                ) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(errno_at("removing", &dest.path.join(path))(e)),
+                }
+            }
+            Op::Put { id, path } => {
+                if !exists(&staged(*id)) {
+                    continue;
+                }
+                let (parent, name) = parent_of(dest, path)?;
+                renameat2(
+                    &work.fd,
+                    staged(*id).as_os_str(),
+                    &parent.fd,
+                    name,
+                    RenameFlags::empty(),
+                )
+                .map_err(errno_at("putting in place", &dest.path.join(path)))?;
+            }
+            Op::Facts { path, facts } => {
+                let (parent, name) = parent_of(dest, path)?;
+                facts::apply(&parent, name, &facts.stat(), &facts.xattrs)?;
+            }
+        }
+    }
+    #[cfg(test)]
+    cut::here(ops.len())?;
+    Ok(())
+}
+
+/// A hook for tests to play a power cut while a plan is carried out: the run stops (with
+/// an error) once this many steps were done, leaving what a cut leaves.
+#[cfg(test)]
+pub(crate) mod cut {
+    use std::cell::Cell;
+
+    thread_local! {
+        static AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    pub(crate) fn after(steps: Option<usize>) {
+        AFTER.with(|a| a.set(steps));
+    }
+
+    pub(super) fn here(done: usize) -> super::Result<()> {
+        if AFTER.with(|a| a.get()) == Some(done) {
+            return Err(super::Error::Internal(format!(
+                "power cut after {done} steps (test)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The folder holding `path` (below `dest`), opened, and the last name of `path`.
+fn parent_of<'p>(dest: &Dir, path: &'p Path) -> Result<(Dir, &'p OsStr)> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::Internal(format!("{} has no name", path.display())));
+    };
+    Ok((safefs::open_beneath(dest, parent, None)?.0, name))
+}
+
+/// Ends a run: the plan removed first (everything it says is done), then the rest of the
+/// work folder, what was removed from the tree among it.
+pub(crate) fn finish(dest: &Dir, work: &Dir) -> Result<()> {
+    match nix::unistd::unlinkat(&work.fd, PLAN, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(errno_at("removing", &work.path.join(PLAN))(e)),
+    }
+    safefs::remove_tree(dest, Path::new(WORK))?;
+    Ok(())
+}
+
+/// What an earlier run left in the work folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Left {
+    Nothing,
+    /// Stopped before its commit: its work removed, the backup is the previous one.
+    RolledBack,
+    /// Stopped after its commit: its plan carried out (this many steps), the backup is
+    /// the new one.
+    Finished(usize),
+}
+
+/// Finishes or removes what an interrupted run left on the backup volume `dest`.
+pub(crate) fn recover(dest: &Dir) -> Result<Left> {
+    let work = match safefs::open_beneath(dest, Path::new(WORK), None) {
+        Ok((work, _)) => work,
+        Err(_) if fstatat(&dest.fd, WORK, AtFlags::AT_SYMLINK_NOFOLLOW) == Err(Errno::ENOENT) => {
+            return Ok(Left::Nothing);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let shown = work.path.join(PLAN);
+    let plan = match openat(
+        &work.fd,
+        PLAN,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            std::fs::File::from(fd)
+                .read_to_end(&mut bytes)
+                .map_err(|e| {
+                    Error::Io(crate::context::IoError::new(
+                        format!("reading {}", shown.display()),
+                        e,
+                    ))
+                })?;
+            Some(bytes)
+        }
+        Err(Errno::ENOENT) => None,
+        Err(e) => return Err(errno_at("opening", &shown)(e)),
+    };
+    let Some(plan) = plan else {
+        safefs::remove_tree(dest, Path::new(WORK))?;
+        return Ok(Left::RolledBack);
+    };
+    let ops = decode(&plan)?;
+    apply(dest, &work, &ops)?;
+    finish(dest, &work)?;
+    Ok(Left::Finished(ops.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Op> {
+        vec![
+            Op::Remove {
+                id: 3,
+                path: "Persistent/old name".into(),
+            },
+            Op::Put {
+                id: 1,
+                path: PathBuf::from(OsString::from_vec(b"a/\xff\xfe".to_vec())),
+            },
+            Op::Facts {
+                path: "Persistent".into(),
+                facts: Facts {
+                    mode: 0o40700,
+                    uid: 1000,
+                    gid: 1000,
+                    atime: (1, 2),
+                    mtime: (-3, 999_999_999),
+                    xattrs: Xattrs(vec![
+                        (b"user.a".to_vec(), vec![0, 1, 2]),
+                        (b"user.b".to_vec(), vec![]),
+                    ]),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn a_plan_reads_back_as_written() {
+        assert_eq!(decode(&encode(&sample())).unwrap(), sample());
+        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_damaged_or_cut_plan_is_refused() {
+        let good = encode(&sample());
+        for cut in [0, 8, 20, good.len() - 1] {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        for flip in [0, 9, 30, good.len() - 40, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[flip] ^= 1;
+            assert!(decode(&bad).is_err(), "flipped at {flip}");
+        }
+    }
+}
