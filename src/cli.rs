@@ -515,15 +515,16 @@ unsafe host (exit status 6, as unlock does for a keyslot).
 
 With --to-device, the backup is a second volume instead: another keepsake or Tails stick \
 that opens as a working Persistent Storage by Tails' and keepsake's rules, kept up to date \
-with the unlocked volume. Only what changed is written: a top-level folder whose files all \
-match (type, owner, mode, modification time, size, extended attributes and ACLs, link \
-targets, hard links) is not touched; in one that differs, the lowest folder holding every \
-change is rebuilt beside the old one, its unchanged files hard links to the backup's own \
-copies, and swapped in whole once it is on the disk. So, interrupted or with the power \
-cut, each top-level folder of the backup is the previous backup's or the new one, never a \
-mix (but, after a power cut at the wrong instant, the mtime of the folder holding the one \
-swapped, which the next run repairs), and no file is half written under its real name; the \
-next run removes what an interrupted one left. Folders and files gone from the \
+with the unlocked volume. Only what changed is written: both trees are compared (type, \
+owner, mode, modification time, size, extended attributes and ACLs, link targets, hard \
+links); new and changed files are copied into a work folder on the backup volume, and once \
+they are on the disk a plan (what is renamed into place, what is removed, which entries get \
+new facts) is committed beside them and carried out, one rename or one setting of facts a \
+step. Unchanged files are not touched, and a new mode or attribute alone is set in place. \
+So, stopped before the commit, the backup is the previous one, whole; after it, the plan \
+is carried out in milliseconds with no safe point between its steps, and a power cut among \
+them leaves the plan, which the next backup to that volume, or unlock of it, carries out \
+first. No file is ever half written under its real name. Folders and files gone from the \
 volume are removed from the backup. persistence.conf and keepsake-features.conf come \
 along. A file that changes while it is copied is copied again, and named in the report if \
 it never held still. The backup volume is mounted where only root can reach it, and closed \

@@ -11,8 +11,8 @@
 //!   unlock, `feature`, lock and every rollback use, the runtime record, tor's state, and
 //!   the watcher that wipes the key when the stick is pulled (`session::watch`, `wipe`).
 //! - [`archive`]: the backup format (header, STREAM, tree codec), extraction and restore.
-//! - [`mirror`]: a second volume kept up to date with the unlocked one, a top-level
-//!   folder at a time.
+//! - [`mirror`]: a second volume kept up to date with the unlocked one: what changed is
+//!   staged on it, then put in place by a committed plan that the next opening finishes.
 //! - `volume`: the LUKS2 volume through libcryptsetup: one `Volume` handle, its keyslots,
 //!   KDF, header, upgrade; finding volumes (discovery) and recovery keys.
 //! - [`host`]: the machine: block devices and GPT, mounts, processes (in every mount

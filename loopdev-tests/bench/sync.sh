@@ -115,14 +115,13 @@ ks_sync_inc() {
         && sy_sync_report "$2" "$1"
 }
 ks_sync_verify() { sy_verify_luks keepsake-sync "$1" "$2" "$(sy_part bksync 2)"; }
-# What keepsake's JSON report says it copied, and what it swapped in: for each updated
-# top-level folder, the folder rebuilt below it, or the whole.
+# What keepsake's JSON report says it copied, and what else it did: entries removed, and
+# entries given new facts in place.
 sy_sync_report() {
-    sy_part_time keepsake-sync-copied "$1" "$2" "$(sed -n 's/.*"files_copied": *\([0-9]*\).*/\1/p' /tmp/sy-cmd.out | head -n 1)" \
-        "$(sed -n 's/.*"bytes_copied": *\([0-9]*\).*/\1/p' /tmp/sy-cmd.out | head -n 1)"
-    echo "swapped=$1 $2 $(awk -F '"' '
-        /"name":/ { name = $4 } /"state": "updated"/ { up = 1 } /"rebuilt":/ { rb = $4 }
-        /}/ { if (up) printf "%s%s", sep, (rb != "" ? rb : name " (whole)"); if (up) sep = ","; up = 0; rb = "" }' /tmp/sy-cmd.out)" >> /tmp/sy-parts
+    local n
+    n() { sed -n "s/.*\"$1\": *\([0-9]*\).*/\1/p" /tmp/sy-cmd.out | head -n 1; }
+    sy_part_time keepsake-sync-copied "$1" "$2" "$(n files_copied)" "$(n bytes_copied)"
+    echo "did=$1 $2 $(n removed) removed, $(n facts_set) given new facts in place" >> /tmp/sy-parts
 }
 
 # Back to a stick with only its live system's partition: the persistence partition's

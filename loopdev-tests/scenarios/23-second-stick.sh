@@ -1,18 +1,20 @@
 # A second stick kept up to date (`keepsake backup --to-device`): created on the spot on
 # another live stick, then brought up to date with only what changed (bytes written to the
 # stick measured), every file fact carried (owners, modes, times, symlinks, hard links,
-# extended attributes, ACLs, holes). Stopped by SIGINT at spread points and by power cuts at
-# random moments, each top-level folder of the backup is the previous backup or the new one;
+# extended attributes, ACLs, holes). Stopped by SIGINT at spread points, the backup is the
+# previous one, whole; cut by power cuts at random moments, each top-level folder is the
+# previous backup or the new one, or the cut fell after the commit and the next backup
+# finishes it first;
 # while the live user rewrites files and swaps symlinks during a backup, every copy is one
 # whole version (or named as changing) and nothing root-only is read through a link. At the
 # end the backup stick passes Tails' rules for persistence.conf and unlocks with keepsake as
 # a working Persistent Storage holding exactly the source's files and facts.
 #
-# Power cuts at KS_SYNC_CUTS_MS (default "0 150 400 800 1400") ms after the backup begins to
-# build a folder (the host looks at the console every 200 ms, which adds up to that much):
-# counted from the build, not from the command's start, so that the first ones fall inside
-# the build however fast the machine is (nothing of it is on the disk yet), and the later
-# ones around the syncfs, the exchange and the removal of the old folder.
+# Power cuts at KS_SYNC_CUTS_MS (default "0 150 400 800 1400") ms after the backup makes its
+# work folder (the host looks at the console every 200 ms, which adds up to that much):
+# counted from the staging, not from the command's start, so that the first ones fall
+# inside the staging however fast the machine is (nothing of it is on the disk yet), and
+# the later ones around the syncfs, the commit and the plan carried out.
 
 host_main() {
     local at=${KS_SYNC_CUTS_MS:-0 150 400 800 1400} cuts a b c=0 ms inside=0
@@ -130,6 +132,29 @@ ks_each_top_old_or_new() {
     ks_ok "$1: each top-level folder is the old backup or the new ($(echo "$2" | tr ',' '\n' | grep -c .) folders)"
 }
 
+# ks_after_cut WHAT: the backup a power cut left, opened by hand as Tails would open it:
+# each top-level folder is the old backup or the new one; or the cut fell after the commit
+# (a plan is left, and some of its steps may be done), and then the next backup finishes it
+# first (it says so) and the backup is the new one.
+ks_after_cut() {
+    local now committed=""
+    ks_backup_open
+    now=$(ks_top_hashes /mnt/backup)
+    ks_log "left by the cut: $(ls -a /mnt/backup | grep '^\.keepsake-sync' | tr '\n' ' ')$(ls /mnt/backup/.keepsake-sync 2>/dev/null | wc -l) entries in it"
+    [ -e /mnt/backup/.keepsake-sync/plan ] && committed=1
+    ks_backup_close
+    if [ -z "$committed" ]; then
+        ks_each_top_old_or_new "$1" "$now" "$(ks_in prev_old)" "$(ks_in prev_new)"
+        return
+    fi
+    ks_log "$1: the cut fell after the commit"
+    ks_expect_rc 0 "$1: the next backup" -- ks_sync
+    ks_assert "$1: it finished the plan first" grep -q '"finished_interrupted"' /tmp/ks-cmd.out
+    ks_backup_open
+    ks_assert "$1: the backup is the new one" test "$(ks_top_hashes /mnt/backup)" = "$(ks_in prev_new)"
+    ks_backup_close
+}
+
 # Sectors written to a disk since boot (/sys/block/DISK/stat, field 7).
 ks_sectors_written() { awk '{print $7}' /sys/block/$1/stat; }
 
@@ -225,7 +250,9 @@ guest_first() {
     ks_expect_rc 0 "a backup after 1 % changed" -- ks_timed incremental ks_sync
     w1=$(ks_sectors_written vdb)
     ks_log "$(sed -n 's/.*"files_copied": \([0-9]*\).*/\1/p' /tmp/ks-cmd.out) files copied, $(sed -n 's/.*"bytes_copied": \([0-9]*\).*/\1/p' /tmp/ks-cmd.out) bytes; $(( (w1 - w0) / 2 )) KiB written to the backup stick for 3 MiB changed"
-    ks_assert "6 files copied (3 rewritten, 1 new, 1 with a new mode, 1 with a new attribute)" grep -q '"files_copied": 6' /tmp/ks-cmd.out
+    ks_assert "4 files copied (3 rewritten, 1 new)" grep -q '"files_copied": 4,' /tmp/ks-cmd.out
+    ks_assert "2 given new facts in place (a mode, an attribute), 2 entries removed" \
+        sh -c "grep -q '\"facts_set\": 2,' /tmp/ks-cmd.out && grep -q '\"removed\": 2,' /tmp/ks-cmd.out"
     ks_assert "Persistent updated, the other folders unchanged" sh -c "test \$(grep -c '\"updated\"' /tmp/ks-cmd.out) = 1 && test \$(grep -c '\"unchanged\"' /tmp/ks-cmd.out) -ge 3"
     ks_assert "at most 2 x the changed bytes + 2 MiB written (the tree is 12 MiB)" test $(( (w1 - w0) / 2 )) -lt $((3 * 2048 + 2048))
     ks_backup_open
@@ -234,16 +261,16 @@ guest_first() {
     diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
     ks_assert "the backup follows: changes, additions, removals and facts" cmp -s /tmp/source.facts /tmp/backup.facts
 
-    # One file rewritten deep in Persistent: only the folder holding it is swapped in (the
-    # mtime the exchange gave its holder set back), nothing else is linked anew.
+    # One file rewritten deep in Persistent: that file alone is written (the mtime the
+    # rename gave its folder set back), nothing else is touched.
     head -c 1048576 /dev/urandom > $p/tree/d3/sub/mib
     ks_facts $KS_ROOT_MNT > /tmp/source.facts
     w0=$(ks_sectors_written vdb)
     ks_expect_rc 0 "a backup after one file deep in Persistent changed" -- ks_timed deep ks_sync
     w1=$(ks_sectors_written vdb)
     ks_log "one 1 MiB file rewritten in Persistent/tree/d3/sub: $(( (w1 - w0) / 2 )) KiB written to the backup stick"
-    ks_assert "it swapped in Persistent/tree/d3/sub alone" grep -q '"rebuilt": "Persistent/tree/d3/sub"' /tmp/ks-cmd.out
-    ks_assert "it copied that file and linked none" sh -c "grep -q '\"files_copied\": 1,' /tmp/ks-cmd.out && grep -Eq '\"files_kept\": 0(,|\$)' /tmp/ks-cmd.out"
+    ks_assert "it copied that file alone, removed nothing and set no facts" \
+        sh -c "grep -q '\"files_copied\": 1,' /tmp/ks-cmd.out && grep -q '\"removed\": 0,' /tmp/ks-cmd.out && grep -q '\"facts_set\": 0,' /tmp/ks-cmd.out"
     ks_assert "at most 1.25 x the changed bytes written" test $(( (w1 - w0) / 2 )) -lt 1280
     ks_backup_open
     ks_facts /mnt/backup > /tmp/backup.facts
@@ -299,8 +326,9 @@ ks_live_user_during_a_backup() {
     ks_expect_rc 0 "the next backup" -- ks_sync
 }
 
-# SIGINT at spread points of a backup that has 10 MiB to copy: each top-level folder is
-# the old backup or the new, nothing of the run is left, the exit status says which.
+# SIGINT at spread points of a backup that has 10 MiB to copy: the backup is the old one
+# whole (stopped) or the new one (finished), nothing of the run is left, the exit status
+# and the message say which.
 ks_stops_at_spread_points() {
     local p=$KS_PERSISTENT ms rc old new now stopped=0 round=0
     for ms in 0 30 100 300 700 1500; do
@@ -314,14 +342,14 @@ ks_stops_at_spread_points() {
         old=$(ks_top_hashes /mnt/backup)
         ks_backup_close
         new=$(ks_top_hashes $KS_ROOT_MNT)
-        # SIGINT as sudo delivers it, counted from when the folder being built appears.
-        /hostile/signal-after --seen /run/keepsake/backup .keepsake-sync-new. "$ms" INT \
+        # SIGINT as sudo delivers it, counted from when the work folder appears.
+        /hostile/signal-after --seen /run/keepsake/backup .keepsake-sync "$ms" INT \
             keepsake --json backup --to-device /dev/vdb --key-file $KS_BPASS > /tmp/ks-stop.out 2>&1
         rc=$?
         case $rc in
             130) if grep -q "after the command had finished; it is complete" /tmp/ks-stop.out; then
                      ks_log "SIGINT at $ms ms came after the backup was complete"
-                 elif grep -q -e "ended by the signal" -e "keeps its previous copy" /tmp/ks-stop.out; then
+                 elif grep -q "keeps its previous backup, whole" /tmp/ks-stop.out; then
                      stopped=$((stopped + 1))
                  else
                      cat /tmp/ks-stop.out; ks_fail "SIGINT at $ms ms: the message does not say what the backup holds"
@@ -334,6 +362,7 @@ ks_stops_at_spread_points() {
         ks_assert "SIGINT at $ms ms (exit $rc): nothing of the run is left" sh -c "! ls -a /mnt/backup | grep -q '^\.keepsake-sync'"
         ks_backup_close
         ks_each_top_old_or_new "SIGINT at $ms ms (exit $rc)" "$now" "$old" "$new"
+        [ $rc = 0 ] || ks_assert "SIGINT at $ms ms (exit $rc): the old backup, whole" test "$now" = "$old"
     done
     ks_assert "at least 4 of 6 backups were stopped half way ($stopped)" test $stopped -ge 4
     ks_expect_rc 0 "the backup after them" -- ks_sync
@@ -347,7 +376,7 @@ ks_stops_at_spread_points() {
     ks_backup_close
     ks_expect_rc 0 "the next backup repairs it" -- ks_sync
     ks_assert "it copied the one file back" grep -q '"files_copied": 1,' /tmp/ks-cmd.out
-    ks_assert "it swapped in the folder holding it alone" grep -q '"rebuilt": "Persistent/tree/d2"' /tmp/ks-cmd.out
+    ks_assert "and touched nothing else" sh -c "grep -q '\"removed\": 0,' /tmp/ks-cmd.out && grep -q '\"facts_set\": 0,' /tmp/ks-cmd.out"
 }
 
 # One power cut: the backup the last cut left is checked, the source changed, then a
@@ -358,11 +387,10 @@ guest_cut() {
     ks_backup_pass
     # Two sticks with a persistence partition, and no live medium mounted to prefer.
     ks_expect_rc 0 "unlock" -- keepsake unlock --device /dev/vda --key-file "$KS_PASS_FILE"
+    ks_after_cut "after the power cut"
     ks_backup_open
     local now; now=$(ks_top_hashes /mnt/backup)
-    ks_log "left by the cut: $(ls -a /mnt/backup | grep '^\.keepsake-sync' | tr '\n' ' ')"
     ks_backup_close
-    ks_each_top_old_or_new "after the power cut" "$now" "$(ks_in prev_old)" "$(ks_in prev_new)"
     local p=$KS_PERSISTENT d
     for d in 1 2 3 4 5 6 7; do head -c 1048576 /dev/urandom > $p/tree/d$d/sub/mib; done
     date > $KS_ROOT_MNT/dotfiles/.bashrc
@@ -374,7 +402,7 @@ guest_cut() {
     ks_sync > /tmp/ks-cut.out 2>&1 &
     local pid=$!
     while kill -0 $pid 2>/dev/null \
-        && ! ls -a /run/keepsake/backup 2>/dev/null | grep -q '^\.keepsake-sync-new\.'; do
+        && ! ls -a /run/keepsake/backup 2>/dev/null | grep -q '^\.keepsake-sync$'; do
         usleep 5000
     done
     echo "KS-WRITING"
@@ -388,9 +416,7 @@ guest_final() {
     ks_pass_file
     ks_backup_pass
     ks_expect_rc 0 "unlock" -- keepsake unlock --device /dev/vda --key-file "$KS_PASS_FILE"
-    ks_backup_open
-    ks_each_top_old_or_new "after the last power cut" "$(ks_top_hashes /mnt/backup)" "$(ks_in prev_old)" "$(ks_in prev_new)"
-    ks_backup_close
+    ks_after_cut "after the last power cut"
     ks_expect_rc 0 "a backup after the cuts" -- ks_sync
     ks_assert "it removed what the cut left, if anything" true
     ks_facts $KS_ROOT_MNT > /tmp/source.facts
