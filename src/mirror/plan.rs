@@ -249,6 +249,8 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
     })?;
     drop(file);
     super::syncfs(dest)?;
+    // The last safe point: after the rename, the plan is carried out whatever comes.
+    crate::interrupt::check()?;
     renameat2(&work.fd, PLAN_NEW, &work.fd, PLAN, RenameFlags::empty())
         .map_err(errno_at("committing", &work.path.join(PLAN)))
 }
@@ -257,10 +259,7 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
 pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
     let exists = |name: &OsStr| fstatat(&work.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
     for (done, op) in ops.iter().enumerate() {
-        #[cfg(test)]
-        cut::here(done)?;
-        #[cfg(not(test))]
-        let _ = done;
+        cut_here(done)?;
         match op {
             Op::Remove { id, path } => {
                 if exists(&gone(*id)) {
@@ -298,8 +297,15 @@ pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
             }
         }
     }
+    cut_here(ops.len())
+}
+
+/// A power cut played by the tests once `done` steps were carried out ([`cut`]); nothing
+/// in a real run.
+fn cut_here(done: usize) -> Result<()> {
     #[cfg(test)]
-    cut::here(ops.len())?;
+    cut::here(done)?;
+    let _ = done;
     Ok(())
 }
 
