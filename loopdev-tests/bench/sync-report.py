@@ -162,7 +162,7 @@ DESCRIBE = {
   partition, free space), where it adds the persistence partition and makes the volume,
   then `keepsake --json backup --to-device DISK --key-file F`; the source volume stays
   unlocked by keepsake. Its report said it copied {copied}. Besides copying (into its work
-  folder, renamed into place once its plan was committed), it {besides or 'reported nothing else'}.""",
+  folder, renamed into place once its plan was committed), it did this: {besides or 'nothing else'}.""",
     "rsync": f"""- **rsync**: `rsync -aHAX --delete SRC/ DST/` from the unlocked volume to a bare LUKS2 volume
   opened and mounted by hand, on the same kind of stick: the first time `sfdisk --append` (a
   TailsData partition) + `cryptsetup luksFormat` + `open` + `mkfs.ext4` + `mount` + rsync +
