@@ -469,25 +469,25 @@ impl Mirror<'_> {
             self.note_new(path, &e.st);
             return Ok(());
         }
-        let facts_differ = |_: &Self| -> Result<Option<Facts>> {
+        // The source entry's facts, and whether its copy's differ.
+        let read = || -> Result<(Facts, bool)> {
             let x = facts::read(src, &e.name)?;
-            Ok(
-                (!facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)?)
-                    .then(|| Facts::of(&e.st, x)),
-            )
+            let differ = !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)?;
+            Ok((Facts::of(&e.st, x), differ))
         };
+        let facts_differ = || read().map(|(f, differ)| differ.then_some(f));
         if e.is_dir() {
-            let x = facts::read(src, &e.name)?;
-            if !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)? {
+            let (f, differ) = read()?;
+            if differ {
                 self.touched.insert(path.clone());
             }
-            self.folders.insert(path, Facts::of(&e.st, x));
+            self.folders.insert(path, f);
             return Ok(());
         }
         if e.is_symlink() {
             if link_target(src, &e.name)? != link_target(old, &w.name)? {
                 self.note_new(path, &e.st);
-            } else if let Some(f) = facts_differ(self)? {
+            } else if let Some(f) = facts_differ()? {
                 self.facts.push((path, f));
             }
             return Ok(());
@@ -496,7 +496,7 @@ impl Mirror<'_> {
             && e.st.st_mtime == w.st.st_mtime
             && e.st.st_mtime_nsec == w.st.st_mtime_nsec;
         if e.st.st_nlink > 1 {
-            let facts = if same_data { facts_differ(self)? } else { None };
+            let facts = if same_data { facts_differ()? } else { None };
             let was = Was {
                 id: id_of(&w.st),
                 nlink: w.st.st_nlink,
@@ -508,7 +508,7 @@ impl Mirror<'_> {
             // A copy with several names must not stand for a file with one.
             self.note_new(path, &e.st);
         } else {
-            if let Some(f) = facts_differ(self)? {
+            if let Some(f) = facts_differ()? {
                 self.facts.push((path, f));
             }
             self.report.files_kept += 1;
