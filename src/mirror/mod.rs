@@ -13,10 +13,11 @@
 //!    signal here removes the work folder: the backup is the previous one.
 //! 3. **Commit and carry out** ([`plan`]). The plan (what is renamed into place, what is
 //!    removed, which entries get new facts) is written beside the staged files; once all
-//!    of it is on the disk (`syncfs`), the plan's rename is the commit. Then each step is
-//!    one rename or one setting of facts, with no safe point between them: a signal waits
-//!    until the last. Files that did not change are not touched at all: no byte and no
-//!    inode of theirs is written. Folders touched get back the source's times last.
+//!    of it is on the disk (each staged file written back and waited for), the plan's
+//!    rename is the commit. Then each step is one rename or one setting of facts, with no
+//!    safe point between them: a signal waits until the last. Files that did not change
+//!    are not touched at all: no byte and no inode of theirs is written. Folders touched
+//!    get back the source's times last.
 //!
 //! A power cut while the plan is carried out (milliseconds, and one ext4 journal
 //! transaction unless the journal fills or someone calls `sync` meanwhile) leaves the plan
@@ -216,6 +217,7 @@ pub fn mirror(
         new_folders: BTreeSet::new(),
         groups: HashMap::new(),
         copies: HashMap::new(),
+        staged: plan::Durable::default(),
         next_id: 0,
         report,
         watch,
@@ -244,7 +246,8 @@ pub fn mirror(
     if let Some((work, ops)) = ops {
         m.watch
             .step(&format!("putting {} changes in place", ops.len()));
-        if let Err(e) = plan::commit(dest, &work, &ops) {
+        let staged = std::mem::take(&mut m.staged);
+        if let Err(e) = plan::commit(dest, &work, &ops, staged) {
             let _ = safefs::remove_tree(dest, Path::new(plan::WORK));
             return Err(e.with_note(KEPT));
         }
@@ -366,6 +369,8 @@ struct Mirror<'a> {
     /// Where the first copy of a source file with several names was staged (relative to
     /// the work folder): its other names are links to it.
     copies: HashMap<Id, PathBuf>,
+    /// How the staged entries reach the disk before the commit.
+    staged: plan::Durable,
     next_id: u64,
     report: Report,
     watch: &'a mut dyn Watch,
@@ -760,6 +765,7 @@ impl Mirror<'_> {
             let target = link_target(from, name)?;
             nix::unistd::symlinkat(target.as_os_str(), &to.fd, to_name)
                 .map_err(errno_at("creating", &to.path.join(to_name)))?;
+            self.staged.symlink(&target);
             let x = facts::read(from, name)?;
             return facts::apply(to, to_name, &st, &x);
         }
@@ -806,7 +812,7 @@ impl Mirror<'_> {
                     .push(shown.display().to_string());
             }
             let x = facts::read_open(&file, &shown)?;
-            drop(out);
+            self.staged.file(out);
             facts::apply(to, to_name, &after, &x)?;
             self.report.files_copied += 1;
             self.report.bytes_copied += written;

@@ -5,9 +5,9 @@
 //! The folder `.keepsake-sync` at the backup volume's root holds a run's work: the staged
 //! entries `n.ID` (a file, a symlink, or a whole new folder), the entries removed from the
 //! tree `g.ID`, and the plan. The plan is written as `plan.new`; once every staged byte is
-//! on the disk (`syncfs`), its rename to `plan` is the commit. Then it is carried out, each
-//! step one rename or one setting of facts, and each step is one that can be done again
-//! after a power cut without harm:
+//! on the disk ([`Durable`]), its rename to `plan` is the commit. Then it is carried out,
+//! each step one rename or one setting of facts, and each step is one that can be done
+//! again after a power cut without harm:
 //!
 //! - [`Op::Remove`]: the entry is renamed to `g.ID`; done when `g.ID` exists.
 //! - [`Op::Put`]: `n.ID` is renamed over the entry; done when `n.ID` is gone.
@@ -19,6 +19,8 @@
 //! stopped before its commit: removed, the backup being the previous one.
 
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ use nix::sys::stat::{FileStat, Mode, fstatat};
 
 use super::facts::{self, Xattrs};
 use super::{Error, Result, errno_at};
+use crate::context::IoError;
 use crate::safefs::{self, Dir};
 
 /// The folder of a run's work, at the backup volume's root.
@@ -35,6 +38,87 @@ pub(crate) const WORK: &str = ".keepsake-sync";
 const PLAN: &str = "plan";
 const PLAN_NEW: &str = "plan.new";
 const MAGIC: &[u8; 8] = b"KSSYNC1\n";
+/// How many staged files [`Durable`] waits for one by one; beyond, the whole volume.
+const HELD: usize = 256;
+/// A symlink target this long or longer has a block of its own (ext4 keeps shorter ones
+/// in the inode), which no descriptor reaches: the whole volume is synced then.
+const INLINE_TARGET: usize = 60;
+
+/// How the staged entries reach the disk before the commit, without a journal commit of
+/// their own.
+///
+/// ext4 journals the metadata of a run (new inodes, folder entries, attributes, the
+/// plan's rename) in order, so the transaction holding the rename holds, or follows, all
+/// of it. A file's data is not journaled: its blocks are allocated only when its pages
+/// are written back, and after a power cut a file whose inode was committed but whose
+/// pages were not written reads as empty. So each staged file and the plan itself are
+/// written back and waited for (`sync_file_range`): the allocation, and the conversion of
+/// its extents once written, join the running transaction, never a later one than the
+/// rename's. A `syncfs` would do the same, at the cost of a journal commit of its own,
+/// which writes again every block the rest of the run touches after it (the work folder,
+/// its inodes, the bitmaps): a third of what a small run writes.
+pub(crate) enum Durable {
+    /// The staged files, each one's writeback started when it was copied.
+    Files(Vec<File>),
+    /// Too many files to hold, or a long symlink: `syncfs` at the commit.
+    Volume,
+}
+
+impl Default for Durable {
+    fn default() -> Durable {
+        Durable::Files(Vec::new())
+    }
+}
+
+impl Durable {
+    /// A staged file, all its bytes written: its writeback starts now.
+    pub(crate) fn file(&mut self, file: File) {
+        if let Durable::Files(held) = self {
+            if held.len() < HELD && write_back(&file, libc::SYNC_FILE_RANGE_WRITE).is_ok() {
+                held.push(file);
+            } else {
+                *self = Durable::Volume;
+            }
+        }
+    }
+
+    /// A staged symlink with this target.
+    pub(crate) fn symlink(&mut self, target: &OsStr) {
+        if target.len() >= INLINE_TARGET {
+            *self = Durable::Volume;
+        }
+    }
+
+    /// Returns once every staged byte and `plan` (written) are on the disk.
+    fn wait(self, dest: &Dir, plan: &File, shown: &Path) -> Result<()> {
+        let Durable::Files(held) = self else {
+            return super::syncfs(dest);
+        };
+        let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        for file in held.iter().chain([plan]) {
+            write_back(file, all).map_err(|e| {
+                Error::Io(IoError::new(
+                    format!(
+                        "writing the staged files of {} to their disk",
+                        shown.display()
+                    ),
+                    e,
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn write_back(file: &File, flags: libc::c_uint) -> std::io::Result<()> {
+    // SAFETY: sync_file_range on an open descriptor, the whole file (length 0).
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// The facts an entry is given in place: what `facts::apply` sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +314,7 @@ pub(crate) fn make_work(dest: &Dir) -> Result<Dir> {
 
 /// Writes the plan and commits it: every staged entry is on the disk before the plan is
 /// named `plan`.
-pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
+pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op], staged: Durable) -> Result<()> {
     use std::io::Write;
     let shown = work.path.join(PLAN_NEW);
     let fd = openat(
@@ -240,15 +324,11 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
         Mode::from_bits_truncate(0o600),
     )
     .map_err(errno_at("creating", &shown))?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(&encode(ops)).map_err(|e| {
-        Error::Io(crate::context::IoError::new(
-            format!("writing {}", shown.display()),
-            e,
-        ))
-    })?;
+    let mut file = File::from(fd);
+    file.write_all(&encode(ops))
+        .map_err(|e| Error::Io(IoError::new(format!("writing {}", shown.display()), e)))?;
+    staged.wait(dest, &file, &work.path)?;
     drop(file);
-    super::syncfs(dest)?;
     // The last safe point: after the rename, the plan is carried out whatever comes.
     crate::interrupt::check()?;
     renameat2(&work.fd, PLAN_NEW, &work.fd, PLAN, RenameFlags::empty())
@@ -382,14 +462,9 @@ pub(crate) fn recover(dest: &Dir) -> Result<Left> {
         Ok(fd) => {
             use std::io::Read;
             let mut bytes = Vec::new();
-            std::fs::File::from(fd)
+            File::from(fd)
                 .read_to_end(&mut bytes)
-                .map_err(|e| {
-                    Error::Io(crate::context::IoError::new(
-                        format!("reading {}", shown.display()),
-                        e,
-                    ))
-                })?;
+                .map_err(|e| Error::Io(IoError::new(format!("reading {}", shown.display()), e)))?;
             Some(bytes)
         }
         Err(Errno::ENOENT) => None,
@@ -453,5 +528,27 @@ mod tests {
             bad[flip] ^= 1;
             assert!(decode(&bad).is_err(), "flipped at {flip}");
         }
+    }
+
+    #[test]
+    fn staged_files_are_waited_for_one_by_one_up_to_a_limit_and_a_long_symlink_syncs_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = |i: usize| File::create(tmp.path().join(i.to_string())).unwrap();
+        let held = |d: &Durable| match d {
+            Durable::Files(files) => Some(files.len()),
+            Durable::Volume => None,
+        };
+        let mut staged = Durable::default();
+        (0..HELD).for_each(|i| staged.file(file(i)));
+        staged.symlink(OsStr::new(&"t".repeat(INLINE_TARGET - 1)));
+        assert_eq!(held(&staged), Some(HELD));
+        staged.file(file(HELD));
+        assert_eq!(held(&staged), None, "one file more than it holds");
+        staged.file(file(HELD + 1));
+        assert_eq!(held(&staged), None, "and it stays so");
+        let mut staged = Durable::default();
+        staged.file(file(0));
+        staged.symlink(OsStr::new(&"t".repeat(INLINE_TARGET)));
+        assert_eq!(held(&staged), None, "a symlink with a block of its own");
     }
 }
