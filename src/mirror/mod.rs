@@ -193,6 +193,8 @@ pub fn mirror(
         plan::Left::RolledBack => report.leftovers_removed.push(plan::WORK.into()),
         plan::Left::Finished(steps) => report.finished_interrupted = Some(steps),
     }
+    // What the backup held before: its top-level entries, and leftovers to remove.
+    let mut had = Vec::new();
     for entry in safefs::list(dest)? {
         if entry
             .name
@@ -203,6 +205,8 @@ pub fn mirror(
             report
                 .leftovers_removed
                 .push(entry.name.to_string_lossy().into_owned());
+        } else if !is_ours_or_not_data(&entry.name) {
+            had.push(entry.name);
         }
     }
     let mut m = Mirror {
@@ -222,7 +226,6 @@ pub fn mirror(
         report,
         watch,
     };
-    let had = self::tops(dest)?;
     m.watch.step("comparing the volume with the backup");
     m.compare().map_err(|e| e.with_note(KEPT))?;
     m.resolve_links();
