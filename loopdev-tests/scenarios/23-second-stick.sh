@@ -14,7 +14,8 @@
 # work folder (the host looks at the console every 200 ms, which adds up to that much):
 # counted from the staging, not from the command's start, so that the first ones fall
 # inside the staging however fast the machine is (nothing of it is on the disk yet), and
-# the later ones around the syncfs, the commit and the plan carried out.
+# the later ones around the commit and the plan carried out. One more cut falls right after
+# the commit, once the journal holds it: the staged files must be on the disk then.
 
 host_main() {
     local at=${KS_SYNC_CUTS_MS:-0 150 400 800 1400} cuts a b c=0 ms inside=0
@@ -46,6 +47,18 @@ host_main() {
     done
     [ $inside -ge 2 ] && ks_host_ok "$inside of $cuts power cuts fell inside a backup" \
         || ks_host_fail "only $inside of $cuts power cuts fell inside a backup: lower KS_SYNC_CUTS_MS"
+    # The cut no timer reaches: just after the commit, its journal transaction written.
+    ks_set prev_old "$(ks_get old_tops)"
+    ks_set prev_new "$(ks_get new_tops)"
+    ks_set at_commit 1
+    KS_KILL_AFTER_MS=0 ks_phase cut.commit "usb=$a" "usb2=$b" >"$KS_SCEN_DIR/cut.out" \
+        2>>"$KS_SCEN_DIR/qemu-killed.log" || { cat "$KS_SCEN_DIR/cut.out"; return 1; }
+    grep -v '^    ok ' "$KS_SCEN_DIR/cut.out"
+    grep -q '^KS-POWER-CUT' "$KS_SCEN_DIR/cut.commit.log" \
+        && ks_host_ok "power cut just after a backup's commit" \
+        || { ks_host_fail "the cut at the commit did not happen"; return 1; }
+    ks_set at_commit 0
+    ks_set expect_committed 1
     ks_set prev_old "$(ks_get old_tops)"
     ks_set prev_new "$(ks_get new_tops)"
     ks_phase final "usb=$a" "usb2=$b" || return 1
@@ -143,6 +156,8 @@ ks_after_cut() {
     ks_log "left by the cut: $(ls -a /mnt/backup | grep '^\.keepsake-sync' | tr '\n' ' ')$(ls /mnt/backup/.keepsake-sync 2>/dev/null | wc -l) entries in it"
     [ -e /mnt/backup/.keepsake-sync/plan ] && committed=1
     ks_backup_close
+    [ "$(ks_in expect_committed)" = 1 ] \
+        && ks_assert "$1: the cut at the commit left the plan" test -n "$committed"
     if [ -z "$committed" ]; then
         ks_each_top_old_or_new "$1" "$now" "$(ks_in prev_old)" "$(ks_in prev_new)"
         return
@@ -301,8 +316,9 @@ ks_live_user_during_a_backup() {
             ln -s /root/secret $p/churn/swap; rm -f $p/churn/swap
             echo plain > $p/churn/swap; rm -f $p/churn/swap
         done" 2>/tmp/writer.err &
-    local writer=$!
-    sleep 1
+    local writer=$! i=0
+    # Up to 10 s for its first file: the guest is slow when the host is busy.
+    while [ ! -s $p/churn/f1 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
     ks_assert "the live user is writing" test -s $p/churn/f1
     ks_expect_rc 0 "a backup while the live user rewrites files and swaps a symlink" -- ks_sync
     kill $writer; wait $writer 2>/dev/null
@@ -326,12 +342,13 @@ ks_live_user_during_a_backup() {
     ks_expect_rc 0 "the next backup" -- ks_sync
 }
 
-# SIGINT at spread points of a backup that has 10 MiB to copy: the backup is the old one
-# whole (stopped) or the new one (finished), nothing of the run is left, the exit status
-# and the message say which.
+# SIGINT, SIGTERM and SIGHUP at spread points of a backup that has 10 MiB to copy: the
+# backup is the old one whole (stopped) or the new one (finished), nothing of the run is
+# left, the exit status and the message say which.
 ks_stops_at_spread_points() {
-    local p=$KS_PERSISTENT ms rc old new now stopped=0 round=0 halfway
-    for ms in 0 20 40 70 100 1500; do
+    local p=$KS_PERSISTENT at ms sig rc old new now stopped=0 round=0 halfway
+    for at in 0:INT 20:TERM 40:HUP 70:INT 100:TERM 1500:HUP; do
+        ms=${at%:*} sig=${at#*:}
         round=$((round + 1)) halfway=""
         for d in 1 2 3 4 5 6 7; do
             head -c 1048576 /dev/urandom > $p/tree/d$d/sub/mib
@@ -342,30 +359,32 @@ ks_stops_at_spread_points() {
         old=$(ks_top_hashes /mnt/backup)
         ks_backup_close
         new=$(ks_top_hashes $KS_ROOT_MNT)
-        # SIGINT as sudo delivers it, counted from when the work folder appears.
-        /hostile/signal-after --seen /run/keepsake/backup .keepsake-sync "$ms" INT \
+        # The signal as sudo delivers it, counted from when the work folder appears.
+        /hostile/signal-after --seen /run/keepsake/backup .keepsake-sync "$ms" "$sig" \
             keepsake --json backup --to-device /dev/vdb --key-file $KS_BPASS > /tmp/ks-stop.out 2>&1
         rc=$?
-        case $rc in
-            130) if grep -q "after the command had finished; it is complete" /tmp/ks-stop.out; then
-                     ks_log "SIGINT at $ms ms came after the backup was complete"
+        case $sig:$rc in
+            INT:130|TERM:143|HUP:129)
+                 if grep -q "after the command had finished; it is complete" /tmp/ks-stop.out; then
+                     ks_log "SIG$sig at $ms ms came after the backup was complete"
                  elif grep -q "keeps its previous backup, whole" /tmp/ks-stop.out; then
                      stopped=$((stopped + 1)) halfway=1
                  else
-                     cat /tmp/ks-stop.out; ks_fail "SIGINT at $ms ms: the message does not say what the backup holds"
+                     cat /tmp/ks-stop.out; ks_fail "SIG$sig at $ms ms: the message does not say what the backup holds"
                  fi ;;
-            0) ;;
-            *) cat /tmp/ks-stop.out; ks_fail "SIGINT at $ms ms: exit $rc" ;;
+            *:0) ;;
+            *) cat /tmp/ks-stop.out; ks_fail "SIG$sig at $ms ms: exit $rc" ;;
         esac
+        ms="SIG$sig at $ms ms"
         ks_backup_open
         now=$(ks_top_hashes /mnt/backup)
-        ks_assert "SIGINT at $ms ms (exit $rc): nothing of the run is left" sh -c "! ls -a /mnt/backup | grep -q '^\.keepsake-sync'"
+        ks_assert "$ms (exit $rc): nothing of the run is left" sh -c "! ls -a /mnt/backup | grep -q '^\.keepsake-sync'"
         ks_backup_close
-        ks_each_top_old_or_new "SIGINT at $ms ms (exit $rc)" "$now" "$old" "$new"
+        ks_each_top_old_or_new "$ms (exit $rc)" "$now" "$old" "$new"
         if [ -n "$halfway" ]; then
-            ks_assert "SIGINT at $ms ms: stopped half way, the old backup, whole" test "$now" = "$old"
+            ks_assert "$ms: stopped half way, the old backup, whole" test "$now" = "$old"
         else
-            ks_assert "SIGINT at $ms ms: finished, the new backup" test "$now" = "$new"
+            ks_assert "$ms: finished, the new backup" test "$now" = "$new"
         fi
     done
     ks_assert "at least 4 of 6 backups were stopped half way ($stopped)" test $stopped -ge 4
@@ -402,6 +421,7 @@ guest_cut() {
     sync
     ks_out old_tops "$now"
     ks_out new_tops "$(ks_top_hashes $KS_ROOT_MNT)"
+    [ "$(ks_in at_commit)" = 1 ] && ks_cut_at_commit
     # The host's clock starts when the backup's first folder build appears.
     ks_sync > /tmp/ks-cut.out 2>&1 &
     local pid=$!
@@ -412,6 +432,29 @@ guest_cut() {
     echo "KS-WRITING"
     wait $pid || { cat /tmp/ks-cut.out; ks_fail "the backup failed before the cut"; }
     echo "KS-SYNC-DONE"
+    sleep 600
+}
+
+# The backup stopped just after its commit (strace holds the plan's rename, the first
+# rename in the work folder, on its way out; glibc makes renameat2 with no flags renameat), the journal transaction holding the rename
+# written as ext4's 5-second timer would (an fsync of the work folder, which writes no
+# file's data), then the power cut. Every staged file must be on the disk already: the
+# next phase checks that the backup the plan makes is the new one, byte for byte.
+ks_cut_at_commit() {
+    local work=/run/keepsake/backup/.keepsake-sync pid i=0 staged
+    strace -f -qq -o /dev/null -P $work -e trace=renameat,renameat2 \
+        -e inject=renameat,renameat2:delay_exit=60000000:when=1 \
+        keepsake --json backup --to-device /dev/vdb --key-file $KS_BPASS > /tmp/ks-cut.out 2>&1 &
+    pid=$!
+    while kill -0 $pid 2>/dev/null && [ ! -e $work/plan ] && [ $i -lt 6000 ]; do
+        usleep 20000; i=$((i + 1))
+    done
+    [ -e $work/plan ] || { cat /tmp/ks-cut.out; ks_fail "the backup never reached its commit"; }
+    staged=$(ls $work | grep -c '^n\.')
+    sync $work || ks_fail "fsync of the work folder"
+    ks_assert "the backup is held just after its commit: $staged entries staged, none put in place" \
+        test "$staged $(ls $work | grep -c '^n\.') $(ls $work | grep -c '^g\.')" = "$staged $staged 0"
+    echo "KS-WRITING"
     sleep 600
 }
 
@@ -427,6 +470,15 @@ guest_final() {
     ks_backup_open
     ks_facts /mnt/backup > /tmp/backup.facts
     tails_hand_back backup /mnt/backup/persistence.conf
+    # ext4's own rule, which decides when a commit syncs the whole volume: a symlink
+    # target of 59 bytes is kept in the inode, one of 60 in a block of its own.
+    local t59 blocks
+    t59=$(head -c 59 /dev/zero | tr '\0' x)
+    ln -s "$t59" /mnt/backup/.keepsake-check-59 && ln -s "${t59}x" /mnt/backup/.keepsake-check-60
+    blocks=$(stat -c '%s:%b' /mnt/backup/.keepsake-check-59 /mnt/backup/.keepsake-check-60 | tr '\n' ' ')
+    ks_assert "ext4 keeps a 59-byte symlink target in the inode, a 60-byte one in a block ($blocks)" \
+        sh -c 'case "$1" in "59:0 60:0 ") exit 1 ;; "59:0 60:"*) exit 0 ;; *) exit 1 ;; esac' - "$blocks"
+    rm /mnt/backup/.keepsake-check-59 /mnt/backup/.keepsake-check-60
     ks_backup_close
     diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
     ks_assert "the backup holds every file with every fact" cmp -s /tmp/source.facts /tmp/backup.facts
