@@ -415,7 +415,7 @@ mod tests {
     use crate::archive::backup::{Kind as BackupKind, Parent, back_up};
     use crate::archive::testing::*;
     use crate::safefs::acl_giving;
-    use crate::safefs::treewalk::testing::snapshot;
+    use crate::safefs::treewalk::testing::{snapshot, with_descriptor_limit};
     use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
     use std::os::unix::fs::MetadataExt;
 
@@ -538,6 +538,34 @@ mod tests {
             let generations: Vec<u32> = verified.chain.iter().map(|m| m.generation).collect();
             assert_eq!(generations.first(), Some(&(generations.len() as u32 - 1)));
         }
+    }
+
+    #[test]
+    fn more_files_than_descriptors_to_spare_are_held_then_reopened_and_restore() {
+        // 300 descriptors: the writer holds files open from the listing to the data pass
+        // while 256 stay free, so of these 400 files the first 44 are held and the rest
+        // reopened, in one archive (held all, they would run the listing out of them).
+        with_descriptor_limit(
+            "archive::chain::tests::more_files_than_descriptors_to_spare_are_held_then_reopened_and_restore",
+            300,
+            || {
+                let tmp = tempfile::tempdir().unwrap();
+                let src = tmp.path().join("src");
+                for d in ["a", "b"] {
+                    let dir = src.join("Persistent").join(d);
+                    std::fs::create_dir_all(&dir).unwrap();
+                    for i in 0..200u32 {
+                        let content = format!("{d}{i}").repeat(i as usize + 1);
+                        std::fs::write(dir.join(format!("f{i}")), content).unwrap();
+                    }
+                }
+                let written = write(&src, &tmp.path().join("full.ksb"), None);
+                assert_eq!((written.files, written.warnings.len()), (400, 0));
+                let dest = fresh(tmp.path(), "dest");
+                read_at(&tmp.path().join("full.ksb"), Some(&dest), None).unwrap();
+                assert_eq!(snapshot(&src), snapshot(&dest));
+            },
+        );
     }
 
     #[test]

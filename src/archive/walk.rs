@@ -1,8 +1,10 @@
 //! Writing format 2's plaintext from a folder tree: a first walk writes the listing
 //! (metadata, extended attributes, hard links, and for each file whether its content is
 //! stored here or, unchanged since the previous archive, in an archive of the chain); a
-//! second pass writes the content of the files stored here, in listing order, reopening
-//! each on descriptors from the root without following anything.
+//! second pass writes the content of the files stored here, in listing order, from the
+//! descriptor the listing opened each with (held from one pass to the other while the
+//! process has descriptors to spare), or else reopening it on descriptors from the root
+//! without following anything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -10,6 +12,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
@@ -78,12 +81,67 @@ impl Previous {
 /// A file whose content the data section holds, found by the first walk.
 struct Planned {
     path: Vec<u8>,
+    /// The file as the listing opened it, while descriptors last; else it is reopened.
+    held: Option<Held>,
     /// Device and inode, to tell the same file when it is reopened.
     id: (u64, u64),
     /// Modification time when listed, to tell a file written to since.
     mtime: (i64, i64),
     size: u64,
     extents: Vec<(u64, u64)>,
+}
+
+/// Descriptors kept free of held files in any case: the walk's folders (at most
+/// `MAX_OPEN_DIRS + 3`), the archive's output, and whatever else the process has open.
+const DESCRIPTORS_KEPT_FREE: usize = 256;
+
+/// Files held open across the process, from every backup being written.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// A planned file's descriptor, held from the listing to the data pass. Why: reopening
+/// a file from the root cost an `openat`, an `fstat` and a path walk a file, a third of
+/// the small-file tree's system calls (loopdev-tests/bench/backup).
+struct Held(File);
+
+impl Held {
+    /// Holds `fd` if the process can spare a descriptor for it, counting it; gives it
+    /// back otherwise (the caller closes it, and the data pass reopens the file).
+    fn hold(fd: OwnedFd) -> std::result::Result<Held, OwnedFd> {
+        let limit = descriptor_limit().saturating_sub(DESCRIPTORS_KEPT_FREE);
+        let taken = HELD.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            (held < limit).then_some(held + 1)
+        });
+        match taken {
+            Ok(_) => Ok(Held(File::from(fd))),
+            Err(_) => Err(fd),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The process's soft limit on descriptors, raised to the hard limit the first time it is
+/// asked (the default soft limit, 1024, would hold a few hundred files). It is left
+/// raised: lowering it again while another backup holds descriptors would fail that
+/// backup's next `openat`.
+fn descriptor_limit() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return 0;
+        };
+        let raised = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            hard
+        } else {
+            soft
+        };
+        usize::try_from(raised).unwrap_or(usize::MAX)
+    })
 }
 
 /// Writes a format-2 plaintext of `tops` in `root` (see [`super::write_tree`] for what is
@@ -126,7 +184,7 @@ pub(crate) fn write_tree_v2(
     }
     let planned = std::mem::take(&mut walk.planned);
     let mut dirs = DirStack::new(data_root, root);
-    for file in &planned {
+    for file in planned {
         walk.data(&mut dirs, file)?;
     }
     walk.base.emit(&[ENTRY_END])?;
@@ -246,6 +304,7 @@ impl ListingWriter<'_, '_> {
                 if !extents.is_empty() {
                     self.planned.push(Planned {
                         path: path.to_vec(),
+                        held: Held::hold(fd).ok(),
                         id: inode,
                         mtime: (st.st_mtime, st.st_mtime_nsec),
                         size,
@@ -302,13 +361,24 @@ impl ListingWriter<'_, '_> {
         Ok(())
     }
 
-    /// Writes the content of one planned file: its listed extents, read from the file
-    /// reopened on descriptors from the root. The listing has promised that many bytes,
-    /// so a file that is gone or is another file now is stored as zeros, one that shrank
-    /// is padded with zeros, and one that grew is cut to its listed size: all reported.
-    fn data(&mut self, dirs: &mut DirStack, file: &Planned) -> Result<()> {
-        let (parent, name) = split_path(&file.path);
+    /// Writes the content of one planned file: its listed extents, read from the
+    /// descriptor the listing held, or else from the file reopened on descriptors from the
+    /// root. The listing has promised that many bytes, so a reopened file that is gone or
+    /// is another file now is stored as zeros, one that shrank is padded with zeros, and
+    /// one that grew is cut to its listed size: all reported. A held file is the inode
+    /// listed whatever its name now leads to; what changed in it is reported alike.
+    fn data(&mut self, dirs: &mut DirStack, file: Planned) -> Result<()> {
         let shown_path = self.base.shown(&file.path);
+        if let Some(held) = &file.held {
+            let shrank = self
+                .base
+                .copy_extents(Some(&held.0), &file.extents, &shown_path)?;
+            // After the reading, so that a write during it is seen too.
+            let st = fstat(&held.0).context(at("reading", &shown_path))?;
+            self.report_change(&file, shrank, &st);
+            return Ok(());
+        }
+        let (parent, name) = split_path(&file.path);
         let opened = match dirs.walk_to(parent)? {
             Ok(dir) => match openat(
                 dir,
@@ -330,13 +400,9 @@ impl ListingWriter<'_, '_> {
             let st = fstat(&fd).ok()?;
             let same =
                 st.st_mode & libc::S_IFMT == libc::S_IFREG && (st.st_dev, st.st_ino) == file.id;
-            same.then_some((
-                File::from(fd),
-                st.st_size as u64,
-                (st.st_mtime, st.st_mtime_nsec),
-            ))
+            same.then_some((File::from(fd), st))
         });
-        let Some((opened, size_now, mtime_now)) = same else {
+        let Some((opened, st)) = same else {
             self.base.changed(
                 &file.path,
                 "was removed or replaced while being backed up; its listed content is stored as zeros",
@@ -349,23 +415,29 @@ impl ListingWriter<'_, '_> {
         let shrank = self
             .base
             .copy_extents(Some(&opened), &file.extents, &shown_path)?;
+        self.report_change(&file, shrank, &st);
+        Ok(())
+    }
+
+    /// Says how a file changed since it was listed, from what its reading found (whether
+    /// it ended early) and its status `st` now.
+    fn report_change(&mut self, file: &Planned, shrank: bool, st: &FileStat) {
         if shrank {
             self.base.changed(
                 &file.path,
                 "shrank while being backed up; its missing end is stored as zeros",
             );
-        } else if size_now != file.size {
+        } else if st.st_size as u64 != file.size {
             self.base.changed(
                 &file.path,
                 "changed size while being backed up; stored at its listed size",
             );
-        } else if mtime_now != file.mtime {
+        } else if (st.st_mtime, st.st_mtime_nsec) != file.mtime {
             self.base.changed(
                 &file.path,
                 "was written to while being backed up; stored as it was read",
             );
         }
-        Ok(())
     }
 }
 
@@ -374,15 +446,20 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    /// The data pass over one planned file of 10 bytes that changed after it was listed:
-    /// what it stored and what it said.
-    fn data_after(change: impl FnOnce(&Path)) -> (Vec<u8>, Vec<String>) {
+    /// The data pass over one planned file of 10 bytes that changed after it was listed,
+    /// held open since the listing (`hold`) or reopened: what it stored and what it said.
+    fn data_after(hold: bool, change: impl FnOnce(&Path)) -> (Vec<u8>, Vec<String>) {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("f");
         std::fs::write(&file, b"0123456789").unwrap();
         let meta = std::fs::metadata(&file).unwrap();
+        let held = hold.then(|| {
+            let fd = OwnedFd::from(File::open(&file).unwrap());
+            Held::hold(fd).expect("a descriptor to spare")
+        });
         let planned = Planned {
             path: b"f".to_vec(),
+            held,
             id: (meta.dev(), meta.ino()),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             size: 10,
@@ -408,37 +485,53 @@ mod tests {
         )
         .unwrap();
         let mut dirs = DirStack::new(root, tmp.path());
-        writer.data(&mut dirs, &planned).unwrap();
+        writer.data(&mut dirs, planned).unwrap();
         let warnings = std::mem::take(&mut writer.base.stats.warnings);
         drop(writer);
         (out, warnings)
     }
 
+    /// Made while the file still exists: another inode, renamed over it.
+    fn replace(f: &Path) {
+        let other = f.with_file_name("g");
+        std::fs::write(&other, b"another file").unwrap();
+        std::fs::rename(&other, f).unwrap();
+    }
+
     #[test]
     fn a_file_that_changes_after_it_was_listed_is_stored_at_its_listed_length_and_said() {
-        let (same, warnings) = data_after(|_| {});
-        assert_eq!((&same[..], warnings.len()), (&b"0123456789"[..], 0));
-        let (shrunk, warnings) = data_after(|f| std::fs::write(f, b"0123").unwrap());
-        assert_eq!(shrunk, b"0123\0\0\0\0\0\0");
-        assert!(warnings[0].contains("shrank"), "{warnings:?}");
-        let (grown, warnings) = data_after(|f| std::fs::write(f, b"0123456789abcdef").unwrap());
-        assert_eq!(grown, b"0123456789");
-        assert!(warnings[0].contains("changed size"), "{warnings:?}");
-        let (replaced, warnings) = data_after(|f| {
-            // Made while f still exists: another inode, renamed over it.
-            let other = f.with_file_name("g");
-            std::fs::write(&other, b"another file").unwrap();
-            std::fs::rename(&other, f).unwrap();
-        });
+        for hold in [false, true] {
+            let (same, warnings) = data_after(hold, |_| {});
+            assert_eq!((&same[..], warnings.len()), (&b"0123456789"[..], 0));
+            let (shrunk, warnings) = data_after(hold, |f| std::fs::write(f, b"0123").unwrap());
+            assert_eq!(shrunk, b"0123\0\0\0\0\0\0");
+            assert!(warnings[0].contains("shrank"), "{hold}: {warnings:?}");
+            let (grown, warnings) =
+                data_after(hold, |f| std::fs::write(f, b"0123456789abcdef").unwrap());
+            assert_eq!(grown, b"0123456789");
+            assert!(warnings[0].contains("changed size"), "{hold}: {warnings:?}");
+            let (rewritten, warnings) = data_after(hold, |f| {
+                crate::archive::testing::set_mtime(f, 1, 0);
+            });
+            assert_eq!(rewritten, b"0123456789");
+            assert!(warnings[0].contains("written to"), "{hold}: {warnings:?}");
+        }
+        // Reopened, a file removed or replaced since has no listed content left to read.
+        let (replaced, warnings) = data_after(false, replace);
         assert_eq!(replaced, [0; 10]);
         assert!(warnings[0].contains("replaced"), "{warnings:?}");
-        let (rewritten, warnings) = data_after(|f| {
-            crate::archive::testing::set_mtime(f, 1, 0);
-        });
-        assert_eq!(rewritten, b"0123456789");
-        assert!(warnings[0].contains("written to"), "{warnings:?}");
-        let (gone, warnings) = data_after(|f| std::fs::remove_file(f).unwrap());
+        let (gone, warnings) = data_after(false, |f| std::fs::remove_file(f).unwrap());
         assert_eq!(gone, [0; 10]);
         assert!(warnings[0].contains("removed"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_held_file_removed_or_replaced_after_it_was_listed_is_stored_as_listed() {
+        // The descriptor still reads the inode the listing described, whole and unchanged:
+        // the archive is what the listing says, and nothing is to be reported.
+        let (replaced, warnings) = data_after(true, replace);
+        assert_eq!((&replaced[..], warnings.len()), (&b"0123456789"[..], 0));
+        let (gone, warnings) = data_after(true, |f| std::fs::remove_file(f).unwrap());
+        assert_eq!((&gone[..], warnings.len()), (&b"0123456789"[..], 0));
     }
 }
