@@ -15,7 +15,7 @@ use super::header::{
 };
 use super::stream::{KeylessReader, Writer, fill_random};
 use super::tree::TreeStats;
-use super::walk::{Previous, write_tree_v2};
+use super::walk::{InChain, Previous, write_tree_v2};
 use super::{Error, Result};
 use crate::context::{Context, at};
 use crate::secrets::Secret;
@@ -109,10 +109,13 @@ pub(crate) fn back_up(
     let stats = write_tree_v2(
         root,
         &tops,
-        ids.id,
-        parent_name,
-        previous,
+        InChain {
+            own: ids.id,
+            parent_name,
+            previous,
+        },
         &mut writer,
+        threads,
         progress,
     )?;
     let mut counted = writer.finish()?;

@@ -23,7 +23,8 @@
 //! - `tree.rs`: format 1's entries, written from a folder tree and parsed back, every field
 //!   checked;
 //! - `listing.rs`: format 2's preamble, listing and data section, parsed and checked;
-//! - `walk.rs`: format 2 written from a folder tree, a listing walk then a data pass;
+//! - `walk.rs`: format 2 written from a folder tree, a listing walk then a data pass,
+//!   with `lookahead.rs` looking at the files of the listing on a second thread;
 //! - `chain.rs`: format 2 read alone or as a chain found beside the newest archive;
 //! - `extract.rs`: recreating parsed entries below an empty folder, on descriptors;
 //! - `restore.rs`: staging an extracted archive in the volume and moving it (or single
@@ -38,6 +39,7 @@ mod extract;
 mod fuzz;
 mod header;
 mod listing;
+mod lookahead;
 #[cfg(test)]
 mod oracle;
 pub(crate) mod restore;

@@ -288,6 +288,23 @@ pub(crate) fn walk<E: From<Error>>(
     tops: &[&OsStr],
     visit: &mut Visit<E>,
 ) -> Result<(), E> {
+    walk_around(root, shown_root, tops, visit, &mut |_| Ok(()))
+}
+
+/// What [`walk_around`] says besides each entry: a folder entered, with its entries in the
+/// order they will be visited (`Some`), or the innermost one left (`None`).
+pub(crate) type Around<'a, E> =
+    dyn FnMut(Option<(&OwnedFd, &[(OsString, Listed)])>) -> Result<(), E> + 'a;
+
+/// [`walk`], also telling `around` when it enters a folder (and what it holds) and when
+/// it leaves one, so that a visitor can work ahead on a folder's entries.
+pub(crate) fn walk_around<E: From<Error>>(
+    root: OwnedFd,
+    shown_root: &Path,
+    tops: &[&OsStr],
+    visit: &mut Visit<E>,
+    around: &mut Around<E>,
+) -> Result<(), E> {
     let mut stack = DirStack::new(root, shown_root);
     let mut tops = tops.iter();
     // For each folder entered: its entries not visited yet, and the length of the path of
@@ -305,6 +322,7 @@ pub(crate) fn walk<E: From<Error>>(
                 Some((_, outer_len)) => {
                     path.truncate(outer_len);
                     stack.pop()?;
+                    around(None)?;
                     continue;
                 }
             }
@@ -319,6 +337,7 @@ pub(crate) fn walk<E: From<Error>>(
                 stack.push(&name, fd)?;
                 let shown = shown_root.join(OsStr::from_bytes(&path));
                 let entries = list_dir_typed(stack.top()?, &shown)?;
+                around(Some((stack.top()?, &entries)))?;
                 pending.push((entries.into_iter(), outer_len));
             }
             None => path.truncate(outer_len),
