@@ -2,12 +2,13 @@
 """Turns the measurements of loopdev-tests/bench/backup into docs/backup-benchmarks.md and
 the plot beside it (SVG, written here by hand: no plotting library).
 
-    backup-report.py SAMPLES OUT_FILE RUNS OPENSSL_BYTES_PER_S THREADS HOST
+    backup-report.py SAMPLES OUT_FILE RUNS OPENSSL_BYTES_PER_S THREADS HOST [BUSY_BEFORE BUSY_AFTER]
 """
 import os, statistics, sys
 from collections import defaultdict
 
 samples_path, out, runs, ossl, threads, host = sys.argv[1:7]
+busy_before, busy_after = (sys.argv[7:9] + ["unknown", "unknown"])[:2]
 samples, size = defaultdict(list), {}
 for line in open(samples_path):
     tree, key, value = line.split()
@@ -90,14 +91,16 @@ data in tmpfs, backed up and restored by keepsake's archive code (examples/archi
 the same code as `keepsake backup` and `restore`, without a volume around it; key
 derivation excluded by a small argon2id cost). `keepsake backup` writes format 2 (a
 listing of every entry with its attributes, then the data: two passes over the tree, about
-8 system calls a file where format 1 needs 4); format 1, which restore still reads, is
+6 system calls a file where format 1 needs 4, the listing's on two threads, the data read
+from the descriptors the listing opened); format 1, which restore still reads, is
 timed beside it, and the restores are of format 1 archives, side by side in the same runs with
 `tar | age` on the same tree, the backups also with `tar --xattrs --acls | age` (tar keeping
 the extended attributes and ACLs format 2 keeps: docs/sync-benchmarks.md's tar baseline;
 the first ratio, against plain `tar | age`, is the one issue 26's goal is judged by), and against the cipher's single-core speed as
 `openssl speed -evp chacha20-poly1305` (16 KiB blocks) reports it: {o:.0f} MiB/s.
 
-Host: {host}. keepsake runs with {threads} threads (one per CPU, the default: the thread
+Host: {host}; its CPUs were {busy_before} busy with other work just before the runs and
+{busy_after} just after (3 s each). keepsake runs with {threads} threads (one per CPU, the default: the thread
 reading and writing the files, which seals or opens a batch itself rather than wait, and
 {int(threads) - 1} more, which also write the sealed archive out in order; a restore writes
 the files on one more) and with one; its archive stream then takes at most
