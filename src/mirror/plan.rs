@@ -56,7 +56,8 @@ const INLINE_TARGET: usize = 60;
 /// its extents once written, join the running transaction, never a later one than the
 /// rename's. A `syncfs` would do the same, at the cost of a journal commit of its own,
 /// which writes again every block the rest of the run touches after it (the work folder,
-/// its inodes, the bitmaps): a third of what a small run writes.
+/// its inodes, the bitmaps): a quarter of what a small run wrote (loopdev-tests/bench/sync,
+/// 1 % of the files changed in three folders: 0.86 MiB with it, 0.62 MiB without).
 pub(crate) enum Durable {
     /// The staged files, each one's writeback started when it was copied.
     Files(Vec<File>),
