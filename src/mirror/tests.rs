@@ -197,14 +197,29 @@ fn states(r: &Report) -> Vec<(String, TopState)> {
     r.tops.iter().map(|t| (t.name.clone(), t.state)).collect()
 }
 
-fn root_only() -> bool {
-    nix::unistd::geteuid().is_root()
+/// Whether the test can run: owners can only be given as root. Says so when it cannot.
+fn as_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: owners can only be given as root");
+    }
+    root
+}
+
+/// A pair whose first backup is made, as most tests start; `None` (said) without root.
+fn backed_up() -> Option<Pair> {
+    if !as_root() {
+        return None;
+    }
+    let p = pair();
+    run(&p, &mut quiet()).unwrap();
+    Some(p)
 }
 
 #[test]
 fn a_first_backup_carries_every_fact() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     let r = run(&p, &mut quiet()).unwrap();
@@ -236,11 +251,7 @@ fn a_first_backup_carries_every_fact() {
 
 #[test]
 fn a_second_backup_copies_only_what_changed() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
-    }
-    let p = pair();
-    run(&p, &mut quiet()).unwrap();
+    let Some(p) = backed_up() else { return };
     let ino = |r: &str| std::fs::metadata(p.dst.join(r)).unwrap().ino();
     let (big, bashrc) = (ino("Persistent/deep/er/big.bin"), ino("dotfiles/.bashrc"));
 
@@ -288,11 +299,7 @@ fn a_second_backup_copies_only_what_changed() {
 
 #[test]
 fn a_metadata_change_is_set_in_place() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
-    }
-    let p = pair();
-    run(&p, &mut quiet()).unwrap();
+    let Some(p) = backed_up() else { return };
     let before = std::fs::metadata(p.dst.join("dotfiles/.bashrc")).unwrap();
     std::fs::set_permissions(
         p.src.join("dotfiles/.bashrc"),
@@ -314,11 +321,7 @@ fn a_metadata_change_is_set_in_place() {
 
 #[test]
 fn two_files_the_source_keeps_apart_are_not_joined_by_an_old_link() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
-    }
-    let p = pair();
-    run(&p, &mut quiet()).unwrap();
+    let Some(p) = backed_up() else { return };
     // Break the link in the source: same bytes, same times, two inodes.
     let a = p.src.join("Persistent/note.txt");
     let b = p.src.join("Persistent/deep/note-again");
@@ -345,8 +348,8 @@ fn two_files_the_source_keeps_apart_are_not_joined_by_an_old_link() {
 
 #[test]
 fn a_run_stopped_anywhere_leaves_each_folder_old_or_new() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     // The old backup is made from another tree of the same shape (other times, so every
@@ -437,11 +440,7 @@ fn stopped_after_each_copy(src: &Path, was: &Path, dst: &Path, stops: u64) -> Ve
 /// Negative control of the test above: its comparison tells a mix from either side.
 #[test]
 fn a_mixed_folder_is_told_from_old_and_new() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
-    }
-    let p = pair();
-    run(&p, &mut quiet()).unwrap();
+    let Some(p) = backed_up() else { return };
     let old = facts_of(&p.dst);
     std::fs::write(p.src.join("Persistent/a"), b"a").unwrap();
     std::fs::write(p.src.join("Persistent/b"), b"b").unwrap();
@@ -521,8 +520,8 @@ fn folder_times_match(src: &Path, dst: &Path) {
 
 #[test]
 fn a_deep_change_writes_that_file_alone() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     branches(&p.src);
@@ -553,8 +552,8 @@ fn a_deep_change_writes_that_file_alone() {
 
 #[test]
 fn changes_in_two_folders_write_those_files_alone() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     branches(&p.src);
@@ -581,8 +580,8 @@ fn changes_in_two_folders_write_those_files_alone() {
 
 #[test]
 fn a_folder_whose_own_facts_changed_gets_them_in_place() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     branches(&p.src);
@@ -599,8 +598,8 @@ fn a_folder_whose_own_facts_changed_gets_them_in_place() {
 
 #[test]
 fn a_new_name_for_a_linked_file_keeps_every_name_one_file() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     branches(&p.src);
@@ -629,8 +628,8 @@ fn a_new_name_for_a_linked_file_keeps_every_name_one_file() {
 
 #[test]
 fn a_run_stopped_anywhere_in_a_deep_change_leaves_the_previous_backup() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     branches(&p.src);
@@ -653,8 +652,8 @@ fn a_run_stopped_anywhere_in_a_deep_change_leaves_the_previous_backup() {
 /// the new backup, whole.
 #[test]
 fn a_plan_cut_short_at_any_step_is_finished_by_the_next_opening() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     branches(&p.src);
@@ -728,11 +727,7 @@ fn a_plan_cut_short_at_any_step_is_finished_by_the_next_opening() {
 
 #[test]
 fn a_run_cut_before_its_commit_is_rolled_back() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
-    }
-    let p = pair();
-    run(&p, &mut quiet()).unwrap();
+    let Some(p) = backed_up() else { return };
     let old = facts_of(&p.dst);
     // What a cut leaves before the plan's rename: staged files and plan.new.
     let work = p.dst.join(".keepsake-sync");
@@ -766,8 +761,8 @@ fn a_run_cut_before_its_commit_is_rolled_back() {
 
 #[test]
 fn leftovers_of_a_killed_run_are_removed_first() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     std::fs::create_dir_all(p.dst.join(".keepsake-sync-new.Persistent/half")).unwrap();
@@ -783,8 +778,8 @@ fn leftovers_of_a_killed_run_are_removed_first() {
 
 #[test]
 fn a_file_that_changes_while_copied_is_copied_again() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     let victim = p.src.join("Persistent/deep/er/big.bin");
@@ -810,8 +805,8 @@ fn a_file_that_changes_while_copied_is_copied_again() {
 
 #[test]
 fn a_file_that_never_holds_still_is_named() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     let victim = p.src.join("Persistent/deep/er/big.bin");
@@ -833,8 +828,8 @@ fn a_file_that_never_holds_still_is_named() {
 
 #[test]
 fn a_symlink_swapped_in_is_not_followed() {
-    if !root_only() {
-        return eprintln!("skipped: owners can only be given as root");
+    if !as_root() {
+        return;
     }
     let p = pair();
     let secret = p.src.parent().unwrap().join("root-only");
