@@ -6,9 +6,10 @@
 # previous backup or the new one, or the cut fell after the commit and the next backup
 # finishes it first;
 # while the live user rewrites files and swaps symlinks during a backup, every copy is one
-# whole version (or named as changing) and nothing root-only is read through a link. At the
-# end the backup stick passes Tails' rules for persistence.conf and unlocks with keepsake as
-# a working Persistent Storage holding exactly the source's files and facts.
+# whole version (or named as changing) and nothing root-only is read through a link, in the
+# sync and in an archive made meanwhile. At the end the backup stick passes Tails' rules for
+# persistence.conf and unlocks with keepsake as a working Persistent Storage holding exactly
+# the source's files and facts.
 #
 # Power cuts at KS_SYNC_CUTS_MS (default "0 150 400 800 1400") ms after the backup makes its
 # work folder (the host looks at the console every 200 ms, which adds up to that much):
@@ -321,12 +322,19 @@ ks_live_user_during_a_backup() {
     while [ ! -s $p/churn/f1 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i + 1)); done
     ks_assert "the live user is writing" test -s $p/churn/f1
     ks_expect_rc 0 "a backup while the live user rewrites files and swaps a symlink" -- ks_sync
+    cp /tmp/ks-cmd.out /tmp/ks-sync.out
+    # The archive's walk too: it holds each file open from its listing to its data, and a
+    # second thread opens files ahead of the listing. It reads each file once: one read
+    # while the file was rewritten is named in its report.
+    ks_expect_rc 0 "an archive while the live user does the same" -- \
+        keepsake backup /tmp/churn.ksb --key-file $KS_BPASS --archive-kdf-memory 8192 --archive-kdf-iterations 1
+    cp /tmp/ks-cmd.out /tmp/ks-archive.out
     kill $writer; wait $writer 2>/dev/null
     ks_backup_open
     # The live user rewrites in place (truncate, then write), so each instant's content
     # is a prefix of one version: a copy must be one of those, never two versions mixed.
     for f in 1 2 3; do
-        if grep -q "churn/f$f" /tmp/ks-cmd.out; then
+        if grep -q "churn/f$f" /tmp/ks-sync.out; then
             ks_log "churn/f$f was named as changing every time it was copied"
         else
             local b=/mnt/backup/Persistent/churn/f$f
@@ -338,7 +346,23 @@ ks_live_user_during_a_backup() {
     ks_assert "nothing root-only was read through the live user's symlink" \
         sh -c "! grep -r -q -F '$(ks_in canary)' /mnt/backup"
     ks_backup_close
-    rm -rf $p/churn
+    # The archive's copy of churn, put back in its place: the same two checks.
+    ks_expect_rc 0 "restore churn from the archive" -- \
+        keepsake restore /tmp/churn.ksb --path Persistent/churn --overwrite --key-file $KS_BPASS
+    for f in 1 2 3; do
+        local b=$p/churn/f$f
+        [ -e $b ] || { ks_log "churn/f$f was left out of the archive"; continue; }
+        if grep -q "churn/f$f" /tmp/ks-archive.out; then
+            ks_log "archive: $(grep "churn/f$f" /tmp/ks-archive.out | head -n 1)"
+            continue
+        fi
+        yes "$(head -n 1 $b)" | head -n 30000 | head -c "$(stat -c %s $b)" > /tmp/version
+        ks_assert "archived churn/f$f is what the file held at one moment: $(stat -c %s $b) bytes of '$(head -n 1 $b)'" \
+            cmp -s /tmp/version $b
+    done
+    ks_assert "nothing root-only was read into the archive through the live user's symlink" \
+        sh -c "! grep -r -q -F '$(ks_in canary)' $p/churn"
+    rm -rf $p/churn /tmp/churn.ksb
     ks_expect_rc 0 "the next backup" -- ks_sync
 }
 
