@@ -425,6 +425,12 @@ h10_no_watcher() {
     return 1
 }
 
+# h10_took VAR: VAR is the last run's time if it ran whole (exit 0), or, after h10_signal,
+# if keepsake caught the signal and finished (its own 128+N).
+h10_took() {
+    [ "$H_RC" -eq 0 ] || { [ "$H_RC" -gt 128 ] && [ "$H10_DIED" = 0 ]; } && eval "$1=$H_MS"
+}
+
 h_class10() {
     h_class_begin 10 "SIGINT, SIGTERM, SIGHUP during restore, unlock, feature changes and lock; what a SIGKILL leaves"
     # Persistent active, as the user has it: the archives are made from there.
@@ -497,7 +503,11 @@ h_class10() {
     # unlock, feature enable, feature disable and lock, each signal at 30% and 70% of each:
     # the signal waits for the journal, the command finishes and exits 128+N (keepsake's
     # own exit: one the signal ended did not wait for anything), the volume or the feature
-    # is whole one way or the other, and the next command works.
+    # is whole one way or the other, and the next command works. Each command's time is
+    # the one of its last whole run, not of a run minutes before: the host's load drifts
+    # (a signal at 30% of a stale, short time lands before keepsake's handler is set; one
+    # at 70% of a stale, long time lands after the command ended), and each step below
+    # runs the command whole once anyway.
     h_run 120 keepsake lock
     local lock_ms=$H_MS unlock_ms enable_ms disable_ms whole pct
     h_unlock; unlock_ms=$H_MS
@@ -513,24 +523,27 @@ h_class10() {
             h10_unlocked_whole && whole="unlocked whole" || { h10_locked_whole && whole="locked whole" || whole="neither"; }
             h_attack "SIG$sig at $pct% of unlock (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), $whole" \
                 h10_whole_after $want "locked whole"
-            h10_unlocked_whole || h_unlock
+            if h10_unlocked_whole; then h10_took unlock_ms; else h_unlock; h10_took unlock_ms; fi
             h10_signal $((enable_ms * pct / 100)) $sig keepsake feature enable gnupg
             whole=$(h10_gnupg)
             h_attack "SIG$sig at $pct% of feature enable gnupg (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), gnupg $whole" \
                 h10_whole_after $want off
             h_run 120 keepsake feature enable gnupg
             h_check "[10] the next feature enable exits $H_RC, gnupg $(h10_gnupg)" eval '[ "$H_RC" -eq 0 ] && [ "$(h10_gnupg)" = on ]'
+            h10_took enable_ms
             h10_signal $((disable_ms * pct / 100)) $sig keepsake feature disable gnupg
             whole=$(h10_gnupg)
             h_attack "SIG$sig at $pct% of feature disable gnupg (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), gnupg $whole" \
                 h10_whole_after $want on
             h_run 120 keepsake feature disable gnupg
             h_check "[10] the next feature disable exits $H_RC, gnupg $(h10_gnupg)" eval '[ "$H_RC" -eq 0 ] && [ "$(h10_gnupg)" = off ]'
+            h10_took disable_ms
             h10_signal $((lock_ms * pct / 100)) $sig keepsake lock
             h10_locked_whole && whole="locked whole" || { h10_unlocked_whole && whole="unlocked whole" || whole="neither"; }
             h_attack "SIG$sig at $pct% of lock (sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want from keepsake, or 0 unsent), $whole" \
                 h10_whole_after $want "unlocked whole"
             h_lock
+            h10_took lock_ms
             h_attack "the next lock exits $H_RC, no mapping, no mount" eval '[ "$H_RC" -eq 0 ] && h10_locked_whole'
         done
         caught=$H10_CAUGHT
