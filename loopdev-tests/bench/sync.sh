@@ -152,12 +152,19 @@ sy_verify_luks() {
 
 # rsync between the unlocked volume and a bare LUKS2 volume, opened and mounted by hand: the
 # first time on a new partition of a stick laid out as a live stick, with a new volume
-# (sfdisk + luksFormat + mkfs.ext4), as keepsake's --create does.
+# (sfdisk + luksFormat + mkfs.ext4), as keepsake's --create does. rsync-staged is the same
+# with --delay-updates: every update is written beside its target first and all are
+# renamed into place at the end, the pattern of keepsake's staging and commit (which a
+# plain rsync, writing and renaming one file after the other, does not follow).
 rsync_reset() { sy_drop_partition bkrsync; }
+rsync_staged_reset() { sy_drop_partition bkrsyncs; }
+# sy_rsync KIND ROUND [STICK [NAME [OPTION...]]]: one rsync run onto STICK (default bkrsync),
+# whose times are kept under NAME (default rsync).
 sy_rsync() {
-    local kind=$1 r=$2 disk part t0 w0 rc
-    disk=/dev/$(sy_disk bkrsync); part=$(sy_part bkrsync 2)
-    t0=$(sy_ns); w0=$(sy_sectors bkrsync 7)
+    local kind=$1 r=$2 stick=${3:-bkrsync} name=${4:-rsync} disk part t0 w0 rc
+    shift 2; [ $# -gt 0 ] && shift; [ $# -gt 0 ] && shift
+    disk=/dev/$(sy_disk "$stick"); part=$(sy_part "$stick" 2)
+    t0=$(sy_ns); w0=$(sy_sectors "$stick" 7)
     if [ "$kind" = first ]; then
         echo 'type=8DA63339-0007-60C0-C436-083AC8230908, name="TailsData"' | sfdisk -q --append "$disk" || return 1
         sy_wait test -b "$part" || return 1
@@ -168,18 +175,21 @@ sy_rsync() {
         mkfs.ext4 -q -L TailsData /dev/mapper/rbk || return 1
         # What making the volume took and wrote, before any file.
         sync
-        sy_part_time rsync-create first "$r" $(( ($(sy_ns) - t0) / 1000000 )) $(( ($(sy_sectors bkrsync 7) - w0) * 512 ))
+        sy_part_time "$name-create" first "$r" $(( ($(sy_ns) - t0) / 1000000 )) $(( ($(sy_sectors "$stick" 7) - w0) * 512 ))
     fi
     mkdir -p /mnt/rbk && mount /dev/mapper/rbk /mnt/rbk || return 1
     t0=$(sy_ns)
-    rsync -aHAX --delete "$SY_SRC/" /mnt/rbk/
+    rsync -aHAX --delete "$@" "$SY_SRC/" /mnt/rbk/
     rc=$?
-    sy_part_time rsync-alone "$kind" "$r" $(( ($(sy_ns) - t0) / 1000000 ))
+    sy_part_time "$name-alone" "$kind" "$r" $(( ($(sy_ns) - t0) / 1000000 ))
     umount /mnt/rbk && cryptsetup close rbk && return $rc
 }
 rsync_first() { measure rsync first "$1" bkrsync sy_rsync first "$1"; }
 rsync_inc() { measure rsync "$2" "$1" bkrsync sy_rsync "$2" "$1"; }
 rsync_verify() { sy_verify_luks rsync "$1" "$2" "$(sy_part bkrsync 2)"; }
+rsync_staged_first() { measure rsync-staged first "$1" bkrsyncs sy_rsync first "$1" bkrsyncs rsync-staged --delay-updates; }
+rsync_staged_inc() { measure rsync-staged "$2" "$1" bkrsyncs sy_rsync "$2" "$1" bkrsyncs rsync-staged --delay-updates; }
+rsync_staged_verify() { sy_verify_luks rsync-staged "$1" "$2" "$(sy_part bkrsyncs 2)"; }
 
 # restic into a repository on the second stick (plain ext4); no cache: a live system's
 # would be in RAM and gone at the next boot. restic finds the parent snapshot itself.
@@ -256,6 +266,72 @@ sy_change() {
     sync
 }
 
+# ---- --blocks: what each sync's incremental backups of round 1 wrote, block by block ----
+# The kernel's block_bio_queue events on the device-mapper devices (the backup's plaintext,
+# in 512-byte sectors) while the backup runs; then each 4 KiB block written is named from
+# the volume itself, opened read-only: a file's data, a folder's, the journal's, an inode
+# table's, a bitmap's, the superblock's and group descriptors', or free now (written, then
+# freed before the end: a staged file's or plan's that was removed).
+SY_T=/sys/kernel/tracing
+sy_trace_on() {
+    [ -e $SY_T/trace ] || mount -t tracefs nodev $SY_T || return 1
+    echo 0 > $SY_T/tracing_on; echo > $SY_T/trace; echo 16384 > $SY_T/buffer_size_kb
+    echo 1 > $SY_T/events/block/block_bio_queue/enable && echo 1 > $SY_T/tracing_on
+}
+# sy_trace_off FILE: the writes traced, as "MAJOR,MINOR SECTOR COUNT" lines, into FILE.
+sy_trace_off() {
+    echo 0 > $SY_T/tracing_on
+    grep -o 'block_bio_queue: [0-9]*,[0-9]* W[A-Z]* [0-9]* + [0-9]*' $SY_T/trace | awk '{print $2, $4, $6}' > "$1"
+    echo > $SY_T/trace
+}
+# sy_blocks CONTENDER KIND TRACE PART: the blocks the trace's writes to a dm device other
+# than the source's hit, named; printed as KS-OUT blocks=CONTENDER KIND CLASS COUNT.
+sy_blocks() {
+    local c=$1 kind=$2 src dm blocks
+    src=$(findmnt -n -o MAJ:MIN "$SY_SRC" | tr ':' ',')
+    dm=$(awk '$2 == "device-mapper" {print $1}' /proc/devices)
+    awk -v src="$src" -v dm="$dm" 'index($1, dm ",") == 1 && $1 != src { for (s = $2; s < $2 + $3; s += 8) print int(s / 8) }' "$3" \
+        | sort -un > /tmp/sy-blocks
+    blocks=$(wc -l < /tmp/sy-blocks)
+    cryptsetup open --readonly --key-file "$SY_BPASS" "$4" blk || { echo "KS-FAIL $c $kind: cannot open $4 to name blocks"; return 1; }
+    mkdir -p /mnt/blk && mount -o ro /dev/mapper/blk /mnt/blk || { cryptsetup close blk; echo "KS-FAIL $c $kind: cannot mount"; return 1; }
+    $SY_FIND /mnt/blk -xdev -type d -printf '%i\n' > /tmp/sy-dirs
+    debugfs -R stats /dev/mapper/blk 2>/dev/null > /tmp/sy-stats
+    debugfs -R "icheck $(tr '\n' ' ' < /tmp/sy-blocks)" /dev/mapper/blk 2>/dev/null | awk 'NR > 1' > /tmp/sy-owners
+    awk -v c="$c" -v kind="$kind" '
+        FILENAME == "/tmp/sy-dirs" { dir[$1] = 1; next }
+        FILENAME == "/tmp/sy-stats" {
+            if ($0 ~ /^Inode blocks per group:/) per = $NF
+            if ($0 ~ /block bitmap at/) {
+                gsub(/,/, ""); bb[$6] = 1; ib[$10] = 1; it[$14] = 1
+                if (first == "" || $6 < first) first = $6
+            }
+            next }
+        {   b = $1; o = $2
+            if (o == 8) k = "journal"
+            else if (o == 7 || b < first) k = "superblock, group descriptors"
+            else if (o ~ /^[0-9]+$/) k = (o in dir) ? "folders" : "files"
+            else if (b in bb) k = "block bitmaps"
+            else if (b in ib) k = "inode bitmaps"
+            else { k = "free now"; for (t in it) if (b >= t + 0 && b < t + per) k = "inode tables" }
+            n[k]++ }
+        END { for (k in n) print "KS-OUT blocks=" c " " kind " " n[k] " " k }' /tmp/sy-dirs /tmp/sy-stats /tmp/sy-owners
+    echo "KS-OUT blocks=$c $kind $blocks all"
+    umount /mnt/blk; cryptsetup close blk
+}
+# sy_inc_traced CONTENDER ROUND KIND: the contender's incremental backup, traced and named
+# (the sync contenders, round 1, with --blocks), or just run.
+sy_inc_traced() {
+    local part rc
+    case $1 in keepsake-sync) part=$(sy_part bksync 2) ;; rsync) part=$(sy_part bkrsync 2) ;; rsync-staged) part=$(sy_part bkrsyncs 2) ;; esac
+    if [ "$(ks_in blocks)" != 1 ] || [ "$2" != 1 ] || [ -z "${part:-}" ]; then "$(sy_fn "$1")_inc" "$2" "$3"; return; fi
+    sy_trace_on || ks_fail "tracefs"
+    "$(sy_fn "$1")_inc" "$2" "$3"; rc=$?
+    sy_trace_off "/tmp/sy-trace-$1-$3"
+    [ $rc -eq 0 ] && sy_blocks "$1" "$3" "/tmp/sy-trace-$1-$3" "$part"
+    return $rc
+}
+
 # The contender's function prefix: keepsake-sync -> ks_sync, tar-age -> tar_age.
 sy_fn() { echo "$1" | sed 's/^keepsake-/ks_/; s/-/_/g'; }
 
@@ -318,7 +394,7 @@ guest_all() {
         for kind in inc clus; do
             sy_change "$r" "$kind"
             for c in $order; do
-                [ -e "/tmp/sy-broken-$c" ] || "$(sy_fn "$c")_inc" "$r" "$kind" || touch "/tmp/sy-broken-$c"
+                [ -e "/tmp/sy-broken-$c" ] || sy_inc_traced "$c" "$r" "$kind" || touch "/tmp/sy-broken-$c"
             done
             ks_log "round $r: incremental backups ($kind) done at $(( ($(sy_ns) - t0) / 1000000000 )) s"
             if [ "$verify" = all ] || { [ "$verify" = first ] && [ "$r" = 1 ]; }; then
