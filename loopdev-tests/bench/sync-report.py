@@ -247,9 +247,9 @@ On a larger volume ext4 gives a new top-level folder such as `.keepsake-sync` th
 group with the fewest folders, away from the tree, where the staged inodes sit side by side
 in a few blocks. Measured on 2026-12-07 (`--blocks`, one round): with 1 GiB sticks the
 clustered change cost keepsake 31 inode-table blocks against rsync's 16 (and the journal 44
-against 27), 0.66 MiB against 0.52 MiB (1.27×); with 8 GiB sticks 11 against 16, 0.51 MiB
+against 27), 0.65 MiB against 0.52 MiB (1.26×); with 8 GiB sticks 11 against 16, 0.51 MiB
 against 0.52 MiB (0.98×). The files' own blocks were the same (75) each time. rsync with
-`--delay-updates`, which stages like keepsake, wrote 0.74 MiB on the 1 GiB stick (42
+`--delay-updates`, which stages like keepsake, wrote 0.72 MiB on the 1 GiB stick (42
 inode-table blocks). This run's sticks: {stick_text}.""")
 if "keepsake-archive" in contenders and run["ksarch_mode"] == "full":
     notes.append("This keepsake's archive (format 1) keeps no extended attributes, no ACLs and no hard "
