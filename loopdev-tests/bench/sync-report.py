@@ -227,7 +227,8 @@ block written then named from the volume itself, opened read-only (`debugfs iche
 the group layout): a file's data, a folder's, the journal's (each changed metadata block
 is written twice under ext4's ordered journal: into the journal, then in place), an inode
 table's, a bitmap's, the superblock's and group descriptors'; "free now" is a block
-written and freed before the end (a work file's, a plan's).
+written and freed before the end (a work file's, a plan's). The tracing runs during these
+backups, so their times in round 1 include its cost; the other rounds are not traced.
 
 {chr(10).join(block_rows)}
 """)
