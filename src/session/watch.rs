@@ -181,16 +181,30 @@ pub fn arm(mapping: &str, on_removal: OnRemoval, layout: &str) -> Result<Watch, 
     }
 }
 
+/// The watcher's first line, if it comes within `timeout`. A signal does not cut the wait
+/// short: poll(2) returns EINTR after any handler, SA_RESTART or not, and unlock's handler
+/// only records a stop signal for later. Giving up there would kill a watcher about to say
+/// "armed" and leave the volume unwatched, after a SIGHUP the live user can send through
+/// sudo at the right moment.
 fn read_line_within(stdout: std::process::ChildStdout, timeout: Duration) -> Option<String> {
-    let mut poll = libc::pollfd {
-        fd: stdout.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd that lives across the call.
-    let n = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as i32) };
-    if n <= 0 {
-        return None;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut poll = libc::pollfd {
+            fd: stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: one pollfd that lives across the call.
+        let n = unsafe { libc::poll(&mut poll, 1, left.as_millis() as i32) };
+        if n > 0 {
+            break;
+        }
+        let interrupted =
+            n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
+        if !interrupted || left.is_zero() {
+            return None;
+        }
     }
     let mut line = String::new();
     std::io::BufReader::new(stdout).read_line(&mut line).ok()?;
@@ -449,6 +463,46 @@ fn detach_from_output() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A signal while unlock waits for the watcher's first line (a stop signal, which
+    /// unlock's handler only records) does not end the wait: the line that comes after
+    /// it is read.
+    #[test]
+    fn a_signal_during_the_wait_for_the_watchers_line_does_not_end_it() {
+        extern "C" fn record(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, for a signal nothing else in the tests uses;
+        // SA_RESTART as unlock's own, which poll(2) ignores.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = record as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (read, write) = nix::unistd::pipe().unwrap();
+        // SAFETY: the calling thread's own id.
+        let waiting = unsafe { libc::pthread_self() };
+        let watcher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: the waiting thread is blocked in read_line_within until the line comes.
+            assert_eq!(unsafe { libc::pthread_kill(waiting, libc::SIGUSR2) }, 0);
+            std::thread::sleep(Duration::from_millis(300));
+            // Fails only once the reader gave up, which the assertion below says.
+            let _ = File::from(write).write_all(b"armed {}\n");
+        });
+        let line = read_line_within(
+            std::process::ChildStdout::from(read),
+            Duration::from_secs(10),
+        );
+        watcher.join().unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("armed {}"),
+            "the wait ended at the signal"
+        );
+    }
 
     #[test]
     fn armed_means_a_state_file_whose_lock_is_held() {
