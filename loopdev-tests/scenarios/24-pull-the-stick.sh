@@ -128,6 +128,18 @@ guest_pull() {
     ks_assert "  and status says it is not watched" grep -q "NOT WATCHED" /tmp/status.out
     ks_expect_rc 0 "lock" -- keepsake lock
     rmdir /run/keepsake/watch.TailsData_unlocked.json
+    # A watcher that does not arm in time: strace holds it in the ftruncate of its state
+    # file (created and locked by then) past unlock's 20 s. Unlock kills it and must remove
+    # the file it could not: a file there, held by nobody, is debris of a watcher that was.
+    local state=/run/keepsake/watch.TailsData_unlocked.json
+    ks_expect_rc 0 "unlock, the watcher held before it arms: unlocked" -- \
+        strace -f -qq -o /dev/null -P $state -e trace=ftruncate \
+        -e inject=ftruncate:delay_exit=40000000 keepsake unlock --key-file "$KS_PASS_FILE"
+    ks_assert "  it says the watcher did not arm in time" grep -q "did not arm within 20 s" /tmp/ks-cmd.out
+    ks_assert "  with the loud warning" grep -q "WARNING: pulling the stick will NOT wipe the key" /tmp/ks-cmd.out
+    ks_assert "  the watcher is gone" sh -c '! ps -o args | grep -q "watch --serv[e]"'
+    ks_assert "  and so is the state file it left" [ ! -e $state ]
+    ks_expect_rc 0 "lock" -- keepsake lock
     # Unlocked from a shell in a session of its own, as a terminal would: the terminal
     # then closes (SIGHUP to its whole process group).
     setsid sh -c "keepsake unlock --key-file $KS_PASS_FILE > /tmp/unlock.out 2>&1; echo \$? > /tmp/unlock.rc; sleep 60" &

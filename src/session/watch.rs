@@ -85,6 +85,27 @@ fn status_of(path: &Path) -> WatchStatus {
     }
 }
 
+/// Removes the state file at `path` if no watcher holds its lock: a watcher killed before
+/// it could remove it. One that holds it keeps it.
+fn remove_if_stale(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = File::open(path) else {
+        return;
+    };
+    let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    else {
+        return;
+    };
+    // Still the file at that name (not one a new watcher just put there), while locked.
+    let same = std::fs::symlink_metadata(path)
+        .ok()
+        .zip(lock.metadata().ok())
+        .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
+    if same {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// The report of the wipe after `mapping`'s stick was last pulled, if any.
 pub fn last_wipe(mapping: &str) -> Option<Wiped> {
     serde_json::from_slice(&std::fs::read(wiped_path(mapping)).ok()?).ok()
@@ -167,6 +188,9 @@ pub fn arm(mapping: &str, on_removal: OnRemoval, layout: &str) -> Result<Watch, 
         other => {
             let _ = child.kill();
             let _ = child.wait();
+            // Killed, it could not remove the state file it may have written: a file
+            // nobody holds would sit in /run/keepsake as if a watcher had been there.
+            remove_if_stale(&state_path(mapping));
             let mut why = String::new();
             let _ = std::io::Read::read_to_string(&mut { stderr }, &mut why);
             let why = why.trim();
@@ -533,5 +557,23 @@ mod tests {
         assert_eq!(s.devices, ["sdb2"]);
         drop(held);
         assert!(!status_of(&path).armed, "the lock let go: not armed");
+    }
+
+    #[test]
+    fn only_a_state_file_nobody_holds_is_removed_as_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("watch.vol.json");
+        std::fs::write(&path, b"{}").unwrap();
+        let held = nix::fcntl::Flock::lock(
+            File::open(&path).unwrap(),
+            nix::fcntl::FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        remove_if_stale(&path);
+        assert!(path.exists(), "a watcher's own file, held, is kept");
+        drop(held);
+        remove_if_stale(&path);
+        assert!(!path.exists(), "a file nobody holds is removed");
+        remove_if_stale(&path);
     }
 }
