@@ -304,6 +304,14 @@ guest_first() {
     ks_expect_rc 0 "lock" -- keepsake lock
 }
 
+# The live user rewrites in place (truncate, then write), so each instant's content is a
+# prefix of one version: a copy, FILE, must be one of those, never two versions mixed.
+ks_one_version() { # LABEL FILE
+    yes "$(head -n 1 "$2")" | head -n 30000 | head -c "$(stat -c %s "$2")" > /tmp/version
+    ks_assert "$1 is what the file held at one moment: $(stat -c %s "$2") bytes of '$(head -n 1 "$2")'" \
+        cmp -s /tmp/version "$2"
+}
+
 # The live user rewrites files and swaps a symlink in and out while a backup runs.
 ks_live_user_during_a_backup() {
     local p=$KS_PERSISTENT f rc
@@ -331,16 +339,11 @@ ks_live_user_during_a_backup() {
     cp /tmp/ks-cmd.out /tmp/ks-archive.out
     kill $writer; wait $writer 2>/dev/null
     ks_backup_open
-    # The live user rewrites in place (truncate, then write), so each instant's content
-    # is a prefix of one version: a copy must be one of those, never two versions mixed.
     for f in 1 2 3; do
         if grep -q "churn/f$f" /tmp/ks-sync.out; then
             ks_log "churn/f$f was named as changing every time it was copied"
         else
-            local b=/mnt/backup/Persistent/churn/f$f
-            yes "$(head -n 1 $b)" | head -n 30000 | head -c "$(stat -c %s $b)" > /tmp/version
-            ks_assert "churn/f$f is what the file held at one moment: $(stat -c %s $b) bytes of '$(head -n 1 $b)'" \
-                cmp -s /tmp/version $b
+            ks_one_version "churn/f$f" /mnt/backup/Persistent/churn/f$f
         fi
     done
     ks_assert "nothing root-only was read through the live user's symlink" \
@@ -356,9 +359,7 @@ ks_live_user_during_a_backup() {
             ks_log "archive: $(grep "churn/f$f" /tmp/ks-archive.out | head -n 1)"
             continue
         fi
-        yes "$(head -n 1 $b)" | head -n 30000 | head -c "$(stat -c %s $b)" > /tmp/version
-        ks_assert "archived churn/f$f is what the file held at one moment: $(stat -c %s $b) bytes of '$(head -n 1 $b)'" \
-            cmp -s /tmp/version $b
+        ks_one_version "archived churn/f$f" $b
     done
     ks_assert "nothing root-only was read into the archive through the live user's symlink" \
         sh -c "! grep -r -q -F '$(ks_in canary)' $p/churn"
