@@ -351,12 +351,18 @@ sy_blocks() {
     echo "KS-OUT blocks=$c $kind $blocks all"
     umount /mnt/blk; cryptsetup close blk
 }
+# sy_stick CONTENDER: the stick a sync contender (one that writes an ext4 volume of its
+# own) backs up to; nothing for the others.
+sy_stick() {
+    case $1 in keepsake-sync) echo bksync ;; rsync) echo bkrsync ;; rsync-staged) echo bkrsyncs ;; esac
+}
 # sy_inc_traced CONTENDER ROUND KIND: the contender's incremental backup, traced and named
 # (the sync contenders, round 1, with --blocks), or just run.
 sy_inc_traced() {
-    local part rc
-    case $1 in keepsake-sync) part=$(sy_part bksync 2) ;; rsync) part=$(sy_part bkrsync 2) ;; rsync-staged) part=$(sy_part bkrsyncs 2) ;; esac
-    if [ "$(ks_in blocks)" != 1 ] || [ "$2" != 1 ] || [ -z "${part:-}" ]; then "$(sy_fn "$1")_inc" "$2" "$3"; return; fi
+    local stick part= rc
+    stick=$(sy_stick "$1")
+    [ -n "$stick" ] && part=$(sy_part "$stick" 2)
+    if [ "$(ks_in blocks)" != 1 ] || [ "$2" != 1 ] || [ -z "$part" ]; then "$(sy_fn "$1")_inc" "$2" "$3"; return; fi
     sy_trace_on || ks_fail "tracefs"
     "$(sy_fn "$1")_inc" "$2" "$3"; rc=$?
     sy_trace_off "/tmp/sy-trace-$1-$3"
@@ -423,7 +429,7 @@ guest_all() {
         for c in $order; do "$(sy_fn "$c")_first" "$r" || touch "/tmp/sy-broken-$c"; done
         for c in $order; do
             [ -e "/tmp/sy-broken-$c" ] && continue
-            case $c in keepsake-sync) sy_settle bksync ;; rsync) sy_settle bkrsync ;; rsync-staged) sy_settle bkrsyncs ;; esac
+            [ -n "$(sy_stick "$c")" ] && sy_settle "$(sy_stick "$c")"
         done
         ks_log "round $r: first backups done at $(( ($(sy_ns) - t0) / 1000000000 )) s"
         # 1 % of the files change at random (mut), then 1 % within one sub-folder (clus).
