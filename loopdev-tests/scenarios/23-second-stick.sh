@@ -332,6 +332,9 @@ ks_live_user_during_a_backup() {
     mkdir -p $p/churn && chown 1000:1000 $p/churn
     (umask 077; ks_in canary > /root/secret)
     rm -f /tmp/writer.stop
+    # A symlink to root's secret that stays: both copies must keep it as a symlink, and the
+    # canary check must not count it (a check that follows it goes red here every time).
+    /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups ln -s /root/secret $p/churn/link
     # It stops between two rounds when told, with no symlink left half way through one.
     /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups sh -c "
         i=0
@@ -363,6 +366,8 @@ ks_live_user_during_a_backup() {
         fi
     done
     ks_swap_seen /mnt/backup/Persistent/churn/swap "the backup"
+    ks_assert_eq "the backup keeps the live user's symlink to root's secret" \
+        "$(readlink /mnt/backup/Persistent/churn/link)" /root/secret
     ks_assert "nothing root-only was read through the live user's symlink" ks_no_canary_in /mnt/backup
     ks_backup_close
     # The archive's copy of churn, put back in its place: the same two checks.
@@ -378,6 +383,7 @@ ks_live_user_during_a_backup() {
         ks_one_version "archived churn/f$f" $b
     done
     ks_swap_seen $p/churn/swap "the archive"
+    ks_assert_eq "the archive gives back the live user's symlink to root's secret" "$(readlink $p/churn/link)" /root/secret
     ks_assert "nothing root-only was read into the archive through the live user's symlink" ks_no_canary_in $p/churn
     rm -rf $p/churn /tmp/churn.ksb
     ks_expect_rc 0 "the next backup" -- ks_sync
