@@ -88,7 +88,6 @@ fn status_of(path: &Path) -> WatchStatus {
 /// Removes the state file at `path` if no watcher holds its lock: a watcher killed before
 /// it could remove it. One that holds it keeps it.
 fn remove_if_stale(path: &Path) {
-    use std::os::unix::fs::MetadataExt;
     let Ok(file) = File::open(path) else {
         return;
     };
@@ -97,13 +96,20 @@ fn remove_if_stale(path: &Path) {
         return;
     };
     // Still the file at that name (not one a new watcher just put there), while locked.
-    let same = std::fs::symlink_metadata(path)
-        .ok()
-        .zip(lock.metadata().ok())
-        .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
-    if same {
+    if still_at(path, &lock) {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Whether `file`, opened and locked, is still the one at `path`: whoever had it before
+/// may have removed it (or a new one been put there) after it was opened, and a lock on a
+/// removed file is no one's lock.
+fn still_at(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .zip(file.metadata().ok())
+        .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev())
 }
 
 /// The report of the wipe after `mapping`'s stick was last pulled, if any.
@@ -289,7 +295,7 @@ impl Held {
     /// Takes the lock on `mapping`'s state file and writes `watch` into it. A watcher
     /// still there (or still going) has it: wait a moment for one that is going.
     fn take(mapping: &str, watch: &Watch) -> Result<Held, String> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         super::record::runtime_dir().map_err(|e| e.to_string())?;
         let path = state_path(mapping);
         for _ in 0..20 {
@@ -311,13 +317,8 @@ impl Held {
                     }
                     Err((_, e)) => return Err(format!("{}: {e}", path.display())),
                 };
-            // The one going may have removed the file after this one opened it: a lock
-            // on a removed file is no one's lock.
-            let same = std::fs::metadata(&path)
-                .ok()
-                .zip(lock.metadata().ok())
-                .is_some_and(|(a, b)| a.ino() == b.ino() && a.dev() == b.dev());
-            if !same {
+            // The one going may have removed the file after this one opened it.
+            if !still_at(&path, &lock) {
                 continue;
             }
             let text = serde_json::to_vec(watch).map_err(|e| e.to_string())?;
