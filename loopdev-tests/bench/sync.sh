@@ -381,7 +381,7 @@ sy_rotate() {
 }
 
 guest_all() {
-    local c r rounds contenders order verify t0
+    local c r rounds contenders order verify t0 stick
     t0=$(sy_ns)
     ks_pass_file
     (umask 077; sed -n 's/^backup_passphrase=//p' /run/ks-test/in | tail -n 1 | tr -d '\n' > "$SY_BPASS")
@@ -429,7 +429,8 @@ guest_all() {
         for c in $order; do "$(sy_fn "$c")_first" "$r" || touch "/tmp/sy-broken-$c"; done
         for c in $order; do
             [ -e "/tmp/sy-broken-$c" ] && continue
-            [ -n "$(sy_stick "$c")" ] && sy_settle "$(sy_stick "$c")"
+            stick=$(sy_stick "$c")
+            [ -n "$stick" ] && sy_settle "$stick"
         done
         ks_log "round $r: first backups done at $(( ($(sy_ns) - t0) / 1000000000 )) s"
         # 1 % of the files change at random (mut), then 1 % within one sub-folder (clus).
