@@ -403,8 +403,14 @@ h10_gnupg() {
 # its handler and nothing changed
 # ($whole is still BEFORE); and what it changed is whole ($whole is not "neither" nor
 # "torn"). Counts in H10_CAUGHT the signals keepsake itself caught.
+# h10_caught WANT: whether keepsake itself caught the last signal (it reached the command
+# running, did not end it, and the exit is WANT); each one is counted in H10_CAUGHT.
+h10_caught() {
+    [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && [ "$H_RC" -eq "$1" ] || return 1
+    H10_CAUGHT=$((H10_CAUGHT + 1))
+}
 h10_whole_after() {
-    [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && [ "$H_RC" -eq "$1" ] && H10_CAUGHT=$((H10_CAUGHT + 1))
+    h10_caught "$1"
     { { [ "$H_RC" -eq "$1" ] && [ "$H10_DIED" = 0 ]; } || [ "$H_RC" -eq 0 ] \
         || { [ "$H10_DIED" = 1 ] && [ "$whole" = "$2" ]; }; } \
         && [ "$whole" != neither ] && case $whole in torn*) false ;; *) true ;; esac
@@ -516,7 +522,7 @@ h_class10() {
     h_run 120 keepsake feature enable gnupg; enable_ms=$H_MS
     h_run 120 keepsake feature disable gnupg; disable_ms=$H_MS
     h_setup "lock" keepsake lock
-    local caught
+    local caught arming
     for sig in INT TERM HUP; do
         case $sig in INT) want=130 ;; TERM) want=143 ;; HUP) want=129 ;; esac
         H10_CAUGHT=0
@@ -526,9 +532,9 @@ h_class10() {
         # wait that took the signal for a timeout would kill the watcher there and leave
         # the volume unwatched: pulling the stick would not wipe the key.
         h10_signal --arming 1 $sig keepsake unlock --key-file "$KS_PASS_FILE"
+        h10_caught $want && arming=caught || arming=missed
         h_attack "SIG$sig as unlock's watcher arms (seen at ${H10_SEEN:-never} ms, sent: $H10_SENT, ended by it: $H10_DIED): exit $H_RC (want $want), $(h10_unlocked_whole && echo 'unlocked and watched' || echo 'not watched')" \
-            eval '[ "$H_RC" -eq $want ] && [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && h10_unlocked_whole'
-        [ "$H10_SENT" = 1 ] && [ "$H10_DIED" = 0 ] && [ "$H_RC" -eq $want ] && H10_CAUGHT=$((H10_CAUGHT + 1))
+            eval '[ $arming = caught ] && h10_unlocked_whole'
         h_setup "lock after the signal at the arming" keepsake lock
         for pct in 30 70; do
             h10_signal $((unlock_ms * pct / 100)) $sig keepsake unlock --key-file "$KS_PASS_FILE"
