@@ -632,6 +632,13 @@ impl<'a> Transaction<'a> {
     fn run_paths(&mut self, paths: &[String]) -> Result<()> {
         let volume = Rc::clone(&self.volume);
         let staging = Rc::clone(&self.staging.dir);
+        // The second move of a path given twice would take out what the first brought in.
+        if let Some(twice) = (1..paths.len()).find(|&i| paths[..i].contains(&paths[i])) {
+            return Err(Error::Internal(format!(
+                "{} is to be restored twice; this is a bug",
+                paths[twice]
+            )));
+        }
         for path in paths {
             let Some((parent, name)) = path.rsplit_once('/') else {
                 self.restore_top(&volume, &staging, OsStr::new(path))?;
@@ -1313,6 +1320,39 @@ mod tests {
             "{message}"
         );
         drop(staging);
+        assert_eq!(snapshot(&vol), before);
+        assert_eq!(keepsake_leftovers(&vol), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_path_given_twice_is_refused_before_anything_moves() {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        volume_with_new_data(&vol);
+        let before = snapshot(&vol);
+        let (volume, _) = safefs::open_dir(&vol, None).unwrap();
+        // Moved twice, the second move would take out what the first brought in.
+        let paths = vec!["Persistent".to_string(), "Persistent".to_string()];
+        let request = Request {
+            folders: None,
+            config_files: &[],
+            overwrite: true,
+            dry_run: false,
+            paths: Some(&paths),
+        };
+        let err = restore(
+            &volume,
+            &mut |dest| {
+                stage_archive(dest.unwrap());
+                Ok(TreeStats::default())
+            },
+            &request,
+        );
+        let Err(err) = err else {
+            panic!("a path given twice was restored")
+        };
+        assert!(err.to_string().contains("restored twice"), "{err}");
         assert_eq!(snapshot(&vol), before);
         assert_eq!(keepsake_leftovers(&vol), Vec::<String>::new());
     }

@@ -425,6 +425,16 @@ fn checked_paths(paths: &[String]) -> Result<Option<Vec<Vec<u8>>>> {
         }
         checked.push(path.as_bytes().to_vec());
     }
+    // A path given twice would be moved twice: the second move takes out what the first
+    // brought in, and the folder is left empty.
+    for (i, path) in checked.iter().enumerate() {
+        if checked[..i].contains(path) {
+            return Err(Error::Usage(format!(
+                "--path {} is given twice (nothing was changed)",
+                String::from_utf8_lossy(path)
+            )));
+        }
+    }
     // One path inside another would be moved twice: the outer one brings it already.
     for inner in &checked {
         if let Some(outer) = checked
