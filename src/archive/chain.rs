@@ -417,7 +417,10 @@ mod tests {
     use crate::safefs::acl_giving;
     use crate::safefs::treewalk::testing::{snapshot, with_descriptor_limit};
     use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
-    use std::os::unix::fs::MetadataExt;
+    use nix::fcntl::AT_FDCWD;
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     const PASS: &[u8] = b"chain passphrase";
 
@@ -490,6 +493,65 @@ mod tests {
         let dest = tmp.join(name);
         std::fs::create_dir(&dest).unwrap();
         dest
+    }
+
+    #[test]
+    fn a_hard_link_left_alone_when_its_first_name_goes_is_stored_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        write(&src, &store.join("full.ksb"), None);
+        // b-again.txt, listed first, holds the content; docs/b.txt is its hard link. With
+        // b-again.txt gone, docs/b.txt is a file of its own, its size and time unchanged:
+        // the full archive holds its content, but under the other name.
+        std::fs::remove_file(src.join("Persistent/b-again.txt")).unwrap();
+        let inc = write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        assert_eq!((inc.files, inc.referenced), (1, 1), "{inc:?}");
+        let second = write(&src, &store.join("inc2.ksb"), Some(&store.join("inc.ksb")));
+        assert_eq!((second.files, second.referenced), (0, 2), "{second:?}");
+        for tip in ["inc.ksb", "inc2.ksb"] {
+            read_at(&store.join(tip), None, None).unwrap();
+            let dest = fresh(tmp.path(), &format!("dest-{tip}"));
+            read_at(&store.join(tip), Some(&dest), None).unwrap();
+            assert_eq!(snapshot(&src), snapshot(&dest), "{tip}");
+        }
+    }
+
+    #[test]
+    fn a_file_the_live_user_put_in_place_of_roots_is_stored_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        let root_only = src.join("Persistent/docs/root-only");
+        std::fs::write(&root_only, b"ROOT'S SECRET").unwrap();
+        std::fs::set_permissions(&root_only, PermissionsExt::from_mode(0o600)).unwrap();
+        write(&src, &store.join("full.ksb"), None);
+        // The live user's own file, of the same size and time, renamed over root's: all
+        // a folder the live user can write allows.
+        let mine = src.join("Persistent/docs/mine");
+        std::fs::write(&mine, b"the user's 13").unwrap();
+        std::os::unix::fs::lchown(&mine, Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(&mine, PermissionsExt::from_mode(0o644)).unwrap();
+        let was = std::fs::metadata(&root_only).unwrap();
+        let time = TimeSpec::new(was.mtime(), was.mtime_nsec());
+        utimensat(
+            AT_FDCWD,
+            &mine,
+            &time,
+            &time,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        std::fs::rename(&mine, &root_only).unwrap();
+        let inc = write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        assert_eq!((inc.files, inc.bytes), (1, 13), "{inc:?}");
+        let dest = fresh(tmp.path(), "dest");
+        read_at(&store.join("inc.ksb"), Some(&dest), None).unwrap();
+        assert_eq!(snapshot(&src), snapshot(&dest));
+        let restored = dest.join("Persistent/docs/root-only");
+        assert_eq!(std::fs::read(&restored).unwrap(), b"the user's 13");
     }
 
     #[test]

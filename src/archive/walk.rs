@@ -30,7 +30,9 @@ use crate::safefs::treewalk::{self, DirStack, Listed as ListedType};
 use crate::safefs::xattr::{On, Xattr};
 
 /// What the previous archive of a chain says of each file, to tell which files are
-/// unchanged (same size and modification time to the nanosecond, rsync's quick check).
+/// unchanged: same size and modification time to the nanosecond (rsync's quick check), and
+/// same owner and group, since a file's owner sets its size and time at will: a file the
+/// live user put in place of root's must not be given root's old content.
 #[derive(Debug, Default)]
 pub(crate) struct Previous {
     files: HashMap<Vec<u8>, PreviousFile>,
@@ -40,41 +42,47 @@ pub(crate) struct Previous {
 struct PreviousFile {
     size: u64,
     mtime: (i64, u32),
+    owner: (u32, u32),
     extents: Vec<(u64, u64)>,
     holder: [u8; ID_LEN],
 }
 
 impl Previous {
-    /// From the previous archive's listing: its files, and its hard links as the files
-    /// they name.
+    /// From the previous archive's listing: its files. Not its hard links: a reader finds
+    /// content by its holder and the path the holder stored it under, and a hard link's
+    /// content is stored under its target's path. Were a link's path to become a file of
+    /// its own (its target removed or renamed), a reference to it would name content no
+    /// archive holds; it is stored again instead.
     pub(crate) fn from_listing(listing: &Listing) -> Previous {
-        let mut files: HashMap<Vec<u8>, PreviousFile> = HashMap::new();
-        for entry in &listing.entries {
-            let file = match &entry.kind {
+        let files = listing
+            .entries
+            .iter()
+            .filter_map(|entry| match &entry.kind {
                 Kind::File {
                     size,
                     extents,
                     holder,
-                } => PreviousFile {
-                    size: *size,
-                    mtime: (entry.meta.mtime, entry.meta.mtime_nsec),
-                    extents: extents.clone(),
-                    holder: *holder,
-                },
-                Kind::HardLink { target } => match files.get(target) {
-                    Some(file) => file.clone(),
-                    None => continue,
-                },
-                _ => continue,
-            };
-            files.insert(entry.path.clone(), file);
-        }
+                } => Some((
+                    entry.path.clone(),
+                    PreviousFile {
+                        size: *size,
+                        mtime: (entry.meta.mtime, entry.meta.mtime_nsec),
+                        owner: (entry.meta.uid, entry.meta.gid),
+                        extents: extents.clone(),
+                        holder: *holder,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
         Previous { files }
     }
 
     fn unchanged(&self, path: &[u8], st: &FileStat) -> Option<&PreviousFile> {
         self.files.get(path).filter(|p| {
-            p.size == st.st_size as u64 && p.mtime == (st.st_mtime, st.st_mtime_nsec as u32)
+            p.size == st.st_size as u64
+                && p.mtime == (st.st_mtime, st.st_mtime_nsec as u32)
+                && p.owner == (st.st_uid, st.st_gid)
         })
     }
 }
