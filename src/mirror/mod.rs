@@ -54,6 +54,7 @@ use serde::Serialize;
 use crate::context::IoError;
 use crate::safefs::treewalk::{Id, id_of};
 use crate::safefs::{self, Cursor, Dir, Entry};
+use facts::Xattrs;
 use plan::{Facts, Op};
 
 /// Names earlier versions left behind when stopped (a folder being built, an old one
@@ -477,15 +478,25 @@ impl Mirror<'_> {
             self.note_new(path, &e.st);
             return Ok(());
         }
-        // The source entry's facts, and whether its copy's differ.
-        let read = || -> Result<(Facts, bool)> {
-            let x = facts::read(src, &e.name)?;
-            let differ = !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)?;
-            Ok((Facts::of(&e.st, x), differ))
+        // The source entry's facts, and whether its copy's differ: `Ok(None)` if the entry
+        // is gone or is no longer the one listed, as when the live user swaps another in.
+        let read = || -> Result<Option<(Facts, bool)>> {
+            let Some((st, x)) = listed_facts(src, e)? else {
+                return Ok(None);
+            };
+            let differ = !facts::same_stat(&st, &w.st) || x != facts::read(old, &w.name)?;
+            Ok(Some((Facts::of(&st, x), differ)))
         };
-        let facts_differ = || read().map(|(f, differ)| differ.then_some(f));
+        let facts_differ = || read().map(|read| read.map(|(f, differ)| differ.then_some(f)));
         if e.is_dir() {
-            let (f, differ) = read()?;
+            let Some((f, differ)) = read()? else {
+                // Its entries are compared by name all the same; its facts wait for the
+                // next backup rather than come from another folder than the one listed.
+                self.report
+                    .changed_while_copying
+                    .push(src.path.join(&e.name).display().to_string());
+                return Ok(());
+            };
             if differ {
                 self.touched.insert(path.clone());
             }
@@ -493,18 +504,35 @@ impl Mirror<'_> {
             return Ok(());
         }
         if e.is_symlink() {
+            // A symlink has no ACL, and the live user cannot give its own any attribute
+            // root would keep: read by name, its facts are its own or harmless.
             if link_target(src, &e.name)? != link_target(old, &w.name)? {
                 self.note_new(path, &e.st);
-            } else if let Some(f) = facts_differ()? {
-                self.facts.push((path, f));
+            } else {
+                let x = facts::read(src, &e.name)?;
+                if !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)? {
+                    self.facts.push((path, Facts::of(&e.st, x)));
+                }
             }
             return Ok(());
         }
+        // The quick check, and the owner: a file's owner sets its size and times at will,
+        // and a file the live user put in place of root's must not get root's old bytes.
         let same_data = e.st.st_size == w.st.st_size
             && e.st.st_mtime == w.st.st_mtime
-            && e.st.st_mtime_nsec == w.st.st_mtime_nsec;
+            && e.st.st_mtime_nsec == w.st.st_mtime_nsec
+            && (e.st.st_uid, e.st.st_gid) == (w.st.st_uid, w.st.st_gid);
         if e.st.st_nlink > 1 {
-            let facts = if same_data { facts_differ()? } else { None };
+            let facts = match same_data.then(facts_differ).transpose()? {
+                Some(None) => {
+                    // Not the file listed any more: it, and so its other names, is copied
+                    // anew.
+                    self.note_new(path, &e.st);
+                    return Ok(());
+                }
+                Some(Some(facts)) => facts,
+                None => None,
+            };
             let was = Was {
                 id: id_of(&w.st),
                 nlink: w.st.st_nlink,
@@ -516,10 +544,15 @@ impl Mirror<'_> {
             // A copy with several names must not stand for a file with one.
             self.note_new(path, &e.st);
         } else {
-            if let Some(f) = facts_differ()? {
-                self.facts.push((path, f));
+            match facts_differ()? {
+                None => self.note_new(path, &e.st),
+                Some(facts) => {
+                    if let Some(f) = facts {
+                        self.facts.push((path, f));
+                    }
+                    self.report.files_kept += 1;
+                }
             }
-            self.report.files_kept += 1;
         }
         Ok(())
     }
@@ -635,7 +668,18 @@ impl Mirror<'_> {
         let (Some(parent), Some(file)) = (path.parent(), path.file_name()) else {
             return Err(Error::Internal(format!("{} has no name", path.display())));
         };
-        let (src, _) = safefs::open_beneath(self.source, parent, None)?;
+        let src = match safefs::open_beneath(self.source, parent, None) {
+            Ok((src, _)) => src,
+            // A folder on the way removed, or a symlink put in its place, since the
+            // comparison, which can be minutes ago: as for an entry gone, nothing to copy.
+            Err(safefs::Error::NotFound(_) | safefs::Error::Symlink(_)) => {
+                self.report
+                    .changed_while_copying
+                    .push(self.source.path.join(path).display().to_string());
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let st = match fstatat(&src.fd, file, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(false),
@@ -673,9 +717,11 @@ impl Mirror<'_> {
         if several && let Some(first) = self.copies.get(&id_of(st)) {
             return link(work, first, to, name);
         }
-        self.copy_entry(src, file, to, name)?;
-        if several {
-            self.copies.insert(id_of(st), staged.to_path_buf());
+        let copied = self.copy_entry(src, file, to, name)?;
+        // Keyed by the file copied, which the live user may have swapped in since the
+        // listing: another name of the file listed is then copied from its own name.
+        if several && let Some(copied) = copied {
+            self.copies.insert(id_of(&copied), staged.to_path_buf());
         }
         Ok(())
     }
@@ -755,13 +801,20 @@ impl Mirror<'_> {
     }
 
     /// Copies the file or symlink `name` of `from` to `to_name` in `to`, with all its
-    /// facts. A file that changes while it is read is read again.
-    fn copy_entry(&mut self, from: &Dir, name: &OsStr, to: &Dir, to_name: &OsStr) -> Result<()> {
+    /// facts. A file that changes while it is read is read again. Gives the stat of the
+    /// regular file copied; `None` when nothing was (a symlink is copied as one).
+    fn copy_entry(
+        &mut self,
+        from: &Dir,
+        name: &OsStr,
+        to: &Dir,
+        to_name: &OsStr,
+    ) -> Result<Option<FileStat>> {
         let shown = from.path.join(name);
         let st = match fstatat(&from.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             // Gone since it was listed: it is not in the new backup.
-            Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(errno_at("reading", &shown)(e)),
         };
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
@@ -770,16 +823,17 @@ impl Mirror<'_> {
                 .map_err(errno_at("creating", &to.path.join(to_name)))?;
             self.staged.symlink(&target);
             let x = facts::read(from, name)?;
-            return facts::apply(to, to_name, &st, &x);
+            facts::apply(to, to_name, &st, &x)?;
+            return Ok(None);
         }
         for attempt in 1..=ATTEMPTS {
             let Some(file) = open_source(from, name)? else {
-                return Ok(());
+                return Ok(None);
             };
             let before = fstat(&file).map_err(errno_at("reading", &shown))?;
             if before.st_mode & libc::S_IFMT != libc::S_IFREG {
                 self.report.skipped.push(shown.display().to_string());
-                return Ok(());
+                return Ok(None);
             }
             if attempt > 1 {
                 let _ = unlinkat(&to.fd, to_name, UnlinkatFlags::NoRemoveDir);
@@ -820,7 +874,7 @@ impl Mirror<'_> {
             self.report.files_copied += 1;
             self.report.bytes_copied += written;
             self.watch.bytes(self.report.bytes_copied);
-            return Ok(());
+            return Ok(Some(after));
         }
         unreachable!("the last attempt returns")
     }
@@ -871,6 +925,24 @@ fn open_source(dir: &Dir, name: &OsStr) -> Result<Option<File>> {
     }
 }
 
+/// The owner, mode, times and attributes of the file or folder `e` of `src`, read from one
+/// handle on it: `None` if it is gone, or is no longer the inode listed. Read by name, the
+/// attributes could be another file's than the stat's: the live user, swapping its own file
+/// and root's over and over (`RENAME_EXCHANGE`), could give root's copy its own ACL.
+fn listed_facts(src: &Dir, e: &Entry) -> Result<Option<(FileStat, Xattrs)>> {
+    let shown = src.path.join(&e.name);
+    #[cfg(test)]
+    race::while_comparing(&shown);
+    let Some(handle) = open_source(src, &e.name)? else {
+        return Ok(None);
+    };
+    let st = fstat(&handle).map_err(errno_at("reading", &shown))?;
+    if id_of(&st) != id_of(&e.st) {
+        return Ok(None);
+    }
+    Ok(Some((st, facts::read_open(&handle, &shown)?)))
+}
+
 fn link_target(dir: &Dir, name: &OsStr) -> Result<OsString> {
     nix::fcntl::readlinkat(&dir.fd, name)
         .map_err(errno_at("reading the link", &dir.path.join(name)))
@@ -908,8 +980,9 @@ fn cstr(s: &OsStr) -> Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| Error::Internal("a name with a NUL byte".into()))
 }
 
-/// A hook for tests to play the live user while a file is being copied: called after its
-/// bytes were read, before the copy is checked against the file.
+/// Hooks for tests to play the live user: while a file is being copied (called after its
+/// bytes were read, before the copy is checked against the file), and while an entry is
+/// compared (after it was listed, before its facts are read).
 #[cfg(test)]
 pub(crate) mod race {
     use std::cell::RefCell;
@@ -917,22 +990,36 @@ pub(crate) mod race {
 
     type Change = Box<dyn FnMut(&Path)>;
     thread_local! {
-        static CHANGE: RefCell<Option<Change>> = RefCell::new(None);
+        static COPYING: RefCell<Option<Change>> = RefCell::new(None);
+        static COMPARING: RefCell<Option<Change>> = RefCell::new(None);
     }
 
     pub(crate) fn set(change: impl FnMut(&Path) + 'static) {
-        CHANGE.with(|c| *c.borrow_mut() = Some(Box::new(change)));
+        COPYING.with(|c| *c.borrow_mut() = Some(Box::new(change)));
+    }
+
+    pub(crate) fn set_comparing(change: impl FnMut(&Path) + 'static) {
+        COMPARING.with(|c| *c.borrow_mut() = Some(Box::new(change)));
     }
 
     pub(crate) fn clear() {
-        CHANGE.with(|c| *c.borrow_mut() = None);
+        COPYING.with(|c| *c.borrow_mut() = None);
+        COMPARING.with(|c| *c.borrow_mut() = None);
     }
 
-    pub(super) fn while_copying(path: &Path) {
-        CHANGE.with(|c| {
+    fn call(hook: &'static std::thread::LocalKey<RefCell<Option<Change>>>, path: &Path) {
+        hook.with(|c| {
             if let Some(change) = c.borrow_mut().as_mut() {
                 change(path)
             }
         });
+    }
+
+    pub(super) fn while_copying(path: &Path) {
+        call(&COPYING, path)
+    }
+
+    pub(super) fn while_comparing(path: &Path) {
+        call(&COMPARING, path)
     }
 }

@@ -880,3 +880,134 @@ fn names_are_kept_as_bytes() {
     assert!(is_ours_or_not_data(OsStr::new(".keepsake-restore-x")));
     assert!(!is_ours_or_not_data(OsStr::new("Persistent")));
 }
+
+/// Gives `to` the modification time of `from`, to the nanosecond: what the owner of `to`
+/// can do.
+fn same_time_as(from: &Path, to: &Path) {
+    let m = std::fs::symlink_metadata(from).unwrap();
+    let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        to,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+/// A root-only file in the live user's folder (as `sudo` leaves them), backed up; and a
+/// file of the live user's with the same size and time, and an ACL giving it to uid 1000.
+fn root_file_and_users_double(p: &Pair) -> (PathBuf, PathBuf) {
+    let root_only = p.src.join("Persistent/root-only");
+    std::fs::write(&root_only, b"ROOT'S SECRET").unwrap();
+    std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o600)).unwrap();
+    run(p, &mut quiet()).unwrap();
+    let mine = p.src.join("Persistent/mine");
+    std::fs::write(&mine, b"the user's 13").unwrap();
+    std::os::unix::fs::chown(&mine, Some(1000), Some(1000)).unwrap();
+    setx(
+        &mine,
+        "system.posix_acl_access",
+        &safefs::acl_giving(1000, 4),
+    );
+    same_time_as(&root_only, &mine);
+    (root_only, mine)
+}
+
+/// Whether the backup's copy of root's file lets uid 1000 read root's bytes: as its owner,
+/// or through an ACL.
+fn hands_roots_bytes_to_the_user(p: &Pair) -> bool {
+    let copy = p.dst.join("Persistent/root-only");
+    let Ok(bytes) = std::fs::read(&copy) else {
+        return false;
+    };
+    let m = std::fs::metadata(&copy).unwrap();
+    let (dir, _) = safefs::open_dir(copy.parent().unwrap(), None).unwrap();
+    let acl = facts::read(&dir, OsStr::new("root-only")).unwrap();
+    bytes == b"ROOT'S SECRET" && (m.uid() == 1000 || !acl.0.is_empty())
+}
+
+#[test]
+fn a_file_the_live_user_put_in_place_of_roots_is_copied_again() {
+    let Some(p) = backed_up() else { return };
+    let (root_only, mine) = root_file_and_users_double(&p);
+    // All a folder the live user can write allows: a rename over root's file.
+    std::fs::rename(&mine, &root_only).unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    assert!(!hands_roots_bytes_to_the_user(&p));
+    assert_eq!(r.files_copied, 1, "{r:?}");
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+}
+
+#[test]
+fn facts_are_read_from_the_file_listed_not_one_swapped_in() {
+    let Some(p) = backed_up() else { return };
+    let (root_only, mine) = root_file_and_users_double(&p);
+    // After root's file is listed (as unchanged), before its facts are read, the live
+    // user swaps its own in: by name, its ACL would join root's owner and bytes.
+    let (r, m) = (root_only.clone(), mine.clone());
+    let swapped = std::rc::Rc::new(std::cell::Cell::new(false));
+    let seen = swapped.clone();
+    race::set_comparing(move |path| {
+        if path == r && !seen.get() {
+            seen.set(true);
+            std::fs::rename(&m, &r).unwrap();
+        }
+    });
+    let report = run(&p, &mut quiet());
+    race::clear();
+    report.unwrap();
+    assert!(swapped.get());
+    assert!(!hands_roots_bytes_to_the_user(&p));
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+}
+
+#[test]
+fn a_folder_removed_before_its_new_file_is_staged_is_no_error() {
+    let Some(p) = backed_up() else { return };
+    let zz = p.src.join("Persistent/zz");
+    std::fs::create_dir(&zz).unwrap();
+    run(&p, &mut quiet()).unwrap();
+    std::fs::write(p.src.join("Persistent/a-new"), b"a").unwrap();
+    std::fs::write(zz.join("b-new"), b"b").unwrap();
+    // Staged in order, a-new first: the live user removes zz while it is copied.
+    let gone = zz.clone();
+    race::set(move |path| {
+        if path.ends_with("a-new") {
+            std::fs::remove_dir_all(&gone).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    let r = r.unwrap();
+    assert_eq!(
+        r.changed_while_copying,
+        vec![zz.join("b-new").display().to_string()]
+    );
+    assert_eq!(std::fs::read(p.dst.join("Persistent/a-new")).unwrap(), b"a");
+}
+
+#[test]
+fn a_linked_file_gone_before_it_is_copied_leaves_its_other_name_to_itself() {
+    let Some(p) = backed_up() else { return };
+    let n = p.src.join("Persistent/newdir");
+    std::fs::create_dir(&n).unwrap();
+    std::fs::write(n.join("a"), b"a").unwrap();
+    std::fs::write(n.join("h1"), b"h").unwrap();
+    std::fs::hard_link(n.join("h1"), n.join("h2")).unwrap();
+    let h1 = n.join("h1");
+    race::set(move |path| {
+        if path.ends_with("newdir/a") {
+            std::fs::remove_file(&h1).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    r.unwrap();
+    assert!(!p.dst.join("Persistent/newdir/h1").exists());
+    assert_eq!(
+        std::fs::read(p.dst.join("Persistent/newdir/h2")).unwrap(),
+        b"h"
+    );
+}
