@@ -357,7 +357,7 @@ fn open_parent(
     };
     let path = dir.join(std::ffi::OsStr::from_bytes(name));
     let file = path.display().to_string();
-    let input = match File::open(&path) {
+    let input = match crate::safefs::open_regular(&path) {
         Ok(input) => input,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::BrokenChain(format!(
@@ -552,6 +552,33 @@ mod tests {
         assert_eq!(snapshot(&src), snapshot(&dest));
         let restored = dest.join("Persistent/docs/root-only");
         assert_eq!(std::fs::read(&restored).unwrap(), b"the user's 13");
+    }
+
+    #[test]
+    fn a_fifo_put_in_place_of_the_earlier_archive_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        write(&src, &store.join("full.ksb"), None);
+        std::fs::write(src.join("Persistent/new.txt"), b"new").unwrap();
+        write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        // Where the live user can write the folder: its fifo, which nobody ever opens to
+        // write, would hold the restore (and keepsake's lock) for good.
+        std::fs::remove_file(store.join("full.ksb")).unwrap();
+        nix::unistd::mkfifo(&store.join("full.ksb"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (done, outcome) = std::sync::mpsc::channel();
+        let inc = store.join("inc.ksb");
+        let dest = fresh(tmp.path(), "dest");
+        std::thread::spawn(move || {
+            let read = read_at(&inc, Some(&dest), None).map(|_| ());
+            done.send(read.map_err(|e| e.to_string())).unwrap();
+        });
+        let outcome = outcome
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the restore is still waiting on the fifo after 20 s");
+        let message = outcome.unwrap_err();
+        assert!(message.contains("not a regular file"), "{message}");
     }
 
     #[test]

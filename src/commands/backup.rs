@@ -253,17 +253,19 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
     };
     let started = std::time::Instant::now();
     let total = archive::tree_bytes(&root, &tops);
-    let sink: Box<dyn Write + Send> = if to_stdout {
-        Box::new(std::io::stdout())
+    // The archive file's handle is kept to sync it: opened again by name, it could be
+    // another file by then (a fifo, where the live user can write the folder).
+    let (sink, kept): (Box<dyn Write + Send>, Option<File>) = if to_stdout {
+        (Box::new(std::io::stdout()), None)
     } else {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&partial)
-                .context(at("creating", &partial))?,
-        )
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .context(at("creating", &partial))?;
+        let kept = created.try_clone().context(at("creating", &partial))?;
+        (Box::new(created), Some(kept))
     };
     // Until the first byte of data, the key is being derived; the byte count starts then,
     // so that its rate is the data's.
@@ -301,13 +303,15 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
             return Err(e.into());
         }
     };
-    if !to_stdout {
-        File::open(&partial)
-            .and_then(|f| f.sync_all())
-            .context(at("syncing", &partial))?;
+    if let Some(kept) = kept {
+        kept.sync_all().context(at("syncing", &partial))?;
         std::fs::rename(&partial, file).context(at("renaming", &partial))?;
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            let _ = File::open(dir).and_then(|d| d.sync_all());
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+                .open(dir)
+                .and_then(|d| d.sync_all());
         }
     }
     for w in stats.warnings.iter().chain(&stats.skipped) {
@@ -372,7 +376,7 @@ fn open_since(since: &Path, file: &Path, out: Output) -> Result<archive::Keyless
             "--since names the archive to write; give the earlier one (nothing was written)".into(),
         ));
     }
-    let input = File::open(since).map_err(|e| match e.kind() {
+    let input = crate::safefs::open_regular(since).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound(format!(
             "the earlier archive {} does not exist (nothing was written)",
             since.display()
@@ -462,7 +466,7 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     if file == Path::new("-") {
         return Ok((Box::new(std::io::stdin().lock()), None));
     }
-    let f = File::open(file).map_err(crate::context::io_at("opening", file))?;
+    let f = crate::safefs::open_regular(file).map_err(crate::context::io_at("opening", file))?;
     let len = f.metadata().ok().map(|m| m.len());
     Ok((Box::new(f), len))
 }

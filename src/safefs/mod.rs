@@ -931,6 +931,26 @@ impl Entry {
     }
 }
 
+/// Opens `path` for reading if it is a regular file (a symlink to one is followed). A fifo
+/// or a device put at that name, where a folder the live user can write holds it, is
+/// refused without being opened: one would block the command while it holds keepsake's
+/// lock, the other would be read. The name is looked up once (`O_PATH`), and the file
+/// checked is the one opened, through its handle.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let found = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
+    if !found.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    File::open(format!("/proc/self/fd/{}", found.as_raw_fd()))
+}
+
 /// The entries of an open folder, sorted by name. An entry gone between the listing and
 /// its stat is left out.
 pub fn list(dir: &Dir) -> Result<Vec<Entry>> {
@@ -1414,6 +1434,29 @@ pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_regular_opens_files_and_links_to_them_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        std::fs::write(t.join("file"), b"bytes").unwrap();
+        std::os::unix::fs::symlink("file", t.join("link")).unwrap();
+        nix::unistd::mkfifo(&t.join("fifo"), Mode::S_IRWXU).unwrap();
+        std::fs::create_dir(t.join("dir")).unwrap();
+        for name in ["file", "link"] {
+            let mut read = String::new();
+            open_regular(&t.join(name))
+                .unwrap()
+                .read_to_string(&mut read)
+                .unwrap();
+            assert_eq!(read, "bytes", "{name}");
+        }
+        // A fifo opened for reading would wait for a writer: refused without being opened.
+        for name in ["fifo", "dir", "/dev/null"] {
+            let err = open_regular(&t.join(name)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{name}");
+        }
+    }
 
     fn me() -> Owner {
         Owner {
