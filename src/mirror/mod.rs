@@ -7,7 +7,9 @@
 //!
 //! 1. **Compare.** Both trees are walked side by side: type, owner, mode, modification
 //!    time, size, extended attributes and ACLs, link targets, hard links. Nothing is
-//!    written.
+//!    written. A file's data counts as unchanged if its size, time, owner and group are
+//!    (the owner sets the other two at will); its other facts are read from one handle on
+//!    the file listed.
 //! 2. **Stage.** Every new or changed file, symlink or new folder (whole) is copied into
 //!    the work folder `.keepsake-sync` on the backup volume, with all its facts. A stop
 //!    signal here removes the work folder: the backup is the previous one.
@@ -22,9 +24,10 @@
 //! A power cut while the plan is carried out (milliseconds, and one ext4 journal
 //! transaction unless the journal fills or someone calls `sync` meanwhile) leaves the plan
 //! committed: the next `keepsake backup --to-device` or `keepsake unlock` of that volume
-//! carries it out before anything else ([`finish_interrupted`]). A program that does not
-//! know the plan (Tails' own unlock) would see, in that one case, some of the steps done
-//! and the rest not, each file whole. Tails and live-boot never look at `.keepsake-sync`.
+//! carries it out before anything else ([`finish_interrupted`]; unlock on a mount only
+//! root reaches, since the steps act on names in the live user's folders). A program that
+//! does not know the plan (Tails' own unlock) would see, in that one case, some of the
+//! steps done and the rest not, each file whole. Tails and live-boot never look at `.keepsake-sync`.
 //!
 //! The source is a tree the live user can write while this runs. It is read by handle,
 //! never through a symlink ([`crate::safefs`]); a file that changes while it is copied is
@@ -926,7 +929,8 @@ fn open_source(dir: &Dir, name: &OsStr) -> Result<Option<File>> {
 }
 
 /// The owner, mode, times and attributes of the file or folder `e` of `src`, read from one
-/// handle on it: `None` if it is gone, or is no longer the inode listed. Read by name, the
+/// handle on it: `None` if it is gone, or is no longer the inode listed, or (a file) its
+/// size, time or owner changed since, which the quick check was made on. Read by name, the
 /// attributes could be another file's than the stat's: the live user, swapping its own file
 /// and root's over and over (`RENAME_EXCHANGE`), could give root's copy its own ACL.
 fn listed_facts(src: &Dir, e: &Entry) -> Result<Option<(FileStat, Xattrs)>> {
@@ -937,7 +941,8 @@ fn listed_facts(src: &Dir, e: &Entry) -> Result<Option<(FileStat, Xattrs)>> {
         return Ok(None);
     };
     let st = fstat(&handle).map_err(errno_at("reading", &shown))?;
-    if id_of(&st) != id_of(&e.st) {
+    let data = |s: &FileStat| (s.st_size, s.st_mtime, s.st_mtime_nsec, s.st_uid, s.st_gid);
+    if id_of(&st) != id_of(&e.st) || (!e.is_dir() && data(&st) != data(&e.st)) {
         return Ok(None);
     }
     Ok(Some((st, facts::read_open(&handle, &shown)?)))

@@ -1011,3 +1011,23 @@ fn a_linked_file_gone_before_it_is_copied_leaves_its_other_name_to_itself() {
         b"h"
     );
 }
+
+#[test]
+fn a_kept_file_written_while_compared_is_copied_not_given_its_new_time() {
+    let Some(p) = backed_up() else { return };
+    // Listed unchanged; written (same size, same inode, a new time) before its facts are
+    // read. Its new time on the old bytes would make the next backup keep them too.
+    let big = p.src.join("Persistent/deep/er/big.bin");
+    let b = big.clone();
+    race::set_comparing(move |path| {
+        if path == b {
+            std::fs::write(&b, vec![8u8; 300_000]).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    r.unwrap();
+    let copy = p.dst.join("Persistent/deep/er/big.bin");
+    assert_eq!(std::fs::read(copy).unwrap(), vec![8u8; 300_000]);
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+}
