@@ -17,12 +17,15 @@ impl Output {
     /// A step of long work, so that a person at the terminal sees progress.
     pub fn progress(&self, message: impl std::fmt::Display) {
         if !self.json {
-            eprintln!("keepsake: {message}");
+            eprintln!("keepsake: {}", printable(&message.to_string(), false));
         }
     }
 
     pub fn warn(&self, message: impl std::fmt::Display) {
-        eprintln!("keepsake: warning: {message}");
+        eprintln!(
+            "keepsake: warning: {}",
+            printable(&message.to_string(), false)
+        );
     }
 
     /// Prints the command's result: `report` as JSON, or the text `human` renders.
@@ -33,7 +36,7 @@ impl Output {
             serde_json::to_string_pretty(report)
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
         } else {
-            human(report)
+            printable(&human(report), true).into_owned()
         };
         if !text.is_empty() {
             let _ = writeln!(out, "{}", text.trim_end());
@@ -98,7 +101,7 @@ impl Output {
 
     pub fn error(&self, err: &Error) {
         let code = err.exit_code();
-        eprintln!("keepsake: error: {err}");
+        eprintln!("keepsake: error: {}", printable(&err.to_string(), false));
         // A command that printed its report before failing (an incomplete unlock, a failed
         // check) said everything there; any other prints the error as its one object:
         // stdout is always exactly one JSON object.
@@ -114,6 +117,29 @@ impl Output {
             print_error_object(ExitCode::Usage, message);
         }
     }
+}
+
+/// `text` as it may reach a terminal: every control character is shown escaped (`\x1b`),
+/// line breaks too unless `lines` (a report's own). What keepsake prints holds names the
+/// live user chose, and an ESC in one could move root's cursor, retitle its window or
+/// rewrite what it printed; a line break could forge a line of a listing, or a warning or
+/// an error (each one line, escaped whole).
+pub fn printable(text: &str, lines: bool) -> std::borrow::Cow<'_, str> {
+    let escaped = |c: char| c.is_control() && !(lines && c == '\n');
+    if !text.chars().any(escaped) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !escaped(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            // Every control character is below U+00A0.
+            c => out.push_str(&format!("\\x{:02x}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn print_error_object(code: ExitCode, message: &str) {
@@ -232,5 +258,21 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 << 29), "1.5 GiB");
         assert_eq!(bytes(100 << 20), "100.0 MiB");
+    }
+
+    #[test]
+    fn control_characters_in_names_reach_no_terminal() {
+        let name = "a\x1b]0;owned\x07b\x1b[2J\u{9b}c";
+        assert_eq!(printable(name, false), "a\\x1b]0;owned\\x07b\\x1b[2J\\x9bc");
+        // A line break forges no line of a listing; the text's own are kept.
+        assert_eq!(
+            printable("x\nfile  0:0 forged", false),
+            "x\\nfile  0:0 forged"
+        );
+        assert_eq!(printable("one\ntwo\tthree", true), "one\ntwo\\tthree");
+        assert!(matches!(
+            printable("plain, été", false),
+            std::borrow::Cow::Borrowed("plain, été")
+        ));
     }
 }

@@ -673,10 +673,16 @@ fn list(global: &GlobalArgs, args: VerifyArgs, out: Output) -> Result<()> {
         for e in &r.entries {
             let mut line = format!(
                 "{:<8} {} {:>5}:{:<5} {:>12} {} {}",
-                e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path
+                e.kind,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.mtime,
+                crate::output::printable(&e.path, false)
             );
             if let Some(target) = &e.target {
-                line.push_str(&format!(" -> {target}"));
+                line.push_str(&format!(" -> {}", crate::output::printable(target, false)));
             }
             match e.stored.as_deref() {
                 Some("here") | None => {}
