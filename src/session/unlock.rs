@@ -51,16 +51,16 @@ pub fn start(
     if fsck == FsckResult::Repaired {
         out.warn("e2fsck repaired the filesystem (was it unplugged without lock?)");
     }
+    // A backup stick whose last backup was cut off after its commit: finished first, so
+    // that what shows is the new backup, whole.
+    if let Some(done) = finish_interrupted_backup(&device, &layout.mapping)? {
+        out.warn(done);
+    }
     unlocked::ensure_mount_point(&layout.mount_root)?;
     mounts::mount_ext4(&device, &layout.mount_root)?;
     let volume_dev = devices::mapping_dev(&layout.mapping)
         .ok_or_else(|| Error::Unexpected(format!("{} vanished after opening", layout.mapping)))?;
     let (volume_dir, _) = safefs::open_dir(&layout.mount_root, None)?;
-    // A backup stick whose last backup was cut off after its commit: finished first, so
-    // that what shows is the new backup, whole.
-    if let Some(done) = crate::mirror::finish_interrupted(&volume_dir)? {
-        out.warn(done);
-    }
     let host = SystemHost::new(live_user);
     // As Tails does at every mount: root:root 0770, no ACL but `user:LIVE:x`, so that the
     // live user reaches its features' folders (and the dotfiles' links) and lists nothing.
@@ -144,4 +144,42 @@ pub fn start(
         warnings,
         not_only_root: writers.why().map(str::to_string),
     })
+}
+
+/// Carries out what an interrupted backup to this volume left (see
+/// [`crate::mirror::finish_interrupted`]) on a mount of its own in /run/keepsake, which only
+/// root reaches. The plan's steps act on names, in folders the live user owns: at the mount
+/// root, whose ACL lets the live user through, it could put another file at a name meanwhile
+/// (root's, to be given its own owner and mode). Unmounted after: the volume is mounted at
+/// its mount root only once nothing is left to do in it.
+fn finish_interrupted_backup(device: &Path, mapping: &str) -> Result<Option<String>> {
+    let runtime = record::runtime_dir()?;
+    let name = format!("finishing-{mapping}");
+    let (point, _) = safefs::open_beneath(
+        &runtime,
+        Path::new(&name),
+        Some(safefs::Owner {
+            mode: 0o700,
+            ..safefs::Owner::ROOT_0755
+        }),
+    )?;
+    let done = mounts::mount_ext4(device, &point.path)
+        .map_err(Error::from)
+        .and_then(|()| {
+            let done = safefs::open_dir(&point.path, None)
+                .map_err(Error::from)
+                .and_then(|(volume, _)| Ok(crate::mirror::finish_interrupted(&volume)?));
+            // The unmount writes back what the plan changed. Only root reaches the mount:
+            // should something hold it, the kernel lets go once that does.
+            if mounts::unmount(&point.path).is_err() {
+                let _ = nix::mount::umount2(&point.path, nix::mount::MntFlags::MNT_DETACH);
+            }
+            done
+        });
+    let _ = nix::unistd::unlinkat(
+        &runtime.fd,
+        name.as_str(),
+        nix::unistd::UnlinkatFlags::RemoveDir,
+    );
+    done
 }
