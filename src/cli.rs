@@ -351,8 +351,8 @@ pub struct BackupArgs {
     pub features: Vec<String>,
 
     /// Write an incremental archive after PREV, an earlier archive of this chain (full or
-    /// incremental): only files new or changed since PREV (size or modification time) are
-    /// stored, with a listing of every file. It takes PREV's passphrase and key derivation
+    /// incremental): only files new or changed since PREV (size, modification time, owner,
+    /// group, a wider mode or another ACL) are stored, with a listing of every file. It takes PREV's passphrase and key derivation
     /// (the --archive-kdf options do not apply), and records PREV's file name: keep PREV
     /// and the archives before it beside the new one to restore it.
     #[arg(long, value_name = "PREV", conflicts_with = "to_device")]
@@ -493,8 +493,9 @@ other security.* labels are left out, and said; sockets, FIFOs and device nodes 
 out and reported.
 
 With --since PREV the archive is incremental: it lists every file but stores only those \
-new or changed since PREV (another size or modification time), and refers to PREV's chain \
-for the rest. Restoring it needs PREV and every archive before it, beside it under the \
+new or changed since PREV (another size, modification time, owner or group, as a file's \
+owner can fake the first two; or a wider mode or another ACL, which would open old content \
+to someone new), and refers to PREV's chain for the rest. Restoring it needs PREV and every archive before it, beside it under the \
 names they had (a missing or different one is refused: exit status 11).
 
 It is encrypted and authenticated with ChaCha20-Poly1305 in the STREAM construction, 64 KiB \

@@ -582,6 +582,43 @@ mod tests {
     }
 
     #[test]
+    fn roots_private_file_swapped_for_its_public_twin_is_stored_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        // Two of root's files in the live user's folder, of one size and time (as tar
+        // leaves them): one private, one anyone may read.
+        let docs = src.join("Persistent/docs");
+        let (private, public) = (docs.join("private"), docs.join("public"));
+        std::fs::write(&private, b"ROOT'S SECRET").unwrap();
+        std::fs::write(&public, b"for everyone.").unwrap();
+        std::fs::set_permissions(&private, PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&public, PermissionsExt::from_mode(0o644)).unwrap();
+        let time = TimeSpec::new(1_600_000_000, 0);
+        for file in [&private, &public] {
+            utimensat(
+                AT_FDCWD,
+                file,
+                &time,
+                &time,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        }
+        write(&src, &store.join("full.ksb"), None);
+        // The live user may rename root's files in its own folder.
+        std::fs::rename(&public, &private).unwrap();
+        let inc = write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        assert_eq!((inc.files, inc.bytes), (1, 13), "{inc:?}");
+        let dest = fresh(tmp.path(), "dest");
+        read_at(&store.join("inc.ksb"), Some(&dest), None).unwrap();
+        assert_eq!(snapshot(&src), snapshot(&dest));
+        let restored = dest.join("Persistent/docs/private");
+        assert_eq!(std::fs::read(&restored).unwrap(), b"for everyone.");
+    }
+
+    #[test]
     fn a_chain_restores_changed_and_unchanged_files_links_and_attributes() {
         let tmp = tempfile::tempdir().unwrap();
         let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));

@@ -27,12 +27,14 @@ use super::tree::{ENTRY_END, EntryKind, TreeStats, TreeWriter, open_tops, shown}
 use super::{Error, Result};
 use crate::context::{Context, at};
 use crate::safefs::treewalk::{self, DirStack, Listed as ListedType};
-use crate::safefs::xattr::{On, Xattr};
+use crate::safefs::xattr::{ACL_ACCESS, On, Xattr, opens_up};
 
 /// What the previous archive of a chain says of each file, to tell which files are
 /// unchanged: same size and modification time to the nanosecond (rsync's quick check), and
 /// same owner and group, since a file's owner sets its size and time at will: a file the
-/// live user put in place of root's must not be given root's old content.
+/// live user put in place of root's must not be given root's old content. Nor may the old
+/// content reach anyone new ([`opens_up`]): root's file of the same size and time, but
+/// readable by all, renamed over a private one.
 #[derive(Debug, Default)]
 pub(crate) struct Previous {
     files: HashMap<Vec<u8>, PreviousFile>,
@@ -43,6 +45,9 @@ struct PreviousFile {
     size: u64,
     mtime: (i64, u32),
     owner: (u32, u32),
+    mode: u32,
+    /// Its access ACL, if it had one.
+    acl: Vec<Xattr>,
     extents: Vec<(u64, u64)>,
     holder: [u8; ID_LEN],
 }
@@ -68,6 +73,13 @@ impl Previous {
                         size: *size,
                         mtime: (entry.meta.mtime, entry.meta.mtime_nsec),
                         owner: (entry.meta.uid, entry.meta.gid),
+                        mode: entry.meta.mode,
+                        acl: entry
+                            .xattrs
+                            .iter()
+                            .filter(|(name, _)| name.as_slice() == ACL_ACCESS)
+                            .cloned()
+                            .collect(),
                         extents: extents.clone(),
                         holder: *holder,
                     },
@@ -78,11 +90,12 @@ impl Previous {
         Previous { files }
     }
 
-    fn unchanged(&self, path: &[u8], st: &FileStat) -> Option<&PreviousFile> {
+    fn unchanged(&self, path: &[u8], st: &FileStat, xattrs: &[Xattr]) -> Option<&PreviousFile> {
         self.files.get(path).filter(|p| {
             p.size == st.st_size as u64
                 && p.mtime == (st.st_mtime, st.st_mtime_nsec as u32)
                 && p.owner == (st.st_uid, st.st_gid)
+                && !opens_up(p.mode, &p.acl, st.st_mode, xattrs)
         })
     }
 }
@@ -385,7 +398,7 @@ impl ListingWriter<'_, '_> {
         let size = st.st_size as u64;
         let unchanged = self
             .previous
-            .and_then(|previous| previous.unchanged(path, &st))
+            .and_then(|previous| previous.unchanged(path, &st, &xattrs))
             .cloned();
         let (extents, holder) = match unchanged {
             Some(previous) => {

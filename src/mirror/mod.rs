@@ -8,8 +8,8 @@
 //! 1. **Compare.** Both trees are walked side by side: type, owner, mode, modification
 //!    time, size, extended attributes and ACLs, link targets, hard links. Nothing is
 //!    written. A file's data counts as unchanged if its size, time, owner and group are
-//!    (the owner sets the other two at will); its other facts are read from one handle on
-//!    the file listed.
+//!    (the owner sets the other two at will) and its new mode or ACL opens it to nobody
+//!    new ([`opens_up`]); its other facts are read from one handle on the file listed.
 //! 2. **Stage.** Every new or changed file, symlink or new folder (whole) is copied into
 //!    the work folder `.keepsake-sync` on the backup volume, with all its facts. A stop
 //!    signal here removes the work folder: the backup is the previous one.
@@ -56,6 +56,7 @@ use serde::Serialize;
 
 use crate::context::IoError;
 use crate::safefs::treewalk::{Id, id_of};
+use crate::safefs::xattr::opens_up;
 use crate::safefs::{self, Cursor, Dir, Entry};
 use facts::Xattrs;
 use plan::{Facts, Op};
@@ -154,6 +155,11 @@ pub struct Report {
     /// which may mix two versions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changed_while_copying: Vec<String>,
+    /// Entries replaced, or whose folder went, between the comparison and their copy:
+    /// nothing of them was copied or set; the backup keeps what it had, and the next
+    /// backup brings them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_since_compared: Vec<String>,
     /// Sockets, fifos and device nodes, which are not copied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
@@ -481,22 +487,26 @@ impl Mirror<'_> {
             self.note_new(path, &e.st);
             return Ok(());
         }
-        // The source entry's facts, and whether its copy's differ: `Ok(None)` if the entry
-        // is gone or is no longer the one listed, as when the live user swaps another in.
-        let read = || -> Result<Option<(Facts, bool)>> {
+        // The source entry's facts, whether its copy's differ, and whether they would open
+        // the copy's data to anyone new ([`opens_up`]): `Ok(None)` if the entry is gone or
+        // is no longer the one listed, as when the live user swaps another in.
+        let read = || -> Result<Option<(Facts, bool, bool)>> {
             let Some((st, x)) = listed_facts(src, e)? else {
                 return Ok(None);
             };
-            let differ = !facts::same_stat(&st, &w.st) || x != facts::read(old, &w.name)?;
-            Ok(Some((Facts::of(&st, x), differ)))
+            let was = facts::read(old, &w.name)?;
+            let differ = !facts::same_stat(&st, &w.st) || x != was;
+            let opens = opens_up(w.st.st_mode, &was.0, st.st_mode, &x.0);
+            Ok(Some((Facts::of(&st, x), differ, opens)))
         };
-        let facts_differ = || read().map(|read| read.map(|(f, differ)| differ.then_some(f)));
+        let facts_differ =
+            || read().map(|read| read.map(|(f, differ, opens)| (differ.then_some(f), opens)));
         if e.is_dir() {
-            let Some((f, differ)) = read()? else {
+            let Some((f, differ, _)) = read()? else {
                 // Its entries are compared by name all the same; its facts wait for the
                 // next backup rather than come from another folder than the one listed.
                 self.report
-                    .changed_while_copying
+                    .changed_since_compared
                     .push(src.path.join(&e.name).display().to_string());
                 return Ok(());
             };
@@ -527,13 +537,13 @@ impl Mirror<'_> {
             && (e.st.st_uid, e.st.st_gid) == (w.st.st_uid, w.st.st_gid);
         if e.st.st_nlink > 1 {
             let facts = match same_data.then(facts_differ).transpose()? {
-                Some(None) => {
-                    // Not the file listed any more: it, and so its other names, is copied
-                    // anew.
+                Some(None) | Some(Some((_, true))) => {
+                    // Not the file listed any more, or its data would reach someone new:
+                    // it, and so its other names, is copied anew.
                     self.note_new(path, &e.st);
                     return Ok(());
                 }
-                Some(Some(facts)) => facts,
+                Some(Some((facts, false))) => facts,
                 None => None,
             };
             let was = Was {
@@ -548,8 +558,8 @@ impl Mirror<'_> {
             self.note_new(path, &e.st);
         } else {
             match facts_differ()? {
-                None => self.note_new(path, &e.st),
-                Some(facts) => {
+                None | Some((_, true)) => self.note_new(path, &e.st),
+                Some((facts, false)) => {
                     if let Some(f) = facts {
                         self.facts.push((path, f));
                     }
@@ -677,7 +687,7 @@ impl Mirror<'_> {
             // comparison, which can be minutes ago: as for an entry gone, nothing to copy.
             Err(safefs::Error::NotFound(_) | safefs::Error::Symlink(_)) => {
                 self.report
-                    .changed_while_copying
+                    .changed_since_compared
                     .push(self.source.path.join(path).display().to_string());
                 return Ok(false);
             }
@@ -690,7 +700,7 @@ impl Mirror<'_> {
         };
         if safefs::treewalk::is_dir(&st) != was_dir {
             self.report
-                .changed_while_copying
+                .changed_since_compared
                 .push(src.path.join(file).display().to_string());
             return Ok(false);
         }
@@ -898,7 +908,7 @@ fn copied_kind(e: &Entry) -> bool {
 }
 
 /// The source file `name`, opened for reading without following a symlink or blocking
-/// on a fifo swapped in; `None` if it is gone.
+/// on a fifo swapped in; `None` if it is gone, or is something else now (below).
 fn open_source(dir: &Dir, name: &OsStr) -> Result<Option<File>> {
     match openat(
         &dir.fd,
@@ -922,8 +932,10 @@ fn open_source(dir: &Dir, name: &OsStr) -> Result<Option<File>> {
     }) {
         Ok(fd) => Ok(Some(fd.into())),
         Err(Errno::ENOENT) => Ok(None),
-        // A symlink swapped in since the listing: not a file to copy now.
-        Err(Errno::ELOOP) => Ok(None),
+        // Swapped in since the listing by the live user, in a folder of its own: a symlink,
+        // a socket (ENXIO); or a lease it holds on its file (EWOULDBLOCK). Not a file to
+        // copy now, and no reason to fail the whole backup.
+        Err(Errno::ELOOP | Errno::ENXIO | Errno::EWOULDBLOCK) => Ok(None),
         Err(e) => Err(errno_at("opening", &dir.path.join(name))(e)),
     }
 }

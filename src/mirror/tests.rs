@@ -982,9 +982,10 @@ fn a_folder_removed_before_its_new_file_is_staged_is_no_error() {
     race::clear();
     let r = r.unwrap();
     assert_eq!(
-        r.changed_while_copying,
+        r.changed_since_compared,
         vec![zz.join("b-new").display().to_string()]
     );
+    assert!(r.changed_while_copying.is_empty());
     assert_eq!(std::fs::read(p.dst.join("Persistent/a-new")).unwrap(), b"a");
 }
 
@@ -1029,5 +1030,53 @@ fn a_kept_file_written_while_compared_is_copied_not_given_its_new_time() {
     r.unwrap();
     let copy = p.dst.join("Persistent/deep/er/big.bin");
     assert_eq!(std::fs::read(copy).unwrap(), vec![8u8; 300_000]);
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+}
+
+#[test]
+fn a_socket_swapped_in_while_compared_fails_nothing() {
+    let Some(p) = backed_up() else { return };
+    // The live user's socket, renamed over a file of its folder after the listing: opened,
+    // it gives ENXIO.
+    let socket = p.src.join("Persistent/sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let big = p.src.join("Persistent/deep/er/big.bin");
+    let b = big.clone();
+    race::set_comparing(move |path| {
+        if path == b {
+            std::fs::rename(&socket, &b).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    r.unwrap();
+    assert!(!p.dst.join("Persistent/sock").exists());
+}
+
+#[test]
+fn roots_private_file_swapped_for_its_public_twin_is_copied_again() {
+    let Some(p) = backed_up() else { return };
+    // Two of root's files in the live user's folder, of one size and time (as tar leaves
+    // them): one private, one anyone may read.
+    let (private, public) = (
+        p.src.join("Persistent/private"),
+        p.src.join("Persistent/public"),
+    );
+    std::fs::write(&private, b"ROOT'S SECRET").unwrap();
+    std::fs::write(&public, b"for everyone.").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+    same_time_as(&private, &public);
+    run(&p, &mut quiet()).unwrap();
+    // The live user may rename root's files in its own folder.
+    std::fs::rename(&public, &private).unwrap();
+    let r = run(&p, &mut quiet()).unwrap();
+    let copy = p.dst.join("Persistent/private");
+    let mode = std::fs::metadata(&copy).unwrap().mode() & 0o777;
+    assert_eq!(
+        (std::fs::read(&copy).unwrap().as_slice(), mode),
+        (&b"for everyone."[..], 0o644)
+    );
+    assert_eq!(r.files_copied, 1, "{r:?}");
     assert_eq!(expected(&p.src), facts_of(&p.dst));
 }
