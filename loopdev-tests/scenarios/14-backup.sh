@@ -45,6 +45,12 @@ ks_tree_facts() {
     } | grep -v '^\./lost+found'
 }
 
+# Whether `backup list`'s text (in /tmp/ks-cmd.out) shows the name docs/evil<ESC>[2J with
+# its ESC escaped, and holds no ESC byte at all.
+ks_no_raw_escape() {
+    grep -qF 'docs/evil\x1b[2J' /tmp/ks-cmd.out && ! grep -q "$(printf '\033')" /tmp/ks-cmd.out
+}
+
 # The entry of PATH in `backup list --json`'s output (in /tmp/ks-cmd.out), and what it says.
 # (The JSON is pretty-printed: its lines are joined first.)
 ks_listed() {
@@ -123,6 +129,8 @@ guest_source() {
     ks_assert "it lists the second name as a hard link" ks_listed_as Persistent/docs/deep/big.bin hardlink
     { echo "changed $(ks_random)"; ks_in canary; } >> $p/docs/note.txt
     ks_in canary > $p/docs/new.txt && chown 1000:1000 $p/docs/new.txt
+    # A name the live user chose, holding ESC: a listing must not hand it to root's terminal.
+    echo "clear" > "$p/docs/evil$(printf '\033')[2J" && chown 1000:1000 $p/docs/evil*
     ks_tree_facts $KS_ROOT_MNT > /tmp/facts2
     ks_out facts2 "$(sha256sum < /tmp/facts2 | cut -c1-64)"
     ks_expect_rc 2 "an incremental after itself is refused" -- keepsake backup /media/hostdisk/x.ksb --since /media/hostdisk/x.ksb --key-file /run/ks-test/bpass
@@ -135,6 +143,8 @@ guest_source() {
     ks_expect_rc 0 "list the incremental" -- keepsake --json backup list /media/hostdisk/inc.ksb --key-file /run/ks-test/bpass
     ks_assert "the changed file is stored in it" ks_stored_here Persistent/docs/note.txt
     ks_assert "the unchanged one is in the full archive" ks_stored_earlier Persistent/docs/deep/three-mb.bin
+    ks_expect_rc 0 "list the incremental as text" -- keepsake backup list /media/hostdisk/inc.ksb --key-file /run/ks-test/bpass
+    ks_assert "the name holding ESC is listed escaped, and no ESC reaches the terminal" ks_no_raw_escape
     ks_expect_rc 0 "verify the chain" -- keepsake backup verify /media/hostdisk/inc.ksb --key-file /run/ks-test/bpass
     ks_assert "it says the full archive is intact too" grep -q "archives it is made after: /media/hostdisk/k.ksb" /tmp/ks-cmd.out
     # A chain with its full archive changed (a copy, beside a copy of the incremental), and
@@ -146,6 +156,15 @@ guest_source() {
     ks_expect_rc 7 "verify a chain whose full archive was changed" -- keepsake backup verify /media/hostdisk/tamper/inc.ksb --key-file /run/ks-test/bpass
     ks_assert "the error names it" grep -q "tamper/k.ksb was changed" /tmp/ks-cmd.out
     ks_expect_rc 11 "verify an incremental without its full archive" -- keepsake backup verify /media/hostdisk/lone/inc.ksb --key-file /run/ks-test/bpass
+    # A fifo at the full archive's name, as the live user could leave one in a folder of its
+    # own: nobody writes to it, and opening it to read would wait for good.
+    mkfifo /media/hostdisk/lone/k.ksb
+    ks_expect_rc 11 "a fifo in place of the full archive is refused" -- \
+        timeout 120 keepsake backup verify /media/hostdisk/lone/inc.ksb --key-file /run/ks-test/bpass
+    ks_assert "at once, and it says why" grep -q "lone/k.ksb is not a regular file" /tmp/ks-cmd.out
+    ks_expect_rc 2 "a fifo given as the archive is refused" -- \
+        timeout 120 keepsake backup verify /media/hostdisk/lone/k.ksb --key-file /run/ks-test/bpass
+    rm /media/hostdisk/lone/k.ksb
     ks_expect_rc 0 "lock" -- keepsake lock
     ks_in control > /media/hostdisk/control.txt
     sync && umount /media/hostdisk

@@ -365,6 +365,12 @@ fn open_parent(
                 id_hex(&child.parent)
             )));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(Error::BrokenChain(format!(
+                "{file} is not a regular file: {child_shown} was made after the archive {} of that name and needs it beside it; nothing was changed",
+                id_hex(&child.parent)
+            )));
+        }
         Err(e) => return Err(e).context(at("opening", &path)).map_err(Error::from),
     };
     let keyless = KeylessReader::new(input, chain.available_kib)

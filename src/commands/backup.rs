@@ -381,6 +381,10 @@ fn open_since(since: &Path, file: &Path, out: Output) -> Result<archive::Keyless
             "the earlier archive {} does not exist (nothing was written)",
             since.display()
         )),
+        std::io::ErrorKind::InvalidInput => Error::Usage(format!(
+            "the earlier archive {} is not a regular file (nothing was written)",
+            since.display()
+        )),
         _ => crate::context::io_at("opening", since)(e).into(),
     })?;
     let keyless = archive::KeylessReader::new(input, crate::volume::mem_available_kib())
@@ -466,7 +470,13 @@ fn open_archive(file: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
     if file == Path::new("-") {
         return Ok((Box::new(std::io::stdin().lock()), None));
     }
-    let f = crate::safefs::open_regular(file).map_err(crate::context::io_at("opening", file))?;
+    let f = crate::safefs::open_regular(file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => Error::Usage(format!(
+            "{} is not a regular file: give an archive file, or - for standard input (nothing was changed)",
+            file.display()
+        )),
+        _ => crate::context::io_at("opening", file)(e).into(),
+    })?;
     let len = f.metadata().ok().map(|m| m.len());
     Ok((Box::new(f), len))
 }
