@@ -541,23 +541,37 @@ mod tests {
         std::os::unix::fs::lchown(&mine, Some(1000), Some(1000)).unwrap();
         std::fs::set_permissions(&mine, PermissionsExt::from_mode(0o644)).unwrap();
         let was = std::fs::metadata(&root_only).unwrap();
-        let time = TimeSpec::new(was.mtime(), was.mtime_nsec());
+        set_mtime(&mine, TimeSpec::new(was.mtime(), was.mtime_nsec()));
+        std::fs::rename(&mine, &root_only).unwrap();
+        stored_again(
+            tmp.path(),
+            &src,
+            "Persistent/docs/root-only",
+            b"the user's 13",
+        );
+    }
+
+    /// The incremental after `full.ksb` in `src`'s `store`: it stores `want`, the content
+    /// now at `rel`, again, and restores the source as it is.
+    fn stored_again(tmp: &Path, src: &Path, rel: &str, want: &[u8]) {
+        let store = tmp.join("store");
+        let inc = write(src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        assert_eq!((inc.files, inc.bytes), (1, want.len() as u64), "{inc:?}");
+        let dest = fresh(tmp, "dest");
+        read_at(&store.join("inc.ksb"), Some(&dest), None).unwrap();
+        assert_eq!(snapshot(src), snapshot(&dest));
+        assert_eq!(std::fs::read(dest.join(rel)).unwrap(), want);
+    }
+
+    fn set_mtime(path: &Path, time: TimeSpec) {
         utimensat(
             AT_FDCWD,
-            &mine,
+            path,
             &time,
             &time,
             UtimensatFlags::NoFollowSymlink,
         )
         .unwrap();
-        std::fs::rename(&mine, &root_only).unwrap();
-        let inc = write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
-        assert_eq!((inc.files, inc.bytes), (1, 13), "{inc:?}");
-        let dest = fresh(tmp.path(), "dest");
-        read_at(&store.join("inc.ksb"), Some(&dest), None).unwrap();
-        assert_eq!(snapshot(&src), snapshot(&dest));
-        let restored = dest.join("Persistent/docs/root-only");
-        assert_eq!(std::fs::read(&restored).unwrap(), b"the user's 13");
     }
 
     #[test]
@@ -601,27 +615,18 @@ mod tests {
         std::fs::write(&public, b"for everyone.").unwrap();
         std::fs::set_permissions(&private, PermissionsExt::from_mode(0o600)).unwrap();
         std::fs::set_permissions(&public, PermissionsExt::from_mode(0o644)).unwrap();
-        let time = TimeSpec::new(1_600_000_000, 0);
         for file in [&private, &public] {
-            utimensat(
-                AT_FDCWD,
-                file,
-                &time,
-                &time,
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .unwrap();
+            set_mtime(file, TimeSpec::new(1_600_000_000, 0));
         }
         write(&src, &store.join("full.ksb"), None);
         // The live user may rename root's files in its own folder.
         std::fs::rename(&public, &private).unwrap();
-        let inc = write(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
-        assert_eq!((inc.files, inc.bytes), (1, 13), "{inc:?}");
-        let dest = fresh(tmp.path(), "dest");
-        read_at(&store.join("inc.ksb"), Some(&dest), None).unwrap();
-        assert_eq!(snapshot(&src), snapshot(&dest));
-        let restored = dest.join("Persistent/docs/private");
-        assert_eq!(std::fs::read(&restored).unwrap(), b"for everyone.");
+        stored_again(
+            tmp.path(),
+            &src,
+            "Persistent/docs/private",
+            b"for everyone.",
+        );
     }
 
     #[test]
