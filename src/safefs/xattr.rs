@@ -13,6 +13,7 @@ pub(crate) type Xattr = (Vec<u8>, Vec<u8>);
 
 /// The ACL attributes, which `crate::safefs::acl_xattr` encodes.
 pub(crate) const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+pub(crate) const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 /// Whether a file's mode and kept attributes `new` let anyone at its data whom `old` did
 /// not: a permission bit `old` lacks, or another access ACL. Data kept from before (an
@@ -20,14 +21,13 @@ pub(crate) const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 /// live user's folder, of one size and time, one private and one not, could be swapped by
 /// the live user to give the private bytes the other's access.
 pub(crate) fn opens_up(old_mode: u32, old: &[Xattr], new_mode: u32, new: &[Xattr]) -> bool {
-    let acl = |x: &[Xattr]| {
+    fn acl(x: &[Xattr]) -> Option<&[u8]> {
         x.iter()
             .find(|(name, _)| name.as_slice() == ACL_ACCESS)
-            .map(|(_, value)| value.clone())
-    };
+            .map(|(_, value)| value.as_slice())
+    }
     new_mode & 0o7777 & !(old_mode & 0o7777) != 0 || acl(old) != acl(new)
 }
-pub(crate) const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 /// The largest value the kernel stores (XATTR_SIZE_MAX).
 pub(crate) const MAX_VALUE: usize = 64 * 1024;
