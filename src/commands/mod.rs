@@ -122,11 +122,7 @@ pub fn read_passphrase(
 }
 
 /// Owner and mode of keepsake's own folders: root only.
-pub const ROOT_ONLY: crate::safefs::Owner = crate::safefs::Owner {
-    uid: 0,
-    gid: 0,
-    mode: 0o700,
-};
+pub const ROOT_ONLY: crate::safefs::Owner = crate::safefs::Owner::ROOT_0700;
 
 /// /run/keepsake (in RAM, as the preflight checks), created root-only if missing.
 pub fn runtime_dir() -> Result<crate::safefs::Dir> {
@@ -208,11 +204,8 @@ impl OpenHere {
 impl Drop for OpenHere {
     fn drop(&mut self) {
         crate::session::unlocked::sync_all();
-        if let Some(point) = self.mount_point.take()
-            && mounts::unmount(&point).is_err()
-        {
-            // Something still holds it: detach it now, the kernel finishes when it lets go.
-            let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+        if let Some(point) = self.mount_point.take() {
+            mounts::unmount_or_detach(&point);
         }
         let _ = crate::volume::deactivate(self.mapping);
         let _ = crate::session::unlocked::drop_caches();

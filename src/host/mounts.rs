@@ -346,6 +346,15 @@ pub(crate) fn overlay(target: &Dir, upper: &Path, work: &Path) -> Result<()> {
     .context(|| format!("mounting an overlay on {}", target.path.display()))
 }
 
+/// Unmounts `target` as [`unmount`] does, or, should something still hold it, detaches it
+/// now: the kernel finishes when that lets go. For keepsake's own mounts in /run/keepsake,
+/// which only root reaches.
+pub(crate) fn unmount_or_detach(target: &Path) {
+    if unmount(target).is_err() {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Unmounts the mount on `target`. umount2 has no *at form, and `UMOUNT_NOFOLLOW` guards
 /// only the last component: a path in the live user's folders could be redirected by a
 /// symlink swapped in on the way (and unmount `/proc`). So the folder holding the mount

@@ -108,6 +108,11 @@ impl Owner {
         gid: 0,
         mode: 0o755,
     };
+    /// Root's alone: keepsake's own folders.
+    pub(crate) const ROOT_0700: Owner = Owner {
+        mode: 0o700,
+        ..Owner::ROOT_0755
+    };
 }
 
 /// An open directory and the path it was reached by (for messages only).

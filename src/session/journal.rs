@@ -186,11 +186,8 @@ fn activate_union(volume: &Dir, resolved: &ResolvedEntry, journal: &mut Journal)
     safefs::set_owner(&source, safefs::Owner::ROOT_0755)?;
     let (_, made) = safefs::open_beneath(&source, Path::new("rw"), Some(dest_owner))?;
     journal.done.push(Done::Made(made));
-    let work_owner = safefs::Owner {
-        mode: 0o700,
-        ..safefs::Owner::ROOT_0755
-    };
-    let (_, made) = safefs::open_beneath(&source, Path::new("work"), Some(work_owner))?;
+    let (_, made) =
+        safefs::open_beneath(&source, Path::new("work"), Some(safefs::Owner::ROOT_0700))?;
     journal.done.push(Done::Made(made));
     refuse_a_path_others_can_change(volume, &e.source)?;
     let root = volume.path.join(&e.source);

@@ -32,14 +32,7 @@ pub struct FailedFeature {
 /// /run/keepsake, made root's 0700 if missing: where the record and the watchers' state
 /// files live.
 pub(crate) fn runtime_dir() -> std::result::Result<safefs::Dir, safefs::Error> {
-    let (dir, _) = safefs::open_dir(
-        Path::new(RUNTIME_DIR),
-        Some(Owner {
-            uid: 0,
-            gid: 0,
-            mode: 0o700,
-        }),
-    )?;
+    let (dir, _) = safefs::open_dir(Path::new(RUNTIME_DIR), Some(Owner::ROOT_0700))?;
     Ok(dir)
 }
 

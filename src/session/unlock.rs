@@ -155,25 +155,16 @@ pub fn start(
 fn finish_interrupted_backup(device: &Path, mapping: &str) -> Result<Option<String>> {
     let runtime = record::runtime_dir()?;
     let name = format!("finishing-{mapping}");
-    let (point, _) = safefs::open_beneath(
-        &runtime,
-        Path::new(&name),
-        Some(safefs::Owner {
-            mode: 0o700,
-            ..safefs::Owner::ROOT_0755
-        }),
-    )?;
+    let (point, _) =
+        safefs::open_beneath(&runtime, Path::new(&name), Some(safefs::Owner::ROOT_0700))?;
     let done = mounts::mount_ext4(device, &point.path)
         .map_err(Error::from)
         .and_then(|()| {
             let done = safefs::open_dir(&point.path, None)
                 .map_err(Error::from)
                 .and_then(|(volume, _)| Ok(crate::mirror::finish_interrupted(&volume)?));
-            // The unmount writes back what the plan changed. Only root reaches the mount:
-            // should something hold it, the kernel lets go once that does.
-            if mounts::unmount(&point.path).is_err() {
-                let _ = nix::mount::umount2(&point.path, nix::mount::MntFlags::MNT_DETACH);
-            }
+            // The unmount writes back what the plan changed.
+            mounts::unmount_or_detach(&point.path);
             done
         });
     let _ = nix::unistd::unlinkat(
