@@ -27,7 +27,7 @@ use super::tree::{ENTRY_END, EntryKind, TreeStats, TreeWriter, open_tops, shown}
 use super::{Error, Result};
 use crate::context::{Context, at};
 use crate::safefs::treewalk::{self, DirStack, Listed as ListedType};
-use crate::safefs::xattr::{ACL_ACCESS, On, Xattr, opens_up};
+use crate::safefs::xattr::{On, Xattr, opens_up};
 
 /// What the previous archive of a chain says of each file, to tell which files are
 /// unchanged: same size and modification time to the nanosecond (rsync's quick check), and
@@ -46,8 +46,7 @@ struct PreviousFile {
     mtime: (i64, u32),
     owner: (u32, u32),
     mode: u32,
-    /// Its access ACL, if it had one.
-    acl: Vec<Xattr>,
+    xattrs: Vec<Xattr>,
     extents: Vec<(u64, u64)>,
     holder: [u8; ID_LEN],
 }
@@ -74,12 +73,7 @@ impl Previous {
                         mtime: (entry.meta.mtime, entry.meta.mtime_nsec),
                         owner: (entry.meta.uid, entry.meta.gid),
                         mode: entry.meta.mode,
-                        acl: entry
-                            .xattrs
-                            .iter()
-                            .filter(|(name, _)| name.as_slice() == ACL_ACCESS)
-                            .cloned()
-                            .collect(),
+                        xattrs: entry.xattrs.clone(),
                         extents: extents.clone(),
                         holder: *holder,
                     },
@@ -95,7 +89,7 @@ impl Previous {
             p.size == st.st_size as u64
                 && p.mtime == (st.st_mtime, st.st_mtime_nsec as u32)
                 && p.owner == (st.st_uid, st.st_gid)
-                && !opens_up(p.mode, &p.acl, st.st_mode, xattrs)
+                && !opens_up(p.mode, &p.xattrs, st.st_mode, xattrs)
         })
     }
 }

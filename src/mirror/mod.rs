@@ -27,7 +27,8 @@
 //! carries it out before anything else ([`finish_interrupted`]; unlock on a mount only
 //! root reaches, since the steps act on names in the live user's folders). A program that
 //! does not know the plan (Tails' own unlock) would see, in that one case, some of the
-//! steps done and the rest not, each file whole. Tails and live-boot never look at `.keepsake-sync`.
+//! steps done and the rest not, each file whole. Tails and live-boot never look at
+//! `.keepsake-sync`.
 //!
 //! The source is a tree the live user can write while this runs. It is read by handle,
 //! never through a symlink ([`crate::safefs`]); a file that changes while it is copied is
@@ -529,12 +530,7 @@ impl Mirror<'_> {
             }
             return Ok(());
         }
-        // The quick check, and the owner: a file's owner sets its size and times at will,
-        // and a file the live user put in place of root's must not get root's old bytes.
-        let same_data = e.st.st_size == w.st.st_size
-            && e.st.st_mtime == w.st.st_mtime
-            && e.st.st_mtime_nsec == w.st.st_mtime_nsec
-            && (e.st.st_uid, e.st.st_gid) == (w.st.st_uid, w.st.st_gid);
+        let same_data = quick_check(&e.st) == quick_check(&w.st);
         if e.st.st_nlink > 1 {
             let facts = match same_data.then(facts_differ).transpose()? {
                 Some(None) | Some(Some((_, true))) => {
@@ -940,6 +936,19 @@ fn open_source(dir: &Dir, name: &OsStr) -> Result<Option<File>> {
     }
 }
 
+/// What tells a file's data unchanged: size and modification time (rsync's quick check),
+/// and owner and group, since a file's owner sets the other two at will: a file the live
+/// user put in place of root's must not get root's old bytes.
+fn quick_check(st: &FileStat) -> (i64, i64, i64, u32, u32) {
+    (
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_uid,
+        st.st_gid,
+    )
+}
+
 /// The owner, mode, times and attributes of the file or folder `e` of `src`, read from one
 /// handle on it: `None` if it is gone, or is no longer the inode listed, or (a file) its
 /// size, time or owner changed since, which the quick check was made on. Read by name, the
@@ -953,8 +962,7 @@ fn listed_facts(src: &Dir, e: &Entry) -> Result<Option<(FileStat, Xattrs)>> {
         return Ok(None);
     };
     let st = fstat(&handle).map_err(errno_at("reading", &shown))?;
-    let data = |s: &FileStat| (s.st_size, s.st_mtime, s.st_mtime_nsec, s.st_uid, s.st_gid);
-    if id_of(&st) != id_of(&e.st) || (!e.is_dir() && data(&st) != data(&e.st)) {
+    if id_of(&st) != id_of(&e.st) || (!e.is_dir() && quick_check(&st) != quick_check(&e.st)) {
         return Ok(None);
     }
     Ok(Some((st, facts::read_open(&handle, &shown)?)))
