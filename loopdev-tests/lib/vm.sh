@@ -13,7 +13,7 @@ KS_VM_TIMEOUT=${KS_VM_TIMEOUT:-300}
 
 # Programs copied into the guest with their shared libraries. tor is optional here: the
 # Tor-state scenarios check for it themselves.
-KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/tor /usr/bin/setpriv /sbin/sfdisk /usr/bin/partx /sbin/debugfs /usr/bin/date /usr/bin/strace /usr/bin/findmnt /usr/bin/setfacl /usr/bin/getfacl /usr/bin/setfattr /usr/bin/getfattr"
+KS_GUEST_PROGRAMS="/sbin/cryptsetup /sbin/mke2fs /sbin/e2fsck /usr/bin/tor /usr/bin/setpriv /sbin/sfdisk /usr/bin/partx /sbin/debugfs /sbin/dumpe2fs /usr/bin/date /usr/bin/strace /usr/bin/findmnt /usr/bin/setfacl /usr/bin/getfacl /usr/bin/setfattr /usr/bin/getfattr"
 KS_GUEST_MODULES="loop dm-mod dm-crypt ecb xts virtio_pci virtio_blk af_alg algif_skcipher lzo-rle zram overlay"
 
 ks_kernel_version() {
