@@ -9,13 +9,14 @@ from collections import defaultdict
 
 samples_path, out, runs, ossl, threads, host = sys.argv[1:7]
 busy_before, busy_after = (sys.argv[7:9] + ["unknown", "unknown"])[:2]
-samples, size = defaultdict(list), {}
+samples, cpu, size = defaultdict(list), defaultdict(list), {}
 for line in open(samples_path):
-    tree, key, value = line.split()
+    tree, key, value, *cpu_ms = line.split()
     if key == "bytes":
         size[tree] = int(value)
     else:
         samples[(tree, key)].append(int(value))
+        cpu[(tree, key)].extend(int(c) for c in cpu_ms)
 o = float(ossl) / (1 << 20)
 trees = [("mixed", "1 GiB: 15 × 64 MiB + 2048 × 32 KiB"), ("small", "20 000 × 8 KiB in 100 folders")]
 
@@ -25,11 +26,22 @@ def rate(tree, key):
 def runs_of(tree, key):
     return ", ".join(f"{ms}" for ms in samples[(tree, key)])
 
+def cpu_of(tree, key):
+    return statistics.median(cpu[(tree, key)])
+
+def wall_of(tree, key):
+    return statistics.median(samples[(tree, key)])
+
+# The least CPU time any encrypted archive of a tree costs here: the floor's (every file
+# read and written out once) and the cipher's over the tree's bytes at openssl's speed.
+def least_cpu(tree):
+    return cpu_of(tree, "floor_backup") + size[tree] / (1 << 20) / o * 1000
+
 tables = []
 for tree, shape in trees:
     rows = [f"### {tree} tree ({shape}, {size[tree] / (1 << 20):.0f} MiB)", "",
-            f"| | MiB/s (median of {runs}) | ÷ tar+age, same direction | ÷ tar --xattrs --acls + age | ÷ openssl (one core) | each run, ms |",
-            "|---|---:|---:|---:|---:|---|"]
+            f"| | MiB/s (median of {runs}) | ÷ tar+age, same direction | ÷ tar --xattrs --acls + age | ÷ openssl (one core) | CPU ms (median) | each run, ms |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     for key, name, peer in [
         ("keepsake2_backup", f"keepsake backup, format 2, {threads} threads", "tarage_backup"),
         ("keepsake_backup", f"keepsake backup, format 1, {threads} threads", "tarage_backup"),
@@ -39,11 +51,27 @@ for tree, shape in trees:
         ("keepsake_restore", f"keepsake restore, {threads} threads", "tarage_restore"),
         ("keepsake1_restore", "keepsake restore, 1 thread", "tarage_restore"),
         ("tarage_restore", "age -d \\| tar x", "tarage_restore"),
+        ("floor_backup", "the floor: every file read and written out once, one thread, no cipher", "tarage_backup"),
+        ("floorread_backup", "the floor's reading alone (written to /dev/null)", "tarage_backup"),
     ]:
         v = rate(tree, key)
         # Backups also against tar keeping what format 2 keeps.
         x = f"{v / rate(tree, 'taragex_backup'):.2f}" if key.endswith("_backup") else ""
-        rows.append(f"| {name} | {v:.0f} | {v / rate(tree, peer):.2f} | {x} | {v / o:.2f} | {runs_of(tree, key)} |")
+        rows.append(f"| {name} | {v:.0f} | {v / rate(tree, peer):.2f} | {x} | {v / o:.2f} | {cpu_of(tree, key):.0f} | {runs_of(tree, key)} |")
+    least = least_cpu(tree)
+    best = least / int(threads)
+    rows += ["", f"The least CPU time an encrypted archive of this tree costs here: the floor's "
+             f"{cpu_of(tree, 'floor_backup'):.0f} ms and the cipher's {least - cpu_of(tree, 'floor_backup'):.0f} ms "
+             f"({size[tree] / (1 << 20):.0f} MiB at {o:.0f} MiB/s), {least:.0f} ms. On {threads} CPUs, all busy all the "
+             f"time, that is {best:.0f} ms of wall time at best: {wall_of(tree, 'tarage_backup') / best:.2f}× "
+             f"`tar | age`'s median ({wall_of(tree, 'tarage_backup'):.0f} ms, {cpu_of(tree, 'tarage_backup'):.0f} ms of CPU). "
+             f"keepsake's format 2 took {wall_of(tree, 'keepsake2_backup'):.0f} ms, "
+             f"{cpu_of(tree, 'keepsake2_backup'):.0f} ms of CPU: {cpu_of(tree, 'keepsake2_backup') / least:.2f}× the least, "
+             f"{cpu_of(tree, 'keepsake2_backup') / wall_of(tree, 'keepsake2_backup'):.2f} CPUs busy on average "
+             f"(`tar | age`: {cpu_of(tree, 'tarage_backup') / wall_of(tree, 'tarage_backup'):.2f}). "
+             f"An archiver that reads the files on one thread, as keepsake does (its other thread seals and "
+             f"writes), takes at least the floor's reading alone, {wall_of(tree, 'floorread_backup'):.0f} ms: "
+             f"{wall_of(tree, 'tarage_backup') / wall_of(tree, 'floorread_backup'):.2f}× `tar | age` at most."]
     tables.append("\n".join(rows))
 
 # The plot: throughput per tree shape, one bar per tool and direction, openssl as a line.
@@ -106,7 +134,11 @@ reading and writing the files, which seals or opens a batch itself rather than w
 the files on one more) and with one; its archive stream then takes at most
 {2 * int(threads) + 2} MiB (1 MiB with one thread). The machine is shared, so absolute figures move from run to run;
 the ratios come from runs interleaved on the same machine at the same time, in an order
-that rotates from run to run so that no measurement always follows the same one.
+that rotates from run to run so that no measurement always follows the same one. CPU
+time is user + system time of every process and thread of the command (bash's `times`
+before and after). The floor is loopdev-tests/bench/read-floor.c: every file opened, read
+and written out once into one file, on one thread (openat, fstat, read, close a file), with
+no format, no names or attributes and no cipher: what any archive of the tree does at least.
 
 ![throughput per tree shape](backup-benchmarks.svg)
 
