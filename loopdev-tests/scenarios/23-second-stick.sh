@@ -8,7 +8,9 @@
 # while the live user rewrites files and swaps symlinks during a backup, every copy is one
 # whole version (or named as changing) and nothing root-only is read through a link, in the
 # sync and in an archive made meanwhile. Unlocked right after the cut at the commit, the
-# backup stick's plan is carried out first, where the live user cannot reach the volume.
+# backup stick's plan is carried out first, where the live user cannot reach the volume; an
+# unlock killed (SIGKILL) half way through it leaves nothing lock does not take away, and
+# the next unlock carries out the rest.
 # At the end the backup stick passes Tails' rules for
 # persistence.conf and unlocks with keepsake as a working Persistent Storage holding exactly
 # the source's files and facts.
@@ -538,14 +540,12 @@ ks_cut_at_commit() {
     sleep 600
 }
 
-# The backup stick the cut at the commit left, unlocked as the one Persistent Storage
-# before any backup runs again: unlock carries out the plan first, and where the live user
-# cannot reach the volume, since the plan's steps act on names in the live user's folders.
-# strace holds the plan's first rename (wherever the work folder is mounted) while the live
-# user looks for its Persistent folder; then what shows is the new backup. (Not `strace -f`:
-# the watcher unlock leaves running would keep strace, and this wait, going.)
-ks_unlock_finishes_the_plan() {
-    local before pid i=0 work held="" now
+# ks_hold_unlock_at_the_plan: `keepsake unlock` of the backup stick started under strace,
+# which holds it 20 s on its way out of the plan's first rename (the first step not done
+# yet), then waited for until it is held there. Sets H_PID (strace's pid) and H_AT (the work
+# folder it is held in, empty if it never was).
+ks_hold_unlock_at_the_plan() {
+    local before i=0 work
     ks_backup_open
     ks_assert "the cut at the commit left the plan" test -e /mnt/backup/.keepsake-sync/plan
     before=$(ls -a /mnt/backup/.keepsake-sync | md5sum)
@@ -554,19 +554,48 @@ ks_unlock_finishes_the_plan() {
         -P $KS_ROOT_MNT/.keepsake-sync -e trace=renameat,renameat2 \
         -e inject=renameat,renameat2:delay_exit=20000000:when=1 \
         keepsake unlock --device /dev/vdb --key-file $KS_BPASS > /tmp/ks-unlock.out 2>&1 &
-    pid=$!
-    while kill -0 $pid 2>/dev/null && [ $i -lt 3000 ]; do
+    H_PID=$! H_AT=""
+    while kill -0 $H_PID 2>/dev/null && [ $i -lt 3000 ]; do
         for work in /run/keepsake/finishing-TailsData_unlocked/.keepsake-sync $KS_ROOT_MNT/.keepsake-sync; do
-            [ -d $work ] && [ "$(ls -a $work | md5sum)" != "$before" ] && held=$work && break 2
+            [ -d $work ] && [ "$(ls -a $work | md5sum)" != "$before" ] && H_AT=$work && break 2
         done
         usleep 20000; i=$((i + 1))
     done
-    ks_assert "unlock is held after the plan's first step (in ${held:-no work folder})" test -n "$held"
+    ks_assert "unlock is held after the plan's first step (in ${H_AT:-no work folder})" test -n "$H_AT"
+}
+
+# SIGKILL of unlock while it carries out the plan: nothing can roll back. What it leaves
+# (the volume open, mounted on unlock's own folder in /run/keepsake, no record of it) is
+# what lock must take away, and the next unlock must carry out the rest of the plan
+# (ks_unlock_finishes_the_plan, next).
+ks_unlock_killed_while_finishing() {
+    local child
+    ks_hold_unlock_at_the_plan
+    child=$(cat /proc/$H_PID/task/$H_PID/children 2>/dev/null)
+    ks_assert "keepsake unlock runs under strace (pid ${child:-none})" test -n "$child"
+    kill -KILL $child
+    wait $H_PID
+    ks_assert "the SIGKILL left the volume mounted on unlock's own folder" \
+        grep -q ' /run/keepsake/finishing-TailsData_unlocked ' /proc/mounts
+    ks_expect_rc 0 "lock after the SIGKILL" -- keepsake lock
+    ks_assert "lock took away the volume and every mount of it" \
+        sh -c '! ls /dev/mapper | grep -q TailsData && ! grep -q finishing- /proc/mounts'
+}
+
+# The backup stick the cut at the commit left, unlocked as the one Persistent Storage
+# before any backup runs again: unlock carries out the plan first, and where the live user
+# cannot reach the volume, since the plan's steps act on names in the live user's folders.
+# strace holds the plan's first rename (wherever the work folder is mounted) while the live
+# user looks for its Persistent folder; then what shows is the new backup. (Not `strace -f`:
+# the watcher unlock leaves running would keep strace, and this wait, going.)
+ks_unlock_finishes_the_plan() {
+    local now
+    ks_hold_unlock_at_the_plan
     ks_assert "the volume is not mounted at its mount root meanwhile" \
         sh -c '! grep -q " $1 " /proc/mounts' - $KS_ROOT_MNT
     ks_assert "while unlock carries out the plan, the live user cannot reach the volume" \
         sh -c '! /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups ls "$1/Persistent" >/dev/null 2>&1' - $KS_ROOT_MNT
-    wait $pid || { cat /tmp/ks-unlock.out; ks_fail "unlock of the backup stick after the cut"; }
+    wait $H_PID || { cat /tmp/ks-unlock.out; ks_fail "unlock of the backup stick after the cut"; }
     ks_assert "unlock finished the backup the cut had stopped" \
         grep -q "finished a backup to this volume that had been stopped half way" /tmp/ks-unlock.out
     ks_assert "and left no mount or folder of its own for it" \
@@ -580,6 +609,7 @@ guest_final() {
     ks_live_session
     ks_pass_file
     ks_backup_pass
+    ks_unlock_killed_while_finishing
     ks_unlock_finishes_the_plan
     ks_expect_rc 0 "unlock" -- keepsake unlock --device /dev/vda --key-file "$KS_PASS_FILE"
     ks_expect_rc 0 "a backup after the cuts" -- ks_sync
