@@ -49,25 +49,33 @@ pub(crate) fn read_open(file: &impl AsFd, shown: &std::path::Path) -> Result<Xat
     Ok(Xattrs(kept))
 }
 
-/// Makes the attributes of `name` in `dir` exactly `want`: sets each, then removes any
-/// other (a new file inherits its folder's default ACL, which the source may not have).
+/// Makes the attributes of `name` in `dir` exactly `want`: first removes each it has that
+/// is not in `want` or has another value there (a new file inherits its folder's default
+/// ACL, which the source may not have), then sets each of `want` it lacks. So every state
+/// on the way holds only attributes of `want`. Why: ext4 (without `ea_inode`, as mkfs
+/// leaves it) keeps all of a file's attributes in one block, and setting a new one beside
+/// an old one the source dropped can fail for room (ENOSPC) where `want` alone fits; in a
+/// plan's step that fails so, every later try failed the same way.
 pub(crate) fn write(dir: &Dir, name: &OsStr, want: &Xattrs) -> Result<()> {
     let on = On::Entry(&dir.fd, name);
-    for (attr, value) in &want.0 {
-        on.set(attr, value).map_err(|e| {
-            io_error(
-                &format!("setting {} on", String::from_utf8_lossy(attr)),
-                dir,
-                name,
-                e,
-            )
-        })?;
-    }
-    for (attr, _) in read(dir, name)?.0 {
-        if !want.0.iter().any(|(w, _)| *w == attr) {
-            on.remove(&attr).map_err(|e| {
+    let have = read(dir, name)?;
+    for (attr, value) in &have.0 {
+        if !want.0.iter().any(|(w, v)| w == attr && v == value) {
+            on.remove(attr).map_err(|e| {
                 io_error(
-                    &format!("removing {} from", String::from_utf8_lossy(&attr)),
+                    &format!("removing {} from", String::from_utf8_lossy(attr)),
+                    dir,
+                    name,
+                    e,
+                )
+            })?;
+        }
+    }
+    for (attr, value) in &want.0 {
+        if !have.0.iter().any(|(h, v)| h == attr && v == value) {
+            on.set(attr, value).map_err(|e| {
+                io_error(
+                    &format!("setting {} on", String::from_utf8_lossy(attr)),
                     dir,
                     name,
                     e,
@@ -177,6 +185,68 @@ mod tests {
         // Negative control: a file with other attributes reads differently.
         set("b", "user.stale", b"old");
         assert_ne!(read(&d, OsStr::new("b")).unwrap(), from);
+    }
+
+    /// An ext4 filesystem as mkfs.ext4 makes keepsake's volumes (4 KiB blocks, no
+    /// `ea_inode`: all of a file's attributes share one block), on a loop device, mounted
+    /// in a temporary folder until dropped.
+    struct Ext4 {
+        mnt: tempfile::TempDir,
+        _image: tempfile::TempDir,
+        _lo: crate::host::devices::AttachedLoop,
+    }
+
+    impl Ext4 {
+        fn new() -> Ext4 {
+            assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+            let image = tempfile::tempdir().unwrap();
+            let file = image.path().canonicalize().unwrap().join("ext4.img");
+            std::fs::File::create(&file)
+                .unwrap()
+                .set_len(32 << 20)
+                .unwrap();
+            let made = std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-b", "4096"])
+                .arg(&file)
+                .status()
+                .unwrap();
+            assert!(made.success(), "mkfs.ext4");
+            let lo = crate::host::devices::attach_loop(&file).unwrap();
+            let mnt = tempfile::tempdir().unwrap();
+            crate::host::mounts::mount_ext4(&crate::host::devices::dev_path(&lo.name), mnt.path())
+                .unwrap();
+            Ext4 {
+                mnt,
+                _image: image,
+                _lo: lo,
+            }
+        }
+    }
+
+    impl Drop for Ext4 {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount(self.mnt.path());
+        }
+    }
+
+    #[test]
+    fn attributes_the_source_swapped_for_others_of_the_same_size_fit_on_ext4() {
+        let fs = Ext4::new();
+        let (d, _) = crate::safefs::open_dir(fs.mnt.path(), None).unwrap();
+        std::fs::write(fs.mnt.path().join("f"), b"x").unwrap();
+        let big = |n: &str, byte: u8| (n.as_bytes().to_vec(), vec![byte; 2100]);
+        write(&d, OsStr::new("f"), &Xattrs(vec![big("user.a", 1)])).unwrap();
+        // The source dropped user.a and has user.b as big: both at once do not fit in the
+        // one block, each alone does.
+        let want = Xattrs(vec![big("user.b", 2)]);
+        write(&d, OsStr::new("f"), &want).unwrap();
+        assert_eq!(read(&d, OsStr::new("f")).unwrap(), want);
+        // Values traded between two names: the bigger set on the way would not fit either.
+        let before = Xattrs(vec![(b"user.a".to_vec(), vec![3; 100]), big("user.c", 4)]);
+        write(&d, OsStr::new("f"), &before).unwrap();
+        let want = Xattrs(vec![big("user.a", 5), (b"user.c".to_vec(), vec![6; 100])]);
+        write(&d, OsStr::new("f"), &want).unwrap();
+        assert_eq!(read(&d, OsStr::new("f")).unwrap(), want);
     }
 
     #[test]
