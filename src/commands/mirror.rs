@@ -115,6 +115,11 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs, place: &Path, out: Output) ->
             "{file} changed every time it was copied: the backup holds the last copy, which may mix two versions"
         ));
     }
+    for why in &report.work.facts_not_set {
+        out.warn(format!(
+            "{why}: its data is backed up, its facts are not; the next backup tries again"
+        ));
+    }
     for entry in &report.work.changed_since_compared {
         out.warn(format!(
             "{entry} changed while the backup ran: the backup keeps what it had of it; the next backup brings it"

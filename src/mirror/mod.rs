@@ -161,6 +161,10 @@ pub struct Report {
     /// backup brings them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changed_since_compared: Vec<String>,
+    /// Entries of the backup whose owner, attributes, mode or times could not be set in
+    /// place, each with why: their data is backed up, and the next backup tries again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub facts_not_set: Vec<String>,
     /// Sockets, fifos and device nodes, which are not copied.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
@@ -183,8 +187,9 @@ pub fn finish_interrupted(dest: &Dir) -> Result<Option<String>> {
         plan::Left::RolledBack => {
             Some("removed what a backup to this volume, stopped half way, had left".into())
         }
-        plan::Left::Finished(steps) => Some(format!(
-            "finished a backup to this volume that had been stopped half way ({steps} steps)"
+        plan::Left::Finished { steps, not_set } => Some(format!(
+            "finished a backup to this volume that had been stopped half way ({steps} steps){}",
+            not_set_note(&not_set)
         )),
     })
 }
@@ -202,7 +207,10 @@ pub fn mirror(
     match plan::recover(dest)? {
         plan::Left::Nothing => {}
         plan::Left::RolledBack => report.leftovers_removed.push(plan::WORK.into()),
-        plan::Left::Finished(steps) => report.finished_interrupted = Some(steps),
+        plan::Left::Finished { steps, not_set } => {
+            report.finished_interrupted = Some(steps);
+            report.facts_not_set = not_set;
+        }
     }
     // What the backup held before: its top-level entries, and leftovers to remove.
     let mut had = Vec::new();
@@ -266,9 +274,10 @@ pub fn mirror(
             return Err(e.with_note(KEPT));
         }
         // Committed: no safe point until the plan is carried out.
-        plan::apply(dest, &work, &ops)
-            .and_then(|()| plan::finish(dest, &work))
+        let not_set = plan::apply(dest, &work, &ops)
+            .and_then(|not_set| plan::finish(dest, &work).map(|()| not_set))
             .map_err(|e| e.with_note(COMMITTED))?;
+        m.report.facts_not_set.extend(not_set);
     }
     // The volume's root: owner, mode and ACL (Tails gives the live user its way in by
     // ACL), and the times the work folder's coming and going changed.
@@ -277,6 +286,17 @@ pub fn mirror(
     facts::apply(dest, OsStr::new("."), &st, &x)?;
     syncfs(dest)?;
     Ok(m.report)
+}
+
+/// What the message of a finished plan adds for the facts it could not set.
+fn not_set_note(not_set: &[String]) -> String {
+    if not_set.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; the next backup tries again what could not be set: {}",
+        not_set.join("; ")
+    )
 }
 
 /// What a backup stopped before its commit says of the backup volume.

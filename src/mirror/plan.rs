@@ -336,9 +336,15 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op], staged: Durable) -> Res
         .map_err(errno_at("committing", &work.path.join(PLAN)))
 }
 
-/// Carries out `ops`, each step skipped if it was done already.
-pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
+/// Carries out `ops`, each step skipped if it was done already. A step of facts that fails
+/// does not stop the rest: it is returned, said. Why: the entry's data is in place, the next
+/// backup compares its facts again, and a plan that stopped at such a step would stop
+/// there again at every later try, by the next backup and by unlock alike (the live user
+/// can give its files attributes that do not fit beside the copy's, or swap a file for a
+/// symlink between two readings), leaving a backup stick no one could open or update.
+pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<Vec<String>> {
     let exists = |name: &OsStr| fstatat(&work.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
+    let mut not_set = Vec::new();
     for (done, op) in ops.iter().enumerate() {
         cut_here(done)?;
         match op {
@@ -374,11 +380,14 @@ pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<()> {
             }
             Op::Facts { path, facts } => {
                 let (parent, name) = parent_of(dest, path)?;
-                facts::apply(&parent, name, &facts.stat(), &facts.xattrs)?;
+                if let Err(e) = facts::apply(&parent, name, &facts.stat(), &facts.xattrs) {
+                    not_set.push(e.to_string());
+                }
             }
         }
     }
-    cut_here(ops.len())
+    cut_here(ops.len())?;
+    Ok(not_set)
 }
 
 /// A power cut played by the tests once `done` steps were carried out ([`cut`]); nothing
@@ -434,14 +443,17 @@ pub(crate) fn finish(dest: &Dir, work: &Dir) -> Result<()> {
 }
 
 /// What an earlier run left in the work folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Left {
     Nothing,
     /// Stopped before its commit: its work removed, the backup is the previous one.
     RolledBack,
     /// Stopped after its commit: its plan carried out (this many steps), the backup is
-    /// the new one.
-    Finished(usize),
+    /// the new one; but for the facts said in `not_set` ([`apply`]).
+    Finished {
+        steps: usize,
+        not_set: Vec<String>,
+    },
 }
 
 /// Finishes or removes what an interrupted run left on the backup volume `dest`.
@@ -476,9 +488,12 @@ pub(crate) fn recover(dest: &Dir) -> Result<Left> {
         return Ok(Left::RolledBack);
     };
     let ops = decode(&plan)?;
-    apply(dest, &work, &ops)?;
+    let not_set = apply(dest, &work, &ops)?;
     finish(dest, &work)?;
-    Ok(Left::Finished(ops.len()))
+    Ok(Left::Finished {
+        steps: ops.len(),
+        not_set,
+    })
 }
 
 #[cfg(test)]

@@ -1080,3 +1080,45 @@ fn roots_private_file_swapped_for_its_public_twin_is_copied_again() {
     assert_eq!(r.files_copied, 1, "{r:?}");
     assert_eq!(expected(&p.src), facts_of(&p.dst));
 }
+
+#[test]
+fn a_plan_whose_facts_cannot_be_set_is_carried_out_all_the_same() {
+    let Some(p) = backed_up() else { return };
+    let (d, _) = safefs::open_dir(&p.dst, None).unwrap();
+    // A plan with a step of facts that fails every time (a user.* attribute cannot be on
+    // a symlink: EPERM), as one the live user can bring about, then a step after it.
+    let left = |bad: &str, put: &str| {
+        let work = plan::make_work(&d).unwrap();
+        std::fs::write(p.dst.join(".keepsake-sync/n.1"), put).unwrap();
+        let link = nix::sys::stat::lstat(&p.dst.join(bad)).unwrap();
+        let no = facts::Xattrs(vec![(b"user.x".to_vec(), b"1".to_vec())]);
+        let ops = vec![
+            plan::Op::Facts {
+                path: bad.into(),
+                facts: plan::Facts::of(&link, no),
+            },
+            plan::Op::Put {
+                id: 1,
+                path: format!("Persistent/{put}").into(),
+            },
+        ];
+        plan::commit(&d, &work, &ops, plan::Durable::default()).unwrap();
+    };
+    // Carried out by unlock: the step after it is done, and the plan gone.
+    left("Persistent/link", "put-by-unlock");
+    let done = finish_interrupted(&d).unwrap().expect("a plan was left");
+    assert!(
+        done.contains("finished") && done.contains("could not be set") && done.contains("link"),
+        "{done}"
+    );
+    assert!(p.dst.join("Persistent/put-by-unlock").exists());
+    assert!(!p.dst.join(".keepsake-sync").exists());
+    assert!(finish_interrupted(&d).unwrap().is_none());
+    // Carried out by the next backup, which says so, and goes on.
+    left("Persistent/abs-link", "put-by-backup");
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!(r.finished_interrupted, Some(2), "{r:?}");
+    assert_eq!(r.facts_not_set.len(), 1, "{r:?}");
+    assert!(r.facts_not_set[0].contains("abs-link"), "{r:?}");
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+}
