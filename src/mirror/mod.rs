@@ -655,6 +655,7 @@ impl Mirror<'_> {
     /// Copies what is to be copied into the work folder, and returns the plan.
     fn stage_all(&mut self, work: &Dir) -> Result<Vec<Op>> {
         let mut puts = Vec::new();
+        let mut not_staged = Vec::new();
         let to_stage = std::mem::take(&mut self.to_stage);
         for (path, was_dir) in to_stage {
             crate::interrupt::check()?;
@@ -663,9 +664,24 @@ impl Mirror<'_> {
             let name = plan::staged(id);
             if self.stage_one(work, &path, was_dir, &name)? {
                 puts.push(Op::Put { id, path });
+            } else {
+                not_staged.push(path);
             }
         }
         let mut ops = std::mem::take(&mut self.removes);
+        // An entry of the backup that was to make way for a copy not made (the source's
+        // entry changed kind again, or went, since the comparison) stays: the backup keeps
+        // what it had of it, as the report says, until the next backup.
+        ops.retain(|op| match op {
+            Op::Remove { path, .. } if not_staged.contains(path) => {
+                let shown = self.source.path.join(path).display().to_string();
+                if !self.report.changed_since_compared.contains(&shown) {
+                    self.report.changed_since_compared.push(shown);
+                }
+                false
+            }
+            _ => true,
+        });
         self.report.removed = ops.len() as u64;
         ops.extend(puts);
         self.report.facts_set = self.facts.len() as u64;

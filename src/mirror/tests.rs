@@ -1122,3 +1122,39 @@ fn a_plan_whose_facts_cannot_be_set_is_carried_out_all_the_same() {
     assert!(r.facts_not_set[0].contains("abs-link"), "{r:?}");
     assert_eq!(expected(&p.src), facts_of(&p.dst));
 }
+
+#[test]
+fn a_folder_made_a_file_and_back_while_staging_is_kept_in_the_backup() {
+    let Some(p) = backed_up() else { return };
+    let zd = p.src.join("Persistent/zd");
+    std::fs::create_dir(&zd).unwrap();
+    std::fs::write(zd.join("inside"), b"kept").unwrap();
+    run(&p, &mut quiet()).unwrap();
+    // Compared as a file where the backup has a folder; staged after a-new, by which time
+    // the live user has made it a folder again.
+    std::fs::remove_dir_all(&zd).unwrap();
+    std::fs::write(&zd, b"a file for a while").unwrap();
+    std::fs::write(p.src.join("Persistent/a-new"), b"a").unwrap();
+    let back = zd.clone();
+    race::set(move |path| {
+        if path.ends_with("a-new") {
+            std::fs::remove_file(&back).unwrap();
+            std::fs::create_dir(&back).unwrap();
+            std::fs::write(back.join("inside"), b"kept").unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    let r = r.unwrap();
+    assert_eq!(
+        r.changed_since_compared,
+        vec![zd.display().to_string()],
+        "{r:?}"
+    );
+    assert_eq!(r.removed, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read(p.dst.join("Persistent/zd/inside")).unwrap(),
+        b"kept",
+        "the backup keeps what it had"
+    );
+}
