@@ -540,13 +540,16 @@ impl Mirror<'_> {
         if e.is_symlink() {
             // A symlink has no ACL, and the live user cannot give its own any attribute
             // root would keep: read by name, its facts are its own or harmless.
-            if link_target(src, &e.name)? != link_target(old, &w.name)? {
+            let Some((target, x)) = symlink_facts(src, &e.name, &e.st)? else {
+                self.report
+                    .changed_since_compared
+                    .push(src.path.join(&e.name).display().to_string());
+                return Ok(());
+            };
+            if target != link_target(old, &w.name)? {
                 self.note_new(path, &e.st);
-            } else {
-                let x = facts::read(src, &e.name)?;
-                if !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)? {
-                    self.facts.push((path, Facts::of(&e.st, x)));
-                }
+            } else if !facts::same_stat(&e.st, &w.st) || x != facts::read(old, &w.name)? {
+                self.facts.push((path, Facts::of(&e.st, x)));
             }
             return Ok(());
         }
@@ -773,11 +776,24 @@ impl Mirror<'_> {
 
     /// Copies the source folder `file` of `src`, with everything in it, to `name` in the
     /// work folder `work`; each folder's facts set once everything in it is there.
+    /// Nothing is staged when the folder went, or a symlink took its place, since it was
+    /// seen (named as changing).
     fn copy_folder(&mut self, src: &Dir, file: &OsStr, work: &Dir, name: &OsStr) -> Result<()> {
+        #[cfg(test)]
+        race::while_copying(&src.path.join(file));
+        let src_root = match safefs::open_beneath(src, Path::new(file), None) {
+            Ok((src_root, _)) => src_root,
+            Err(safefs::Error::NotFound(_) | safefs::Error::Symlink(_)) => {
+                self.report
+                    .changed_since_compared
+                    .push(src.path.join(file).display().to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         mkdirat(&work.fd, name, Mode::from_bits_truncate(0o700))
             .map_err(errno_at("creating", &work.path.join(name)))?;
         let (built_root, _) = safefs::open_beneath(work, Path::new(name), None)?;
-        let (src_root, _) = safefs::open_beneath(src, Path::new(file), None)?;
         let built = RefCell::new(Cursor::new(&built_root));
         let me = RefCell::new(&mut *self);
         safefs::walk_both(
@@ -863,11 +879,15 @@ impl Mirror<'_> {
             Err(e) => return Err(errno_at("reading", &shown)(e)),
         };
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            let target = link_target(from, name)?;
+            let Some((target, x)) = symlink_facts(from, name, &st)? else {
+                self.report
+                    .changed_since_compared
+                    .push(shown.display().to_string());
+                return Ok(None);
+            };
             nix::unistd::symlinkat(target.as_os_str(), &to.fd, to_name)
                 .map_err(errno_at("creating", &to.path.join(to_name)))?;
             self.staged.symlink(&target);
-            let x = facts::read(from, name)?;
             facts::apply(to, to_name, &st, &x)?;
             return Ok(None);
         }
@@ -1002,6 +1022,37 @@ fn listed_facts(src: &Dir, e: &Entry) -> Result<Option<(FileStat, Xattrs)>> {
         return Ok(None);
     }
     Ok(Some((st, facts::read_open(&handle, &shown)?)))
+}
+
+/// The target and attributes of the symlink `name` in `dir`, listed as `st`; `None` when
+/// the live user removed it or put another entry in its place since (a file there gives
+/// EINVAL to `readlinkat`; another symlink, another inode once both are read). Why: a
+/// swap is churn, not an error that stops the backup (a browser's profile lock is such a
+/// symlink, and a loop of `ln -s` and `rm` would stop every backup).
+fn symlink_facts(dir: &Dir, name: &OsStr, st: &FileStat) -> Result<Option<(OsString, Xattrs)>> {
+    let shown = || dir.path.join(name);
+    #[cfg(test)]
+    race::while_comparing(&shown());
+    let target = match nix::fcntl::readlinkat(&dir.fd, name) {
+        Ok(target) => target,
+        Err(Errno::ENOENT | Errno::EINVAL) => return Ok(None),
+        Err(e) => return Err(errno_at("reading the link", &shown())(e)),
+    };
+    let x = match crate::safefs::xattr::On::Entry(&dir.fd, name).read() {
+        Ok((kept, _)) => Xattrs(kept),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => {
+            return Err(Error::Io(IoError::new(
+                format!("reading the attributes of {}", shown().display()),
+                e,
+            )));
+        }
+    };
+    match fstatat(&dir.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(now) if kind(&now) == libc::S_IFLNK && id_of(&now) == id_of(st) => Ok(Some((target, x))),
+        Ok(_) | Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(errno_at("reading", &shown())(e)),
+    }
 }
 
 fn link_target(dir: &Dir, name: &OsStr) -> Result<OsString> {

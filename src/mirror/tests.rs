@@ -1158,3 +1158,60 @@ fn a_folder_made_a_file_and_back_while_staging_is_kept_in_the_backup() {
         "the backup keeps what it had"
     );
 }
+
+#[test]
+fn symlinks_removed_or_replaced_while_compared_or_staged_stop_nothing() {
+    let Some(p) = backed_up() else { return };
+    let dir = p.src.join("Persistent");
+    std::os::unix::fs::symlink("note.txt", dir.join("new-link")).unwrap();
+    // After the listing, the live user puts a file in place of a symlink the backup has
+    // (readlinkat: EINVAL) and removes a new one (ENOENT).
+    race::set_comparing(|path| {
+        if path.ends_with("Persistent/link") {
+            std::fs::remove_file(path).unwrap();
+            std::fs::write(path, b"a file now").unwrap();
+        } else if path.ends_with("Persistent/new-link") {
+            std::fs::remove_file(path).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    let r = r.unwrap();
+    let mut said = r.changed_since_compared.clone();
+    said.sort();
+    let shown = |n: &str| dir.join(n).display().to_string();
+    assert_eq!(said, vec![shown("link"), shown("new-link")], "{r:?}");
+    assert_eq!(
+        std::fs::read_link(p.dst.join("Persistent/link")).unwrap(),
+        Path::new("note.txt"),
+        "the backup keeps what it had"
+    );
+    assert!(!p.dst.join("Persistent/new-link").exists());
+}
+
+#[test]
+fn a_new_folder_made_a_symlink_before_it_is_staged_stops_nothing() {
+    let Some(p) = backed_up() else { return };
+    let newf = p.src.join("Persistent/newf");
+    std::fs::create_dir(&newf).unwrap();
+    std::fs::write(newf.join("inside"), b"x").unwrap();
+    std::fs::write(p.src.join("Persistent/a-new"), b"a").unwrap();
+    // Seen as a folder when its staging starts, a symlink when it is opened.
+    let swapped = newf.clone();
+    race::set(move |path| {
+        if path == swapped {
+            std::fs::remove_dir_all(&swapped).unwrap();
+            std::os::unix::fs::symlink("/etc", &swapped).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    let r = r.unwrap();
+    assert_eq!(
+        r.changed_since_compared,
+        vec![newf.display().to_string()],
+        "{r:?}"
+    );
+    assert!(std::fs::symlink_metadata(p.dst.join("Persistent/newf")).is_err());
+    assert_eq!(std::fs::read(p.dst.join("Persistent/a-new")).unwrap(), b"a");
+}
