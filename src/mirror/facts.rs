@@ -102,7 +102,11 @@ pub(crate) fn same_stat(a: &FileStat, b: &FileStat) -> bool {
 /// Gives the entry `name` in `dir` the owner, attributes, mode and times of `st` and
 /// `xattrs`, in the order that keeps each: the owner first (a change of owner clears
 /// setuid and setgid), the attributes (with the ACLs) before the mode (which sets the
-/// ACL mask from the group bits, as the source's are), the times last.
+/// ACL mask from the group bits, as the source's are), the times last. Should the
+/// attributes fail half way (an access ACL removed, the new one not set), the entry is
+/// closed to all but its owner (the mode's owner bits alone) rather than left open to
+/// its group by a mode meant to go with an ACL; the error is returned once the mode and
+/// times are set.
 pub(crate) fn apply(dir: &Dir, name: &OsStr, st: &FileStat, xattrs: &Xattrs) -> Result<()> {
     use nix::fcntl::AtFlags;
     use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags, fchmodat, utimensat};
@@ -117,13 +121,18 @@ pub(crate) fn apply(dir: &Dir, name: &OsStr, st: &FileStat, xattrs: &Xattrs) -> 
         AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| errno_error("setting the owner of", dir, name, e))?;
-    write(dir, name, xattrs)?;
+    let attributes = write(dir, name, xattrs);
+    let mode = if attributes.is_ok() {
+        st.st_mode & 0o7777
+    } else {
+        st.st_mode & 0o700
+    };
     // A symlink has no mode of its own on Linux.
     if !is_link {
         fchmodat(
             dir.fd.as_fd(),
             name,
-            Mode::from_bits_truncate(st.st_mode & 0o7777),
+            Mode::from_bits_truncate(mode),
             FchmodatFlags::NoFollowSymlink,
         )
         .or_else(|e| match e {
@@ -131,7 +140,7 @@ pub(crate) fn apply(dir: &Dir, name: &OsStr, st: &FileStat, xattrs: &Xattrs) -> 
             Errno::EOPNOTSUPP => fchmodat(
                 dir.fd.as_fd(),
                 name,
-                Mode::from_bits_truncate(st.st_mode & 0o7777),
+                Mode::from_bits_truncate(mode),
                 FchmodatFlags::FollowSymlink,
             ),
             e => Err(e),
@@ -145,7 +154,8 @@ pub(crate) fn apply(dir: &Dir, name: &OsStr, st: &FileStat, xattrs: &Xattrs) -> 
         &TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
         UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(|e| errno_error("setting the times of", dir, name, e))
+    .map_err(|e| errno_error("setting the times of", dir, name, e))?;
+    attributes
 }
 
 #[cfg(test)]
@@ -247,6 +257,25 @@ mod tests {
         let want = Xattrs(vec![big("user.a", 5), (b"user.c".to_vec(), vec![6; 100])]);
         write(&d, OsStr::new("f"), &want).unwrap();
         assert_eq!(read(&d, OsStr::new("f")).unwrap(), want);
+    }
+
+    #[test]
+    fn an_entry_whose_attributes_cannot_be_set_is_closed_to_all_but_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let fs = Ext4::new();
+        let (d, _) = crate::safefs::open_dir(fs.mnt.path(), None).unwrap();
+        let f = fs.mnt.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut st = nix::sys::stat::stat(&f).unwrap();
+        st.st_mode = libc::S_IFREG | 0o640;
+        // Two attributes of 2100 bytes: more than ext4's one block holds.
+        let big = |n: &str| (n.as_bytes().to_vec(), vec![1u8; 2100]);
+        let too_many = Xattrs(vec![big("user.a"), big("user.b")]);
+        let e = apply(&d, OsStr::new("f"), &st, &too_many).expect_err("no room");
+        assert!(e.to_string().contains("setting user.b"), "{e}");
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "the owner's bits of the mode wanted, no more");
     }
 
     #[test]
