@@ -207,10 +207,8 @@ pub fn mirror(
     match plan::recover(dest)? {
         plan::Left::Nothing => {}
         plan::Left::RolledBack => report.leftovers_removed.push(plan::WORK.into()),
-        plan::Left::Finished { steps, not_set } => {
-            report.finished_interrupted = Some(steps);
-            report.facts_not_set = not_set;
-        }
+        // What it could not set, this run compares again, and sets or says.
+        plan::Left::Finished { steps, .. } => report.finished_interrupted = Some(steps),
     }
     // What the backup held before: its top-level entries, and leftovers to remove.
     let mut had = Vec::new();
@@ -277,7 +275,13 @@ pub fn mirror(
         let not_set = plan::apply(dest, &work, &ops)
             .and_then(|not_set| plan::finish(dest, &work).map(|()| not_set))
             .map_err(|e| e.with_note(COMMITTED))?;
-        m.report.facts_not_set.extend(not_set);
+        // Only the files' steps count in facts_set; the folders' come with every change.
+        let files_not_set = not_set
+            .iter()
+            .filter(|(path, _)| !m.touched.contains(path))
+            .count() as u64;
+        m.report.facts_set = m.report.facts_set.saturating_sub(files_not_set);
+        m.report.facts_not_set = not_set.into_iter().map(|(_, why)| why).collect();
     }
     // The volume's root: owner, mode and ACL (Tails gives the live user its way in by
     // ACL), and the times the work folder's coming and going changed.
@@ -796,16 +800,22 @@ impl Mirror<'_> {
         let (built_root, _) = safefs::open_beneath(work, Path::new(name), None)?;
         let built = RefCell::new(Cursor::new(&built_root));
         let me = RefCell::new(&mut *self);
+        // The folders made in the copy, and those the walk entered: one it never entered
+        // (gone, or a symlink put in its place, before its turn) is taken out again.
+        let made = RefCell::new(BTreeSet::new());
+        let entered = RefCell::new(BTreeSet::new());
         safefs::walk_both(
             &src_root,
             |src, rel, entries| -> Result<()> {
                 crate::interrupt::check()?;
+                entered.borrow_mut().insert(rel.to_path_buf());
                 let to = open_in(&built, rel)?;
                 let mut me = me.borrow_mut();
                 for e in entries {
                     if e.is_dir() {
                         mkdirat(&to.fd, e.name.as_os_str(), Mode::from_bits_truncate(0o700))
                             .map_err(errno_at("creating", &to.path.join(&e.name)))?;
+                        made.borrow_mut().insert(rel.join(&e.name));
                     } else if copied_kind(e) {
                         let staged = Path::new(name).join(rel).join(&e.name);
                         me.copy_file(src, &e.name, &e.st, work, &to, &e.name, &staged)?;
@@ -819,6 +829,21 @@ impl Mirror<'_> {
             },
             |src, rel| -> Result<()> {
                 let to = open_in(&built, rel)?;
+                let entered = entered.borrow();
+                let left_out = made
+                    .borrow()
+                    .iter()
+                    .filter(|m| m.parent() == Some(rel) && !entered.contains(*m))
+                    .filter_map(|m| m.file_name().map(OsStr::to_os_string))
+                    .collect::<Vec<_>>();
+                for name in left_out {
+                    unlinkat(&to.fd, name.as_os_str(), UnlinkatFlags::RemoveDir)
+                        .map_err(errno_at("removing", &to.path.join(&name)))?;
+                    me.borrow_mut()
+                        .report
+                        .changed_since_compared
+                        .push(src.path.join(&name).display().to_string());
+                }
                 let st = fstat(&src.fd).map_err(errno_at("reading", &src.path))?;
                 let x = facts::read(src, OsStr::new("."))?;
                 facts::apply(&to, OsStr::new("."), &st, &x)

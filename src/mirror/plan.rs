@@ -342,7 +342,7 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op], staged: Durable) -> Res
 /// there again at every later try, by the next backup and by unlock alike (the live user
 /// can give its files attributes that do not fit beside the copy's, or swap a file for a
 /// symlink between two readings), leaving a backup stick no one could open or update.
-pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<Vec<String>> {
+pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<Vec<(PathBuf, String)>> {
     let exists = |name: &OsStr| fstatat(&work.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok();
     let mut not_set = Vec::new();
     for (done, op) in ops.iter().enumerate() {
@@ -380,8 +380,14 @@ pub(crate) fn apply(dest: &Dir, work: &Dir, ops: &[Op]) -> Result<Vec<String>> {
             }
             Op::Facts { path, facts } => {
                 let (parent, name) = parent_of(dest, path)?;
-                if let Err(e) = facts::apply(&parent, name, &facts.stat(), &facts.xattrs) {
-                    not_set.push(e.to_string());
+                #[cfg(test)]
+                let refused = fail_facts::here(path);
+                #[cfg(not(test))]
+                let refused = Ok(());
+                let set = refused
+                    .and_then(|()| facts::apply(&parent, name, &facts.stat(), &facts.xattrs));
+                if let Err(e) = set {
+                    not_set.push((path.clone(), e.to_string()));
                 }
             }
         }
@@ -417,6 +423,32 @@ pub(crate) mod cut {
         if AFTER.with(|a| a.get()) == Some(done) {
             return Err(super::Error::Internal(format!(
                 "power cut after {done} steps (test)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A hook for tests to make the step of facts of one path fail, as a file system that
+/// refuses them would; nothing in a real run.
+#[cfg(test)]
+pub(crate) mod fail_facts {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static AT: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    pub(crate) fn at(path: Option<&str>) {
+        AT.with(|a| *a.borrow_mut() = path.map(PathBuf::from));
+    }
+
+    pub(super) fn here(path: &Path) -> super::Result<()> {
+        if AT.with(|a| a.borrow().as_deref() == Some(path)) {
+            return Err(super::Error::Internal(format!(
+                "setting the facts of {} refused (test)",
+                path.display()
             )));
         }
         Ok(())
@@ -492,7 +524,7 @@ pub(crate) fn recover(dest: &Dir) -> Result<Left> {
     finish(dest, &work)?;
     Ok(Left::Finished {
         steps: ops.len(),
-        not_set,
+        not_set: not_set.into_iter().map(|(_, why)| why).collect(),
     })
 }
 

@@ -1114,12 +1114,32 @@ fn a_plan_whose_facts_cannot_be_set_is_carried_out_all_the_same() {
     assert!(p.dst.join("Persistent/put-by-unlock").exists());
     assert!(!p.dst.join(".keepsake-sync").exists());
     assert!(finish_interrupted(&d).unwrap().is_none());
-    // Carried out by the next backup, which says so, and goes on.
+    // Carried out by the next backup, which goes on, compares the link again and finds
+    // nothing left to set: it says nothing was left unset.
     left("Persistent/abs-link", "put-by-backup");
     let r = run(&p, &mut quiet()).unwrap();
     assert_eq!(r.finished_interrupted, Some(2), "{r:?}");
+    assert!(r.facts_not_set.is_empty(), "{r:?}");
+    assert_eq!(expected(&p.src), facts_of(&p.dst));
+}
+
+#[test]
+fn facts_a_run_cannot_set_are_said_not_counted_and_set_by_the_next() {
+    let Some(p) = backed_up() else { return };
+    let sparse = p.src.join("Persistent/sparse.img");
+    std::fs::set_permissions(&sparse, std::fs::Permissions::from_mode(0o600)).unwrap();
+    plan::fail_facts::at(Some("Persistent/sparse.img"));
+    let r = run(&p, &mut quiet());
+    plan::fail_facts::at(None);
+    let r = r.unwrap();
+    assert_eq!(r.facts_set, 0, "{r:?}");
     assert_eq!(r.facts_not_set.len(), 1, "{r:?}");
-    assert!(r.facts_not_set[0].contains("abs-link"), "{r:?}");
+    assert!(
+        r.facts_not_set[0].contains("Persistent/sparse.img"),
+        "{r:?}"
+    );
+    let r = run(&p, &mut quiet()).unwrap();
+    assert_eq!((r.facts_set, r.facts_not_set.len()), (1, 0), "{r:?}");
     assert_eq!(expected(&p.src), facts_of(&p.dst));
 }
 
@@ -1165,11 +1185,15 @@ fn symlinks_removed_or_replaced_while_compared_or_staged_stop_nothing() {
     let dir = p.src.join("Persistent");
     std::os::unix::fs::symlink("note.txt", dir.join("new-link")).unwrap();
     // After the listing, the live user puts a file in place of a symlink the backup has
-    // (readlinkat: EINVAL) and removes a new one (ENOENT).
+    // (readlinkat: EINVAL), another symlink in place of one (another inode) and removes
+    // a new one (ENOENT).
     race::set_comparing(|path| {
         if path.ends_with("Persistent/link") {
             std::fs::remove_file(path).unwrap();
             std::fs::write(path, b"a file now").unwrap();
+        } else if path.ends_with("Persistent/abs-link") {
+            std::fs::remove_file(path).unwrap();
+            std::os::unix::fs::symlink("/etc/shadow", path).unwrap();
         } else if path.ends_with("Persistent/new-link") {
             std::fs::remove_file(path).unwrap();
         }
@@ -1180,7 +1204,11 @@ fn symlinks_removed_or_replaced_while_compared_or_staged_stop_nothing() {
     let mut said = r.changed_since_compared.clone();
     said.sort();
     let shown = |n: &str| dir.join(n).display().to_string();
-    assert_eq!(said, vec![shown("link"), shown("new-link")], "{r:?}");
+    assert_eq!(
+        said,
+        vec![shown("abs-link"), shown("link"), shown("new-link")],
+        "{r:?}"
+    );
     assert_eq!(
         std::fs::read_link(p.dst.join("Persistent/link")).unwrap(),
         Path::new("note.txt"),
@@ -1214,4 +1242,34 @@ fn a_new_folder_made_a_symlink_before_it_is_staged_stops_nothing() {
     );
     assert!(std::fs::symlink_metadata(p.dst.join("Persistent/newf")).is_err());
     assert_eq!(std::fs::read(p.dst.join("Persistent/a-new")).unwrap(), b"a");
+}
+
+#[test]
+fn a_folder_inside_a_new_one_made_a_symlink_before_the_copy_reaches_it_is_left_out_and_said() {
+    let Some(p) = backed_up() else { return };
+    let newf = p.src.join("Persistent/newf");
+    std::fs::create_dir_all(newf.join("sub")).unwrap();
+    std::fs::write(newf.join("a"), b"a").unwrap();
+    std::fs::write(newf.join("sub/x"), b"x").unwrap();
+    let sub = newf.join("sub");
+    let s = sub.clone();
+    race::set(move |path| {
+        if path.ends_with("newf/a") {
+            std::fs::remove_dir_all(&s).unwrap();
+            std::os::unix::fs::symlink("/etc", &s).unwrap();
+        }
+    });
+    let r = run(&p, &mut quiet());
+    race::clear();
+    let r = r.unwrap();
+    assert_eq!(
+        r.changed_since_compared,
+        vec![sub.display().to_string()],
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read(p.dst.join("Persistent/newf/a")).unwrap(),
+        b"a"
+    );
+    assert!(std::fs::symlink_metadata(p.dst.join("Persistent/newf/sub")).is_err());
 }
