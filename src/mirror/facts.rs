@@ -122,30 +122,22 @@ pub(crate) fn apply(dir: &Dir, name: &OsStr, st: &FileStat, xattrs: &Xattrs) -> 
     )
     .map_err(|e| errno_error("setting the owner of", dir, name, e))?;
     let attributes = write(dir, name, xattrs);
-    let mode = if attributes.is_ok() {
+    let mode = Mode::from_bits_truncate(if attributes.is_ok() {
         st.st_mode & 0o7777
     } else {
         st.st_mode & 0o700
-    };
+    });
     // A symlink has no mode of its own on Linux.
     if !is_link {
-        fchmodat(
-            dir.fd.as_fd(),
-            name,
-            Mode::from_bits_truncate(mode),
-            FchmodatFlags::NoFollowSymlink,
-        )
-        .or_else(|e| match e {
-            // Older kernels refuse the flag for anything; the entry is not a symlink here.
-            Errno::EOPNOTSUPP => fchmodat(
-                dir.fd.as_fd(),
-                name,
-                Mode::from_bits_truncate(mode),
-                FchmodatFlags::FollowSymlink,
-            ),
-            e => Err(e),
-        })
-        .map_err(|e| errno_error("setting the mode of", dir, name, e))?;
+        fchmodat(dir.fd.as_fd(), name, mode, FchmodatFlags::NoFollowSymlink)
+            .or_else(|e| match e {
+                // Older kernels refuse the flag for anything; the entry is not a symlink here.
+                Errno::EOPNOTSUPP => {
+                    fchmodat(dir.fd.as_fd(), name, mode, FchmodatFlags::FollowSymlink)
+                }
+                e => Err(e),
+            })
+            .map_err(|e| errno_error("setting the mode of", dir, name, e))?;
     }
     utimensat(
         dir.fd.as_fd(),
@@ -197,9 +189,10 @@ mod tests {
         assert_ne!(read(&d, OsStr::new("b")).unwrap(), from);
     }
 
-    /// An ext4 filesystem as mkfs.ext4 makes keepsake's volumes (4 KiB blocks, no
-    /// `ea_inode`: all of a file's attributes share one block), on a loop device, mounted
-    /// in a temporary folder until dropped.
+    /// An ext4 filesystem made by keepsake's own mkfs (`tools::mkfs_ext4`: 4 KiB blocks on
+    /// a volume of 512 MiB or more, no `ea_inode`, so all of a file's attributes share one
+    /// block), on a loop device over a sparse image, mounted in a temporary folder until
+    /// dropped.
     struct Ext4 {
         mnt: tempfile::TempDir,
         _image: tempfile::TempDir,
@@ -213,18 +206,13 @@ mod tests {
             let file = image.path().canonicalize().unwrap().join("ext4.img");
             std::fs::File::create(&file)
                 .unwrap()
-                .set_len(32 << 20)
+                .set_len(600 << 20)
                 .unwrap();
-            let made = std::process::Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-b", "4096"])
-                .arg(&file)
-                .status()
-                .unwrap();
-            assert!(made.success(), "mkfs.ext4");
             let lo = crate::host::devices::attach_loop(&file).unwrap();
+            let device = crate::host::devices::dev_path(&lo.name);
+            crate::host::tools::mkfs_ext4(&device, "TailsData").unwrap();
             let mnt = tempfile::tempdir().unwrap();
-            crate::host::mounts::mount_ext4(&crate::host::devices::dev_path(&lo.name), mnt.path())
-                .unwrap();
+            crate::host::mounts::mount_ext4(&device, mnt.path()).unwrap();
             Ext4 {
                 mnt,
                 _image: image,
