@@ -173,6 +173,14 @@ pub struct Report {
     pub leftovers_removed: Vec<String>,
 }
 
+impl Report {
+    /// Names the source entry `shown` as changed between the comparison and its copy.
+    fn changed_since(&mut self, shown: &Path) {
+        self.changed_since_compared
+            .push(shown.display().to_string());
+    }
+}
+
 /// Progress as the work goes: a step's description, and the bytes copied so far.
 pub trait Watch {
     fn step(&mut self, message: &str);
@@ -530,9 +538,7 @@ impl Mirror<'_> {
             let Some((f, differ, _)) = read()? else {
                 // Its entries are compared by name all the same; its facts wait for the
                 // next backup rather than come from another folder than the one listed.
-                self.report
-                    .changed_since_compared
-                    .push(src.path.join(&e.name).display().to_string());
+                self.report.changed_since(&src.path.join(&e.name));
                 return Ok(());
             };
             if differ {
@@ -545,9 +551,7 @@ impl Mirror<'_> {
             // A symlink has no ACL, and the live user cannot give its own any attribute
             // root would keep: read by name, its facts are its own or harmless.
             let Some((target, x)) = symlink_facts(src, &e.name, &e.st)? else {
-                self.report
-                    .changed_since_compared
-                    .push(src.path.join(&e.name).display().to_string());
+                self.report.changed_since(&src.path.join(&e.name));
                 return Ok(());
             };
             if target != link_target(old, &w.name)? {
@@ -681,9 +685,10 @@ impl Mirror<'_> {
         // what it had of it, as the report says, until the next backup.
         ops.retain(|op| match op {
             Op::Remove { path, .. } if not_staged.contains(path) => {
-                let shown = self.source.path.join(path).display().to_string();
-                if !self.report.changed_since_compared.contains(&shown) {
-                    self.report.changed_since_compared.push(shown);
+                let shown = self.source.path.join(path);
+                let said = shown.display().to_string();
+                if !self.report.changed_since_compared.contains(&said) {
+                    self.report.changed_since(&shown);
                 }
                 false
             }
@@ -725,9 +730,7 @@ impl Mirror<'_> {
             // A folder on the way removed, or a symlink put in its place, since the
             // comparison, which can be minutes ago: as for an entry gone, nothing to copy.
             Err(safefs::Error::NotFound(_) | safefs::Error::Symlink(_)) => {
-                self.report
-                    .changed_since_compared
-                    .push(self.source.path.join(path).display().to_string());
+                self.report.changed_since(&self.source.path.join(path));
                 return Ok(false);
             }
             Err(e) => return Err(e.into()),
@@ -738,9 +741,7 @@ impl Mirror<'_> {
             Err(e) => return Err(errno_at("reading", &src.path.join(file))(e)),
         };
         if safefs::treewalk::is_dir(&st) != was_dir {
-            self.report
-                .changed_since_compared
-                .push(src.path.join(file).display().to_string());
+            self.report.changed_since(&src.path.join(file));
             return Ok(false);
         }
         if was_dir {
@@ -788,9 +789,7 @@ impl Mirror<'_> {
         let src_root = match safefs::open_beneath(src, Path::new(file), None) {
             Ok((src_root, _)) => src_root,
             Err(safefs::Error::NotFound(_) | safefs::Error::Symlink(_)) => {
-                self.report
-                    .changed_since_compared
-                    .push(src.path.join(file).display().to_string());
+                self.report.changed_since(&src.path.join(file));
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -839,10 +838,7 @@ impl Mirror<'_> {
                 for name in left_out {
                     unlinkat(&to.fd, name.as_os_str(), UnlinkatFlags::RemoveDir)
                         .map_err(errno_at("removing", &to.path.join(&name)))?;
-                    me.borrow_mut()
-                        .report
-                        .changed_since_compared
-                        .push(src.path.join(&name).display().to_string());
+                    me.borrow_mut().report.changed_since(&src.path.join(&name));
                 }
                 let st = fstat(&src.fd).map_err(errno_at("reading", &src.path))?;
                 let x = facts::read(src, OsStr::new("."))?;
@@ -905,9 +901,7 @@ impl Mirror<'_> {
         };
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
             let Some((target, x)) = symlink_facts(from, name, &st)? else {
-                self.report
-                    .changed_since_compared
-                    .push(shown.display().to_string());
+                self.report.changed_since(&shown);
                 return Ok(None);
             };
             nix::unistd::symlinkat(target.as_os_str(), &to.fd, to_name)
