@@ -25,6 +25,7 @@ pub enum ExitCode {
     Incomplete = 9,
     RootOnVolume = 10,
     BrokenChain = 11,
+    NoSpace = 12,
     /// Stopped by a signal (128 + its number), having rolled back or finished first.
     Hangup = 129,
     Interrupt = 130,
@@ -47,6 +48,7 @@ impl ExitCode {
             ExitCode::Incomplete => "incomplete",
             ExitCode::RootOnVolume => "root-on-volume",
             ExitCode::BrokenChain => "broken-chain",
+            ExitCode::NoSpace => "no-space",
             ExitCode::Hangup => "hangup",
             ExitCode::Interrupt => "interrupted",
             ExitCode::Terminated => "terminated",
@@ -85,6 +87,7 @@ Exit status:
      full persistence, `/ union`); it cannot be locked while it runs; nothing was changed
  11  broken chain: an incremental backup's earlier archives are not all beside it, or
      one there is not the archive it was made after; nothing was changed
+ 12  no space: the disk written to is full; the message says what it holds
  129, 130, 143  stopped by SIGHUP, SIGINT or SIGTERM (128 + the signal's number): the
      command first rolled back what it had begun (or, past its point of no return,
      finished it), so the next command finds a complete state";
@@ -375,6 +378,7 @@ fn errno_class(errno: Option<i32>) -> ExitCode {
         Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => ExitCode::NotFound,
         errno if crate::context::busy_errno(errno) => ExitCode::Busy,
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => ExitCode::NotPermitted,
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => ExitCode::NoSpace,
         _ => ExitCode::Internal,
     }
 }
