@@ -189,47 +189,9 @@ mod tests {
         assert_ne!(read(&d, OsStr::new("b")).unwrap(), from);
     }
 
-    /// An ext4 filesystem made by keepsake's own mkfs (`tools::mkfs_ext4`: 4 KiB blocks on
-    /// a volume of 512 MiB or more, no `ea_inode`, so all of a file's attributes share one
-    /// block), on a loop device over a sparse image, mounted in a temporary folder until
-    /// dropped.
-    struct Ext4 {
-        mnt: tempfile::TempDir,
-        _image: tempfile::TempDir,
-        _lo: crate::host::devices::AttachedLoop,
-    }
-
-    impl Ext4 {
-        fn new() -> Ext4 {
-            assert!(nix::unistd::geteuid().is_root(), "this test needs root");
-            let image = tempfile::tempdir().unwrap();
-            let file = image.path().canonicalize().unwrap().join("ext4.img");
-            std::fs::File::create(&file)
-                .unwrap()
-                .set_len(600 << 20)
-                .unwrap();
-            let lo = crate::host::devices::attach_loop(&file).unwrap();
-            let device = crate::host::devices::dev_path(&lo.name);
-            crate::host::tools::mkfs_ext4(&device, "TailsData").unwrap();
-            let mnt = tempfile::tempdir().unwrap();
-            crate::host::mounts::mount_ext4(&device, mnt.path()).unwrap();
-            Ext4 {
-                mnt,
-                _image: image,
-                _lo: lo,
-            }
-        }
-    }
-
-    impl Drop for Ext4 {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount(self.mnt.path());
-        }
-    }
-
     #[test]
     fn attributes_the_source_swapped_for_others_of_the_same_size_fit_on_ext4() {
-        let fs = Ext4::new();
+        let fs = crate::mirror::tests::Ext4::new();
         let (d, _) = crate::safefs::open_dir(fs.mnt.path(), None).unwrap();
         std::fs::write(fs.mnt.path().join("f"), b"x").unwrap();
         let big = |n: &str, byte: u8| (n.as_bytes().to_vec(), vec![byte; 2100]);
@@ -250,7 +212,7 @@ mod tests {
     #[test]
     fn an_entry_whose_attributes_cannot_be_set_is_closed_to_all_but_its_owner() {
         use std::os::unix::fs::PermissionsExt;
-        let fs = Ext4::new();
+        let fs = crate::mirror::tests::Ext4::new();
         let (d, _) = crate::safefs::open_dir(fs.mnt.path(), None).unwrap();
         let f = fs.mnt.path().join("f");
         std::fs::write(&f, b"x").unwrap();

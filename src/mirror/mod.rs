@@ -82,6 +82,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Internal(String),
+    /// The backup volume has too little room left to finish the backup once begun.
+    #[error("{0}")]
+    NoSpace(String),
     #[error(transparent)]
     Io(#[from] IoError),
     #[error(transparent)]
@@ -99,6 +102,7 @@ impl Error {
                 message: format!("{message}; {note}"),
             },
             Error::Internal(m) => Error::Internal(format!("{m}; {note}")),
+            Error::NoSpace(m) => Error::NoSpace(format!("{m}; {note}")),
             Error::Io(e) => Error::Io(e.with_note(note)),
             Error::Fs(e) => Error::Fs(e.with_note(note)),
         }

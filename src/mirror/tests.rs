@@ -158,6 +158,44 @@ fn expected(root: &Path) -> BTreeMap<PathBuf, String> {
     facts
 }
 
+/// An ext4 filesystem made by keepsake's own mkfs (`tools::mkfs_ext4`: 4 KiB blocks on
+/// a volume of 512 MiB or more, no `ea_inode`, so all of a file's attributes share one
+/// block), on a loop device over a sparse image, mounted in a temporary folder until
+/// dropped.
+pub(super) struct Ext4 {
+    pub(super) mnt: tempfile::TempDir,
+    _image: tempfile::TempDir,
+    _lo: crate::host::devices::AttachedLoop,
+}
+
+impl Ext4 {
+    pub(super) fn new() -> Ext4 {
+        assert!(nix::unistd::geteuid().is_root(), "this test needs root");
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().canonicalize().unwrap().join("ext4.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(600 << 20)
+            .unwrap();
+        let lo = crate::host::devices::attach_loop(&file).unwrap();
+        let device = crate::host::devices::dev_path(&lo.name);
+        crate::host::tools::mkfs_ext4(&device, "TailsData").unwrap();
+        let mnt = tempfile::tempdir().unwrap();
+        crate::host::mounts::mount_ext4(&device, mnt.path()).unwrap();
+        Ext4 {
+            mnt,
+            _image: image,
+            _lo: lo,
+        }
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount(self.mnt.path());
+    }
+}
+
 struct Pair {
     _t: tempfile::TempDir,
     src: PathBuf,
@@ -1272,4 +1310,61 @@ fn a_folder_inside_a_new_one_made_a_symlink_before_the_copy_reaches_it_is_left_o
         b"a"
     );
     assert!(std::fs::symlink_metadata(p.dst.join("Persistent/newf/sub")).is_err());
+}
+
+/// A backup whose staged copies would leave the backup stick too full to be sure of
+/// carrying out its plan is refused before the commit, however full: the stick keeps its
+/// previous backup whole, with nothing of the run left, and the same backup goes through
+/// once there is room. Why: a committed plan whose rename finds no room (a folder that
+/// needs a new block for the names put in it) fails at every later try, by the next
+/// backup and by unlock alike.
+#[test]
+fn a_backup_that_would_leave_the_stick_too_full_to_finish_is_refused_before_its_commit() {
+    if !as_root() {
+        return;
+    }
+    let fs = Ext4::new();
+    let dst = fs.mnt.path();
+    let t = tempfile::tempdir_in("/dev/shm").unwrap();
+    let src = t.path();
+    std::fs::create_dir(src.join("Persistent")).unwrap();
+    std::fs::write(src.join("Persistent/first"), b"1").unwrap();
+    run_between(src, dst, &mut quiet()).unwrap();
+    let before = facts_of(dst);
+    // 100 new one-block files with long names: their folder on the stick needs more
+    // blocks for them, which the renames that put them in place take.
+    for i in 0..100 {
+        let name = format!("{i:03}{}", "n".repeat(200));
+        std::fs::write(src.join("Persistent").join(name), b"x").unwrap();
+    }
+    // The stick filled, by root, to `left` blocks short of all root can take: from room
+    // for the copies, the work folder and the plan but not for what the renames may take
+    // at worst (4 blocks each), down to less than the copies. Without the check, 108 to
+    // 114 blocks left (on Linux 6.18) let the plan be committed and its renames fail for
+    // room, again at every later try; more left the backup through.
+    let filler = dst.join("lost+found/filler");
+    for left in [112, 110, 400, 200, 150, 120, 116, 108, 106, 100, 50] {
+        let vfs = nix::sys::statvfs::statvfs(dst).unwrap();
+        let reserved = plan::reserved_blocks(std::fs::metadata(dst).unwrap().dev(), vfs.blocks());
+        let free = vfs.blocks_free() - reserved;
+        let file = std::fs::File::create(&filler).unwrap();
+        nix::fcntl::fallocate(
+            &file,
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            ((free - left) * vfs.fragment_size()) as i64,
+        )
+        .expect("root can take all that is free but the reserved blocks");
+        let e = run_between(src, dst, &mut quiet()).expect_err("too full to finish");
+        assert!(e.to_string().contains(KEPT), "{left} blocks left: {e}");
+        let e = crate::error::Error::from(e);
+        assert_eq!(e.exit_code(), crate::error::ExitCode::NoSpace, "{e}");
+        assert_eq!(before, facts_of(dst), "{left} blocks left");
+        assert!(!dst.join(plan::WORK).exists(), "{left} blocks left");
+        drop(file);
+        std::fs::remove_file(&filler).unwrap();
+    }
+    // Room made: the same backup goes through.
+    run_between(src, dst, &mut quiet()).unwrap();
+    assert_eq!(expected(src), facts_of(dst));
 }
