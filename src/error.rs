@@ -87,8 +87,9 @@ Exit status:
      full persistence, `/ union`); it cannot be locked while it runs; nothing was changed
  11  broken chain: an incremental backup's earlier archives are not all beside it, or
      one there is not the archive it was made after; nothing was changed
- 12  no space: the disk written to is full, or a backup to a second stick would
-     leave it too full to be finished once begun; the message says what it holds
+ 12  no space: the disk written to is full or what is written does not fit there, or a
+     backup to a second stick would leave it too full to be finished once begun; the
+     message says what it holds
  129, 130, 143  stopped by SIGHUP, SIGINT or SIGTERM (128 + the signal's number): the
      command first rolled back what it had begun (or, past its point of no return,
      finished it), so the next command finds a complete state";

@@ -329,7 +329,7 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op], staged: Durable) -> Res
     file.write_all(&encode(ops))
         .map_err(|e| Error::Io(IoError::new(format!("writing {}", shown.display()), e)))?;
     staged.wait(dest, &file, &work.path)?;
-    room_to_carry_out(&file, ops.len(), &dest.path)?;
+    room_to_carry_out(dest, &file, ops)?;
     drop(file);
     // The last safe point: after the rename, the plan is carried out whatever comes.
     crate::interrupt::check()?;
@@ -337,60 +337,69 @@ pub(crate) fn commit(dest: &Dir, work: &Dir, ops: &[Op], staged: Durable) -> Res
         .map_err(errno_at("committing", &work.path.join(PLAN)))
 }
 
-/// Blocks one step of a plan may take that it does not find freed: a rename adds a name to
-/// a folder, which on ext4 can take up to three new blocks of the folder (a leaf split, a
-/// split of its index block, a new index level) and one of its extent tree; a setting of
-/// facts, one block of attributes.
-const BLOCKS_PER_STEP: u64 = 4;
+/// Blocks a step of a plan that adds a name to a folder may take at worst: on ext4, up to
+/// three new blocks of the folder (a leaf split, a split of its index block, a new index
+/// level) and one of its extent tree. A Remove adds one to the work folder; a Put adds one
+/// unless it replaces an entry of that name, which takes nothing; a setting of facts with
+/// attributes may take one block of attributes.
+const BLOCKS_PER_NAME: u64 = 4;
 /// And the plan as a whole beyond its steps: the work folder's and the volume root's own.
 const BLOCKS_BESIDE: u64 = 64;
 
-/// Refuses to commit a plan of `steps` steps (the plan is `plan`, on the backup volume
-/// `shown`) unless what they may take is free for root. Why: a committed plan is carried
-/// out by every later backup and unlock of the volume before anything else, and a rename
-/// that finds no room fails at each of those tries alike, so a stick filled by the staging
+/// Refuses to commit `ops` (the plan being `plan`, on the backup volume `dest`) unless
+/// what their steps may take is free for root. Why: a committed plan is carried out by
+/// every later backup and unlock of the volume before anything else, and a rename that
+/// finds no room fails at each of those tries alike, so a stick filled by the staging
 /// could be neither updated nor opened. Refused here, the run is rolled back, and the
 /// volume keeps its previous backup.
-fn room_to_carry_out(plan: &File, steps: usize, shown: &Path) -> Result<()> {
+fn room_to_carry_out(dest: &Dir, plan: &File, ops: &[Op]) -> Result<()> {
+    let shown = &dest.path;
     let vfs = nix::sys::statvfs::fstatvfs(plan).map_err(errno_at("measuring", shown))?;
     let st = nix::sys::stat::fstat(plan).map_err(errno_at("reading", shown))?;
     let blocks = vfs.blocks() as u64;
     let free = (vfs.blocks_free() as u64).saturating_sub(reserved_blocks(st.st_dev, blocks));
-    let need = steps as u64 * BLOCKS_PER_STEP + BLOCKS_BESIDE;
+    let replaces = |path: &Path| {
+        parent_of(dest, path).is_ok_and(|(parent, name)| {
+            fstatat(&parent.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+        })
+    };
+    let need = BLOCKS_BESIDE
+        + ops
+            .iter()
+            .map(|op| match op {
+                Op::Remove { .. } => BLOCKS_PER_NAME,
+                Op::Put { path, .. } if replaces(path) => 0,
+                Op::Put { .. } => BLOCKS_PER_NAME,
+                Op::Facts { facts, .. } => u64::from(!facts.xattrs.0.is_empty()),
+            })
+            .sum::<u64>();
     if free >= need {
         return Ok(());
     }
     let size = |n: u64| crate::output::bytes(n.saturating_mul(vfs.fragment_size() as u64));
     Err(Error::NoSpace(format!(
-        "{} has {} left once this backup's changes are copied, and putting its {steps} \
-         changes in place may take up to {}: too little to be sure the backup can be \
-         finished once begun; a larger backup stick would do",
-        shown.display(),
+        "the backup volume has {} left once this backup's changes are copied, and putting \
+         its {} changes in place may take up to {}: too little to be sure the backup can be \
+         finished once begun; a larger backup stick would do, or fewer changes at a time",
         size(free),
+        ops.len(),
         size(need)
     )))
 }
 
 /// The blocks ext4 keeps back even from root, on the file system of device `dev` with
-/// `blocks` blocks: what it says in /sys/fs/ext4/NAME/reserved_clusters, or else its
-/// default, 2 % or 4096 clusters, whichever is smaller (`ext4_calculate_resv_clusters`).
-/// `statvfs` counts them free, and only its count for users (`f_bavail`) leaves them out,
-/// with the 5 % kept for root besides. Clusters are blocks: keepsake's volumes and Tails'
-/// are made without `bigalloc`.
+/// `blocks` blocks (as `statvfs` counts them): what /sys/fs/ext4/NAME/reserved_clusters
+/// says, or else the most its default can be, 4096 clusters (2 % of the blocks or 4096,
+/// whichever is smaller: `ext4_calculate_resv_clusters`). `statvfs` counts them free; only
+/// its count for users (`f_bavail`) leaves them out, with the 5 % kept for root besides.
+/// Clusters are blocks: keepsake's volumes and Tails' are made without `bigalloc`.
 pub(super) fn reserved_blocks(dev: libc::dev_t, blocks: u64) -> u64 {
-    let said = || -> Option<u64> {
-        let device = std::fs::canonicalize(format!(
-            "/sys/dev/block/{}:{}",
-            libc::major(dev),
-            libc::minor(dev)
-        ))
-        .ok()?;
-        let name = device.file_name()?.to_str()?.to_owned();
-        let text =
-            std::fs::read_to_string(format!("/sys/fs/ext4/{name}/reserved_clusters")).ok()?;
-        text.trim().parse().ok()
-    };
-    said().unwrap_or((blocks / 50).min(4096))
+    crate::host::devices::kernel_name_of((libc::major(dev), libc::minor(dev)))
+        .and_then(|name| {
+            std::fs::read_to_string(format!("/sys/fs/ext4/{name}/reserved_clusters")).ok()
+        })
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(blocks.min(4096))
 }
 
 /// Carries out `ops`, each step skipped if it was done already. A step of facts that fails
