@@ -10,7 +10,8 @@
 # sync and in an archive made meanwhile. Unlocked right after the cut at the commit, the
 # backup stick's plan is carried out first, where the live user cannot reach the volume; an
 # unlock killed (SIGKILL) half way through it leaves nothing lock does not take away, and
-# the next unlock carries out the rest.
+# the next unlock carries out the rest. A backup that would leave the stick too full to be
+# finished once begun stops before its commit (exit 12), the previous backup kept whole.
 # At the end the backup stick passes Tails' rules for
 # persistence.conf and unlocks with keepsake as a working Persistent Storage holding exactly
 # the source's files and facts.
@@ -329,6 +330,7 @@ guest_first() {
     diff /tmp/source.facts /tmp/backup.facts | head -20 | sed 's/^/KS-LOG diff: /'
     ks_assert "the backup follows, every folder's times included" cmp -s /tmp/source.facts /tmp/backup.facts
 
+    ks_too_full_to_finish
     ks_live_user_during_a_backup
     ks_stops_at_spread_points
     # The state the first power cut starts from.
@@ -337,6 +339,45 @@ guest_first() {
     ks_out new_tops "$(ks_top_hashes /mnt/backup)"
     ks_backup_close
     ks_expect_rc 0 "lock" -- keepsake lock
+}
+
+# A backup stick filled (as root, in lost+found, which no backup touches) to ~300 blocks
+# short of all root can take there: room for 100 new one-block files and the plan, not
+# for what putting them in place may take at worst. The backup stops before its commit
+# with exit 12 and says why; the stick keeps its previous backup, whole, with nothing of
+# the run left. Without that check, a rename finding no room would fail at every later
+# backup and unlock (the unit test shows it on loop ext4; here it runs on dm-crypt, the
+# reserved clusters read from /sys/fs/ext4/dm-N).
+ks_too_full_to_finish() {
+    local p=$KS_PERSISTENT i d bs free resv= fill
+    ks_backup_open
+    ks_facts /mnt/backup > /tmp/backup-before.facts
+    bs=$(stat -f -c %S /mnt/backup)
+    free=$(stat -f -c %f /mnt/backup)
+    for d in /sys/block/dm-*; do
+        [ "$(cat $d/dm/name)" = ks-check ] && resv=$(cat /sys/fs/ext4/${d##*/}/reserved_clusters)
+    done
+    [ -n "$resv" ] || ks_fail "the backup volume's reserved clusters"
+    fill=$(( (free - resv - 300) * bs / 1024 ))
+    ks_log "backup volume: $free blocks of $bs bytes free, $resv reserved; filling $fill KiB"
+    dd if=/dev/zero of=/mnt/backup/lost+found/filler bs=1048576 count=$((fill / 1024)) 2>/dev/null \
+        && dd if=/dev/zero of=/mnt/backup/lost+found/filler bs=1024 seek=$((fill / 1024 * 1024)) \
+            count=$((fill % 1024)) conv=notrunc 2>/dev/null || ks_fail "fill the backup volume"
+    sync
+    ks_log "left for root: $(( $(stat -f -c %f /mnt/backup) - resv )) blocks"
+    ks_backup_close
+    # Put one by one into a folder the backup has (a new folder would be one step).
+    for i in $(seq 100 199); do echo x > $p/many-$i; done
+    ks_expect_rc 12 "a backup that would leave the stick too full to finish it" -- ks_sync
+    ks_assert "it says why, and that the stick keeps its previous backup" sh -c \
+        "grep -q 'too little to be sure the backup can be finished once begun' /tmp/ks-cmd.out && grep -q 'keeps its previous backup, whole' /tmp/ks-cmd.out && grep -q '\"kind\":\"no-space\"' /tmp/ks-cmd.out"
+    ks_backup_open
+    ks_facts /mnt/backup > /tmp/backup.facts
+    ks_assert "the stick holds its previous backup" cmp -s /tmp/backup-before.facts /tmp/backup.facts
+    ks_assert "and nothing of the run" test ! -e /mnt/backup/.keepsake-sync
+    rm /mnt/backup/lost+found/filler
+    ks_backup_close
+    rm $p/many-*
 }
 
 # The live user rewrites in place (truncate, then write), so each instant's content is a
