@@ -1331,30 +1331,34 @@ fn a_backup_that_would_leave_the_stick_too_full_to_finish_is_refused_before_its_
     std::fs::write(src.join("Persistent/first"), b"1").unwrap();
     run_between(src, dst, &mut quiet()).unwrap();
     let before = facts_of(dst);
-    // 100 new one-block files with long names: their folder on the stick needs more
-    // blocks for them, which the renames that put them in place take.
-    for i in 0..100 {
-        let name = format!("{i:03}{}", "n".repeat(200));
-        std::fs::write(src.join("Persistent").join(name), b"x").unwrap();
-    }
-    // The stick filled, by root, to `left` blocks short of all root can take: from room
-    // for the copies, the work folder and the plan but not for what the renames may take
-    // at worst (4 blocks each), down to less than the copies. Without the check, 108 to
-    // 114 blocks left (on Linux 6.18) let the plan be committed and its renames fail for
-    // room, again at every later try; more left the backup through.
+    // 100 one-block files with long names, in a folder the backup has.
+    let write_all = |bytes: &[u8]| {
+        for i in 0..100 {
+            let name = format!("{i:03}{}", "n".repeat(200));
+            std::fs::write(src.join("Persistent").join(name), bytes).unwrap();
+        }
+    };
+    // The stick filled, by root, in lost+found (no backup touches it) to `left` blocks
+    // short of all root can take; the filler goes with the file returned.
     let filler = dst.join("lost+found/filler");
-    for left in [112, 110, 400, 200, 150, 120, 116, 108, 106, 100, 50] {
+    let fill_to = |left: u64| {
         let vfs = nix::sys::statvfs::statvfs(dst).unwrap();
         let reserved = plan::reserved_blocks(std::fs::metadata(dst).unwrap().dev(), vfs.blocks());
-        let free = vfs.blocks_free() - reserved;
         let file = std::fs::File::create(&filler).unwrap();
-        nix::fcntl::fallocate(
-            &file,
-            nix::fcntl::FallocateFlags::empty(),
-            0,
-            ((free - left) * vfs.fragment_size()) as i64,
-        )
-        .expect("root can take all that is free but the reserved blocks");
+        let len = (vfs.blocks_free() - reserved - left) * vfs.fragment_size();
+        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len as i64)
+            .expect("root can take all that is free but the reserved blocks");
+        file
+    };
+    // New files: their folder on the stick needs more blocks for them, which the renames
+    // that put them in place take.
+    write_all(b"x");
+    // From room for the copies, the work folder and the plan but not for what the renames
+    // may take at worst (4 blocks each), down to less than the copies. Without the check,
+    // 108 to 114 blocks left (on Linux 6.18) let the plan be committed and its renames fail
+    // for room, again at every later try; more left the backup through.
+    for left in [112, 110, 400, 200, 150, 120, 116, 108, 106, 100, 50] {
+        let file = fill_to(left);
         let e = run_between(src, dst, &mut quiet()).expect_err("too full to finish");
         assert!(e.to_string().contains(KEPT), "{left} blocks left: {e}");
         // With room for the copies, the check is what refuses (below, the copying may).
@@ -1374,15 +1378,8 @@ fn a_backup_that_would_leave_the_stick_too_full_to_finish_is_refused_before_its_
     assert_eq!(expected(src), facts_of(dst));
     // A change to files the backup has takes nothing to put in place (a rename over an
     // entry of the same name): 100 of them go through with 300 blocks left.
-    for i in 0..100 {
-        let name = format!("{i:03}{}", "n".repeat(200));
-        std::fs::write(src.join("Persistent").join(name), b"y").unwrap();
-    }
-    let vfs = nix::sys::statvfs::statvfs(dst).unwrap();
-    let reserved = plan::reserved_blocks(std::fs::metadata(dst).unwrap().dev(), vfs.blocks());
-    let file = std::fs::File::create(&filler).unwrap();
-    let len = (vfs.blocks_free() - reserved - 300) * vfs.fragment_size();
-    nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len as i64).unwrap();
+    write_all(b"y");
+    let _file = fill_to(300);
     let r = run_between(src, dst, &mut quiet()).unwrap();
     assert_eq!(r.files_copied, 100);
     assert_eq!(expected(src), facts_of(dst));
