@@ -196,6 +196,18 @@ impl Progress {
         Progress { bar }
     }
 
+    /// A count of entries done, with the time spent, for work whose length is not known
+    /// beforehand (a listing of folders).
+    pub fn counting(out: Output, what: &'static str) -> Progress {
+        let bar = indicatif::ProgressBar::with_draw_target(None, draw_target(out))
+            .with_message(what)
+            .with_style(
+                indicatif::ProgressStyle::with_template("{msg}: {human_pos} entries ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+        Progress { bar }
+    }
+
     pub fn update(&mut self, done: u64) {
         self.bar.set_position(done);
     }

@@ -14,7 +14,7 @@ use super::header::{
     NONCE_PREFIX_LEN, SALT_LEN, derive_key,
 };
 use super::stream::{KeylessReader, Writer, fill_random};
-use super::tree::TreeStats;
+use super::tree::{Step, TreeStats};
 use super::walk::{InChain, Previous, write_tree_v2};
 use super::{Error, Result};
 use crate::context::{Context, at};
@@ -78,9 +78,9 @@ pub(crate) enum Kind<'a> {
 /// `sink`: full, with a key derived from `secret`, or incremental after a parent, under
 /// the chain's key (see [`Kind`]). On `threads` worker
 /// threads. Returns what the tree held, the archive's length and its chain ids.
-/// `progress` gets the file data bytes written so far, from the first one on (the key is
-/// derived by then). An error leaves an archive that no reader accepts: its last chunk
-/// is missing.
+/// `progress` gets the entries listed so far, from the first one on (the key is derived
+/// by then), then the file data bytes written so far, of the total the archive stores.
+/// An error leaves an archive that no reader accepts: its last chunk is missing.
 pub(crate) fn back_up(
     root: &Path,
     tops: &[String],
@@ -88,7 +88,7 @@ pub(crate) fn back_up(
     secret: &Secret,
     kind: Kind,
     threads: usize,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Step),
 ) -> Result<(TreeStats, u64, ChainIds)> {
     let (params, parent) = match kind {
         Kind::Full(params) => (params, None),

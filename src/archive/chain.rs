@@ -420,6 +420,7 @@ mod tests {
     use super::*;
     use crate::archive::backup::{Kind as BackupKind, Parent, back_up};
     use crate::archive::testing::*;
+    use crate::archive::tree::Step;
     use crate::safefs::acl_giving;
     use crate::safefs::treewalk::testing::{snapshot, with_descriptor_limit};
     use crate::safefs::xattr::{ACL_ACCESS, ACL_DEFAULT, On};
@@ -455,6 +456,16 @@ mod tests {
     }
 
     fn write(root: &Path, to: &Path, parent: Option<&Path>) -> TreeStats {
+        write_stepping(root, to, parent, &mut |_| {})
+    }
+
+    /// [`write`], the backup's progress given to `step`.
+    fn write_stepping(
+        root: &Path,
+        to: &Path,
+        parent: Option<&Path>,
+        step: &mut dyn FnMut(Step),
+    ) -> TreeStats {
         let pass = secret(PASS);
         let parent = parent.map(|prev| {
             let keyless = KeylessReader::new(File::open(prev).unwrap(), None).unwrap();
@@ -466,9 +477,7 @@ mod tests {
             Some(parent) => BackupKind::After(parent),
             None => BackupKind::Full(CHEAP_KDF),
         };
-        back_up(root, &tops, sink, &pass, kind, 1, &mut |_| {})
-            .unwrap()
-            .0
+        back_up(root, &tops, sink, &pass, kind, 1, step).unwrap().0
     }
 
     fn read_at(
@@ -675,6 +684,71 @@ mod tests {
             let generations: Vec<u32> = verified.chain.iter().map(|m| m.generation).collect();
             assert_eq!(generations.first(), Some(&(generations.len() as u32 - 1)));
         }
+    }
+
+    /// The steps a backup of `src` into `to` gives its progress line, checked to be the
+    /// listing's, counting up from none to every entry listed, then the data's, counting up
+    /// to their total; with what it wrote and that total.
+    fn steps_of(src: &Path, to: &Path, parent: Option<&Path>) -> (TreeStats, u64) {
+        let mut steps = Vec::new();
+        let stats = write_stepping(src, to, parent, &mut |step| steps.push(step));
+        let data_from = steps
+            .iter()
+            .position(|step| matches!(step, Step::Data { .. }))
+            .expect("data steps");
+        let (listing, data) = steps.split_at(data_from);
+        let entries: Vec<u64> = listing
+            .iter()
+            .map(|step| match step {
+                Step::Listing { entries } => *entries,
+                Step::Data { .. } => unreachable!(),
+            })
+            .collect();
+        let listed = stats.dirs + stats.files + stats.referenced + stats.symlinks + stats.hardlinks;
+        assert_eq!(entries.first(), Some(&0), "{entries:?}");
+        assert_eq!(entries.last(), Some(&listed), "{entries:?}");
+        assert!(entries.is_sorted(), "{entries:?}");
+        let Some(Step::Data {
+            total: Some(total), ..
+        }) = data.first()
+        else {
+            panic!("no total: {data:?}");
+        };
+        let written: Vec<u64> = data
+            .iter()
+            .map(|step| match step {
+                Step::Data { written, total: t } if t == &Some(*total) => *written,
+                other => panic!("{other:?} among the data's steps, of {total}"),
+            })
+            .collect();
+        assert_eq!(written.first(), Some(&0));
+        assert_eq!(written.last(), Some(total), "{written:?}");
+        assert!(written.is_sorted(), "{written:?}");
+        (stats, *total)
+    }
+
+    #[test]
+    fn the_progress_counts_the_listing_then_the_data_this_archive_stores() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+        std::fs::create_dir_all(&store).unwrap();
+        source(&src);
+        // More entries than a listing step, and more data than a chunk.
+        let many = src.join("Persistent/many");
+        std::fs::create_dir(&many).unwrap();
+        for i in 0..600 {
+            std::fs::write(many.join(format!("f{i}")), vec![i as u8; 1000]).unwrap();
+        }
+        let (full, total) = steps_of(&src, &store.join("full.ksb"), None);
+        assert_eq!((full.files, total), (602, 600 * 1000 + 5 + 6));
+        assert_eq!(full.bytes, total);
+        // An incremental archive stores the changed files alone: its total is theirs, not
+        // the tree's, so the line reaches its end.
+        std::fs::write(many.join("f7"), vec![1; 3000]).unwrap();
+        std::fs::write(src.join("Persistent/docs/a.txt"), b"changed").unwrap();
+        let (inc, total) = steps_of(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
+        assert_eq!((inc.files, inc.referenced, total), (2, 600, 3000 + 7));
+        assert_eq!(inc.bytes, total);
     }
 
     #[test]

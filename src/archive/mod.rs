@@ -54,6 +54,7 @@ pub use engine::default_threads;
 pub use fuzz::check_untrusted;
 pub use header::{KdfParams, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB};
 pub use stream::{KeylessReader, PlainSink, Reader, Writer};
+pub(crate) use tree::Step as BackupStep;
 pub use tree::{TreeStats, read_tree, read_tree_on, write_tree};
 
 pub use backup::back_up_folder;
@@ -62,7 +63,6 @@ pub(crate) use chain::{Chain, ReadRequest, open_listing, read_chain};
 pub use chain::{ChainRead, Member};
 pub(crate) use header::id_hex;
 pub(crate) use listing::{Kind as ListedKind, Listed as ListedItem};
-pub(crate) use tree::tree_bytes;
 
 use crate::context::IoError;
 

@@ -22,7 +22,7 @@ use super::extract::{Extractor, Meta, split_path};
 use super::stream::{Damaged, PlainSink, read_full};
 use super::{Error, Result};
 use crate::context::{Context, IoError, at};
-use crate::safefs::treewalk::{self, Listed, is_dir, open_dir_at};
+use crate::safefs::treewalk::{self, Listed};
 use nix::dir::Type as DirType;
 
 /// The most extents a file entry may list. A reader refuses more; a writer stores a file
@@ -39,6 +39,16 @@ pub(crate) const ENTRY_DIR: u8 = 1;
 pub(crate) const ENTRY_FILE: u8 = 2;
 
 pub(crate) const ENTRY_SYMLINK: u8 = 3;
+
+/// How far a backup is, for its progress line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Format 2's listing: entries listed so far.
+    Listing { entries: u64 },
+    /// File data: bytes written so far, of `total` where it is known (format 2 knows it
+    /// once the listing is written: the bytes of the files stored in this archive).
+    Data { written: u64, total: Option<u64> },
+}
 
 /// What a tree was made of, as written or read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -119,7 +129,12 @@ pub fn write_tree(
     progress: &mut dyn FnMut(u64),
 ) -> Result<TreeStats> {
     let (root_fd, names) = open_tops(root, tops)?;
-    let mut walk = TreeWriter::new(root, out, progress, &names);
+    let mut step = |step| {
+        if let Step::Data { written, .. } = step {
+            progress(written);
+        }
+    };
+    let mut walk = TreeWriter::new(root, out, &mut step, &names);
     // Iterative, with a bounded number of folders open: see crate::safefs::treewalk.
     treewalk::walk::<Error>(root_fd, root, &names, &mut |parent, name, path, listed| {
         walk.entry(parent, name, path, listed)
@@ -174,7 +189,9 @@ pub(crate) fn open_tops<'t>(root: &Path, tops: &'t [PathBuf]) -> Result<(OwnedFd
 pub(crate) struct TreeWriter<'a> {
     root: &'a Path,
     out: &'a mut dyn PlainSink,
-    pub(crate) progress: &'a mut dyn FnMut(u64),
+    pub(crate) progress: &'a mut dyn FnMut(Step),
+    /// The file data bytes the archive is to hold, once known.
+    pub(crate) data_total: Option<u64>,
     pub(crate) stats: TreeStats,
 }
 
@@ -190,13 +207,14 @@ impl<'a> TreeWriter<'a> {
     pub(crate) fn new(
         root: &'a Path,
         out: &'a mut dyn PlainSink,
-        progress: &'a mut dyn FnMut(u64),
+        progress: &'a mut dyn FnMut(Step),
         names: &[&OsStr],
     ) -> TreeWriter<'a> {
         TreeWriter {
             root,
             out,
             progress,
+            data_total: None,
             stats: TreeStats {
                 entries: names
                     .iter()
@@ -401,7 +419,10 @@ impl<'a> TreeWriter<'a> {
                 let n = put.context(|| "writing the archive".into())?;
                 done += n as u64;
                 self.stats.bytes += n as u64;
-                (self.progress)(self.stats.bytes);
+                (self.progress)(Step::Data {
+                    written: self.stats.bytes,
+                    total: self.data_total,
+                });
             }
         }
         Ok(shrank)
@@ -770,33 +791,6 @@ pub(crate) fn read_file_layout(
     Ok((size, extents))
 }
 
-/// Apparent bytes of the regular files under `tops` in `root` (for the progress line's
-/// total): a walk on descriptors that follows nothing and holds few open; best effort.
-pub(crate) fn tree_bytes(root: &Path, tops: &[String]) -> u64 {
-    let Ok(root_fd) = openat(
-        nix::fcntl::AT_FDCWD,
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return 0;
-    };
-    let names: Vec<&OsStr> = tops.iter().map(OsStr::new).collect();
-    let mut total = 0;
-    let _ =
-        treewalk::walk::<crate::safefs::Error>(root_fd, root, &names, &mut |parent, name, _, _| {
-            Ok(match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if is_dir(&st) => open_dir_at(parent, name).ok(),
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                    total += st.st_size as u64;
-                    None
-                }
-                _ => None,
-            })
-        });
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,6 +847,7 @@ mod tests {
             root,
             out: &mut out,
             progress: &mut progress,
+            data_total: None,
             stats: TreeStats::default(),
         };
         for (name, listed) in [

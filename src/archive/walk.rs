@@ -23,7 +23,7 @@ use super::header::ID_LEN;
 use super::listing::{Kind, Listed, Listing, preamble, storable};
 use super::lookahead::{Lookahead, Looked};
 use super::stream::PlainSink;
-use super::tree::{ENTRY_END, EntryKind, TreeStats, TreeWriter, open_tops, shown};
+use super::tree::{ENTRY_END, EntryKind, Step, TreeStats, TreeWriter, open_tops, shown};
 use super::{Error, Result};
 use crate::context::{Context, at};
 use crate::safefs::treewalk::{self, DirStack, Listed as ListedType};
@@ -175,6 +175,9 @@ pub(crate) struct InChain<'a> {
     pub(crate) previous: Option<&'a Previous>,
 }
 
+/// Entries listed between two progress steps.
+const LISTED_PER_STEP: u64 = 256;
+
 /// The most descriptors the process's table is grown to hold before a backup starts.
 const TABLE_MADE_READY: usize = 1 << 16;
 
@@ -207,7 +210,7 @@ pub(crate) fn write_tree_v2(
     chain: InChain,
     out: &mut dyn PlainSink,
     threads: usize,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(Step),
 ) -> Result<TreeStats> {
     let InChain {
         own,
@@ -227,9 +230,10 @@ pub(crate) fn write_tree_v2(
         planned: Vec::new(),
         left_out: BTreeMap::new(),
         lookahead: Lookahead::new(threads > 1),
+        listed: 0,
     };
     // The key is derived: the progress shows from here on, through the listing walk.
-    (walk.base.progress)(0);
+    (walk.base.progress)(Step::Listing { entries: 0 });
     walk.base.emit(&preamble(parent_name)?)?;
     {
         // Both closures need the writer, one at a time.
@@ -257,6 +261,20 @@ pub(crate) fn write_tree_v2(
         ));
     }
     let planned = std::mem::take(&mut walk.planned);
+    // What the data section holds is known now: the progress has its total.
+    let total: u64 = planned
+        .iter()
+        .flat_map(|file| &file.extents)
+        .map(|(_, len)| len)
+        .sum();
+    walk.base.data_total = Some(total);
+    (walk.base.progress)(Step::Listing {
+        entries: walk.listed,
+    });
+    (walk.base.progress)(Step::Data {
+        written: 0,
+        total: Some(total),
+    });
     let mut dirs = DirStack::new(data_root, root);
     for file in planned {
         walk.data(&mut dirs, file)?;
@@ -275,6 +293,8 @@ struct ListingWriter<'a, 'p> {
     /// Attributes not kept, by name: how many entries had them.
     left_out: BTreeMap<Vec<u8>, u64>,
     lookahead: Lookahead,
+    /// Entries listed so far.
+    listed: u64,
 }
 
 impl ListingWriter<'_, '_> {
@@ -319,7 +339,14 @@ impl ListingWriter<'_, '_> {
     }
 
     fn emit(&mut self, entry: &Listed) -> Result<()> {
-        self.base.emit(&entry.encode()?)
+        self.base.emit(&entry.encode()?)?;
+        self.listed += 1;
+        if self.listed.is_multiple_of(LISTED_PER_STEP) {
+            (self.base.progress)(Step::Listing {
+                entries: self.listed,
+            });
+        }
+        Ok(())
     }
 
     fn directory(
@@ -579,6 +606,7 @@ mod tests {
             planned: Vec::new(),
             left_out: BTreeMap::new(),
             lookahead: Lookahead::new(false),
+            listed: 0,
         };
         let root = openat(
             nix::fcntl::AT_FDCWD,

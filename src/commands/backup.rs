@@ -252,7 +252,6 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         _ => None,
     };
     let started = std::time::Instant::now();
-    let total = archive::tree_bytes(&root, &tops);
     // The archive file's handle is kept to sync it: opened again by name, it could be
     // another file by then (a fifo, where the live user can write the folder).
     let (sink, kept): (Box<dyn Write + Send>, Option<File>) = if to_stdout {
@@ -267,11 +266,14 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         let kept = created.try_clone().context(at("creating", &partial))?;
         (Box::new(created), Some(kept))
     };
-    // Until the first byte of data, the key is being derived; the byte count starts then,
-    // so that its rate is the data's.
+    // Until the listing starts, the key is being derived. The listing counts entries; the
+    // byte count starts once it knows what the archive stores, so that its total is the
+    // data this archive holds (an incremental one holds only what changed) and its rate is
+    // the data's.
     let mut deriving = parent
         .is_none()
         .then(|| Progress::working(out, "deriving the archive key (argon2id)"));
+    let mut listing: Option<Progress> = None;
     let mut progress: Option<Progress> = None;
     let result = archive::back_up(
         &root,
@@ -283,11 +285,19 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
             None => archive::BackupKind::Full(params),
         },
         config.threads,
-        &mut |b| {
-            deriving.take();
-            progress
-                .get_or_insert_with(|| Progress::new(out, "backup", Some(total)))
-                .update(b)
+        &mut |step| match step {
+            archive::BackupStep::Listing { entries } => {
+                deriving.take();
+                listing
+                    .get_or_insert_with(|| Progress::counting(out, "listing"))
+                    .update(entries)
+            }
+            archive::BackupStep::Data { written, total } => {
+                listing.take();
+                progress
+                    .get_or_insert_with(|| Progress::new(out, "backup", total))
+                    .update(written)
+            }
         },
     );
     if let Some(progress) = &progress {
