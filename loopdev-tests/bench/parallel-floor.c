@@ -47,6 +47,17 @@ static void die(const char *what) {
     exit(1);
 }
 
+/* The type of entry `e` of the folder `dir`, asking the file system where readdir cannot
+ * tell (DT_UNKNOWN). */
+static unsigned char type_of(int dir, const struct dirent *e) {
+    struct stat st;
+    if (e->d_type != DT_UNKNOWN)
+        return e->d_type;
+    if (fstatat(dir, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+        die(e->d_name);
+    return S_ISDIR(st.st_mode) ? DT_DIR : S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
+}
+
 /* Every regular file below `dir`, into `files`; the folders stay open for the readers. */
 static void list(int dir) {
     DIR *d = fdopendir(dup(dir));
@@ -57,12 +68,13 @@ static void list(int dir) {
         const char *n = e->d_name;
         if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
             continue;
-        if (e->d_type == DT_DIR) {
+        unsigned char type = type_of(dir, e);
+        if (type == DT_DIR) {
             int sub = openat(dir, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (sub < 0)
                 die(n);
             list(sub);
-        } else if (e->d_type == DT_REG) {
+        } else if (type == DT_REG) {
             if (nfiles == cap) {
                 cap = cap ? 2 * cap : 1024;
                 files = realloc(files, cap * sizeof *files);
@@ -86,6 +98,8 @@ struct reader {
 
 /* Seals the buffer's pieces (when asked) and writes it out, its tags after it. */
 static void flush(struct reader *r) {
+    if (r->used == 0)
+        return;
     size_t tags = 0;
     for (size_t off = 0; seal && off < r->used; off += PIECE) {
         int n, piece = (int)(r->used - off < PIECE ? r->used - off : PIECE);
@@ -161,8 +175,10 @@ int main(int argc, char **argv) {
     }
     int threads = atoi(argv[3]);
     seal = atoi(argv[4]);
-    if (threads < 1 || threads > 64)
-        die("threads");
+    if (threads < 1) {
+        fprintf(stderr, "parallel-floor: THREADS must be 1 or more\n");
+        return 2;
+    }
     int root = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (root < 0)
         die(argv[1]);
@@ -170,7 +186,9 @@ int main(int argc, char **argv) {
     if (out < 0)
         die(argv[2]);
     list(root);
-    pthread_t t[64];
+    pthread_t *t = calloc((size_t)threads, sizeof *t);
+    if (!t)
+        die("calloc");
     for (int i = 0; i < threads; i++)
         if (pthread_create(&t[i], NULL, read_files, (void *)(uintptr_t)i) != 0)
             die("pthread_create");
