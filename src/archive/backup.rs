@@ -78,8 +78,8 @@ pub(crate) enum Kind<'a> {
 /// `sink`: full, with a key derived from `secret`, or incremental after a parent, under
 /// the chain's key (see [`Kind`]). On `threads` worker
 /// threads. Returns what the tree held, the archive's length and its chain ids.
-/// `progress` gets the entries listed so far, from the first one on (the key is derived
-/// by then), then the file data bytes written so far, of the total the archive stores.
+/// `progress` gets the entries listed so far, from none on (the key is derived by then),
+/// then the file data bytes written so far, of the total the archive stores.
 /// An error leaves an archive that no reader accepts: its last chunk is missing.
 pub(crate) fn back_up(
     root: &Path,

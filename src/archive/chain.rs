@@ -456,14 +456,15 @@ mod tests {
     }
 
     fn write(root: &Path, to: &Path, parent: Option<&Path>) -> TreeStats {
-        write_stepping(root, to, parent, &mut |_| {})
+        write_stepping(root, to, parent, 1, &mut |_| {})
     }
 
-    /// [`write`], the backup's progress given to `step`.
+    /// [`write`] on `threads`, the backup's progress given to `step`.
     fn write_stepping(
         root: &Path,
         to: &Path,
         parent: Option<&Path>,
+        threads: usize,
         step: &mut dyn FnMut(Step),
     ) -> TreeStats {
         let pass = secret(PASS);
@@ -477,7 +478,9 @@ mod tests {
             Some(parent) => BackupKind::After(parent),
             None => BackupKind::Full(CHEAP_KDF),
         };
-        back_up(root, &tops, sink, &pass, kind, 1, step).unwrap().0
+        back_up(root, &tops, sink, &pass, kind, threads, step)
+            .unwrap()
+            .0
     }
 
     fn read_at(
@@ -686,12 +689,13 @@ mod tests {
         }
     }
 
-    /// The steps a backup of `src` into `to` gives its progress line, checked to be the
-    /// listing's, counting up from none to every entry listed, then the data's, counting up
-    /// to their total; with what it wrote and that total.
+    /// The steps a backup of `src` into `to` (on two threads, the look-ahead's) gives its
+    /// progress line, checked to be the listing's, counting up from none to every entry
+    /// listed, then the data's, counting up to their total; with what it wrote and that
+    /// total.
     fn steps_of(src: &Path, to: &Path, parent: Option<&Path>) -> (TreeStats, u64) {
         let mut steps = Vec::new();
-        let stats = write_stepping(src, to, parent, &mut |step| steps.push(step));
+        let stats = write_stepping(src, to, parent, 2, &mut |step| steps.push(step));
         let data_from = steps
             .iter()
             .position(|step| matches!(step, Step::Data { .. }))
@@ -770,8 +774,10 @@ mod tests {
                         std::fs::write(dir.join(format!("f{i}")), content).unwrap();
                     }
                 }
-                let written = write(&src, &tmp.path().join("full.ksb"), None);
+                // The progress of files held and reopened alike reaches its total.
+                let (written, total) = steps_of(&src, &tmp.path().join("full.ksb"), None);
                 assert_eq!((written.files, written.warnings.len()), (400, 0));
+                assert_eq!(written.bytes, total);
                 let dest = fresh(tmp.path(), "dest");
                 read_at(&tmp.path().join("full.ksb"), Some(&dest), None).unwrap();
                 assert_eq!(snapshot(&src), snapshot(&dest));

@@ -314,7 +314,11 @@ pub fn backup(global: &GlobalArgs, args: BackupArgs, out: Output) -> Result<()> 
         }
     };
     if let Some(kept) = kept {
+        // Most of the archive may still be in the page cache: on a slow stick, writing it
+        // out takes as long as the backup did, after the byte count has reached its end.
+        let syncing = Progress::working(out, "writing the archive out to its disk");
         kept.sync_all().context(at("syncing", &partial))?;
+        syncing.finish();
         std::fs::rename(&partial, file).context(at("renaming", &partial))?;
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::OpenOptions::new()
