@@ -153,10 +153,10 @@ fn print_error_object(code: ExitCode, message: &str) {
 static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Progress of long work on standard error, drawn by indicatif: a line of bytes, rate and
-/// time left, or, for work whose length is not known beforehand (a key derivation that
-/// calibrates itself), a spinner with the time spent. Only on a terminal and without
-/// --json: scripts and logs see nothing of it. Cleared when dropped, so that an error
-/// after it starts is not printed on the same line.
+/// time left, or, for work whose length is not known beforehand, a spinner with the time
+/// spent (a key derivation that calibrates itself) or a count of entries (a listing).
+/// Only on a terminal and without --json: scripts and logs see nothing of it. Cleared
+/// when dropped, so that an error after it starts is not printed on the same line.
 pub struct Progress {
     bar: indicatif::ProgressBar,
 }
