@@ -168,13 +168,13 @@ impl Progress {
         } else {
             "{msg}: {binary_bytes}, {binary_bytes_per_sec}"
         };
-        let bar = indicatif::ProgressBar::with_draw_target(total, draw_target(out))
-            .with_message(what)
-            .with_style(
-                indicatif::ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-        Progress { bar }
+        Progress::styled(
+            out,
+            total,
+            what,
+            template,
+            indicatif::ProgressStyle::default_bar,
+        )
     }
 
     /// A spinner with `what` and the time spent, turning on its own while the caller waits
@@ -182,28 +182,48 @@ impl Progress {
     /// a line of [`Output::progress`], as a step of the work.
     pub fn working(out: Output, what: impl Into<std::borrow::Cow<'static, str>>) -> Progress {
         let what = what.into();
-        let bar = indicatif::ProgressBar::with_draw_target(None, draw_target(out));
-        if bar.is_hidden() {
-            out.progress(&what);
-        }
-        let bar = bar.with_message(what).with_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        let progress = Progress::styled(
+            out,
+            None,
+            what.clone(),
+            "{spinner} {msg} ({elapsed})",
+            indicatif::ProgressStyle::default_spinner,
         );
-        if !bar.is_hidden() {
-            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        if progress.bar.is_hidden() {
+            out.progress(&what);
+        } else {
+            progress
+                .bar
+                .enable_steady_tick(std::time::Duration::from_millis(200));
         }
-        Progress { bar }
+        progress
     }
 
     /// A count of entries done, with the time spent, for work whose length is not known
     /// beforehand (a listing of folders).
     pub fn counting(out: Output, what: &'static str) -> Progress {
-        let bar = indicatif::ProgressBar::with_draw_target(None, draw_target(out))
+        Progress::styled(
+            out,
+            None,
+            what,
+            "{msg}: {human_pos} entries ({elapsed})",
+            indicatif::ProgressStyle::default_spinner,
+        )
+    }
+
+    /// A line for `what` of `total` (if known) drawn by `template`, or by `fallback`
+    /// should the template not parse.
+    fn styled(
+        out: Output,
+        total: Option<u64>,
+        what: impl Into<std::borrow::Cow<'static, str>>,
+        template: &str,
+        fallback: fn() -> indicatif::ProgressStyle,
+    ) -> Progress {
+        let bar = indicatif::ProgressBar::with_draw_target(total, draw_target(out))
             .with_message(what)
             .with_style(
-                indicatif::ProgressStyle::with_template("{msg}: {human_pos} entries ({elapsed})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| fallback()),
             );
         Progress { bar }
     }
