@@ -467,6 +467,17 @@ mod tests {
         threads: usize,
         step: &mut dyn FnMut(Step),
     ) -> TreeStats {
+        try_write(root, to, parent, threads, step).unwrap()
+    }
+
+    /// [`write_stepping`], its failure returned.
+    fn try_write(
+        root: &Path,
+        to: &Path,
+        parent: Option<&Path>,
+        threads: usize,
+        step: &mut dyn FnMut(Step),
+    ) -> Result<TreeStats> {
         let pass = secret(PASS);
         let parent = parent.map(|prev| {
             let keyless = KeylessReader::new(File::open(prev).unwrap(), None).unwrap();
@@ -478,9 +489,7 @@ mod tests {
             Some(parent) => BackupKind::After(parent),
             None => BackupKind::Full(CHEAP_KDF),
         };
-        back_up(root, &tops, sink, &pass, kind, threads, step)
-            .unwrap()
-            .0
+        back_up(root, &tops, sink, &pass, kind, threads, step).map(|(stats, _, _)| stats)
     }
 
     fn read_at(
@@ -753,6 +762,59 @@ mod tests {
         let (inc, total) = steps_of(&src, &store.join("inc.ksb"), Some(&store.join("full.ksb")));
         assert_eq!((inc.files, inc.referenced, total), (2, 600, 3000 + 7));
         assert_eq!(inc.bytes, total);
+    }
+
+    #[test]
+    fn a_stop_signal_stops_a_backup_in_its_listing_or_its_data_and_no_reader_takes_what_it_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        source(&src);
+        let many = src.join("Persistent/many");
+        std::fs::create_dir(&many).unwrap();
+        for i in 0..600 {
+            std::fs::write(many.join(format!("f{i}")), vec![i as u8; 1000]).unwrap();
+        }
+        std::fs::write(src.join("Persistent/big"), vec![7u8; 4 << 20]).unwrap();
+        // The signal arrives at a listing step past the first (256 entries listed), or once
+        // the first piece of data is written.
+        for (at_data, signal, code) in [
+            (false, libc::SIGINT, ExitCode::Interrupt),
+            (true, libc::SIGTERM, ExitCode::Terminated),
+        ] {
+            let archive = tmp.path().join(format!("stopped-{at_data}.ksb"));
+            let mut last = None;
+            let err = try_write(&src, &archive, None, 2, &mut |step| {
+                last = Some(step);
+                let now = match step {
+                    Step::Listing { entries } => !at_data && entries > 0,
+                    Step::Data { written, .. } => at_data && written > 0,
+                };
+                if now {
+                    crate::interrupt::pretend_received(signal);
+                }
+            })
+            .unwrap_err();
+            crate::interrupt::pretend_received(0);
+            assert!(exit_code(&err) == code, "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("interrupted by {}", crate::interrupt::signal_name(signal))
+            );
+            match last {
+                Some(Step::Listing { entries }) => assert!(!at_data && entries < 607, "{entries}"),
+                Some(Step::Data { written, total }) => {
+                    assert!(at_data && Some(written) < total, "{written} of {total:?}")
+                }
+                None => panic!("no step"),
+            }
+            // What it wrote lacks its last chunk: neither a restore nor a verify takes it.
+            let dest = fresh(tmp.path(), &format!("dest-{at_data}"));
+            assert!(read_at(&archive, Some(&dest), None).is_err());
+            assert!(read_at(&archive, None, None).is_err());
+        }
+        // Nothing the stopped backups held stands in the way of the next.
+        let done = write(&src, &tmp.path().join("full.ksb"), None);
+        assert_eq!(done.files, 2 + 600 + 1);
     }
 
     #[test]
